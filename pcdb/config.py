@@ -1,0 +1,637 @@
+"""Environment specs (deployments/*.yaml) as typed models, validated before anything runs.
+
+``load_environment`` returns an :class:`Environment` or raises :class:`ConfigError` listing
+every problem with the file, the line, the field path, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
+                      ValidationError, model_validator)
+
+from pcdb import params
+from pcdb.errors import ConfigError, Problem
+from pcdb.units import UnitError, format_duration, format_size, parse_duration, parse_size
+
+DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        return timedelta(0)
+    try:
+        return parse_duration(str(value))
+    except UnitError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"{value!r} has no unit; write a size such as '256GB'")
+    try:
+        return parse_size(str(value))
+    except UnitError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _cidr(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(str(value), strict=True))
+    except ValueError as exc:
+        try:
+            near = ipaddress.ip_network(str(value), strict=False)
+            raise ValueError(f"{value!r} has host bits set; did you mean {near}?") from None
+        except ValueError as inner:
+            if "host bits" in str(inner):
+                raise
+        raise ValueError(f"{value!r} is not a CIDR block such as 10.0.2.0/24 ({exc})") from None
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration), PlainSerializer(format_duration)]
+Size = Annotated[int, BeforeValidator(_size), PlainSerializer(format_size)]
+Cidr = Annotated[str, BeforeValidator(_cidr)]
+
+
+class Model(BaseModel):
+    """Base of every spec model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Model):
+    """Where a secret comes from. Exactly one source; never the secret itself."""
+
+    env: str | None = Field(None, description="environment variable holding the secret")
+    prefect_secret: str | None = Field(None, description="name of a Prefect Secret block")
+    generate: bool = Field(False, description="sandbox only: generate a strong one and keep it in "
+                                              "a file only its owner can read")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_a_literal(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError("a spec never holds a secret; name its source instead: "
+                             "{env: VARIABLE}, {prefect_secret: block-name} or {generate: true}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        chosen = [k for k in ("env", "prefect_secret") if getattr(self, k)] + (
+            ["generate"] if self.generate else [])
+        if len(chosen) != 1:
+            raise ValueError("give exactly one secret source: env, prefect_secret or generate: true")
+        return self
+
+    def describe(self) -> str:
+        """Where the secret comes from, for messages (never the value)."""
+        if self.env:
+            return f"environment variable {self.env}"
+        if self.prefect_secret:
+            return f"Prefect Secret block {self.prefect_secret!r}"
+        return "a generated password file"
+
+
+class Service(Model):
+    name: str
+    platform: str
+    database: str = Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    schema_name: str = Field(alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    concurrent_users: int = Field(gt=0)
+    availability_target_percent: float = Field(gt=0, le=100)
+
+
+class Storage(Model):
+    size: Size
+    type: str
+    iops: int = Field(gt=0)
+    auto_grow: bool
+    auto_grow_at_percent: int = Field(gt=0, le=100)
+    auto_grow_step: Size
+    max_size: Size
+
+
+class Admin(Model):
+    user: str = Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    password: SecretRef
+
+
+class HighAvailability(Model):
+    mode: Literal["ZoneRedundant", "SameZone", "Disabled"]
+    primary_zone: str
+    standby_zone: str
+    replication: Literal["synchronous"]
+    failover_within: Duration
+    sla_percent: float = Field(gt=0, le=100)
+
+
+class Connection(Model):
+    port: int = Field(gt=0, lt=65536)
+    sslmode: Literal["require", "verify-ca", "verify-full"]
+    connect_timeout: Duration
+
+
+class Server(Model):
+    name: str
+    location: str
+    version: str
+    tier: Literal["Burstable", "GeneralPurpose", "MemoryOptimized"]
+    sku: str
+    vcores: int = Field(gt=0)
+    memory: Size
+    storage: Storage
+    admin: Admin
+    high_availability: HighAvailability
+    connection: Connection
+
+
+class Replica(Model):
+    name: str
+    location: str
+    sku: str
+    vcores: int = Field(gt=0)
+    memory: Size
+    max_lag: Duration
+    purpose: list[str]
+
+
+class Vnet(Model):
+    name: str
+    address_prefix: Cidr
+
+
+class Subnet(Model):
+    name: str
+    address_prefix: Cidr
+    delegation: str
+
+
+class AllowedSubnet(Model):
+    name: str
+    cidr: Cidr
+    description: str = ""
+
+
+class Network(Model):
+    mode: Literal["vnet", "public"] = Field(description="vnet: delegated subnet, access by NSG (C-2); "
+                                                        "public: firewall rules")
+    vnet: Vnet | None = None
+    subnet: Subnet | None = None
+    private_dns_zone: str | None = None
+    allowed_subnets: list[AllowedSubnet]
+
+    @model_validator(mode="after")
+    def _subnet_inside_vnet(self) -> Network:
+        if self.mode == "vnet" and not (self.vnet and self.subnet and self.private_dns_zone):
+            raise ValueError("network mode 'vnet' needs vnet, subnet and private_dns_zone")
+        if self.vnet and self.subnet:
+            outer = ipaddress.ip_network(self.vnet.address_prefix)
+            inner = ipaddress.ip_network(self.subnet.address_prefix)
+            if not inner.subnet_of(outer):
+                raise ValueError(f"subnet {inner} is not inside the VNet {outer}")
+        return self
+
+
+class DiagnosticSetting(Model):
+    name: str
+    logs: list[str]
+    metrics: list[str]
+
+
+class Azure(Model):
+    subscription_id: SecretRef
+    resource_group: str
+    log_analytics_workspace: str
+    diagnostic_setting: DiagnosticSetting
+
+
+class Role(Model):
+    name: str = Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    purpose: str
+    connection_limit: int = Field(ge=-1)
+    attributes: list[Literal["CREATEDB", "CREATEROLE", "LOGIN", "NOLOGIN"]] = []
+    password: SecretRef
+
+
+class PasswordPolicy(Model):
+    min_length: int = Field(ge=8)
+    require: list[Literal["upper", "lower", "digit", "special"]]
+    expiry: Duration
+    history: int = Field(ge=0)
+
+
+class ConnectionPolicy(Model):
+    max_failed_attempts: int = Field(gt=0)
+    lockout: Duration
+    session_timeout: Duration
+    idle_timeout: Duration
+    rate_limit_per_minute: int = Field(gt=0)
+
+
+class Tls(Model):
+    min_version: Literal["TLSv1.2", "TLSv1.3"]
+    require_secure_transport: bool
+    verify_server_certificate: bool
+
+
+class EncryptionAtRest(Model):
+    algorithm: str
+    key_management: str
+    customer_managed_key: bool
+    key_rotation: Duration
+
+
+class Security(Model):
+    roles: list[Role]
+    password_policy: PasswordPolicy
+    connection_policy: ConnectionPolicy
+    tls: Tls
+    audit: dict[str, Any] = Field(description="audit logging parameters (§4.3.1, R-SEC-6)")
+    encryption_at_rest: EncryptionAtRest
+
+
+class Window(Model):
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    timezone: str
+
+
+class LogBackup(Model):
+    interval: Duration
+    retention: Duration
+
+
+class Backup(Model):
+    retention: Duration
+    geo_redundant: bool
+    geo_region: str | None
+    window: Window
+    full_backup_time: str
+    log_backup: LogBackup
+    pitr_granularity: Duration
+    compression: bool
+    encryption: str
+
+
+class DrStep(Model):
+    step: str
+    owner: str
+
+
+class DrScenario(Model):
+    detection: str
+    response: str
+    rto: Duration
+    rpo: Duration | Literal["moment-before-corruption"]
+
+
+class Dr(Model):
+    zone_failure: DrScenario
+    region_failure: DrScenario
+    data_corruption: DrScenario
+    region_failover_steps: list[DrStep]
+
+
+Operator = Literal[">", "<", ">=", "<=", "=="]
+Level = Literal["info", "warning", "critical"]
+
+
+class Threshold(Model):
+    metric: str
+    operator: Operator
+    value: float
+    unit: str = ""
+    level: Level
+
+
+class PerformanceTarget(Model):
+    metric: str
+    target: str
+    alarm: str
+
+
+class BusinessMetric(Model):
+    metric: str
+    target: str
+    warning: str
+    critical: str
+    measurement: str
+
+
+class Condition(Model):
+    metric: str
+    operator: Operator
+    value: float
+    unit: str = ""
+
+
+class AlertRule(Model):
+    name: str
+    title: str
+    condition: Condition
+    duration: Duration
+    level: Level
+    channels: list[str]
+
+
+class AzureMetricAlert(Model):
+    name: str
+    description: str
+    severity: int = Field(ge=0, le=4)
+    metric: str
+    aggregation: Literal["Average", "Maximum", "Minimum", "Total", "Count"]
+    operator: Literal["GreaterThan", "GreaterThanOrEqual", "LessThan", "LessThanOrEqual", "Equals"]
+    threshold: float
+    window: Duration
+    frequency: Duration
+
+
+class Monitoring(Model):
+    system_metrics: list[Threshold]
+    performance_targets: list[PerformanceTarget]
+    business_metrics: list[BusinessMetric]
+    alert_rules: list[AlertRule]
+    azure_metric_alerts: list[AzureMetricAlert]
+    dashboard: dict[str, list[str]]
+
+
+class Channel(Model):
+    kind: Literal["teams", "email", "sms", "webhook"]
+    purpose: str
+    audience: list[str]
+    block: str = Field(description="name of the Prefect notification block that delivers it")
+    recipients: list[str] = []
+
+
+class Notifications(Model):
+    channels: dict[str, Channel]
+    routing: dict[Level, list[str]]
+
+
+class Approver(Model):
+    role: str
+    name: str
+    approves: str
+
+
+class Approval(Model):
+    required: bool
+    approvers: list[Approver] = []
+    timeout: Duration = timedelta(hours=24)
+
+
+class Phase(Model):
+    number: int = Field(ge=1, le=8)
+    name: str
+    duration: Duration
+    owner: str
+    depends_on: list[int]
+
+
+class Install(Model):
+    approval: Approval
+    phases: list[Phase]
+    review_checklist: list[str]
+
+    @model_validator(mode="after")
+    def _phases_ordered(self) -> Install:
+        numbers = [p.number for p in self.phases]
+        if numbers != list(range(1, len(numbers) + 1)):
+            raise ValueError(f"phases must be numbered 1..{len(numbers)} in order, got {numbers}")
+        for phase in self.phases:
+            late = [d for d in phase.depends_on if d >= phase.number]
+            if late:
+                raise ValueError(f"phase {phase.number} depends on later phase(s) {late}")
+        return self
+
+
+class Severity(Model):
+    level: Literal["P1", "P2", "P3", "P4"]
+    description: str
+    response: Duration
+
+
+class Cost(Model):
+    monthly_budget_usd: float = Field(gt=0)
+    alert_monthly_usd: float = Field(gt=0)
+    alert_increase_percent: float = Field(gt=0)
+
+
+class Operations(Model):
+    incident_severities: list[Severity]
+    log_partition_retention_months: int = Field(gt=0)
+    capacity_forecast_months: int = Field(gt=0)
+    cost: Cost
+
+
+class SandboxSpec(Model):
+    root: str | None = Field(None, description="folder of the sandbox; default /var/lib/pcdb/<env> "
+                                               "as root, ~/.local/state/pcdb/<env> otherwise")
+    ports: dict[Literal["node1", "node2", "replica"], int] = Field(
+        default_factory=dict, description="fixed ports; absent or 0 = a free port is chosen")
+    storage_quota: Size = Field(description="stands for the server's storage size in metrics")
+    extra_preload_libraries: list[str] = Field(default_factory=list,
+                                               description="loaded when installed (e.g. pgaudit)")
+    fsync: bool = True
+    start_timeout: Duration = timedelta(seconds=60)
+
+
+class Environment(Model):
+    """One environment: what the runbooks install and keep healthy."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    production: bool
+    target: Literal["azure", "sandbox"]
+    reports_dir: str
+    service: Service
+    server: Server
+    replica: Replica
+    network: Network
+    azure: Azure | None = None
+    sandbox: SandboxSpec | None = None
+    parameters: dict[str, Any]
+    indexes: dict[str, list[str]] = Field(description="table -> index names (R-IDX-1)")
+    security: Security
+    backup: Backup
+    dr: Dr
+    monitoring: Monitoring
+    notifications: Notifications
+    install: Install
+    operations: Operations
+
+    @model_validator(mode="after")
+    def _target_section(self) -> Environment:
+        if self.target == "azure" and self.azure is None:
+            raise ValueError("target 'azure' needs an 'azure' section")
+        if self.target == "sandbox" and self.sandbox is None:
+            raise ValueError("target 'sandbox' needs a 'sandbox' section")
+        return self
+
+    def desired_parameters(self) -> dict[str, params.ParamValue]:
+        """Every server parameter the spec sets (performance + audit), made canonical."""
+        merged = {**self.parameters, **self.security.audit}
+        return {name: params.canonical(name, value) for name, value in merged.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def spec_path(env: str | Path) -> Path:
+    """Resolve an environment name ('local') or a path to its YAML file."""
+    candidate = Path(env)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate
+    return DEPLOYMENTS / f"{env}.yaml"
+
+
+def load_environment(env: str | Path) -> Environment:
+    """Load and validate an environment spec (following ``extends:`` to its parent spec).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or has any invalid field.
+    """
+    path = spec_path(env)
+    data, lines = _load_raw(path, seen=())
+    return validate(data, _shown(path), lines)
+
+
+def _load_raw(path: Path, seen: tuple[Path, ...]) -> tuple[dict, dict[str, tuple[str, int]]]:
+    shown = _shown(path)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in DEPLOYMENTS.glob("*.yaml")))
+        raise ConfigError(shown, [Problem("", f"no such environment spec; known: {known}")])
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        lines = {k: (shown, v) for k, v in _line_index(yaml.compose(text)).items()}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(shown, [Problem("", f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                                          mark.line + 1 if mark else None)]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(shown, [Problem("", "the spec must be a mapping of sections")])
+    parent_name = data.pop("extends", None)
+    if parent_name is None:
+        return data, lines
+    parent = spec_path(str(parent_name)) if "/" not in str(parent_name) else path.parent / parent_name
+    if parent.resolve() in seen:
+        raise ConfigError(shown, [Problem("extends", f"{parent_name!r} extends itself in a loop")])
+    base, base_lines = _load_raw(parent, (*seen, path.resolve()))
+    return _merge(base, data), {**base_lines, **lines}
+
+
+_SECRET_KEYS = {"env", "prefect_secret", "generate"}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Deep-merge: mappings merge key by key, lists and scalars replace, null removes.
+
+    A secret reference ({env: ...}, {generate: true}) replaces the parent's whole: a merge
+    would leave two sources.
+    """
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict) and not (
+                _SECRET_KEYS & set(value)):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def validate(data: dict, file: str = "<spec>",
+             lines: dict[str, tuple[str, int]] | None = None) -> Environment:
+    """Validate a parsed spec; raise ConfigError with every problem found."""
+    lines = lines or {}
+    try:
+        environment = Environment.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(file, [_problem(err, data, lines) for err in exc.errors()]) from None
+    problems = _semantic_problems(environment, lines)
+    if problems:
+        raise ConfigError(file, problems)
+    return environment
+
+
+def _problem(err: dict, data: dict, lines: dict[str, tuple[str, int]]) -> Problem:
+    loc = [str(part) for part in err["loc"] if not str(part).startswith("function-")]
+    path = ".".join(loc)
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown field; remove it or check its spelling"
+    elif err["type"] == "missing":
+        message = "required field is missing"
+    elif "input" in err and not isinstance(err["input"], (dict, list)) and "secret" not in message:
+        message = f"{err['input']!r}: {message}"
+    return Problem(path, message, _line_of(path, lines))
+
+
+def _semantic_problems(env: Environment, lines: dict[str, tuple[str, int]]) -> list[Problem]:
+    problems: list[Problem] = []
+    for section, values in (("parameters", env.parameters), ("security.audit", env.security.audit)):
+        for name, value in values.items():
+            try:
+                params.canonical(name, value)
+            except ValueError as exc:
+                path = f"{section}.{name}"
+                problems.append(Problem(path, str(exc), _line_of(path, lines)))
+    for name in set(env.parameters) & set(env.security.audit):
+        a, b = env.parameters[name], env.security.audit[name]
+        if str(a) != str(b):
+            path = f"security.audit.{name}"
+            problems.append(Problem(path, f"{b!r} contradicts parameters.{name} = {a!r}; keep one",
+                                    _line_of(path, lines)))
+    known = set(env.notifications.channels)
+    routes = [(f"monitoring.alert_rules.{i}.channels", r.channels)
+              for i, r in enumerate(env.monitoring.alert_rules)]
+    routes += [(f"notifications.routing.{lvl}", chans) for lvl, chans in env.notifications.routing.items()]
+    for path, channels in routes:
+        for channel in channels:
+            if channel not in known:
+                problems.append(Problem(path, f"{channel!r} is not a channel in notifications.channels "
+                                              f"({', '.join(sorted(known))})", _line_of(path, lines)))
+    return problems
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _line_index(node: yaml.Node | None, prefix: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
+    """Map dotted field paths to 1-based line numbers."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = f"{prefix}.{key.value}" if prefix else str(key.value)
+            out[path] = key.start_mark.line + 1
+            _line_index(value, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            path = f"{prefix}.{i}"
+            out[path] = item.start_mark.line + 1
+            _line_index(item, path, out)
+    return out
+
+
+def _line_of(path: str, lines: dict[str, tuple[str, int]]) -> tuple[str, int] | None:
+    """The (file, line) where ``path`` or its nearest parent is written."""
+    parts = path.split(".")
+    while parts:
+        found = lines.get(".".join(parts))
+        if found:
+            return found
+        parts.pop()
+    return None

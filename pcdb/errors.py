@@ -1,0 +1,52 @@
+"""The errors pcdb raises: each says what failed, on what, and what to do next.
+
+Errors from the boundaries (psycopg, subprocess, the Azure SDK) are translated once, where
+they happen, into these classes with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PcdbError(Exception):
+    """A failure a DBA can act on; str() is the one-line message shown to the user."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in an environment spec."""
+
+    path: str
+    message: str
+    where: tuple[str, int] | int | None = None  # (file, line) or a line of the spec itself
+
+    def render(self, file: str) -> str:
+        if isinstance(self.where, tuple):
+            place = f"{self.where[0]}:{self.where[1]}"
+        else:
+            place = f"{file}:{self.where}" if self.where else file
+        return f"{place}: {self.path or '(top level)'}: {self.message}"
+
+
+class ConfigError(PcdbError):
+    """The environment spec is invalid; nothing has been changed."""
+
+    def __init__(self, file: str, problems: list[Problem]):
+        self.file = file
+        self.problems = problems
+        lines = [p.render(file) for p in problems]
+        head = f"{file}: {len(problems)} problem(s) in the environment spec; nothing was changed"
+        super().__init__("\n".join([head, *("  " + line for line in lines)]))
+
+
+class SecretError(PcdbError):
+    """A secret is missing, unreadable or too weak."""
+
+
+class SandboxError(PcdbError):
+    """A sandbox server failed to start, stop, promote or answer in time."""
+
+
+class TargetError(PcdbError):
+    """A target operation failed (or cannot be done in the current state)."""

@@ -1,0 +1,52 @@
+# Sourced by ./dev: creates .venv, installs the project, and installs the PostgreSQL server
+# binaries (Debian packages) when this machine has none. Safe to run again: it only does what is missing.
+
+_sudo() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+pg_bindir() {
+  local d
+  if command -v pg_config >/dev/null 2>&1; then
+    d=$(pg_config --bindir 2>/dev/null || true)
+    [ -x "$d/initdb" ] && { echo "$d"; return; }
+  fi
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$d" ] && [ -x "$d/initdb" ] && echo "$d"
+}
+
+ensure_postgres() {
+  local bindir ver
+  bindir=$(pg_bindir || true)
+  if [ -z "$bindir" ]; then
+    echo "setup: no PostgreSQL server binaries (initdb) found; installing Debian's postgresql packages" >&2
+    # Debian starts a 'main' cluster on 5432 when the package installs; the sandbox wants none.
+    _sudo mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | _sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
+    _sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+    bindir=$(pg_bindir)
+  fi
+  ver=$(basename "$(dirname "$bindir")")
+  if [ ! -f "/usr/share/postgresql/$ver/extension/pgaudit.control" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing postgresql-$ver-pgaudit (audit logging, R-SEC-6)" >&2
+    { DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq "postgresql-$ver-pgaudit" >/dev/null 2>&1 \
+      || { _sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq "postgresql-$ver-pgaudit" >/dev/null; }; } \
+      || echo "setup: pgaudit is not available; the sandbox runs without it" >&2
+  fi
+  export PCDB_PG_BINDIR="$bindir"
+}
+
+ensure_venv() {
+  local stamp=.venv/.installed want
+  want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+  fi
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing pcdb and its dependencies into .venv" >&2
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    echo "$want" > "$stamp"
+  fi
+}
+
+ensure_postgres
+ensure_venv
