@@ -1,0 +1,516 @@
+"""The sandbox topology: primary + synchronous HA standby + asynchronous read replica.
+
+Every server is a real PostgreSQL process on 127.0.0.1, run as the ``postgres`` user when we
+are root. WAL is archived by every HA node (archive_mode=always) into ``archive/`` and a second
+copy ``archive-geo/`` (the geo-redundant backup); base backups go to ``backups/``. The state file
+records nodes, ports, roles and timelines so ``up`` after a crash or reboot restarts what exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg import sql as psql
+
+from pcdb import secrets as pwd
+from pcdb.changes import Change
+from pcdb.config import Environment
+from pcdb.errors import SandboxError
+from pcdb.sandbox import proc
+from pcdb.sandbox.node import Node, conf_line
+from pcdb.scram import verifier
+from pcdb.sql import query
+
+HA_NODES = ("node1", "node2")
+REPLICA = "replica"
+REPLICATION_USER = "replicator"
+STATE_VERSION = 1
+
+
+def default_root(env_name: str) -> Path:
+    """Where an environment's sandbox lives unless the spec or $PCDB_SANDBOX_ROOT says otherwise."""
+    override = os.environ.get("PCDB_SANDBOX_ROOT")
+    if override:
+        return Path(override)
+    if os.geteuid() == 0:
+        return Path("/var/lib/pcdb") / env_name
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return base / "pcdb" / env_name
+
+
+def _free_port(taken: set[int]) -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            return port
+    raise SandboxError("could not find a free TCP port on 127.0.0.1")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A base backup in the sandbox's backup folder."""
+
+    id: str
+    started_at: datetime
+    finished_at: datetime
+    path: Path
+    size_bytes: int
+    timeline: int
+    kind: str
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "started_at": self.started_at.isoformat(),
+                "finished_at": self.finished_at.isoformat(), "size_bytes": self.size_bytes,
+                "timeline": self.timeline, "kind": self.kind, "path": str(self.path)}
+
+
+class Sandbox:
+    """The servers of one environment's sandbox, and the operations on them."""
+
+    def __init__(self, env: Environment, root: Path | None = None, bindir: Path | None = None):
+        spec = env.sandbox
+        if spec is None:
+            raise SandboxError(f"environment {env.name!r} has no sandbox section (its target is "
+                               f"{env.target}); use --env local")
+        self.env = env
+        self.spec = spec
+        self.root = Path(root or spec.root or default_root(env.name)).absolute()
+        self._bindir = bindir
+        self.admin_user = env.server.admin.user
+        self.timeout = spec.start_timeout.total_seconds()
+        self.state: dict = self._load_state()
+
+    # -- layout ---------------------------------------------------------------------------
+
+    @property
+    def bindir(self) -> Path:
+        if self._bindir is None:
+            self._bindir = proc.find_bindir(self.state.get("bindir"))
+        return self._bindir
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls_dir / "ca.crt"
+
+    @property
+    def archive_dirs(self) -> tuple[Path, Path]:
+        return self.root / "archive", self.root / "archive-geo"
+
+    @property
+    def backup_dirs(self) -> tuple[Path, Path]:
+        return self.root / "backups", self.root / "backups-geo"
+
+    @property
+    def passfile(self) -> Path:
+        return self.root / "nodes" / "replication.pgpass"
+
+    def node(self, name: str) -> Node:
+        info = self.state["nodes"].get(name) or self.state["restores"].get(name)
+        if info is None:
+            raise SandboxError(f"the sandbox has no server named {name!r}")
+        folder = "nodes" if name in self.state["nodes"] else "restores"
+        return Node(name, self.root / folder / name, info["port"], self.bindir)
+
+    def nodes(self) -> list[Node]:
+        return [self.node(name) for name in self.state["nodes"]]
+
+    def role(self, name: str) -> str:
+        return self.state["nodes"][name]["role"]
+
+    def primary(self) -> Node:
+        for name, info in self.state["nodes"].items():
+            if info["role"] == "primary" and name in HA_NODES:
+                return self.node(name)
+        raise SandboxError("the sandbox has no primary; run `pcdb sandbox up`")
+
+    def standby(self) -> Node:
+        return self.node(next(n for n in HA_NODES if self.role(n) == "standby"))
+
+    def exists(self) -> bool:
+        return self.state_file.exists()
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _load_state(self) -> dict:
+        if self.state_file.exists():
+            state = json.loads(self.state_file.read_text())
+            if state.get("version") != STATE_VERSION:
+                raise SandboxError(f"{self.state_file} has state version {state.get('version')}, "
+                                   f"this pcdb reads {STATE_VERSION}; destroy and re-create the sandbox")
+            return state
+        return {"version": STATE_VERSION, "env": self.env.name, "created_at": None, "nodes": {},
+                "restores": {}, "backups": [], "events": []}
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        proc.write_file(self.state_file, json.dumps(self.state, indent=2) + "\n", mode=0o644,
+                        server_owned=False)
+
+    def _event(self, what: str, **details: object) -> None:
+        self.state["events"] = (self.state["events"] + [{"at": _now(), "event": what, **details}])[-200:]
+
+    # -- secrets --------------------------------------------------------------------------
+
+    def secret_file(self, name: str) -> Path:
+        return self.secrets_dir / f"{name}.password"
+
+    def password(self, name: str) -> str:
+        """The generated password of role ``name`` (created on first use, file mode 0600)."""
+        return pwd.read_or_create(self.secret_file(name))
+
+    # -- up -------------------------------------------------------------------------------
+
+    def up(self, parameters: dict[str, str] | None = None) -> list[Change]:
+        """Create what is missing, start what is stopped; a second call changes nothing.
+
+        Args:
+            parameters: canonical server parameters written into a new cluster before its first
+                start (so a fresh install needs no restart); ignored for existing clusters.
+        """
+        self._prepare_root()
+        changes = [self._ensure_primary(parameters or {})]
+        changes.append(self._ensure_follower(self._standby_name(), "standby"))
+        changes.append(self._ensure_follower(REPLICA, "replica"))
+        changes.append(self._ensure_sync())
+        self.save()
+        return changes
+
+    def _standby_name(self) -> str:
+        nodes = self.state["nodes"]
+        return next((n for n in HA_NODES if nodes.get(n, {}).get("role") == "standby"),
+                    next(n for n in HA_NODES if nodes.get(n, {}).get("role") != "primary"))
+
+    def _prepare_root(self) -> None:
+        fresh = not self.root.exists()
+        for folder in (self.root, self.root / "nodes", self.root / "restores", self.root / "bin",
+                       *self.archive_dirs, *self.backup_dirs, self.tls_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._make_traversable(self.root.parent)
+        if fresh or not self.state.get("created_at"):
+            self.state["created_at"] = _now()
+            self.state["bindir"] = str(self.bindir)
+        for folder in (self.root / "nodes", self.root / "restores", *self.archive_dirs,
+                       *self.backup_dirs, self.tls_dir, self.root / "bin"):
+            proc.chown_tree(folder)
+        os.chmod(self.root, 0o755)
+        self._ensure_tls()
+        self._ensure_scripts()
+        repl = self.password(REPLICATION_USER)
+        proc.write_file(self.passfile, f"127.0.0.1:*:*:{REPLICATION_USER}:{repl}\n", mode=0o600)
+        self.save()
+
+    @staticmethod
+    def _make_traversable(folder: Path) -> None:
+        # The server user must reach the sandbox: every folder above it needs o+x.
+        for parent in [folder, *folder.parents]:
+            if parent == Path("/"):
+                break
+            mode = parent.stat().st_mode
+            if not mode & 0o001 and proc.server_user().uid != parent.stat().st_uid:
+                raise SandboxError(f"the server user '{proc.server_user().name}' cannot enter {parent} "
+                                   f"(mode {oct(mode & 0o777)}); choose a sandbox root outside it")
+
+    def _ensure_tls(self) -> None:
+        key, cert = self.tls_dir / "server.key", self.tls_dir / "server.crt"
+        if cert.exists() and key.exists():
+            return
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650", "-subj",
+                        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                       timeout=30)
+        os.chmod(key, 0o600)
+        shutil.copyfile(cert, self.ca_file)
+        os.chmod(self.ca_file, 0o644)
+        proc.chown_tree(self.tls_dir)
+
+    def _ensure_scripts(self) -> None:
+        script = self.root / "bin" / "archive.sh"
+        proc.write_file(script, ARCHIVE_SCRIPT, mode=0o755)
+
+    def _archive_command(self) -> str:
+        a, g = self.archive_dirs
+        return f"'{self.root}/bin/archive.sh' %p %f '{a}' '{g}'"
+
+    def _base_conf(self) -> str:
+        lines = {
+            "listen_addresses": "127.0.0.1",
+            "ssl": "on",
+            "ssl_cert_file": self.tls_dir / "server.crt",
+            "ssl_key_file": self.tls_dir / "server.key",
+            "ssl_min_protocol_version": "TLSv1.3",
+            "password_encryption": "scram-sha-256",
+            "wal_level": "replica",
+            "max_wal_senders": "10",
+            "wal_keep_size": "256MB",
+            "wal_log_hints": "on",
+            "hot_standby": "on",
+            "hot_standby_feedback": "on",
+            "archive_mode": "always",
+            "archive_command": self._archive_command(),
+            "archive_timeout": f"{int(self.env.backup.log_backup.interval.total_seconds())}s",
+            "restore_command": f"cp '{self.archive_dirs[0]}/%f' '%p'",
+            "recovery_target_timeline": "latest",
+            "logging_collector": "on",
+            "fsync": "on" if self.spec.fsync else "off",
+        }
+        text = "\n# --- pcdb sandbox settings (same on every node) ---\n"
+        text += "".join(conf_line(k, v) for k, v in lines.items())
+        return text + "include_if_exists = 'node.conf'\n"
+
+    def _hba(self) -> str:
+        return (
+            "# pcdb sandbox: admin over the node's own socket (folder 0700); TCP only with TLS.\n"
+            "local   all          all                       trust\n"
+            "local   replication  all                       trust\n"
+            f"hostssl replication  {REPLICATION_USER}  127.0.0.1/32  scram-sha-256\n"
+            "# pcdb access rules begin\n"
+            "hostssl all          all         127.0.0.1/32  scram-sha-256\n"
+            "# pcdb access rules end\n"
+            "hostnossl all        all         0.0.0.0/0     reject\n"
+            "hostnossl replication all        0.0.0.0/0     reject\n"
+            "host    all          all         ::/0          reject\n"
+        )
+
+    def _node_conf(self, node: Node, role: str, sync_with: str | None = None) -> dict[str, object]:
+        settings: dict[str, object] = {
+            "port": node.port,
+            "cluster_name": f"{self.env.name}-{node.name}",
+            "unix_socket_directories": node.run_dir,
+            "unix_socket_permissions": "0700",
+            "log_directory": node.log_dir,
+        }
+        if role == "primary":
+            settings["synchronous_standby_names"] = f'"{sync_with}"' if sync_with else ""
+        else:
+            settings["primary_conninfo"] = self._primary_conninfo(node.name, role)
+            settings["synchronous_standby_names"] = ""
+        if node.name == REPLICA:
+            settings["archive_mode"] = "on"  # archives only once promoted (its own region)
+        return settings
+
+    def _primary_conninfo(self, name: str, role: str) -> str:
+        if role == "replica":  # follows whichever HA node is primary
+            hosts = ",".join("127.0.0.1" for _ in HA_NODES)
+            ports = ",".join(str(self.state["nodes"][n]["port"]) for n in HA_NODES)
+            target = "target_session_attrs=read-write"
+        else:
+            hosts, ports, target = "127.0.0.1", str(self.primary().port), ""
+        return (f"host={hosts} port={ports} user={REPLICATION_USER} passfile={self.passfile} "
+                f"sslmode=verify-full sslrootcert={self.ca_file} application_name={name} {target}").strip()
+
+    def _allocate(self, name: str, role: str) -> Node:
+        nodes = self.state["nodes"]
+        if name not in nodes:
+            taken = {n["port"] for n in [*nodes.values(), *self.state["restores"].values()]}
+            port = self.spec.ports.get(name) or _free_port(taken)
+            nodes[name] = {"port": port, "role": role, "timeline": 1}
+            self.save()
+        return self.node(name)
+
+    def _ensure_primary(self, parameters: dict[str, str]) -> Change:
+        primary_name = next((n for n in HA_NODES if self.state["nodes"].get(n, {}).get("role")
+                             == "primary"), HA_NODES[0])
+        node = self._allocate(primary_name, "primary")
+        if node.exists():
+            return self._start_if_stopped(node)
+        self._initdb(node, parameters)
+        node.start(self.timeout)
+        with node.connect(self.admin_user) as conn:
+            for role, attrs in ((self.admin_user, "SUPERUSER LOGIN"),
+                                (REPLICATION_USER, "REPLICATION LOGIN")):
+                stmt = psql.SQL("ALTER ROLE {} WITH " + attrs + " PASSWORD {}") if role == \
+                    self.admin_user else psql.SQL("CREATE ROLE {} WITH " + attrs + " PASSWORD {}")
+                conn.execute(stmt.format(psql.Identifier(role),
+                                         psql.Literal(verifier(self.password(role)))))
+        self._event("created", node=node.name, role="primary")
+        return Change("server", node.name, "created", notes=("primary",))
+
+    def _initdb(self, node: Node, parameters: dict[str, str]) -> None:
+        node.home.mkdir(parents=True, exist_ok=True)
+        for sub in (node.run_dir, node.log_dir):
+            sub.mkdir(exist_ok=True, mode=0o700)
+        proc.chown_tree(node.home)
+        os.chmod(node.home, 0o700)
+        proc.run([node.prog("initdb"), "-D", str(node.data), "-U", self.admin_user, "-E", "UTF8",
+                  "--locale=C.UTF-8", "--data-checksums", "--auth-local=trust",
+                  "--auth-host=scram-sha-256", "-N"], timeout=120, what=f"initdb {node.name}")
+        with open(node.data / "postgresql.conf", "a") as conf:
+            conf.write(self._base_conf())
+        proc.write_file(node.data / "pg_hba.conf", self._hba(), mode=0o600)
+        auto = "# Do not edit this file manually!\n# It will be overwritten by the ALTER SYSTEM command.\n"
+        auto += "".join(conf_line(k, v) for k, v in parameters.items())
+        proc.write_file(node.data / "postgresql.auto.conf", auto, mode=0o600)
+        node.write_node_conf(self._node_conf(node, "primary"))
+
+    def _start_if_stopped(self, node: Node) -> Change:
+        if node.is_running():
+            return Change("server", node.name, "unchanged", notes=(self.role(node.name),))
+        node.start(self.timeout)
+        self._event("started", node=node.name)
+        return Change("server", node.name, "started", notes=(self.role(node.name), "was stopped"))
+
+    def _ensure_follower(self, name: str, role: str) -> Change:
+        node = self._allocate(name, role)
+        if node.exists():
+            return self._start_if_stopped(node)
+        self._clone(node, role)
+        self._event("created", node=name, role=role)
+        return Change("server", name, "created", notes=(role,))
+
+    def _clone(self, node: Node, role: str) -> None:
+        """Make ``node`` a streaming copy of the primary (base backup over TLS), start it."""
+        primary = self.primary()
+        if node.home.exists():
+            shutil.rmtree(node.home)
+        node.home.mkdir(parents=True)
+        for sub in (node.run_dir, node.log_dir):
+            sub.mkdir(mode=0o700)
+        proc.chown_tree(node.home)
+        os.chmod(node.home, 0o700)
+        source = (f"host=127.0.0.1 port={primary.port} user={REPLICATION_USER} passfile={self.passfile} "
+                  f"sslmode=verify-full sslrootcert={self.ca_file} application_name={node.name}")
+        cmd = [node.prog("pg_basebackup"), "-D", str(node.data), "-X", "stream", "-c", "fast",
+               "-d", source]
+        if not self.spec.fsync:
+            cmd.append("--no-sync")
+        proc.run(cmd, timeout=600, what=f"base backup for {node.name}")
+        node.write_node_conf(self._node_conf(node, role))
+        proc.write_file(node.data / "standby.signal", "", mode=0o600)
+        node.start(self.timeout)
+        self._wait_streaming(primary, node.name)
+
+    def _wait_streaming(self, primary: Node, name: str, sync: bool = False) -> None:
+        def streaming() -> bool:
+            with primary.connect(self.admin_user) as conn:
+                rows = conn.execute(query("sandbox.sql", "replication")).fetchall()
+            return any(r[0] == name and r[1] == "streaming" and (not sync or r[2] == "sync")
+                       for r in rows)
+        primary.wait(streaming, f"{name} streaming{' synchronously' if sync else ''}", self.timeout)
+
+    def _ensure_sync(self) -> Change:
+        """The primary waits for the HA standby on every commit (R-SYS-3)."""
+        primary, standby = self.primary(), self.standby()
+        wanted = self._node_conf(primary, "primary", sync_with=standby.name)
+        current = (primary.data / "node.conf").read_text()
+        if current.strip().endswith(conf_line("synchronous_standby_names", wanted[
+                "synchronous_standby_names"]).strip()) and self._is_sync(primary, standby.name):
+            return Change("replication", f"{primary.name}->{standby.name}", "unchanged",
+                          notes=("synchronous",))
+        primary.write_node_conf(wanted)
+        primary.reload()
+        self._wait_streaming(primary, standby.name, sync=True)
+        return Change("replication", f"{primary.name}->{standby.name}", "updated",
+                      diff={"synchronous_standby_names": ("", standby.name)})
+
+    def _is_sync(self, primary: Node, name: str) -> bool:
+        with primary.connect(self.admin_user) as conn:
+            rows = conn.execute(query("sandbox.sql", "replication")).fetchall()
+        return any(r[0] == name and r[2] == "sync" for r in rows)
+
+    # -- status, down, destroy -------------------------------------------------------------
+
+    def status(self) -> dict:
+        """Nodes with role, endpoint, sync state, timeline and lag; works on a stopped sandbox."""
+        replication: dict[str, tuple] = {}
+        live: dict[str, tuple[bool, int]] = {}
+        for node in self.nodes():
+            if not node.is_running():
+                continue
+            try:
+                with node.connect(self.admin_user, timeout=5) as conn:
+                    live[node.name] = conn.execute(query("sandbox.sql", "node_state")).fetchone()
+                    if not live[node.name][0]:
+                        for row in conn.execute(query("sandbox.sql", "replication")):
+                            replication[row[0]] = row
+            except SandboxError:
+                continue
+        out = []
+        for node in self.nodes():
+            in_recovery, timeline = live.get(node.name, (None, self.state["nodes"][node.name].get("timeline")))
+            role = self.role(node.name)
+            if node.name in live:
+                role = ("replica" if node.name == REPLICA else "standby") if in_recovery else "primary"
+            rep = replication.get(node.name)
+            out.append({
+                "name": node.name, "role": role, "running": node.name in live,
+                "host": "127.0.0.1", "port": node.port, "socket_dir": str(node.run_dir),
+                "sync_state": rep[2] if rep else None, "timeline": timeline,
+                "lag_bytes": (rep[3] if rep else (0 if role == "primary" and node.name in live else None)),
+            })
+        return {"environment": self.env.name, "root": str(self.root), "database": self.env.service.database,
+                "nodes": out,
+                "restores": [{"name": n, "port": i["port"], "target_time": i.get("target_time")}
+                             for n, i in self.state["restores"].items()]}
+
+    def down(self) -> list[str]:
+        """Stop every server of the sandbox (replica, standby, primary, restores); keep the data."""
+        stopped = []
+        if not self.exists():
+            return stopped
+        order = [REPLICA] + [n for n in HA_NODES if self.role(n) != "primary"] + \
+                [n for n in HA_NODES if self.role(n) == "primary"] + list(self.state["restores"])
+        for name in order:
+            if name not in self.state["nodes"] and name not in self.state["restores"]:
+                continue
+            node = self.node(name)
+            if node.is_running():
+                node.stop("fast", timeout=30)
+                stopped.append(name)
+        return stopped
+
+    def destroy(self) -> bool:
+        """Stop everything and remove the sandbox folder; False when there was nothing."""
+        if not self.root.exists():
+            return False
+        if self.exists():
+            self.down()
+        shutil.rmtree(self.root)
+        return True
+
+
+ARCHIVE_SCRIPT = r"""#!/bin/sh
+# archive.sh PATH FILE DEST... : copy a WAL file into each archive, idempotently.
+# An existing identical copy is success (archive_mode=always: every HA node archives);
+# an existing different copy is an error the archiver keeps reporting.
+set -eu
+src="$1"; name="$2"; shift 2
+for dest in "$@"; do
+  if [ -f "$dest/$name" ]; then
+    if cmp -s "$src" "$dest/$name"; then continue; fi
+    echo "archive.sh: $dest/$name exists with different content" >&2
+    exit 1
+  fi
+  tmp="$dest/.$name.$$.tmp"
+  cp "$src" "$tmp"
+  sync "$tmp" 2>/dev/null || true
+  mv "$tmp" "$dest/$name"
+done
+"""
