@@ -57,6 +57,10 @@ def _free_port(taken: set[int]) -> int:
     raise SandboxError("could not find a free TCP port on 127.0.0.1")
 
 
+def _tree_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -494,6 +498,224 @@ class Sandbox:
             self.down()
         shutil.rmtree(self.root)
         return True
+
+
+    # -- failover and promotion ------------------------------------------------------------
+
+    def failover(self, mode: str = "planned") -> dict:
+        """Make the standby the primary; rebuild the old primary as the new synchronous standby.
+
+        planned: the primary shuts down cleanly (every WAL record reaches the standby first);
+        forced: the primary is killed (immediate stop), as a zone failure would.
+
+        Returns:
+            timings and names: old/new primary, seconds to promotion, seconds until whole again.
+        """
+        if mode not in ("planned", "forced"):
+            raise SandboxError(f"failover mode {mode!r}: use planned or forced")
+        old, new = self.primary(), self.standby()
+        started = time.monotonic()
+        self._event("failover-begin", mode=mode, old_primary=old.name, new_primary=new.name)
+        old.stop("fast" if mode == "planned" else "immediate", timeout=60)
+        new.promote(self.timeout)
+        # Until the old primary rejoins, the new one must not wait for a standby that is not there.
+        self.state["nodes"][new.name]["role"] = "primary"
+        self.state["nodes"][old.name]["role"] = "standby"
+        new.write_node_conf(self._node_conf(new, "primary"))
+        new.reload()
+        promoted = time.monotonic() - started
+        self.save()
+        self.rejoin(old.name)
+        self.wait_replica_following()
+        self._event("failover-end", mode=mode, new_primary=new.name, seconds=round(promoted, 3))
+        self.save()
+        return {"mode": mode, "old_primary": old.name, "new_primary": new.name,
+                "promote_seconds": promoted, "total_seconds": time.monotonic() - started,
+                "timeline": self._timeline(new)}
+
+    def rejoin(self, name: str) -> None:
+        """Rewind a stopped former primary onto the current primary's timeline, start it as the
+        synchronous standby, and turn synchronous replication back on."""
+        primary, node = self.primary(), self.node(name)
+        node.stop("immediate", timeout=30)
+        with primary.connect(self.admin_user) as conn:
+            conn.execute("CHECKPOINT")  # pg_rewind reads the timeline from the control file
+        source = psycopg.conninfo.make_conninfo(host=str(primary.run_dir), port=primary.port,
+                                                user=self.admin_user, dbname="postgres")
+        proc.run([node.prog("pg_rewind"), "-D", str(node.data), f"--source-server={source}"],
+                 timeout=600, what=f"pg_rewind {name}", log=node.startup_log)
+        for leftover in ("recovery.signal", "backup_label"):
+            (node.data / leftover).unlink(missing_ok=True)
+        node.write_node_conf(self._node_conf(node, "standby"))
+        proc.write_file(node.data / "standby.signal", "", mode=0o600)
+        node.start(self.timeout)
+        self._wait_streaming(primary, name)
+        primary.write_node_conf(self._node_conf(primary, "primary", sync_with=name))
+        primary.reload()
+        self._wait_streaming(primary, name, sync=True)
+        for n in self.state["nodes"]:
+            self.state["nodes"][n]["timeline"] = self._timeline(self.node(n))
+        self.save()
+
+    def wait_replica_following(self) -> None:
+        """Wait until the read replica streams from the current primary (when it is a replica)."""
+        if self.state["nodes"].get(REPLICA, {}).get("role") == "replica" and self.node(REPLICA).is_running():
+            self._wait_streaming(self.primary(), REPLICA)
+            self.state["nodes"][REPLICA]["timeline"] = self._timeline(self.node(REPLICA))
+
+    def promote_replica(self) -> dict:
+        """Promote the read replica to a standalone primary (the region failover, R-DR-2)."""
+        replica = self.node(REPLICA)
+        if self.role(REPLICA) == "promoted":
+            return {"name": REPLICA, "action": "unchanged", "timeline": self._timeline(replica)}
+        started = time.monotonic()
+        replica.promote(self.timeout)
+        replica.write_node_conf({**self._node_conf(replica, "primary"), "primary_conninfo": ""})
+        replica.reload()
+        self.state["nodes"][REPLICA]["role"] = "promoted"
+        self.state["nodes"][REPLICA]["timeline"] = self._timeline(replica)
+        self._event("replica-promoted", seconds=round(time.monotonic() - started, 3))
+        self.save()
+        return {"name": REPLICA, "action": "promoted", "seconds": time.monotonic() - started,
+                "timeline": self.state["nodes"][REPLICA]["timeline"]}
+
+    def rebuild_replica(self) -> Change:
+        """Throw the replica's data away and clone it again from the current primary."""
+        replica = self.node(REPLICA)
+        replica.stop("immediate", timeout=30)
+        self.state["nodes"][REPLICA]["role"] = "replica"
+        self._clone(replica, "replica")
+        self.state["nodes"][REPLICA]["timeline"] = self._timeline(replica)
+        self._event("replica-rebuilt")
+        self.save()
+        return Change("server", REPLICA, "created", notes=("replica rebuilt from the primary",))
+
+    def _timeline(self, node: Node) -> int | None:
+        try:
+            with node.connect(self.admin_user, timeout=5) as conn:
+                return conn.execute(query("sandbox.sql", "node_state")).fetchone()[1]
+        except SandboxError:
+            return None
+
+    # -- backups and point-in-time restore -------------------------------------------------
+
+    def take_backup(self, kind: str = "on-demand") -> Backup:
+        """Take a base backup of the primary (plain format with manifest), copy it to the geo folder."""
+        primary = self.primary()
+        started = datetime.now(timezone.utc)
+        backup_id = started.strftime("%Y%m%dT%H%M%S%fZ")
+        target = self.backup_dirs[0] / backup_id
+        source = psycopg.conninfo.make_conninfo(host=str(primary.run_dir), port=primary.port,
+                                                user=self.admin_user)
+        cmd = [primary.prog("pg_basebackup"), "-D", str(target), "-X", "stream", "-c", "fast",
+               "-d", source, "--label", f"pcdb {kind} {backup_id}"]
+        if not self.spec.fsync:
+            cmd.append("--no-sync")
+        proc.run(cmd, timeout=3600, what=f"base backup of {primary.name}")
+        finished = datetime.now(timezone.utc)
+        meta = {"id": backup_id, "started_at": started.isoformat(), "finished_at": finished.isoformat(),
+                "size_bytes": _tree_size(target), "timeline": self._timeline(primary), "kind": kind,
+                "source": primary.name}
+        proc.write_file(target.with_name(backup_id + ".json"), json.dumps(meta, indent=2), mode=0o640)
+        geo = self.backup_dirs[1]
+        proc.run(["cp", "-a", str(target), str(target.with_name(backup_id + ".json")), str(geo)],
+                 timeout=3600, what=f"geo copy of backup {backup_id}")
+        self._event("backup", id=backup_id, kind=kind)
+        self.save()
+        return self._backup(meta)
+
+    def _backup(self, meta: dict) -> Backup:
+        return Backup(meta["id"], datetime.fromisoformat(meta["started_at"]),
+                      datetime.fromisoformat(meta["finished_at"]), self.backup_dirs[0] / meta["id"],
+                      meta["size_bytes"], meta["timeline"], meta["kind"])
+
+    def list_backups(self) -> list[Backup]:
+        """Every complete base backup, oldest first."""
+        found = []
+        for meta_file in sorted(self.backup_dirs[0].glob("*.json")):
+            meta = json.loads(meta_file.read_text())
+            if (self.backup_dirs[0] / meta["id"] / "backup_manifest").exists():
+                found.append(self._backup(meta))
+        return found
+
+    def archive_status(self) -> dict:
+        """pg_stat_archiver of the primary."""
+        with self.primary().connect(self.admin_user) as conn:
+            cur = conn.execute(query("sandbox.sql", "archiver"))
+            row = cur.fetchone()
+            return dict(zip([c.name for c in cur.description], row))
+
+    def seal_wal(self) -> str:
+        """Write a commit and close the current WAL segment, then wait until it is archived.
+
+        A point-in-time restore needs an archived commit after its target time.
+        """
+        primary = self.primary()
+        with primary.connect(self.admin_user) as conn:
+            walfile = conn.execute(query("sandbox.sql", "force_commit_and_switch")).fetchone()[1]
+        archive = self.archive_dirs[0]
+        primary.wait(lambda: (archive / walfile).exists(), f"archiving of {walfile}", self.timeout)
+        return walfile
+
+    def restore(self, target_time: datetime, name: str) -> Node:
+        """Restore the latest backup before ``target_time`` into a new server ``name`` and replay
+        the archive up to that time; the server is then promoted and running.
+
+        Raises:
+            SandboxError: no backup before the target, or recovery did not reach the target.
+        """
+        if target_time.tzinfo is None:
+            raise SandboxError("the restore target time needs a time zone (e.g. 2026-11-26T10:00:00+09:00)")
+        if name in self.state["nodes"] or name in self.state["restores"]:
+            raise SandboxError(f"a server named {name!r} already exists in the sandbox; delete it first")
+        candidates = [b for b in self.list_backups() if b.finished_at <= target_time]
+        if not candidates:
+            raise SandboxError(f"no base backup finished before {target_time.isoformat()}; "
+                               "take one (pcdb backup) or choose a later time")
+        backup = candidates[-1]
+        if target_time < datetime.now(timezone.utc):
+            self.seal_wal()
+        taken = {n["port"] for n in [*self.state["nodes"].values(), *self.state["restores"].values()]}
+        self.state["restores"][name] = {"port": _free_port(taken), "backup": backup.id,
+                                        "target_time": target_time.isoformat(), "created_at": _now()}
+        self.save()
+        node = self.node(name)
+        node.home.mkdir(parents=True)
+        for sub in (node.run_dir, node.log_dir):
+            sub.mkdir(mode=0o700)
+        proc.chown_tree(node.home)
+        proc.run(["cp", "-a", str(backup.path), str(node.data)], timeout=3600,
+                 what=f"copy backup {backup.id} for {name}")
+        (node.data / "backup_manifest").unlink(missing_ok=True)
+        node.write_node_conf({
+            **self._node_conf(node, "primary"), "archive_mode": "off",
+            "recovery_target_time": target_time.isoformat(), "recovery_target_action": "promote",
+            "recovery_target_inclusive": "off",
+        })
+        proc.write_file(node.data / "recovery.signal", "", mode=0o600)
+        node.start(self.timeout)
+
+        def promoted() -> bool:
+            with node.connect(self.admin_user, timeout=5) as conn:
+                return not conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]
+        node.wait(promoted, f"recovery to {target_time.isoformat()}", max(self.timeout, 600))
+        self._event("restored", name=name, backup=backup.id, target_time=target_time.isoformat())
+        self.save()
+        return node
+
+    def delete_server(self, name: str) -> Change:
+        """Stop and remove a restored (throw-away) server; unchanged when it does not exist."""
+        if name in self.state["nodes"]:
+            raise SandboxError(f"{name} is part of the HA topology; only restored servers can be deleted")
+        if name not in self.state["restores"]:
+            return Change("server", name, "unchanged", notes=("does not exist",))
+        node = self.node(name)
+        node.stop("immediate", timeout=30)
+        shutil.rmtree(node.home, ignore_errors=True)
+        del self.state["restores"][name]
+        self._event("deleted", name=name)
+        self.save()
+        return Change("server", name, "deleted")
 
 
 ARCHIVE_SCRIPT = r"""#!/bin/sh
