@@ -198,13 +198,22 @@ class Sandbox:
             parameters: canonical server parameters written into a new cluster before its first
                 start (so a fresh install needs no restart); ignored for existing clusters.
         """
+        return [*self.ensure_ha(parameters), self.ensure_replica()]
+
+    def ensure_ha(self, parameters: dict[str, str] | None = None) -> list[Change]:
+        """The primary and its synchronous standby (the ZoneRedundant HA pair)."""
         self._prepare_root()
         changes = [self._ensure_primary(parameters or {})]
         changes.append(self._ensure_follower(self._standby_name(), "standby"))
-        changes.append(self._ensure_follower(REPLICA, "replica"))
         changes.append(self._ensure_sync())
         self.save()
         return changes
+
+    def ensure_replica(self) -> Change:
+        """The asynchronous read replica following whichever HA node is primary."""
+        change = self._ensure_follower(REPLICA, "replica")
+        self.save()
+        return change
 
     def _standby_name(self) -> str:
         nodes = self.state["nodes"]
@@ -423,9 +432,10 @@ class Sandbox:
         """The primary waits for the HA standby on every commit (R-SYS-3)."""
         primary, standby = self.primary(), self.standby()
         wanted = self._node_conf(primary, "primary", sync_with=standby.name)
-        current = (primary.data / "node.conf").read_text()
-        if current.strip().endswith(conf_line("synchronous_standby_names", wanted[
-                "synchronous_standby_names"]).strip()) and self._is_sync(primary, standby.name):
+        line = conf_line("synchronous_standby_names", wanted["synchronous_standby_names"])
+        if line in (primary.data / "node.conf").read_text():
+            # Configured already: a standby that just started needs a moment to catch up.
+            self._wait_streaming(primary, standby.name, sync=True)
             return Change("replication", f"{primary.name}->{standby.name}", "unchanged",
                           notes=("synchronous",))
         primary.write_node_conf(wanted)
@@ -433,11 +443,6 @@ class Sandbox:
         self._wait_streaming(primary, standby.name, sync=True)
         return Change("replication", f"{primary.name}->{standby.name}", "updated",
                       diff={"synchronous_standby_names": ("", standby.name)})
-
-    def _is_sync(self, primary: Node, name: str) -> bool:
-        with primary.connect(self.admin_user) as conn:
-            rows = conn.execute(query("sandbox.sql", "replication")).fetchall()
-        return any(r[0] == name and r[2] == "sync" for r in rows)
 
     # -- status, down, destroy -------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""The ``pcdb`` command: the front door to the runbooks and the local sandbox.
+
+User errors (bad spec, missing binaries, a server that will not start) print one clear
+message and exit 1; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pcdb.changes import Change
+from pcdb.config import Environment, load_environment
+from pcdb.errors import PcdbError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Product-Change database runbooks (Azure or the local sandbox).")
+sandbox_app = typer.Typer(no_args_is_help=True, help="The local sandbox of real PostgreSQL servers.")
+config_app = typer.Typer(no_args_is_help=True, help="Environment specs.")
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+EnvOption = Annotated[str, typer.Option("--env", "-e", help="environment name (deployments/NAME.yaml) or a spec path")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our own errors into a message on stderr and exit status 1."""
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PcdbError as exc:
+            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+def _sandbox_target(env_name: str):
+    from pcdb.targets.sandbox import SandboxTarget
+
+    env = load_environment(env_name)
+    if env.target != "sandbox":
+        raise PcdbError(f"environment {env.name!r} targets {env.target}, not the sandbox; use --env local")
+    return SandboxTarget(env)
+
+
+def _print_changes(changes: list[Change], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([c.as_dict() for c in changes], indent=2, default=str))
+        return
+    table = Table("resource", "name", "action", "details")
+    for change in changes:
+        details = "; ".join([*(f"{k}: {a} -> {b}" for k, (a, b) in change.diff.items()), *change.notes])
+        table.add_row(change.resource, change.name, change.action, details)
+    out.print(table)
+    changed = sum(c.changed for c in changes)
+    out.print(f"{changed} changed, {len(changes) - changed} unchanged" if changed else
+              "nothing to change: everything is as the spec says")
+
+
+@sandbox_app.command("up")
+@user_errors
+def sandbox_up(env: EnvOption = "local", as_json: JsonOption = False) -> None:
+    """Create the sandbox (primary, sync standby, async replica, database) or restart what exists."""
+    target = _sandbox_target(env)
+    changes = [target.ensure_resource_group(), *target.ensure_server(), target.ensure_replica(),
+               target.ensure_database()]
+    _print_changes(changes, as_json)
+
+
+@sandbox_app.command("status")
+@user_errors
+def sandbox_status(env: EnvOption = "local", as_json: JsonOption = False) -> None:
+    """Show every server of the sandbox: role, endpoint, sync state, timeline, lag."""
+    target = _sandbox_target(env)
+    if not target.sandbox.exists():
+        raise PcdbError(f"no sandbox for {env!r} at {target.sandbox.root}; run `pcdb sandbox up --env {env}`")
+    status = target.sandbox.status()
+    if as_json:
+        print(json.dumps(status, indent=2, default=str))
+        return
+    table = Table("name", "role", "running", "endpoint", "sync_state", "timeline", "lag_bytes",
+                  title=f"sandbox {status['environment']} ({status['root']}) — database {status['database']}")
+    for node in status["nodes"]:
+        table.add_row(node["name"], node["role"], "yes" if node["running"] else "no",
+                      f"{node['host']}:{node['port']}", str(node["sync_state"] or "-"),
+                      str(node["timeline"]), str(node["lag_bytes"] if node["lag_bytes"] is not None else "-"))
+    out.print(table)
+
+
+@sandbox_app.command("down")
+@user_errors
+def sandbox_down(env: EnvOption = "local") -> None:
+    """Stop every server of the sandbox; the data stays for the next `up`."""
+    target = _sandbox_target(env)
+    stopped = target.sandbox.down()
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@sandbox_app.command("destroy")
+@user_errors
+def sandbox_destroy(env: EnvOption = "local",
+                    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False) -> None:
+    """Stop the sandbox and delete its folder (data, archive, backups, generated passwords)."""
+    target = _sandbox_target(env)
+    if not yes and sys.stdin.isatty():
+        typer.confirm(f"delete {target.sandbox.root} and everything in it?", abort=True)
+    removed = target.sandbox.destroy()
+    out.print(f"removed {target.sandbox.root}" if removed else f"nothing at {target.sandbox.root}")
+
+
+@config_app.command("check")
+@user_errors
+def config_check(env: EnvOption = "prod", as_json: JsonOption = False) -> None:
+    """Validate an environment spec and show the server parameters as they will be applied."""
+    spec: Environment = load_environment(env)
+    applied = spec.desired_parameters()
+    if as_json:
+        print(json.dumps({n: {"declared": v.declared, "setting": v.setting, "unit": v.unit,
+                              "restart": v.needs_restart} for n, v in applied.items()}, indent=2))
+        return
+    table = Table("parameter", "declared", "applied as", "restart", title=f"{env}: spec is valid")
+    for name, value in applied.items():
+        table.add_row(name, value.declared, f"{value.setting} {value.unit or ''}".strip(),
+                      "yes" if value.needs_restart else "")
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

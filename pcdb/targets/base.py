@@ -1,0 +1,106 @@
+"""The target port: the operations every runbook needs, implemented by Azure and the sandbox.
+
+Each ``ensure_*`` operation reads what exists, changes only what differs, and returns a
+:class:`~pcdb.changes.Change` (created / updated / unchanged, with the diff).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+import psycopg
+
+from pcdb.changes import Change
+from pcdb.config import Environment
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where database work connects: the same psycopg code for Azure and the sandbox."""
+
+    host: str
+    port: int
+    dbname: str
+    sslmode: str = "require"
+    sslrootcert: str | None = None
+    connect_timeout: int = 30
+    target_session_attrs: str | None = None
+
+    def conninfo(self, user: str, password: str | None = None, dbname: str | None = None,
+                 application_name: str = "pcdb") -> str:
+        """A libpq connection string; the password is passed in, never stored here."""
+        extra = {k: v for k, v in {"sslrootcert": self.sslrootcert,
+                                   "target_session_attrs": self.target_session_attrs,
+                                   "password": password}.items() if v}
+        return psycopg.conninfo.make_conninfo(
+            host=self.host, port=self.port, dbname=dbname or self.dbname, user=user,
+            sslmode=self.sslmode, connect_timeout=self.connect_timeout,
+            application_name=application_name, **extra)
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    id: str
+    kind: Literal["automatic", "on-demand"] | str
+    finished_at: datetime
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeState:
+    name: str
+    role: str  # primary | standby | replica | promoted
+    running: bool
+    sync_state: str | None = None
+    lag_bytes: int | None = None
+    timeline: int | None = None
+
+
+@dataclass(frozen=True)
+class ServerState:
+    name: str
+    ha_state: str  # Healthy | NotEnabled | Degraded
+    nodes: tuple[NodeState, ...]
+
+
+@dataclass(frozen=True)
+class MetricsSample:
+    """One sample of the metrics the health and capacity runbooks evaluate (R-MON-1/2)."""
+
+    at: datetime
+    connections: int
+    storage_used_bytes: int
+    storage_quota_bytes: int
+    storage_percent: float
+    tps: float | None
+    cache_hit_percent: float | None
+    deadlocks: int
+    replication: tuple[dict, ...] = field(default_factory=tuple)
+
+
+@runtime_checkable
+class Target(Protocol):
+    """What a runbook may ask of an environment (see ARCHITECTURE "The target port")."""
+
+    env: Environment
+
+    def ensure_resource_group(self) -> Change: ...
+    def ensure_network(self) -> Change: ...
+    def ensure_server(self) -> list[Change]: ...
+    def ensure_database(self) -> Change: ...
+    def ensure_replica(self) -> Change: ...
+    def ensure_parameters(self) -> Change: ...
+    def ensure_access_rules(self) -> Change: ...
+    def ensure_monitoring(self) -> Change: ...
+    def server_state(self) -> ServerState: ...
+    def list_backups(self) -> list[BackupInfo]: ...
+    def take_backup(self) -> BackupInfo: ...
+    def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint: ...
+    def delete_server(self, name: str) -> Change: ...
+    def failover(self, mode: Literal["planned", "forced"] = "planned") -> dict: ...
+    def promote_replica(self) -> dict: ...
+    def metrics(self) -> MetricsSample: ...
+    def endpoint(self, which: Literal["primary", "replica", "application"] = "primary") -> Endpoint: ...
+    def admin_password(self) -> str: ...

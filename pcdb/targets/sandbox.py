@@ -1,0 +1,241 @@
+"""SandboxTarget: the target port on the local sandbox of real PostgreSQL servers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from psycopg import sql as psql
+
+from pcdb import params
+from pcdb.changes import Change
+from pcdb.config import Environment
+from pcdb.errors import TargetError
+from pcdb.sandbox import Sandbox
+from pcdb.sandbox.engine import HA_NODES, REPLICA
+from pcdb.sandbox.node import Node
+from pcdb.sql import query
+from pcdb.targets.base import BackupInfo, Endpoint, MetricsSample, NodeState, ServerState
+
+_HBA_BEGIN, _HBA_END = "# pcdb access rules begin\n", "# pcdb access rules end\n"
+
+
+class SandboxTarget:
+    """Implements :class:`~pcdb.targets.base.Target` on :class:`~pcdb.sandbox.Sandbox`."""
+
+    def __init__(self, env: Environment, sandbox: Sandbox | None = None):
+        self.env = env
+        self.sandbox = sandbox or Sandbox(env)
+        self.admin = env.server.admin.user
+
+    # -- desired state --------------------------------------------------------------------
+
+    def desired_parameters(self) -> dict[str, params.ParamValue]:
+        """The spec's parameters, with the sandbox's extra preload libraries that are installed."""
+        desired = self.env.desired_parameters()
+        extras = [lib for lib in self.sandbox.spec.extra_preload_libraries if self._installed(lib)]
+        if extras:
+            libs = desired.get("shared_preload_libraries")
+            names = [x.strip() for x in (libs.setting if libs else "").split(",") if x.strip()]
+            merged = ",".join(names + [e for e in extras if e not in names])
+            desired["shared_preload_libraries"] = params.canonical("shared_preload_libraries", merged)
+        return desired
+
+    def _installed(self, extension: str) -> bool:
+        result = subprocess.run([str(self.sandbox.bindir / "pg_config"), "--sharedir"],
+                                capture_output=True, text=True, timeout=10)
+        return (Path(result.stdout.strip()) / "extension" / f"{extension}.control").exists()
+
+    # -- ensure ---------------------------------------------------------------------------
+
+    def ensure_resource_group(self) -> Change:
+        existed = self.sandbox.exists()
+        self.sandbox._prepare_root()
+        return Change("resource_group", str(self.sandbox.root), "unchanged" if existed else "created")
+
+    def ensure_network(self) -> Change:
+        return Change("network", "loopback", "unchanged",
+                      notes=("servers listen on 127.0.0.1 only; access rules are pg_hba lines",))
+
+    def ensure_server(self) -> list[Change]:
+        settings = {n: v.setting for n, v in self.desired_parameters().items()}
+        return self.sandbox.ensure_ha(settings)
+
+    def ensure_replica(self) -> Change:
+        return self.sandbox.ensure_replica()
+
+    def ensure_database(self) -> Change:
+        name = self.env.service.database
+        with self.sandbox.primary().connect(self.admin) as conn:
+            if conn.execute(query("sandbox.sql", "database_exists"), {"name": name}).fetchone()[0]:
+                return Change("database", name, "unchanged")
+            conn.execute(psql.SQL("CREATE DATABASE {} ENCODING 'UTF8'").format(psql.Identifier(name)))
+        return Change("database", name, "created")
+
+    def ensure_parameters(self) -> Change:
+        """Set what differs on every node, reload, and restart in a rolling way where needed.
+
+        Restart order: replica, standby, then a planned switchover so the old primary restarts
+        as the new standby; the primary is never down longer than a failover.
+        """
+        desired = self.desired_parameters()
+        diff: dict[str, tuple[object, object]] = {}
+        for node in self._running_nodes():
+            for name, (current, wanted) in self._differences(node, desired).items():
+                diff[name] = (current, wanted)
+                with node.connect(self.admin) as conn:
+                    conn.execute(psql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        psql.Identifier(name), psql.Literal(wanted)))
+        if not diff:
+            return Change("parameters", self.env.server.name, "unchanged")
+        for node in self._running_nodes():
+            node.reload()
+        restarted = self._rolling_restart()
+        left = {n: d for node in self._running_nodes() for n, d in self._differences(node, desired).items()}
+        if left:
+            raise TargetError(f"parameters not applied after reload/restart: {left}; see the server logs")
+        notes = (f"restarted: {', '.join(restarted)}",) if restarted else ()
+        return Change("parameters", self.env.server.name, "updated", diff=diff, notes=notes)
+
+    def _differences(self, node: Node, desired: dict[str, params.ParamValue]) -> dict:
+        names = [v.name for v in desired.values()]
+        with node.connect(self.admin) as conn:
+            rows = conn.execute(query("sandbox.sql", "settings"), {"names": names}).fetchall()
+        actual = {r[0]: (r[1], r[4]) for r in rows}
+        out = {}
+        for value in desired.values():
+            setting, pending = actual.get(value.name, (None, False))
+            if setting is None or pending or not params.same_setting(value.name, value.setting, setting):
+                out[value.name] = (setting, value.setting)
+        return out
+
+    def _pending_restart(self, node: Node) -> bool:
+        with node.connect(self.admin) as conn:
+            return conn.execute("SELECT bool_or(pending_restart) FROM pg_catalog.pg_settings").fetchone()[0]
+
+    def _rolling_restart(self) -> list[str]:
+        sb = self.sandbox
+        restarted = []
+        for name in (REPLICA, sb.standby().name):
+            node = sb.node(name)
+            if node.is_running() and self._pending_restart(node):
+                node.stop("fast")
+                node.start(sb.timeout)
+                restarted.append(name)
+        if self._pending_restart(sb.primary()):
+            result = sb.failover("planned")
+            restarted.append(f"{result['old_primary']} (switchover to {result['new_primary']})")
+        elif restarted:
+            sb.wait_replica_following()
+        return restarted
+
+    def _running_nodes(self) -> list[Node]:
+        return [n for n in self.sandbox.nodes() if n.is_running()]
+
+    def ensure_access_rules(self) -> Change:
+        """hostssl lines for loopback and the spec's allowed subnets (R-SEC-5), on every node."""
+        cidrs = ["127.0.0.1/32"] + [s.cidr for s in self.env.network.allowed_subnets]
+        block = "".join(f"hostssl all          all         {c:<13} scram-sha-256\n" for c in cidrs)
+        changed = []
+        for node in self.sandbox.nodes():
+            hba = node.data / "pg_hba.conf"
+            text = hba.read_text()
+            head, rest = text.split(_HBA_BEGIN, 1)
+            current, tail = rest.split(_HBA_END, 1)
+            if current != block:
+                from pcdb.sandbox import proc
+                proc.write_file(hba, head + _HBA_BEGIN + block + _HBA_END + tail, mode=0o600)
+                if node.is_running():
+                    node.reload()
+                changed.append(node.name)
+        return Change("access_rules", "pg_hba", "updated" if changed else "unchanged",
+                      diff={"hostssl": ("", ", ".join(cidrs))} if changed else {},
+                      notes=tuple(f"rewritten on {n}" for n in changed))
+
+    def ensure_monitoring(self) -> Change:
+        """Record the alert rules and thresholds for the health runbook to evaluate."""
+        path = self.sandbox.root / "monitoring.json"
+        wanted = json.dumps(self.env.monitoring.model_dump(mode="json"), indent=2, ensure_ascii=False)
+        if path.exists() and path.read_text() == wanted:
+            return Change("monitoring", str(path), "unchanged")
+        action = "updated" if path.exists() else "created"
+        path.write_text(wanted)
+        return Change("monitoring", str(path), action,
+                      notes=(f"{len(self.env.monitoring.alert_rules)} alert rules recorded",))
+
+    # -- state and operations ---------------------------------------------------------------
+
+    def server_state(self) -> ServerState:
+        status = self.sandbox.status()
+        nodes = tuple(NodeState(n["name"], n["role"], n["running"], n["sync_state"], n["lag_bytes"],
+                                n["timeline"]) for n in status["nodes"])
+        ha = {n.name: n for n in nodes if n.name in HA_NODES}
+        healthy = any(n.role == "primary" and n.running for n in ha.values()) and any(
+            n.role == "standby" and n.sync_state == "sync" for n in ha.values())
+        return ServerState(self.env.server.name, "Healthy" if healthy else "Degraded", nodes)
+
+    def list_backups(self) -> list[BackupInfo]:
+        return [BackupInfo(b.id, b.kind, b.finished_at, b.size_bytes) for b in self.sandbox.list_backups()]
+
+    def take_backup(self) -> BackupInfo:
+        b = self.sandbox.take_backup()
+        return BackupInfo(b.id, b.kind, b.finished_at, b.size_bytes)
+
+    def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint:
+        node = self.sandbox.restore(target_time, name)
+        return self._endpoint_of(node)
+
+    def delete_server(self, name: str) -> Change:
+        return self.sandbox.delete_server(name)
+
+    def failover(self, mode: Literal["planned", "forced"] = "planned") -> dict:
+        return self.sandbox.failover(mode)
+
+    def promote_replica(self) -> dict:
+        return self.sandbox.promote_replica()
+
+    def metrics(self) -> MetricsSample:
+        sb = self.sandbox
+        with sb.primary().connect(self.admin) as conn:
+            cur = conn.execute(query("sandbox.sql", "metrics"))
+            row = dict(zip([c.name for c in cur.description], cur.fetchone()))
+            replication = tuple({"name": r[0], "sync_state": r[2], "lag_bytes": r[3], "lag_seconds": r[4]}
+                                for r in conn.execute(query("sandbox.sql", "replication")))
+        now = datetime.now(timezone.utc)
+        last = sb.state.get("last_metrics")
+        tps = None
+        if last:
+            seconds = (now - datetime.fromisoformat(last["at"])).total_seconds()
+            if seconds > 0 and row["transactions"] >= last["transactions"]:
+                tps = (row["transactions"] - last["transactions"]) / seconds
+        sb.state["last_metrics"] = {"at": now.isoformat(), "transactions": row["transactions"]}
+        sb.save()
+        quota = sb.spec.storage_quota
+        reads = row["blks_hit"] + row["blks_read"]
+        return MetricsSample(
+            at=now, connections=row["connections"], storage_used_bytes=row["storage_used_bytes"],
+            storage_quota_bytes=quota, storage_percent=100.0 * row["storage_used_bytes"] / quota,
+            tps=tps, cache_hit_percent=(100.0 * row["blks_hit"] / reads) if reads else None,
+            deadlocks=row["deadlocks"], replication=replication)
+
+    def endpoint(self, which: Literal["primary", "replica", "application"] = "primary") -> Endpoint:
+        sb = self.sandbox
+        if which == "replica":
+            return self._endpoint_of(sb.node(REPLICA))
+        if which == "application":  # survives a failover, like the Azure FQDN
+            ports = ",".join(str(sb.node(n).port) for n in HA_NODES)
+            return Endpoint(",".join("127.0.0.1" for _ in HA_NODES), ports,  # type: ignore[arg-type]
+                            self.env.service.database, "verify-full", str(sb.ca_file),
+                            target_session_attrs="read-write")
+        return self._endpoint_of(sb.primary())
+
+    def _endpoint_of(self, node: Node) -> Endpoint:
+        return Endpoint("127.0.0.1", node.port, self.env.service.database, "verify-full",
+                        str(self.sandbox.ca_file),
+                        connect_timeout=int(self.env.server.connection.connect_timeout.total_seconds()))
+
+    def admin_password(self) -> str:
+        return self.sandbox.password(self.admin)
