@@ -1,0 +1,93 @@
+"""Shared fixtures: real sandboxes in short /tmp folders, always destroyed at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pcdb.config import DEPLOYMENTS, load_environment
+from pcdb.sandbox import Sandbox
+from pcdb.sandbox.proc import server_user
+from pcdb.targets.sandbox import SandboxTarget
+
+_CREATED: list[Sandbox] = []
+
+
+def make_spec(folder: Path, extra: str = "") -> Path:
+    """A spec extending local.yaml, with fsync off (tests) and ``extra`` YAML appended."""
+    path = folder / "test.yaml"
+    path.write_text(f"extends: {DEPLOYMENTS / 'local.yaml'}\nname: test\n"
+                    f"sandbox:\n  fsync: false\n  start_timeout: 60s\n{extra}")
+    return path
+
+
+def new_sandbox_root() -> Path:
+    """A short folder under /tmp (unix socket paths must stay under ~107 bytes) the server user can enter."""
+    root = Path(tempfile.mkdtemp(prefix="pcdb-t", dir="/tmp"))
+    os.chmod(root, 0o755)
+    return root
+
+
+def new_target(extra: str = "") -> SandboxTarget:
+    """A target on a fresh sandbox (not yet up); destroyed at the end of the session."""
+    folder = new_sandbox_root()
+    env = load_environment(make_spec(folder, extra))
+    sandbox = Sandbox(env, root=folder / "sb")
+    _CREATED.append(sandbox)
+    return SandboxTarget(env, sandbox)
+
+
+def destroy_all() -> None:
+    for sandbox in _CREATED:
+        try:
+            sandbox.destroy()
+        finally:
+            shutil.rmtree(sandbox.root.parent, ignore_errors=True)
+    _CREATED.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_every_sandbox():
+    """Whatever happens in the tests, every server started by the suite is stopped and removed."""
+    yield
+    destroy_all()
+
+
+@pytest.fixture(scope="session")
+def target() -> SandboxTarget:
+    """One installed sandbox (HA pair, replica, database) shared by the read-mostly tests."""
+    t = new_target()
+    t.ensure_resource_group()
+    t.ensure_server()
+    t.ensure_replica()
+    t.ensure_database()
+    return t
+
+
+@pytest.fixture()
+def fresh_target() -> SandboxTarget:
+    """A sandbox of the test's own, destroyed when the test ends."""
+    t = new_target()
+    yield t
+    t.sandbox.destroy()
+
+
+def processes_under(root: Path) -> list[str]:
+    """Command lines of the server user's processes that mention ``root``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != server_user().uid:
+                continue
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if str(root) in args:
+            found.append(args)
+    return found
