@@ -35,10 +35,13 @@ def new_sandbox_root() -> Path:
 def new_target(extra: str = "") -> SandboxTarget:
     """A target on a fresh sandbox (not yet up); destroyed at the end of the session."""
     folder = new_sandbox_root()
-    env = load_environment(make_spec(folder, extra))
+    spec = make_spec(folder, extra)
+    env = load_environment(spec)
     sandbox = Sandbox(env, root=folder / "sb")
     _CREATED.append(sandbox)
-    return SandboxTarget(env, sandbox)
+    target = SandboxTarget(env, sandbox)
+    target.env_path = spec  # the spec file, for CLI tests
+    return target
 
 
 def destroy_all() -> None:

@@ -128,6 +128,11 @@ class Sandbox:
         return self.root / "archive", self.root / "archive-geo"
 
     @property
+    def replica_archive(self) -> Path:
+        """The promoted replica's own archive: its timeline must never mix with the HA pair's."""
+        return self.root / "archive-replica"
+
+    @property
     def backup_dirs(self) -> tuple[Path, Path]:
         return self.root / "backups", self.root / "backups-geo"
 
@@ -223,14 +228,14 @@ class Sandbox:
     def _prepare_root(self) -> None:
         fresh = not self.root.exists()
         for folder in (self.root, self.root / "nodes", self.root / "restores", self.root / "bin",
-                       *self.archive_dirs, *self.backup_dirs, self.tls_dir):
+                       *self.archive_dirs, self.replica_archive, *self.backup_dirs, self.tls_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._make_traversable(self.root.parent)
         if fresh or not self.state.get("created_at"):
             self.state["created_at"] = _now()
             self.state["bindir"] = str(self.bindir)
         for folder in (self.root / "nodes", self.root / "restores", *self.archive_dirs,
-                       *self.backup_dirs, self.tls_dir, self.root / "bin"):
+                       self.replica_archive, *self.backup_dirs, self.tls_dir, self.root / "bin"):
             proc.chown_tree(folder)
         os.chmod(self.root, 0o755)
         self._ensure_tls()
@@ -326,7 +331,10 @@ class Sandbox:
             settings["primary_conninfo"] = self._primary_conninfo(node.name, role)
             settings["synchronous_standby_names"] = ""
         if node.name == REPLICA:
-            settings["archive_mode"] = "on"  # archives only once promoted (its own region)
+            # Archives only once promoted, into its own region's archive: a promoted replica's
+            # timeline history in the shared archive would break the HA pair's next failover.
+            settings["archive_mode"] = "on"
+            settings["archive_command"] = f"'{self.root}/bin/archive.sh' %p %f '{self.replica_archive}'"
         return settings
 
     def _primary_conninfo(self, name: str, role: str) -> str:
@@ -589,6 +597,9 @@ class Sandbox:
         replica = self.node(REPLICA)
         replica.stop("immediate", timeout=30)
         self.state["nodes"][REPLICA]["role"] = "replica"
+        # The promoted lineage is gone; its archive would collide with a later promotion's.
+        for leftover in self.replica_archive.iterdir():
+            leftover.unlink()
         self._clone(replica, "replica")
         self.state["nodes"][REPLICA]["timeline"] = self._timeline(replica)
         self._event("replica-rebuilt")

@@ -1,0 +1,138 @@
+"""Failover, point-in-time restore, replica promotion, rolling parameter changes: measured on real servers."""
+
+import time
+from datetime import datetime, timezone
+
+import psycopg
+import pytest
+
+from pcdb.probe import ProbeWriter
+from pcdb.sandbox.engine import REPLICA
+from tests.conftest import new_target
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ops():
+    """A sandbox of this module's own: these tests change the topology."""
+    t = new_target()
+    t.ensure_server()
+    t.ensure_replica()
+    t.ensure_database()
+    yield t
+    t.sandbox.destroy()
+
+
+def app_conninfo(target):
+    return target.endpoint("application").conninfo(target.admin, target.admin_password())
+
+
+def primary_conn(target):
+    return psycopg.connect(target.endpoint().conninfo(target.admin, target.admin_password()), autocommit=True)
+
+
+@pytest.mark.parametrize("mode", ["forced", "planned"])
+def test_failover_loses_no_acknowledged_row_and_the_old_primary_rejoins_as_sync_standby(ops, mode):
+    old_primary = ops.sandbox.primary().name
+    probe = ProbeWriter(app_conninfo(ops), table=f"probe_{mode}").start()
+    try:
+        probe.wait_for_rows(50)
+        result = ops.failover(mode)
+        probe.wait_for_rows(50)
+        outcome = probe.stop()
+        assert probe.missing() == []                     # RPO 0: every acknowledged commit survived
+        assert len(outcome.acknowledged) >= 100
+        assert result["new_primary"] != old_primary
+        state = {n.name: n for n in ops.server_state().nodes}
+        assert state[old_primary].role == "standby" and state[old_primary].sync_state == "sync"
+        assert state[REPLICA].role == "replica" and state[REPLICA].sync_state == "async"
+        assert state[result["new_primary"]].timeline == result["timeline"] > 1
+        assert ops.server_state().ha_state == "Healthy"
+    finally:
+        probe.stop()
+        probe.drop_table()
+
+
+def test_point_in_time_restore_returns_exactly_the_rows_before_the_target(ops):
+    with primary_conn(ops) as conn:
+        conn.execute("CREATE TABLE pitr_probe (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO pitr_probe SELECT generate_series(1, 100)")
+    ops.take_backup()
+    with primary_conn(ops) as conn:
+        conn.execute("INSERT INTO pitr_probe SELECT generate_series(101, 150)")
+        target_time = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        conn.execute("INSERT INTO pitr_probe SELECT generate_series(151, 200)")
+        conn.execute("DELETE FROM pitr_probe WHERE id <= 10")   # the "corruption" after the target
+    endpoint = ops.restore_point_in_time(target_time, "pitr-check")
+    try:
+        with psycopg.connect(endpoint.conninfo(ops.admin, ops.admin_password())) as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM pitr_probe ORDER BY id")]
+            in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        assert ids == list(range(1, 151)) and not in_recovery
+    finally:
+        assert ops.delete_server("pitr-check").action == "deleted"
+    assert ops.delete_server("pitr-check").action == "unchanged"
+    assert "pitr-check" not in [r["name"] for r in ops.sandbox.status()["restores"]]
+
+
+def test_restore_before_any_backup_is_refused(ops):
+    with pytest.raises(Exception, match="no base backup finished before"):
+        ops.restore_point_in_time(datetime(2000, 1, 1, tzinfo=timezone.utc), "too-early")
+
+
+def test_backups_are_listed_and_copied_to_the_geo_folder(ops):
+    taken = ops.take_backup()
+    listed = ops.list_backups()
+    assert taken.id in [b.id for b in listed]
+    assert (ops.sandbox.backup_dirs[1] / taken.id / "backup_manifest").exists()
+    archive, geo = ops.sandbox.archive_dirs
+    ops.sandbox.seal_wal()
+    assert sorted(p.name for p in archive.iterdir() if not p.name.startswith(".")) == \
+        sorted(p.name for p in geo.iterdir() if not p.name.startswith("."))
+    assert ops.sandbox.archive_status()["failed_count"] == 0
+
+
+def test_replica_promotion_keeps_replicated_rows_and_accepts_writes(ops):
+    with primary_conn(ops) as conn:
+        conn.execute("CREATE TABLE promo_probe (id int)")
+        conn.execute("INSERT INTO promo_probe SELECT generate_series(1, 500)")
+        lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    replica = ops.endpoint("replica").conninfo(ops.admin, ops.admin_password())
+
+    def caught_up():
+        with psycopg.connect(replica) as conn:
+            return conn.execute("SELECT pg_last_wal_replay_lsn() >= %s", (lsn,)).fetchone()[0]
+    ops.sandbox.primary().wait(caught_up, "replica catch-up", 30)
+    try:
+        result = ops.promote_replica()
+        assert result["action"] == "promoted"
+        with psycopg.connect(replica, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM promo_probe").fetchone()[0] == 500
+            conn.execute("INSERT INTO promo_probe VALUES (501)")   # writable: it is a primary now
+            assert not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        assert ops.promote_replica()["action"] == "unchanged"
+    finally:
+        ops.sandbox.rebuild_replica()
+    state = {n.name: n for n in ops.server_state().nodes}
+    assert state[REPLICA].role == "replica" and state[REPLICA].sync_state == "async"
+
+
+def test_a_restart_parameter_is_rolled_out_standby_first_then_by_switchover(ops):
+    from pcdb.config import validate
+    data = ops.env.model_dump(mode="json", by_alias=True)
+    data["parameters"]["shared_buffers"] = "64MB"          # postmaster context: needs a restart
+    data["parameters"]["work_mem"] = "8MB"                 # reload is enough
+    ops.env = validate(data)
+    first_primary = ops.sandbox.primary().name
+    change = ops.ensure_parameters()
+    assert change.action == "updated"
+    assert set(change.diff) == {"shared_buffers", "work_mem"}
+    assert any("switchover" in note for note in change.notes)
+    assert ops.sandbox.primary().name != first_primary
+    for which in ("primary", "replica"):
+        with psycopg.connect(ops.endpoint(which).conninfo(ops.admin, ops.admin_password(), dbname="postgres")) as c:
+            assert c.execute("SHOW shared_buffers").fetchone()[0] == "64MB"
+            assert c.execute("SHOW work_mem").fetchone()[0] == "8MB"
+    assert ops.ensure_parameters().action == "unchanged"
+    assert ops.server_state().ha_state == "Healthy"
