@@ -43,7 +43,14 @@ ensure_venv() {
   fi
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: installing pcdb and its dependencies into .venv" >&2
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    # Some machines' pip config names local mirror folders that may be absent: drop only those warnings.
+    local log=.venv/pip-install.log
+    if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+      grep -v "is ignored: it is neither a file nor a directory" "$log" >&2
+      echo "setup: pip install failed (full log: $log)" >&2
+      return 1
+    fi
+    grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
     echo "$want" > "$stamp"
   fi
 }

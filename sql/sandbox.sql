@@ -31,9 +31,13 @@ SELECT name, setting, unit, context, pending_restart
   FROM pg_catalog.pg_settings
  WHERE name = ANY(%(names)s);
 
--- name: force_commit_and_switch
--- Writes a commit record (an xid is assigned) and closes the WAL segment, so PITR has a commit after any earlier target.
-SELECT pg_catalog.txid_current() AS xid, pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal()) AS walfile;
+-- name: force_commit
+-- A transaction with an xid writes a commit record: PITR needs one after its target time.
+SELECT pg_catalog.txid_current() AS xid;
+
+-- name: switch_wal
+-- Closes the current WAL segment (run after force_commit, in its own transaction, so the commit is inside it).
+SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal()) AS walfile;
 
 -- name: archiver
 -- The archiver's progress.

@@ -296,6 +296,9 @@ class Sandbox:
             "archive_timeout": f"{int(self.env.backup.log_backup.interval.total_seconds())}s",
             "restore_command": f"cp '{self.archive_dirs[0]}/%f' '%p'",
             "recovery_target_timeline": "latest",
+            # A standby retries a lost upstream after this (default 5s): the replica then finds
+            # the new primary within half a second of a failover.
+            "wal_retrieve_retry_interval": "500ms",
             "logging_collector": "on",
             "fsync": "on" if self.spec.fsync else "off",
         }
@@ -668,7 +671,8 @@ class Sandbox:
         """
         primary = self.primary()
         with primary.connect(self.admin_user) as conn:
-            walfile = conn.execute(query("sandbox.sql", "force_commit_and_switch")).fetchone()[1]
+            conn.execute(query("sandbox.sql", "force_commit"))  # autocommit: committed here
+            walfile = conn.execute(query("sandbox.sql", "switch_wal")).fetchone()[0]
         archive = self.archive_dirs[0]
         primary.wait(lambda: (archive / walfile).exists(), f"archiving of {walfile}", self.timeout)
         return walfile

@@ -1,0 +1,74 @@
+"""./dev bench: run every benchmark and write benchmarks/results/<name>.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sandbox_lifecycle(rounds: int) -> dict:
+    """Cold `up` (initdb + 2 base backups + TLS), warm `up` (no change), failovers, PITR restore."""
+    from tests.conftest import destroy_all, new_target
+    from pcdb.probe import ProbeWriter
+
+    cold, warm, forced, planned, restore = [], [], [], [], []
+    try:
+        for _ in range(rounds):
+            t = new_target()
+            start = time.perf_counter()
+            t.ensure_resource_group(); t.ensure_server(); t.ensure_replica(); t.ensure_database()
+            cold.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            t.ensure_resource_group(); t.ensure_server(); t.ensure_replica(); t.ensure_database()
+            warm.append(time.perf_counter() - start)
+            probe = ProbeWriter(t.endpoint("application").conninfo(t.admin, t.admin_password())).start()
+            probe.wait_for_rows(20)
+            for mode, sink in (("forced", forced), ("planned", planned)):
+                result = t.failover(mode)
+                probe.wait_for_rows(20)
+                sink.append({"promote_s": result["promote_seconds"], "whole_again_s": result["total_seconds"]})
+            outcome = probe.stop()
+            lost = len(probe.missing())
+            t.take_backup()
+            start = time.perf_counter()
+            endpoint = t.restore_point_in_time(datetime.now(timezone.utc), "bench-restore")
+            restore.append(time.perf_counter() - start)
+            t.delete_server("bench-restore")
+            t.sandbox.destroy()
+    finally:
+        destroy_all()
+    summary = lambda xs: {"median": statistics.median(xs), "worst": max(xs), "n": len(xs)}  # noqa: E731
+    return {
+        "cold_up_seconds": summary(cold),
+        "warm_up_seconds": summary(warm),
+        "forced_failover_promote_seconds": summary([x["promote_s"] for x in forced]),
+        "forced_failover_whole_again_seconds": summary([x["whole_again_s"] for x in forced]),
+        "planned_failover_whole_again_seconds": summary([x["whole_again_s"] for x in planned]),
+        "pitr_restore_seconds": summary(restore),
+        "acknowledged_rows_lost_last_round": lost,
+        "probe_outage_seconds_last_round": outcome.outage_seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    figures = {"measured_at": datetime.now(timezone.utc).isoformat(), "machine": platform.platform(),
+               "rounds": args.rounds, "sandbox": sandbox_lifecycle(args.rounds)}
+    out = RESULTS / "sandbox.json"
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

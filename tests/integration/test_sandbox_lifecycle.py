@@ -1,0 +1,98 @@
+"""up after a crash restarts what exists; down leaves nothing running; destroy removes everything;
+the CLI gives one clear line for user errors and never changes anything on a bad spec."""
+
+import json
+import os
+import signal
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from pcdb.cli import app
+from tests.conftest import make_spec, new_sandbox_root, processes_under
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def cli(target, *args):
+    return runner.invoke(app, [*args, "--env", str(target.env_path)],
+                         env={"PCDB_SANDBOX_ROOT": str(target.sandbox.root)})
+
+
+def test_up_status_down_destroy_through_the_cli(fresh_target):
+    root = fresh_target.sandbox.root
+    first = cli(fresh_target, "sandbox", "up", "--json")
+    assert first.exit_code == 0, first.output
+    assert {c["action"] for c in json.loads(first.stdout)} == {"created", "updated"}
+
+    again = cli(fresh_target, "sandbox", "up", "--json")
+    assert {c["action"] for c in json.loads(again.stdout)} == {"unchanged"}
+
+    assert processes_under(root)
+    down = cli(fresh_target, "sandbox", "down")
+    assert down.exit_code == 0 and "stopped" in down.stdout
+    assert processes_under(root) == []
+
+    status = json.loads(cli(fresh_target, "sandbox", "status", "--json").stdout)
+    assert [n["running"] for n in status["nodes"]] == [False, False, False]
+
+    restarted = cli(fresh_target, "sandbox", "up", "--json")
+    assert {c["action"] for c in json.loads(restarted.stdout) if c["resource"] == "server"} == {"started"}
+
+    gone = cli(fresh_target, "sandbox", "destroy", "--yes")
+    assert gone.exit_code == 0 and not root.exists() and processes_under(root) == []
+
+
+def test_after_a_crash_up_restarts_the_servers_and_keeps_the_data(fresh_target):
+    fresh_target.ensure_server()
+    fresh_target.ensure_replica()
+    fresh_target.ensure_database()
+    endpoint = fresh_target.endpoint()
+    info = endpoint.conninfo(fresh_target.admin, fresh_target.admin_password())
+    with psycopg.connect(info, autocommit=True) as conn:
+        conn.execute("CREATE TABLE survives (id int)")
+        conn.execute("INSERT INTO survives VALUES (1), (2), (3)")
+    for node in fresh_target.sandbox.nodes():          # kill -9 every postmaster: a power cut
+        pid = int((node.data / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, signal.SIGKILL)
+    primary = fresh_target.sandbox.primary()
+    primary.wait(lambda: not primary.is_running(), "postmaster gone", 10)
+
+    changes = [*fresh_target.ensure_server(), fresh_target.ensure_replica()]
+    assert [c.action for c in changes if c.resource == "server"] == ["started"] * 3
+    with psycopg.connect(info) as conn:
+        assert conn.execute("SELECT count(*) FROM survives").fetchone()[0] == 3
+    assert fresh_target.server_state().ha_state == "Healthy"
+
+
+def test_a_bad_spec_is_rejected_before_anything_is_created():
+    folder = new_sandbox_root()
+    spec = make_spec(folder, "parameters:\n  log_slow_queries: on\n")
+    root = folder / "never"
+    result = runner.invoke(app, ["sandbox", "up", "--env", str(spec)], env={"PCDB_SANDBOX_ROOT": str(root)})
+    assert result.exit_code == 1
+    assert "parameters.log_slow_queries" in result.stderr and "MySQL" in result.stderr
+    assert "Traceback" not in result.output
+    assert not root.exists()
+    folder.joinpath("test.yaml").unlink()
+    folder.rmdir()
+
+
+def test_status_of_a_missing_sandbox_says_what_to_do(tmp_path):
+    result = runner.invoke(app, ["sandbox", "status", "--env", "local"],
+                           env={"PCDB_SANDBOX_ROOT": str(tmp_path / "none")})
+    assert result.exit_code == 1 and "run `pcdb sandbox up --env local`" in result.stderr
+
+
+def test_the_sandbox_commands_refuse_a_production_spec():
+    result = runner.invoke(app, ["sandbox", "up", "--env", "prod"])
+    assert result.exit_code == 1 and "targets azure, not the sandbox" in result.stderr
+
+
+def test_config_check_shows_the_document_values_converted():
+    result = runner.invoke(app, ["config", "check", "--env", "prod", "--json"])
+    assert result.exit_code == 0
+    applied = json.loads(result.stdout)
+    assert applied["shared_buffers"] == {"declared": "4GB", "setting": "524288", "unit": "8kB", "restart": True}
