@@ -673,8 +673,8 @@ class Sandbox:
         with primary.connect(self.admin_user) as conn:
             conn.execute(query("sandbox.sql", "force_commit"))  # autocommit: committed here
             walfile = conn.execute(query("sandbox.sql", "switch_wal")).fetchone()[0]
-        archive = self.archive_dirs[0]
-        primary.wait(lambda: (archive / walfile).exists(), f"archiving of {walfile}", self.timeout)
+        primary.wait(lambda: all((d / walfile).exists() for d in self.archive_dirs),
+                     f"archiving of {walfile} (both copies)", self.timeout)
         return walfile
 
     def restore(self, target_time: datetime, name: str) -> Node:

@@ -87,9 +87,13 @@ def test_backups_are_listed_and_copied_to_the_geo_folder(ops):
     assert taken.id in [b.id for b in listed]
     assert (ops.sandbox.backup_dirs[1] / taken.id / "backup_manifest").exists()
     archive, geo = ops.sandbox.archive_dirs
-    ops.sandbox.seal_wal()
-    assert sorted(p.name for p in archive.iterdir() if not p.name.startswith(".")) == \
-        sorted(p.name for p in geo.iterdir() if not p.name.startswith("."))
+    sealed = ops.sandbox.seal_wal()
+    assert (archive / sealed).read_bytes() == (geo / sealed).read_bytes()
+
+    def same_files():  # the standby archives too (archive_mode=always): wait for in-flight copies
+        names = [sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) for d in (archive, geo)]
+        return names[0] == names[1]
+    ops.sandbox.primary().wait(same_files, "geo archive equal to the archive", 30)
     assert ops.sandbox.archive_status()["failed_count"] == 0
 
 
