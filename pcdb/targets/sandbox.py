@@ -61,8 +61,18 @@ class SandboxTarget:
                       notes=("servers listen on 127.0.0.1 only; access rules are pg_hba lines",))
 
     def ensure_server(self) -> list[Change]:
+        """The HA pair with its backups: WAL archiving on, and a first base backup so a
+        point-in-time restore works from the moment the install finishes (Azure takes its
+        first automatic backup when the server is created)."""
         settings = {n: v.setting for n, v in self.desired_parameters().items()}
-        return self.sandbox.ensure_ha(settings)
+        changes = self.sandbox.ensure_ha(settings)
+        backups = self.sandbox.list_backups()
+        if backups:
+            changes.append(Change("backup", backups[-1].id, "unchanged", notes=(f"{len(backups)} base backup(s)",)))
+        else:
+            first = self.sandbox.take_backup(kind="automatic")
+            changes.append(Change("backup", first.id, "created", notes=("first automatic base backup",)))
+        return changes
 
     def ensure_replica(self) -> Change:
         return self.sandbox.ensure_replica()
