@@ -90,8 +90,9 @@ def sandbox_status(env: EnvOption = "local", as_json: JsonOption = False) -> Non
     if as_json:
         print(json.dumps(status, indent=2, default=str))
         return
-    table = Table("name", "role", "running", "endpoint", "sync_state", "timeline", "lag_bytes",
-                  title=f"sandbox {status['environment']} ({status['root']}) — database {status['database']}")
+    table = Table(title=f"sandbox {status['environment']} ({status['root']}) — database {status['database']}")
+    for column in ("name", "role", "running", "endpoint", "sync_state", "timeline", "lag_bytes"):
+        table.add_column(column, no_wrap=True)
     for node in status["nodes"]:
         table.add_row(node["name"], node["role"], "yes" if node["running"] else "no",
                       f"{node['host']}:{node['port']}", str(node["sync_state"] or "-"),

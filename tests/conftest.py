@@ -44,20 +44,25 @@ def new_target(extra: str = "") -> SandboxTarget:
     return target
 
 
-def destroy_all() -> None:
+def destroy_all() -> list[str]:
+    """Destroy every sandbox the suite made; return the processes that survived (should be none)."""
+    survivors = []
     for sandbox in _CREATED:
         try:
             sandbox.destroy()
         finally:
+            survivors += processes_under(sandbox.root)
             shutil.rmtree(sandbox.root.parent, ignore_errors=True)
     _CREATED.clear()
+    return survivors
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _cleanup_every_sandbox():
     """Whatever happens in the tests, every server started by the suite is stopped and removed."""
     yield
-    destroy_all()
+    survivors = destroy_all()
+    assert survivors == [], f"servers left running after the suite: {survivors}"
 
 
 @pytest.fixture(scope="session")

@@ -234,9 +234,11 @@ class Sandbox:
         if fresh or not self.state.get("created_at"):
             self.state["created_at"] = _now()
             self.state["bindir"] = str(self.bindir)
+        user = proc.server_user()
         for folder in (self.root / "nodes", self.root / "restores", *self.archive_dirs,
                        self.replica_archive, *self.backup_dirs, self.tls_dir, self.root / "bin"):
-            proc.chown_tree(folder)
+            if not user.is_self:  # what is inside is written by the servers themselves
+                os.chown(folder, user.uid, user.gid)
         os.chmod(self.root, 0o755)
         self._ensure_tls()
         self._ensure_scripts()
@@ -368,12 +370,10 @@ class Sandbox:
         self._initdb(node, parameters)
         node.start(self.timeout)
         with node.connect(self.admin_user) as conn:
-            for role, attrs in ((self.admin_user, "SUPERUSER LOGIN"),
-                                (REPLICATION_USER, "REPLICATION LOGIN")):
-                stmt = psql.SQL("ALTER ROLE {} WITH " + attrs + " PASSWORD {}") if role == \
-                    self.admin_user else psql.SQL("CREATE ROLE {} WITH " + attrs + " PASSWORD {}")
-                conn.execute(stmt.format(psql.Identifier(role),
-                                         psql.Literal(verifier(self.password(role)))))
+            conn.execute(psql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
+                psql.Identifier(self.admin_user), psql.Literal(verifier(self.password(self.admin_user)))))
+            conn.execute(psql.SQL("CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
+                psql.Identifier(REPLICATION_USER), psql.Literal(verifier(self.password(REPLICATION_USER)))))
         self._event("created", node=node.name, role="primary")
         return Change("server", node.name, "created", notes=("primary",))
 
