@@ -106,6 +106,8 @@ class Service(Model):
     schema_name: str = Field(alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     concurrent_users: int = Field(gt=0)
     availability_target_percent: float = Field(gt=0, le=100)
+    timezone: str = Field("Asia/Seoul", description="business time zone: schedules, monthly partitions")
+    log_partitions_ahead: int = Field(3, ge=1, le=24, description="monthly KOS-log partitions kept ready")
 
 
 class Storage(Model):
@@ -212,12 +214,28 @@ class Azure(Model):
     diagnostic_setting: DiagnosticSetting
 
 
+TablePrivilege = Literal["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "ALL"]
+
+
+class Grants(Model):
+    """What a role may do (§4.1.2, R-SEC-2); anything else is revoked."""
+
+    database: list[Literal["CONNECT", "CREATE", "TEMPORARY", "ALL"]]
+    schema_: list[Literal["USAGE", "CREATE", "ALL"]] = Field(alias="schema")
+    tables: dict[str, list[TablePrivilege]] = Field(default_factory=dict,
+                                                    description="per table, by name")
+    all_tables: list[TablePrivilege] = Field(default_factory=list,
+                                             description="on every table of the schema, also future ones")
+    sequences: list[Literal["USAGE", "SELECT", "UPDATE", "ALL"]] = Field(default_factory=list)
+
+
 class Role(Model):
     name: str = Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     purpose: str
     connection_limit: int = Field(ge=-1)
-    attributes: list[Literal["CREATEDB", "CREATEROLE", "LOGIN", "NOLOGIN"]] = []
+    attributes: list[Literal["CREATEDB", "CREATEROLE"]] = []
     password: SecretRef
+    grants: Grants
 
 
 class PasswordPolicy(Model):
@@ -248,8 +266,15 @@ class EncryptionAtRest(Model):
     key_rotation: Duration
 
 
+def _roles_by_name(value: Any) -> Any:
+    # The YAML keys roles by name so an extending spec can override one field of one role.
+    if isinstance(value, dict):
+        return [{"name": name, **(body or {})} for name, body in value.items()]
+    return value
+
+
 class Security(Model):
-    roles: list[Role]
+    roles: Annotated[list[Role], BeforeValidator(_roles_by_name)]
     password_policy: PasswordPolicy
     connection_policy: ConnectionPolicy
     tls: Tls

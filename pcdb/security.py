@@ -1,0 +1,173 @@
+"""Phase 5: roles, their passwords and connection limits, and grants exactly as §4.1.2.
+
+Grants are reconciled both ways: what the spec grants is granted, what it does not is revoked
+(least privilege, R-SEC-2/R-OPS-3). Passwords are set as SCRAM verifiers, so no log ever holds
+one; a password is only (re)set when the role cannot log in with it, and the time it was set is
+recorded so the 90-day expiry (R-SEC-3) is tracked without PostgreSQL locking the application
+out on day 91 (the document itself sets VALID UNTIL 'infinity').
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import psycopg
+from psycopg import sql as psql
+
+from pcdb.changes import Change
+from pcdb.config import Grants, Role
+from pcdb.scram import verifier
+from pcdb.sql import query
+
+ALL_TABLE = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+ALL_SEQUENCE = ("USAGE", "SELECT", "UPDATE")
+ALL_DATABASE = ("CONNECT", "CREATE", "TEMPORARY")
+ALL_SCHEMA = ("USAGE", "CREATE")
+
+PasswordCheck = Callable[[str, str], bool]
+
+
+def _expand(privileges: list[str], everything: tuple[str, ...]) -> set[str]:
+    return set(everything) if "ALL" in privileges else set(privileges)
+
+
+def _q(name: str, **identifiers: str) -> psql.Composed:
+    return psql.SQL(query("install.sql", name)).format(
+        **{k: psql.Identifier(v) for k, v in identifiers.items()})
+
+
+def ensure_role(conn: psycopg.Connection, role: Role, password: str, can_log_in: PasswordCheck,
+                ledger_schema: str, expiry: timedelta) -> Change:
+    """Create the role or bring its attributes and password to the spec."""
+    row = conn.execute(query("install.sql", "role_attributes"), {"role": role.name}).fetchone()
+    wanted = {"login": True, "connection_limit": role.connection_limit,
+              "createdb": "CREATEDB" in role.attributes, "createrole": "CREATEROLE" in role.attributes}
+    options = psql.SQL(" ").join([
+        psql.SQL("LOGIN"), psql.SQL("CONNECTION LIMIT {}").format(psql.Literal(role.connection_limit)),
+        psql.SQL("CREATEDB" if wanted["createdb"] else "NOCREATEDB"),
+        psql.SQL("CREATEROLE" if wanted["createrole"] else "NOCREATEROLE"),
+        psql.SQL("VALID UNTIL 'infinity'")])
+    secret = psql.SQL("PASSWORD {}").format(psql.Literal(verifier(password)))
+    if row is None:
+        conn.execute(psql.SQL("CREATE ROLE {} WITH {} {}").format(psql.Identifier(role.name), options, secret))
+        _record_password(conn, role.name, ledger_schema, expiry)
+        return Change("role", role.name, "created", notes=(f"connection limit {role.connection_limit}",))
+    current = {"login": row[0], "connection_limit": row[1], "createdb": row[2], "createrole": row[3]}
+    diff = {k: (current[k], v) for k, v in wanted.items() if current[k] != v}
+    if diff:
+        conn.execute(psql.SQL("ALTER ROLE {} WITH {}").format(psql.Identifier(role.name), options))
+    if not can_log_in(role.name, password):
+        conn.execute(psql.SQL("ALTER ROLE {} WITH {}").format(psql.Identifier(role.name), secret))
+        _record_password(conn, role.name, ledger_schema, expiry)
+        diff["password"] = ("(differs from its source)", "(set from its source)")
+    return Change("role", role.name, "updated" if diff else "unchanged", diff=diff)
+
+
+def _record_password(conn: psycopg.Connection, role: str, schema: str, expiry: timedelta) -> None:
+    conn.execute(psql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psql.Identifier(schema)))
+    conn.execute(_q("password_ledger", schema=schema))
+    conn.execute(_q("record_password", schema=schema), {"role": role, "expiry": expiry})
+
+
+def desired_privileges(grants: Grants, tables: list[str], sequences: list[str]) -> dict[tuple[str, str], set[str]]:
+    """(kind, object) -> privileges, for kinds database, schema, table, sequence."""
+    out: dict[tuple[str, str], set[str]] = {
+        ("database", ""): _expand(grants.database, ALL_DATABASE),
+        ("schema", ""): _expand(grants.schema_, ALL_SCHEMA),
+    }
+    for table in tables:
+        privs = _expand(grants.all_tables, ALL_TABLE) | _expand(grants.tables.get(table, []), ALL_TABLE)
+        out[("table", table)] = privs
+    for sequence in sequences:
+        out[("sequence", sequence)] = _expand(grants.sequences, ALL_SEQUENCE)
+    return out
+
+
+def current_privileges(conn: psycopg.Connection, database: str, schema: str,
+                       roles: list[str]) -> dict[str, dict[tuple[str, str], set[str]]]:
+    """role -> (kind, object) -> privileges granted directly."""
+    out: dict[str, dict[tuple[str, str], set[str]]] = {r: {} for r in roles}
+
+    def add(role: str, key: tuple[str, str], privilege: str) -> None:
+        out[role].setdefault(key, set()).add(privilege)
+    for role, priv in conn.execute(query("install.sql", "database_grants"), {"database": database, "roles": roles}):
+        add(role, ("database", ""), priv)
+    for role, priv in conn.execute(query("install.sql", "schema_grants"), {"schema": schema, "roles": roles}):
+        add(role, ("schema", ""), priv)
+    for table, role, priv in conn.execute(query("install.sql", "table_grants"), {"schema": schema, "roles": roles}):
+        add(role, ("table", table), priv)
+    for seq, role, priv in conn.execute(query("install.sql", "sequence_grants"), {"schema": schema, "roles": roles}):
+        add(role, ("sequence", seq), priv)
+    return out
+
+
+def ensure_grants(conn: psycopg.Connection, roles: list[Role], database: str, schema: str) -> Change:
+    """Grant what the spec grants and revoke what it does not, on the database, schema,
+    tables and sequences; set default privileges so tables added later follow the same rules."""
+    tables = [r[0] for r in conn.execute(query("install.sql", "schema_tables"), {"schema": schema})]
+    sequences = [r[0] for r in conn.execute(query("install.sql", "schema_sequences"), {"schema": schema})]
+    names = [r.name for r in roles]
+    current = current_privileges(conn, database, schema, names)
+    diff: dict[str, tuple[object, object]] = {}
+    with conn.transaction():
+        for role in roles:
+            wanted = desired_privileges(role.grants, tables, sequences)
+            for key in sorted(set(wanted) | set(current[role.name])):
+                have, want = current[role.name].get(key, set()), wanted.get(key, set())
+                if have == want:
+                    continue
+                target = _object(key, database, schema)
+                if want - have:
+                    conn.execute(psql.SQL("GRANT {} ON {} TO {}").format(
+                        _privs(want - have), target, psql.Identifier(role.name)))
+                if have - want:
+                    conn.execute(psql.SQL("REVOKE {} ON {} FROM {}").format(
+                        _privs(have - want), target, psql.Identifier(role.name)))
+                diff[f"{role.name} on {key[0]} {key[1] or database if key[0] == 'database' else key[1] or schema}"] = (
+                    ",".join(sorted(have)) or "-", ",".join(sorted(want)) or "-")
+        defaults = ensure_default_privileges(conn, roles, schema)
+    diff.update(defaults)
+    return Change("grants", schema, "updated" if diff else "unchanged", diff=diff)
+
+
+def _object(key: tuple[str, str], database: str, schema: str) -> psql.Composable:
+    kind, name = key
+    if kind == "database":
+        return psql.SQL("DATABASE {}").format(psql.Identifier(database))
+    if kind == "schema":
+        return psql.SQL("SCHEMA {}").format(psql.Identifier(schema))
+    word = "TABLE" if kind == "table" else "SEQUENCE"
+    return psql.SQL(word + " {}.{}").format(psql.Identifier(schema), psql.Identifier(name))
+
+
+def _privs(privileges: set[str]) -> psql.Composable:
+    return psql.SQL(", ").join(psql.SQL(p) for p in sorted(privileges))
+
+
+def ensure_default_privileges(conn: psycopg.Connection, roles: list[Role], schema: str) -> dict:
+    """Tables and sequences created later by the owner get each role's all_tables/sequences rights."""
+    owner = conn.execute("SELECT current_user").fetchone()[0]
+    names = [r.name for r in roles]
+    have: dict[tuple[str, str], set[str]] = {}
+    for objtype, role, priv in conn.execute(query("install.sql", "default_privileges"),
+                                            {"schema": schema, "owner": owner, "roles": names}):
+        have.setdefault((role, objtype), set()).add(priv)
+    diff = {}
+    for role in roles:
+        for objtype, word, wanted in (("r", "TABLES", _expand(role.grants.all_tables, ALL_TABLE)),
+                                      ("S", "SEQUENCES", _expand(role.grants.sequences, ALL_SEQUENCE))):
+            current = have.get((role.name, objtype), set())
+            if current == wanted:
+                continue
+            base = psql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} ").format(
+                psql.Identifier(owner), psql.Identifier(schema))
+            if wanted - current:
+                conn.execute(base + psql.SQL("GRANT {} ON " + word + " TO {}").format(
+                    _privs(wanted - current), psql.Identifier(role.name)))
+            if current - wanted:
+                conn.execute(base + psql.SQL("REVOKE {} ON " + word + " FROM {}").format(
+                    _privs(current - wanted), psql.Identifier(role.name)))
+            diff[f"{role.name} default on new {word.lower()}"] = (",".join(sorted(current)) or "-",
+                                                                  ",".join(sorted(wanted)) or "-")
+    return diff
