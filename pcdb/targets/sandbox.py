@@ -85,13 +85,16 @@ class SandboxTarget:
             conn.execute(psql.SQL("CREATE DATABASE {} ENCODING 'UTF8'").format(psql.Identifier(name)))
         return Change("database", name, "created")
 
-    def ensure_parameters(self) -> Change:
+    def ensure_parameters(self, names: set[str] | None = None) -> Change:
         """Set what differs on every node, reload, and restart in a rolling way where needed.
+
+        Args:
+            names: only these parameters (a phase's share); default all of the spec.
 
         Restart order: replica, standby, then a planned switchover so the old primary restarts
         as the new standby; the primary is never down longer than a failover.
         """
-        desired = self.desired_parameters()
+        desired = {k: v for k, v in self.desired_parameters().items() if names is None or k in names}
         diff: dict[str, tuple[object, object]] = {}
         for node in self._running_nodes():
             for name, (current, wanted) in self._differences(node, desired).items():
@@ -109,6 +112,41 @@ class SandboxTarget:
             raise TargetError(f"parameters not applied after reload/restart: {left}; see the server logs")
         notes = (f"restarted: {', '.join(restarted)}",) if restarted else ()
         return Change("parameters", self.env.server.name, "updated", diff=diff, notes=notes)
+
+    def parameter_differences(self) -> dict[str, dict[str, tuple[str, str]]]:
+        """Read-only: per running node, the parameters whose value differs from the spec."""
+        desired = self.desired_parameters()
+        return {node.name: self._differences(node, desired) for node in self._running_nodes()}
+
+    def ensure_tls(self) -> Change:
+        """TLS on, minimum version as the spec says, non-TLS TCP rejected (R-SEC-4)."""
+        wanted = self.env.security.tls.min_version
+        with self.sandbox.primary().connect(self.admin) as conn:
+            ssl = conn.execute("SHOW ssl").fetchone()[0]
+            version = conn.execute("SHOW ssl_min_protocol_version").fetchone()[0]
+        if (ssl, version) == ("on", wanted):
+            return Change("tls", self.env.server.name, "unchanged",
+                          notes=(f"ssl on, minimum {version}; pg_hba rejects hostnossl",))
+        raise TargetError(f"the sandbox servers run ssl={ssl}, minimum {version}, but the spec asks for "
+                          f"{wanted}; the sandbox is built with TLSv1.3 only: destroy and re-create it")
+
+    def generated_secret(self, name: str) -> str:
+        """A password the sandbox generated for ``name`` (file mode 0600)."""
+        return self.sandbox.password(name)
+
+    def plan(self) -> list[Change]:
+        """Read-only: what an install would create or change on this sandbox now."""
+        sb = self.sandbox
+        if not sb.exists():
+            return [Change(kind, name, "created", notes=("would be created",)) for kind, name in (
+                ("resource_group", str(sb.root)), ("server", "node1"), ("server", "node2"),
+                ("server", "replica"), ("database", self.env.service.database))]
+        planned = [Change("resource_group", str(sb.root), "unchanged")]
+        for node in sb.nodes():
+            planned.append(Change("server", node.name, "unchanged" if node.is_running() else "started"))
+        diffs = {n: d for node, nd in self.parameter_differences().items() for n, d in nd.items()}
+        planned.append(Change("parameters", self.env.server.name, "updated" if diffs else "unchanged", diff=diffs))
+        return planned
 
     def _differences(self, node: Node, desired: dict[str, params.ParamValue]) -> dict:
         names = [v.name for v in desired.values()]

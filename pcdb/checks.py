@@ -1,0 +1,254 @@
+"""Phase 7: every check is a real probe against the installed database; its result is evidence.
+
+Each check returns a :class:`CheckResult`; a check never raises for a failed expectation (it
+reports it), only for an error it cannot judge. Probes that write run in transactions that are
+rolled back, and anything they create outside one (throw-away servers, probe tables) is removed
+in ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import psycopg
+from psycopg import sql as psql
+
+from pcdb.config import Environment
+from pcdb.probe import ProbeWriter
+from pcdb.sql import query
+from pcdb.targets.base import Endpoint, Target
+
+Connect = Callable[..., psycopg.Connection]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    requirement: str
+    passed: bool
+    evidence: str
+    details: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "requirement": self.requirement, "passed": self.passed,
+                "evidence": self.evidence, "seconds": round(self.seconds, 3), "details": self.details}
+
+
+def _q(name: str, schema: str) -> psql.Composed:
+    return psql.SQL(query("verify.sql", name)).format(schema=psql.Identifier(schema))
+
+
+def _timed(func: Callable[[], CheckResult]) -> CheckResult:
+    started = time.monotonic()
+    result = func()
+    return CheckResult(result.name, result.requirement, result.passed, result.evidence, result.details,
+                       time.monotonic() - started)
+
+
+def check_connection(conn: psycopg.Connection, env: Environment) -> CheckResult:
+    """§10.1.1 (1) and R-SEC-4: the connection works and uses TLS at the required version."""
+    ssl, version, cipher = conn.execute(query("verify.sql", "tls_of_this_session")).fetchone()
+    server = conn.execute("SHOW server_version").fetchone()[0]
+    wanted = env.security.tls.min_version
+    ok = bool(ssl) and version == wanted
+    return CheckResult("connection and TLS", "R-SEC-4", ok,
+                       f"connected to PostgreSQL {server}; TLS {version} ({cipher}); required {wanted}",
+                       {"server_version": server, "tls_version": version, "cipher": cipher})
+
+
+def check_non_tls_refused(endpoint: Endpoint, user: str, password: str) -> CheckResult:
+    """R-SEC-4: a connection without TLS is refused (tried for real)."""
+    info = psycopg.conninfo.make_conninfo(endpoint.conninfo(user, password), sslmode="disable")
+    try:
+        psycopg.connect(info, connect_timeout=10).close()
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1]
+        return CheckResult("non-TLS connection refused", "R-SEC-4", True, f"refused: {reason}")
+    return CheckResult("non-TLS connection refused", "R-SEC-4", False, "a connection with sslmode=disable was accepted")
+
+
+def check_schema_objects(conn: psycopg.Connection, env: Environment) -> list[CheckResult]:
+    """§10.1.1 (2)-(5): schema, tables, the R-IDX-1 indexes and the circuit-breaker rows."""
+    schema = env.service.schema_name
+    results = []
+    present = conn.execute(query("verify.sql", "schema_present"), {"schema": schema}).fetchone()
+    results.append(CheckResult("schema exists", "R-SYS-1", present is not None, f"schema {schema}: "
+                               + ("present" if present else "missing")))
+    tables = [r[0] for r in conn.execute(query("verify.sql", "tables_present"), {"schema": schema})]
+    wanted_tables = {"pc_product_change_history", "pc_kos_integration_log", "pc_circuit_breaker_state"}
+    results.append(CheckResult("tables exist", "§10.1.1", wanted_tables <= set(tables),
+                               f"{len(tables)} tables incl. partitions; missing: "
+                               f"{sorted(wanted_tables - set(tables)) or 'none'}", {"tables": tables}))
+    indexes = {r[0]: r[1] for r in conn.execute(query("verify.sql", "indexes_present"), {"schema": schema})}
+    missing = [(t, i) for t, names in env.indexes.items() for i in names if indexes.get(i) != t]
+    results.append(CheckResult("indexes exist with the document's names", "R-IDX-1", not missing,
+                               f"{sum(len(v) for v in env.indexes.values())} expected; missing: {missing or 'none'}",
+                               {"indexes": indexes}))
+    breakers = conn.execute(_q("circuit_breakers", schema)).fetchall()
+    results.append(CheckResult("circuit-breaker rows", "§10.1.1", bool(breakers),
+                               ", ".join(f"{s}={st}" for s, st in breakers) or "no rows",
+                               {"rows": [list(b) for b in breakers]}))
+    return results
+
+
+def check_sample_inserts_use_index(conn: psycopg.Connection, env: Environment, filler_rows: int = 20000) -> CheckResult:
+    """§10.1.2: the sample inserts work and EXPLAIN shows the line-number index used.
+
+    The samples and production-like filler rows are inserted in a transaction that is rolled
+    back (statistics included), so nothing stays.
+    """
+    schema = env.service.schema_name
+    index = env.indexes["pc_product_change_history"][0]
+    with conn.transaction(force_rollback=True):
+        inserted = conn.execute(_q("sample_inserts", schema)).rowcount
+        conn.execute(_q("filler_rows", schema), {"rows": filler_rows})
+        conn.execute(psql.SQL("ANALYZE {}.pc_product_change_history").format(psql.Identifier(schema)))
+        plan = conn.execute(_q("explain_line_lookup", schema)).fetchone()[0]
+    text = json.dumps(plan)
+    used = f'"Index Name": "{index}"' in text
+    node = plan[0]["Plan"]
+    return CheckResult("sample inserts and index use", "§10.1.2", inserted == 3 and used,
+                       f"{inserted} sample rows inserted; plan: {node['Node Type']}"
+                       f"{' using ' + node.get('Index Name', '') if node.get('Index Name') else ''}; "
+                       f"{'the intended index ' + index + ' is used' if used else index + ' NOT used'}; rolled back",
+                       {"plan": plan})
+
+
+def check_pg_stat_statements(conn: psycopg.Connection) -> CheckResult:
+    """§10.1.2 (3): pg_stat_statements answers."""
+    try:
+        rows = conn.execute(query("verify.sql", "top_statements")).fetchall()
+    except psycopg.Error as exc:
+        return CheckResult("pg_stat_statements readable", "R-PAR-1", False, f"error: {exc}".splitlines()[0])
+    return CheckResult("pg_stat_statements readable", "R-PAR-1", True, f"{len(rows)} top statements read",
+                       {"top": [[r[0][:120], r[1], round(r[2], 3)] for r in rows]})
+
+
+# What each role must be able to do, and must be refused (R-SEC-2, §4.1.2), as (statement, allowed).
+ROLE_PROBES = {
+    "product_change_app": [
+        ("SELECT count(*) FROM {schema}.pc_product_change_history", True),
+        ("INSERT INTO {schema}.pc_product_change_history (line_number, customer_id, current_product_code, "
+         "target_product_code) VALUES ('010-0000-0000', 'PROBE', 'A', 'B')", True),
+        ("UPDATE {schema}.pc_product_change_history SET process_message = 'probe' WHERE false", True),
+        ("DELETE FROM {schema}.pc_product_change_history WHERE false", False),
+        ("INSERT INTO {schema}.pc_kos_integration_log (request_id, integration_type, is_success) "
+         "VALUES ('probe', 'PROBE', true)", True),
+        ("UPDATE {schema}.pc_kos_integration_log SET is_success = true WHERE false", False),
+        ("UPDATE {schema}.pc_circuit_breaker_state SET failure_count = failure_count WHERE false", True),
+        ("INSERT INTO {schema}.pc_circuit_breaker_state (service_name) VALUES ('PROBE')", False),
+        ("TRUNCATE {schema}.pc_product_change_history", False),
+        ("CREATE TABLE {schema}.pcdb_probe_table (id int)", False),
+    ],
+    "product_change_readonly": [
+        ("SELECT count(*) FROM {schema}.pc_product_change_history", True),
+        ("SELECT count(*) FROM {schema}.pc_kos_integration_log", True),
+        ("SELECT count(*) FROM {schema}.pc_circuit_breaker_state", True),
+        ("INSERT INTO {schema}.pc_product_change_history (line_number, customer_id, current_product_code, "
+         "target_product_code) VALUES ('010-0000-0000', 'PROBE', 'A', 'B')", False),
+        ("UPDATE {schema}.pc_circuit_breaker_state SET failure_count = 0 WHERE false", False),
+        ("DELETE FROM {schema}.pc_kos_integration_log WHERE false", False),
+    ],
+    "product_change_admin": [
+        ("SELECT count(*) FROM {schema}.pc_product_change_history", True),
+        ("DELETE FROM {schema}.pc_product_change_history WHERE false", True),
+        ("TRUNCATE {schema}.pc_kos_integration_log", True),
+        ("CREATE TABLE {schema}.pcdb_probe_table (id int)", True),
+    ],
+}
+
+
+def check_role_privileges(connect_as: Connect, env: Environment) -> list[CheckResult]:
+    """Each role does what §4.1.2 grants and is refused what it does not (every probe rolled back)."""
+    schema = env.service.schema_name
+    results = []
+    for role in env.security.roles:
+        probes = ROLE_PROBES.get(role.name, [])
+        outcomes = []
+        with connect_as(role.name) as conn:
+            for statement, allowed in probes:
+                text = psql.SQL(statement).format(schema=psql.Identifier(schema))
+                try:
+                    with conn.transaction(force_rollback=True):
+                        conn.execute(text)
+                    got = True
+                except psycopg.errors.InsufficientPrivilege:
+                    got = False
+                outcomes.append({"statement": statement.format(schema=schema)[:90], "expected": allowed,
+                                 "allowed": got})
+        wrong = [o for o in outcomes if o["expected"] != o["allowed"]]
+        refused = sum(1 for o in outcomes if not o["allowed"])
+        results.append(CheckResult(f"privileges of {role.name}", "R-SEC-2", not wrong,
+                                   f"{len(outcomes)} probes: {len(outcomes) - refused} allowed, {refused} refused "
+                                   f"as §4.1.2 says" if not wrong else f"unexpected: {wrong}",
+                                   {"probes": outcomes}))
+    return results
+
+
+def check_parameters(differences: dict[str, dict[str, tuple[str, str]]]) -> CheckResult:
+    """Every parameter read back from every node equals the spec (R-PAR-2)."""
+    bad = {node: diff for node, diff in differences.items() if diff}
+    return CheckResult("parameters read back equal the spec", "R-PAR-2", not bad,
+                       "all nodes match" if not bad else f"differences: {bad}", {"differences": bad})
+
+
+def check_failover(target: Target, app_conninfo: str, env: Environment) -> CheckResult:
+    """HA failover test (R-INS-2, R-DR-1): planned failover and back under a probe writer."""
+    probe = ProbeWriter(app_conninfo, table="pcdb_verify_probe")
+    timings = []
+    try:
+        probe.start()
+        probe.wait_for_rows(20)
+        for _ in range(2):  # there and back, so the original primary ends as primary
+            timings.append(target.failover("planned"))
+            probe.wait_for_rows(20)
+        outcome = probe.stop()
+        missing = probe.missing()
+    finally:
+        probe.stop()
+        try:
+            probe.drop_table()
+        except psycopg.Error:
+            pass
+    rto = env.dr.zone_failure.rto.total_seconds()
+    worst = max(t["total_seconds"] for t in timings)
+    ok = not missing and worst <= rto
+    return CheckResult("HA failover test", "R-DR-1", ok,
+                       f"2 planned failovers; worst {worst:.2f}s (target {rto:.0f}s); "
+                       f"{len(outcome.acknowledged)} acknowledged writes, {len(missing)} lost, "
+                       f"{len(outcome.in_doubt)} in doubt; writer outage {outcome.outage_seconds or 0:.2f}s",
+                       {"failovers": timings, "lost": missing, "in_doubt": outcome.in_doubt})
+
+
+def check_point_in_time_restore(target: Target, conn: psycopg.Connection, admin: str, password: str,
+                                name: str = "pcdb-verify-pitr") -> CheckResult:
+    """PITR test (R-INS-2, R-DR-3): restore to a marked moment on a throw-away server, always deleted."""
+    marker = datetime.now(timezone.utc).strftime("pitr-%Y%m%dT%H%M%S%f")
+    started = time.monotonic()
+    deleted = False
+    try:
+        with conn.transaction():
+            conn.execute("CREATE TABLE IF NOT EXISTS pcdb.pitr_marker (marker text PRIMARY KEY, at timestamptz)")
+            conn.execute("INSERT INTO pcdb.pitr_marker VALUES (%s, clock_timestamp())", (marker,))
+        target_time = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        conn.execute("INSERT INTO pcdb.pitr_marker VALUES (%s, clock_timestamp())", (marker + "-after",))
+        endpoint = target.restore_point_in_time(target_time, name)
+        restore_seconds = time.monotonic() - started
+        with psycopg.connect(endpoint.conninfo(admin, password)) as restored:
+            found = [r[0] for r in restored.execute(
+                "SELECT marker FROM pcdb.pitr_marker WHERE marker LIKE %s ORDER BY marker", (marker + "%",))]
+    finally:
+        deleted = target.delete_server(name).action in ("deleted", "unchanged")
+        conn.execute("DELETE FROM pcdb.pitr_marker WHERE marker LIKE %s", (marker + "%",))
+    ok = found == [marker] and deleted
+    return CheckResult("point-in-time restore test", "R-DR-3", ok,
+                       f"restored to {target_time.isoformat()} in {restore_seconds:.2f}s; marker "
+                       f"{'present' if marker in found else 'MISSING'}, later row "
+                       f"{'absent' if marker + '-after' not in found else 'PRESENT'}; throw-away server "
+                       f"{'deleted' if deleted else 'NOT deleted'}",
+                       {"restore_seconds": restore_seconds, "server_deleted": deleted})

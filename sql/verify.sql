@@ -1,0 +1,46 @@
+-- Phase 7 verification probes (§10.1). Run inside transactions that are rolled back, so the
+-- sample rows never stay.
+
+-- name: schema_present
+-- §10.1.1 (2): the service schema exists.
+SELECT schema_name FROM information_schema.schemata WHERE schema_name = %(schema)s;
+
+-- name: tables_present
+-- §10.1.1 (3): the tables of the schema.
+SELECT table_name FROM information_schema.tables WHERE table_schema = %(schema)s ORDER BY table_name;
+
+-- name: indexes_present
+-- §10.1.1 (4): the indexes of the schema with their tables.
+SELECT indexname, tablename FROM pg_catalog.pg_indexes WHERE schemaname = %(schema)s ORDER BY tablename, indexname;
+
+-- name: circuit_breakers
+-- §10.1.1 (5): the circuit-breaker seed rows.
+SELECT service_name, state FROM {schema}.pc_circuit_breaker_state ORDER BY service_name;
+
+-- name: sample_inserts
+-- §10.1.2 (1): the document's three sample rows.
+INSERT INTO {schema}.pc_product_change_history (line_number, customer_id, current_product_code, target_product_code, process_status)
+VALUES ('010-1234-5678', 'CUST001', 'PLAN_A', 'PLAN_B', 'REQUESTED'),
+       ('010-2345-6789', 'CUST002', 'PLAN_B', 'PLAN_C', 'COMPLETED'),
+       ('010-3456-7890', 'CUST003', 'PLAN_C', 'PLAN_A', 'FAILED');
+
+-- name: filler_rows
+-- Production-like volume for the planner (rolled back with the samples).
+INSERT INTO {schema}.pc_product_change_history (line_number, customer_id, current_product_code, target_product_code, process_status, requested_at)
+SELECT '010-' || lpad((g %% 10000)::text, 4, '0') || '-' || lpad(g::text, 4, '0'), 'CUST' || (g %% 5000),
+       'PLAN_A', 'PLAN_B', (ARRAY['REQUESTED', 'PROCESSING', 'COMPLETED', 'FAILED'])[1 + g %% 4],
+       pg_catalog.now() - g * interval '1 minute'
+  FROM pg_catalog.generate_series(1, %(rows)s) AS g;
+
+-- name: explain_line_lookup
+-- §10.1.2 (2): the lookup the first index serves.
+EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+SELECT * FROM {schema}.pc_product_change_history WHERE line_number = '010-1234-5678' AND process_status = 'REQUESTED';
+
+-- name: top_statements
+-- §10.1.2 (3): pg_stat_statements is readable.
+SELECT query, calls, mean_exec_time, total_exec_time FROM public.pg_stat_statements ORDER BY mean_exec_time DESC LIMIT 5;
+
+-- name: tls_of_this_session
+-- The TLS version and cipher of the current connection.
+SELECT ssl, version, cipher FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid();
