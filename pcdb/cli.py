@@ -121,6 +121,46 @@ def sandbox_destroy(env: EnvOption = "local",
     out.print(f"removed {target.sandbox.root}" if removed else f"nothing at {target.sandbox.root}")
 
 
+@app.command("install")
+@user_errors
+def install_command(env: EnvOption = "local",
+                    phases: Annotated[str | None, typer.Option(help="only these phases, e.g. 3,4,5")] = None,
+                    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan, change nothing")] = False,
+                    as_json: JsonOption = False) -> None:
+    """Run the install runbook (Phases 1-8) as a Prefect flow and print each phase's outcome."""
+    load_environment(env)  # a bad spec fails here, before Prefect starts
+    selected = _phase_list(phases)
+    from flows.install import install  # the CLI is the one pcdb module that may import flows/
+
+    state = install(env=env if not env.endswith((".yaml", ".yml")) else "local",
+                    spec_path=env if env.endswith((".yaml", ".yml")) else None,
+                    phases=selected, dry_run=dry_run, return_state=True)
+    if state.is_failed():
+        raise PcdbError(state.message or "the install failed; see the Prefect run for details")
+    result = state.result()
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    for number, outcome in (result.get("phases") or {}).items():
+        out.print(f"Phase {number}: {outcome}")
+    if result.get("report"):
+        out.print(f"handover report: {result['report']}")
+    if result.get("dry_run"):
+        _print_changes([Change(c["resource"], c["name"], c["action"]) for c in result["plan"]], False)
+
+
+def _phase_list(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        numbers = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise PcdbError(f"--phases {text!r}: give phase numbers 1-8 separated by commas, e.g. 3,4,5") from None
+    if not all(1 <= n <= 8 for n in numbers):
+        raise PcdbError(f"--phases {text!r}: phases are numbered 1 to 8")
+    return numbers
+
+
 @config_app.command("check")
 @user_errors
 def config_check(env: EnvOption = "prod", as_json: JsonOption = False) -> None:

@@ -391,7 +391,9 @@ class Channel(Model):
     kind: Literal["teams", "email", "sms", "webhook"]
     purpose: str
     audience: list[str]
-    block: str = Field(description="name of the Prefect notification block that delivers it")
+    block: str = Field(pattern=r"^[a-z0-9-]+/[a-z0-9-]+$",
+                       description="the Prefect notification block that delivers it, as "
+                                   "'<block-type>/<name>', e.g. ms-teams-webhook/pcdb-prod-teams")
     recipients: list[str] = []
 
 

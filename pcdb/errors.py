@@ -50,3 +50,32 @@ class SandboxError(PcdbError):
 
 class TargetError(PcdbError):
     """A target operation failed (or cannot be done in the current state)."""
+
+
+class TransientError(PcdbError):
+    """A failure worth retrying (a server restarting, a lock held, a throttled API)."""
+
+
+class ApprovalError(PcdbError):
+    """The approval gate was rejected, incomplete or timed out; nothing was changed."""
+
+
+# SQLSTATE classes that a retry can cure: connection exceptions, lock/serialization conflicts,
+# operator intervention (a server shutting down or starting).
+_TRANSIENT_SQLSTATE = ("08", "40", "55P03", "57P01", "57P02", "57P03", "53300")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying ``exc`` may succeed; permissions, validation and bad secrets never are."""
+    import psycopg  # local: errors.py must stay importable without a database driver loaded
+
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, PcdbError):
+        return False
+    if isinstance(exc, psycopg.Error):
+        state = getattr(exc, "sqlstate", None)
+        if state is None:  # no server answer: refused, reset, timed out
+            return isinstance(exc, psycopg.OperationalError) and "authentication" not in str(exc)
+        return state.startswith(_TRANSIENT_SQLSTATE)
+    return isinstance(exc, (ConnectionError, TimeoutError))

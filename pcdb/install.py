@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import psycopg
@@ -30,7 +30,11 @@ class InstallContext:
     env: Environment
     target: Target
     secret_loader: pw.SecretLoader | None = None  # Prefect Secret blocks, given by the flow layer
-    _secrets: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        # Not a dataclass field: serializers (dataclasses.asdict, Prefect's parameter encoder)
+        # only see fields, so resolved secrets never leave this object.
+        self._secrets: dict[str, str] = {}
 
     def secret(self, ref: SecretRef, owner: str) -> str:
         """Resolve a secret reference (cached for the run; never logged)."""

@@ -1,0 +1,202 @@
+"""The install runbook: Phases 1-8 of the installation schedule (REQUIREMENTS §6) as one flow.
+
+Each phase is a subflow named for the UI ("Phase 3 · PostgreSQL server"); each step inside is
+a task retried only for transient failures. Every step is idempotent: a re-run of a finished
+install reports every phase unchanged, and a run that failed in phase N, run again, passes
+through 1..N-1 without changes and continues at N. Production waits for the §13 approvals.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
+from prefect.blocks.system import Secret
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+from flows.notify import notify
+from pcdb import report
+from pcdb.changes import Change
+from pcdb.checks import CheckResult
+from pcdb.config import Environment, load_environment
+from pcdb.errors import ApprovalError, PcdbError
+from pcdb.install import PHASES, InstallContext, PhaseSpec
+from pcdb.targets.factory import make_target
+from tasks.install import run_step
+
+HANDOVER = PhaseSpec(8, "Documentation and handover", ())
+ALL_PHASES = (*PHASES, HANDOVER)
+
+
+class PhaseFailed(PcdbError):
+    """A step failed; the message says which phase, which step, why, and how to resume."""
+
+
+class InstallApproval(RunInput):
+    """The typed input that releases the install (R-INS-4, §13.2)."""
+
+    approve: bool
+    approved_by: list[str]
+    comment: str = ""
+
+
+def load_secret_block(name: str) -> str:
+    """Read a Prefect Secret block (only the flow layer touches blocks)."""
+    return Secret.load(name).get()
+
+
+def _env_of(parameters: dict) -> Environment | None:
+    try:
+        return load_environment(parameters.get("spec_path") or parameters.get("env") or "local")
+    except PcdbError:
+        return None
+
+
+def _on_failure(flow, run, state) -> None:  # noqa: ARG001 - Prefect's hook signature
+    env = _env_of(run.parameters)
+    if env is not None:
+        notify(env, "critical", f"pcdb install FAILED on {env.name}",
+               f"Install run {run.name} ({run.id}) on {env.name} failed: {state.message}")
+
+
+def _on_completion(flow, run, state) -> None:  # noqa: ARG001
+    env = _env_of(run.parameters)
+    if env is not None:
+        notify(env, "info", f"pcdb install finished on {env.name}",
+               f"Install run {run.name} ({run.id}) on {env.name} completed: {state.message or 'all phases done'}")
+
+
+def _phase_flow(phase: PhaseSpec, ctx: InstallContext):
+    """The phase as a subflow. The context is closed over, not passed: subflow parameters are
+    stored by the Prefect server, and the context holds the run's secrets."""
+    @flow(name=f"Phase {phase.number} · {phase.title}", log_prints=False)
+    def run_phase() -> list[Change | CheckResult]:
+        items: list[Change | CheckResult] = []
+        for label, step in phase.steps:
+            try:
+                items += run_step(label, step, ctx)
+            except Exception as exc:
+                raise PhaseFailed(
+                    f"Phase {phase.number} · {phase.title}, step '{label}' failed: {exc}. Fix the cause "
+                    f"and run the install again: phases before {phase.number} are re-checked without "
+                    f"changes and it continues at phase {phase.number} "
+                    f"(pcdb install --env {ctx.env.name})") from exc
+        _phase_artifact(phase, items)
+        return items
+    return run_phase
+
+
+def _phase_artifact(phase: PhaseSpec, items: list) -> None:
+    rows = [{"resource": i.resource, "name": i.name, "action": i.action,
+             "details": "; ".join([*(f"{k}: {a} -> {b}" for k, (a, b) in i.diff.items()), *i.notes])}
+            if isinstance(i, Change) else
+            {"resource": "check", "name": i.name, "action": "PASS" if i.passed else "FAIL", "details": i.evidence}
+            for i in items]
+    create_table_artifact(rows, key=f"install-phase-{phase.number}",
+                          description=f"Phase {phase.number} · {phase.title}: what changed")
+
+
+def _approval_gate(env: Environment, plan: list[Change]) -> dict:
+    names = [a.name for a in env.install.approval.approvers]
+    lines = [f"- {c.resource} `{c.name}`: {c.action}" for c in plan]
+    description = (f"## Install plan for `{env.name}`\n\n" + "\n".join(lines) +
+                   f"\n\nApprovers (§13.2): {', '.join(f'{a.name} ({a.role})' for a in env.install.approval.approvers)}")
+    create_markdown_artifact(description, key=f"install-plan-{env.name}", description="plan shown for approval")
+    try:
+        answer = pause_flow_run(
+            wait_for_input=InstallApproval.with_initial_data(description=description, approve=False, approved_by=[]),
+            timeout=int(env.install.approval.timeout.total_seconds()), key="install-approval")
+    except FlowPauseTimeout:
+        raise ApprovalError(f"no approval within {env.install.approval.timeout}; nothing was changed") from None
+    if not answer.approve:
+        raise ApprovalError(f"the install was rejected by {', '.join(answer.approved_by) or 'the approver'}"
+                            f" ({answer.comment or 'no comment'}); nothing was changed")
+    missing = [n for n in names if n not in answer.approved_by]
+    if missing:
+        raise ApprovalError(f"approval incomplete: missing {', '.join(missing)} (§13.2); nothing was changed")
+    return {"approved_by": answer.approved_by, "comment": answer.comment,
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+@flow(name="install", on_failure=[_on_failure], on_completion=[_on_completion])
+def install(env: str = "local", spec_path: str | None = None, phases: list[int] | None = None,
+            dry_run: bool = False) -> dict:
+    """Install the Product-Change database as the environment spec says (Phases 1-8).
+
+    Args:
+        env: environment name (deployments/<env>.yaml).
+        spec_path: a spec file instead of the named environment.
+        phases: run only these phases (1-8); the default is all.
+        dry_run: show the plan and change nothing.
+    """
+    logger = get_run_logger()
+    spec = load_environment(spec_path or env)  # a bad spec stops here, before any phase
+    selected = sorted(set(phases or range(1, 9)))
+    if not set(selected) <= set(range(1, 9)):
+        raise PcdbError(f"phases must be between 1 and 8, got {selected}")
+    target = make_target(spec)
+    ctx = InstallContext(spec, target, secret_loader=load_secret_block)
+    plan = target.plan()
+    if dry_run:
+        create_table_artifact([c.as_dict() for c in plan], key=f"install-plan-{spec.name}",
+                              description="dry run: what the install would change")
+        return {"dry_run": True, "plan": [c.as_dict() for c in plan]}
+    approval = _approval_gate(spec, plan) if spec.install.approval.required else None
+    progress = create_progress_artifact(0.0, key=f"install-progress-{spec.name}",
+                                        description="install progress across phases")
+    results: dict[int, list] = {}
+    # Subflows skip the run heartbeat (a 1 s wait each at their end); the install's own
+    # heartbeat still tells the server this run is alive.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        for done, number in enumerate(n for n in selected if n != 8):
+            phase = next(p for p in PHASES if p.number == number)
+            results[number] = _phase_flow(phase, ctx)()
+            update_progress_artifact(progress, 100.0 * (done + 1) / len(selected))
+        report_path = None
+        if 8 in selected:
+            report_path = handover(spec, ctx, results, approval, str(flow_run.get_id()))
+            update_progress_artifact(progress, 100.0)
+    summary = {n: _summary(items) for n, items in results.items()}
+    logger.info("install of %s finished: %s", spec.name, summary)
+    failed = [i.name for items in results.values() for i in items if isinstance(i, CheckResult) and not i.passed]
+    if failed:
+        raise PcdbError(f"verification failed: {', '.join(failed)}; see the handover report {report_path}")
+    return {"phases": summary, "report": str(report_path) if report_path else None, "approval": approval}
+
+
+def _summary(items: list) -> str:
+    changes = [i for i in items if isinstance(i, Change)]
+    checks = [i for i in items if isinstance(i, CheckResult)]
+    if checks:
+        return f"{sum(c.passed for c in checks)}/{len(checks)} checks passed"
+    changed = [c for c in changes if c.changed]
+    return "unchanged" if not changed else f"{len(changed)} changed"
+
+
+def handover(spec: Environment, ctx: InstallContext, results: dict[int, list], approval: dict | None,
+             run_id: str) -> Path:
+    """Phase 8 as a subflow: render the handover document, refuse it if any secret of the run
+    appears in it, write it to the reports folder and as an artifact."""
+    @flow(name=f"Phase 8 · {HANDOVER.title}")
+    def run_handover() -> str:
+        changes = {n: [i for i in items if isinstance(i, Change)] for n, items in results.items()}
+        checks = [i for items in results.values() for i in items if isinstance(i, CheckResult)]
+        endpoints = {"primary": ctx.target.endpoint("primary"), "read replica": ctx.target.endpoint("replica")}
+        text = report.render(spec, run_id, changes, checks, endpoints, approval,
+                             {p.number: p.title for p in ALL_PHASES})
+        if any(s and s in text for s in ctx.secret_values()):
+            raise PcdbError("the handover report would contain a secret; it was not written")
+        folder = Path(spec.reports_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"handover-{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
+        path.write_text(text)
+        create_markdown_artifact(text, key=f"handover-{spec.name}", description=f"handover report ({path})")
+        return str(path)
+    return Path(run_handover())
