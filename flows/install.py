@@ -112,7 +112,7 @@ def _approval_gate(env: Environment, plan: list[Change]) -> dict:
     try:
         answer = pause_flow_run(
             wait_for_input=InstallApproval.with_initial_data(description=description, approve=False, approved_by=[]),
-            timeout=int(env.install.approval.timeout.total_seconds()), key="install-approval")
+            timeout=int(env.install.approval.timeout.total_seconds()), poll_interval=2, key="install-approval")
     except FlowPauseTimeout:
         raise ApprovalError(f"no approval within {env.install.approval.timeout}; nothing was changed") from None
     if not answer.approve:

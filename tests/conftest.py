@@ -7,6 +7,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# Prefect keeps its database and results under PREFECT_HOME: a folder of this test session only.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pcdb-prefect-")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
 import pytest
 
 from pcdb.config import DEPLOYMENTS, load_environment
@@ -18,10 +24,10 @@ _CREATED: list[Sandbox] = []
 
 
 def make_spec(folder: Path, extra: str = "") -> Path:
-    """A spec extending local.yaml, with fsync off (tests) and ``extra`` YAML appended."""
+    """A spec extending local.yaml: its sandbox in ``folder/sb``, fsync off, ``extra`` YAML appended."""
     path = folder / "test.yaml"
     path.write_text(f"extends: {DEPLOYMENTS / 'local.yaml'}\nname: test\n"
-                    f"sandbox:\n  fsync: false\n  start_timeout: 60s\n{extra}")
+                    f"sandbox:\n  root: {folder / 'sb'}\n  fsync: false\n  start_timeout: 60s\n{extra}")
     return path
 
 
@@ -35,7 +41,7 @@ def new_sandbox_root() -> Path:
 def new_target(extra: str = "") -> SandboxTarget:
     """A target on a fresh sandbox (not yet up); destroyed at the end of the session."""
     folder = new_sandbox_root()
-    spec = make_spec(folder, extra)
+    spec = make_spec(folder, f"reports_dir: {folder / 'reports'}\n{extra}")
     env = load_environment(spec)
     sandbox = Sandbox(env, root=folder / "sb")
     _CREATED.append(sandbox)
@@ -62,7 +68,17 @@ def _cleanup_every_sandbox():
     """Whatever happens in the tests, every server started by the suite is stopped and removed."""
     yield
     survivors = destroy_all()
+    shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)
     assert survivors == [], f"servers left running after the suite: {survivors}"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One real Prefect API (temporary server, SQLite in PREFECT_HOME) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture(scope="session")

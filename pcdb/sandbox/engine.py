@@ -37,10 +37,7 @@ STATE_VERSION = 1
 
 
 def default_root(env_name: str) -> Path:
-    """Where an environment's sandbox lives unless the spec or $PCDB_SANDBOX_ROOT says otherwise."""
-    override = os.environ.get("PCDB_SANDBOX_ROOT")
-    if override:
-        return Path(override)
+    """Where an environment's sandbox lives unless $PCDB_SANDBOX_ROOT or the spec says otherwise."""
     if os.geteuid() == 0:
         return Path("/var/lib/pcdb") / env_name
     base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
@@ -93,11 +90,13 @@ class Sandbox:
                                f"{env.target}); use --env local")
         self.env = env
         self.spec = spec
-        self.root = Path(root or spec.root or default_root(env.name)).absolute()
+        chosen = root or os.environ.get("PCDB_SANDBOX_ROOT") or spec.root or default_root(env.name)
+        self.root = Path(chosen).absolute()
         self._bindir = bindir
         self.admin_user = env.server.admin.user
         self.timeout = spec.start_timeout.total_seconds()
-        self.state: dict = self._load_state()
+        self._state: dict | None = None
+        self._state_mtime: int | None = None
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -167,6 +166,15 @@ class Sandbox:
 
     # -- state ----------------------------------------------------------------------------
 
+    @property
+    def state(self) -> dict:
+        """The state file's content, re-read whenever another process (or Sandbox) changed it."""
+        mtime = self.state_file.stat().st_mtime_ns if self.state_file.exists() else None
+        if self._state is None or mtime != self._state_mtime:
+            self._state = self._load_state()
+            self._state_mtime = mtime
+        return self._state
+
     def _load_state(self) -> dict:
         if self.state_file.exists():
             state = json.loads(self.state_file.read_text())
@@ -181,6 +189,7 @@ class Sandbox:
         self.root.mkdir(parents=True, exist_ok=True)
         proc.write_file(self.state_file, json.dumps(self.state, indent=2) + "\n", mode=0o644,
                         server_owned=False)
+        self._state_mtime = self.state_file.stat().st_mtime_ns
 
     def _event(self, what: str, **details: object) -> None:
         self.state["events"] = (self.state["events"] + [{"at": _now(), "event": what, **details}])[-200:]
@@ -495,8 +504,9 @@ class Sandbox:
         stopped = []
         if not self.exists():
             return stopped
-        order = [REPLICA] + [n for n in HA_NODES if self.role(n) != "primary"] + \
-                [n for n in HA_NODES if self.role(n) == "primary"] + list(self.state["restores"])
+        known = self.state["nodes"]
+        order = [REPLICA] + [n for n in HA_NODES if known.get(n, {}).get("role") != "primary"] + \
+                [n for n in HA_NODES if known.get(n, {}).get("role") == "primary"] + list(self.state["restores"])
         for name in order:
             if name not in self.state["nodes"] and name not in self.state["restores"]:
                 continue
