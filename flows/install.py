@@ -22,17 +22,42 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from flows.notify import notify
-from pcdb import report
+from pcdb import report, security
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
 from pcdb.config import Environment, load_environment
 from pcdb.errors import ApprovalError, PcdbError
 from pcdb.install import PHASES, InstallContext, PhaseSpec
+from pcdb.schema import LEDGER_SCHEMA
 from pcdb.targets.factory import make_target
 from tasks.install import run_step
 
+def notification_channels(ctx: InstallContext) -> list[Change]:
+    """Phase 6: every channel of the routing (R-MON-5) has its Prefect notification block."""
+    from prefect.blocks.core import Block
+
+    out = []
+    for name, channel in ctx.env.notifications.channels.items():
+        try:
+            Block.load(channel.block)
+            out.append(Change("notification_channel", name, "unchanged", notes=(f"block {channel.block}",)))
+        except (ValueError, KeyError) as exc:
+            out.append(Change("notification_channel", name, "conflict",
+                              notes=(f"block {channel.block} is missing ({exc}); create it in Prefect so "
+                                     f"{channel.purpose} reach {', '.join(channel.audience)}",)))
+    return out
+
+
+def _with_flow_steps(phase: PhaseSpec) -> PhaseSpec:
+    # Steps that need Prefect itself live here, not in pcdb/.
+    if phase.number == 6:
+        return PhaseSpec(6, phase.title, (*phase.steps, ("check notification channels", notification_channels)))
+    return phase
+
+
 HANDOVER = PhaseSpec(8, "Documentation and handover", ())
-ALL_PHASES = (*PHASES, HANDOVER)
+RUNBOOK_PHASES = tuple(_with_flow_steps(p) for p in PHASES)
+ALL_PHASES = (*RUNBOOK_PHASES, HANDOVER)
 
 
 class PhaseFailed(PcdbError):
@@ -156,7 +181,7 @@ def install(env: str = "local", spec_path: str | None = None, phases: list[int] 
     # heartbeat still tells the server this run is alive.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         for done, number in enumerate(n for n in selected if n != 8):
-            phase = next(p for p in PHASES if p.number == number)
+            phase = next(p for p in RUNBOOK_PHASES if p.number == number)
             results[number] = _phase_flow(phase, ctx)()
             update_progress_artifact(progress, 100.0 * (done + 1) / len(selected))
         report_path = None
@@ -189,8 +214,10 @@ def handover(spec: Environment, ctx: InstallContext, results: dict[int, list], a
         changes = {n: [i for i in items if isinstance(i, Change)] for n, items in results.items()}
         checks = [i for items in results.values() for i in items if isinstance(i, CheckResult)]
         endpoints = {"primary": ctx.target.endpoint("primary"), "read replica": ctx.target.endpoint("replica")}
+        with ctx.connect() as conn:
+            expiry = security.password_expiry(conn, LEDGER_SCHEMA)
         text = report.render(spec, run_id, changes, checks, endpoints, approval,
-                             {p.number: p.title for p in ALL_PHASES})
+                             {p.number: p.title for p in ALL_PHASES}, expiry)
         if any(s and s in text for s in ctx.secret_values()):
             raise PcdbError("the handover report would contain a secret; it was not written")
         folder = Path(spec.reports_dir)

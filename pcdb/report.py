@@ -43,7 +43,8 @@ def _cell(text: object) -> str:
 
 
 def render(env: Environment, run_id: str, phases: dict[int, list[Change]], results: list[CheckResult],
-           endpoints: dict[str, Endpoint], approval: dict | None, titles: dict[int, str]) -> str:
+           endpoints: dict[str, Endpoint], approval: dict | None, titles: dict[int, str],
+           password_expiry: dict[str, datetime] | None = None) -> str:
     """The handover markdown: what exists, every setting as applied, every check with evidence."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     passed = sum(r.passed for r in results)
@@ -70,10 +71,13 @@ def render(env: Environment, run_id: str, phases: dict[int, list[Change]], resul
     out += ["## Server parameters as applied", "", "| parameter | declared | applied (own unit) |", "|---|---|---|"]
     for name, value in env.desired_parameters().items():
         out.append(f"| {name} | {_cell(value.declared)} | {_cell(value.setting)} {value.unit or ''} |")
-    out += ["", "## Roles", "", "| role | connection limit | attributes | password source |", "|---|---|---|---|"]
+    out += ["", "## Roles", "", "| role | connection limit | attributes | password source | password due for rotation |",
+            "|---|---|---|---|---|"]
+    expiry = password_expiry or {}
     for role in env.security.roles:
+        due = expiry[role.name].date().isoformat() if role.name in expiry else "not recorded"
         out.append(f"| {role.name} | {role.connection_limit} | {', '.join(role.attributes) or '-'} | "
-                   f"{role.password.describe()} |")
+                   f"{role.password.describe()} | {due} |")
     out += ["", "## Verification (Phase 7)", "", "| check | requirement | result | evidence |", "|---|---|---|---|"]
     for r in results:
         out.append(f"| {r.name} | {r.requirement} | {'PASS' if r.passed else 'FAIL'} | {_cell(r.evidence)} |")

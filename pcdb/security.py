@@ -70,6 +70,15 @@ def _record_password(conn: psycopg.Connection, role: str, schema: str, expiry: t
     conn.execute(_q("record_password", schema=schema), {"role": role, "expiry": expiry})
 
 
+def password_expiry(conn: psycopg.Connection, ledger_schema: str) -> dict:
+    """role -> when its password is due for rotation (90 days after it was set, R-SEC-3)."""
+    present = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+                           (f"{ledger_schema}.pcdb_password_ledger",)).fetchone()[0]
+    if not present:
+        return {}
+    return {r[0]: r[2] for r in conn.execute(_q("password_expiry", schema=ledger_schema))}
+
+
 def desired_privileges(grants: Grants, tables: list[str], sequences: list[str]) -> dict[tuple[str, str], set[str]]:
     """(kind, object) -> privileges, for kinds database, schema, table, sequence."""
     out: dict[tuple[str, str], set[str]] = {

@@ -198,3 +198,12 @@ def test_the_approval_gate_holds_the_install_until_a_typed_approval(prefect_harn
     else:
         assert state.is_failed() and "rejected" in state.message and "nothing was changed" in state.message
         assert not target.sandbox.root.exists()
+
+
+def test_a_dry_run_shows_the_plan_and_changes_nothing(prefect_harness):
+    target = new_target()
+    state = run_install(target, dry_run=True)
+    assert state.is_completed(), state.message
+    plan = state.result()["plan"]
+    assert {(c["resource"], c["action"]) for c in plan} >= {("server", "created"), ("database", "created")}
+    assert not target.sandbox.root.exists()

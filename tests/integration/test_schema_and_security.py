@@ -1,0 +1,85 @@
+"""Phase 4 and 5 building blocks on a real server: migrations once, partitions ahead, grants both ways."""
+
+import shutil
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from pcdb import schema, security
+from pcdb.errors import TargetError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def conn(target):
+    info = target.endpoint().conninfo(target.admin, target.admin_password())
+    with psycopg.connect(info, autocommit=True) as c:
+        yield c
+
+
+def test_a_later_migration_is_applied_exactly_once_and_an_edited_one_is_refused(conn, tmp_path):
+    folder = tmp_path / "migrations"
+    shutil.copytree(schema.MIGRATIONS_DIR, folder)
+    schema.ensure_schema(conn, "product_change", folder)
+    (folder / "0002_add_channel.sql").write_text("ALTER TABLE pc_product_change_history ADD COLUMN channel text;\n")
+    first = schema.ensure_schema(conn, "product_change", folder)
+    assert first.action == "updated" and first.diff["migrations"][1] == ["0002_add_channel"]
+    assert schema.ensure_schema(conn, "product_change", folder).action == "unchanged"
+    (folder / "0002_add_channel.sql").write_text("ALTER TABLE pc_product_change_history ADD COLUMN chan text;\n")
+    with pytest.raises(TargetError, match="0002_add_channel changed after it was applied"):
+        schema.ensure_schema(conn, "product_change", folder)
+    conn.execute("ALTER TABLE product_change.pc_product_change_history DROP COLUMN channel")
+    conn.execute("DELETE FROM pcdb.pcdb_schema_migrations WHERE version = 2")
+
+
+def test_monthly_partitions_are_kept_ready_ahead_in_the_business_time_zone(conn):
+    schema.ensure_schema(conn, "product_change")
+    # 2026-12-31 23:30 UTC is already January in Seoul.
+    now = datetime(2026, 12, 31, 23, 30, tzinfo=timezone.utc)
+    change = schema.ensure_log_partitions(conn, "product_change", "Asia/Seoul", 2, now=now)
+    names = [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'product_change.pc_kos_integration_log'::regclass ORDER BY 1")]
+    assert {"pc_kos_integration_log_y2027m01", "pc_kos_integration_log_y2027m02",
+            "pc_kos_integration_log_y2027m03"} <= set(names)
+    assert change.action in ("created", "updated")
+    assert schema.ensure_log_partitions(conn, "product_change", "Asia/Seoul", 2, now=now).action == "unchanged"
+    conn.execute("INSERT INTO product_change.pc_kos_integration_log (request_id, integration_type, is_success, created_at)"
+                 " VALUES ('r', 'T', true, '2027-01-01 00:30+09')")
+    where = conn.execute("SELECT tableoid::regclass::text FROM product_change.pc_kos_integration_log "
+                         "WHERE request_id = 'r'").fetchone()[0]
+    assert where.endswith("pc_kos_integration_log_y2027m01")
+    conn.execute("DELETE FROM product_change.pc_kos_integration_log WHERE request_id = 'r'")
+
+
+def test_an_extra_privilege_granted_by_hand_is_revoked(conn, target):
+    schema.ensure_schema(conn, "product_change")
+    passwords = {r.name: target.sandbox.password(r.name) for r in target.env.security.roles}
+    for role in target.env.security.roles:
+        security.ensure_role(conn, role, passwords[role.name], lambda *_: True, "pcdb", timedelta(days=90))
+    security.ensure_grants(conn, target.env.security.roles, "product_change_db", "product_change")
+    conn.execute("GRANT DELETE ON product_change.pc_product_change_history TO product_change_app")
+    change = security.ensure_grants(conn, target.env.security.roles, "product_change_db", "product_change")
+    assert change.diff == {"product_change_app on table pc_product_change_history":
+                           ("DELETE,INSERT,SELECT,UPDATE", "INSERT,SELECT,UPDATE")}
+    assert security.ensure_grants(conn, target.env.security.roles, "product_change_db",
+                                  "product_change").action == "unchanged"
+
+
+def test_tables_created_later_follow_the_same_rules(conn, target):
+    schema.ensure_schema(conn, "product_change")
+    for role in target.env.security.roles:
+        security.ensure_role(conn, role, target.sandbox.password(role.name), lambda *_: True, "pcdb", timedelta(days=90))
+    security.ensure_grants(conn, target.env.security.roles, "product_change_db", "product_change")
+    conn.execute("CREATE TABLE product_change.pc_later (id int)")
+    try:
+        readonly = target.endpoint().conninfo("product_change_readonly", target.sandbox.password("product_change_readonly"))
+        app = target.endpoint().conninfo("product_change_app", target.sandbox.password("product_change_app"))
+        with psycopg.connect(readonly) as c:
+            assert c.execute("SELECT count(*) FROM product_change.pc_later").fetchone()[0] == 0
+        with psycopg.connect(app) as c, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT count(*) FROM product_change.pc_later")  # the app gets tables one by one
+    finally:
+        conn.execute("DROP TABLE product_change.pc_later")
