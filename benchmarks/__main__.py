@@ -57,17 +57,62 @@ def sandbox_lifecycle(rounds: int) -> dict:
     }
 
 
+def install_overhead(rounds: int) -> dict:
+    """The whole install through Prefect vs the same pcdb steps called directly, on fresh
+    sandboxes side by side, and the no-change re-run of each (Prefect's server already up)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.install import install
+    from pcdb.install import InstallContext, run_directly
+    from tests.conftest import destroy_all, new_target
+
+    timings: dict[str, list[float]] = {k: [] for k in ("prefect_install", "direct_install",
+                                                       "prefect_rerun", "direct_rerun")}
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            for _ in range(rounds):
+                via_prefect, direct = new_target(), new_target()
+                for key, call in (
+                    ("prefect_install", lambda: install(spec_path=str(via_prefect.env_path), return_state=True)),
+                    ("direct_install", lambda: run_directly(InstallContext(direct.env, direct))),
+                    ("prefect_rerun", lambda: install(spec_path=str(via_prefect.env_path), return_state=True)),
+                    ("direct_rerun", lambda: run_directly(InstallContext(direct.env, direct))),
+                ):
+                    start = time.perf_counter()
+                    outcome = call()
+                    timings[key].append(time.perf_counter() - start)
+                    if hasattr(outcome, "is_completed") and not outcome.is_completed():
+                        raise RuntimeError(f"{key} failed: {outcome.message}")
+                via_prefect.sandbox.destroy()
+                direct.sandbox.destroy()
+    finally:
+        destroy_all()
+    med = {k: statistics.median(v) for k, v in timings.items()}
+    return {
+        "median_seconds": med, "all_seconds": timings,
+        "install_overhead_ratio": med["prefect_install"] / med["direct_install"],
+        "rerun_overhead_ratio": med["prefect_rerun"] / med["direct_rerun"],
+        "note": "Phase 8 (report) runs only in the Prefect flow; both include the Phase 7 checks "
+                "(two failovers, a PITR restore).",
+    }
+
+
+BENCHMARKS = {"sandbox": sandbox_lifecycle, "install": install_overhead}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"any of {', '.join(BENCHMARKS)}")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    figures = {"measured_at": datetime.now(timezone.utc).isoformat(), "machine": platform.platform(),
-               "rounds": args.rounds, "sandbox": sandbox_lifecycle(args.rounds)}
-    out = RESULTS / "sandbox.json"
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
-    print(f"written to {out}")
+    for name in args.names:
+        figures = {"measured_at": datetime.now(timezone.utc).isoformat(), "machine": platform.platform(),
+                   "rounds": args.rounds, name: BENCHMARKS[name](args.rounds)}
+        out = RESULTS / f"{name}.json"
+        out.write_text(json.dumps(figures, indent=2) + "\n")
+        print(json.dumps(figures, indent=2))
+        print(f"written to {out}")
 
 
 if __name__ == "__main__":
