@@ -38,7 +38,7 @@ def sandbox_lifecycle(rounds: int) -> dict:
             lost = len(probe.missing())
             t.take_backup()
             start = time.perf_counter()
-            endpoint = t.restore_point_in_time(datetime.now(timezone.utc), "bench-restore")
+            t.restore_point_in_time(datetime.now(timezone.utc), "bench-restore")
             restore.append(time.perf_counter() - start)
             t.delete_server("bench-restore")
             t.sandbox.destroy()
@@ -63,7 +63,8 @@ def install_overhead(rounds: int) -> dict:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.install import install
-    from pcdb.install import InstallContext, run_directly
+    from pcdb.context import RunbookContext
+    from pcdb.install import run_directly
     from tests.conftest import destroy_all, new_target
 
     timings: dict[str, list[float]] = {k: [] for k in ("prefect_install", "direct_install",
@@ -74,9 +75,9 @@ def install_overhead(rounds: int) -> dict:
                 via_prefect, direct = new_target(), new_target()
                 for key, call in (
                     ("prefect_install", lambda: install(spec_path=str(via_prefect.env_path), return_state=True)),
-                    ("direct_install", lambda: run_directly(InstallContext(direct.env, direct))),
+                    ("direct_install", lambda: run_directly(RunbookContext(direct.env, direct))),
                     ("prefect_rerun", lambda: install(spec_path=str(via_prefect.env_path), return_state=True)),
-                    ("direct_rerun", lambda: run_directly(InstallContext(direct.env, direct))),
+                    ("direct_rerun", lambda: run_directly(RunbookContext(direct.env, direct))),
                 ):
                     start = time.perf_counter()
                     outcome = call()

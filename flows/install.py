@@ -27,12 +27,13 @@ from pcdb.changes import Change
 from pcdb.checks import CheckResult
 from pcdb.config import Environment, load_environment
 from pcdb.errors import ApprovalError, PcdbError
-from pcdb.install import PHASES, InstallContext, PhaseSpec
+from pcdb.context import RunbookContext
+from pcdb.install import PHASES, PhaseSpec
 from pcdb.schema import LEDGER_SCHEMA
 from pcdb.targets.factory import make_target
 from tasks.install import run_step
 
-def notification_channels(ctx: InstallContext) -> list[Change]:
+def notification_channels(ctx: RunbookContext) -> list[Change]:
     """Phase 6: every channel of the routing (R-MON-5) has its Prefect notification block."""
     from prefect.blocks.core import Block
 
@@ -98,7 +99,7 @@ def _on_completion(flow, run, state) -> None:  # noqa: ARG001
                f"Install run {run.name} ({run.id}) on {env.name} completed: {state.message or 'all phases done'}")
 
 
-def _phase_flow(phase: PhaseSpec, ctx: InstallContext):
+def _phase_flow(phase: PhaseSpec, ctx: RunbookContext):
     """The phase as a subflow. The context is closed over, not passed: subflow parameters are
     stored by the Prefect server, and the context holds the run's secrets."""
     @flow(name=f"Phase {phase.number} · {phase.title}", log_prints=False)
@@ -167,7 +168,7 @@ def install(env: str = "local", spec_path: str | None = None, phases: list[int] 
     if not set(selected) <= set(range(1, 9)):
         raise PcdbError(f"phases must be between 1 and 8, got {selected}")
     target = make_target(spec)
-    ctx = InstallContext(spec, target, secret_loader=load_secret_block)
+    ctx = RunbookContext(spec, target, secret_loader=load_secret_block)
     plan = target.plan()
     if dry_run:
         create_table_artifact([c.as_dict() for c in plan], key=f"install-plan-{spec.name}",
@@ -205,7 +206,7 @@ def _summary(items: list) -> str:
     return "unchanged" if not changed else f"{len(changed)} changed"
 
 
-def handover(spec: Environment, ctx: InstallContext, results: dict[int, list], approval: dict | None,
+def handover(spec: Environment, ctx: RunbookContext, results: dict[int, list], approval: dict | None,
              run_id: str) -> Path:
     """Phase 8 as a subflow: render the handover document, refuse it if any secret of the run
     appears in it, write it to the reports folder and as an artifact."""

@@ -293,7 +293,17 @@ class LogBackup(Model):
     retention: Duration
 
 
+class BackupVerification(Model):
+    """Nightly verification (R-BAK-2). Not values of the document: its §8.1.1 says daily checks
+    and a weekly restore test; these are the runbook's defaults."""
+
+    max_age: Duration = Field(timedelta(hours=26), description="the latest backup must be younger")
+    restore_test_weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                                  "sunday"] = "sunday"
+
+
 class Backup(Model):
+    verification: BackupVerification = BackupVerification()
     retention: Duration
     geo_redundant: bool
     geo_region: str | None

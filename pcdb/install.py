@@ -1,7 +1,7 @@
 """The installation schedule (REQUIREMENTS §6) as plain steps: the flows order them, Prefect
 adds retries and evidence, and the benchmark calls the very same steps directly.
 
-A step takes the :class:`InstallContext` and returns the Changes it made (or check results).
+A step takes the :class:`RunbookContext` and returns the Changes it made (or check results).
 Every step is idempotent: a second install reports every phase unchanged.
 """
 
@@ -10,83 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
-import psycopg
 from psycopg import sql as psql
 
 from pcdb import checks, schema, security
-from pcdb import secrets as pw
 from pcdb.changes import Change
-from pcdb.config import Environment, SecretRef
-from pcdb.errors import SecretError
-from pcdb.targets.base import Target
+from pcdb.context import RunbookContext
 
 
-@dataclass
-class InstallContext:
-    """What every step needs: the spec, the target, and where secrets come from."""
-
-    env: Environment
-    target: Target
-    secret_loader: pw.SecretLoader | None = None  # Prefect Secret blocks, given by the flow layer
-
-    def __post_init__(self) -> None:
-        # Not a dataclass field: serializers (dataclasses.asdict, Prefect's parameter encoder)
-        # only see fields, so resolved secrets never leave this object.
-        self._secrets: dict[str, str] = {}
-
-    def secret(self, ref: SecretRef, owner: str) -> str:
-        """Resolve a secret reference (cached for the run; never logged)."""
-        key = f"{owner}:{ref.describe()}"
-        if key not in self._secrets:
-            if ref.env:
-                value = pw.from_env(ref.env)
-            elif ref.prefect_secret:
-                if self.secret_loader is None:
-                    raise SecretError(f"the password of {owner} comes from Prefect Secret block "
-                                      f"{ref.prefect_secret!r}, which can only be read inside a Prefect run")
-                value = self.secret_loader(ref.prefect_secret)
-            else:
-                value = self.target.generated_secret(owner)
-            self._secrets[key] = value
-        return self._secrets[key]
-
-    def admin_password(self) -> str:
-        return self.secret(self.env.server.admin.password, self.env.server.admin.user)
-
-    def role_passwords(self) -> dict[str, str]:
-        """Every role's password, each checked against the policy before anything uses it."""
-        policy = self.env.security.password_policy
-        out = {}
-        for role in self.env.security.roles:
-            value = self.secret(role.password, role.name)
-            pw.check_policy(f"{role.password.describe()} (role {role.name})", value, policy.min_length)
-            out[role.name] = value
-        return out
-
-    def secret_values(self) -> list[str]:
-        """Every secret resolved in this run (to scan reports and logs for leaks)."""
-        return list(self._secrets.values())
-
-    @contextmanager
-    def connect(self, user: str | None = None, password: str | None = None,
-                dbname: str | None = None) -> Iterator[psycopg.Connection]:
-        user = user or self.env.server.admin.user
-        password = password if password is not None else self.admin_password()
-        info = self.target.endpoint("primary").conninfo(user, password, dbname=dbname)
-        with psycopg.connect(info, autocommit=True) as conn:
-            yield conn
-
-    def can_log_in(self, user: str, password: str) -> bool:
-        try:
-            with self.connect(user, password):
-                return True
-        except psycopg.OperationalError:
-            return False
-
-
-Step = Callable[[InstallContext], list]
+Step = Callable[[RunbookContext], list]
 
 
 @dataclass(frozen=True)
@@ -98,42 +30,42 @@ class PhaseSpec:
 
 # -- Phase steps ---------------------------------------------------------------------------
 
-def resource_group(ctx: InstallContext) -> list[Change]:
+def resource_group(ctx: RunbookContext) -> list[Change]:
     return [ctx.target.ensure_resource_group()]
 
 
-def network(ctx: InstallContext) -> list[Change]:
+def network(ctx: RunbookContext) -> list[Change]:
     return [ctx.target.ensure_network()]
 
 
-def server(ctx: InstallContext) -> list[Change]:
+def server(ctx: RunbookContext) -> list[Change]:
     return ctx.target.ensure_server()
 
 
-def database(ctx: InstallContext) -> list[Change]:
+def database(ctx: RunbookContext) -> list[Change]:
     return [ctx.target.ensure_database()]
 
 
-def replica(ctx: InstallContext) -> list[Change]:
+def replica(ctx: RunbookContext) -> list[Change]:
     return [ctx.target.ensure_replica()]
 
 
-def server_parameters(ctx: InstallContext) -> list[Change]:
+def server_parameters(ctx: RunbookContext) -> list[Change]:
     return [ctx.target.ensure_parameters(set(ctx.env.parameters))]
 
 
-def schema_migrations(ctx: InstallContext) -> list[Change]:
+def schema_migrations(ctx: RunbookContext) -> list[Change]:
     with ctx.connect() as conn:
         return [schema.ensure_schema(conn, ctx.env.service.schema_name)]
 
 
-def log_partitions(ctx: InstallContext) -> list[Change]:
+def log_partitions(ctx: RunbookContext) -> list[Change]:
     with ctx.connect() as conn:
         return [schema.ensure_log_partitions(conn, ctx.env.service.schema_name, ctx.env.service.timezone,
                                              ctx.env.service.log_partitions_ahead)]
 
 
-def roles(ctx: InstallContext) -> list[Change]:
+def roles(ctx: RunbookContext) -> list[Change]:
     passwords = ctx.role_passwords()  # every secret resolved and checked before any role changes
     expiry = ctx.env.security.password_policy.expiry
     with ctx.connect() as conn:
@@ -141,25 +73,25 @@ def roles(ctx: InstallContext) -> list[Change]:
                 for role in ctx.env.security.roles]
 
 
-def grants(ctx: InstallContext) -> list[Change]:
+def grants(ctx: RunbookContext) -> list[Change]:
     with ctx.connect() as conn:
         return [security.ensure_grants(conn, ctx.env.security.roles, ctx.env.service.database,
                                        ctx.env.service.schema_name)]
 
 
-def tls(ctx: InstallContext) -> list[Change]:
+def tls(ctx: RunbookContext) -> list[Change]:
     return [ctx.target.ensure_tls()]
 
 
-def access_rules(ctx: InstallContext) -> list[Change]:
+def access_rules(ctx: RunbookContext) -> list[Change]:
     return [ctx.target.ensure_access_rules()]
 
 
-def audit_logging(ctx: InstallContext) -> list[Change]:
+def audit_logging(ctx: RunbookContext) -> list[Change]:
     return [ctx.target.ensure_parameters(set(ctx.env.security.audit))]
 
 
-def statement_statistics(ctx: InstallContext) -> list[Change]:
+def statement_statistics(ctx: RunbookContext) -> list[Change]:
     with ctx.connect() as conn:
         present = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension "
                                "WHERE extname = 'pg_stat_statements')").fetchone()[0]
@@ -169,11 +101,11 @@ def statement_statistics(ctx: InstallContext) -> list[Change]:
         return [Change("extension", "pg_stat_statements", "created")]
 
 
-def alert_rules(ctx: InstallContext) -> list[Change]:
+def alert_rules(ctx: RunbookContext) -> list[Change]:
     return [ctx.target.ensure_monitoring()]
 
 
-def verification(ctx: InstallContext) -> list[checks.CheckResult]:
+def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
     env, target = ctx.env, ctx.target
     endpoint = target.endpoint("primary")
     admin = env.server.admin.user
@@ -214,7 +146,7 @@ PHASES: tuple[PhaseSpec, ...] = (
 )
 
 
-def run_directly(ctx: InstallContext, phases: list[int] | None = None) -> dict[int, list]:
+def run_directly(ctx: RunbookContext, phases: list[int] | None = None) -> dict[int, list]:
     """Every step in order without Prefect (the benchmark's baseline)."""
     out: dict[int, list] = {}
     for phase in PHASES:

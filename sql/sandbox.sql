@@ -41,7 +41,7 @@ SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal()) AS walfile;
 
 -- name: archiver
 -- The archiver's progress.
-SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal
+SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time
   FROM pg_catalog.pg_stat_archiver;
 
 -- name: metrics

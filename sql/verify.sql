@@ -44,3 +44,28 @@ SELECT query, calls, mean_exec_time, total_exec_time FROM public.pg_stat_stateme
 -- name: tls_of_this_session
 -- The TLS version and cipher of the current connection.
 SELECT ssl, version, cipher FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid();
+
+-- name: table_fingerprints
+-- Row count and an order-independent content checksum of every table of the schema (partitions
+-- counted through their parent): sums of 64-bit row hashes, streaming, no sort.
+SELECT c.relname AS table_name
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ ORDER BY c.relname;
+
+-- name: fingerprint_of_table
+-- The fingerprint of one table ({schema}.{table}).
+SELECT count(*) AS row_count,
+       coalesce(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint::numeric), 0) AS checksum
+  FROM {schema}.{table} AS t;
+
+-- name: schema_objects
+-- Tables, indexes and sequences of the schema, by kind.
+SELECT c.relkind::text AS kind, c.relname AS name
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p', 'i', 'I', 'S')
+ ORDER BY 1, 2;
+
+-- name: login_roles
+-- Roles that are not built in.
+SELECT rolname FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' ORDER BY 1;

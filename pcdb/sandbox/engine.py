@@ -667,6 +667,42 @@ class Sandbox:
                 found.append(self._backup(meta))
         return found
 
+    def verify_backup(self, backup: Backup) -> tuple[bool, str]:
+        """pg_verifybackup against the backup's manifest (checksums of every file, and its WAL)."""
+        result = proc.run([str(self.bindir / "pg_verifybackup"), "-q", str(backup.path)], timeout=3600,
+                          what=f"pg_verifybackup {backup.id}", check=False)
+        output = (result.stderr or result.stdout).strip()
+        return result.returncode == 0, output.splitlines()[-1] if output else "backup successfully verified"
+
+    def geo_copy_matches(self, backup: Backup) -> bool:
+        """The geo copy of ``backup`` exists and has the same manifest (file list and checksums)."""
+        local = backup.path / "backup_manifest"
+        geo = self.backup_dirs[1] / backup.id / "backup_manifest"
+        return geo.exists() and geo.read_bytes() == local.read_bytes()
+
+    def archive_gaps(self, backup: Backup) -> list[str]:
+        """WAL segment numbers missing from the archive between ``backup``'s start and the last
+        archived segment (any timeline may hold a segment; a .partial counts)."""
+        label = (backup.path / "backup_label").read_text()
+        start = next(line for line in label.splitlines() if line.startswith("START WAL LOCATION"))
+        first = int(start.split("file ")[1].rstrip(")")[8:], 16)
+        present: set[int] = set()
+        for path in self.archive_dirs[0].iterdir():
+            name = path.name.split(".")[0]
+            if len(name) == 24 and all(c in "0123456789ABCDEF" for c in name):
+                present.add(int(name[8:], 16))
+        last = max(present, default=first)
+        return [f"{n:016X}" for n in range(first, last + 1) if n not in present]
+
+    def amcheck(self, name: str, dbname: str) -> tuple[bool, str]:
+        """pg_amcheck of every table and index of ``dbname`` on server ``name`` (heap + btree)."""
+        node = self.node(name)
+        result = proc.run([node.prog("pg_amcheck"), "-h", str(node.run_dir), "-p", str(node.port),
+                           "-U", self.admin_user, "--install-missing", "--heapallindexed", "-d", dbname],
+                          timeout=3600, what=f"pg_amcheck on {name}", check=False)
+        output = (result.stdout + result.stderr).strip()
+        return result.returncode == 0, output.splitlines()[-1] if output else "no corruption found"
+
     def archive_status(self) -> dict:
         """pg_stat_archiver of the primary."""
         with self.primary().connect(self.admin_user) as conn:

@@ -7,7 +7,7 @@ Each ``ensure_*`` operation reads what exists, changes only what differs, and re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
 import psycopg
@@ -46,6 +46,20 @@ class BackupInfo:
     kind: Literal["automatic", "on-demand"] | str
     finished_at: datetime
     size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class BackupStatus:
+    """What the nightly verification checks before any restore (R-BAK-1/2)."""
+
+    latest_backup_id: str | None
+    latest_backup_at: datetime | None
+    retention: timedelta
+    geo_redundant: bool
+    archive_ok: bool
+    archive_detail: str
+    integrity_ok: bool
+    integrity_detail: str
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,8 @@ class Target(Protocol):
     def server_state(self) -> ServerState: ...
     def list_backups(self) -> list[BackupInfo]: ...
     def take_backup(self) -> BackupInfo: ...
+    def backup_status(self) -> BackupStatus: ...
+    def amcheck(self, name: str) -> tuple[bool, str]: ...
     def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint: ...
     def delete_server(self, name: str) -> Change: ...
     def failover(self, mode: Literal["planned", "forced"] = "planned") -> dict: ...

@@ -18,7 +18,7 @@ from pcdb.sandbox import Sandbox
 from pcdb.sandbox.engine import HA_NODES, REPLICA
 from pcdb.sandbox.node import Node
 from pcdb.sql import query
-from pcdb.targets.base import BackupInfo, Endpoint, MetricsSample, NodeState, ServerState
+from pcdb.targets.base import BackupInfo, BackupStatus, Endpoint, MetricsSample, NodeState, ServerState
 
 _HBA_BEGIN, _HBA_END = "# pcdb access rules begin\n", "# pcdb access rules end\n"
 
@@ -231,6 +231,29 @@ class SandboxTarget:
     def take_backup(self) -> BackupInfo:
         b = self.sandbox.take_backup()
         return BackupInfo(b.id, b.kind, b.finished_at, b.size_bytes)
+
+    def backup_status(self) -> BackupStatus:
+        """The daily backup facts (R-BAK-1/2): age, retention, geo copy, archive, manifest check."""
+        sb = self.sandbox
+        backups = sb.list_backups()
+        latest = backups[-1] if backups else None
+        archiver = sb.archive_status()
+        last_ok, last_failed = archiver["last_archived_time"], archiver["last_failed_time"]
+        failing = last_failed is not None and (last_ok is None or last_failed > last_ok)
+        gaps = sb.archive_gaps(latest) if latest else []
+        verified, verify_detail = sb.verify_backup(latest) if latest else (False, "no backup")
+        return BackupStatus(
+            latest_backup_id=latest.id if latest else None,
+            latest_backup_at=latest.finished_at if latest else None,
+            retention=self.env.backup.retention, geo_redundant=self.env.backup.geo_redundant and bool(latest)
+            and sb.geo_copy_matches(latest), archive_ok=not failing and not gaps,
+            archive_detail=(f"{len(gaps)} missing WAL segment(s): {', '.join(gaps[:5])}" if gaps else
+                            f"archiving failing since {archiver['last_failed_wal']}" if failing else
+                            f"last archived {archiver['last_archived_wal']}"),
+            integrity_ok=verified, integrity_detail=verify_detail)
+
+    def amcheck(self, name: str) -> tuple[bool, str]:
+        return self.sandbox.amcheck(name, self.env.service.database)
 
     def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint:
         node = self.sandbox.restore(target_time, name)

@@ -1,6 +1,5 @@
 """Failover, point-in-time restore, replica promotion, rolling parameter changes: measured on real servers."""
 
-import time
 from datetime import datetime, timezone
 
 import psycopg

@@ -1,7 +1,6 @@
 """The sandbox mirrors production: sync HA standby, async replica, TLS 1.3 only, idempotent up."""
 
 import json
-import ssl
 
 import psycopg
 import pytest

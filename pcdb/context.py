@@ -1,0 +1,77 @@
+"""What every runbook step needs: the spec, the target, and where secrets come from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+
+from pcdb import secrets as pw
+from pcdb.config import Environment, SecretRef
+from pcdb.errors import SecretError
+from pcdb.targets.base import Target
+
+
+@dataclass
+class RunbookContext:
+    """What every step needs: the spec, the target, and where secrets come from."""
+
+    env: Environment
+    target: Target
+    secret_loader: pw.SecretLoader | None = None  # Prefect Secret blocks, given by the flow layer
+
+    def __post_init__(self) -> None:
+        # Not a dataclass field: serializers (dataclasses.asdict, Prefect's parameter encoder)
+        # only see fields, so resolved secrets never leave this object.
+        self._secrets: dict[str, str] = {}
+
+    def secret(self, ref: SecretRef, owner: str) -> str:
+        """Resolve a secret reference (cached for the run; never logged)."""
+        key = f"{owner}:{ref.describe()}"
+        if key not in self._secrets:
+            if ref.env:
+                value = pw.from_env(ref.env)
+            elif ref.prefect_secret:
+                if self.secret_loader is None:
+                    raise SecretError(f"the password of {owner} comes from Prefect Secret block "
+                                      f"{ref.prefect_secret!r}, which can only be read inside a Prefect run")
+                value = self.secret_loader(ref.prefect_secret)
+            else:
+                value = self.target.generated_secret(owner)
+            self._secrets[key] = value
+        return self._secrets[key]
+
+    def admin_password(self) -> str:
+        return self.secret(self.env.server.admin.password, self.env.server.admin.user)
+
+    def role_passwords(self) -> dict[str, str]:
+        """Every role's password, each checked against the policy before anything uses it."""
+        policy = self.env.security.password_policy
+        out = {}
+        for role in self.env.security.roles:
+            value = self.secret(role.password, role.name)
+            pw.check_policy(f"{role.password.describe()} (role {role.name})", value, policy.min_length)
+            out[role.name] = value
+        return out
+
+    def secret_values(self) -> list[str]:
+        """Every secret resolved in this run (to scan reports and logs for leaks)."""
+        return list(self._secrets.values())
+
+    @contextmanager
+    def connect(self, user: str | None = None, password: str | None = None,
+                dbname: str | None = None) -> Iterator[psycopg.Connection]:
+        user = user or self.env.server.admin.user
+        password = password if password is not None else self.admin_password()
+        info = self.target.endpoint("primary").conninfo(user, password, dbname=dbname)
+        with psycopg.connect(info, autocommit=True) as conn:
+            yield conn
+
+    def can_log_in(self, user: str, password: str) -> bool:
+        try:
+            with self.connect(user, password):
+                return True
+        except psycopg.OperationalError:
+            return False
