@@ -149,6 +149,28 @@ def install_command(env: EnvOption = "local",
         _print_changes([Change(c["resource"], c["name"], c["action"]) for c in result["plan"]], False)
 
 
+@app.command("verify-backups")
+@user_errors
+def verify_backups_command(env: EnvOption = "local",
+                           restore_test: Annotated[bool, typer.Option("--restore-test", help="also restore and prove the latest backup")] = False,
+                           as_json: JsonOption = False) -> None:
+    """Run the backup-verification runbook (daily checks; with --restore-test a real restore)."""
+    spec_path = env if env.endswith((".yaml", ".yml")) else None
+    load_environment(env)
+    from flows.backup_verification import verify_backups
+
+    state = verify_backups(env=env if not spec_path else "local", spec_path=spec_path,
+                           restore=restore_test, return_state=True)
+    if state.is_failed():
+        raise PcdbError(state.message or "backup verification failed")
+    result = state.result()
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    for key, value in result.items():
+        out.print(f"{key}: {value}")
+
+
 def _phase_list(text: str | None) -> list[int] | None:
     if not text:
         return None

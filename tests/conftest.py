@@ -75,8 +75,10 @@ def _cleanup_every_sandbox():
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One real Prefect API (temporary server, SQLite in PREFECT_HOME) for the whole session."""
+    from prefect.logging.configuration import setup_logging
     from prefect.testing.utilities import prefect_test_harness
 
+    setup_logging()  # bind Prefect's handlers to the real stderr before a CliRunner swaps it
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
