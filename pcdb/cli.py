@@ -171,6 +171,38 @@ def verify_backups_command(env: EnvOption = "local",
         out.print(f"{key}: {value}")
 
 
+@app.command("drill")
+@user_errors
+def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | corruption")],
+                  env: EnvOption = "local",
+                  mode: Annotated[str, typer.Option(help="planned | forced (zone drill)")] = "forced",
+                  yes: Annotated[bool, typer.Option("--yes", help="give approvals by flag (sandbox only)")] = False,
+                  confirm: Annotated[bool, typer.Option("--confirm", help="required on production")] = False,
+                  stall_replica: Annotated[bool, typer.Option("--stall-replica", help="region drill: cut the replica's link first")] = False,
+                  as_json: JsonOption = False) -> None:
+    """Run a DR drill (zone failover, region failover, data corruption) and print measured RTO/RPO."""
+    if scenario not in ("zone", "region", "corruption"):
+        raise PcdbError(f"unknown drill {scenario!r}: use zone, region or corruption")
+    if mode not in ("planned", "forced"):
+        raise PcdbError(f"--mode {mode!r}: use planned or forced")
+    load_environment(env)
+    from flows.dr_drill import dr_drill
+
+    spec_path = env if env.endswith((".yaml", ".yml")) else None
+    state = dr_drill(scenario=scenario, env=env if not spec_path else "local", spec_path=spec_path, mode=mode,
+                     confirm=confirm, yes=yes, stall_replica=stall_replica, return_state=True)
+    if state.is_failed():
+        raise PcdbError(state.message or "the drill failed")
+    result = state.result()
+    keys = ("scenario", "mode", "rto_seconds", "rpo_rows_lost", "rows_in_doubt", "target_rto_seconds",
+            "target_rpo_seconds", "met", "topology_restored", "report")
+    if as_json:
+        print(json.dumps({k: result[k] for k in keys} | {"timeline": result["timeline"]}, indent=2, default=str))
+        return
+    for key in keys:
+        out.print(f"{key}: {result[key]}")
+
+
 def _phase_list(text: str | None) -> list[int] | None:
     if not text:
         return None

@@ -19,6 +19,7 @@ from pcdb.sql import query
 @dataclass
 class ProbeResult:
     acknowledged: list[int] = field(default_factory=list)
+    acknowledged_at: dict[int, float] = field(default_factory=dict)  # id -> wall-clock time of the ack
     in_doubt: list[int] = field(default_factory=list)
     first_failure: float | None = None  # time.monotonic() of the first failed write
     first_recovery: float | None = None  # first successful write after it
@@ -38,6 +39,7 @@ class ProbeWriter:
     def __init__(self, conninfo: str, table: str = "pcdb_probe", interval: float = 0.005,
                  reconnect_deadline: float = 120.0):
         self.conninfo = conninfo
+        self.table_name = table
         self.table = psql.Identifier(table)
         self.interval = interval
         self.reconnect_deadline = reconnect_deadline
@@ -49,8 +51,12 @@ class ProbeWriter:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute(psql.SQL(query("probe.sql", "create_probe_table")).format(table=self.table))
 
-    def drop_table(self) -> None:
-        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+    def switch_to(self, conninfo: str) -> None:
+        """Write through another path from the next reconnect on (a changed connection string)."""
+        self.conninfo = conninfo
+
+    def drop_table(self, conninfo: str | None = None) -> None:
+        with psycopg.connect(conninfo or self.conninfo, autocommit=True) as conn:
             conn.execute(psql.SQL(query("probe.sql", "drop_probe_table")).format(table=self.table))
 
     def start(self) -> ProbeWriter:
@@ -73,9 +79,10 @@ class ProbeWriter:
         self._thread.join(timeout=self.reconnect_deadline + 10)
         return self.result
 
-    def missing(self) -> list[int]:
-        """Acknowledged rows that are not in the table now (the RPO, in rows)."""
-        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+    def missing(self, conninfo: str | None = None) -> list[int]:
+        """Acknowledged rows that are not in the table now (the RPO, in rows), read through
+        ``conninfo`` (default: the writer's own path)."""
+        with psycopg.connect(conninfo or self.conninfo, autocommit=True) as conn:
             present = {r[0] for r in conn.execute(
                 psql.SQL(query("probe.sql", "probe_ids")).format(table=self.table))}
         return [i for i in self.result.acknowledged if i not in present]
@@ -90,6 +97,7 @@ class ProbeWriter:
                     conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=2)
                 conn.execute(insert, {"id": next_id})
                 self.result.acknowledged.append(next_id)
+                self.result.acknowledged_at[next_id] = time.time()
                 if self.result.first_failure is not None and self.result.first_recovery is None:
                     self.result.first_recovery = time.monotonic()
                 next_id += 1

@@ -589,6 +589,44 @@ class Sandbox:
             self._wait_streaming(self.primary(), REPLICA)
             self.state["nodes"][REPLICA]["timeline"] = self._timeline(self.node(REPLICA))
 
+    def replica_diverged(self) -> bool:
+        """The replica was promoted, or its link cut, by a drill that did not finish."""
+        if REPLICA not in self.state["nodes"]:
+            return False
+        conf = self.node(REPLICA).data / "node.conf"
+        return self.role(REPLICA) == "promoted" or (conf.exists() and "primary_conninfo = ''" in conf.read_text())
+
+    def replica_lag_bytes(self) -> int | None:
+        """WAL the replica has not replayed yet (primary's current LSN minus the replica's replay LSN)."""
+        try:
+            with self.primary().connect(self.admin_user) as conn:
+                current = conn.execute("SELECT pg_catalog.pg_current_wal_lsn()").fetchone()[0]
+            with self.node(REPLICA).connect(self.admin_user) as conn:
+                return int(conn.execute("SELECT pg_catalog.pg_wal_lsn_diff(%s, pg_catalog.pg_last_wal_replay_lsn())",
+                                        (current,)).fetchone()[0])
+        except SandboxError:
+            return None
+
+    def stall_replica(self) -> None:
+        """Cut the replica's link (no streaming, no archive) to drill a region failure with loss."""
+        replica = self.node(REPLICA)
+        replica.write_node_conf({**self._node_conf(replica, "replica"), "primary_conninfo": "",
+                                 "restore_command": ""})
+        replica.reload()
+        self._event("replica-stalled")
+        self.save()
+
+    def stop_region(self) -> None:
+        """Stop both HA nodes at once (immediate), as a lost region would."""
+        for name in HA_NODES:
+            self.node(name).stop("immediate", timeout=30)
+        self._event("region-stopped")
+        self.save()
+
+    def start_region(self) -> list[Change]:
+        """Start the HA pair again (the primary region is back)."""
+        return self.ensure_ha()
+
     def promote_replica(self) -> dict:
         """Promote the read replica to a standalone primary (the region failover, R-DR-2)."""
         replica = self.node(REPLICA)
