@@ -98,18 +98,99 @@ def install_overhead(rounds: int) -> dict:
     }
 
 
-BENCHMARKS = {"sandbox": sandbox_lifecycle, "install": install_overhead}
+def zone_drills(rounds: int) -> dict:
+    """Zone-failover RTO over many forced drills (R-DR-1): median and worst, rows lost."""
+    from pcdb import drills
+    from pcdb.context import RunbookContext
+    from pcdb.install import run_directly
+    from tests.conftest import destroy_all, new_target
+
+    rto, promote, lost, in_doubt = [], [], 0, 0
+    try:
+        target = new_target()
+        ctx = RunbookContext(target.env, target)
+        run_directly(ctx, phases=[1, 2, 3])
+        for _ in range(max(rounds, 10)):
+            result = drills.zone_drill(target, target.env, ctx.admin_password(), "forced")
+            rto.append(result.rto_seconds)
+            lost += result.rpo_rows_lost
+            in_doubt += result.rows_in_doubt
+            promote.append(next(float(a.split(" promoted in ")[1].split("s;")[0]) for _, a in result.timeline
+                                if " promoted in " in a))
+    finally:
+        destroy_all()
+    return {"drills": len(rto), "writer_outage_rto_seconds": {"median": statistics.median(rto), "worst": max(rto)},
+            "promotion_seconds": {"median": statistics.median(promote), "worst": max(promote)},
+            "acknowledged_rows_lost_total": lost, "rows_in_doubt_total": in_doubt}
+
+
+def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (10, 100, 1000)) -> dict:
+    """Restore-test time against the database size, beside a plain copy of the same base backup."""
+    import shutil
+    import tempfile
+    from contextlib import contextmanager
+
+    import psycopg
+
+    from pcdb import backups
+    from pcdb.context import RunbookContext
+    from pcdb.install import run_directly
+    from tests.conftest import destroy_all, new_target
+
+    rows = []
+    try:
+        target = new_target()
+        ctx = RunbookContext(target.env, target)
+        run_directly(ctx, phases=[1, 2, 3, 4])
+        for size in sizes_mb:
+            with ctx.connect() as conn:
+                while conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] < size * 2**20:
+                    conn.execute("INSERT INTO product_change.pc_product_change_history (line_number, customer_id, "
+                                 "current_product_code, target_product_code, kos_request_data) "
+                                 "SELECT '010-' || g, 'C' || (g % 50000), 'PLAN_A', 'PLAN_B', "
+                                 "jsonb_build_object('req', md5(g::text), 'n', g) FROM generate_series(1, 10000) g")
+                db_bytes = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+                conn.execute("VACUUM (ANALYZE) product_change.pc_product_change_history")
+            backup = target.sandbox.take_backup()
+            scratch = Path(tempfile.mkdtemp(dir=target.sandbox.root))
+            start = time.perf_counter()
+            shutil.copytree(backup.path, scratch / "copy")
+            copy_seconds = time.perf_counter() - start
+            shutil.rmtree(scratch)
+
+            @contextmanager
+            def restored(endpoint):
+                with psycopg.connect(endpoint.conninfo(target.admin, target.admin_password()), autocommit=True) as c:
+                    yield c
+            start = time.perf_counter()
+            test = backups.restore_test(target, target.env, ctx.connect, restored)
+            total = time.perf_counter() - start
+            rows.append({"database_mb": round(db_bytes / 2**20, 1), "backup_mb": round(backup.size_bytes / 2**20, 1),
+                         "plain_copy_seconds": round(copy_seconds, 3), "restore_seconds": test.seconds,
+                         "restore_test_total_seconds": round(total, 3), "passed": test.passed,
+                         "restore_vs_copy_ratio": round(test.seconds / copy_seconds, 2) if copy_seconds else None})
+    finally:
+        destroy_all()
+    return {"by_size": rows, "note": "restore = copy of the base backup + WAL replay to the marker + promotion; "
+            "the total adds amcheck (heap + btree) and the per-table fingerprints on both sides"}
+
+
+BENCHMARKS = {"sandbox": sandbox_lifecycle, "install": install_overhead, "zone-drills": zone_drills,
+              "restore-by-size": restore_test_by_size}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"any of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--sizes-mb", default="10,100,1000", help="restore-by-size: database sizes")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     for name in args.names:
         figures = {"measured_at": datetime.now(timezone.utc).isoformat(), "machine": platform.platform(),
-                   "rounds": args.rounds, name: BENCHMARKS[name](args.rounds)}
+                   "rounds": args.rounds,
+                   name: (BENCHMARKS[name](args.rounds, tuple(int(x) for x in args.sizes_mb.split(",")))
+                          if name == "restore-by-size" else BENCHMARKS[name](args.rounds))}
         out = RESULTS / f"{name}.json"
         out.write_text(json.dumps(figures, indent=2) + "\n")
         print(json.dumps(figures, indent=2))
