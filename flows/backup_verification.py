@@ -11,12 +11,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.install import load_secret_block
+from flows.install import runbook_context
 from flows.notify import notify
 from pcdb.config import load_environment
-from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError
-from pcdb.targets.factory import make_target
 from tasks.backups import daily_checks, restore_test
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -32,7 +30,7 @@ def verify_backups(env: str = "local", spec_path: str | None = None, restore: bo
         restore: run the restore test; default: only on the spec's restore-test weekday.
     """
     spec = load_environment(spec_path or env)
-    ctx = RunbookContext(spec, make_target(spec), secret_loader=load_secret_block)
+    ctx = runbook_context(spec)
     if restore is None:
         today = datetime.now(ZoneInfo(spec.service.timezone)).weekday()
         restore = WEEKDAYS[today] == spec.backup.verification.restore_test_weekday

@@ -21,12 +21,11 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from flows.install import load_secret_block
+from flows.install import runbook_context
 from flows.notify import notify
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.errors import ApprovalError, PcdbError
-from pcdb.targets.factory import make_target
 from tasks.drills import cleanup, run_drill
 
 
@@ -74,7 +73,7 @@ def dr_drill(scenario: Literal["zone", "region", "corruption"], env: str = "loca
         raise PcdbError(f"{spec.name} is production: a drill needs confirm=True and an approval")
     if yes and spec.production:
         raise PcdbError("approvals by flag are for the sandbox only; production drills wait for a person")
-    ctx = RunbookContext(spec, make_target(spec), secret_loader=load_secret_block)
+    ctx = runbook_context(spec)
     limit = ensure_mutating_limit(spec.name)
     with ExitStack() as slot:
         try:

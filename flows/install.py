@@ -78,6 +78,11 @@ def load_secret_block(name: str) -> str:
     return Secret.load(name).get()
 
 
+def runbook_context(spec: Environment) -> RunbookContext:
+    """The context every runbook runs with: the spec, its target, secrets from Prefect blocks."""
+    return RunbookContext(spec, make_target(spec), secret_loader=load_secret_block)
+
+
 def _env_of(parameters: dict) -> Environment | None:
     try:
         return load_environment(parameters.get("spec_path") or parameters.get("env") or "local")
@@ -167,8 +172,8 @@ def install(env: str = "local", spec_path: str | None = None, phases: list[int] 
     selected = sorted(set(phases or range(1, 9)))
     if not set(selected) <= set(range(1, 9)):
         raise PcdbError(f"phases must be between 1 and 8, got {selected}")
-    target = make_target(spec)
-    ctx = RunbookContext(spec, target, secret_loader=load_secret_block)
+    ctx = runbook_context(spec)
+    target = ctx.target
     plan = target.plan()
     if dry_run:
         create_table_artifact([c.as_dict() for c in plan], key=f"install-plan-{spec.name}",

@@ -55,6 +55,13 @@ def _sandbox_target(env_name: str):
     return SandboxTarget(env)
 
 
+def _spec_args(env: str) -> dict[str, str | None]:
+    """--env takes a name or a spec path; the flows take them as env / spec_path."""
+    if env.endswith((".yaml", ".yml")):
+        return {"env": "local", "spec_path": env}
+    return {"env": env, "spec_path": None}
+
+
 def _print_changes(changes: list[Change], as_json: bool) -> None:
     if as_json:
         print(json.dumps([c.as_dict() for c in changes], indent=2, default=str))
@@ -132,9 +139,7 @@ def install_command(env: EnvOption = "local",
     selected = _phase_list(phases)
     from flows.install import install  # the CLI is the one pcdb module that may import flows/
 
-    state = install(env=env if not env.endswith((".yaml", ".yml")) else "local",
-                    spec_path=env if env.endswith((".yaml", ".yml")) else None,
-                    phases=selected, dry_run=dry_run, return_state=True)
+    state = install(**_spec_args(env), phases=selected, dry_run=dry_run, return_state=True)
     if state.is_failed():
         raise PcdbError(state.message or "the install failed; see the Prefect run for details")
     result = state.result()
@@ -155,12 +160,10 @@ def verify_backups_command(env: EnvOption = "local",
                            restore_test: Annotated[bool, typer.Option("--restore-test", help="also restore and prove the latest backup")] = False,
                            as_json: JsonOption = False) -> None:
     """Run the backup-verification runbook (daily checks; with --restore-test a real restore)."""
-    spec_path = env if env.endswith((".yaml", ".yml")) else None
     load_environment(env)
     from flows.backup_verification import verify_backups
 
-    state = verify_backups(env=env if not spec_path else "local", spec_path=spec_path,
-                           restore=restore_test, return_state=True)
+    state = verify_backups(**_spec_args(env), restore=restore_test, return_state=True)
     if state.is_failed():
         raise PcdbError(state.message or "backup verification failed")
     result = state.result()
@@ -188,9 +191,8 @@ def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | 
     load_environment(env)
     from flows.dr_drill import dr_drill
 
-    spec_path = env if env.endswith((".yaml", ".yml")) else None
-    state = dr_drill(scenario=scenario, env=env if not spec_path else "local", spec_path=spec_path, mode=mode,
-                     confirm=confirm, yes=yes, stall_replica=stall_replica, return_state=True)
+    state = dr_drill(scenario=scenario, **_spec_args(env), mode=mode, confirm=confirm, yes=yes,
+                     stall_replica=stall_replica, return_state=True)
     if state.is_failed():
         raise PcdbError(state.message or "the drill failed")
     result = state.result()
