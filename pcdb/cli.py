@@ -217,6 +217,36 @@ def _phase_list(text: str | None) -> list[int] | None:
     return numbers
 
 
+@app.command("plan")
+@user_errors
+def plan_command(env: EnvOption = "prod",
+                 assume_empty: Annotated[bool, typer.Option("--assume-empty", help="plan against an empty subscription (no credentials needed)")] = False,
+                 as_json: JsonOption = False) -> None:
+    """Show what the install would create, change (current -> desired) or leave on Azure. Reads only."""
+    spec = load_environment(env)
+    if spec.target != "azure":
+        raise PcdbError(f"environment {spec.name!r} targets {spec.target}; plan reads Azure (use --env prod), "
+                        "or `pcdb install --env local --dry-run` for the sandbox")
+    if not assume_empty:
+        raise PcdbError("reading the current Azure state needs the Azure target, which this version does not "
+                        "have yet; use --assume-empty to review the whole production request offline")
+    from pcdb.azure.desired import desired_resources
+    from pcdb.azure.plan import make_plan
+
+    items = make_plan(desired_resources(spec))
+    if as_json:
+        print(json.dumps([{k: v for k, v in i.as_dict().items() if k in ("type", "name", "action", "properties")}
+                          for i in items], indent=2, ensure_ascii=False))
+        return
+    table = Table("phase", "type", "name", "action", title=f"plan for {spec.name} (assuming an empty subscription)")
+    phases = {d.id: d.phase for d in desired_resources(spec)}
+    for item in items:
+        table.add_row(str(phases[item.id]), item.type, item.name, item.action)
+    out.print(table)
+    counts = {a: sum(i.action == a for i in items) for a in ("create", "update", "conflict", "unchanged")}
+    out.print(", ".join(f"{n} to {a}" for a, n in counts.items() if n))
+
+
 @config_app.command("check")
 @user_errors
 def config_check(env: EnvOption = "prod", as_json: JsonOption = False) -> None:

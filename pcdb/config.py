@@ -207,11 +207,18 @@ class DiagnosticSetting(Model):
     metrics: list[str]
 
 
+class ActionGroup(Model):
+    name: str
+    short_name: str = Field(max_length=12)
+    teams_webhook: SecretRef = Field(description="the Teams incoming-webhook URL holds a key: a secret")
+
+
 class Azure(Model):
     subscription_id: SecretRef
     resource_group: str
     log_analytics_workspace: str
     diagnostic_setting: DiagnosticSetting
+    action_group: ActionGroup
 
 
 TablePrivilege = Literal["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "ALL"]
@@ -380,6 +387,7 @@ class AzureMetricAlert(Model):
     name: str
     description: str
     severity: int = Field(ge=0, le=4)
+    scope: Literal["server", "replica"] = "server"
     metric: str
     aggregation: Literal["Average", "Maximum", "Minimum", "Total", "Count"]
     operator: Literal["GreaterThan", "GreaterThanOrEqual", "LessThan", "LessThanOrEqual", "Equals"]

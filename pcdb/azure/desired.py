@@ -1,0 +1,164 @@
+"""Every Azure resource the install creates in production (§7), as the SDK models that are sent.
+
+``desired_resources`` is a pure function of the spec: the plan shows these bodies, and the
+Azure target sends the very same models. Values come from the spec only; parameter values are
+in each parameter's own unit (C-3: shared_buffers 4GB is 524288, not 4194304).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pcdb import params
+from pcdb.config import Environment
+from pcdb.units import parse_size
+
+PLACEHOLDER_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+PG = "Microsoft.DBforPostgreSQL/flexibleServers"
+ISO = {"1min": "PT1M", "2min": "PT2M", "5min": "PT5M", "10min": "PT10M", "15min": "PT15M", "1h": "PT1H"}
+
+
+@dataclass(frozen=True)
+class Desired:
+    """One resource: its kind, ARM id, and the SDK model that is PUT."""
+
+    type: str
+    name: str
+    id: str
+    model: Any
+    phase: int
+
+    def body(self) -> dict:
+        """The request body as sent to ARM (wire names)."""
+        if hasattr(self.model, "as_dict") and not hasattr(self.model, "serialize"):
+            return _plain(self.model.as_dict())
+        if hasattr(self.model, "serialize"):
+            return _plain(self.model.serialize(keep_readonly=False))
+        return _plain(dict(self.model))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "as_dict"):
+        return _plain(value.as_dict())
+    if hasattr(value, "total_seconds"):
+        return f"PT{int(value.total_seconds())}S"
+    return value
+
+
+def _iso(duration) -> str:
+    seconds = int(duration.total_seconds())
+    return f"PT{seconds // 60}M" if seconds % 60 == 0 else f"PT{seconds}S"
+
+
+def desired_resources(env: Environment, subscription: str = PLACEHOLDER_SUBSCRIPTION) -> list[Desired]:
+    """The production resources in install order (phases 1-3, 5, 6)."""
+    from azure.mgmt.monitor import models as mon
+    from azure.mgmt.network import models as net
+    from azure.mgmt.postgresqlflexibleservers import models as pg
+    from azure.mgmt.privatedns import models as dns
+    from azure.mgmt.resource.resources import models as res
+
+    if env.azure is None:
+        raise ValueError(f"environment {env.name!r} has no azure section")
+    az, server, network = env.azure, env.server, env.network
+    rg_id = f"/subscriptions/{subscription}/resourceGroups/{az.resource_group}"
+    server_id = f"{rg_id}/providers/{PG}/{server.name}"
+    out = [Desired("resource_group", az.resource_group, rg_id,
+                   res.ResourceGroup(location=server.location, tags={"service": env.service.name}), 1)]
+    subnet_id = dns_id = None
+    if network.mode == "vnet":
+        vnet_id = f"{rg_id}/providers/Microsoft.Network/virtualNetworks/{network.vnet.name}"
+        subnet_id = f"{vnet_id}/subnets/{network.subnet.name}"
+        dns_id = f"{rg_id}/providers/Microsoft.Network/privateDnsZones/{network.private_dns_zone}"
+        out += [
+            Desired("virtual_network", network.vnet.name, vnet_id, net.VirtualNetwork(
+                location=server.location, address_space=net.AddressSpace(address_prefixes=[network.vnet.address_prefix])), 2),
+            Desired("subnet", network.subnet.name, subnet_id, net.Subnet(
+                address_prefix=network.subnet.address_prefix,
+                delegations=[net.Delegation(name="postgresql", service_name=network.subnet.delegation)]), 2),
+            Desired("private_dns_zone", network.private_dns_zone, dns_id, dns.PrivateZone(location="global"), 2),
+            Desired("private_dns_zone_link", f"{network.vnet.name}-link", f"{dns_id}/virtualNetworkLinks/{network.vnet.name}-link",
+                    dns.VirtualNetworkLink(location="global", virtual_network=dns.SubResource(id=vnet_id),
+                                           registration_enabled=False), 2),
+        ]
+    ha = server.high_availability
+    out.append(Desired("server", server.name, server_id, pg.Server(
+        location=server.location, sku=pg.Sku(name=server.sku, tier=server.tier),
+        administrator_login=server.admin.user, version=server.version,
+        availability_zone=ha.primary_zone,
+        storage=pg.Storage(storage_size_gb=server.storage.size // parse_size("1GB"),
+                           auto_grow="Enabled" if server.storage.auto_grow else "Disabled"),
+        backup=pg.Backup(backup_retention_days=env.backup.retention.days,
+                         geo_redundant_backup="Enabled" if env.backup.geo_redundant else "Disabled"),
+        high_availability=pg.HighAvailability(mode=ha.mode, standby_availability_zone=ha.standby_zone),
+        network=pg.Network(delegated_subnet_resource_id=subnet_id, private_dns_zone_arm_resource_id=dns_id,
+                           public_network_access="Disabled" if network.mode == "vnet" else "Enabled"),
+        create_mode="Create"), 3))
+    out.append(Desired("database", env.service.database, f"{server_id}/databases/{env.service.database}",
+                       pg.Database(charset="UTF8"), 3))
+    replica_id = f"{rg_id}/providers/{PG}/{env.replica.name}"
+    out.append(Desired("replica", env.replica.name, replica_id, pg.Server(
+        location=env.replica.location, sku=pg.Sku(name=env.replica.sku, tier=server.tier),
+        create_mode="Replica", source_server_resource_id=server_id), 3))
+    parameters = dict(env.desired_parameters())
+    tls = env.security.tls
+    parameters["ssl_min_protocol_version"] = params.canonical("ssl_min_protocol_version", tls.min_version)
+    # Azure's own parameter (not PostgreSQL's): TLS required on every connection (R-SEC-4).
+    secure = "on" if tls.require_secure_transport else "off"
+    parameters["require_secure_transport"] = params.ParamValue("require_secure_transport", secure, None, False, secure)
+    for name, value in parameters.items():
+        phase = 5 if name in env.security.audit or name.startswith(("require_secure", "ssl_")) else 3
+        out.append(Desired("configuration", name, f"{server_id}/configurations/{name}",
+                           pg.Configuration(value=value.setting, source="user-override"), phase))
+    if network.mode == "public":
+        for subnet in network.allowed_subnets:
+            first, last = _range(subnet.cidr)
+            out.append(Desired("firewall_rule", f"allow-{subnet.name}", f"{server_id}/firewallRules/allow-{subnet.name}",
+                               pg.FirewallRule(start_ip_address=first, end_ip_address=last), 5))
+    law_id = f"{rg_id}/providers/Microsoft.OperationalInsights/workspaces/{az.log_analytics_workspace}"
+    from azure.mgmt.loganalytics import models as la
+    out.append(Desired("log_analytics_workspace", az.log_analytics_workspace, law_id,
+                       la.Workspace(location=server.location), 6))
+    diag = az.diagnostic_setting
+    out.append(Desired("diagnostic_setting", diag.name, f"{server_id}/providers/Microsoft.Insights/diagnosticSettings/{diag.name}",
+                       res.GenericResource(properties={
+                           "workspaceId": law_id,
+                           "logs": [{"category": c, "enabled": True} for c in diag.logs],
+                           "metrics": [{"category": c, "enabled": True} for c in diag.metrics]}), 6))
+    channels = env.notifications.channels
+    email = [mon.EmailReceiver(name=f"email-{i}", email_address=a, use_common_alert_schema=True)
+             for c in channels.values() if c.kind == "email" for i, a in enumerate(c.recipients)]
+    sms = [mon.SmsReceiver(name=f"sms-{i}", country_code=a.lstrip("+").split("-")[0],
+                           phone_number="".join(a.lstrip("+").split("-")[1:]))
+           for c in channels.values() if c.kind == "sms" for i, a in enumerate(c.recipients)]
+    webhook = [mon.WebhookReceiver(name="teams", service_uri="<secret: " + az.action_group.teams_webhook.describe() + ">",
+                                   use_common_alert_schema=True)]
+    group_id = f"{rg_id}/providers/Microsoft.Insights/actionGroups/{az.action_group.name}"
+    out.append(Desired("action_group", az.action_group.name, group_id, mon.ActionGroupResource(
+        location="Global", group_short_name=az.action_group.short_name, enabled=True,
+        email_receivers=email, sms_receivers=sms, webhook_receivers=webhook), 6))
+    for alert in env.monitoring.azure_metric_alerts:
+        scope = server_id if alert.scope == "server" else replica_id
+        out.append(Desired("metric_alert", alert.name, f"{rg_id}/providers/Microsoft.Insights/metricAlerts/{alert.name}",
+                           mon.MetricAlertResource(
+                               location="global", description=alert.description, severity=alert.severity,
+                               enabled=True, scopes=[scope], evaluation_frequency=_iso(alert.frequency),
+                               window_size=_iso(alert.window),
+                               criteria=mon.MetricAlertSingleResourceMultipleMetricCriteria(all_of=[mon.MetricCriteria(
+                                   name=alert.metric, metric_name=alert.metric, metric_namespace=PG,
+                                   time_aggregation=alert.aggregation, operator=alert.operator,
+                                   threshold=alert.threshold)]),
+                               actions=[mon.MetricAlertAction(action_group_id=group_id)]), 6))
+    return out
+
+
+def _range(cidr: str) -> tuple[str, str]:
+    import ipaddress
+
+    net = ipaddress.ip_network(cidr)
+    return str(net.network_address), str(net.broadcast_address)

@@ -1,0 +1,88 @@
+"""Plan before apply (as Terraform does): what the install would create, change or leave.
+
+Each desired body is compared, path by path, with what exists; a property that Azure cannot
+change in place is a conflict with what to do, never a silent re-creation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pcdb.azure.desired import Desired
+
+# Properties that a PUT cannot change on an existing resource (ARM answers an error or ignores).
+IMMUTABLE = {
+    "server": {"location", "properties.availabilityZone", "properties.backup.geoRedundantBackup",
+               "properties.network.delegatedSubnetResourceId", "properties.network.privateDnsZoneArmResourceId",
+               "properties.administratorLogin", "properties.createMode"},
+    "replica": {"location", "properties.sourceServerResourceId", "properties.createMode"},
+    "virtual_network": {"location"},
+    "log_analytics_workspace": {"location"},
+}
+# Write-only or create-only fields that a GET does not return: not drift.
+NOT_RETURNED = {"properties.createMode", "properties.administratorLoginPassword", "properties.sourceServerResourceId"}
+RESOLUTION = {
+    "properties.backup.geoRedundantBackup": "geo-redundant backup is chosen at creation: restore the server "
+                                            "into a new one with the wanted setting and switch over",
+    "properties.availabilityZone": "the zone cannot move: use an HA failover to make the other zone primary",
+    "location": "a resource cannot move region: create it anew and migrate",
+}
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    type: str
+    name: str
+    id: str
+    action: str  # create | update | unchanged | conflict
+    properties: dict
+    changes: dict = field(default_factory=dict)  # path -> {"current": ..., "desired": ...}
+    notes: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"type": self.type, "name": self.name, "id": self.id, "action": self.action,
+                "properties": self.properties, "changes": self.changes, "notes": list(self.notes)}
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+        return out
+    return {prefix: value}
+
+
+def _same(desired, current) -> bool:
+    if isinstance(desired, str) and isinstance(current, str):
+        return desired.lower() == current.lower()  # ARM echoes enums and ids in its own case
+    if isinstance(desired, (int, float)) and isinstance(current, str):
+        return str(desired) == current
+    return desired == current
+
+
+def plan_one(item: Desired, current: dict | None) -> PlanItem:
+    body = item.body()
+    if current is None:
+        return PlanItem(item.type, item.name, item.id, "create", body)
+    have = _flatten(current)
+    changes, conflicts = {}, []
+    for path, wanted in _flatten(body).items():
+        if path in NOT_RETURNED or path not in have and path.startswith("tags"):
+            continue
+        if not _same(wanted, have.get(path)):
+            changes[path] = {"current": have.get(path), "desired": wanted}
+            if path in IMMUTABLE.get(item.type, set()):
+                conflicts.append(f"{path} cannot change in place: {RESOLUTION.get(path, 'recreate it deliberately')}")
+    if conflicts:
+        return PlanItem(item.type, item.name, item.id, "conflict", body, changes, tuple(conflicts))
+    return PlanItem(item.type, item.name, item.id, "update" if changes else "unchanged", body, changes)
+
+
+def make_plan(desired: list[Desired], read: Callable[[Desired], dict | None] | None = None) -> list[PlanItem]:
+    """Compare every desired resource with what ``read`` returns (None = absent).
+
+    With no reader the subscription is assumed empty: everything is created.
+    """
+    return [plan_one(item, read(item) if read else None) for item in desired]

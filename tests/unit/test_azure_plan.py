@@ -1,0 +1,122 @@
+"""The production request, planned offline: the document's values exactly as sent to Azure."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pcdb.azure.desired import desired_resources
+from pcdb.azure.plan import make_plan
+from pcdb.cli import app
+from pcdb.config import load_environment, validate
+
+PROD = load_environment("prod")
+
+
+def by_name(items, kind, name):
+    return next(i for i in items if i.type == kind and i.name == name)
+
+
+@pytest.fixture(scope="module")
+def empty_plan():
+    return make_plan(desired_resources(PROD))
+
+
+def test_everything_is_created_on_an_empty_subscription_in_install_order(empty_plan):
+    assert {i.action for i in empty_plan} == {"create"}
+    kinds = [i.type for i in empty_plan]
+    assert kinds.index("resource_group") < kinds.index("virtual_network") < kinds.index("server") < \
+        kinds.index("configuration") < kinds.index("metric_alert")
+
+
+def test_the_server_request_carries_the_documents_values(empty_plan):
+    server = by_name(empty_plan, "server", "phonebill-postgresql-prod").properties
+    assert server["location"] == "koreacentral"
+    assert server["sku"] == {"name": "Standard_D4s_v3", "tier": "GeneralPurpose"}
+    props = server["properties"]
+    assert props["version"] == "14" and props["administratorLogin"] == "dbadmin"
+    assert props["storage"] == {"storageSizeGB": 256, "autoGrow": "Enabled"}
+    assert props["highAvailability"] == {"mode": "ZoneRedundant", "standbyAvailabilityZone": "2"}
+    assert props["availabilityZone"] == "1"
+    assert props["backup"] == {"backupRetentionDays": 35, "geoRedundantBackup": "Enabled"}
+    assert props["network"]["publicNetworkAccess"] == "Disabled"
+    assert props["network"]["delegatedSubnetResourceId"].endswith("/virtualNetworks/vnet-phonebill-prod/subnets/subnet-database")
+    assert props["network"]["privateDnsZoneArmResourceId"].endswith("phonebill-prod.private.postgres.database.azure.com")
+    assert "administratorLoginPassword" not in props  # never in a plan
+
+
+def test_the_replica_is_in_korea_south_from_the_primary(empty_plan):
+    replica = by_name(empty_plan, "replica", "phonebill-postgresql-replica").properties
+    assert replica["location"] == "koreasouth" and replica["sku"]["name"] == "Standard_D2s_v3"
+    assert replica["properties"]["createMode"] == "Replica"
+    assert replica["properties"]["sourceServerResourceId"].endswith("/flexibleServers/phonebill-postgresql-prod")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("shared_buffers", "524288"),          # C-3: 4GB in 8kB pages, not the document's 4194304
+    ("effective_cache_size", "1572864"),   # C-3: not 12582912
+    ("work_mem", "32768"), ("max_connections", "200"), ("idle_in_transaction_session_timeout", "1800000"),
+    ("require_secure_transport", "on"), ("ssl_min_protocol_version", "TLSv1.3"), ("log_statement", "all"),
+])
+def test_parameters_are_sent_in_their_own_unit(empty_plan, name, value):
+    assert by_name(empty_plan, "configuration", name).properties["properties"] == {"source": "user-override", "value": value}
+
+
+def test_no_log_slow_queries_and_no_firewall_rule_on_a_vnet_server(empty_plan):
+    assert not [i for i in empty_plan if i.name == "log_slow_queries"]            # C-4
+    assert not [i for i in empty_plan if i.type == "firewall_rule"]               # C-2
+
+
+def test_a_public_server_gets_one_firewall_rule_per_allowed_subnet():
+    data = PROD.model_dump(mode="json", by_alias=True)
+    data["network"]["mode"] = "public"
+    rules = [i for i in make_plan(desired_resources(validate(data))) if i.type == "firewall_rule"]
+    assert [(r.name, r.properties["properties"]) for r in rules] == [
+        ("allow-aks", {"startIpAddress": "10.0.1.0", "endIpAddress": "10.0.1.255"}),
+        ("allow-management", {"startIpAddress": "10.0.4.0", "endIpAddress": "10.0.4.255"})]
+
+
+def test_alerts_and_receivers(empty_plan):
+    cpu = by_name(empty_plan, "metric_alert", "alert-high-cpu").properties["properties"]
+    assert (cpu["severity"], cpu["windowSize"], cpu["evaluationFrequency"]) == (2, "PT5M", "PT1M")
+    criterion = cpu["criteria"]["allOf"][0]
+    assert (criterion["metricName"], criterion["operator"], criterion["threshold"]) == ("cpu_percent", "GreaterThan", 80)
+    conns = by_name(empty_plan, "metric_alert", "alert-high-connections").properties["properties"]
+    assert (conns["severity"], conns["windowSize"]) == (1, "PT1M")
+    lag = by_name(empty_plan, "metric_alert", "alert-replica-lag").properties["properties"]
+    assert lag["scopes"][0].endswith("/phonebill-postgresql-replica") and lag["windowSize"] == "PT2M"
+    group = by_name(empty_plan, "action_group", "ag-phonebill-prod").properties["properties"]
+    assert [r["emailAddress"] for r in group["emailReceivers"]] == ["dba-team@phonebill.com", "ops-team@phonebill.com"]
+    assert [(r["countryCode"], r["phoneNumber"]) for r in group["smsReceivers"]] == [("82", "1012345678"), ("82", "1023456789")]
+    assert "pcdb-prod-teams-webhook-url" in group["webhookReceivers"][0]["serviceUri"]  # the source, not the URL
+    diag = by_name(empty_plan, "diagnostic_setting", "diagnostic-postgresql").properties["properties"]
+    assert [c["category"] for c in diag["logs"]] == ["PostgreSQLLogs"] and diag["metrics"][0]["category"] == "AllMetrics"
+
+
+def test_drift_shows_current_to_desired_and_immutable_changes_are_conflicts():
+    desired = desired_resources(PROD)
+    current = {d.id: d.body() for d in desired}
+    current[next(d.id for d in desired if d.name == "shared_buffers")]["properties"]["value"] = "4194304"
+    server_id = next(d.id for d in desired if d.type == "server")
+    current[server_id]["properties"]["backup"]["geoRedundantBackup"] = "Disabled"
+    current[server_id]["properties"]["state"] = "Ready"                  # extra fields ARM returns: not drift
+    plan = make_plan(desired, lambda d: current[d.id])
+    changed = {(i.type, i.name): i for i in plan if i.action != "unchanged"}
+    assert set(changed) == {("configuration", "shared_buffers"), ("server", "phonebill-postgresql-prod")}
+    assert changed[("configuration", "shared_buffers")].changes == {
+        "properties.value": {"current": "4194304", "desired": "524288"}}
+    server = changed[("server", "phonebill-postgresql-prod")]
+    assert server.action == "conflict" and "restore the server into a new one" in server.notes[0]
+
+
+def test_plan_cli_json_for_an_empty_subscription_needs_no_credentials():
+    result = CliRunner().invoke(app, ["plan", "--env", "prod", "--assume-empty", "--json"], env={"AZURE_SUBSCRIPTION_ID": ""})
+    assert result.exit_code == 0, result.output
+    items = json.loads(result.stdout)
+    assert all(set(i) == {"type", "name", "action", "properties"} for i in items)
+    assert len(items) == len(desired_resources(PROD)) and {i["action"] for i in items} == {"create"}
+
+
+def test_plan_without_assume_empty_says_what_is_missing():
+    result = CliRunner().invoke(app, ["plan", "--env", "prod"])
+    assert result.exit_code == 1 and "--assume-empty" in result.stderr
