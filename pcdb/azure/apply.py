@@ -1,0 +1,164 @@
+"""Reconcile Azure with the spec: GET each resource, PUT only what differs, report what was done.
+
+Clients are built by ``make_clients`` from a credential and passed in; tests give them an
+in-process transport that answers as ARM does. Azure errors are translated once, here, into
+TargetError naming the code, the message, the resource and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pcdb.azure.desired import Desired, _plain
+from pcdb.azure.plan import PlanItem, plan_one
+from pcdb.changes import Change
+from pcdb.errors import TargetError, TransientError
+
+HINTS = {
+    "QuotaExceeded": "ask for a quota increase for this SKU in the region, or choose another SKU",
+    "AuthorizationFailed": "the identity running pcdb lacks a role on this scope (Contributor on the resource group)",
+    "ServerNameAlreadyExists": "server names are global: choose another name in the spec",
+    "NameAlreadyExists": "the name is taken: choose another in the spec",
+    "SkuNotAvailable": "this SKU is not offered in the region: see `az postgres flexible-server list-skus`",
+    "InvalidParameterValue": "the value is not accepted for this parameter: check the unit Azure reports for it",
+}
+
+
+@dataclass(frozen=True)
+class AzureClients:
+    resource: Any
+    network: Any
+    dns: Any
+    postgres: Any
+    loganalytics: Any
+    monitor: Any
+
+
+def make_clients(credential, subscription: str, **options: Any) -> AzureClients:
+    """Build every management client from one credential (``options``: transport, polling_interval, retry_*)."""
+    from azure.mgmt.loganalytics import LogAnalyticsManagementClient
+    from azure.mgmt.monitor import MonitorManagementClient
+    from azure.mgmt.network import NetworkManagementClient
+    from azure.mgmt.postgresqlflexibleservers import PostgreSQLManagementClient
+    from azure.mgmt.privatedns import PrivateDnsManagementClient
+    from azure.mgmt.resource.resources import ResourceManagementClient
+
+    return AzureClients(*(cls(credential, subscription, **options) for cls in (
+        ResourceManagementClient, NetworkManagementClient, PrivateDnsManagementClient,
+        PostgreSQLManagementClient, LogAnalyticsManagementClient, MonitorManagementClient)))
+
+
+def _parts(resource_id: str) -> list[str]:
+    return resource_id.strip("/").split("/")
+
+
+class Reconciler:
+    """GET-compare-PUT for every desired resource; a second run makes no write call."""
+
+    DIAGNOSTICS_API = "2021-05-01-preview"
+
+    def __init__(self, clients: AzureClients, admin_password: Callable[[], str], timeout: float = 3600):
+        self.c = clients
+        self.admin_password = admin_password
+        self.timeout = timeout
+
+    # -- per-type GET and PUT ----------------------------------------------------------------
+
+    def _ops(self, d: Desired) -> tuple[Callable[[], Any], Callable[[Any], Any]]:
+        p = _parts(d.id)
+        rg = p[3]
+        c = self.c
+        if d.type == "resource_group":
+            return (lambda: c.resource.resource_groups.get(rg),
+                    lambda m: c.resource.resource_groups.create_or_update(rg, m))
+        if d.type == "virtual_network":
+            return (lambda: c.network.virtual_networks.get(rg, p[7]),
+                    lambda m: c.network.virtual_networks.begin_create_or_update(rg, p[7], m))
+        if d.type == "subnet":
+            return (lambda: c.network.subnets.get(rg, p[7], p[9]),
+                    lambda m: c.network.subnets.begin_create_or_update(rg, p[7], p[9], m))
+        if d.type == "private_dns_zone":
+            return (lambda: c.dns.private_zones.get(rg, p[7]),
+                    lambda m: c.dns.private_zones.begin_create_or_update(rg, p[7], m))
+        if d.type == "private_dns_zone_link":
+            return (lambda: c.dns.virtual_network_links.get(rg, p[7], p[9]),
+                    lambda m: c.dns.virtual_network_links.begin_create_or_update(rg, p[7], p[9], m))
+        if d.type in ("server", "replica"):
+            return (lambda: c.postgres.servers.get(rg, p[7]),
+                    lambda m: c.postgres.servers.begin_create_or_update(rg, p[7], m))
+        if d.type == "database":
+            return (lambda: c.postgres.databases.get(rg, p[7], p[9]),
+                    lambda m: c.postgres.databases.begin_create(rg, p[7], p[9], m))
+        if d.type == "configuration":
+            return (lambda: c.postgres.configurations.get(rg, p[7], p[9]),
+                    lambda m: c.postgres.configurations.begin_put(rg, p[7], p[9], m))
+        if d.type == "firewall_rule":
+            return (lambda: c.postgres.firewall_rules.get(rg, p[7], p[9]),
+                    lambda m: c.postgres.firewall_rules.begin_create_or_update(rg, p[7], p[9], m))
+        if d.type == "log_analytics_workspace":
+            return (lambda: c.loganalytics.workspaces.get(rg, p[7]),
+                    lambda m: c.loganalytics.workspaces.begin_create_or_update(rg, p[7], m))
+        if d.type == "diagnostic_setting":
+            return (lambda: c.resource.resources.get_by_id(d.id, api_version=self.DIAGNOSTICS_API),
+                    lambda m: c.resource.resources.begin_create_or_update_by_id(d.id, m, api_version=self.DIAGNOSTICS_API))
+        if d.type == "action_group":
+            return (lambda: c.monitor.action_groups.get(rg, p[7]),
+                    lambda m: c.monitor.action_groups.create_or_update(rg, p[7], m))
+        if d.type == "metric_alert":
+            return (lambda: c.monitor.metric_alerts.get(rg, p[7]),
+                    lambda m: c.monitor.metric_alerts.create_or_update(rg, p[7], m))
+        raise TargetError(f"no Azure operation for resource type {d.type}")
+
+    def read(self, d: Desired) -> dict | None:
+        """The resource as ARM returns it (wire names), or None when it does not exist."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        get, _ = self._ops(d)
+        try:
+            found = get()
+        except ResourceNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - translated once, here
+            raise self._error(exc, "read", d) from exc
+        return _plain(found.serialize() if hasattr(found, "serialize") else found.as_dict())
+
+    def apply(self, d: Desired) -> tuple[PlanItem, Change]:
+        """Make one resource as the spec says; PUT only when the plan says create or update."""
+        item = plan_one(d, self.read(d))
+        if item.action == "unchanged":
+            return item, Change(d.type, d.name, "unchanged")
+        if item.action == "conflict":
+            return item, Change(d.type, d.name, "conflict", notes=item.notes)
+        model = d.model
+        if d.type == "server" and item.action == "create":
+            model.administrator_login_password = self.admin_password()
+        _, put = self._ops(d)
+        try:
+            poller = put(model)
+            if hasattr(poller, "result"):
+                poller.result(timeout=self.timeout)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "create" if item.action == "create" else "update", d) from exc
+        finally:
+            if d.type == "server":
+                model.administrator_login_password = None  # never kept on the model (plans print it)
+        diff = {k: (v["current"], v["desired"]) for k, v in item.changes.items()}
+        return item, Change(d.type, d.name, "created" if item.action == "create" else "updated", diff=diff)
+
+    def _error(self, exc: Exception, action: str, d: Desired) -> Exception:
+        from azure.core.exceptions import HttpResponseError, ServiceRequestError
+
+        if isinstance(exc, ServiceRequestError):
+            return TransientError(f"cannot reach Azure to {action} {d.type} {d.name}: {exc}")
+        if isinstance(exc, HttpResponseError):
+            code = getattr(getattr(exc, "error", None), "code", None) or str(exc.status_code)
+            message = getattr(getattr(exc, "error", None), "message", None) or exc.message
+            status = getattr(exc, "status_code", None)
+            text = (f"Azure refused to {action} {d.type} {d.name} ({d.id}): {code}: {message}"
+                    + (f"; what to do: {HINTS[code]}" if code in HINTS else ""))
+            if status in (429, 500, 502, 503, 504):
+                return TransientError(text)
+            return TargetError(text)
+        return exc

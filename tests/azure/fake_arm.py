@@ -1,0 +1,122 @@
+"""An in-process Azure Resource Manager for tests: the real SDK clients talk to it through the
+azure-core transport. Resources are kept in a dict by id; each provider answers in its own
+long-running-operation style (202 + Azure-AsyncOperation for flexible servers, 201 for network
+and DNS, synchronous 200 for resource groups and monitor); a PUT is followed by the poller's
+GET; failures carry ARM error objects; throttling answers 429 with Retry-After."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from urllib.parse import urlparse
+
+from azure.core.credentials import AccessToken
+from azure.core.pipeline.transport import HttpTransport
+from azure.core.rest._http_response_impl import HttpResponseImpl
+from azure.core.utils import case_insensitive_dict
+
+BASE = "https://management.azure.com"
+WRITE_ONLY = ("administratorLoginPassword",)
+
+
+class _Raw:
+    def close(self) -> None:
+        pass
+
+    def read(self) -> bytes:
+        return b""
+
+
+def _response(request, status: int, body=None, headers=None):
+    response = HttpResponseImpl(request=request, internal_response=_Raw(), status_code=status, reason=str(status),
+                                content_type="application/json", headers=case_insensitive_dict(headers or {}),
+                                stream_download_generator=None)
+    response._content = json.dumps(body).encode() if body is not None else b""
+    response._is_stream_consumed = True
+    return response
+
+
+class FakeCredential:
+    def get_token(self, *scopes, **kwargs) -> AccessToken:
+        return AccessToken("fake-token", 4102444800)
+
+
+class FakeArm(HttpTransport):
+    """ARM in a dict. ``requests`` records (method, path) of every call; ``sleeps`` every delay asked."""
+
+    def __init__(self):
+        self.resources: dict[str, dict] = {}
+        self.operations: dict[str, dict] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.bodies: list[tuple[str, dict]] = []  # (path, body) of every PUT, as sent
+        self.sleeps: list[float] = []
+        self.throttle: dict[str, int] = {}       # path fragment -> how many 429s to answer first
+        self.fail: dict[str, tuple[str, str]] = {}  # path fragment -> (code, message) of a failed operation
+
+    # HttpTransport protocol
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args) -> None:
+        pass
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def sleep(self, duration: float) -> None:
+        self.sleeps.append(duration)  # never really sleep: retries and polls are recorded
+
+    @property
+    def writes(self) -> list[tuple[str, str]]:
+        return [r for r in self.requests if r[0] in ("PUT", "PATCH", "POST", "DELETE")]
+
+    def send(self, request, **kwargs):
+        path = urlparse(request.url).path
+        method = request.method
+        self.requests.append((method, path))
+        for fragment, left in list(self.throttle.items()):
+            if fragment in path and left > 0:
+                self.throttle[fragment] = left - 1
+                return _response(request, 429, {"error": {"code": "TooManyRequests", "message": "throttled"}},
+                                 {"Retry-After": "7"})
+        if path.startswith("/operations/"):
+            return _response(request, 200, self.operations[path])
+        key = path.lower()
+        if method == "GET":
+            if key in self.resources:
+                return _response(request, 200, self.resources[key])
+            return _response(request, 404, {"error": {"code": "ResourceNotFound",
+                                                      "message": f"The resource '{path}' was not found."}})
+        if method == "PUT":
+            return self._put(request, path, key)
+        return _response(request, 405, {"error": {"code": "MethodNotAllowed", "message": method}})
+
+    def _put(self, request, path: str, key: str):
+        body = json.loads(request.content or b"{}")
+        self.bodies.append((path, json.loads(json.dumps(body))))
+        props = body.setdefault("properties", {})
+        for field in WRITE_ONLY:
+            props.pop(field, None)
+        props["provisioningState"] = "Succeeded"
+        parts = path.strip("/").split("/")
+        stored = {**body, "id": path, "name": parts[-1], "type": "/".join(parts[5:6] + parts[6::2][:-1])}
+        failure = next((f for frag, f in self.fail.items() if frag in path), None)
+        created = key not in self.resources
+        if "Microsoft.DBforPostgreSQL" in path:  # 202 + Azure-AsyncOperation, then the poller GETs
+            op = f"/operations/{uuid.uuid4()}"
+            if failure:
+                self.operations[op] = {"status": "Failed", "error": {"code": failure[0], "message": failure[1]}}
+            else:
+                self.operations[op] = {"status": "Succeeded"}
+                self.resources[key] = stored
+            return _response(request, 202, None, {"Azure-AsyncOperation": f"{BASE}{op}?api-version=1",
+                                                  "Location": f"{BASE}{op}?api-version=1"})
+        if failure:
+            return _response(request, 400, {"error": {"code": failure[0], "message": failure[1]}})
+        self.resources[key] = stored
+        if "Microsoft.Insights/metricAlerts" in path or "Microsoft.Insights/actionGroups" in path:
+            return _response(request, 200, stored)  # monitor: synchronous, 200 only
+        return _response(request, 201 if created else 200, stored)  # network, DNS, workspaces, resource groups
