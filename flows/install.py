@@ -78,9 +78,13 @@ def load_secret_block(name: str) -> str:
     return Secret.load(name).get()
 
 
-def runbook_context(spec: Environment) -> RunbookContext:
-    """The context every runbook runs with: the spec, its target, secrets from Prefect blocks."""
-    return RunbookContext(spec, make_target(spec), secret_loader=load_secret_block)
+def runbook_context(spec: Environment, **client_options) -> RunbookContext:
+    """The context every runbook runs with: the spec, its target, secrets from Prefect blocks.
+
+    ``client_options`` reach the Azure management clients (tests pass their ARM transport)."""
+    ctx = RunbookContext(spec, None, secret_loader=load_secret_block)  # type: ignore[arg-type]
+    ctx.target = make_target(spec, ctx.secret, **client_options)
+    return ctx
 
 
 def _env_of(parameters: dict) -> Environment | None:

@@ -227,13 +227,16 @@ def plan_command(env: EnvOption = "prod",
     if spec.target != "azure":
         raise PcdbError(f"environment {spec.name!r} targets {spec.target}; plan reads Azure (use --env prod), "
                         "or `pcdb install --env local --dry-run` for the sandbox")
-    if not assume_empty:
-        raise PcdbError("reading the current Azure state needs the Azure target, which this version does not "
-                        "have yet; use --assume-empty to review the whole production request offline")
     from pcdb.azure.desired import desired_resources
     from pcdb.azure.plan import make_plan
 
-    items = make_plan(desired_resources(spec))
+    if assume_empty:
+        items = make_plan(desired_resources(spec))
+    else:  # reads the live subscription: DefaultAzureCredential, subscription from its secret source
+        from flows.install import runbook_context
+
+        target = runbook_context(spec).target
+        items = make_plan(target.desired(), target.reconciler.read)
     if as_json:
         print(json.dumps([{k: v for k, v in i.as_dict().items() if k in ("type", "name", "action", "properties")}
                           for i in items], indent=2, ensure_ascii=False))

@@ -148,8 +148,11 @@ class Reconciler:
         return item, Change(d.type, d.name, "created" if item.action == "create" else "updated", diff=diff)
 
     def _error(self, exc: Exception, action: str, d: Desired) -> Exception:
-        from azure.core.exceptions import HttpResponseError, ServiceRequestError
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
+        if isinstance(exc, ClientAuthenticationError):
+            return TargetError(f"no usable Azure credentials to {action} {d.type} {d.name}: run `az login`, use a "
+                               "managed identity, or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET")
         if isinstance(exc, ServiceRequestError):
             return TransientError(f"cannot reach Azure to {action} {d.type} {d.name}: {exc}")
         if isinstance(exc, HttpResponseError):

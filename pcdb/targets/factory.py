@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
-from pcdb.config import Environment
+from collections.abc import Callable
+from typing import Any
+
+from pcdb.config import Environment, SecretRef
 from pcdb.errors import TargetError
 from pcdb.targets.base import Target
 
 
-def make_target(env: Environment) -> Target:
-    """SandboxTarget for target 'sandbox'; the Azure target comes with its own issue."""
+def make_target(env: Environment, secret: Callable[[SecretRef, str], str] | None = None,
+                **client_options: Any) -> Target:
+    """The target an environment names.
+
+    Args:
+        secret: resolves a secret reference (the run context's resolver); needed for Azure.
+        client_options: passed to every Azure management client (transport=, polling_interval=).
+    """
     if env.target == "sandbox":
         from pcdb.targets.sandbox import SandboxTarget
 
         return SandboxTarget(env)
-    raise TargetError(f"environment {env.name!r} targets {env.target}, which this version of pcdb cannot "
-                      "reach yet (the Azure target is its own issue); use --env local")
+    if secret is None or env.azure is None:
+        raise TargetError(f"environment {env.name!r} targets Azure: the subscription and admin password "
+                          "come from its secret sources, so build it inside a run context")
+    from azure.identity import DefaultAzureCredential
+
+    from pcdb.azure.apply import make_clients
+    from pcdb.targets.azure import AzureTarget
+
+    subscription = secret(env.azure.subscription_id, "azure-subscription")
+    credential = client_options.pop("credential", None) or DefaultAzureCredential()
+    clients = make_clients(credential, subscription, **client_options)
+    return AzureTarget(env, clients, subscription, lambda: secret(env.server.admin.password, env.server.admin.user))

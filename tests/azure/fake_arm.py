@@ -85,14 +85,35 @@ class FakeArm(HttpTransport):
         if path.startswith("/operations/"):
             return _response(request, 200, self.operations[path])
         key = path.lower()
-        if method == "GET":
+        if method == "GET" and not key.endswith("/backups"):
             if key in self.resources:
                 return _response(request, 200, self.resources[key])
             return _response(request, 404, {"error": {"code": "ResourceNotFound",
                                                       "message": f"The resource '{path}' was not found."}})
+        if method == "GET" and key.endswith("/backups"):
+            return _response(request, 200, {"value": [v for k, v in self.resources.items() if k.startswith(key + "/")]})
         if method == "PUT":
             return self._put(request, path, key)
+        if method == "PATCH" and key in self.resources:
+            patch = json.loads(request.content or b"{}")
+            self.bodies.append((path, patch))
+            self.resources[key].setdefault("properties", {}).update(patch.get("properties", {}))
+            return self._accepted(request)
+        if method == "POST":
+            self.bodies.append((path, json.loads(request.content or b"{}")))
+            if key.endswith("/restart") and key.rsplit("/", 1)[0] not in self.resources:
+                return _response(request, 404, {"error": {"code": "ResourceNotFound", "message": path}})
+            return self._accepted(request)
+        if method == "DELETE":
+            self.resources.pop(key, None)
+            return self._accepted(request)
         return _response(request, 405, {"error": {"code": "MethodNotAllowed", "message": method}})
+
+    def _accepted(self, request):
+        op = f"/operations/{uuid.uuid4()}"
+        self.operations[op] = {"status": "Succeeded"}
+        return _response(request, 202, None, {"Azure-AsyncOperation": f"{BASE}{op}?api-version=1",
+                                              "Location": f"{BASE}{op}?api-version=1"})
 
     def _put(self, request, path: str, key: str):
         body = json.loads(request.content or b"{}")

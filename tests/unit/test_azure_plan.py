@@ -117,6 +117,6 @@ def test_plan_cli_json_for_an_empty_subscription_needs_no_credentials():
     assert len(items) == len(desired_resources(PROD)) and {i["action"] for i in items} == {"create"}
 
 
-def test_plan_without_assume_empty_says_what_is_missing():
-    result = CliRunner().invoke(app, ["plan", "--env", "prod"])
-    assert result.exit_code == 1 and "--assume-empty" in result.stderr
+def test_plan_of_the_live_subscription_says_which_secret_is_missing():
+    result = CliRunner().invoke(app, ["plan", "--env", "prod"], env={"AZURE_SUBSCRIPTION_ID": ""})
+    assert result.exit_code == 1 and "AZURE_SUBSCRIPTION_ID is not set" in result.stderr

@@ -1,0 +1,98 @@
+"""AzureTarget through the real SDK clients against the in-process ARM: ensure steps, plan, and the
+operations the runbooks use (failover, promote, point-in-time restore, backups, delete)."""
+
+from datetime import datetime, timezone
+
+import pytest
+
+from pcdb.config import load_environment
+from pcdb.errors import TargetError
+from pcdb.targets.factory import make_target
+from tests.azure.fake_arm import FakeArm, FakeCredential
+
+PROD = load_environment("prod")
+SECRETS = {"azure-subscription": "11111111-2222-3333-4444-555555555555", "dbadmin": "Example-Only-Passw0rd!"}
+
+
+@pytest.fixture()
+def arm():
+    return FakeArm()
+
+
+@pytest.fixture()
+def target(arm):
+    return make_target(PROD, lambda ref, owner: SECRETS[owner], credential=FakeCredential(), transport=arm,
+                       polling_interval=0)
+
+
+def install_infrastructure(target):
+    return [target.ensure_resource_group(), target.ensure_network(), *target.ensure_server(),
+            target.ensure_database(), target.ensure_replica(), target.ensure_parameters(),
+            target.ensure_access_rules(), target.ensure_monitoring()]
+
+
+def test_ensure_steps_create_once_and_then_change_nothing(arm, target):
+    first = install_infrastructure(target)
+    assert all(c.action in ("created", "updated") for c in first if c.resource != "access_rules")
+    writes = len(arm.writes)
+    second = install_infrastructure(target)
+    assert {c.action for c in second} == {"unchanged"} and len(arm.writes) == writes
+    assert {c.action for c in target.plan()} == {"unchanged"}
+
+
+def test_access_rules_on_a_vnet_server_report_the_nsg_and_never_touch_the_firewall(arm, target):
+    change = target.ensure_access_rules()
+    assert change.action == "unchanged" and "NSG of subnet-database" in change.notes[0]
+    assert "10.0.1.0/24 (aks)" in change.notes[0] and "10.0.4.0/24 (management)" in change.notes[0]
+    assert not [r for r in arm.requests if "firewallrules" in r[1].lower()]
+
+
+def test_forced_failover_is_a_restart_with_failover(arm, target):
+    install_infrastructure(target)
+    target.failover("forced")
+    path, body = arm.bodies[-1]
+    assert path.endswith("/flexibleServers/phonebill-postgresql-prod/restart")
+    assert body == {"restartWithFailover": True, "failoverMode": "ForcedFailover"}
+
+
+def test_replica_promotion_is_a_standalone_promote_patch(arm, target):
+    install_infrastructure(target)
+    target.promote_replica()
+    path, body = arm.bodies[-1]
+    assert path.endswith("/flexibleServers/phonebill-postgresql-replica")
+    assert body["properties"]["replica"] == {"promoteMode": "Standalone", "promoteOption": "Forced"}
+
+
+def test_point_in_time_restore_creates_a_new_server_that_is_then_deleted(arm, target):
+    install_infrastructure(target)
+    when = datetime(2026, 11, 26, 1, 0, tzinfo=timezone.utc)
+    endpoint = target.restore_point_in_time(when, "phonebill-postgresql-test")
+    path, body = arm.bodies[-1]
+    assert path.endswith("/flexibleServers/phonebill-postgresql-test")
+    assert body["properties"]["createMode"] == "PointInTimeRestore"
+    assert body["properties"]["pointInTimeUTC"].startswith("2026-11-26T01:00:00")
+    assert body["properties"]["sourceServerResourceId"].endswith("/phonebill-postgresql-prod")
+    assert endpoint.host == "phonebill-postgresql-test.postgres.database.azure.com" and endpoint.sslmode == "require"
+    assert target.delete_server("phonebill-postgresql-test").action == "deleted"
+    assert target.delete_server("phonebill-postgresql-test").action == "unchanged"
+    with pytest.raises(TargetError, match="part of the production topology"):
+        target.delete_server("phonebill-postgresql-prod")
+
+
+def test_backups_are_listed_oldest_first(arm, target):
+    install_infrastructure(target)
+    server = "/subscriptions/11111111-2222-3333-4444-555555555555/resourcegroups/rg-phonebill-prod/providers/" \
+             "microsoft.dbforpostgresql/flexibleservers/phonebill-postgresql-prod"
+    for name, when, kind in (("b2", "2026-11-26T02:10:00Z", "Full"), ("b1", "2026-11-25T02:10:00Z", "Full"),
+                             ("pcdb-x", "2026-11-26T03:00:00Z", "Customer On-Demand")):
+        arm.resources[f"{server}/backups/{name}"] = {"id": f"{server}/backups/{name}", "name": name,
+                                                      "properties": {"backupType": kind, "completedTime": when}}
+    backups = target.list_backups()
+    assert [(b.id, b.kind) for b in backups] == [("b1", "automatic"), ("b2", "automatic"), ("pcdb-x", "on-demand")]
+
+
+def test_the_database_endpoint_is_the_servers_fqdn_with_tls(target):
+    primary, replica = target.endpoint("primary"), target.endpoint("replica")
+    assert primary.host == "phonebill-postgresql-prod.postgres.database.azure.com" and primary.port == 5432
+    assert replica.host == "phonebill-postgresql-replica.postgres.database.azure.com"
+    assert primary.sslmode == "require" and primary.connect_timeout == 30
