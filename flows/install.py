@@ -132,7 +132,7 @@ def _phase_artifact(phase: PhaseSpec, items: list) -> None:
     rows = [{"resource": i.resource, "name": i.name, "action": i.action,
              "details": "; ".join([*(f"{k}: {a} -> {b}" for k, (a, b) in i.diff.items()), *i.notes])}
             if isinstance(i, Change) else
-            {"resource": "check", "name": i.name, "action": "PASS" if i.passed else "FAIL", "details": i.evidence}
+            {"resource": "check", "name": i.name, "action": i.verdict, "details": i.evidence}
             for i in items]
     create_table_artifact(rows, key=f"install-phase-{phase.number}",
                           description=f"Phase {phase.number} · {phase.title}: what changed")
@@ -171,13 +171,18 @@ def install(env: str = "local", spec_path: str | None = None, phases: list[int] 
         phases: run only these phases (1-8); the default is all.
         dry_run: show the plan and change nothing.
     """
-    logger = get_run_logger()
     spec = load_environment(spec_path or env)  # a bad spec stops here, before any phase
     selected = sorted(set(phases or range(1, 9)))
     if not set(selected) <= set(range(1, 9)):
         raise PcdbError(f"phases must be between 1 and 8, got {selected}")
-    ctx = runbook_context(spec)
-    target = ctx.target
+    return run_install(runbook_context(spec), selected, dry_run)
+
+
+def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False) -> dict:
+    """The body of the install flow, for a prepared context (the Azure tests give theirs an
+    in-process ARM transport); call it inside a flow."""
+    logger = get_run_logger()
+    spec, target = ctx.env, ctx.target
     plan = target.plan()
     if dry_run:
         create_table_artifact([c.as_dict() for c in plan], key=f"install-plan-{spec.name}",
@@ -210,7 +215,9 @@ def _summary(items: list) -> str:
     changes = [i for i in items if isinstance(i, Change)]
     checks = [i for i in items if isinstance(i, CheckResult)]
     if checks:
-        return f"{sum(c.passed for c in checks)}/{len(checks)} checks passed"
+        skipped = sum(c.skipped for c in checks)
+        return (f"{sum(c.passed and not c.skipped for c in checks)}/{len(checks) - skipped} checks passed"
+                + (f", {skipped} skipped" if skipped else ""))
     changed = [c for c in changes if c.changed]
     return "unchanged" if not changed else f"{len(changed)} changed"
 

@@ -31,6 +31,8 @@ def checklist(env: Environment, results: list[CheckResult]) -> list[tuple[str, s
             rows.append((item, "needs human review", "no automated check can judge this"))
         elif not related:
             rows.append((item, "not verified", "its checks did not run"))
+        elif any(r.skipped for r in related):
+            rows.append((item, "not verified", ", ".join(r.name for r in related if r.skipped) + " skipped"))
         elif all(r.passed for r in related):
             rows.append((item, "supported by checks", ", ".join(r.name for r in related)))
         else:
@@ -80,7 +82,7 @@ def render(env: Environment, run_id: str, phases: dict[int, list[Change]], resul
                    f"{role.password.describe()} | {due} |")
     out += ["", "## Verification (Phase 7)", "", "| check | requirement | result | evidence |", "|---|---|---|---|"]
     for r in results:
-        out.append(f"| {r.name} | {r.requirement} | {'PASS' if r.passed else 'FAIL'} | {_cell(r.evidence)} |")
+        out.append(f"| {r.name} | {r.requirement} | {r.verdict} | {_cell(r.evidence)} |")
     out += ["", "## Review checklist (§13.1)", "", "| item | status | basis |", "|---|---|---|"]
     for item, status, basis in checklist(env, results):
         out.append(f"| {_cell(item)} | {status} | {_cell(basis)} |")

@@ -33,6 +33,6 @@ def run_step(label: str, step: Step, ctx: RunbookContext) -> list[Change | Check
             logger.info("%s %s: %s%s", item.resource, item.name, item.action, f" ({details})" if details else "")
         else:
             log = logger.info if item.passed else logger.error
-            log("check %s [%s]: %s - %s", item.name, item.requirement, "PASS" if item.passed else "FAIL",
+            log("check %s [%s]: %s - %s", item.name, item.requirement, item.verdict,
                 item.evidence)
     return items

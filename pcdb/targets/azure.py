@@ -49,6 +49,14 @@ class AzureTarget:
         self._admin_password = admin_password
         self._database_endpoint = database_endpoint  # tests: a sandbox server stands in for the FQDN
 
+    @property
+    def database_stand_in(self) -> str | None:
+        """Why database-level drills cannot run, when the database is a stand-in for the server."""
+        if self._database_endpoint is None:
+            return None
+        return (f"the database phases ran on a stand-in at {self._database_endpoint.host}:"
+                f"{self._database_endpoint.port}, not on the Azure server the failover/restore would act on")
+
     # -- reconciliation -----------------------------------------------------------------
 
     def desired(self) -> list[Desired]:
