@@ -269,6 +269,10 @@ def config_check(env: EnvOption = "prod", as_json: JsonOption = False) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    import os
+
+    # pcdb's own loggers (e.g. pcdb.azure's progress of long-running operations) in the run logs.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pcdb")
     app()
 
 

@@ -10,7 +10,7 @@ import psycopg
 
 from pcdb import secrets as pw
 from pcdb.config import Environment, SecretRef
-from pcdb.errors import SecretError
+from pcdb.errors import SecretError, TargetError
 from pcdb.targets.base import Target
 
 
@@ -65,8 +65,13 @@ class RunbookContext:
                 dbname: str | None = None) -> Iterator[psycopg.Connection]:
         user = user or self.env.server.admin.user
         password = password if password is not None else self.admin_password()
-        info = self.target.endpoint("primary").conninfo(user, password, dbname=dbname)
-        with psycopg.connect(info, autocommit=True) as conn:
+        endpoint = self.target.endpoint("primary")
+        info = endpoint.conninfo(user, password, dbname=dbname)
+        try:
+            conn = psycopg.connect(info, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise unreachable(self.env, endpoint.host, exc) or exc
+        with conn:
             yield conn
 
     def can_log_in(self, user: str, password: str) -> bool:
@@ -75,3 +80,19 @@ class RunbookContext:
                 return True
         except psycopg.OperationalError:
             return False
+
+
+_NETWORK_FAILURES = ("could not translate host name", "timeout expired", "No route to host",
+                     "Network is unreachable", "Connection timed out")
+
+
+def unreachable(env: Environment, host: str, exc: psycopg.OperationalError) -> TargetError | None:
+    """A clear error when a VNet-integrated server cannot be reached from where pcdb runs."""
+    text = str(exc)
+    if env.target != "azure" or env.network.mode != "vnet" or not any(s in text for s in _NETWORK_FAILURES):
+        return None
+    allowed = ", ".join(f"{s.cidr} ({s.name})" for s in env.network.allowed_subnets)
+    return TargetError(f"cannot reach {host}: the server has private access only (VNet "
+                       f"{env.network.vnet.name}, DNS zone {env.network.private_dns_zone}); run pcdb from a "
+                       f"network allowed to reach it ({allowed}) or through the VPN/bastion. "
+                       f"({text.strip().splitlines()[0]})")

@@ -7,6 +7,8 @@ TargetError naming the code, the message, the resource and what to do.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,8 @@ from pcdb.azure.desired import Desired, _plain
 from pcdb.azure.plan import PlanItem, plan_one
 from pcdb.changes import Change
 from pcdb.errors import TargetError, TransientError
+
+logger = logging.getLogger("pcdb.azure")
 
 HINTS = {
     "QuotaExceeded": "ask for a quota increase for this SKU in the region, or choose another SKU",
@@ -135,10 +139,19 @@ class Reconciler:
         if d.type == "server" and item.action == "create":
             model.administrator_login_password = self.admin_password()
         _, put = self._ops(d)
+        verb = "creating" if item.action == "create" else "updating"
+        started = time.monotonic()
+        logger.info("%s %s %s (waiting at most %.0f s)", verb, d.type, d.name, self.timeout)
         try:
             poller = put(model)
             if hasattr(poller, "result"):
                 poller.result(timeout=self.timeout)
+                if not poller.done():
+                    raise TargetError(f"{verb} {d.type} {d.name} did not finish within {self.timeout:.0f} s; "
+                                      "it may still be running in Azure: check the resource, then run again")
+            logger.info("%s %s %s done in %.1f s", verb, d.type, d.name, time.monotonic() - started)
+        except TargetError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, "create" if item.action == "create" else "update", d) from exc
         finally:

@@ -9,7 +9,7 @@ timeout. Database work connects to the server's FQDN with TLS.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from pcdb.azure.apply import AzureClients, Reconciler
@@ -18,7 +18,7 @@ from pcdb.azure.plan import make_plan
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import TargetError
-from pcdb.targets.base import BackupInfo, Endpoint, NodeState, ServerState
+from pcdb.targets.base import BackupInfo, Endpoint, MetricsSample, NodeState, ServerState
 
 FQDN = "{name}.postgres.database.azure.com"
 KINDS = {
@@ -211,8 +211,41 @@ class AzureTarget:
         return {"name": self.env.replica.name, "action": "promoted",
                 "seconds": (datetime.now(timezone.utc) - started).total_seconds(), "timeline": None}
 
-    def metrics(self):
-        raise TargetError("Azure metrics samples come with the health runbook (metrics.list); not built yet")
+    METRICS = ("active_connections", "storage_used", "storage_percent", "tps", "cpu_percent", "memory_percent")
+
+    def metrics_series(self, start: datetime, end: datetime, interval: str = "PT1M",
+                       names: tuple[str, ...] = METRICS, resource: str | None = None) -> dict[str, list[tuple[datetime, float]]]:
+        """Azure Monitor samples (1-minute, kept 93 days) of ``names`` between start and end."""
+        server = resource or next(d.id for d in self.desired() if d.type == "server")
+        span = f"{start.isoformat()}/{end.isoformat()}"  # metrics.list wants ISO strings, not timedeltas
+        response = self._call("read metrics of", self.env.server.name, lambda: self.clients.monitor.metrics.list(
+            server, timespan=span, interval=interval, metricnames=",".join(names), aggregation="Average,Maximum"))
+        out: dict[str, list[tuple[datetime, float]]] = {}
+        for metric in response.value or []:
+            points = out.setdefault(metric.name.value, [])
+            for series in metric.timeseries or []:
+                for point in series.data or []:
+                    value = point.maximum if point.maximum is not None else point.average
+                    if value is not None:
+                        points.append((point.time_stamp, float(value)))
+        return out
+
+    def metrics(self) -> MetricsSample:
+        """The latest sample, in the shape the sandbox gives (fields Azure has no metric for are None)."""
+        end = datetime.now(timezone.utc)
+        series = self.metrics_series(end - timedelta(minutes=5), end)
+        latest = {name: points[-1][1] for name, points in series.items() if points}
+        replica_id = next(d.id for d in self.desired() if d.type == "replica")
+        lag = self.metrics_series(end - timedelta(minutes=5), end, names=("physical_replication_delay_in_seconds",),
+                                  resource=replica_id).get("physical_replication_delay_in_seconds", [])
+        quota = self.env.server.storage.size
+        used = int(latest.get("storage_used", 0))
+        return MetricsSample(
+            at=end, connections=int(latest.get("active_connections", 0)), storage_used_bytes=used,
+            storage_quota_bytes=quota, storage_percent=latest.get("storage_percent", 100.0 * used / quota),
+            tps=latest.get("tps"), cache_hit_percent=None, deadlocks=0,
+            replication=({"name": self.env.replica.name, "lag_bytes": None,
+                          "lag_seconds": lag[-1][1] if lag else None},))
 
     def endpoint(self, which: Literal["primary", "replica", "application"] = "primary") -> Endpoint:
         if self._database_endpoint is not None and which != "replica":
@@ -222,7 +255,7 @@ class AzureTarget:
     def _endpoint(self, name: str) -> Endpoint:
         conn = self.env.server.connection
         return Endpoint(FQDN.format(name=name), conn.port, self.env.service.database, conn.sslmode,
-                        connect_timeout=int(conn.connect_timeout.total_seconds()))
+                        sslrootcert=conn.ca_bundle, connect_timeout=int(conn.connect_timeout.total_seconds()))
 
     def admin_password(self) -> str:
         return self._admin_password()

@@ -52,6 +52,7 @@ class FakeArm(HttpTransport):
         self.sleeps: list[float] = []
         self.throttle: dict[str, int] = {}       # path fragment -> how many 429s to answer first
         self.fail: dict[str, tuple[str, str]] = {}  # path fragment -> (code, message) of a failed operation
+        self.metrics: dict[str, list[tuple[str, float]]] = {}  # metric name -> [(ISO time, value)]
 
     # HttpTransport protocol
     def __enter__(self):
@@ -85,7 +86,15 @@ class FakeArm(HttpTransport):
         if path.startswith("/operations/"):
             return _response(request, 200, self.operations[path])
         key = path.lower()
-        if method == "GET" and not key.endswith("/backups"):
+        if method == "GET" and key.endswith("/providers/microsoft.insights/metrics"):
+            query = dict(part.split("=", 1) for part in urlparse(request.url).query.split("&") if "=" in part)
+            from urllib.parse import unquote
+            names = unquote(query.get("metricnames", "")).split(",")
+            return _response(request, 200, {"timespan": unquote(query.get("timespan", "")), "interval": "PT1M", "value": [
+                {"id": f"{path}/{n}", "type": "Microsoft.Insights/metrics", "name": {"value": n}, "unit": "Count",
+                 "timeseries": [{"data": [{"timeStamp": t, "average": v, "maximum": v} for t, v in self.metrics.get(n, [])]}]}
+                for n in names]})
+        if method == "GET" and not key.endswith(("/backups", "/metrics")):
             if key in self.resources:
                 return _response(request, 200, self.resources[key])
             return _response(request, 404, {"error": {"code": "ResourceNotFound",

@@ -96,3 +96,41 @@ def test_the_database_endpoint_is_the_servers_fqdn_with_tls(target):
     assert primary.host == "phonebill-postgresql-prod.postgres.database.azure.com" and primary.port == 5432
     assert replica.host == "phonebill-postgresql-replica.postgres.database.azure.com"
     assert primary.sslmode == "require" and primary.connect_timeout == 30
+
+
+def test_metrics_come_from_azure_monitor_in_the_sandbox_shape(arm, target):
+    install_infrastructure(target)
+    arm.metrics = {"active_connections": [("2026-11-26T01:00:00Z", 12.0), ("2026-11-26T01:01:00Z", 15.0)],
+                   "storage_percent": [("2026-11-26T01:01:00Z", 41.5)], "tps": [("2026-11-26T01:01:00Z", 120.0)],
+                   "storage_used": [("2026-11-26T01:01:00Z", 110 * 2**30)],
+                   "physical_replication_delay_in_seconds": [("2026-11-26T01:01:00Z", 3.0)]}
+    sample = target.metrics()
+    assert (sample.connections, sample.storage_percent, sample.tps) == (15, 41.5, 120.0)
+    assert sample.storage_quota_bytes == 256 * 2**30 and sample.replication[0]["lag_seconds"] == 3.0
+    query = next(r for r in arm.requests if r[1].endswith("/metrics"))
+    assert "/flexibleServers/phonebill-postgresql-prod/providers/Microsoft.Insights/metrics" in query[1]
+
+
+def test_a_private_server_out_of_reach_says_where_to_run_from():
+    import psycopg
+
+    from pcdb.context import unreachable
+
+    error = psycopg.OperationalError('could not translate host name "phonebill-postgresql-prod.postgres.'
+                                     'database.azure.com" to address: Name or service not known')
+    message = str(unreachable(PROD, "phonebill-postgresql-prod.postgres.database.azure.com", error))
+    assert "private access only" in message and "10.0.1.0/24 (aks)" in message and "VPN/bastion" in message
+    assert unreachable(PROD, "h", psycopg.OperationalError("password authentication failed")) is None
+
+
+def test_verify_full_needs_the_root_ca():
+    from pcdb.config import validate
+    from pcdb.errors import ConfigError
+
+    data = PROD.model_dump(mode="json", by_alias=True)
+    data["server"]["connection"]["sslmode"] = "verify-full"
+    with pytest.raises(ConfigError, match="give ca_bundle"):
+        validate(data)
+    data["server"]["connection"]["ca_bundle"] = "/etc/ssl/azure-root.pem"
+    assert make_target(validate(data), lambda ref, owner: SECRETS[owner], credential=FakeCredential(),
+                       transport=FakeArm()).endpoint().sslrootcert == "/etc/ssl/azure-root.pem"
