@@ -26,7 +26,7 @@ from pcdb import report, security
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
 from pcdb.config import Environment, load_environment
-from pcdb.errors import ApprovalError, PcdbError
+from pcdb.errors import ApprovalError, PcdbError, SecretError
 from pcdb.context import RunbookContext
 from pcdb.install import PHASES, PhaseSpec
 from pcdb.schema import LEDGER_SCHEMA
@@ -75,7 +75,11 @@ class InstallApproval(RunInput):
 
 def load_secret_block(name: str) -> str:
     """Read a Prefect Secret block (only the flow layer touches blocks)."""
-    return Secret.load(name).get()
+    try:
+        return Secret.load(name).get()
+    except ValueError:
+        raise SecretError(f"the Prefect Secret block {name!r} does not exist; create it (Prefect UI: Blocks > "
+                          f"Secret, or `Secret(value=...).save({name!r})`), then run again") from None
 
 
 def runbook_context(spec: Environment, **client_options) -> RunbookContext:

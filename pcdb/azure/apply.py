@@ -63,9 +63,11 @@ class Reconciler:
 
     DIAGNOSTICS_API = "2021-05-01-preview"
 
-    def __init__(self, clients: AzureClients, admin_password: Callable[[], str], timeout: float = 3600):
+    def __init__(self, clients: AzureClients, admin_password: Callable[[], str], timeout: float = 3600,
+                 teams_webhook: Callable[[], str] | None = None):
         self.c = clients
         self.admin_password = admin_password
+        self.teams_webhook = teams_webhook
         self.timeout = timeout
 
     # -- per-type GET and PUT ----------------------------------------------------------------
@@ -138,6 +140,10 @@ class Reconciler:
         model = d.model
         if d.type == "server" and item.action == "create":
             model.administrator_login_password = self.admin_password()
+        placeholder = None
+        if d.type == "action_group" and self.teams_webhook and model.webhook_receivers:
+            placeholder = model.webhook_receivers[0].service_uri
+            model.webhook_receivers[0].service_uri = self.teams_webhook()
         _, put = self._ops(d)
         verb = "creating" if item.action == "create" else "updating"
         started = time.monotonic()
@@ -154,9 +160,11 @@ class Reconciler:
             raise
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, "create" if item.action == "create" else "update", d) from exc
-        finally:
+        finally:  # secrets never stay on the models (plans print them)
             if d.type == "server":
-                model.administrator_login_password = None  # never kept on the model (plans print it)
+                model.administrator_login_password = None
+            if placeholder is not None:
+                model.webhook_receivers[0].service_uri = placeholder
         diff = {k: (v["current"], v["desired"]) for k, v in item.changes.items()}
         return item, Change(d.type, d.name, "created" if item.action == "create" else "updated", diff=diff)
 

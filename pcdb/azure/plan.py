@@ -20,8 +20,16 @@ IMMUTABLE = {
     "virtual_network": {"location"},
     "log_analytics_workspace": {"location"},
 }
-# Write-only or create-only fields that a GET does not return: not drift.
-NOT_RETURNED = {"properties.createMode", "properties.administratorLoginPassword", "properties.sourceServerResourceId"}
+# Write-only or create-only fields that a GET does not return: not drift. The Teams webhook URL
+# is a secret: the plan shows its source, apply sends the value, and it is never compared.
+NOT_RETURNED = {"properties.createMode", "properties.administratorLoginPassword", "properties.sourceServerResourceId",
+                "properties.webhookReceivers"}
+# Created only when missing (§7.1.1 "skip if it exists"): the VNet and subnet may be shared and a
+# PUT would replace what others configured (other subnets, the NSG association that is the
+# server's access control, C-2). A difference is reported, never written.
+CREATE_ONLY = {"virtual_network": "the VNet exists (it may be shared): pcdb never rewrites it",
+               "subnet": "the subnet exists: pcdb never rewrites it (a PUT would drop its NSG association); "
+                         "fix it by hand if the delegation or prefix is wrong"}
 RESOLUTION = {
     "properties.backup.geoRedundantBackup": "geo-redundant backup is chosen at creation: restore the server "
                                             "into a new one with the wanted setting and switch over",
@@ -75,6 +83,8 @@ def plan_one(item: Desired, current: dict | None) -> PlanItem:
             changes[path] = {"current": have.get(path), "desired": wanted}
             if path in IMMUTABLE.get(item.type, set()):
                 conflicts.append(f"{path} cannot change in place: {RESOLUTION.get(path, 'recreate it deliberately')}")
+    if changes and item.type in CREATE_ONLY:
+        conflicts.append(CREATE_ONLY[item.type])
     if conflicts:
         return PlanItem(item.type, item.name, item.id, "conflict", body, changes, tuple(conflicts))
     return PlanItem(item.type, item.name, item.id, "update" if changes else "unchanged", body, changes)

@@ -37,7 +37,7 @@ class AzureTarget:
 
     def __init__(self, env: Environment, clients: AzureClients, subscription: str,
                  admin_password: Callable[[], str], timeout: float = 3600,
-                 database_endpoint: Endpoint | None = None):
+                 database_endpoint: Endpoint | None = None, teams_webhook: Callable[[], str] | None = None):
         if env.azure is None:
             raise TargetError(f"environment {env.name!r} has no azure section")
         self.env = env
@@ -45,7 +45,7 @@ class AzureTarget:
         self.subscription = subscription
         self.rg = env.azure.resource_group
         self.timeout = timeout
-        self.reconciler = Reconciler(clients, admin_password, timeout)
+        self.reconciler = Reconciler(clients, admin_password, timeout, teams_webhook)
         self._admin_password = admin_password
         self._database_endpoint = database_endpoint  # tests: a sandbox server stands in for the FQDN
 
@@ -92,9 +92,20 @@ class AzureTarget:
         return self._ensure(*KINDS["replica"])[0]
 
     def ensure_parameters(self, names: set[str] | None = None) -> Change:
+        """Set what differs; when Azure reports a change pending a restart, restart the server
+        with a planned failover (standby first), so the primary is never down longer than a failover."""
         changes = self._ensure("configuration", names=names)
         diff = {c.name: c.diff.get("properties.value", ("(absent)", "")) for c in changes if c.changed}
-        return Change("parameters", self.env.server.name, "updated" if diff else "unchanged", diff=diff)
+        if not diff:
+            return Change("parameters", self.env.server.name, "unchanged")
+        pg = self.clients.postgres
+        pending = [n for n in diff if getattr(self._call("read parameter", n, lambda n=n: pg.configurations.get(
+            self.rg, self.env.server.name, n)), "is_config_pending_restart", False)]
+        notes = ()
+        if pending:
+            self.failover("planned")
+            notes = (f"restarted with a planned failover for {', '.join(sorted(pending))}",)
+        return Change("parameters", self.env.server.name, "updated", diff=diff, notes=notes)
 
     def parameter_differences(self) -> dict[str, dict[str, tuple[str, str]]]:
         diffs = {}
@@ -201,11 +212,14 @@ class AzureTarget:
                 "new_primary": f"zone {self.env.server.high_availability.standby_zone}",
                 "promote_seconds": seconds, "total_seconds": seconds, "timeline": None}
 
-    def promote_replica(self) -> dict:
+    def promote_replica(self, mode: Literal["Standalone", "Switchover"] = "Standalone",
+                        option: Literal["Planned", "Forced"] = "Forced") -> dict:
+        """Promote the read replica (R-DR-2). Planned waits for the replica to catch up; Forced
+        does not (a lost region cannot be waited for)."""
         from azure.mgmt.postgresqlflexibleservers import models as m
 
         pg = self.clients.postgres
-        body = m.ServerForPatch(replica=m.Replica(promote_mode="Standalone", promote_option="Forced"))
+        body = m.ServerForPatch(replica=m.Replica(promote_mode=mode, promote_option=option))
         started = datetime.now(timezone.utc)
         self._call("promote", self.env.replica.name, lambda: pg.servers.begin_update(self.rg, self.env.replica.name, body))
         return {"name": self.env.replica.name, "action": "promoted",

@@ -33,4 +33,5 @@ def make_target(env: Environment, secret: Callable[[SecretRef, str], str] | None
     subscription = secret(env.azure.subscription_id, "azure-subscription")
     credential = client_options.pop("credential", None) or DefaultAzureCredential()
     clients = make_clients(credential, subscription, **client_options)
-    return AzureTarget(env, clients, subscription, lambda: secret(env.server.admin.password, env.server.admin.user))
+    return AzureTarget(env, clients, subscription, lambda: secret(env.server.admin.password, env.server.admin.user),
+                       teams_webhook=lambda: secret(env.azure.action_group.teams_webhook, "teams-webhook"))

@@ -17,6 +17,7 @@ from azure.core.utils import case_insensitive_dict
 
 BASE = "https://management.azure.com"
 WRITE_ONLY = ("administratorLoginPassword",)
+STATIC_PARAMETERS = {"shared_buffers", "max_connections", "wal_buffers", "shared_preload_libraries"}
 
 
 class _Raw:
@@ -110,8 +111,13 @@ class FakeArm(HttpTransport):
             return self._accepted(request)
         if method == "POST":
             self.bodies.append((path, json.loads(request.content or b"{}")))
-            if key.endswith("/restart") and key.rsplit("/", 1)[0] not in self.resources:
-                return _response(request, 404, {"error": {"code": "ResourceNotFound", "message": path}})
+            if key.endswith("/restart"):
+                server = key.rsplit("/", 1)[0]
+                if server not in self.resources:
+                    return _response(request, 404, {"error": {"code": "ResourceNotFound", "message": path}})
+                for k, v in self.resources.items():  # a restart applies pending static parameters
+                    if k.startswith(server + "/configurations/"):
+                        v["properties"].pop("isConfigPendingRestart", None)
             return self._accepted(request)
         if method == "DELETE":
             self.resources.pop(key, None)
@@ -132,6 +138,8 @@ class FakeArm(HttpTransport):
             props.pop(field, None)
         props["provisioningState"] = "Succeeded"
         parts = path.strip("/").split("/")
+        if "/configurations/" in path and parts[-1] in STATIC_PARAMETERS:
+            props["isConfigPendingRestart"] = True  # static: takes effect at the next restart
         stored = {**body, "id": path, "name": parts[-1], "type": "/".join(parts[5:6] + parts[6::2][:-1])}
         failure = next((f for frag, f in self.fail.items() if frag in path), None)
         created = key not in self.resources

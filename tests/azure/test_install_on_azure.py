@@ -17,7 +17,8 @@ from tests.conftest import new_sandbox_root, new_target
 
 pytestmark = pytest.mark.integration
 ROLE_SECRETS = {"pcdb-prod-app-password": "App-Test-Passw0rd!1", "pcdb-prod-readonly-password": "Read-Test-Passw0rd!2",
-                "pcdb-prod-admin-role-password": "Adm-Test-Passw0rd!3"}
+                "pcdb-prod-admin-role-password": "Adm-Test-Passw0rd!3",
+                "pcdb-prod-teams-webhook-url": "https://example.webhook.office.com/webhookb2/test-key"}
 
 
 @pytest.fixture(scope="module")

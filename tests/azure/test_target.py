@@ -11,7 +11,8 @@ from pcdb.targets.factory import make_target
 from tests.azure.fake_arm import FakeArm, FakeCredential
 
 PROD = load_environment("prod")
-SECRETS = {"azure-subscription": "11111111-2222-3333-4444-555555555555", "dbadmin": "Example-Only-Passw0rd!"}
+SECRETS = {"azure-subscription": "11111111-2222-3333-4444-555555555555", "dbadmin": "Example-Only-Passw0rd!",
+           "teams-webhook": "https://example.webhook.office.com/webhookb2/test-key"}
 
 
 @pytest.fixture()
@@ -134,3 +135,37 @@ def test_verify_full_needs_the_root_ca():
     data["server"]["connection"]["ca_bundle"] = "/etc/ssl/azure-root.pem"
     assert make_target(validate(data), lambda ref, owner: SECRETS[owner], credential=FakeCredential(),
                        transport=FakeArm()).endpoint().sslrootcert == "/etc/ssl/azure-root.pem"
+
+
+def test_a_static_parameter_is_applied_with_a_planned_failover_restart(arm, target):
+    install_infrastructure(target)
+    config = next(v for k, v in arm.resources.items() if k.endswith("/configurations/shared_buffers"))
+    config["properties"]["value"] = "4194304"
+    change = target.ensure_parameters()
+    assert change.diff == {"shared_buffers": ("4194304", "524288")}
+    assert change.notes == ("restarted with a planned failover for shared_buffers",)
+    path, body = arm.bodies[-1]
+    assert path.endswith("/restart") and body["failoverMode"] == "PlannedFailover"
+    assert target.ensure_parameters().action == "unchanged"
+
+
+def test_an_existing_vnet_or_subnet_is_never_rewritten(arm, target):
+    install_infrastructure(target)
+    subnet = next(v for k, v in arm.resources.items() if k.endswith("/subnets/subnet-database"))
+    subnet["properties"]["delegations"] = []                  # someone removed the delegation
+    before = len(arm.writes)
+    change = target.ensure_network()
+    assert len(arm.writes) == before
+    assert "subnet subnet-database: conflict" in change.notes
+
+
+def test_the_teams_webhook_is_sent_but_never_planned_or_compared(arm):
+    hook = "https://example.webhook.office.com/webhookb2/secret-key"
+    secrets = {**SECRETS, "teams-webhook": hook}
+    target = make_target(PROD, lambda ref, owner: secrets[owner], credential=FakeCredential(), transport=arm,
+                         polling_interval=0)
+    install_infrastructure(target)
+    sent = next(b for p, b in arm.bodies if p.endswith("/actionGroups/ag-phonebill-prod"))
+    assert sent["properties"]["webhookReceivers"][0]["serviceUri"] == hook
+    plan = target.plan()
+    assert hook not in repr(plan) and {c.action for c in plan} == {"unchanged"}
