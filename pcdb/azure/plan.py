@@ -63,10 +63,22 @@ def _flatten(value, prefix: str = "") -> dict:
 
 
 def _same(desired, current) -> bool:
+    """Whether ARM's ``current`` already holds ``desired``: strings case-insensitively (ARM echoes
+    enums and ids in its own case), numbers by value, mappings and lists element by element where
+    ARM may add fields of its own (defaults such as dimensions: [] in a metric criterion)."""
     if isinstance(desired, str) and isinstance(current, str):
-        return desired.lower() == current.lower()  # ARM echoes enums and ids in its own case
-    if isinstance(desired, (int, float)) and isinstance(current, str):
-        return str(desired) == current
+        return desired.lower() == current.lower()
+    if isinstance(desired, bool) or isinstance(current, bool):
+        return desired == current
+    if isinstance(desired, (int, float)) and isinstance(current, (int, float, str)):
+        try:
+            return float(desired) == float(current)
+        except ValueError:
+            return False
+    if isinstance(desired, dict) and isinstance(current, dict):
+        return all(_same(v, current.get(k)) for k, v in desired.items())
+    if isinstance(desired, list) and isinstance(current, list):
+        return len(desired) == len(current) and all(_same(d, c) for d, c in zip(desired, current))
     return desired == current
 
 

@@ -120,3 +120,15 @@ def test_plan_cli_json_for_an_empty_subscription_needs_no_credentials():
 def test_plan_of_the_live_subscription_says_which_secret_is_missing():
     result = CliRunner().invoke(app, ["plan", "--env", "prod"], env={"AZURE_SUBSCRIPTION_ID": ""})
     assert result.exit_code == 1 and "AZURE_SUBSCRIPTION_ID is not set" in result.stderr
+
+
+def test_fields_arm_adds_inside_lists_and_numbers_as_floats_are_not_drift():
+    desired = desired_resources(PROD)
+    current = {d.id: d.body() for d in desired}
+    alert = next(d for d in desired if d.name == "alert-high-cpu")
+    criterion = current[alert.id]["properties"]["criteria"]["allOf"][0]
+    criterion.update({"dimensions": [], "skipMetricValidation": False, "threshold": 80.0})
+    assert {i.action for i in make_plan(desired, lambda d: current[d.id])} == {"unchanged"}
+    criterion["threshold"] = 90.0
+    changed = [i for i in make_plan(desired, lambda d: current[d.id]) if i.action != "unchanged"]
+    assert [(i.name, i.action) for i in changed] == [("alert-high-cpu", "update")]
