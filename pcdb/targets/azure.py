@@ -95,12 +95,18 @@ class AzureTarget:
         """Set what differs; when Azure reports a change pending a restart, restart the server
         with a planned failover (standby first), so the primary is never down longer than a failover."""
         changes = self._ensure("configuration", names=names)
-        diff = {c.name: c.diff.get("properties.value", ("(absent)", "")) for c in changes if c.changed}
+        diff = {c.name: c.diff.get("properties.value", ("(absent)", "(created)")) for c in changes if c.changed}
         if not diff:
             return Change("parameters", self.env.server.name, "unchanged")
         pg = self.clients.postgres
-        pending = [n for n in diff if getattr(self._call("read parameter", n, lambda n=n: pg.configurations.get(
-            self.rg, self.env.server.name, n)), "is_config_pending_restart", False)]
+        applied = {n: self._call("read parameter", n, lambda n=n: pg.configurations.get(self.rg, self.env.server.name, n))
+                   for n in diff}
+        sent = {d.name: d.body()["properties"]["value"] for d in self.desired() if d.type == "configuration"}
+        wrong = {n: (c.value, sent[n]) for n, c in applied.items() if str(c.value) != str(sent[n])}
+        if wrong:  # read back: Azure must hold exactly the value sent, in the parameter's own unit (C-3)
+            raise TargetError(f"parameters read back differ from what was set: {wrong} (current, sent); "
+                              "check the unit Azure reports for each (az postgres flexible-server parameter show)")
+        pending = [n for n, c in applied.items() if getattr(c, "is_config_pending_restart", False)]
         notes = ()
         if pending:
             self.failover("planned")

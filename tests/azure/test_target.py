@@ -169,3 +169,19 @@ def test_the_teams_webhook_is_sent_but_never_planned_or_compared(arm):
     assert sent["properties"]["webhookReceivers"][0]["serviceUri"] == hook
     plan = target.plan()
     assert hook not in repr(plan) and {c.action for c in plan} == {"unchanged"}
+
+
+def test_a_parameter_azure_does_not_hold_as_sent_is_an_error(arm, target):
+    install_infrastructure(target)
+    config = next(v for k, v in arm.resources.items() if k.endswith("/configurations/work_mem"))
+    config["properties"]["value"] = "1024"
+    original_put = arm._put
+
+    def put_that_stores_kilobytes_wrongly(request, path, key):
+        response = original_put(request, path, key)
+        if key.endswith("/configurations/work_mem"):
+            arm.resources[key]["properties"]["value"] = "33554432"   # as if the unit were bytes
+        return response
+    arm._put = put_that_stores_kilobytes_wrongly
+    with pytest.raises(TargetError, match="read back differ.*work_mem"):
+        target.ensure_parameters({"work_mem"})
