@@ -69,3 +69,23 @@ SELECT c.relkind::text AS kind, c.relname AS name
 -- name: login_roles
 -- Roles that are not built in.
 SELECT rolname FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' ORDER BY 1;
+
+-- name: amcheck_indexes
+-- Every btree index checked against its table (amcheck's heapallindexed): one row per failure.
+SELECT c.relname AS index_name, e.message
+  FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+  JOIN pg_catalog.pg_am a ON a.oid = c.relam AND a.amname = 'btree'
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  CROSS JOIN LATERAL (SELECT NULL::text AS message FROM public.bt_index_check(i.indexrelid, true)) e
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relpersistence = 'p' AND i.indisvalid
+   AND c.relkind = 'i' AND e.message IS NOT NULL;
+
+-- name: amcheck_tables
+-- Every table's heap checked (verify_heapam): one row per corruption found.
+SELECT c.relname AS table_name, v.blkno, v.msg
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  CROSS JOIN LATERAL public.verify_heapam(c.oid) v
+ WHERE c.relkind IN ('r', 'm', 't') AND c.relpersistence = 'p'
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema');

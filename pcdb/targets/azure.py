@@ -18,7 +18,7 @@ from pcdb.azure.plan import make_plan
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import TargetError
-from pcdb.targets.base import BackupInfo, Endpoint, MetricsSample, NodeState, ServerState
+from pcdb.targets.base import BackupInfo, BackupStatus, Endpoint, MetricsSample, NodeState, ServerState
 
 FQDN = "{name}.postgres.database.azure.com"
 KINDS = {
@@ -284,8 +284,31 @@ class AzureTarget:
         raise TargetError(f"the secret of {name} must come from a secret store on Azure (env or Prefect Secret), "
                           "not be generated")
 
-    def backup_status(self):
-        raise TargetError("Azure backup verification (server GET + backups list) is not built yet")
+    def backup_status(self) -> BackupStatus:
+        """Backup facts from the server (retention, geo) and its backups list (R-BAK-1/2).
+        Azure manages WAL and backup files itself: their integrity is proved by the restore test."""
+        pg = self.clients.postgres
+        server = self._call("read server", self.env.server.name, lambda: pg.servers.get(self.rg, self.env.server.name))
+        backups = self.list_backups()
+        latest = backups[-1] if backups else None
+        settings = server.backup
+        earliest = getattr(settings, "earliest_restore_date", None)
+        return BackupStatus(
+            latest_backup_id=latest.id if latest else None, latest_backup_at=latest.finished_at if latest else None,
+            retention=timedelta(days=settings.backup_retention_days or 0),
+            geo_redundant=(settings.geo_redundant_backup or "").lower() == "enabled",
+            archive_ok=earliest is not None or latest is not None,
+            archive_detail=f"WAL is archived by Azure; earliest restore point {earliest}" if earliest
+            else "WAL is archived by Azure",
+            integrity_ok=latest is not None,
+            integrity_detail="Azure keeps the backup files; their integrity is proved by the restore test")
 
     def amcheck(self, name: str) -> tuple[bool, str]:
-        raise TargetError("amcheck on an Azure restore runs through the database connection; not built yet")
+        """amcheck over SQL on a (restored) server, through its FQDN with TLS."""
+        import psycopg
+
+        from pcdb.backups import amcheck_sql
+
+        info = self._endpoint(name).conninfo(self.env.server.admin.user, self._admin_password())
+        with psycopg.connect(info, autocommit=True) as conn:
+            return amcheck_sql(conn)

@@ -185,3 +185,22 @@ def test_a_parameter_azure_does_not_hold_as_sent_is_an_error(arm, target):
     arm._put = put_that_stores_kilobytes_wrongly
     with pytest.raises(TargetError, match="read back differ.*work_mem"):
         target.ensure_parameters({"work_mem"})
+
+
+def test_daily_backup_checks_on_azure_read_the_server_and_its_backups(arm, target):
+    from datetime import timedelta
+
+    from pcdb import backups
+
+    install_infrastructure(target)
+    server_key = next(k for k in arm.resources if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
+    recent = (datetime.now(timezone.utc) - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    arm.resources[f"{server_key}/backups/b1"] = {"id": f"{server_key}/backups/b1", "name": "b1",
+                                                  "properties": {"backupType": "Full", "completedTime": recent}}
+    results, summary = backups.daily_checks(target, PROD)
+    assert all(r.passed for r in results), [r.evidence for r in results if not r.passed]
+    assert summary["retention_days"] == 35 and summary["geo_redundant"] is True
+    assert 2.9 < summary["latest_backup_age_hours"] < 3.1
+    arm.resources[server_key]["properties"]["backup"]["geoRedundantBackup"] = "Disabled"
+    results, _ = backups.daily_checks(target, PROD)
+    assert [r.name for r in results if not r.passed] == ["geo-redundant backup"]

@@ -83,3 +83,11 @@ def test_tables_created_later_follow_the_same_rules(conn, target):
             c.execute("SELECT count(*) FROM product_change.pc_later")  # the app gets tables one by one
     finally:
         conn.execute("DROP TABLE product_change.pc_later")
+
+
+def test_amcheck_over_sql_finds_a_healthy_database_clean(conn):
+    from pcdb.backups import amcheck_sql
+
+    schema.ensure_schema(conn, "product_change")
+    ok, detail = amcheck_sql(conn)
+    assert ok and detail.startswith("no corruption found")
