@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -704,6 +704,22 @@ class Sandbox:
             if (self.backup_dirs[0] / meta["id"] / "backup_manifest").exists():
                 found.append(self._backup(meta))
         return found
+
+    def prune_backups(self, retention: timedelta, now: datetime | None = None) -> list[str]:
+        """Delete base backups (and their geo copies) finished before ``now - retention``, except
+        the newest one before that limit: it is still needed to restore to the limit itself."""
+        limit = (now or datetime.now(timezone.utc)) - retention
+        old = [b for b in self.list_backups() if b.finished_at < limit]
+        removed = []
+        for backup in old[:-1]:
+            for folder in self.backup_dirs:
+                shutil.rmtree(folder / backup.id, ignore_errors=True)
+                (folder / f"{backup.id}.json").unlink(missing_ok=True)
+            removed.append(backup.id)
+        if removed:
+            self._event("backups-pruned", ids=removed)
+            self.save()
+        return removed
 
     def verify_backup(self, backup: Backup) -> tuple[bool, str]:
         """pg_verifybackup against the backup's manifest (checksums of every file, and its WAL)."""

@@ -235,6 +235,7 @@ class SandboxTarget:
     def backup_status(self) -> BackupStatus:
         """The daily backup facts (R-BAK-1/2): age, retention, geo copy, archive, manifest check."""
         sb = self.sandbox
+        sb.prune_backups(self.env.backup.retention)  # the sandbox applies the retention itself
         backups = sb.list_backups()
         latest = backups[-1] if backups else None
         archiver = sb.archive_status()

@@ -139,3 +139,17 @@ def test_a_restart_parameter_is_rolled_out_standby_first_then_by_switchover(ops)
             assert c.execute("SHOW work_mem").fetchone()[0] == "8MB"
     assert ops.ensure_parameters().action == "unchanged"
     assert ops.server_state().ha_state == "Healthy"
+
+
+def test_backups_older_than_the_retention_are_pruned_but_the_one_needed_at_the_limit_stays(ops):
+    from datetime import timedelta
+
+    for _ in range(2):
+        ops.take_backup()
+    backups = ops.sandbox.list_backups()
+    assert len(backups) >= 3
+    later = backups[-1].finished_at + timedelta(days=40)          # all of them are now past 35 days
+    removed = ops.sandbox.prune_backups(timedelta(days=35), now=later)
+    kept = ops.sandbox.list_backups()
+    assert [b.id for b in kept] == [backups[-1].id] and set(removed) == {b.id for b in backups[:-1]}
+    assert not [p for p in ops.sandbox.backup_dirs[1].iterdir() if p.name.split(".")[0] in removed]
