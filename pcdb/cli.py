@@ -55,6 +55,13 @@ def _sandbox_target(env_name: str):
     return SandboxTarget(env)
 
 
+def _flow_result(state, failure: str):
+    """The flow's return value, or its failure message as a user error."""
+    if state.is_failed():
+        raise PcdbError(state.message or failure)
+    return state.result()
+
+
 def _spec_args(env: str) -> dict[str, str | None]:
     """--env takes a name or a spec path; the flows take them as env / spec_path."""
     if env.endswith((".yaml", ".yml")):
@@ -140,9 +147,7 @@ def install_command(env: EnvOption = "local",
     from flows.install import install  # the CLI is the one pcdb module that may import flows/
 
     state = install(**_spec_args(env), phases=selected, dry_run=dry_run, return_state=True)
-    if state.is_failed():
-        raise PcdbError(state.message or "the install failed; see the Prefect run for details")
-    result = state.result()
+    result = _flow_result(state, "the install failed; see the Prefect run for details")
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -164,9 +169,7 @@ def verify_backups_command(env: EnvOption = "local",
     from flows.backup_verification import verify_backups
 
     state = verify_backups(**_spec_args(env), restore=restore_test, return_state=True)
-    if state.is_failed():
-        raise PcdbError(state.message or "backup verification failed")
-    result = state.result()
+    result = _flow_result(state, "backup verification failed")
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -193,9 +196,7 @@ def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | 
 
     state = dr_drill(scenario=scenario, **_spec_args(env), mode=mode, confirm=confirm, yes=yes,
                      stall_replica=stall_replica, return_state=True)
-    if state.is_failed():
-        raise PcdbError(state.message or "the drill failed")
-    result = state.result()
+    result = _flow_result(state, "the drill failed")
     keys = ("scenario", "mode", "rto_seconds", "rpo_rows_lost", "rows_in_doubt", "target_rto_seconds",
             "target_rpo_seconds", "met", "topology_restored", "report")
     if as_json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,13 @@ from pcdb.sql import query
 from pcdb.targets.base import BackupInfo, BackupStatus, Endpoint, MetricsSample, NodeState, ServerState
 
 _HBA_BEGIN, _HBA_END = "# pcdb access rules begin\n", "# pcdb access rules end\n"
+
+
+@cache
+def _sharedir(bindir: Path) -> Path:
+    """PostgreSQL's share folder (asked once per binaries folder, not at every parameter read)."""
+    result = subprocess.run([str(bindir / "pg_config"), "--sharedir"], capture_output=True, text=True, timeout=10)
+    return Path(result.stdout.strip())
 
 
 class SandboxTarget:
@@ -45,9 +53,7 @@ class SandboxTarget:
         return desired
 
     def _installed(self, extension: str) -> bool:
-        result = subprocess.run([str(self.sandbox.bindir / "pg_config"), "--sharedir"],
-                                capture_output=True, text=True, timeout=10)
-        return (Path(result.stdout.strip()) / "extension" / f"{extension}.control").exists()
+        return (_sharedir(self.sandbox.bindir) / "extension" / f"{extension}.control").exists()
 
     # -- ensure ---------------------------------------------------------------------------
 
