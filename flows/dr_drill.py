@@ -87,7 +87,6 @@ def dr_drill(scenario: Literal["zone", "region", "corruption"], env: str = "loca
 def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, yes: bool, stall: bool) -> dict:
     if spec.production:
         _approve(spec, scenario)
-    removed = cleanup(ctx)
     decisions: list[str] = []
 
     def decide(facts: dict) -> None:
@@ -108,6 +107,7 @@ def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, yes: bool,
             raise PcdbError(f"'{step}' was not confirmed by {owner} ({answer.confirmed_by})")
         decisions.append(f"'{step}' confirmed by {answer.confirmed_by} ({owner})")
 
+    removed = cleanup(ctx, confirm)
     result = run_drill(scenario, ctx, mode, decide, confirm, stall)
     result.notes = [*(f"cleaned up: {r}" for r in removed), *decisions, *result.notes]
     text = _report(spec, result)

@@ -17,7 +17,6 @@ import psycopg
 from psycopg import sql as psql
 
 from pcdb.config import Environment
-from pcdb.errors import PcdbError
 from pcdb.probe import ProbeWriter
 from pcdb.sql import query
 from pcdb.targets.base import Target
@@ -70,17 +69,23 @@ def _admin(target: Target, env: Environment, password: str, which: str = "applic
     return target.endpoint(which).conninfo(env.server.admin.user, password)  # type: ignore[arg-type]
 
 
-def cleanup(target: Target, env: Environment, password: str) -> list[str]:
+def cleanup(target: Target, env: Environment, password: str,
+            confirm: Callable[[str, str], None] | None = None) -> list[str]:
     """Remove what an interrupted drill may have left: probe tables, throw-away servers, and make
-    the topology whole again. Returns what it removed or repaired."""
+    the topology whole again. A replica a drill promoted is replaced only after ``confirm``
+    (the application may still point at it). Returns what it removed or repaired."""
     done = []
     if target.delete_server(RESTORE_SERVER).action == "deleted":
         done.append(f"deleted throw-away server {RESTORE_SERVER}")
-    sandbox = getattr(target, "sandbox", None)
-    if sandbox is not None and sandbox.replica_diverged():
-        sandbox.ensure_ha()
-        sandbox.rebuild_replica()
-        done.append("replica was promoted or cut off by an interrupted region drill: re-cloned")
+    started = target.start_primary_region()
+    if started.changed:
+        done.append("the primary region was left stopped by an interrupted region drill: started")
+    if target.replica_diverged():
+        if confirm is not None:
+            confirm(f"the application and DNS point at the primary, not at {env.replica.name}, which an "
+                    "earlier drill promoted and which will now be replaced", env.dr.region_failover_steps[3].owner)
+        target.rebuild_replica()
+        done.append("replica was promoted or cut off by an interrupted region drill: rebuilt from the primary")
     repaired = [c for c in [*target.ensure_server(), target.ensure_replica()] if c.changed]
     done += [f"{c.resource} {c.name}: {c.action}" for c in repaired]
     with psycopg.connect(_admin(target, env, password, "primary"), autocommit=True) as conn:
@@ -95,6 +100,30 @@ def _topology_whole(target: Target) -> bool:
     state = target.server_state()
     replica = [n for n in state.nodes if n.role == "replica"]
     return state.ha_state == "Healthy" and all(n.running and n.sync_state == "async" for n in replica) and bool(replica)
+
+
+def wait_topology_whole(target: Target, timeout: float = 1800) -> bool:
+    """Poll until the HA pair is healthy and the replica follows (Azure rebuilds the standby after
+    a failover in the background); False when the deadline passes first. The target says how
+    often it may be asked (ARM reads are rate-limited; the sandbox answers in milliseconds)."""
+    deadline = time.monotonic() + timeout
+    while not _topology_whole(target):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(getattr(target, "poll_seconds", 0.2))
+    return True
+
+
+def replica_lag_bytes(target: Target, env: Environment, password: str) -> int | None:
+    """WAL the replica has not replayed: the primary's current LSN minus the replica's replay LSN,
+    both read over SQL through the endpoints (the same on Azure and on the sandbox)."""
+    try:
+        with psycopg.connect(_admin(target, env, password, "primary"), autocommit=True) as conn:
+            current = conn.execute(query("drills.sql", "current_lsn")).fetchone()[0]
+        with psycopg.connect(_admin(target, env, password, "replica"), autocommit=True) as conn:
+            return int(conn.execute(query("drills.sql", "replay_lag_bytes"), {"lsn": current}).fetchone()[0])
+    except psycopg.Error:
+        return None
 
 
 def zone_drill(target: Target, env: Environment, password: str, mode: str = "forced") -> DrillResult:
@@ -113,7 +142,7 @@ def zone_drill(target: Target, env: Environment, password: str, mode: str = "for
         outcome = probe.stop()
         result.mark("probe writer stopped")
         _account(result, probe, outcome)
-        result.topology_restored = _topology_whole(target)
+        result.topology_restored = wait_topology_whole(target)
         result.mark("topology checked: " + ("whole" if result.topology_restored else "NOT whole"))
     finally:
         probe.stop()
@@ -172,52 +201,56 @@ def corruption_drill(target: Target, env: Environment, password: str, rows: int 
         result.mark(f"throw-away server {RESTORE_SERVER} deleted")
         with psycopg.connect(primary, autocommit=True) as conn:
             conn.execute(_q("drop_table", CORRUPTION_TABLE))
-        result.topology_restored = _topology_whole(target)
+        result.topology_restored = wait_topology_whole(target)
     return result
 
 
 def region_drill(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
-                 confirm: Callable[[str, str], None], stall_replica: bool = False) -> DrillResult:
+                 confirm: Callable[[str, str], None], stall_replica: bool = False, drill_id: str = "drill") -> DrillResult:
     """Region failure (R-DR-2): the manual procedure of §5.2.3.
 
     The HA pair's region is stopped, the replica is promoted after a recorded decision, the
     steps of other teams wait for their confirmation; RPO = acknowledged rows missing on the
-    promoted replica. Afterwards the original topology is rebuilt (sandbox).
+    promoted replica. Then the post-promotion checklist, and the original topology is rebuilt
+    (the promoted server is a drill's: it is replaced by a new replica of the primary).
 
     Args:
         decide: called with the replica's lag before anything irreversible; raises to abort.
         confirm: called per step owned by another team (step, owner); raises to abort.
         stall_replica: cut the replica's link first, so that loss is expected (a drill of the breach).
+        drill_id: tags the promoted server (Azure), so only a drill's promotion is ever undone.
     """
     rpo = env.dr.region_failure.rpo.total_seconds()
     result = DrillResult("region", "stalled-replica" if stall_replica else "manual",
                          env.dr.region_failure.rto.total_seconds(), rpo)
-    if not hasattr(target, "sandbox"):
-        raise PcdbError("the region drill stops the primary region: it runs on the sandbox only")
-    sb = target.sandbox  # type: ignore[attr-defined]
     probe = ProbeWriter(_admin(target, env, password), table=PROBE_TABLE)
     replica_info = _admin(target, env, password, "replica")
-    promoted = False
+    promoted = stopped = False
+    switched: list = []  # steps of other teams that pointed the application at the promoted server
+    if stall_replica:
+        target.stall_replica(dry_run=True)  # a target that cannot stall a replica refuses before anything runs
     try:
         probe.start()
         probe.wait_for_rows(50)
         result.mark("probe writer started")
         if stall_replica:
-            sb.stall_replica()
+            target.stall_replica()
             probe.wait_for_rows(100)
             result.mark("replica link stalled (no streaming, no archive)")
-        lag = sb.replica_lag_bytes()
+        lag = replica_lag_bytes(target, env, password)
         result.mark(f"replica lag checked: {lag} bytes behind the primary")
         decide({"replica_lag_bytes": lag})
         result.mark("decision to fail over recorded")
         failed_at = time.monotonic()
-        sb.stop_region()
-        result.mark("primary region stopped (both HA nodes)")
-        target.promote_replica()
-        result.mark("replica promoted")
+        stopped = True
+        target.stop_primary_region()
+        result.mark("primary region stopped (the primary server and its HA standby)")
+        target.promote_replica(drill=drill_id)
         promoted = True
+        result.mark("replica promoted")
         for step in env.dr.region_failover_steps[3:5]:
             confirm(step.step, step.owner)
+            switched.append(step)
             result.mark(f"confirmed: {step.step} ({step.owner})")
         probe.switch_to(replica_info)  # the application's connection string now names the replica
         probe.wait_for_rows(20, timeout=60)
@@ -225,15 +258,31 @@ def region_drill(target: Target, env: Environment, password: str, decide: Callab
         result.mark("writes succeed on the promoted replica")
         _account(result, probe, outcome, replica_info)
         result.rto_seconds = round((outcome.first_recovery or time.monotonic()) - failed_at, 3)
-        result.notes.append("the promoted server carries no HA and no geo-redundant backup: on Azure "
-                            "re-enable both (or rebuild the topology) before it takes production load")
+        result.notes += [f"post-promotion check: {fact}" for fact in target.promoted_server_facts()]
     finally:
         probe.stop()
         if promoted:
             _drop(probe, replica_info)
-        sb.start_region()
-        sb.rebuild_replica()
-        result.mark("original topology rebuilt: HA pair started, replica re-cloned from the primary")
+        if stopped:
+            target.start_primary_region()
+            result.mark("primary region started again")
+        if target.replica_diverged() and _switched_back(switched, confirm, result):
+            target.rebuild_replica()
+            result.mark("original topology rebuilt: the promoted server replaced by a new replica of the primary")
         _drop(probe, _admin(target, env, password, "primary"))
-        result.topology_restored = _topology_whole(target)
+        result.topology_restored = wait_topology_whole(target)
     return result
+
+
+def _switched_back(switched: list, confirm: Callable[[str, str], None], result: DrillResult) -> bool:
+    """Before the promoted server is replaced, every team that pointed the application at it
+    confirms it points back at the primary; without that, the promoted server is kept."""
+    for step in reversed(switched):
+        try:
+            confirm(f"undo: {step.step} (back to the primary)", step.owner)
+        except Exception as exc:  # noqa: BLE001 - a refusal keeps the promoted server, whatever its form
+            result.notes.append(f"the promoted server was kept: '{step.step}' was not undone ({exc}); "
+                                "the next drill asks again before it replaces the promoted server")
+            return False
+        result.mark(f"confirmed: undo {step.step} ({step.owner})")
+    return True

@@ -27,3 +27,11 @@ SELECT pg_catalog.to_regclass(%(name)s) IS NOT NULL;
 -- name: drop_table
 -- Removes a drill table.
 DROP TABLE IF EXISTS {table};
+
+-- name: current_lsn
+-- The primary's current WAL position (the region drill's lag check).
+SELECT pg_catalog.pg_current_wal_lsn();
+
+-- name: replay_lag_bytes
+-- How far the replica's replay is behind a primary LSN, in bytes.
+SELECT pg_catalog.pg_wal_lsn_diff(%(lsn)s, pg_catalog.pg_last_wal_replay_lsn());

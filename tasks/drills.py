@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from pcdb import drills
 from pcdb.context import RunbookContext
 
 
 @task(name="clean up after earlier drills", cache_policy=NO_CACHE, timeout_seconds=1800)
-def cleanup(ctx: RunbookContext) -> list[str]:
-    done = drills.cleanup(ctx.target, ctx.env, ctx.admin_password())
+def cleanup(ctx: RunbookContext, confirm=None) -> list[str]:
+    done = drills.cleanup(ctx.target, ctx.env, ctx.admin_password(), confirm)
     for item in done:
         get_run_logger().warning("left over by an earlier drill: %s", item)
     return done
@@ -26,7 +27,8 @@ def run_drill(scenario: str, ctx: RunbookContext, mode: str, decide, confirm, st
     elif scenario == "corruption":
         result = drills.corruption_drill(ctx.target, ctx.env, password)
     else:
-        result = drills.region_drill(ctx.target, ctx.env, password, decide, confirm, stall)
+        result = drills.region_drill(ctx.target, ctx.env, password, decide, confirm, stall,
+                                     drill_id=str(flow_run.get_id() or "drill"))
     get_run_logger().info("%s drill: RTO %s s (target %s), %s acknowledged rows lost, %s in doubt, met=%s",
                           scenario, result.rto_seconds, result.target_rto_seconds, result.rpo_rows_lost,
                           result.rows_in_doubt, result.met)

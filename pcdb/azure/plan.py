@@ -87,9 +87,14 @@ def plan_one(item: Desired, current: dict | None) -> PlanItem:
     if current is None:
         return PlanItem(item.type, item.name, item.id, "create", body)
     have = _flatten(current)
-    changes, conflicts = {}, []
-    for path, wanted in _flatten(body).items():
-        if path in NOT_RETURNED or path not in have and path.startswith("tags"):
+    changes, conflicts, notes = {}, [], []
+    wanted_flat = _flatten(body)
+    swapped = _zones_swapped(wanted_flat, have) if item.type == "server" else ()
+    if swapped:
+        notes.append(f"zone {have[ZONES[0]]} is primary after an HA failover (standby in zone {have[ZONES[1]]}): "
+                     "the same pair of zones, not drift")
+    for path, wanted in wanted_flat.items():
+        if path in NOT_RETURNED or path in swapped or path not in have and path.startswith("tags"):
             continue
         if not _same(wanted, have.get(path)):
             changes[path] = {"current": have.get(path), "desired": wanted}
@@ -98,8 +103,20 @@ def plan_one(item: Desired, current: dict | None) -> PlanItem:
     if changes and item.type in CREATE_ONLY:
         conflicts.append(CREATE_ONLY[item.type])
     if conflicts:
-        return PlanItem(item.type, item.name, item.id, "conflict", body, changes, tuple(conflicts))
-    return PlanItem(item.type, item.name, item.id, "update" if changes else "unchanged", body, changes)
+        return PlanItem(item.type, item.name, item.id, "conflict", body, changes, tuple(conflicts + notes))
+    return PlanItem(item.type, item.name, item.id, "update" if changes else "unchanged", body, changes, tuple(notes))
+
+
+ZONES = ("properties.availabilityZone", "properties.highAvailability.standbyAvailabilityZone")
+
+
+def _zones_swapped(wanted: dict, have: dict) -> tuple[str, ...]:
+    """After an HA failover Azure reports the standby's zone as the server's zone: the zone paths,
+    when the current pair is the desired pair swapped."""
+    want, got = [wanted.get(z) for z in ZONES], [have.get(z) for z in ZONES]
+    if None not in want and want[0] != want[1] and [str(g) for g in got] == [str(w) for w in reversed(want)]:
+        return ZONES
+    return ()
 
 
 def make_plan(desired: list[Desired], read: Callable[[Desired], dict | None] | None = None) -> list[PlanItem]:

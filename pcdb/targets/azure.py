@@ -37,7 +37,8 @@ class AzureTarget:
 
     def __init__(self, env: Environment, clients: AzureClients, subscription: str,
                  admin_password: Callable[[], str], timeout: float = 3600,
-                 database_endpoint: Endpoint | None = None, teams_webhook: Callable[[], str] | None = None):
+                 endpoints: Callable[[str], Endpoint | None] | None = None,
+                 teams_webhook: Callable[[], str] | None = None):
         if env.azure is None:
             raise TargetError(f"environment {env.name!r} has no azure section")
         self.env = env
@@ -45,17 +46,12 @@ class AzureTarget:
         self.subscription = subscription
         self.rg = env.azure.resource_group
         self.timeout = timeout
+        self.poll_seconds = 15.0  # how often a runbook may re-read state while it waits (ARM rate limits)
         self.reconciler = Reconciler(clients, admin_password, timeout, teams_webhook)
         self._admin_password = admin_password
-        self._database_endpoint = database_endpoint  # tests: a sandbox server stands in for the FQDN
-
-    @property
-    def database_stand_in(self) -> str | None:
-        """Why database-level drills cannot run, when the database is a stand-in for the server."""
-        if self._database_endpoint is None:
-            return None
-        return (f"the database phases ran on a stand-in at {self._database_endpoint.host}:"
-                f"{self._database_endpoint.port}, not on the Azure server the failover/restore would act on")
+        # Where a server's data plane answers, by server name (None: its FQDN). The Azure tests
+        # map names to the sandbox servers that their ARM fake operates.
+        self._endpoints = endpoints or (lambda name: None)
 
     # -- reconciliation -----------------------------------------------------------------
 
@@ -154,17 +150,34 @@ class AzureTarget:
             raise TargetError(f"Azure refused to {what} {name}: {code}: "
                               f"{getattr(getattr(exc, 'error', None), 'message', None) or exc.message}") from exc
 
-    def server_state(self) -> ServerState:
+    def _server(self, name: str):
         pg = self.clients.postgres
-        server = self._call("read server", self.env.server.name, lambda: pg.servers.get(self.rg, self.env.server.name))
+        return self._call("read server", name, lambda: pg.servers.get(self.rg, name))
+
+    def _replica_server(self):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.clients.postgres.servers.get(self.rg, self.env.replica.name)
+        except ResourceNotFoundError:
+            return None
+
+    @staticmethod
+    def _is_replica(server) -> bool:
+        return (server.replication_role or "").lower() in ("asyncreplica", "geoasyncreplica")
+
+    def server_state(self) -> ServerState:
+        """HA state and nodes as ARM reports them; the replica counts as following ("async") when
+        its replication state is Active."""
+        server = self._server(self.env.server.name)
         ha = server.high_availability.state if server.high_availability else "NotEnabled"
         nodes = [NodeState(self.env.server.name, "primary", server.state == "Ready")]
-        try:
-            replica = pg.servers.get(self.rg, self.env.replica.name)
-            nodes.append(NodeState(self.env.replica.name, "replica" if (replica.replication_role or "").lower()
-                                   in ("asyncreplica", "geoasyncreplica") else "promoted", replica.state == "Ready"))
-        except Exception:  # noqa: BLE001 - no replica is a state, not an error
-            pass
+        replica = self._replica_server()
+        if replica is not None:
+            following = self._is_replica(replica) and replica.replica is not None and \
+                (replica.replica.replication_state or "") == "Active"
+            nodes.append(NodeState(self.env.replica.name, "replica" if self._is_replica(replica) else "promoted",
+                                   replica.state == "Ready", "async" if following else None))
         return ServerState(self.env.server.name, ha or "NotEnabled", tuple(nodes))
 
     def list_backups(self) -> list[BackupInfo]:
@@ -205,31 +218,108 @@ class AzureTarget:
         self._call("delete", name, lambda: pg.servers.begin_delete(self.rg, name))
         return Change("server", name, "deleted")
 
+    def _zones(self) -> tuple[str | None, str | None]:
+        server = self._server(self.env.server.name)
+        standby = server.high_availability.standby_availability_zone if server.high_availability else None
+        return server.availability_zone, standby
+
     def failover(self, mode: Literal["planned", "forced"] = "planned") -> dict:
+        """Restart with failover: the standby zone becomes the primary zone (R-DR-1)."""
         from azure.mgmt.postgresqlflexibleservers import models as m
 
         pg = self.clients.postgres
+        before = self._zones()
         started = datetime.now(timezone.utc)
         body = m.RestartParameter(restart_with_failover=True,
                                   failover_mode="PlannedFailover" if mode == "planned" else "ForcedFailover")
         self._call("fail over", self.env.server.name, lambda: pg.servers.begin_restart(self.rg, self.env.server.name, body))
         seconds = (datetime.now(timezone.utc) - started).total_seconds()
-        return {"mode": mode, "old_primary": f"zone {self.env.server.high_availability.primary_zone}",
-                "new_primary": f"zone {self.env.server.high_availability.standby_zone}",
+        after = self._zones()
+        return {"mode": mode, "old_primary": f"zone {before[0]}", "new_primary": f"zone {after[0]}",
                 "promote_seconds": seconds, "total_seconds": seconds, "timeline": None}
 
+    DRILL_TAG = "pcdb-drill"
+
     def promote_replica(self, mode: Literal["Standalone", "Switchover"] = "Standalone",
-                        option: Literal["Planned", "Forced"] = "Forced") -> dict:
+                        option: Literal["Planned", "Forced"] = "Forced", drill: str | None = None) -> dict:
         """Promote the read replica (R-DR-2). Planned waits for the replica to catch up; Forced
-        does not (a lost region cannot be waited for)."""
+        does not (a lost region cannot be waited for). ``drill`` tags the promoted server, so
+        only a server a drill promoted is ever rebuilt by pcdb."""
         from azure.mgmt.postgresqlflexibleservers import models as m
 
         pg = self.clients.postgres
-        body = m.ServerForPatch(replica=m.Replica(promote_mode=mode, promote_option=option))
+        replica = self._replica_server()
+        if replica is None:
+            raise TargetError(f"there is no replica {self.env.replica.name} to promote; run the install (Phase 3)")
+        if not self._is_replica(replica):
+            return {"name": self.env.replica.name, "action": "unchanged", "seconds": 0.0, "timeline": None}
+        tags = {**(replica.tags or {}), **({self.DRILL_TAG: drill} if drill else {})}
+        body = m.ServerForPatch(replica=m.Replica(promote_mode=mode, promote_option=option), tags=tags or None)
         started = datetime.now(timezone.utc)
         self._call("promote", self.env.replica.name, lambda: pg.servers.begin_update(self.rg, self.env.replica.name, body))
         return {"name": self.env.replica.name, "action": "promoted",
                 "seconds": (datetime.now(timezone.utc) - started).total_seconds(), "timeline": None}
+
+    def stop_primary_region(self) -> Change:
+        """Stop the primary server (Azure stops its HA standby with it): the region drill's
+        stand-in for a lost region. Unchanged when it is already stopped."""
+        pg = self.clients.postgres
+        if self._server(self.env.server.name).state == "Stopped":
+            return Change("server", self.env.server.name, "unchanged", notes=("already stopped",))
+        self._call("stop", self.env.server.name, lambda: pg.servers.begin_stop(self.rg, self.env.server.name))
+        return Change("server", self.env.server.name, "updated", {"state": ("Ready", "Stopped")})
+
+    def start_primary_region(self) -> Change:
+        pg = self.clients.postgres
+        state = self._server(self.env.server.name).state
+        if state != "Stopped":
+            return Change("server", self.env.server.name, "unchanged", notes=(f"state {state}",))
+        self._call("start", self.env.server.name, lambda: pg.servers.begin_start(self.rg, self.env.server.name))
+        return Change("server", self.env.server.name, "updated", {"state": ("Stopped", "Ready")})
+
+    def stall_replica(self, dry_run: bool = False) -> None:  # noqa: ARG002 - refused either way
+        raise TargetError("Azure gives no way to cut a replica's replication link: the stalled-replica "
+                          "region drill runs on the sandbox only")
+
+    def replica_diverged(self) -> bool:
+        """The replica was promoted by a drill (tagged) and not rebuilt yet. A replica promoted
+        for real (no drill tag) is production's primary now and is never touched."""
+        replica = self._replica_server()
+        return replica is not None and not self._is_replica(replica) and self.DRILL_TAG in (replica.tags or {})
+
+    def rebuild_replica(self) -> Change:
+        """Delete the server a drill promoted and create the read replica of the primary again."""
+        replica = self._replica_server()
+        if replica is not None and self._is_replica(replica):
+            return Change("server", self.env.replica.name, "unchanged", notes=("still a replica",))
+        if replica is not None:
+            if self.DRILL_TAG not in (replica.tags or {}):
+                raise TargetError(f"{self.env.replica.name} was promoted outside a drill and may carry production "
+                                  "writes: pcdb does not delete it; rebuild the replica by hand once it is retired")
+            pg = self.clients.postgres
+            self._call("delete the promoted drill server", self.env.replica.name,
+                       lambda: pg.servers.begin_delete(self.rg, self.env.replica.name))
+        change = self.ensure_replica()
+        return Change("server", self.env.replica.name, "created",
+                      notes=("the server the drill promoted was deleted; the replica was created again "
+                             "from the primary", *change.notes))
+
+    def promoted_server_facts(self) -> list[str]:
+        """The post-promotion checklist (§5.2.3): what the promoted server lacks that the primary had."""
+        replica = self._replica_server()
+        if replica is None:
+            return ["the replica does not exist"]
+        facts = []
+        ha = replica.high_availability.mode if replica.high_availability else "Disabled"
+        if (ha or "Disabled") == "Disabled":
+            facts.append(f"{self.env.replica.name} has no high availability: enable ZoneRedundant "
+                         "(az postgres flexible-server update --high-availability ZoneRedundant) before it "
+                         "takes production load")
+        geo = (replica.backup.geo_redundant_backup if replica.backup else None) or "Disabled"
+        if geo != "Enabled":
+            facts.append(f"{self.env.replica.name} has no geo-redundant backup, and Azure sets it only when a "
+                         "server is created: until the topology is rebuilt, a second region loss is not covered")
+        return facts or [f"{self.env.replica.name} carries HA and geo-redundant backup"]
 
     METRICS = ("active_connections", "storage_used", "storage_percent", "tps", "cpu_percent", "memory_percent")
 
@@ -268,11 +358,13 @@ class AzureTarget:
                           "lag_seconds": lag[-1][1] if lag else None},))
 
     def endpoint(self, which: Literal["primary", "replica", "application"] = "primary") -> Endpoint:
-        if self._database_endpoint is not None and which != "replica":
-            return self._database_endpoint
+        """The FQDN follows the primary across a failover, so primary and application are one."""
         return self._endpoint(self.env.replica.name if which == "replica" else self.env.server.name)
 
     def _endpoint(self, name: str) -> Endpoint:
+        mapped = self._endpoints(name)
+        if mapped is not None:
+            return mapped
         conn = self.env.server.connection
         return Endpoint(FQDN.format(name=name), conn.port, self.env.service.database, conn.sslmode,
                         sslrootcert=conn.ca_bundle, connect_timeout=int(conn.connect_timeout.total_seconds()))

@@ -16,7 +16,9 @@ def make_target(env: Environment, secret: Callable[[SecretRef, str], str] | None
 
     Args:
         secret: resolves a secret reference (the run context's resolver); needed for Azure.
-        client_options: passed to every Azure management client (transport=, polling_interval=).
+        client_options: passed to every Azure management client (transport=, polling_interval=);
+            ``endpoints`` (server name -> Endpoint or None) is taken out for the target: where a
+            server's data plane answers when not at its FQDN (the Azure tests' sandbox servers).
     """
     if env.target == "sandbox":
         from pcdb.targets.sandbox import SandboxTarget
@@ -32,6 +34,7 @@ def make_target(env: Environment, secret: Callable[[SecretRef, str], str] | None
 
     subscription = secret(env.azure.subscription_id, "azure-subscription")
     credential = client_options.pop("credential", None) or DefaultAzureCredential()
+    endpoints = client_options.pop("endpoints", None)
     clients = make_clients(credential, subscription, **client_options)
     return AzureTarget(env, clients, subscription, lambda: secret(env.server.admin.password, env.server.admin.user),
-                       teams_webhook=lambda: secret(env.azure.action_group.teams_webhook, "teams-webhook"))
+                       endpoints=endpoints, teams_webhook=lambda: secret(env.azure.action_group.teams_webhook, "teams-webhook"))

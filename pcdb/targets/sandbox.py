@@ -272,8 +272,36 @@ class SandboxTarget:
     def failover(self, mode: Literal["planned", "forced"] = "planned") -> dict:
         return self.sandbox.failover(mode)
 
-    def promote_replica(self) -> dict:
+    def promote_replica(self, drill: str | None = None) -> dict:  # noqa: ARG002 - only Azure tags the server
         return self.sandbox.promote_replica()
+
+    def stop_primary_region(self) -> Change:
+        if not any(self.sandbox.node(n).is_running() for n in HA_NODES):
+            return Change("server", self.env.server.name, "unchanged", notes=("already stopped",))
+        self.sandbox.stop_region()
+        return Change("server", self.env.server.name, "updated", {"state": ("running", "stopped")})
+
+    def start_primary_region(self) -> Change:
+        changes = [c for c in self.sandbox.start_region() if c.changed]
+        return Change("server", self.env.server.name, "updated" if changes else "unchanged",
+                      notes=tuple(f"{c.name}: {c.action}" for c in changes))
+
+    def stall_replica(self, dry_run: bool = False) -> None:
+        if not dry_run:
+            self.sandbox.stall_replica()
+
+    def replica_diverged(self) -> bool:
+        return self.sandbox.replica_diverged()
+
+    def rebuild_replica(self) -> Change:
+        if not self.sandbox.replica_diverged():
+            return Change("server", REPLICA, "unchanged", notes=("still a replica",))
+        self.sandbox.ensure_ha()
+        return self.sandbox.rebuild_replica()
+
+    def promoted_server_facts(self) -> list[str]:
+        return [f"the promoted {REPLICA} runs alone: no synchronous standby, no geo copy of its backups; "
+                "the sandbox rebuilds the original topology after the drill"]
 
     def metrics(self) -> MetricsSample:
         sb = self.sandbox

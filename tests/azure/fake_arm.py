@@ -108,6 +108,8 @@ class FakeArm(HttpTransport):
             patch = json.loads(request.content or b"{}")
             self.bodies.append((path, patch))
             self.resources[key].setdefault("properties", {}).update(patch.get("properties", {}))
+            if "tags" in patch:
+                self.resources[key]["tags"] = patch["tags"]
             return self._accepted(request)
         if method == "POST":
             self.bodies.append((path, json.loads(request.content or b"{}")))
@@ -138,6 +140,11 @@ class FakeArm(HttpTransport):
             props.pop(field, None)
         props["provisioningState"] = "Succeeded"
         parts = path.strip("/").split("/")
+        if parts[-2:-1] == ["flexibleServers"]:  # what the service reports of a server it made
+            props.setdefault("state", "Ready")
+            if props.get("createMode") == "Replica":
+                props["replicationRole"] = "AsyncReplica"
+                props["replica"] = {"role": "AsyncReplica", "replicationState": "Active"}
         if "/configurations/" in path and parts[-1] in STATIC_PARAMETERS:
             props["isConfigPendingRestart"] = True  # static: takes effect at the next restart
         stored = {**body, "id": path, "name": parts[-1], "type": "/".join(parts[5:6] + parts[6::2][:-1])}

@@ -204,3 +204,40 @@ def test_daily_backup_checks_on_azure_read_the_server_and_its_backups(arm, targe
     arm.resources[server_key]["properties"]["backup"]["geoRedundantBackup"] = "Disabled"
     results, _ = backups.daily_checks(target, PROD)
     assert [r.name for r in results if not r.passed] == ["geo-redundant backup"]
+
+
+def test_after_an_ha_failover_the_swapped_zones_are_not_drift(arm, target):
+    install_infrastructure(target)
+    target.failover("planned")
+    server = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
+    props = server["properties"]
+    props["availabilityZone"], props["highAvailability"]["standbyAvailabilityZone"] = "2", "1"  # what Azure reports
+    item = next(c for c in target.plan() if c.resource == "server")
+    assert item.action == "unchanged" and "zone 2 is primary after an HA failover" in item.notes[0]
+    props["highAvailability"]["standbyAvailabilityZone"] = "3"   # a different pair is a real difference
+    assert next(c for c in target.plan() if c.resource == "server").action == "conflict"
+
+
+def test_only_a_replica_a_drill_promoted_is_ever_replaced(arm, target):
+    install_infrastructure(target)
+    assert not target.replica_diverged()
+    assert target.rebuild_replica().action == "unchanged"            # still a replica: nothing to do
+    replica = next(v for k, v in arm.resources.items() if k.endswith("/phonebill-postgresql-replica"))
+    replica["properties"]["replicationRole"] = "Primary"             # promoted by someone, for real
+    assert not target.replica_diverged()
+    with pytest.raises(TargetError, match="promoted outside a drill"):
+        target.rebuild_replica()
+    replica["tags"] = {"pcdb-drill": "run-1"}
+    assert target.replica_diverged()
+    assert target.rebuild_replica().action == "created"
+    assert ("DELETE", next(p for m, p in arm.requests if p.endswith("/phonebill-postgresql-replica"))) in arm.requests
+
+
+def test_a_stalled_replica_drill_is_refused_on_azure_before_anything_changes(arm, target):
+    from pcdb import drills
+
+    install_infrastructure(target)
+    writes = len(arm.writes)
+    with pytest.raises(TargetError, match="sandbox only"):
+        drills.region_drill(target, PROD, "unused", lambda facts: None, lambda step, owner: None, stall_replica=True)
+    assert len(arm.writes) == writes

@@ -1,0 +1,149 @@
+"""The in-process ARM with a real data plane: the flexible servers ARM holds are backed by the
+servers of a sandbox, so an Azure runbook's control-plane calls (restart with failover, stop,
+start, promote, point-in-time restore, delete, replica create) act on real PostgreSQL, and its
+database work reaches those servers where it would reach the FQDN.
+
+What ARM reports about a server (state, HA state, zones, replication role and state, backups)
+is read from the sandbox at every GET, as ARM reports what the service is. The operations run
+before ARM answers 202; a data-plane failure is a Failed operation with an ARM error, as Azure
+reports a failed restore.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from urllib.parse import urlparse
+
+from pcdb.config import Environment
+from pcdb.errors import PcdbError
+from pcdb.sandbox.engine import HA_NODES, REPLICA
+from pcdb.targets.base import Endpoint
+from pcdb.targets.sandbox import SandboxTarget
+from tests.azure.fake_arm import FakeArm, _response
+
+SERVER = re.compile(r"/providers/microsoft\.dbforpostgresql/flexibleservers/(?P<name>[^/]+)(?:/(?P<sub>[^/]+)(?:/[^/]+)?)?$")
+
+
+class SandboxArm(FakeArm):
+    """ARM whose flexible servers are the sandbox of ``local`` (primary, standby, replica, restores)."""
+
+    def __init__(self, local: SandboxTarget, env: Environment):
+        super().__init__()
+        self.local = local
+        self.sb = local.sandbox
+        self.primary = env.server.name
+        self.replica = env.replica.name
+        self.operations_run: list[str] = []  # the data-plane operations, in order
+
+    def endpoint(self, name: str) -> Endpoint | None:
+        """Where the FQDN of server ``name`` leads: the primary's follows the HA pair (multi-host,
+        read-write, as Azure's DNS follows a failover); the replica's and a restore's, their node."""
+        if name == self.primary:
+            return self.local.endpoint("application")
+        if name == self.replica:
+            return self.local.endpoint("replica")
+        if name in self.sb.state["restores"]:
+            return self.local._endpoint_of(self.sb.node(name))
+        raise AssertionError(f"the test reached for {name}, which ARM does not hold")
+
+    def send(self, request, **kwargs):
+        path = urlparse(request.url).path
+        match = SERVER.search(path.lower())
+        if match and request.method == "GET":
+            self._refresh()
+        elif match and request.method in ("PUT", "PATCH", "POST", "DELETE"):
+            name = next(p for p in path.split("/") if p.lower() == match["name"])
+            if any(fragment in path for fragment in self.fail):
+                # An injected failure: nothing happens to the servers, and like Azure after a
+                # failed create, ARM keeps the server's resource in the Failed state.
+                response = super().send(request, **kwargs)
+                if request.method == "PUT" and match["sub"] is None:
+                    self.resources[path.lower()] = {"id": path, "name": name, "type": "Microsoft.DBforPostgreSQL/flexibleServers",
+                                                    "properties": {"provisioningState": "Failed", "state": "Disabled"}}
+                return response
+            try:
+                self._operate(request.method, name, match["sub"], json.loads(request.content or b"{}"))
+            except PcdbError as exc:
+                self.requests.append((request.method, path))
+                return self._failed(request, str(exc).splitlines()[0])
+        return super().send(request, **kwargs)
+
+    def _failed(self, request, message: str):
+        op = "/operations/failed-" + str(len(self.operations))
+        self.operations[op] = {"status": "Failed", "error": {"code": "InternalServerError", "message": message}}
+        url = f"https://management.azure.com{op}?api-version=1"
+        return _response(request, 202, None, {"Azure-AsyncOperation": url, "Location": url})
+
+    # -- what the operations do to the servers -------------------------------------------
+
+    def _operate(self, method: str, name: str, sub: str | None, body: dict) -> None:
+        props = body.get("properties", {})
+        if sub == "restart" and body.get("restartWithFailover"):
+            mode = "planned" if body.get("failoverMode") == "PlannedFailover" else "forced"
+            self._run(f"failover {mode}", lambda: self.sb.failover(mode))
+            self._swap_zones()
+        elif sub == "stop":
+            self._run("stop region", self.sb.stop_region)
+        elif sub == "start":
+            self._run("start region", self.sb.start_region)
+        elif sub == "databases" and method == "PUT":
+            self._run("ensure database", self.local.ensure_database)
+        elif sub is not None:
+            return  # configurations, backups, firewall rules, ...: control plane only
+        elif method == "PATCH" and name == self.replica and props.get("replica", {}).get("promoteMode"):
+            self._run("promote replica", self.sb.promote_replica)
+        elif method == "PUT" and props.get("createMode") == "PointInTimeRestore":
+            when = datetime.fromisoformat(props["pointInTimeUTC"])
+            self._run(f"restore {name}", lambda: self.sb.restore(when, name))
+        elif method == "PUT" and name == self.primary:
+            self._run("ensure server", self.local.ensure_server)
+        elif method == "PUT" and name == self.replica:
+            if REPLICA in self.sb.state["nodes"] and (not self._key(name) or self.sb.replica_diverged()):
+                self._run("create replica", self.sb.rebuild_replica)  # again, after a delete
+            else:
+                self._run("ensure replica", self.local.ensure_replica)
+        elif method == "DELETE" and name == self.replica:
+            self._run("delete replica", lambda: self.sb.node(REPLICA).stop("immediate", timeout=30))
+        elif method == "DELETE" and name != self.primary:
+            self._run(f"delete {name}", lambda: self.sb.delete_server(name))
+
+    def _run(self, what: str, operation) -> None:
+        self.operations_run.append(what)
+        operation()
+
+    def _key(self, name: str) -> str:
+        return next((k for k in self.resources if k.endswith(f"/flexibleservers/{name.lower()}")), "")
+
+    def _swap_zones(self) -> None:
+        props = self.resources[self._key(self.primary)]["properties"]
+        ha = props.setdefault("highAvailability", {})
+        props["availabilityZone"], ha["standbyAvailabilityZone"] = ha.get("standbyAvailabilityZone"), props.get(
+            "availabilityZone")
+
+    def _refresh(self) -> None:
+        """What ARM says of each server is what the sandbox is."""
+        status = {n["name"]: n for n in self.sb.status()["nodes"]} if self.sb.exists() else {}
+        primary_key, replica_key = self._key(self.primary), self._key(self.replica)
+        if primary_key:
+            props = self.resources[primary_key]["properties"]
+            up = any(n["role"] == "primary" and n["running"] for n in status.values() if n["name"] in HA_NODES)
+            props["state"] = "Ready" if up else "Stopped"
+            if props.get("highAvailability", {}).get("mode", "Disabled") != "Disabled":
+                healthy = up and any(n["role"] == "standby" and n["sync_state"] == "sync" for n in status.values())
+                props["highAvailability"]["state"] = "Healthy" if healthy else "ReplicatingData"
+            for backup in self.sb.list_backups():
+                self.resources[f"{primary_key}/backups/{backup.id.lower()}"] = {
+                    "id": f"{primary_key}/backups/{backup.id}", "name": backup.id,
+                    "properties": {"backupType": "FULL", "completedTime": backup.finished_at.isoformat(),
+                                   "source": "Automatic"}}
+        if replica_key and REPLICA in status:
+            node = status[REPLICA]
+            props = self.resources[replica_key]["properties"]
+            props["state"] = "Ready" if node["running"] else "Stopped"
+            following = node["role"] == "replica" and not self.sb.replica_diverged()
+            props["replicationRole"] = "AsyncReplica" if following else "Primary"
+            props["replica"] = {"role": props["replicationRole"],
+                                "replicationState": "Active" if following and node["sync_state"] == "async"
+                                else "Broken" if following else None}

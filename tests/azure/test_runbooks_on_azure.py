@@ -1,0 +1,165 @@
+"""The runbooks against the production spec on Azure: the real SDK clients talk to the in-process
+ARM, whose flexible servers are real sandbox servers (tests/azure/sandbox_arm.py). So the install's
+failover and PITR checks, the DR drills and the restore test act through Azure's API on real
+PostgreSQL, and their database work goes where the FQDN leads."""
+
+from __future__ import annotations
+
+import pytest
+from prefect import flow
+
+import flows.backup_verification
+import flows.dr_drill
+from flows.install import load_secret_block, run_install
+from pcdb.config import load_environment
+from pcdb.context import RunbookContext
+from pcdb.targets.factory import make_target
+from tests.azure.fake_arm import FakeCredential
+from tests.azure.sandbox_arm import SandboxArm
+from tests.conftest import new_sandbox_root, new_target
+
+pytestmark = pytest.mark.integration
+ROLE_SECRETS = {"pcdb-prod-app-password": "App-Test-Passw0rd!1", "pcdb-prod-readonly-password": "Read-Test-Passw0rd!2",
+                "pcdb-prod-admin-role-password": "Adm-Test-Passw0rd!3",
+                "pcdb-prod-teams-webhook-url": "https://example.webhook.office.com/webhookb2/test-key"}
+
+
+@pytest.fixture(scope="module")
+def azure(prefect_harness):
+    """The prod spec (approvals off, not marked production so drills may run unattended) over a
+    sandbox-backed ARM; the runbooks' context factory builds the Azure target on it. The sandbox
+    starts empty: the install creates its servers through ARM."""
+    from prefect.blocks.system import Secret
+
+    servers = new_target()
+    servers.ensure_resource_group()
+    Secret(value=servers.admin_password()).save("pcdb-prod-admin-password", overwrite=True)
+    for name, value in ROLE_SECRETS.items():
+        Secret(value=value).save(name, overwrite=True)
+    folder = new_sandbox_root()
+    spec = folder / "prod-on-fake.yaml"
+    spec.write_text(f"extends: prod\nproduction: false\nreports_dir: {folder / 'reports'}\n"
+                    "install:\n  approval:\n    required: false\n")
+    arm = SandboxArm(servers, load_environment(spec))
+
+    def context(env) -> RunbookContext:
+        ctx = RunbookContext(env, None, secret_loader=load_secret_block)  # type: ignore[arg-type]
+        ctx.target = make_target(env, ctx.secret, credential=FakeCredential(), transport=arm, polling_interval=0,
+                                 endpoints=arm.endpoint)
+        ctx.target.poll_seconds = 0.05
+        return ctx
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AZURE_SUBSCRIPTION_ID", "11111111-2222-3333-4444-555555555555")
+        patch.setattr(flows.dr_drill, "runbook_context", context)
+        patch.setattr(flows.backup_verification, "runbook_context", context)
+        yield spec, arm, context
+    servers.sandbox.destroy()
+
+
+def install(azure):
+    spec, _, context = azure
+
+    @flow(name="install")
+    def install_on_fake_arm() -> dict:
+        return run_install(context(load_environment(spec)), list(range(1, 9)))
+    return install_on_fake_arm(return_state=True)
+
+
+@pytest.fixture(scope="module")
+def on_azure(azure):
+    """The environment installed once through ARM; the drills and verifications run on it."""
+    first = install(azure)
+    assert first.is_completed(), first.message
+    return (*azure, first)
+
+
+def test_the_whole_install_against_the_prod_spec_then_a_second_run_writes_nothing(on_azure):
+    _, arm, _, first = on_azure
+    phases = first.result()["phases"]
+    assert all(phases[n] != "unchanged" for n in (1, 2, 3, 4, 5, 6))
+    assert phases[7] == "14/14 checks passed"  # the failover and PITR checks ran through ARM on real servers
+    assert "failover planned" in arm.operations_run and "restore pcdb-verify-pitr" in arm.operations_run
+    server = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
+    assert server["sku"]["name"] == "Standard_D4s_v3" and server["properties"]["highAvailability"]["mode"] == "ZoneRedundant"
+    assert next(v for k, v in arm.resources.items() if k.endswith("/configurations/shared_buffers"))["properties"]["value"] == "524288"
+    assert len([k for k in arm.resources if "/metricalerts/" in k]) == 7
+    assert not [r for r in arm.requests if "firewallrules" in r[1].lower()]
+    report = open(first.result()["report"]).read()
+    assert "| HA failover test | R-DR-1 | PASS |" in report
+    for secret in [*ROLE_SECRETS.values(), arm.local.admin_password()]:
+        assert secret not in report
+
+    writes = len(arm.writes)
+    second = install(on_azure[:3])
+    assert second.is_completed(), second.message
+    assert [second.result()["phases"][n] for n in range(1, 7)] == ["unchanged"] * 6
+    # Nothing written to Azure but Phase 7's own failovers and its throw-away restore.
+    assert [w for w in arm.writes[writes:] if not w[1].endswith(("/restart", "/pcdb-verify-pitr"))] == []
+
+
+def drill(on_azure, scenario: str, **options) -> dict:
+    spec = on_azure[0]
+    return flows.dr_drill.dr_drill(scenario, spec_path=str(spec), yes=True, **options)
+
+
+def test_zone_drill_on_azure_is_a_forced_restart_with_failover_and_loses_nothing(on_azure):
+    arm = on_azure[1]
+    before = next(v for k, v in arm.resources.items() if k.endswith("/phonebill-postgresql-prod"))["properties"]
+    zone = before["availabilityZone"]
+    result = drill(on_azure, "zone", mode="forced")
+    assert [b for p, b in arm.bodies if p.endswith("/restart")][-1] == {"restartWithFailover": True,
+                                                                      "failoverMode": "ForcedFailover"}
+    assert result["rpo_rows_lost"] == 0 and result["rows_acknowledged"] > 50 and result["met"] is True
+    assert 0 < result["rto_seconds"] <= result["target_rto_seconds"]
+    assert result["topology_restored"] is True
+    after = next(v for k, v in arm.resources.items() if k.endswith("/phonebill-postgresql-prod"))["properties"]
+    assert after["availabilityZone"] != zone  # the standby's zone is primary now
+    assert any(f"zone {after['availabilityZone']} promoted" in a["action"] for a in result["timeline"])
+
+
+def test_region_drill_on_azure_stops_the_primary_promotes_a_tagged_replica_and_rebuilds_it(on_azure):
+    arm = on_azure[1]
+    first = len(arm.operations_run)
+    result = drill(on_azure, "region")
+    assert arm.operations_run[first:] == ["stop region", "promote replica", "start region", "delete replica",
+                                          "create replica"]
+    promote = next(body for path, body in reversed(arm.bodies) if path.endswith("/phonebill-postgresql-replica")
+                   and "replica" in body.get("properties", {}))
+    assert promote["properties"]["replica"] == {"promoteMode": "Standalone", "promoteOption": "Forced"}
+    assert "pcdb-drill" in promote["tags"]  # only a server a drill promoted is ever replaced by pcdb
+    assert result["met"] is True and result["rto_seconds"] > 0 and result["topology_restored"] is True
+    assert any("no geo-redundant backup" in n for n in open(result["report"]).read().splitlines())
+    assert [a["action"] for a in result["timeline"] if a["action"].startswith("confirmed: undo")] == [
+        "confirmed: undo update the DNS records (network team)",
+        "confirmed: undo update the application connection strings (dev team)"]
+
+
+def test_corruption_drill_on_azure_restores_into_a_new_server_that_is_deleted(on_azure):
+    arm = on_azure[1]
+    result = drill(on_azure, "corruption")
+    assert result["met"] is True and result["rpo_rows_lost"] == 0
+    assert "restore pcdb-drill-restore" in arm.operations_run and "delete pcdb-drill-restore" in arm.operations_run
+    assert not [k for k in arm.resources if k.endswith("/pcdb-drill-restore")]
+    assert arm.sb.state["restores"] == {}
+
+
+def test_backup_verification_on_azure_restores_the_latest_point_and_proves_it(on_azure):
+    spec, arm = on_azure[:2]
+    outcome = flows.backup_verification.verify_backups(spec_path=str(spec), restore=True)
+    assert outcome["retention_days"] == 35 and outcome["geo_redundant"] is True and outcome["archive_ok"] is True
+    assert outcome["latest_backup_age_hours"] < 1
+    test = outcome["restore_test"]
+    assert test["passed"] and test["amcheck_ok"] and test["server_deleted"], test["detail"]
+    assert test["tables_compared"] == 3 and test["mismatches"] == []
+    assert "restore pcdb-restore-test" in arm.operations_run and arm.sb.state["restores"] == {}
+
+
+def test_a_restore_azure_fails_is_reported_and_the_half_made_server_deleted(on_azure):
+    spec, arm = on_azure[:2]
+    arm.fail["/pcdb-restore-test"] = ("InternalServerError", "the restore failed")
+    try:
+        state = flows.backup_verification.verify_backups(spec_path=str(spec), restore=True, return_state=True)
+    finally:
+        del arm.fail["/pcdb-restore-test"]
+    assert state.is_failed() and "restore test" in state.message
+    assert not [k for k in arm.resources if k.endswith("/pcdb-restore-test")] and arm.sb.state["restores"] == {}
