@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 # Prefect keeps its database and results under PREFECT_HOME: a folder of this test session only.
@@ -117,3 +118,20 @@ def processes_under(root: Path) -> list[str]:
         if str(root) in args:
             found.append(args)
     return found
+
+
+def paused_run_id(timeout: float = 60):
+    """The id of the flow run that paused for input (polled with a deadline)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            if runs:
+                return runs[0].id
+            time.sleep(0.2)
+    raise AssertionError("no flow run paused for input")

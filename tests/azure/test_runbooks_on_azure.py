@@ -5,6 +5,9 @@ PostgreSQL, and their database work goes where the FQDN leads."""
 
 from __future__ import annotations
 
+import threading
+from datetime import datetime, timezone
+
 import pytest
 from prefect import flow
 
@@ -16,7 +19,7 @@ from pcdb.context import RunbookContext
 from pcdb.targets.factory import make_target
 from tests.azure.fake_arm import FakeCredential
 from tests.azure.sandbox_arm import SandboxArm
-from tests.conftest import new_sandbox_root, new_target
+from tests.conftest import new_sandbox_root, new_target, paused_run_id
 
 pytestmark = pytest.mark.integration
 ROLE_SECRETS = {"pcdb-prod-app-password": "App-Test-Passw0rd!1", "pcdb-prod-readonly-password": "Read-Test-Passw0rd!2",
@@ -163,3 +166,66 @@ def test_a_restore_azure_fails_is_reported_and_the_half_made_server_deleted(on_a
         del arm.fail["/pcdb-restore-test"]
     assert state.is_failed() and "restore test" in state.message
     assert not [k for k in arm.resources if k.endswith("/pcdb-restore-test")] and arm.sb.state["restores"] == {}
+
+
+def test_a_drill_killed_halfway_on_azure_is_cleaned_up_by_the_next_one(on_azure):
+    from pcdb import drills
+
+    spec, arm, context = on_azure[:3]
+    target = context(load_environment(spec)).target
+    target.stop_primary_region()                      # a region drill killed after the promotion
+    target.promote_replica(drill="killed-run")
+    target.start_primary_region()                     # (restore needs the primary; the next drill starts it anyway)
+    target.restore_point_in_time(datetime.now(timezone.utc), drills.RESTORE_SERVER)
+    target.stop_primary_region()
+    result = drill(on_azure, "zone", mode="planned")
+    notes = "\n".join(result["notes"])
+    assert "cleaned up: deleted throw-away server pcdb-drill-restore" in notes
+    assert "cleaned up: the primary region was left stopped" in notes and "rebuilt from the primary" in notes
+    assert "the application and DNS point at the primary" in notes  # asked before the promoted server went
+    assert result["met"] is True and result["topology_restored"] is True
+    assert arm.sb.state["restores"] == {} and not target.replica_diverged()
+
+
+@pytest.fixture(scope="module")
+def production(on_azure):
+    """The same servers under a spec marked production: drills need confirm=True and an approval."""
+    spec = on_azure[0].with_name("prod-marked.yaml")
+    spec.write_text(on_azure[0].read_text().replace("production: false", "production: true"))
+    return spec
+
+
+@pytest.mark.parametrize("options, message", [({}, "needs confirm=True"),
+                                              ({"confirm": True, "yes": True}, "approvals by flag are for the sandbox")])
+def test_a_production_drill_without_confirmation_or_with_flag_approvals_changes_nothing(on_azure, production,
+                                                                                        options, message):
+    arm = on_azure[1]
+    writes = len(arm.writes)
+    state = flows.dr_drill.dr_drill("zone", spec_path=str(production), return_state=True, **options)
+    assert state.is_failed() and message in state.message
+    assert len(arm.writes) == writes
+
+
+@pytest.mark.parametrize("decided_by", ["an approver", "a stranger"])
+def test_a_production_drill_waits_for_an_approvers_typed_decision(on_azure, production, decided_by):
+    from prefect.flow_runs import resume_flow_run
+
+    arm = on_azure[1]
+    writes = len(arm.writes)
+    approvers = [a.name for a in load_environment(production).install.approval.approvers]
+    name = approvers[0] if decided_by == "an approver" else "mallory"
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault("state", flows.dr_drill.dr_drill(
+        "zone", spec_path=str(production), confirm=True, mode="planned", return_state=True)))
+    worker.start()
+    run_id = paused_run_id()
+    assert len(arm.writes) == writes                 # paused before anything changed
+    resume_flow_run(run_id, run_input={"decided_by": name, "reason": "quarterly DR drill"})
+    worker.join(timeout=300)
+    state = outcome["state"]
+    if decided_by == "an approver":
+        assert state.is_completed(), state.message
+        assert state.result()["met"] is True and state.result()["rpo_rows_lost"] == 0
+    else:
+        assert state.is_failed() and "is not an approver" in state.message
+        assert len(arm.writes) == writes

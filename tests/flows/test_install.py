@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import new_target
+from tests.conftest import new_target, paused_run_id
 
 pytestmark = pytest.mark.integration
 
@@ -159,22 +159,6 @@ def test_a_failure_in_phase_5_is_notified_then_the_fixed_rerun_resumes_at_phase_
     target.sandbox.destroy()
 
 
-def _paused_run_id(name_of_flow="install", timeout=60):
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
-            if runs:
-                return runs[0].id
-            time.sleep(0.2)
-    raise AssertionError("the install never paused for approval")
-
-
 @pytest.mark.parametrize("decision", ["approve", "reject"])
 def test_the_approval_gate_holds_the_install_until_a_typed_approval(prefect_harness, decision):
     from prefect.flow_runs import resume_flow_run
@@ -183,7 +167,7 @@ def test_the_approval_gate_holds_the_install_until_a_typed_approval(prefect_harn
     outcome = {}
     worker = threading.Thread(target=lambda: outcome.setdefault("state", run_install(target, phases=[1, 2])))
     worker.start()
-    run_id = _paused_run_id()
+    run_id = paused_run_id()
     assert not target.sandbox.root.exists()                   # paused before Phase 1 changed anything
     answer = {"approve": decision == "approve", "approved_by": APPROVERS if decision == "approve" else ["정테스트"],
               "comment": "reviewed the plan"}
