@@ -124,6 +124,64 @@ def zone_drills(rounds: int) -> dict:
             "acknowledged_rows_lost_total": lost, "rows_in_doubt_total": in_doubt}
 
 
+def drill_overhead(rounds: int) -> dict:
+    """A zone drill's own overhead: the same forced drill (with its cleanup) called directly,
+    through the Prefect flow (task runs, concurrency slot, report, notification), and through
+    the Azure SDK against the sandbox-backed ARM (no network latency: the SDK's own cost)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.dr_drill import dr_drill
+    from pcdb import drills
+    from pcdb.config import load_environment
+    from pcdb.context import RunbookContext
+    from pcdb.install import run_directly
+    from pcdb.targets.factory import make_target
+    from tests.azure.fake_arm import FakeCredential
+    from tests.azure.sandbox_arm import SandboxArm
+    from tests.conftest import destroy_all, new_target
+
+    timings: dict[str, list[float]] = {"direct": [], "prefect_flow": [], "azure_sdk": []}
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            local = new_target()
+            ctx = RunbookContext(local.env, local)
+            run_directly(ctx, phases=[1, 2, 3])
+            servers = new_target()
+            servers.ensure_resource_group()
+            env = load_environment("prod")
+            arm = SandboxArm(servers, env)
+            secrets = {"azure-subscription": "11111111-2222-3333-4444-555555555555",
+                       env.server.admin.user: servers.admin_password(), "teams-webhook": "https://example.invalid/x"}
+            azure = make_target(env, lambda ref, owner: secrets[owner], credential=FakeCredential(), transport=arm,
+                                polling_interval=0, endpoints=arm.endpoint)
+            azure.poll_seconds = 0.05
+            for step in (azure.ensure_resource_group, azure.ensure_network, azure.ensure_server,
+                         azure.ensure_database, azure.ensure_replica):
+                step()
+            password = ctx.admin_password()
+            for _ in range(rounds):
+                for key, call in (
+                    ("direct", lambda: (drills.cleanup(local, local.env, password),
+                                        drills.zone_drill(local, local.env, password, "forced"))[1].as_dict()),
+                    ("prefect_flow", lambda: dr_drill("zone", spec_path=str(local.env_path), yes=True, mode="forced")),
+                    ("azure_sdk", lambda: (drills.cleanup(azure, env, servers.admin_password()),
+                                           drills.zone_drill(azure, env, servers.admin_password(), "forced"))[1].as_dict()),
+                ):
+                    start = time.perf_counter()
+                    outcome = call()
+                    timings[key].append(time.perf_counter() - start)
+                    if not outcome["met"] or outcome["rpo_rows_lost"]:
+                        raise RuntimeError(f"{key}: the drill did not meet its targets: {outcome}")
+    finally:
+        destroy_all()
+    med = {k: statistics.median(v) for k, v in timings.items()}
+    return {"median_seconds": med, "all_seconds": timings,
+            "prefect_overhead_ratio": med["prefect_flow"] / med["direct"],
+            "azure_sdk_overhead_ratio": med["azure_sdk"] / med["direct"],
+            "note": "each drill runs the writer for 50 acknowledged rows before and after a forced failover; "
+                    "azure_sdk includes the ARM reads of zones and topology (in-process ARM, no latency)"}
+
+
 def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (10, 100, 1000)) -> dict:
     """Restore-test time against the database size, beside a plain copy of the same base backup."""
     import shutil
@@ -176,7 +234,7 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (10, 100, 1000
 
 
 BENCHMARKS = {"sandbox": sandbox_lifecycle, "install": install_overhead, "zone-drills": zone_drills,
-              "restore-by-size": restore_test_by_size}
+              "drill-overhead": drill_overhead, "restore-by-size": restore_test_by_size}
 
 
 def main() -> None:
