@@ -8,6 +8,8 @@ records nodes, ports, roles and timelines so ``up`` after a crash or reboot rest
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import shutil
@@ -80,6 +82,46 @@ class Backup:
                 "timeline": self.timeline, "kind": self.kind, "path": str(self.path)}
 
 
+def exclusive(method):
+    """One process changes a sandbox at a time: an exclusive lock on ``<root>/state.lock`` for the
+    whole operation (re-entrant within the Sandbox object). A second process waits up to
+    ``lock_timeout`` seconds, then fails naming the holder, before it changed anything."""
+    @functools.wraps(method)
+    def locked(self: Sandbox, *args, **kwargs):
+        if self._lock_depth or (method.__name__ in ("down", "destroy") and not self.root.exists()):
+            self._lock_depth += 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._lock_depth -= 1
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "state.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                        raise SandboxError(f"another pcdb process is changing the sandbox at {self.root} "
+                                           f"({holder}); {method.__name__} waited {self.lock_timeout:.0f}s. "
+                                           "Wait for it to finish, or stop that process") from None
+                    time.sleep(0.1)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}, {method.__name__} since {_now()}\n".encode(), 0)
+            self._lock_depth = 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._lock_depth = 0
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    return locked
+
+
 class Sandbox:
     """The servers of one environment's sandbox, and the operations on them."""
 
@@ -97,6 +139,8 @@ class Sandbox:
         self.timeout = spec.start_timeout.total_seconds()
         self._state: dict | None = None
         self._state_mtime: int | None = None
+        self._lock_depth = 0
+        self.lock_timeout = 600.0  # a drill or install holds the lock for minutes at most
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -205,6 +249,7 @@ class Sandbox:
 
     # -- up -------------------------------------------------------------------------------
 
+    @exclusive
     def up(self, parameters: dict[str, str] | None = None) -> list[Change]:
         """Create what is missing, start what is stopped; a second call changes nothing.
 
@@ -214,6 +259,7 @@ class Sandbox:
         """
         return [*self.ensure_ha(parameters), self.ensure_replica()]
 
+    @exclusive
     def ensure_ha(self, parameters: dict[str, str] | None = None) -> list[Change]:
         """The primary and its synchronous standby (the ZoneRedundant HA pair)."""
         self._prepare_root()
@@ -223,6 +269,7 @@ class Sandbox:
         self.save()
         return changes
 
+    @exclusive
     def ensure_replica(self) -> Change:
         """The asynchronous read replica following whichever HA node is primary."""
         change = self._ensure_follower(REPLICA, "replica")
@@ -499,6 +546,7 @@ class Sandbox:
                 "restores": [{"name": n, "port": i["port"], "target_time": i.get("target_time")}
                              for n, i in self.state["restores"].items()]}
 
+    @exclusive
     def down(self) -> list[str]:
         """Stop every server of the sandbox (replica, standby, primary, restores); keep the data."""
         stopped = []
@@ -516,6 +564,7 @@ class Sandbox:
                 stopped.append(name)
         return stopped
 
+    @exclusive
     def destroy(self) -> bool:
         """Stop everything and remove the sandbox folder; False when there was nothing."""
         if not self.root.exists():
@@ -528,6 +577,7 @@ class Sandbox:
 
     # -- failover and promotion ------------------------------------------------------------
 
+    @exclusive
     def failover(self, mode: str = "planned") -> dict:
         """Make the standby the primary; rebuild the old primary as the new synchronous standby.
 
@@ -559,6 +609,7 @@ class Sandbox:
                 "promote_seconds": promoted, "total_seconds": time.monotonic() - started,
                 "timeline": self._timeline(new)}
 
+    @exclusive
     def rejoin(self, name: str) -> None:
         """Rewind a stopped former primary onto the current primary's timeline, start it as the
         synchronous standby, and turn synchronous replication back on."""
@@ -607,6 +658,7 @@ class Sandbox:
         except SandboxError:
             return None
 
+    @exclusive
     def stall_replica(self) -> None:
         """Cut the replica's link (no streaming, no archive) to drill a region failure with loss."""
         replica = self.node(REPLICA)
@@ -616,6 +668,7 @@ class Sandbox:
         self._event("replica-stalled")
         self.save()
 
+    @exclusive
     def stop_region(self) -> None:
         """Stop both HA nodes at once (immediate), as a lost region would."""
         for name in HA_NODES:
@@ -623,10 +676,12 @@ class Sandbox:
         self._event("region-stopped")
         self.save()
 
+    @exclusive
     def start_region(self) -> list[Change]:
         """Start the HA pair again (the primary region is back)."""
         return self.ensure_ha()
 
+    @exclusive
     def promote_replica(self) -> dict:
         """Promote the read replica to a standalone primary (the region failover, R-DR-2)."""
         replica = self.node(REPLICA)
@@ -643,6 +698,7 @@ class Sandbox:
         return {"name": REPLICA, "action": "promoted", "seconds": time.monotonic() - started,
                 "timeline": self.state["nodes"][REPLICA]["timeline"]}
 
+    @exclusive
     def rebuild_replica(self) -> Change:
         """Throw the replica's data away and clone it again from the current primary."""
         replica = self.node(REPLICA)
@@ -666,6 +722,7 @@ class Sandbox:
 
     # -- backups and point-in-time restore -------------------------------------------------
 
+    @exclusive
     def take_backup(self, kind: str = "on-demand") -> Backup:
         """Take a base backup of the primary (plain format with manifest), copy it to the geo folder."""
         primary = self.primary()
@@ -705,6 +762,7 @@ class Sandbox:
                 found.append(self._backup(meta))
         return found
 
+    @exclusive
     def prune_backups(self, retention: timedelta, now: datetime | None = None) -> list[str]:
         """Delete base backups (and their geo copies) finished before ``now - retention``, except
         the newest one before that limit: it is still needed to restore to the limit itself."""
@@ -764,6 +822,7 @@ class Sandbox:
             row = cur.fetchone()
             return dict(zip([c.name for c in cur.description], row))
 
+    @exclusive
     def seal_wal(self) -> str:
         """Write a commit and close the current WAL segment, then wait until it is archived.
 
@@ -777,6 +836,7 @@ class Sandbox:
                      f"archiving of {walfile} (both copies)", self.timeout)
         return walfile
 
+    @exclusive
     def restore(self, target_time: datetime, name: str) -> Node:
         """Restore the latest backup before ``target_time`` into a new server ``name`` and replay
         the archive up to that time; the server is then promoted and running.
@@ -823,6 +883,7 @@ class Sandbox:
         self.save()
         return node
 
+    @exclusive
     def delete_server(self, name: str) -> Change:
         """Stop and remove a restored (throw-away) server; unchanged when it does not exist."""
         if name in self.state["nodes"]:

@@ -153,3 +153,25 @@ def test_backups_older_than_the_retention_are_pruned_but_the_one_needed_at_the_l
     kept = ops.sandbox.list_backups()
     assert [b.id for b in kept] == [backups[-1].id] and set(removed) == {b.id for b in backups[:-1]}
     assert not [p for p in ops.sandbox.backup_dirs[1].iterdir() if p.name.split(".")[0] in removed]
+
+
+def test_a_second_process_changing_the_sandbox_waits_then_fails_naming_the_holder(ops):
+    import fcntl
+    import os
+
+    from pcdb.errors import SandboxError
+    from pcdb.sandbox import Sandbox
+
+    primary = ops.sandbox.primary().name
+    other = Sandbox(ops.env, root=ops.sandbox.root)     # another pcdb process, as far as the lock knows
+    other.lock_timeout = 0.3
+    fd = os.open(ops.sandbox.root / "state.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a drill holds the sandbox
+        os.pwrite(fd, b"pid 4242, failover since now\n", 0)
+        with pytest.raises(SandboxError, match=r"another pcdb process .*pid 4242, failover"):
+            other.failover("planned")
+    finally:
+        os.close(fd)
+    assert ops.sandbox.primary().name == primary and ops.server_state().ha_state == "Healthy"
+    assert other.take_backup().kind == "on-demand"      # the lock is free again
