@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
@@ -22,6 +23,11 @@ from pcdb.sql import query
 from pcdb.targets.base import BackupInfo, BackupStatus, Endpoint, MetricsSample, NodeState, ServerState
 
 _HBA_BEGIN, _HBA_END = "# pcdb access rules begin\n", "# pcdb access rules end\n"
+
+
+# A hot standby needs at least its primary's value of these (PostgreSQL "Hot Standby" docs).
+HOT_STANDBY_MINIMUMS = ("max_connections", "max_prepared_transactions", "max_locks_per_transaction",
+                        "max_wal_senders", "max_worker_processes")
 
 
 @cache
@@ -102,6 +108,7 @@ class SandboxTarget:
         """
         desired = {k: v for k, v in self.desired_parameters().items() if names is None or k in names}
         diff: dict[str, tuple[object, object]] = {}
+        lowered = self._lower_on_primary_first(desired, diff)
         for node in self._running_nodes():
             for name, (current, wanted) in self._differences(node, desired).items():
                 diff[name] = (current, wanted)
@@ -116,8 +123,29 @@ class SandboxTarget:
         left = {n: d for node in self._running_nodes() for n, d in self._differences(node, desired).items()}
         if left:
             raise TargetError(f"parameters not applied after reload/restart: {left}; see the server logs")
-        notes = (f"restarted: {', '.join(restarted)}",) if restarted else ()
+        notes = (*lowered, *((f"restarted: {', '.join(restarted)}",) if restarted else ()))
         return Change("parameters", self.env.server.name, "updated", diff=diff, notes=notes)
+
+    def _lower_on_primary_first(self, desired: dict[str, params.ParamValue], diff: dict) -> tuple[str, ...]:
+        """A standby refuses to run with a smaller max_connections (and the like) than its primary
+        ("recovery aborted because of insufficient parameter settings"), so a decrease cannot go
+        standby first: the primary is restarted with it first (a restart's write outage, no
+        switchover can avoid it), then the rolling restart carries it to the standbys."""
+        primary = self.sandbox.primary()
+        current = self._differences(primary, {k: v for k, v in desired.items() if k in HOT_STANDBY_MINIMUMS})
+        lower = {n: (c, w) for n, (c, w) in current.items() if c is not None and int(w) < int(c)}
+        if not lower:
+            return ()
+        with primary.connect(self.admin) as conn:
+            for name, (_, wanted) in lower.items():
+                conn.execute(psql.SQL("ALTER SYSTEM SET {} = {}").format(psql.Identifier(name), psql.Literal(wanted)))
+        started = time.monotonic()
+        primary.stop("fast")
+        primary.start(self.sandbox.timeout)
+        self.sandbox._wait_streaming(primary, self.sandbox.standby().name, sync=True)
+        diff.update(lower)
+        return (f"lowered on the primary first ({', '.join(sorted(lower))}): restarted {primary.name}, "
+                f"writes paused {time.monotonic() - started:.2f}s",)
 
     def parameter_differences(self) -> dict[str, dict[str, tuple[str, str]]]:
         """Read-only: per running node, the parameters whose value differs from the spec."""

@@ -141,6 +141,24 @@ def test_a_restart_parameter_is_rolled_out_standby_first_then_by_switchover(ops)
     assert ops.server_state().ha_state == "Healthy"
 
 
+def test_a_lower_max_connections_reaches_the_primary_first_so_no_standby_refuses_to_start(ops):
+    from pcdb.config import validate
+    data = ops.env.model_dump(mode="json", by_alias=True)
+    before = int(data["parameters"]["max_connections"])
+    data["parameters"]["max_connections"] = before - 50   # standby first would abort its recovery
+    ops.env = validate(data)
+    change = ops.ensure_parameters()
+    assert change.diff["max_connections"] == (str(before), str(before - 50))
+    assert "lowered on the primary first (max_connections)" in change.notes[0]
+    for node in ops.sandbox.nodes():
+        with node.connect(ops.admin) as conn:
+            assert conn.execute("SHOW max_connections").fetchone()[0] == str(before - 50), node.name
+    state = ops.server_state()
+    assert state.ha_state == "Healthy"
+    assert {n.name: n.sync_state for n in state.nodes}[REPLICA] == "async"
+    assert ops.ensure_parameters().action == "unchanged"
+
+
 def test_backups_older_than_the_retention_are_pruned_but_the_one_needed_at_the_limit_stays(ops):
     from datetime import timedelta
 
