@@ -135,6 +135,12 @@ def ensure_grants(conn: psycopg.Connection, roles: list[Role], database: str, sc
                         _privs(have - want), target, psql.Identifier(role.name)))
                 diff[f"{role.name} on {key[0]} {key[1] or database if key[0] == 'database' else key[1] or schema}"] = (
                     ",".join(sorted(have)) or "-", ",".join(sorted(want)) or "-")
+        public = {r[0] for r in conn.execute(query("install.sql", "public_database_grants"), {"database": database})}
+        if public:
+            # Only the roles the spec grants CONNECT may connect: PUBLIC's default CONNECT and
+            # TEMPORARY would let any other login role in (and create temp tables).
+            conn.execute(psql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(psql.Identifier(database)))
+            diff[f"PUBLIC on database {database}"] = (",".join(sorted(public)), "-")
         defaults = ensure_default_privileges(conn, roles, schema)
     diff.update(defaults)
     return Change("grants", schema, "updated" if diff else "unchanged", diff=diff)

@@ -75,6 +75,13 @@ SELECT g.rolname, a.privilege_type
   JOIN pg_catalog.pg_roles g ON g.oid = a.grantee
  WHERE d.datname = %(database)s AND g.rolname = ANY(%(roles)s);
 
+-- name: public_database_grants
+-- What every role gets on the database through PUBLIC (the default ACL when none was set: CONNECT, TEMPORARY).
+SELECT a.privilege_type
+  FROM pg_catalog.pg_database d
+ CROSS JOIN LATERAL pg_catalog.aclexplode(coalesce(d.datacl, pg_catalog.acldefault('d', d.datdba))) a
+ WHERE d.datname = %(database)s AND a.grantee = 0;
+
 -- name: schema_grants
 -- Privileges granted directly on the schema.
 SELECT g.rolname, a.privilege_type

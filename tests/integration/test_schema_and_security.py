@@ -85,6 +85,27 @@ def test_tables_created_later_follow_the_same_rules(conn, target):
         conn.execute("DROP TABLE product_change.pc_later")
 
 
+def test_only_roles_the_spec_grants_connect_can_connect_to_the_service_database(conn, target):
+    from pcdb.scram import verifier
+
+    schema.ensure_schema(conn, "product_change")
+    for role in target.env.security.roles:
+        security.ensure_role(conn, role, target.sandbox.password(role.name), lambda *_: True, "pcdb", timedelta(days=90))
+    security.ensure_grants(conn, target.env.security.roles, "product_change_db", "product_change")
+    stranger_password = "Stranger-Test-Passw0rd!9"
+    conn.execute(f"CREATE ROLE pcdb_stranger LOGIN PASSWORD '{verifier(stranger_password)}'")
+    try:
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            psycopg.connect(target.endpoint().conninfo("pcdb_stranger", stranger_password)).close()
+        readonly = target.endpoint().conninfo("product_change_readonly", target.sandbox.password("product_change_readonly"))
+        with psycopg.connect(readonly) as c:
+            assert c.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        conn.execute("DROP ROLE pcdb_stranger")
+    assert security.ensure_grants(conn, target.env.security.roles, "product_change_db",
+                                  "product_change").action == "unchanged"
+
+
 def test_amcheck_over_sql_finds_a_healthy_database_clean(conn):
     from pcdb.backups import amcheck_sql
 
