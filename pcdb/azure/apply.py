@@ -115,6 +115,12 @@ class Reconciler:
         if d.type == "metric_alert":
             return (lambda: c.monitor.metric_alerts.get(rg, p[7]),
                     lambda m: c.monitor.metric_alerts.create_or_update(rg, p[7], m))
+        if d.type == "activity_log_alert":
+            return (lambda: c.monitor.activity_log_alerts.get(rg, p[7]),
+                    lambda m: c.monitor.activity_log_alerts.create_or_update(rg, p[7], m))
+        if d.type == "log_alert":
+            return (lambda: c.monitor.scheduled_query_rules.get(rg, p[7]),
+                    lambda m: c.monitor.scheduled_query_rules.create_or_update(rg, p[7], m))
         raise TargetError(f"no Azure operation for resource type {d.type}")
 
     def read(self, d: Desired) -> dict | None:

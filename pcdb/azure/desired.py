@@ -154,6 +154,49 @@ def desired_resources(env: Environment, subscription: str = PLACEHOLDER_SUBSCRIP
                                    time_aggregation=alert.aggregation, operator=alert.operator,
                                    threshold=alert.threshold)]),
                                actions=[mon.MetricAlertAction(action_group_id=group_id)]), 6))
+    out += _event_alerts(env, rg_id, server_id, group_id)
+    return out
+
+
+# The R-MON-4 rules Azure has no metric for: a failover is a Resource Health event of the server
+# (an activity-log alert), slow queries are lines of the server log in Log Analytics (a log alert
+# over the PostgreSQLLogs the diagnostic setting sends; log_min_duration_statement writes them).
+SLOW_QUERY_KQL = ('AzureDiagnostics\n| where ResourceProvider == "MICROSOFT.DBFORPOSTGRESQL" '
+                  'and Category == "PostgreSQLLogs"\n| where Message has "duration:"')
+
+
+def _event_alerts(env: Environment, rg_id: str, server_id: str, group_id: str) -> list[Desired]:
+    from azure.mgmt.monitor import models as mon
+
+    out = []
+    rules = {r.condition.metric: r for r in env.monitoring.alert_rules}
+    severity = {"critical": 1, "warning": 2, "info": 3}
+    if "failover_event" in rules:
+        rule, name = rules["failover_event"], "alert-failover-event"
+        out.append(Desired("activity_log_alert", name, f"{rg_id}/providers/Microsoft.Insights/activityLogAlerts/{name}",
+                           mon.ActivityLogAlertResource(
+                               location="Global", scopes=[server_id], enabled=True,
+                               description=f"{rule.title}: an HA failover, like any loss of availability, is a "
+                                           "Resource Health event of the server",
+                               condition=mon.AlertRuleAllOfCondition(all_of=[
+                                   mon.AlertRuleAnyOfOrLeafCondition(field="category", equals="ResourceHealth")]),
+                               actions=mon.ActionList(action_groups=[mon.ActionGroup(action_group_id=group_id)])), 6))
+    if "slow_query_count" in rules:
+        rule, name = rules["slow_query_count"], "alert-slow-queries"
+        minutes = max(1, int(rule.duration.total_seconds() // 60))
+        out.append(Desired("log_alert", name, f"{rg_id}/providers/Microsoft.Insights/scheduledQueryRules/{name}",
+                           mon.ScheduledQueryRuleResource(
+                               location=env.server.location, kind="LogAlert", enabled=True,
+                               description=f"{rule.title}: more than {rule.condition.value:g} statements slower than "
+                                           f"log_min_duration_statement per minute, {minutes} minutes in a row",
+                               severity=severity[rule.level], scopes=[server_id],
+                               evaluation_frequency="PT1M", window_size="PT1M",
+                               criteria=mon.ScheduledQueryRuleCriteria(all_of=[mon.Condition(
+                                   query=SLOW_QUERY_KQL, time_aggregation="Count", operator="GreaterThan",
+                                   threshold=rule.condition.value,
+                                   failing_periods=mon.ConditionFailingPeriods(
+                                       number_of_evaluation_periods=minutes, min_failing_periods_to_alert=minutes))]),
+                               actions=mon.Actions(action_groups=[group_id])), 6))
     return out
 
 

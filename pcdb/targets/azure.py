@@ -28,7 +28,8 @@ KINDS = {
     "database": ("database",),
     "replica": ("replica",),
     "access_rules": ("firewall_rule",),
-    "monitoring": ("log_analytics_workspace", "diagnostic_setting", "action_group", "metric_alert"),
+    "monitoring": ("log_analytics_workspace", "diagnostic_setting", "action_group", "metric_alert",
+                   "activity_log_alert", "log_alert"),
 }
 
 

@@ -93,6 +93,25 @@ def test_alerts_and_receivers(empty_plan):
     assert [c["category"] for c in diag["logs"]] == ["PostgreSQLLogs"] and diag["metrics"][0]["category"] == "AllMetrics"
 
 
+def test_the_r_mon_4_rules_without_an_azure_metric_become_event_and_log_alerts(empty_plan):
+    """Failover event -> Teams+SMS+email at once; slow queries > 10/min for 5 min -> Teams (§6.2.2)."""
+    failover = by_name(empty_plan, "activity_log_alert", "alert-failover-event").properties
+    assert failover["location"] == "Global"
+    props = failover["properties"]
+    assert props["scopes"][0].endswith("/flexibleServers/phonebill-postgresql-prod")
+    assert props["condition"] == {"allOf": [{"field": "category", "equals": "ResourceHealth"}]}
+    assert props["actions"]["actionGroups"][0]["actionGroupId"].endswith("/actionGroups/ag-phonebill-prod")
+    slow = by_name(empty_plan, "log_alert", "alert-slow-queries").properties
+    assert slow["kind"] == "LogAlert"
+    props = slow["properties"]
+    condition = props["criteria"]["allOf"][0]
+    assert "PostgreSQLLogs" in condition["query"] and 'Message has "duration:"' in condition["query"]
+    assert (condition["timeAggregation"], condition["operator"], condition["threshold"]) == ("Count", "GreaterThan", 10)
+    assert (props["windowSize"], props["evaluationFrequency"]) == ("PT1M", "PT1M")
+    assert condition["failingPeriods"] == {"numberOfEvaluationPeriods": 5, "minFailingPeriodsToAlert": 5}
+    assert props["severity"] == 2 and props["actions"]["actionGroups"][0].endswith("/actionGroups/ag-phonebill-prod")
+
+
 def test_drift_shows_current_to_desired_and_immutable_changes_are_conflicts():
     desired = desired_resources(PROD)
     current = {d.id: d.body() for d in desired}
