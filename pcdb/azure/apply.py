@@ -72,6 +72,25 @@ class Reconciler:
 
     # -- per-type GET and PUT ----------------------------------------------------------------
 
+    # type -> (client, operations group, the PUT method); the GET is ``get``. Names come from
+    # the id: one name for a top-level resource, two for a child (vnet/subnet, server/database).
+    OPERATIONS = {
+        "virtual_network": ("network", "virtual_networks", "begin_create_or_update"),
+        "subnet": ("network", "subnets", "begin_create_or_update"),
+        "private_dns_zone": ("dns", "private_zones", "begin_create_or_update"),
+        "private_dns_zone_link": ("dns", "virtual_network_links", "begin_create_or_update"),
+        "server": ("postgres", "servers", "begin_create_or_update"),
+        "replica": ("postgres", "servers", "begin_create_or_update"),
+        "database": ("postgres", "databases", "begin_create"),
+        "configuration": ("postgres", "configurations", "begin_put"),
+        "firewall_rule": ("postgres", "firewall_rules", "begin_create_or_update"),
+        "log_analytics_workspace": ("loganalytics", "workspaces", "begin_create_or_update"),
+        "action_group": ("monitor", "action_groups", "create_or_update"),
+        "metric_alert": ("monitor", "metric_alerts", "create_or_update"),
+        "activity_log_alert": ("monitor", "activity_log_alerts", "create_or_update"),
+        "log_alert": ("monitor", "scheduled_query_rules", "create_or_update"),
+    }
+
     def _ops(self, d: Desired) -> tuple[Callable[[], Any], Callable[[Any], Any]]:
         p = _parts(d.id)
         rg = p[3]
@@ -79,49 +98,16 @@ class Reconciler:
         if d.type == "resource_group":
             return (lambda: c.resource.resource_groups.get(rg),
                     lambda m: c.resource.resource_groups.create_or_update(rg, m))
-        if d.type == "virtual_network":
-            return (lambda: c.network.virtual_networks.get(rg, p[7]),
-                    lambda m: c.network.virtual_networks.begin_create_or_update(rg, p[7], m))
-        if d.type == "subnet":
-            return (lambda: c.network.subnets.get(rg, p[7], p[9]),
-                    lambda m: c.network.subnets.begin_create_or_update(rg, p[7], p[9], m))
-        if d.type == "private_dns_zone":
-            return (lambda: c.dns.private_zones.get(rg, p[7]),
-                    lambda m: c.dns.private_zones.begin_create_or_update(rg, p[7], m))
-        if d.type == "private_dns_zone_link":
-            return (lambda: c.dns.virtual_network_links.get(rg, p[7], p[9]),
-                    lambda m: c.dns.virtual_network_links.begin_create_or_update(rg, p[7], p[9], m))
-        if d.type in ("server", "replica"):
-            return (lambda: c.postgres.servers.get(rg, p[7]),
-                    lambda m: c.postgres.servers.begin_create_or_update(rg, p[7], m))
-        if d.type == "database":
-            return (lambda: c.postgres.databases.get(rg, p[7], p[9]),
-                    lambda m: c.postgres.databases.begin_create(rg, p[7], p[9], m))
-        if d.type == "configuration":
-            return (lambda: c.postgres.configurations.get(rg, p[7], p[9]),
-                    lambda m: c.postgres.configurations.begin_put(rg, p[7], p[9], m))
-        if d.type == "firewall_rule":
-            return (lambda: c.postgres.firewall_rules.get(rg, p[7], p[9]),
-                    lambda m: c.postgres.firewall_rules.begin_create_or_update(rg, p[7], p[9], m))
-        if d.type == "log_analytics_workspace":
-            return (lambda: c.loganalytics.workspaces.get(rg, p[7]),
-                    lambda m: c.loganalytics.workspaces.begin_create_or_update(rg, p[7], m))
         if d.type == "diagnostic_setting":
             return (lambda: c.resource.resources.get_by_id(d.id, api_version=self.DIAGNOSTICS_API),
                     lambda m: c.resource.resources.begin_create_or_update_by_id(d.id, m, api_version=self.DIAGNOSTICS_API))
-        if d.type == "action_group":
-            return (lambda: c.monitor.action_groups.get(rg, p[7]),
-                    lambda m: c.monitor.action_groups.create_or_update(rg, p[7], m))
-        if d.type == "metric_alert":
-            return (lambda: c.monitor.metric_alerts.get(rg, p[7]),
-                    lambda m: c.monitor.metric_alerts.create_or_update(rg, p[7], m))
-        if d.type == "activity_log_alert":
-            return (lambda: c.monitor.activity_log_alerts.get(rg, p[7]),
-                    lambda m: c.monitor.activity_log_alerts.create_or_update(rg, p[7], m))
-        if d.type == "log_alert":
-            return (lambda: c.monitor.scheduled_query_rules.get(rg, p[7]),
-                    lambda m: c.monitor.scheduled_query_rules.create_or_update(rg, p[7], m))
-        raise TargetError(f"no Azure operation for resource type {d.type}")
+        if d.type not in self.OPERATIONS:
+            raise TargetError(f"no Azure operation for resource type {d.type}")
+        client, group, put = self.OPERATIONS[d.type]
+        operations = getattr(getattr(c, client), group)
+        names = (p[7],) if len(p) <= 8 else (p[7], p[9])
+        return (lambda: operations.get(rg, *names),
+                lambda m: getattr(operations, put)(rg, *names, m))
 
     def read(self, d: Desired) -> dict | None:
         """The resource as ARM returns it (wire names), or None when it does not exist."""
