@@ -17,6 +17,7 @@ from psycopg import sql as psql
 
 from pcdb.changes import Change
 from pcdb.config import Grants, Role
+from pcdb.errors import TargetError
 from pcdb.scram import verifier
 from pcdb.sql import query
 
@@ -140,6 +141,10 @@ def ensure_grants(conn: psycopg.Connection, roles: list[Role], database: str, sc
             # Only the roles the spec grants CONNECT may connect: PUBLIC's default CONNECT and
             # TEMPORARY would let any other login role in (and create temp tables).
             conn.execute(psql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(psql.Identifier(database)))
+            if conn.execute(query("install.sql", "public_database_grants"), {"database": database}).fetchone():
+                # REVOKE by a role that does not own the database only warns: say it, do not loop.
+                raise TargetError(f"PUBLIC keeps {', '.join(sorted(public))} on database {database}: the admin "
+                                  "that runs the install must own it (ALTER DATABASE ... OWNER TO it)")
             diff[f"PUBLIC on database {database}"] = (",".join(sorted(public)), "-")
         defaults = ensure_default_privileges(conn, roles, schema)
     diff.update(defaults)

@@ -106,6 +106,23 @@ def test_only_roles_the_spec_grants_connect_can_connect_to_the_service_database(
                                   "product_change").action == "unchanged"
 
 
+def test_a_runner_that_does_not_own_the_database_is_told_instead_of_updating_forever(conn, target):
+    from pcdb.scram import verifier
+
+    password = "Runner-Test-Passw0rd!8"
+    conn.execute(f"CREATE ROLE pcdb_runner LOGIN PASSWORD '{verifier(password)}'")
+    conn.execute("CREATE DATABASE pcdb_foreign")                      # owned by the admin, not the runner
+    conn.execute("GRANT CONNECT ON DATABASE product_change_db TO pcdb_runner")
+    try:
+        with psycopg.connect(target.endpoint().conninfo("pcdb_runner", password), autocommit=True) as runner:
+            with pytest.raises(TargetError, match="PUBLIC keeps CONNECT, TEMPORARY on database pcdb_foreign.*must own it"):
+                security.ensure_grants(runner, [], "pcdb_foreign", "product_change")
+    finally:
+        conn.execute("DROP DATABASE pcdb_foreign")
+        conn.execute("REVOKE CONNECT ON DATABASE product_change_db FROM pcdb_runner")
+        conn.execute("DROP ROLE pcdb_runner")
+
+
 def test_amcheck_over_sql_finds_a_healthy_database_clean(conn):
     from pcdb.backups import amcheck_sql
 
