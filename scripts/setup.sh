@@ -38,7 +38,16 @@ ensure_postgres() {
 ensure_venv() {
   local stamp=.venv/.installed want
   want=$(cat pyproject.toml | sha256sum | cut -c1-16)
-  if [ ! -x .venv/bin/python ]; then
+  if [ ! -x .venv/bin/pip ]; then
+    if ! python3 -c 'import ensurepip' >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+      # Debian's python3 comes without venv/ensurepip (measured on a minimal bookworm).
+      local pyver
+      pyver=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+      echo "setup: installing python$pyver-venv (python3 -m venv needs it)" >&2
+      _sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq "python$pyver-venv" >/dev/null
+    fi
+    rm -rf .venv
     python3 -m venv .venv
   fi
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
