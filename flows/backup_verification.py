@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 
 from flows.install import runbook_context
 from flows.notify import notify
@@ -34,10 +35,10 @@ def verify_backups(env: str = "local", spec_path: str | None = None, restore: bo
     if restore is None:
         today = datetime.now(ZoneInfo(spec.service.timezone)).weekday()
         restore = WEEKDAYS[today] == spec.backup.verification.restore_test_weekday
-    results, summary = daily_checks(ctx)
+    results, summary = daily_checks(quote(ctx))
     outcome = dict(summary)
     if restore:
-        tested = restore_test(ctx)
+        tested = restore_test(quote(ctx))
         outcome["restore_test"] = tested.as_dict()
     failed = [r.name for r in results if not r.passed]
     if restore and not outcome["restore_test"]["passed"]:

@@ -20,6 +20,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.utilities.annotations import quote
 
 from flows.install import runbook_context
 from flows.notify import notify
@@ -107,8 +108,8 @@ def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, yes: bool,
             raise PcdbError(f"'{step}' was not confirmed by {owner} ({answer.confirmed_by})")
         decisions.append(f"'{step}' confirmed by {answer.confirmed_by} ({owner})")
 
-    removed = cleanup(ctx, confirm)
-    result = run_drill(scenario, ctx, mode, decide, confirm, stall)
+    removed = cleanup(quote(ctx), confirm)
+    result = run_drill(scenario, quote(ctx), mode, decide, confirm, stall)
     result.notes = [*(f"cleaned up: {r}" for r in removed), *decisions, *result.notes]
     text = _report(spec, result)
     path = Path(spec.reports_dir) / f"drill-{scenario}-{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"

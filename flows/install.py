@@ -20,6 +20,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.utilities.annotations import quote
 
 from flows.notify import notify
 from pcdb import report, security
@@ -120,7 +121,7 @@ def _phase_flow(phase: PhaseSpec, ctx: RunbookContext):
         items: list[Change | CheckResult] = []
         for label, step in phase.steps:
             try:
-                items += run_step(label, step, ctx)
+                items += run_step(label, step, quote(ctx))
             except Exception as exc:
                 raise PhaseFailed(
                     f"Phase {phase.number} · {phase.title}, step '{label}' failed: {exc}. Fix the cause "

@@ -266,11 +266,15 @@ def region_drill(target: Target, env: Environment, password: str, decide: Callab
         if stopped:
             target.start_primary_region()
             result.mark("primary region started again")
-        if target.replica_diverged() and _switched_back(switched, confirm, result):
-            target.rebuild_replica()
-            result.mark("original topology rebuilt: the promoted server replaced by a new replica of the primary")
+        kept = False
+        if target.replica_diverged():
+            kept = not _switched_back(switched, confirm, result)
+            if not kept:
+                target.rebuild_replica()
+                result.mark("original topology rebuilt: the promoted server replaced by a new replica of the primary")
         _drop(probe, _admin(target, env, password, "primary"))
-        result.topology_restored = wait_topology_whole(target)
+        # A promoted server kept on purpose means the topology is not whole: say so, do not wait for it.
+        result.topology_restored = not kept and wait_topology_whole(target)
     return result
 
 

@@ -231,3 +231,24 @@ def test_a_production_drill_waits_for_an_approvers_typed_decision(on_azure, prod
     else:
         assert state.is_failed() and "is not an approver" in state.message
         assert len(arm.writes) == writes
+
+
+def test_a_team_that_has_not_switched_back_keeps_the_promoted_server_until_the_next_drill_asks(on_azure):
+    from pcdb import drills
+
+    spec, arm, context = on_azure[:3]
+    ctx = context(load_environment(spec))
+    password = ctx.admin_password()
+
+    def confirm(step: str, owner: str) -> None:
+        if step.startswith("undo: update the DNS records"):
+            raise RuntimeError("network team: the DNS still points at the replica")
+    first = len(arm.operations_run)
+    result = drills.region_drill(ctx.target, ctx.env, password, lambda facts: None, confirm, drill_id="kept")
+    assert result.topology_restored is False            # said at once, not after waiting for it
+    assert any("the promoted server was kept" in note for note in result.notes)
+    assert "delete replica" not in arm.operations_run[first:] and ctx.target.replica_diverged()
+    asked = []
+    drills.cleanup(ctx.target, ctx.env, password, lambda step, owner: asked.append(owner))
+    assert asked == ["dev team"] and not ctx.target.replica_diverged()
+    assert drills.wait_topology_whole(ctx.target, timeout=120)
