@@ -21,9 +21,8 @@ from psycopg import sql as psql
 from pcdb.checks import CheckResult
 from pcdb.config import Environment
 from pcdb.sql import query
-from pcdb.targets.base import Endpoint, Target
+from pcdb.targets.base import Endpoint, Target, throwaway_name
 
-RESTORE_SERVER = "pcdb-restore-test"
 Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
 
@@ -101,9 +100,10 @@ def _objects(conn: psycopg.Connection, schema: str) -> tuple[set, set]:
 
 def restore_test(target: Target, env: Environment, connect_source: Connect,
                  connect_restored: Callable[[Endpoint], AbstractContextManager[psycopg.Connection]],
-                 name: str = RESTORE_SERVER) -> RestoreTest:
+                 name: str | None = None) -> RestoreTest:
     """Restore to a marked moment on a throw-away server and prove it equals the source then."""
     schema = env.service.schema_name
+    name = name or throwaway_name(env, "restore-test")
     result = RestoreTest()
     target.delete_server(name)  # a run killed halfway may have left one
     try:

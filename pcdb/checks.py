@@ -236,7 +236,7 @@ def check_failover(target: Target, app_conninfo: str, env: Environment) -> Check
 
 
 def check_point_in_time_restore(target: Target, conn: psycopg.Connection, admin: str, password: str,
-                                name: str = "pcdb-verify-pitr") -> CheckResult:
+                                name: str) -> CheckResult:
     """PITR test (R-INS-2, R-DR-3): restore to a marked moment on a throw-away server, always deleted."""
     marker = datetime.now(timezone.utc).strftime("pitr-%Y%m%dT%H%M%S%f")
     started = time.monotonic()

@@ -19,7 +19,12 @@ from psycopg import sql as psql
 from pcdb.config import Environment
 from pcdb.probe import ProbeWriter
 from pcdb.sql import query
-from pcdb.targets.base import Target
+from pcdb.targets.base import Target, throwaway_name
+
+def restore_server(env: Environment) -> str:
+    """The corruption drill's throw-away server."""
+    return throwaway_name(env, "drill-restore")
+
 
 def _q(name: str, table: str) -> psql.Composed:
     return psql.SQL(query("drills.sql", name)).format(table=psql.Identifier(table))
@@ -27,7 +32,6 @@ def _q(name: str, table: str) -> psql.Composed:
 
 PROBE_TABLE = "pcdb_drill_probe"
 CORRUPTION_TABLE = "pcdb_drill_corruption"
-RESTORE_SERVER = "pcdb-drill-restore"
 
 
 @dataclass
@@ -75,8 +79,8 @@ def cleanup(target: Target, env: Environment, password: str,
     the topology whole again. A replica a drill promoted is replaced only after ``confirm``
     (the application may still point at it). Returns what it removed or repaired."""
     done = []
-    if target.delete_server(RESTORE_SERVER).action == "deleted":
-        done.append(f"deleted throw-away server {RESTORE_SERVER}")
+    if target.delete_server(restore_server(env)).action == "deleted":
+        done.append(f"deleted throw-away server {restore_server(env)}")
     started = target.start_primary_region()
     if started.changed:
         done.append("the primary region was left stopped by an interrupted region drill: started")
@@ -185,9 +189,9 @@ def corruption_drill(target: Target, env: Environment, password: str, rows: int 
             conn.execute(_q("corrupt_update", CORRUPTION_TABLE))
             result.mark("corruption: a third of the rows deleted, a third overwritten")
         started = time.monotonic()
-        endpoint = target.restore_point_in_time(before, RESTORE_SERVER)
+        endpoint = target.restore_point_in_time(before, restore_server(env))
         result.rto_seconds = round(time.monotonic() - started, 3)
-        result.mark(f"restored to {before.isoformat()} on {RESTORE_SERVER} in {result.rto_seconds}s")
+        result.mark(f"restored to {before.isoformat()} on {restore_server(env)} in {result.rto_seconds}s")
         with psycopg.connect(endpoint.conninfo(env.server.admin.user, password)) as restored:
             got = restored.execute(_q("count_intact", CORRUPTION_TABLE)).fetchone()
         intact = got == (rows, rows)
@@ -197,8 +201,8 @@ def corruption_drill(target: Target, env: Environment, password: str, rows: int 
         if not intact:
             result.rto_seconds = None  # the restore did not recover the data: the RTO is not met
     finally:
-        target.delete_server(RESTORE_SERVER)
-        result.mark(f"throw-away server {RESTORE_SERVER} deleted")
+        target.delete_server(restore_server(env))
+        result.mark(f"throw-away server {restore_server(env)} deleted")
         with psycopg.connect(primary, autocommit=True) as conn:
             conn.execute(_q("drop_table", CORRUPTION_TABLE))
         result.topology_restored = wait_topology_whole(target)

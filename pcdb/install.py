@@ -16,6 +16,7 @@ from psycopg import sql as psql
 from pcdb import checks, schema, security
 from pcdb.changes import Change
 from pcdb.context import RunbookContext
+from pcdb.targets.base import throwaway_name
 
 
 Step = Callable[[RunbookContext], list]
@@ -127,7 +128,8 @@ def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
     app = target.endpoint("application").conninfo(admin, ctx.admin_password())
     results.append(checks.check_failover(target, app, env))
     with ctx.connect() as conn:
-        results.append(checks.check_point_in_time_restore(target, conn, admin, ctx.admin_password()))
+        results.append(checks.check_point_in_time_restore(target, conn, admin, ctx.admin_password(),
+                                                          throwaway_name(env, "verify-pitr")))
     return results
 
 

@@ -16,6 +16,13 @@ from pcdb.changes import Change
 from pcdb.config import Environment
 
 
+def throwaway_name(env: Environment, purpose: str) -> str:
+    """The name of a throw-away server (restore test, drill, PITR check): the server's own name
+    and the purpose. Azure server names are global DNS names, so a fixed name such as
+    "pcdb-restore-test" would collide with any other installation in any subscription."""
+    return f"{env.server.name}-{purpose}"[:63].rstrip("-")
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where database work connects: the same psycopg code for Azure and the sandbox."""

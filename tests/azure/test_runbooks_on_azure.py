@@ -81,7 +81,7 @@ def test_the_whole_install_against_the_prod_spec_then_a_second_run_writes_nothin
     phases = first.result()["phases"]
     assert all(phases[n] != "unchanged" for n in (1, 2, 3, 4, 5, 6))
     assert phases[7] == "14/14 checks passed"  # the failover and PITR checks ran through ARM on real servers
-    assert "failover planned" in arm.operations_run and "restore pcdb-verify-pitr" in arm.operations_run
+    assert "failover planned" in arm.operations_run and "restore phonebill-postgresql-prod-verify-pitr" in arm.operations_run
     server = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
     assert server["sku"]["name"] == "Standard_D4s_v3" and server["properties"]["highAvailability"]["mode"] == "ZoneRedundant"
     assert next(v for k, v in arm.resources.items() if k.endswith("/configurations/shared_buffers"))["properties"]["value"] == "524288"
@@ -99,7 +99,7 @@ def test_the_whole_install_against_the_prod_spec_then_a_second_run_writes_nothin
     assert second.is_completed(), second.message
     assert [second.result()["phases"][n] for n in range(1, 7)] == ["unchanged"] * 6
     # Nothing written to Azure but Phase 7's own failovers and its throw-away restore.
-    assert [w for w in arm.writes[writes:] if not w[1].endswith(("/restart", "/pcdb-verify-pitr"))] == []
+    assert [w for w in arm.writes[writes:] if not w[1].endswith(("/restart", "/phonebill-postgresql-prod-verify-pitr"))] == []
 
 
 def drill(on_azure, scenario: str, **options) -> dict:
@@ -143,8 +143,8 @@ def test_corruption_drill_on_azure_restores_into_a_new_server_that_is_deleted(on
     arm = on_azure[1]
     result = drill(on_azure, "corruption")
     assert result["met"] is True and result["rpo_rows_lost"] == 0
-    assert "restore pcdb-drill-restore" in arm.operations_run and "delete pcdb-drill-restore" in arm.operations_run
-    assert not [k for k in arm.resources if k.endswith("/pcdb-drill-restore")]
+    assert "restore phonebill-postgresql-prod-drill-restore" in arm.operations_run and "delete phonebill-postgresql-prod-drill-restore" in arm.operations_run
+    assert not [k for k in arm.resources if k.endswith("/phonebill-postgresql-prod-drill-restore")]
     assert arm.sb.state["restores"] == {}
 
 
@@ -156,18 +156,18 @@ def test_backup_verification_on_azure_restores_the_latest_point_and_proves_it(on
     test = outcome["restore_test"]
     assert test["passed"] and test["amcheck_ok"] and test["server_deleted"], test["detail"]
     assert test["tables_compared"] == 3 and test["mismatches"] == []
-    assert "restore pcdb-restore-test" in arm.operations_run and arm.sb.state["restores"] == {}
+    assert "restore phonebill-postgresql-prod-restore-test" in arm.operations_run and arm.sb.state["restores"] == {}
 
 
 def test_a_restore_azure_fails_is_reported_and_the_half_made_server_deleted(on_azure):
     spec, arm = on_azure[:2]
-    arm.fail["/pcdb-restore-test"] = ("InternalServerError", "the restore failed")
+    arm.fail["/phonebill-postgresql-prod-restore-test"] = ("InternalServerError", "the restore failed")
     try:
         state = flows.backup_verification.verify_backups(spec_path=str(spec), restore=True, return_state=True)
     finally:
-        del arm.fail["/pcdb-restore-test"]
+        del arm.fail["/phonebill-postgresql-prod-restore-test"]
     assert state.is_failed() and "restore test" in state.message
-    assert not [k for k in arm.resources if k.endswith("/pcdb-restore-test")] and arm.sb.state["restores"] == {}
+    assert not [k for k in arm.resources if k.endswith("/phonebill-postgresql-prod-restore-test")] and arm.sb.state["restores"] == {}
 
 
 def test_a_drill_killed_halfway_on_azure_is_cleaned_up_by_the_next_one(on_azure):
@@ -178,11 +178,11 @@ def test_a_drill_killed_halfway_on_azure_is_cleaned_up_by_the_next_one(on_azure)
     target.stop_primary_region()                      # a region drill killed after the promotion
     target.promote_replica(drill="killed-run")
     target.start_primary_region()                     # (restore needs the primary; the next drill starts it anyway)
-    target.restore_point_in_time(datetime.now(timezone.utc), drills.RESTORE_SERVER)
+    target.restore_point_in_time(datetime.now(timezone.utc), drills.restore_server(target.env))
     target.stop_primary_region()
     result = drill(on_azure, "zone", mode="planned")
     notes = "\n".join(result["notes"])
-    assert "cleaned up: deleted throw-away server pcdb-drill-restore" in notes
+    assert "cleaned up: deleted throw-away server phonebill-postgresql-prod-drill-restore" in notes
     assert "cleaned up: the primary region was left stopped" in notes and "rebuilt from the primary" in notes
     assert "the application and DNS point at the primary" in notes  # asked before the promoted server went
     assert result["met"] is True and result["topology_restored"] is True

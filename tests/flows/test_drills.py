@@ -84,7 +84,7 @@ def test_an_interrupted_drill_leaves_nothing_after_the_next_run(drilled):
     with ctx.connect() as conn:   # what a drill killed halfway leaves behind
         conn.execute("CREATE TABLE pcdb_drill_probe (id bigint PRIMARY KEY)")
     target.take_backup()
-    target.restore_point_in_time(target.list_backups()[-1].finished_at, drills.RESTORE_SERVER)
+    target.restore_point_in_time(target.list_backups()[-1].finished_at, drills.restore_server(target.env))
     target.sandbox.promote_replica()
     result = drill(target, "zone")
     assert result["met"] is True

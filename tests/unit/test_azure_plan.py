@@ -151,3 +151,13 @@ def test_fields_arm_adds_inside_lists_and_numbers_as_floats_are_not_drift():
     criterion["threshold"] = 90.0
     changed = [i for i in make_plan(desired, lambda d: current[d.id]) if i.action != "unchanged"]
     assert [(i.name, i.action) for i in changed] == [("alert-high-cpu", "update")]
+
+
+def test_throwaway_servers_carry_the_servers_name_because_azure_names_are_global():
+    from pcdb.targets.base import throwaway_name
+
+    assert throwaway_name(PROD, "restore-test") == "phonebill-postgresql-prod-restore-test"
+    data = PROD.model_dump(mode="json", by_alias=True)
+    data["server"]["name"] = "a" * 62                          # the cut falls on the hyphen
+    long = throwaway_name(validate(data), "restore-test")
+    assert len(long) <= 63 and not long.endswith("-")            # Azure's limit and character rules
