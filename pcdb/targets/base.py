@@ -20,7 +20,7 @@ def throwaway_name(env: Environment, purpose: str) -> str:
     """The name of a throw-away server (restore test, drill, PITR check): the server's own name
     and the purpose. Azure server names are global DNS names, so a fixed name such as
     "pcdb-restore-test" would collide with any other installation in any subscription."""
-    return f"{env.server.name}-{purpose}"[:63].rstrip("-")
+    return f"{env.server.name[:63 - len(purpose) - 1].rstrip('-')}-{purpose}"  # Azure: 63 at most
 
 
 @dataclass(frozen=True)
