@@ -220,9 +220,7 @@ def _summary(items: list) -> str:
     changes = [i for i in items if isinstance(i, Change)]
     checks = [i for i in items if isinstance(i, CheckResult)]
     if checks:
-        skipped = sum(c.skipped for c in checks)
-        return (f"{sum(c.passed and not c.skipped for c in checks)}/{len(checks) - skipped} checks passed"
-                + (f", {skipped} skipped" if skipped else ""))
+        return f"{sum(c.passed for c in checks)}/{len(checks)} checks passed"
     changed = [c for c in changes if c.changed]
     return "unchanged" if not changed else f"{len(changed)} changed"
 

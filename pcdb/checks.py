@@ -33,14 +33,13 @@ class CheckResult:
     evidence: str
     details: dict = field(default_factory=dict)
     seconds: float = 0.0
-    skipped: bool = False  # not run, with the reason in ``evidence``; never counted as a failure
 
     @property
     def verdict(self) -> str:
-        return "SKIPPED" if self.skipped else "PASS" if self.passed else "FAIL"
+        return "PASS" if self.passed else "FAIL"
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "requirement": self.requirement, "passed": self.passed, "skipped": self.skipped,
+        return {"name": self.name, "requirement": self.requirement, "passed": self.passed,
                 "evidence": self.evidence, "seconds": round(self.seconds, 3), "details": self.details}
 
 
@@ -202,9 +201,6 @@ def check_parameters(differences: dict[str, dict[str, tuple[str, str]]]) -> Chec
                        "all nodes match" if not bad else f"differences: {bad}", {"differences": bad})
 
 
-def skipped(name: str, requirement: str, reason: str) -> CheckResult:
-    """A check that was not run, and why (recorded in the report, not counted as a pass)."""
-    return CheckResult(name, requirement, True, f"skipped: {reason}", skipped=True)
 
 
 def check_failover(target: Target, app_conninfo: str, env: Environment) -> CheckResult:

@@ -78,9 +78,9 @@ def cleanup(target: Target, env: Environment, password: str,
     """Remove what an interrupted drill may have left: probe tables, throw-away servers, and make
     the topology whole again. A replica a drill promoted is replaced only after ``confirm``
     (the application may still point at it). Returns what it removed or repaired."""
-    done = []
-    if target.delete_server(restore_server(env)).action == "deleted":
-        done.append(f"deleted throw-away server {restore_server(env)}")
+    done, server = [], restore_server(env)
+    if target.delete_server(server).action == "deleted":
+        done.append(f"deleted throw-away server {server}")
     started = target.start_primary_region()
     if started.changed:
         done.append("the primary region was left stopped by an interrupted region drill: started")
@@ -109,12 +109,12 @@ def _topology_whole(target: Target) -> bool:
 def wait_topology_whole(target: Target, timeout: float = 1800) -> bool:
     """Poll until the HA pair is healthy and the replica follows (Azure rebuilds the standby after
     a failover in the background); False when the deadline passes first. The target says how
-    often it may be asked (ARM reads are rate-limited; the sandbox answers in milliseconds)."""
+    often it may be asked."""
     deadline = time.monotonic() + timeout
     while not _topology_whole(target):
         if time.monotonic() > deadline:
             return False
-        time.sleep(getattr(target, "poll_seconds", 0.2))
+        time.sleep(target.poll_seconds)
     return True
 
 
@@ -179,6 +179,7 @@ def corruption_drill(target: Target, env: Environment, password: str, rows: int 
     new server, prove the known rows are back and the corruption is not; RTO = restore time."""
     result = DrillResult("corruption", "pitr", env.dr.data_corruption.rto.total_seconds(), None)
     primary = _admin(target, env, password, "primary")
+    server = restore_server(env)
     try:
         with psycopg.connect(primary, autocommit=True) as conn:
             conn.execute(_q("create_known_rows", CORRUPTION_TABLE))
@@ -189,9 +190,9 @@ def corruption_drill(target: Target, env: Environment, password: str, rows: int 
             conn.execute(_q("corrupt_update", CORRUPTION_TABLE))
             result.mark("corruption: a third of the rows deleted, a third overwritten")
         started = time.monotonic()
-        endpoint = target.restore_point_in_time(before, restore_server(env))
+        endpoint = target.restore_point_in_time(before, server)
         result.rto_seconds = round(time.monotonic() - started, 3)
-        result.mark(f"restored to {before.isoformat()} on {restore_server(env)} in {result.rto_seconds}s")
+        result.mark(f"restored to {before.isoformat()} on {server} in {result.rto_seconds}s")
         with psycopg.connect(endpoint.conninfo(env.server.admin.user, password)) as restored:
             got = restored.execute(_q("count_intact", CORRUPTION_TABLE)).fetchone()
         intact = got == (rows, rows)
@@ -201,8 +202,8 @@ def corruption_drill(target: Target, env: Environment, password: str, rows: int 
         if not intact:
             result.rto_seconds = None  # the restore did not recover the data: the RTO is not met
     finally:
-        target.delete_server(restore_server(env))
-        result.mark(f"throw-away server {restore_server(env)} deleted")
+        target.delete_server(server)
+        result.mark(f"throw-away server {server} deleted")
         with psycopg.connect(primary, autocommit=True) as conn:
             conn.execute(_q("drop_table", CORRUPTION_TABLE))
         result.topology_restored = wait_topology_whole(target)

@@ -82,13 +82,17 @@ class Backup:
                 "timeline": self.timeline, "kind": self.kind, "path": str(self.path)}
 
 
-def exclusive(method):
+def exclusive(method=None, *, creates_root: bool = True):
     """One process changes a sandbox at a time: an exclusive lock on ``<root>/state.lock`` for the
     whole operation (re-entrant within the Sandbox object). A second process waits up to
-    ``lock_timeout`` seconds, then fails naming the holder, before it changed anything."""
+    ``lock_timeout`` seconds, then fails naming the holder, before it changed anything.
+    With ``creates_root=False`` (down, destroy) a sandbox that does not exist is left uncreated."""
+    if method is None:
+        return functools.partial(exclusive, creates_root=creates_root)
+
     @functools.wraps(method)
     def locked(self: Sandbox, *args, **kwargs):
-        if self._lock_depth or (method.__name__ in ("down", "destroy") and not self.root.exists()):
+        if self._lock_depth or (not creates_root and not self.root.exists()):
             self._lock_depth += 1
             try:
                 return method(self, *args, **kwargs)
@@ -546,7 +550,7 @@ class Sandbox:
                 "restores": [{"name": n, "port": i["port"], "target_time": i.get("target_time")}
                              for n, i in self.state["restores"].items()]}
 
-    @exclusive
+    @exclusive(creates_root=False)
     def down(self) -> list[str]:
         """Stop every server of the sandbox (replica, standby, primary, restores); keep the data."""
         stopped = []
@@ -564,7 +568,7 @@ class Sandbox:
                 stopped.append(name)
         return stopped
 
-    @exclusive
+    @exclusive(creates_root=False)
     def destroy(self) -> bool:
         """Stop everything and remove the sandbox folder; False when there was nothing."""
         if not self.root.exists():
@@ -646,17 +650,6 @@ class Sandbox:
             return False
         conf = self.node(REPLICA).data / "node.conf"
         return self.role(REPLICA) == "promoted" or (conf.exists() and "primary_conninfo = ''" in conf.read_text())
-
-    def replica_lag_bytes(self) -> int | None:
-        """WAL the replica has not replayed yet (primary's current LSN minus the replica's replay LSN)."""
-        try:
-            with self.primary().connect(self.admin_user) as conn:
-                current = conn.execute("SELECT pg_catalog.pg_current_wal_lsn()").fetchone()[0]
-            with self.node(REPLICA).connect(self.admin_user) as conn:
-                return int(conn.execute("SELECT pg_catalog.pg_wal_lsn_diff(%s, pg_catalog.pg_last_wal_replay_lsn())",
-                                        (current,)).fetchone()[0])
-        except SandboxError:
-            return None
 
     @exclusive
     def stall_replica(self) -> None:

@@ -47,7 +47,7 @@ class AzureTarget:
         self.subscription = subscription
         self.rg = env.azure.resource_group
         self.timeout = timeout
-        self.poll_seconds = 15.0  # how often a runbook may re-read state while it waits (ARM rate limits)
+        self.poll_seconds = 15.0  # ARM reads are rate-limited
         self.reconciler = Reconciler(clients, admin_password, timeout, teams_webhook)
         self._admin_password = admin_password
         # Where a server's data plane answers, by server name (None: its FQDN). The Azure tests
@@ -155,13 +155,17 @@ class AzureTarget:
         pg = self.clients.postgres
         return self._call("read server", name, lambda: pg.servers.get(self.rg, name))
 
-    def _replica_server(self):
+    def _find_server(self, name: str):
+        """The server, or None when it does not exist."""
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return self.clients.postgres.servers.get(self.rg, self.env.replica.name)
+            return self.clients.postgres.servers.get(self.rg, name)
         except ResourceNotFoundError:
             return None
+
+    def _replica_server(self):
+        return self._find_server(self.env.replica.name)
 
     @staticmethod
     def _is_replica(server) -> bool:
@@ -209,13 +213,9 @@ class AzureTarget:
     def delete_server(self, name: str) -> Change:
         if name in (self.env.server.name, self.env.replica.name):
             raise TargetError(f"{name} is part of the production topology; pcdb deletes only throw-away servers")
-        from azure.core.exceptions import ResourceNotFoundError
-
-        pg = self.clients.postgres
-        try:
-            pg.servers.get(self.rg, name)
-        except ResourceNotFoundError:
+        if self._find_server(name) is None:
             return Change("server", name, "unchanged", notes=("does not exist",))
+        pg = self.clients.postgres
         self._call("delete", name, lambda: pg.servers.begin_delete(self.rg, name))
         return Change("server", name, "deleted")
 
@@ -380,8 +380,7 @@ class AzureTarget:
     def backup_status(self) -> BackupStatus:
         """Backup facts from the server (retention, geo) and its backups list (R-BAK-1/2).
         Azure manages WAL and backup files itself: their integrity is proved by the restore test."""
-        pg = self.clients.postgres
-        server = self._call("read server", self.env.server.name, lambda: pg.servers.get(self.rg, self.env.server.name))
+        server = self._server(self.env.server.name)
         backups = self.list_backups()
         latest = backups[-1] if backups else None
         settings = server.backup

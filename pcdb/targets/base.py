@@ -106,6 +106,7 @@ class Target(Protocol):
     """What a runbook may ask of an environment (see ARCHITECTURE "The target port")."""
 
     env: Environment
+    poll_seconds: float  # how often a runbook may re-read state while it waits
 
     def ensure_resource_group(self) -> Change: ...
     def ensure_network(self) -> Change: ...

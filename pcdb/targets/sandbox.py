@@ -40,6 +40,8 @@ def _sharedir(bindir: Path) -> Path:
 class SandboxTarget:
     """Implements :class:`~pcdb.targets.base.Target` on :class:`~pcdb.sandbox.Sandbox`."""
 
+    poll_seconds = 0.2  # local servers answer in milliseconds
+
     def __init__(self, env: Environment, sandbox: Sandbox | None = None):
         self.env = env
         self.sandbox = sandbox or Sandbox(env)

@@ -51,8 +51,8 @@ class SandboxArm(FakeArm):
     def send(self, request, **kwargs):
         path = urlparse(request.url).path
         match = SERVER.search(path.lower())
-        if match and request.method == "GET":
-            self._refresh()
+        if match and request.method == "GET" and match["sub"] in (None, "backups"):
+            self._refresh()  # what a server is; its configurations and databases are ARM's own
         elif match and request.method in ("PUT", "PATCH", "POST", "DELETE"):
             name = next(p for p in path.split("/") if p.lower() == match["name"])
             if any(fragment in path for fragment in self.fail):
