@@ -233,8 +233,108 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (10, 100, 1000
             "the total adds amcheck (heap + btree) and the per-table fingerprints on both sides"}
 
 
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> float:
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "pcdb.cli", *args], env=env, cwd=cwd, capture_output=True,
+                            text=True, timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(f"pcdb {' '.join(args)} failed: {result.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def service_verify(rounds: int) -> dict:
+    """`pcdb verify-backups` end to end (a CLI process each), against the persistent server
+    versus Prefect's temporary server (started by each process), side by side on one sandbox."""
+    import os
+    import tempfile
+
+    from pcdb.context import RunbookContext
+    from pcdb.install import run_directly
+    from pcdb.sandbox.engine import _free_port
+    from tests.conftest import destroy_all, new_target
+
+    target = new_target()
+    folder = target.env_path.parent
+    port = _free_port(set())
+    spec = folder / "bench.yaml"
+    spec.write_text(target.env_path.read_text().replace("name: test", "name: bench") +
+                    f"orchestrator:\n  home: {folder / 'orch'}\n  port: {port}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PCDB_ORCHESTRATOR"))}
+    env |= {"PREFECT_HOME": tempfile.mkdtemp(prefix="pcdb-bench-prefect-"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    timings: dict[str, list[float]] = {"temporary_server": [], "persistent_server": []}
+    try:
+        run_directly(RunbookContext(target.env, target), phases=[1, 2, 3, 4, 5, 6])
+        _cli(["verify-backups", "--env", str(spec)], env, folder)  # the temporary server's first migration
+        up = _cli(["server", "up", "--env", str(spec)], env, folder)
+        for _ in range(rounds):
+            _cli(["server", "down", "--env", str(spec)], env, folder)
+            timings["temporary_server"].append(_cli(["verify-backups", "--env", str(spec)], env, folder))
+            _cli(["server", "up", "--env", str(spec)], env, folder)
+            timings["persistent_server"].append(_cli(["verify-backups", "--env", str(spec)], env, folder))
+    finally:
+        _cli(["server", "down", "--env", str(spec)], env, folder)
+        destroy_all()
+    med = {k: statistics.median(v) for k, v in timings.items()}
+    return {"median_seconds": med, "all_seconds": timings, "first_server_up_seconds": up,
+            "saved_per_run_seconds": med["temporary_server"] - med["persistent_server"],
+            "note": "each figure is a whole `pcdb verify-backups` process (Python start, imports, the flow, its "
+                    "ledger row); the temporary server is started and stopped by that process"}
+
+
+def first_up(rounds: int) -> dict:  # noqa: ARG001 - one fresh clone is the measurement
+    """The first `./dev up` on a fresh clone with a fresh HOME: wall time, and each step of it
+    (setup: venv and pip; the server and worker; the install through its deployment; status)."""
+    import os
+    import subprocess
+    import tempfile
+
+    from pcdb.sandbox.engine import _free_port
+
+    work = Path(tempfile.mkdtemp(prefix="pcdb-first-up-", dir="/tmp"))
+    os.chmod(work, 0o755)
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run(["git", "clone", "-q", str(repo), str(work / "pcdb")], check=True)
+    clone = work / "pcdb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PCDB_", "VIRTUAL_ENV"))}
+    env |= {"HOME": str(work / "home"), "PCDB_SANDBOX_ROOT": str(work / "sandbox"),
+            "PCDB_ORCHESTRATOR_HOME": str(work / "orchestrator"), "PCDB_PREFECT_PORT": str(_free_port(set()))}
+    (work / "home").mkdir()
+    steps = [("setup (venv, pip install, PostgreSQL check)", ["./dev", "setup"]),
+             ("pcdb server up (server start with its first migration, pool, deployments, automations, worker)",
+              [".venv/bin/pcdb", "server", "up", "--env", "local"]),
+             ("pcdb install --deployed (the whole install on the worker)",
+              [".venv/bin/pcdb", "install", "--env", "local", "--deployed"]),
+             ("pcdb sandbox status + server status", ["sh", "-c", ".venv/bin/pcdb sandbox status --env local && "
+                                                      ".venv/bin/pcdb server status --env local"])]
+    figures = {}
+    try:
+        for label, cmd in steps:
+            start = time.perf_counter()
+            result = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=1800)
+            figures[label] = round(time.perf_counter() - start, 2)
+            if result.returncode != 0:
+                raise RuntimeError(f"{label} failed: {result.stderr[-2000:]}")
+        whole_start = time.perf_counter()
+        again = subprocess.run(["./dev", "up"], cwd=clone, env=env, capture_output=True, text=True, timeout=1800)
+        second = time.perf_counter() - whole_start
+        if again.returncode != 0:
+            raise RuntimeError(f"second ./dev up failed: {again.stderr[-2000:]}")
+    finally:
+        subprocess.run(["./dev", "down"], cwd=clone, env=env, capture_output=True, timeout=600)
+        subprocess.run([str(clone / ".venv/bin/pcdb"), "sandbox", "destroy", "--env", "local", "--yes"], cwd=clone,
+                       env=env, capture_output=True, timeout=600)
+    return {"first_up_seconds": round(sum(figures.values()), 2), "steps_seconds": figures,
+            "second_up_seconds": round(second, 2),
+            "note": "fresh `git clone` of this repository and a fresh HOME; the PostgreSQL packages were already "
+                    "installed on this machine (on a bare Debian 12, apt adds about a minute, see README)"}
+
+
 BENCHMARKS = {"sandbox": sandbox_lifecycle, "install": install_overhead, "zone-drills": zone_drills,
-              "drill-overhead": drill_overhead, "restore-by-size": restore_test_by_size}
+              "drill-overhead": drill_overhead, "restore-by-size": restore_test_by_size,
+              "service-verify": service_verify, "first-up": first_up}
 
 
 def main() -> None:

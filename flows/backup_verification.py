@@ -12,6 +12,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
+from flows.evidence import HOOKS, evidence
+from flows.exclusion import mutating_slot
 from flows.install import runbook_context
 from flows.notify import notify
 from pcdb.config import load_environment
@@ -21,20 +23,29 @@ from tasks.backups import daily_checks, restore_test
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
-@flow(name="backup-verification")
-def verify_backups(env: str = "local", spec_path: str | None = None, restore: bool | None = None) -> dict:
+@flow(name="backup-verification", **HOOKS)
+def verify_backups(env: str = "local", spec_path: str | None = None, restore: bool | None = None,
+                   wait_seconds: float = 1800) -> dict:
     """Verify the backups of an environment; fail (and notify) when any check fails.
 
     Args:
         env: environment name.
         spec_path: a spec file instead of the named environment.
         restore: run the restore test; default: only on the spec's restore-test weekday.
+        wait_seconds: how long to wait for a drill or other mutating runbook on the same
+            environment to finish before failing (a scheduled run waits rather than fails).
     """
     spec = load_environment(spec_path or env)
     ctx = runbook_context(spec)
     if restore is None:
         today = datetime.now(ZoneInfo(spec.service.timezone)).weekday()
         restore = WEEKDAYS[today] == spec.backup.verification.restore_test_weekday
+    with evidence(spec, ctx, "backup-verification") as ev, mutating_slot(spec.name, "backup verification",
+                                                                                   wait_seconds):
+        return _verify(spec, ctx, restore, ev)
+
+
+def _verify(spec, ctx, restore: bool, ev) -> dict:
     results, summary = daily_checks(quote(ctx))
     outcome = dict(summary)
     if restore:
@@ -49,6 +60,12 @@ def verify_backups(env: str = "local", spec_path: str | None = None, restore: bo
     path.write_text(text)
     create_markdown_artifact(text, key=f"backup-verification-{spec.name}", description=f"report ({path})")
     outcome["report"] = str(path)
+    ev.report = str(path)
+    ev.figures = {"checks": {"passed": sum(r.passed for r in results), "total": len(results)},
+                  "failed": failed, "restore_test": restore}
+    if restore:
+        ev.figures |= {"restore_seconds": outcome["restore_test"]["seconds"],
+                       "restore_passed": outcome["restore_test"]["passed"]}
     if failed:
         notify(spec, "critical", f"pcdb backup verification FAILED on {spec.name}",
                f"Run {flow_run.get_id()}: failed checks: {', '.join(failed)}. Report: {path}")

@@ -8,20 +8,18 @@ file) gives target vs measured RTO/RPO and a timeline.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, get_client
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.utilities.annotations import quote
 
+from flows.evidence import HOOKS, evidence
+from flows.exclusion import mutating_slot
 from flows.install import runbook_context
 from flows.notify import notify
 from pcdb.config import Environment, load_environment
@@ -44,18 +42,7 @@ class StepConfirmation(RunInput):
     confirmed_by: str
 
 
-def ensure_mutating_limit(env: str) -> str:
-    """The per-environment limit of one drill or mutating runbook at a time (created once)."""
-    name = f"pcdb-{env}-mutating"
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    return name
-
-
-@flow(name="dr-drill")
+@flow(name="dr-drill", **HOOKS)
 def dr_drill(scenario: Literal["zone", "region", "corruption"], env: str = "local", spec_path: str | None = None,
              mode: Literal["planned", "forced"] = "forced", confirm: bool = False, yes: bool = False,
              stall_replica: bool = False, wait_seconds: float = 0) -> dict:
@@ -75,14 +62,12 @@ def dr_drill(scenario: Literal["zone", "region", "corruption"], env: str = "loca
     if yes and spec.production:
         raise PcdbError("approvals by flag are for the sandbox only; production drills wait for a person")
     ctx = runbook_context(spec)
-    limit = ensure_mutating_limit(spec.name)
-    with ExitStack() as slot:
-        try:
-            slot.enter_context(concurrency(limit, occupy=1, timeout_seconds=wait_seconds or 0.5, strict=True))
-        except TimeoutError:
-            raise PcdbError(f"another drill or mutating runbook is running on {spec.name}; wait for it "
-                            f"to finish, or pass wait_seconds (limit {limit})") from None
-        return _run(scenario, spec, ctx, mode, yes, stall_replica)
+    with evidence(spec, ctx, "dr-drill") as ev, mutating_slot(spec.name, f"{scenario} drill", wait_seconds):
+        result = _run(scenario, spec, ctx, mode, yes, stall_replica)
+        ev.report = result["report"]
+        ev.figures = {k: result[k] for k in ("scenario", "mode", "rto_seconds", "rpo_rows_lost", "rpo_seconds",
+                                              "rows_in_doubt", "rows_acknowledged", "met", "topology_restored")}
+        return result
 
 
 def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, yes: bool, stall: bool) -> dict:

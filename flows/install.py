@@ -8,6 +8,7 @@ through 1..N-1 without changes and continues at N. Production waits for the §13
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.utilities.annotations import quote
 
+from flows.evidence import HOOKS, Evidence, _spec_of, evidence
 from flows.notify import notify
 from pcdb import report, security
 from pcdb.changes import Change
@@ -92,25 +94,12 @@ def runbook_context(spec: Environment, **client_options) -> RunbookContext:
     return ctx
 
 
-def _env_of(parameters: dict) -> Environment | None:
-    try:
-        return load_environment(parameters.get("spec_path") or parameters.get("env") or "local")
-    except PcdbError:
-        return None
-
-
-def _on_failure(flow, run, state) -> None:  # noqa: ARG001 - Prefect's hook signature
-    env = _env_of(run.parameters)
-    if env is not None:
-        notify(env, "critical", f"pcdb install FAILED on {env.name}",
-               f"Install run {run.name} ({run.id}) on {env.name} failed: {state.message}")
-
-
-def _on_completion(flow, run, state) -> None:  # noqa: ARG001
-    env = _env_of(run.parameters)
-    if env is not None:
-        notify(env, "info", f"pcdb install finished on {env.name}",
-               f"Install run {run.name} ({run.id}) on {env.name} completed: {state.message or 'all phases done'}")
+def _on_completion(flow, flow_run, state) -> None:  # noqa: ARG001 - Prefect's hook signature
+    run = flow_run
+    spec = _spec_of(run.parameters)
+    if spec is not None and not (run.parameters or {}).get("dry_run"):
+        notify(spec, "info", f"pcdb install finished on {spec.name}",
+               f"Install run {run.name} ({run.id}) on {spec.name} completed: {state.message or 'all phases done'}")
 
 
 def _phase_flow(phase: PhaseSpec, ctx: RunbookContext):
@@ -165,7 +154,7 @@ def _approval_gate(env: Environment, plan: list[Change]) -> dict:
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-@flow(name="install", on_failure=[_on_failure], on_completion=[_on_completion])
+@flow(name="install", on_completion=[_on_completion], **HOOKS)
 def install(env: str = "local", spec_path: str | None = None, phases: list[int] | None = None,
             dry_run: bool = False) -> dict:
     """Install the Product-Change database as the environment spec says (Phases 1-8).
@@ -180,49 +169,76 @@ def install(env: str = "local", spec_path: str | None = None, phases: list[int] 
     selected = sorted(set(phases or range(1, 9)))
     if not set(selected) <= set(range(1, 9)):
         raise PcdbError(f"phases must be between 1 and 8, got {selected}")
-    return run_install(runbook_context(spec), selected, dry_run)
+    ctx = runbook_context(spec)
+    with evidence(spec, ctx, "install") as ev:
+        return run_install(ctx, selected, dry_run, ev)
 
 
-def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False) -> dict:
+def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False, ev: Evidence | None = None) -> dict:
     """The body of the install flow, for a prepared context (the Azure tests give theirs an
-    in-process ARM transport); call it inside a flow."""
+    in-process ARM transport); call it inside a flow. ``ev`` receives the report and figures
+    for the run ledger as soon as they exist (a failed verification still has its report)."""
+    ev = ev or Evidence()
+    ev.figures["dry_run"] = dry_run
     logger = get_run_logger()
     spec, target = ctx.env, ctx.target
     plan = target.plan()
     if dry_run:
         create_table_artifact([c.as_dict() for c in plan], key=f"install-plan-{spec.name}",
                               description="dry run: what the install would change")
-        return {"dry_run": True, "plan": [c.as_dict() for c in plan]}
+        return {"status": "dry-run", "dry_run": True, "phases": [], "report": None,
+                "plan": [c.as_dict() for c in plan]}
     approval = _approval_gate(spec, plan) if spec.install.approval.required else None
     progress = create_progress_artifact(0.0, key=f"install-progress-{spec.name}",
                                         description="install progress across phases")
     results: dict[int, list] = {}
+    seconds: dict[int, float] = {}
     # Subflows skip the run heartbeat (a 1 s wait each at their end); the install's own
     # heartbeat still tells the server this run is alive.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         for done, number in enumerate(n for n in selected if n != 8):
             phase = next(p for p in RUNBOOK_PHASES if p.number == number)
+            started = time.monotonic()
             results[number] = _phase_flow(phase, ctx)()
+            seconds[number] = time.monotonic() - started
             update_progress_artifact(progress, 100.0 * (done + 1) / len(selected))
         report_path = None
         if 8 in selected:
+            started = time.monotonic()
             report_path = handover(spec, ctx, results, approval, str(flow_run.get_id()))
+            seconds[8] = time.monotonic() - started
             update_progress_artifact(progress, 100.0)
-    summary = {n: _summary(items) for n, items in results.items()}
-    logger.info("install of %s finished: %s", spec.name, summary)
-    failed = [i.name for items in results.values() for i in items if isinstance(i, CheckResult) and not i.passed]
+            results[8] = []
+            ev.report = str(report_path)
+    phases = [_phase_outcome(number, results[number], seconds[number]) for number in results]
+    ev.figures["phases"] = phases
+    logger.info("install of %s finished: %s", spec.name, {p["number"]: p["summary"] for p in phases})
+    checks = [i for items in results.values() for i in items if isinstance(i, CheckResult)]
+    failed = [c.name for c in checks if not c.passed]
+    if checks:
+        ev.figures["checks"] = {"passed": len(checks) - len(failed), "total": len(checks)}
     if failed:
         raise PcdbError(f"verification failed: {', '.join(failed)}; see the handover report {report_path}")
-    return {"phases": summary, "report": str(report_path) if report_path else None, "approval": approval}
+    return {"status": "completed", "phases": phases, "report": str(report_path) if report_path else None,
+            "checks": {"passed": sum(c.passed for c in checks), "total": len(checks)} if checks else None,
+            "approval": approval}
 
 
-def _summary(items: list) -> str:
-    changes = [i for i in items if isinstance(i, Change)]
+def _phase_outcome(number: int, items: list, seconds: float) -> dict:
+    """One phase for the CLI's JSON: number, name, state, changes, seconds (and a summary line)."""
+    changed = [i for i in items if isinstance(i, Change) and i.changed]
     checks = [i for i in items if isinstance(i, CheckResult)]
     if checks:
-        return f"{sum(c.passed for c in checks)}/{len(checks)} checks passed"
-    changed = [c for c in changes if c.changed]
-    return "unchanged" if not changed else f"{len(changed)} changed"
+        passed = sum(c.passed for c in checks)
+        state, summary = ("passed" if passed == len(checks) else "failed"), f"{passed}/{len(checks)} checks passed"
+    elif number == 8:
+        state, summary = "written", "handover report written"
+    else:
+        state = "changed" if changed else "unchanged"
+        summary = f"{len(changed)} changed" if changed else "unchanged"
+    name = next(p.title for p in ALL_PHASES if p.number == number)
+    return {"number": number, "name": name, "state": state, "changes": len(changed),
+            "seconds": round(seconds, 3), "summary": summary}
 
 
 def handover(spec: Environment, ctx: RunbookContext, results: dict[int, list], approval: dict | None,

@@ -7,7 +7,10 @@ message and exit 1; they never show a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 from collections.abc import Callable
 from functools import wraps
 from typing import Annotated, Any
@@ -19,6 +22,8 @@ from rich.table import Table
 from pcdb.changes import Change
 from pcdb.config import Environment, load_environment
 from pcdb.errors import PcdbError
+from pcdb.orchestrator import Orchestrator, ServerConfig, server_config
+from pcdb.units import UnitError, parse_duration
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Product-Change database runbooks (Azure or the local sandbox).")
@@ -26,11 +31,16 @@ sandbox_app = typer.Typer(no_args_is_help=True, help="The local sandbox of real 
 config_app = typer.Typer(no_args_is_help=True, help="Environment specs.")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(config_app, name="config")
+server_app = typer.Typer(no_args_is_help=True, help="The persistent Prefect server, its UI, workers and deployments.")
+app.add_typer(server_app, name="server")
+history_app = typer.Typer(invoke_without_command=True, help="The run ledger: every runbook run, hash-chained.")
+app.add_typer(history_app, name="history")
 
 out = Console()
 err = Console(stderr=True)
 
 EnvOption = Annotated[str, typer.Option("--env", "-e", help="environment name (deployments/NAME.yaml) or a spec path")]
+EnvsOption = Annotated[list[str], typer.Option("--env", "-e", help="environment name or spec path; repeat for a fleet")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
@@ -55,9 +65,57 @@ def _sandbox_target(env_name: str):
     return SandboxTarget(env)
 
 
+def _use_orchestrator(spec: Environment) -> ServerConfig | None:
+    """Point Prefect at the environment's persistent server when it is up (call before any
+    prefect import); otherwise Prefect starts its temporary server, with a start-up timeout a
+    fresh 2-core machine needs (its first SQLite migration alone can take more than 20 s)."""
+    config = server_config(spec)
+    if os.environ.get("PREFECT_API_URL"):
+        return config if os.environ["PREFECT_API_URL"].rstrip("/") == config.url else None
+    if Orchestrator(config).is_up():
+        os.environ["PREFECT_API_URL"] = config.url
+        # A server that dies mid-run is reported within seconds, not after Prefect's five
+        # retries per call (about a minute each); a restart blip of a few seconds still passes.
+        os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "3")
+        return config
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return None
+
+
+def _server_lost(config: ServerConfig | None, spec_arg: str) -> PcdbError | None:
+    """The persistent server stopped answering while a run was going on: say so, and how to go on."""
+    if config is None or Orchestrator(config).healthy():
+        return None
+    return PcdbError(f"the Prefect server at {config.url} stopped answering during the run; start it again "
+                     f"(`pcdb server up --env {spec_arg}`) and run the same command again: every step is "
+                     "idempotent, the next run finishes what this one left")
+
+
+def _run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: str):
+    """Call a flow (return_state=True), print its UI link, and turn a lost server into one line."""
+    try:
+        state = call()
+    except Exception as exc:
+        lost = _server_lost(config, spec_arg)
+        if lost is not None:
+            raise lost from None
+        if isinstance(exc, PcdbError):
+            raise
+        raise PcdbError(f"the run could not be completed: {type(exc).__name__}: {exc}") from None
+    run_id = state.state_details.flow_run_id
+    if config is not None and run_id:
+        err.print(f"run: {config.run_url(run_id)}", highlight=False, soft_wrap=True)
+    if state.is_failed() or state.is_crashed():
+        lost = _server_lost(config, spec_arg)
+        if lost is not None:
+            raise lost
+    return state
+
+
 def _flow_result(state, failure: str):
     """The flow's return value, or its failure message as a user error."""
-    if state.is_failed():
+    if state.is_failed() or state.is_crashed():
         raise PcdbError(state.message or failure)
     return state.result()
 
@@ -67,6 +125,10 @@ def _spec_args(env: str) -> dict[str, str | None]:
     if env.endswith((".yaml", ".yml")):
         return {"env": "local", "spec_path": env}
     return {"env": env, "spec_path": None}
+
+
+def _json_default(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def _print_changes(changes: list[Change], as_json: bool) -> None:
@@ -140,41 +202,123 @@ def sandbox_destroy(env: EnvOption = "local",
 def install_command(env: EnvOption = "local",
                     phases: Annotated[str | None, typer.Option(help="only these phases, e.g. 3,4,5")] = None,
                     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan, change nothing")] = False,
+                    deployed: Annotated[bool, typer.Option("--deployed", help="run through the environment's deployment on its worker (needs `pcdb server up`)")] = False,
                     as_json: JsonOption = False) -> None:
-    """Run the install runbook (Phases 1-8) as a Prefect flow and print each phase's outcome."""
-    load_environment(env)  # a bad spec fails here, before Prefect starts
-    selected = _phase_list(phases)
-    from flows.install import install  # the CLI is the one pcdb module that may import flows/
+    """Run the install runbook (Phases 1-8) as a Prefect flow and print each phase's outcome.
 
-    state = install(**_spec_args(env), phases=selected, dry_run=dry_run, return_state=True)
-    result = _flow_result(state, "the install failed; see the Prefect run for details")
+    --json prints {status, phases: [{number, name, state, changes, seconds}], report}."""
+    spec = load_environment(env)  # a bad spec fails here, before Prefect starts
+    selected = _phase_list(phases)
+    config = _use_orchestrator(spec)
+    if deployed:
+        result = _deployed_run(spec, env, config, "install", f"install-{spec.name}",
+                               {"phases": selected, "dry_run": dry_run})
+    else:
+        from flows.install import install  # the CLI is the one pcdb module that may import flows/
+
+        state = _run_flow(lambda: install(**_spec_args(env), phases=selected, dry_run=dry_run, return_state=True),
+                          config, env)
+        try:
+            result = _flow_result(state, "the install failed; see the Prefect run for details")
+        except PcdbError as exc:
+            if as_json:
+                print(json.dumps({"status": "failed", "error": str(exc), "phases": [], "report": None}, indent=2))
+            raise
     if as_json:
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps({k: v for k, v in result.items() if k != "plan" or dry_run}, indent=2, default=str))
         return
-    for number, outcome in (result.get("phases") or {}).items():
-        out.print(f"Phase {number}: {outcome}")
+    for phase in result.get("phases") or []:
+        out.print(f"Phase {phase['number']} · {phase['name']}: {phase['summary']} ({phase['seconds']:.1f}s)")
     if result.get("report"):
         out.print(f"handover report: {result['report']}")
     if result.get("dry_run"):
         _print_changes([Change(c["resource"], c["name"], c["action"]) for c in result["plan"]], False)
 
 
+def _deployed_run(spec: Environment, env_arg: str, config: ServerConfig | None, flow: str, deployment: str,
+                  parameters: dict) -> dict:
+    """Run through a deployment on the environment's worker and read its evidence from the ledger."""
+    if config is None:
+        raise PcdbError(f"--deployed runs on the environment's worker: start the server first "
+                        f"(`pcdb server up --env {env_arg}`)")
+    from flows import service
+
+    run_id = service.start_deployment_run(flow, deployment, parameters)
+    err.print(f"run: {config.run_url(run_id)}", highlight=False, soft_wrap=True)
+    state, message = service.wait_for_runs([run_id])[run_id]
+    row = _ledger_row(spec, run_id)
+    figures = (row or {}).get("figures") or {}
+    if state != "Completed":
+        raise PcdbError(f"{deployment} run {run_id} ended {state}: {message or 'see the run in the UI'}")
+    return {"status": "completed", "run_id": run_id, "phases": figures.get("phases", []),
+            "report": (row or {}).get("report_path"), "checks": figures.get("checks")}
+
+
+def _ledger_row(spec: Environment, run_id: str) -> dict | None:
+    from flows.install import runbook_context
+    from pcdb import ledger
+    from pcdb.schema import LEDGER_SCHEMA
+
+    try:
+        with runbook_context(spec).connect() as conn:
+            return ledger.row_of_run(conn, LEDGER_SCHEMA, run_id)
+    except Exception:  # noqa: BLE001 - no database yet (a dry run before the install): no row
+        return None
+
+
 @app.command("verify-backups")
 @user_errors
-def verify_backups_command(env: EnvOption = "local",
+def verify_backups_command(env: EnvsOption = ["local"],  # noqa: B006 - typer's list default
                            restore_test: Annotated[bool, typer.Option("--restore-test", help="also restore and prove the latest backup")] = False,
                            as_json: JsonOption = False) -> None:
-    """Run the backup-verification runbook (daily checks; with --restore-test a real restore)."""
-    load_environment(env)
+    """Run the backup-verification runbook (daily checks; with --restore-test a real restore).
+
+    Several --env: a fleet, verified in parallel through each environment's work pool."""
+    specs = [load_environment(e) for e in env]
+    config = _use_orchestrator(specs[0])
+    if len(specs) > 1:
+        _verify_fleet(specs, env, config, restore_test, as_json)
+        return
     from flows.backup_verification import verify_backups
 
-    state = verify_backups(**_spec_args(env), restore=restore_test, return_state=True)
+    state = _run_flow(lambda: verify_backups(**_spec_args(env[0]), restore=restore_test, return_state=True),
+                      config, env[0])
     result = _flow_result(state, "backup verification failed")
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
     for key, value in result.items():
         out.print(f"{key}: {value}")
+
+
+def _verify_fleet(specs: list[Environment], args: list[str], config: ServerConfig | None, restore: bool,
+                  as_json: bool) -> None:
+    if config is None:
+        raise PcdbError("a fleet is verified through the work pools of its environments: start the server "
+                        f"first (`pcdb server up {' '.join('--env ' + a for a in args)}`)")
+    if len({server_config(s) for s in specs}) > 1:
+        raise PcdbError("these environments report to different Prefect servers; verify them one by one")
+    from flows import service
+
+    name = "restore-test" if restore else "backup-verification"
+    runs = {service.start_deployment_run("backup-verification", f"{name}-{s.name}"): s for s in specs}
+    for run_id, s in runs.items():
+        err.print(f"{s.name}: {config.run_url(run_id)}", highlight=False, soft_wrap=True)
+    finished = service.wait_for_runs(list(runs))
+    outcome = {}
+    for run_id, (state, message) in finished.items():
+        spec = runs[run_id]
+        row = _ledger_row(spec, run_id) or {}
+        outcome[spec.name] = {"state": state, "run_id": run_id, "message": message,
+                              "report": row.get("report_path"), "figures": row.get("figures")}
+    if as_json:
+        print(json.dumps(outcome, indent=2, default=str))
+    else:
+        for name_, item in outcome.items():
+            out.print(f"{name_}: {item['state']} ({item['report'] or item['message']})")
+    failed = [n for n, item in outcome.items() if item["state"] != "Completed"]
+    if failed:
+        raise PcdbError(f"backup verification did not complete on {', '.join(failed)}")
 
 
 @app.command("drill")
@@ -191,11 +335,11 @@ def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | 
         raise PcdbError(f"unknown drill {scenario!r}: use zone, region or corruption")
     if mode not in ("planned", "forced"):
         raise PcdbError(f"--mode {mode!r}: use planned or forced")
-    load_environment(env)
+    config = _use_orchestrator(load_environment(env))
     from flows.dr_drill import dr_drill
 
-    state = dr_drill(scenario=scenario, **_spec_args(env), mode=mode, confirm=confirm, yes=yes,
-                     stall_replica=stall_replica, return_state=True)
+    state = _run_flow(lambda: dr_drill(scenario=scenario, **_spec_args(env), mode=mode, confirm=confirm, yes=yes,
+                                       stall_replica=stall_replica, return_state=True), config, env)
     result = _flow_result(state, "the drill failed")
     keys = ("scenario", "mode", "rto_seconds", "rpo_rows_lost", "rows_in_doubt", "target_rto_seconds",
             "target_rpo_seconds", "met", "topology_restored", "report")
@@ -251,6 +395,157 @@ def plan_command(env: EnvOption = "prod",
     out.print(", ".join(f"{n} to {a}" for a, n in counts.items() if n))
 
 
+def _one_server(specs: list[Environment]) -> ServerConfig:
+    configs = {server_config(s) for s in specs}
+    if len(configs) > 1:
+        raise PcdbError("these environments name different Prefect servers (orchestrator home/port); "
+                        "bring them up one at a time")
+    return configs.pop()
+
+
+@server_app.command("up")
+@user_errors
+def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:  # noqa: B006
+    """Start the Prefect server (UI included) and a worker per environment; register every
+    deployment and automation. Idempotent: a second call changes nothing and says so."""
+    specs = [load_environment(e) for e in env]
+    config = _one_server(specs)
+    orchestrator = Orchestrator(config)
+    changes = []
+    if config.managed_postgres:
+        from pcdb.sandbox.standalone import ensure_orchestrator_database
+
+        changes.append(ensure_orchestrator_database(config))
+    changes.append(orchestrator.up())
+    os.environ["PREFECT_API_URL"] = config.url  # before the first prefect import
+    from flows import service
+
+    worker_env = {k: v for k, v in os.environ.items() if k.startswith("PCDB_")}
+    worker_env["PREFECT_LOGGING_EXTRA_LOGGERS"] = "pcdb"
+    for spec, arg in zip(specs, env):
+        spec_path = arg if arg.endswith((".yaml", ".yml")) else None
+        changes.append(service.ensure_work_pool(spec.work_pool))
+        changes += service.register_deployments(spec, spec_path, Path.cwd())
+        changes += service.ensure_automations(spec)
+        changes.append(orchestrator.start_worker(spec.work_pool, worker_env, Path.cwd()))
+    for spec in specs:
+        service.wait_for_worker(spec.work_pool)
+    _print_changes(changes, as_json)
+    if not as_json:
+        out.print(f"Prefect UI: {config.ui_url}  (API {config.url}, {config.backend})")
+
+
+@server_app.command("status")
+@user_errors
+def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:  # noqa: B006
+    """The server, its work pools and workers, the deployments and their next scheduled runs.
+
+    --json prints {url, ui_url, backend, version, work_pools, workers, deployments:[{name,
+    schedule, next_runs}]}; exit status 3 when the server is not running."""
+    specs = [load_environment(e) for e in env]
+    config = _one_server(specs)
+    base = {"url": config.url, "ui_url": config.ui_url, "backend": config.backend, "up": False}
+    if not Orchestrator(config).is_up():
+        if as_json:
+            print(json.dumps(base, indent=2))
+        else:
+            err.print(f"the Prefect server is not running ({config.url}); start it with `pcdb server up`")
+        raise typer.Exit(3)
+    os.environ["PREFECT_API_URL"] = config.url
+    from flows import service
+
+    status = base | {"up": True} | service.service_status(specs)
+    if as_json:
+        print(json.dumps(status, indent=2, default=str))
+        return
+    out.print(f"Prefect {status['version']} at {config.ui_url} ({config.backend})")
+    for w in status["workers"]:
+        out.print(f"worker {w['name']} ({w['pool']}): {w['status']}")
+    table = Table("deployment", "schedule", "next runs")
+    for d in status["deployments"]:
+        table.add_row(d["name"], d["schedule"], "\n".join(d["next_runs"]) or "-")
+    out.print(table)
+
+
+@server_app.command("down")
+@user_errors
+def server_down(env: EnvsOption = ["local"]) -> None:  # noqa: B006
+    """Stop the workers and the server; history and deployments are kept for the next `up`."""
+    config = _one_server([load_environment(e) for e in env])
+    stopped = Orchestrator(config).down()
+    if config.managed_postgres:
+        from pcdb.sandbox.standalone import stop_orchestrator_database
+
+        stopped += stop_orchestrator_database(config)
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+SinceOption = Annotated[str, typer.Option("--since", help="how far back, e.g. 30d, 12h")]
+
+
+def _ledger_context(env: str):
+    spec = load_environment(env)
+    _use_orchestrator(spec)
+    from flows.install import runbook_context
+
+    return spec, runbook_context(spec)
+
+
+@history_app.callback()
+@user_errors
+def history(ctx: typer.Context, env: EnvOption = "local", since: SinceOption = "30d",
+            flow: Annotated[str | None, typer.Option("--flow", help="only runs of this flow, e.g. dr-drill")] = None,
+            as_json: JsonOption = False) -> None:
+    """List the runbook runs recorded in the ledger (newest first)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        window = parse_duration(since)
+    except UnitError as exc:
+        raise PcdbError(f"--since {since!r}: {exc}") from None
+    from pcdb import ledger
+    from pcdb.schema import LEDGER_SCHEMA
+
+    spec, run_ctx = _ledger_context(env)
+    with run_ctx.connect() as conn:
+        rows = ledger.rows(conn, LEDGER_SCHEMA, datetime.now(timezone.utc) - window, flow)
+    from flows.evidence import spool_for
+
+    pending = spool_for(spec).pending()
+    if as_json:
+        print(json.dumps({"runs": rows, "spooled": [p.as_json() for p in pending]}, indent=2,
+                         default=_json_default, ensure_ascii=False))
+        return
+    table = Table("#", "flow", "state", "triggered by", "ended", "figures", "report", title=f"runs of {spec.name}")
+    for r in rows:
+        table.add_row(str(r["seq"]), r["flow"], r["state"], r["triggered_by"],
+                      r["ended_at"].isoformat(timespec="seconds") if r["ended_at"] else "-",
+                      ledger.figures_line(r["figures"]), r["report_path"] or "-")
+    out.print(table)
+    if pending:
+        out.print(f"{len(pending)} run(s) waiting in {spool_for(spec).path} for the ledger (written by the next run)")
+
+
+@history_app.command("verify")
+@user_errors
+def history_verify(env: EnvOption = "local", as_json: JsonOption = False) -> None:
+    """Check the ledger's hash chain; name the first row that was edited, inserted or deleted."""
+    from pcdb import ledger
+    from pcdb.schema import LEDGER_SCHEMA
+
+    spec, run_ctx = _ledger_context(env)
+    with run_ctx.connect() as conn:
+        result = ledger.verify(conn, LEDGER_SCHEMA)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+    elif result.ok:
+        out.print(f"the ledger of {spec.name} is intact: {result.rows} row(s), chain verified")
+    if not result.ok:
+        broken = result.first_broken
+        raise PcdbError(f"the ledger of {spec.name} is broken at row {broken['seq']} (run {broken['run_id']}, "
+                        f"{broken['flow']}): {broken['reason']}")
+
+
 @config_app.command("check")
 @user_errors
 def config_check(env: EnvOption = "prod", as_json: JsonOption = False) -> None:
@@ -270,8 +565,11 @@ def config_check(env: EnvOption = "prod", as_json: JsonOption = False) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    import os
+    import logging
 
+    # Prefect's log shipper prints "--- Error logging to API ---" straight onto our output
+    # when the server is gone; the run's outcome is reported by us, once, in one line.
+    logging.raiseExceptions = False
     # pcdb's own loggers (e.g. pcdb.azure's progress of long-running operations) in the run logs.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pcdb")
     app()

@@ -221,12 +221,33 @@ class ActionGroup(Model):
     teams_webhook: SecretRef = Field(description="the Teams incoming-webhook URL holds a key: a secret")
 
 
+class EvidenceArchive(Model):
+    """Where run reports are kept write-once (a blob container with a time-based immutability
+    policy), so the audit trail outlives Prefect's history."""
+
+    storage_account: str = Field(pattern=r"^[a-z0-9]{3,24}$", description="globally unique, 3-24 lower-case letters and digits")
+    container: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$", description="3-63 lower-case letters, "
+                           "digits and single hyphens")
+    retention: Duration = Field(description="no report can be changed or deleted for this long after it is written")
+    redundancy: Literal["Standard_LRS", "Standard_ZRS", "Standard_GRS", "Standard_GZRS"] = "Standard_ZRS"
+
+    @model_validator(mode="after")
+    def _whole_days(self) -> EvidenceArchive:
+        if "--" in self.container:
+            raise ValueError(f"container {self.container!r}: Azure refuses two hyphens in a row")
+        days = self.retention.total_seconds() / 86400
+        if days != int(days) or not 1 <= days <= 146000:
+            raise ValueError(f"retention {self.retention}: Azure keeps immutability in whole days, 1 to 146000")
+        return self
+
+
 class Azure(Model):
     subscription_id: SecretRef
     resource_group: str
     log_analytics_workspace: str
     diagnostic_setting: DiagnosticSetting
     action_group: ActionGroup
+    evidence_archive: EvidenceArchive | None = None
 
 
 TablePrivilege = Literal["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "ALL"]
@@ -496,6 +517,26 @@ class SandboxSpec(Model):
     start_timeout: Duration = timedelta(seconds=60)
 
 
+RUNBOOKS = ("install", "backup-verification", "dr-drill")
+
+
+class OrchestratorSpec(Model):
+    """The Prefect server the runbooks report to (`pcdb server up`), and how long a run may last."""
+
+    home: str | None = Field(None, description="its database, logs and pid files; default /var/lib/pcdb/prefect "
+                                               "as root, ~/.local/state/pcdb/prefect otherwise")
+    host: str = Field("127.0.0.1", description="address the API and UI listen on")
+    port: int = Field(4200, gt=0, lt=65536)
+    database: Literal["sqlite", "sandbox-postgres"] = Field(
+        "sqlite", description="sqlite: a file in home (a laptop); sandbox-postgres: a small PostgreSQL cluster "
+                              "of its own under home (never the service database). "
+                              "$PREFECT_API_DATABASE_CONNECTION_URL names any other PostgreSQL")
+    run_limits: dict[Literal["install", "backup-verification", "dr-drill"], Duration] = Field(
+        default_factory=lambda: {"install": timedelta(hours=12), "backup-verification": timedelta(hours=5),
+                                 "dr-drill": timedelta(hours=6)},
+        description="a run Running longer than this is cancelled and reported (an automation)")
+
+
 class Environment(Model):
     """One environment: what the runbooks install and keep healthy."""
 
@@ -518,6 +559,12 @@ class Environment(Model):
     notifications: Notifications
     install: Install
     operations: Operations
+    orchestrator: OrchestratorSpec = OrchestratorSpec()
+
+    @property
+    def work_pool(self) -> str:
+        """The environment's work pool: one per environment, one worker polling it."""
+        return f"pcdb-{self.name}"
 
     @model_validator(mode="after")
     def _target_section(self) -> Environment:

@@ -64,8 +64,8 @@ class RunbookContext:
     def connect(self, user: str | None = None, password: str | None = None,
                 dbname: str | None = None) -> Iterator[psycopg.Connection]:
         user = user or self.env.server.admin.user
+        endpoint = self.target.endpoint("primary")  # first: no server, no password generated for it
         password = password if password is not None else self.admin_password()
-        endpoint = self.target.endpoint("primary")
         info = endpoint.conninfo(user, password, dbname=dbname)
         try:
             conn = psycopg.connect(info, autocommit=True)

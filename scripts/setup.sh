@@ -64,5 +64,22 @@ ensure_venv() {
   fi
 }
 
+ensure_azurite() {
+  # Microsoft's Azure Storage emulator (npm), for the test of the evidence archive's uploads: the
+  # tests fake only Azure's control plane, never a data plane. Installed into .venv/azurite.
+  local dir=.venv/azurite want="3.37.0"
+  [ "$(cat "$dir/.installed" 2>/dev/null)" = "$want" ] && return
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "setup: installing nodejs and npm (the Azure Storage emulator for the tests)" >&2
+    _sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  echo "setup: installing azurite $want into $dir" >&2
+  mkdir -p "$dir"
+  (cd "$dir" && npm install --silent --no-audit --no-fund --no-save "azurite@$want" >npm.log 2>&1) \
+    || { tail -5 "$dir/npm.log" >&2; echo "setup: npm install azurite failed" >&2; return 1; }
+  echo "$want" > "$dir/.installed"
+}
+
 ensure_postgres
 ensure_venv

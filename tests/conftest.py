@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import shutil
 import tempfile
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 # Prefect keeps its database and results under PREFECT_HOME: a folder of this test session only.
@@ -13,6 +16,8 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pcdb-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# The orchestrator's home (ledger spool, a persistent server's files): never the machine's own.
+os.environ["PCDB_ORCHESTRATOR_HOME"] = tempfile.mkdtemp(prefix="pcdb-orch-")
 
 import pytest
 
@@ -70,6 +75,7 @@ def _cleanup_every_sandbox():
     yield
     survivors = destroy_all()
     shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)
+    shutil.rmtree(os.environ["PCDB_ORCHESTRATOR_HOME"], ignore_errors=True)
     assert survivors == [], f"servers left running after the suite: {survivors}"
 
 
@@ -135,3 +141,36 @@ def paused_run_id(timeout: float = 60):
                 return runs[0].id
             time.sleep(0.2)
     raise AssertionError("no flow run paused for input")
+
+
+def phase_summaries(result: dict) -> dict[int, str]:
+    """The install result's phases as number -> summary ("unchanged", "14/14 checks passed")."""
+    return {p["number"]: p["summary"] for p in result["phases"]}
+
+
+class Receiver:
+    """A real local HTTP endpoint that records what notification blocks post to it."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, predicate, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in self.received if predicate(m)]
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no matching notification; received {self.received}")

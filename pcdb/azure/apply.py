@@ -61,7 +61,10 @@ def _parts(resource_id: str) -> list[str]:
 class Reconciler:
     """GET-compare-PUT for every desired resource; a second run makes no write call."""
 
-    DIAGNOSTICS_API = "2021-05-01-preview"
+    # Resources without an operations group of their own in our SDK clients: the generic
+    # resources API by id, with the resource provider's API version.
+    GENERIC_API = {"diagnostic_setting": "2021-05-01-preview", "storage_account": "2023-05-01",
+                   "blob_container": "2023-05-01", "immutability_policy": "2023-05-01"}
 
     def __init__(self, clients: AzureClients, admin_password: Callable[[], str], timeout: float = 3600,
                  teams_webhook: Callable[[], str] | None = None):
@@ -98,9 +101,10 @@ class Reconciler:
         if d.type == "resource_group":
             return (lambda: c.resource.resource_groups.get(rg),
                     lambda m: c.resource.resource_groups.create_or_update(rg, m))
-        if d.type == "diagnostic_setting":
-            return (lambda: c.resource.resources.get_by_id(d.id, api_version=self.DIAGNOSTICS_API),
-                    lambda m: c.resource.resources.begin_create_or_update_by_id(d.id, m, api_version=self.DIAGNOSTICS_API))
+        if d.type in self.GENERIC_API:
+            api = self.GENERIC_API[d.type]
+            return (lambda: c.resource.resources.get_by_id(d.id, api_version=api),
+                    lambda m: c.resource.resources.begin_create_or_update_by_id(d.id, m, api_version=api))
         if d.type not in self.OPERATIONS:
             raise TargetError(f"no Azure operation for resource type {d.type}")
         client, group, put = self.OPERATIONS[d.type]

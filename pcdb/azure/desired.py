@@ -155,7 +155,33 @@ def desired_resources(env: Environment, subscription: str = PLACEHOLDER_SUBSCRIP
                                    threshold=alert.threshold)]),
                                actions=[mon.MetricAlertAction(action_group_id=group_id)]), 6))
     out += _event_alerts(env, rg_id, server_id, group_id)
+    out += _evidence_archive(env, rg_id)
     return out
+
+
+def _evidence_archive(env: Environment, rg_id: str) -> list[Desired]:
+    """A storage account (Entra ID only, no public blobs, TLS 1.2+), a private container, and a
+    time-based immutability policy on it: a report can be added, never changed or deleted."""
+    from azure.mgmt.resource.resources import models as res
+
+    archive = env.azure.evidence_archive
+    if archive is None:
+        return []
+    account_id = f"{rg_id}/providers/Microsoft.Storage/storageAccounts/{archive.storage_account}"
+    container_id = f"{account_id}/blobServices/default/containers/{archive.container}"
+    return [
+        Desired("storage_account", archive.storage_account, account_id, res.GenericResource(
+            location=env.server.location, kind="StorageV2", sku=res.Sku(name=archive.redundancy),
+            properties={"minimumTlsVersion": "TLS1_2", "allowBlobPublicAccess": False,
+                        "allowSharedKeyAccess": False, "supportsHttpsTrafficOnly": True,
+                        "publicNetworkAccess": "Enabled"}), 6),
+        Desired("blob_container", archive.container, container_id, res.GenericResource(
+            properties={"publicAccess": "None"}), 6),
+        Desired("immutability_policy", f"{archive.container}/default", f"{container_id}/immutabilityPolicies/default",
+                res.GenericResource(properties={
+                    "immutabilityPeriodSinceCreationInDays": int(archive.retention.total_seconds() // 86400),
+                    "allowProtectedAppendWrites": False}), 6),
+    ]
 
 
 # The R-MON-4 rules Azure has no metric for: a failover is a Resource Health event of the server

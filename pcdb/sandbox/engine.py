@@ -772,6 +772,24 @@ class Sandbox:
             self.save()
         return removed
 
+    def archive_file(self, path: Path, sha256: str) -> str:
+        """Copy ``path`` into ``reports/<year>/`` of both backup stores, read-only (0444), named
+        ``<stem>.<sha256[:12]><suffix>``; an identical copy already there is left as it is."""
+        name = f"{path.stem}.{sha256[:12]}{path.suffix}"
+        year = datetime.now(timezone.utc).strftime("%Y")
+        placed = []
+        for store in self.backup_dirs:
+            folder = store / "reports" / year
+            folder.mkdir(parents=True, exist_ok=True)
+            dest = folder / name
+            if not dest.exists():
+                tmp = folder / f".{name}.tmp"
+                shutil.copyfile(path, tmp)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)
+            placed.append(dest)
+        return str(placed[0])
+
     def verify_backup(self, backup: Backup) -> tuple[bool, str]:
         """pg_verifybackup against the backup's manifest (checksums of every file, and its WAL)."""
         result = proc.run([str(self.bindir / "pg_verifybackup"), "-q", str(backup.path)], timeout=3600,

@@ -29,7 +29,7 @@ KINDS = {
     "replica": ("replica",),
     "access_rules": ("firewall_rule",),
     "monitoring": ("log_analytics_workspace", "diagnostic_setting", "action_group", "metric_alert",
-                   "activity_log_alert", "log_alert"),
+                   "activity_log_alert", "log_alert", "storage_account", "blob_container", "immutability_policy"),
 }
 
 
@@ -39,7 +39,8 @@ class AzureTarget:
     def __init__(self, env: Environment, clients: AzureClients, subscription: str,
                  admin_password: Callable[[], str], timeout: float = 3600,
                  endpoints: Callable[[str], Endpoint | None] | None = None,
-                 teams_webhook: Callable[[], str] | None = None):
+                 teams_webhook: Callable[[], str] | None = None, credential=None,
+                 blob_endpoint: str | None = None, blob_verify: str | bool = True):
         if env.azure is None:
             raise TargetError(f"environment {env.name!r} has no azure section")
         self.env = env
@@ -53,6 +54,11 @@ class AzureTarget:
         # Where a server's data plane answers, by server name (None: its FQDN). The Azure tests
         # map names to the sandbox servers that their ARM fake operates.
         self._endpoints = endpoints or (lambda name: None)
+        # The evidence archive's data plane: Entra ID tokens for Azure Storage from the same
+        # credential; the endpoint is the account's unless given (the tests' Azurite).
+        self._credential = credential
+        self._blob_endpoint = blob_endpoint
+        self._blob_verify = blob_verify
 
     # -- reconciliation -----------------------------------------------------------------
 
@@ -369,6 +375,43 @@ class AzureTarget:
         conn = self.env.server.connection
         return Endpoint(FQDN.format(name=name), conn.port, self.env.service.database, conn.sslmode,
                         sslrootcert=conn.ca_bundle, connect_timeout=int(conn.connect_timeout.total_seconds()))
+
+    def archive_report(self, path, sha256: str) -> str | None:
+        """Upload the report into the evidence container (immutability policy: it can never be
+        changed or deleted within the retention), as ``<env>/<year>/<stem>.<sha256[:12]><suffix>``
+        with its SHA-256 as metadata; a blob of that name already there is the same report."""
+        archive = self.env.azure.evidence_archive
+        if archive is None or self._credential is None:
+            return None
+        import base64
+        import hashlib
+
+        from azure.core import PipelineClient
+        from azure.core.pipeline.policies import BearerTokenCredentialPolicy, RetryPolicy
+        from azure.core.rest import HttpRequest
+
+        base = (self._blob_endpoint or f"https://{archive.storage_account}.blob.core.windows.net").rstrip("/")
+        year = datetime.now(timezone.utc).strftime("%Y")
+        url = f"{base}/{archive.container}/{self.env.name}/{year}/{path.stem}.{sha256[:12]}{path.suffix}"
+        data = path.read_bytes()
+        request = HttpRequest("PUT", url, content=data, headers={
+            "x-ms-version": "2023-11-03", "x-ms-blob-type": "BlockBlob", "If-None-Match": "*",
+            "Content-Type": "text/markdown; charset=utf-8", "x-ms-meta-sha256": sha256,
+            "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()})  # noqa: S324 - transfer check
+        policies = [RetryPolicy(), BearerTokenCredentialPolicy(self._credential, "https://storage.azure.com/.default")]
+        with PipelineClient(base, policies=policies) as client:
+            try:
+                reply = client.send_request(request, connection_verify=self._blob_verify)
+            except Exception as exc:  # noqa: BLE001 - the transport's errors, translated once here
+                raise TargetError(f"could not archive {path.name} into {archive.storage_account}/"
+                                  f"{archive.container}: {exc}") from exc
+        if reply.status_code == 409 and "BlobAlreadyExists" in reply.text():
+            return url
+        if reply.status_code >= 300:
+            raise TargetError(f"archiving {path.name} into {archive.storage_account}/{archive.container} failed: "
+                              f"HTTP {reply.status_code} {reply.text()[:300]}; the identity needs the Storage Blob "
+                              "Data Contributor role on the container")
+        return url
 
     def admin_password(self) -> str:
         return self._admin_password()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import psycopg
@@ -138,3 +139,7 @@ class Target(Protocol):
     def metrics(self) -> MetricsSample: ...
     def endpoint(self, which: Literal["primary", "replica", "application"] = "primary") -> Endpoint: ...
     def admin_password(self) -> str: ...
+    def archive_report(self, path: Path, sha256: str) -> str | None:
+        """Copy a run's report to durable, write-once storage; return where it went (or None
+        when this target has no archive yet)."""
+        ...

@@ -35,6 +35,8 @@ def make_target(env: Environment, secret: Callable[[SecretRef, str], str] | None
     subscription = secret(env.azure.subscription_id, "azure-subscription")
     credential = client_options.pop("credential", None) or DefaultAzureCredential()
     endpoints = client_options.pop("endpoints", None)
+    blob = {k: client_options.pop(k) for k in ("blob_endpoint", "blob_verify") if k in client_options}
     clients = make_clients(credential, subscription, **client_options)
     return AzureTarget(env, clients, subscription, lambda: secret(env.server.admin.password, env.server.admin.user),
-                       endpoints=endpoints, teams_webhook=lambda: secret(env.azure.action_group.teams_webhook, "teams-webhook"))
+                       endpoints=endpoints, teams_webhook=lambda: secret(env.azure.action_group.teams_webhook, "teams-webhook"),
+                       credential=credential, **blob)

@@ -375,3 +375,8 @@ class SandboxTarget:
 
     def admin_password(self) -> str:
         return self.sandbox.password(self.admin)
+
+    def archive_report(self, path: Path, sha256: str) -> str | None:
+        """The report, read-only, into the backup store and its geo copy (reports/<year>/), named
+        with its hash so a later report never overwrites an earlier one."""
+        return self.sandbox.archive_file(path, sha256)

@@ -19,7 +19,7 @@ from pcdb.context import RunbookContext
 from pcdb.targets.factory import make_target
 from tests.azure.fake_arm import FakeCredential
 from tests.azure.sandbox_arm import SandboxArm
-from tests.conftest import new_sandbox_root, new_target, paused_run_id
+from tests.conftest import new_sandbox_root, new_target, paused_run_id, phase_summaries
 
 pytestmark = pytest.mark.integration
 ROLE_SECRETS = {"pcdb-prod-app-password": "App-Test-Passw0rd!1", "pcdb-prod-readonly-password": "Read-Test-Passw0rd!2",
@@ -42,7 +42,9 @@ def azure(prefect_harness):
     folder = new_sandbox_root()
     spec = folder / "prod-on-fake.yaml"
     spec.write_text(f"extends: prod\nproduction: false\nreports_dir: {folder / 'reports'}\n"
-                    "install:\n  approval:\n    required: false\n")
+                    "install:\n  approval:\n    required: false\n"
+                    # the evidence uploads are tested against Azurite (test_evidence_archive.py)
+                    "azure:\n  evidence_archive: null\n")
     arm = SandboxArm(servers, load_environment(spec))
 
     def context(env) -> RunbookContext:
@@ -78,7 +80,7 @@ def on_azure(azure):
 
 def test_the_whole_install_against_the_prod_spec_then_a_second_run_writes_nothing(on_azure):
     _, arm, _, first = on_azure
-    phases = first.result()["phases"]
+    phases = phase_summaries(first.result())
     assert all(phases[n] != "unchanged" for n in (1, 2, 3, 4, 5, 6))
     assert phases[7] == "14/14 checks passed"  # the failover and PITR checks ran through ARM on real servers
     assert "failover planned" in arm.operations_run and "restore phonebill-postgresql-prod-verify-pitr" in arm.operations_run
@@ -97,7 +99,7 @@ def test_the_whole_install_against_the_prod_spec_then_a_second_run_writes_nothin
     writes = len(arm.writes)
     second = install(on_azure[:3])
     assert second.is_completed(), second.message
-    assert [second.result()["phases"][n] for n in range(1, 7)] == ["unchanged"] * 6
+    assert [phase_summaries(second.result())[n] for n in range(1, 7)] == ["unchanged"] * 6
     # Nothing written to Azure but Phase 7's own failovers and its throw-away restore.
     assert [w for w in arm.writes[writes:] if not w[1].endswith(("/restart", "/phonebill-postgresql-prod-verify-pitr"))] == []
 

@@ -93,7 +93,8 @@ def test_an_interrupted_drill_leaves_nothing_after_the_next_run(drilled):
 
 
 def test_two_drills_at_once_on_one_environment_are_refused(drilled):
-    from flows.dr_drill import dr_drill, ensure_mutating_limit
+    from flows.dr_drill import dr_drill
+    from flows.exclusion import ensure_mutating_limit
     from prefect.concurrency.sync import concurrency
 
     target, _ = drilled

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import new_target, paused_run_id
+from tests.conftest import Receiver, new_target, paused_run_id, phase_summaries
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +41,8 @@ def installed(prefect_harness):
 
 def test_a_full_install_passes_every_phase_and_check(installed):
     target, result = installed
-    assert set(result["phases"]) == {1, 2, 3, 4, 5, 6, 7}
-    assert result["phases"][7] == "14/14 checks passed"
+    assert set(phase_summaries(result)) == {1, 2, 3, 4, 5, 6, 7, 8}
+    assert phase_summaries(result)[7] == "14/14 checks passed"
     report = Path(result["report"]).read_text()
     assert "| HA failover test | R-DR-1 | PASS |" in report
     assert "| point-in-time restore test | R-DR-3 | PASS |" in report
@@ -57,7 +54,7 @@ def test_a_second_run_changes_nothing(installed):
     target, _ = installed
     state = run_install(target, phases=[1, 2, 3, 4, 5, 6])
     assert state.is_completed(), state.message
-    assert state.result()["phases"] == {n: "unchanged" for n in range(1, 7)}
+    assert phase_summaries(state.result()) == {n: "unchanged" for n in range(1, 7)}
 
 
 def test_no_secret_in_the_report_the_prefect_database_or_the_server_logs(installed):
@@ -94,34 +91,6 @@ def test_a_bad_spec_is_rejected_before_any_phase(prefect_harness):
     assert not root.exists()
 
 
-class Receiver:
-    """A real local HTTP endpoint that records what notification blocks post to it."""
-
-    def __init__(self):
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, predicate, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [m for m in self.received if predicate(m)]
-            if found:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no matching notification; received {self.received}")
-
-
 def test_a_failure_in_phase_5_is_notified_then_the_fixed_rerun_resumes_at_phase_5(prefect_harness, monkeypatch):
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
@@ -152,7 +121,7 @@ def test_a_failure_in_phase_5_is_notified_then_the_fixed_rerun_resumes_at_phase_
     monkeypatch.setenv("PCDB_TEST_APP_PASSWORD", "Str0ng-Enough-Passw0rd!")
     resumed = run_install(target, phases=[1, 2, 3, 4, 5])
     assert resumed.is_completed(), resumed.message
-    phases = resumed.result()["phases"]
+    phases = phase_summaries(resumed.result())
     assert [phases[n] for n in (1, 2, 3, 4)] == ["unchanged"] * 4 and phases[5] != "unchanged"
     app = target.endpoint().conninfo("product_change_app", "Str0ng-Enough-Passw0rd!")
     psycopg.connect(app).close()

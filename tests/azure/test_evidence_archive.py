@@ -1,0 +1,146 @@
+"""The Azure evidence archive: the storage account, container and immutability policy go
+through ARM (the in-process fake, like every Azure resource here); the reports are uploaded
+through the Blob REST API with an Entra ID bearer token to Azurite, Microsoft's Azure Storage
+emulator (real, installed by ./dev test), over TLS."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from azure.core.credentials import AccessToken
+
+from pcdb import ledger
+from pcdb.config import load_environment
+from pcdb.errors import TargetError
+from pcdb.targets.factory import make_target
+from tests.azure.fake_arm import FakeArm
+from tests.conftest import new_sandbox_root
+
+PROD = load_environment("prod")
+SECRETS = {"azure-subscription": "11111111-2222-3333-4444-555555555555", "dbadmin": "Example-Only-Passw0rd!",
+           "teams-webhook": "https://example.webhook.office.com/webhookb2/test-key"}
+AZURITE = Path(__file__).resolve().parents[2] / ".venv" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+ACCOUNT = "devstoreaccount1"  # Azurite's account; path-style URLs
+
+
+class EntraToken:
+    """A credential whose token looks as Entra ID's does to Azurite's basic OAuth check
+    (issuer, audience, lifetime; Azurite does not check signatures)."""
+
+    def __init__(self, audience: str = "https://storage.azure.com"):
+        self.audience = audience
+        self.scopes: list[str] = []
+
+    def get_token(self, *scopes, **kwargs) -> AccessToken:
+        self.scopes += scopes
+        now = int(time.time())
+        part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+        tenant = "ab1f708d-50f6-404c-a006-d71b2ac7a606"
+        claims = {"aud": self.audience, "iss": f"https://sts.windows.net/{tenant}/", "tid": tenant, "oid": "pcdb",
+                  "iat": now, "nbf": now - 60, "exp": now + 3600}
+        return AccessToken(f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2ln", now + 3600)
+
+
+@pytest.fixture(scope="module")
+def azurite():
+    assert AZURITE.exists(), f"{AZURITE} is missing: ./dev test installs it (scripts/setup.sh ensure_azurite)"
+    folder = new_sandbox_root()
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=30)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--oauth", "basic",
+                               "--cert", str(cert), "--key", str(key), "--location", str(folder / "data"),
+                               "--disableTelemetry", "--silent"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"azurite did not start: {server.stdout.read().decode()[-2000:]}") from None
+            time.sleep(0.1)
+    yield f"https://127.0.0.1:{port}/{ACCOUNT}", str(cert)
+    server.terminate()
+    server.wait(timeout=30)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def target_with(endpoint: str, cert: str, credential, arm=None):
+    return make_target(PROD, lambda ref, owner: SECRETS[owner], credential=credential, transport=arm or FakeArm(),
+                       polling_interval=0, blob_endpoint=endpoint, blob_verify=cert)
+
+
+def create_container(endpoint: str, cert: str, name: str) -> None:
+    """What ARM's PUT of the container does in the real service: the container exists."""
+    import urllib.request
+    import ssl
+
+    token = EntraToken().get_token("https://storage.azure.com/.default").token
+    request = urllib.request.Request(f"{endpoint}/{name}?restype=container", method="PUT",
+                                     headers={"Authorization": f"Bearer {token}", "x-ms-version": "2023-11-03"})
+    urllib.request.urlopen(request, context=ssl.create_default_context(cafile=cert)).close()
+
+
+def read_blob(url: str, cert: str) -> bytes:
+    import urllib.request
+    import ssl
+
+    token = EntraToken().get_token("https://storage.azure.com/.default").token
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", "x-ms-version": "2023-11-03"})
+    with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=cert)) as reply:
+        assert reply.headers["x-ms-meta-sha256"]
+        return reply.read()
+
+
+def test_the_archive_is_created_through_arm_with_an_immutability_policy():
+    arm = FakeArm()
+    target = target_with("https://unused", "", EntraToken(), arm)
+    assert target.ensure_monitoring().action == "updated"
+    def sent(suffix: str) -> dict:
+        return next(body for path, body in arm.bodies if path.endswith(suffix))
+    account = sent("/storageAccounts/stphonebillpcdbprod")
+    assert account["sku"] == {"name": "Standard_ZRS"} and account["properties"]["allowSharedKeyAccess"] is False
+    assert account["properties"]["allowBlobPublicAccess"] is False
+    assert sent("/containers/pcdb-run-reports")["properties"] == {"publicAccess": "None"}
+    policy = sent("/containers/pcdb-run-reports/immutabilityPolicies/default")
+    assert policy["properties"] == {"immutabilityPeriodSinceCreationInDays": 1095, "allowProtectedAppendWrites": False}
+    writes = len(arm.writes)
+    assert target.ensure_monitoring().action == "unchanged" and len(arm.writes) == writes
+
+
+def test_a_report_is_uploaded_once_with_its_hash_and_a_second_upload_keeps_the_first(azurite, tmp_path):
+    endpoint, cert = azurite
+    create_container(endpoint, cert, "pcdb-run-reports")
+    credential = EntraToken()
+    target = target_with(endpoint, cert, credential)
+    report = tmp_path / "drill-zone-prod-20261127T040000Z.md"
+    report.write_text("# DR drill: zone (forced) on `prod`\n\n| RTO | 120 s | 64.2 s | met |\n")
+    sha = ledger.file_sha256(report)
+    url = target.archive_report(report, sha)
+    assert url == f"{endpoint}/pcdb-run-reports/prod/{time.strftime('%Y', time.gmtime())}/" \
+                  f"drill-zone-prod-20261127T040000Z.{sha[:12]}.md"
+    assert read_blob(url, cert) == report.read_bytes()
+    assert credential.scopes == ["https://storage.azure.com/.default"]
+    assert target.archive_report(report, sha) == url       # the same report again: already there, kept
+    assert read_blob(url, cert) == report.read_bytes()
+
+
+def test_a_token_for_the_wrong_audience_is_a_clear_error(azurite, tmp_path):
+    endpoint, cert = azurite
+    target = target_with(endpoint, cert, EntraToken(audience="https://management.azure.com"))
+    report = tmp_path / "report.md"
+    report.write_text("x\n")
+    with pytest.raises(TargetError, match="archiving report.md into stphonebillpcdbprod/pcdb-run-reports failed: HTTP"):
+        target.archive_report(report, ledger.file_sha256(report))

@@ -1,0 +1,67 @@
+"""The persistent-server tests' helper: an environment spec whose server and worker they drive
+through the pcdb CLI, run as a separate process as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pcdb.config import DEPLOYMENTS
+from pcdb.sandbox.engine import _free_port
+
+
+class Service:
+    """One environment spec whose persistent server and worker the tests drive."""
+
+    def __init__(self, folder: Path, name: str = "svc", extra: str = "", port: int | None = None,
+                 parent: Path | None = None):
+        self.folder = folder
+        self.home = folder / "orch"
+        self.port = port or _free_port(set())
+        self.spec = folder / f"{name}.yaml"
+        self.spec.write_text(
+            f"extends: {parent or DEPLOYMENTS / 'local.yaml'}\nname: {name}\n"
+            f"sandbox:\n  root: {folder / ('sb-' + name)}\n  fsync: false\n  start_timeout: 60s\n"
+            f"reports_dir: {folder / 'reports'}\n"
+            f"orchestrator:\n  home: {self.home}\n  port: {self.port}\n{extra}")
+        self.url = f"http://127.0.0.1:{self.port}/api"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "PCDB_ORCHESTRATOR"))}
+        env["PREFECT_HOME"] = str(self.folder / "prefect-client")
+        return env
+
+    def pcdb(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "pcdb.cli", *args], capture_output=True, text=True,
+                                env=self.env(), timeout=timeout, cwd=self.folder)
+        if check and result.returncode != 0:
+            raise AssertionError(f"pcdb {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+        return result
+
+    def json(self, *args: str, check: bool = True) -> dict | list:
+        return json.loads(self.pcdb(*args, "--json", check=check).stdout)
+
+    def api(self):
+        """Prefect's client pointed at this server (in the test process)."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        return temporary_settings({PREFECT_API_URL: self.url})
+
+    def server_pid(self) -> int:
+        return json.loads((self.home / "server.json").read_text())["pid"]
+
+
+def wait_until(predicate, what: str, timeout: float = 120, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
+
+

@@ -1,0 +1,227 @@
+"""pcdb as a service: a real persistent Prefect server, a real process worker per environment,
+every runbook deployed and run through its deployment, the server's automations notifying a
+real local HTTP receiver, and every run in the hash-chained ledger on the managed server.
+
+The CLI runs as a separate process, as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pcdb import ledger
+from tests.conftest import Receiver, new_sandbox_root
+from tests.service.conftest import Service, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def save_blocks(service: Service, receiver: Receiver) -> None:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    with service.api():
+        for channel in ("teams", "email", "sms"):
+            CustomWebhookNotificationBlock(
+                name=channel, url=f"{receiver.url}?channel={channel}",
+                json_data={"channel": channel, "subject": "{{subject}}", "text": "{{body}}"},
+            ).save(f"pcdb-svc-{channel}", overwrite=True)
+
+
+CHANNELS = ("notifications:\n  channels:\n    teams: {block: custom-webhook/pcdb-svc-teams}\n"
+            "    email: {block: custom-webhook/pcdb-svc-email}\n    sms: {block: custom-webhook/pcdb-svc-sms}\n")
+
+
+@pytest.fixture(scope="module")
+def service():
+    """A persistent server (SQLite, the laptop default) with a worker for one environment whose
+    notification channels post to a local receiver; installed through its deployment."""
+    folder = new_sandbox_root()
+    receiver = Receiver()
+    svc = Service(folder, extra="  run_limits: {backup-verification: 30s}\n" + CHANNELS)
+    first = svc.json("server", "up", "--env", str(svc.spec))
+    assert [c["notes"] for c in first if c["action"] == "conflict"][0][0].startswith(
+        "no notification block for teams")  # told, not hidden
+    save_blocks(svc, receiver)
+    svc.pcdb("server", "up", "--env", str(svc.spec))
+    installed = svc.pcdb("install", "--env", str(svc.spec), "--deployed", "--json")
+    svc.install = json.loads(installed.stdout)
+    svc.receiver = receiver
+    yield svc
+    svc.pcdb("server", "down", "--env", str(svc.spec), check=False)
+    svc.pcdb("sandbox", "destroy", "--env", str(svc.spec), "--yes", check=False)
+
+
+def test_server_up_brings_up_a_worker_and_every_deployment_and_a_second_call_changes_nothing(service):
+    again = service.json("server", "up", "--env", str(service.spec))
+    assert {c["action"] for c in again} == {"unchanged"}
+    status = service.json("server", "status", "--env", str(service.spec))
+    assert status["up"] and status["url"] == service.url and status["ui_url"] == service.url.removesuffix("/api")
+    assert status["backend"] == "sqlite" and status["version"].startswith("3.")
+    assert [p["name"] for p in status["work_pools"]] == ["pcdb-svc"]
+    assert [w["status"] for w in status["workers"]] == ["ONLINE"]
+    deployments = {d["name"]: d for d in status["deployments"]}
+    assert set(deployments) == {"install-svc", "backup-verification-svc", "restore-test-svc", "dr-drill-svc"}
+    assert deployments["install-svc"]["schedule"] == "manual" and deployments["dr-drill-svc"]["next_runs"] == []
+    daily = deployments["backup-verification-svc"]["next_runs"][0]
+    assert daily.endswith("T04:30:00+09:00")  # 04:30 Asia/Seoul
+    weekly = deployments["restore-test-svc"]
+    assert weekly["schedule"] == "30 4 * * 0 (Asia/Seoul)"  # local.yaml's restore_test_weekday: sunday
+
+
+def test_the_install_ran_through_its_deployment_and_its_json_is_the_contract(service):
+    result = service.install
+    assert result["status"] == "completed" and Path(result["report"]).is_file()
+    assert [p["number"] for p in result["phases"]] == list(range(1, 9))
+    assert set(result["phases"][0]) >= {"number", "name", "state", "changes", "seconds"}
+    assert result["phases"][6]["state"] == "passed" and result["checks"] == {"passed": 14, "total": 14}
+
+
+def test_a_verification_and_a_forced_zone_drill_run_as_deployments_and_land_in_the_ledger(service):
+    from flows import service as svc_api
+
+    with service.api():
+        verification = svc_api.start_deployment_run("backup-verification", "backup-verification-svc")
+        drill = svc_api.start_deployment_run("dr-drill", "dr-drill-svc", {"scenario": "zone", "mode": "forced",
+                                                                            "wait_seconds": 300})
+        finished = svc_api.wait_for_runs([verification, drill], timeout=600)
+    assert finished == {verification: ("Completed", None), drill: ("Completed", None)}, finished
+
+    history = service.json("history", "--env", str(service.spec))
+    rows = {r["run_id"]: r for r in history["runs"]}
+    assert rows[verification]["flow"] == "backup-verification" and rows[verification]["state"] == "Completed"
+    assert rows[verification]["deployment"] == "backup-verification-svc"
+    assert rows[verification]["figures"]["checks"] == {"passed": 5, "total": 5}
+    zone = rows[drill]
+    assert zone["figures"]["rpo_rows_lost"] == 0 and zone["figures"]["rto_seconds"] > 0
+    assert zone["parameters"] == {"env": "svc", "spec_path": str(service.spec), "scenario": "zone", "mode": "forced",
+                                  "wait_seconds": 300}
+    assert zone["triggered_by"].startswith("deployment run by")
+    for row in (rows[verification], zone):
+        assert ledger.file_sha256(row["report_path"]) == row["report_sha256"]
+        archived = Path(row["report_archive"])        # the read-only copy in the backup store
+        assert ledger.file_sha256(archived) == row["report_sha256"] and archived.stat().st_mode & 0o777 == 0o444
+    assert service.json("history", "verify", "--env", str(service.spec)) == {
+        "ok": True, "rows": len(service.json("history", "--env", str(service.spec), "--since", "1d")["runs"]),
+        "first_broken": None}
+
+
+def test_a_failed_run_is_notified_once_by_the_servers_automation(service):
+    from flows import service as svc_api
+
+    before = len(service.receiver.received)
+    with service.api():
+        run = svc_api.start_deployment_run("install", "install-svc", {"phases": [9]})
+        assert svc_api.wait_for_runs([run], timeout=300)[run][0] == "Failed"
+    alert = service.receiver.wait_for(lambda m: run in m.get("text", "") or "install Failed" in m.get("subject", ""),
+                                      timeout=120)
+    new = service.receiver.received[before:]
+    assert {m["channel"] for m in new if "install Failed" in m["subject"]} == {"teams", "email", "sms"}  # critical
+    assert not [m for m in new if "FAILED" in m["subject"]]  # the flow's own hook stayed quiet: told once
+    assert alert[0]["text"].count("phases must be between 1 and 8") == 1
+
+
+def test_a_run_past_its_limit_is_cancelled_notified_and_recorded(service):
+    from prefect.concurrency.sync import concurrency
+
+    from flows import service as svc_api
+
+    with service.api():
+        # Another mutating runbook holds the environment's slot: the verification waits, Running.
+        with concurrency("pcdb-svc-mutating", occupy=1, strict=True):
+            run = svc_api.start_deployment_run("backup-verification", "backup-verification-svc")
+            state, _ = svc_api.wait_for_runs([run], timeout=300)[run]
+    assert state == "Cancelled"
+    service.receiver.wait_for(lambda m: "backup-verification cancelled after" in m.get("subject", ""), timeout=60)
+    history = service.json("history", "--env", str(service.spec), "--flow", "backup-verification")
+    assert [r["state"] for r in history["runs"] if r["run_id"] == run] == ["Cancelled"]
+
+
+def test_the_server_dying_mid_run_fails_the_run_clearly_and_the_next_run_resumes(service):
+    from prefect import get_client
+
+    cli = subprocess.Popen([sys.executable, "-m", "pcdb.cli", "install", "--env", str(service.spec)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=service.env(),
+                           cwd=service.folder)
+
+    def a_phase_running() -> bool:
+        with service.api(), get_client(sync_client=True) as client:
+            return any(r.state_name == "Running" and r.parent_task_run_id for r in client.read_flow_runs())
+    wait_until(a_phase_running, "a phase of the install running", timeout=120, interval=0.1)
+    os.kill(service.server_pid(), signal.SIGKILL)
+    _, stderr = cli.communicate(timeout=600)
+    assert cli.returncode == 1
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the Prefect server at") and "stopped answering during the run" in last
+
+    service.pcdb("server", "up", "--env", str(service.spec))
+    resumed = service.json("install", "--env", str(service.spec))
+    assert resumed["status"] == "completed"
+    assert [p["state"] for p in resumed["phases"][:6]] == ["unchanged"] * 6
+
+
+def test_a_taken_port_and_an_unknown_environment_are_refused_in_one_line_with_nothing_started(service):
+    folder = new_sandbox_root()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = Service(folder, name="taken", port=blocker.getsockname()[1])
+        result = taken.pcdb("server", "up", "--env", str(taken.spec), check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") <= 2 and "Traceback" not in result.stderr
+    assert f"port {taken.port} on 127.0.0.1 is already taken by pid {os.getpid()}" in " ".join(result.stderr.split())
+    assert not (taken.home / "server.json").exists()
+
+    unknown = service.pcdb("server", "up", "--env", "no-such-env", check=False)
+    assert unknown.returncode == 1 and "no such environment spec" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+
+def test_a_fleet_is_verified_in_parallel_one_worker_per_environment(service):
+    second = Service(service.folder, name="svc2", port=service.port, parent=service.spec)
+    up = service.json("server", "up", "--env", str(service.spec), "--env", str(second.spec))
+    started = {(c["resource"], c["name"]) for c in up if c["action"] != "unchanged"}
+    assert ("work_pool", "pcdb-svc2") in started and ("prefect_worker", "pcdb-svc2") in started
+    second.pcdb("install", "--env", str(second.spec), "--deployed")
+    fleet = service.json("verify-backups", "--env", str(service.spec), "--env", str(second.spec))
+    assert {name: item["state"] for name, item in fleet.items()} == {"svc": "Completed", "svc2": "Completed"}
+    from prefect import get_client
+
+    with service.api(), get_client(sync_client=True) as client:
+        pools = {name: client.read_flow_run(item["run_id"]).work_pool_name for name, item in fleet.items()}
+    assert pools == {"svc": "pcdb-svc", "svc2": "pcdb-svc2"}
+    second.pcdb("sandbox", "destroy", "--env", str(second.spec), "--yes")
+
+
+def test_no_completed_backup_verification_within_its_max_age_is_a_critical_alert(service):
+    quiet = Service(service.folder, name="svc3", port=service.port, parent=service.spec,
+                    extra="backup:\n  verification:\n    max_age: 15s\n")
+    quiet.pcdb("server", "up", "--env", str(quiet.spec))   # an environment whose verification never runs
+    alerts = service.receiver.wait_for(lambda m: m.get("subject") == "pcdb svc3: backups NOT verified", timeout=180)
+    assert {m["channel"] for m in alerts} <= {"teams", "email", "sms"} and "pcdb-svc3" in alerts[0]["text"]
+    assert not [m for m in service.receiver.received if m.get("subject") == "pcdb svc: backups NOT verified"]
+
+
+def test_the_postgresql_backend_runs_the_server_on_a_cluster_of_its_own():
+    folder = new_sandbox_root()
+    pg = Service(folder, name="pgb", extra="  database: sandbox-postgres\n")
+    try:
+        pg.pcdb("server", "up", "--env", str(pg.spec))
+        status = pg.json("server", "status", "--env", str(pg.spec))
+        assert status["backend"] == "postgresql" and len(status["deployments"]) == 4
+        socket_dir = pg.home / "postgres" / "run"
+        with psycopg.connect(host=str(socket_dir), port=pg.port + 1, user="prefect", dbname="prefect") as conn:
+            names = {r[0] for r in conn.execute("SELECT name FROM deployment")}
+        assert "install-pgb" in names                    # Prefect's history lives in that cluster
+        dry = pg.json("install", "--env", str(pg.spec), "--dry-run", "--deployed")
+        assert dry["status"] == "completed"
+    finally:
+        pg.pcdb("server", "down", "--env", str(pg.spec), check=False)
+    assert not (folder / "orch" / "postgres" / "data" / "postmaster.pid").exists()
