@@ -24,6 +24,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.utilities.annotations import quote
 
 from flows.evidence import HOOKS, Evidence, _spec_of, evidence
+from flows.exclusion import mutating_slot
 from flows.notify import notify
 from pcdb import report, security
 from pcdb.changes import Change
@@ -171,7 +172,10 @@ def install(env: str = "local", spec_path: str | None = None, phases: list[int] 
         raise PcdbError(f"phases must be between 1 and 8, got {selected}")
     ctx = runbook_context(spec)
     with evidence(spec, ctx, "install") as ev:
-        return run_install(ctx, selected, dry_run, ev)
+        if dry_run:
+            return run_install(ctx, selected, dry_run, ev)
+        with mutating_slot(spec.name, "install"):  # one install, drill or verification at a time
+            return run_install(ctx, selected, dry_run, ev)
 
 
 def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False, ev: Evidence | None = None) -> dict:

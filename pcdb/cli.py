@@ -158,13 +158,18 @@ def sandbox_up(env: EnvOption = "local", as_json: JsonOption = False) -> None:
 @sandbox_app.command("status")
 @user_errors
 def sandbox_status(env: EnvOption = "local", as_json: JsonOption = False) -> None:
-    """Show every server of the sandbox: role, endpoint, sync state, timeline, lag."""
+    """Show every server of the sandbox: role, endpoint, sync state, timeline, lag.
+
+    Exit status 2 when something is wrong (two primaries, none, no synchronous standby, an
+    interrupted failover), each said on stderr."""
     target = _sandbox_target(env)
     if not target.sandbox.exists():
         raise PcdbError(f"no sandbox for {env!r} at {target.sandbox.root}; run `pcdb sandbox up --env {env}`")
     status = target.sandbox.status()
     if as_json:
         print(json.dumps(status, indent=2, default=str))
+        if status["problems"]:
+            raise typer.Exit(2)
         return
     table = Table(title=f"sandbox {status['environment']} ({status['root']}) — database {status['database']}")
     for column in ("name", "role", "running", "endpoint", "sync_state", "timeline", "lag_bytes"):
@@ -174,6 +179,33 @@ def sandbox_status(env: EnvOption = "local", as_json: JsonOption = False) -> Non
                       f"{node['host']}:{node['port']}", str(node["sync_state"] or "-"),
                       str(node["timeline"]), str(node["lag_bytes"] if node["lag_bytes"] is not None else "-"))
     out.print(table)
+    for problem in status["problems"]:
+        err.print(f"[bold red]PROBLEM:[/bold red] {problem}", highlight=False, soft_wrap=True)
+    if status["problems"]:
+        raise typer.Exit(2)
+
+
+@sandbox_app.command("restores")
+@user_errors
+def sandbox_restores(env: EnvOption = "local",
+                     delete: Annotated[str | None, typer.Option("--delete", help="stop and remove this restored server")] = None,
+                     as_json: JsonOption = False) -> None:
+    """List the restored (throw-away) servers of the sandbox; --delete NAME removes one, e.g. what a
+    killed restore test or drill left running."""
+    target = _sandbox_target(env)
+    if delete:
+        change = target.sandbox.delete_server(delete)
+        out.print(f"{delete}: {'deleted' if change.action == 'deleted' else 'no such restored server'}")
+        return
+    restores = target.sandbox.status()["restores"] if target.sandbox.exists() else []
+    if as_json:
+        print(json.dumps(restores, indent=2, default=str))
+        return
+    if not restores:
+        out.print("no restored servers")
+    for r in restores:
+        out.print(f"{r['name']}: port {r['port']}, restored to {r['target_time']}, "
+                  f"{'running' if r['running'] else 'stopped'} (pcdb sandbox restores --delete {r['name']})")
 
 
 @sandbox_app.command("down")
@@ -348,6 +380,26 @@ def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | 
         return
     for key in keys:
         out.print(f"{key}: {result[key]}")
+
+
+@app.command("unlock")
+@user_errors
+def unlock_command(env: EnvOption = "local",
+                   force: Annotated[bool, typer.Option("--force", help="free it even if its holder may still run")] = False) -> None:
+    """Free the environment's mutating-runbook slot when its holder is gone (a killed drill or
+    install); a holder that may still be running is named and kept unless --force."""
+    spec = load_environment(env)
+    _use_orchestrator(spec)
+    from flows import exclusion
+
+    record = exclusion.holder(spec.name)
+    reason = exclusion.stale_reason(record)
+    if record and reason is None and not force:
+        raise PcdbError(f"the slot of {spec.name} is held by {exclusion.describe(record)}, which may still be "
+                        "running; wait for it, or --force when you know it is gone")
+    exclusion.free_slot(spec.name)
+    out.print(f"freed the mutating slot of {spec.name}" + (f" ({exclusion.describe(record)}: {reason or 'forced'})"
+                                                           if record else ""))
 
 
 def _phase_list(text: str | None) -> list[int] | None:

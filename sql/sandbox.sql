@@ -53,3 +53,7 @@ SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'c
        sum(blks_read)::bigint AS blks_read,
        sum(deadlocks)::bigint AS deadlocks
   FROM pg_catalog.pg_stat_database;
+
+-- name: wal_segment_size
+-- The server's WAL segment size in bytes (unit B since PostgreSQL 11).
+SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size';

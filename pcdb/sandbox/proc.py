@@ -64,7 +64,7 @@ def find_bindir(configured: str | None = None) -> Path:
 
 
 def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None = None,
-        check: bool = True, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+        check: bool = True, log: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` as the server user with a deadline; failures become SandboxError.
 
     Args:
@@ -80,11 +80,12 @@ def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None
     full_env.pop("PGPASSWORD", None)
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
-                                cwd="/", **kwargs)
+                                cwd="/", input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                                **kwargs)
     except subprocess.TimeoutExpired:
         raise SandboxError(f"{what}: no answer within {timeout:.0f}s"
                            + (f"; see {log}" if log else "")) from None
-    if check and result.returncode != 0:
+    if check and (result.returncode != 0 or (stdin is not None and "ERROR:" in result.stderr + result.stdout)):
         detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise SandboxError(f"{what} failed: {' / '.join(detail) or 'exit ' + str(result.returncode)}"
                            + (f"; see {log}" if log else ""))

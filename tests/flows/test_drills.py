@@ -92,13 +92,14 @@ def test_an_interrupted_drill_leaves_nothing_after_the_next_run(drilled):
     assert {n.name: n.role for n in target.server_state().nodes}["replica"] == "replica"
 
 
-def test_two_drills_at_once_on_one_environment_are_refused(drilled):
+def test_two_drills_at_once_on_one_environment_are_refused_naming_the_holder(drilled):
+    import os
+
     from flows.dr_drill import dr_drill
-    from flows.exclusion import ensure_mutating_limit
-    from prefect.concurrency.sync import concurrency
+    from flows.exclusion import mutating_slot
 
     target, _ = drilled
-    limit = ensure_mutating_limit(target.env.name)
-    with concurrency(limit, occupy=1, strict=True):   # another drill holds the slot
+    with mutating_slot(target.env.name, "region drill"):   # another drill holds the slot
         state = dr_drill(scenario="zone", spec_path=str(target.env_path), yes=True, return_state=True)
-    assert state.is_failed() and "another drill or mutating runbook is running" in state.message
+    assert state.is_failed() and "another drill or mutating runbook holds test: region drill run" in state.message
+    assert f"(pid {os.getpid()} on" in state.message and "pcdb unlock --env test" in state.message

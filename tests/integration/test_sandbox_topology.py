@@ -71,8 +71,24 @@ def test_parameters_of_the_spec_are_applied_on_every_node(target):
 
 
 def test_the_server_log_never_holds_a_password(target):
-    logs = "".join(p.read_text(errors="replace") for n in target.sandbox.nodes() for p in n.log_dir.glob("*"))
-    assert "ALTER ROLE" in logs  # the role statements were logged (log_statement = all) ...
+    import time
+
+    from psycopg import sql as psql
+
+    from pcdb.scram import verifier
+
+    admin_user = target.admin
+    with target.sandbox.primary().connect(admin_user) as conn:  # a password set the way pcdb sets one
+        conn.execute(psql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
+            psql.Identifier(admin_user), psql.Literal(verifier(target.admin_password()))))
+
+    def logs() -> str:
+        return "".join(p.read_text(errors="replace") for n in target.sandbox.nodes() for p in n.log_dir.glob("*"))
+    deadline = time.monotonic() + 30
+    while "ALTER ROLE" not in logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    logs = logs()
+    assert "ALTER ROLE" in logs  # the role statement was logged (log_statement = all) ...
     for secret in target.sandbox.secrets_dir.glob("*.password"):
         assert secret.read_text().strip() not in logs  # ... with a SCRAM verifier, never the password
 

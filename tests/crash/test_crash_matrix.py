@@ -1,0 +1,140 @@
+"""The crash matrix: pcdb is killed (SIGKILL, as a power cut would) at every step of a failover,
+a rejoin, a node creation and a restore. After each kill, `pcdb sandbox up` and the interrupted
+runbook must converge: one primary, a synchronous standby, no leftovers, and not one
+acknowledged row lost under an independent writer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from pcdb.probe import ProbeWriter
+from tests.conftest import new_target
+
+pytestmark = pytest.mark.integration
+
+FAILOVER_POINTS = ["failover:intent-saved", "failover:old-stopped", "failover:promoted", "failover:roles-saved",
+                   "rejoin:rewinding", "rejoin:rewound", "rejoin:streaming"]
+
+
+def killed_at(point: str, code: str, spec) -> None:
+    """Run ``code`` (with ``sandbox`` bound) in a pcdb process that dies at ``point``."""
+    script = ("from pcdb.config import load_environment\nfrom pcdb.sandbox import Sandbox\n"
+              f"sandbox = Sandbox(load_environment({str(spec)!r}))\n{code}\n")
+    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PCDB_CRASH_AT": point},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, f"did not die at {point}: {result.returncode} {result.stderr[-1500:]}"
+
+
+def pcdb(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "pcdb.cli", *args], capture_output=True, text=True, timeout=600)
+    assert not check or result.returncode == 0, f"pcdb {' '.join(args)}: {result.stderr[-2000:]}"
+    return result
+
+
+def assert_whole(target) -> None:
+    status = target.sandbox.status()
+    assert status["problems"] == [] and status["intent"] is None, status["problems"]
+    ha = {n["name"]: n for n in status["nodes"] if n["name"] in ("node1", "node2")}
+    assert sorted(n["role"] for n in ha.values()) == ["primary", "standby"]
+    assert [n["sync_state"] for n in ha.values() if n["role"] == "standby"] == ["sync"]
+    replica = [n for n in status["nodes"] if n["name"] == "replica"][0]
+    assert replica["running"] and replica["sync_state"] == "async"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    target = new_target()
+    target.ensure_resource_group()
+    target.ensure_server()
+    target.ensure_replica()
+    target.ensure_database()
+    yield target
+    target.sandbox.destroy()
+
+
+@pytest.mark.parametrize("mode", ["planned", "forced"])
+@pytest.mark.parametrize("point", FAILOVER_POINTS)
+def test_a_failover_killed_at_any_step_converges_with_no_acknowledged_row_lost(sandbox, point, mode):
+    probe = ProbeWriter(sandbox.endpoint("application").conninfo(sandbox.admin, sandbox.admin_password()),
+                        table="crash_probe").start()
+    probe.wait_for_rows(20)
+    before = sandbox.sandbox.state["nodes"]
+    primary_before = next(n for n, i in before.items() if i["role"] == "primary" and n != "replica")
+    killed_at(point, f"sandbox.failover({mode!r})", sandbox.env_path)
+
+    pcdb("sandbox", "up", "--env", str(sandbox.env_path))         # finishes or undoes the failover
+    assert_whole(sandbox)
+    probe.wait_for_rows(20)
+    probe.stop()
+    assert probe.missing() == [], f"acknowledged rows lost after a kill at {point}"
+    primary_after = sandbox.sandbox.primary().name
+    promoted = point not in ("failover:intent-saved", "failover:old-stopped")
+    assert (primary_after != primary_before) == promoted          # rolled forward only once promoted
+    assert sandbox.failover("planned")["new_primary"] != primary_after  # and the pair fails over again
+    assert_whole(sandbox)
+    with psycopg.connect(sandbox.endpoint("primary").conninfo(sandbox.admin, sandbox.admin_password())) as conn:
+        conn.execute("DROP TABLE crash_probe")
+
+
+def test_two_primaries_are_said_loudly_and_up_refuses_to_start_or_discard_either():
+    target = new_target()
+    target.ensure_resource_group()
+    target.sandbox.ensure_ha()
+    standby = target.sandbox.standby()
+    standby.promote(60)                                           # someone promoted it by hand
+    status = pcdb("sandbox", "status", "--env", str(target.env_path), check=False)
+    assert status.returncode == 2
+    assert "SPLIT BRAIN: node1 and node2 both accept writes" in " ".join(status.stderr.split())
+    standby.stop("fast")
+    up = pcdb("sandbox", "up", "--env", str(target.env_path), check=False)
+    assert up.returncode == 1 and "SPLIT BRAIN: node2 is recorded as the standby of node1" in " ".join(up.stderr.split())
+    assert not standby.is_running()                               # not started as a second primary
+    target.sandbox.destroy()
+
+
+@pytest.mark.parametrize("point", ["create:initdb-done", "create:configured", "clone:copied"])
+def test_a_kill_while_a_node_is_made_leaves_nothing_that_starts_with_default_settings(point):
+    target = new_target()
+    killed_at(point, "sandbox.up()", target.env_path)
+    for folder in (target.sandbox.root / "nodes").iterdir():     # what exists as a node is complete
+        if (folder / "data" / "PG_VERSION").exists() and not folder.name.endswith(".building"):
+            assert (folder / "data" / "node.conf").exists(), folder
+    pcdb("sandbox", "up", "--env", str(target.env_path))
+    assert_whole(target)
+    for node in target.sandbox.nodes():
+        assert f"port = '{node.port}'" in (node.data / "node.conf").read_text()
+    target.sandbox.destroy()
+
+
+@pytest.mark.parametrize("point", ["restore:registered", "restore:copied", "restore:started"])
+def test_a_restore_killed_at_any_step_is_removed_by_the_next_restore_test(sandbox, point, prefect_harness):
+    from flows.backup_verification import verify_backups
+    from pcdb.targets.base import throwaway_name
+
+    name = throwaway_name(sandbox.env, "restore-test")
+    killed_at(point, f"from datetime import datetime, timezone\nsandbox.restore(datetime.now(timezone.utc), {name!r})",
+              sandbox.env_path)
+    listed = pcdb("sandbox", "restores", "--env", str(sandbox.env_path), "--json")
+    assert [r["name"] for r in __import__("json").loads(listed.stdout)] == [name]   # left behind, and shown
+
+    state = verify_backups(spec_path=str(sandbox.env_path), restore=True, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["restore_test"]["passed"]
+    assert sandbox.sandbox.status()["restores"] == []
+    assert not (sandbox.sandbox.root / "restores" / name).exists()
+
+
+def test_a_leftover_restored_server_can_be_deleted_by_hand(sandbox):
+    from datetime import datetime, timezone
+
+    sandbox.sandbox.restore(datetime.now(timezone.utc), "by-hand")
+    out = pcdb("sandbox", "restores", "--env", str(sandbox.env_path)).stdout
+    assert "by-hand: port" in out and "running" in out
+    assert "by-hand: deleted" in pcdb("sandbox", "restores", "--env", str(sandbox.env_path), "--delete", "by-hand").stdout
+    assert sandbox.sandbox.status()["restores"] == []
