@@ -18,13 +18,17 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from prefect import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.variables import Variable
 
 from pcdb.errors import PcdbError
+from pcdb.process import alive
 
 logger = logging.getLogger("pcdb.exclusion")
 
@@ -53,16 +57,6 @@ def holder(env: str) -> dict | None:
     return Variable.get(_holder_variable(env), default=None)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stale_reason(record: dict | None) -> str | None:
     """Why a recorded holder no longer holds anything (its run ended, its process is gone), or
     None when it may still be working."""
@@ -78,7 +72,7 @@ def stale_reason(record: dict | None) -> str | None:
                     return f"its run {record['run_id']} is unknown to this server"
             if state is not None and state.is_final():
                 return f"its run {record['run_id']} ended {state.name}"
-    if record.get("host") == socket.gethostname() and not _alive(int(record.get("pid", 0))):
+    if record.get("host") == socket.gethostname() and not alive(int(record.get("pid", 0))):
         return f"its process {record.get('pid')} on {record['host']} is gone"
     return None
 

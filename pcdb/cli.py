@@ -148,10 +148,16 @@ def _print_changes(changes: list[Change], as_json: bool) -> None:
 @sandbox_app.command("up")
 @user_errors
 def sandbox_up(env: EnvOption = "local", as_json: JsonOption = False) -> None:
-    """Create the sandbox (primary, sync standby, async replica, database) or restart what exists."""
+    """Create the sandbox (primary, sync standby, async replica, database) or restart what exists,
+    and leave its supervisor running (it fails over to the synchronous standby when the primary
+    stops answering for sandbox.auto_failover_after)."""
     target = _sandbox_target(env)
     changes = [target.ensure_resource_group(), *target.ensure_server(), target.ensure_replica(),
                target.ensure_database()]
+    from pcdb.sandbox import supervisor
+
+    spec_arg = str(Path(env).absolute()) if env.endswith((".yaml", ".yml")) else env
+    changes.append(supervisor.start(target.sandbox, spec_arg))
     _print_changes(changes, as_json)
 
 
@@ -530,6 +536,18 @@ def server_down(env: EnvsOption = ["local"]) -> None:  # noqa: B006
 
         stopped += stop_orchestrator_database(config)
     out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command("ui")
+@user_errors
+def ui_command(env: EnvOption = "local") -> None:
+    """Start the environment's Prefect server when it is not running, and print its UI address
+    (the API URL is set for whatever port it runs on). `pcdb server up` adds the worker,
+    deployments and automations."""
+    config = server_config(load_environment(env))
+    change = Orchestrator(config).up()
+    out.print(f"Prefect UI: {config.ui_url}  ({'already running' if change.action == 'unchanged' else 'started'}; "
+              f"`pcdb server down --env {env}` stops it)")
 
 
 SinceOption = Annotated[str, typer.Option("--since", help="how far back, e.g. 30d, 12h")]

@@ -515,6 +515,10 @@ class SandboxSpec(Model):
                                                description="loaded when installed (e.g. pgaudit)")
     fsync: bool = True
     start_timeout: Duration = timedelta(seconds=60)
+    auto_failover_after: Duration = Field(
+        timedelta(seconds=10), description="the supervisor `pcdb sandbox up` leaves running promotes the "
+                                           "synchronous standby when the primary has been unreachable this long "
+                                           "(Azure's ZoneRedundant HA does it in 60-120 s); 0 turns it off")
 
 
 RUNBOOKS = ("install", "backup-verification", "dr-drill")

@@ -26,6 +26,7 @@ from pathlib import Path
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import PcdbError
+from pcdb.process import alive
 
 
 class OrchestratorError(PcdbError):
@@ -86,19 +87,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (our own exited child not yet reaped) is not a running server
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -139,14 +127,14 @@ def _prefect_cmd(*args: str) -> list[str]:
 
 def _stop_pid(pid: int, timeout: float = 20) -> bool:
     """SIGTERM the process group, escalate to SIGKILL after ``timeout``; True when it was running."""
-    if not _alive(pid):
+    if not alive(pid):
         return False
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -206,7 +194,7 @@ class Orchestrator:
     def server_pid(self) -> int | None:
         """The pid of the server pcdb started here, when it is still running."""
         info = self._read(self.pid_file)
-        if info and _alive(int(info["pid"])):
+        if info and alive(int(info["pid"])):
             return int(info["pid"])
         return None
 
@@ -292,7 +280,7 @@ class Orchestrator:
 
     def worker_pid(self, pool: str) -> int | None:
         info = self._read(self.worker_file(pool))
-        if info and _alive(int(info["pid"])):
+        if info and alive(int(info["pid"])):
             return int(info["pid"])
         return None
 

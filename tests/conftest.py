@@ -29,11 +29,12 @@ from pcdb.targets.sandbox import SandboxTarget
 _CREATED: list[Sandbox] = []
 
 
-def make_spec(folder: Path, extra: str = "") -> Path:
-    """A spec extending local.yaml: its sandbox in ``folder/sb``, fsync off, ``extra`` YAML appended."""
+def make_spec(folder: Path, extra: str = "", sandbox: str = "") -> Path:
+    """A spec extending local.yaml: its sandbox in ``folder/sb``, fsync off, ``sandbox`` more lines
+    of the sandbox section (indented), ``extra`` YAML appended."""
     path = folder / "test.yaml"
     path.write_text(f"extends: {DEPLOYMENTS / 'local.yaml'}\nname: test\n"
-                    f"sandbox:\n  root: {folder / 'sb'}\n  fsync: false\n  start_timeout: 60s\n{extra}")
+                    f"sandbox:\n  root: {folder / 'sb'}\n  fsync: false\n  start_timeout: 60s\n{sandbox}{extra}")
     return path
 
 
@@ -44,10 +45,10 @@ def new_sandbox_root() -> Path:
     return root
 
 
-def new_target(extra: str = "") -> SandboxTarget:
+def new_target(extra: str = "", sandbox: str = "") -> SandboxTarget:
     """A target on a fresh sandbox (not yet up); destroyed at the end of the session."""
     folder = new_sandbox_root()
-    spec = make_spec(folder, f"reports_dir: {folder / 'reports'}\n{extra}")
+    spec = make_spec(folder, f"reports_dir: {folder / 'reports'}\n{extra}", sandbox)
     env = load_environment(spec)
     sandbox = Sandbox(env, root=folder / "sb")
     _CREATED.append(sandbox)
@@ -90,15 +91,20 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture(scope="session")
-def target() -> SandboxTarget:
-    """One installed sandbox (HA pair, replica, database) shared by the read-mostly tests."""
+def installed_target() -> SandboxTarget:
+    """A new sandbox brought up: HA pair, first backup, replica, database."""
     t = new_target()
     t.ensure_resource_group()
     t.ensure_server()
     t.ensure_replica()
     t.ensure_database()
     return t
+
+
+@pytest.fixture(scope="session")
+def target() -> SandboxTarget:
+    """One installed sandbox (HA pair, replica, database) shared by the read-mostly tests."""
+    return installed_target()
 
 
 @pytest.fixture()

@@ -127,6 +127,23 @@ def exclusive(method=None, *, creates_root: bool = True):
     return locked
 
 
+def lock_holder(root: Path) -> str | None:
+    """Who holds the sandbox's lock now (a pcdb process changing it), or None when it is free."""
+    path = root / "state.lock"
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class Sandbox:
     """The servers of one environment's sandbox, and the operations on them."""
 
@@ -239,6 +256,17 @@ class Sandbox:
         proc.write_file(self.state_file, json.dumps(self.state, indent=2) + "\n", mode=0o644,
                         server_owned=False)
         self._state_mtime = self.state_file.stat().st_mtime_ns
+
+    @exclusive
+    def record_event(self, what: str, **details: object) -> None:
+        """Add an event to the state's history (for another process, e.g. the supervisor)."""
+        self._event(what, **details)
+        self.save()
+
+    @exclusive
+    def run_locked(self, func):
+        """Run ``func()`` holding the sandbox's lock (topology changes made outside this class)."""
+        return func()
 
     def _event(self, what: str, **details: object) -> None:
         self.state["events"] = (self.state["events"] + [{"at": _now(), "event": what, **details}])[-200:]
@@ -570,9 +598,19 @@ class Sandbox:
             })
         return {"environment": self.env.name, "root": str(self.root), "database": self.env.service.database,
                 "nodes": out, "problems": self._problems(out), "intent": self.state.get("intent"),
+                "supervisor": self._supervisor_status(),
                 "restores": [{"name": n, "port": i["port"], "target_time": i.get("target_time"),
                               "created_at": i.get("created_at"), "running": self.node(n).is_running()}
                              for n, i in self.state["restores"].items()]}
+
+    def _supervisor_status(self) -> dict:
+        from pcdb.sandbox import supervisor
+
+        pid = supervisor.running(self)
+        last = next((e for e in reversed(self.state["events"]) if e["event"] == "auto-failover"), None)
+        return {"running": pid is not None, "pid": pid,
+                "failover_after_seconds": self.spec.auto_failover_after.total_seconds(),
+                "last_failover": last}
 
     def _problems(self, nodes: list[dict]) -> list[str]:
         """What a DBA must know at once: two primaries, none, a pair that is not synchronous, an
@@ -600,6 +638,10 @@ class Sandbox:
         stopped = []
         if not self.exists():
             return stopped
+        from pcdb.sandbox import supervisor  # first: it must not fail over a primary we stop
+
+        if supervisor.stop(self):
+            stopped.append("supervisor")
         known = self.state["nodes"]
         order = [REPLICA] + [n for n in HA_NODES if known.get(n, {}).get("role") != "primary"] + \
                 [n for n in HA_NODES if known.get(n, {}).get("role") == "primary"] + list(self.state["restores"])

@@ -100,7 +100,8 @@ class SandboxTarget:
         return Change("database", name, "created")
 
     def ensure_parameters(self, names: set[str] | None = None) -> Change:
-        """Set what differs on every node, reload, and restart in a rolling way where needed.
+        """Set what differs on every node, reload, and restart in a rolling way where needed
+        (holding the sandbox's lock: the supervisor must not take a restart for a crash).
 
         Args:
             names: only these parameters (a phase's share); default all of the spec.
@@ -108,6 +109,9 @@ class SandboxTarget:
         Restart order: replica, standby, then a planned switchover so the old primary restarts
         as the new standby; the primary is never down longer than a failover.
         """
+        return self.sandbox.run_locked(lambda: self._ensure_parameters(names))
+
+    def _ensure_parameters(self, names: set[str] | None) -> Change:
         desired = {k: v for k, v in self.desired_parameters().items() if names is None or k in names}
         diff: dict[str, tuple[object, object]] = {}
         lowered = self._lower_on_primary_first(desired, diff)

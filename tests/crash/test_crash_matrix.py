@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from pcdb.probe import ProbeWriter
-from tests.conftest import new_target
+from tests.conftest import installed_target, new_target
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +49,8 @@ def assert_whole(target) -> None:
 
 @pytest.fixture(scope="module")
 def sandbox():
-    target = new_target()
-    target.ensure_resource_group()
-    target.ensure_server()
-    target.ensure_replica()
-    target.ensure_database()
+    """The matrix's own sandbox: every case leaves it whole for the next."""
+    target = installed_target()
     yield target
     target.sandbox.destroy()
 
@@ -67,6 +64,10 @@ def test_a_failover_killed_at_any_step_converges_with_no_acknowledged_row_lost(s
     before = sandbox.sandbox.state["nodes"]
     primary_before = next(n for n, i in before.items() if i["role"] == "primary" and n != "replica")
     killed_at(point, f"sandbox.failover({mode!r})", sandbox.env_path)
+    said = pcdb("sandbox", "status", "--env", str(sandbox.env_path), check=False)
+    assert said.returncode == 2 and "an interrupted failover" in " ".join(said.stderr.split())
+    if point == "rejoin:streaming":                               # the pair runs without sync: said so
+        assert "the HA pair is not synchronous" in " ".join(said.stderr.split())
 
     pcdb("sandbox", "up", "--env", str(sandbox.env_path))         # finishes or undoes the failover
     assert_whole(sandbox)
@@ -80,6 +81,15 @@ def test_a_failover_killed_at_any_step_converges_with_no_acknowledged_row_lost(s
     assert_whole(sandbox)
     with psycopg.connect(sandbox.endpoint("primary").conninfo(sandbox.admin, sandbox.admin_password())) as conn:
         conn.execute("DROP TABLE crash_probe")
+
+
+def test_after_every_interrupted_failover_the_install_still_passes_every_check(sandbox, prefect_harness):
+    from flows.install import install
+
+    state = install(spec_path=str(sandbox.env_path), return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["checks"] == {"passed": 14, "total": 14}
+    assert_whole(sandbox)
 
 
 def test_two_primaries_are_said_loudly_and_up_refuses_to_start_or_discard_either():

@@ -25,14 +25,16 @@ def test_up_status_down_destroy_through_the_cli(fresh_target):
     root = fresh_target.sandbox.root
     first = cli(fresh_target, "sandbox", "up", "--json")
     assert first.exit_code == 0, first.output
-    assert {c["action"] for c in json.loads(first.stdout)} == {"created", "updated"}
+    changes = json.loads(first.stdout)
+    assert {c["action"] for c in changes if c["resource"] != "supervisor"} == {"created", "updated"}
+    assert [c["action"] for c in changes if c["resource"] == "supervisor"] == ["started"]  # automatic failover
 
     again = cli(fresh_target, "sandbox", "up", "--json")
     assert {c["action"] for c in json.loads(again.stdout)} == {"unchanged"}
 
     assert processes_under(root)
     down = cli(fresh_target, "sandbox", "down")
-    assert down.exit_code == 0 and "stopped" in down.stdout
+    assert down.exit_code == 0 and "stopped: supervisor, " in down.stdout
     assert processes_under(root) == []
 
     status = json.loads(cli(fresh_target, "sandbox", "status", "--json").stdout)

@@ -45,7 +45,7 @@ def service():
     notification channels post to a local receiver; installed through its deployment."""
     folder = new_sandbox_root()
     receiver = Receiver()
-    svc = Service(folder, extra="  run_limits: {backup-verification: 30s}\n" + CHANNELS)
+    svc = Service(folder, extra="  run_limits: {backup-verification: 12s}\n" + CHANNELS)
     first = svc.json("server", "up", "--env", str(svc.spec))
     assert [c["notes"] for c in first if c["action"] == "conflict"][0][0].startswith(
         "no notification block for teams")  # told, not hidden
@@ -87,11 +87,12 @@ def test_the_install_ran_through_its_deployment_and_its_json_is_the_contract(ser
 def test_a_verification_and_a_forced_zone_drill_run_as_deployments_and_land_in_the_ledger(service):
     from flows import service as svc_api
 
-    with service.api():
-        verification = svc_api.start_deployment_run("backup-verification", "backup-verification-svc")
+    with service.api():  # one after the other: the verification's run limit in this spec is 12 s
         drill = svc_api.start_deployment_run("dr-drill", "dr-drill-svc", {"scenario": "zone", "mode": "forced",
                                                                             "wait_seconds": 300})
-        finished = svc_api.wait_for_runs([verification, drill], timeout=600)
+        finished = svc_api.wait_for_runs([drill], timeout=600)
+        verification = svc_api.start_deployment_run("backup-verification", "backup-verification-svc")
+        finished |= svc_api.wait_for_runs([verification], timeout=600)
     assert finished == {verification: ("Completed", None), drill: ("Completed", None)}, finished
 
     history = service.json("history", "--env", str(service.spec))
@@ -148,7 +149,8 @@ def test_the_server_dying_mid_run_fails_the_run_clearly_and_the_next_run_resumes
     from prefect import get_client
 
     cli = subprocess.Popen([sys.executable, "-m", "pcdb.cli", "install", "--env", str(service.spec)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=service.env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**service.env(), "PREFECT_CLIENT_MAX_RETRIES": "1"},  # fail fast: a test
                            cwd=service.folder)
 
     def a_phase_running() -> bool:
@@ -225,3 +227,20 @@ def test_the_postgresql_backend_runs_the_server_on_a_cluster_of_its_own():
     finally:
         pg.pcdb("server", "down", "--env", str(pg.spec), check=False)
     assert not (folder / "orch" / "postgres" / "data" / "postmaster.pid").exists()
+
+
+def test_pcdb_ui_prints_the_address_of_the_running_server_or_starts_it(service):
+    running = service.pcdb("ui", "--env", str(service.spec)).stdout
+    assert f"Prefect UI: {service.url.removesuffix('/api')}" in running and "already running" in running
+    fresh = Service(new_sandbox_root(), name="uionly")
+    try:
+        started = fresh.pcdb("ui", "--env", str(fresh.spec)).stdout
+        assert "started" in started
+        import urllib.request
+
+        with urllib.request.urlopen(f"{fresh.url}/health", timeout=10) as reply:
+            assert reply.status == 200
+        with urllib.request.urlopen(fresh.url.removesuffix("/api"), timeout=10) as page:
+            assert b"<html" in page.read().lower()              # the UI itself is served
+    finally:
+        fresh.pcdb("server", "down", "--env", str(fresh.spec), check=False)
