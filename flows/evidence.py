@@ -155,9 +155,9 @@ def on_failure(flow, flow_run, state) -> None:
     spec = _spec_of(run.parameters)
     if spec is None:
         return
-    from flows.service import automation_notifies
+    from flows.service import automation_notifies, env_tag
 
-    if automation_notifies(spec):  # the server's automation tells the same channels: once is enough
+    if env_tag(spec) in (run.tags or []) and automation_notifies(spec):  # told by the automation: once is enough
         logger.info("run %s failed; the server's automation notifies %s", run.id, spec.name)
     else:
         notify(spec, "critical", f"pcdb {flow.name} FAILED on {spec.name}",
@@ -167,13 +167,13 @@ def on_failure(flow, flow_run, state) -> None:
 def on_killed(flow, flow_run, state) -> None:
     """A crashed or cancelled run (killed from outside). Recorded here when the run's own body
     could not record it; a crash is notified unless the server's automation does."""
-    from flows.service import automation_notifies
+    from flows.service import automation_notifies, env_tag
 
     run = flow_run
     spec = _spec_of(run.parameters)
     if spec is None:
         return
-    if state.is_crashed() and not automation_notifies(spec):
+    if state.is_crashed() and not (env_tag(spec) in (run.tags or []) and automation_notifies(spec)):
         notify(spec, "critical", f"pcdb {flow.name} CRASHED on {spec.name}",
                f"Run {run.name} ({run.id}) of {flow.name} on {spec.name} crashed: {state.message}")
     try:

@@ -93,9 +93,15 @@ def _server_lost(config: ServerConfig | None, spec_arg: str) -> PcdbError | None
 
 
 def _run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: str):
-    """Call a flow (return_state=True), print its UI link, and turn a lost server into one line."""
+    """Call a flow (return_state=True) tagged with its environment (the server's automations
+    match on it), print its UI link, and turn a lost server into one line."""
+    from prefect import tags
+
+    from flows.service import env_tag
+
     try:
-        state = call()
+        with tags(env_tag(load_environment(spec_arg))):
+            state = call()
     except Exception as exc:
         lost = _server_lost(config, spec_arg)
         if lost is not None:
@@ -229,7 +235,9 @@ def sandbox_destroy(env: EnvOption = "local",
                     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False) -> None:
     """Stop the sandbox and delete its folder (data, archive, backups, generated passwords)."""
     target = _sandbox_target(env)
-    if not yes and sys.stdin.isatty():
+    if not yes:
+        if not sys.stdin.isatty():
+            raise PcdbError(f"refusing to delete {target.sandbox.root} without --yes: there is no terminal to ask")
         typer.confirm(f"delete {target.sandbox.root} and everything in it?", abort=True)
     removed = target.sandbox.destroy()
     out.print(f"removed {target.sandbox.root}" if removed else f"nothing at {target.sandbox.root}")

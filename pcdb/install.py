@@ -68,9 +68,10 @@ def log_partitions(ctx: RunbookContext) -> list[Change]:
 
 def roles(ctx: RunbookContext) -> list[Change]:
     passwords = ctx.role_passwords()  # every secret resolved and checked before any role changes
-    expiry = ctx.env.security.password_policy.expiry
+    policy = ctx.env.security.password_policy
     with ctx.connect() as conn:
-        return [security.ensure_role(conn, role, passwords[role.name], ctx.can_log_in, schema.LEDGER_SCHEMA, expiry)
+        return [security.ensure_role(conn, role, passwords[role.name], ctx.can_log_in, schema.LEDGER_SCHEMA,
+                                     policy.expiry, policy.history)
                 for role in ctx.env.security.roles]
 
 

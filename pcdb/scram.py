@@ -23,3 +23,18 @@ def verifier(password: str, salt: bytes | None = None, iterations: int = ITERATI
     server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
     b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def matches(stored: str, password: str) -> bool:
+    """Whether ``password`` is the one behind the verifier ``stored`` (same salt and iterations)."""
+    try:
+        method, rest = stored.split("$", 1)
+        params, keys = rest.split("$", 1)
+        iterations, salt = params.split(":", 1)
+        stored_key = keys.split(":", 1)[0]
+    except ValueError:
+        return False
+    if method != "SCRAM-SHA-256":
+        return False
+    candidate = verifier(password, base64.b64decode(salt), int(iterations))
+    return hmac.compare_digest(candidate.split("$")[2].split(":")[0], stored_key)

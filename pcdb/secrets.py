@@ -7,6 +7,7 @@ a loader in (this package does not import Prefect).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import string
@@ -14,6 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pcdb.errors import SecretError
+
+# SHA-256 of the example passwords printed in the installation plan (§4.1.1, §7.1.2, §7.3.2),
+# lower-cased: published, so never acceptable (C-5). Only their hashes are here, never the text.
+PUBLISHED_EXAMPLES = frozenset({
+    "29436cf67ebdaa50e4ede4eb375565f27a93c008fe2073b0b4f493673ad3ec90",
+    "50ad92374fb57041305fa81838370aae427814b9913cd105600b1e8a7df22dcc",
+    "8deae8aba42b3d39fec1e8cb3e40c631c676f0ea7a279e5df1ad9f3250f3c964",
+    "c77827a9d6db1c483e5014f7b9860dd08b1052a086ba9f8c8743ca269b7656d1",
+})
 
 SPECIALS = "!#%+-.=^_~"  # safe in libpq conninfo strings and shell-free
 _ALPHABET = string.ascii_letters + string.digits + SPECIALS
@@ -35,8 +45,17 @@ def policy_violations(password: str, min_length: int = 12) -> list[str]:
     return missing
 
 
+def is_published_example(password: str) -> bool:
+    """The password is one the installation plan printed as an example (any letter case)."""
+    return hashlib.sha256(password.lower().encode()).hexdigest() in PUBLISHED_EXAMPLES
+
+
 def check_policy(label: str, password: str, min_length: int = 12) -> None:
-    """Raise SecretError naming ``label`` (never the password) when it breaks the policy."""
+    """Raise SecretError naming ``label`` (never the password) when it breaks the policy or is
+    one of the installation plan's published examples, whatever its source."""
+    if is_published_example(password):
+        raise SecretError(f"the password from {label} is one of the example passwords printed in the installation "
+                          "plan (C-5): it is public. Set a new one at its source")
     missing = policy_violations(password, min_length)
     if missing:
         raise SecretError(

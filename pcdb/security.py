@@ -17,8 +17,8 @@ from psycopg import sql as psql
 
 from pcdb.changes import Change
 from pcdb.config import Grants, Role
-from pcdb.errors import TargetError
-from pcdb.scram import verifier
+from pcdb.errors import SecretError, TargetError
+from pcdb.scram import matches, verifier
 from pcdb.sql import query
 
 ALL_TABLE = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -39,8 +39,12 @@ def _q(name: str, **identifiers: str) -> psql.Composed:
 
 
 def ensure_role(conn: psycopg.Connection, role: Role, password: str, can_log_in: PasswordCheck,
-                ledger_schema: str, expiry: timedelta) -> Change:
-    """Create the role or bring its attributes and password to the spec."""
+                ledger_schema: str, expiry: timedelta, history: int = 5) -> Change:
+    """Create the role or bring its attributes and password to the spec.
+
+    Raises:
+        SecretError: the new password is one of the role's last ``history`` passwords (§4.3.2).
+    """
     row = conn.execute(query("install.sql", "role_attributes"), {"role": role.name}).fetchone()
     wanted = {"login": True, "connection_limit": role.connection_limit,
               "createdb": "CREATEDB" in role.attributes, "createrole": "CREATEROLE" in role.attributes}
@@ -49,26 +53,41 @@ def ensure_role(conn: psycopg.Connection, role: Role, password: str, can_log_in:
         psql.SQL("CREATEDB" if wanted["createdb"] else "NOCREATEDB"),
         psql.SQL("CREATEROLE" if wanted["createrole"] else "NOCREATEROLE"),
         psql.SQL("VALID UNTIL 'infinity'")])
-    secret = psql.SQL("PASSWORD {}").format(psql.Literal(verifier(password)))
+    new_verifier = verifier(password)
+    secret = psql.SQL("PASSWORD {}").format(psql.Literal(new_verifier))
     if row is None:
         conn.execute(psql.SQL("CREATE ROLE {} WITH {} {}").format(psql.Identifier(role.name), options, secret))
-        _record_password(conn, role.name, ledger_schema, expiry)
+        _record_password(conn, role.name, ledger_schema, expiry, new_verifier)
         return Change("role", role.name, "created", notes=(f"connection limit {role.connection_limit}",))
     current = {"login": row[0], "connection_limit": row[1], "createdb": row[2], "createrole": row[3]}
     diff = {k: (current[k], v) for k, v in wanted.items() if current[k] != v}
     if diff:
         conn.execute(psql.SQL("ALTER ROLE {} WITH {}").format(psql.Identifier(role.name), options))
     if not can_log_in(role.name, password):
+        _refuse_reuse(conn, role.name, password, ledger_schema, history)
         conn.execute(psql.SQL("ALTER ROLE {} WITH {}").format(psql.Identifier(role.name), secret))
-        _record_password(conn, role.name, ledger_schema, expiry)
+        _record_password(conn, role.name, ledger_schema, expiry, new_verifier)
         diff["password"] = ("(differs from its source)", "(set from its source)")
     return Change("role", role.name, "updated" if diff else "unchanged", diff=diff)
 
 
-def _record_password(conn: psycopg.Connection, role: str, schema: str, expiry: timedelta) -> None:
+def _refuse_reuse(conn: psycopg.Connection, role: str, password: str, schema: str, history: int) -> None:
+    """The §4.3.2 history rule: none of the role's last ``history`` passwords again."""
+    if history <= 0 or not conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+                                        (f"{schema}.pcdb_password_history",)).fetchone()[0]:
+        return
+    recent = [r[0] for r in conn.execute(_q("recent_passwords", schema=schema), {"role": role, "n": history})]
+    if any(matches(stored, password) for stored in recent):
+        raise SecretError(f"the new password of role {role} is one of its last {history} passwords (policy §4.3.2, "
+                          "no reuse); set a new one at its source. The role was not changed")
+
+
+def _record_password(conn: psycopg.Connection, role: str, schema: str, expiry: timedelta, stored: str) -> None:
     conn.execute(psql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psql.Identifier(schema)))
     conn.execute(_q("password_ledger", schema=schema))
     conn.execute(_q("record_password", schema=schema), {"role": role, "expiry": expiry})
+    conn.execute(_q("password_history_table", schema=schema))
+    conn.execute(_q("record_password_history", schema=schema), {"role": role, "verifier": stored})
 
 
 def password_expiry(conn: psycopg.Connection, ledger_schema: str) -> dict:

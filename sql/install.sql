@@ -113,3 +113,16 @@ ON CONFLICT (role_name) DO UPDATE SET set_at = EXCLUDED.set_at, expires_at = EXC
 -- name: password_expiry
 -- Recorded password expiry per role.
 SELECT role_name, set_at, expires_at FROM {schema}.pcdb_password_ledger ORDER BY role_name;
+
+-- name: password_history_table
+-- The SCRAM verifiers of the passwords each role had (the §4.3.2 history rule: no reuse of the last N).
+CREATE TABLE IF NOT EXISTS {schema}.pcdb_password_history (
+    role_name text NOT NULL, verifier text NOT NULL, set_at timestamptz NOT NULL DEFAULT pg_catalog.now());
+
+-- name: recent_passwords
+-- The last N verifiers of a role, newest first.
+SELECT verifier FROM {schema}.pcdb_password_history WHERE role_name = %(role)s ORDER BY set_at DESC LIMIT %(n)s;
+
+-- name: record_password_history
+-- Remembers the verifier of a password just set.
+INSERT INTO {schema}.pcdb_password_history (role_name, verifier) VALUES (%(role)s, %(verifier)s);

@@ -99,6 +99,8 @@ def exclusive(method=None, *, creates_root: bool = True):
                 return method(self, *args, **kwargs)
             finally:
                 self._lock_depth -= 1
+        if not self.root.exists():
+            self._root_was_new = True  # pcdb made this folder: its mode is pcdb's to set
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / "state.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -162,6 +164,7 @@ class Sandbox:
         self._state: dict | None = None
         self._state_mtime: int | None = None
         self._lock_depth = 0
+        self._root_was_new = False
         self.lock_timeout = 600.0  # a drill or install holds the lock for minutes at most
 
     # -- layout ---------------------------------------------------------------------------
@@ -317,7 +320,15 @@ class Sandbox:
                     next(n for n in HA_NODES if nodes.get(n, {}).get("role") != "primary"))
 
     def _prepare_root(self) -> None:
-        fresh = not self.root.exists()
+        fresh = not self.exists()
+        if fresh:
+            others = sorted(p.name for p in self.root.iterdir() if p.name != "state.lock") if self.root.exists() else []
+            if others and not self._root_was_new:
+                (self.root / "state.lock").unlink(missing_ok=True)  # the lock taken to look: not ours to leave
+                raise SandboxError(f"{self.root} is not a sandbox (no state.json) and not empty ({', '.join(others[:5])}"
+                                   f"{', ...' if len(others) > 5 else ''}); give the sandbox a new or empty folder "
+                                   "(sandbox.root in the spec, or PCDB_SANDBOX_ROOT). Nothing was changed")
+            self.state["root_created_by_pcdb"] = self._root_was_new or not self.root.exists()
         for folder in (self.root, self.root / "nodes", self.root / "restores", self.root / "bin",
                        *self.archive_dirs, self.replica_archive, *self.backup_dirs, self.tls_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -330,7 +341,12 @@ class Sandbox:
                        self.replica_archive, *self.backup_dirs, self.tls_dir, self.root / "bin"):
             if not user.is_self:  # what is inside is written by the servers themselves
                 os.chown(folder, user.uid, user.gid)
-        os.chmod(self.root, 0o755)
+        if self.state.get("root_created_by_pcdb", True):
+            os.chmod(self.root, 0o755)
+        elif not self.root.stat().st_mode & 0o001 and not user.is_self:
+            raise SandboxError(f"the server user '{user.name}' cannot enter {self.root} (mode "
+                               f"{oct(self.root.stat().st_mode & 0o777)}); pcdb did not create that folder and "
+                               f"does not change its mode: chmod o+x {self.root}, or choose a new folder")
         self._ensure_tls()
         self._ensure_scripts()
         repl = self.password(REPLICATION_USER)
@@ -656,11 +672,18 @@ class Sandbox:
 
     @exclusive(creates_root=False)
     def destroy(self) -> bool:
-        """Stop everything and remove the sandbox folder; False when there was nothing."""
+        """Stop everything and remove the sandbox folder; False when there was nothing. Only a
+        sandbox (a folder with pcdb's state.json) is removed, never any other folder."""
         if not self.root.exists():
             return False
-        if self.exists():
-            self.down()
+        if not self.exists():
+            others = [p.name for p in self.root.iterdir() if p.name != "state.lock"]
+            if others:
+                raise SandboxError(f"{self.root} is not a sandbox (no state.json): nothing was deleted")
+            (self.root / "state.lock").unlink(missing_ok=True)
+            self.root.rmdir()
+            return True
+        self.down()
         shutil.rmtree(self.root)
         return True
 

@@ -77,8 +77,6 @@ def test_a_failover_killed_at_any_step_converges_with_no_acknowledged_row_lost(s
     primary_after = sandbox.sandbox.primary().name
     promoted = point not in ("failover:intent-saved", "failover:old-stopped")
     assert (primary_after != primary_before) == promoted          # rolled forward only once promoted
-    assert sandbox.failover("planned")["new_primary"] != primary_after  # and the pair fails over again
-    assert_whole(sandbox)
     with psycopg.connect(sandbox.endpoint("primary").conninfo(sandbox.admin, sandbox.admin_password())) as conn:
         conn.execute("DROP TABLE crash_probe")
 

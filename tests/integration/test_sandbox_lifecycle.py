@@ -98,3 +98,45 @@ def test_config_check_shows_the_document_values_converted():
     assert result.exit_code == 0
     applied = json.loads(result.stdout)
     assert applied["shared_buffers"] == {"declared": "4GB", "setting": "524288", "unit": "8kB", "restart": True}
+
+
+def test_destroy_removes_only_a_sandbox_and_never_without_yes_when_nobody_can_be_asked(tmp_path):
+    from pcdb.config import load_environment
+    from tests.conftest import make_spec, new_sandbox_root
+
+    folder = new_sandbox_root()
+    precious = folder / "not-a-sandbox"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("data of someone else\n")
+    spec = make_spec(folder, sandbox="").read_text().replace(str(folder / "sb"), str(precious))
+    (folder / "test.yaml").write_text(spec)
+    env = str(folder / "test.yaml")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["sandbox", "destroy", "--env", env])            # stdin is not a terminal
+    assert refused.exit_code == 1 and "without --yes" in refused.stderr
+    not_ours = runner.invoke(app, ["sandbox", "destroy", "--env", env, "--yes"])
+    assert not_ours.exit_code == 1 and "is not a sandbox (no state.json): nothing was deleted" in not_ours.stderr
+    assert (precious / "keep.txt").read_text() == "data of someone else\n"
+
+    mode_before = precious.stat().st_mode
+    up = runner.invoke(app, ["sandbox", "up", "--env", env])                     # nor is it made a sandbox
+    assert up.exit_code == 1 and "is not a sandbox (no state.json) and not empty (keep.txt)" in up.stderr
+    assert precious.stat().st_mode == mode_before and sorted(p.name for p in precious.iterdir()) == ["keep.txt"]
+    assert load_environment(env).sandbox.root == str(precious)
+
+
+def test_a_shared_folder_such_as_tmp_keeps_its_mode(tmp_path):
+    import os
+
+    from tests.conftest import make_spec, new_sandbox_root
+
+    folder = new_sandbox_root()
+    shared = folder / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)                                                      # like /tmp
+    spec = make_spec(folder).read_text().replace(str(folder / "sb"), str(shared))
+    (folder / "test.yaml").write_text(spec)
+    result = CliRunner().invoke(app, ["sandbox", "up", "--env", str(folder / "test.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert oct(shared.stat().st_mode & 0o7777) == "0o1777"                       # not turned into 0755
+    CliRunner().invoke(app, ["sandbox", "destroy", "--env", str(folder / "test.yaml"), "--yes"])

@@ -129,3 +129,28 @@ def test_amcheck_over_sql_finds_a_healthy_database_clean(conn):
     schema.ensure_schema(conn, "product_change")
     ok, detail = amcheck_sql(conn)
     assert ok and detail.startswith("no corruption found")
+
+
+def test_a_password_used_in_the_last_five_is_refused_and_the_role_keeps_its_current_one(target):
+    from pcdb import security
+    from pcdb.config import Role
+    from pcdb.context import RunbookContext
+    from pcdb.errors import SecretError
+    from pcdb.schema import LEDGER_SCHEMA
+
+    ctx = RunbookContext(target.env, target)
+    role = Role.model_validate({"name": "pcdb_history_probe", "purpose": "test", "connection_limit": 2,
+                                "password": {"env": "UNUSED"}, "grants": {"database": ["CONNECT"], "schema": ["USAGE"]}})
+    passwords = [f"Rotation-{n}-Passw0rd!" for n in range(7)]
+    with ctx.connect() as conn:
+        security.ensure_role(conn, role, passwords[0], ctx.can_log_in, LEDGER_SCHEMA, timedelta(days=90), 5)
+        conn.execute(f"GRANT CONNECT ON DATABASE {target.env.service.database} TO pcdb_history_probe")
+        for password in passwords[1:6]:                                  # rotated 5 times
+            security.ensure_role(conn, role, password, ctx.can_log_in, LEDGER_SCHEMA, timedelta(days=90), 5)
+        with pytest.raises(SecretError, match="one of its last 5 passwords"):
+            security.ensure_role(conn, role, passwords[2], ctx.can_log_in, LEDGER_SCHEMA, timedelta(days=90), 5)
+        assert ctx.can_log_in(role.name, passwords[5])                   # unchanged by the refusal
+        security.ensure_role(conn, role, passwords[0], ctx.can_log_in, LEDGER_SCHEMA, timedelta(days=90), 5)
+        assert ctx.can_log_in(role.name, passwords[0])                   # six back: allowed again
+        conn.execute(f"REVOKE CONNECT ON DATABASE {target.env.service.database} FROM pcdb_history_probe")
+        conn.execute("DROP ROLE pcdb_history_probe")

@@ -191,7 +191,7 @@ def test_a_fleet_is_verified_in_parallel_one_worker_per_environment(service):
     up = service.json("server", "up", "--env", str(service.spec), "--env", str(second.spec))
     started = {(c["resource"], c["name"]) for c in up if c["action"] != "unchanged"}
     assert ("work_pool", "pcdb-svc2") in started and ("prefect_worker", "pcdb-svc2") in started
-    second.pcdb("install", "--env", str(second.spec), "--deployed")
+    second.pcdb("install", "--env", str(second.spec), "--deployed", "--phases", "1,2,3")  # servers and backups
     fleet = service.json("verify-backups", "--env", str(service.spec), "--env", str(second.spec))
     assert {name: item["state"] for name, item in fleet.items()} == {"svc": "Completed", "svc2": "Completed"}
     from prefect import get_client
@@ -244,3 +244,16 @@ def test_pcdb_ui_prints_the_address_of_the_running_server_or_starts_it(service):
             assert b"<html" in page.read().lower()              # the UI itself is served
     finally:
         fresh.pcdb("server", "down", "--env", str(fresh.spec), check=False)
+
+
+def test_a_run_started_from_the_cli_is_under_the_same_automations(service):
+    from flows.exclusion import mutating_slot
+
+    before = len(service.receiver.received)
+    with service.api(), mutating_slot("svc", "region drill"):     # the drill will be refused: a failed run
+        refused = service.pcdb("drill", "zone", "--env", str(service.spec), "--yes", check=False)
+    assert refused.returncode == 1 and "holds svc: region drill run" in " ".join(refused.stderr.split())
+    service.receiver.wait_for(lambda m: m.get("subject") == "pcdb svc: dr-drill Failed", timeout=120)
+    new = service.receiver.received[before:]
+    assert {m["channel"] for m in new if m.get("subject") == "pcdb svc: dr-drill Failed"} == {"teams", "email", "sms"}
+    assert not [m for m in new if "FAILED" in m.get("subject", "")]  # the hook stayed quiet: told once
