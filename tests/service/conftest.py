@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from pcdb.config import DEPLOYMENTS
@@ -45,11 +46,20 @@ class Service:
     def json(self, *args: str, check: bool = True) -> dict | list:
         return json.loads(self.pcdb(*args, "--json", check=check).stdout)
 
+    @contextmanager
     def api(self):
-        """Prefect's client pointed at this server (in the test process)."""
+        """Prefect's client pointed at this server (in the test process). The events worker of
+        the test process is bound to the API URL it started with: it is drained before and
+        after, so no event of this server's block goes to the session's test server, or back."""
+        from prefect.events.worker import EventsWorker
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        return temporary_settings({PREFECT_API_URL: self.url})
+        EventsWorker.drain_all(timeout=30)
+        try:
+            with temporary_settings({PREFECT_API_URL: self.url}):
+                yield
+        finally:
+            EventsWorker.drain_all(timeout=30)
 
     def server_pid(self) -> int:
         return json.loads((self.home / "server.json").read_text())["pid"]
