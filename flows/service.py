@@ -257,14 +257,14 @@ def automation_notifies(spec: Environment) -> bool:
 
 # -- workers and status -------------------------------------------------------------------
 
-def wait_for_worker(pool: str, timeout: float = 60) -> Change:
+def wait_for_worker(pool: str, timeout: float = 60) -> None:
     """Until a worker of ``pool`` has reported to the API (it polls, then heartbeats)."""
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
             workers = [w for w in client.read_workers_for_work_pool(pool) if str(w.status).endswith("ONLINE")]
             if workers:
-                return Change("prefect_worker", pool, "unchanged", notes=(f"{workers[0].name} online",))
+                return
             if time.monotonic() > deadline:
                 raise PcdbError(f"no worker of work pool {pool} reported to the server within {timeout:.0f}s")
             time.sleep(0.5)
@@ -289,6 +289,7 @@ def service_status(specs: list[Environment]) -> dict:
 
     pools, workers, deployments = [], [], []
     with get_client(sync_client=True) as client:
+        every_deployment = client.read_deployments()
         for spec in specs:
             try:
                 pool = client.read_work_pool(spec.work_pool)
@@ -298,7 +299,7 @@ def service_status(specs: list[Environment]) -> dict:
             for w in client.read_workers_for_work_pool(spec.work_pool):
                 workers.append({"name": w.name, "pool": spec.work_pool, "status": str(w.status.value),
                                 "last_heartbeat": w.last_heartbeat_time.isoformat() if w.last_heartbeat_time else None})
-            for d in client.read_deployments(work_pool_filter=None):
+            for d in every_deployment:
                 if d.work_pool_name != spec.work_pool:
                     continue
                 schedules = [s.schedule for s in d.schedules if s.active]

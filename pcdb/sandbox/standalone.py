@@ -9,10 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 
-import psycopg
-
 from pcdb.changes import Change
-from pcdb.errors import SandboxError
 from pcdb.orchestrator import ServerConfig
 from pcdb.sandbox import proc
 from pcdb.sandbox.node import Node, conf_line
@@ -71,14 +68,3 @@ def stop_orchestrator_database(config: ServerConfig) -> list[str]:
         node.stop("fast", timeout=30)
         return ["orchestrator database"]
     return []
-
-
-def orchestrator_database_reachable(config: ServerConfig) -> bool:
-    node = orchestrator_node(config)
-    try:
-        with psycopg.connect(node.conninfo(USER, DATABASE), connect_timeout=3):
-            return True
-    except psycopg.Error:
-        return False
-    except SandboxError:
-        return False
