@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -91,10 +92,28 @@ def free_slot(env: str) -> None:
     Variable.unset(_holder_variable(env))
 
 
-def _acquire(limit: str, wait_seconds: float):
-    slot = concurrency(limit, occupy=1, timeout_seconds=wait_seconds or 0.5, strict=True)
-    slot.__enter__()
-    return slot
+SLOW_SERVER_SECONDS = 30  # how long a slot with no recorded holder is asked for again
+
+
+def _acquire(env: str, limit: str, wait_seconds: float):
+    """Take the slot, waiting up to ``wait_seconds`` for a holder to finish.
+
+    A timeout while no holder is recorded is not a refusal: the server was slow to grant a free
+    slot (a loaded machine, a cold SQLite), or a grant that arrived after an earlier timeout is
+    still being handed back, or a holder is between taking the slot and recording itself. The
+    slot is asked for again until one of them settles; a recorded holder ends the wait at once
+    and the caller judges it."""
+    deadline = time.monotonic() + max(wait_seconds, SLOW_SERVER_SECONDS)
+    timeout = wait_seconds or 0.5
+    while True:
+        try:
+            slot = concurrency(limit, occupy=1, timeout_seconds=timeout, strict=True)
+            slot.__enter__()
+            return slot
+        except TimeoutError:
+            if holder(env) is not None or time.monotonic() >= deadline:
+                raise
+            timeout = 2.0
 
 
 @contextmanager
@@ -104,7 +123,7 @@ def mutating_slot(env: str, what: str, wait_seconds: float = 0) -> Iterator[str]
     and taken."""
     limit = ensure_mutating_limit(env)
     try:
-        slot = _acquire(limit, wait_seconds)
+        slot = _acquire(env, limit, wait_seconds)
     except TimeoutError:
         record = holder(env)
         reason = stale_reason(record)
@@ -113,7 +132,7 @@ def mutating_slot(env: str, what: str, wait_seconds: float = 0) -> Iterator[str]
                             f"start. Wait for it to finish; if nothing runs any more, `pcdb unlock --env {env}`") from None
         logger.warning("freeing the slot of %s: %s (%s)", env, describe(record), reason)
         free_slot(env)
-        slot = _acquire(limit, wait_seconds)
+        slot = _acquire(env, limit, wait_seconds)
     run = FlowRunContext.get()
     mine = {"what": what, "run_id": str(run.flow_run.id) if run and run.flow_run else None, "pid": os.getpid(),
             "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}

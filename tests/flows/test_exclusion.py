@@ -80,3 +80,28 @@ def test_two_installs_at_once_end_in_one_refusal_naming_the_running_one(prefect_
     assert f"another drill or mutating runbook holds test: install run {running}" in second.message
     assert first["state"].is_completed(), first["state"].message
     target.sandbox.destroy()
+
+
+def test_a_slot_taken_without_a_record_is_asked_for_again_not_refused(prefect_harness, monkeypatch):
+    """A slot held by no recorded holder (a holder between taking it and recording itself, or a
+    grant that came after a timeout and is being handed back, or a slow server) is not a
+    refusal: the runbook asks again until it settles. CI once refused an install this way."""
+    from prefect.concurrency.sync import concurrency
+
+    import flows.exclusion as exclusion
+
+    limit = exclusion.ensure_mutating_limit("unrecorded-env")
+    unrecorded = concurrency(limit, occupy=1, strict=True)
+    unrecorded.__enter__()                                   # taken, and nothing recorded yet
+    attempts = []
+
+    def asking(*args, **kwargs):
+        attempts.append(kwargs["timeout_seconds"])
+        if len(attempts) == 2:                               # the first ask timed out: the holder ends
+            unrecorded.__exit__(None, None, None)
+        return concurrency(*args, **kwargs)
+
+    monkeypatch.setattr(exclusion, "concurrency", asking)
+    with exclusion.mutating_slot("unrecorded-env", "install"):
+        assert exclusion.holder("unrecorded-env")["what"] == "install"
+    assert len(attempts) == 2 and exclusion.holder("unrecorded-env") is None
