@@ -18,7 +18,7 @@ from flows.install import runbook_context
 from flows.notify import notify
 from pcdb.config import load_environment
 from pcdb.errors import PcdbError
-from tasks.backups import daily_checks, restore_test
+from tasks.backups import daily_checks, partition_guard, restore_test
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -46,8 +46,12 @@ def verify_backups(env: str = "local", spec_path: str | None = None, restore: bo
 
 
 def _verify(spec, ctx, restore: bool, ev) -> dict:
+    guard = partition_guard(quote(ctx))   # the cheap daily step: the KOS log never runs out of partitions
     results, summary = daily_checks(quote(ctx))
     outcome = dict(summary)
+    if guard is not None:
+        results = [*results, guard]
+        outcome["partitions_ahead"] = guard.details["ahead_months"]
     if restore:
         tested = restore_test(quote(ctx))
         outcome["restore_test"] = tested.as_dict()

@@ -51,7 +51,8 @@ def deployment_variables(spec: Environment) -> dict[str, str]:
     restore = WEEKDAYS.index(spec.backup.verification.restore_test_weekday)
     return {"PCDB_ENV": spec.name, "PCDB_TIMEZONE": spec.backup.window.timezone,
             "PCDB_RESTORE_DAY": str(restore),
-            "PCDB_DAILY_DAYS": ",".join(str(d) for d in range(7) if d != restore)}
+            "PCDB_DAILY_DAYS": ",".join(str(d) for d in range(7) if d != restore),
+            "PCDB_MAINTENANCE_CRON": spec.operations.maintenance.cron}
 
 
 def _render(value, variables: dict[str, str]):
@@ -123,7 +124,8 @@ def register_deployments(spec: Environment, spec_path: str | None, working_dir: 
                 changes.append(Change("deployment", item["name"], "unchanged"))
                 continue
             flow_id = client.create_flow_from_name(flow.name)
-            schedules = [DeploymentScheduleCreate(schedule=CronSchedule(cron=s["cron"], timezone=s["timezone"]))
+            schedules = [DeploymentScheduleCreate(schedule=CronSchedule(cron=s["cron"], timezone=s["timezone"],
+                                                                        day_or=s.get("day_or", True)))
                          for s in item.get("schedules", [])]
             client.create_deployment(
                 flow_id=flow_id, name=item["name"], version=version, schedules=schedules,
@@ -275,7 +277,7 @@ def next_runs(schedule: dict, count: int = 3, after: datetime | None = None) -> 
     DST included)."""
     import anyio
 
-    cron = CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
+    cron = CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"), day_or=schedule.get("day_or", True))
     from prefect.server.schemas.schedules import CronSchedule as ServerCron
 
     server = ServerCron(cron=cron.cron, timezone=cron.timezone, day_or=cron.day_or)
@@ -305,7 +307,7 @@ def service_status(specs: list[Environment]) -> dict:
                 schedules = [s.schedule for s in d.schedules if s.active]
                 runs = []
                 for s in schedules:
-                    runs += next_runs({"cron": s.cron, "timezone": s.timezone})
+                    runs += next_runs({"cron": s.cron, "timezone": s.timezone, "day_or": s.day_or})
                 deployments.append({"name": d.name, "flow": _flow_name(client, d.flow_id),
                                     "schedule": ", ".join(f"{s.cron} ({s.timezone})" for s in schedules) or "manual",
                                     "next_runs": sorted(runs)[:3], "paused": d.paused})

@@ -396,6 +396,43 @@ def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | 
         out.print(f"{key}: {result[key]}")
 
 
+@app.command("maintain")
+@user_errors
+def maintain_command(env: EnvOption = "local",
+                     only: Annotated[str | None, typer.Option("--only", help="some of: partitions, statistics, "
+                                                              "indexes, slow_queries, accounts, hygiene (comma-separated)")] = None,
+                     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be done; change nothing")] = False,
+                     as_json: JsonOption = False) -> None:
+    """Run the monthly maintenance (§8.3.1): partitions kept ahead, expired ones archived, proved,
+    detached and dropped; statistics; indexes; slow queries; accounts; hygiene. Exits 2 when a
+    step stopped on a problem (an archive that does not prove, a partition name that does not parse)."""
+    from pcdb.maintenance import check_steps
+
+    steps = check_steps([s.strip() for s in only.split(",") if s.strip()] if only else None)
+    config = _use_orchestrator(load_environment(env))
+    from flows.maintenance import maintenance
+
+    state = _run_flow(lambda: maintenance(**_spec_args(env), only=steps, dry_run=dry_run, return_state=True),
+                      config, env)
+    result = _flow_result(state, "the maintenance failed")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        parts = result["partitions"]
+        out.print(f"partitions: created {parts['created'] or 'none'}, archived {[a['name'] for a in parts['archived']] or 'none'}, "
+                  f"dropped {parts['dropped'] or 'none'}; {parts['ahead_months']} month(s) ready ahead", highlight=False)
+        out.print(f"statistics: analyzed {len(result['statistics']['analyzed'])}, vacuumed "
+                  f"{len(result['statistics']['vacuumed'])}; indexes: {len(result['indexes']['unused'])} unused, "
+                  f"{len(result['indexes']['invalid'])} invalid, reindexed {result['indexes']['reindexed'] or 'none'}",
+                  highlight=False)
+        for key in ("problems", "deferred", "recommended"):
+            for line in result[key]:
+                out.print(f"{key[:-1] if key != 'deferred' else key}: {line}", highlight=False, markup=False)
+        out.print(f"report: {result['report']}", highlight=False)
+    if result["problems"]:
+        raise typer.Exit(2)
+
+
 @app.command("unlock")
 @user_errors
 def unlock_command(env: EnvOption = "local",

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
-                      ValidationError, model_validator)
+                      ValidationError, field_validator, model_validator)
 
 from pcdb import params
 from pcdb.errors import ConfigError, Problem
@@ -230,6 +230,9 @@ class EvidenceArchive(Model):
                            "digits and single hyphens")
     retention: Duration = Field(description="no report can be changed or deleted for this long after it is written")
     redundancy: Literal["Standard_LRS", "Standard_ZRS", "Standard_GRS", "Standard_GZRS"] = "Standard_ZRS"
+    partition_container: str = Field("pcdb-partition-archives", pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$",
+                                     description="the monthly maintenance's KOS-log partition archives (pg_dump + "
+                                                 "SHA-256), in the same account")
 
     @model_validator(mode="after")
     def _whole_days(self) -> EvidenceArchive:
@@ -498,11 +501,45 @@ class Cost(Model):
     alert_increase_percent: float = Field(gt=0)
 
 
+class MaintenanceSpec(Model):
+    """The monthly maintenance runbook (§8.3.1, R-OPS-3): when it runs and its thresholds."""
+
+    cron: str = Field("0 5 1-7 * 0", description="first Sunday of the month, 05:00 business time: after "
+                                                 "the 02:00-04:00 backup window and the 04:30 verification")
+    archive_min_retention_months: int = Field(
+        12, ge=2, description="the archive policy: no KOS-log partition is archived and dropped younger than this")
+    lock_timeout: Duration = Field(timedelta(seconds=2), description="every DDL statement gives up after this "
+                                   "rather than queue behind the application; the step is retried next run")
+    analyze_modified_fraction: float = Field(0.10, gt=0, le=1, description="ANALYZE when this share of rows "
+                                             "changed since the last analyze")
+    vacuum_dead_fraction: float = Field(0.20, gt=0, le=1, description="plain VACUUM above this dead-tuple ratio")
+    min_rows: int = Field(1000, ge=0, description="tables with fewer changed/dead rows are left to autovacuum")
+    unused_index_min_stats_days: int = Field(30, ge=0, description="idx_scan = 0 counts only when the "
+                                             "statistics are at least this old")
+    keep_plan_indexes: bool = Field(True, description="never report the plan's own §3.2.1 indexes as unused")
+    reindex_bloat_percent: float = Field(50, gt=0, le=100, description="REINDEX CONCURRENTLY above this "
+                                         "estimated bloat")
+    reindex_min_size: Size = Field(10 * 2**20, description="smaller indexes are never rebuilt")
+    slow_query_regression_percent: float = Field(50, gt=0, description="a statement whose mean time grew by "
+                                                 "more than this since last month is flagged")
+
+
 class Operations(Model):
     incident_severities: list[Severity]
     log_partition_retention_months: int = Field(gt=0)
     capacity_forecast_months: int = Field(gt=0)
     cost: Cost
+    maintenance: MaintenanceSpec = Field(default_factory=MaintenanceSpec)
+
+    @model_validator(mode="after")
+    def _retention_within_archive_policy(self) -> Operations:
+        floor = self.maintenance.archive_min_retention_months
+        if self.log_partition_retention_months < floor:
+            raise ValueError(
+                f"log_partition_retention_months is {self.log_partition_retention_months}, shorter than the archive "
+                f"policy allows (operations.maintenance.archive_min_retention_months: {floor}); KOS-log partitions "
+                f"are kept at least {floor} months: raise the retention, or lower the policy if the client changed it")
+        return self
 
 
 class SandboxSpec(Model):
@@ -521,7 +558,7 @@ class SandboxSpec(Model):
                                            "(Azure's ZoneRedundant HA does it in 60-120 s); 0 turns it off")
 
 
-RUNBOOKS = ("install", "backup-verification", "dr-drill")
+RUNBOOKS = ("install", "backup-verification", "dr-drill", "maintenance")
 
 
 class OrchestratorSpec(Model):
@@ -535,9 +572,9 @@ class OrchestratorSpec(Model):
         "sqlite", description="sqlite: a file in home (a laptop); sandbox-postgres: a small PostgreSQL cluster "
                               "of its own under home (never the service database). "
                               "$PREFECT_API_DATABASE_CONNECTION_URL names any other PostgreSQL")
-    run_limits: dict[Literal["install", "backup-verification", "dr-drill"], Duration] = Field(
+    run_limits: dict[Literal["install", "backup-verification", "dr-drill", "maintenance"], Duration] = Field(
         default_factory=lambda: {"install": timedelta(hours=12), "backup-verification": timedelta(hours=5),
-                                 "dr-drill": timedelta(hours=6)},
+                                 "dr-drill": timedelta(hours=6), "maintenance": timedelta(hours=8)},
         description="a run Running longer than this is cancelled and reported (an automation)")
 
 

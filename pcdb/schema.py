@@ -103,24 +103,38 @@ def partition_name(month: date) -> str:
 
 
 def ensure_log_partitions(conn: psycopg.Connection, schema: str, timezone: str, ahead: int,
-                          now: datetime | None = None) -> Change:
-    """Monthly partitions of the KOS log from this month to ``ahead`` months later (business time zone)."""
+                          now: datetime | None = None, lock_timeout: str = "2s") -> Change:
+    """Monthly partitions of the KOS log from this month to ``ahead`` months later (business time zone).
+
+    Each is created as a table of its own and then ATTACHed: ATTACH takes only SHARE UPDATE
+    EXCLUSIVE on the log, so the application's inserts never queue behind it (CREATE TABLE …
+    PARTITION OF would take ACCESS EXCLUSIVE). A partition whose attach waited longer than
+    ``lock_timeout`` is left detached and named in the notes (``deferred: …``); the next call
+    attaches it."""
     zone = ZoneInfo(timezone)
     today = (now or datetime.now(zone)).astimezone(zone).date()
     existing = {r[0] for r in conn.execute(query("install.sql", "existing_partitions"),
                                            {"schema": schema, "table": KOS_LOG})}
     starts = month_starts(today, ahead + 1)
-    created = []
+    created, deferred = [], []
     for start, end in zip(starts, starts[1:]):
         name = partition_name(start)
         if name in existing:
             continue
-        conn.execute(psql.SQL(query("install.sql", "create_partition")).format(
-            schema=psql.Identifier(schema), partition=psql.Identifier(name), table=psql.Identifier(KOS_LOG),
-            start=psql.Literal(datetime(start.year, start.month, 1, tzinfo=zone)),
-            end=psql.Literal(datetime(end.year, end.month, 1, tzinfo=zone))))
+        try:
+            with conn.transaction():
+                conn.execute(psql.SQL("SET LOCAL lock_timeout = {}").format(psql.Literal(lock_timeout)))
+                conn.execute(psql.SQL(query("install.sql", "create_partition_table")).format(
+                    schema=psql.Identifier(schema), partition=psql.Identifier(name), table=psql.Identifier(KOS_LOG)))
+                conn.execute(psql.SQL(query("install.sql", "attach_partition")).format(
+                    schema=psql.Identifier(schema), partition=psql.Identifier(name), table=psql.Identifier(KOS_LOG),
+                    start=psql.Literal(datetime(start.year, start.month, 1, tzinfo=zone)),
+                    end=psql.Literal(datetime(end.year, end.month, 1, tzinfo=zone))))
+        except psycopg.errors.LockNotAvailable:
+            deferred.append(f"deferred: {name} (an application transaction held the log longer than {lock_timeout})")
+            continue
         created.append(name)
     if not created:
-        return Change("partitions", KOS_LOG, "unchanged", notes=(f"{len(existing)} partition(s)",))
+        return Change("partitions", KOS_LOG, "unchanged", notes=(f"{len(existing)} partition(s)", *deferred))
     return Change("partitions", KOS_LOG, "created" if not existing else "updated",
-                  diff={"partitions": (sorted(existing), created)})
+                  diff={"partitions": (sorted(existing), created)}, notes=tuple(deferred))

@@ -131,6 +131,28 @@ def current_privileges(conn: psycopg.Connection, database: str, schema: str,
     return out
 
 
+def grant_differences(conn: psycopg.Connection, roles: list[Role], database: str,
+                      schema: str) -> dict[str, tuple[str, str]]:
+    """Where the privileges granted differ from the spec (§4.1.2), read only: "<role> on <kind>
+    <object>" -> (granted, spec)."""
+    tables = [r[0] for r in conn.execute(query("install.sql", "schema_tables"), {"schema": schema})]
+    sequences = [r[0] for r in conn.execute(query("install.sql", "schema_sequences"), {"schema": schema})]
+    current = current_privileges(conn, database, schema, [r.name for r in roles])
+    diff = {}
+    for role in roles:
+        wanted = desired_privileges(role.grants, tables, sequences)
+        for key in sorted(set(wanted) | set(current[role.name])):
+            have, want = current[role.name].get(key, set()), wanted.get(key, set())
+            if have != want:
+                diff[_label(role.name, key, database, schema)] = (",".join(sorted(have)) or "-",
+                                                                  ",".join(sorted(want)) or "-")
+    return diff
+
+
+def _label(role: str, key: tuple[str, str], database: str, schema: str) -> str:
+    return f"{role} on {key[0]} {key[1] or database if key[0] == 'database' else key[1] or schema}"
+
+
 def ensure_grants(conn: psycopg.Connection, roles: list[Role], database: str, schema: str) -> Change:
     """Grant what the spec grants and revoke what it does not, on the database, schema,
     tables and sequences; set default privileges so tables added later follow the same rules."""
@@ -153,7 +175,7 @@ def ensure_grants(conn: psycopg.Connection, roles: list[Role], database: str, sc
                 if have - want:
                     conn.execute(psql.SQL("REVOKE {} ON {} FROM {}").format(
                         _privs(have - want), target, psql.Identifier(role.name)))
-                diff[f"{role.name} on {key[0]} {key[1] or database if key[0] == 'database' else key[1] or schema}"] = (
+                diff[_label(role.name, key, database, schema)] = (
                     ",".join(sorted(have)) or "-", ",".join(sorted(want)) or "-")
         public = {r[0] for r in conn.execute(query("install.sql", "public_database_grants"), {"database": database})}
         if public:

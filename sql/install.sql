@@ -28,9 +28,13 @@ SELECT c.relname
   JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
  WHERE n.nspname = %(schema)s AND p.relname = %(table)s;
 
--- name: create_partition
--- One monthly partition of the KOS log (DDL takes no bind parameters: bounds are literals).
-CREATE TABLE IF NOT EXISTS {schema}.{partition} PARTITION OF {schema}.{table} FOR VALUES FROM ({start}) TO ({end});
+-- name: create_partition_table
+-- A monthly partition's table, not attached yet (its columns, defaults and checks are the log's).
+CREATE TABLE IF NOT EXISTS {schema}.{partition} (LIKE {schema}.{table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+
+-- name: attach_partition
+-- Attaches it for its month (DDL takes no bind parameters: bounds are literals; indexes follow the log's).
+ALTER TABLE {schema}.{table} ATTACH PARTITION {schema}.{partition} FOR VALUES FROM ({start}) TO ({end});
 
 -- name: role_attributes
 -- The attributes of a role that the spec controls.

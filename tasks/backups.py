@@ -26,6 +26,18 @@ def daily_checks(ctx: RunbookContext) -> tuple[list[CheckResult], dict]:
     return results, summary
 
 
+@task(name="KOS-log partition guard", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient_only,
+      cache_policy=NO_CACHE, timeout_seconds=600)
+def partition_guard(ctx: RunbookContext) -> CheckResult | None:
+    """Keep the KOS log's monthly partitions ahead (R-OPS-3): the inserts never run out of them."""
+    from pcdb.maintenance import partition_guard as guard
+
+    result = guard(ctx)
+    if result is not None:
+        (get_run_logger().info if result.passed else get_run_logger().error)("%s: %s", result.name, result.evidence)
+    return result
+
+
 @task(name="restore test", cache_policy=NO_CACHE, timeout_seconds=4 * 3600)
 def restore_test(ctx: RunbookContext) -> backups.RestoreTest:
     """Restore the latest point into a throw-away server and prove it (never retried blindly)."""

@@ -177,6 +177,9 @@ def _evidence_archive(env: Environment, rg_id: str) -> list[Desired]:
                         "publicNetworkAccess": "Enabled"}), 6),
         Desired("blob_container", archive.container, container_id, res.GenericResource(
             properties={"publicAccess": "None"}), 6),
+        Desired("blob_container", archive.partition_container,
+                f"{account_id}/blobServices/default/containers/{archive.partition_container}",
+                res.GenericResource(properties={"publicAccess": "None"}), 6),
         Desired("immutability_policy", f"{archive.container}/default", f"{container_id}/immutabilityPolicies/default",
                 res.GenericResource(properties={
                     "immutabilityPeriodSinceCreationInDays": int(archive.retention.total_seconds() // 86400),

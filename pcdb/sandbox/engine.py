@@ -985,6 +985,24 @@ class Sandbox:
             placed.append(dest)
         return str(placed[0])
 
+    def archive_partition(self, path: Path, name: str, sha256: str) -> str:
+        """A partition's dump into ``partitions/`` of both backup stores, read-only, with its
+        SHA-256 beside it. The name is the partition's own: an archive not yet proved (a killed
+        run's) is replaced by the next run's."""
+        placed = []
+        for store in self.backup_dirs:
+            folder = store / "partitions"
+            folder.mkdir(parents=True, exist_ok=True)
+            for dest, write in ((folder / f"{name}.dump", lambda tmp: shutil.copyfile(path, tmp)),
+                                (folder / f"{name}.dump.sha256", lambda tmp: tmp.write_text(f"{sha256}  {name}.dump\n"))):
+                tmp = folder / f".{dest.name}.tmp"
+                tmp.unlink(missing_ok=True)
+                write(tmp)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)
+            placed.append(folder / f"{name}.dump")
+        return str(placed[0])
+
     def verify_backup(self, backup: Backup) -> tuple[bool, str]:
         """pg_verifybackup against the backup's manifest (checksums of every file, and its WAL)."""
         result = proc.run([str(self.bindir / "pg_verifybackup"), "-q", str(backup.path)], timeout=3600,

@@ -383,35 +383,98 @@ class AzureTarget:
         archive = self.env.azure.evidence_archive
         if archive is None or self._credential is None:
             return None
-        import base64
-        import hashlib
+        year = datetime.now(timezone.utc).strftime("%Y")
+        return self._blob_put(archive.container, f"{self.env.name}/{year}/{path.stem}.{sha256[:12]}{path.suffix}",
+                              path, sha256, "text/markdown; charset=utf-8", once=True)
+
+    def archive_partition(self, path, name: str, sha256: str) -> str:
+        """A partition's dump into the partition-archive container as ``<env>/partitions/<name>.dump``
+        (SHA-256 as metadata); an archive not proved yet (a killed run's) is replaced."""
+        archive = self.env.azure.evidence_archive
+        if archive is None or self._credential is None:
+            raise TargetError("partitions are archived into azure.evidence_archive's storage account, which "
+                              f"{self.env.name} does not name: add it, or keep the partitions (raise the retention)")
+        return self._blob_put(archive.partition_container, f"{self.env.name}/partitions/{name}.dump", path, sha256,
+                              "application/octet-stream", once=False)
+
+    def fetch_partition_archive(self, location: str, dest):
+        with self._blob_client() as (client, HttpRequest):
+            reply = client.send_request(HttpRequest("GET", location, headers={"x-ms-version": "2023-11-03"}),
+                                        connection_verify=self._blob_verify)
+            if reply.status_code != 200:
+                raise TargetError(f"could not read the archive {location}: HTTP {reply.status_code}")
+            dest.write_bytes(reply.read())
+        return dest
+
+    def _blob_client(self):
+        from contextlib import contextmanager
 
         from azure.core import PipelineClient
         from azure.core.pipeline.policies import BearerTokenCredentialPolicy, RetryPolicy
         from azure.core.rest import HttpRequest
 
-        base = (self._blob_endpoint or f"https://{archive.storage_account}.blob.core.windows.net").rstrip("/")
-        year = datetime.now(timezone.utc).strftime("%Y")
-        url = f"{base}/{archive.container}/{self.env.name}/{year}/{path.stem}.{sha256[:12]}{path.suffix}"
+        @contextmanager
+        def opened():
+            policies = [RetryPolicy(), BearerTokenCredentialPolicy(self._credential, "https://storage.azure.com/.default")]
+            with PipelineClient(self._blob_base(), policies=policies) as client:
+                yield client, HttpRequest
+        return opened()
+
+    def _blob_base(self) -> str:
+        archive = self.env.azure.evidence_archive
+        return (self._blob_endpoint or f"https://{archive.storage_account}.blob.core.windows.net").rstrip("/")
+
+    def _blob_put(self, container: str, blob: str, path, sha256: str, content_type: str, once: bool) -> str:
+        import base64
+        import hashlib
+
+        archive = self.env.azure.evidence_archive
+        url = f"{self._blob_base()}/{container}/{blob}"
         data = path.read_bytes()
-        request = HttpRequest("PUT", url, content=data, headers={
-            "x-ms-version": "2023-11-03", "x-ms-blob-type": "BlockBlob", "If-None-Match": "*",
-            "Content-Type": "text/markdown; charset=utf-8", "x-ms-meta-sha256": sha256,
-            "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()})  # noqa: S324 - transfer check
-        policies = [RetryPolicy(), BearerTokenCredentialPolicy(self._credential, "https://storage.azure.com/.default")]
-        with PipelineClient(base, policies=policies) as client:
+        headers = {"x-ms-version": "2023-11-03", "x-ms-blob-type": "BlockBlob", "Content-Type": content_type,
+                   "x-ms-meta-sha256": sha256,
+                   "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()}  # noqa: S324 - transfer check
+        if once:
+            headers["If-None-Match"] = "*"
+        with self._blob_client() as (client, HttpRequest):
             try:
-                reply = client.send_request(request, connection_verify=self._blob_verify)
+                reply = client.send_request(HttpRequest("PUT", url, content=data, headers=headers),
+                                            connection_verify=self._blob_verify)
             except Exception as exc:  # noqa: BLE001 - the transport's errors, translated once here
                 raise TargetError(f"could not archive {path.name} into {archive.storage_account}/"
-                                  f"{archive.container}: {exc}") from exc
-        if reply.status_code == 409 and "BlobAlreadyExists" in reply.text():
+                                  f"{container}: {exc}") from exc
+        if once and reply.status_code == 409 and "BlobAlreadyExists" in reply.text():
             return url
         if reply.status_code >= 300:
-            raise TargetError(f"archiving {path.name} into {archive.storage_account}/{archive.container} failed: "
+            raise TargetError(f"archiving {path.name} into {archive.storage_account}/{container} failed: "
                               f"HTTP {reply.status_code} {reply.text()[:300]}; the identity needs the Storage Blob "
                               "Data Contributor role on the container")
         return url
+
+    def failed_logins(self, since: datetime) -> int | None:  # noqa: ARG002 - in Log Analytics, not here
+        return None
+
+    def tls_certificate_expiry(self) -> datetime | None:
+        return None   # Azure renews the server certificate itself
+
+    def maintenance_window(self) -> dict | None:
+        """The server's maintenance window as its next start (UTC) and length; None when it is
+        system-managed (Azure then gives 5 days' notice: the health runbook reports it)."""
+        server = self._server(self.env.server.name)
+        window = getattr(server, "maintenance_window", None)
+        if window is None or (getattr(window, "custom_window", "Disabled") or "Disabled") != "Enabled":
+            return None
+        now = datetime.now(timezone.utc)
+        # dayOfWeek: 0 = Sunday in ARM; Python's weekday(): 0 = Monday.
+        days = ((window.day_of_week or 0) - (now.weekday() + 1) % 7) % 7
+        start = (now + timedelta(days=days)).replace(hour=window.start_hour or 0, minute=window.start_minute or 0,
+                                                      second=0, microsecond=0)
+        if start > now:
+            start -= timedelta(days=7)   # the window that started last (it may be running now)
+        return {"start": start, "minutes": 60, "note": "custom window"}
+
+    def own_roles(self) -> set[str]:
+        return {"azuresu", "replication"}
 
     def admin_password(self) -> str:
         return self._admin_password()

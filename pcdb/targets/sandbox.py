@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -17,7 +18,7 @@ from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import TargetError
 from pcdb.sandbox import Sandbox
-from pcdb.sandbox.engine import HA_NODES, REPLICA
+from pcdb.sandbox.engine import HA_NODES, REPLICA, REPLICATION_USER
 from pcdb.sandbox.node import Node
 from pcdb.sql import query
 from pcdb.targets.base import BackupInfo, BackupStatus, Endpoint, MetricsSample, NodeState, ServerState
@@ -379,6 +380,41 @@ class SandboxTarget:
 
     def admin_password(self) -> str:
         return self.sandbox.password(self.admin)
+
+    def archive_partition(self, path: Path, name: str, sha256: str) -> str:
+        return self.sandbox.archive_partition(path, name, sha256)
+
+    def fetch_partition_archive(self, location: str, dest: Path) -> Path:
+        source = Path(location)
+        if not source.is_file():
+            raise TargetError(f"the archive {location} is missing from the backup store")
+        shutil.copyfile(source, dest)
+        return dest
+
+    def failed_logins(self, since: datetime) -> int | None:
+        """Failed password logins in the nodes' server logs written since ``since``."""
+        count = 0
+        for node in self.sandbox.nodes():
+            for log in sorted(node.log_dir.glob("*.log")) if node.log_dir.is_dir() else ():
+                if datetime.fromtimestamp(log.stat().st_mtime, timezone.utc) < since:
+                    continue
+                with log.open(errors="replace") as f:
+                    count += sum("password authentication failed" in line for line in f)
+        return count
+
+    def tls_certificate_expiry(self) -> datetime | None:
+        from cryptography import x509
+
+        cert = self.sandbox.tls_dir / "server.crt"
+        if not cert.exists():
+            return None
+        return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+
+    def maintenance_window(self) -> dict | None:
+        return None   # the sandbox has no provider maintenance
+
+    def own_roles(self) -> set[str]:
+        return {REPLICATION_USER}
 
     def archive_report(self, path: Path, sha256: str) -> str | None:
         """The report, read-only, into the backup store and its geo copy (reports/<year>/), named

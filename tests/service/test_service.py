@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -68,12 +69,16 @@ def test_server_up_brings_up_a_worker_and_every_deployment_and_a_second_call_cha
     assert [p["name"] for p in status["work_pools"]] == ["pcdb-svc"]
     assert [w["status"] for w in status["workers"]] == ["ONLINE"]
     deployments = {d["name"]: d for d in status["deployments"]}
-    assert set(deployments) == {"install-svc", "backup-verification-svc", "restore-test-svc", "dr-drill-svc"}
+    assert set(deployments) == {"install-svc", "backup-verification-svc", "restore-test-svc", "dr-drill-svc",
+                                "maintenance-svc"}
     assert deployments["install-svc"]["schedule"] == "manual" and deployments["dr-drill-svc"]["next_runs"] == []
     daily = deployments["backup-verification-svc"]["next_runs"][0]
     assert daily.endswith("T04:30:00+09:00")  # 04:30 Asia/Seoul
     weekly = deployments["restore-test-svc"]
     assert weekly["schedule"] == "30 4 * * 0 (Asia/Seoul)"  # local.yaml's restore_test_weekday: sunday
+    monthly = [datetime.fromisoformat(t) for t in deployments["maintenance-svc"]["next_runs"]]
+    assert all(t.weekday() == 6 and t.day <= 7 and t.strftime("%H:%M%z") == "05:00+0900" for t in monthly)
+    assert len({t.month for t in monthly}) == 3                  # once a month: the first Sunday
 
 
 def test_the_install_ran_through_its_deployment_and_its_json_is_the_contract(service):
@@ -217,7 +222,7 @@ def test_the_postgresql_backend_runs_the_server_on_a_cluster_of_its_own():
     try:
         pg.pcdb("server", "up", "--env", str(pg.spec))
         status = pg.json("server", "status", "--env", str(pg.spec))
-        assert status["backend"] == "postgresql" and len(status["deployments"]) == 4
+        assert status["backend"] == "postgresql" and len(status["deployments"]) == 5
         socket_dir = pg.home / "postgres" / "run"
         with psycopg.connect(host=str(socket_dir), port=pg.port + 1, user="prefect", dbname="prefect") as conn:
             names = {r[0] for r in conn.execute("SELECT name FROM deployment")}

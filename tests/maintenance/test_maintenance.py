@@ -1,0 +1,257 @@
+"""Monthly maintenance on a real sandbox: the KOS log never runs out of partitions, expired ones
+are archived, proved by a restore, detached and dropped (and nothing else is touched), a run
+killed at any step is finished by the next with nothing lost, bad archives and names stop the
+drop, and the application keeps inserting through all of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from pcdb import maintenance as m
+from pcdb import schema
+from pcdb.cli import app
+from pcdb.config import load_environment
+from pcdb.context import RunbookContext
+from pcdb.install import run_directly
+from tests.conftest import Receiver, installed_target
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = "product_change"
+LOG = f"{SCHEMA}.{schema.KOS_LOG}"
+ROWS = 150   # per past month
+SEOUL = ZoneInfo("Asia/Seoul")
+
+
+@pytest.fixture(scope="module")
+def env():
+    """A sandbox installed through Phase 6, with 15 months of past KOS-log partitions full of rows."""
+    target = installed_target()
+    ctx = RunbookContext(target.env, target)
+    run_directly(ctx, phases=[3, 4, 5, 6])
+    with conn_of(target) as conn:
+        for k in range(1, 16):
+            add_past_month(conn, k)
+    yield target
+    target.sandbox.destroy()
+
+
+def conn_of(target):
+    return psycopg.connect(target.endpoint().conninfo(target.admin, target.admin_password()), autocommit=True)
+
+
+def month_start(k: int) -> datetime:
+    """The first moment (Seoul) of the month ``k`` months before this one."""
+    now = datetime.now(SEOUL)
+    return m.add_months(now.replace(day=1, hour=0, minute=0, second=0, microsecond=0), -k)
+
+
+def past_name(k: int) -> str:
+    return schema.partition_name(month_start(k).date())
+
+
+def add_past_month(conn, k: int, name: str | None = None) -> None:
+    start, end = month_start(k), month_start(k - 1)
+    table = psycopg.sql.Identifier(SCHEMA, name or past_name(k))
+    conn.execute(psycopg.sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+        table, psycopg.sql.Identifier(SCHEMA, schema.KOS_LOG), psycopg.sql.Literal(start), psycopg.sql.Literal(end)))
+    conn.execute(f"INSERT INTO {LOG} (request_id, integration_type, is_success, request_data, response_time_ms, "
+                 "created_at) SELECT 'req-' || g, 'PRODUCT_CHANGE', g %% 3 > 0, jsonb_build_object('n', g), g, "
+                 "%s::timestamptz + g * interval '1 hour' FROM generate_series(1, %s) g", (start, ROWS))
+
+
+def checksum(conn, table: str) -> tuple[int, int]:
+    return m.content_checksum(conn, SCHEMA, table)
+
+
+def maintain(target, *args: str) -> tuple[int, dict, str]:
+    result = CliRunner().invoke(app, ["maintain", "--env", str(target.env_path), "--json", *args])
+    try:
+        return result.exit_code, json.loads(result.stdout), result.stderr
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON: {result.exit_code} {result.stdout[-1500:]} {result.stderr[-3000:]}") from None
+
+
+def killed_at(point: str, target, only: str = "partitions") -> None:
+    """``pcdb.maintenance.run`` in a process that dies (SIGKILL) at ``point``."""
+    script = ("from pcdb.config import load_environment\nfrom pcdb.targets.sandbox import SandboxTarget\n"
+              "from pcdb.context import RunbookContext\nfrom pcdb import maintenance\n"
+              f"t = SandboxTarget(load_environment({str(target.env_path)!r}))\n"
+              f"maintenance.run(RunbookContext(t.env, t), [{only!r}])\n")
+    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PCDB_CRASH_AT": point},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == -signal.SIGKILL, f"did not die at {point}: {result.returncode} {result.stderr[-2000:]}"
+
+
+def restore_checksum(target, archive: str, table: str) -> tuple[int, int]:
+    """Restore an archive file by hand into a database of its own: what it really holds."""
+    ctx = RunbookContext(target.env, target)
+    tools = m.PgTools(ctx)
+    m._drop_proof_database(ctx)
+    with ctx.connect(dbname="postgres") as conn:
+        conn.execute(f"CREATE DATABASE {m.PROOF_DATABASE}")
+    with ctx.connect(dbname=m.PROOF_DATABASE) as conn:
+        conn.execute(f"CREATE SCHEMA {SCHEMA}")
+    listing = Path(tempfile.mkdtemp(prefix="pcdb-proof-")) / "toc.list"
+    tools.restore_table(Path(archive), listing)
+    with ctx.connect(dbname=m.PROOF_DATABASE) as conn:
+        found = checksum(conn, table)
+    m._drop_proof_database(ctx)
+    return found
+
+
+def test_a_retention_shorter_than_the_archive_policy_is_refused_at_config_check(tmp_path):
+    spec = tmp_path / "short.yaml"
+    spec.write_text("extends: local\nname: short\noperations:\n  log_partition_retention_months: 6\n")
+    with pytest.raises(Exception, match="shorter than the archive policy allows"):
+        load_environment(spec)
+    result = CliRunner().invoke(app, ["maintain", "--env", str(spec), "--dry-run"])
+    assert result.exit_code != 0 and "archive_min_retention_months: 12" in result.stderr
+
+
+def test_an_unknown_step_is_refused_naming_the_steps(env):
+    result = CliRunner().invoke(app, ["maintain", "--env", str(env.env_path), "--only", "partitions,vacuum_full"])
+    assert result.exit_code == 1 and "vacuum_full" in result.stderr and "slow_queries" in result.stderr
+
+
+def test_time_travel_the_three_expired_months_are_archived_proved_and_dropped_and_nothing_else(
+        env, prefect_harness):
+    expired = [past_name(k) for k in (15, 14, 13)]
+    kept = [past_name(k) for k in range(1, 13)]
+    with conn_of(env) as conn:
+        before = {name: checksum(conn, name) for name in expired + kept}
+
+    code, plan, _ = maintain(env, "--only", "partitions", "--dry-run")
+    assert code == 0 and plan["dry_run"] is True
+    assert plan["partitions"]["dropped"] == expired and [a["name"] for a in plan["partitions"]["archived"]] == expired
+    with conn_of(env) as conn:
+        assert {name: checksum(conn, name) for name in expired + kept} == before    # the dry run changed nothing
+
+    code, done, _ = maintain(env, "--only", "partitions")
+    assert code == 0, done["problems"]
+    parts = done["partitions"]
+    assert set(done) >= {"partitions", "statistics", "indexes", "slow_queries", "accounts", "report"}
+    assert [a["name"] for a in parts["archived"]] == expired and parts["detached"] == expired
+    assert parts["dropped"] == expired and parts["ahead_months"] >= 3
+    for archived in parts["archived"]:
+        assert archived["verified"] and archived["rows"] == ROWS and len(archived["sha256"]) == 64
+        # Restored by hand from the stored archive: the very rows the partition had.
+        assert restore_checksum(env, archived["archive"], archived["name"]) == before[archived["name"]]
+    with conn_of(env) as conn:
+        for name in expired:
+            assert conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{name}",)).fetchone()[0] is None
+        assert {name: checksum(conn, name) for name in kept} == {name: before[name] for name in kept}
+        in_three_months = datetime.now(timezone.utc) + timedelta(days=92)
+        conn.execute(f"INSERT INTO {LOG} (request_id, integration_type, is_success, created_at) "
+                     "VALUES ('future', 'PRODUCT_CHANGE', true, %s)", (in_three_months,))
+        conn.execute(f"DELETE FROM {LOG} WHERE request_id = 'future'")
+    report = Path(done["report"]).read_text()
+    assert expired[0] in report and "## Done" in report
+
+    code, again, _ = maintain(env, "--only", "partitions")
+    assert code == 0 and again["partitions"]["created"] == [] and again["partitions"]["dropped"] == []
+
+
+@pytest.mark.parametrize("point", ["maintenance:archiving", "maintenance:archived", "maintenance:detaching",
+                                   "maintenance:detached", "maintenance:dropped"])
+def test_a_run_killed_at_any_step_is_finished_by_the_next_with_nothing_lost(env, prefect_harness, point):
+    k = 20 + ["maintenance:archiving", "maintenance:archived", "maintenance:detaching", "maintenance:detached",
+              "maintenance:dropped"].index(point)
+    name = past_name(k)
+    with conn_of(env) as conn:
+        add_past_month(conn, k)
+        before = checksum(conn, name)
+    killed_at(point, env)
+    code, done, _ = maintain(env, "--only", "partitions")
+    assert code == 0, done["problems"]
+    assert name in done["partitions"]["dropped"]
+    with conn_of(env) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{name}",)).fetchone()[0] is None
+        record = conn.execute("SELECT state, rows, archive FROM pcdb.partition_archive WHERE partition = %s",
+                              (name,)).fetchone()
+    assert record[0] == "dropped" and record[1] == ROWS
+    assert restore_checksum(env, record[2], name) == before
+
+
+def test_a_detach_held_up_by_the_application_is_deferred_then_finalized(env, prefect_harness):
+    name = past_name(30)
+    with conn_of(env) as conn:
+        add_past_month(conn, 30)
+    blocker = conn_of(env)
+    blocker.autocommit = False
+    blocker.execute(f"SELECT count(*) FROM {LOG}")           # a long application transaction on the log
+    try:
+        code, done, _ = maintain(env, "--only", "partitions")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert code == 0 and any(name in d and "FINALIZE" in d for d in done["deferred"]), done["deferred"]
+    with conn_of(env) as conn:
+        pending = conn.execute("SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = %s::regclass",
+                               (f"{SCHEMA}.{name}",)).fetchone()
+    assert pending == (True,)                                 # left half-detached, as PostgreSQL does
+    code, done, _ = maintain(env, "--only", "partitions")
+    assert code == 0 and name in done["partitions"]["dropped"]
+
+
+def test_an_archive_whose_checksum_does_not_match_stops_the_drop_and_alerts(env, prefect_harness):
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    receiver = Receiver()
+    CustomWebhookNotificationBlock(name="m", url=receiver.url, json_data={"subject": "{{subject}}", "text": "{{body}}"}
+                                   ).save("pcdb-test-maintenance", overwrite=True)
+    spec = Path(env.env_path)
+    original = spec.read_text()
+    spec.write_text(original + "notifications:\n  channels:\n    teams: {block: custom-webhook/pcdb-test-maintenance}\n")
+    name = past_name(31)
+    try:
+        with conn_of(env) as conn:
+            add_past_month(conn, 31)
+        killed_at("maintenance:archived", env)                # archived, not proved yet
+        with conn_of(env) as conn:
+            archive = conn.execute("SELECT archive FROM pcdb.partition_archive WHERE partition = %s",
+                                   (name,)).fetchone()[0]
+        os.chmod(archive, 0o644)
+        with open(archive, "r+b") as f:                       # one flipped byte in the stored archive
+            f.seek(200)
+            byte = f.read(1)
+            f.seek(200)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        code, done, _ = maintain(env, "--only", "partitions")
+        assert code == 2 and any(name in p and "SHA-256" in p for p in done["problems"])
+        assert name not in done["partitions"]["dropped"]
+        with conn_of(env) as conn:
+            assert checksum(conn, name)[0] == ROWS                # still there, still attached
+        alert = receiver.wait_for(lambda b: "stopped" in json.dumps(b))
+        assert name in json.dumps(alert)
+    finally:
+        spec.write_text(original)
+        with conn_of(env) as conn:                            # leave the module's sandbox clean
+            conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(SCHEMA, name)))
+            conn.execute("DELETE FROM pcdb.partition_archive WHERE partition = %s", (name,))
+
+
+def test_a_partition_whose_name_does_not_parse_is_reported_and_never_dropped(env, prefect_harness):
+    with conn_of(env) as conn:
+        add_past_month(conn, 40, name="kos_log_legacy_2023")
+    try:
+        code, done, _ = maintain(env, "--only", "partitions")
+        assert code == 2 and any("kos_log_legacy_2023" in p and "does not parse" in p for p in done["problems"])
+        with conn_of(env) as conn:
+            assert checksum(conn, "kos_log_legacy_2023")[0] == ROWS
+    finally:
+        with conn_of(env) as conn:
+            conn.execute(f"DROP TABLE {SCHEMA}.kos_log_legacy_2023")
