@@ -114,6 +114,7 @@ def test_the_archive_is_created_through_arm_with_an_immutability_policy():
     assert account["sku"] == {"name": "Standard_ZRS"} and account["properties"]["allowSharedKeyAccess"] is False
     assert account["properties"]["allowBlobPublicAccess"] is False
     assert sent("/containers/pcdb-run-reports")["properties"] == {"publicAccess": "None"}
+    assert sent("/containers/pcdb-partition-archives")["properties"] == {"publicAccess": "None"}  # maintenance
     policy = sent("/containers/pcdb-run-reports/immutabilityPolicies/default")
     assert policy["properties"] == {"immutabilityPeriodSinceCreationInDays": 1095, "allowProtectedAppendWrites": False}
     writes = len(arm.writes)
@@ -144,3 +145,22 @@ def test_a_token_for_the_wrong_audience_is_a_clear_error(azurite, tmp_path):
     report.write_text("x\n")
     with pytest.raises(TargetError, match="archiving report.md into stphonebillpcdbprod/pcdb-run-reports failed: HTTP"):
         target.archive_report(report, ledger.file_sha256(report))
+
+
+def test_a_partition_archive_goes_to_its_container_comes_back_byte_for_byte_and_an_unproved_one_is_replaced(
+        azurite, tmp_path):
+    endpoint, cert = azurite
+    create_container(endpoint, cert, "pcdb-partition-archives")
+    target = target_with(endpoint, cert, EntraToken())
+    dump = tmp_path / "p.dump"
+    dump.write_bytes(b"PGDMP" + bytes(range(256)) * 40)
+    name = "pc_kos_integration_log_y2025m09"
+    url = target.archive_partition(dump, name, ledger.file_sha256(dump))
+    assert url == f"{endpoint}/pcdb-partition-archives/prod/partitions/{name}.dump"
+    back = target.fetch_partition_archive(url, tmp_path / "back.dump")
+    assert back.read_bytes() == dump.read_bytes()
+    dump.write_bytes(b"PGDMP second attempt after a killed run")          # not proved yet: replaced
+    assert target.archive_partition(dump, name, ledger.file_sha256(dump)) == url
+    assert read_blob(url, cert) == dump.read_bytes()
+    with pytest.raises(TargetError, match="could not read the archive"):
+        target.fetch_partition_archive(url + ".missing", tmp_path / "none.dump")

@@ -241,3 +241,25 @@ def test_a_stalled_replica_drill_is_refused_on_azure_before_anything_changes(arm
     with pytest.raises(TargetError, match="sandbox only"):
         drills.region_drill(target, PROD, "unused", lambda facts: None, lambda step, owner: None, stall_replica=True)
     assert len(arm.writes) == writes
+
+
+def test_maintenance_refuses_to_start_inside_the_servers_custom_maintenance_window(arm, target):
+    from datetime import datetime, timezone
+
+    from pcdb import maintenance
+    from pcdb.context import RunbookContext
+    from pcdb.errors import PcdbError
+
+    install_infrastructure(target)
+    server = next(r for k, r in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
+    now = datetime.now(timezone.utc)
+    ctx = RunbookContext(PROD, target)
+    assert target.maintenance_window() is None                    # system-managed: nothing to avoid here
+    maintenance.refuse_inside_maintenance_window(ctx, now)
+    # ARM's dayOfWeek counts from Sunday = 0; the window began this hour.
+    server["properties"]["maintenanceWindow"] = {"customWindow": "Enabled", "dayOfWeek": (now.weekday() + 1) % 7,
+                                                 "startHour": now.hour, "startMinute": 0}
+    with pytest.raises(PcdbError, match="inside its Azure maintenance window"):
+        maintenance.refuse_inside_maintenance_window(ctx, now)
+    server["properties"]["maintenanceWindow"]["dayOfWeek"] = (now.weekday() + 3) % 7   # two days from now
+    maintenance.refuse_inside_maintenance_window(ctx, now)

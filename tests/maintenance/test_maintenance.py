@@ -26,7 +26,7 @@ from pcdb.cli import app
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext
 from pcdb.install import run_directly
-from tests.conftest import Receiver, installed_target
+from tests.conftest import Receiver, new_target
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,11 @@ SEOUL = ZoneInfo("Asia/Seoul")
 @pytest.fixture(scope="module")
 def env():
     """A sandbox installed through Phase 6, with 15 months of past KOS-log partitions full of rows."""
-    target = installed_target()
+    target = new_target("operations:\n  maintenance:\n    unused_index_min_stats_days: 0\n    reindex_min_size: 1MB\n")
+    target.ensure_resource_group()
+    target.ensure_server()
+    target.ensure_replica()
+    target.ensure_database()
     ctx = RunbookContext(target.env, target)
     run_directly(ctx, phases=[3, 4, 5, 6])
     with conn_of(target) as conn:
@@ -255,3 +259,122 @@ def test_a_partition_whose_name_does_not_parse_is_reported_and_never_dropped(env
     finally:
         with conn_of(env) as conn:
             conn.execute(f"DROP TABLE {SCHEMA}.kos_log_legacy_2023")
+
+
+def test_the_whole_run_under_an_application_writer_fails_not_one_insert_and_reports_every_step(env, prefect_harness):
+    name = past_name(50)
+    with conn_of(env) as conn:
+        add_past_month(conn, 50)
+        current = schema.partition_name(datetime.now(SEOUL).date())
+        conn.execute(f"ALTER TABLE {SCHEMA}.{current} SET (autovacuum_enabled = false)")   # keep the churn visible
+        conn.execute(f"INSERT INTO {LOG} (request_id, integration_type, is_success) "
+                     "SELECT 'churn-' || g, 'PRODUCT_CHANGE', true FROM generate_series(1, 3000) g")
+        conn.execute(f"DELETE FROM {LOG} WHERE request_id LIKE 'churn-%' AND right(request_id, 1) <> '0'")
+        conn.execute(f"CREATE INDEX idx_breaker_by_state ON {SCHEMA}.pc_circuit_breaker_state (state)")
+        try:   # a unique index over duplicates, built concurrently: it fails and leaves an invalid index
+            conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY idx_breaker_dup ON {SCHEMA}.pc_circuit_breaker_state "
+                         "(failure_count)")
+        except psycopg.errors.UniqueViolation:
+            pass
+        conn.execute("CREATE ROLE intruder LOGIN")
+        conn.execute(f"GRANT DELETE ON {SCHEMA}.pc_circuit_breaker_state TO product_change_readonly")
+        for _ in range(5):
+            conn.execute(f"SELECT count(*) FROM {SCHEMA}.pc_circuit_breaker_state WHERE state = 'OPEN'")
+        # An index left bloated by a mass delete (VACUUM frees its pages for reuse, never gives them back).
+        conn.execute(f"CREATE TABLE {SCHEMA}.bloat_probe (id bigint, v bigint)")
+        conn.execute(f"CREATE INDEX bloat_probe_v ON {SCHEMA}.bloat_probe (v)")
+        conn.execute(f"INSERT INTO {SCHEMA}.bloat_probe SELECT g, g FROM generate_series(1, 300000) g")
+        conn.execute(f"DELETE FROM {SCHEMA}.bloat_probe WHERE id % 20 <> 0")
+        conn.execute(f"VACUUM ANALYZE {SCHEMA}.bloat_probe")
+        bloated_bytes = conn.execute("SELECT pg_relation_size(%s::regclass)", (f"{SCHEMA}.bloat_probe_v",)).fetchone()[0]
+    with pytest.raises(psycopg.OperationalError):                 # a failed login, for the account review
+        psycopg.connect(env.endpoint().conninfo("product_change_app", "not-the-password")).close()
+
+    stop, failures, inserted = threading.Event(), [], [0]
+
+    def application() -> None:
+        with conn_of(env) as app_conn:
+            while not stop.is_set():
+                try:
+                    app_conn.execute(f"INSERT INTO {LOG} (request_id, integration_type, is_success) "
+                                     "VALUES ('app', 'PRODUCT_CHANGE', true)")
+                    inserted[0] += 1
+                except psycopg.Error as exc:
+                    failures.append(str(exc))
+
+    writer = threading.Thread(target=application, daemon=True)
+    writer.start()
+    try:
+        code, done, _ = maintain(env)
+    finally:
+        stop.set()
+        writer.join(timeout=60)
+    try:
+        assert failures == [] and inserted[0] > 0
+        assert code == 0, done["problems"]
+        assert name in done["partitions"]["dropped"]
+        assert f"{SCHEMA}.{current}" in done["statistics"]["analyzed"]
+        assert f"{SCHEMA}.{current}" in done["statistics"]["vacuumed"]
+        unused = {u["name"]: u for u in done["indexes"]["unused"]}
+        assert unused[f"{SCHEMA}.idx_breaker_by_state"]["restore_sql"].startswith(
+            "CREATE INDEX idx_breaker_by_state ON product_change.pc_circuit_breaker_state")
+        assert not any("pkey" in n or "idx_kos_log" in n or "idx_pc_history" in n for n in unused)   # kept
+        assert f"{SCHEMA}.idx_breaker_dup" in done["indexes"]["invalid"]
+        assert "intruder" in done["accounts"]["unexpected_roles"]
+        assert any("product_change_readonly" in d and "DELETE" in d for d in done["accounts"]["grant_drift"])
+        assert set(done["accounts"]["password_age_days"]) == {"product_change_app", "product_change_readonly",
+                                                              "product_change_admin"}
+        assert all(0 <= days < 1 for days in done["accounts"]["password_age_days"].values())
+        assert done["slow_queries"] and set(done["slow_queries"][0]) >= {"queryid", "calls", "total_ms", "mean_ms",
+                                                                         "delta_total_ms"}
+        assert done["hygiene"]["tls_certificate_days_left"] > 30 and done["hygiene"]["parameter_drift"] == {}
+        assert done["accounts"]["failed_logins"] >= 1
+        assert f"{SCHEMA}.bloat_probe_v" in done["indexes"]["reindexed"]
+        with conn_of(env) as conn:
+            rebuilt = conn.execute("SELECT pg_relation_size(%s::regclass)", (f"{SCHEMA}.bloat_probe_v",)).fetchone()[0]
+        assert rebuilt < bloated_bytes / 4                        # REINDEX CONCURRENTLY gave the space back
+        first_calls = {q["queryid"]: q["calls"] for q in done["slow_queries"]}
+        code, again, _ = maintain(env, "--only", "slow_queries")
+        assert code == 0
+        # Deltas against the stored snapshot: a statement run once since is counted once, not again in full.
+        assert all(q["calls"] <= first_calls.get(q["queryid"], q["calls"]) or q["queryid"] not in first_calls
+                   for q in again["slow_queries"])
+        assert sum(q["calls"] for q in again["slow_queries"]) < sum(first_calls.values())
+    finally:
+        with conn_of(env) as conn:
+            conn.execute("DROP ROLE intruder")
+            conn.execute(f"REVOKE DELETE ON {SCHEMA}.pc_circuit_breaker_state FROM product_change_readonly")
+            conn.execute(f"DROP INDEX {SCHEMA}.idx_breaker_by_state")
+            conn.execute(f"DROP INDEX {SCHEMA}.idx_breaker_dup")
+            conn.execute(f"DROP TABLE {SCHEMA}.bloat_probe")
+
+
+def test_on_production_nothing_changes_until_an_approver_approves_the_plan(env, prefect_harness):
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.maintenance import maintenance
+    from tests.conftest import paused_run_id
+
+    spec = Path(env.env_path)
+    original = spec.read_text()
+    spec.write_text(original.replace("name: test\n", "name: test\nproduction: true\n", 1))
+    name = past_name(60)
+    with conn_of(env) as conn:
+        add_past_month(conn, 60)
+    outcome = {}
+    try:
+        worker = threading.Thread(target=lambda: outcome.setdefault("state", maintenance(
+            spec_path=str(spec), only=["partitions"], return_state=True)))
+        worker.start()
+        run_id = paused_run_id()
+        with conn_of(env) as conn:                                # paused on the plan: nothing archived yet
+            assert checksum(conn, name)[0] == ROWS
+            assert conn.execute("SELECT count(*) FROM pcdb.partition_archive WHERE partition = %s",
+                                (name,)).fetchone()[0] == 0
+        resume_flow_run(run_id, run_input={"decided_by": "최운영", "reason": "monthly maintenance reviewed"})
+        worker.join(timeout=300)
+    finally:
+        spec.write_text(original)
+    state = outcome["state"]
+    assert state.is_completed(), state.message
+    assert name in state.result()["partitions"]["dropped"]

@@ -104,7 +104,7 @@ def test_a_verification_and_a_forced_zone_drill_run_as_deployments_and_land_in_t
     rows = {r["run_id"]: r for r in history["runs"]}
     assert rows[verification]["flow"] == "backup-verification" and rows[verification]["state"] == "Completed"
     assert rows[verification]["deployment"] == "backup-verification-svc"
-    assert rows[verification]["figures"]["checks"] == {"passed": 5, "total": 5}
+    assert rows[verification]["figures"]["checks"] == {"passed": 6, "total": 6}   # 5 backup checks + the partition guard
     zone = rows[drill]
     assert zone["figures"]["rpo_rows_lost"] == 0 and zone["figures"]["rto_seconds"] > 0
     assert zone["parameters"] == {"env": "svc", "spec_path": str(service.spec), "scenario": "zone", "mode": "forced",
