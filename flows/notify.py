@@ -15,10 +15,16 @@ from pcdb.config import Environment
 logger = logging.getLogger("pcdb.notify")
 
 
-def notify(env: Environment, level: str, subject: str, body: str) -> dict[str, str]:
-    """Send to every channel routed for ``level``; return channel -> 'sent' or the error."""
+def notify(env: Environment, level: str, subject: str, body: str,
+           channels: list[str] | None = None) -> dict[str, str]:
+    """Send to ``channels`` (default: every channel routed for ``level``); return channel ->
+    'sent' or the error."""
     outcome = {}
-    for name in env.notifications.routing.get(level, []):
+    for name in channels if channels is not None else env.notifications.routing.get(level, []):
+        if name not in env.notifications.channels:
+            outcome[name] = "failed: no such channel in notifications.channels"
+            logger.warning("notification channel %s is not in the spec's channels", name)
+            continue
         channel = env.notifications.channels[name]
         try:
             block = Block.load(channel.block)

@@ -52,7 +52,16 @@ def deployment_variables(spec: Environment) -> dict[str, str]:
     return {"PCDB_ENV": spec.name, "PCDB_TIMEZONE": spec.backup.window.timezone,
             "PCDB_RESTORE_DAY": str(restore),
             "PCDB_DAILY_DAYS": ",".join(str(d) for d in range(7) if d != restore),
-            "PCDB_MAINTENANCE_CRON": spec.operations.maintenance.cron}
+            "PCDB_MAINTENANCE_CRON": spec.operations.maintenance.cron,
+            "PCDB_HEALTH_CRON": health_cron(spec)}
+
+
+def health_cron(spec: Environment) -> str:
+    """monitoring.health.every as a cron ("" = not scheduled: the health deployment is manual)."""
+    minutes = int(spec.monitoring.health.every.total_seconds() // 60)
+    if minutes <= 0:
+        return ""
+    return "* * * * *" if minutes == 1 else f"*/{minutes} * * * *" if minutes < 60 else f"0 */{minutes // 60} * * *"
 
 
 def _render(value, variables: dict[str, str]):
@@ -78,6 +87,7 @@ def deployment_definitions(spec: Environment, spec_path: str | None, working_dir
     out = []
     for raw in project["deployments"]:
         item = _render(raw, deployment_variables(spec))
+        item["schedules"] = [s for s in item.get("schedules", []) if s.get("cron")]   # "" = not scheduled
         if spec_path:
             item["parameters"] = {**item.get("parameters", {}), "spec_path": str(Path(spec_path).absolute())}
         item["tags"] = [*item.get("tags", []), env_tag(spec)]
@@ -164,6 +174,7 @@ def _related(spec: Environment, flow: str | None = None) -> list[dict]:
 def automation_names(spec: Environment) -> dict[str, str]:
     return {"failed": f"pcdb-{spec.name}: run failed or crashed",
             "stale": f"pcdb-{spec.name}: no completed backup verification",
+            "dead-man": f"pcdb-{spec.name}: no health report",
             **{f"limit-{flow}": f"pcdb-{spec.name}: {flow} running too long" for flow in spec.orchestrator.run_limits}}
 
 
@@ -196,6 +207,19 @@ def desired_automations(spec: Environment) -> tuple[list[AutomationCore], list[s
                                        f"{stale_after}; check the worker of pool {spec.work_pool} and the "
                                        "backup-verification runs.") for b in blocks],
         enabled=True)] if blocks else []
+    silent_after = spec.monitoring.health.dead_man_after
+    out += [AutomationCore(
+        name=names["dead-man"],
+        description=f"No completed health run for {silent_after} (a dead-man's switch): critical notification.",
+        trigger=EventTrigger(expect={"prefect.flow-run.Completed"},
+                             match={"prefect.resource.id": "prefect.flow-run.*"},
+                             match_related=_related(spec, "health"), posture=Posture.Proactive,
+                             threshold=1, within=silent_after),
+        actions=[SendNotification(block_document_id=b, subject=f"pcdb {spec.name}: NO health report",
+                                  body=f"No health run of {spec.name} completed in the last {silent_after}: "
+                                       "nothing is watching the database. Check the worker of pool "
+                                       f"{spec.work_pool} and the health deployment.") for b in blocks],
+        enabled=True)] if blocks and health_cron(spec) else []
     for flow, limit in spec.orchestrator.run_limits.items():
         out.append(AutomationCore(
             name=names[f"limit-{flow}"], description=f"A {flow} run Running longer than {limit}: cancelled and notified.",

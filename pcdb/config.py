@@ -428,6 +428,61 @@ class AzureMetricAlert(Model):
     frequency: Duration
 
 
+class HealthRule(Model):
+    """A health rule of one's own: what the best monitors check and the plan forgot."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    title: str
+    metric: str
+    operator: Operator
+    warning: float | None = None
+    critical: float | None = None
+    duration: Duration = timedelta(0)
+    channels: list[str] | None = Field(None, description="default: the routing of the severity it reached")
+
+    @model_validator(mode="after")
+    def _a_threshold(self) -> HealthRule:
+        if self.warning is None and self.critical is None:
+            raise ValueError(f"rule {self.name}: give a warning or a critical threshold (or both)")
+        return self
+
+
+def _best_monitor_rules() -> list[HealthRule]:
+    gib = 2**30
+    return [HealthRule(name="xid-wraparound", title="transaction ID age (wraparound)", metric="xid_age",
+                       operator=">", warning=1.0e9, critical=1.5e9, duration=timedelta(minutes=5)),
+            HealthRule(name="long-transaction", title="a transaction open for long", metric="longest_transaction_seconds",
+                       operator=">", warning=3600, critical=4 * 3600, duration=timedelta(minutes=5)),
+            HealthRule(name="idle-in-transaction", title="a session idle in a transaction",
+                       metric="idle_in_transaction_seconds", operator=">", warning=600, duration=timedelta(minutes=2)),
+            HealthRule(name="slot-retaining-wal", title="a replication slot retains WAL",
+                       metric="slot_retained_bytes", operator=">", warning=1 * gib, critical=10 * gib,
+                       duration=timedelta(minutes=30)),
+            HealthRule(name="invalid-index", title="an invalid index", metric="invalid_indexes", operator=">",
+                       warning=0, duration=timedelta(hours=1)),
+            HealthRule(name="sequence-exhaustion", title="a sequence near its maximum", metric="sequence_used_percent",
+                       operator=">", warning=75, critical=90, duration=timedelta(0)),
+            HealthRule(name="tls-certificate-expiry", title="the server's TLS certificate expires soon",
+                       metric="tls_days_left", operator="<", warning=30, critical=7, duration=timedelta(0)),
+            HealthRule(name="kos-log-partitions", title="fewer than 2 future monthly partitions of the KOS log",
+                       metric="partitions_ahead", operator="<", critical=2, duration=timedelta(0))]
+
+
+class HealthSettings(Model):
+    """How the health runbook evaluates the rules (R-MON-1..5)."""
+
+    every: Duration = Field(timedelta(minutes=1), description="how often the health deployment runs")
+    reminder_every: Duration = Field(timedelta(hours=4), description="a firing alert is notified again this often")
+    hysteresis_percent: float = Field(5, ge=0, le=50, description="an alert resolves only once its value is this "
+                                      "far back on the good side of the threshold")
+    business_window: Duration = Field(timedelta(hours=1), description="the business rates are over this window")
+    dead_man_after: Duration = Field(timedelta(minutes=5), description="no health report for this long: critical")
+    history_minutes: Duration = Field(timedelta(days=14), description="per-minute samples are kept this long; "
+                                      "hourly averages and maxima for 400 days (the capacity analysis)")
+    disabled_rules: list[str] = Field(default_factory=list, description="rule names not evaluated here")
+    extra_rules: list[HealthRule] = Field(default_factory=_best_monitor_rules)
+
+
 class Monitoring(Model):
     system_metrics: list[Threshold]
     performance_targets: list[PerformanceTarget]
@@ -435,6 +490,7 @@ class Monitoring(Model):
     alert_rules: list[AlertRule]
     azure_metric_alerts: list[AzureMetricAlert]
     dashboard: dict[str, list[str]]
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
 
 class Channel(Model):
@@ -558,7 +614,7 @@ class SandboxSpec(Model):
                                            "(Azure's ZoneRedundant HA does it in 60-120 s); 0 turns it off")
 
 
-RUNBOOKS = ("install", "backup-verification", "dr-drill", "maintenance")
+RUNBOOKS = ("install", "backup-verification", "dr-drill", "maintenance", "health")
 
 
 class OrchestratorSpec(Model):
@@ -572,9 +628,10 @@ class OrchestratorSpec(Model):
         "sqlite", description="sqlite: a file in home (a laptop); sandbox-postgres: a small PostgreSQL cluster "
                               "of its own under home (never the service database). "
                               "$PREFECT_API_DATABASE_CONNECTION_URL names any other PostgreSQL")
-    run_limits: dict[Literal["install", "backup-verification", "dr-drill", "maintenance"], Duration] = Field(
+    run_limits: dict[Literal["install", "backup-verification", "dr-drill", "maintenance", "health"], Duration] = Field(
         default_factory=lambda: {"install": timedelta(hours=12), "backup-verification": timedelta(hours=5),
-                                 "dr-drill": timedelta(hours=6), "maintenance": timedelta(hours=8)},
+                                 "dr-drill": timedelta(hours=6), "maintenance": timedelta(hours=8),
+                                 "health": timedelta(minutes=5)},
         description="a run Running longer than this is cancelled and reported (an automation)")
 
 

@@ -473,6 +473,20 @@ class AzureTarget:
             start -= timedelta(days=7)   # the window that started last (it may be running now)
         return {"start": start, "minutes": 60, "note": "custom window"}
 
+    def platform_metrics(self) -> dict[str, float | None]:
+        """The latest 1-minute values Azure Monitor has (R-MON-1): CPU, memory, IOPS use, storage,
+        and whether the server answered (is_db_alive, sampled every 20 s: the minimum counts)."""
+        end = datetime.now(timezone.utc)
+        names = ("cpu_percent", "memory_percent", "disk_iops_consumed_percentage", "storage_percent", "is_db_alive")
+        series = self.metrics_series(end - timedelta(minutes=5), end, names=names)
+        latest = {name: points[-1][1] for name, points in series.items() if points}
+        alive = [v for _, v in series.get("is_db_alive", [])][-1:]
+        return {"cpu_percent": latest.get("cpu_percent"), "memory_percent": latest.get("memory_percent"),
+                "iops_percent": latest.get("disk_iops_consumed_percentage"),
+                "storage_percent": latest.get("storage_percent"),
+                "connection_failed": (1.0 if alive[0] == 0 else 0.0) if alive else None,
+                "storage_quota_bytes": float(self.env.server.storage.size)}
+
     def own_roles(self) -> set[str]:
         return {"azuresu", "replication"}
 

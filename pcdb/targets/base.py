@@ -149,6 +149,9 @@ class Target(Protocol):
     def maintenance_window(self) -> dict | None:
         """The provider's maintenance window as {start (the latest, UTC), minutes, note}, or None."""
         ...
+    def platform_metrics(self) -> dict[str, float | None]:
+        """The provider's own latest metrics (Azure Monitor), where it has them."""
+        ...
     def own_roles(self) -> set[str]:
         """Login roles the platform itself needs (replication, the provider's superuser)."""
         ...

@@ -413,6 +413,11 @@ class SandboxTarget:
     def maintenance_window(self) -> dict | None:
         return None   # the sandbox has no provider maintenance
 
+    def platform_metrics(self) -> dict[str, float | None]:
+        """The sandbox has no platform monitor (CPU, memory, IOPS are Azure Monitor's): only the
+        storage size it stands for; the health runbook measures the rest with SQL."""
+        return {"storage_quota_bytes": float(self.sandbox.spec.storage_quota)}
+
     def own_roles(self) -> set[str]:
         return {REPLICATION_USER}
 

@@ -28,7 +28,9 @@ class Service:
             f"extends: {parent or DEPLOYMENTS / 'local.yaml'}\nname: {name}\n"
             f"sandbox:\n  root: {folder / ('sb-' + name)}\n  fsync: false\n  start_timeout: 60s\n"
             f"reports_dir: {folder / 'reports'}\n"
-            f"orchestrator:\n  home: {self.home}\n  port: {self.port}\n{extra}")
+            f"orchestrator:\n  home: {self.home}\n  port: {self.port}\n{extra}"
+            # No health run a minute in the background of these tests (its own test starts one).
+            "monitoring:\n  health:\n    every: 0s\n")
         self.url = f"http://127.0.0.1:{self.port}/api"
 
     def env(self) -> dict[str, str]:

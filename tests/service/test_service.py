@@ -70,7 +70,8 @@ def test_server_up_brings_up_a_worker_and_every_deployment_and_a_second_call_cha
     assert [w["status"] for w in status["workers"]] == ["ONLINE"]
     deployments = {d["name"]: d for d in status["deployments"]}
     assert set(deployments) == {"install-svc", "backup-verification-svc", "restore-test-svc", "dr-drill-svc",
-                                "maintenance-svc"}
+                                "maintenance-svc", "health-svc"}
+    assert deployments["health-svc"]["schedule"] == "manual"      # monitoring.health.every: 0s in these tests
     assert deployments["install-svc"]["schedule"] == "manual" and deployments["dr-drill-svc"]["next_runs"] == []
     daily = deployments["backup-verification-svc"]["next_runs"][0]
     assert daily.endswith("T04:30:00+09:00")  # 04:30 Asia/Seoul
@@ -98,13 +99,17 @@ def test_a_verification_and_a_forced_zone_drill_run_as_deployments_and_land_in_t
         finished = svc_api.wait_for_runs([drill], timeout=600)
         verification = svc_api.start_deployment_run("backup-verification", "backup-verification-svc")
         finished |= svc_api.wait_for_runs([verification], timeout=600)
-    assert finished == {verification: ("Completed", None), drill: ("Completed", None)}, finished
+        watch = svc_api.start_deployment_run("health", "health-svc")   # what the scheduler starts every minute
+        finished |= svc_api.wait_for_runs([watch], timeout=300)
+    assert finished == {verification: ("Completed", None), drill: ("Completed", None),
+                        watch: ("Completed", None)}, finished
 
     history = service.json("history", "--env", str(service.spec))
     rows = {r["run_id"]: r for r in history["runs"]}
     assert rows[verification]["flow"] == "backup-verification" and rows[verification]["state"] == "Completed"
     assert rows[verification]["deployment"] == "backup-verification-svc"
     assert rows[verification]["figures"]["checks"] == {"passed": 6, "total": 6}   # 5 backup checks + the partition guard
+    assert watch not in rows                          # monitoring runs a minute: not runbooks of record
     zone = rows[drill]
     assert zone["figures"]["rpo_rows_lost"] == 0 and zone["figures"]["rto_seconds"] > 0
     assert zone["parameters"] == {"env": "svc", "spec_path": str(service.spec), "scenario": "zone", "mode": "forced",
@@ -222,7 +227,7 @@ def test_the_postgresql_backend_runs_the_server_on_a_cluster_of_its_own():
     try:
         pg.pcdb("server", "up", "--env", str(pg.spec))
         status = pg.json("server", "status", "--env", str(pg.spec))
-        assert status["backend"] == "postgresql" and len(status["deployments"]) == 5
+        assert status["backend"] == "postgresql" and len(status["deployments"]) == 6
         socket_dir = pg.home / "postgres" / "run"
         with psycopg.connect(host=str(socket_dir), port=pg.port + 1, user="prefect", dbname="prefect") as conn:
             names = {r[0] for r in conn.execute("SELECT name FROM deployment")}

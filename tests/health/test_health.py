@@ -1,0 +1,232 @@
+"""Health monitoring on a real sandbox: every rule evaluated from real probes, alert state kept
+on the orchestrator's side (so an unreachable primary fires), each transition notified once on
+the rule's own channels through real notification blocks to a local HTTP receiver, reminders,
+silences, annotations during pcdb's own runs, and the metric history."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from pcdb import health, schema
+from pcdb.cli import app
+from pcdb.config import load_environment
+from pcdb.context import RunbookContext
+from pcdb.install import run_directly
+from tests.conftest import Receiver, new_target
+
+pytestmark = pytest.mark.integration
+
+RULES = """monitoring:
+  health:
+    disabled_rules: [transactions-per-second]
+    reminder_every: 4h
+    extra_rules:
+      - {name: too-many-sessions, title: sessions above 3, metric: active_connections, operator: ">", warning: 3,
+         duration: 2min, channels: [teams]}
+      - {name: kos-log-partitions, title: fewer than 2 future partitions, metric: partitions_ahead, operator: "<",
+         critical: 2}
+notifications:
+  channels:
+    teams: {block: custom-webhook/pcdb-health-teams}
+    email: {block: custom-webhook/pcdb-health-email}
+    sms: {block: custom-webhook/pcdb-health-sms}
+"""
+
+
+@pytest.fixture(scope="module")
+def receiver(prefect_harness):
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    got = Receiver()
+    for channel in ("teams", "email", "sms"):
+        CustomWebhookNotificationBlock(name=channel, url=got.url, json_data={
+            "channel": channel, "subject": "{{subject}}", "text": "{{body}}"}).save(f"pcdb-health-{channel}",
+                                                                                     overwrite=True)
+    return got
+
+
+@pytest.fixture(scope="module")
+def env():
+    target = new_target(RULES)
+    spec = target.env_path
+    spec.write_text(spec.read_text().replace("name: test\n", "name: health-t\n", 1))
+    target.env = load_environment(spec)
+    target.ensure_resource_group()
+    target.ensure_server()
+    target.ensure_replica()
+    target.ensure_database()
+    run_directly(RunbookContext(target.env, target), phases=[3, 4, 5, 6])
+    yield target
+    target.sandbox.destroy()
+
+
+class Clock:
+    """Health runs at chosen moments (the rules' durations are minutes and hours)."""
+
+    def __init__(self, env, receiver, tmp_path):
+        self.env, self.receiver = env, receiver
+        self.store = health.Store(tmp_path / "health.sqlite")
+        self.now = datetime.now(timezone.utc)
+        self.first = len(receiver.received)      # what this test's runs sent, not the module's earlier ones
+
+    def run(self, after: timedelta = timedelta(minutes=1), annotation: str | None = None) -> health.Report:
+        from flows.notify import notify
+
+        self.now += after
+        ctx = RunbookContext(self.env.env, self.env)
+        return health.run(ctx, self.store, lambda level, subject, body, channels: notify(
+            self.env.env, level, subject, body, channels), now=self.now, annotation=annotation)
+
+    def sent(self, rule: str) -> list[dict]:
+        return [m for m in self.receiver.received[self.first:] if rule in m["text"]]
+
+
+def alert(report: health.Report, rule: str) -> dict | None:
+    return next((a for a in report.alerts if a["rule"] == rule), None)
+
+
+def test_hysteresis_a_value_just_below_the_threshold_does_not_resolve():
+    rule = health.Rule("cpu", "cpu", "cpu_percent", ">", 80.0, None, timedelta(minutes=5), None, "sql")
+    assert rule.breached(80.5) == "warning" and rule.breached(80.0) is None
+    assert not rule.cleared(79.0, "warning", 5) and rule.cleared(75.9, "warning", 5)
+    partitions = health.Rule("p", "p", "partitions_ahead", "<", None, 2.0, timedelta(0), None, "sql")
+    assert partitions.breached(1) == "critical" and partitions.cleared(2.0, "critical", 5)   # a count: no margin
+
+
+def test_a_clean_sandbox_is_ok_and_the_json_is_the_contract(env, receiver):
+    result = CliRunner().invoke(app, ["health", "--env", str(env.env_path), "--json"])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "ok" and report["alerts"] == []
+    assert set(report["business"]) == {"product_change_success_rate", "kos_success_rate", "avg_processing_seconds"}
+    metrics = report["metrics"]
+    assert metrics["up"] == 1 and metrics["connection_failed"] == 0 and metrics["partitions_ahead"] >= 3
+    assert metrics["tls_days_left"] > 30 and metrics["xid_age"] > 0 and metrics["active_connections"] >= 1
+    assert metrics["replica_lag_seconds"] is not None and metrics["storage_percent"] > 0
+    datetime.fromisoformat(report["checked_at"])
+
+
+def test_a_rule_fires_after_its_duration_notifies_once_reminds_and_resolves_once(env, receiver, tmp_path):
+    clock = Clock(env, receiver, tmp_path)
+    sessions = [psycopg.connect(env.endpoint().conninfo(env.admin, env.admin_password())) for _ in range(4)]
+    try:
+        first = alert(clock.run(), "too-many-sessions")
+        assert first["state"] == "pending" and clock.sent("too-many-sessions") == []
+        assert alert(clock.run(), "too-many-sessions")["state"] == "pending"      # 1 min of 2
+        firing = clock.run()                                                      # 2 min: fires
+        assert alert(firing, "too-many-sessions")["state"] == "firing" and firing.status == "warning"
+        sent = clock.sent("too-many-sessions")
+        assert len(sent) == 1 and sent[0]["channel"] == "teams" and "FIRING" in sent[0]["subject"]
+        clock.run()
+        assert len(clock.sent("too-many-sessions")) == 1                          # once, not every minute
+        clock.run(after=timedelta(hours=4))
+        assert len(clock.sent("too-many-sessions")) == 2 and "REMINDER" in clock.sent("too-many-sessions")[1]["subject"]
+    finally:
+        for s in sessions:
+            s.close()
+    resolved = clock.run()
+    assert alert(resolved, "too-many-sessions")["state"] == "resolved" and resolved.status == "ok"
+    assert "RESOLVED" in clock.sent("too-many-sessions")[-1]["subject"]
+    clock.run()
+    assert len(clock.sent("too-many-sessions")) == 3 and alert(clock.run(), "too-many-sessions") is None
+    history = clock.store.series("active_connections", clock.now - timedelta(days=1))
+    assert len(history) == 8 and max(v for _, v in history) >= 4                 # every run's sample kept
+
+
+def test_an_unreachable_primary_fires_connection_failure_on_teams_and_sms(env, receiver, tmp_path):
+    clock = Clock(env, receiver, tmp_path)
+    clock.run()
+    primary = env.sandbox.primary()
+    primary.stop(mode="fast")
+    try:
+        down = clock.run()
+        assert down.metrics["up"] == 0 and alert(down, "database-connection-failure")["state"] == "pending"
+        fired = clock.run()                                                       # held for 1 min
+        assert alert(fired, "database-connection-failure")["state"] == "firing" and fired.status == "critical"
+        assert sorted(m["channel"] for m in clock.sent("database-connection-failure")) == ["sms", "teams"]
+    finally:
+        primary.start(timeout=60)
+    back = clock.run()
+    assert alert(back, "database-connection-failure")["state"] == "resolved"
+    assert sorted(m["channel"] for m in clock.sent("database-connection-failure")) == ["sms", "sms", "teams", "teams"]
+
+
+def test_fewer_than_two_future_partitions_is_critical_at_once_and_the_guard_clears_it(env, receiver, tmp_path):
+    from pcdb import maintenance
+
+    clock = Clock(env, receiver, tmp_path)
+    log = f"product_change.{schema.KOS_LOG}"
+    with psycopg.connect(env.endpoint().conninfo(env.admin, env.admin_password()), autocommit=True) as conn:
+        future = [p.name for p in maintenance.list_partitions(conn, "product_change")
+                  if p.range_from > datetime.now(timezone.utc) + timedelta(days=31)]
+        for name in future:                                    # empty months ahead, as four months after install
+            conn.execute(f"ALTER TABLE {log} DETACH PARTITION product_change.{name}")
+            conn.execute(f"DROP TABLE product_change.{name}")
+    report = clock.run()
+    assert report.metrics["partitions_ahead"] <= 1
+    assert alert(report, "kos-log-partitions")["state"] == "firing" and report.status == "critical"
+    assert [m["channel"] for m in clock.sent("kos-log-partitions")] == ["teams", "email", "sms"]  # routing of critical
+    guard = maintenance.partition_guard(RunbookContext(env.env, env))
+    assert guard.passed and guard.details["ahead_months"] >= 3
+    assert alert(clock.run(), "kos-log-partitions")["state"] == "resolved"
+
+
+def test_a_silence_holds_notifications_until_it_expires_and_a_drill_annotates(env, receiver, tmp_path):
+    clock = Clock(env, receiver, tmp_path)
+    clock.store.silence("too-many-sessions", clock.now + timedelta(minutes=30), "load test", clock.now)
+    sessions = [psycopg.connect(env.endpoint().conninfo(env.admin, env.admin_password())) for _ in range(4)]
+    try:
+        clock.run(), clock.run()
+        fired = clock.run(annotation="pcdb zone drill run 42")
+        shown = alert(fired, "too-many-sessions")
+        assert shown["state"] == "firing" and shown["silenced_until"] and shown["annotation"] == "pcdb zone drill run 42"
+        assert clock.sent("too-many-sessions") == []                              # silenced: held back
+        assert clock.store.notifications()[-1]["outcome"].startswith('{"silenced"')
+        clock.run(after=timedelta(hours=4))                                       # silence over: the reminder goes
+        assert len(clock.sent("too-many-sessions")) == 1 and "zone drill" in clock.sent("too-many-sessions")[0]["text"]
+    finally:
+        for s in sessions:
+            s.close()
+
+
+def test_a_failover_fires_the_failover_rule_on_all_three_channels_once(env, receiver, tmp_path):
+    clock = Clock(env, receiver, tmp_path)
+    clock.run()
+    env.failover("planned")
+    fired = clock.run()
+    assert alert(fired, "failover-event")["state"] == "firing"
+    assert sorted(m["channel"] for m in clock.sent("failover-event")) == ["email", "sms", "teams"]
+    assert alert(clock.run(), "failover-event")["state"] == "resolved"
+
+
+def test_silence_cli_refuses_an_unknown_rule_and_a_silence_without_reason(env):
+    bad = CliRunner().invoke(app, ["health", "silence", "--env", str(env.env_path), "--rule", "cpu", "--for", "1h",
+                                   "--reason", "x"])
+    assert bad.exit_code == 1 and "no such rule" in bad.stderr and "high-cpu" in bad.stderr
+    bare = CliRunner().invoke(app, ["health", "silence", "--env", str(env.env_path), "--rule", "high-cpu"])
+    assert bare.exit_code == 1 and "--reason is required" in bare.stderr
+    ok = CliRunner().invoke(app, ["health", "silence", "--env", str(env.env_path), "--rule", "high-cpu", "--for", "2h",
+                                  "--reason", "planned load test"])
+    assert ok.exit_code == 0 and "high-cpu on health-t until" in ok.stdout
+
+
+def test_deployed_every_minute_with_a_dead_mans_switch(env, receiver, tmp_path):
+    from flows import service
+
+    spec = load_environment(env.env_path)
+    health_deployment = next(d for d in service.deployment_definitions(spec, str(env.env_path), tmp_path)
+                             if d["name"] == "health-health-t")
+    assert health_deployment["schedules"] == [{"cron": "* * * * *", "timezone": "Asia/Seoul"}]
+    assert health_deployment["entrypoint"] == "flows.health:health_check"
+    automations, missing = service.desired_automations(spec)
+    switch = next(a for a in automations if a.name == "pcdb-health-t: no health report")
+    assert missing == [] and switch.trigger.within == timedelta(minutes=5)
+    related = [r.root for r in switch.trigger.match_related]
+    assert switch.trigger.posture.value == "Proactive"
+    assert {"prefect.resource.role": "flow", "prefect.resource.name": "health"} in related
+    assert len(switch.actions) == 3                                   # the critical routing: teams, email, sms
