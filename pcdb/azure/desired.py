@@ -130,31 +130,24 @@ def desired_resources(env: Environment, subscription: str = PLACEHOLDER_SUBSCRIP
                            "workspaceId": law_id,
                            "logs": [{"category": c, "enabled": True} for c in diag.logs],
                            "metrics": [{"category": c, "enabled": True} for c in diag.metrics]}), 6))
-    channels = env.notifications.channels
-    email = [mon.EmailReceiver(name=f"email-{i}", email_address=a, use_common_alert_schema=True)
-             for c in channels.values() if c.kind == "email" for i, a in enumerate(c.recipients)]
-    sms = [mon.SmsReceiver(name=f"sms-{i}", country_code=a.lstrip("+").split("-")[0],
-                           phone_number="".join(a.lstrip("+").split("-")[1:]))
-           for c in channels.values() if c.kind == "sms" for i, a in enumerate(c.recipients)]
-    webhook = [mon.WebhookReceiver(name="teams", service_uri="<secret: " + az.action_group.teams_webhook.describe() + ">",
-                                   use_common_alert_schema=True)]
-    group_id = f"{rg_id}/providers/Microsoft.Insights/actionGroups/{az.action_group.name}"
-    out.append(Desired("action_group", az.action_group.name, group_id, mon.ActionGroupResource(
-        location="Global", group_short_name=az.action_group.short_name, enabled=True,
-        email_receivers=email, sms_receivers=sms, webhook_receivers=webhook), 6))
+    groups = ActionGroups(env, rg_id)
+    alerts = []
     for alert in env.monitoring.azure_metric_alerts:
         scope = server_id if alert.scope == "server" else replica_id
-        out.append(Desired("metric_alert", alert.name, f"{rg_id}/providers/Microsoft.Insights/metricAlerts/{alert.name}",
-                           mon.MetricAlertResource(
-                               location="global", description=alert.description, severity=alert.severity,
-                               enabled=True, scopes=[scope], evaluation_frequency=_iso(alert.frequency),
-                               window_size=_iso(alert.window),
-                               criteria=mon.MetricAlertSingleResourceMultipleMetricCriteria(all_of=[mon.MetricCriteria(
-                                   name=alert.metric, metric_name=alert.metric, metric_namespace=PG,
-                                   time_aggregation=alert.aggregation, operator=alert.operator,
-                                   threshold=alert.threshold)]),
-                               actions=[mon.MetricAlertAction(action_group_id=group_id)]), 6))
-    out += _event_alerts(env, rg_id, server_id, group_id)
+        group_id = groups.id_for(groups.channels_of_metric_alert(alert))
+        alerts.append(Desired("metric_alert", alert.name, f"{rg_id}/providers/Microsoft.Insights/metricAlerts/{alert.name}",
+                              mon.MetricAlertResource(
+                                  location="global", description=alert.description, severity=alert.severity,
+                                  enabled=True, scopes=[scope], evaluation_frequency=_iso(alert.frequency),
+                                  window_size=_iso(alert.window),
+                                  criteria=mon.MetricAlertSingleResourceMultipleMetricCriteria(all_of=[mon.MetricCriteria(
+                                      name=alert.metric, metric_name=alert.metric, metric_namespace=PG,
+                                      time_aggregation=alert.aggregation, operator=alert.operator,
+                                      threshold=alert.threshold)]),
+                                  actions=[mon.MetricAlertAction(action_group_id=group_id)]), 6))
+    alerts += _event_alerts(env, rg_id, server_id, groups)
+    out += groups.desired()    # before the alerts that name them
+    out += alerts
     out += _evidence_archive(env, rg_id)
     return out
 
@@ -194,7 +187,57 @@ SLOW_QUERY_KQL = ('AzureDiagnostics\n| where ResourceProvider == "MICROSOFT.DBFO
                   'and Category == "PostgreSQLLogs"\n| where Message has "duration:"')
 
 
-def _event_alerts(env: Environment, rg_id: str, server_id: str, group_id: str) -> list[Desired]:
+# The Azure metric an alert watches -> the §6.2.2 rule metric that gives its channels.
+RULE_METRIC = {"connections_failed": "connection_failed", "physical_replication_delay_in_seconds": "replica_lag"}
+
+
+class ActionGroups:
+    """One action group per channel set (§6.2.2 gives each rule its channels): a CPU warning goes
+    to Teams only and never texts the person on duty. Named ``<action_group.name>-<channels>``."""
+
+    def __init__(self, env: Environment, rg_id: str):
+        self.env, self.rg_id = env, rg_id
+        self.used: dict[tuple[str, ...], str] = {}
+
+    def channels_of_metric_alert(self, alert) -> tuple[str, ...]:
+        wanted = RULE_METRIC.get(alert.metric, alert.metric)
+        for rule in self.env.monitoring.alert_rules:
+            if rule.condition.metric == wanted:
+                return tuple(rule.channels)
+        level = "critical" if alert.severity <= 1 else "warning" if alert.severity == 2 else "info"
+        return tuple(self.env.notifications.routing.get(level, []))
+
+    def name(self, channels: tuple[str, ...]) -> str:
+        return f"{self.env.azure.action_group.name}-{'-'.join(sorted(set(channels)))}"
+
+    def id_for(self, channels) -> str:
+        key = tuple(sorted(set(channels)))
+        self.used.setdefault(key, f"{self.rg_id}/providers/Microsoft.Insights/actionGroups/{self.name(key)}")
+        return self.used[key]
+
+    def desired(self) -> list[Desired]:
+        from azure.mgmt.monitor import models as mon
+
+        az, channels = self.env.azure, self.env.notifications.channels
+        out = []
+        for key, group_id in sorted(self.used.items()):
+            kinds = {channels[c].kind: channels[c] for c in key if c in channels}
+            email = [mon.EmailReceiver(name=f"email-{i}", email_address=a, use_common_alert_schema=True)
+                     for i, a in enumerate(kinds["email"].recipients)] if "email" in kinds else []
+            sms = [mon.SmsReceiver(name=f"sms-{i}", country_code=a.lstrip("+").split("-")[0],
+                                   phone_number="".join(a.lstrip("+").split("-")[1:]))
+                   for i, a in enumerate(kinds["sms"].recipients)] if "sms" in kinds else []
+            webhook = [mon.WebhookReceiver(name="teams", service_uri="<secret: " + az.action_group.teams_webhook.describe()
+                                           + ">", use_common_alert_schema=True)] if "teams" in kinds else []
+            suffix = "".join(c[0] for c in key)
+            short = f"{az.action_group.short_name[:12 - len(suffix) - 1]}-{suffix}"
+            out.append(Desired("action_group", self.name(key), group_id, mon.ActionGroupResource(
+                location="Global", group_short_name=short, enabled=True,
+                email_receivers=email, sms_receivers=sms, webhook_receivers=webhook), 6))
+        return out
+
+
+def _event_alerts(env: Environment, rg_id: str, server_id: str, groups: ActionGroups) -> list[Desired]:
     from azure.mgmt.monitor import models as mon
 
     out = []
@@ -209,7 +252,8 @@ def _event_alerts(env: Environment, rg_id: str, server_id: str, group_id: str) -
                                            "Resource Health event of the server",
                                condition=mon.AlertRuleAllOfCondition(all_of=[
                                    mon.AlertRuleAnyOfOrLeafCondition(field="category", equals="ResourceHealth")]),
-                               actions=mon.ActionList(action_groups=[mon.ActionGroup(action_group_id=group_id)])), 6))
+                               actions=mon.ActionList(action_groups=[mon.ActionGroup(
+                                   action_group_id=groups.id_for(rule.channels))])), 6))
     if "slow_query_count" in rules:
         rule, name = rules["slow_query_count"], "alert-slow-queries"
         minutes = max(1, int(rule.duration.total_seconds() // 60))
@@ -225,7 +269,7 @@ def _event_alerts(env: Environment, rg_id: str, server_id: str, group_id: str) -
                                    threshold=rule.condition.value,
                                    failing_periods=mon.ConditionFailingPeriods(
                                        number_of_evaluation_periods=minutes, min_failing_periods_to_alert=minutes))]),
-                               actions=mon.Actions(action_groups=[group_id])), 6))
+                               actions=mon.Actions(action_groups=[groups.id_for(rule.channels)])), 6))
     return out
 
 

@@ -165,7 +165,7 @@ def test_the_teams_webhook_is_sent_but_never_planned_or_compared(arm):
     target = make_target(PROD, lambda ref, owner: secrets[owner], credential=FakeCredential(), transport=arm,
                          polling_interval=0)
     install_infrastructure(target)
-    sent = next(b for p, b in arm.bodies if p.endswith("/actionGroups/ag-phonebill-prod"))
+    sent = next(b for p, b in arm.bodies if p.endswith("/actionGroups/ag-phonebill-prod-teams"))
     assert sent["properties"]["webhookReceivers"][0]["serviceUri"] == hook
     plan = target.plan()
     assert hook not in repr(plan) and {c.action for c in plan} == {"unchanged"}
@@ -263,3 +263,26 @@ def test_maintenance_refuses_to_start_inside_the_servers_custom_maintenance_wind
         maintenance.refuse_inside_maintenance_window(ctx, now)
     server["properties"]["maintenanceWindow"]["dayOfWeek"] = (now.weekday() + 3) % 7   # two days from now
     maintenance.refuse_inside_maintenance_window(ctx, now)
+
+
+def test_each_azure_alert_goes_to_the_channels_its_rule_names_and_a_cpu_warning_never_texts(arm, target):
+    install_infrastructure(target)
+    groups = {p.rsplit("/", 1)[1]: b["properties"] for p, b in arm.bodies if "/actionGroups/" in p}
+
+    def receivers(alert_path: str) -> set[str]:
+        body = next(b for p, b in arm.bodies if p.endswith(alert_path))
+        actions = body["properties"]["actions"]
+        group = (actions[0]["actionGroupId"] if isinstance(actions, list) else
+                 (actions.get("actionGroups") or [None])[0])
+        group = group if isinstance(group, str) else group["actionGroupId"]
+        props = groups[group.rsplit("/", 1)[1]]
+        return ({"teams"} if props.get("webhookReceivers") else set()) | \
+               ({"email"} if props.get("emailReceivers") else set()) | ({"sms"} if props.get("smsReceivers") else set())
+
+    assert receivers("/metricAlerts/alert-high-cpu") == {"teams"}                       # §6.2.2: Teams only
+    assert receivers("/metricAlerts/alert-high-storage") == {"teams", "email"}
+    assert receivers("/metricAlerts/alert-connection-failed") == {"teams", "sms"}
+    assert receivers("/metricAlerts/alert-replica-lag") == {"teams", "email"}
+    assert receivers("/activityLogAlerts/alert-failover-event") == {"teams", "email", "sms"}
+    assert receivers("/scheduledQueryRules/alert-slow-queries") == {"teams"}
+    assert all(len(p["groupShortName"]) <= 12 for p in groups.values())
