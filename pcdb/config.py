@@ -476,6 +476,8 @@ class HealthSettings(Model):
     hysteresis_percent: float = Field(5, ge=0, le=50, description="an alert resolves only once its value is this "
                                       "far back on the good side of the threshold")
     business_window: Duration = Field(timedelta(hours=1), description="the business rates are over this window")
+    alarm_duration: Duration = Field(timedelta(minutes=5), description="how long a §6.1 threshold, performance or "
+                                     "business alarm must hold before it fires (§6.2.2 rules have their own)")
     dead_man_after: Duration = Field(timedelta(minutes=5), description="no health report for this long: critical")
     history_minutes: Duration = Field(timedelta(days=14), description="per-minute samples are kept this long; "
                                       "hourly averages and maxima for 400 days (the capacity analysis)")

@@ -125,19 +125,19 @@ def catalog(env: Environment) -> list[Rule]:
         rules[t.metric.replace("_", "-")] = Rule(
             t.metric.replace("_", "-"), f"{t.metric} {t.operator} {t.value:g}{t.unit}", metric, t.operator,
             t.value if t.level != "critical" else None, t.value if t.level == "critical" else None,
-            timedelta(minutes=5), None, source(metric))
+            m.health.alarm_duration, None, source(metric))
         by_metric.add(metric)
     for p in m.performance_targets:
         metric = ALIASES.get(p.metric, p.metric)
         operator, value = parse_alarm(p.alarm, f"monitoring.performance_targets {p.metric}.alarm")
         rules[p.metric.replace("_", "-")] = Rule(p.metric.replace("_", "-"), f"{p.metric} {p.alarm}", metric,
-                                                 operator, value, None, timedelta(minutes=5), None, "sql")
+                                                 operator, value, None, m.health.alarm_duration, None, "sql")
     for b in m.business_metrics:
         metric = ALIASES.get(b.metric, b.metric)
         op_w, warning = parse_alarm(b.warning, f"monitoring.business_metrics {b.metric}.warning")
         _, critical = parse_alarm(b.critical, f"monitoring.business_metrics {b.metric}.critical")
         rules[b.metric.replace("_", "-")] = Rule(b.metric.replace("_", "-"), f"{b.metric} (§6.1.3)", metric, op_w,
-                                                 warning, critical, timedelta(minutes=5), None, "sql (service tables)")
+                                                 warning, critical, m.health.alarm_duration, None, "sql (service tables)")
     for x in m.health.extra_rules:
         rules[x.name] = Rule(x.name, x.title, x.metric, x.operator, x.warning, x.critical, x.duration,
                              tuple(x.channels) if x.channels else None, "sql")
@@ -286,8 +286,16 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
                             "'pg_stat_statements')").fetchone()[0]:
                 cur = conn.execute(query("health.sql", "statement_counters"), {"slow_ms": SLOW_STATEMENT_MS})
                 counters |= {f"stmt_{c.name}": float(v or 0) for c, v in zip(cur.description, cur.fetchone())}
-            lags = [float(r[2]) for r in conn.execute(query("health.sql", "replication"))]
-            metrics["replica_lag_seconds"] = max(lags) if lags else metrics.get("replica_lag_seconds")
+            streams = conn.execute(query("health.sql", "replication")).fetchall()
+            replicas = [float(r[2]) for r in streams if r[1] == "async"]
+            if replicas:
+                metrics["replica_lag_seconds"] = max(replicas)
+                counters["replica_seen"] = now.timestamp()
+            elif "replica_seen" in before:
+                # The read replica stopped streaming: it falls behind from the moment it was last seen.
+                metrics["replica_lag_seconds"] = now.timestamp() - before["replica_seen"][0]
+                counters["replica_seen"] = before["replica_seen"][0]
+            metrics["standby_streaming"] = float(any(r[1] in ("sync", "quorum") for r in streams))
             timeline = _timeline(conn)
             business |= _business(conn, env)
             metrics["partitions_ahead"] = _partitions_ahead(conn, env, now)

@@ -16,7 +16,7 @@ SELECT
   (SELECT count(*) FROM pg_catalog.pg_index WHERE NOT indisvalid) AS invalid_indexes,
   (SELECT coalesce(max(100.0 * (last_value - min_value) / nullif(max_value - min_value, 0)), 0)
      FROM pg_catalog.pg_sequences WHERE last_value IS NOT NULL) AS sequence_used_percent,
-  (SELECT pg_catalog.pg_database_size(pg_catalog.current_database())) AS database_bytes
+  (SELECT sum(pg_catalog.pg_database_size(datname))::bigint FROM pg_catalog.pg_database) AS database_bytes
 
 -- name: counters
 -- Cumulative counters; the runbook turns two readings into rates.

@@ -180,3 +180,32 @@ class Receiver:
                 return found
             time.sleep(0.05)
         raise AssertionError(f"no matching notification; received {self.received}")
+
+
+class SmtpReceiver:
+    """A real local SMTP server (aiosmtpd) that records the messages a notification sends."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+
+        received = self.received = []
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+                from email import message_from_bytes
+
+                message = message_from_bytes(envelope.content)
+                received.append({"to": list(envelope.rcpt_tos), "subject": message["Subject"],
+                                 "text": message.get_payload(decode=True).decode().strip()})
+                return "250 OK"
+
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()

@@ -17,14 +17,17 @@ from pcdb.cli import app
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext
 from pcdb.install import run_directly
-from tests.conftest import Receiver, new_target
+from tests.conftest import Receiver, SmtpReceiver, new_target
 
 pytestmark = pytest.mark.integration
 
 RULES = """monitoring:
+  system_metrics:
+    - {metric: active_connections, operator: ">", value: 12, level: critical}
   health:
     disabled_rules: [transactions-per-second]
     reminder_every: 4h
+    alarm_duration: 0s
     extra_rules:
       - {name: too-many-sessions, title: sessions above 3, metric: active_connections, operator: ">", warning: 3,
          duration: 2min, channels: [teams]}
@@ -33,26 +36,41 @@ RULES = """monitoring:
 notifications:
   channels:
     teams: {block: custom-webhook/pcdb-health-teams}
-    email: {block: custom-webhook/pcdb-health-email}
+    email: {block: email-server-credentials/pcdb-health-mail, recipients: [dba@phonebill.test]}
     sms: {block: custom-webhook/pcdb-health-sms}
 """
 
 
+class Receivers:
+    """Teams and SMS at a real local HTTP receiver, email at a real local SMTP server."""
+
+    def __init__(self):
+        from prefect.blocks.notifications import CustomWebhookNotificationBlock
+        from prefect_email import EmailServerCredentials, SMTPType
+
+        self.http, self.smtp = Receiver(), SmtpReceiver()
+        for channel in ("teams", "sms"):
+            CustomWebhookNotificationBlock(name=channel, url=self.http.url, json_data={
+                "channel": channel, "subject": "{{subject}}", "text": "{{body}}"}).save(f"pcdb-health-{channel}",
+                                                                                         overwrite=True)
+        EmailServerCredentials(smtp_server="127.0.0.1", smtp_port=self.smtp.port, smtp_type=SMTPType.INSECURE
+                               ).save("pcdb-health-mail", overwrite=True)   # a test receiver on loopback
+
+    @property
+    def received(self) -> list[dict]:
+        return self.http.received + [{"channel": "email", **m} for m in self.smtp.received]
+
+
 @pytest.fixture(scope="module")
 def receiver(prefect_harness):
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
-
-    got = Receiver()
-    for channel in ("teams", "email", "sms"):
-        CustomWebhookNotificationBlock(name=channel, url=got.url, json_data={
-            "channel": channel, "subject": "{{subject}}", "text": "{{body}}"}).save(f"pcdb-health-{channel}",
-                                                                                     overwrite=True)
-    return got
+    got = Receivers()
+    yield got
+    got.smtp.stop()
 
 
 @pytest.fixture(scope="module")
 def env():
-    target = new_target(RULES)
+    target = new_target(RULES, sandbox="  storage_quota: 256MB\n")
     spec = target.env_path
     spec.write_text(spec.read_text().replace("name: test\n", "name: health-t\n", 1))
     target.env = load_environment(spec)
@@ -72,7 +90,7 @@ class Clock:
         self.env, self.receiver = env, receiver
         self.store = health.Store(tmp_path / "health.sqlite")
         self.now = datetime.now(timezone.utc)
-        self.first = len(receiver.received)      # what this test's runs sent, not the module's earlier ones
+        self.first = (len(receiver.http.received), len(receiver.smtp.received))   # this test's, not earlier ones
 
     def run(self, after: timedelta = timedelta(minutes=1), annotation: str | None = None) -> health.Report:
         from flows.notify import notify
@@ -83,7 +101,9 @@ class Clock:
             self.env.env, level, subject, body, channels), now=self.now, annotation=annotation)
 
     def sent(self, rule: str) -> list[dict]:
-        return [m for m in self.receiver.received[self.first:] if rule in m["text"]]
+        mine = self.receiver.http.received[self.first[0]:] + [
+            {"channel": "email", **m} for m in self.receiver.smtp.received[self.first[1]:]]
+        return [m for m in mine if rule in m["text"]]
 
 
 def alert(report: health.Report, rule: str) -> dict | None:
@@ -170,7 +190,7 @@ def test_fewer_than_two_future_partitions_is_critical_at_once_and_the_guard_clea
     report = clock.run()
     assert report.metrics["partitions_ahead"] <= 1
     assert alert(report, "kos-log-partitions")["state"] == "firing" and report.status == "critical"
-    assert [m["channel"] for m in clock.sent("kos-log-partitions")] == ["teams", "email", "sms"]  # routing of critical
+    assert sorted(m["channel"] for m in clock.sent("kos-log-partitions")) == ["email", "sms", "teams"]  # critical routing
     guard = maintenance.partition_guard(RunbookContext(env.env, env))
     assert guard.passed and guard.details["ahead_months"] >= 3
     assert alert(clock.run(), "kos-log-partitions")["state"] == "resolved"
@@ -230,3 +250,125 @@ def test_deployed_every_minute_with_a_dead_mans_switch(env, receiver, tmp_path):
     assert switch.trigger.posture.value == "Proactive"
     assert {"prefect.resource.role": "flow", "prefect.resource.name": "health"} in related
     assert len(switch.actions) == 3                                   # the critical routing: teams, email, sms
+
+
+def admin(env):
+    return psycopg.connect(env.endpoint().conninfo(env.admin, env.admin_password()), autocommit=True)
+
+
+def fired_then_resolved(clock, rule: str, channels: list[str]) -> None:
+    """Told once on exactly its channels when it fired, once more when it resolved."""
+    sent = clock.sent(rule)
+    assert sorted(m["channel"] for m in sent) == sorted(channels * 2), sent
+    assert sum("FIRING" in m["subject"] for m in sent) == len(channels)
+    assert sum("RESOLVED" in m["subject"] for m in sent) == len(channels)
+
+
+def test_a_stopped_replica_falls_behind_fires_replica_lag_on_teams_and_email_and_resolves(env, receiver, tmp_path):
+    import time
+
+    clock = Clock(env, receiver, tmp_path)
+    assert clock.run().metrics["replica_lag_seconds"] is not None          # streaming: seen
+    replica = env.sandbox.node("replica")
+    replica.stop(mode="fast")
+    try:
+        assert alert(clock.run(after=timedelta(minutes=6)), "replica-lag-exceeded")["state"] == "pending"
+        assert alert(clock.run(after=timedelta(minutes=2)), "replica-lag-exceeded")["state"] == "firing"
+    finally:
+        replica.start(timeout=60)
+    deadline = time.monotonic() + 60
+    while alert(clock.run(), "replica-lag-exceeded")["state"] != "resolved":   # streaming again, caught up
+        assert time.monotonic() < deadline, "the replica never streamed again"
+        time.sleep(0.5)
+    fired_then_resolved(clock, "replica-lag-exceeded", ["teams", "email"])
+
+
+def test_failing_product_changes_are_business_critical_on_every_channel(env, receiver, tmp_path):
+    clock = Clock(env, receiver, tmp_path)
+    history = "product_change.pc_product_change_history"
+    insert = (f"INSERT INTO {history} (line_number, customer_id, current_product_code, target_product_code, "
+              "process_status, requested_at, completed_at) SELECT '010-' || g, 'C' || g, 'LTE-59', '5G-89', %s, "
+              "now() - interval '10 minutes', now() - interval '9 minutes' FROM generate_series(1, %s) g")
+    with admin(env) as conn:
+        conn.execute(insert, ("FAILED", 10))
+        failing = clock.run()
+        assert failing.business["product_change_success_rate"] == 0.0
+        shown = alert(failing, "product-change-success-rate")
+        assert shown["state"] == "firing" and shown["severity"] == "critical" and failing.status == "critical"
+        conn.execute(insert, ("COMPLETED", 200))
+        healthy = clock.run()
+        assert healthy.business["product_change_success_rate"] > 95
+        assert healthy.business["avg_processing_seconds"] == pytest.approx(60, abs=1)
+        assert alert(healthy, "product-change-success-rate")["state"] == "resolved"
+        conn.execute(f"DELETE FROM {history}")
+    fired_then_resolved(clock, "product-change-success-rate", ["teams", "email", "sms"])
+
+
+def test_a_deadlock_fires_the_deadlock_rate_once_and_it_resolves(env, receiver, tmp_path):
+    import threading
+
+    clock = Clock(env, receiver, tmp_path)
+    clock.run()
+    with admin(env) as conn:
+        conn.execute("CREATE TABLE public.deadlock_probe (id int PRIMARY KEY, v int)")
+        conn.execute("INSERT INTO public.deadlock_probe VALUES (1, 0), (2, 0)")
+    first, second = admin(env), admin(env)
+    first.autocommit = second.autocommit = False
+    errors = []
+    try:
+        first.execute("UPDATE public.deadlock_probe SET v = 1 WHERE id = 1")
+        second.execute("UPDATE public.deadlock_probe SET v = 1 WHERE id = 2")
+        crossing = threading.Thread(target=lambda: _update(first, 2, errors))
+        crossing.start()
+        _update(second, 1, errors)
+        crossing.join(timeout=30)
+        assert [type(e).__name__ for e in errors] == ["DeadlockDetected"]      # PostgreSQL broke one of them
+    finally:
+        first.rollback(), second.rollback(), first.close(), second.close()
+        with admin(env) as conn:
+            conn.execute("DROP TABLE public.deadlock_probe")
+    fired = clock.run()
+    assert fired.metrics["deadlocks_per_hour"] == pytest.approx(60, rel=0.01)     # one in a minute
+    assert alert(fired, "deadlock-rate")["state"] == "firing"
+    assert alert(clock.run(), "deadlock-rate")["state"] == "resolved"
+    fired_then_resolved(clock, "deadlock-rate", ["teams", "email"])            # the routing of a warning
+
+
+def _update(conn, row: int, errors: list) -> None:
+    try:
+        conn.execute("UPDATE public.deadlock_probe SET v = 2 WHERE id = %s", (row,))
+    except psycopg.errors.DeadlockDetected as exc:
+        errors.append(exc)
+
+
+def test_connections_near_exhaustion_fire_critical_and_resolve_when_they_close(env, receiver, tmp_path):
+    clock = Clock(env, receiver, tmp_path)
+    crowd = [admin(env) for _ in range(13)]
+    try:
+        crowded = clock.run()
+        assert crowded.metrics["active_connections"] > 12
+        assert alert(crowded, "active-connections")["state"] == "firing"
+    finally:
+        for c in crowd:
+            c.close()
+    assert alert(clock.run(), "active-connections")["state"] == "resolved"
+    fired_then_resolved(clock, "active-connections", ["teams", "email", "sms"])
+
+
+def test_storage_filled_toward_the_quota_fires_after_ten_minutes_on_teams_and_email(env, receiver, tmp_path):
+    clock = Clock(env, receiver, tmp_path)
+    quota = 256 * 2**20
+    with admin(env) as conn:
+        used = conn.execute("SELECT sum(pg_database_size(datname)) FROM pg_database").fetchone()[0]
+        rows = int((0.82 * quota - int(used)) / 1100)
+        conn.execute("CREATE TABLE public.filler AS SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, %s) g",
+                     (rows,))
+        try:
+            filled = clock.run()
+            assert filled.metrics["storage_percent"] > 75
+            assert alert(filled, "high-storage")["state"] == "pending"                 # 10 min in §6.2.2
+            assert alert(clock.run(after=timedelta(minutes=10)), "high-storage")["state"] == "firing"
+        finally:
+            conn.execute("DROP TABLE public.filler")
+    assert alert(clock.run(), "high-storage")["state"] == "resolved"
+    fired_then_resolved(clock, "high-storage", ["teams", "email"])
