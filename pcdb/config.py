@@ -581,6 +581,16 @@ class MaintenanceSpec(Model):
     slow_query_regression_percent: float = Field(50, gt=0, description="a statement whose mean time grew by "
                                                  "more than this since last month is flagged")
 
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from prefect._vendor.croniter import croniter  # the parser Prefect's schedules use
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (minute hour day-of-month month day-of-week, "
+                             "e.g. '0 5 1-7 * 0' for the first Sunday at 05:00)")
+        return value
+
 
 class Operations(Model):
     incident_severities: list[Severity]
@@ -800,6 +810,23 @@ def _semantic_problems(env: Environment, lines: dict[str, tuple[str, int]]) -> l
     routes = [(f"monitoring.alert_rules.{i}.channels", r.channels)
               for i, r in enumerate(env.monitoring.alert_rules)]
     routes += [(f"notifications.routing.{lvl}", chans) for lvl, chans in env.notifications.routing.items()]
+    routes += [(f"monitoring.health.extra_rules.{i}.channels", r.channels or [])
+               for i, r in enumerate(env.monitoring.health.extra_rules)]
+    for name, channel in env.notifications.channels.items():
+        if channel.block.startswith("email-server-credentials/") and not channel.recipients:
+            path = f"notifications.channels.{name}.recipients"
+            problems.append(Problem(path, "an SMTP channel sends to its recipients: name at least one",
+                                    _line_of(f"notifications.channels.{name}", lines)))
+    if env.monitoring.health.disabled_rules:
+        from pcdb.health import catalog
+
+        everything = {r.name for r in catalog(env.model_copy(update={"monitoring": env.monitoring.model_copy(
+            update={"health": env.monitoring.health.model_copy(update={"disabled_rules": []})})}))}
+        for name in env.monitoring.health.disabled_rules:
+            if name not in everything:
+                path = "monitoring.health.disabled_rules"
+                problems.append(Problem(path, f"{name!r} is not a health rule; the rules are "
+                                              f"{', '.join(sorted(everything))}", _line_of(path, lines)))
     for path, channels in routes:
         for channel in channels:
             if channel not in known:

@@ -85,7 +85,7 @@ def test_alerts_and_receivers(empty_plan):
     assert (conns["severity"], conns["windowSize"]) == (1, "PT1M")
     lag = by_name(empty_plan, "metric_alert", "alert-replica-lag").properties["properties"]
     assert lag["scopes"][0].endswith("/phonebill-postgresql-replica") and lag["windowSize"] == "PT2M"
-    group = by_name(empty_plan, "action_group", "ag-phonebill-prod").properties["properties"]
+    group = by_name(empty_plan, "action_group", "ag-phonebill-prod-email-sms-teams").properties["properties"]
     assert [r["emailAddress"] for r in group["emailReceivers"]] == ["dba-team@phonebill.com", "ops-team@phonebill.com"]
     assert [(r["countryCode"], r["phoneNumber"]) for r in group["smsReceivers"]] == [("82", "1012345678"), ("82", "1023456789")]
     assert "pcdb-prod-teams-webhook-url" in group["webhookReceivers"][0]["serviceUri"]  # the source, not the URL
@@ -100,7 +100,7 @@ def test_the_r_mon_4_rules_without_an_azure_metric_become_event_and_log_alerts(e
     props = failover["properties"]
     assert props["scopes"][0].endswith("/flexibleServers/phonebill-postgresql-prod")
     assert props["condition"] == {"allOf": [{"field": "category", "equals": "ResourceHealth"}]}
-    assert props["actions"]["actionGroups"][0]["actionGroupId"].endswith("/actionGroups/ag-phonebill-prod")
+    assert props["actions"]["actionGroups"][0]["actionGroupId"].endswith("/actionGroups/ag-phonebill-prod-email-sms-teams")
     slow = by_name(empty_plan, "log_alert", "alert-slow-queries").properties
     assert slow["kind"] == "LogAlert"
     props = slow["properties"]
@@ -109,7 +109,7 @@ def test_the_r_mon_4_rules_without_an_azure_metric_become_event_and_log_alerts(e
     assert (condition["timeAggregation"], condition["operator"], condition["threshold"]) == ("Count", "GreaterThan", 10)
     assert (props["windowSize"], props["evaluationFrequency"]) == ("PT1M", "PT1M")
     assert condition["failingPeriods"] == {"numberOfEvaluationPeriods": 5, "minFailingPeriodsToAlert": 5}
-    assert props["severity"] == 2 and props["actions"]["actionGroups"][0].endswith("/actionGroups/ag-phonebill-prod")
+    assert props["severity"] == 2 and props["actions"]["actionGroups"][0].endswith("/actionGroups/ag-phonebill-prod-teams")
 
 
 def test_drift_shows_current_to_desired_and_immutable_changes_are_conflicts():

@@ -128,3 +128,30 @@ def test_generated_passwords_pass_the_policy_and_are_owner_only(tmp_path):
     path.chmod(0o644)
     with pytest.raises(SecretError, match="readable by others"):
         secrets.read_or_create(path)
+
+
+def test_health_and_maintenance_settings_are_checked_with_their_field(tmp_path):
+    message = problems_of(spec_with(tmp_path, (
+        "monitoring:\n  health:\n    every: soon\n    disabled_rules: [cpu-too-high]\n"
+        "    extra_rules:\n      - {name: wal, title: w, metric: slot_retained_bytes, operator: '>', warning: 1,"
+        " channels: [pager]}\n"
+        "operations:\n  maintenance:\n    cron: '0 25 * * *'\n")))
+    assert "monitoring.health.every" in message and "soon" in message
+    assert "operations.maintenance.cron" in message and "is not a cron expression" in message
+
+
+def test_an_unknown_rule_channel_or_disabled_rule_and_an_smtp_channel_without_recipients(tmp_path):
+    message = problems_of(spec_with(tmp_path, (
+        "monitoring:\n  health:\n    disabled_rules: [cpu-too-high]\n"
+        "    extra_rules:\n      - {name: wal, title: w, metric: slot_retained_bytes, operator: '>', warning: 1,"
+        " channels: [pager]}\n"
+        "notifications:\n  channels:\n    email: {block: email-server-credentials/pcdb-mail, recipients: []}\n")))
+    assert "monitoring.health.extra_rules.0.channels" in message and "'pager' is not a channel" in message
+    assert "'cpu-too-high' is not a health rule" in message and "high-cpu" in message
+    assert "notifications.channels.email.recipients" in message
+
+
+def test_a_health_rule_without_a_threshold_is_refused(tmp_path):
+    message = problems_of(spec_with(tmp_path, (
+        "monitoring:\n  health:\n    extra_rules:\n      - {name: x, title: x, metric: xid_age, operator: '>'}\n")))
+    assert "monitoring.health.extra_rules.0" in message and "give a warning or a critical threshold" in message
