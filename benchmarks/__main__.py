@@ -433,10 +433,52 @@ def partition_archive(rounds: int, rows: int = 1_000_000) -> dict:
                     "a third checksum + DROP; the proof (restore + checksums) is most of the difference"}
 
 
+def health_run(rounds: int) -> dict:
+    """One health run on an installed sandbox: wall time (goal <= 2 s: a one-minute schedule has
+    room), and the load on the monitored server (statements and their execution time per run)."""
+    import tempfile
+
+    from tests.conftest import destroy_all, new_target
+    from pcdb import health
+    from pcdb.context import RunbookContext
+    from pcdb.install import run_directly
+
+    walls, statements, server_ms = [], [], []
+    try:
+        t = new_target()
+        t.ensure_resource_group(); t.ensure_server(); t.ensure_replica(); t.ensure_database()
+        ctx = RunbookContext(t.env, t)
+        run_directly(ctx, phases=[3, 4, 5, 6])
+        store = health.Store(Path(tempfile.mkdtemp(prefix="pcdb-bench-health-")) / "h.sqlite")
+        quiet = lambda *args: {}  # noqa: E731 - notifications are not the measured work
+        health.run(ctx, store, quiet)                        # warm: counters exist, caches loaded
+        for _ in range(rounds):
+            with ctx.connect() as conn:
+                conn.execute("SELECT pg_stat_statements_reset()")
+            began = time.perf_counter()
+            health.run(ctx, store, quiet)
+            walls.append(time.perf_counter() - began)
+            with ctx.connect() as conn:
+                calls, ms = conn.execute("SELECT sum(calls), sum(total_exec_time) FROM pg_stat_statements "
+                                         "WHERE query NOT LIKE '%pg_stat_statements%'").fetchone()
+            statements.append(int(calls or 0))
+            server_ms.append(float(ms or 0))
+        t.sandbox.destroy()
+    finally:
+        destroy_all()
+    return {"wall_seconds": {"median": statistics.median(walls), "worst": max(walls), "n": len(walls)},
+            "statements_per_run": statistics.median(statements),
+            "server_execution_ms_per_run": {"median": round(statistics.median(server_ms), 2),
+                                            "worst": round(max(server_ms), 2)},
+            "goal_seconds": 2.0,
+            "note": "pcdb.health.run directly (sample + evaluate + history); statements counted by "
+                    "pg_stat_statements after a reset in this throw-away sandbox (the reset itself excluded)"}
+
+
 BENCHMARKS = {"sandbox": sandbox_lifecycle, "install": install_overhead, "zone-drills": zone_drills,
               "drill-overhead": drill_overhead, "restore-by-size": restore_test_by_size,
               "service-verify": service_verify, "first-up": first_up, "unplanned-crash": unplanned_crash,
-              "partition-archive": partition_archive}
+              "partition-archive": partition_archive, "health-run": health_run}
 
 
 def main() -> None:

@@ -491,6 +491,25 @@ def health_silence(env: EnvOption = "local",
               f"({reason.strip()})", highlight=False, markup=False)
 
 
+@app.command("checklist")
+@user_errors
+def checklist_command(env: EnvOption = "local", as_json: JsonOption = False) -> None:
+    """The daily checklist (§8.1.1): each item checked from data. Exits 2 when an item failed."""
+    config = _use_orchestrator(load_environment(env))
+    from flows.daily_checklist import daily_checklist
+
+    state = _run_flow(lambda: daily_checklist(**_spec_args(env), return_state=True), config, env)
+    result = _flow_result(state, "the daily checklist failed")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        for item in result["items"]:
+            out.print(f"{item['result'].upper():5} {item['name']}: {item['evidence']}", highlight=False, markup=False)
+        out.print(f"report: {result['report']}", highlight=False)
+    if result["status"] == "failed":
+        raise typer.Exit(2)
+
+
 @app.command("unlock")
 @user_errors
 def unlock_command(env: EnvOption = "local",

@@ -454,6 +454,9 @@ class AzureTarget:
     def failed_logins(self, since: datetime) -> int | None:  # noqa: ARG002 - in Log Analytics, not here
         return None
 
+    def log_lines(self, since: datetime, pattern) -> list[str] | None:  # noqa: ARG002 - in Log Analytics
+        return None   # the server log is in Log Analytics (PostgreSQLLogs), read with its own query language
+
     def tls_certificate_expiry(self) -> datetime | None:
         return None   # Azure renews the server certificate itself
 

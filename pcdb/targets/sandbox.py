@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -36,6 +37,16 @@ def _sharedir(bindir: Path) -> Path:
     """PostgreSQL's share folder (asked once per binaries folder, not at every parameter read)."""
     result = subprocess.run([str(bindir / "pg_config"), "--sharedir"], capture_output=True, text=True, timeout=10)
     return Path(result.stdout.strip())
+
+
+def _logged_since(line: str, since: datetime) -> bool:
+    """A line's own time (log_line_prefix starts with %t, in UTC on the sandbox) is not before ``since``;
+    a line without one (a continuation) counts."""
+    try:
+        at = datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return True
+    return at >= since
 
 
 class SandboxTarget:
@@ -393,14 +404,18 @@ class SandboxTarget:
 
     def failed_logins(self, since: datetime) -> int | None:
         """Failed password logins in the nodes' server logs written since ``since``."""
-        count = 0
+        return len(self.log_lines(since, re.compile("password authentication failed")))
+
+    def log_lines(self, since: datetime, pattern: re.Pattern) -> list[str]:
+        """Lines of the nodes' server logs (files written since ``since``) that match ``pattern``."""
+        found = []
         for node in self.sandbox.nodes():
             for log in sorted(node.log_dir.glob("*.log")) if node.log_dir.is_dir() else ():
                 if datetime.fromtimestamp(log.stat().st_mtime, timezone.utc) < since:
                     continue
                 with log.open(errors="replace") as f:
-                    count += sum("password authentication failed" in line for line in f)
-        return count
+                    found += [line.rstrip("\n") for line in f if pattern.search(line) and _logged_since(line, since)]
+        return found
 
     def tls_certificate_expiry(self) -> datetime | None:
         from cryptography import x509

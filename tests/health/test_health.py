@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -372,3 +373,37 @@ def test_storage_filled_toward_the_quota_fires_after_ten_minutes_on_teams_and_em
             conn.execute("DROP TABLE public.filler")
     assert alert(clock.run(), "high-storage")["state"] == "resolved"
     fired_then_resolved(clock, "high-storage", ["teams", "email"])
+
+
+def test_the_daily_checklist_checks_each_item_from_data_and_fails_on_what_it_finds(env, receiver):
+    for _ in range(2):          # the health runs' history: the day's cache hit, not the cluster's lifetime
+        CliRunner().invoke(app, ["health", "--env", str(env.env_path)])
+    first = CliRunner().invoke(app, ["checklist", "--env", str(env.env_path), "--json"])
+    clean = json.loads(first.stdout)
+    results = {i["name"]: i["result"] for i in clean["items"]}
+    assert list(results) == ["primary and standby", "replica lag < 1 min", "slow-query log", "wait events",
+                             "connection use", "cache hit", "failed logins", "privilege changes", "unusual access"]
+    assert first.exit_code == 0 and set(results.values()) == {"pass"}, clean["items"]
+
+    by_hand = env.endpoint().conninfo(env.admin, env.admin_password(), application_name="psql")   # not pcdb
+    with psycopg.connect(by_hand, autocommit=True) as conn:
+        conn.execute("CREATE ROLE visitor LOGIN PASSWORD 'Visitor-Only-For-This-Test-1'")
+        conn.execute("GRANT TRUNCATE ON product_change.pc_circuit_breaker_state TO product_change_readonly")
+    try:
+        for _ in range(6):                                           # more than max_failed_attempts
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(env.endpoint().conninfo("product_change_app", "wrong-password")).close()
+        with pytest.raises(psycopg.OperationalError, match="CONNECT privilege"):   # authenticated, then refused
+            psycopg.connect(env.endpoint().conninfo("visitor", "Visitor-Only-For-This-Test-1")).close()
+        second = CliRunner().invoke(app, ["checklist", "--env", str(env.env_path), "--json"])
+        found = {i["name"]: i for i in json.loads(second.stdout)["items"]}
+        assert second.exit_code == 2
+        assert found["failed logins"]["result"] == "fail" and "6 failed" in found["failed logins"]["evidence"], found
+        assert found["privilege changes"]["result"] == "fail" and "GRANT" in found["privilege changes"]["evidence"]
+        assert found["unusual access"]["result"] == "fail" and "visitor" in found["unusual access"]["evidence"]
+        report = Path(json.loads(second.stdout)["report"]).read_text()
+        assert "| failed logins | FAIL |" in report
+    finally:
+        with admin(env) as conn:
+            conn.execute("REVOKE TRUNCATE ON product_change.pc_circuit_breaker_state FROM product_change_readonly")
+            conn.execute("DROP ROLE visitor")
