@@ -120,6 +120,7 @@ def report(spec: Environment, r: dict, steps: list[str]) -> str:
     lines = [f"# Monthly maintenance{' (dry run: nothing was changed)' if r['dry_run'] else ''}: `{spec.name}`", "",
              f"- Prefect flow run: `{flow_run.get_id()}`", f"- Steps: {', '.join(steps)}",
              f"- Problems: {len(r['problems'])}; deferred: {len(r['deferred'])}; recommended: {len(r['recommended'])}",
+             f"- Verified after the run: {'n/a (dry run)' if r['verified'] is None else 'yes' if r['verified'] else 'NO'}",
              "", "## Done" if not r["dry_run"] else "## Would be done", ""]
     if "partitions" in steps:
         lines += [f"- Partitions created: {', '.join(parts['created']) or 'none'}; "

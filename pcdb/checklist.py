@@ -40,6 +40,7 @@ def run(ctx: RunbookContext, now: datetime | None = None) -> list[CheckResult]:
     out.append(_item("primary and standby", primary_ok and standby_ok and state.ha_state == "Healthy",
                      f"HA {state.ha_state}; " + ", ".join(f"{k} {v}" for k, v in roles.items()), started))
     with ctx.connect() as conn:
+        conn.execute("SET statement_timeout = '20s'")   # a probe never hangs the checklist
         started = time.monotonic()
         lags = conn.execute("SELECT application_name, coalesce(extract(epoch FROM replay_lag), 0) "
                             "FROM pg_catalog.pg_stat_replication WHERE sync_state = 'async'").fetchall()

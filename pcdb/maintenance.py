@@ -66,6 +66,8 @@ class Outcome:
                                                     "grant_drift": [], "superusers": [], "password_expired": [],
                                                     "failed_logins": None})
     hygiene: dict = field(default_factory=dict)
+    steps: list[str] = field(default_factory=list)
+    verified: bool | None = None                           # read back after the run (None: a dry run)
     recommended: list[str] = field(default_factory=list)   # left to a person: never done unattended
     deferred: list[str] = field(default_factory=list)      # blocked by the application: retried next run
     problems: list[str] = field(default_factory=list)      # stopped a step and alert
@@ -602,6 +604,12 @@ def hygiene(ctx: RunbookContext, out: Outcome, now: datetime) -> None:
 
 def refuse_inside_maintenance_window(ctx: RunbookContext, now: datetime) -> None:
     """Azure's own maintenance (patching, restarts) and ours must not overlap."""
+    for event in ctx.target.planned_maintenance():
+        start, end = event["start"], event["end"]
+        if start is not None and start <= now and (end is None or now < end):
+            raise PcdbError(f"Azure's planned maintenance is under way on the server ({event['title']}, since "
+                            f"{start:%Y-%m-%d %H:%M} UTC{f' until {end:%H:%M}' if end else ''}): maintenance did not "
+                            "start; run it after")
     window = ctx.target.maintenance_window()
     if not window:
         return
@@ -636,6 +644,37 @@ def partition_guard(ctx: RunbookContext, now: datetime | None = None) -> CheckRe
                        details={"ahead_months": ahead, "created": created}, seconds=time.monotonic() - started)
 
 
+def verify(ctx: RunbookContext, out: Outcome, now: datetime) -> list[str]:
+    """After the run, read back what it claims: the KOS log has at least MIN_AHEAD months ready,
+    every partition it dropped is gone and recorded dropped with a proved archive, every index
+    it rebuilt is valid. Returns what does not hold (each also a problem of the run)."""
+    env = ctx.env
+    failed = []
+    with ctx.connect() as conn:
+        if out.partitions["created"] or out.partitions["dropped"] or "partitions" in out.steps:
+            names = {p.name for p in list_partitions(conn, env.service.schema_name)}
+            ahead = ahead_months(names, now.astimezone(ZoneInfo(env.service.timezone)).date())
+            if ahead < MIN_AHEAD:
+                failed.append(f"only {ahead} month(s) of KOS-log partitions are ready ahead (at least {MIN_AHEAD})")
+        for name in out.partitions["dropped"]:
+            present = conn.execute(_q("table_exists"), {"schema": env.service.schema_name, "name": name}).fetchone()[0]
+            record = conn.execute("SELECT state, archive, rows FROM pcdb.partition_archive WHERE partition = %s",
+                                  (name,)).fetchone()
+            if present or not record or record[0] != "dropped" or not record[1]:
+                failed.append(f"partition {name} is reported dropped but the catalog or its record disagrees "
+                              f"(present: {present}, record: {record and record[0]})")
+        for name in out.indexes["reindexed"]:
+            schema_name, index = name.split(".", 1)
+            valid = conn.execute("SELECT x.indisvalid FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class c ON "
+                                 "c.oid = x.indexrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                                 "WHERE n.nspname = %s AND c.relname = %s", (schema_name, index)).fetchone()
+            if not valid or not valid[0]:
+                failed.append(f"index {name} was rebuilt but is not valid")
+    out.verified = not failed
+    out.problems += [f"verify: {f}" for f in failed]
+    return failed
+
+
 def check_steps(only: list[str] | None) -> list[str]:
     selected = only or list(STEPS)
     unknown = [s for s in selected if s not in STEPS]
@@ -650,7 +689,7 @@ def run(ctx: RunbookContext, only: list[str] | None = None, dry_run: bool = Fals
     (the flow makes each a Prefect task); ``now`` moves the clock for tests."""
     selected = check_steps(only)
     now = now or datetime.now(ZoneInfo("UTC"))
-    out = Outcome(dry_run=dry_run)
+    out = Outcome(dry_run=dry_run, steps=selected)
     actions = {
         "partitions": lambda: partitions(ctx, out, now),
         "statistics": lambda: statistics(ctx, out),
@@ -661,4 +700,6 @@ def run(ctx: RunbookContext, only: list[str] | None = None, dry_run: bool = Fals
     }
     for name in selected:
         (step or (lambda _, fn: fn()))(name, actions[name])
+    if not dry_run:
+        verify(ctx, out, now)
     return out

@@ -490,6 +490,31 @@ class AzureTarget:
                 "connection_failed": (1.0 if alive[0] == 0 else 0.0) if alive else None,
                 "storage_quota_bytes": float(self.env.server.storage.size)}
 
+    def planned_maintenance(self) -> list[dict]:
+        """Azure's planned maintenance of the server that is announced or under way (Resource
+        Health events of type PlannedMaintenance, notified 5 days ahead): [{title, start, end}]."""
+        from azure.core.rest import HttpRequest
+
+        server = next(d.id for d in self.desired() if d.type == "server")
+        request = HttpRequest("GET", f"https://management.azure.com{server}/providers/Microsoft.ResourceHealth/events",
+                              params={"api-version": "2022-10-01"})
+        reply = self.clients.resource.send_request(request)
+        if reply.status_code == 404:
+            return []
+        if reply.status_code >= 300:
+            raise TargetError(f"could not read the planned maintenance of {self.env.server.name}: "
+                              f"HTTP {reply.status_code} {reply.text()[:200]}")
+        out = []
+        for event in reply.json().get("value", []):
+            props = event.get("properties", {})
+            if props.get("eventType") != "PlannedMaintenance" or props.get("status") not in ("Active", None):
+                continue
+            start, end = props.get("impactStartTime"), props.get("impactMitigationTime")
+            out.append({"title": props.get("title", event.get("name")),
+                        "start": datetime.fromisoformat(start.replace("Z", "+00:00")) if start else None,
+                        "end": datetime.fromisoformat(end.replace("Z", "+00:00")) if end else None})
+        return out
+
     def own_roles(self) -> set[str]:
         return {"azuresu", "replication"}
 

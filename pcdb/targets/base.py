@@ -155,6 +155,9 @@ class Target(Protocol):
     def platform_metrics(self) -> dict[str, float | None]:
         """The provider's own latest metrics (Azure Monitor), where it has them."""
         ...
+    def planned_maintenance(self) -> list[dict]:
+        """The provider's announced or running maintenance of the server: [{title, start, end}]."""
+        ...
     def own_roles(self) -> set[str]:
         """Login roles the platform itself needs (replication, the provider's superuser)."""
         ...

@@ -428,6 +428,9 @@ class SandboxTarget:
     def maintenance_window(self) -> dict | None:
         return None   # the sandbox has no provider maintenance
 
+    def planned_maintenance(self) -> list[dict]:
+        return []
+
     def platform_metrics(self) -> dict[str, float | None]:
         """The sandbox has no platform monitor (CPU, memory, IOPS are Azure Monitor's): only the
         storage size it stands for; the health runbook measures the rest with SQL."""

@@ -244,7 +244,7 @@ def test_a_stalled_replica_drill_is_refused_on_azure_before_anything_changes(arm
 
 
 def test_maintenance_refuses_to_start_inside_the_servers_custom_maintenance_window(arm, target):
-    from datetime import datetime, timezone
+    from datetime import datetime, timedelta, timezone
 
     from pcdb import maintenance
     from pcdb.context import RunbookContext
@@ -263,6 +263,16 @@ def test_maintenance_refuses_to_start_inside_the_servers_custom_maintenance_wind
         maintenance.refuse_inside_maintenance_window(ctx, now)
     server["properties"]["maintenanceWindow"]["dayOfWeek"] = (now.weekday() + 3) % 7   # two days from now
     maintenance.refuse_inside_maintenance_window(ctx, now)
+    # Azure announced planned maintenance (Resource Health), under way now: refused too.
+    events = next(k for k in arm.resources if k.endswith("/flexibleservers/phonebill-postgresql-prod")) \
+        + "/providers/microsoft.resourcehealth/events"
+    arm.resources[events] = {"value": [{"name": "pm-1", "properties": {
+        "eventType": "PlannedMaintenance", "status": "Active", "title": "Minor version upgrade",
+        "impactStartTime": (now - timedelta(minutes=10)).isoformat(),
+        "impactMitigationTime": (now + timedelta(minutes=50)).isoformat()}}]}
+    assert target.planned_maintenance()[0]["title"] == "Minor version upgrade"
+    with pytest.raises(PcdbError, match="planned maintenance is under way"):
+        maintenance.refuse_inside_maintenance_window(ctx, now)
 
 
 def test_each_azure_alert_goes_to_the_channels_its_rule_names_and_a_cpu_warning_never_texts(arm, target):

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -133,6 +134,10 @@ def test_a_failed_run_is_notified_once_by_the_servers_automation(service):
         assert svc_api.wait_for_runs([run], timeout=300)[run][0] == "Failed"
     alert = service.receiver.wait_for(lambda m: run in m.get("text", "") or "install Failed" in m.get("subject", ""),
                                       timeout=120)
+    deadline = time.monotonic() + 60        # the automation's three actions arrive one after the other
+    while {m["channel"] for m in service.receiver.received[before:] if "install Failed" in m["subject"]} != \
+            {"teams", "email", "sms"} and time.monotonic() < deadline:
+        time.sleep(0.1)
     new = service.receiver.received[before:]
     assert {m["channel"] for m in new if "install Failed" in m["subject"]} == {"teams", "email", "sms"}  # critical
     assert not [m for m in new if "FAILED" in m["subject"]]  # the flow's own hook stayed quiet: told once
