@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from flows.evidence import HOOKS, evidence
+from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.install import runbook_context
 from flows.notify import notify
@@ -59,10 +57,7 @@ def _verify(spec, ctx, restore: bool, ev) -> dict:
     if restore and not outcome["restore_test"]["passed"]:
         failed.append("restore test")
     text = _report(spec.name, results, outcome, failed)
-    path = Path(spec.reports_dir) / f"backup-verification-{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    create_markdown_artifact(text, key=f"backup-verification-{spec.name}", description=f"report ({path})")
+    path = publish_report(spec, f"backup-verification-{spec.name}", text, "report")
     outcome["report"] = str(path)
     ev.report = str(path)
     ev.figures = {"checks": {"passed": sum(r.passed for r in results), "total": len(results)},

@@ -4,14 +4,11 @@ is notified (warning)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.evidence import HOOKS, evidence
+from flows.evidence import HOOKS, evidence, publish_report
 from flows.install import runbook_context
 from flows.notify import notify
 from pcdb import checklist
@@ -34,10 +31,7 @@ def daily_checklist(env: str = "local", spec_path: str | None = None) -> dict:
         lines += [f"| {i.name} | {'N/A' if not i.details['available'] else 'PASS' if i.passed else 'FAIL'} | "
                   f"{i.evidence.replace('|', '/')} |" for i in items]
         text = "\n".join(lines) + "\n"
-        path = Path(spec.reports_dir) / f"daily-checklist-{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        create_markdown_artifact(text, key=f"daily-checklist-{spec.name}", description=f"daily checklist ({path})")
+        path = publish_report(spec, f"daily-checklist-{spec.name}", text, "daily checklist")
         ev.report = str(path)
         ev.figures = {"items": len(items), "failed": failed, "not_available": unavailable}
         if failed:

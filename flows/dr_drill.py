@@ -8,17 +8,14 @@ file) gives target vs measured RTO/RPO and a timeline.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.utilities.annotations import quote
 
-from flows.evidence import HOOKS, evidence
+from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.install import runbook_context
 from flows.notify import notify
@@ -97,11 +94,8 @@ def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, yes: bool,
     result = run_drill(scenario, quote(ctx), mode, decide, confirm, stall)
     result.notes = [*(f"cleaned up: {r}" for r in removed), *decisions, *result.notes]
     text = _report(spec, result)
-    path = Path(spec.reports_dir) / f"drill-{scenario}-{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path = publish_report(spec, f"drill-{scenario}-{spec.name}", text, "drill report")
     result.report = str(path)
-    create_markdown_artifact(text, key=f"drill-{scenario}-{spec.name}", description=f"drill report ({path})")
     level = "critical" if scenario != "corruption" else "warning"
     notify(spec, level, f"pcdb {scenario} drill on {spec.name}: {'met' if result.met else 'BREACHED'}",
            f"RTO {result.rto_seconds}s (target {result.target_rto_seconds}s), {result.rpo_rows_lost} acknowledged "

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 
 from flows.notify import notify
@@ -38,6 +39,16 @@ class Evidence:
 
     figures: dict = field(default_factory=dict)
     report: str | None = None
+
+
+def publish_report(spec: Environment, stem: str, text: str, description: str, key: str | None = None) -> Path:
+    """A run's report: ``<reports_dir>/<stem>-<UTC time>.md`` and the run's markdown artifact
+    (key ``key`` or ``stem``, described with the path)."""
+    path = Path(spec.reports_dir) / f"{stem}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    create_markdown_artifact(text, key=key or stem, description=f"{description} ({path})")
+    return path
 
 
 def spool_for(spec: Environment) -> ledger.Spool:

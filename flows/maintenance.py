@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from flows.dr_drill import DrillDecision
-from flows.evidence import HOOKS, evidence
+from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.install import runbook_context
 from flows.notify import notify
@@ -68,11 +68,8 @@ def maintenance(env: str = "local", spec_path: str | None = None, only: list[str
                 out = m.run(ctx, steps, now=now, approved=approved, step=_run_step)
         result = out.as_dict()
         text = report(spec, result, steps)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = Path(spec.reports_dir) / f"maintenance-{spec.name}-{stamp}{'-dry-run' if dry_run else ''}.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        create_markdown_artifact(text, key=f"maintenance-{spec.name}", description=f"maintenance report ({path})")
+        path = publish_report(spec, f"maintenance-{spec.name}{'-dry-run' if dry_run else ''}", text,
+                              "maintenance report", key=f"maintenance-{spec.name}")
         result["report"] = str(path)
         ev.report = str(path)
         ev.figures = {"dry_run": dry_run, "steps": steps,

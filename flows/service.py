@@ -195,31 +195,16 @@ def desired_automations(spec: Environment) -> tuple[list[AutomationCore], list[s
                              within=timedelta(0)),
         actions=notify, enabled=True)] if notify else []
     stale_after = spec.backup.verification.max_age
-    out += [AutomationCore(
-        name=names["stale"],
-        description=f"No completed backup verification for {stale_after}: critical notification.",
-        trigger=EventTrigger(expect={"prefect.flow-run.Completed"},
-                             match={"prefect.resource.id": "prefect.flow-run.*"},
-                             match_related=_related(spec, "backup-verification"), posture=Posture.Proactive,
-                             threshold=1, within=stale_after),
-        actions=[SendNotification(block_document_id=b, subject=f"pcdb {spec.name}: backups NOT verified",
-                                  body=f"No backup verification of {spec.name} completed in the last "
-                                       f"{stale_after}; check the worker of pool {spec.work_pool} and the "
-                                       "backup-verification runs.") for b in blocks],
-        enabled=True)] if blocks else []
+    out += [_no_completed_run(spec, names["stale"], "backup-verification", stale_after, blocks,
+                              "backup verification", f"pcdb {spec.name}: backups NOT verified",
+                              f"No backup verification of {spec.name} completed in the last {stale_after}; check "
+                              f"the worker of pool {spec.work_pool} and the backup-verification runs.")] if blocks else []
     silent_after = spec.monitoring.health.dead_man_after
-    out += [AutomationCore(
-        name=names["dead-man"],
-        description=f"No completed health run for {silent_after} (a dead-man's switch): critical notification.",
-        trigger=EventTrigger(expect={"prefect.flow-run.Completed"},
-                             match={"prefect.resource.id": "prefect.flow-run.*"},
-                             match_related=_related(spec, "health"), posture=Posture.Proactive,
-                             threshold=1, within=silent_after),
-        actions=[SendNotification(block_document_id=b, subject=f"pcdb {spec.name}: NO health report",
-                                  body=f"No health run of {spec.name} completed in the last {silent_after}: "
-                                       "nothing is watching the database. Check the worker of pool "
-                                       f"{spec.work_pool} and the health deployment.") for b in blocks],
-        enabled=True)] if blocks and health_cron(spec) else []
+    out += [_no_completed_run(spec, names["dead-man"], "health", silent_after, blocks,
+                              "health run (a dead-man's switch)", f"pcdb {spec.name}: NO health report",
+                              f"No health run of {spec.name} completed in the last {silent_after}: nothing is "
+                              f"watching the database. Check the worker of pool {spec.work_pool} and the health "
+                              "deployment.")] if blocks and health_cron(spec) else []
     for flow, limit in spec.orchestrator.run_limits.items():
         out.append(AutomationCore(
             name=names[f"limit-{flow}"], description=f"A {flow} run Running longer than {limit}: cancelled and notified.",
@@ -233,6 +218,16 @@ def desired_automations(spec: Environment) -> tuple[list[AutomationCore], list[s
                      + link) for b in blocks)],
             enabled=True))
     return out, missing
+
+
+def _no_completed_run(spec: Environment, name: str, flow: str, within: timedelta, blocks: list, what: str,
+                      subject: str, body: str) -> AutomationCore:
+    """A proactive automation: no completed run of ``flow`` within ``within`` -> the critical channels."""
+    return AutomationCore(
+        name=name, description=f"No completed {what} for {within}: critical notification.",
+        trigger=EventTrigger(expect={"prefect.flow-run.Completed"}, match={"prefect.resource.id": "prefect.flow-run.*"},
+                             match_related=_related(spec, flow), posture=Posture.Proactive, threshold=1, within=within),
+        actions=[SendNotification(block_document_id=b, subject=subject, body=body) for b in blocks], enabled=True)
 
 
 def _comparable(automation) -> dict:

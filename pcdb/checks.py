@@ -185,12 +185,19 @@ def check_role_privileges(connect_as: Connect, env: Environment) -> list[CheckRe
                     got = False
                 outcomes.append({"statement": statement.format(schema=schema)[:90], "expected": allowed,
                                  "allowed": got})
+            member_of = [r[0] for r in conn.execute(
+                "SELECT g.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles g ON g.oid = m.roleid "
+                "WHERE m.member = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)")]
+            superuser = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0]
         wrong = [o for o in outcomes if o["expected"] != o["allowed"]]
         refused = sum(1 for o in outcomes if not o["allowed"])
-        results.append(CheckResult(f"privileges of {role.name}", "R-SEC-2", not wrong,
+        extra = ([f"member of {', '.join(member_of)} (the spec grants no membership)"] if member_of else []) + \
+            (["SUPERUSER"] if superuser else [])
+        results.append(CheckResult(f"privileges of {role.name}", "R-SEC-2", not wrong and not extra,
                                    f"{len(outcomes)} probes: {len(outcomes) - refused} allowed, {refused} refused "
-                                   f"as §4.1.2 says" if not wrong else f"unexpected: {wrong}",
-                                   {"probes": outcomes}))
+                                   f"as §4.1.2 says; no membership" if not wrong and not extra
+                                   else f"unexpected: {'; '.join(extra)} {wrong or ''}".strip(),
+                                   {"probes": outcomes, "member_of": member_of, "superuser": superuser}))
     return results
 
 

@@ -63,12 +63,26 @@ def ensure_role(conn: psycopg.Connection, role: Role, password: str, can_log_in:
     diff = {k: (current[k], v) for k, v in wanted.items() if current[k] != v}
     if diff:
         conn.execute(psql.SQL("ALTER ROLE {} WITH {}").format(psql.Identifier(role.name), options))
+    granted = memberships(conn, role.name)
+    if granted:
+        # The spec grants no role membership. On PostgreSQL 15 a CREATEROLE role can make itself a
+        # member of pg_execute_server_program (COPY ... TO PROGRAM as the server's OS user): undone here.
+        for parent in granted:
+            conn.execute(psql.SQL("REVOKE {} FROM {}").format(psql.Identifier(parent), psql.Identifier(role.name)))
+        diff["member of"] = (",".join(granted), "-")
     if not can_log_in(role.name, password):
         _refuse_reuse(conn, role.name, password, ledger_schema, history)
         conn.execute(psql.SQL("ALTER ROLE {} WITH {}").format(psql.Identifier(role.name), secret))
         _record_password(conn, role.name, ledger_schema, expiry, new_verifier)
         diff["password"] = ("(differs from its source)", "(set from its source)")
     return Change("role", role.name, "updated" if diff else "unchanged", diff=diff)
+
+
+def memberships(conn: psycopg.Connection, role: str) -> list[str]:
+    """The roles ``role`` is a member of (predefined pg_* roles included)."""
+    return [r[0] for r in conn.execute(
+        "SELECT g.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles g ON g.oid = m.roleid "
+        "JOIN pg_catalog.pg_roles u ON u.oid = m.member WHERE u.rolname = %s ORDER BY 1", (role,))]
 
 
 def _refuse_reuse(conn: psycopg.Connection, role: str, password: str, schema: str, history: int) -> None:

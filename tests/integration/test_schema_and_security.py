@@ -154,3 +154,36 @@ def test_a_password_used_in_the_last_five_is_refused_and_the_role_keeps_its_curr
         assert ctx.can_log_in(role.name, passwords[0])                   # six back: allowed again
         conn.execute(f"REVOKE CONNECT ON DATABASE {target.env.service.database} FROM pcdb_history_probe")
         conn.execute("DROP ROLE pcdb_history_probe")
+
+
+def test_the_admins_createrole_escalation_is_reported_and_undone_by_the_next_install(conn, target):
+    """PostgreSQL 15: CREATEROLE (R-SEC-1 gives it to product_change_admin) lets the role make itself
+    a member of pg_execute_server_program. Phase 7 fails on it and Phase 5 revokes it."""
+    from contextlib import contextmanager
+
+    from pcdb import checks
+
+    schema.ensure_schema(conn, "product_change")
+    schema.ensure_log_partitions(conn, "product_change", "Asia/Seoul", 3)   # the probes insert into the log
+    passwords = {r.name: target.sandbox.password(r.name) for r in target.env.security.roles}
+    for role in target.env.security.roles:
+        security.ensure_role(conn, role, passwords[role.name], lambda *_: True, "pcdb", timedelta(days=90))
+    security.ensure_grants(conn, target.env.security.roles, "product_change_db", "product_change")
+    admin = next(r for r in target.env.security.roles if r.name == "product_change_admin")
+    as_admin = target.endpoint().conninfo(admin.name, passwords[admin.name])
+    with psycopg.connect(as_admin, autocommit=True) as c:                  # the escalation, as the review did it
+        c.execute("GRANT pg_execute_server_program TO product_change_admin")
+
+    @contextmanager
+    def connect_as(name):
+        with psycopg.connect(target.endpoint().conninfo(name, passwords[name]), autocommit=True) as c:
+            yield c
+
+    found = {r.name: r for r in checks.check_role_privileges(connect_as, target.env)}
+    assert not found["privileges of product_change_admin"].passed
+    assert "member of pg_execute_server_program" in found["privileges of product_change_admin"].evidence
+    change = security.ensure_role(conn, admin, passwords[admin.name], lambda *_: True, "pcdb", timedelta(days=90))
+    assert change.diff["member of"] == ("pg_execute_server_program", "-")
+    assert security.memberships(conn, admin.name) == []
+    again = {r.name: r for r in checks.check_role_privileges(connect_as, target.env)}
+    assert all(r.passed for r in again.values()), again
