@@ -382,3 +382,26 @@ def test_on_production_nothing_changes_until_an_approver_approves_the_plan(env, 
     state = outcome["state"]
     assert state.is_completed(), state.message
     assert name in state.result()["partitions"]["dropped"]
+
+
+def test_on_production_a_bloated_index_is_only_recommended_without_the_approval(env):
+    with conn_of(env) as conn:
+        conn.execute(f"CREATE TABLE {SCHEMA}.bloat_prod (id bigint, v bigint)")
+        conn.execute(f"CREATE INDEX bloat_prod_v ON {SCHEMA}.bloat_prod (v)")
+        conn.execute(f"INSERT INTO {SCHEMA}.bloat_prod SELECT g, g FROM generate_series(1, 300000) g")
+        conn.execute(f"DELETE FROM {SCHEMA}.bloat_prod WHERE id % 20 <> 0")
+        conn.execute(f"VACUUM ANALYZE {SCHEMA}.bloat_prod")
+        before = conn.execute("SELECT pg_relation_size(%s::regclass)", (f"{SCHEMA}.bloat_prod_v",)).fetchone()[0]
+    try:
+        ctx = RunbookContext(env.env, env)
+        out = m.Outcome(dry_run=False)
+        m.indexes(ctx, out, production=True, approved=False)
+        assert f"{SCHEMA}.bloat_prod_v" in [b["name"] for b in out.indexes["bloated"]]
+        assert out.indexes["reindexed"] == []
+        assert any("bloat_prod_v" in r and "needs the maintenance approval" in r for r in out.recommended)
+        with conn_of(env) as conn:                               # untouched
+            assert conn.execute("SELECT pg_relation_size(%s::regclass)", (f"{SCHEMA}.bloat_prod_v",)).fetchone()[0] \
+                == before
+    finally:
+        with conn_of(env) as conn:
+            conn.execute(f"DROP TABLE {SCHEMA}.bloat_prod")
