@@ -6,6 +6,8 @@ every problem with the file, the line, the field path, the bad value and what is
 
 from __future__ import annotations
 
+import re
+
 import ipaddress
 from datetime import timedelta
 from pathlib import Path
@@ -559,6 +561,27 @@ class Cost(Model):
     alert_increase_percent: float = Field(gt=0)
 
 
+_CRON_FIELDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))   # minute hour day-of-month month day-of-week
+_CRON_ITEM = re.compile(r"^(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?$")
+
+
+def cron_is_valid(value: str) -> bool:
+    """Five numeric cron fields (``*``, ``a``, ``a-b``, lists, ``/step``) within their ranges: the
+    schedules pcdb writes; Prefect parses the same text when the deployment is registered."""
+    fields = value.split()
+    if len(fields) != 5:
+        return False
+    for text, (low, high) in zip(fields, _CRON_FIELDS):
+        for item in text.split(","):
+            match = _CRON_ITEM.match(item)
+            if not match or (match.group(4) is not None and int(match.group(4)) == 0):
+                return False
+            first, last = match.group(2), match.group(3)
+            if first is not None and not (low <= int(first) <= high and (last is None or int(first) <= int(last) <= high)):
+                return False
+    return True
+
+
 class MaintenanceSpec(Model):
     """The monthly maintenance runbook (§8.3.1, R-OPS-3): when it runs and its thresholds."""
 
@@ -584,9 +607,7 @@ class MaintenanceSpec(Model):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from prefect._vendor.croniter import croniter  # the parser Prefect's schedules use
-
-        if not croniter.is_valid(value):
+        if not cron_is_valid(value):
             raise ValueError(f"{value!r} is not a cron expression (minute hour day-of-month month day-of-week, "
                              "e.g. '0 5 1-7 * 0' for the first Sunday at 05:00)")
         return value

@@ -155,3 +155,13 @@ def test_a_health_rule_without_a_threshold_is_refused(tmp_path):
     message = problems_of(spec_with(tmp_path, (
         "monitoring:\n  health:\n    extra_rules:\n      - {name: x, title: x, metric: xid_age, operator: '>'}\n")))
     assert "monitoring.health.extra_rules.0" in message and "give a warning or a critical threshold" in message
+
+
+def test_the_spec_cron_check_agrees_with_prefects_parser_on_the_schedules_pcdb_writes():
+    from prefect._vendor.croniter import croniter
+
+    from pcdb.config import cron_is_valid
+
+    for text in ("0 5 1-7 * 0", "* * * * *", "*/5 * * * *", "30 4 * * 1,2,3,4,5,6", "0 9 * * *",
+                 "0 25 * * *", "61 * * * *", "soon", "*/0 * * * *", "0 5 * * 8"):
+        assert cron_is_valid(text) == croniter.is_valid(text), text
