@@ -6,18 +6,17 @@ every problem with the file, the line, the field path, the bad value and what is
 
 from __future__ import annotations
 
-import re
-
 import ipaddress
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
                       ValidationError, field_validator, model_validator)
 
-from pcdb import params
+from pcdb import params, specfile
 from pcdb.errors import ConfigError, Problem
 from pcdb.units import UnitError, format_duration, format_size, parse_duration, parse_size
 
@@ -57,9 +56,50 @@ def _cidr(value: Any) -> str:
         raise ValueError(f"{value!r} is not a CIDR block such as 10.0.2.0/24 ({exc})") from None
 
 
+def _timezone(value: Any) -> str:
+    text = str(value)
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{text!r} is not an IANA time zone such as Asia/Seoul or UTC") from None
+    return text
+
+
+def _clock(value: Any) -> str:
+    text = str(value)
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", text):
+        raise ValueError(f"{text!r} is not a time of day as HH:MM, 00:00 to 23:59")
+    return text
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration), PlainSerializer(format_duration)]
+TimeZone = Annotated[str, BeforeValidator(_timezone)]
+Clock = Annotated[str, BeforeValidator(_clock)]
 Size = Annotated[int, BeforeValidator(_size), PlainSerializer(format_size)]
 Cidr = Annotated[str, BeforeValidator(_cidr)]
+
+
+def _named(pattern: str, rule: str) -> Any:
+    """A string field that must match ``pattern``, refused with ``rule`` in words (not a regex)."""
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not compiled.fullmatch(value):
+            raise ValueError(rule)
+        return value
+    return Annotated[str, BeforeValidator(check)]
+
+
+# Azure's naming rules (Microsoft.DBforPostgreSQL, Microsoft.Network, Microsoft.Resources): a name
+# outside them is refused by ARM, and a quote or a semicolon must never reach a plan.
+ServerName = _named(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", "an Azure server name is 3-63 lower-case letters, digits "
+                    "and hyphens, not starting or ending with a hyphen")
+NetworkName = _named(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,78}[A-Za-z0-9_]", "an Azure network name is 2-80 letters, "
+                     "digits, underscores, periods and hyphens, starting with a letter or digit")
+ResourceName = _named(r"[A-Za-z0-9_.()-]{0,89}[A-Za-z0-9_()-]", "an Azure resource name is 1-90 letters, digits, "
+                      "underscores, periods, hyphens and parentheses, not ending with a period")
+Region = _named(r"[a-z][a-z0-9]{2,30}", "an Azure region is a lower-case word such as koreacentral")
+Location = _named(r"loopback|[a-z][a-z0-9]{2,30}", "an Azure region such as koreacentral (loopback on the sandbox)")
 
 
 class Model(BaseModel):
@@ -108,7 +148,7 @@ class Service(Model):
     schema_name: str = Field(alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     concurrent_users: int = Field(gt=0)
     availability_target_percent: float = Field(gt=0, le=100)
-    timezone: str = Field("Asia/Seoul", description="business time zone: schedules, monthly partitions")
+    timezone: TimeZone = Field("Asia/Seoul", description="business time zone: schedules, monthly partitions")
     log_partitions_ahead: int = Field(3, ge=1, le=24, description="monthly KOS-log partitions kept ready")
 
 
@@ -121,6 +161,26 @@ class Storage(Model):
     auto_grow_step: Size
     max_size: Size
 
+    @field_validator("size", "auto_grow_step", "max_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError(f"{format_size(value) if value else '0'}: a size must be more than 0 bytes")
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _azure_minimum(cls, value: int) -> int:
+        if 0 < value < 32 * 2**30:
+            raise ValueError(f"{format_size(value)}: Azure's smallest storage is 32GB")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Storage:
+        if self.max_size < self.size:
+            raise ValueError(f"max_size {format_size(self.max_size)} is smaller than size {format_size(self.size)}")
+        return self
+
 
 class Admin(Model):
     user: str = Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")
@@ -129,11 +189,20 @@ class Admin(Model):
 
 class HighAvailability(Model):
     mode: Literal["ZoneRedundant", "SameZone", "Disabled"]
-    primary_zone: str
-    standby_zone: str
+    primary_zone: Literal["1", "2", "3"]
+    standby_zone: Literal["1", "2", "3"]
     replication: Literal["synchronous"]
     failover_within: Duration
     sla_percent: float = Field(gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _zones(self) -> HighAvailability:
+        if self.mode == "ZoneRedundant" and self.primary_zone == self.standby_zone:
+            raise ValueError(f"ZoneRedundant puts the standby in another zone: standby_zone {self.standby_zone} "
+                             f"is the primary's; use SameZone, or another zone")
+        if self.mode == "SameZone" and self.primary_zone != self.standby_zone:
+            raise ValueError("SameZone keeps the standby in the primary's zone: make the two zones equal")
+        return self
 
 
 class Connection(Model):
@@ -151,8 +220,8 @@ class Connection(Model):
 
 
 class Server(Model):
-    name: str
-    location: str
+    name: ServerName
+    location: Location
     version: str
     tier: Literal["Burstable", "GeneralPurpose", "MemoryOptimized"]
     sku: str
@@ -165,8 +234,8 @@ class Server(Model):
 
 
 class Replica(Model):
-    name: str
-    location: str
+    name: ServerName
+    location: Location
     sku: str
     vcores: int = Field(gt=0)
     memory: Size
@@ -175,12 +244,12 @@ class Replica(Model):
 
 
 class Vnet(Model):
-    name: str
+    name: NetworkName
     address_prefix: Cidr
 
 
 class Subnet(Model):
-    name: str
+    name: NetworkName
     address_prefix: Cidr
     delegation: str
 
@@ -196,7 +265,8 @@ class Network(Model):
                                                         "public: firewall rules")
     vnet: Vnet | None = None
     subnet: Subnet | None = None
-    private_dns_zone: str | None = None
+    private_dns_zone: str | None = Field(None, max_length=253, pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
+                                         description="a DNS zone name such as x.private.postgres.database.azure.com")
     allowed_subnets: list[AllowedSubnet]
 
     @model_validator(mode="after")
@@ -212,13 +282,13 @@ class Network(Model):
 
 
 class DiagnosticSetting(Model):
-    name: str
+    name: ResourceName
     logs: list[str]
     metrics: list[str]
 
 
 class ActionGroup(Model):
-    name: str
+    name: ResourceName
     short_name: str = Field(max_length=12)
     teams_webhook: SecretRef = Field(description="the Teams incoming-webhook URL holds a key: a secret")
 
@@ -248,8 +318,9 @@ class EvidenceArchive(Model):
 
 class Azure(Model):
     subscription_id: SecretRef
-    resource_group: str
-    log_analytics_workspace: str
+    resource_group: ResourceName
+    log_analytics_workspace: _named(r"[A-Za-z0-9][A-Za-z0-9-]{2,61}[A-Za-z0-9]",  # type: ignore[valid-type]
+                                    "a Log Analytics workspace name is 4-63 letters, digits and hyphens")
     diagnostic_setting: DiagnosticSetting
     action_group: ActionGroup
     evidence_archive: EvidenceArchive | None = None
@@ -324,9 +395,15 @@ class Security(Model):
 
 
 class Window(Model):
-    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    timezone: str
+    start: Clock
+    end: Clock
+    timezone: TimeZone
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Window:
+        if self.start == self.end:
+            raise ValueError(f"the window starts and ends at {self.start}: give it a length")
+        return self
 
 
 class LogBackup(Model):
@@ -347,9 +424,23 @@ class Backup(Model):
     verification: BackupVerification = BackupVerification()
     retention: Duration
     geo_redundant: bool
-    geo_region: str | None
+    geo_region: Region | None = None
     window: Window
-    full_backup_time: str
+    full_backup_time: Clock
+
+    @field_validator("retention")
+    @classmethod
+    def _azure_retention(cls, value: timedelta) -> timedelta:
+        days = value.total_seconds() / 86400
+        if days != int(days) or not 7 <= days <= 35:
+            raise ValueError(f"{format_duration(value)}: Azure keeps backups 7 to 35 days, in whole days")
+        return value
+
+    @model_validator(mode="after")
+    def _geo(self) -> Backup:
+        if self.geo_redundant and not self.geo_region:
+            raise ValueError("geo_redundant backups need geo_region, the paired region (koreasouth)")
+        return self
     log_backup: LogBackup
     pitr_granularity: Duration
     compression: bool
@@ -634,8 +725,8 @@ class Operations(Model):
 class SandboxSpec(Model):
     root: str | None = Field(None, description="folder of the sandbox; default /var/lib/pcdb/<env> "
                                                "as root, ~/.local/state/pcdb/<env> otherwise")
-    ports: dict[Literal["node1", "node2", "replica"], int] = Field(
-        default_factory=dict, description="fixed ports; absent or 0 = a free port is chosen")
+    ports: dict[Literal["node1", "node2", "replica"], Annotated[int, Field(ge=0, le=65535)]] = Field(
+        default_factory=dict, description="fixed ports (1024-65535 unless root); absent or 0 = a free port is chosen")
     storage_quota: Size = Field(description="stands for the server's storage size in metrics")
     extra_preload_libraries: list[str] = Field(default_factory=list,
                                                description="loaded when installed (e.g. pgaudit)")
@@ -705,6 +796,16 @@ class Environment(Model):
             raise ValueError("target 'sandbox' needs a 'sandbox' section")
         return self
 
+    def valid_parameters(self) -> dict[str, params.ParamValue]:
+        """The spec's parameters that are valid, made canonical (for checks across them)."""
+        out = {}
+        for name, value in {**self.parameters, **self.security.audit}.items():
+            try:
+                out[name] = params.canonical(name, value)
+            except ValueError:
+                continue
+        return out
+
     def desired_parameters(self) -> dict[str, params.ParamValue]:
         """Every server parameter the spec sets (performance + audit), made canonical."""
         merged = {**self.parameters, **self.security.audit}
@@ -734,33 +835,36 @@ def load_environment(env: str | Path) -> Environment:
     return validate(data, _shown(path), lines)
 
 
-# libyaml's safe loader when PyYAML has it: ten times faster than the pure-Python one, and every
-# runbook and CLI call loads a spec (two or three files).
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _load_raw(path: Path, seen: tuple[Path, ...]) -> tuple[dict, dict[str, tuple[str, int]]]:
+def _load_raw(path: Path, seen: tuple[Path, ...], referrer: tuple[str, int | None] | None = None
+              ) -> tuple[dict, dict[str, tuple[str, int]]]:
     shown = _shown(path)
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in DEPLOYMENTS.glob("*.yaml")))
-        raise ConfigError(shown, [Problem("", f"no such environment spec; known: {known}")])
-    text = path.read_text()
+        what = "is a folder, not a spec file" if path.exists() else "does not exist"
+        if referrer is not None:  # name the file that refers to it, at its extends: line
+            raise ConfigError(referrer[0], [Problem("extends", f"the parent spec {shown} {what}; "
+                                                    f"known environments: {known}", referrer[1])])
+        raise ConfigError(shown, [Problem("", f"no such environment spec ({what}); known: {known}")])
     try:
-        data = yaml.load(text, Loader=_LOADER)
-        lines = {k: (shown, v) for k, v in _line_index(yaml.compose(text, Loader=_LOADER)).items()}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(shown, [Problem("", f"not valid YAML: {getattr(exc, 'problem', exc)}",
-                                          mark.line + 1 if mark else None)]) from None
+        data, index = specfile.read(path)
+    except specfile.SpecFileError as exc:
+        raise ConfigError(shown, exc.problems) from None
+    except OSError as exc:
+        raise ConfigError(shown, [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+    lines = {k: (shown, v) for k, v in index.items()}
     if not isinstance(data, dict):
-        raise ConfigError(shown, [Problem("", "the spec must be a mapping of sections")])
+        raise ConfigError(shown, [Problem("", "the spec must be a mapping of sections (server:, security:, ...)", 1)])
     parent_name = data.pop("extends", None)
     if parent_name is None:
         return data, lines
-    parent = spec_path(str(parent_name)) if "/" not in str(parent_name) else path.parent / parent_name
-    if parent.resolve() in seen:
-        raise ConfigError(shown, [Problem("extends", f"{parent_name!r} extends itself in a loop")])
-    base, base_lines = _load_raw(parent, (*seen, path.resolve()))
+    if not isinstance(parent_name, str) or not parent_name.strip():
+        raise ConfigError(shown, [Problem("extends", "name the parent spec: an environment name (prod) or "
+                                                     "a spec file path", index.get("extends"))])
+    parent = spec_path(parent_name) if "/" not in parent_name else path.parent / parent_name
+    if parent.resolve() in seen or parent.resolve() == path.resolve():
+        raise ConfigError(shown, [Problem("extends", f"{parent_name!r} extends itself in a loop",
+                                          index.get("extends"))])
+    base, base_lines = _load_raw(parent, (*seen, path.resolve()), (shown, index.get("extends")))
     return _merge(base, data), {**base_lines, **lines}
 
 
@@ -789,14 +893,45 @@ def validate(data: dict, file: str = "<spec>",
              lines: dict[str, tuple[str, int]] | None = None) -> Environment:
     """Validate a parsed spec; raise ConfigError with every problem found."""
     lines = lines or {}
+    problems = _parameter_problems(data, lines)  # also when other fields are wrong: every problem at once
+    environment = None
     try:
         environment = Environment.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(file, [_problem(err, data, lines) for err in exc.errors()]) from None
-    problems = _semantic_problems(environment, lines)
+        problems = [_problem(err, data, lines) for err in exc.errors()
+                    if not str(err["loc"][0]).startswith("parameters")] + problems
+    if environment is not None:
+        from pcdb import specchecks
+
+        problems += _semantic_problems(environment, lines)
+        problems += specchecks.problems(environment, lambda path: _line_of(path, lines))
     if problems:
         raise ConfigError(file, problems)
     return environment
+
+
+def _parameter_problems(data: dict, lines: dict[str, tuple[str, int]]) -> list[Problem]:
+    """Each server parameter against PostgreSQL's catalog, read from the raw spec."""
+    problems: list[Problem] = []
+    security = data.get("security") if isinstance(data.get("security"), dict) else {}
+    sections = (("parameters", data.get("parameters")), ("security.audit", security.get("audit")))
+    for section, values in sections:
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            problems.append(Problem(section, "a mapping of parameter: value", _line_of(section, lines)))
+            continue
+        for name, value in values.items():
+            path = f"{section}.{name}"
+            if isinstance(value, (dict, type(None))):
+                problems.append(Problem(path, "a parameter's value is a number, a word, or a list of words",
+                                        _line_of(path, lines)))
+                continue
+            try:
+                params.canonical(str(name), value)
+            except ValueError as exc:
+                problems.append(Problem(path, str(exc), _line_of(path, lines)))
+    return problems
 
 
 def _problem(err: dict, data: dict, lines: dict[str, tuple[str, int]]) -> Problem:
@@ -814,13 +949,6 @@ def _problem(err: dict, data: dict, lines: dict[str, tuple[str, int]]) -> Proble
 
 def _semantic_problems(env: Environment, lines: dict[str, tuple[str, int]]) -> list[Problem]:
     problems: list[Problem] = []
-    for section, values in (("parameters", env.parameters), ("security.audit", env.security.audit)):
-        for name, value in values.items():
-            try:
-                params.canonical(name, value)
-            except ValueError as exc:
-                path = f"{section}.{name}"
-                problems.append(Problem(path, str(exc), _line_of(path, lines)))
     for name in set(env.parameters) & set(env.security.audit):
         a, b = env.parameters[name], env.security.audit[name]
         if str(a) != str(b):
@@ -861,22 +989,6 @@ def _shown(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def _line_index(node: yaml.Node | None, prefix: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
-    """Map dotted field paths to 1-based line numbers."""
-    out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            path = f"{prefix}.{key.value}" if prefix else str(key.value)
-            out[path] = key.start_mark.line + 1
-            _line_index(value, path, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            path = f"{prefix}.{i}"
-            out[path] = item.start_mark.line + 1
-            _line_index(item, path, out)
-    return out
 
 
 def _line_of(path: str, lines: dict[str, tuple[str, int]]) -> tuple[str, int] | None:

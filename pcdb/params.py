@@ -23,8 +23,60 @@ _FOREIGN = {
     "slow_query_log": "slow_query_log is MySQL's parameter (C-4); use log_min_duration_statement",
     "long_query_time": "long_query_time is MySQL's parameter (C-4); use log_min_duration_statement",
 }
-# Dotted parameters belong to extensions; we accept those of the extensions we load.
+# Dotted parameters belong to extensions; we accept those of the extensions we load. The catalog
+# holds pg_stat_statements' own (it was read with the library loaded); these are the others'.
 EXTENSION_PREFIXES = ("pg_stat_statements.", "pgaudit.", "auto_explain.")
+_EXTENSION_PARAMETERS = {
+    "auto_explain.": ("log_analyze", "log_buffers", "log_format", "log_level", "log_min_duration",
+                      "log_nested_statements", "log_parameter_max_length", "log_settings", "log_timing",
+                      "log_triggers", "log_verbose", "log_wal", "sample_rate"),
+    "pgaudit.": ("log", "log_catalog", "log_client", "log_level", "log_parameter", "log_parameter_max_size",
+                 "log_relation", "log_rows", "log_statement", "log_statement_once", "role"),
+}
+# Libraries a spec may preload: shipped with PostgreSQL's contrib or allowed by Azure's
+# shared_preload_libraries parameter, and known to this runbook.
+PRELOAD_LIBRARIES = ("pg_stat_statements", "auto_explain", "pgaudit", "pg_prewarm", "pg_cron", "pg_hint_plan",
+                     "pg_partman_bgw", "pg_failover_slots", "timescaledb")
+# Parameters whose value is a list of separately quoted items (GUC_LIST_QUOTE): written as
+# 'a', 'b' by ALTER SYSTEM, never as one literal 'a,b'.
+LIST_PARAMETERS = ("shared_preload_libraries", "local_preload_libraries", "session_preload_libraries",
+                   "search_path", "temp_tablespaces")
+
+_TOPOLOGY = ("the topology owns it: pcdb sets it on each server for its role (primary, synchronous standby, "
+             "read replica) and the failovers rely on it")
+_NETWORK = ("the network section owns where the servers listen (the sandbox: 127.0.0.1 only; Azure: the "
+            "VNet), and access is network.allowed_subnets")
+_TLS = "security.tls owns TLS (minimum version, certificates; the sandbox runs TLS 1.3 only)"
+_BACKUP = ("the backup section owns WAL archiving and restores; a command here would run as the server's OS "
+           "user")
+_CODE = "it loads code from a path the spec names; preload libraries with shared_preload_libraries"
+_UNSAFE = "a developer option that can corrupt data or hide corruption; never in production"
+OWNED: dict[str, str] = {
+    **dict.fromkeys(("listen_addresses", "port", "unix_socket_directories", "unix_socket_group",
+                     "unix_socket_permissions"), _NETWORK),
+    **dict.fromkeys(("ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file", "ssl_crl_dir",
+                     "ssl_ciphers", "ssl_min_protocol_version", "ssl_max_protocol_version", "ssl_passphrase_command",
+                     "ssl_passphrase_command_supports_reload", "ssl_prefer_server_ciphers", "ssl_ecdh_curve",
+                     "ssl_dh_params_file"), _TLS),
+    "password_encryption": "security owns authentication: passwords are SCRAM-SHA-256 verifiers only",
+    "krb_server_keyfile": "security owns authentication (SCRAM over TLS)",
+    "db_user_namespace": "security owns authentication (SCRAM over TLS)",
+    **dict.fromkeys(("archive_mode", "archive_command", "archive_library", "archive_timeout", "restore_command",
+                     "archive_cleanup_command", "recovery_end_command", "recovery_target", "recovery_target_lsn",
+                     "recovery_target_name", "recovery_target_time", "recovery_target_xid",
+                     "recovery_target_action", "recovery_target_inclusive", "recovery_target_timeline"), _BACKUP),
+    **dict.fromkeys(("primary_conninfo", "primary_slot_name", "promote_trigger_file", "synchronous_standby_names",
+                     "synchronous_commit", "hot_standby", "hot_standby_feedback", "wal_level", "wal_log_hints",
+                     "cluster_name", "wal_retrieve_retry_interval", "full_page_writes", "fsync",
+                     "wal_receiver_timeout", "wal_sender_timeout"), _TOPOLOGY),
+    **dict.fromkeys(("hba_file", "ident_file", "config_file", "data_directory", "external_pid_file",
+                     "logging_collector", "log_directory", "log_destination"),
+                    "the server's own files: pcdb places them, and the runbooks read the logs where it put them"),
+    **dict.fromkeys(("dynamic_library_path", "local_preload_libraries", "session_preload_libraries",
+                     "jit_provider"), _CODE),
+    **dict.fromkeys(("allow_system_table_mods", "ignore_system_indexes", "zero_damaged_pages",
+                     "ignore_checksum_failure", "ignore_invalid_pages", "data_sync_retry"), _UNSAFE),
+}
 _BOOL_WORDS = {"on": "on", "off": "off", "true": "on", "false": "off", "yes": "on", "no": "off",
                "1": "on", "0": "off"}
 
@@ -82,8 +134,17 @@ def lookup(name: str) -> ParamInfo | None:
         raise ValueError(_FOREIGN[key])
     if key in catalog():
         return catalog()[key]
-    if key.startswith(EXTENSION_PREFIXES):
-        return None
+    for prefix, names in _EXTENSION_PARAMETERS.items():
+        if key.startswith(prefix):
+            if key.removeprefix(prefix) in names:
+                return None
+            close = difflib.get_close_matches(key.removeprefix(prefix), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; it has {', '.join(names)}"
+            raise ValueError(f"{name!r} is not a setting of {prefix.rstrip('.')}{hint}")
+    if key.startswith(EXTENSION_PREFIXES):  # pg_stat_statements.*: its own are in the catalog
+        close = difflib.get_close_matches(key, [k for k in catalog() if k.startswith(key.split(".")[0] + ".")], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{name!r} is not a setting of {key.split('.')[0]}{hint}")
     close = difflib.get_close_matches(key, catalog().keys(), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"{name!r} is not a PostgreSQL parameter{hint}")
@@ -97,18 +158,39 @@ def _parse_int(text: str) -> int:
     return int(text, 0)
 
 
-def canonical(name: str, value: object) -> ParamValue:
+def canonical(name: str, value: object, owned: bool = False) -> ParamValue:
     """Validate ``value`` for parameter ``name`` and return its canonical setting.
 
     A parameter with a unit needs a unit in the spec ('4GB', '30min'); a bare number is
     ambiguous (the document's shared_buffers 4194304 meant kB, but the unit is 8kB: C-3),
     except 0 and -1, which mean "off" for such parameters.
 
+    ``owned``: pcdb's own setting of a parameter the topology or security owns (never a spec's).
+
     Raises:
-        ValueError: unknown parameter, wrong type, bad unit, out of range, not an allowed value.
+        ValueError: unknown parameter, owned by the topology or security, wrong type, bad unit,
+            out of range, not an allowed value.
     """
+    if name.lower() in OWNED and not owned:
+        raise ValueError(f"{name} cannot be set in the spec: {OWNED[name.lower()]}")
     info = lookup(name)
     declared = _declared(value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in declared):
+        raise ValueError("a control character (newline, tab, ...) in the value; a setting is one line")
+    if len(declared) > 1024:
+        raise ValueError(f"a value of {len(declared)} characters; a setting is at most 1024")
+    if name.lower() in LIST_PARAMETERS:
+        items = [x.strip() for x in declared.split(",")]
+        if any(not x or not x.replace("_", "").replace("-", "").replace("$", "").isalnum() for x in items):
+            raise ValueError(f"{declared!r}: give a list of names (e.g. [pg_stat_statements, auto_explain])")
+        if len(set(items)) != len(items):
+            raise ValueError(f"{declared!r} names a library twice")
+        if name.lower() == "shared_preload_libraries":
+            unknown = [x for x in items if x not in PRELOAD_LIBRARIES]
+            if unknown:
+                raise ValueError(f"{', '.join(unknown)}: not a library this runbook preloads; allowed: "
+                                 f"{', '.join(PRELOAD_LIBRARIES)}")
+        declared = ",".join(items)
     if info is None:
         return ParamValue(name, declared, None, True, declared)
     setting = _setting(info, value, declared)

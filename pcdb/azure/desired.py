@@ -107,7 +107,7 @@ def desired_resources(env: Environment, subscription: str = PLACEHOLDER_SUBSCRIP
         create_mode="Replica", source_server_resource_id=server_id), 3))
     parameters = dict(env.desired_parameters())
     tls = env.security.tls
-    parameters["ssl_min_protocol_version"] = params.canonical("ssl_min_protocol_version", tls.min_version)
+    parameters["ssl_min_protocol_version"] = params.canonical("ssl_min_protocol_version", tls.min_version, owned=True)
     # Azure's own parameter (not PostgreSQL's): TLS required on every connection (R-SEC-4).
     secure = "on" if tls.require_secure_transport else "off"
     parameters["require_secure_transport"] = params.ParamValue("require_secure_transport", secure, None, False, secure)
