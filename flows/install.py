@@ -157,7 +157,7 @@ def _approval_gate(env: Environment, plan: list[Change]) -> dict:
 
 @flow(name="install", on_completion=[_on_completion], **HOOKS)
 def install(env: str = "local", spec_path: str | None = None, phases: list[int] | None = None,
-            dry_run: bool = False) -> dict:
+            dry_run: bool = False, remove_unknown_roles: bool = False) -> dict:
     """Install the Product-Change database as the environment spec says (Phases 1-8).
 
     Args:
@@ -165,12 +165,15 @@ def install(env: str = "local", spec_path: str | None = None, phases: list[int] 
         spec_path: a spec file instead of the named environment.
         phases: run only these phases (1-8); the default is all.
         dry_run: show the plan and change nothing.
+        remove_unknown_roles: Phase 5 drops roles the spec does not name (otherwise they are
+            reported, and Phase 7 fails on them).
     """
     spec = load_environment(spec_path or env)  # a bad spec stops here, before any phase
     selected = sorted(set(phases or range(1, 9)))
     if not set(selected) <= set(range(1, 9)):
         raise PcdbError(f"phases must be between 1 and 8, got {selected}")
     ctx = runbook_context(spec)
+    ctx.remove_unknown_roles = remove_unknown_roles
     with evidence(spec, ctx, "install") as ev:
         if dry_run:
             return run_install(ctx, selected, dry_run, ev)

@@ -189,6 +189,13 @@ def check_role_privileges(connect_as: Connect, env: Environment) -> list[CheckRe
                 "SELECT g.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles g ON g.oid = m.roleid "
                 "WHERE m.member = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)")]
             superuser = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0]
+        for other in ("postgres", "template1"):  # the maintenance databases are the admin's only
+            try:
+                with connect_as(role.name, dbname=other):
+                    got = True
+            except psycopg.OperationalError:
+                got = False
+            outcomes.append({"statement": f"connect to database {other}", "expected": False, "allowed": got})
         wrong = [o for o in outcomes if o["expected"] != o["allowed"]]
         refused = sum(1 for o in outcomes if not o["allowed"])
         extra = ([f"member of {', '.join(member_of)} (the spec grants no membership)"] if member_of else []) + \
@@ -199,6 +206,20 @@ def check_role_privileges(connect_as: Connect, env: Environment) -> list[CheckRe
                                    else f"unexpected: {'; '.join(extra)} {wrong or ''}".strip(),
                                    {"probes": outcomes, "member_of": member_of, "superuser": superuser}))
     return results
+
+
+def check_role_inventory(conn: psycopg.Connection, env: Environment, platform_roles: set[str]) -> CheckResult:
+    """No role beyond the spec, no superuser but the admin, no membership the spec does not give
+    (predefined pg_* roles included: pg_execute_server_program is a way to superuser)."""
+    from pcdb import security
+
+    started = time.monotonic()
+    found = security.role_inventory(conn, env.security.roles, env.server.admin.user, platform_roles)
+    evidence = ("only the spec's roles, the admin and the platform's own; no superuser, no membership" if not found
+                else "; ".join(f"{f.role}: {', '.join(f.problems)}" for f in found))
+    return CheckResult("roles as the spec says", "R-SEC-1", not found, evidence,
+                       {"findings": [{"role": f.role, "in_spec": f.in_spec, "problems": list(f.problems)} for f in found]},
+                       seconds=time.monotonic() - started)
 
 
 def check_parameters(differences: dict[str, dict[str, tuple[str, str]]]) -> CheckResult:

@@ -252,6 +252,9 @@ def install_command(env: EnvOption = "local",
                     phases: Annotated[str | None, typer.Option(help="only these phases, e.g. 3,4,5")] = None,
                     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan, change nothing")] = False,
                     deployed: Annotated[bool, typer.Option("--deployed", help="run through the environment's deployment on its worker (needs `pcdb server up`)")] = False,
+                    remove_unknown_roles: Annotated[bool, typer.Option(
+                        "--remove-unknown-roles", help="drop roles the spec does not name (what they own goes to "
+                                                       "the admin); without it they are reported and Phase 7 fails")] = False,
                     as_json: JsonOption = False) -> None:
     """Run the install runbook (Phases 1-8) as a Prefect flow and print each phase's outcome.
 
@@ -261,12 +264,12 @@ def install_command(env: EnvOption = "local",
     config = _use_orchestrator(spec)
     if deployed:
         result = _deployed_run(spec, env, config, "install", f"install-{spec.name}",
-                               {"phases": selected, "dry_run": dry_run})
+                               {"phases": selected, "dry_run": dry_run, "remove_unknown_roles": remove_unknown_roles})
     else:
         from flows.install import install  # the CLI is the one pcdb module that may import flows/
 
-        state = _run_flow(lambda: install(**_spec_args(env), phases=selected, dry_run=dry_run, return_state=True),
-                          config, env)
+        state = _run_flow(lambda: install(**_spec_args(env), phases=selected, dry_run=dry_run,
+                                          remove_unknown_roles=remove_unknown_roles, return_state=True), config, env)
         try:
             result = _flow_result(state, "the install failed; see the Prefect run for details")
         except PcdbError as exc:

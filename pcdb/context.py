@@ -21,6 +21,7 @@ class RunbookContext:
     env: Environment
     target: Target
     secret_loader: pw.SecretLoader | None = None  # Prefect Secret blocks, given by the flow layer
+    remove_unknown_roles: bool = False  # the install drops roles the spec does not name (explicit flag)
 
     def __post_init__(self) -> None:
         # Not a dataclass field: serializers (dataclasses.asdict, Prefect's parameter encoder)

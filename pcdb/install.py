@@ -81,6 +81,29 @@ def grants(ctx: RunbookContext) -> list[Change]:
                                        ctx.env.service.schema_name)]
 
 
+def other_roles(ctx: RunbookContext) -> list[Change]:
+    """Roles the spec does not name, superusers, and memberships nobody granted through the spec:
+    reported as conflicts, dropped only with the explicit --remove-unknown-roles."""
+    env = ctx.env
+    out = []
+    with ctx.connect() as conn:
+        found = security.role_inventory(conn, env.security.roles, env.server.admin.user, ctx.target.own_roles())
+        for finding in found:
+            if finding.in_spec:  # ensure_role has just corrected what it can: what is left, it could not
+                out.append(Change("role", finding.role, "conflict", notes=(
+                    f"{', '.join(finding.problems)}: the admin could not take it away; a superuser must",)))
+            elif ctx.remove_unknown_roles:
+                security.drop_role(conn, finding.role, env.server.admin.user,
+                                   [env.service.database, "postgres"], lambda db: ctx.connect(dbname=db))
+                out.append(Change("role", finding.role, "deleted", diff={"role": (", ".join(finding.problems), "-")},
+                                  notes=(f"what it owned now belongs to {env.server.admin.user}",)))
+            else:
+                out.append(Change("role", finding.role, "conflict", notes=(
+                    f"{', '.join(finding.problems)}: add it to security.roles, or drop it with "
+                    "`pcdb install --remove-unknown-roles` (what it owns goes to the admin)",)))
+    return out or [Change("roles", "beyond the spec", "unchanged", notes=("no other role, superuser or membership",))]
+
+
 def tls(ctx: RunbookContext) -> list[Change]:
     return [ctx.target.ensure_tls()]
 
@@ -121,10 +144,12 @@ def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
     results.append(checks.check_non_tls_refused(endpoint, admin, ctx.admin_password()))
 
     @contextmanager
-    def connect_as(role: str):
-        with ctx.connect(role, passwords[role]) as conn:
+    def connect_as(role: str, dbname: str | None = None):
+        with ctx.connect(role, passwords[role], dbname=dbname) as conn:
             yield conn
     results += checks.check_role_privileges(connect_as, env)
+    with ctx.connect() as conn:
+        results.append(checks.check_role_inventory(conn, env, target.own_roles()))
     results.append(checks.check_parameters(target.parameter_differences()))
     app = target.endpoint("application").conninfo(admin, ctx.admin_password())
     results.append(checks.check_failover(target, app, env))
@@ -141,7 +166,8 @@ PHASES: tuple[PhaseSpec, ...] = (
                                       ("ensure read replica", replica), ("ensure server parameters", server_parameters))),
     PhaseSpec(4, "Schema and initial data", (("apply schema migrations", schema_migrations),
                                             ("ensure KOS-log partitions", log_partitions))),
-    PhaseSpec(5, "Security", (("ensure roles", roles), ("ensure grants", grants), ("ensure TLS", tls),
+    PhaseSpec(5, "Security", (("ensure roles", roles), ("ensure grants", grants),
+                             ("reconcile roles beyond the spec", other_roles), ("ensure TLS", tls),
                              ("ensure network access rules", access_rules), ("ensure audit logging", audit_logging))),
     PhaseSpec(6, "Monitoring", (("ensure pg_stat_statements", statement_statistics),
                                ("register alert rules", alert_rules))),

@@ -10,6 +10,7 @@ out on day 91 (the document itself sets VALID UNTIL 'infinity').
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 import psycopg
@@ -27,6 +28,7 @@ ALL_DATABASE = ("CONNECT", "CREATE", "TEMPORARY")
 ALL_SCHEMA = ("USAGE", "CREATE")
 
 PasswordCheck = Callable[[str, str], bool]
+SYSTEM_DATABASES = ("postgres", "template1")
 
 
 def _expand(privileges: list[str], everything: tuple[str, ...]) -> set[str]:
@@ -46,12 +48,16 @@ def ensure_role(conn: psycopg.Connection, role: Role, password: str, can_log_in:
         SecretError: the new password is one of the role's last ``history`` passwords (§4.3.2).
     """
     row = conn.execute(query("install.sql", "role_attributes"), {"role": role.name}).fetchone()
+    # NOINHERIT: a membership granted behind the spec's back brings no privilege by itself (it would
+    # need SET ROLE, which the audit log shows); SUPERUSER, REPLICATION and BYPASSRLS are never given.
     wanted = {"login": True, "connection_limit": role.connection_limit,
-              "createdb": "CREATEDB" in role.attributes, "createrole": "CREATEROLE" in role.attributes}
+              "createdb": "CREATEDB" in role.attributes, "createrole": "CREATEROLE" in role.attributes,
+              "inherit": False, "superuser": False, "replication": False, "bypassrls": False}
     options = psql.SQL(" ").join([
         psql.SQL("LOGIN"), psql.SQL("CONNECTION LIMIT {}").format(psql.Literal(role.connection_limit)),
         psql.SQL("CREATEDB" if wanted["createdb"] else "NOCREATEDB"),
         psql.SQL("CREATEROLE" if wanted["createrole"] else "NOCREATEROLE"),
+        psql.SQL("NOINHERIT"),
         psql.SQL("VALID UNTIL 'infinity'")])
     new_verifier = verifier(password)
     secret = psql.SQL("PASSWORD {}").format(psql.Literal(new_verifier))
@@ -59,10 +65,15 @@ def ensure_role(conn: psycopg.Connection, role: Role, password: str, can_log_in:
         conn.execute(psql.SQL("CREATE ROLE {} WITH {} {}").format(psql.Identifier(role.name), options, secret))
         _record_password(conn, role.name, ledger_schema, expiry, new_verifier)
         return Change("role", role.name, "created", notes=(f"connection limit {role.connection_limit}",))
-    current = {"login": row[0], "connection_limit": row[1], "createdb": row[2], "createrole": row[3]}
+    current = {"login": row[0], "connection_limit": row[1], "createdb": row[2], "createrole": row[3],
+               "inherit": row[4], "superuser": row[5], "replication": row[6], "bypassrls": row[7]}
     diff = {k: (current[k], v) for k, v in wanted.items() if current[k] != v}
     if diff:
-        conn.execute(psql.SQL("ALTER ROLE {} WITH {}").format(psql.Identifier(role.name), options))
+        # Only a superuser may take these away (on Azure no one may grant them): named only when held.
+        taken = [psql.SQL(word) for key, word in (("superuser", "NOSUPERUSER"), ("replication", "NOREPLICATION"),
+                                                   ("bypassrls", "NOBYPASSRLS")) if current[key]]
+        conn.execute(psql.SQL("ALTER ROLE {} WITH {}").format(psql.Identifier(role.name),
+                                                              psql.SQL(" ").join([options, *taken])))
     granted = memberships(conn, role.name)
     if granted:
         # The spec grants no role membership. On PostgreSQL 15 a CREATEROLE role can make itself a
@@ -76,6 +87,57 @@ def ensure_role(conn: psycopg.Connection, role: Role, password: str, can_log_in:
         _record_password(conn, role.name, ledger_schema, expiry, new_verifier)
         diff["password"] = ("(differs from its source)", "(set from its source)")
     return Change("role", role.name, "updated" if diff else "unchanged", diff=diff)
+
+
+@dataclass(frozen=True)
+class RoleFinding:
+    """A role the spec does not account for, or a spec role with more than the spec gives."""
+
+    role: str
+    in_spec: bool
+    problems: tuple[str, ...]
+
+
+def role_inventory(conn: psycopg.Connection, spec_roles: list[Role], admin: str,
+                   platform_roles: set[str]) -> list[RoleFinding]:
+    """Every role of the server that the spec does not name (PostgreSQL's predefined pg_* roles and
+    the platform's own aside), and every role with SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS
+    or a membership that the spec does not give, predefined roles such as pg_execute_server_program
+    included. The admin the install runs as is the platform's and is not judged here."""
+    named = {r.name: r for r in spec_roles}
+    out = []
+    for name, superuser, login, createrole, replication, bypassrls, member_of in conn.execute(
+            query("install.sql", "role_inventory")):
+        if name == admin or name in platform_roles:
+            continue
+        spec = named.get(name)
+        problems = []
+        if spec is None:
+            problems.append("not in the spec" + (" (can log in)" if login else ""))
+        if superuser:
+            problems.append("SUPERUSER")
+        if createrole and (spec is None or "CREATEROLE" not in spec.attributes):
+            problems.append("CREATEROLE")
+        if replication:
+            problems.append("REPLICATION")
+        if bypassrls:
+            problems.append("BYPASSRLS")
+        if member_of:
+            problems.append(f"member of {', '.join(member_of)}")
+        if problems:
+            out.append(RoleFinding(name, spec is not None, tuple(problems)))
+    return out
+
+
+def drop_role(conn: psycopg.Connection, role: str, heir: str, databases: list[str],
+              connect_to: Callable[[str], psycopg.Connection]) -> None:
+    """Remove a role the spec does not name: what it owns goes to ``heir`` (nothing is deleted),
+    its privileges are revoked in every database, then the role itself."""
+    for database in databases:
+        with connect_to(database) as db:
+            db.execute(psql.SQL("REASSIGN OWNED BY {} TO {}").format(psql.Identifier(role), psql.Identifier(heir)))
+            db.execute(psql.SQL("DROP OWNED BY {}").format(psql.Identifier(role)))
+    conn.execute(psql.SQL("DROP ROLE {}").format(psql.Identifier(role)))
 
 
 def memberships(conn: psycopg.Connection, role: str) -> list[str]:
@@ -201,6 +263,14 @@ def ensure_grants(conn: psycopg.Connection, roles: list[Role], database: str, sc
                 raise TargetError(f"PUBLIC keeps {', '.join(sorted(public))} on database {database}: the admin "
                                   "that runs the install must own it (ALTER DATABASE ... OWNER TO it)")
             diff[f"PUBLIC on database {database}"] = (",".join(sorted(public)), "-")
+        for other in SYSTEM_DATABASES:
+            # The maintenance databases: no spec role has business there (nor the replication role,
+            # which streams without a database); only the admin connects. Where the admin does not
+            # own them (Azure), PostgreSQL only warns: the check of Phase 7 tells.
+            if conn.execute(query("install.sql", "public_database_grants"), {"database": other}).fetchone():
+                conn.execute(psql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(psql.Identifier(other)))
+                if not conn.execute(query("install.sql", "public_database_grants"), {"database": other}).fetchone():
+                    diff[f"PUBLIC on database {other}"] = ("CONNECT,TEMPORARY", "-")
         defaults = ensure_default_privileges(conn, roles, schema)
     diff.update(defaults)
     return Change("grants", schema, "updated" if diff else "unchanged", diff=diff)

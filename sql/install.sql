@@ -38,8 +38,19 @@ ALTER TABLE {schema}.{table} ATTACH PARTITION {schema}.{partition} FOR VALUES FR
 
 -- name: role_attributes
 -- The attributes of a role that the spec controls.
-SELECT rolcanlogin, rolconnlimit, rolcreatedb, rolcreaterole
+SELECT rolcanlogin, rolconnlimit, rolcreatedb, rolcreaterole, rolinherit, rolsuper, rolreplication, rolbypassrls
   FROM pg_catalog.pg_roles WHERE rolname = %(role)s;
+
+-- name: role_inventory
+-- Every role but PostgreSQL's predefined ones (and Azure's azure_*), with what makes it powerful and what it is a member of.
+SELECT r.rolname, r.rolsuper, r.rolcanlogin, r.rolcreaterole, r.rolreplication, r.rolbypassrls,
+       COALESCE(array_agg(g.rolname ORDER BY g.rolname) FILTER (WHERE g.rolname IS NOT NULL), '{}') AS member_of
+  FROM pg_catalog.pg_roles r
+  LEFT JOIN pg_catalog.pg_auth_members m ON m.member = r.oid
+  LEFT JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+ WHERE r.rolname !~ '^(pg_|azure_)'
+ GROUP BY 1, 2, 3, 4, 5, 6
+ ORDER BY 1;
 
 -- name: schema_tables
 -- Ordinary and partitioned tables of the schema (not partitions).

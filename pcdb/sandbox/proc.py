@@ -43,6 +43,11 @@ def server_user() -> OsUser:
     return OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
 
 
+def invoking_user() -> str:
+    """The OS user pcdb itself runs as."""
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
 def find_bindir(configured: str | None = None) -> Path:
     """Locate the PostgreSQL server binaries (initdb, pg_ctl, ...).
 

@@ -24,7 +24,6 @@ from pcdb.sandbox.node import Node
 from pcdb.sql import query
 from pcdb.targets.base import BackupInfo, BackupStatus, Endpoint, MetricsSample, NodeState, ServerState
 
-_HBA_BEGIN, _HBA_END = "# pcdb access rules begin\n", "# pcdb access rules end\n"
 
 
 # A hot standby needs at least its primary's value of these (PostgreSQL "Hot Standby" docs).
@@ -236,24 +235,25 @@ class SandboxTarget:
         return [n for n in self.sandbox.nodes() if n.is_running()]
 
     def ensure_access_rules(self) -> Change:
-        """hostssl lines for loopback and the spec's allowed subnets (R-SEC-5), on every node."""
-        cidrs = ["127.0.0.1/32"] + [s.cidr for s in self.env.network.allowed_subnets]
-        block = "".join(f"hostssl all          all         {c:<13} scram-sha-256\n" for c in cidrs)
-        changed = []
+        """pg_hba.conf and pg_ident.conf on every node: hostssl lines for loopback and the spec's
+        allowed subnets (R-SEC-5), SCRAM everywhere, and over the socket only the admin from the OS
+        users pcdb runs as (peer). Rewritten whole where they differ (an older sandbox had trust)."""
+        cidrs = ("127.0.0.1/32", *(s.cidr for s in self.env.network.allowed_subnets))
+        files = {"pg_hba.conf": self.sandbox.hba(cidrs), "pg_ident.conf": self.sandbox.ident()}
+        changed: dict[str, list[str]] = {}
+        from pcdb.sandbox import proc
         for node in self.sandbox.nodes():
-            hba = node.data / "pg_hba.conf"
-            text = hba.read_text()
-            head, rest = text.split(_HBA_BEGIN, 1)
-            current, tail = rest.split(_HBA_END, 1)
-            if current != block:
-                from pcdb.sandbox import proc
-                proc.write_file(hba, head + _HBA_BEGIN + block + _HBA_END + tail, mode=0o600)
-                if node.is_running():
-                    node.reload()
-                changed.append(node.name)
+            for name, wanted in files.items():
+                path = node.data / name
+                if not path.exists() or path.read_text() != wanted:
+                    proc.write_file(path, wanted, mode=0o600)
+                    changed.setdefault(node.name, []).append(name)
+            if node.name in changed and node.is_running():
+                node.reload()
         return Change("access_rules", "pg_hba", "updated" if changed else "unchanged",
                       diff={"hostssl": ("", ", ".join(cidrs))} if changed else {},
-                      notes=tuple(f"rewritten on {n}" for n in changed))
+                      notes=(*(f"rewritten on {n}: {', '.join(f)}" for n, f in changed.items()),
+                             "socket: the admin only, peer from the OS users pcdb runs as"))
 
     def ensure_monitoring(self) -> Change:
         """Record the alert rules and thresholds for the health runbook to evaluate."""

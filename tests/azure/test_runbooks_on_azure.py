@@ -52,6 +52,8 @@ def azure(prefect_harness):
         ctx.target = make_target(env, ctx.secret, credential=FakeCredential(), transport=arm, polling_interval=0,
                                  endpoints=arm.endpoint)
         ctx.target.poll_seconds = 0.05
+        # The fake's flexible servers are sandbox servers: their replication role is the sandbox's.
+        ctx.target.own_roles = lambda: {"azuresu", "replication", "replicator"}
         return ctx
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AZURE_SUBSCRIPTION_ID", "11111111-2222-3333-4444-555555555555")
@@ -82,7 +84,7 @@ def test_the_whole_install_against_the_prod_spec_then_a_second_run_writes_nothin
     _, arm, _, first = on_azure
     phases = phase_summaries(first.result())
     assert all(phases[n] != "unchanged" for n in (1, 2, 3, 4, 5, 6))
-    assert phases[7] == "14/14 checks passed"  # the failover and PITR checks ran through ARM on real servers
+    assert phases[7] == "15/15 checks passed"  # the failover and PITR checks ran through ARM on real servers
     assert "failover planned" in arm.operations_run and "restore phonebill-postgresql-prod-verify-pitr" in arm.operations_run
     server = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
     assert server["sku"]["name"] == "Standard_D4s_v3" and server["properties"]["highAvailability"]["mode"] == "ZoneRedundant"

@@ -42,7 +42,7 @@ def installed(prefect_harness):
 def test_a_full_install_passes_every_phase_and_check(installed):
     target, result = installed
     assert set(phase_summaries(result)) == {1, 2, 3, 4, 5, 6, 7, 8}
-    assert phase_summaries(result)[7] == "14/14 checks passed"
+    assert phase_summaries(result)[7] == "15/15 checks passed"
     report = Path(result["report"]).read_text()
     assert "| HA failover test | R-DR-1 | PASS |" in report
     assert "| point-in-time restore test | R-DR-3 | PASS |" in report

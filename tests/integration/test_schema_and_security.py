@@ -100,6 +100,10 @@ def test_only_roles_the_spec_grants_connect_can_connect_to_the_service_database(
         readonly = target.endpoint().conninfo("product_change_readonly", target.sandbox.password("product_change_readonly"))
         with psycopg.connect(readonly) as c:
             assert c.execute("SELECT 1").fetchone() == (1,)
+        for role in ("product_change_app", "product_change_readonly", "replicator"):   # nor the maintenance databases
+            for other in ("postgres", "template1"):
+                with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+                    psycopg.connect(target.endpoint().conninfo(role, target.sandbox.password(role), dbname=other)).close()
     finally:
         conn.execute("DROP ROLE pcdb_stranger")
     assert security.ensure_grants(conn, target.env.security.roles, "product_change_db",
@@ -156,12 +160,17 @@ def test_a_password_used_in_the_last_five_is_refused_and_the_role_keeps_its_curr
         conn.execute("DROP ROLE pcdb_history_probe")
 
 
-def test_the_admins_createrole_escalation_is_reported_and_undone_by_the_next_install(conn, target):
-    """PostgreSQL 15: CREATEROLE (R-SEC-1 gives it to product_change_admin) lets the role make itself
-    a member of pg_execute_server_program. Phase 7 fails on it and Phase 5 revokes it."""
+def test_the_review_escalation_is_refused_and_what_a_superuser_grants_is_reported_and_undone(conn, target):
+    """The review's way to superuser: product_change_admin joined pg_execute_server_program (PostgreSQL
+    15's CREATEROLE allowed it), then COPY ... TO PROGRAM made a rogue superuser. Now the admin role has
+    no CREATEROLE and inherits nothing, so the GRANT is refused; and what only a superuser could do
+    (the membership, a role outside the spec that is a superuser) is found by Phase 7's check, taken
+    back by Phase 5, and the rogue role is dropped only with the explicit flag."""
     from contextlib import contextmanager
 
     from pcdb import checks
+    from pcdb.context import RunbookContext
+    from pcdb.install import other_roles
 
     schema.ensure_schema(conn, "product_change")
     schema.ensure_log_partitions(conn, "product_change", "Asia/Seoul", 3)   # the probes insert into the log
@@ -172,18 +181,63 @@ def test_the_admins_createrole_escalation_is_reported_and_undone_by_the_next_ins
     admin = next(r for r in target.env.security.roles if r.name == "product_change_admin")
     as_admin = target.endpoint().conninfo(admin.name, passwords[admin.name])
     with psycopg.connect(as_admin, autocommit=True) as c:                  # the escalation, as the review did it
-        c.execute("GRANT pg_execute_server_program TO product_change_admin")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("GRANT pg_execute_server_program TO product_change_admin")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("COPY (SELECT 1) TO PROGRAM 'true'")
+    assert conn.execute("SELECT rolinherit, rolcreaterole FROM pg_roles WHERE rolname = %s",
+                        (admin.name,)).fetchone() == (False, False)
+
+    # What only a superuser can do (a stolen admin password, a DBA by hand): found and undone.
+    conn.execute("GRANT pg_execute_server_program TO product_change_admin")
+    conn.execute("CREATE ROLE pcdb_rogue SUPERUSER LOGIN")
+    ctx = RunbookContext(target.env, target)
 
     @contextmanager
-    def connect_as(name):
-        with psycopg.connect(target.endpoint().conninfo(name, passwords[name]), autocommit=True) as c:
+    def connect_as(name, dbname=None):
+        with psycopg.connect(target.endpoint().conninfo(name, passwords[name], dbname=dbname), autocommit=True) as c:
             yield c
+    try:
+        found = {r.name: r for r in checks.check_role_privileges(connect_as, target.env)}
+        assert not found["privileges of product_change_admin"].passed
+        assert "member of pg_execute_server_program" in found["privileges of product_change_admin"].evidence
+        inventory = checks.check_role_inventory(conn, target.env, target.own_roles())
+        assert not inventory.passed
+        assert "pcdb_rogue: not in the spec (can log in), SUPERUSER" in inventory.evidence
+        assert "product_change_admin: member of pg_execute_server_program" in inventory.evidence
 
-    found = {r.name: r for r in checks.check_role_privileges(connect_as, target.env)}
-    assert not found["privileges of product_change_admin"].passed
-    assert "member of pg_execute_server_program" in found["privileges of product_change_admin"].evidence
-    change = security.ensure_role(conn, admin, passwords[admin.name], lambda *_: True, "pcdb", timedelta(days=90))
-    assert change.diff["member of"] == ("pg_execute_server_program", "-")
-    assert security.memberships(conn, admin.name) == []
-    again = {r.name: r for r in checks.check_role_privileges(connect_as, target.env)}
-    assert all(r.passed for r in again.values()), again
+        change = security.ensure_role(conn, admin, passwords[admin.name], lambda *_: True, "pcdb", timedelta(days=90))
+        assert change.diff["member of"] == ("pg_execute_server_program", "-")
+        reported = {c.name: c for c in other_roles(ctx)}
+        assert reported["pcdb_rogue"].action == "conflict" and "--remove-unknown-roles" in reported["pcdb_rogue"].notes[0]
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pcdb_rogue'").fetchone() == (1,)  # only reported
+
+        ctx.remove_unknown_roles = True
+        removed = {c.name: c for c in other_roles(ctx)}
+        assert removed["pcdb_rogue"].action == "deleted"
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pcdb_rogue'").fetchone() is None
+        assert checks.check_role_inventory(conn, target.env, target.own_roles()).passed
+        again = {r.name: r for r in checks.check_role_privileges(connect_as, target.env)}
+        assert all(r.passed for r in again.values()), again
+        assert [c.action for c in other_roles(ctx)] == ["unchanged"]
+    finally:
+        conn.execute("DROP ROLE IF EXISTS pcdb_rogue")
+        conn.execute("REVOKE pg_execute_server_program FROM product_change_admin")
+
+def test_over_the_socket_only_the_admin_logs_in_and_only_from_the_os_users_pcdb_runs_as(target):
+    """No more `trust` for everyone on the socket: the admin by peer, mapped from pcdb's own OS user
+    and the servers' (its tools run as that one), and no other role at all."""
+    from pcdb.errors import SandboxError
+    from pcdb.sandbox.proc import invoking_user, server_user
+
+    for node in target.sandbox.nodes():
+        hba = (node.data / "pg_hba.conf").read_text()
+        assert "trust" not in hba.split("# pcdb access rules begin")[0].split("\n", 2)[2]
+        mapped = [line.split() for line in (node.data / "pg_ident.conf").read_text().splitlines()
+                  if line and not line.startswith("#")]
+        assert sorted({u for _, u, _ in mapped}) == sorted({invoking_user(), server_user().name})
+        assert {role for _, _, role in mapped} == {target.admin}
+        with pytest.raises(SandboxError, match="pg_hba.conf rejects connection"):
+            node.connect("product_change_readonly").close()
+        with node.connect(target.admin) as conn:                        # peer, as pcdb's own OS user
+            assert conn.execute("SELECT current_user").fetchone() == (target.admin,)
