@@ -32,7 +32,7 @@ from pcdb.checks import CheckResult
 from pcdb.config import Environment, load_environment
 from pcdb.errors import ApprovalError, PcdbError, SecretError
 from pcdb.context import RunbookContext
-from pcdb.install import PHASES, PhaseSpec
+from pcdb.install import PHASES, PhaseSpec, full_plan, refuse_bad_secrets
 from pcdb.schema import LEDGER_SCHEMA
 from pcdb.targets.factory import make_target
 from tasks.install import run_step
@@ -117,10 +117,15 @@ def _phase_flow(phase: PhaseSpec, ctx: RunbookContext):
                     f"Phase {phase.number} · {phase.title}, step '{label}' failed: {exc}. Fix the cause "
                     f"and run the install again: phases before {phase.number} are re-checked without "
                     f"changes and it continues at phase {phase.number} "
-                    f"(pcdb install --env {ctx.env.name})") from exc
+                    f"(pcdb install --env {ctx.env_arg})") from exc
         _phase_artifact(phase, items)
         return items
     return run_phase
+
+
+def _plan_row(change: Change) -> dict:
+    return {"resource": change.resource, "name": change.name, "action": change.action,
+            "details": "; ".join([*(f"{k}: {a} -> {b}" for k, (a, b) in change.diff.items()), *change.notes])}
 
 
 def _phase_artifact(phase: PhaseSpec, items: list) -> None:
@@ -135,7 +140,8 @@ def _phase_artifact(phase: PhaseSpec, items: list) -> None:
 
 def _approval_gate(env: Environment, plan: list[Change]) -> dict:
     names = [a.name for a in env.install.approval.approvers]
-    lines = [f"- {c.resource} `{c.name}`: {c.action}" for c in plan]
+    lines = [f"- {c.resource} `{c.name}`: {c.action}" + (f" ({_plan_row(c)['details']})" if c.changed or c.action ==
+                                                            "conflict" else "") for c in plan]
     description = (f"## Install plan for `{env.name}`\n\n" + "\n".join(lines) +
                    f"\n\nApprovers (§13.2): {', '.join(f'{a.name} ({a.role})' for a in env.install.approval.approvers)}")
     create_markdown_artifact(description, key=f"install-plan-{env.name}", description="plan shown for approval")
@@ -174,6 +180,7 @@ def install(env: str = "local", spec_path: str | None = None, phases: list[int] 
         raise PcdbError(f"phases must be between 1 and 8, got {selected}")
     ctx = runbook_context(spec)
     ctx.remove_unknown_roles = remove_unknown_roles
+    ctx.spec_source = spec_path or env
     with evidence(spec, ctx, "install") as ev:
         if dry_run:
             return run_install(ctx, selected, dry_run, ev)
@@ -188,13 +195,14 @@ def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False,
     ev = ev or Evidence()
     ev.figures["dry_run"] = dry_run
     logger = get_run_logger()
-    spec, target = ctx.env, ctx.target
-    plan = target.plan()
+    spec = ctx.env
+    plan = full_plan(ctx)  # the whole of it, read-only: resources, parameters, access, secrets, roles, grants
     if dry_run:
-        create_table_artifact([c.as_dict() for c in plan], key=f"install-plan-{spec.name}",
+        create_table_artifact([_plan_row(c) for c in plan], key=f"install-plan-{spec.name}",
                               description="dry run: what the install would change")
         return {"status": "dry-run", "dry_run": True, "phases": [], "report": None,
                 "plan": [c.as_dict() for c in plan]}
+    refuse_bad_secrets([c for c in plan if c.resource == "secret"])  # before Phase 1, all of them at once
     approval = _approval_gate(spec, plan) if spec.install.approval.required else None
     progress = create_progress_artifact(0.0, key=f"install-progress-{spec.name}",
                                         description="install progress across phases")

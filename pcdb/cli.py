@@ -7,6 +7,7 @@ message and exit 1; they never show a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from datetime import datetime, timedelta, timezone
@@ -24,7 +25,7 @@ from pcdb.changes import Change
 from pcdb.config import Environment, load_environment
 from pcdb.errors import PcdbError
 from pcdb.orchestrator import Orchestrator, ServerConfig, server_config
-from pcdb.units import UnitError, parse_duration
+from pcdb.units import UnitError, format_duration, parse_duration
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Product-Change database runbooks (Azure or the local sandbox).")
@@ -95,12 +96,37 @@ def _server_lost(config: ServerConfig | None, spec_arg: str) -> PcdbError | None
                      "idempotent, the next run finishes what this one left")
 
 
+class _UserErrorsWithoutTraceback(logging.Formatter):
+    """Wraps a console handler's formatter: a PcdbError (a user error, whose message says what to
+    do) is printed as its message, without a Python traceback. The run's logs on the Prefect server
+    keep the traceback: that handler is not wrapped."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and isinstance(record.exc_info[1], PcdbError):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return self.inner.format(record)
+
+
+def _quiet_user_tracebacks() -> None:
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "prefect._internal"):  # "": root
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter,
+                                                                             _UserErrorsWithoutTraceback):
+                handler.setFormatter(_UserErrorsWithoutTraceback(handler.formatter))
+
+
 def _run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: str):
     """Call a flow (return_state=True) tagged with its environment (the server's automations
     match on it), print its UI link, and turn a lost server into one line."""
     from prefect import tags
 
     from flows.service import env_tag
+
+    _quiet_user_tracebacks()
 
     try:
         with tags(env_tag(load_environment(spec_arg))):
@@ -122,10 +148,20 @@ def _run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: st
     return state
 
 
-def _flow_result(state, failure: str):
+# Prefect's own words when a pause outlives its timeout (the server replaces the run's message).
+_PAUSE_EXPIRED = "and never resumed"
+
+
+def _flow_result(state, failure: str, approval_timeout: timedelta | None = None):
     """The flow's return value, or its failure message as a user error."""
     if state.is_failed() or state.is_crashed():
-        raise PcdbError(state.message or failure)
+        message = state.message or failure
+        if _PAUSE_EXPIRED in message:
+            waited = f" within {format_duration(approval_timeout)}" if approval_timeout else ""
+            raise PcdbError(f"no approval came{waited}: the run waited at its approval gate and stopped there; "
+                            "nothing was changed. Run it again and have the approvers approve the plan in the Prefect "
+                            "UI (the run's 'Resume' form) before the timeout (install.approval.timeout)")
+        raise PcdbError(message)
     return state.result()
 
 
@@ -147,11 +183,13 @@ def _print_changes(changes: list[Change], as_json: bool) -> None:
     table = Table("resource", "name", "action", "details")
     for change in changes:
         details = "; ".join([*(f"{k}: {a} -> {b}" for k, (a, b) in change.diff.items()), *change.notes])
-        table.add_row(change.resource, change.name, change.action, details)
+        table.add_row(escape(change.resource), escape(change.name), change.action, escape(details))
     out.print(table)
     changed = sum(c.changed for c in changes)
-    out.print(f"{changed} changed, {len(changes) - changed} unchanged" if changed else
-              "nothing to change: everything is as the spec says")
+    conflicts = sum(c.action == "conflict" for c in changes)
+    summary = (f"{changed} to change, {len(changes) - changed - conflicts} unchanged" if changed else
+               "nothing to change: everything is as the spec says")
+    out.print(summary + (f"; {conflicts} conflict(s) to resolve first" if conflicts else ""))
 
 
 @sandbox_app.command("up")
@@ -271,7 +309,8 @@ def install_command(env: EnvOption = "local",
         state = _run_flow(lambda: install(**_spec_args(env), phases=selected, dry_run=dry_run,
                                           remove_unknown_roles=remove_unknown_roles, return_state=True), config, env)
         try:
-            result = _flow_result(state, "the install failed; see the Prefect run for details")
+            result = _flow_result(state, "the install failed; see the Prefect run for details",
+                                  spec.install.approval.timeout)
         except PcdbError as exc:
             if as_json:
                 print(json.dumps({"status": "failed", "error": str(exc), "phases": [], "report": None}, indent=2))
@@ -284,7 +323,9 @@ def install_command(env: EnvOption = "local",
     if result.get("report"):
         out.print(f"handover report: {result['report']}")
     if result.get("dry_run"):
-        _print_changes([Change(c["resource"], c["name"], c["action"]) for c in result["plan"]], False)
+        _print_changes([Change(c["resource"], c["name"], c["action"],
+                               {k: (v["current"], v["desired"]) for k, v in c["diff"].items()}, tuple(c["notes"]))
+                        for c in result["plan"]], False)
 
 
 def _deployed_run(spec: Environment, env_arg: str, config: ServerConfig | None, flow: str, deployment: str,
@@ -392,7 +433,7 @@ def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | 
 
     state = _run_flow(lambda: dr_drill(scenario=scenario, **_spec_args(env), mode=mode, confirm=confirm, yes=yes,
                                        stall_replica=stall_replica, return_state=True), config, env)
-    result = _flow_result(state, "the drill failed")
+    result = _flow_result(state, "the drill failed", load_environment(env).install.approval.timeout)
     keys = ("scenario", "mode", "rto_seconds", "rpo_rows_lost", "rows_in_doubt", "target_rto_seconds",
             "target_rpo_seconds", "met", "topology_restored", "report")
     if as_json:
@@ -761,7 +802,6 @@ def config_check(env: EnvOption = "prod", as_json: JsonOption = False) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    import logging
 
     # Prefect's log shipper prints "--- Error logging to API ---" straight onto our output
     # when the server is gone; the run's outcome is reported by us, once, in one line.

@@ -22,6 +22,12 @@ class RunbookContext:
     target: Target
     secret_loader: pw.SecretLoader | None = None  # Prefect Secret blocks, given by the flow layer
     remove_unknown_roles: bool = False  # the install drops roles the spec does not name (explicit flag)
+    spec_source: str | None = None  # the --env the run was given (a name or a spec file), for the hints it prints
+
+    @property
+    def env_arg(self) -> str:
+        """What to pass to --env to run this again: the spec file when one was given."""
+        return self.spec_source or self.env.name
 
     def __post_init__(self) -> None:
         # Not a dataclass field: serializers (dataclasses.asdict, Prefect's parameter encoder)

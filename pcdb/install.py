@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from psycopg import sql as psql
 
 from pcdb import checks, schema, security
+from pcdb import secrets as pw
 from pcdb.changes import Change
 from pcdb.context import RunbookContext
+from pcdb.errors import SecretError
 from pcdb.targets.base import throwaway_name
 
 
@@ -27,6 +29,83 @@ class PhaseSpec:
     number: int
     title: str
     steps: tuple[tuple[str, Step], ...]
+
+
+# -- Before Phase 1: secrets, and the whole plan -------------------------------------------
+
+def secrets_preflight(ctx: RunbookContext) -> list[Change]:
+    """Every secret the install needs, read from its source and checked against the password policy
+    now, before Phase 1: a missing or weak one is a conflict here, not a failure in Phase 5. Generated
+    sandbox passwords are strong by construction and made on first use (never by a dry run)."""
+    env = ctx.env
+    wanted = [(env.server.admin.user, env.server.admin.password, True)]
+    wanted += [(r.name, r.password, True) for r in env.security.roles]
+    if env.azure is not None:
+        wanted += [("subscription", env.azure.subscription_id, False),
+                   ("Teams webhook", env.azure.action_group.teams_webhook, False)]
+    out = []
+    for owner, ref, is_password in wanted:
+        label = f"{ref.describe()} ({'role ' + owner if is_password else owner})"
+        if ref.generate:
+            out.append(Change("secret", owner, "unchanged", notes=("generated, kept in a file only its owner can "
+                                                                   "read",)))
+            continue
+        try:
+            value = ctx.secret(ref, owner)
+            if is_password:
+                pw.check_policy(label, value, env.security.password_policy.min_length)
+        except SecretError as exc:
+            out.append(Change("secret", owner, "conflict", notes=(str(exc),)))
+            continue
+        out.append(Change("secret", owner, "unchanged", notes=(f"{ref.describe()}: present"
+                                                                + (", meets the password policy" if is_password else ""),)))
+    return out
+
+
+def refuse_bad_secrets(found: list[Change]) -> None:
+    """Stop before Phase 1 when a secret is missing or weak, naming every one."""
+    bad = [c for c in found if c.action == "conflict"]
+    if bad:
+        raise SecretError(f"{len(bad)} secret(s) missing or too weak, found before Phase 1; nothing was changed: "
+                          + " / ".join(c.notes[0] for c in bad))
+
+
+def database_plan(ctx: RunbookContext, target_plan: list[Change], secrets: list[Change]) -> list[Change]:
+    """Read-only: what Phases 4-5 would change in the database (migrations, roles, grants, roles
+    beyond the spec). Nothing to read yet when the server is still to be created."""
+    env = ctx.env
+    if any(c.resource in ("server", "database") and c.action == "created" for c in target_plan):
+        return [Change("schema", env.service.schema_name, "created", notes=(f"{len(schema.migrations())} migration(s)",)),
+                *(Change("role", r.name, "created", notes=(f"connection limit {r.connection_limit}, grants as §4.1.2",))
+                  for r in env.security.roles)]
+    usable = {c.name for c in secrets if c.action != "conflict"}
+    out = []
+    with ctx.connect() as conn:
+        out.append(schema.migration_plan(conn, env.service.schema_name))
+        for role in env.security.roles:
+            ok = ctx.can_log_in(role.name, ctx.secret(role.password, role.name)) if role.name in usable else None
+            out.append(security.role_plan(conn, role, ok))
+        if conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s)",
+                        (env.service.schema_name,)).fetchone()[0]:
+            drift = security.grant_differences(conn, env.security.roles, env.service.database, env.service.schema_name)
+            out.append(Change("grants", env.service.schema_name, "updated" if drift else "unchanged", diff=drift))
+        for finding in security.role_inventory(conn, env.security.roles, env.server.admin.user,
+                                               ctx.target.own_roles()):
+            if finding.in_spec:
+                continue
+            out.append(Change("role", finding.role, "deleted" if ctx.remove_unknown_roles else "conflict",
+                              notes=(f"{', '.join(finding.problems)}: "
+                                     + ("dropped (--remove-unknown-roles)" if ctx.remove_unknown_roles else
+                                        "reported; --remove-unknown-roles drops it"),)))
+    return out
+
+
+def full_plan(ctx: RunbookContext) -> list[Change]:
+    """What the install would do, all of it, read-only: the target's resources, parameters with
+    their values and access rules, then secrets, migrations, roles and grants."""
+    target_plan = ctx.target.plan()
+    secrets = secrets_preflight(ctx)
+    return [*target_plan, *secrets, *database_plan(ctx, target_plan, secrets)]
 
 
 # -- Phase steps ---------------------------------------------------------------------------

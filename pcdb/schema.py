@@ -55,6 +55,18 @@ def _q(name: str, **identifiers: str) -> psql.Composed:
         **{k: psql.Identifier(v) for k, v in identifiers.items()})
 
 
+def migration_plan(conn: psycopg.Connection, schema: str, folder: Path = MIGRATIONS_DIR) -> Change:
+    """Read-only: the migrations ensure_schema would apply."""
+    done: dict[int, str] = {}
+    if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+                    (f"{LEDGER_SCHEMA}.pcdb_schema_migrations",)).fetchone()[0]:
+        done = {v: n for v, n, _ in conn.execute(_q("applied_migrations", schema=LEDGER_SCHEMA))}
+    pending = [m.name for m in migrations(folder) if m.version not in done]
+    if not pending:
+        return Change("schema", schema, "unchanged", notes=(f"{len(done)} migration(s) applied earlier",))
+    return Change("schema", schema, "updated" if done else "created", diff={"migrations": (sorted(done.values()), pending)})
+
+
 def ensure_schema(conn: psycopg.Connection, schema: str, folder: Path = MIGRATIONS_DIR) -> Change:
     """Create the schema and apply the migrations not applied yet.
 

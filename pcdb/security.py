@@ -89,6 +89,26 @@ def ensure_role(conn: psycopg.Connection, role: Role, password: str, can_log_in:
     return Change("role", role.name, "updated" if diff else "unchanged", diff=diff)
 
 
+def role_plan(conn: psycopg.Connection, role: Role, password_ok: bool | None) -> Change:
+    """Read-only: what ensure_role would do to ``role`` (``password_ok`` None: not known)."""
+    row = conn.execute(query("install.sql", "role_attributes"), {"role": role.name}).fetchone()
+    if row is None:
+        return Change("role", role.name, "created", notes=(f"connection limit {role.connection_limit}, "
+                                                           f"{' '.join(role.attributes) or 'no attributes'}, NOINHERIT",))
+    current = {"login": row[0], "connection_limit": row[1], "createdb": row[2], "createrole": row[3],
+               "inherit": row[4], "superuser": row[5], "replication": row[6], "bypassrls": row[7]}
+    wanted = {"login": True, "connection_limit": role.connection_limit, "createdb": "CREATEDB" in role.attributes,
+              "createrole": "CREATEROLE" in role.attributes, "inherit": False, "superuser": False,
+              "replication": False, "bypassrls": False}
+    diff: dict[str, tuple[object, object]] = {k: (current[k], v) for k, v in wanted.items() if current[k] != v}
+    granted = memberships(conn, role.name)
+    if granted:
+        diff["member of"] = (",".join(granted), "-")
+    if password_ok is False:
+        diff["password"] = ("(differs from its source)", "(set from its source)")
+    return Change("role", role.name, "updated" if diff else "unchanged", diff=diff)
+
+
 @dataclass(frozen=True)
 class RoleFinding:
     """A role the spec does not account for, or a spec role with more than the spec gives."""

@@ -57,3 +57,14 @@ SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'c
 -- name: wal_segment_size
 -- The server's WAL segment size in bytes (unit B since PostgreSQL 11).
 SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size';
+
+-- name: auto_conf_settings
+-- The parameters ALTER SYSTEM has written (postgresql.auto.conf: pcdb's from the spec), with what each
+-- would be without them: the value of the other configuration files, else the built-in default.
+SELECT a.name,
+       (SELECT f.setting FROM pg_catalog.pg_file_settings f
+         WHERE f.name = a.name AND f.sourcefile NOT LIKE '%%/postgresql.auto.conf' AND f.error IS NULL
+         ORDER BY f.seqno DESC LIMIT 1) AS file_value,
+       s.boot_val
+  FROM (SELECT DISTINCT name FROM pg_catalog.pg_file_settings WHERE sourcefile LIKE '%%/postgresql.auto.conf') a
+  LEFT JOIN pg_catalog.pg_settings s ON s.name = a.name;

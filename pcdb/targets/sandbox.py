@@ -31,6 +31,19 @@ HOT_STANDBY_MINIMUMS = ("max_connections", "max_prepared_transactions", "max_loc
                         "max_wal_senders", "max_worker_processes")
 
 
+def _alter_system(name: str, value: str | None) -> psql.Composed:
+    """ALTER SYSTEM SET (or RESET, for None). A list parameter gets one literal per item: a single
+    'a,b' would be stored as the one name "a,b" and the server would not start."""
+    if value is None:
+        return psql.SQL("ALTER SYSTEM RESET {}").format(psql.Identifier(name))
+    if name.lower() in params.LIST_PARAMETERS:
+        items = [x.strip() for x in value.split(",") if x.strip()]
+        literal = psql.SQL(", ").join(psql.Literal(x) for x in items) if items else psql.Literal("")
+    else:
+        literal = psql.Literal(value)
+    return psql.SQL("ALTER SYSTEM SET {} = {}").format(psql.Identifier(name), literal)
+
+
 @cache
 def _sharedir(bindir: Path) -> Path:
     """PostgreSQL's share folder (asked once per binaries folder, not at every parameter read)."""
@@ -123,27 +136,49 @@ class SandboxTarget:
         return self.sandbox.run_locked(lambda: self._ensure_parameters(names))
 
     def _ensure_parameters(self, names: set[str] | None) -> Change:
-        desired = {k: v for k, v in self.desired_parameters().items() if names is None or k in names}
+        everything = self.desired_parameters()
+        desired = {k: v for k, v in everything.items() if names is None or k in names}
+        removed = self._removed_from_spec(everything)
+        desired.update(removed)  # a parameter no longer in the spec goes back to its default
         diff: dict[str, tuple[object, object]] = {}
-        lowered = self._lower_on_primary_first(desired, diff)
+        lowered = self._lower_on_primary_first(desired, diff, set(removed))
         for node in self._running_nodes():
-            for name, (current, wanted) in self._differences(node, desired).items():
-                diff[name] = (current, wanted)
+            for name, (current, wanted) in self._differences(node, desired, set(removed)).items():
+                diff[name] = (current, f"{wanted} (default: removed from the spec)" if name in removed else wanted)
                 with node.connect(self.admin) as conn:
-                    conn.execute(psql.SQL("ALTER SYSTEM SET {} = {}").format(
-                        psql.Identifier(name), psql.Literal(wanted)))
+                    conn.execute(_alter_system(name, None if name in removed else wanted))
         if not diff:
             return Change("parameters", self.env.server.name, "unchanged")
         for node in self._running_nodes():
             node.reload()
         restarted = self._rolling_restart()
-        left = {n: d for node in self._running_nodes() for n, d in self._differences(node, desired).items()}
+        left = {n: d for node in self._running_nodes() for n, d in self._differences(node, desired, set()).items()}
         if left:
             raise TargetError(f"parameters not applied after reload/restart: {left}; see the server logs")
         notes = (*lowered, *((f"restarted: {', '.join(restarted)}",) if restarted else ()))
         return Change("parameters", self.env.server.name, "updated", diff=diff, notes=notes)
 
-    def _lower_on_primary_first(self, desired: dict[str, params.ParamValue], diff: dict) -> tuple[str, ...]:
+    def _removed_from_spec(self, desired: dict[str, params.ParamValue]) -> dict[str, params.ParamValue]:
+        """Parameters pcdb once set (postgresql.auto.conf holds only what it set from the spec) that
+        the spec no longer names, each with the value it has without them."""
+        wanted = {v.name for v in desired.values()}
+        with self.sandbox.primary().connect(self.admin) as conn:
+            rows = conn.execute(query("sandbox.sql", "auto_conf_settings")).fetchall()
+        out = {}
+        for name, file_value, boot_value in rows:
+            if name in wanted:
+                continue
+            setting = boot_value or ""
+            if file_value is not None:
+                try:
+                    setting = params.canonical(name, file_value, owned=True).setting
+                except ValueError:
+                    setting = file_value
+            out[name] = params.ParamValue(name, setting, None, True, "(default)")
+        return out
+
+    def _lower_on_primary_first(self, desired: dict[str, params.ParamValue], diff: dict,
+                                removed: set[str] = frozenset()) -> tuple[str, ...]:
         """A standby refuses to run with a smaller max_connections (and the like) than its primary
         ("recovery aborted because of insufficient parameter settings"), so a decrease cannot go
         standby first: the primary is restarted with it first (a restart's write outage, no
@@ -155,7 +190,7 @@ class SandboxTarget:
             return ()
         with primary.connect(self.admin) as conn:
             for name, (_, wanted) in lower.items():
-                conn.execute(psql.SQL("ALTER SYSTEM SET {} = {}").format(psql.Identifier(name), psql.Literal(wanted)))
+                conn.execute(_alter_system(name, None if name in removed else wanted))
         started = time.monotonic()
         primary.stop("fast")
         primary.start(self.sandbox.timeout)
@@ -165,9 +200,12 @@ class SandboxTarget:
                 f"writes paused {time.monotonic() - started:.2f}s",)
 
     def parameter_differences(self) -> dict[str, dict[str, tuple[str, str]]]:
-        """Read-only: per running node, the parameters whose value differs from the spec."""
+        """Read-only: per running node, the parameters whose value differs from the spec (one the
+        spec no longer names, while pcdb's setting of it is still there, differs too)."""
         desired = self.desired_parameters()
-        return {node.name: self._differences(node, desired) for node in self._running_nodes()}
+        removed = self._removed_from_spec(desired)
+        return {node.name: self._differences(node, {**desired, **removed}, set(removed))
+                for node in self._running_nodes()}
 
     def ensure_tls(self) -> Change:
         """TLS on, minimum version as the spec says, non-TLS TCP rejected (R-SEC-4)."""
@@ -197,17 +235,34 @@ class SandboxTarget:
             planned.append(Change("server", node.name, "unchanged" if node.is_running() else "started"))
         diffs = {n: d for node, nd in self.parameter_differences().items() for n, d in nd.items()}
         planned.append(Change("parameters", self.env.server.name, "updated" if diffs else "unchanged", diff=diffs))
+        files = self._access_files()
+        cidrs = files.pop("cidrs")
+        stale = sorted(f"{node.name}/{name}" for node in sb.nodes() for name, text in files.items()
+                       if not (node.data / name).exists() or (node.data / name).read_text() != text)
+        planned.append(Change("access_rules", "pg_hba", "updated" if stale else "unchanged",
+                              diff={"files": (", ".join(stale), "rewritten")} if stale else {},
+                              notes=(f"hostssl + scram-sha-256 from {', '.join(cidrs.split())}; socket: the "
+                                     "admin only, peer from the OS users pcdb runs as",)))
         return planned
 
-    def _differences(self, node: Node, desired: dict[str, params.ParamValue]) -> dict:
+    def _access_files(self) -> dict[str, str]:
+        cidrs = ("127.0.0.1/32", *(s.cidr for s in self.env.network.allowed_subnets))
+        return {"pg_hba.conf": self.sandbox.hba(cidrs), "pg_ident.conf": self.sandbox.ident(), "cidrs": " ".join(cidrs)}
+
+    def _differences(self, node: Node, desired: dict[str, params.ParamValue], removed: set[str] = frozenset()) -> dict:
+        """What differs on ``node``; a ``removed`` parameter differs while postgresql.auto.conf still holds it."""
         names = [v.name for v in desired.values()]
         with node.connect(self.admin) as conn:
             rows = conn.execute(query("sandbox.sql", "settings"), {"names": names}).fetchall()
+            in_auto = {r[0] for r in conn.execute(query("sandbox.sql", "auto_conf_settings"))} if removed else set()
         actual = {r[0]: (r[1], r[4]) for r in rows}
         out = {}
         for value in desired.values():
             setting, pending = actual.get(value.name, (None, False))
-            if setting is None or pending or not params.same_setting(value.name, value.setting, setting):
+            if value.name in removed:
+                if value.name in in_auto:
+                    out[value.name] = (setting, value.setting)
+            elif setting is None or pending or not params.same_setting(value.name, value.setting, setting):
                 out[value.name] = (setting, value.setting)
         return out
 
@@ -238,8 +293,8 @@ class SandboxTarget:
         """pg_hba.conf and pg_ident.conf on every node: hostssl lines for loopback and the spec's
         allowed subnets (R-SEC-5), SCRAM everywhere, and over the socket only the admin from the OS
         users pcdb runs as (peer). Rewritten whole where they differ (an older sandbox had trust)."""
-        cidrs = ("127.0.0.1/32", *(s.cidr for s in self.env.network.allowed_subnets))
-        files = {"pg_hba.conf": self.sandbox.hba(cidrs), "pg_ident.conf": self.sandbox.ident()}
+        files = self._access_files()
+        cidrs = files.pop("cidrs").split()
         changed: dict[str, list[str]] = {}
         from pcdb.sandbox import proc
         for node in self.sandbox.nodes():

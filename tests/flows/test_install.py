@@ -91,8 +91,17 @@ def test_a_bad_spec_is_rejected_before_any_phase(prefect_harness):
     assert not root.exists()
 
 
-def test_a_failure_in_phase_5_is_notified_then_the_fixed_rerun_resumes_at_phase_5(prefect_harness, monkeypatch):
+def test_a_missing_or_weak_secret_stops_before_phase_1_and_a_phase_5_failure_is_notified_then_resumed(
+        prefect_harness, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.settings import PREFECT_API_URL
+
+    import pcdb.install
+    from pcdb.errors import TargetError
 
     receiver = Receiver()
     CustomWebhookNotificationBlock(name="teams", url=receiver.url,
@@ -100,25 +109,40 @@ def test_a_failure_in_phase_5_is_notified_then_the_fixed_rerun_resumes_at_phase_
     CustomWebhookNotificationBlock(name="broken", url="http://127.0.0.1:9/closed").save("pcdb-test-broken", overwrite=True)
     target = new_target(
         "security:\n  roles:\n    product_change_app: {password: {env: PCDB_TEST_APP_PASSWORD}}\n"
+        "    product_change_readonly: {password: {env: PCDB_TEST_RO_PASSWORD}}\n"
         "notifications:\n  channels:\n    teams: {block: custom-webhook/pcdb-test-teams}\n"
         "    email: {block: custom-webhook/pcdb-test-broken}\n")
     monkeypatch.delenv("PCDB_TEST_APP_PASSWORD", raising=False)
+    monkeypatch.setenv("PCDB_TEST_RO_PASSWORD", "short")
 
-    failed = run_install(target, phases=[1, 2, 3, 4, 5])
-    assert failed.is_failed()
-    assert "Phase 5 · Security, step 'ensure roles' failed" in failed.message
-    assert "PCDB_TEST_APP_PASSWORD is not set" in failed.message and "continues at phase 5" in failed.message
-    with psycopg.connect(target.endpoint().conninfo(target.admin, target.admin_password())) as conn:
-        roles = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'product_change%'")]
-    assert roles == []  # every secret is resolved before any role is touched
+    # The command as a user types it, so everything Prefect's console handler prints is seen too.
+    refused = subprocess.run([sys.executable, "-m", "pcdb.cli", "install", "--env", str(target.env_path)],
+                             capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
+    assert refused.returncode == 1, refused.stderr
+    error = refused.stderr.split("error: ", 1)[1]
+    assert "2 secret(s) missing or too weak, found before Phase 1; nothing was changed" in error
+    assert "PCDB_TEST_APP_PASSWORD is not set" in error and "too weak" in error
+    assert "short" not in error.split("weak")[1]
+    assert "Traceback" not in refused.stdout + refused.stderr, refused.stderr   # a user error: its message only
+    assert not target.sandbox.root.exists()                    # before Phase 1: not even the resource group
     alert = receiver.wait_for(lambda m: "FAILED" in m.get("subject", ""))[0]
-    assert "Phase 5" in alert["text"] and "ensure roles" in alert["text"]
-
-    monkeypatch.setenv("PCDB_TEST_APP_PASSWORD", "short")
-    weak = run_install(target, phases=[5])
-    assert weak.is_failed() and "too weak" in weak.message and "short" not in weak.message.split("weak")[1]
+    assert "before Phase 1" in alert["text"]
 
     monkeypatch.setenv("PCDB_TEST_APP_PASSWORD", "Str0ng-Enough-Passw0rd!")
+    monkeypatch.setenv("PCDB_TEST_RO_PASSWORD", "An0ther-Str0ng-Passw0rd!")
+    real_grants = pcdb.install.security.ensure_grants
+
+    def grants_fail_once(*args, **kwargs):
+        monkeypatch.setattr(pcdb.install.security, "ensure_grants", real_grants)
+        raise TargetError("the grants could not be applied (injected once)")
+    monkeypatch.setattr(pcdb.install.security, "ensure_grants", grants_fail_once)
+    failed = run_install(target, phases=[1, 2, 3, 4, 5])
+    assert failed.is_failed()
+    assert "Phase 5 · Security, step 'ensure grants' failed" in failed.message and "continues at phase 5" in failed.message
+    alert = receiver.wait_for(lambda m: "ensure grants" in m.get("text", ""))[0]
+    assert "Phase 5" in alert["text"]
+
     resumed = run_install(target, phases=[1, 2, 3, 4, 5])
     assert resumed.is_completed(), resumed.message
     phases = phase_summaries(resumed.result())
@@ -152,10 +176,67 @@ def test_the_approval_gate_holds_the_install_until_a_typed_approval(prefect_harn
         assert not target.sandbox.root.exists()
 
 
-def test_a_dry_run_shows_the_plan_and_changes_nothing(prefect_harness):
+def test_a_dry_run_shows_the_whole_plan_and_changes_and_notifies_nothing(installed, tmp_path):
+    """On an installed sandbox whose spec has moved on: parameters with their values, access rules,
+    secrets, roles and grants are all in the plan; nothing changes and nothing is notified."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from typer.testing import CliRunner
+
+    from pcdb.cli import app
+
+    target, _ = installed
+    receiver = Receiver()
+    CustomWebhookNotificationBlock(name="teams", url=receiver.url,
+                                   json_data={"subject": "{{subject}}", "text": "{{body}}"}).save("pcdb-test-dry", overwrite=True)
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(f"extends: {target.env_path}\n"
+                     "parameters:\n  work_mem: 8MB\n"
+                     "network:\n  allowed_subnets:\n    - {name: ops, cidr: 10.9.0.0/24}\n"
+                     "security:\n  roles:\n    product_change_readonly:\n      connection_limit: 5\n"
+                     "      grants: {database: [CONNECT], schema: [USAGE], all_tables: [], tables: "
+                     "{pc_product_change_history: [SELECT]}}\n"
+                     "notifications:\n  channels:\n    teams: {block: custom-webhook/pcdb-test-dry}\n"
+                     "    email: {block: custom-webhook/pcdb-test-dry}\n    sms: {block: custom-webhook/pcdb-test-dry}\n")
+    hba = (target.sandbox.primary().data / "pg_hba.conf").read_text()
+    result = CliRunner().invoke(app, ["install", "--env", str(moved), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = {(c["resource"], c["name"]): c for c in __import__("json").loads(result.stdout)["plan"]}
+    assert plan[("parameters", target.env.server.name)]["diff"]["work_mem"] == {"current": "4096", "desired": "8192"}
+    assert plan[("access_rules", "pg_hba")]["action"] == "updated"
+    assert {plan[("secret", r.name)]["action"] for r in target.env.security.roles} == {"unchanged"}
+    readonly = plan[("role", "product_change_readonly")]
+    assert readonly["action"] == "updated" and readonly["diff"]["connection_limit"] == {"current": 20, "desired": 5}
+    grants = plan[("grants", target.env.service.schema_name)]
+    assert grants["action"] == "updated" and any("product_change_readonly on table pc_kos_integration_log" in k
+                                                 for k in grants["diff"])
+    assert not any(c["action"] == "conflict" for c in plan.values())
+    text = CliRunner().invoke(app, ["install", "--env", str(moved), "--dry-run"], env={"COLUMNS": "400"}).output
+    assert "work_mem: 4096 -> 8192" in text and "connection_limit: 20 -> 5" in text
+    # nothing changed, nothing notified
+    assert (target.sandbox.primary().data / "pg_hba.conf").read_text() == hba
+    with psycopg.connect(target.endpoint().conninfo(target.admin, target.admin_password())) as conn:
+        assert conn.execute("SHOW work_mem").fetchone()[0] == "4MB"
+        assert conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = 'product_change_readonly'").fetchone() == (20,)
+    assert receiver.received == []
+
+
+def test_a_dry_run_of_a_new_sandbox_creates_nothing(prefect_harness):
     target = new_target()
     state = run_install(target, dry_run=True)
     assert state.is_completed(), state.message
     plan = state.result()["plan"]
-    assert {(c["resource"], c["action"]) for c in plan} >= {("server", "created"), ("database", "created")}
+    assert {(c["resource"], c["action"]) for c in plan} >= {("server", "created"), ("database", "created"),
+                                                            ("role", "created"), ("schema", "created")}
+    assert not target.sandbox.root.exists()
+
+
+def test_an_approval_that_never_comes_is_told_in_words_and_nothing_changes(prefect_harness):
+    from typer.testing import CliRunner
+
+    from pcdb.cli import app
+
+    target = new_target("install:\n  approval:\n    required: true\n    timeout: 3s\n")
+    result = CliRunner().invoke(app, ["install", "--env", str(target.env_path), "--phases", "1"])
+    assert result.exit_code == 1
+    assert "no approval came within 3s" in result.output and "nothing was changed" in result.output, result.output
     assert not target.sandbox.root.exists()
