@@ -44,7 +44,7 @@ class Evidence:
 def publish_report(spec: Environment, stem: str, text: str, description: str, key: str | None = None) -> Path:
     """A run's report: ``<reports_dir>/<stem>-<UTC time>.md`` and the run's markdown artifact
     (key ``key`` or ``stem``, described with the path)."""
-    path = Path(spec.reports_dir) / f"{stem}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
+    path = spec.reports_path / f"{stem}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     create_markdown_artifact(text, key=key or stem, description=f"{description} ({path})")

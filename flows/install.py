@@ -271,7 +271,7 @@ def handover(spec: Environment, ctx: RunbookContext, results: dict[int, list], a
                              {p.number: p.title for p in ALL_PHASES}, expiry)
         if any(s and s in text for s in ctx.secret_values()):
             raise PcdbError("the handover report would contain a secret; it was not written")
-        folder = Path(spec.reports_dir)
+        folder = spec.reports_path
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"handover-{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
         path.write_text(text)

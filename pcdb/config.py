@@ -558,7 +558,10 @@ def _best_monitor_rules() -> list[HealthRule]:
             HealthRule(name="tls-certificate-expiry", title="the server's TLS certificate expires soon",
                        metric="tls_days_left", operator="<", warning=30, critical=7, duration=timedelta(0)),
             HealthRule(name="kos-log-partitions", title="fewer than 2 future monthly partitions of the KOS log",
-                       metric="partitions_ahead", operator="<", critical=2, duration=timedelta(0))]
+                       metric="partitions_ahead", operator="<", critical=2, duration=timedelta(0)),
+            HealthRule(name="role-escalation", title="a role with more power than the spec gives (SUPERUSER, "
+                       "CREATEROLE, REPLICATION, BYPASSRLS or a membership such as pg_execute_server_program)",
+                       metric="escalated_roles", operator=">", critical=0, duration=timedelta(0))]
 
 
 class HealthSettings(Model):
@@ -782,6 +785,13 @@ class Environment(Model):
     install: Install
     operations: Operations
     orchestrator: OrchestratorSpec = OrchestratorSpec()
+
+    @property
+    def reports_path(self) -> Path:
+        """Where reports go: reports_dir, a relative one inside the project (wherever pcdb was
+        started from); the spec check keeps it inside the project or a data folder."""
+        path = Path(self.reports_dir)
+        return path if path.is_absolute() else DEPLOYMENTS.parent / path
 
     @property
     def work_pool(self) -> str:

@@ -35,9 +35,13 @@ class ConfigError(PcdbError):
     def __init__(self, file: str, problems: list[Problem]):
         self.file = file
         self.problems = problems
-        lines = [p.render(file) for p in problems]
+        lines = [p.render(file) for p in problems[:self.SHOWN]]
+        if len(problems) > self.SHOWN:
+            lines.append(f"... and {len(problems) - self.SHOWN} more (fix these first: is this the right file?)")
         head = f"{file}: {len(problems)} problem(s) in the environment spec; nothing was changed"
         super().__init__("\n".join([head, *("  " + line for line in lines)]))
+
+    SHOWN = 100  # a file of 20 000 unknown keys is named in a screenful, not 20 000 lines
 
 
 class SecretError(PcdbError):

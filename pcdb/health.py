@@ -30,6 +30,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql as psql
 
+from pcdb import security
 from pcdb.config import Environment
 from pcdb.context import RunbookContext
 from pcdb.sql import query
@@ -44,7 +45,7 @@ ALIASES = {"replica_lag": "replica_lag_seconds", "avg_query_time": "avg_query_ti
            "active_connections": "active_connections", "kos_integration_success_rate": "kos_success_rate"}
 BUSINESS = ("product_change_success_rate", "kos_success_rate", "avg_processing_seconds")
 _ALARM = re.compile(r"^\s*(>=|<=|==|>|<)\s*([0-9.]+)\s*(ms|s|%|/hour|/min)?\s*$")
-COUNTS = {"partitions_ahead", "invalid_indexes", "connection_failed", "failover_event", "up"}
+COUNTS = {"partitions_ahead", "invalid_indexes", "connection_failed", "failover_event", "up", "escalated_roles"}
 SLOW_STATEMENT_MS = 1000.0   # log_min_duration_statement of R-PAR-1: a statement this slow is "slow"
 
 
@@ -299,6 +300,10 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
             timeline = _timeline(conn)
             business |= _business(conn, env)
             metrics["partitions_ahead"] = _partitions_ahead(conn, env, now)
+            metrics["escalated_roles"] = float(sum(
+                1 for f in security.role_inventory(conn, env.security.roles, env.server.admin.user,
+                                                   ctx.target.own_roles())
+                if any(not p.startswith("not in the spec") for p in f.problems)))
     except psycopg.Error as exc:
         logger.warning("primary of %s unreachable: %s", env.name, str(exc).strip().splitlines()[0])
         timeline = None

@@ -101,8 +101,8 @@ def _bounds(root: yaml.Node | None) -> list[Problem]:
     if depth > MAX_DEPTH:
         return [Problem("", f"nested more than {MAX_DEPTH} levels deep; a spec nests about 6")]
     if size > MAX_VALUES:
-        return [Problem("", f"expands to more than {MAX_VALUES} values (YAML aliases repeat what they refer "
-                            "to); a spec has about 1 500: write it out without aliases")]
+        return [Problem("", f"holds more than {MAX_VALUES} values, counting what each YAML alias repeats; a spec "
+                            "has about 1 500: is this the right file? (write repeated parts out, without aliases)")]
     return []
 
 

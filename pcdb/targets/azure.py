@@ -72,8 +72,11 @@ class AzureTarget:
     def plan(self) -> list[Change]:
         items = make_plan(self.desired(), self.reconciler.read)
         action = {"create": "created", "update": "updated", "unchanged": "unchanged", "conflict": "conflict"}
-        return [Change(i.type, i.name, action[i.action], {k: (v["current"], v["desired"]) for k, v in i.changes.items()},
-                       i.notes) for i in items]
+        return [*(Change(i.type, i.name, action[i.action], {k: (v["current"], v["desired"]) for k, v in i.changes.items()},
+                         i.notes) for i in items),
+                *(Change("configuration", name, "updated", {"properties.value": (current, default)},
+                         ("not in the spec any more: back to Azure's default",))
+                  for name, (current, default) in self._removed_parameters().items())]
 
     def ensure_resource_group(self) -> Change:
         return self._ensure(*KINDS["resource_group"])[0]
@@ -94,17 +97,39 @@ class AzureTarget:
     def ensure_replica(self) -> Change:
         return self._ensure(*KINDS["replica"])[0]
 
+    def _removed_parameters(self) -> dict[str, tuple[str, str]]:
+        """name -> (current, Azure's default): parameters set by a user (source user-override) that
+        the spec does not name, so they go back to the default (parameters reconciled both ways)."""
+        pg = self.clients.postgres
+        if self._find_server(self.env.server.name) is None:
+            return {}
+        wanted = {d.name for d in self.desired() if d.type == "configuration"}
+        listed = self._call("list parameters of", self.env.server.name,
+                            lambda: list(pg.configurations.list_by_server(self.rg, self.env.server.name)))
+        return {c.name: (c.value, c.default_value) for c in listed
+                if (c.source or "").lower() == "user-override" and c.name not in wanted
+                and c.default_value is not None and str(c.value) != str(c.default_value)}
+
     def ensure_parameters(self, names: set[str] | None = None) -> Change:
-        """Set what differs; when Azure reports a change pending a restart, restart the server
-        with a planned failover (standby first), so the primary is never down longer than a failover."""
+        """Set what differs, and put parameters the spec no longer names back to their default;
+        when Azure reports a change pending a restart, restart the server with a planned failover
+        (standby first), so the primary is never down longer than a failover."""
+        from azure.mgmt.postgresqlflexibleservers import models as pgm
+
         changes = self._ensure("configuration", names=names)
         diff = {c.name: c.diff.get("properties.value", ("(absent)", "(created)")) for c in changes if c.changed}
+        removed = self._removed_parameters() if names is None or names & set(self.env.parameters) else {}
+        for name, (current, default) in removed.items():
+            self._call("reset parameter", name, lambda n=name, d=default: self.clients.postgres.configurations.begin_put(
+                self.rg, self.env.server.name, n, pgm.Configuration(value=d, source="system-default")))
+            diff[name] = (current, f"{default} (default: removed from the spec)")
         if not diff:
             return Change("parameters", self.env.server.name, "unchanged")
         pg = self.clients.postgres
         applied = {n: self._call("read parameter", n, lambda n=n: pg.configurations.get(self.rg, self.env.server.name, n))
                    for n in diff}
         sent = {d.name: d.body()["properties"]["value"] for d in self.desired() if d.type == "configuration"}
+        sent |= {n: default for n, (_, default) in removed.items()}
         wrong = {n: (c.value, sent[n]) for n, c in applied.items() if str(c.value) != str(sent[n])}
         if wrong:  # read back: Azure must hold exactly the value sent, in the parameter's own unit (C-3)
             raise TargetError(f"parameters read back differ from what was set: {wrong} (current, sent); "
@@ -122,6 +147,7 @@ class AzureTarget:
             if item.action != "unchanged":
                 value = item.changes.get("properties.value", {})
                 diffs[item.name] = (value.get("current"), value.get("desired"))
+        diffs |= self._removed_parameters()
         return {self.env.server.name: diffs}
 
     def ensure_tls(self) -> Change:

@@ -7,6 +7,7 @@ GET; failures carry ARM error objects; throttling answers 429 with Retry-After."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import uuid
 from urllib.parse import urlparse
 
@@ -18,6 +19,9 @@ from azure.core.utils import case_insensitive_dict
 BASE = "https://management.azure.com"
 WRITE_ONLY = ("administratorLoginPassword",)
 STATIC_PARAMETERS = {"shared_buffers", "max_connections", "wal_buffers", "shared_preload_libraries"}
+# What ARM reports as a parameter's defaultValue: PostgreSQL's built-in value (pg_settings.boot_val).
+_BOOT_VALUES = {row["name"].lower(): row["boot"] or "" for row in json.loads(
+    (Path(__file__).resolve().parents[2] / "pcdb" / "data" / "pg15_settings.json").read_text())}
 
 
 class _Raw:
@@ -95,6 +99,8 @@ class FakeArm(HttpTransport):
                 {"id": f"{path}/{n}", "type": "Microsoft.Insights/metrics", "name": {"value": n}, "unit": "Count",
                  "timeseries": [{"data": [{"timeStamp": t, "average": v, "maximum": v} for t, v in self.metrics.get(n, [])]}]}
                 for n in names]})
+        if method == "GET" and key.endswith("/configurations"):  # a server's parameters, as ARM lists them
+            return _response(request, 200, {"value": [v for k, v in self.resources.items() if k.startswith(key + "/")]})
         if method == "GET" and not key.endswith(("/backups", "/metrics")):
             if key in self.resources:
                 return _response(request, 200, self.resources[key])
@@ -145,8 +151,11 @@ class FakeArm(HttpTransport):
             if props.get("createMode") == "Replica":
                 props["replicationRole"] = "AsyncReplica"
                 props["replica"] = {"role": "AsyncReplica", "replicationState": "Active"}
-        if "/configurations/" in path and parts[-1] in STATIC_PARAMETERS:
-            props["isConfigPendingRestart"] = True  # static: takes effect at the next restart
+        if "/configurations/" in path:
+            props["defaultValue"] = _BOOT_VALUES.get(parts[-1].lower(), "")
+            props.setdefault("source", "user-override")
+            if parts[-1] in STATIC_PARAMETERS:
+                props["isConfigPendingRestart"] = True  # static: takes effect at the next restart
         stored = {**body, "id": path, "name": parts[-1], "type": "/".join(parts[5:6] + parts[6::2][:-1])}
         failure = next((f for frag, f in self.fail.items() if frag in path), None)
         created = key not in self.resources

@@ -149,6 +149,25 @@ def test_a_static_parameter_is_applied_with_a_planned_failover_restart(arm, targ
     assert target.ensure_parameters().action == "unchanged"
 
 
+def test_a_parameter_the_spec_no_longer_names_goes_back_to_azures_default(arm, target, tmp_path):
+    """Parameters both ways: one set earlier (by a spec, or by hand in the portal) that the spec does
+    not name is planned, then reset with source system-default; a second run changes nothing."""
+    install_infrastructure(target)
+    hand_set = f"{next(k for k in arm.resources if k.endswith('/flexibleservers/phonebill-postgresql-prod'))}" \
+               "/configurations/log_min_error_statement"
+    arm.resources[hand_set] = {"name": "log_min_error_statement", "properties": {
+        "value": "warning", "defaultValue": "error", "source": "user-override"}}
+    planned = {(c.resource, c.name): c for c in target.plan()}
+    assert planned[("configuration", "log_min_error_statement")].diff == {"properties.value": ("warning", "error")}
+    assert target.parameter_differences()[PROD.server.name]["log_min_error_statement"] == ("warning", "error")
+    change = target.ensure_parameters()
+    assert change.diff == {"log_min_error_statement": ("warning", "error (default: removed from the spec)")}
+    path, body = next((p, b) for p, b in reversed(arm.bodies) if p.endswith("/log_min_error_statement"))
+    assert body["properties"] == {"value": "error", "source": "system-default"}
+    arm.resources[hand_set]["properties"]["source"] = "system-default"   # what Azure reports after a reset
+    assert target.ensure_parameters().action == "unchanged"
+
+
 def test_an_existing_vnet_or_subnet_is_never_rewritten(arm, target):
     install_infrastructure(target)
     subnet = next(v for k, v in arm.resources.items() if k.endswith("/subnets/subnet-database"))

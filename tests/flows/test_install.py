@@ -140,6 +140,7 @@ def test_a_missing_or_weak_secret_stops_before_phase_1_and_a_phase_5_failure_is_
     failed = run_install(target, phases=[1, 2, 3, 4, 5])
     assert failed.is_failed()
     assert "Phase 5 · Security, step 'ensure grants' failed" in failed.message and "continues at phase 5" in failed.message
+    assert f"(pcdb install --env {target.env_path})" in failed.message      # the spec file given, not 'local'
     alert = receiver.wait_for(lambda m: "ensure grants" in m.get("text", ""))[0]
     assert "Phase 5" in alert["text"]
 

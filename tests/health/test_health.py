@@ -34,6 +34,8 @@ RULES = """monitoring:
          duration: 2min, channels: [teams]}
       - {name: kos-log-partitions, title: fewer than 2 future partitions, metric: partitions_ahead, operator: "<",
          critical: 2}
+      - {name: role-escalation, title: a role with more than the spec gives, metric: escalated_roles, operator: ">",
+         critical: 0}
 notifications:
   channels:
     teams: {block: custom-webhook/pcdb-health-teams}
@@ -195,6 +197,25 @@ def test_fewer_than_two_future_partitions_is_critical_at_once_and_the_guard_clea
     guard = maintenance.partition_guard(RunbookContext(env.env, env))
     assert guard.passed and guard.details["ahead_months"] >= 3
     assert alert(clock.run(), "kos-log-partitions")["state"] == "resolved"
+
+
+def test_a_role_given_more_than_the_spec_is_critical_within_a_run_and_resolves_when_taken_back(env, receiver, tmp_path):
+    """The guard on the predefined roles: a membership of pg_execute_server_program (the review's way to
+    superuser) or a superuser the spec does not name fires at the next health run, on every channel."""
+    clock = Clock(env, receiver, tmp_path)
+    assert clock.run().metrics["escalated_roles"] == 0
+    with admin(env) as conn:
+        conn.execute("GRANT pg_execute_server_program TO product_change_app")
+        conn.execute("CREATE ROLE pcdb_health_rogue SUPERUSER")
+        try:
+            report = clock.run()
+            assert report.metrics["escalated_roles"] == 2
+            assert alert(report, "role-escalation")["state"] == "firing" and report.status == "critical"
+        finally:
+            conn.execute("REVOKE pg_execute_server_program FROM product_change_app")
+            conn.execute("DROP ROLE pcdb_health_rogue")
+    assert alert(clock.run(), "role-escalation")["state"] == "resolved"
+    fired_then_resolved(clock, "role-escalation", ["teams", "email", "sms"])
 
 
 def test_a_silence_holds_notifications_until_it_expires_and_a_drill_annotates(env, receiver, tmp_path):

@@ -116,7 +116,7 @@ CASES = [
     # The file itself
     ("duplicate-key-deep", "sandbox", "server:\n  storage:\n    auto_grow: true\n    auto_grow: false\n",
      "server.storage.auto_grow", "written twice"),
-    ("alias-bomb", "sandbox", BOMB, "(top level)", "expands to more than"),
+    ("alias-bomb", "sandbox", BOMB, "(top level)", "counting what each YAML alias repeats"),
     ("nested-too-deep", "sandbox", "x: " + "[" * 40 + "]" * 40 + "\n", "(top level)", "levels deep"),
     ("binary-garbage", "sandbox", b"\x00\xff\xfe\x89PNG\r\n\x1a\n", "(top level)", "not UTF-8 text"),
     ("control-character", "sandbox", "name: te\x07st\n", "(top level)", "control character"),
@@ -227,7 +227,7 @@ def test_yaml_bounds_are_checked_before_anything_is_expanded(tmp_path):
 
     path = tmp_path / "bomb.yaml"
     path.write_text(BOMB)
-    with pytest.raises(specfile.SpecFileError, match="expands to more than"):
+    with pytest.raises(specfile.SpecFileError, match="holds more than 20000 values"):
         specfile.read(path)
 
 
