@@ -22,6 +22,25 @@ def orchestrator_node(config: ServerConfig) -> Node:
     return Node("orchestrator-db", config.home / "postgres", config.port + 1, proc.find_bindir())
 
 
+def _access_files() -> dict[str, str]:
+    """Socket only, and only the OS users pcdb runs as (peer, mapped to the prefect role)."""
+    users = dict.fromkeys([proc.invoking_user(), proc.server_user().name])
+    return {"pg_hba.conf": "# pcdb: the orchestrator's database, socket only, peer from pcdb's OS users\n"
+                           f"local   all   {USER}   peer map=pcdb\n"
+                           "local   all   all      reject\n",
+            "pg_ident.conf": "".join(f"pcdb    {u:<15} {USER}\n" for u in users)}
+
+
+def _ensure_access(node: Node) -> bool:
+    changed = False
+    for name, text in _access_files().items():
+        path = node.data / name
+        if not path.exists() or path.read_text() != text:
+            proc.write_file(path, text, mode=0o600)
+            changed = True
+    return changed
+
+
 def _create(node: Node) -> None:
     """initdb into a temporary folder, configure it, then rename: a kill halfway leaves no
     half-made cluster that would later start with the default port and socket."""
@@ -39,6 +58,7 @@ def _create(node: Node) -> None:
     with open(partial.data / "postgresql.conf", "a") as conf:
         conf.write("\n# --- pcdb: the orchestrator's own database, socket only ---\n")
         conf.write("".join(conf_line(k, v) for k, v in settings.items()))
+    _ensure_access(partial)
     os.replace(building, node.home)
 
 
@@ -51,9 +71,12 @@ def ensure_orchestrator_database(config: ServerConfig, timeout: float = 60) -> C
     if not node.exists():
         _create(node)
         action = "created"
+    rewritten = _ensure_access(node)  # an older cluster had trust on its socket
     if not node.is_running():
         node.start(timeout)
         action = "started" if action == "unchanged" else action
+    elif rewritten:
+        node.reload()
     with node.connect(USER) as conn:
         if not conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (DATABASE,)).fetchone():
             conn.execute(f"CREATE DATABASE {DATABASE}")
