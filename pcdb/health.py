@@ -46,6 +46,8 @@ ALIASES = {"replica_lag": "replica_lag_seconds", "avg_query_time": "avg_query_ti
 BUSINESS = ("product_change_success_rate", "kos_success_rate", "avg_processing_seconds")
 _ALARM = re.compile(r"^\s*(>=|<=|==|>|<)\s*([0-9.]+)\s*(ms|s|%|/hour|/min)?\s*$")
 COUNTS = {"partitions_ahead", "invalid_indexes", "connection_failed", "failover_event", "up", "escalated_roles"}
+# What a target's platform_metrics() gives as inputs (limits, counters), not as metrics.
+_PLATFORM_INPUTS = {"storage_quota_bytes", "cpu_count", "iops_limit", "cpu_seconds_total", "disk_operations_total"}
 SLOW_STATEMENT_MS = 1000.0   # log_min_duration_statement of R-PAR-1: a statement this slow is "slow"
 
 
@@ -272,7 +274,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
     except Exception as exc:  # noqa: BLE001 - the platform's API down must not stop the SQL probes
         logger.warning("platform metrics of %s: %s", env.name, exc)
         platform = {}
-    metrics |= {k: v for k, v in platform.items() if k != "storage_quota_bytes"}
+    metrics |= {k: v for k, v in platform.items() if k not in _PLATFORM_INPUTS}
     before = store.counters()
     counters: dict[str, float] = {}
     try:
@@ -307,6 +309,13 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
     except psycopg.Error as exc:
         logger.warning("primary of %s unreachable: %s", env.name, str(exc).strip().splitlines()[0])
         timeline = None
+    # The sandbox's CPU time and disk operations: cumulative counters, made percentages here.
+    for counter, metric, limit, per in (("cpu_seconds_total", "cpu_percent", "cpu_count", 100.0),
+                                        ("disk_operations_total", "iops_percent", "iops_limit", 100.0)):
+        if platform.get(counter) is not None and metrics.get(metric) is None:
+            counters[counter] = float(platform[counter])
+            rate = _rate(counters[counter], counter, before, now, 1)
+            metrics[metric] = rate / float(platform[limit]) * per if rate is not None and platform.get(limit) else None
     quota = platform.get("storage_quota_bytes")
     if metrics.get("storage_percent") is None and quota and metrics.get("database_bytes") is not None:
         metrics["storage_percent"] = 100.0 * metrics["database_bytes"] / quota

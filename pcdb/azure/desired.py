@@ -15,6 +15,10 @@ from pcdb.config import Environment
 from pcdb.units import parse_size
 
 PLACEHOLDER_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+# Azure Monitor metrics of a flexible server emitted only when metrics.collector_database_activity is on.
+ENHANCED_METRICS = {"longest_transaction_time_sec", "longest_query_time_sec", "oldest_backend_xmin_age",
+                    "sessions_by_state", "deadlocks", "physical_replication_delay_in_seconds",
+                    "physical_replication_delay_in_bytes", "disk_iops_consumed_percentage"}
 PG = "Microsoft.DBforPostgreSQL/flexibleServers"
 ISO = {"1min": "PT1M", "2min": "PT2M", "5min": "PT5M", "10min": "PT10M", "15min": "PT15M", "1h": "PT1H"}
 
@@ -111,6 +115,10 @@ def desired_resources(env: Environment, subscription: str = PLACEHOLDER_SUBSCRIP
     # Azure's own parameter (not PostgreSQL's): TLS required on every connection (R-SEC-4).
     secure = "on" if tls.require_secure_transport else "off"
     parameters["require_secure_transport"] = params.ParamValue("require_secure_transport", secure, None, False, secure)
+    if any(a.metric in ENHANCED_METRICS for a in env.monitoring.azure_metric_alerts):
+        # Azure's enhanced metrics are emitted only with this on: without it those alerts never fire.
+        parameters["metrics.collector_database_activity"] = params.ParamValue(
+            "metrics.collector_database_activity", "on", None, False, "on")
     for name, value in parameters.items():
         phase = 5 if name in env.security.audit or name.startswith(("require_secure", "ssl_")) else 3
         out.append(Desired("configuration", name, f"{server_id}/configurations/{name}",

@@ -116,6 +116,8 @@ class AzureTarget:
         (standby first), so the primary is never down longer than a failover."""
         from azure.mgmt.postgresqlflexibleservers import models as pgm
 
+        if names is not None and names & set(self.env.parameters):
+            names = names | {"metrics.collector_database_activity"}  # Azure's own, for the enhanced-metric alerts
         changes = self._ensure("configuration", names=names)
         diff = {c.name: c.diff.get("properties.value", ("(absent)", "(created)")) for c in changes if c.changed}
         removed = self._removed_parameters() if names is None or names & set(self.env.parameters) else {}

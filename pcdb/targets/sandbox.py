@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from psycopg import sql as psql
 from pcdb import params
 from pcdb.changes import Change
 from pcdb.config import Environment
-from pcdb.errors import TargetError
+from pcdb.errors import SandboxError, TargetError
 from pcdb.sandbox import Sandbox
 from pcdb.sandbox.engine import HA_NODES, REPLICA, REPLICATION_USER
 from pcdb.sandbox.node import Node
@@ -487,9 +488,25 @@ class SandboxTarget:
         return []
 
     def platform_metrics(self) -> dict[str, float | None]:
-        """The sandbox has no platform monitor (CPU, memory, IOPS are Azure Monitor's): only the
-        storage size it stands for; the health runbook measures the rest with SQL."""
-        return {"storage_quota_bytes": float(self.sandbox.spec.storage_quota)}
+        """What Azure Monitor would say, measured on this machine (pcdb.sandbox.procstats): the
+        primary's memory now, its CPU time and its disk's operations as cumulative counters (the
+        health runbook turns two readings into cpu_percent and iops_percent against the machine's
+        cores and the spec's provisioned IOPS), and the storage size the sandbox stands for."""
+        from pcdb.sandbox import procstats
+
+        out: dict[str, float | None] = {"storage_quota_bytes": float(self.sandbox.spec.storage_quota),
+                                        "cpu_count": float(os.cpu_count() or 1),
+                                        "iops_limit": float(self.env.server.storage.iops)}
+        try:
+            primary = self.sandbox.primary()
+        except SandboxError:
+            return out
+        pids = procstats.server_pids(primary.data)
+        if pids:
+            out["cpu_seconds_total"] = procstats.cpu_seconds(pids)
+            out["memory_percent"] = 100.0 * procstats.memory_bytes(pids) / procstats.machine_memory()
+        out["disk_operations_total"] = procstats.disk_operations(primary.data)
+        return out
 
     def own_roles(self) -> set[str]:
         return {REPLICATION_USER}

@@ -89,7 +89,7 @@ def test_the_whole_install_against_the_prod_spec_then_a_second_run_writes_nothin
     server = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
     assert server["sku"]["name"] == "Standard_D4s_v3" and server["properties"]["highAvailability"]["mode"] == "ZoneRedundant"
     assert next(v for k, v in arm.resources.items() if k.endswith("/configurations/shared_buffers"))["properties"]["value"] == "524288"
-    assert len([k for k in arm.resources if "/metricalerts/" in k]) == 7
+    assert len([k for k in arm.resources if "/metricalerts/" in k]) == 8   # the two of the document, five more of R-MON-1/4, deadlocks (R-MON-2)
     assert [k.rsplit("/", 2)[1:] for k in arm.resources if "/activitylogalerts/" in k or "/scheduledqueryrules/" in k] \
         == [["activitylogalerts", "alert-failover-event"], ["scheduledqueryrules", "alert-slow-queries"]]
     assert not [r for r in arm.requests if "firewallrules" in r[1].lower()]

@@ -134,6 +134,19 @@ def test_a_clean_sandbox_is_ok_and_the_json_is_the_contract(env, receiver):
     datetime.fromisoformat(report["checked_at"])
 
 
+def test_cpu_memory_and_iops_are_measured_on_the_sandbox_from_proc(env, receiver, tmp_path):
+    """R-MON-1's system metrics where Azure Monitor would give them: the primary's processes and its
+    disk, measured; a second run turns the counters into percentages."""
+    clock = Clock(env, receiver, tmp_path)
+    first = clock.run(timedelta(0))
+    assert 0 < first.metrics["memory_percent"] < 100 and first.metrics["cpu_percent"] is None   # one reading
+    with admin(env) as conn:                                    # some work for the primary to do
+        conn.execute("SELECT count(*) FROM generate_series(1, 2000000)")
+    second = clock.run(timedelta(seconds=(datetime.now(timezone.utc) - clock.now).total_seconds()))
+    assert second.metrics["cpu_percent"] > 0
+    assert second.metrics["iops_percent"] is None or second.metrics["iops_percent"] >= 0
+
+
 def test_a_rule_fires_after_its_duration_notifies_once_reminds_and_resolves_once(env, receiver, tmp_path):
     clock = Clock(env, receiver, tmp_path)
     sessions = [psycopg.connect(env.endpoint().conninfo(env.admin, env.admin_password())) for _ in range(4)]

@@ -93,6 +93,19 @@ def test_alerts_and_receivers(empty_plan):
     assert [c["category"] for c in diag["logs"]] == ["PostgreSQLLogs"] and diag["metrics"][0]["category"] == "AllMetrics"
 
 
+def test_r_mon_2_deadlocks_alert_on_azure_and_enhanced_metrics_are_switched_on(empty_plan):
+    """Deadlocks > 5/h is Azure Monitor's enhanced metric `deadlocks`; it (and the replica delay and
+    IOPS-use alerts) are only emitted with metrics.collector_database_activity on: the plan sets it."""
+    deadlocks = by_name(empty_plan, "metric_alert", "alert-deadlocks").properties["properties"]
+    criterion = deadlocks["criteria"]["allOf"][0]
+    assert (criterion["metricName"], criterion["timeAggregation"], criterion["threshold"]) == ("deadlocks", "Total", 5)
+    assert (deadlocks["windowSize"], deadlocks["evaluationFrequency"]) == ("PT1H", "PT5M")
+    warning = "-".join(sorted(PROD.notifications.routing["warning"]))               # a warning: its routing
+    assert deadlocks["actions"][0]["actionGroupId"].endswith(f"/ag-phonebill-prod-{warning}")
+    collector = by_name(empty_plan, "configuration", "metrics.collector_database_activity").properties["properties"]
+    assert collector["value"] == "on"
+
+
 def test_the_r_mon_4_rules_without_an_azure_metric_become_event_and_log_alerts(empty_plan):
     """Failover event -> Teams+SMS+email at once; slow queries > 10/min for 5 min -> Teams (§6.2.2)."""
     failover = by_name(empty_plan, "activity_log_alert", "alert-failover-event").properties
