@@ -38,14 +38,18 @@ def server_pids(data_dir: Path) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds the processes have used so far."""
+    """User + system CPU seconds used so far by the processes, and (the first pid being the
+    postmaster) by the children that have already exited: a backend's time is not lost when its
+    connection closes."""
     total = 0
-    for pid in pids:
+    for i, pid in enumerate(pids):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        if i == 0:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime: the exited children's
     return total / _CLOCK_TICKS
 
 
