@@ -490,6 +490,21 @@ class BusinessMetric(Model):
     warning: str
     critical: str
     measurement: str
+    probe: str | None = Field(None, description="the metric's own SQL instead of pcdb's: exactly one read-only SELECT "
+                              "returning one number; $1 is the start of the business window (timestamptz). It runs "
+                              "on the primary in a READ ONLY transaction under a 5 s statement_timeout")
+
+    @field_validator("probe")
+    @classmethod
+    def _read_only(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from pcdb.sqlcheck import read_only_select
+
+        problem = read_only_select(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class Condition(Model):

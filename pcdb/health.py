@@ -361,9 +361,25 @@ def _business(conn, env: Environment) -> dict:
     cur = conn.execute(psql.SQL(query("health.sql", "business")).format(schema=psql.Identifier(env.service.schema_name)),
                        {"window": f"{int(env.monitoring.health.business_window.total_seconds())} seconds"})
     row = dict(zip([c.name for c in cur.description], cur.fetchone()))
-    return {"product_change_success_rate": _float(row["product_change_success_rate"]),
-            "kos_success_rate": _float(row["kos_integration_success_rate"]),
-            "avg_processing_seconds": _float(row["avg_processing_time"])}
+    out = {"product_change_success_rate": _float(row["product_change_success_rate"]),
+           "kos_success_rate": _float(row["kos_integration_success_rate"]),
+           "avg_processing_seconds": _float(row["avg_processing_time"])}
+    since = datetime.now(timezone.utc) - env.monitoring.health.business_window
+    for metric in env.monitoring.business_metrics:
+        if metric.probe:
+            out[ALIASES.get(metric.metric, metric.metric)] = _probe(conn, metric.probe, since)
+    return out
+
+
+def _probe(conn, text: str, since: datetime) -> float | None:
+    """A spec's business probe (checked at load to be one read-only SELECT): read only, 5 s at most."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        conn.execute("SET LOCAL statement_timeout = '5s'")
+        cur = psycopg.RawCursor(conn)
+        cur.execute(text, [since] if "$1" in text else None)
+        row = cur.fetchone()
+    return _float(row[0]) if row else None
 
 
 def _float(value) -> float | None:

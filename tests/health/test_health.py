@@ -212,6 +212,31 @@ def test_fewer_than_two_future_partitions_is_critical_at_once_and_the_guard_clea
     assert alert(clock.run(), "kos-log-partitions")["state"] == "resolved"
 
 
+def test_a_business_probe_of_the_spec_is_what_the_rate_reads_read_only(env, receiver, tmp_path):
+    """R-MON-3 from the spec's own SQL (checked at load to be one read-only SELECT): here the rate
+    counts every finished change of the window, a definition pcdb's built-in query does not use."""
+    probe = ("SELECT 100.0 * count(*) FILTER (WHERE process_status = 'COMPLETED') / nullif(count(*), 0) "
+             "FROM product_change.pc_product_change_history WHERE requested_at > $1")
+    spec = tmp_path / "probe.yaml"
+    spec.write_text(f"extends: {env.env_path}\nmonitoring:\n  business_metrics:\n"
+                    "    - {metric: product_change_success_rate, target: '> 95%', warning: '< 90%', critical: '< 80%',\n"
+                    f"       measurement: the spec's probe, probe: \"{probe}\"}}\n")
+    with admin(env) as conn:
+        conn.execute("INSERT INTO product_change.pc_product_change_history (line_number, customer_id, "
+                     "current_product_code, target_product_code, process_status) SELECT 'L' || g, 'C', 'A', 'B', "
+                     "CASE WHEN g <= 3 THEN 'COMPLETED' ELSE 'REQUESTED' END FROM generate_series(1, 4) g")
+        try:
+            probed = health.sample(RunbookContext(load_environment(spec), env), health.Store(tmp_path / "h.sqlite"),
+                                   datetime.now(timezone.utc))[1]
+            built_in = health.sample(RunbookContext(env.env, env), health.Store(tmp_path / "h2.sqlite"),
+                                     datetime.now(timezone.utc))[1]
+            expected = conn.execute(probe.replace("$1", "now() - interval '1 hour'")).fetchone()[0]
+        finally:
+            conn.execute("DELETE FROM product_change.pc_product_change_history WHERE customer_id = 'C'")
+    assert probed["product_change_success_rate"] == round(float(expected), 3)
+    assert probed["product_change_success_rate"] != built_in["product_change_success_rate"]   # REQUESTED counted
+
+
 def test_a_role_given_more_than_the_spec_is_critical_within_a_run_and_resolves_when_taken_back(env, receiver, tmp_path):
     """The guard on the predefined roles: a membership of pg_execute_server_program (the review's way to
     superuser) or a superuser the spec does not name fires at the next health run, on every channel."""

@@ -113,6 +113,16 @@ CASES = [
      "operations.maintenance.cron", "not a cron expression"),
     ("alert-to-an-unknown-channel", "sandbox", "notifications:\n  routing:\n    critical: [pager]\n",
      "notifications.routing.critical", "not a channel"),
+    ("business-probe-that-deletes", "sandbox", "monitoring:\n  business_metrics:\n    - {metric: x, target: '> 1%', "
+     "warning: '< 1%', critical: '< 1%', measurement: m,\n       probe: 'WITH d AS (DELETE FROM t RETURNING 1) "
+     "SELECT count(*) FROM d'}\n", "monitoring.business_metrics.0.probe", "DELETE inside it writes"),
+    ("business-probe-of-two-statements", "sandbox", "monitoring:\n  business_metrics:\n    - {metric: x, target: "
+     "'> 1%', warning: '< 1%', critical: '< 1%', measurement: m, probe: 'SELECT 1; SELECT 2'}\n",
+     "monitoring.business_metrics.0.probe", "2 statements"),
+    ("channel-without-its-block", "sandbox", "notifications:\n  channels:\n    pager: {kind: sms, purpose: p, "
+     "audience: [a]}\n", "notifications.channels.pager.block", "required field is missing"),
+    ("duration-that-is-not-a-duration", "sandbox", "monitoring:\n  health:\n    alarm_duration: soon\n",
+     "monitoring.health.alarm_duration", "soon"),
     # The file itself
     ("duplicate-key-deep", "sandbox", "server:\n  storage:\n    auto_grow: true\n    auto_grow: false\n",
      "server.storage.auto_grow", "written twice"),
