@@ -523,6 +523,10 @@ def run(ctx: RunbookContext, store: Store, send: Callable[[str, str, str, list[s
         store.log_notification(now, t.rule.name, t.kind, t.severity, channels, outcome)
         notified.append({"rule": t.rule.name, "transition": t.kind, "severity": t.severity, "channels": channels})
     store.record(now, metrics, env.monitoring.health.history_minutes)
+    try:  # on Azure, the rates go to Azure Monitor for the §6.3 workbook; the sandbox keeps them in the store
+        ctx.target.publish_business_metrics(business, now)
+    except Exception as exc:  # noqa: BLE001 - a dashboard feed must never stop the alerting
+        logger.warning("business metrics of %s not published: %s", env.name, exc)
     report = Report(status_of(alerts), now.isoformat(timespec="seconds"),
                     {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items() if k not in BUSINESS},
                     business, alerts, store.active_silences(now), notified)

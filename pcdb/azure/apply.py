@@ -63,7 +63,7 @@ class Reconciler:
 
     # Resources without an operations group of their own in our SDK clients: the generic
     # resources API by id, with the resource provider's API version.
-    GENERIC_API = {"diagnostic_setting": "2021-05-01-preview", "storage_account": "2023-05-01",
+    GENERIC_API = {"diagnostic_setting": "2021-05-01-preview", "workbook": "2022-04-01", "storage_account": "2023-05-01",
                    "blob_container": "2023-05-01", "immutability_policy": "2023-05-01"}
 
     def __init__(self, clients: AzureClients, admin_password: Callable[[], str], timeout: float = 3600,

@@ -138,6 +138,13 @@ def desired_resources(env: Environment, subscription: str = PLACEHOLDER_SUBSCRIP
                            "workspaceId": law_id,
                            "logs": [{"category": c, "enabled": True} for c in diag.logs],
                            "metrics": [{"category": c, "enabled": True} for c in diag.metrics]}), 6))
+    from pcdb.azure import workbook as wb
+    out.append(Desired("workbook", "pcdb-dashboard", f"{rg_id}/providers/Microsoft.Insights/workbooks/"
+                       f"{wb.workbook_name(server_id)}", res.GenericResource(
+                           location=server.location, kind="shared", properties={
+                               "displayName": f"{env.service.name} database ({env.name}): §6.3 dashboard",
+                               "category": "workbook", "sourceId": "azure monitor", "version": "Notebook/1.0",
+                               "serializedData": wb.serialized(wb.workbook(env, server_id, replica_id, law_id))}), 6))
     groups = ActionGroups(env, rg_id)
     alerts = []
     for alert in env.monitoring.azure_metric_alerts:

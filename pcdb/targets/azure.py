@@ -28,7 +28,7 @@ KINDS = {
     "database": ("database",),
     "replica": ("replica",),
     "access_rules": ("firewall_rule",),
-    "monitoring": ("log_analytics_workspace", "diagnostic_setting", "action_group", "metric_alert",
+    "monitoring": ("log_analytics_workspace", "diagnostic_setting", "workbook", "action_group", "metric_alert",
                    "activity_log_alert", "log_alert", "storage_account", "blob_container", "immutability_policy"),
 }
 
@@ -40,7 +40,7 @@ class AzureTarget:
                  admin_password: Callable[[], str], timeout: float = 3600,
                  endpoints: Callable[[str], Endpoint | None] | None = None,
                  teams_webhook: Callable[[], str] | None = None, credential=None,
-                 blob_endpoint: str | None = None, blob_verify: str | bool = True):
+                 blob_endpoint: str | None = None, blob_verify: str | bool = True, transport=None):
         if env.azure is None:
             raise TargetError(f"environment {env.name!r} has no azure section")
         self.env = env
@@ -59,6 +59,7 @@ class AzureTarget:
         self._credential = credential
         self._blob_endpoint = blob_endpoint
         self._blob_verify = blob_verify
+        self._transport = transport  # the custom-metrics ingestion endpoint goes through the same one
 
     # -- reconciliation -----------------------------------------------------------------
 
@@ -542,6 +543,35 @@ class AzureTarget:
                         "start": datetime.fromisoformat(start.replace("Z", "+00:00")) if start else None,
                         "end": datetime.fromisoformat(end.replace("Z", "+00:00")) if end else None})
         return out
+
+    def publish_business_metrics(self, values: dict[str, float | None], at: datetime) -> int:
+        """The business rates as Azure Monitor custom metrics of the server (namespace pcdb/business,
+        https://<region>.monitoring.azure.com<server id>/metrics; the identity needs Monitoring
+        Metrics Publisher on the server): what the §6.3 workbook's business panels chart."""
+        from azure.core import PipelineClient
+        from azure.core.pipeline import policies
+        from azure.core.rest import HttpRequest
+
+        from pcdb.azure.workbook import BUSINESS_NAMESPACE
+
+        present = {k: float(v) for k, v in values.items() if v is not None}
+        if not present or self._credential is None:
+            return 0
+        server = next(d.id for d in self.desired() if d.type == "server")
+        base = f"https://{self.env.server.location}.monitoring.azure.com"
+        options = {"transport": self._transport} if self._transport is not None else {}
+        client = PipelineClient(base, policies=[
+            policies.RetryPolicy(retry_total=2),
+            policies.BearerTokenCredentialPolicy(self._credential, "https://monitoring.azure.com/.default")], **options)
+        for name, value in present.items():
+            body = {"time": at.isoformat(), "data": {"baseData": {
+                "metric": name, "namespace": BUSINESS_NAMESPACE, "dimNames": [],
+                "series": [{"dimValues": [], "min": value, "max": value, "sum": value, "count": 1}]}}}
+            reply = client.send_request(HttpRequest("POST", f"{base}{server}/metrics", json=body))
+            if reply.status_code >= 300:
+                raise TargetError(f"Azure Monitor refused the custom metric {name}: HTTP {reply.status_code} "
+                                  f"{reply.text()[:200]}")
+        return len(present)
 
     def own_roles(self) -> set[str]:
         return {"azuresu", "replication"}

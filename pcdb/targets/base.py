@@ -161,6 +161,10 @@ class Target(Protocol):
     def own_roles(self) -> set[str]:
         """Login roles the platform itself needs (replication, the provider's superuser)."""
         ...
+    def publish_business_metrics(self, values: dict[str, float | None], at: datetime) -> int:
+        """Send the health runbook's business rates where the platform's dashboard reads them
+        (Azure Monitor custom metrics); return how many were sent."""
+        ...
     def archive_report(self, path: Path, sha256: str) -> str | None:
         """Copy a run's report to durable, write-once storage; return where it went (or None
         when this target has no archive yet)."""

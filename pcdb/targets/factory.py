@@ -36,7 +36,8 @@ def make_target(env: Environment, secret: Callable[[SecretRef, str], str] | None
     credential = client_options.pop("credential", None) or DefaultAzureCredential()
     endpoints = client_options.pop("endpoints", None)
     blob = {k: client_options.pop(k) for k in ("blob_endpoint", "blob_verify") if k in client_options}
+    transport = client_options.get("transport")
     clients = make_clients(credential, subscription, **client_options)
     return AzureTarget(env, clients, subscription, lambda: secret(env.server.admin.password, env.server.admin.user),
                        endpoints=endpoints, teams_webhook=lambda: secret(env.azure.action_group.teams_webhook, "teams-webhook"),
-                       credential=credential, **blob)
+                       credential=credential, transport=transport, **blob)

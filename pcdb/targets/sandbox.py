@@ -511,6 +511,10 @@ class SandboxTarget:
     def own_roles(self) -> set[str]:
         return {REPLICATION_USER}
 
+    def publish_business_metrics(self, values: dict[str, float | None], at: datetime) -> int:  # noqa: ARG002
+        """Nothing to publish: the health runbook's store is the sandbox's metric history."""
+        return 0
+
     def archive_report(self, path: Path, sha256: str) -> str | None:
         """The report, read-only, into the backup store and its geo copy (reports/<year>/), named
         with its hash so a later report never overwrites an earlier one."""

@@ -88,6 +88,13 @@ class FakeArm(HttpTransport):
                 self.throttle[fragment] = left - 1
                 return _response(request, 429, {"error": {"code": "TooManyRequests", "message": "throttled"}},
                                  {"Retry-After": "7"})
+        host = urlparse(request.url).hostname or ""
+        if host.endswith(".monitoring.azure.com") and method == "POST" and path.endswith("/metrics"):
+            body = json.loads(request.content or b"{}")   # a custom metric: kept, and answered by metric GETs
+            self.bodies.append((f"{host}{path}", body))
+            data = body["data"]["baseData"]
+            self.metrics.setdefault(data["metric"], []).append((body["time"], data["series"][0]["sum"]))
+            return _response(request, 200, None)
         if path.startswith("/operations/"):
             return _response(request, 200, self.operations[path])
         key = path.lower()

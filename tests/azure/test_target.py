@@ -315,3 +315,28 @@ def test_each_azure_alert_goes_to_the_channels_its_rule_names_and_a_cpu_warning_
     assert receivers("/activityLogAlerts/alert-failover-event") == {"teams", "email", "sms"}
     assert receivers("/scheduledQueryRules/alert-slow-queries") == {"teams"}
     assert all(len(p["groupShortName"]) <= 12 for p in groups.values())
+
+
+def test_business_rates_are_published_to_azure_monitor_and_the_workbook_charts_them(arm, target):
+    """R-MON-3/7 on Azure: the health runbook's rates become custom metrics of the server, and the
+    §6.3 workbook (a desired resource) charts them by day, week and month beside the platform's."""
+    import json as _json
+
+    install_infrastructure(target)
+    at = datetime(2026, 11, 27, 1, 0, tzinfo=timezone.utc)
+    sent = target.publish_business_metrics({"product_change_success_rate": 97.5, "kos_success_rate": None,
+                                            "avg_processing_seconds": 2.25}, at)
+    assert sent == 2
+    posted = [(p, b) for p, b in arm.bodies if ".monitoring.azure.com" in p]
+    assert [p.split("/")[0] for p, _ in posted] == ["koreacentral.monitoring.azure.com"] * 2
+    assert all(p.endswith("/flexibleServers/phonebill-postgresql-prod/metrics") for p, _ in posted)
+    assert {b["data"]["baseData"]["metric"]: b["data"]["baseData"]["series"][0]["sum"] for _, b in posted} == \
+        {"product_change_success_rate": 97.5, "avg_processing_seconds": 2.25}
+    book = next(v for k, v in arm.resources.items() if "/microsoft.insights/workbooks/" in k)
+    items = {i["name"]: i["content"] for i in _json.loads(book["properties"]["serializedData"])["items"]}
+    assert {"alive", "connections", "replica-lag", "cpu-memory", "iops", "query-time", "top-slow", "business-day",
+            "business-week", "business-month", "error-trend", "activity-per-user"} <= set(items)
+    assert [m["metric"] for m in items["business-week"]["metrics"]] == [
+        "pcdb/business--product_change_success_rate", "pcdb/business--kos_success_rate"]
+    assert "top 10 by avg_ms" in items["top-slow"]["query"]
+    assert target.ensure_monitoring().action == "unchanged"          # the same dashboard is no drift
