@@ -19,7 +19,7 @@ class Service:
     """One environment spec whose persistent server and worker the tests drive."""
 
     def __init__(self, folder: Path, name: str = "svc", extra: str = "", port: int | None = None,
-                 parent: Path | None = None):
+                 parent: Path | None = None, health: str = "    every: 0s\n"):
         self.folder = folder
         self.home = folder / "orch"
         self.port = port or _free_port(set())
@@ -30,7 +30,7 @@ class Service:
             f"reports_dir: {folder / 'reports'}\n"
             f"orchestrator:\n  home: {self.home}\n  port: {self.port}\n{extra}"
             # No health run a minute in the background of these tests (its own test starts one).
-            "monitoring:\n  health:\n    every: 0s\n")
+            f"monitoring:\n  health:\n{health}")
         self.url = f"http://127.0.0.1:{self.port}/api"
 
     def env(self) -> dict[str, str]:

@@ -217,13 +217,25 @@ def test_a_fleet_is_verified_in_parallel_one_worker_per_environment(service):
     second.pcdb("sandbox", "destroy", "--env", str(second.spec), "--yes")
 
 
-def test_no_completed_backup_verification_within_its_max_age_is_a_critical_alert(service):
+def test_no_completed_verification_or_health_run_in_time_is_a_critical_alert_the_dead_mans_switch(service):
+    """An environment whose worker takes nothing (its pool paused right after `server up`): no backup
+    verification within max_age and no health run within dead_man_after each fire their automation,
+    on the critical routing, while the other environment's stay quiet."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
     quiet = Service(service.folder, name="svc3", port=service.port, parent=service.spec,
-                    extra="backup:\n  verification:\n    max_age: 15s\n")
-    quiet.pcdb("server", "up", "--env", str(quiet.spec))   # an environment whose verification never runs
+                    extra="backup:\n  verification:\n    max_age: 15s\n",
+                    health="    every: 1min\n    dead_man_after: 15s\n")
+    quiet.pcdb("server", "up", "--env", str(quiet.spec))
+    with quiet.api(), get_client(sync_client=True) as client:
+        client.update_work_pool("pcdb-svc3", WorkPoolUpdate(is_paused=True))   # scheduled health runs stay queued
     alerts = service.receiver.wait_for(lambda m: m.get("subject") == "pcdb svc3: backups NOT verified", timeout=180)
     assert {m["channel"] for m in alerts} <= {"teams", "email", "sms"} and "pcdb-svc3" in alerts[0]["text"]
-    assert not [m for m in service.receiver.received if m.get("subject") == "pcdb svc: backups NOT verified"]
+    silent = service.receiver.wait_for(lambda m: m.get("subject") == "pcdb svc3: NO health report", timeout=180)
+    assert "nothing is watching the database" in silent[0]["text"] and "pcdb-svc3" in silent[0]["text"]
+    assert not [m for m in service.receiver.received if m.get("subject") in ("pcdb svc: backups NOT verified",
+                                                                              "pcdb svc: NO health report")]
 
 
 def test_the_postgresql_backend_runs_the_server_on_a_cluster_of_its_own():
