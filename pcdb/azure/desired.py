@@ -15,6 +15,10 @@ from pcdb.config import Environment
 from pcdb.units import parse_size
 
 PLACEHOLDER_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+# The extensions the runbooks CREATE (pcdb/install.py, pcdb/backups.py): Azure allow-lists them.
+RUNBOOK_EXTENSIONS = ("pg_stat_statements", "amcheck")
+# Azure's own server parameters pcdb sets (not PostgreSQL's), applied with Phase 3's parameters.
+PLATFORM_PARAMETERS = ("azure.extensions", "metrics.collector_database_activity")
 # Azure Monitor metrics of a flexible server emitted only when metrics.collector_database_activity is on.
 ENHANCED_METRICS = {"longest_transaction_time_sec", "longest_query_time_sec", "oldest_backend_xmin_age",
                     "sessions_by_state", "deadlocks", "physical_replication_delay_in_seconds",
@@ -115,6 +119,10 @@ def desired_resources(env: Environment, subscription: str = PLACEHOLDER_SUBSCRIP
     # Azure's own parameter (not PostgreSQL's): TLS required on every connection (R-SEC-4).
     secure = "on" if tls.require_secure_transport else "off"
     parameters["require_secure_transport"] = params.ParamValue("require_secure_transport", secure, None, False, secure)
+    # Azure refuses CREATE EXTENSION for what azure.extensions does not list: the extensions the
+    # runbooks create (Phase 6: pg_stat_statements; the restore test: amcheck).
+    allowed = ",".join(sorted(e.upper() for e in RUNBOOK_EXTENSIONS))
+    parameters["azure.extensions"] = params.ParamValue("azure.extensions", allowed, None, False, allowed)
     if any(a.metric in ENHANCED_METRICS for a in env.monitoring.azure_metric_alerts):
         # Azure's enhanced metrics are emitted only with this on: without it those alerts never fire.
         parameters["metrics.collector_database_activity"] = params.ParamValue(

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from pcdb.azure.apply import AzureClients, Reconciler
-from pcdb.azure.desired import Desired, desired_resources
+from pcdb.azure.desired import PLATFORM_PARAMETERS, Desired, desired_resources
 from pcdb.azure.plan import make_plan
 from pcdb.changes import Change
 from pcdb.config import Environment
@@ -118,7 +118,7 @@ class AzureTarget:
         from azure.mgmt.postgresqlflexibleservers import models as pgm
 
         if names is not None and names & set(self.env.parameters):
-            names = names | {"metrics.collector_database_activity"}  # Azure's own, for the enhanced-metric alerts
+            names = names | set(PLATFORM_PARAMETERS)  # Azure's own: the extension allow-list, enhanced metrics
         changes = self._ensure("configuration", names=names)
         diff = {c.name: c.diff.get("properties.value", ("(absent)", "(created)")) for c in changes if c.changed}
         removed = self._removed_parameters() if names is None or names & set(self.env.parameters) else {}

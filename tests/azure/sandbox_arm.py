@@ -64,6 +64,8 @@ class SandboxArm(FakeArm):
                                                     "properties": {"provisioningState": "Failed", "state": "Disabled"}}
                 return response
             try:
+                if request.method == "PUT" and path.lower().endswith("/configurations/azure.extensions"):
+                    self._allow_extensions(json.loads(request.content or b"{}")["properties"]["value"])
                 self._operate(request.method, name, match["sub"], json.loads(request.content or b"{}"))
             except PcdbError as exc:
                 self.requests.append((request.method, path))
@@ -90,6 +92,7 @@ class SandboxArm(FakeArm):
             self._run("start region", self.sb.start_region)
         elif sub == "databases" and method == "PUT":
             self._run("ensure database", self.local.ensure_database)
+            self.guard_extensions()
         elif sub is not None:
             return  # configurations, backups, firewall rules, ...: control plane only
         elif method == "PATCH" and name == self.replica and props.get("replica", {}).get("promoteMode"):
@@ -99,6 +102,7 @@ class SandboxArm(FakeArm):
             self._run(f"restore {name}", lambda: self.sb.restore(when, name))
         elif method == "PUT" and name == self.primary:
             self._run("ensure server", self.local.ensure_server)
+            self.guard_extensions()
         elif method == "PUT" and name == self.replica:
             if REPLICA in self.sb.state["nodes"] and (not self._key(name) or self.sb.replica_diverged()):
                 self._run("create replica", self.sb.rebuild_replica)  # again, after a delete
@@ -108,6 +112,45 @@ class SandboxArm(FakeArm):
             self._run("delete replica", lambda: self.sb.node(REPLICA).stop("immediate", timeout=30))
         elif method == "DELETE" and name != self.primary:
             self._run(f"delete {name}", lambda: self.sb.delete_server(name))
+
+    # Azure refuses CREATE EXTENSION of anything azure.extensions does not list. The same rule on the
+    # sandbox's servers: the allow-list is a setting of theirs, an event trigger in each database
+    # refuses the rest with Azure's message.
+    GUARD = r"""
+CREATE SCHEMA IF NOT EXISTS fake_azure;
+CREATE TABLE IF NOT EXISTS fake_azure.allow_list (value text NOT NULL);
+CREATE OR REPLACE FUNCTION fake_azure.allow_listed_extensions() RETURNS event_trigger LANGUAGE plpgsql AS $f$
+DECLARE
+  wanted text := lower(substring(current_query() from '(?i)create\s+extension\s+(?:if\s+not\s+exists\s+)?"?([a-z0-9_]+)'));
+  allowed text[] := string_to_array(lower(replace(coalesce((SELECT value FROM fake_azure.allow_list LIMIT 1), ''),
+                                                   ' ', '')), ',');
+BEGIN
+  IF wanted IS NULL OR NOT wanted = ANY(allowed) THEN
+    RAISE EXCEPTION 'extension "%" is not allow-listed for "azure.extensions" in this database', wanted
+      USING HINT = 'to see how to allow an extension, see https://go.microsoft.com/fwlink/?linkid=2301063';
+  END IF;
+END $f$;
+DROP EVENT TRIGGER IF EXISTS allow_listed_extensions;
+CREATE EVENT TRIGGER allow_listed_extensions ON ddl_command_start WHEN TAG IN ('CREATE EXTENSION')
+  EXECUTE FUNCTION fake_azure.allow_listed_extensions();
+"""
+
+    def guard_extensions(self) -> None:
+        """Install the rule in every database of the primary (standbys, the replica and restores copy it),
+        with the allow-list ARM holds (none yet: every CREATE EXTENSION is refused)."""
+        key = next((k for k in self.resources if k.endswith("/configurations/azure.extensions")), None)
+        self._allow_extensions(self.resources[key]["properties"]["value"] if key else "")
+
+    def _allow_extensions(self, value: str) -> None:
+        primary = self.sb.primary()
+        with primary.connect(self.local.admin) as conn:
+            databases = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datallowconn")]
+        for database in databases:
+            with primary.connect(self.local.admin, database) as conn:
+                conn.execute(self.GUARD)
+                with conn.transaction():
+                    conn.execute("DELETE FROM fake_azure.allow_list")
+                    conn.execute("INSERT INTO fake_azure.allow_list VALUES (%s)", (value,))
 
     def _run(self, what: str, operation) -> None:
         self.operations_run.append(what)

@@ -111,6 +111,22 @@ def drill(on_azure, scenario: str, **options) -> dict:
     return flows.dr_drill.dr_drill(scenario, spec_path=str(spec), yes=True, **options)
 
 
+def test_azure_refuses_an_extension_azure_extensions_does_not_list_and_the_install_lists_its_own(on_azure):
+    """Azure's rule, enforced by the in-process ARM's servers: CREATE EXTENSION of anything not in
+    azure.extensions is refused. The install passed (Phase 6 made pg_stat_statements, Phase 7's PITR
+    check ran amcheck on the restored server) because the plan allow-lists exactly those two."""
+    import psycopg
+
+    spec, arm, context, _ = on_azure
+    allowed = next(v for k, v in arm.resources.items() if k.endswith("/configurations/azure.extensions"))
+    assert allowed["properties"]["value"] == "AMCHECK,PG_STAT_STATEMENTS"
+    ctx = context(load_environment(spec))
+    with ctx.connect() as conn:
+        with pytest.raises(psycopg.errors.RaiseException, match='"pgcrypto" is not allow-listed for "azure.extensions"'):
+            conn.execute("CREATE EXTENSION pgcrypto")
+        assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone()
+
+
 def test_zone_drill_on_azure_is_a_forced_restart_with_failover_and_loses_nothing(on_azure):
     arm = on_azure[1]
     before = next(v for k, v in arm.resources.items() if k.endswith("/phonebill-postgresql-prod"))["properties"]

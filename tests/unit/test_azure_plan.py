@@ -106,6 +106,13 @@ def test_r_mon_2_deadlocks_alert_on_azure_and_enhanced_metrics_are_switched_on(e
     assert collector["value"] == "on"
 
 
+def test_the_extensions_the_runbooks_create_are_allow_listed_in_azure_extensions(empty_plan):
+    """Azure refuses CREATE EXTENSION for what azure.extensions does not list (Phase 6 creates
+    pg_stat_statements, the restore test amcheck)."""
+    allowed = by_name(empty_plan, "configuration", "azure.extensions").properties["properties"]
+    assert allowed["value"] == "AMCHECK,PG_STAT_STATEMENTS"
+
+
 def test_the_r_mon_4_rules_without_an_azure_metric_become_event_and_log_alerts(empty_plan):
     """Failover event -> Teams+SMS+email at once; slow queries > 10/min for 5 min -> Teams (§6.2.2)."""
     failover = by_name(empty_plan, "activity_log_alert", "alert-failover-event").properties
