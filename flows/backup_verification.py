@@ -45,7 +45,7 @@ def verify_backups(env: str = "local", spec_path: str | None = None, restore: bo
 
 def _verify(spec, ctx, restore: bool, ev) -> dict:
     guard = partition_guard(quote(ctx))   # the cheap daily step: the KOS log never runs out of partitions
-    results, summary = daily_checks(quote(ctx))
+    results, summary = daily_checks(quote(ctx), restore)
     outcome = dict(summary)
     if guard is not None:
         results = [*results, guard]

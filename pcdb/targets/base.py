@@ -64,9 +64,9 @@ class BackupStatus:
     latest_backup_at: datetime | None
     retention: timedelta
     geo_redundant: bool
-    archive_ok: bool
+    archive_ok: bool | None   # None: the platform keeps the WAL and cannot show it; the restore test proves it
     archive_detail: str
-    integrity_ok: bool
+    integrity_ok: bool | None  # None: the platform keeps the files; only a restore proves them
     integrity_detail: str
 
 

@@ -216,13 +216,41 @@ def test_daily_backup_checks_on_azure_read_the_server_and_its_backups(arm, targe
     recent = (datetime.now(timezone.utc) - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     arm.resources[f"{server_key}/backups/b1"] = {"id": f"{server_key}/backups/b1", "name": "b1",
                                                   "properties": {"backupType": "Full", "completedTime": recent}}
-    results, summary = backups.daily_checks(target, PROD)
+    last_restore = datetime.now(timezone.utc) - timedelta(days=3)
+    results, summary = backups.daily_checks(target, PROD, last_restore=last_restore)
     assert all(r.passed for r in results), [r.evidence for r in results if not r.passed]
     assert summary["retention_days"] == 35 and summary["geo_redundant"] is True
     assert 2.9 < summary["latest_backup_age_hours"] < 3.1
     arm.resources[server_key]["properties"]["backup"]["geoRedundantBackup"] = "Disabled"
-    results, _ = backups.daily_checks(target, PROD)
+    results, _ = backups.daily_checks(target, PROD, last_restore=last_restore)
     assert [r.name for r in results if not r.passed] == ["geo-redundant backup"]
+
+
+def test_azure_backup_integrity_and_wal_are_deferred_to_the_restore_test_and_fail_when_it_is_old(arm, target):
+    """Azure shows neither the WAL nor the backup files: a backup that merely exists proves nothing.
+    Both checks say they are the restore test's, with its date, and fail past 8 days or without one."""
+    from datetime import timedelta
+
+    from pcdb import backups
+
+    install_infrastructure(target)
+    server_key = next(k for k in arm.resources if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
+    recent = (datetime.now(timezone.utc) - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    arm.resources[f"{server_key}/backups/b1"] = {"id": f"{server_key}/backups/b1", "name": "b1",
+                                                  "properties": {"backupType": "Full", "completedTime": recent}}
+    deferred = ("WAL archiving current", "backup integrity")
+
+    never, _ = backups.daily_checks(target, PROD)
+    assert [r.name for r in never if not r.passed] == list(deferred)          # a backup exists: not enough
+    assert all("no passing restore test is in the run ledger" in r.evidence for r in never if r.name in deferred)
+    old, _ = backups.daily_checks(target, PROD, last_restore=datetime.now(timezone.utc) - timedelta(days=9))
+    assert [r.name for r in old if not r.passed] == list(deferred)
+    assert all("9.0 days ago, bound 8 days" in r.evidence for r in old if r.name in deferred)
+    fresh, _ = backups.daily_checks(target, PROD, last_restore=datetime.now(timezone.utc) - timedelta(days=6))
+    assert all(r.passed for r in fresh) and all("deferred to the restore test: the last one passed on" in r.evidence
+                                                for r in fresh if r.name in deferred)
+    now, _ = backups.daily_checks(target, PROD, restore_now=True)           # this run restores: it proves them
+    assert all(r.passed for r in now)
 
 
 def test_after_an_ha_failover_the_swapped_zones_are_not_drift(arm, target):
