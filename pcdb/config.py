@@ -447,9 +447,15 @@ class Backup(Model):
     encryption: str
 
 
+DrRole = Literal["confirm_failure", "check_replica", "promote_replica", "switch_application", "switch_dns",
+                 "check_service"]
+
+
 class DrStep(Model):
     step: str
     owner: str
+    role: DrRole = Field(description="what the step does: the drills pick steps (and who confirms them) by "
+                                     "role, never by their place in the list")
 
 
 class DrScenario(Model):
@@ -464,6 +470,22 @@ class Dr(Model):
     region_failure: DrScenario
     data_corruption: DrScenario
     region_failover_steps: list[DrStep]
+
+    @field_validator("region_failover_steps")
+    @classmethod
+    def _roles_once(cls, steps: list[DrStep]) -> list[DrStep]:
+        roles = [s.role for s in steps]
+        twice = sorted({r for r in roles if roles.count(r) > 1})
+        if twice:
+            raise ValueError(f"role {', '.join(twice)} is given to more than one step; each role once")
+        missing = [r for r in ("promote_replica", "switch_application", "switch_dns") if r not in roles]
+        if missing:
+            raise ValueError(f"no step has role {', '.join(missing)}: the region drill needs it to know who confirms")
+        return steps
+
+    def step(self, role: str) -> DrStep:
+        """The region-failover step of ``role``."""
+        return next(s for s in self.region_failover_steps if s.role == role)
 
 
 Operator = Literal[">", "<", ">=", "<=", "=="]
@@ -890,7 +912,22 @@ def _load_raw(path: Path, seen: tuple[Path, ...], referrer: tuple[str, int | Non
         raise ConfigError(shown, [Problem("extends", f"{parent_name!r} extends itself in a loop",
                                           index.get("extends"))])
     base, base_lines = _load_raw(parent, (*seen, path.resolve()), (shown, index.get("extends")))
+    # What the child replaces whole (a list, a scalar, a secret reference) keeps none of the parent's
+    # lines below it: a problem inside it is the child's.
+    replaced = _replaced_paths(data)
+    base_lines = {k: v for k, v in base_lines.items() if not any(k.startswith(r + ".") for r in replaced)}
     return _merge(base, data), {**base_lines, **lines}
+
+
+def _replaced_paths(data: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and not (_SECRET_KEYS & set(value)):
+            out += _replaced_paths(value, path)
+        else:
+            out.append(path)
+    return out
 
 
 _SECRET_KEYS = {"env", "prefect_secret", "generate"}

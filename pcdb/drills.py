@@ -87,7 +87,7 @@ def cleanup(target: Target, env: Environment, password: str,
     if target.replica_diverged():
         if confirm is not None:
             confirm(f"the application and DNS point at the primary, not at {env.replica.name}, which an "
-                    "earlier drill promoted and which will now be replaced", env.dr.region_failover_steps[3].owner)
+                    "earlier drill promoted and which will now be replaced", env.dr.step("switch_application").owner)
         target.rebuild_replica()
         done.append("replica was promoted or cut off by an interrupted region drill: rebuilt from the primary")
     repaired = [c for c in [*target.ensure_server(), target.ensure_replica()] if c.changed]
@@ -253,7 +253,7 @@ def region_drill(target: Target, env: Environment, password: str, decide: Callab
         target.promote_replica(drill=drill_id)
         promoted = True
         result.mark("replica promoted")
-        for step in env.dr.region_failover_steps[3:5]:
+        for step in (env.dr.step("switch_application"), env.dr.step("switch_dns")):
             confirm(step.step, step.owner)
             switched.append(step)
             result.mark(f"confirmed: {step.step} ({step.owner})")

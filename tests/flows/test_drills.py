@@ -59,9 +59,20 @@ def test_corruption_drill_brings_the_exact_data_back(drilled):
     assert no_leftovers(target, ctx)
 
 
-def test_region_drill_counts_no_loss_when_the_replica_keeps_up(drilled):
+def test_region_drill_counts_no_loss_when_the_replica_keeps_up(drilled, tmp_path):
+    """...and asks the right teams however the spec orders the steps (picked by role, not position)."""
     target, ctx = drilled
-    result = drill(target, "region")
+    reordered = tmp_path / "reordered.yaml"
+    steps = list(reversed(ctx.env.dr.region_failover_steps))
+    reordered.write_text(f"extends: {target.env_path}\ndr:\n  region_failover_steps:\n" + "".join(
+        f"    - {{step: {s.step}, owner: {s.owner}, role: {s.role}}}\n" for s in steps))
+    result = CliRunner().invoke(app, ["drill", "region", "--env", str(reordered), "--yes", "--json"])
+    assert result.exit_code == 0, result.output
+    result = json.loads(result.stdout[result.stdout.index("{"):])
+    report = open(result["report"]).read()
+    assert "confirmed: update the application connection strings (dev team)" in report
+    assert "confirmed: update the DNS records (network team)" in report
+    assert "check the service (ops)" not in report and "(DBA/ops)" not in report
     assert result["rpo_rows_lost"] == 0 and result["met"] is True
     assert result["topology_restored"] is True
     state = {n.name: n for n in target.server_state().nodes}

@@ -123,6 +123,12 @@ CASES = [
      "audience: [a]}\n", "notifications.channels.pager.block", "required field is missing"),
     ("duration-that-is-not-a-duration", "sandbox", "monitoring:\n  health:\n    alarm_duration: soon\n",
      "monitoring.health.alarm_duration", "soon"),
+    ("dr-step-role-twice", "sandbox", "dr:\n  region_failover_steps:\n"
+     "    - {step: promote, owner: DBA, role: promote_replica}\n    - {step: app, owner: dev, role: switch_application}\n"
+     "    - {step: dns, owner: net, role: switch_dns}\n    - {step: dns again, owner: ops, role: switch_dns}\n",
+     "dr.region_failover_steps", "more than one step"),
+    ("dr-step-without-role", "sandbox", "dr:\n  region_failover_steps:\n    - {step: promote, owner: DBA}\n",
+     "dr.region_failover_steps.0.role", "required field is missing"),
     # The file itself
     ("duplicate-key-deep", "sandbox", "server:\n  storage:\n    auto_grow: true\n    auto_grow: false\n",
      "server.storage.auto_grow", "written twice"),
