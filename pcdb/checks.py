@@ -133,58 +133,72 @@ def check_pg_stat_statements(conn: psycopg.Connection) -> CheckResult:
                        {"top": [[r[0][:120], r[1], round(r[2], 3)] for r in rows]})
 
 
-# What each role must be able to do, and must be refused (R-SEC-2, §4.1.2), as (statement, allowed).
-ROLE_PROBES = {
-    "product_change_app": [
-        ("SELECT count(*) FROM {schema}.pc_product_change_history", True),
-        ("INSERT INTO {schema}.pc_product_change_history (line_number, customer_id, current_product_code, "
-         "target_product_code) VALUES ('010-0000-0000', 'PROBE', 'A', 'B')", True),
-        ("UPDATE {schema}.pc_product_change_history SET process_message = 'probe' WHERE false", True),
-        ("DELETE FROM {schema}.pc_product_change_history WHERE false", False),
-        ("INSERT INTO {schema}.pc_kos_integration_log (request_id, integration_type, is_success) "
-         "VALUES ('probe', 'PROBE', true)", True),
-        ("UPDATE {schema}.pc_kos_integration_log SET is_success = true WHERE false", False),
-        ("UPDATE {schema}.pc_circuit_breaker_state SET failure_count = failure_count WHERE false", True),
-        ("INSERT INTO {schema}.pc_circuit_breaker_state (service_name) VALUES ('PROBE')", False),
-        ("TRUNCATE {schema}.pc_product_change_history", False),
-        ("CREATE TABLE {schema}.pcdb_probe_table (id int)", False),
-    ],
-    "product_change_readonly": [
-        ("SELECT count(*) FROM {schema}.pc_product_change_history", True),
-        ("SELECT count(*) FROM {schema}.pc_kos_integration_log", True),
-        ("SELECT count(*) FROM {schema}.pc_circuit_breaker_state", True),
-        ("INSERT INTO {schema}.pc_product_change_history (line_number, customer_id, current_product_code, "
-         "target_product_code) VALUES ('010-0000-0000', 'PROBE', 'A', 'B')", False),
-        ("UPDATE {schema}.pc_circuit_breaker_state SET failure_count = 0 WHERE false", False),
-        ("DELETE FROM {schema}.pc_kos_integration_log WHERE false", False),
-    ],
-    "product_change_admin": [
-        ("SELECT count(*) FROM {schema}.pc_product_change_history", True),
-        ("DELETE FROM {schema}.pc_product_change_history WHERE false", True),
-        ("TRUNCATE {schema}.pc_kos_integration_log", True),
-        ("CREATE TABLE {schema}.pcdb_probe_table (id int)", True),
-    ],
+# One statement per privilege, each run in a transaction that is rolled back and none of them reading
+# a column: INSERT with default values (a constraint error after the privilege check counts as
+# allowed), UPDATE ... SET <first column> = DEFAULT WHERE false, DELETE ... WHERE false, SELECT ...
+# LIMIT 0. TRUNCATE is asked of the catalog (running it would take an ACCESS EXCLUSIVE lock on a
+# production table); so is a sequence's USAGE (nextval is not rolled back).
+_TABLE_PROBES = {
+    "SELECT": "SELECT 1 FROM {table} LIMIT 0",
+    "INSERT": "INSERT INTO {table} DEFAULT VALUES",
+    "UPDATE": "UPDATE {table} SET {column} = DEFAULT WHERE false",
+    "DELETE": "DELETE FROM {table} WHERE false",
 }
+
+
+def role_probes(conn: psycopg.Connection, role, schema: str, tables: list[str]) -> list[tuple[str, psql.Composable, bool]]:
+    """(label, statement, allowed) for ``role``, derived from its §4.1.2 grants in the spec: every
+    table privilege on every table of the schema, CREATE in the schema, TEMPORARY tables."""
+    from pcdb import security
+
+    wanted = security.desired_privileges(role.grants, tables, [])
+    probes: list[tuple[str, psql.Composable, bool]] = []
+    for table in tables:
+        column = conn.execute("SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = "
+                              "a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                              "AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum LIMIT 1",
+                              (schema, table)).fetchone()[0]
+        target = psql.Identifier(schema, table)
+        for privilege, text in _TABLE_PROBES.items():
+            statement = psql.SQL(text).format(table=target, column=psql.Identifier(column))
+            probes.append((f"{privilege} on {table}", statement, privilege in wanted[("table", table)]))
+        probes.append((f"TRUNCATE on {table}", psql.SQL("SELECT pg_catalog.has_table_privilege({}, 'TRUNCATE')").format(
+            psql.Literal(f"{schema}.{table}")), "TRUNCATE" in wanted[("table", table)]))
+    probes.append((f"CREATE in schema {schema}", psql.SQL("CREATE TABLE {} (id int)").format(
+        psql.Identifier(schema, "pcdb_probe_table")), "CREATE" in wanted[("schema", "")]))
+    probes.append(("TEMPORARY tables", psql.SQL("CREATE TEMP TABLE pcdb_probe_temp (id int)"),
+                   "TEMPORARY" in wanted[("database", "")]))
+    return probes
+
+
+def _run_probe(conn: psycopg.Connection, statement: psql.Composable) -> bool:
+    """Whether the role may: the statement ran (or failed after the privilege check), rolled back."""
+    try:
+        with conn.transaction(force_rollback=True):
+            cur = conn.execute(statement)
+            row = cur.fetchone() if cur.description else None
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    except (psycopg.errors.IntegrityError, psycopg.errors.FeatureNotSupported):
+        return True   # past the privilege check: a NOT NULL or foreign key said no, not the grants
+    return row[0] if row is not None and isinstance(row[0], bool) else True
 
 
 def check_role_privileges(connect_as: Connect, env: Environment) -> list[CheckResult]:
     """Each role does what §4.1.2 grants and is refused what it does not (every probe rolled back)."""
     schema = env.service.schema_name
+    from pcdb.specchecks import schema_tables
+
     results = []
     for role in env.security.roles:
-        probes = ROLE_PROBES.get(role.name, [])
         outcomes = []
         with connect_as(role.name) as conn:
-            for statement, allowed in probes:
-                text = psql.SQL(statement).format(schema=psql.Identifier(schema))
-                try:
-                    with conn.transaction(force_rollback=True):
-                        conn.execute(text)
-                    got = True
-                except psycopg.errors.InsufficientPrivilege:
-                    got = False
-                outcomes.append({"statement": statement.format(schema=schema)[:90], "expected": allowed,
-                                 "allowed": got})
+            present = {r[0] for r in conn.execute("SELECT relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                                                  "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN "
+                                                  "('r', 'p')", (schema,))}
+            tables = sorted(t for t in schema_tables() if t in present)
+            for label, statement, allowed in role_probes(conn, role, schema, tables):
+                outcomes.append({"statement": label, "expected": allowed, "allowed": _run_probe(conn, statement)})
             member_of = [r[0] for r in conn.execute(
                 "SELECT g.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles g ON g.oid = m.roleid "
                 "WHERE m.member = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)")]

@@ -241,3 +241,43 @@ def test_over_the_socket_only_the_admin_logs_in_and_only_from_the_os_users_pcdb_
             node.connect("product_change_readonly").close()
         with node.connect(target.admin) as conn:                        # peer, as pcdb's own OS user
             assert conn.execute("SELECT current_user").fetchone() == (target.admin,)
+
+
+def test_privilege_probes_come_from_the_specs_grants_so_a_new_role_is_probed_too(conn, target):
+    """Phase 7's probes are derived from §4.1.2's grants in the spec, not from a list of known roles:
+    a role added to the spec gets every table privilege probed, and a grant beyond the spec fails it."""
+    from contextlib import contextmanager
+
+    from pcdb import checks
+    from pcdb.config import Role
+
+    report = Role.model_validate({"name": "product_change_report", "purpose": "reports", "connection_limit": 2,
+                                  "password": {"generate": True}, "grants": {
+                                      "database": ["CONNECT"], "schema": ["USAGE"],
+                                      "tables": {"pc_kos_integration_log": ["SELECT"]}}})
+    env = target.env.model_copy(update={"security": target.env.security.model_copy(update={"roles": [report]})})
+    schema.ensure_schema(conn, "product_change")
+    schema.ensure_log_partitions(conn, "product_change", "Asia/Seoul", 3)
+    for role in target.env.security.roles:
+        security.ensure_role(conn, role, target.sandbox.password(role.name), lambda *_: True, "pcdb", timedelta(days=90))
+    password = target.sandbox.password(report.name)
+    security.ensure_role(conn, report, password, lambda *_: True, "pcdb", timedelta(days=90))
+    security.ensure_grants(conn, [*target.env.security.roles, report], "product_change_db", "product_change")
+
+    @contextmanager
+    def connect_as(name, dbname=None):
+        with psycopg.connect(target.endpoint().conninfo(name, password, dbname=dbname), autocommit=True) as c:
+            yield c
+    try:
+        [result] = checks.check_role_privileges(connect_as, env)
+        allowed = [p["statement"] for p in result.details["probes"] if p["allowed"]]
+        assert result.passed and allowed == ["SELECT on pc_kos_integration_log"], result.evidence
+        assert len(result.details["probes"]) == 3 * 5 + 2 + 2          # 3 tables x 5 privileges, CREATE, TEMP, 2 dbs
+        conn.execute("GRANT INSERT ON product_change.pc_kos_integration_log TO product_change_report")
+        [drifted] = checks.check_role_privileges(connect_as, env)
+        assert not drifted.passed and "INSERT on pc_kos_integration_log" in drifted.evidence
+    finally:
+        conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA product_change FROM product_change_report")
+        security.ensure_grants(conn, target.env.security.roles, "product_change_db", "product_change")
+        conn.execute("DROP OWNED BY product_change_report")
+        conn.execute("DROP ROLE product_change_report")
