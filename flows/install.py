@@ -163,7 +163,7 @@ def _approval_gate(env: Environment, plan: list[Change]) -> dict:
 
 @flow(name="install", on_completion=[_on_completion], **HOOKS)
 def install(env: str = "local", spec_path: str | None = None, phases: list[int] | None = None,
-            dry_run: bool = False, remove_unknown_roles: bool = False) -> dict:
+            dry_run: bool = False, remove_unknown_roles: bool = False, reverify: bool = False) -> dict:
     """Install the Product-Change database as the environment spec says (Phases 1-8).
 
     Args:
@@ -173,6 +173,8 @@ def install(env: str = "local", spec_path: str | None = None, phases: list[int] 
         dry_run: show the plan and change nothing.
         remove_unknown_roles: Phase 5 drops roles the spec does not name (otherwise they are
             reported, and Phase 7 fails on them).
+        reverify: Phase 7 repeats the failover and PITR checks even when the last install passed
+            them on this same configuration (otherwise a no-change re-run relies on that run).
     """
     spec = load_environment(spec_path or env)  # a bad spec stops here, before any phase
     selected = sorted(set(phases or range(1, 9)))
@@ -181,6 +183,7 @@ def install(env: str = "local", spec_path: str | None = None, phases: list[int] 
     ctx = runbook_context(spec)
     ctx.remove_unknown_roles = remove_unknown_roles
     ctx.spec_source = spec_path or env
+    ctx.reverify = reverify
     with evidence(spec, ctx, "install") as ev:
         if dry_run:
             return run_install(ctx, selected, dry_run, ev)
@@ -227,6 +230,8 @@ def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False,
             ev.report = str(report_path)
     phases = [_phase_outcome(number, results[number], seconds[number]) for number in results]
     ev.figures["phases"] = phases
+    if ctx.verified_configuration:  # the disruptive checks ran and passed on this configuration
+        ev.figures["verified_configuration"] = ctx.verified_configuration
     logger.info("install of %s finished: %s", spec.name, {p["number"]: p["summary"] for p in phases})
     checks = [i for items in results.values() for i in items if isinstance(i, CheckResult)]
     failed = [c.name for c in checks if not c.passed]

@@ -293,6 +293,9 @@ def install_command(env: EnvOption = "local",
                     remove_unknown_roles: Annotated[bool, typer.Option(
                         "--remove-unknown-roles", help="drop roles the spec does not name (what they own goes to "
                                                        "the admin); without it they are reported and Phase 7 fails")] = False,
+                    reverify: Annotated[bool, typer.Option(
+                        "--reverify", help="repeat Phase 7's failover and PITR checks even when the last install "
+                                           "passed them on this same configuration")] = False,
                     as_json: JsonOption = False) -> None:
     """Run the install runbook (Phases 1-8) as a Prefect flow and print each phase's outcome.
 
@@ -302,12 +305,14 @@ def install_command(env: EnvOption = "local",
     config = _use_orchestrator(spec)
     if deployed:
         result = _deployed_run(spec, env, config, "install", f"install-{spec.name}",
-                               {"phases": selected, "dry_run": dry_run, "remove_unknown_roles": remove_unknown_roles})
+                               {"phases": selected, "dry_run": dry_run, "remove_unknown_roles": remove_unknown_roles,
+                                "reverify": reverify})
     else:
         from flows.install import install  # the CLI is the one pcdb module that may import flows/
 
         state = _run_flow(lambda: install(**_spec_args(env), phases=selected, dry_run=dry_run,
-                                          remove_unknown_roles=remove_unknown_roles, return_state=True), config, env)
+                                          remove_unknown_roles=remove_unknown_roles, reverify=reverify,
+                                          return_state=True), config, env)
         try:
             result = _flow_result(state, "the install failed; see the Prefect run for details",
                                   spec.install.approval.timeout)

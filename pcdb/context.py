@@ -23,6 +23,8 @@ class RunbookContext:
     secret_loader: pw.SecretLoader | None = None  # Prefect Secret blocks, given by the flow layer
     remove_unknown_roles: bool = False  # the install drops roles the spec does not name (explicit flag)
     spec_source: str | None = None  # the --env the run was given (a name or a spec file), for the hints it prints
+    reverify: bool = False  # Phase 7 repeats its disruptive checks even when this configuration passed them
+    verified_configuration: str | None = None  # set by Phase 7 when its disruptive checks ran and passed
 
     @property
     def env_arg(self) -> str:

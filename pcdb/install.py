@@ -7,6 +7,8 @@ Every step is idempotent: a second install reports every phase unchanged.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -209,6 +211,47 @@ def alert_rules(ctx: RunbookContext) -> list[Change]:
     return [ctx.target.ensure_monitoring()]
 
 
+DISRUPTIVE = ("HA failover test", "point-in-time restore test")
+
+
+def verified_configuration(ctx: RunbookContext) -> str:
+    """A fingerprint of what the disruptive checks verify: the server, its HA, replica, backups
+    and parameters. A change to any of them makes the next install run them again."""
+    env = ctx.env
+    basis = {"target": env.target, "server": env.server.model_dump(mode="json", exclude={"admin"}),
+             "replica": env.replica.model_dump(mode="json"), "backup": env.backup.model_dump(mode="json"),
+             "parameters": {k: v.setting for k, v in sorted(env.desired_parameters().items())}}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def last_verification(ctx: RunbookContext, fingerprint: str) -> dict | None:
+    """The newest install in the run ledger whose disruptive checks ran and passed on this same
+    configuration: {run_id, ended_at}; None when there is none (or the ledger cannot be read)."""
+    from datetime import datetime, timedelta, timezone
+
+    from pcdb import ledger
+
+    try:
+        with ctx.connect() as conn:
+            found = ledger.rows(conn, schema.LEDGER_SCHEMA, datetime.now(timezone.utc) - timedelta(days=3650),
+                                flow="install")
+    except Exception:  # noqa: BLE001 - no ledger: nothing to rely on, the checks run
+        return None
+    for row in found:  # newest first
+        if (row.get("figures") or {}).get("verified_configuration") == fingerprint and row.get("state") == "Completed":
+            return {"run_id": row["run_id"], "ended_at": row["ended_at"]}
+    return None
+
+
+def _relied_on(name: str, requirement: str, earlier: dict, fingerprint: str) -> checks.CheckResult:
+    when = earlier["ended_at"].isoformat(timespec="minutes") if earlier["ended_at"] else "an earlier run"
+    return checks.CheckResult(name, requirement, True,
+                              f"not repeated: passed on {when} in install run {earlier['run_id']} for this same "
+                              f"configuration ({fingerprint}); nothing was failed over or restored now. "
+                              "`pcdb install --reverify` runs it again",
+                              {"relied_on_run": earlier["run_id"], "configuration": fingerprint})
+
+
 def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
     env, target = ctx.env, ctx.target
     endpoint = target.endpoint("primary")
@@ -230,11 +273,22 @@ def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
     with ctx.connect() as conn:
         results.append(checks.check_role_inventory(conn, env, target.own_roles()))
     results.append(checks.check_parameters(target.parameter_differences()))
+    # The two disruptive checks (a failover and back: write outages; a restore: a new server) run on
+    # the first install, on --reverify, and when the configuration they verified changed. A no-change
+    # re-run relies on the last run that passed them, and says so: it is read-only.
+    fingerprint = verified_configuration(ctx)
+    earlier = None if ctx.reverify else last_verification(ctx, fingerprint)
+    if earlier is not None:
+        results += [_relied_on("HA failover test", "R-DR-1", earlier, fingerprint),
+                    _relied_on("point-in-time restore test", "R-DR-3", earlier, fingerprint)]
+        return results
     app = target.endpoint("application").conninfo(admin, ctx.admin_password())
     results.append(checks.check_failover(target, app, env))
     with ctx.connect() as conn:
         results.append(checks.check_point_in_time_restore(target, conn, admin, ctx.admin_password(),
                                                           throwaway_name(env, "verify-pitr")))
+    if all(r.passed for r in results[-2:]):
+        ctx.verified_configuration = fingerprint
     return results
 
 

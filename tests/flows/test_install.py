@@ -57,6 +57,37 @@ def test_a_second_run_changes_nothing(installed):
     assert phase_summaries(state.result()) == {n: "unchanged" for n in range(1, 7)}
 
 
+def test_a_no_change_rerun_of_phase_7_fails_nothing_over_and_relies_on_the_last_verification(installed):
+    """Phase 7's failover and PITR checks disrupt production (write outages, a new server): a re-run
+    on an unchanged configuration relies on the install that passed them, and says so; --reverify
+    runs them again."""
+    target, _ = installed
+
+    def timeline():
+        with psycopg.connect(target.endpoint().conninfo(target.admin, target.admin_password())) as conn:
+            return conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0]
+    before, primary = timeline(), target.sandbox.primary().name
+    again = run_install(target, phases=[7])
+    assert again.is_completed(), again.message
+    assert phase_summaries(again.result())[7] == "15/15 checks passed"
+    assert timeline() == before and target.sandbox.primary().name == primary    # nothing failed over
+    with psycopg.connect(target.endpoint().conninfo(target.admin, target.admin_password())) as conn:
+        row = conn.execute("SELECT figures FROM pcdb.run_ledger WHERE flow = 'install' ORDER BY seq DESC LIMIT 1"
+                           ).fetchone()[0]
+    assert "verified_configuration" not in row                                # it verified nothing itself
+    from pcdb.context import RunbookContext
+    from pcdb.install import verification
+
+    relied = {r.name: r for r in verification(RunbookContext(target.env, target))}
+    for name in ("HA failover test", "point-in-time restore test"):
+        assert relied[name].passed and relied[name].evidence.startswith("not repeated: passed on")
+        assert "`pcdb install --reverify` runs it again" in relied[name].evidence
+    assert timeline() == before
+    reverified = run_install(target, phases=[7], reverify=True)
+    assert reverified.is_completed(), reverified.message
+    assert timeline() > before                                                  # --reverify: failed over again
+
+
 def test_no_secret_in_the_report_the_prefect_database_or_the_server_logs(installed):
     target, result = installed
     secrets = [p.read_text().strip() for p in target.sandbox.secrets_dir.glob("*.password")]
