@@ -54,6 +54,28 @@ def make_clients(credential, subscription: str, **options: Any) -> AzureClients:
         PostgreSQLManagementClient, LogAnalyticsManagementClient, MonitorManagementClient)))
 
 
+def translate(exc: Exception, what: str) -> Exception:
+    """The one translation of the Azure SDK's errors, for the reconciler and every target call:
+    throttling (429), server errors (5xx) and an unreachable ARM are transient (the runbooks retry
+    them); bad credentials say how to sign in; any other refusal is ARM's code and message with
+    what to do. Anything else is returned as it is."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+    if isinstance(exc, ClientAuthenticationError):
+        return TargetError(f"no usable Azure credentials to {what}: run `az login`, use a managed identity, or set "
+                           "AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET")
+    if isinstance(exc, ServiceRequestError):
+        return TransientError(f"cannot reach Azure to {what}: {exc}")
+    if isinstance(exc, HttpResponseError):
+        code = getattr(getattr(exc, "error", None), "code", None) or str(exc.status_code)
+        message = getattr(getattr(exc, "error", None), "message", None) or exc.message
+        text = f"Azure refused to {what}: {code}: {message}" + (f"; what to do: {HINTS[code]}" if code in HINTS else "")
+        if getattr(exc, "status_code", None) in (429, 500, 502, 503, 504):
+            return TransientError(text)
+        return TargetError(text)
+    return exc
+
+
 def _parts(resource_id: str) -> list[str]:
     return resource_id.strip("/").split("/")
 
@@ -165,20 +187,4 @@ class Reconciler:
         return item, Change(d.type, d.name, "created" if item.action == "create" else "updated", diff=diff)
 
     def _error(self, exc: Exception, action: str, d: Desired) -> Exception:
-        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
-
-        if isinstance(exc, ClientAuthenticationError):
-            return TargetError(f"no usable Azure credentials to {action} {d.type} {d.name}: run `az login`, use a "
-                               "managed identity, or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET")
-        if isinstance(exc, ServiceRequestError):
-            return TransientError(f"cannot reach Azure to {action} {d.type} {d.name}: {exc}")
-        if isinstance(exc, HttpResponseError):
-            code = getattr(getattr(exc, "error", None), "code", None) or str(exc.status_code)
-            message = getattr(getattr(exc, "error", None), "message", None) or exc.message
-            status = getattr(exc, "status_code", None)
-            text = (f"Azure refused to {action} {d.type} {d.name} ({d.id}): {code}: {message}"
-                    + (f"; what to do: {HINTS[code]}" if code in HINTS else ""))
-            if status in (429, 500, 502, 503, 504):
-                return TransientError(text)
-            return TargetError(text)
-        return exc
+        return translate(exc, f"{action} {d.type} {d.name} ({d.id})")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from pcdb.azure.apply import AzureClients, Reconciler
+from pcdb.azure.apply import AzureClients, Reconciler, translate
 from pcdb.azure.desired import PLATFORM_PARAMETERS, Desired, desired_resources
 from pcdb.azure.plan import make_plan
 from pcdb.changes import Change
@@ -176,15 +176,18 @@ class AzureTarget:
     # -- state and operations -------------------------------------------------------------
 
     def _call(self, what: str, name: str, func):
-        from azure.core.exceptions import HttpResponseError
+        """Call the SDK; its errors are translated once, as the reconciler's are (429/5xx and an
+        unreachable ARM are transient and retried by the runbooks, the rest say what to do)."""
+        from azure.core.exceptions import AzureError
 
         try:
             result = func()
             return result.result(timeout=self.timeout) if hasattr(result, "result") else result
-        except HttpResponseError as exc:
-            code = getattr(getattr(exc, "error", None), "code", None) or exc.status_code
-            raise TargetError(f"Azure refused to {what} {name}: {code}: "
-                              f"{getattr(getattr(exc, 'error', None), 'message', None) or exc.message}") from exc
+        except AzureError as exc:
+            translated = translate(exc, f"{what} {name}")
+            if translated is exc:
+                raise
+            raise translated from exc
 
     def _server(self, name: str):
         pg = self.clients.postgres

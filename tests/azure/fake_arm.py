@@ -58,6 +58,7 @@ class FakeArm(HttpTransport):
         self.throttle: dict[str, int] = {}       # path fragment -> how many 429s to answer first
         self.fail: dict[str, tuple[str, str]] = {}  # path fragment -> (code, message) of a failed operation
         self.metrics: dict[str, list[tuple[str, float]]] = {}  # metric name -> [(ISO time, value)]
+        self.unavailable: dict[str, int] = {}  # path fragment -> how many more 503 answers
 
     # HttpTransport protocol
     def __enter__(self):
@@ -83,6 +84,10 @@ class FakeArm(HttpTransport):
         path = urlparse(request.url).path
         method = request.method
         self.requests.append((method, path))
+        for fragment, left in list(self.unavailable.items()):
+            if fragment in path and left > 0:   # a 503 from ARM, e.g. a backups list during an incident
+                self.unavailable[fragment] = left - 1
+                return _response(request, 503, {"error": {"code": "ServiceUnavailable", "message": "try again later"}})
         for fragment, left in list(self.throttle.items()):
             if fragment in path and left > 0:
                 self.throttle[fragment] = left - 1

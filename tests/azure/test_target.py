@@ -368,3 +368,18 @@ def test_business_rates_are_published_to_azure_monitor_and_the_workbook_charts_t
         "pcdb/business--product_change_success_rate", "pcdb/business--kos_success_rate"]
     assert "top 10 by avg_ms" in items["top-slow"]["query"]
     assert target.ensure_monitoring().action == "unchanged"          # the same dashboard is no drift
+
+
+def test_a_503_from_any_azure_call_is_transient_and_the_runbooks_retry_it(arm):
+    """One translator for every Azure call (was: the target's own turned a 503 from the backups list
+    into a plain TargetError that no retry policy would repeat)."""
+    from pcdb.errors import TransientError, is_transient
+
+    quick = make_target(PROD, lambda ref, owner: SECRETS[owner], credential=FakeCredential(), transport=arm,
+                        polling_interval=0, retry_total=0)   # the SDK's own retries off: the runbook's are judged
+    install_infrastructure(quick)
+    arm.unavailable["/backups"] = 1
+    with pytest.raises(TransientError, match="ServiceUnavailable") as caught:
+        quick.list_backups()
+    assert is_transient(caught.value)
+    assert quick.list_backups() == []                     # the next try gets through
