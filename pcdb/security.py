@@ -47,12 +47,7 @@ def ensure_role(conn: psycopg.Connection, role: Role, password: str, can_log_in:
     Raises:
         SecretError: the new password is one of the role's last ``history`` passwords (§4.3.2).
     """
-    row = conn.execute(query("install.sql", "role_attributes"), {"role": role.name}).fetchone()
-    # NOINHERIT: a membership granted behind the spec's back brings no privilege by itself (it would
-    # need SET ROLE, which the audit log shows); SUPERUSER, REPLICATION and BYPASSRLS are never given.
-    wanted = {"login": True, "connection_limit": role.connection_limit,
-              "createdb": "CREATEDB" in role.attributes, "createrole": "CREATEROLE" in role.attributes,
-              "inherit": False, "superuser": False, "replication": False, "bypassrls": False}
+    current, wanted = _attributes(conn, role)
     options = psql.SQL(" ").join([
         psql.SQL("LOGIN"), psql.SQL("CONNECTION LIMIT {}").format(psql.Literal(role.connection_limit)),
         psql.SQL("CREATEDB" if wanted["createdb"] else "NOCREATEDB"),
@@ -61,12 +56,10 @@ def ensure_role(conn: psycopg.Connection, role: Role, password: str, can_log_in:
         psql.SQL("VALID UNTIL 'infinity'")])
     new_verifier = verifier(password)
     secret = psql.SQL("PASSWORD {}").format(psql.Literal(new_verifier))
-    if row is None:
+    if current is None:
         conn.execute(psql.SQL("CREATE ROLE {} WITH {} {}").format(psql.Identifier(role.name), options, secret))
         _record_password(conn, role.name, ledger_schema, expiry, new_verifier)
         return Change("role", role.name, "created", notes=(f"connection limit {role.connection_limit}",))
-    current = {"login": row[0], "connection_limit": row[1], "createdb": row[2], "createrole": row[3],
-               "inherit": row[4], "superuser": row[5], "replication": row[6], "bypassrls": row[7]}
     diff = {k: (current[k], v) for k, v in wanted.items() if current[k] != v}
     if diff:
         # Only a superuser may take these away (on Azure no one may grant them): named only when held.
@@ -89,17 +82,24 @@ def ensure_role(conn: psycopg.Connection, role: Role, password: str, can_log_in:
     return Change("role", role.name, "updated" if diff else "unchanged", diff=diff)
 
 
-def role_plan(conn: psycopg.Connection, role: Role, password_ok: bool | None) -> Change:
-    """Read-only: what ensure_role would do to ``role`` (``password_ok`` None: not known)."""
+def _attributes(conn: psycopg.Connection, role: Role) -> tuple[dict | None, dict]:
+    """(what the role has now, or None when it does not exist; what the spec gives it). NOINHERIT:
+    a membership granted behind the spec's back brings no privilege by itself (it would need SET
+    ROLE, which the audit log shows); SUPERUSER, REPLICATION and BYPASSRLS are never given."""
     row = conn.execute(query("install.sql", "role_attributes"), {"role": role.name}).fetchone()
-    if row is None:
-        return Change("role", role.name, "created", notes=(f"connection limit {role.connection_limit}, "
-                                                           f"{' '.join(role.attributes) or 'no attributes'}, NOINHERIT",))
-    current = {"login": row[0], "connection_limit": row[1], "createdb": row[2], "createrole": row[3],
-               "inherit": row[4], "superuser": row[5], "replication": row[6], "bypassrls": row[7]}
     wanted = {"login": True, "connection_limit": role.connection_limit, "createdb": "CREATEDB" in role.attributes,
               "createrole": "CREATEROLE" in role.attributes, "inherit": False, "superuser": False,
               "replication": False, "bypassrls": False}
+    # role_attributes returns the columns in the order of ``wanted``
+    return (dict(zip(wanted, row)) if row is not None else None), wanted
+
+
+def role_plan(conn: psycopg.Connection, role: Role, password_ok: bool | None) -> Change:
+    """Read-only: what ensure_role would do to ``role`` (``password_ok`` None: not known)."""
+    current, wanted = _attributes(conn, role)
+    if current is None:
+        return Change("role", role.name, "created", notes=(f"connection limit {role.connection_limit}, "
+                                                           f"{' '.join(role.attributes) or 'no attributes'}, NOINHERIT",))
     diff: dict[str, tuple[object, object]] = {k: (current[k], v) for k, v in wanted.items() if current[k] != v}
     granted = memberships(conn, role.name)
     if granted:

@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from pcdb.errors import Problem
+from pcdb.sandbox.procstats import machine_memory
 from pcdb.sql import SQL_DIR
 from pcdb.units import format_size
 
@@ -55,11 +56,6 @@ def schema_tables() -> frozenset[str]:
         names |= {m.lower() for m in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?([a-z_][a-z0-9_]*)\s*\(",
                                                 path.read_text(), re.IGNORECASE)}
     return frozenset(names)
-
-
-def machine_memory() -> int:
-    """Bytes of memory of this machine."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def problems(env, line: Line) -> list[Problem]:  # env: pcdb.config.Environment (imported lazily there)

@@ -69,6 +69,7 @@ def memory_bytes(pids: list[int]) -> int:
 
 
 def machine_memory() -> int:
+    """Bytes of memory of this machine."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 

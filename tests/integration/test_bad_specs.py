@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from pcdb.cli import app
 from pcdb.config import DEPLOYMENTS
-from pcdb.specchecks import machine_memory
+from pcdb.sandbox.procstats import machine_memory
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
