@@ -41,13 +41,20 @@ class Evidence:
     report: str | None = None
 
 
-def publish_report(spec: Environment, stem: str, text: str, description: str, key: str | None = None) -> Path:
-    """A run's report: ``<reports_dir>/<stem>-<UTC time>.md`` and the run's markdown artifact
-    (key ``key`` or ``stem``, described with the path)."""
-    path = spec.reports_path / f"{stem}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
+def report_path(spec: Environment, stem: str) -> Path:
+    """Where a run's report goes: ``<reports_dir>/<stem>-<UTC time>.md``."""
+    return spec.reports_path / f"{stem}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
+
+
+def publish_report(spec: Environment, stem: str, text: str, description: str, key: str | None = None,
+                   path: Path | None = None, artifact_text: str | None = None) -> Path:
+    """A run's report (at ``path``, by default :func:`report_path`) and the run's markdown artifact
+    (key ``key`` or ``stem``, described with the path; ``artifact_text`` when it differs, e.g.
+    pictures embedded rather than linked)."""
+    path = path or report_path(spec, stem)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    create_markdown_artifact(text, key=key or stem, description=f"{description} ({path})")
+    create_markdown_artifact(artifact_text or text, key=key or stem, description=f"{description} ({path})")
     return path
 
 

@@ -26,7 +26,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 
 from pcdb.changes import Change
-from pcdb.config import DEPLOYMENTS, Environment
+from pcdb.config import DEPLOYMENTS, CapacitySettings, Environment
 from pcdb.errors import PcdbError
 
 PROJECT_FILE = DEPLOYMENTS.parent / "prefect.yaml"
@@ -53,7 +53,8 @@ def deployment_variables(spec: Environment) -> dict[str, str]:
             "PCDB_RESTORE_DAY": str(restore),
             "PCDB_DAILY_DAYS": ",".join(str(d) for d in range(7) if d != restore),
             "PCDB_MAINTENANCE_CRON": spec.operations.maintenance.cron,
-            "PCDB_HEALTH_CRON": health_cron(spec)}
+            "PCDB_HEALTH_CRON": health_cron(spec),
+            "PCDB_CAPACITY_CRON": (spec.operations.capacity or CapacitySettings()).cron}
 
 
 def health_cron(spec: Environment) -> str:

@@ -560,6 +560,39 @@ def checklist_command(env: EnvOption = "local", as_json: JsonOption = False) -> 
         raise typer.Exit(2)
 
 
+@app.command("capacity")
+@user_errors
+def capacity_command(env: EnvOption = "local",
+                     weeks: Annotated[int | None, typer.Option("--weeks", min=2, max=57, help="weeks of history "
+                                                               "analysed (default operations.capacity.weeks, 13)")] = None,
+                     as_json: JsonOption = False) -> None:
+    """The weekly capacity analysis (§8.1.2, §8.3.1): when storage, connections, CPU, memory and
+    transaction IDs reach their limits, the top growing tables, plots and a report. Exits 0 also
+    when there is too little history for a forecast (the output says how much is needed)."""
+    config = _use_orchestrator(load_environment(env))
+    from flows.capacity import capacity_analysis
+
+    state = _run_flow(lambda: capacity_analysis(**_spec_args(env), weeks=weeks, return_state=True), config, env)
+    result = _flow_result(state, "the capacity analysis failed")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    out.print(result["verdict"], highlight=False, markup=False)
+    s, c, k = result["storage"], result["connections"], result["sku"]
+    out.print(f"storage: {s['used_bytes']} of {s['limit_bytes']} bytes ({s['used_percent']} %), growth "
+              f"{s['growth_bytes_per_day']} bytes/day; days to warning {s['days_to_warning']}, autogrow "
+              f"{s['days_to_autogrow']}, read-only {s['days_to_readonly']}", highlight=False, markup=False)
+    out.print(f"connections: peak {c['peak']} of {c['limit']}, trend {c['trend_per_week']}/week", highlight=False,
+              markup=False)
+    out.print(f"sku: {k['recommendation']}{' to ' + k['to'] if k['to'] else ''} ({k['reason']})", highlight=False,
+              markup=False)
+    for t in result["tables"][:5]:
+        out.print(f"table {t['name']}: {t['bytes']} bytes, {t['growth_bytes_per_week']} bytes/week", highlight=False,
+                  markup=False)
+    out.print(f"storage by week: {result['sparkline']}", highlight=False)
+    out.print(f"report: {result['report']}", highlight=False)
+
+
 @app.command("unlock")
 @user_errors
 def unlock_command(env: EnvOption = "local",

@@ -744,12 +744,42 @@ class MaintenanceSpec(Model):
         return value
 
 
+class CapacitySettings(Model):
+    """The weekly capacity analysis (§8.1.2, §8.3.1): its schedule, how much history it reads and
+    how it judges. Every field has a default; an environment without ``operations.capacity``
+    runs with them and its report says so."""
+
+    cron: str = Field("0 8 * * 1", description="Monday 08:00 business time")
+    weeks: int = Field(13, ge=2, le=57, description="weeks of history analysed (Azure Monitor keeps 93 days; "
+                       "the sandbox's health store keeps hourly figures 400 days)")
+    min_history_days: int = Field(14, ge=8, le=93, description="fewer days of history: no forecast, never a "
+                                  "guessed date; the report says how much is needed")
+    interval_percent: float = Field(90, gt=50, lt=100, description="the prediction interval of every forecast")
+    top_tables: int = Field(10, ge=1, le=100, description="the top growing tables listed")
+    cpu_scale_down_percent: float = Field(30, gt=0, lt=100, description="CPU p95 below this (now and projected) "
+                                          "with memory below memory_scale_down_percent: recommend a smaller SKU")
+    memory_scale_down_percent: float = Field(50, gt=0, lt=100)
+    alert_within_days: int = Field(90, ge=1, description="a limit reached sooner than this makes the "
+                                   "notification a warning (otherwise info)")
+    storage_price_usd_per_gib_month: float | None = Field(None, gt=0, description="the provisioned storage's "
+                                                          "price, to cost the next autogrow step; unset: not costed")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if not cron_is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (minute hour day-of-month month day-of-week, "
+                             "e.g. '0 8 * * 1' for Mondays at 08:00)")
+        return value
+
+
 class Operations(Model):
     incident_severities: list[Severity]
     log_partition_retention_months: int = Field(gt=0)
     capacity_forecast_months: int = Field(gt=0)
     cost: Cost
     maintenance: MaintenanceSpec = Field(default_factory=MaintenanceSpec)
+    capacity: CapacitySettings | None = Field(None, description="the weekly capacity analysis; absent: defaults")
 
     @model_validator(mode="after")
     def _retention_within_archive_policy(self) -> Operations:

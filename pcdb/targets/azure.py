@@ -379,6 +379,40 @@ class AzureTarget:
                         points.append((point.time_stamp, float(value)))
         return out
 
+    # Azure Monitor's names -> the capacity analysis's (pcdb.capacity)
+    HISTORY = {"storage_used": "storage_used", "storage_percent": "storage_percent",
+               "txlogs_storage_used": "txlogs_storage_used", "active_connections": "active_connections",
+               "cpu_percent": "cpu_percent", "memory_percent": "memory_percent", "iops": "iops",
+               "maximum_used_transactionIDs": "xid_age"}
+
+    def metric_history(self, start: datetime, end: datetime) -> dict[str, list[tuple[datetime, float, float]]]:
+        """Hourly (PT1H) averages and maxima of the capacity metrics from Azure Monitor, which keeps
+        93 days: {metric: [(hour, average, maximum)]}, ``iops`` also as ``iops_percent`` of the
+        provisioned IOPS. Hourly, not 1-minute: 93 days of minutes are 134,000 points a metric,
+        beyond what one metrics query returns; the hour's average and maximum keep what the
+        analysis needs."""
+        server = next(d.id for d in self.desired() if d.type == "server")
+        span = f"{start.isoformat()}/{end.isoformat()}"
+        response = self._call("read metric history of", self.env.server.name, lambda: self.clients.monitor.metrics.list(
+            server, timespan=span, interval="PT1H", metricnames=",".join(self.HISTORY), aggregation="Average,Maximum"))
+        out: dict[str, list[tuple[datetime, float, float]]] = {}
+        for metric in response.value or []:
+            name = self.HISTORY.get(metric.name.value)
+            if name is None:
+                continue
+            points = out.setdefault(name, [])
+            for series in metric.timeseries or []:
+                for point in series.data or []:
+                    if point.average is None and point.maximum is None:
+                        continue          # an hour without data: a gap, not a zero
+                    avg = point.average if point.average is not None else point.maximum
+                    points.append((point.time_stamp, float(avg), float(point.maximum if point.maximum is not None
+                                                                         else avg)))
+        if out.get("iops"):
+            limit = float(self.env.server.storage.iops)
+            out["iops_percent"] = [(t, 100 * a / limit, 100 * m / limit) for t, a, m in out["iops"]]
+        return out
+
     def metrics(self) -> MetricsSample:
         """The latest sample, in the shape the sandbox gives (fields Azure has no metric for are None)."""
         end = datetime.now(timezone.utc)

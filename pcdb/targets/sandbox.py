@@ -511,6 +511,10 @@ class SandboxTarget:
     def own_roles(self) -> set[str]:
         return {REPLICATION_USER}
 
+    def metric_history(self, start: datetime, end: datetime) -> None:  # noqa: ARG002
+        """None: the sandbox's platform keeps no history; the health runbook's store is it."""
+        return None
+
     def publish_business_metrics(self, values: dict[str, float | None], at: datetime) -> int:  # noqa: ARG002
         """Nothing to publish: the health runbook's store is the sandbox's metric history."""
         return 0

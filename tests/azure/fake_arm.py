@@ -41,6 +41,27 @@ def _response(request, status: int, body=None, headers=None):
     return response
 
 
+_GRAINS = {"PT1M": 60, "PT5M": 300, "PT15M": 900, "PT30M": 1800, "PT1H": 3600, "PT6H": 21600, "PT12H": 43200,
+           "P1D": 86400}
+
+
+def _aggregate(points: list[tuple[str, float]], span: str, interval: str) -> list[dict]:
+    """What Azure Monitor answers: the points within the timespan, in buckets of the interval
+    (time grain), each bucket's average and maximum."""
+    from datetime import datetime, timezone
+
+    grain = _GRAINS[interval]
+    start, end = ((datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp() for x in span.split("/"))
+                  if "/" in span else (float("-inf"), float("inf")))
+    buckets: dict[int, list[float]] = {}
+    for t, v in points:
+        at = datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+        if start <= at < end:
+            buckets.setdefault(int(at // grain * grain), []).append(v)
+    return [{"timeStamp": datetime.fromtimestamp(b, timezone.utc).isoformat().replace("+00:00", "Z"),
+             "average": sum(vs) / len(vs), "maximum": max(vs)} for b, vs in sorted(buckets.items())]
+
+
 class FakeCredential:
     def get_token(self, *scopes, **kwargs) -> AccessToken:
         return AccessToken("fake-token", 4102444800)
@@ -107,10 +128,11 @@ class FakeArm(HttpTransport):
             query = dict(part.split("=", 1) for part in urlparse(request.url).query.split("&") if "=" in part)
             from urllib.parse import unquote
             names = unquote(query.get("metricnames", "")).split(",")
-            return _response(request, 200, {"timespan": unquote(query.get("timespan", "")), "interval": "PT1M", "value": [
+            interval = unquote(query.get("interval", "PT1M"))
+            span = unquote(query.get("timespan", ""))
+            return _response(request, 200, {"timespan": span, "interval": interval, "value": [
                 {"id": f"{path}/{n}", "type": "Microsoft.Insights/metrics", "name": {"value": n}, "unit": "Count",
-                 "timeseries": [{"data": [{"timeStamp": t, "average": v, "maximum": v} for t, v in self.metrics.get(n, [])]}]}
-                for n in names]})
+                 "timeseries": [{"data": _aggregate(self.metrics.get(n, []), span, interval)}]} for n in names]})
         if method == "GET" and key.endswith("/configurations"):  # a server's parameters, as ARM lists them
             return _response(request, 200, {"value": [v for k, v in self.resources.items() if k.startswith(key + "/")]})
         if method == "GET" and not key.endswith(("/backups", "/metrics")):

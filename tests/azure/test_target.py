@@ -1,7 +1,7 @@
 """AzureTarget through the real SDK clients against the in-process ARM: ensure steps, plan, and the
 operations the runbooks use (failover, promote, point-in-time restore, backups, delete)."""
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -101,10 +101,12 @@ def test_the_database_endpoint_is_the_servers_fqdn_with_tls(target):
 
 def test_metrics_come_from_azure_monitor_in_the_sandbox_shape(arm, target):
     install_infrastructure(target)
-    arm.metrics = {"active_connections": [("2026-11-26T01:00:00Z", 12.0), ("2026-11-26T01:01:00Z", 15.0)],
-                   "storage_percent": [("2026-11-26T01:01:00Z", 41.5)], "tps": [("2026-11-26T01:01:00Z", 120.0)],
-                   "storage_used": [("2026-11-26T01:01:00Z", 110 * 2**30)],
-                   "physical_replication_delay_in_seconds": [("2026-11-26T01:01:00Z", 3.0)]}
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    before, last = ((now - timedelta(minutes=m)).isoformat().replace("+00:00", "Z") for m in (2, 1))
+    arm.metrics = {"active_connections": [(before, 12.0), (last, 15.0)],
+                   "storage_percent": [(last, 41.5)], "tps": [(last, 120.0)],
+                   "storage_used": [(last, 110 * 2**30)],
+                   "physical_replication_delay_in_seconds": [(last, 3.0)]}
     sample = target.metrics()
     assert (sample.connections, sample.storage_percent, sample.tps) == (15, 41.5, 120.0)
     assert sample.storage_quota_bytes == 256 * 2**30 and sample.replication[0]["lag_seconds"] == 3.0
@@ -383,3 +385,39 @@ def test_a_503_from_any_azure_call_is_transient_and_the_runbooks_retry_it(arm):
         quick.list_backups()
     assert is_transient(caught.value)
     assert quick.list_backups() == []                     # the next try gets through
+
+
+def test_the_capacity_analysis_reads_azure_monitors_hourly_history(arm, target, tmp_path):
+    """§8.1.2 on Azure: 30 days of hourly averages and maxima from Azure Monitor (PT1H, not 1-minute:
+    93 days of minutes are beyond one metrics query), with a three-day gap, become the forecast."""
+    from pcdb import capacity
+
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    hours = [now - timedelta(hours=h) for h in range(30 * 24, 0, -1)]
+    gap = (now - timedelta(days=12)).replace(hour=0)
+    hours = [t for t in hours if not (gap <= t < gap + timedelta(days=3))]   # three whole days missing
+
+    def z(t):
+        return t.isoformat().replace("+00:00", "Z")
+
+    used = {t: (100 + (t - hours[0]).total_seconds() / 86400) * 2**30 for t in hours}   # 1 GiB a day
+    arm.metrics = {"storage_used": [(z(t), v) for t, v in used.items()],
+                   "storage_percent": [(z(t), 100 * v / (256 * 2**30)) for t, v in used.items()],
+                   "active_connections": [(z(t), 40.0 + t.hour) for t in hours],
+                   "cpu_percent": [(z(t), 30.0) for t in hours], "memory_percent": [(z(t), 60.0) for t in hours],
+                   "iops": [(z(t), 640.0) for t in hours],
+                   "maximum_used_transactionIDs": [(z(t), 1e8 + 1e6 * (t - hours[0]).total_seconds() / 86400)
+                                                   for t in hours]}
+    points = target.metric_history(now - timedelta(days=31), now)
+    query = next(r for r in arm.requests if r[1].endswith("/metrics"))
+    assert "/flexibleServers/phonebill-postgresql-prod/providers/Microsoft.Insights/metrics" in query[1]
+    assert points["iops_percent"][0][1] == 50.0 and "xid_age" in points      # 640 of the spec's 1280 IOPS
+    store = capacity.Store(tmp_path / "capacity.sqlite")
+    result = capacity.analyse(PROD, capacity.history_from_points(points), store, now)
+    s = result["storage"]
+    assert s["limit_bytes"] == 256 * 2**30 and abs(s["growth_bytes_per_day"] / 2**30 - 1) < 0.02
+    truth = (0.75 * 256 - (100 + 30 - 1 / 24)) / 1.0
+    assert abs(s["days_to_warning"] - truth) <= 0.1 * truth
+    assert s["days_without_data"] == 3 and result["connections"]["peak"] == 63
+    assert 0.95e6 < result["wraparound"]["consumption_per_day"] < 1.05e6
+    assert result["verdict"].startswith(f"storage reaches 75 % in {s['days_to_warning']:.0f} days")

@@ -71,7 +71,7 @@ def test_server_up_brings_up_a_worker_and_every_deployment_and_a_second_call_cha
     assert [w["status"] for w in status["workers"]] == ["ONLINE"]
     deployments = {d["name"]: d for d in status["deployments"]}
     assert set(deployments) == {"install-svc", "backup-verification-svc", "restore-test-svc", "dr-drill-svc",
-                                "maintenance-svc", "health-svc", "daily-checklist-svc"}
+                                "maintenance-svc", "health-svc", "daily-checklist-svc", "capacity-svc"}
     assert deployments["health-svc"]["schedule"] == "manual"      # monitoring.health.every: 0s in these tests
     assert deployments["install-svc"]["schedule"] == "manual" and deployments["dr-drill-svc"]["next_runs"] == []
     daily = deployments["backup-verification-svc"]["next_runs"][0]
@@ -81,6 +81,8 @@ def test_server_up_brings_up_a_worker_and_every_deployment_and_a_second_call_cha
     monthly = [datetime.fromisoformat(t) for t in deployments["maintenance-svc"]["next_runs"]]
     assert all(t.weekday() == 6 and t.day <= 7 and t.strftime("%H:%M%z") == "05:00+0900" for t in monthly)
     assert len({t.month for t in monthly}) == 3                  # once a month: the first Sunday
+    capacity = [datetime.fromisoformat(t) for t in deployments["capacity-svc"]["next_runs"]]
+    assert capacity and all(t.weekday() == 0 and t.strftime("%H:%M%z") == "08:00+0900" for t in capacity)
 
 
 def test_the_install_ran_through_its_deployment_and_its_json_is_the_contract(service):
