@@ -13,20 +13,28 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _up(t) -> None:
+    """The sandbox's install steps: HA pair, replica, database."""
+    t.ensure_resource_group()
+    t.ensure_server()
+    t.ensure_replica()
+    t.ensure_database()
+
+
 def sandbox_lifecycle(rounds: int) -> dict:
     """Cold `up` (initdb + 2 base backups + TLS), warm `up` (no change), failovers, PITR restore."""
-    from tests.conftest import destroy_all, new_target
     from pcdb.probe import ProbeWriter
+    from tests.conftest import destroy_all, new_target
 
     cold, warm, forced, planned, restore = [], [], [], [], []
     try:
         for _ in range(rounds):
             t = new_target()
             start = time.perf_counter()
-            t.ensure_resource_group(); t.ensure_server(); t.ensure_replica(); t.ensure_database()
+            _up(t)
             cold.append(time.perf_counter() - start)
             start = time.perf_counter()
-            t.ensure_resource_group(); t.ensure_server(); t.ensure_replica(); t.ensure_database()
+            _up(t)
             warm.append(time.perf_counter() - start)
             probe = ProbeWriter(t.endpoint("application").conninfo(t.admin, t.admin_password())).start()
             probe.wait_for_rows(20)
@@ -74,10 +82,10 @@ def install_overhead(rounds: int) -> dict:
             for _ in range(rounds):
                 via_prefect, direct = new_target(), new_target()
                 for key, call in (
-                    ("prefect_install", lambda: install(spec_path=str(via_prefect.env_path), return_state=True)),
-                    ("direct_install", lambda: run_directly(RunbookContext(direct.env, direct))),
-                    ("prefect_rerun", lambda: install(spec_path=str(via_prefect.env_path), return_state=True)),
-                    ("direct_rerun", lambda: run_directly(RunbookContext(direct.env, direct))),
+                    ("prefect_install", lambda p=via_prefect: install(spec_path=str(p.env_path), return_state=True)),
+                    ("direct_install", lambda d=direct: run_directly(RunbookContext(d.env, d))),
+                    ("prefect_rerun", lambda p=via_prefect: install(spec_path=str(p.env_path), return_state=True)),
+                    ("direct_rerun", lambda d=direct: run_directly(RunbookContext(d.env, d))),
                 ):
                     start = time.perf_counter()
                     outcome = call()
@@ -182,7 +190,7 @@ def drill_overhead(rounds: int) -> dict:
                     "azure_sdk includes the ARM reads of zones and topology (in-process ARM, no latency)"}
 
 
-def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (10, 100, 1000)) -> dict:
+def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (10, 100, 1000)) -> dict:  # noqa: ARG001 - one per size
     """Restore-test time against the database size, beside a plain copy of the same base backup."""
     import shutil
     import tempfile
@@ -239,7 +247,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> float:
 
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "pcdb.cli", *args], env=env, cwd=cwd, capture_output=True,
-                            text=True, timeout=1800)
+                            text=True, timeout=1800, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"pcdb {' '.join(args)} failed: {result.stderr[-2000:]}")
     return time.perf_counter() - start
@@ -313,19 +321,19 @@ def first_up(rounds: int) -> dict:  # noqa: ARG001 - one fresh clone is the meas
     try:
         for label, cmd in steps:
             start = time.perf_counter()
-            result = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=1800)
+            result = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=1800, check=False)
             figures[label] = round(time.perf_counter() - start, 2)
             if result.returncode != 0:
                 raise RuntimeError(f"{label} failed: {result.stderr[-2000:]}")
         whole_start = time.perf_counter()
-        again = subprocess.run(["./dev", "up"], cwd=clone, env=env, capture_output=True, text=True, timeout=1800)
+        again = subprocess.run(["./dev", "up"], cwd=clone, env=env, capture_output=True, text=True, timeout=1800, check=False)
         second = time.perf_counter() - whole_start
         if again.returncode != 0:
             raise RuntimeError(f"second ./dev up failed: {again.stderr[-2000:]}")
     finally:
-        subprocess.run(["./dev", "down"], cwd=clone, env=env, capture_output=True, timeout=600)
+        subprocess.run(["./dev", "down"], cwd=clone, env=env, capture_output=True, timeout=600, check=False)
         subprocess.run([str(clone / ".venv/bin/pcdb"), "sandbox", "destroy", "--env", "local", "--yes"], cwd=clone,
-                       env=env, capture_output=True, timeout=600)
+                       env=env, capture_output=True, timeout=600, check=False)
     return {"first_up_seconds": round(sum(figures.values()), 2), "steps_seconds": figures,
             "second_up_seconds": round(second, 2),
             "note": "fresh `git clone` of this repository and a fresh HOME; the PostgreSQL packages were already "
@@ -387,15 +395,15 @@ def partition_archive(rounds: int, rows: int = 1_000_000) -> dict:
     import subprocess
     import tempfile
 
-    from tests.conftest import destroy_all, new_target
     from pcdb import maintenance, schema
     from pcdb.context import RunbookContext
     from pcdb.install import run_directly
+    from tests.conftest import destroy_all, new_target
 
     plain, ours = [], []
     try:
         t = new_target()
-        t.ensure_resource_group(); t.ensure_server(); t.ensure_replica(); t.ensure_database()
+        _up(t)
         ctx = RunbookContext(t.env, t)
         run_directly(ctx, phases=[4])
         tools = maintenance.PgTools(ctx)
@@ -438,15 +446,15 @@ def health_run(rounds: int) -> dict:
     room), and the load on the monitored server (statements and their execution time per run)."""
     import tempfile
 
-    from tests.conftest import destroy_all, new_target
     from pcdb import health
     from pcdb.context import RunbookContext
     from pcdb.install import run_directly
+    from tests.conftest import destroy_all, new_target
 
     walls, statements, server_ms = [], [], []
     try:
         t = new_target()
-        t.ensure_resource_group(); t.ensure_server(); t.ensure_replica(); t.ensure_database()
+        _up(t)
         ctx = RunbookContext(t.env, t)
         run_directly(ctx, phases=[3, 4, 5, 6])
         store = health.Store(Path(tempfile.mkdtemp(prefix="pcdb-bench-health-")) / "h.sqlite")
@@ -475,7 +483,7 @@ def health_run(rounds: int) -> dict:
                     "pg_stat_statements after a reset in this throw-away sandbox (the reset itself excluded)"}
 
 
-def _naive_capacity(db, env, quota: float, folder: Path) -> float:
+def _naive_capacity(db, quota: float, folder: Path) -> float:
     """The baseline: every 1-minute point through Python (parse, ordinary least squares over all
     of them), and all of them drawn with pyplot. Returns days to 75 %."""
     import matplotlib
@@ -580,7 +588,7 @@ def capacity_analysis(rounds: int) -> dict:
     rollups = [whole(capacity.history_from_store)[0] for _ in range(rounds)]
     raw = [whole(capacity.history_from_samples)[0] for _ in range(rounds)]
     began = time.perf_counter()
-    naive_days = _naive_capacity(store.db, env, h.quota_bytes, folder)
+    naive_days = _naive_capacity(store.db, h.quota_bytes, folder)
     naive = time.perf_counter() - began
     truth = h.true_days_to(0.75 * h.quota_bytes)
     return {"points": points, "generate_seconds": round(generate, 2),

@@ -4,7 +4,6 @@ is notified (warning)."""
 
 from __future__ import annotations
 
-
 from prefect import flow
 from prefect.runtime import flow_run
 

@@ -13,8 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.blocks.system import Secret
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
@@ -30,12 +29,13 @@ from pcdb import report, security
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
 from pcdb.config import Environment, load_environment
-from pcdb.errors import ApprovalError, PcdbError, SecretError
 from pcdb.context import RunbookContext
+from pcdb.errors import ApprovalError, PcdbError, SecretError
 from pcdb.install import PHASES, PhaseSpec, full_plan, refuse_bad_secrets
 from pcdb.schema import LEDGER_SCHEMA
 from pcdb.targets.factory import make_target
 from tasks.install import run_step
+
 
 def notification_channels(ctx: RunbookContext) -> list[Change]:
     """Phase 6: every channel of the routing (R-MON-5) has its Prefect notification block."""

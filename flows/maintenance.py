@@ -152,7 +152,8 @@ def report(spec: Environment, r: dict, steps: list[str]) -> str:
                   f"- Superusers: {', '.join(a['superusers']) or 'none'}",
                   f"- Roles the spec does not name: {', '.join(a['unexpected_roles']) or 'none'}",
                   f"- Grant drift against §4.1.2: {'; '.join(a['grant_drift']) or 'none'}",
-                  f"- Failed logins this month: {'not available here (Log Analytics)' if a['failed_logins'] is None else a['failed_logins']}"]
+                  "- Failed logins this month: "
+                  + ("not available here (Log Analytics)" if a["failed_logins"] is None else str(a["failed_logins"]))]
     if "hygiene" in steps:
         h = r["hygiene"]
         lines += ["", "### Hygiene", "", f"- TLS certificate expires: {h.get('tls_certificate_expires') or 'managed by Azure'}",

@@ -62,7 +62,7 @@ def daily_checks(target: Target, env: Environment, now: datetime | None = None,
     results = [
         CheckResult("latest backup is fresh", "R-BAK-2", age_hours is not None and age_hours * 3600 <= bound.total_seconds(),
                     f"latest backup {status.latest_backup_id or '(none)'}, "
-                    f"{'%.1f' % age_hours if age_hours is not None else '-'} h old (bound {bound.total_seconds() / 3600:.0f} h)"),
+                    f"{f'{age_hours:.1f}' if age_hours is not None else '-'} h old (bound {bound.total_seconds() / 3600:.0f} h)"),
         CheckResult("retention", "R-BAK-1", status.retention == env.backup.retention,
                     f"{retention_days} days (spec {env.backup.retention.days})"),
         CheckResult("geo-redundant backup", "R-BAK-1", status.geo_redundant or not env.backup.geo_redundant,
@@ -171,7 +171,8 @@ def restore_test(target: Target, env: Environment, connect_source: Connect,
                          f"{len(result.mismatches)} mismatch(es); amcheck: {amcheck_detail}")
     except Exception as exc:  # noqa: BLE001 - the test's verdict, not a crash of the runbook
         result.passed = False
-        result.detail = f"restore test failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        result.detail = f"restore test failed: {type(exc).__name__}: {first}"
     finally:
         target.delete_server(name)
         result.server_deleted = target.delete_server(name).action == "unchanged"  # i.e. it is gone

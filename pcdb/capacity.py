@@ -288,17 +288,17 @@ def analyse(env: Environment, history: dict[str, Hourly], store: Store, now: dat
     enough = have >= cfg.min_history_days
     if not enough:
         result["insufficient_history"] = {"have_days": have, "need_days": cfg.min_history_days}
-    result["storage"] = _storage(env, cfg, hist, storage_daily, enough, now_day, quota_bytes, weeks)
+    result["storage"] = _storage(env, cfg, hist, storage_daily, enough, now_day, quota_bytes)
     result["connections"] = _connections(env, hist, enough, now_day)
     result["cpu"] = _utilisation(hist, "cpu_percent", _threshold(env, "cpu_percent", 80), enough, env, now_day)
     result["memory"] = _utilisation(hist, "memory_percent", _threshold(env, "memory_percent", 85), enough, env,
                                     now_day)
     result["sku"] = _sku_advice(env, cfg, result["cpu"], result["memory"])
-    result["wraparound"] = _wraparound(hist, enough, now_day)
+    result["wraparound"] = _wraparound(hist, enough)
     result["tables"], result["sequences"] = _tables(store, start, now, cfg.top_tables)
     result["logs"] = _logs(store, start, now)
     if enough:
-        _store_forecasts(store, storage_daily, result, env, cfg)
+        _store_forecasts(store, storage_daily, cfg)
     accuracy = _accuracy(store, hist, now_day)
     if accuracy:
         result["forecast_accuracy"] = accuracy
@@ -306,7 +306,7 @@ def analyse(env: Environment, history: dict[str, Hourly], store: Store, now: dat
     return result
 
 
-def _storage(env, cfg, hist, series: Daily, enough: bool, now_day: float, quota: float | None, weeks: int) -> dict:
+def _storage(env, cfg, hist, series: Daily, enough: bool, now_day: float, quota: float | None) -> dict:
     used = float(hist["storage_used"].avg[-1]) if "storage_used" in hist else None
     limit = float(quota or env.server.storage.size)
     if "storage_percent" in hist and used and hist["storage_percent"].avg[-1] > 0:
@@ -436,7 +436,7 @@ def _sku_advice(env, cfg: CapacitySettings, cpu: dict, memory: dict) -> dict:
             "reason": f"CPU p95 {cpu['p95_percent']} %, memory p95 {memory['p95_percent']} %: within the thresholds"}
 
 
-def _wraparound(hist, enough: bool, now_day: float) -> dict:
+def _wraparound(hist, enough: bool) -> dict:
     series = hist.get("xid_age")
     out = {"xid_age": None, "consumption_per_day": None, "days_to_wraparound": None, "resets": 0}
     if series is None:
@@ -489,7 +489,7 @@ def _logs(store: Store, start: datetime, now: datetime) -> dict | None:
     return out
 
 
-def _store_forecasts(store: Store, series: Daily, result: dict, env, cfg) -> None:
+def _store_forecasts(store: Store, series: Daily, cfg: CapacitySettings) -> None:
     model = drift(series, cfg.interval_percent)
     if model is None:
         return
@@ -504,7 +504,7 @@ def _accuracy(store: Store, hist: dict[str, Hourly], now_day: float) -> dict:
     actual = daily(hist["storage_used"].t, hist["storage_used"].avg)
     seen = {int(d): float(v) for d, v in zip(actual.day, actual.value)}
     out: dict[str, dict] = {}
-    for metric, made, horizon, target, value, low, high in store.forecasts_due(int(now_day) - 31, int(now_day)):
+    for metric, _made, horizon, target, value, low, high in store.forecasts_due(int(now_day) - 31, int(now_day)):
         if target not in seen or seen[target] == 0:
             continue
         got = seen[target]
@@ -565,7 +565,7 @@ def nearest_limit_days(result: dict) -> float | None:
 def plots(result: dict, history: dict[str, Hourly], folder: Path, stem: str, env: Environment) -> list[Path]:
     """PNG plots (matplotlib, Agg) beside the report: storage with the forecast band and the limits,
     connections against max_connections, CPU and memory against their thresholds."""
-    from matplotlib.figure import Figure   # no pyplot: no global state, no GUI backend, a faster import
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend, a faster import
 
     folder.mkdir(parents=True, exist_ok=True)
     start = datetime.fromisoformat(result["as_of"]).timestamp() - result["weeks"] * 7 * DAY

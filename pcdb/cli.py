@@ -10,10 +10,10 @@ import json
 import logging
 import os
 import sys
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -289,7 +289,8 @@ def sandbox_destroy(env: EnvOption = "local",
 def install_command(env: EnvOption = "local",
                     phases: Annotated[str | None, typer.Option(help="only these phases, e.g. 3,4,5")] = None,
                     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan, change nothing")] = False,
-                    deployed: Annotated[bool, typer.Option("--deployed", help="run through the environment's deployment on its worker (needs `pcdb server up`)")] = False,
+                    deployed: Annotated[bool, typer.Option("--deployed", help="run through the environment's deployment "
+                                                           "on its worker (needs `pcdb server up`)")] = False,
                     remove_unknown_roles: Annotated[bool, typer.Option(
                         "--remove-unknown-roles", help="drop roles the spec does not name (what they own goes to "
                                                        "the admin); without it they are reported and Phase 7 fails")] = False,
@@ -367,7 +368,8 @@ def _ledger_row(spec: Environment, run_id: str) -> dict | None:
 @app.command("verify-backups")
 @user_errors
 def verify_backups_command(env: EnvsOption = ["local"],  # noqa: B006 - typer's list default
-                           restore_test: Annotated[bool, typer.Option("--restore-test", help="also restore and prove the latest backup")] = False,
+                           restore_test: Annotated[bool, typer.Option(
+                               "--restore-test", help="also restore and prove the latest backup")] = False,
                            as_json: JsonOption = False) -> None:
     """Run the backup-verification runbook (daily checks; with --restore-test a real restore).
 
@@ -426,7 +428,8 @@ def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | 
                   mode: Annotated[str, typer.Option(help="planned | forced (zone drill)")] = "forced",
                   yes: Annotated[bool, typer.Option("--yes", help="give approvals by flag (sandbox only)")] = False,
                   confirm: Annotated[bool, typer.Option("--confirm", help="required on production")] = False,
-                  stall_replica: Annotated[bool, typer.Option("--stall-replica", help="region drill: cut the replica's link first")] = False,
+                  stall_replica: Annotated[bool, typer.Option(
+                      "--stall-replica", help="region drill: cut the replica's link first")] = False,
                   as_json: JsonOption = False) -> None:
     """Run a DR drill (zone failover, region failover, data corruption) and print measured RTO/RPO."""
     if scenario not in ("zone", "region", "corruption"):
@@ -451,8 +454,9 @@ def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | 
 @app.command("maintain")
 @user_errors
 def maintain_command(env: EnvOption = "local",
-                     only: Annotated[str | None, typer.Option("--only", help="some of: partitions, statistics, "
-                                                              "indexes, slow_queries, accounts, hygiene (comma-separated)")] = None,
+                     only: Annotated[str | None, typer.Option(
+                         "--only", help="some of: partitions, statistics, indexes, slow_queries, accounts, hygiene "
+                                        "(comma-separated)")] = None,
                      dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be done; change nothing")] = False,
                      as_json: JsonOption = False) -> None:
     """Run the monthly maintenance (§8.3.1): partitions kept ahead, expired ones archived, proved,
@@ -471,7 +475,8 @@ def maintain_command(env: EnvOption = "local",
         print(json.dumps(result, indent=2, default=str))
     else:
         parts = result["partitions"]
-        out.print(f"partitions: created {parts['created'] or 'none'}, archived {[a['name'] for a in parts['archived']] or 'none'}, "
+        archived = [a["name"] for a in parts["archived"]] or "none"
+        out.print(f"partitions: created {parts['created'] or 'none'}, archived {archived}, "
                   f"dropped {parts['dropped'] or 'none'}; {parts['ahead_months']} month(s) ready ahead", highlight=False)
         out.print(f"statistics: analyzed {len(result['statistics']['analyzed'])}, vacuumed "
                   f"{len(result['statistics']['vacuumed'])}; indexes: {len(result['indexes']['unused'])} unused, "
@@ -515,7 +520,8 @@ def health_command(ctx: typer.Context, env: EnvOption = "local", as_json: JsonOp
 @health_app.command("silence")
 @user_errors
 def health_silence(env: EnvOption = "local",
-                   rule: Annotated[str, typer.Option("--rule", help="a rule name (see `pcdb health --json`), or * for all")] = "*",
+                   rule: Annotated[str, typer.Option("--rule", help="a rule name (see `pcdb health --json`), "
+                                                     "or * for all")] = "*",
                    duration: Annotated[str, typer.Option("--for", help="how long, e.g. 2h (at most 7d)")] = "1h",
                    reason: Annotated[str, typer.Option("--reason", help="why: kept with the silence")] = "") -> None:
     """Hold back the notifications of a rule until the silence expires (the alert is still
@@ -596,7 +602,8 @@ def capacity_command(env: EnvOption = "local",
 @app.command("unlock")
 @user_errors
 def unlock_command(env: EnvOption = "local",
-                   force: Annotated[bool, typer.Option("--force", help="free it even if its holder may still run")] = False) -> None:
+                   force: Annotated[bool, typer.Option("--force", help="free it even if its holder may still run")
+                                    ] = False) -> None:
     """Free the environment's mutating-runbook slot when its holder is gone (a killed drill or
     install); a holder that may still be running is named and kept unless --force."""
     spec = load_environment(env)
@@ -628,7 +635,8 @@ def _phase_list(text: str | None) -> list[int] | None:
 @app.command("plan")
 @user_errors
 def plan_command(env: EnvOption = "prod",
-                 assume_empty: Annotated[bool, typer.Option("--assume-empty", help="plan against an empty subscription (no credentials needed)")] = False,
+                 assume_empty: Annotated[bool, typer.Option(
+                     "--assume-empty", help="plan against an empty subscription (no credentials needed)")] = False,
                  as_json: JsonOption = False) -> None:
     """Show what the install would create, change (current -> desired) or leave on Azure. Reads only."""
     spec = load_environment(env)

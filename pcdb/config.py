@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pcdb import params, specfile
 from pcdb.errors import ConfigError, Problem
@@ -990,7 +998,7 @@ def validate(data: dict, file: str = "<spec>",
     try:
         environment = Environment.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(err, data, lines) for err in exc.errors()
+        problems = [_problem(err, lines) for err in exc.errors()
                     if not str(err["loc"][0]).startswith("parameters")] + problems
     if environment is not None:
         from pcdb import specchecks
@@ -1026,7 +1034,7 @@ def _parameter_problems(data: dict, lines: dict[str, tuple[str, int]]) -> list[P
     return problems
 
 
-def _problem(err: dict, data: dict, lines: dict[str, tuple[str, int]]) -> Problem:
+def _problem(err: dict, lines: dict[str, tuple[str, int]]) -> Problem:
     loc = [str(part) for part in err["loc"] if not str(part).startswith("function-")]
     path = ".".join(loc)
     message = err["msg"].removeprefix("Value error, ")

@@ -79,7 +79,10 @@ class RunbookContext:
         try:
             conn = psycopg.connect(info, autocommit=True)
         except psycopg.OperationalError as exc:
-            raise unreachable(self.env, endpoint.host, exc) or exc
+            explained = unreachable(self.env, endpoint.host, exc)
+            if explained is None:
+                raise
+            raise explained from exc
         with conn:
             yield conn
 

@@ -21,6 +21,7 @@ from pcdb.probe import ProbeWriter
 from pcdb.sql import query
 from pcdb.targets.base import Target, throwaway_name
 
+
 def restore_server(env: Environment) -> str:
     """The corruption drill's throw-away server."""
     return throwaway_name(env, "drill-restore")

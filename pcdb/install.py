@@ -22,7 +22,6 @@ from pcdb.context import RunbookContext
 from pcdb.errors import SecretError
 from pcdb.targets.base import throwaway_name
 
-
 Step = Callable[[RunbookContext], list]
 
 

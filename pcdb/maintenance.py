@@ -159,7 +159,7 @@ class PgTools:
 
     def _run(self, args: list[str], what: str) -> None:
         env = {**os.environ, "PGPASSWORD": self.ctx.admin_password()}
-        result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=6 * 3600)
+        result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=6 * 3600, check=False)
         if result.returncode != 0:
             raise TargetError(f"{what} failed: {result.stderr.strip()[-800:]}")
 
@@ -173,7 +173,7 @@ class PgTools:
     def restore_table(self, path: Path, listing: Path) -> None:
         """Restore only the table and its rows (no attach, indexes or constraints) into the proof database."""
         toc = subprocess.run([str(self.bindir / "pg_restore"), "-l", str(path)], capture_output=True, text=True,
-                             timeout=600)
+                             timeout=600, check=False)
         if toc.returncode != 0:
             raise TargetError(f"the archive {path.name} does not read as a pg_dump archive: {toc.stderr.strip()[-300:]}")
         keep = [line for line in toc.stdout.splitlines() if line and not line.startswith(";")
@@ -207,7 +207,8 @@ def partitions(ctx: RunbookContext, out: Outcome, now: datetime) -> None:
     with ctx.connect() as conn:
         if out.dry_run:
             names = {p.name for p in list_partitions(conn, schema_name)}
-            out.partitions["created"] = [schema.partition_name(s) for s in schema.month_starts(today, env.service.log_partitions_ahead)
+            ahead = schema.month_starts(today, env.service.log_partitions_ahead)
+            out.partitions["created"] = [schema.partition_name(s) for s in ahead
                                          if schema.partition_name(s) not in names]
         else:
             change = schema.ensure_log_partitions(conn, schema_name, env.service.timezone,
@@ -386,7 +387,7 @@ def statistics(ctx: RunbookContext, out: Outcome) -> None:
             "schemas": _schemas(ctx), "min_rows": m.min_rows, "analyze_fraction": m.analyze_modified_fraction,
             "vacuum_fraction": m.vacuum_dead_fraction}).fetchall()
         timeout = f"{int(m.lock_timeout.total_seconds() * 1000)}ms"
-        for schema_name, table, live, dead, modified in rows:
+        for schema_name, table, live, dead, _modified in rows:
             name = f"{schema_name}.{table}"
             vacuum = dead >= m.min_rows and dead >= m.vacuum_dead_fraction * max(live + dead, 1)
             word = "VACUUM (ANALYZE)" if vacuum else "ANALYZE"

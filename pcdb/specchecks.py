@@ -136,7 +136,7 @@ def _tables(env, add) -> None:
         if not indexes:
             add(f"indexes.{table}", "an empty list of indexes: name the indexes the install must find, or remove "
                                     "the table")
-    for i, role in enumerate(env.security.roles):
+    for role in env.security.roles:
         for table in role.grants.tables:
             if table not in known:
                 add(f"security.roles.{role.name}.grants.tables.{table}",

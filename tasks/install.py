@@ -7,8 +7,8 @@ from prefect.cache_policies import NO_CACHE
 
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
-from pcdb.errors import is_transient
 from pcdb.context import RunbookContext
+from pcdb.errors import is_transient
 from pcdb.install import Step
 
 
@@ -23,7 +23,7 @@ def transient_only(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's s
 
 @task(name="install step", task_run_name="{label}", retries=3, retry_delay_seconds=[2, 10, 30],
       retry_condition_fn=transient_only, cache_policy=NO_CACHE, timeout_seconds=3600)
-def run_step(label: str, step: Step, ctx: RunbookContext) -> list[Change | CheckResult]:
+def run_step(label: str, step: Step, ctx: RunbookContext) -> list[Change | CheckResult]:  # noqa: ARG001 - label names the task run
     """Run one idempotent install step and log what it changed (never a secret)."""
     logger = get_run_logger()
     items = step(ctx)

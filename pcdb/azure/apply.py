@@ -144,7 +144,7 @@ class Reconciler:
             found = get()
         except ResourceNotFoundError:
             return None
-        except Exception as exc:  # noqa: BLE001 - translated once, here
+        except Exception as exc:
             raise self._error(exc, "read", d) from exc
         return _plain(found.serialize() if hasattr(found, "serialize") else found.as_dict())
 
@@ -176,7 +176,7 @@ class Reconciler:
             logger.info("%s %s %s done in %.1f s", verb, d.type, d.name, time.monotonic() - started)
         except TargetError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._error(exc, "create" if item.action == "create" else "update", d) from exc
         finally:  # secrets never stay on the models (plans print them)
             if d.type == "server":

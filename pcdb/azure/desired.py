@@ -90,7 +90,8 @@ def desired_resources(env: Environment, subscription: str = PLACEHOLDER_SUBSCRIP
                 address_prefix=network.subnet.address_prefix,
                 delegations=[net.Delegation(name="postgresql", service_name=network.subnet.delegation)]), 2),
             Desired("private_dns_zone", network.private_dns_zone, dns_id, dns.PrivateZone(location="global"), 2),
-            Desired("private_dns_zone_link", f"{network.vnet.name}-link", f"{dns_id}/virtualNetworkLinks/{network.vnet.name}-link",
+            Desired("private_dns_zone_link", f"{network.vnet.name}-link",
+                    f"{dns_id}/virtualNetworkLinks/{network.vnet.name}-link",
                     dns.VirtualNetworkLink(location="global", virtual_network=dns.SubResource(id=vnet_id),
                                            registration_enabled=False), 2),
         ]
@@ -141,7 +142,8 @@ def desired_resources(env: Environment, subscription: str = PLACEHOLDER_SUBSCRIP
     out.append(Desired("log_analytics_workspace", az.log_analytics_workspace, law_id,
                        la.Workspace(location=server.location), 6))
     diag = az.diagnostic_setting
-    out.append(Desired("diagnostic_setting", diag.name, f"{server_id}/providers/Microsoft.Insights/diagnosticSettings/{diag.name}",
+    out.append(Desired("diagnostic_setting", diag.name,
+                       f"{server_id}/providers/Microsoft.Insights/diagnosticSettings/{diag.name}",
                        res.GenericResource(properties={
                            "workspaceId": law_id,
                            "logs": [{"category": c, "enabled": True} for c in diag.logs],

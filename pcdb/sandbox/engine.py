@@ -23,8 +23,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql as psql
 
-from pcdb import secrets as pwd
 from pcdb import crash, wal
+from pcdb import secrets as pwd
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import SandboxError

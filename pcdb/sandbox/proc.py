@@ -56,7 +56,7 @@ def find_bindir(configured: str | None = None) -> Path:
     candidates = [configured, os.environ.get("PCDB_PG_BINDIR")]
     pg_config = shutil.which("pg_config")
     if pg_config:
-        result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10)
+        result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=False)
         candidates.append(result.stdout.strip())
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
                    if p.parent.name.isdigit() else 0)
@@ -86,7 +86,7 @@ def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
                                 cwd="/", input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                                **kwargs)
+                                check=False, **kwargs)
     except subprocess.TimeoutExpired:
         raise SandboxError(f"{what}: no answer within {timeout:.0f}s"
                            + (f"; see {log}" if log else "")) from None

@@ -506,7 +506,7 @@ class AzureTarget:
             try:
                 reply = client.send_request(HttpRequest("PUT", url, content=data, headers=headers),
                                             connection_verify=self._blob_verify)
-            except Exception as exc:  # noqa: BLE001 - the transport's errors, translated once here
+            except Exception as exc:
                 raise TargetError(f"could not archive {path.name} into {archive.storage_account}/"
                                   f"{container}: {exc}") from exc
         if once and reply.status_code == 409 and "BlobAlreadyExists" in reply.text():

@@ -25,8 +25,6 @@ from pcdb.sandbox.node import Node
 from pcdb.sql import query
 from pcdb.targets.base import BackupInfo, BackupStatus, Endpoint, MetricsSample, NodeState, ServerState
 
-
-
 # A hot standby needs at least its primary's value of these (PostgreSQL "Hot Standby" docs).
 HOT_STANDBY_MINIMUMS = ("max_connections", "max_prepared_transactions", "max_locks_per_transaction",
                         "max_wal_senders", "max_worker_processes")
@@ -48,7 +46,8 @@ def _alter_system(name: str, value: str | None) -> psql.Composed:
 @cache
 def _sharedir(bindir: Path) -> Path:
     """PostgreSQL's share folder (asked once per binaries folder, not at every parameter read)."""
-    result = subprocess.run([str(bindir / "pg_config"), "--sharedir"], capture_output=True, text=True, timeout=10)
+    result = subprocess.run([str(bindir / "pg_config"), "--sharedir"], capture_output=True, text=True, timeout=10,
+                            check=False)
     return Path(result.stdout.strip())
 
 

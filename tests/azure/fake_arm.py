@@ -7,8 +7,8 @@ GET; failures carry ARM error objects; throttling answers 429 with Retry-After."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import uuid
+from pathlib import Path
 from urllib.parse import urlparse
 
 from azure.core.credentials import AccessToken

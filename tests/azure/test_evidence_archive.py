@@ -84,8 +84,8 @@ def target_with(endpoint: str, cert: str, credential, arm=None):
 
 def create_container(endpoint: str, cert: str, name: str) -> None:
     """What ARM's PUT of the container does in the real service: the container exists."""
-    import urllib.request
     import ssl
+    import urllib.request
 
     token = EntraToken().get_token("https://storage.azure.com/.default").token
     request = urllib.request.Request(f"{endpoint}/{name}?restype=container", method="PUT",
@@ -94,8 +94,8 @@ def create_container(endpoint: str, cert: str, name: str) -> None:
 
 
 def read_blob(url: str, cert: str) -> bytes:
-    import urllib.request
     import ssl
+    import urllib.request
 
     token = EntraToken().get_token("https://storage.azure.com/.default").token
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", "x-ms-version": "2023-11-03"})

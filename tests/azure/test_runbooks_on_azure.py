@@ -12,6 +12,7 @@ import pytest
 from prefect import flow
 
 import flows.backup_verification
+import flows.capacity
 import flows.dr_drill
 from flows.install import load_secret_block, run_install
 from pcdb.config import load_environment
@@ -59,6 +60,7 @@ def azure(prefect_harness):
         patch.setenv("AZURE_SUBSCRIPTION_ID", "11111111-2222-3333-4444-555555555555")
         patch.setattr(flows.dr_drill, "runbook_context", context)
         patch.setattr(flows.backup_verification, "runbook_context", context)
+        patch.setattr(flows.capacity, "runbook_context", context)
         yield spec, arm, context
     servers.sandbox.destroy()
 
@@ -88,8 +90,10 @@ def test_the_whole_install_against_the_prod_spec_then_a_second_run_writes_nothin
     assert "failover planned" in arm.operations_run and "restore phonebill-postgresql-prod-verify-pitr" in arm.operations_run
     server = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
     assert server["sku"]["name"] == "Standard_D4s_v3" and server["properties"]["highAvailability"]["mode"] == "ZoneRedundant"
-    assert next(v for k, v in arm.resources.items() if k.endswith("/configurations/shared_buffers"))["properties"]["value"] == "524288"
-    assert len([k for k in arm.resources if "/metricalerts/" in k]) == 8   # the two of the document, five more of R-MON-1/4, deadlocks (R-MON-2)
+    shared_buffers = next(v for k, v in arm.resources.items() if k.endswith("/configurations/shared_buffers"))
+    assert shared_buffers["properties"]["value"] == "524288"
+    # the two of the document, five more of R-MON-1/4, deadlocks (R-MON-2)
+    assert len([k for k in arm.resources if "/metricalerts/" in k]) == 8
     assert [k.rsplit("/", 2)[1:] for k in arm.resources if "/activitylogalerts/" in k or "/scheduledqueryrules/" in k] \
         == [["activitylogalerts", "alert-failover-event"], ["scheduledqueryrules", "alert-slow-queries"]]
     assert not [r for r in arm.requests if "firewallrules" in r[1].lower()]
@@ -163,7 +167,8 @@ def test_corruption_drill_on_azure_restores_into_a_new_server_that_is_deleted(on
     arm = on_azure[1]
     result = drill(on_azure, "corruption")
     assert result["met"] is True and result["rpo_rows_lost"] == 0
-    assert "restore phonebill-postgresql-prod-drill-restore" in arm.operations_run and "delete phonebill-postgresql-prod-drill-restore" in arm.operations_run
+    assert {"restore phonebill-postgresql-prod-drill-restore",
+            "delete phonebill-postgresql-prod-drill-restore"} <= set(arm.operations_run)
     assert not [k for k in arm.resources if k.endswith("/phonebill-postgresql-prod-drill-restore")]
     assert arm.sb.state["restores"] == {}
 
@@ -179,6 +184,28 @@ def test_backup_verification_on_azure_restores_the_latest_point_and_proves_it(on
     assert "restore phonebill-postgresql-prod-restore-test" in arm.operations_run and arm.sb.state["restores"] == {}
 
 
+def test_the_capacity_analysis_on_azure_reads_azure_monitor_and_snapshots_the_real_tables(on_azure):
+    """§8.1.2 through the SDK: Azure Monitor's hourly history (a metrics endpoint of the in-process
+    ARM) and the SQL snapshot of the service database the install created on real PostgreSQL."""
+    from datetime import timedelta
+
+    spec, arm = on_azure[:2]
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    hours = [now - timedelta(hours=h) for h in range(21 * 24, 0, -1)]
+    stamp = {t: t.isoformat().replace("+00:00", "Z") for t in hours}
+    used = {t: (40 + 2 * (t - hours[0]).total_seconds() / 86400) * 2**30 for t in hours}    # 2 GiB a day
+    arm.metrics.update({"storage_used": [(stamp[t], v) for t, v in used.items()],
+                        "storage_percent": [(stamp[t], 100 * v / (256 * 2**30)) for t, v in used.items()],
+                        "active_connections": [(stamp[t], 30.0) for t in hours]})
+    result = flows.capacity.capacity_analysis(spec_path=str(spec))
+    s = result["storage"]
+    assert result["history_source"].startswith("Azure Monitor") and s["limit_bytes"] == 256 * 2**30
+    assert abs(s["growth_bytes_per_day"] / 2**30 - 2) < 0.05
+    assert abs(s["days_to_warning"] - (192 - 82) / 2) <= 0.1 * (192 - 82) / 2
+    tables = {t["name"] for t in result["tables"]}
+    assert {"product_change.pc_product_change_history", "product_change.pc_kos_integration_log"} <= tables
+
+
 def test_a_restore_azure_fails_is_reported_and_the_half_made_server_deleted(on_azure):
     spec, arm = on_azure[:2]
     arm.fail["/phonebill-postgresql-prod-restore-test"] = ("InternalServerError", "the restore failed")
@@ -187,7 +214,8 @@ def test_a_restore_azure_fails_is_reported_and_the_half_made_server_deleted(on_a
     finally:
         del arm.fail["/phonebill-postgresql-prod-restore-test"]
     assert state.is_failed() and "restore test" in state.message
-    assert not [k for k in arm.resources if k.endswith("/phonebill-postgresql-prod-restore-test")] and arm.sb.state["restores"] == {}
+    assert not [k for k in arm.resources if k.endswith("/phonebill-postgresql-prod-restore-test")]
+    assert arm.sb.state["restores"] == {}
 
 
 def test_a_drill_killed_halfway_on_azure_is_cleaned_up_by_the_next_one(on_azure):

@@ -91,6 +91,7 @@ def test_pcdb_capacity_json_is_the_contract_with_too_little_history_and_with_a_m
     assert text.startswith(f"# Capacity of `test`: storage reaches 75 % in {s['days_to_warning']:.0f} days")
     assert f"]({Path(result['plots'][0]).name})" in text and "forecast_accuracy" not in result
 
+    assert len(result["sparkline"]) >= 4 and set(result["sparkline"]) <= set("▁▂▃▄▅▆▇█")   # the notification's
     assert result["logs"]["bytes"] > 0          # C-6: the server log's volume, from pg_ls_logdir()
     from pcdb import ledger
     from pcdb.schema import LEDGER_SCHEMA

@@ -27,12 +27,12 @@ def killed_at(point: str, code: str, spec) -> None:
     script = ("from pcdb.config import load_environment\nfrom pcdb.sandbox import Sandbox\n"
               f"sandbox = Sandbox(load_environment({str(spec)!r}))\n{code}\n")
     result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PCDB_CRASH_AT": point},
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == -signal.SIGKILL, f"did not die at {point}: {result.returncode} {result.stderr[-1500:]}"
 
 
 def pcdb(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "pcdb.cli", *args], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "pcdb.cli", *args], capture_output=True, text=True, timeout=600, check=False)
     assert not check or result.returncode == 0, f"pcdb {' '.join(args)}: {result.stderr[-2000:]}"
     return result
 

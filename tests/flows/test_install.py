@@ -136,7 +136,8 @@ def test_a_missing_or_weak_secret_stops_before_phase_1_and_a_phase_5_failure_is_
 
     receiver = Receiver()
     CustomWebhookNotificationBlock(name="teams", url=receiver.url,
-                                   json_data={"subject": "{{subject}}", "text": "{{body}}"}).save("pcdb-test-teams", overwrite=True)
+                                   json_data={"subject": "{{subject}}", "text": "{{body}}"}
+                                   ).save("pcdb-test-teams", overwrite=True)
     CustomWebhookNotificationBlock(name="broken", url="http://127.0.0.1:9/closed").save("pcdb-test-broken", overwrite=True)
     target = new_target(
         "security:\n  roles:\n    product_change_app: {password: {env: PCDB_TEST_APP_PASSWORD}}\n"
@@ -149,7 +150,7 @@ def test_a_missing_or_weak_secret_stops_before_phase_1_and_a_phase_5_failure_is_
     # The command as a user types it, so everything Prefect's console handler prints is seen too.
     refused = subprocess.run([sys.executable, "-m", "pcdb.cli", "install", "--env", str(target.env_path)],
                              capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
+                             env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, check=False)
     assert refused.returncode == 1, refused.stderr
     error = refused.stderr.split("error: ", 1)[1]
     assert "2 secret(s) missing or too weak, found before Phase 1; nothing was changed" in error

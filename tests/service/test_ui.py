@@ -32,7 +32,7 @@ def test_the_install_run_page_shows_the_eight_phase_subflows():
         subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         "--force-device-scale-factor=2", "--window-size=1600,1000", "--virtual-time-budget=20000",
                         f"--screenshot={shot}", run_url], capture_output=True, timeout=120, check=True)
-        text = subprocess.run([tesseract, str(shot), "-"], capture_output=True, text=True, timeout=120).stdout
+        text = subprocess.run([tesseract, str(shot), "-"], capture_output=True, text=True, timeout=120, check=False).stdout
         seen = sorted(set(re.findall(r"Phase ([1-8])", text)))
         assert seen == [str(n) for n in range(1, 9)], f"phases seen in {shot}: {seen}\n{text}"
         print(f"screenshot: {shot}")

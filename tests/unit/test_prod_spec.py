@@ -83,7 +83,8 @@ CASES = [
     ("R-DR-2", lambda: (PROD.dr.region_failure.rto, PROD.dr.region_failure.rpo), (timedelta(minutes=30), timedelta(hours=1))),
     ("R-DR-2", lambda: [s.owner for s in PROD.dr.region_failover_steps],
      ["DBA/ops", "DBA", "DBA", "dev team", "network team", "ops"]),
-    ("R-DR-3", lambda: (PROD.dr.data_corruption.rto, PROD.dr.data_corruption.rpo), (timedelta(hours=4), "moment-before-corruption")),
+    ("R-DR-3", lambda: (PROD.dr.data_corruption.rto, PROD.dr.data_corruption.rpo),
+     (timedelta(hours=4), "moment-before-corruption")),
     ("R-MON-1", lambda: [(_metric(m).value, _metric(m).level) for m in
                          ("cpu_percent", "memory_percent", "storage_percent", "iops_percent",
                           "active_connections", "replica_lag_seconds")],
