@@ -26,10 +26,11 @@ from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 
 from pcdb.changes import Change
-from pcdb.config import DEPLOYMENTS, CapacitySettings, Environment
+from pcdb.config import CapacitySettings, Environment
 from pcdb.errors import PcdbError
+from pcdb.paths import PREFECT_FILE
 
-PROJECT_FILE = DEPLOYMENTS.parent / "prefect.yaml"
+PROJECT_FILE = PREFECT_FILE
 WEEKDAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")  # cron: 0 = Sunday
 _PLACEHOLDER = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
 FINAL_EVENTS = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Crashed", "Cancelled", "Cancelling",

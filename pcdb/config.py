@@ -26,9 +26,8 @@ from pydantic import (
 
 from pcdb import params, specfile
 from pcdb.errors import ConfigError, Problem
+from pcdb.paths import DEPLOYMENTS, project_root
 from pcdb.units import UnitError, format_duration, format_size, parse_duration, parse_size
-
-DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
 
 
 def _duration(value: Any) -> timedelta:
@@ -866,7 +865,7 @@ class Environment(Model):
         """Where reports go: reports_dir, a relative one inside the project (wherever pcdb was
         started from); the spec check keeps it inside the project or a data folder."""
         path = Path(self.reports_dir)
-        return path if path.is_absolute() else DEPLOYMENTS.parent / path
+        return path if path.is_absolute() else project_root() / path
 
     @property
     def work_pool(self) -> str:

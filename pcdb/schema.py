@@ -1,6 +1,6 @@
 """Phase 4: the service schema, its versioned migrations and the monthly KOS-log partitions.
 
-Migrations are the files ``sql/migrations/NNNN_name.sql``, applied once each, in order, in one
+Migrations are the files ``pcdb/sql/migrations/NNNN_name.sql``, applied once each, in order, in one
 transaction per file, recorded with a checksum in ``pcdb.pcdb_schema_migrations``. A file
 changed after it was applied is an error (add a new migration instead).
 """

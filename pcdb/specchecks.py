@@ -16,11 +16,11 @@ from functools import cache
 from pathlib import Path
 
 from pcdb.errors import Problem
+from pcdb.paths import project_root
 from pcdb.sandbox.procstats import machine_memory
 from pcdb.sql import SQL_DIR
 from pcdb.units import format_size
 
-PROJECT = SQL_DIR.parent
 # Where a report may be written besides the project: folders people keep data in, never the system's.
 REPORT_ROOTS = (Path("/var/lib/pcdb"), Path("/var/log/pcdb"), Path("/srv"), Path("/tmp"), Path("/var/tmp"))
 
@@ -163,9 +163,10 @@ def _reports_dir(env, add) -> None:
         add("reports_dir", f"{env.reports_dir!r} climbs out with '..'; give a folder inside the project "
                            f"(e.g. reports/{env.name}) or an absolute path under {', '.join(map(str, REPORT_ROOTS))}")
         return
-    resolved = (PROJECT / raw).resolve() if not raw.is_absolute() else raw.resolve()
+    project = project_root()
+    resolved = (project / raw).resolve() if not raw.is_absolute() else raw.resolve()
     home = Path.home().resolve()
-    roots = [PROJECT.resolve(), *(r.resolve() for r in REPORT_ROOTS)] + ([home] if home != Path("/") else [])
+    roots = [project.resolve(), *(r.resolve() for r in REPORT_ROOTS)] + ([home] if home != Path("/") else [])
     if not any(resolved == r or r in resolved.parents for r in roots) or resolved in (Path("/tmp"), home):
         add("reports_dir", f"{env.reports_dir!r} is outside the project; give a folder inside it "
                            f"(e.g. reports/{env.name}), or one under your home or {', '.join(map(str, REPORT_ROOTS))}")

@@ -1,0 +1,91 @@
+"""The weekly capacity analysis (§8.1.2, §8.3.1), deployed Monday 08:00 business time;
+`pcdb capacity` runs it by hand.
+
+Read only on the database: one SQL snapshot per run. The snapshots and every forecast are kept
+in the orchestrator's home (pcdb/capacity.py), so later runs break growth down by table and
+score the forecasts that came due. The report leads with the verdict; its plots are saved beside
+it and embedded in the run's artifact; the notification carries a text sparkline.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows.evidence import HOOKS, evidence, publish_report, report_path
+from flows.install import runbook_context
+from flows.notify import notify
+from pcdb import capacity, health
+from pcdb.config import load_environment
+from pcdb.context import RunbookContext
+from tasks.install import transient_only
+
+
+@task(name="capacity snapshot", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient_only,
+      cache_policy=NO_CACHE, timeout_seconds=600)
+def snapshot(ctx: RunbookContext, store: capacity.Store, now: datetime) -> dict:
+    """Sizes, rows, XID ages, bloat, sequences and the log's size of the service database."""
+    return capacity.take_snapshot(ctx, store, now)
+
+
+@task(name="metric history", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient_only,
+      cache_policy=NO_CACHE, timeout_seconds=600)
+def history(ctx: RunbookContext, now: datetime, weeks: int) -> tuple[dict, str]:
+    """Hourly averages and maxima: Azure Monitor, or the sandbox's health store."""
+    store = health.store_for(ctx.env)
+    try:
+        return capacity.load_history(ctx.target, store.db, now, weeks)
+    finally:
+        store.close()
+
+
+@flow(name="capacity", **HOOKS)
+def capacity_analysis(env: str = "local", spec_path: str | None = None, weeks: int | None = None) -> dict:
+    """Forecast every capacity limit of an environment; report with plots, ledger, notification."""
+    spec = load_environment(spec_path or env)
+    cfg, _ = capacity.settings_of(spec)
+    weeks = weeks or cfg.weeks
+    ctx = runbook_context(spec)
+    logger = get_run_logger()
+    with evidence(spec, ctx, "capacity") as ev:
+        now = datetime.now(timezone.utc)
+        store = capacity.store_for(spec)
+        try:
+            taken = snapshot(ctx, store, now)
+            points, source = history(ctx, now, weeks)
+            quota = spec.sandbox.storage_quota if spec.target == "sandbox" and spec.sandbox else None
+            result = capacity.analyse(spec, points, store, now, weeks=weeks, quota_bytes=quota)
+        finally:
+            store.close()
+        result["history_source"] = source
+        path = report_path(spec, f"capacity-{spec.name}")
+        pictures = capacity.plots(result, points, path.parent, path.stem, spec)
+        result["plots"] = [str(p) for p in pictures]
+        names = {p.stem.rsplit("-", 1)[1]: p for p in pictures}
+        text = capacity.markdown(result, {n: p.name for n, p in names.items()})
+        artifact = capacity.markdown(result, {n: capacity.data_url(p) for n, p in names.items()})
+        publish_report(spec, f"capacity-{spec.name}", text, "capacity analysis", path=path,
+                       artifact_text=artifact + f"\n- Prefect flow run: `{flow_run.get_id()}`\n")
+        result["report"] = str(path)
+        ev.report = str(path)
+        s = result["storage"]
+        ev.figures = {"verdict": result["verdict"], "used_bytes": s["used_bytes"], "limit_bytes": s["limit_bytes"],
+                      "growth_bytes_per_day": s["growth_bytes_per_day"], "days_to_warning": s["days_to_warning"],
+                      "days_to_autogrow": s["days_to_autogrow"], "days_to_readonly": s["days_to_readonly"],
+                      "sku": result["sku"]["recommendation"], "relations": taken["relations"]}
+        if "forecast_accuracy" in result:
+            ev.figures["forecast_mape_percent"] = {m: a["mape_percent"] for m, a in result["forecast_accuracy"].items()}
+        nearest = capacity.nearest_limit_days(result)
+        level = "warning" if (nearest is not None and nearest < cfg.alert_within_days) \
+            or result["sku"]["recommendation"] == "scale up" else "info"
+        spark = capacity.weekly_sparkline(points, result)
+        notify(spec, level, f"pcdb capacity of {spec.name}: {result['verdict']}",
+               f"{result['verdict']}\nStorage by week: {spark}\nSKU: {result['sku']['recommendation']}"
+               f"{' to ' + result['sku']['to'] if result['sku']['to'] else ''} ({result['sku']['reason']})\n"
+               f"Report: {path}")
+        result["sparkline"] = spark
+        logger.info("capacity of %s: %s", spec.name, result["verdict"])
+        return result

@@ -1,0 +1,129 @@
+"""DR drills (R-DR-1..3), triggered by hand: zone failover, region failover, data corruption.
+
+Safety rails: on a production environment a drill needs confirm=True and a recorded approval;
+at most one drill or mutating runbook runs per environment at a time (a Prefect global
+concurrency limit); leftovers of an interrupted drill are removed first; the report (artifact +
+file) gives target vs measured RTO/RPO and a timeline.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.utilities.annotations import quote
+
+from flows.evidence import HOOKS, evidence, publish_report
+from flows.exclusion import mutating_slot
+from flows.install import runbook_context
+from flows.notify import notify
+from pcdb.config import Environment, load_environment
+from pcdb.context import RunbookContext
+from pcdb.errors import ApprovalError, PcdbError
+from tasks.drills import cleanup, run_drill
+
+
+class DrillDecision(RunInput):
+    """Who decided to fail over to the other region, and why (§5.2.3 step 1-2)."""
+
+    decided_by: str
+    reason: str
+
+
+class StepConfirmation(RunInput):
+    """Another team confirms its step of the region failover is done."""
+
+    done: bool
+    confirmed_by: str
+
+
+@flow(name="dr-drill", **HOOKS)
+def dr_drill(scenario: Literal["zone", "region", "corruption"], env: str = "local", spec_path: str | None = None,
+             mode: Literal["planned", "forced"] = "forced", confirm: bool = False, yes: bool = False,
+             stall_replica: bool = False, wait_seconds: float = 0) -> dict:
+    """Run one DR drill and report measured vs target RTO/RPO.
+
+    Args:
+        scenario: zone (HA failover), region (promote the replica), corruption (PITR).
+        mode: planned or forced failover (zone drill).
+        confirm: required on production: "I know this drill fails over production".
+        yes: give the approvals and step confirmations by flag (sandbox only), for unattended runs.
+        stall_replica: region drill with the replica's link cut first (loss expected).
+        wait_seconds: how long to wait for the environment's drill slot before failing.
+    """
+    spec = load_environment(spec_path or env)
+    if spec.production and not confirm:
+        raise PcdbError(f"{spec.name} is production: a drill needs confirm=True and an approval")
+    if yes and spec.production:
+        raise PcdbError("approvals by flag are for the sandbox only; production drills wait for a person")
+    ctx = runbook_context(spec)
+    with evidence(spec, ctx, "dr-drill") as ev, mutating_slot(spec.name, f"{scenario} drill", wait_seconds):
+        result = _run(scenario, spec, ctx, mode, yes, stall_replica)
+        ev.report = result["report"]
+        ev.figures = {k: result[k] for k in ("scenario", "mode", "rto_seconds", "rpo_rows_lost", "rpo_seconds",
+                                              "rows_in_doubt", "rows_acknowledged", "met", "topology_restored")}
+        return result
+
+
+def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, yes: bool, stall: bool) -> dict:
+    if spec.production:
+        _approve(spec, scenario)
+    decisions: list[str] = []
+
+    def decide(facts: dict) -> None:
+        if yes:
+            decisions.append(f"failover decided by flag (--yes); facts: {facts}")
+            return
+        answer = pause_flow_run(wait_for_input=DrillDecision.with_initial_data(
+            description=f"Replica facts: {facts}. Who decides to fail over, and why?"), timeout=3600, poll_interval=2)
+        decisions.append(f"failover decided by {answer.decided_by}: {answer.reason}; facts: {facts}")
+
+    def confirm(step: str, owner: str) -> None:
+        if yes:
+            decisions.append(f"'{step}' ({owner}) confirmed by flag")
+            return
+        answer = pause_flow_run(wait_for_input=StepConfirmation.with_initial_data(
+            description=f"{owner}: confirm when done: {step}"), timeout=3600, poll_interval=2)
+        if not answer.done:
+            raise PcdbError(f"'{step}' was not confirmed by {owner} ({answer.confirmed_by})")
+        decisions.append(f"'{step}' confirmed by {answer.confirmed_by} ({owner})")
+
+    removed = cleanup(quote(ctx), confirm)
+    result = run_drill(scenario, quote(ctx), mode, decide, confirm, stall)
+    result.notes = [*(f"cleaned up: {r}" for r in removed), *decisions, *result.notes]
+    text = _report(spec, result)
+    path = publish_report(spec, f"drill-{scenario}-{spec.name}", text, "drill report")
+    result.report = str(path)
+    level = "critical" if scenario != "corruption" else "warning"
+    notify(spec, level, f"pcdb {scenario} drill on {spec.name}: {'met' if result.met else 'BREACHED'}",
+           f"RTO {result.rto_seconds}s (target {result.target_rto_seconds}s), {result.rpo_rows_lost} acknowledged "
+           f"rows lost, topology restored: {result.topology_restored}. Report: {path}")
+    return result.as_dict()
+
+
+def _approve(spec: Environment, scenario: str) -> None:
+    names = [a.name for a in spec.install.approval.approvers]
+    answer = pause_flow_run(wait_for_input=DrillDecision.with_initial_data(
+        description=f"Approve the {scenario} drill on production {spec.name} ({', '.join(names)})"),
+        timeout=int(spec.install.approval.timeout.total_seconds()), poll_interval=2)
+    if answer.decided_by not in names:
+        raise ApprovalError(f"{answer.decided_by!r} is not an approver of {spec.name}; nothing was changed")
+
+
+def _report(spec: Environment, r) -> str:
+    lines = [f"# DR drill: {r.scenario} ({r.mode}) on `{spec.name}`", "",
+             "| measure | target | measured | |", "|---|---|---|---|",
+             f"| RTO | {r.target_rto_seconds:.0f} s | {r.rto_seconds if r.rto_seconds is not None else 'not recovered'} s | "
+             f"{'met' if r.rto_seconds is not None and r.rto_seconds <= r.target_rto_seconds else 'BREACHED'} |",
+             f"| RPO | {'-' if r.target_rpo_seconds is None else f'{r.target_rpo_seconds:.0f} s'} | "
+             f"{r.rpo_rows_lost} acknowledged rows lost ({r.rpo_seconds:.3f} s of writes) | "
+             f"{'met' if r.target_rpo_seconds is None or r.rpo_seconds <= r.target_rpo_seconds else 'BREACHED'} |",
+             "", f"- Rows acknowledged: {r.rows_acknowledged}; in doubt (commit raised, may exist): {r.rows_in_doubt}",
+             f"- Topology restored afterwards: {r.topology_restored}", f"- Overall: {'MET' if r.met else 'BREACHED'}",
+             "", "## Timeline", ""]
+    lines += [f"- {at} — {action}" for at, action in r.timeline]
+    if r.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,55 @@
+"""Health monitoring (§6, R-MON-1..5), deployed every minute; `pcdb health` runs it by hand.
+
+Read only on the database; the alert state, history and silences are the orchestrator's
+(pcdb/health.py). Not recorded in the run ledger: a run a minute is monitoring, not a runbook
+of record; the alert transitions it notifies are kept in the health store instead. A run that
+finds pcdb's own drill or maintenance holding the environment annotates its alerts with it.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.exclusion import holder
+from flows.install import runbook_context
+from flows.notify import notify
+from pcdb import health
+from pcdb.config import load_environment
+
+
+@flow(name="health", log_prints=False)
+def health_check(env: str = "local", spec_path: str | None = None) -> dict:
+    """Evaluate every health rule of an environment once; notify each alert transition once."""
+    spec = load_environment(spec_path or env)
+    ctx = runbook_context(spec)
+    record = _holder(spec.name)
+    annotation = f"pcdb {record.get('what')} run {record.get('run_id') or '-'}" if record else None
+    store = health.store_for(spec)
+    try:
+        report = health.run(ctx, store, lambda level, subject, body, channels: notify(spec, level, subject, body,
+                                                                                         channels),
+                            annotation=annotation)
+    finally:
+        store.close()
+    result = report.as_dict()
+    if report.alerts or report.notified:
+        create_markdown_artifact(_markdown(spec.name, result), key=f"health-{spec.name}",
+                                 description=f"health of {spec.name}: {report.status}")
+    get_run_logger().info("health of %s: %s, %d alert(s)", spec.name, report.status, len(report.alerts))
+    return result
+
+
+def _holder(env: str) -> dict | None:
+    try:
+        return holder(env)
+    except Exception:  # noqa: BLE001 - no Prefect variable store: nothing to annotate with
+        return None
+
+
+def _markdown(name: str, r: dict) -> str:
+    lines = [f"# Health of `{name}`: {r['status']}", "", f"- Checked at {r['checked_at']}", "",
+             "| rule | severity | state | value | threshold | since | channels |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {a['rule']} | {a['severity']} | {a['state']} | {a['value']} | {a['threshold']} | {a['since']} | "
+              f"{', '.join(a['channels'])} |" for a in r["alerts"]]
+    return "\n".join(lines) + "\n"

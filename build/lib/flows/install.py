@@ -1,0 +1,285 @@
+"""The install runbook: Phases 1-8 of the installation schedule (REQUIREMENTS §6) as one flow.
+
+Each phase is a subflow named for the UI ("Phase 3 · PostgreSQL server"); each step inside is
+a task retried only for transient failures. Every step is idempotent: a re-run of a finished
+install reports every phase unchanged, and a run that failed in phase N, run again, passes
+through 1..N-1 without changes and continues at N. Production waits for the §13 approvals.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.blocks.system import Secret
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.utilities.annotations import quote
+
+from flows.evidence import HOOKS, Evidence, _spec_of, evidence
+from flows.exclusion import mutating_slot
+from flows.notify import notify
+from pcdb import report, security
+from pcdb.changes import Change
+from pcdb.checks import CheckResult
+from pcdb.config import Environment, load_environment
+from pcdb.context import RunbookContext
+from pcdb.errors import ApprovalError, PcdbError, SecretError
+from pcdb.install import PHASES, PhaseSpec, full_plan, refuse_bad_secrets
+from pcdb.schema import LEDGER_SCHEMA
+from pcdb.targets.factory import make_target
+from tasks.install import run_step
+
+
+def notification_channels(ctx: RunbookContext) -> list[Change]:
+    """Phase 6: every channel of the routing (R-MON-5) has its Prefect notification block."""
+    from prefect.blocks.core import Block
+
+    out = []
+    for name, channel in ctx.env.notifications.channels.items():
+        try:
+            Block.load(channel.block)
+            out.append(Change("notification_channel", name, "unchanged", notes=(f"block {channel.block}",)))
+        except (ValueError, KeyError) as exc:
+            out.append(Change("notification_channel", name, "conflict",
+                              notes=(f"block {channel.block} is missing ({exc}); create it in Prefect so "
+                                     f"{channel.purpose} reach {', '.join(channel.audience)}",)))
+    return out
+
+
+def _with_flow_steps(phase: PhaseSpec) -> PhaseSpec:
+    # Steps that need Prefect itself live here, not in pcdb/.
+    if phase.number == 6:
+        return PhaseSpec(6, phase.title, (*phase.steps, ("check notification channels", notification_channels)))
+    return phase
+
+
+HANDOVER = PhaseSpec(8, "Documentation and handover", ())
+RUNBOOK_PHASES = tuple(_with_flow_steps(p) for p in PHASES)
+ALL_PHASES = (*RUNBOOK_PHASES, HANDOVER)
+
+
+class PhaseFailed(PcdbError):
+    """A step failed; the message says which phase, which step, why, and how to resume."""
+
+
+class InstallApproval(RunInput):
+    """The typed input that releases the install (R-INS-4, §13.2)."""
+
+    approve: bool
+    approved_by: list[str]
+    comment: str = ""
+
+
+def load_secret_block(name: str) -> str:
+    """Read a Prefect Secret block (only the flow layer touches blocks)."""
+    try:
+        return Secret.load(name).get()
+    except ValueError:
+        raise SecretError(f"the Prefect Secret block {name!r} does not exist; create it (Prefect UI: Blocks > "
+                          f"Secret, or `Secret(value=...).save({name!r})`), then run again") from None
+
+
+def runbook_context(spec: Environment, **client_options) -> RunbookContext:
+    """The context every runbook runs with: the spec, its target, secrets from Prefect blocks.
+
+    ``client_options`` reach the Azure management clients (tests pass their ARM transport)."""
+    ctx = RunbookContext(spec, None, secret_loader=load_secret_block)  # type: ignore[arg-type]
+    ctx.target = make_target(spec, ctx.secret, **client_options)
+    return ctx
+
+
+def _on_completion(flow, flow_run, state) -> None:  # noqa: ARG001 - Prefect's hook signature
+    run = flow_run
+    spec = _spec_of(run.parameters)
+    if spec is not None and not (run.parameters or {}).get("dry_run"):
+        notify(spec, "info", f"pcdb install finished on {spec.name}",
+               f"Install run {run.name} ({run.id}) on {spec.name} completed: {state.message or 'all phases done'}")
+
+
+def _phase_flow(phase: PhaseSpec, ctx: RunbookContext):
+    """The phase as a subflow. The context is closed over, not passed: subflow parameters are
+    stored by the Prefect server, and the context holds the run's secrets."""
+    @flow(name=f"Phase {phase.number} · {phase.title}", log_prints=False)
+    def run_phase() -> list[Change | CheckResult]:
+        items: list[Change | CheckResult] = []
+        for label, step in phase.steps:
+            try:
+                items += run_step(label, step, quote(ctx))
+            except Exception as exc:
+                raise PhaseFailed(
+                    f"Phase {phase.number} · {phase.title}, step '{label}' failed: {exc}. Fix the cause "
+                    f"and run the install again: phases before {phase.number} are re-checked without "
+                    f"changes and it continues at phase {phase.number} "
+                    f"(pcdb install --env {ctx.env_arg})") from exc
+        _phase_artifact(phase, items)
+        return items
+    return run_phase
+
+
+def _plan_row(change: Change) -> dict:
+    return {"resource": change.resource, "name": change.name, "action": change.action,
+            "details": "; ".join([*(f"{k}: {a} -> {b}" for k, (a, b) in change.diff.items()), *change.notes])}
+
+
+def _phase_artifact(phase: PhaseSpec, items: list) -> None:
+    rows = [{"resource": i.resource, "name": i.name, "action": i.action,
+             "details": "; ".join([*(f"{k}: {a} -> {b}" for k, (a, b) in i.diff.items()), *i.notes])}
+            if isinstance(i, Change) else
+            {"resource": "check", "name": i.name, "action": i.verdict, "details": i.evidence}
+            for i in items]
+    create_table_artifact(rows, key=f"install-phase-{phase.number}",
+                          description=f"Phase {phase.number} · {phase.title}: what changed")
+
+
+def _approval_gate(env: Environment, plan: list[Change]) -> dict:
+    names = [a.name for a in env.install.approval.approvers]
+    lines = [f"- {c.resource} `{c.name}`: {c.action}" + (f" ({_plan_row(c)['details']})" if c.changed or c.action ==
+                                                            "conflict" else "") for c in plan]
+    description = (f"## Install plan for `{env.name}`\n\n" + "\n".join(lines) +
+                   f"\n\nApprovers (§13.2): {', '.join(f'{a.name} ({a.role})' for a in env.install.approval.approvers)}")
+    create_markdown_artifact(description, key=f"install-plan-{env.name}", description="plan shown for approval")
+    try:
+        answer = pause_flow_run(
+            wait_for_input=InstallApproval.with_initial_data(description=description, approve=False, approved_by=[]),
+            timeout=int(env.install.approval.timeout.total_seconds()), poll_interval=2, key="install-approval")
+    except FlowPauseTimeout:
+        raise ApprovalError(f"no approval within {env.install.approval.timeout}; nothing was changed") from None
+    if not answer.approve:
+        raise ApprovalError(f"the install was rejected by {', '.join(answer.approved_by) or 'the approver'}"
+                            f" ({answer.comment or 'no comment'}); nothing was changed")
+    missing = [n for n in names if n not in answer.approved_by]
+    if missing:
+        raise ApprovalError(f"approval incomplete: missing {', '.join(missing)} (§13.2); nothing was changed")
+    return {"approved_by": answer.approved_by, "comment": answer.comment,
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+@flow(name="install", on_completion=[_on_completion], **HOOKS)
+def install(env: str = "local", spec_path: str | None = None, phases: list[int] | None = None,
+            dry_run: bool = False, remove_unknown_roles: bool = False, reverify: bool = False) -> dict:
+    """Install the Product-Change database as the environment spec says (Phases 1-8).
+
+    Args:
+        env: environment name (deployments/<env>.yaml).
+        spec_path: a spec file instead of the named environment.
+        phases: run only these phases (1-8); the default is all.
+        dry_run: show the plan and change nothing.
+        remove_unknown_roles: Phase 5 drops roles the spec does not name (otherwise they are
+            reported, and Phase 7 fails on them).
+        reverify: Phase 7 repeats the failover and PITR checks even when the last install passed
+            them on this same configuration (otherwise a no-change re-run relies on that run).
+    """
+    spec = load_environment(spec_path or env)  # a bad spec stops here, before any phase
+    selected = sorted(set(phases or range(1, 9)))
+    if not set(selected) <= set(range(1, 9)):
+        raise PcdbError(f"phases must be between 1 and 8, got {selected}")
+    ctx = runbook_context(spec)
+    ctx.remove_unknown_roles = remove_unknown_roles
+    ctx.spec_source = spec_path or env
+    ctx.reverify = reverify
+    with evidence(spec, ctx, "install") as ev:
+        if dry_run:
+            return run_install(ctx, selected, dry_run, ev)
+        with mutating_slot(spec.name, "install"):  # one install, drill or verification at a time
+            return run_install(ctx, selected, dry_run, ev)
+
+
+def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False, ev: Evidence | None = None) -> dict:
+    """The body of the install flow, for a prepared context (the Azure tests give theirs an
+    in-process ARM transport); call it inside a flow. ``ev`` receives the report and figures
+    for the run ledger as soon as they exist (a failed verification still has its report)."""
+    ev = ev or Evidence()
+    ev.figures["dry_run"] = dry_run
+    logger = get_run_logger()
+    spec = ctx.env
+    plan = full_plan(ctx)  # the whole of it, read-only: resources, parameters, access, secrets, roles, grants
+    if dry_run:
+        create_table_artifact([_plan_row(c) for c in plan], key=f"install-plan-{spec.name}",
+                              description="dry run: what the install would change")
+        return {"status": "dry-run", "dry_run": True, "phases": [], "report": None,
+                "plan": [c.as_dict() for c in plan]}
+    refuse_bad_secrets([c for c in plan if c.resource == "secret"])  # before Phase 1, all of them at once
+    approval = _approval_gate(spec, plan) if spec.install.approval.required else None
+    progress = create_progress_artifact(0.0, key=f"install-progress-{spec.name}",
+                                        description="install progress across phases")
+    results: dict[int, list] = {}
+    seconds: dict[int, float] = {}
+    # Subflows skip the run heartbeat (a 1 s wait each at their end); the install's own
+    # heartbeat still tells the server this run is alive.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        for done, number in enumerate(n for n in selected if n != 8):
+            phase = next(p for p in RUNBOOK_PHASES if p.number == number)
+            started = time.monotonic()
+            results[number] = _phase_flow(phase, ctx)()
+            seconds[number] = time.monotonic() - started
+            update_progress_artifact(progress, 100.0 * (done + 1) / len(selected))
+        report_path = None
+        if 8 in selected:
+            started = time.monotonic()
+            report_path = handover(spec, ctx, results, approval, str(flow_run.get_id()))
+            seconds[8] = time.monotonic() - started
+            update_progress_artifact(progress, 100.0)
+            results[8] = []
+            ev.report = str(report_path)
+    phases = [_phase_outcome(number, results[number], seconds[number]) for number in results]
+    ev.figures["phases"] = phases
+    if ctx.verified_configuration:  # the disruptive checks ran and passed on this configuration
+        ev.figures["verified_configuration"] = ctx.verified_configuration
+    logger.info("install of %s finished: %s", spec.name, {p["number"]: p["summary"] for p in phases})
+    checks = [i for items in results.values() for i in items if isinstance(i, CheckResult)]
+    failed = [c.name for c in checks if not c.passed]
+    if checks:
+        ev.figures["checks"] = {"passed": len(checks) - len(failed), "total": len(checks)}
+    if failed:
+        raise PcdbError(f"verification failed: {', '.join(failed)}; see the handover report {report_path}")
+    return {"status": "completed", "phases": phases, "report": str(report_path) if report_path else None,
+            "checks": {"passed": sum(c.passed for c in checks), "total": len(checks)} if checks else None,
+            "approval": approval}
+
+
+def _phase_outcome(number: int, items: list, seconds: float) -> dict:
+    """One phase for the CLI's JSON: number, name, state, changes, seconds (and a summary line)."""
+    changed = [i for i in items if isinstance(i, Change) and i.changed]
+    checks = [i for i in items if isinstance(i, CheckResult)]
+    if checks:
+        passed = sum(c.passed for c in checks)
+        state, summary = ("passed" if passed == len(checks) else "failed"), f"{passed}/{len(checks)} checks passed"
+    elif number == 8:
+        state, summary = "written", "handover report written"
+    else:
+        state = "changed" if changed else "unchanged"
+        summary = f"{len(changed)} changed" if changed else "unchanged"
+    name = next(p.title for p in ALL_PHASES if p.number == number)
+    return {"number": number, "name": name, "state": state, "changes": len(changed),
+            "seconds": round(seconds, 3), "summary": summary}
+
+
+def handover(spec: Environment, ctx: RunbookContext, results: dict[int, list], approval: dict | None,
+             run_id: str) -> Path:
+    """Phase 8 as a subflow: render the handover document, refuse it if any secret of the run
+    appears in it, write it to the reports folder and as an artifact."""
+    @flow(name=f"Phase 8 · {HANDOVER.title}")
+    def run_handover() -> str:
+        changes = {n: [i for i in items if isinstance(i, Change)] for n, items in results.items()}
+        checks = [i for items in results.values() for i in items if isinstance(i, CheckResult)]
+        endpoints = {"primary": ctx.target.endpoint("primary"), "read replica": ctx.target.endpoint("replica")}
+        with ctx.connect() as conn:
+            expiry = security.password_expiry(conn, LEDGER_SCHEMA)
+        text = report.render(spec, run_id, changes, checks, endpoints, approval,
+                             {p.number: p.title for p in ALL_PHASES}, expiry)
+        if any(s and s in text for s in ctx.secret_values()):
+            raise PcdbError("the handover report would contain a secret; it was not written")
+        folder = spec.reports_path
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"handover-{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
+        path.write_text(text)
+        create_markdown_artifact(text, key=f"handover-{spec.name}", description=f"handover report ({path})")
+        return str(path)
+    return Path(run_handover())

@@ -1,0 +1,168 @@
+"""Monthly maintenance (§8.3.1, R-OPS-3): plan -> approval (production) -> execute -> verify.
+
+Deployed monthly (the first Sunday, early morning business time, outside the backup window);
+`pcdb maintain` runs it by hand. The report, the artifact and the run ledger say what was done
+and what was only recommended. One maintenance, drill or other mutating runbook per environment
+at a time (the environment's concurrency slot); never inside Azure's maintenance window.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.flow_runs import pause_flow_run
+from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
+
+from flows.dr_drill import DrillDecision
+from flows.evidence import HOOKS, evidence, publish_report
+from flows.exclusion import mutating_slot
+from flows.install import runbook_context
+from flows.notify import notify
+from pcdb import maintenance as m
+from pcdb.config import Environment, load_environment
+from pcdb.errors import ApprovalError
+from tasks.install import transient_only
+
+
+@task(name="maintenance step", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_only,
+      cache_policy=NO_CACHE, timeout_seconds=6 * 3600, task_run_name="{name}")
+def _step(name: str, action) -> None:
+    action()
+    get_run_logger().info("step %s done", name)
+
+
+def _run_step(name: str, action) -> None:
+    _step(name, quote(action))
+
+
+@flow(name="maintenance", **HOOKS)
+def maintenance(env: str = "local", spec_path: str | None = None, only: list[str] | None = None,
+                dry_run: bool = False, wait_seconds: float = 1800) -> dict:
+    """Run the monthly maintenance of an environment.
+
+    Args:
+        only: some of partitions, statistics, indexes, slow_queries, accounts, hygiene.
+        dry_run: say what would be done; change nothing.
+        wait_seconds: how long to wait for a drill or other mutating runbook to finish first.
+    """
+    spec = load_environment(spec_path or env)
+    steps = m.check_steps(only)
+    ctx = runbook_context(spec)
+    now = datetime.now(timezone.utc)
+    m.refuse_inside_maintenance_window(ctx, now)
+    with evidence(spec, ctx, "maintenance") as ev:
+        if dry_run:
+            out = m.run(ctx, steps, dry_run=True, now=now, step=_run_step)
+        else:
+            with mutating_slot(spec.name, "maintenance", wait_seconds):
+                approved = False
+                if spec.production:
+                    plan = m.run(ctx, steps, dry_run=True, now=now)
+                    approved = _approve(spec, plan)
+                out = m.run(ctx, steps, now=now, approved=approved, step=_run_step)
+        result = out.as_dict()
+        text = report(spec, result, steps)
+        path = publish_report(spec, f"maintenance-{spec.name}{'-dry-run' if dry_run else ''}", text,
+                              "maintenance report", key=f"maintenance-{spec.name}")
+        result["report"] = str(path)
+        ev.report = str(path)
+        ev.figures = {"dry_run": dry_run, "steps": steps,
+                      "partitions": {k: len(v) if isinstance(v, list) else v for k, v in result["partitions"].items()},
+                      "analyzed": len(result["statistics"]["analyzed"]), "reindexed": result["indexes"]["reindexed"],
+                      "recommended": len(result["recommended"]), "deferred": len(result["deferred"]),
+                      "problems": result["problems"]}
+        _tell(spec, result, path, dry_run)
+        return result
+
+
+def _approve(spec: Environment, plan: m.Outcome) -> bool:
+    """Production: an approver sees the plan (what would be dropped and rebuilt) and approves it."""
+    names = [a.name for a in spec.install.approval.approvers]
+    parts = plan.partitions
+    summary = (f"drop (after archive + proof): {', '.join(parts['dropped']) or 'none'}; "
+               f"create: {', '.join(parts['created']) or 'none'}; ANALYZE {len(plan.statistics['analyzed'])} table(s); "
+               f"REINDEX candidates: {len(plan.indexes['bloated'])}")
+    create_markdown_artifact(f"# Maintenance plan for {spec.name}\n\n{summary}\n", key=f"maintenance-plan-{spec.name}",
+                             description="plan shown for approval")
+    answer = pause_flow_run(wait_for_input=DrillDecision.with_initial_data(
+        description=f"Approve the monthly maintenance of production {spec.name} ({', '.join(names)}): {summary}"),
+        timeout=int(spec.install.approval.timeout.total_seconds()), poll_interval=2)
+    if answer.decided_by not in names:
+        raise ApprovalError(f"{answer.decided_by!r} is not an approver of {spec.name}; nothing was changed")
+    return True
+
+
+def _tell(spec: Environment, result: dict, path: Path, dry_run: bool) -> None:
+    if result["problems"]:
+        notify(spec, "critical", f"pcdb maintenance of {spec.name} stopped on {len(result['problems'])} problem(s)",
+               f"Run {flow_run.get_id()}: " + " | ".join(result["problems"]) + f". Report: {path}")
+    elif not dry_run:
+        parts = result["partitions"]
+        notify(spec, "info", f"pcdb maintenance of {spec.name} done",
+               f"Partitions created {len(parts['created'])}, archived and dropped {len(parts['dropped'])}, "
+               f"{parts['ahead_months']} month(s) ready ahead; {len(result['recommended'])} recommendation(s). "
+               f"Report: {path}")
+    get_run_logger().info("maintenance of %s: %s", spec.name, json.dumps(
+        {k: result[k] for k in ("partitions", "statistics", "deferred", "problems")}, default=str))
+
+
+def report(spec: Environment, r: dict, steps: list[str]) -> str:
+    parts, idx = r["partitions"], r["indexes"]
+    lines = [f"# Monthly maintenance{' (dry run: nothing was changed)' if r['dry_run'] else ''}: `{spec.name}`", "",
+             f"- Prefect flow run: `{flow_run.get_id()}`", f"- Steps: {', '.join(steps)}",
+             f"- Problems: {len(r['problems'])}; deferred: {len(r['deferred'])}; recommended: {len(r['recommended'])}",
+             f"- Verified after the run: {'n/a (dry run)' if r['verified'] is None else 'yes' if r['verified'] else 'NO'}",
+             "", "## Done" if not r["dry_run"] else "## Would be done", ""]
+    if "partitions" in steps:
+        lines += [f"- Partitions created: {', '.join(parts['created']) or 'none'}; "
+                  f"{parts['ahead_months']} month(s) ready after this one",
+                  "", "| partition | rows | SHA-256 | archive | proved | detached | dropped |",
+                  "|---|---|---|---|---|---|---|"]
+        for a in parts["archived"]:
+            lines.append(f"| {a['name']} | {a['rows']} | {(a['sha256'] or '-')[:16]} | {a['archive'] or '-'} | "
+                         f"{'yes' if a['verified'] else 'no'} | {'yes' if a['name'] in parts['detached'] else 'no'} | "
+                         f"{'yes' if a['name'] in parts['dropped'] else 'no'} |")
+        lines.append("")
+    if "statistics" in steps:
+        lines += [f"- ANALYZE: {', '.join(r['statistics']['analyzed']) or 'none'}",
+                  f"- VACUUM: {', '.join(r['statistics']['vacuumed']) or 'none'}"]
+    if "indexes" in steps:
+        bloated = ", ".join(f"{b['name']} {b['bloat_percent']} %" for b in idx["bloated"])
+        lines += [f"- REINDEX CONCURRENTLY: {', '.join(idx['reindexed']) or 'none'}",
+                  f"- Invalid indexes: {', '.join(idx['invalid']) or 'none'}",
+                  f"- Bloated (estimate): {bloated or 'none'}"]
+        if idx["unused"]:
+            lines += ["", "### Unused indexes (recommended for removal; statement to restore each)", ""]
+            lines += [f"- `{u['name']}` on {u['table']}, {u['bytes']} bytes: `{u['restore_sql']}`" for u in idx["unused"]]
+    if "slow_queries" in steps and r["slow_queries"]:
+        lines += ["", "### Statements this month (top by total and by mean time)", "",
+                  "| queryid | calls | total ms | mean ms | regression |", "|---|---|---|---|---|"]
+        lines += [f"| {q['queryid']} | {q['calls']} | {q['total_ms']} | {q['mean_ms']} | "
+                  f"{str(q['regression_percent']) + ' %' if 'regression_percent' in q else ''} |" for q in r["slow_queries"]]
+    if "accounts" in steps:
+        a = r["accounts"]
+        lines += ["", "### Accounts", "", f"- Password ages (days): {a['password_age_days']}",
+                  f"- Expired (§4.3.2): {', '.join(a['password_expired']) or 'none'}",
+                  f"- Superusers: {', '.join(a['superusers']) or 'none'}",
+                  f"- Roles the spec does not name: {', '.join(a['unexpected_roles']) or 'none'}",
+                  f"- Grant drift against §4.1.2: {'; '.join(a['grant_drift']) or 'none'}",
+                  "- Failed logins this month: "
+                  + ("not available here (Log Analytics)" if a["failed_logins"] is None else str(a["failed_logins"]))]
+    if "hygiene" in steps:
+        h = r["hygiene"]
+        lines += ["", "### Hygiene", "", f"- TLS certificate expires: {h.get('tls_certificate_expires') or 'managed by Azure'}",
+                  f"- Parameter drift: {h.get('parameter_drift') or 'none'}",
+                  f"- Unvalidated constraints: {', '.join(h.get('unvalidated_constraints', [])) or 'none'}",
+                  f"- Invalid indexes: {', '.join(h.get('invalid_indexes', [])) or 'none'}"]
+    for title, key in (("Problems (stopped a step; alerted)", "problems"),
+                       ("Deferred (held up by the application; retried next run)", "deferred"),
+                       ("Recommended (left to a person)", "recommended")):
+        if r[key]:
+            lines += ["", f"## {title}", ""] + [f"- {x}" for x in r[key]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""Plan before apply (as Terraform does): what the install would create, change or leave.
+
+Each desired body is compared, path by path, with what exists; a property that Azure cannot
+change in place is a conflict with what to do, never a silent re-creation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pcdb.azure.desired import Desired
+
+# Properties that a PUT cannot change on an existing resource (ARM answers an error or ignores).
+IMMUTABLE = {
+    "server": {"location", "properties.availabilityZone", "properties.backup.geoRedundantBackup",
+               "properties.network.delegatedSubnetResourceId", "properties.network.privateDnsZoneArmResourceId",
+               "properties.administratorLogin", "properties.createMode"},
+    "replica": {"location", "properties.sourceServerResourceId", "properties.createMode"},
+    "virtual_network": {"location"},
+    "log_analytics_workspace": {"location"},
+}
+# Write-only or create-only fields that a GET does not return: not drift. The Teams webhook URL
+# is a secret: the plan shows its source, apply sends the value, and it is never compared.
+NOT_RETURNED = {"properties.createMode", "properties.administratorLoginPassword", "properties.sourceServerResourceId",
+                "properties.webhookReceivers"}
+# Created only when missing (§7.1.1 "skip if it exists"): the VNet and subnet may be shared and a
+# PUT would replace what others configured (other subnets, the NSG association that is the
+# server's access control, C-2). A difference is reported, never written.
+CREATE_ONLY = {"virtual_network": "the VNet exists (it may be shared): pcdb never rewrites it",
+               "subnet": "the subnet exists: pcdb never rewrites it (a PUT would drop its NSG association); "
+                         "fix it by hand if the delegation or prefix is wrong"}
+RESOLUTION = {
+    "properties.backup.geoRedundantBackup": "geo-redundant backup is chosen at creation: restore the server "
+                                            "into a new one with the wanted setting and switch over",
+    "properties.availabilityZone": "the zone cannot move: use an HA failover to make the other zone primary",
+    "location": "a resource cannot move region: create it anew and migrate",
+}
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    type: str
+    name: str
+    id: str
+    action: str  # create | update | unchanged | conflict
+    properties: dict
+    changes: dict = field(default_factory=dict)  # path -> {"current": ..., "desired": ...}
+    notes: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"type": self.type, "name": self.name, "id": self.id, "action": self.action,
+                "properties": self.properties, "changes": self.changes, "notes": list(self.notes)}
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+        return out
+    return {prefix: value}
+
+
+def _same(desired, current) -> bool:
+    """Whether ARM's ``current`` already holds ``desired``: strings case-insensitively (ARM echoes
+    enums and ids in its own case), numbers by value, mappings and lists element by element where
+    ARM may add fields of its own (defaults such as dimensions: [] in a metric criterion)."""
+    if isinstance(desired, str) and isinstance(current, str):
+        return desired.lower() == current.lower()
+    if isinstance(desired, bool) or isinstance(current, bool):
+        return desired == current
+    if isinstance(desired, (int, float)) and isinstance(current, (int, float, str)):
+        try:
+            return float(desired) == float(current)
+        except ValueError:
+            return False
+    if isinstance(desired, dict) and isinstance(current, dict):
+        return all(_same(v, current.get(k)) for k, v in desired.items())
+    if isinstance(desired, list) and isinstance(current, list):
+        return len(desired) == len(current) and all(_same(d, c) for d, c in zip(desired, current))
+    return desired == current
+
+
+def plan_one(item: Desired, current: dict | None) -> PlanItem:
+    body = item.body()
+    if current is None:
+        return PlanItem(item.type, item.name, item.id, "create", body)
+    have = _flatten(current)
+    changes, conflicts, notes = {}, [], []
+    wanted_flat = _flatten(body)
+    swapped = _zones_swapped(wanted_flat, have) if item.type == "server" else ()
+    if swapped:
+        notes.append(f"zone {have[ZONES[0]]} is primary after an HA failover (standby in zone {have[ZONES[1]]}): "
+                     "the same pair of zones, not drift")
+    for path, wanted in wanted_flat.items():
+        if path in NOT_RETURNED or path in swapped or path not in have and path.startswith("tags"):
+            continue
+        if not _same(wanted, have.get(path)):
+            changes[path] = {"current": have.get(path), "desired": wanted}
+            if path in IMMUTABLE.get(item.type, set()):
+                conflicts.append(f"{path} cannot change in place: {RESOLUTION.get(path, 'recreate it deliberately')}")
+    if changes and item.type in CREATE_ONLY:
+        conflicts.append(CREATE_ONLY[item.type])
+    if conflicts:
+        return PlanItem(item.type, item.name, item.id, "conflict", body, changes, tuple(conflicts + notes))
+    return PlanItem(item.type, item.name, item.id, "update" if changes else "unchanged", body, changes, tuple(notes))
+
+
+ZONES = ("properties.availabilityZone", "properties.highAvailability.standbyAvailabilityZone")
+
+
+def _zones_swapped(wanted: dict, have: dict) -> tuple[str, ...]:
+    """After an HA failover Azure reports the standby's zone as the server's zone: the zone paths,
+    when the current pair is the desired pair swapped."""
+    want, got = [wanted.get(z) for z in ZONES], [have.get(z) for z in ZONES]
+    if None not in want and want[0] != want[1] and [str(g) for g in got] == [str(w) for w in reversed(want)]:
+        return ZONES
+    return ()
+
+
+def make_plan(desired: list[Desired], read: Callable[[Desired], dict | None] | None = None) -> list[PlanItem]:
+    """Compare every desired resource with what ``read`` returns (None = absent).
+
+    With no reader the subscription is assumed empty: everything is created.
+    """
+    return [plan_one(item, read(item) if read else None) for item in desired]

@@ -1,0 +1,861 @@
+"""The ``pcdb`` command: the front door to the runbooks and the local sandbox.
+
+User errors (bad spec, missing binaries, a server that will not start) print one clear
+message and exit 1; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from pcdb.changes import Change
+from pcdb.config import Environment, load_environment
+from pcdb.errors import PcdbError
+from pcdb.orchestrator import Orchestrator, ServerConfig, server_config
+from pcdb.units import UnitError, format_duration, parse_duration
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Product-Change database runbooks (Azure or the local sandbox).")
+sandbox_app = typer.Typer(no_args_is_help=True, help="The local sandbox of real PostgreSQL servers.")
+config_app = typer.Typer(no_args_is_help=True, help="Environment specs.")
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(config_app, name="config")
+server_app = typer.Typer(no_args_is_help=True, help="The persistent Prefect server, its UI, workers and deployments.")
+app.add_typer(server_app, name="server")
+history_app = typer.Typer(invoke_without_command=True, help="The run ledger: every runbook run, hash-chained.")
+app.add_typer(history_app, name="history")
+health_app = typer.Typer(invoke_without_command=True, help="Health rules (§6) evaluated now; silences.")
+app.add_typer(health_app, name="health")
+
+out = Console()
+err = Console(stderr=True)
+
+EnvOption = Annotated[str, typer.Option("--env", "-e", help="environment name (deployments/NAME.yaml) or a spec path")]
+EnvsOption = Annotated[list[str], typer.Option("--env", "-e", help="environment name or spec path; repeat for a fleet")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our own errors into a message on stderr and exit status 1."""
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PcdbError as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+def _sandbox_target(env_name: str):
+    from pcdb.targets.sandbox import SandboxTarget
+
+    env = load_environment(env_name)
+    if env.target != "sandbox":
+        raise PcdbError(f"environment {env.name!r} targets {env.target}, not the sandbox; use --env local")
+    return SandboxTarget(env)
+
+
+def _use_orchestrator(spec: Environment) -> ServerConfig | None:
+    """Point Prefect at the environment's persistent server when it is up (call before any
+    prefect import); otherwise Prefect starts its temporary server, with a start-up timeout a
+    fresh 2-core machine needs (its first SQLite migration alone can take more than 20 s)."""
+    config = server_config(spec)
+    if os.environ.get("PREFECT_API_URL"):
+        return config if os.environ["PREFECT_API_URL"].rstrip("/") == config.url else None
+    if Orchestrator(config).is_up():
+        os.environ["PREFECT_API_URL"] = config.url
+        # A server that dies mid-run is reported within seconds, not after Prefect's five
+        # retries per call (about a minute each); a restart blip of a few seconds still passes.
+        os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "3")
+        return config
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return None
+
+
+def _server_lost(config: ServerConfig | None, spec_arg: str) -> PcdbError | None:
+    """The persistent server stopped answering while a run was going on: say so, and how to go on."""
+    if config is None or Orchestrator(config).healthy():
+        return None
+    return PcdbError(f"the Prefect server at {config.url} stopped answering during the run; start it again "
+                     f"(`pcdb server up --env {spec_arg}`) and run the same command again: every step is "
+                     "idempotent, the next run finishes what this one left")
+
+
+class _UserErrorsWithoutTraceback(logging.Formatter):
+    """Wraps a console handler's formatter: a PcdbError (a user error, whose message says what to
+    do) is printed as its message, without a Python traceback. The run's logs on the Prefect server
+    keep the traceback: that handler is not wrapped."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and isinstance(record.exc_info[1], PcdbError):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return self.inner.format(record)
+
+
+def _quiet_user_tracebacks() -> None:
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "prefect._internal"):  # "": root
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter,
+                                                                             _UserErrorsWithoutTraceback):
+                handler.setFormatter(_UserErrorsWithoutTraceback(handler.formatter))
+
+
+def _run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: str):
+    """Call a flow (return_state=True) tagged with its environment (the server's automations
+    match on it), print its UI link, and turn a lost server into one line."""
+    from prefect import tags
+
+    from flows.service import env_tag
+
+    _quiet_user_tracebacks()
+
+    try:
+        with tags(env_tag(load_environment(spec_arg))):
+            state = call()
+    except Exception as exc:
+        lost = _server_lost(config, spec_arg)
+        if lost is not None:
+            raise lost from None
+        if isinstance(exc, PcdbError):
+            raise
+        raise PcdbError(f"the run could not be completed: {type(exc).__name__}: {exc}") from None
+    run_id = state.state_details.flow_run_id
+    if config is not None and run_id:
+        err.print(f"run: {config.run_url(run_id)}", highlight=False, soft_wrap=True)
+    if state.is_failed() or state.is_crashed():
+        lost = _server_lost(config, spec_arg)
+        if lost is not None:
+            raise lost
+    return state
+
+
+# Prefect's own words when a pause outlives its timeout (the server replaces the run's message).
+_PAUSE_EXPIRED = "and never resumed"
+
+
+def _flow_result(state, failure: str, approval_timeout: timedelta | None = None):
+    """The flow's return value, or its failure message as a user error."""
+    if state.is_failed() or state.is_crashed():
+        message = state.message or failure
+        if _PAUSE_EXPIRED in message:
+            waited = f" within {format_duration(approval_timeout)}" if approval_timeout else ""
+            raise PcdbError(f"no approval came{waited}: the run waited at its approval gate and stopped there; "
+                            "nothing was changed. Run it again and have the approvers approve the plan in the Prefect "
+                            "UI (the run's 'Resume' form) before the timeout (install.approval.timeout)")
+        raise PcdbError(message)
+    return state.result()
+
+
+def _spec_args(env: str) -> dict[str, str | None]:
+    """--env takes a name or a spec path; the flows take them as env / spec_path."""
+    if env.endswith((".yaml", ".yml")):
+        return {"env": "local", "spec_path": env}
+    return {"env": env, "spec_path": None}
+
+
+def _json_default(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _print_changes(changes: list[Change], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([c.as_dict() for c in changes], indent=2, default=str))
+        return
+    table = Table("resource", "name", "action", "details")
+    for change in changes:
+        details = "; ".join([*(f"{k}: {a} -> {b}" for k, (a, b) in change.diff.items()), *change.notes])
+        table.add_row(escape(change.resource), escape(change.name), change.action, escape(details))
+    out.print(table)
+    changed = sum(c.changed for c in changes)
+    conflicts = sum(c.action == "conflict" for c in changes)
+    summary = (f"{changed} to change, {len(changes) - changed - conflicts} unchanged" if changed else
+               "nothing to change: everything is as the spec says")
+    out.print(summary + (f"; {conflicts} conflict(s) to resolve first" if conflicts else ""))
+
+
+@sandbox_app.command("up")
+@user_errors
+def sandbox_up(env: EnvOption = "local", as_json: JsonOption = False) -> None:
+    """Create the sandbox (primary, sync standby, async replica, database) or restart what exists,
+    and leave its supervisor running (it fails over to the synchronous standby when the primary
+    stops answering for sandbox.auto_failover_after)."""
+    target = _sandbox_target(env)
+    changes = [target.ensure_resource_group(), *target.ensure_server(), target.ensure_replica(),
+               target.ensure_database()]
+    from pcdb.sandbox import supervisor
+
+    spec_arg = str(Path(env).absolute()) if env.endswith((".yaml", ".yml")) else env
+    changes.append(supervisor.start(target.sandbox, spec_arg))
+    _print_changes(changes, as_json)
+
+
+@sandbox_app.command("status")
+@user_errors
+def sandbox_status(env: EnvOption = "local", as_json: JsonOption = False) -> None:
+    """Show every server of the sandbox: role, endpoint, sync state, timeline, lag.
+
+    Exit status 2 when something is wrong (two primaries, none, no synchronous standby, an
+    interrupted failover), each said on stderr."""
+    target = _sandbox_target(env)
+    if not target.sandbox.exists():
+        raise PcdbError(f"no sandbox for {env!r} at {target.sandbox.root}; run `pcdb sandbox up --env {env}`")
+    status = target.sandbox.status()
+    if as_json:
+        print(json.dumps(status, indent=2, default=str))
+        if status["problems"]:
+            raise typer.Exit(2)
+        return
+    table = Table(title=f"sandbox {status['environment']} ({status['root']}) — database {status['database']}")
+    for column in ("name", "role", "running", "endpoint", "sync_state", "timeline", "lag_bytes"):
+        table.add_column(column, no_wrap=True)
+    for node in status["nodes"]:
+        table.add_row(node["name"], node["role"], "yes" if node["running"] else "no",
+                      f"{node['host']}:{node['port']}", str(node["sync_state"] or "-"),
+                      str(node["timeline"]), str(node["lag_bytes"] if node["lag_bytes"] is not None else "-"))
+    out.print(table)
+    for problem in status["problems"]:
+        err.print(f"[bold red]PROBLEM:[/bold red] {problem}", highlight=False, soft_wrap=True)
+    if status["problems"]:
+        raise typer.Exit(2)
+
+
+@sandbox_app.command("restores")
+@user_errors
+def sandbox_restores(env: EnvOption = "local",
+                     delete: Annotated[str | None, typer.Option("--delete", help="stop and remove this restored server")] = None,
+                     as_json: JsonOption = False) -> None:
+    """List the restored (throw-away) servers of the sandbox; --delete NAME removes one, e.g. what a
+    killed restore test or drill left running."""
+    target = _sandbox_target(env)
+    if delete:
+        change = target.sandbox.delete_server(delete)
+        out.print(f"{delete}: {'deleted' if change.action == 'deleted' else 'no such restored server'}")
+        return
+    restores = target.sandbox.status()["restores"] if target.sandbox.exists() else []
+    if as_json:
+        print(json.dumps(restores, indent=2, default=str))
+        return
+    if not restores:
+        out.print("no restored servers")
+    for r in restores:
+        out.print(f"{r['name']}: port {r['port']}, restored to {r['target_time']}, "
+                  f"{'running' if r['running'] else 'stopped'} (pcdb sandbox restores --delete {r['name']})")
+
+
+@sandbox_app.command("down")
+@user_errors
+def sandbox_down(env: EnvOption = "local") -> None:
+    """Stop every server of the sandbox; the data stays for the next `up`."""
+    target = _sandbox_target(env)
+    stopped = target.sandbox.down()
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@sandbox_app.command("destroy")
+@user_errors
+def sandbox_destroy(env: EnvOption = "local",
+                    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False) -> None:
+    """Stop the sandbox and delete its folder (data, archive, backups, generated passwords)."""
+    target = _sandbox_target(env)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise PcdbError(f"refusing to delete {target.sandbox.root} without --yes: there is no terminal to ask")
+        typer.confirm(f"delete {target.sandbox.root} and everything in it?", abort=True)
+    removed = target.sandbox.destroy()
+    out.print(f"removed {target.sandbox.root}" if removed else f"nothing at {target.sandbox.root}")
+
+
+@app.command("install")
+@user_errors
+def install_command(env: EnvOption = "local",
+                    phases: Annotated[str | None, typer.Option(help="only these phases, e.g. 3,4,5")] = None,
+                    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan, change nothing")] = False,
+                    deployed: Annotated[bool, typer.Option("--deployed", help="run through the environment's deployment "
+                                                           "on its worker (needs `pcdb server up`)")] = False,
+                    remove_unknown_roles: Annotated[bool, typer.Option(
+                        "--remove-unknown-roles", help="drop roles the spec does not name (what they own goes to "
+                                                       "the admin); without it they are reported and Phase 7 fails")] = False,
+                    reverify: Annotated[bool, typer.Option(
+                        "--reverify", help="repeat Phase 7's failover and PITR checks even when the last install "
+                                           "passed them on this same configuration")] = False,
+                    as_json: JsonOption = False) -> None:
+    """Run the install runbook (Phases 1-8) as a Prefect flow and print each phase's outcome.
+
+    --json prints {status, phases: [{number, name, state, changes, seconds}], report}."""
+    spec = load_environment(env)  # a bad spec fails here, before Prefect starts
+    selected = _phase_list(phases)
+    config = _use_orchestrator(spec)
+    if deployed:
+        result = _deployed_run(spec, env, config, "install", f"install-{spec.name}",
+                               {"phases": selected, "dry_run": dry_run, "remove_unknown_roles": remove_unknown_roles,
+                                "reverify": reverify})
+    else:
+        from flows.install import install  # the CLI is the one pcdb module that may import flows/
+
+        state = _run_flow(lambda: install(**_spec_args(env), phases=selected, dry_run=dry_run,
+                                          remove_unknown_roles=remove_unknown_roles, reverify=reverify,
+                                          return_state=True), config, env)
+        try:
+            result = _flow_result(state, "the install failed; see the Prefect run for details",
+                                  spec.install.approval.timeout)
+        except PcdbError as exc:
+            if as_json:
+                print(json.dumps({"status": "failed", "error": str(exc), "phases": [], "report": None}, indent=2))
+            raise
+    if as_json:
+        print(json.dumps({k: v for k, v in result.items() if k != "plan" or dry_run}, indent=2, default=str))
+        return
+    for phase in result.get("phases") or []:
+        out.print(f"Phase {phase['number']} · {phase['name']}: {phase['summary']} ({phase['seconds']:.1f}s)")
+    if result.get("report"):
+        out.print(f"handover report: {result['report']}")
+    if result.get("dry_run"):
+        _print_changes([Change(c["resource"], c["name"], c["action"],
+                               {k: (v["current"], v["desired"]) for k, v in c["diff"].items()}, tuple(c["notes"]))
+                        for c in result["plan"]], False)
+
+
+def _deployed_run(spec: Environment, env_arg: str, config: ServerConfig | None, flow: str, deployment: str,
+                  parameters: dict) -> dict:
+    """Run through a deployment on the environment's worker and read its evidence from the ledger."""
+    if config is None:
+        raise PcdbError(f"--deployed runs on the environment's worker: start the server first "
+                        f"(`pcdb server up --env {env_arg}`)")
+    from flows import service
+
+    run_id = service.start_deployment_run(flow, deployment, parameters)
+    err.print(f"run: {config.run_url(run_id)}", highlight=False, soft_wrap=True)
+    state, message = service.wait_for_runs([run_id])[run_id]
+    row = _ledger_row(spec, run_id)
+    figures = (row or {}).get("figures") or {}
+    if state != "Completed":
+        raise PcdbError(f"{deployment} run {run_id} ended {state}: {message or 'see the run in the UI'}")
+    return {"status": "completed", "run_id": run_id, "phases": figures.get("phases", []),
+            "report": (row or {}).get("report_path"), "checks": figures.get("checks")}
+
+
+def _ledger_row(spec: Environment, run_id: str) -> dict | None:
+    from flows.install import runbook_context
+    from pcdb import ledger
+    from pcdb.schema import LEDGER_SCHEMA
+
+    try:
+        with runbook_context(spec).connect() as conn:
+            return ledger.row_of_run(conn, LEDGER_SCHEMA, run_id)
+    except Exception:  # noqa: BLE001 - no database yet (a dry run before the install): no row
+        return None
+
+
+@app.command("verify-backups")
+@user_errors
+def verify_backups_command(env: EnvsOption = ["local"],  # noqa: B006 - typer's list default
+                           restore_test: Annotated[bool, typer.Option(
+                               "--restore-test", help="also restore and prove the latest backup")] = False,
+                           as_json: JsonOption = False) -> None:
+    """Run the backup-verification runbook (daily checks; with --restore-test a real restore).
+
+    Several --env: a fleet, verified in parallel through each environment's work pool."""
+    specs = [load_environment(e) for e in env]
+    config = _use_orchestrator(specs[0])
+    if len(specs) > 1:
+        _verify_fleet(specs, env, config, restore_test, as_json)
+        return
+    from flows.backup_verification import verify_backups
+
+    state = _run_flow(lambda: verify_backups(**_spec_args(env[0]), restore=restore_test, return_state=True),
+                      config, env[0])
+    result = _flow_result(state, "backup verification failed")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    for key, value in result.items():
+        out.print(f"{key}: {value}")
+
+
+def _verify_fleet(specs: list[Environment], args: list[str], config: ServerConfig | None, restore: bool,
+                  as_json: bool) -> None:
+    if config is None:
+        raise PcdbError("a fleet is verified through the work pools of its environments: start the server "
+                        f"first (`pcdb server up {' '.join('--env ' + a for a in args)}`)")
+    if len({server_config(s) for s in specs}) > 1:
+        raise PcdbError("these environments report to different Prefect servers; verify them one by one")
+    from flows import service
+
+    name = "restore-test" if restore else "backup-verification"
+    runs = {service.start_deployment_run("backup-verification", f"{name}-{s.name}"): s for s in specs}
+    for run_id, s in runs.items():
+        err.print(f"{s.name}: {config.run_url(run_id)}", highlight=False, soft_wrap=True)
+    finished = service.wait_for_runs(list(runs))
+    outcome = {}
+    for run_id, (state, message) in finished.items():
+        spec = runs[run_id]
+        row = _ledger_row(spec, run_id) or {}
+        outcome[spec.name] = {"state": state, "run_id": run_id, "message": message,
+                              "report": row.get("report_path"), "figures": row.get("figures")}
+    if as_json:
+        print(json.dumps(outcome, indent=2, default=str))
+    else:
+        for name_, item in outcome.items():
+            out.print(f"{name_}: {item['state']} ({item['report'] or item['message']})")
+    failed = [n for n, item in outcome.items() if item["state"] != "Completed"]
+    if failed:
+        raise PcdbError(f"backup verification did not complete on {', '.join(failed)}")
+
+
+@app.command("drill")
+@user_errors
+def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | corruption")],
+                  env: EnvOption = "local",
+                  mode: Annotated[str, typer.Option(help="planned | forced (zone drill)")] = "forced",
+                  yes: Annotated[bool, typer.Option("--yes", help="give approvals by flag (sandbox only)")] = False,
+                  confirm: Annotated[bool, typer.Option("--confirm", help="required on production")] = False,
+                  stall_replica: Annotated[bool, typer.Option(
+                      "--stall-replica", help="region drill: cut the replica's link first")] = False,
+                  as_json: JsonOption = False) -> None:
+    """Run a DR drill (zone failover, region failover, data corruption) and print measured RTO/RPO."""
+    if scenario not in ("zone", "region", "corruption"):
+        raise PcdbError(f"unknown drill {scenario!r}: use zone, region or corruption")
+    if mode not in ("planned", "forced"):
+        raise PcdbError(f"--mode {mode!r}: use planned or forced")
+    config = _use_orchestrator(load_environment(env))
+    from flows.dr_drill import dr_drill
+
+    state = _run_flow(lambda: dr_drill(scenario=scenario, **_spec_args(env), mode=mode, confirm=confirm, yes=yes,
+                                       stall_replica=stall_replica, return_state=True), config, env)
+    result = _flow_result(state, "the drill failed", load_environment(env).install.approval.timeout)
+    keys = ("scenario", "mode", "rto_seconds", "rpo_rows_lost", "rows_in_doubt", "target_rto_seconds",
+            "target_rpo_seconds", "met", "topology_restored", "report")
+    if as_json:
+        print(json.dumps({k: result[k] for k in keys} | {"timeline": result["timeline"]}, indent=2, default=str))
+        return
+    for key in keys:
+        out.print(f"{key}: {result[key]}")
+
+
+@app.command("maintain")
+@user_errors
+def maintain_command(env: EnvOption = "local",
+                     only: Annotated[str | None, typer.Option(
+                         "--only", help="some of: partitions, statistics, indexes, slow_queries, accounts, hygiene "
+                                        "(comma-separated)")] = None,
+                     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be done; change nothing")] = False,
+                     as_json: JsonOption = False) -> None:
+    """Run the monthly maintenance (§8.3.1): partitions kept ahead, expired ones archived, proved,
+    detached and dropped; statistics; indexes; slow queries; accounts; hygiene. Exits 2 when a
+    step stopped on a problem (an archive that does not prove, a partition name that does not parse)."""
+    from pcdb.maintenance import check_steps
+
+    steps = check_steps([s.strip() for s in only.split(",") if s.strip()] if only else None)
+    config = _use_orchestrator(load_environment(env))
+    from flows.maintenance import maintenance
+
+    state = _run_flow(lambda: maintenance(**_spec_args(env), only=steps, dry_run=dry_run, return_state=True),
+                      config, env)
+    result = _flow_result(state, "the maintenance failed")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        parts = result["partitions"]
+        archived = [a["name"] for a in parts["archived"]] or "none"
+        out.print(f"partitions: created {parts['created'] or 'none'}, archived {archived}, "
+                  f"dropped {parts['dropped'] or 'none'}; {parts['ahead_months']} month(s) ready ahead", highlight=False)
+        out.print(f"statistics: analyzed {len(result['statistics']['analyzed'])}, vacuumed "
+                  f"{len(result['statistics']['vacuumed'])}; indexes: {len(result['indexes']['unused'])} unused, "
+                  f"{len(result['indexes']['invalid'])} invalid, reindexed {result['indexes']['reindexed'] or 'none'}",
+                  highlight=False)
+        for key in ("problems", "deferred", "recommended"):
+            for line in result[key]:
+                out.print(f"{key[:-1] if key != 'deferred' else key}: {line}", highlight=False, markup=False)
+        out.print(f"report: {result['report']}", highlight=False)
+    if result["problems"]:
+        raise typer.Exit(2)
+
+
+@health_app.callback()
+@user_errors
+def health_command(ctx: typer.Context, env: EnvOption = "local", as_json: JsonOption = False) -> None:
+    """Evaluate every health rule once (what the every-minute deployment does) and notify each
+    alert transition once. Exits 0 ok, 1 warning, 2 critical (as monitoring plugins do)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    config = _use_orchestrator(load_environment(env))
+    from flows.health import health_check
+
+    state = _run_flow(lambda: health_check(**_spec_args(env), return_state=True), config, env)
+    result = _flow_result(state, "the health check failed")
+    if as_json:
+        print(json.dumps({k: result[k] for k in ("status", "checked_at", "metrics", "business", "alerts",
+                                                  "silences", "notified")}, indent=2, default=str))
+    else:
+        out.print(f"status: {result['status']} (checked {result['checked_at']})", highlight=False)
+        for a in result["alerts"]:
+            out.print(f"{a['state']:9} {a['severity'] or '-':8} {a['rule']}: {a['value']} (threshold {a['threshold']}) "
+                      f"since {a['since']} -> {', '.join(a['channels'])}"
+                      + (f" [{a['annotation']}]" if a["annotation"] else "")
+                      + (f" [silenced until {a['silenced_until']}]" if a["silenced_until"] else ""),
+                      highlight=False, markup=False)
+        out.print("business: " + ", ".join(f"{k} {v}" for k, v in result["business"].items()), highlight=False)
+    raise typer.Exit({"ok": 0, "warning": 1, "critical": 2}[result["status"]])
+
+
+@health_app.command("silence")
+@user_errors
+def health_silence(env: EnvOption = "local",
+                   rule: Annotated[str, typer.Option("--rule", help="a rule name (see `pcdb health --json`), "
+                                                     "or * for all")] = "*",
+                   duration: Annotated[str, typer.Option("--for", help="how long, e.g. 2h (at most 7d)")] = "1h",
+                   reason: Annotated[str, typer.Option("--reason", help="why: kept with the silence")] = "") -> None:
+    """Hold back the notifications of a rule until the silence expires (the alert is still
+    evaluated and shown, marked silenced)."""
+    from pcdb import health
+
+    spec = load_environment(env)
+    if not reason.strip():
+        raise PcdbError("--reason is required: a silence without a reason is an alert nobody can judge")
+    length = parse_duration(duration)
+    if not timedelta(0) < length <= timedelta(days=7):
+        raise PcdbError(f"--for {duration}: a silence lasts more than 0 and at most 7d")
+    names = {r.name for r in health.catalog(spec)}
+    if rule != "*" and rule not in names:
+        raise PcdbError(f"--rule {rule}: no such rule in {spec.name}; the rules are {', '.join(sorted(names))}")
+    now = datetime.now(timezone.utc)
+    store = health.store_for(spec)
+    try:
+        number = store.silence(rule, now + length, reason.strip(), now)
+    finally:
+        store.close()
+    out.print(f"silence {number}: {rule} on {spec.name} until {(now + length).isoformat(timespec='seconds')} "
+              f"({reason.strip()})", highlight=False, markup=False)
+
+
+@app.command("checklist")
+@user_errors
+def checklist_command(env: EnvOption = "local", as_json: JsonOption = False) -> None:
+    """The daily checklist (§8.1.1): each item checked from data. Exits 2 when an item failed."""
+    config = _use_orchestrator(load_environment(env))
+    from flows.daily_checklist import daily_checklist
+
+    state = _run_flow(lambda: daily_checklist(**_spec_args(env), return_state=True), config, env)
+    result = _flow_result(state, "the daily checklist failed")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        for item in result["items"]:
+            out.print(f"{item['result'].upper():5} {item['name']}: {item['evidence']}", highlight=False, markup=False)
+        out.print(f"report: {result['report']}", highlight=False)
+    if result["status"] == "failed":
+        raise typer.Exit(2)
+
+
+@app.command("capacity")
+@user_errors
+def capacity_command(env: EnvOption = "local",
+                     weeks: Annotated[int | None, typer.Option("--weeks", min=2, max=57, help="weeks of history "
+                                                               "analysed (default operations.capacity.weeks, 13)")] = None,
+                     as_json: JsonOption = False) -> None:
+    """The weekly capacity analysis (§8.1.2, §8.3.1): when storage, connections, CPU, memory and
+    transaction IDs reach their limits, the top growing tables, plots and a report. Exits 0 also
+    when there is too little history for a forecast (the output says how much is needed)."""
+    config = _use_orchestrator(load_environment(env))
+    from flows.capacity import capacity_analysis
+
+    state = _run_flow(lambda: capacity_analysis(**_spec_args(env), weeks=weeks, return_state=True), config, env)
+    result = _flow_result(state, "the capacity analysis failed")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    out.print(result["verdict"], highlight=False, markup=False)
+    s, c, k = result["storage"], result["connections"], result["sku"]
+    out.print(f"storage: {s['used_bytes']} of {s['limit_bytes']} bytes ({s['used_percent']} %), growth "
+              f"{s['growth_bytes_per_day']} bytes/day; days to warning {s['days_to_warning']}, autogrow "
+              f"{s['days_to_autogrow']}, read-only {s['days_to_readonly']}", highlight=False, markup=False)
+    out.print(f"connections: peak {c['peak']} of {c['limit']}, trend {c['trend_per_week']}/week", highlight=False,
+              markup=False)
+    out.print(f"sku: {k['recommendation']}{' to ' + k['to'] if k['to'] else ''} ({k['reason']})", highlight=False,
+              markup=False)
+    for t in result["tables"][:5]:
+        out.print(f"table {t['name']}: {t['bytes']} bytes, {t['growth_bytes_per_week']} bytes/week", highlight=False,
+                  markup=False)
+    out.print(f"storage by week: {result['sparkline']}", highlight=False)
+    out.print(f"report: {result['report']}", highlight=False)
+
+
+@app.command("unlock")
+@user_errors
+def unlock_command(env: EnvOption = "local",
+                   force: Annotated[bool, typer.Option("--force", help="free it even if its holder may still run")
+                                    ] = False) -> None:
+    """Free the environment's mutating-runbook slot when its holder is gone (a killed drill or
+    install); a holder that may still be running is named and kept unless --force."""
+    spec = load_environment(env)
+    _use_orchestrator(spec)
+    from flows import exclusion
+
+    record = exclusion.holder(spec.name)
+    reason = exclusion.stale_reason(record)
+    if record and reason is None and not force:
+        raise PcdbError(f"the slot of {spec.name} is held by {exclusion.describe(record)}, which may still be "
+                        "running; wait for it, or --force when you know it is gone")
+    exclusion.free_slot(spec.name)
+    out.print(f"freed the mutating slot of {spec.name}" + (f" ({exclusion.describe(record)}: {reason or 'forced'})"
+                                                           if record else ""))
+
+
+def _phase_list(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        numbers = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise PcdbError(f"--phases {text!r}: give phase numbers 1-8 separated by commas, e.g. 3,4,5") from None
+    if not all(1 <= n <= 8 for n in numbers):
+        raise PcdbError(f"--phases {text!r}: phases are numbered 1 to 8")
+    return numbers
+
+
+@app.command("plan")
+@user_errors
+def plan_command(env: EnvOption = "prod",
+                 assume_empty: Annotated[bool, typer.Option(
+                     "--assume-empty", help="plan against an empty subscription (no credentials needed)")] = False,
+                 as_json: JsonOption = False) -> None:
+    """Show what the install would create, change (current -> desired) or leave on Azure. Reads only."""
+    spec = load_environment(env)
+    if spec.target != "azure":
+        raise PcdbError(f"environment {spec.name!r} targets {spec.target}; plan reads Azure (use --env prod), "
+                        "or `pcdb install --env local --dry-run` for the sandbox")
+    from pcdb.azure.desired import desired_resources
+    from pcdb.azure.plan import make_plan
+
+    if assume_empty:
+        items = make_plan(desired_resources(spec))
+    else:  # reads the live subscription: DefaultAzureCredential, subscription from its secret source
+        from flows.install import runbook_context
+
+        target = runbook_context(spec).target
+        items = make_plan(target.desired(), target.reconciler.read)
+    if as_json:
+        print(json.dumps([{k: v for k, v in i.as_dict().items() if k in ("type", "name", "action", "properties")}
+                          for i in items], indent=2, ensure_ascii=False))
+        return
+    table = Table("phase", "type", "name", "action", title=f"plan for {spec.name} (assuming an empty subscription)")
+    phases = {d.id: d.phase for d in desired_resources(spec)}
+    for item in items:
+        table.add_row(str(phases[item.id]), item.type, item.name, item.action)
+    out.print(table)
+    counts = {a: sum(i.action == a for i in items) for a in ("create", "update", "conflict", "unchanged")}
+    out.print(", ".join(f"{n} to {a}" for a, n in counts.items() if n))
+
+
+def _one_server(specs: list[Environment]) -> ServerConfig:
+    configs = {server_config(s) for s in specs}
+    if len(configs) > 1:
+        raise PcdbError("these environments name different Prefect servers (orchestrator home/port); "
+                        "bring them up one at a time")
+    return configs.pop()
+
+
+@server_app.command("up")
+@user_errors
+def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:  # noqa: B006
+    """Start the Prefect server (UI included) and a worker per environment; register every
+    deployment and automation. Idempotent: a second call changes nothing and says so."""
+    specs = [load_environment(e) for e in env]
+    config = _one_server(specs)
+    orchestrator = Orchestrator(config)
+    changes = []
+    if config.managed_postgres:
+        from pcdb.sandbox.standalone import ensure_orchestrator_database
+
+        changes.append(ensure_orchestrator_database(config))
+    changes.append(orchestrator.up())
+    os.environ["PREFECT_API_URL"] = config.url  # before the first prefect import
+    from flows import service
+
+    worker_env = {k: v for k, v in os.environ.items() if k.startswith("PCDB_")}
+    worker_env["PREFECT_LOGGING_EXTRA_LOGGERS"] = "pcdb"
+    for spec, arg in zip(specs, env):
+        spec_path = arg if arg.endswith((".yaml", ".yml")) else None
+        changes.append(service.ensure_work_pool(spec.work_pool))
+        changes += service.register_deployments(spec, spec_path, Path.cwd())
+        changes += service.ensure_automations(spec)
+        changes.append(orchestrator.start_worker(spec.work_pool, worker_env, Path.cwd()))
+    for spec in specs:
+        service.wait_for_worker(spec.work_pool)
+    _print_changes(changes, as_json)
+    if not as_json:
+        out.print(f"Prefect UI: {config.ui_url}  (API {config.url}, {config.backend})")
+
+
+@server_app.command("status")
+@user_errors
+def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:  # noqa: B006
+    """The server, its work pools and workers, the deployments and their next scheduled runs.
+
+    --json prints {url, ui_url, backend, version, work_pools, workers, deployments:[{name,
+    schedule, next_runs}]}; exit status 3 when the server is not running."""
+    specs = [load_environment(e) for e in env]
+    config = _one_server(specs)
+    base = {"url": config.url, "ui_url": config.ui_url, "backend": config.backend, "up": False}
+    if not Orchestrator(config).is_up():
+        if as_json:
+            print(json.dumps(base, indent=2))
+        else:
+            err.print(f"the Prefect server is not running ({config.url}); start it with `pcdb server up`")
+        raise typer.Exit(3)
+    os.environ["PREFECT_API_URL"] = config.url
+    from flows import service
+
+    status = base | {"up": True} | service.service_status(specs)
+    if as_json:
+        print(json.dumps(status, indent=2, default=str))
+        return
+    out.print(f"Prefect {status['version']} at {config.ui_url} ({config.backend})")
+    for w in status["workers"]:
+        out.print(f"worker {w['name']} ({w['pool']}): {w['status']}")
+    table = Table("deployment", "schedule", "next runs")
+    for d in status["deployments"]:
+        table.add_row(d["name"], d["schedule"], "\n".join(d["next_runs"]) or "-")
+    out.print(table)
+
+
+@server_app.command("down")
+@user_errors
+def server_down(env: EnvsOption = ["local"]) -> None:  # noqa: B006
+    """Stop the workers and the server; history and deployments are kept for the next `up`."""
+    config = _one_server([load_environment(e) for e in env])
+    stopped = Orchestrator(config).down()
+    if config.managed_postgres:
+        from pcdb.sandbox.standalone import stop_orchestrator_database
+
+        stopped += stop_orchestrator_database(config)
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command("ui")
+@user_errors
+def ui_command(env: EnvOption = "local") -> None:
+    """Start the environment's Prefect server when it is not running, and print its UI address
+    (the API URL is set for whatever port it runs on). `pcdb server up` adds the worker,
+    deployments and automations."""
+    config = server_config(load_environment(env))
+    change = Orchestrator(config).up()
+    out.print(f"Prefect UI: {config.ui_url}  ({'already running' if change.action == 'unchanged' else 'started'}; "
+              f"`pcdb server down --env {env}` stops it)")
+
+
+SinceOption = Annotated[str, typer.Option("--since", help="how far back, e.g. 30d, 12h")]
+
+
+def _ledger_context(env: str):
+    spec = load_environment(env)
+    _use_orchestrator(spec)
+    from flows.install import runbook_context
+
+    return spec, runbook_context(spec)
+
+
+@history_app.callback()
+@user_errors
+def history(ctx: typer.Context, env: EnvOption = "local", since: SinceOption = "30d",
+            flow: Annotated[str | None, typer.Option("--flow", help="only runs of this flow, e.g. dr-drill")] = None,
+            as_json: JsonOption = False) -> None:
+    """List the runbook runs recorded in the ledger (newest first)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        window = parse_duration(since)
+    except UnitError as exc:
+        raise PcdbError(f"--since {since!r}: {exc}") from None
+    from pcdb import ledger
+    from pcdb.schema import LEDGER_SCHEMA
+
+    spec, run_ctx = _ledger_context(env)
+    with run_ctx.connect() as conn:
+        rows = ledger.rows(conn, LEDGER_SCHEMA, datetime.now(timezone.utc) - window, flow)
+    from flows.evidence import spool_for
+
+    pending = spool_for(spec).pending()
+    if as_json:
+        print(json.dumps({"runs": rows, "spooled": [p.as_json() for p in pending]}, indent=2,
+                         default=_json_default, ensure_ascii=False))
+        return
+    table = Table("#", "flow", "state", "triggered by", "ended", "figures", "report", title=f"runs of {spec.name}")
+    for r in rows:
+        table.add_row(str(r["seq"]), r["flow"], r["state"], r["triggered_by"],
+                      r["ended_at"].isoformat(timespec="seconds") if r["ended_at"] else "-",
+                      ledger.figures_line(r["figures"]), r["report_path"] or "-")
+    out.print(table)
+    if pending:
+        out.print(f"{len(pending)} run(s) waiting in {spool_for(spec).path} for the ledger (written by the next run)")
+
+
+@history_app.command("verify")
+@user_errors
+def history_verify(env: EnvOption = "local", as_json: JsonOption = False) -> None:
+    """Check the ledger's hash chain; name the first row that was edited, inserted or deleted."""
+    from pcdb import ledger
+    from pcdb.schema import LEDGER_SCHEMA
+
+    spec, run_ctx = _ledger_context(env)
+    with run_ctx.connect() as conn:
+        result = ledger.verify(conn, LEDGER_SCHEMA)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+    elif result.ok:
+        out.print(f"the ledger of {spec.name} is intact: {result.rows} row(s), chain verified")
+    if not result.ok:
+        broken = result.first_broken
+        raise PcdbError(f"the ledger of {spec.name} is broken at row {broken['seq']} (run {broken['run_id']}, "
+                        f"{broken['flow']}): {broken['reason']}")
+
+
+@config_app.command("check")
+@user_errors
+def config_check(env: EnvOption = "prod", as_json: JsonOption = False) -> None:
+    """Validate an environment spec and show the server parameters as they will be applied."""
+    spec: Environment = load_environment(env)
+    applied = spec.desired_parameters()
+    if as_json:
+        print(json.dumps({n: {"declared": v.declared, "setting": v.setting, "unit": v.unit,
+                              "restart": v.needs_restart} for n, v in applied.items()}, indent=2))
+        return
+    table = Table("parameter", "declared", "applied as", "restart", title=f"{env}: spec is valid")
+    for name, value in applied.items():
+        table.add_row(name, value.declared, f"{value.setting} {value.unit or ''}".strip(),
+                      "yes" if value.needs_restart else "")
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+
+    # Prefect's log shipper prints "--- Error logging to API ---" straight onto our output
+    # when the server is gone; the run's outcome is reported by us, once, in one line.
+    logging.raiseExceptions = False
+    # pcdb's own loggers (e.g. pcdb.azure's progress of long-running operations) in the run logs.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pcdb")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

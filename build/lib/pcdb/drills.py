@@ -1,0 +1,298 @@
+"""DR drills (R-DR-1..3): measured, never assumed. A probe writer commits numbered rows through
+the application's connection path and records every acknowledged commit; after the drill we
+count what is missing (RPO in rows, never a guess) and the writer's outage (RTO).
+
+Every drill cleans up what it creates (probe tables, throw-away servers) in ``finally`` and
+leaves the topology whole; ``cleanup`` also removes what a drill killed halfway left behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import psycopg
+from psycopg import sql as psql
+
+from pcdb.config import Environment
+from pcdb.probe import ProbeWriter
+from pcdb.sql import query
+from pcdb.targets.base import Target, throwaway_name
+
+
+def restore_server(env: Environment) -> str:
+    """The corruption drill's throw-away server."""
+    return throwaway_name(env, "drill-restore")
+
+
+def _q(name: str, table: str) -> psql.Composed:
+    return psql.SQL(query("drills.sql", name)).format(table=psql.Identifier(table))
+
+
+PROBE_TABLE = "pcdb_drill_probe"
+CORRUPTION_TABLE = "pcdb_drill_corruption"
+
+
+@dataclass
+class DrillResult:
+    scenario: str
+    mode: str
+    target_rto_seconds: float
+    target_rpo_seconds: float | None
+    rto_seconds: float | None = None
+    rpo_rows_lost: int = 0
+    rpo_seconds: float = 0.0
+    rows_in_doubt: int = 0
+    rows_acknowledged: int = 0
+    topology_restored: bool = False
+    timeline: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    report: str | None = None
+
+    def mark(self, action: str) -> None:
+        self.timeline.append((datetime.now(timezone.utc).isoformat(timespec="milliseconds"), action))
+
+    @property
+    def met(self) -> bool:
+        rto_ok = self.rto_seconds is not None and self.rto_seconds <= self.target_rto_seconds
+        rpo_ok = self.target_rpo_seconds is None or self.rpo_seconds <= self.target_rpo_seconds
+        return rto_ok and rpo_ok
+
+    def as_dict(self) -> dict:
+        return {"scenario": self.scenario, "mode": self.mode, "rto_seconds": self.rto_seconds,
+                "rpo_rows_lost": self.rpo_rows_lost, "rpo_seconds": round(self.rpo_seconds, 3),
+                "rows_in_doubt": self.rows_in_doubt, "rows_acknowledged": self.rows_acknowledged,
+                "target_rto_seconds": self.target_rto_seconds, "target_rpo_seconds": self.target_rpo_seconds,
+                "met": self.met, "topology_restored": self.topology_restored,
+                "timeline": [{"at": at, "action": a} for at, a in self.timeline], "notes": self.notes,
+                "report": self.report}
+
+
+def _admin(target: Target, env: Environment, password: str, which: str = "application") -> str:
+    return target.endpoint(which).conninfo(env.server.admin.user, password)  # type: ignore[arg-type]
+
+
+def cleanup(target: Target, env: Environment, password: str,
+            confirm: Callable[[str, str], None] | None = None) -> list[str]:
+    """Remove what an interrupted drill may have left: probe tables, throw-away servers, and make
+    the topology whole again. A replica a drill promoted is replaced only after ``confirm``
+    (the application may still point at it). Returns what it removed or repaired."""
+    done, server = [], restore_server(env)
+    if target.delete_server(server).action == "deleted":
+        done.append(f"deleted throw-away server {server}")
+    started = target.start_primary_region()
+    if started.changed:
+        done.append("the primary region was left stopped by an interrupted region drill: started")
+    if target.replica_diverged():
+        if confirm is not None:
+            confirm(f"the application and DNS point at the primary, not at {env.replica.name}, which an "
+                    "earlier drill promoted and which will now be replaced", env.dr.step("switch_application").owner)
+        target.rebuild_replica()
+        done.append("replica was promoted or cut off by an interrupted region drill: rebuilt from the primary")
+    repaired = [c for c in [*target.ensure_server(), target.ensure_replica()] if c.changed]
+    done += [f"{c.resource} {c.name}: {c.action}" for c in repaired]
+    with psycopg.connect(_admin(target, env, password, "primary"), autocommit=True) as conn:
+        for table in (PROBE_TABLE, CORRUPTION_TABLE):
+            if conn.execute(query("drills.sql", "table_exists"), {"name": table}).fetchone()[0]:
+                conn.execute(_q("drop_table", table))
+                done.append(f"dropped leftover table {table}")
+    return done
+
+
+def _topology_whole(target: Target) -> bool:
+    state = target.server_state()
+    replica = [n for n in state.nodes if n.role == "replica"]
+    return state.ha_state == "Healthy" and all(n.running and n.sync_state == "async" for n in replica) and bool(replica)
+
+
+def wait_topology_whole(target: Target, timeout: float = 1800) -> bool:
+    """Poll until the HA pair is healthy and the replica follows (Azure rebuilds the standby after
+    a failover in the background); False when the deadline passes first. The target says how
+    often it may be asked."""
+    deadline = time.monotonic() + timeout
+    while not _topology_whole(target):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(target.poll_seconds)
+    return True
+
+
+def replica_lag_bytes(target: Target, env: Environment, password: str) -> int | None:
+    """WAL the replica has not replayed: the primary's current LSN minus the replica's replay LSN,
+    both read over SQL through the endpoints (the same on Azure and on the sandbox)."""
+    try:
+        with psycopg.connect(_admin(target, env, password, "primary"), autocommit=True) as conn:
+            current = conn.execute(query("drills.sql", "current_lsn")).fetchone()[0]
+        with psycopg.connect(_admin(target, env, password, "replica"), autocommit=True) as conn:
+            return int(conn.execute(query("drills.sql", "replay_lag_bytes"), {"lsn": current}).fetchone()[0])
+    except psycopg.Error:
+        return None
+
+
+def zone_drill(target: Target, env: Environment, password: str, mode: str = "forced") -> DrillResult:
+    """Zone failure (R-DR-1): HA failover under a probe writer; RPO must be 0."""
+    result = DrillResult("zone", mode, env.dr.zone_failure.rto.total_seconds(), env.dr.zone_failure.rpo.total_seconds())
+    probe = ProbeWriter(_admin(target, env, password), table=PROBE_TABLE)
+    try:
+        result.mark("probe writer started")
+        probe.start()
+        probe.wait_for_rows(50)
+        result.mark(f"{mode} failover begins")
+        failover = target.failover(mode)  # type: ignore[arg-type]
+        result.mark(f"{failover['new_primary']} promoted in {failover['promote_seconds']:.3f}s; "
+                    f"{failover['old_primary']} rejoined as synchronous standby")
+        probe.wait_for_rows(50)
+        outcome = probe.stop()
+        result.mark("probe writer stopped")
+        _account(result, probe, outcome)
+        result.topology_restored = wait_topology_whole(target)
+        result.mark("topology checked: " + ("whole" if result.topology_restored else "NOT whole"))
+    finally:
+        probe.stop()
+        _drop(probe)
+    return result
+
+
+def _account(result: DrillResult, probe: ProbeWriter, outcome, conninfo: str | None = None) -> None:
+    missing = probe.missing(conninfo)
+    result.rows_acknowledged = len(outcome.acknowledged)
+    result.rpo_rows_lost = len(missing)
+    result.rows_in_doubt = len(outcome.in_doubt)
+    result.rto_seconds = round(outcome.outage_seconds or 0.0, 3)
+    if missing:
+        kept = [i for i in outcome.acknowledged if i not in set(missing)]
+        last_kept = max((outcome.acknowledged_at[i] for i in kept if i < min(missing)), default=None)
+        last_lost = max(outcome.acknowledged_at[i] for i in missing)
+        result.rpo_seconds = last_lost - (last_kept or outcome.acknowledged_at[min(missing)])
+
+
+def _drop(probe: ProbeWriter, conninfo: str | None = None) -> None:
+    try:
+        probe.drop_table(conninfo)
+    except psycopg.Error:
+        pass  # cleanup() at the next drill removes it
+
+
+def corruption_drill(target: Target, env: Environment, password: str, rows: int = 1000) -> DrillResult:
+    """Data corruption (R-DR-3): known rows, a wrong DELETE/UPDATE, restore to just before it on a
+    new server, prove the known rows are back and the corruption is not; RTO = restore time."""
+    result = DrillResult("corruption", "pitr", env.dr.data_corruption.rto.total_seconds(), None)
+    primary = _admin(target, env, password, "primary")
+    server = restore_server(env)
+    try:
+        with psycopg.connect(primary, autocommit=True) as conn:
+            conn.execute(_q("create_known_rows", CORRUPTION_TABLE))
+            conn.execute(_q("insert_known_rows", CORRUPTION_TABLE), {"rows": rows})
+            result.mark(f"{rows} known rows written")
+            before = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            conn.execute(_q("corrupt_delete", CORRUPTION_TABLE))
+            conn.execute(_q("corrupt_update", CORRUPTION_TABLE))
+            result.mark("corruption: a third of the rows deleted, a third overwritten")
+        started = time.monotonic()
+        endpoint = target.restore_point_in_time(before, server)
+        result.rto_seconds = round(time.monotonic() - started, 3)
+        result.mark(f"restored to {before.isoformat()} on {server} in {result.rto_seconds}s")
+        with psycopg.connect(endpoint.conninfo(env.server.admin.user, password)) as restored:
+            got = restored.execute(_q("count_intact", CORRUPTION_TABLE)).fetchone()
+        intact = got == (rows, rows)
+        result.notes.append(f"restored table: {got[0]} rows, {got[1]} with their original content "
+                            f"(expected {rows}/{rows})")
+        result.rpo_rows_lost = rows - got[1]
+        if not intact:
+            result.rto_seconds = None  # the restore did not recover the data: the RTO is not met
+    finally:
+        target.delete_server(server)
+        result.mark(f"throw-away server {server} deleted")
+        with psycopg.connect(primary, autocommit=True) as conn:
+            conn.execute(_q("drop_table", CORRUPTION_TABLE))
+        result.topology_restored = wait_topology_whole(target)
+    return result
+
+
+def region_drill(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
+                 confirm: Callable[[str, str], None], stall_replica: bool = False, drill_id: str = "drill") -> DrillResult:
+    """Region failure (R-DR-2): the manual procedure of §5.2.3.
+
+    The HA pair's region is stopped, the replica is promoted after a recorded decision, the
+    steps of other teams wait for their confirmation; RPO = acknowledged rows missing on the
+    promoted replica. Then the post-promotion checklist, and the original topology is rebuilt
+    (the promoted server is a drill's: it is replaced by a new replica of the primary).
+
+    Args:
+        decide: called with the replica's lag before anything irreversible; raises to abort.
+        confirm: called per step owned by another team (step, owner); raises to abort.
+        stall_replica: cut the replica's link first, so that loss is expected (a drill of the breach).
+        drill_id: tags the promoted server (Azure), so only a drill's promotion is ever undone.
+    """
+    rpo = env.dr.region_failure.rpo.total_seconds()
+    result = DrillResult("region", "stalled-replica" if stall_replica else "manual",
+                         env.dr.region_failure.rto.total_seconds(), rpo)
+    probe = ProbeWriter(_admin(target, env, password), table=PROBE_TABLE)
+    replica_info = _admin(target, env, password, "replica")
+    promoted = stopped = False
+    switched: list = []  # steps of other teams that pointed the application at the promoted server
+    if stall_replica:
+        target.stall_replica(dry_run=True)  # a target that cannot stall a replica refuses before anything runs
+    try:
+        probe.start()
+        probe.wait_for_rows(50)
+        result.mark("probe writer started")
+        if stall_replica:
+            target.stall_replica()
+            probe.wait_for_rows(100)
+            result.mark("replica link stalled (no streaming, no archive)")
+        lag = replica_lag_bytes(target, env, password)
+        result.mark(f"replica lag checked: {lag} bytes behind the primary")
+        decide({"replica_lag_bytes": lag})
+        result.mark("decision to fail over recorded")
+        failed_at = time.monotonic()
+        stopped = True
+        target.stop_primary_region()
+        result.mark("primary region stopped (the primary server and its HA standby)")
+        target.promote_replica(drill=drill_id)
+        promoted = True
+        result.mark("replica promoted")
+        for step in (env.dr.step("switch_application"), env.dr.step("switch_dns")):
+            confirm(step.step, step.owner)
+            switched.append(step)
+            result.mark(f"confirmed: {step.step} ({step.owner})")
+        probe.switch_to(replica_info)  # the application's connection string now names the replica
+        probe.wait_for_rows(20, timeout=60)
+        outcome = probe.stop()
+        result.mark("writes succeed on the promoted replica")
+        _account(result, probe, outcome, replica_info)
+        result.rto_seconds = round((outcome.first_recovery or time.monotonic()) - failed_at, 3)
+        result.notes += [f"post-promotion check: {fact}" for fact in target.promoted_server_facts()]
+    finally:
+        probe.stop()
+        if promoted:
+            _drop(probe, replica_info)
+        if stopped:
+            target.start_primary_region()
+            result.mark("primary region started again")
+        kept = False
+        if target.replica_diverged():
+            kept = not _switched_back(switched, confirm, result)
+            if not kept:
+                target.rebuild_replica()
+                result.mark("original topology rebuilt: the promoted server replaced by a new replica of the primary")
+        _drop(probe, _admin(target, env, password, "primary"))
+        # A promoted server kept on purpose means the topology is not whole: say so, do not wait for it.
+        result.topology_restored = not kept and wait_topology_whole(target)
+    return result
+
+
+def _switched_back(switched: list, confirm: Callable[[str, str], None], result: DrillResult) -> bool:
+    """Before the promoted server is replaced, every team that pointed the application at it
+    confirms it points back at the primary; without that, the promoted server is kept."""
+    for step in reversed(switched):
+        try:
+            confirm(f"undo: {step.step} (back to the primary)", step.owner)
+        except Exception as exc:  # noqa: BLE001 - a refusal keeps the promoted server, whatever its form
+            result.notes.append(f"the promoted server was kept: '{step.step}' was not undone ({exc}); "
+                                "the next drill asks again before it replaces the promoted server")
+            return False
+        result.mark(f"confirmed: undo {step.step} ({step.owner})")
+    return True

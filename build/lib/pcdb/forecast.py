@@ -1,0 +1,188 @@
+"""Trend and forecast of a daily series, robust to one-off bulk loads, resets and gaps.
+
+The capacity analysis forecasts levels that grow by a drift plus noise, with daily and weekly
+seasonality and, now and then, a step: a bulk load, a partition dropped, a counter reset. The
+model is a random walk with drift, the drift estimated from seven-day differences:
+
+- a seven-day difference spans one whole week, so the weekly cycle cancels out;
+- a step falls into at most seven of them, which a Hampel filter (median ± 4 robust standard
+  deviations) removes before the mean is taken; a level fit (least squares, Huber, Theil-Sen)
+  instead sees every point after the step lifted and bends its slope towards it;
+- the noise is the robust spread (1.4826 × MAD) of the daily differences, and the prediction
+  interval is the drift method's, sigma * sqrt(h * (1 + h / n)) (Hyndman & Athanasopoulos,
+  Forecasting: Principles and Practice, §5.5).
+
+``benchmarks/`` compares it with least squares, Theil-Sen and statsmodels' Huber fit on the
+same synthetic histories (figures in benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import numpy as np
+
+DAY = 86400
+HORIZON_DAYS = 3650      # a limit further away than ten years is "not within ten years"
+
+
+@dataclass(frozen=True)
+class Daily:
+    """One value per UTC day (``day``: days since the epoch) of the days that have enough samples."""
+
+    day: np.ndarray
+    value: np.ndarray
+
+    @property
+    def span_days(self) -> int:
+        return int(self.day[-1] - self.day[0]) + 1 if len(self.day) else 0
+
+
+def daily(t: np.ndarray, v: np.ndarray, how: str = "median", min_points: int = 18) -> Daily:
+    """Hourly points -> one value per day: the median, max or 95th percentile of the day's points.
+    A day with fewer than ``min_points`` hours (a gap, or today so far) is left out, not guessed:
+    a part of a day would carry only part of the daily cycle."""
+    if len(t) == 0:
+        return Daily(np.empty(0, dtype=np.int64), np.empty(0))
+    order = np.argsort(t, kind="stable")
+    t, v = t[order], v[order]
+    days = (t // DAY).astype(np.int64)
+    edges = np.flatnonzero(np.diff(days)) + 1
+    starts = np.concatenate(([0], edges))
+    ends = np.concatenate((edges, [len(days)]))
+    keep_day, keep_value = [], []
+    for s, e in zip(starts, ends):
+        if e - s < min_points:
+            continue
+        chunk = v[s:e]
+        keep_day.append(days[s])
+        keep_value.append(float(np.median(chunk)) if how == "median" else float(chunk.max()) if how == "max"
+                          else float(np.percentile(chunk, 95)))
+    return Daily(np.asarray(keep_day, dtype=np.int64), np.asarray(keep_value, dtype=float))
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A level that grows by ``rate`` per day, with daily noise ``sigma``, known over ``n`` days."""
+
+    level: float                 # the value on ``day`` (the last day with data)
+    day: int
+    rate: float                  # per day
+    sigma: float
+    n: int
+    z: float
+    steps: list[tuple[int, float]] = field(default_factory=list)   # (day, size) left out of the trend
+
+    def at(self, h: float | np.ndarray) -> tuple:
+        """(point, low, high) ``h`` days after the last day."""
+        h = np.asarray(h, dtype=float)
+        point = self.level + self.rate * h
+        spread = self.z * self.sigma * np.sqrt(np.maximum(h, 0) * (1 + np.maximum(h, 0) / max(self.n, 1)))
+        return point, point - spread, point + spread
+
+    def days_to(self, limit: float) -> tuple[float | None, float | None, float | None]:
+        """Days from the last day until the level reaches ``limit``: (point, low, high); 0 when it
+        is already there; None where it is not reached within ten years (or does not grow)."""
+        if self.level >= limit:
+            return 0.0, 0.0, 0.0
+        h = np.arange(1, HORIZON_DAYS + 1, dtype=float)
+        _, lower, upper = self.at(h)
+        point = (limit - self.level) / self.rate if self.rate > 0 else None
+        if point is not None and point > HORIZON_DAYS:
+            point = None
+        first = np.flatnonzero(upper >= limit)
+        last = np.flatnonzero(lower >= limit)
+        return (point, float(h[first[0]]) if len(first) else None, float(h[last[0]]) if len(last) else None)
+
+
+def z_of(interval_percent: float) -> float:
+    return NormalDist().inv_cdf(0.5 + interval_percent / 200)
+
+
+def _mad(x: np.ndarray) -> float:
+    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if len(x) else 0.0
+
+
+def _residuals(day: np.ndarray, value: np.ndarray, rate: float, lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Daily differences less the drift, each weekday's typical residual taken out (the weekly
+    cycle is not noise) once there are two weeks of them; and the day gaps."""
+    gaps = np.diff(day).astype(float)
+    residual = np.diff(value) / gaps - rate
+    if len(residual) >= 2 * lag:
+        weekday = day[1:] % lag
+        for w in np.unique(weekday):
+            residual[weekday == w] -= np.median(residual[weekday == w])
+    return residual, gaps
+
+
+def _weekly_rate(day: np.ndarray, value: np.ndarray, lag: int) -> float:
+    """The mean of the lag-day slopes that a Hampel filter keeps."""
+    position = {int(d): i for i, d in enumerate(day)}
+    pairs = [(position[int(d) - lag], i) for i, d in enumerate(day) if int(d) - lag in position]
+    if len(pairs) < 2:   # gaps everywhere a week apart: fall back to neighbouring days
+        pairs = [(i - 1, i) for i in range(1, len(day))]
+    a = np.array([p[0] for p in pairs])
+    b = np.array([p[1] for p in pairs])
+    slopes = (value[b] - value[a]) / (day[b] - day[a])
+    centre, spread = float(np.median(slopes)), _mad(slopes)
+    tolerance = 4 * spread if spread > 0 else 1e-9 * max(abs(centre), 1.0)
+    kept = slopes[np.abs(slopes - centre) <= tolerance]
+    return float(kept.mean()) if len(kept) else centre
+
+
+def drift(series: Daily, interval_percent: float = 90, lag: int = 7) -> Drift | None:
+    """The drift model of a daily series; None with fewer than three days.
+
+    1. Steps first: a daily difference more than 5 robust standard deviations from the typical
+       one (weekday by weekday) is a one-off change; it is taken out of every later value.
+    2. The drift: the Hampel-filtered mean of the seven-day slopes of the corrected series.
+    3. The noise: the robust spread of the corrected daily differences around the drift.
+    """
+    day, value = series.day, series.value
+    if len(day) < 3:
+        return None
+    typical = float(np.median(np.diff(value) / np.diff(day)))
+    residual, gaps = _residuals(day, value, typical, lag)
+    floor = max(5 * _mad(residual), 1e-6 * max(abs(float(np.median(value))), 1.0))
+    steps: list[tuple[int, float]] = []
+    shift = np.zeros(len(day))
+    for i in np.flatnonzero(np.abs(residual) > floor):
+        size = float(residual[i] * gaps[i])
+        shift[i + 1:] += size
+        if steps and steps[-1][0] == int(day[i]) and (steps[-1][1] > 0) == (size > 0):
+            steps[-1] = (steps[-1][0], steps[-1][1] + size)   # a step that straddles two days' medians
+        else:
+            steps.append((int(day[i + 1]), size))
+    corrected = value - shift
+    rate = _weekly_rate(day, corrected, lag)
+    residual, _ = _residuals(day, corrected, rate, lag)
+    sigma = _mad(residual)
+    # The level now: the median of the last three corrected days brought forward by the drift,
+    # with the steps put back.
+    tail = slice(max(0, len(day) - 3), len(day))
+    level = float(np.median(corrected[tail] + rate * (day[-1] - day[tail]))) + float(shift[-1])
+    return Drift(level=level, day=int(day[-1]), rate=rate, sigma=sigma, n=len(day) - 1,
+                 z=z_of(interval_percent), steps=steps)
+
+
+def theil_sen(x: np.ndarray, y: np.ndarray) -> float:
+    """Theil-Sen slope (median of pairwise slopes); for the comparison in benchmarks/."""
+    i, j = np.triu_indices(len(x), 1)
+    dx = x[j] - x[i]
+    ok = dx != 0
+    return float(np.median((y[j] - y[i])[ok] / dx[ok]))
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values) -> str:
+    """Text sparkline (notifications): one block per value, scaled between the min and the max."""
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    if hi - lo <= 0:
+        return SPARK[3] * len(vals)
+    return "".join(SPARK[min(7, int((v - lo) / (hi - lo) * 7.999))] for v in vals)

@@ -1,0 +1,534 @@
+"""Health monitoring (§6, R-MON-1..5): every rule of the plan, and what the best monitors add,
+evaluated from one sample, with alert state that outlives the watched server.
+
+The rule catalog is built from the spec: §6.2.2's alert rules (with their durations and
+channels), §6.1's system thresholds, performance alarms and business thresholds, and
+``monitoring.health.extra_rules``. A sample is the platform's metrics (Azure Monitor; the sandbox
+has none for CPU, memory and IOPS) plus SQL probes of the primary. Rates (TPS, deadlocks per
+hour, average query time, slow-query share) are differences of counters kept between runs.
+
+The state lives on the orchestrator's side, in ``<orchestrator home>/health/<env>.sqlite``: a
+primary that cannot be reached still fires "database connection failure". A rule goes pending
+-> firing once its condition has held for its duration, and resolves once the value is back
+past the threshold by ``hysteresis_percent``. Each transition is notified once on the rule's
+channels; a firing alert is reminded every ``reminder_every``; a silence holds notifications
+back until it expires; while pcdb's own drill or maintenance holds the environment, alerts are
+annotated with it (never dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg import sql as psql
+
+from pcdb import security
+from pcdb.config import Environment
+from pcdb.context import RunbookContext
+from pcdb.sql import query
+
+logger = logging.getLogger("pcdb.health")
+
+# The spec's metric names (§6) -> the sample's keys.
+ALIASES = {"replica_lag": "replica_lag_seconds", "avg_query_time": "avg_query_time_ms",
+           "buffer_cache_hit_ratio": "cache_hit_percent", "deadlock_rate": "deadlocks_per_hour",
+           "slow_query_percentage": "slow_query_percent", "slow_query_count": "slow_queries_per_minute",
+           "avg_processing_time": "avg_processing_seconds", "transactions_per_second": "tps",
+           "active_connections": "active_connections", "kos_integration_success_rate": "kos_success_rate"}
+BUSINESS = ("product_change_success_rate", "kos_success_rate", "avg_processing_seconds")
+_ALARM = re.compile(r"^\s*(>=|<=|==|>|<)\s*([0-9.]+)\s*(ms|s|%|/hour|/min)?\s*$")
+COUNTS = {"partitions_ahead", "invalid_indexes", "connection_failed", "failover_event", "up", "escalated_roles"}
+# What a target's platform_metrics() gives as inputs (limits, counters), not as metrics.
+_PLATFORM_INPUTS = {"storage_quota_bytes", "cpu_count", "iops_limit", "cpu_seconds_total", "disk_operations_total"}
+SLOW_STATEMENT_MS = 1000.0   # log_min_duration_statement of R-PAR-1: a statement this slow is "slow"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    title: str
+    metric: str
+    operator: str
+    warning: float | None
+    critical: float | None
+    duration: timedelta
+    channels: tuple[str, ...] | None   # None: the routing of the severity reached
+    source: str
+
+    def breached(self, value: float) -> str | None:
+        for level, threshold in (("critical", self.critical), ("warning", self.warning)):
+            if threshold is not None and _compare(value, self.operator, threshold):
+                return level
+        return None
+
+    def threshold(self, level: str) -> float:
+        return self.critical if level == "critical" and self.critical is not None else self.warning  # type: ignore[return-value]
+
+    def cleared(self, value: float, level: str, hysteresis: float) -> bool:
+        """Back on the good side of ``level``'s threshold by the hysteresis margin."""
+        threshold = self.threshold(level)
+        margin = abs(threshold) * hysteresis / 100
+        if self.metric in COUNTS:
+            margin = 0.0      # a count (partitions, invalid indexes) is either past the threshold or not
+        if self.operator in (">", ">="):
+            return value <= threshold - margin
+        if self.operator in ("<", "<="):
+            return value >= threshold + margin
+        return value != threshold
+
+
+def _compare(value: float, operator: str, threshold: float) -> bool:
+    return {">": value > threshold, "<": value < threshold, ">=": value >= threshold, "<=": value <= threshold,
+            "==": value == threshold}[operator]
+
+
+def parse_alarm(text: str, where: str) -> tuple[str, float]:
+    """"> 500ms", "< 90%", "> 5/hour" -> (operator, value) in the metric's own unit."""
+    match = _ALARM.match(text)
+    if not match:
+        raise ValueError(f"{where}: {text!r} is not '<operator> <number>[ms|s|%|/hour|/min]'")
+    return match.group(1), float(match.group(2))
+
+
+AZURE_SOURCE = {"cpu_percent": "cpu_percent", "memory_percent": "memory_percent",
+                "iops_percent": "disk_iops_consumed_percentage", "storage_percent": "storage_percent",
+                "active_connections": "active_connections", "replica_lag_seconds": "physical_replication_delay_in_seconds",
+                "connection_failed": "is_db_alive"}
+
+
+def catalog(env: Environment) -> list[Rule]:
+    """Every rule, once: §6.2.2's rule for a metric wins over §6.1's threshold of the same metric."""
+    m = env.monitoring
+    rules: dict[str, Rule] = {}
+    by_metric: set[str] = set()
+
+    def source(metric: str) -> str:
+        return f"azure-monitor:{AZURE_SOURCE[metric]} + sql" if metric in AZURE_SOURCE else "sql"
+
+    for r in m.alert_rules:
+        metric = ALIASES.get(r.condition.metric, r.condition.metric)
+        level = {"critical": ("critical", None)}.get(r.level, ("warning", None))[0]
+        rules[r.name] = Rule(r.name, r.title, metric, r.condition.operator,
+                             r.condition.value if level == "warning" else None,
+                             r.condition.value if level == "critical" else None,
+                             r.duration, tuple(r.channels), source(metric))
+        by_metric.add(metric)
+    for t in m.system_metrics:
+        metric = ALIASES.get(t.metric, t.metric)
+        if metric in by_metric:
+            continue
+        rules[t.metric.replace("_", "-")] = Rule(
+            t.metric.replace("_", "-"), f"{t.metric} {t.operator} {t.value:g}{t.unit}", metric, t.operator,
+            t.value if t.level != "critical" else None, t.value if t.level == "critical" else None,
+            m.health.alarm_duration, None, source(metric))
+        by_metric.add(metric)
+    for p in m.performance_targets:
+        metric = ALIASES.get(p.metric, p.metric)
+        operator, value = parse_alarm(p.alarm, f"monitoring.performance_targets {p.metric}.alarm")
+        rules[p.metric.replace("_", "-")] = Rule(p.metric.replace("_", "-"), f"{p.metric} {p.alarm}", metric,
+                                                 operator, value, None, m.health.alarm_duration, None, "sql")
+    for b in m.business_metrics:
+        metric = ALIASES.get(b.metric, b.metric)
+        op_w, warning = parse_alarm(b.warning, f"monitoring.business_metrics {b.metric}.warning")
+        _, critical = parse_alarm(b.critical, f"monitoring.business_metrics {b.metric}.critical")
+        rules[b.metric.replace("_", "-")] = Rule(b.metric.replace("_", "-"), f"{b.metric} (§6.1.3)", metric, op_w,
+                                                 warning, critical, m.health.alarm_duration, None, "sql (service tables)")
+    for x in m.health.extra_rules:
+        rules[x.name] = Rule(x.name, x.title, x.metric, x.operator, x.warning, x.critical, x.duration,
+                             tuple(x.channels) if x.channels else None, "sql")
+    return [r for name, r in rules.items() if name not in m.health.disabled_rules]
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (rule TEXT PRIMARY KEY, state TEXT NOT NULL, severity TEXT, value REAL,
+    threshold REAL, pending_since TEXT, since TEXT, last_notified TEXT, annotation TEXT);
+CREATE TABLE IF NOT EXISTS samples (at TEXT NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS samples_by_metric ON samples (metric, at);
+CREATE TABLE IF NOT EXISTS hourly (hour TEXT NOT NULL, metric TEXT NOT NULL, n INTEGER NOT NULL, total REAL NOT NULL,
+    maximum REAL NOT NULL, PRIMARY KEY (hour, metric));
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS silences (id INTEGER PRIMARY KEY, rule TEXT NOT NULL, until TEXT NOT NULL,
+    reason TEXT NOT NULL, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS notifications (at TEXT NOT NULL, rule TEXT NOT NULL, transition TEXT NOT NULL,
+    severity TEXT NOT NULL, channels TEXT NOT NULL, outcome TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (at TEXT PRIMARY KEY, status TEXT NOT NULL);
+"""
+
+
+class Store:
+    """The alert state, metric history, silences and sent notifications of one environment."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def alert(self, rule: str) -> dict | None:
+        cur = self.db.execute("SELECT * FROM alerts WHERE rule = ?", (rule,))
+        row = cur.fetchone()
+        return dict(zip([c[0] for c in cur.description], row)) if row else None
+
+    def alerts(self) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM alerts ORDER BY rule")
+        return [dict(zip([c[0] for c in cur.description], r)) for r in cur.fetchall()]
+
+    def save_alert(self, a: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO alerts VALUES (:rule, :state, :severity, :value, :threshold, "
+                        ":pending_since, :since, :last_notified, :annotation)", a)
+
+    def counters(self) -> dict[str, tuple[float, datetime]]:
+        return {n: (v, datetime.fromisoformat(at)) for n, v, at in self.db.execute("SELECT * FROM counters")}
+
+    def save_counters(self, values: dict[str, float], at: datetime) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
+                            [(n, v, at.isoformat()) for n, v in values.items()])
+
+    def record(self, at: datetime, metrics: dict[str, float | None], keep: timedelta) -> None:
+        values = [(at.isoformat(), k, float(v)) for k, v in metrics.items() if isinstance(v, (int, float))]
+        hour = at.replace(minute=0, second=0, microsecond=0).isoformat()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO samples VALUES (?, ?, ?)", values)
+            self.db.executemany(
+                "INSERT INTO hourly VALUES (?, ?, 1, ?, ?) ON CONFLICT (hour, metric) DO UPDATE SET n = n + 1, "
+                "total = total + excluded.total, maximum = max(maximum, excluded.maximum)",
+                [(hour, k, v, v) for _, k, v in values])
+            self.db.execute("DELETE FROM samples WHERE at < ?", ((at - keep).isoformat(),))
+            self.db.execute("DELETE FROM hourly WHERE hour < ?", ((at - timedelta(days=400)).isoformat(),))
+
+    def series(self, metric: str, since: datetime) -> list[tuple[datetime, float]]:
+        return [(datetime.fromisoformat(at), v) for at, v in self.db.execute(
+            "SELECT at, value FROM samples WHERE metric = ? AND at >= ? ORDER BY at", (metric, since.isoformat()))]
+
+    def silence(self, rule: str, until: datetime, reason: str, now: datetime) -> int:
+        cur = self.db.execute("INSERT INTO silences (rule, until, reason, created) VALUES (?, ?, ?, ?)",
+                              (rule, until.isoformat(), reason, now.isoformat()))
+        return int(cur.lastrowid)
+
+    def silenced_until(self, rule: str, now: datetime) -> datetime | None:
+        row = self.db.execute("SELECT max(until) FROM silences WHERE (rule = ? OR rule = '*') AND until > ?",
+                              (rule, now.isoformat())).fetchone()
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    def active_silences(self, now: datetime) -> list[dict]:
+        return [{"id": i, "rule": r, "until": u, "reason": why} for i, r, u, why in self.db.execute(
+            "SELECT id, rule, until, reason FROM silences WHERE until > ? ORDER BY id", (now.isoformat(),))]
+
+    def log_notification(self, at: datetime, rule: str, transition: str, severity: str, channels: list[str],
+                         outcome: dict) -> None:
+        self.db.execute("INSERT INTO notifications VALUES (?, ?, ?, ?, ?, ?)",
+                        (at.isoformat(), rule, transition, severity, ",".join(channels), json.dumps(outcome)))
+
+    def notifications(self) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM notifications ORDER BY at")
+        return [dict(zip([c[0] for c in cur.description], r)) for r in cur.fetchall()]
+
+    def last_run(self) -> datetime | None:
+        row = self.db.execute("SELECT max(at) FROM runs").fetchone()
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    def mark_run(self, at: datetime, status: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?)", (at.isoformat(), status))
+        self.db.execute("DELETE FROM runs WHERE at < ?", ((at - timedelta(days=14)).isoformat(),))
+
+
+def store_for(env: Environment) -> Store:
+    from pcdb.orchestrator import server_config
+
+    return Store(server_config(env).home / "health" / f"{env.name}.sqlite")
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+def _rate(now_value: float, name: str, before: dict, at: datetime, per: float) -> float | None:
+    if name not in before:
+        return None
+    old, then = before[name]
+    seconds = (at - then).total_seconds()
+    if seconds <= 0 or now_value < old:       # a stats reset or a failover: no rate this time
+        return None
+    return (now_value - old) / seconds * per
+
+
+def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict]:
+    """One sample of every metric the catalog reads (None: no data here), and the business rates."""
+    env = ctx.env
+    metrics: dict[str, float | None] = {"up": 0.0, "connection_failed": 1.0}
+    business: dict[str, float | None] = dict.fromkeys(BUSINESS)
+    try:
+        platform = ctx.target.platform_metrics()
+    except Exception as exc:  # noqa: BLE001 - the platform's API down must not stop the SQL probes
+        logger.warning("platform metrics of %s: %s", env.name, exc)
+        platform = {}
+    metrics |= {k: v for k, v in platform.items() if k not in _PLATFORM_INPUTS}
+    before = store.counters()
+    counters: dict[str, float] = {}
+    try:
+        with ctx.connect() as conn:
+            conn.execute("SET statement_timeout = '20s'")
+            metrics["up"], metrics["connection_failed"] = 1.0, 0.0
+            cur = conn.execute(query("health.sql", "instant"))
+            metrics |= {c.name: (float(v) if v is not None else None) for c, v in zip(cur.description, cur.fetchone())}
+            cur = conn.execute(query("health.sql", "counters"))
+            counters |= {c.name: float(v or 0) for c, v in zip(cur.description, cur.fetchone())}
+            if conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = "
+                            "'pg_stat_statements')").fetchone()[0]:
+                cur = conn.execute(query("health.sql", "statement_counters"), {"slow_ms": SLOW_STATEMENT_MS})
+                counters |= {f"stmt_{c.name}": float(v or 0) for c, v in zip(cur.description, cur.fetchone())}
+            streams = conn.execute(query("health.sql", "replication")).fetchall()
+            replicas = [float(r[2]) for r in streams if r[1] == "async"]
+            if replicas:
+                metrics["replica_lag_seconds"] = max(replicas)
+                counters["replica_seen"] = now.timestamp()
+            elif "replica_seen" in before:
+                # The read replica stopped streaming: it falls behind from the moment it was last seen.
+                metrics["replica_lag_seconds"] = now.timestamp() - before["replica_seen"][0]
+                counters["replica_seen"] = before["replica_seen"][0]
+            metrics["standby_streaming"] = float(any(r[1] in ("sync", "quorum") for r in streams))
+            timeline = _timeline(conn)
+            business |= _business(conn, env)
+            metrics["partitions_ahead"] = _partitions_ahead(conn, env, now)
+            metrics["escalated_roles"] = float(sum(
+                1 for f in security.role_inventory(conn, env.security.roles, env.server.admin.user,
+                                                   ctx.target.own_roles())
+                if any(not p.startswith("not in the spec") for p in f.problems)))
+    except psycopg.Error as exc:
+        logger.warning("primary of %s unreachable: %s", env.name, str(exc).strip().splitlines()[0])
+        timeline = None
+    # The sandbox's CPU time and disk operations: cumulative counters, made percentages here.
+    for counter, metric, limit, per in (("cpu_seconds_total", "cpu_percent", "cpu_count", 100.0),
+                                        ("disk_operations_total", "iops_percent", "iops_limit", 100.0)):
+        if platform.get(counter) is not None and metrics.get(metric) is None:
+            counters[counter] = float(platform[counter])
+            rate = _rate(counters[counter], counter, before, now, 1)
+            metrics[metric] = rate / float(platform[limit]) * per if rate is not None and platform.get(limit) else None
+    quota = platform.get("storage_quota_bytes")
+    if metrics.get("storage_percent") is None and quota and metrics.get("database_bytes") is not None:
+        metrics["storage_percent"] = 100.0 * metrics["database_bytes"] / quota
+    if "connection_failed" in platform and platform["connection_failed"]:
+        metrics["connection_failed"] = 1.0
+    metrics["tps"] = _rate(counters.get("transactions", 0), "transactions", before, now, 1) if counters else None
+    metrics["deadlocks_per_hour"] = _rate(counters.get("deadlocks", 0), "deadlocks", before, now, 3600) if counters else None
+    hits = _rate(counters.get("blks_hit", 0), "blks_hit", before, now, 1) if counters else None
+    reads = _rate(counters.get("blks_read", 0), "blks_read", before, now, 1) if counters else None
+    metrics["cache_hit_percent"] = (100.0 * hits / (hits + reads)) if hits is not None and reads is not None \
+        and hits + reads > 0 else None
+    calls = _rate(counters.get("stmt_calls", 0), "stmt_calls", before, now, 1) if "stmt_calls" in counters else None
+    total = _rate(counters.get("stmt_total_ms", 0), "stmt_total_ms", before, now, 1) if "stmt_calls" in counters else None
+    slow = _rate(counters.get("stmt_slow_calls", 0), "stmt_slow_calls", before, now, 60) if "stmt_calls" in counters else None
+    metrics["avg_query_time_ms"] = (total / calls) if calls and total is not None else None
+    metrics["slow_queries_per_minute"] = slow
+    metrics["slow_query_percent"] = (100.0 * slow / 60 / calls) if calls and slow is not None else None
+    failover = 0.0
+    if timeline is not None:
+        if "timeline" in before and timeline > before["timeline"][0]:
+            failover = 1.0
+        counters["timeline"] = timeline
+    metrics["failover_event"] = failover
+    expires = _tls_days_left(ctx, now)
+    metrics["tls_days_left"] = expires
+    store.save_counters(counters, now)
+    for name, value in business.items():
+        metrics[name] = value
+    return metrics, business
+
+
+def _timeline(conn) -> float | None:
+    try:
+        return float(conn.execute("SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()").fetchone()[0])
+    except psycopg.Error:
+        return None
+
+
+def _business(conn, env: Environment) -> dict:
+    if conn.execute("SELECT to_regclass(%s) IS NULL", (f"{env.service.schema_name}.pc_product_change_history",)
+                    ).fetchone()[0]:
+        return {}
+    cur = conn.execute(psql.SQL(query("health.sql", "business")).format(schema=psql.Identifier(env.service.schema_name)),
+                       {"window": f"{int(env.monitoring.health.business_window.total_seconds())} seconds"})
+    row = dict(zip([c.name for c in cur.description], cur.fetchone()))
+    out = {"product_change_success_rate": _float(row["product_change_success_rate"]),
+           "kos_success_rate": _float(row["kos_integration_success_rate"]),
+           "avg_processing_seconds": _float(row["avg_processing_time"])}
+    since = datetime.now(timezone.utc) - env.monitoring.health.business_window
+    for metric in env.monitoring.business_metrics:
+        if metric.probe:
+            out[ALIASES.get(metric.metric, metric.metric)] = _probe(conn, metric.probe, since)
+    return out
+
+
+def _probe(conn, text: str, since: datetime) -> float | None:
+    """A spec's business probe (checked at load to be one read-only SELECT): read only, 5 s at most."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        conn.execute("SET LOCAL statement_timeout = '5s'")
+        cur = psycopg.RawCursor(conn)
+        cur.execute(text, [since] if "$1" in text else None)
+        row = cur.fetchone()
+    return _float(row[0]) if row else None
+
+
+def _float(value) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+def _partitions_ahead(conn, env: Environment, now: datetime) -> float | None:
+    from zoneinfo import ZoneInfo
+
+    from pcdb import maintenance, schema
+
+    if conn.execute("SELECT to_regclass(%s) IS NULL", (f"{env.service.schema_name}.{schema.KOS_LOG}",)).fetchone()[0]:
+        return None
+    names = {p.name for p in maintenance.list_partitions(conn, env.service.schema_name)}
+    return float(maintenance.ahead_months(names, now.astimezone(ZoneInfo(env.service.timezone)).date()))
+
+
+def _tls_days_left(ctx: RunbookContext, now: datetime) -> float | None:
+    try:
+        expires = ctx.target.tls_certificate_expiry()
+    except Exception:  # noqa: BLE001 - a certificate that cannot be read is no metric, not a crash
+        return None
+    return None if expires is None else round((expires - now).total_seconds() / 86400, 2)
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+@dataclass
+class Transition:
+    rule: Rule
+    kind: str          # firing | resolved | escalated | reminder
+    severity: str
+    value: float | None
+    threshold: float | None
+    annotation: str | None
+    silenced_until: datetime | None
+
+
+@dataclass
+class Report:
+    status: str
+    checked_at: str
+    metrics: dict
+    business: dict
+    alerts: list[dict] = field(default_factory=list)
+    silences: list[dict] = field(default_factory=list)
+    notified: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(env: Environment, rules: list[Rule], metrics: dict, store: Store, now: datetime,
+             annotation: str | None = None) -> tuple[list[dict], list[Transition]]:
+    """Advance every rule's alert state by this sample; return the alerts to show and the
+    transitions to notify."""
+    settings = env.monitoring.health
+    shown, transitions = [], []
+    for rule in rules:
+        value = metrics.get(rule.metric)
+        a = store.alert(rule.name) or {"rule": rule.name, "state": "ok", "severity": None, "value": None,
+                                        "threshold": None, "pending_since": None, "since": None,
+                                        "last_notified": None, "annotation": None}
+        silenced = store.silenced_until(rule.name, now)
+        level = rule.breached(value) if value is not None else None
+        event = None
+        if value is None:
+            pass                                                  # no data: the state stands
+        elif level:
+            if a["state"] in ("ok", "resolved"):
+                a |= {"state": "pending", "pending_since": now.isoformat(), "severity": level}
+            if a["state"] == "pending":
+                a["severity"] = level if level == "critical" else a["severity"] or level
+                if now - datetime.fromisoformat(a["pending_since"]) >= rule.duration:
+                    a |= {"state": "firing", "since": now.isoformat(), "annotation": annotation}
+                    event = "firing"
+            elif a["state"] == "firing":
+                if level == "critical" and a["severity"] == "warning":
+                    event = "escalated"
+                    a["severity"] = "critical"
+                elif not silenced and (not a["last_notified"] or   # never told (it was silenced): tell now
+                                       now - datetime.fromisoformat(a["last_notified"]) >= settings.reminder_every):
+                    event = "reminder"
+            a |= {"value": value, "threshold": rule.threshold(a["severity"] or level)}
+        else:
+            if a["state"] == "pending":
+                a |= {"state": "ok", "pending_since": None, "severity": None}
+            elif a["state"] == "firing":
+                if rule.cleared(value, a["severity"], settings.hysteresis_percent):
+                    a["state"] = "resolved"
+                    event = "resolved"
+            a["value"] = value
+        if event:
+            transitions.append(Transition(rule, event, a["severity"], value, a["threshold"],
+                                          annotation or a.get("annotation"), silenced))
+            if not silenced:
+                a["last_notified"] = now.isoformat()
+        if a["state"] in ("pending", "firing") or event == "resolved":
+            shown.append({"rule": rule.name, "title": rule.title, "severity": a["severity"], "state": a["state"],
+                          "value": value, "threshold": a["threshold"],
+                          "since": a["since"] if a["state"] != "pending" else a["pending_since"],
+                          "channels": list(channels_of(env, rule, a["severity"])),
+                          "annotation": annotation or a.get("annotation"),
+                          "silenced_until": silenced.isoformat() if silenced else None})
+        if a["state"] == "resolved":
+            a |= {"state": "ok", "pending_since": None, "since": None, "severity": None, "annotation": None,
+                  "last_notified": None}
+        store.save_alert(a)
+    return shown, transitions
+
+
+def channels_of(env: Environment, rule: Rule, severity: str | None) -> tuple[str, ...]:
+    if rule.channels is not None:
+        return rule.channels
+    return tuple(env.notifications.routing.get(severity or "warning", []))
+
+
+def status_of(alerts: list[dict]) -> str:
+    firing = [a["severity"] for a in alerts if a["state"] == "firing"]
+    return "critical" if "critical" in firing else "warning" if firing else "ok"
+
+
+def run(ctx: RunbookContext, store: Store, send: Callable[[str, str, str, list[str]], dict],
+        now: datetime | None = None, annotation: str | None = None) -> Report:
+    """Sample, evaluate, notify each transition once (not while silenced), record the history."""
+    env = ctx.env
+    now = now or datetime.now(timezone.utc)
+    metrics, business = sample(ctx, store, now)
+    alerts, transitions = evaluate(env, catalog(env), metrics, store, now, annotation)
+    notified = []
+    for t in transitions:
+        channels = list(channels_of(env, t.rule, t.severity))
+        if t.silenced_until:
+            store.log_notification(now, t.rule.name, t.kind, t.severity, channels, {"silenced": t.silenced_until.isoformat()})
+            continue
+        subject = f"pcdb {env.name} {t.kind.upper()} [{t.severity}] {t.rule.title}"
+        body = (f"{t.rule.name}: {t.rule.metric} = {t.value} (threshold {t.rule.operator} {t.threshold}); "
+                f"{t.kind} at {now.isoformat(timespec='seconds')}"
+                + (f"; during {t.annotation}" if t.annotation else ""))
+        outcome = send(t.severity if t.kind != "resolved" else "info", subject, body, channels)
+        store.log_notification(now, t.rule.name, t.kind, t.severity, channels, outcome)
+        notified.append({"rule": t.rule.name, "transition": t.kind, "severity": t.severity, "channels": channels})
+    store.record(now, metrics, env.monitoring.health.history_minutes)
+    try:  # on Azure, the rates go to Azure Monitor for the §6.3 workbook; the sandbox keeps them in the store
+        ctx.target.publish_business_metrics(business, now)
+    except Exception as exc:  # noqa: BLE001 - a dashboard feed must never stop the alerting
+        logger.warning("business metrics of %s not published: %s", env.name, exc)
+    report = Report(status_of(alerts), now.isoformat(timespec="seconds"),
+                    {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items() if k not in BUSINESS},
+                    business, alerts, store.active_silences(now), notified)
+    store.mark_run(now, report.status)
+    return report

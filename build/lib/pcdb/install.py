@@ -1,0 +1,317 @@
+"""The installation schedule (REQUIREMENTS §6) as plain steps: the flows order them, Prefect
+adds retries and evidence, and the benchmark calls the very same steps directly.
+
+A step takes the :class:`RunbookContext` and returns the Changes it made (or check results).
+Every step is idempotent: a second install reports every phase unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from psycopg import sql as psql
+
+from pcdb import checks, schema, security
+from pcdb import secrets as pw
+from pcdb.changes import Change
+from pcdb.context import RunbookContext
+from pcdb.errors import SecretError
+from pcdb.targets.base import throwaway_name
+
+Step = Callable[[RunbookContext], list]
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    number: int
+    title: str
+    steps: tuple[tuple[str, Step], ...]
+
+
+# -- Before Phase 1: secrets, and the whole plan -------------------------------------------
+
+def secrets_preflight(ctx: RunbookContext) -> list[Change]:
+    """Every secret the install needs, read from its source and checked against the password policy
+    now, before Phase 1: a missing or weak one is a conflict here, not a failure in Phase 5. Generated
+    sandbox passwords are strong by construction and made on first use (never by a dry run)."""
+    env = ctx.env
+    wanted = [(env.server.admin.user, env.server.admin.password, True)]
+    wanted += [(r.name, r.password, True) for r in env.security.roles]
+    if env.azure is not None:
+        wanted += [("subscription", env.azure.subscription_id, False),
+                   ("Teams webhook", env.azure.action_group.teams_webhook, False)]
+    out = []
+    for owner, ref, is_password in wanted:
+        label = f"{ref.describe()} ({'role ' + owner if is_password else owner})"
+        if ref.generate:
+            out.append(Change("secret", owner, "unchanged", notes=("generated, kept in a file only its owner can "
+                                                                   "read",)))
+            continue
+        try:
+            value = ctx.secret(ref, owner)
+            if is_password:
+                pw.check_policy(label, value, env.security.password_policy.min_length)
+        except SecretError as exc:
+            out.append(Change("secret", owner, "conflict", notes=(str(exc),)))
+            continue
+        out.append(Change("secret", owner, "unchanged", notes=(f"{ref.describe()}: present"
+                                                                + (", meets the password policy" if is_password else ""),)))
+    return out
+
+
+def refuse_bad_secrets(found: list[Change]) -> None:
+    """Stop before Phase 1 when a secret is missing or weak, naming every one."""
+    bad = [c for c in found if c.action == "conflict"]
+    if bad:
+        raise SecretError(f"{len(bad)} secret(s) missing or too weak, found before Phase 1; nothing was changed: "
+                          + " / ".join(c.notes[0] for c in bad))
+
+
+def database_plan(ctx: RunbookContext, target_plan: list[Change], secrets: list[Change]) -> list[Change]:
+    """Read-only: what Phases 4-5 would change in the database (migrations, roles, grants, roles
+    beyond the spec). Nothing to read yet when the server is still to be created."""
+    env = ctx.env
+    if any(c.resource in ("server", "database") and c.action == "created" for c in target_plan):
+        return [Change("schema", env.service.schema_name, "created", notes=(f"{len(schema.migrations())} migration(s)",)),
+                *(Change("role", r.name, "created", notes=(f"connection limit {r.connection_limit}, grants as §4.1.2",))
+                  for r in env.security.roles)]
+    usable = {c.name for c in secrets if c.action != "conflict"}
+    out = []
+    with ctx.connect() as conn:
+        out.append(schema.migration_plan(conn, env.service.schema_name))
+        for role in env.security.roles:
+            ok = ctx.can_log_in(role.name, ctx.secret(role.password, role.name)) if role.name in usable else None
+            out.append(security.role_plan(conn, role, ok))
+        if conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s)",
+                        (env.service.schema_name,)).fetchone()[0]:
+            drift = security.grant_differences(conn, env.security.roles, env.service.database, env.service.schema_name)
+            out.append(Change("grants", env.service.schema_name, "updated" if drift else "unchanged", diff=drift))
+        for finding in security.role_inventory(conn, env.security.roles, env.server.admin.user,
+                                               ctx.target.own_roles()):
+            if finding.in_spec:
+                continue
+            out.append(Change("role", finding.role, "deleted" if ctx.remove_unknown_roles else "conflict",
+                              notes=(f"{', '.join(finding.problems)}: "
+                                     + ("dropped (--remove-unknown-roles)" if ctx.remove_unknown_roles else
+                                        "reported; --remove-unknown-roles drops it"),)))
+    return out
+
+
+def full_plan(ctx: RunbookContext) -> list[Change]:
+    """What the install would do, all of it, read-only: the target's resources, parameters with
+    their values and access rules, then secrets, migrations, roles and grants."""
+    target_plan = ctx.target.plan()
+    secrets = secrets_preflight(ctx)
+    return [*target_plan, *secrets, *database_plan(ctx, target_plan, secrets)]
+
+
+# -- Phase steps ---------------------------------------------------------------------------
+
+def resource_group(ctx: RunbookContext) -> list[Change]:
+    return [ctx.target.ensure_resource_group()]
+
+
+def network(ctx: RunbookContext) -> list[Change]:
+    return [ctx.target.ensure_network()]
+
+
+def server(ctx: RunbookContext) -> list[Change]:
+    return ctx.target.ensure_server()
+
+
+def database(ctx: RunbookContext) -> list[Change]:
+    return [ctx.target.ensure_database()]
+
+
+def replica(ctx: RunbookContext) -> list[Change]:
+    return [ctx.target.ensure_replica()]
+
+
+def server_parameters(ctx: RunbookContext) -> list[Change]:
+    return [ctx.target.ensure_parameters(set(ctx.env.parameters))]
+
+
+def schema_migrations(ctx: RunbookContext) -> list[Change]:
+    with ctx.connect() as conn:
+        return [schema.ensure_schema(conn, ctx.env.service.schema_name)]
+
+
+def log_partitions(ctx: RunbookContext) -> list[Change]:
+    with ctx.connect() as conn:
+        return [schema.ensure_log_partitions(conn, ctx.env.service.schema_name, ctx.env.service.timezone,
+                                             ctx.env.service.log_partitions_ahead)]
+
+
+def roles(ctx: RunbookContext) -> list[Change]:
+    passwords = ctx.role_passwords()  # every secret resolved and checked before any role changes
+    policy = ctx.env.security.password_policy
+    with ctx.connect() as conn:
+        return [security.ensure_role(conn, role, passwords[role.name], ctx.can_log_in, schema.LEDGER_SCHEMA,
+                                     policy.expiry, policy.history)
+                for role in ctx.env.security.roles]
+
+
+def grants(ctx: RunbookContext) -> list[Change]:
+    with ctx.connect() as conn:
+        return [security.ensure_grants(conn, ctx.env.security.roles, ctx.env.service.database,
+                                       ctx.env.service.schema_name)]
+
+
+def other_roles(ctx: RunbookContext) -> list[Change]:
+    """Roles the spec does not name, superusers, and memberships nobody granted through the spec:
+    reported as conflicts, dropped only with the explicit --remove-unknown-roles."""
+    env = ctx.env
+    out = []
+    with ctx.connect() as conn:
+        found = security.role_inventory(conn, env.security.roles, env.server.admin.user, ctx.target.own_roles())
+        for finding in found:
+            if finding.in_spec:  # ensure_role has just corrected what it can: what is left, it could not
+                out.append(Change("role", finding.role, "conflict", notes=(
+                    f"{', '.join(finding.problems)}: the admin could not take it away; a superuser must",)))
+            elif ctx.remove_unknown_roles:
+                security.drop_role(conn, finding.role, env.server.admin.user,
+                                   [env.service.database, "postgres"], lambda db: ctx.connect(dbname=db))
+                out.append(Change("role", finding.role, "deleted", diff={"role": (", ".join(finding.problems), "-")},
+                                  notes=(f"what it owned now belongs to {env.server.admin.user}",)))
+            else:
+                out.append(Change("role", finding.role, "conflict", notes=(
+                    f"{', '.join(finding.problems)}: add it to security.roles, or drop it with "
+                    "`pcdb install --remove-unknown-roles` (what it owns goes to the admin)",)))
+    return out or [Change("roles", "beyond the spec", "unchanged", notes=("no other role, superuser or membership",))]
+
+
+def tls(ctx: RunbookContext) -> list[Change]:
+    return [ctx.target.ensure_tls()]
+
+
+def access_rules(ctx: RunbookContext) -> list[Change]:
+    return [ctx.target.ensure_access_rules()]
+
+
+def audit_logging(ctx: RunbookContext) -> list[Change]:
+    return [ctx.target.ensure_parameters(set(ctx.env.security.audit))]
+
+
+def statement_statistics(ctx: RunbookContext) -> list[Change]:
+    with ctx.connect() as conn:
+        present = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension "
+                               "WHERE extname = 'pg_stat_statements')").fetchone()[0]
+        if present:
+            return [Change("extension", "pg_stat_statements", "unchanged")]
+        conn.execute(psql.SQL("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+        return [Change("extension", "pg_stat_statements", "created")]
+
+
+def alert_rules(ctx: RunbookContext) -> list[Change]:
+    return [ctx.target.ensure_monitoring()]
+
+
+DISRUPTIVE = ("HA failover test", "point-in-time restore test")
+
+
+def verified_configuration(ctx: RunbookContext) -> str:
+    """A fingerprint of what the disruptive checks verify: the server, its HA, replica, backups
+    and parameters. A change to any of them makes the next install run them again."""
+    env = ctx.env
+    basis = {"target": env.target, "server": env.server.model_dump(mode="json", exclude={"admin"}),
+             "replica": env.replica.model_dump(mode="json"), "backup": env.backup.model_dump(mode="json"),
+             "parameters": {k: v.setting for k, v in sorted(env.desired_parameters().items())}}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def last_verification(ctx: RunbookContext, fingerprint: str) -> dict | None:
+    """The newest install in the run ledger whose disruptive checks ran and passed on this same
+    configuration: {run_id, ended_at}; None when there is none (or the ledger cannot be read)."""
+    from datetime import datetime, timedelta, timezone
+
+    from pcdb import ledger
+
+    try:
+        with ctx.connect() as conn:
+            found = ledger.rows(conn, schema.LEDGER_SCHEMA, datetime.now(timezone.utc) - timedelta(days=3650),
+                                flow="install")
+    except Exception:  # noqa: BLE001 - no ledger: nothing to rely on, the checks run
+        return None
+    for row in found:  # newest first
+        if (row.get("figures") or {}).get("verified_configuration") == fingerprint and row.get("state") == "Completed":
+            return {"run_id": row["run_id"], "ended_at": row["ended_at"]}
+    return None
+
+
+def _relied_on(name: str, requirement: str, earlier: dict, fingerprint: str) -> checks.CheckResult:
+    when = earlier["ended_at"].isoformat(timespec="minutes") if earlier["ended_at"] else "an earlier run"
+    return checks.CheckResult(name, requirement, True,
+                              f"not repeated: passed on {when} in install run {earlier['run_id']} for this same "
+                              f"configuration ({fingerprint}); nothing was failed over or restored now. "
+                              "`pcdb install --reverify` runs it again",
+                              {"relied_on_run": earlier["run_id"], "configuration": fingerprint})
+
+
+def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
+    env, target = ctx.env, ctx.target
+    endpoint = target.endpoint("primary")
+    admin = env.server.admin.user
+    passwords = ctx.role_passwords()
+    results: list[checks.CheckResult] = []
+    with ctx.connect() as conn:
+        results.append(checks.check_connection(conn, env))
+        results += checks.check_schema_objects(conn, env)
+        results.append(checks.check_sample_inserts_use_index(conn, env))
+        results.append(checks.check_pg_stat_statements(conn))
+    results.append(checks.check_non_tls_refused(endpoint, admin, ctx.admin_password()))
+
+    @contextmanager
+    def connect_as(role: str, dbname: str | None = None):
+        with ctx.connect(role, passwords[role], dbname=dbname) as conn:
+            yield conn
+    results += checks.check_role_privileges(connect_as, env)
+    with ctx.connect() as conn:
+        results.append(checks.check_role_inventory(conn, env, target.own_roles()))
+    results.append(checks.check_parameters(target.parameter_differences()))
+    # The two disruptive checks (a failover and back: write outages; a restore: a new server) run on
+    # the first install, on --reverify, and when the configuration they verified changed. A no-change
+    # re-run relies on the last run that passed them, and says so: it is read-only.
+    fingerprint = verified_configuration(ctx)
+    earlier = None if ctx.reverify else last_verification(ctx, fingerprint)
+    if earlier is not None:
+        results += [_relied_on("HA failover test", "R-DR-1", earlier, fingerprint),
+                    _relied_on("point-in-time restore test", "R-DR-3", earlier, fingerprint)]
+        return results
+    app = target.endpoint("application").conninfo(admin, ctx.admin_password())
+    results.append(checks.check_failover(target, app, env))
+    with ctx.connect() as conn:
+        results.append(checks.check_point_in_time_restore(target, conn, admin, ctx.admin_password(),
+                                                          throwaway_name(env, "verify-pitr")))
+    if all(r.passed for r in results[-2:]):
+        ctx.verified_configuration = fingerprint
+    return results
+
+
+PHASES: tuple[PhaseSpec, ...] = (
+    PhaseSpec(1, "Resource group", (("ensure resource group", resource_group),)),
+    PhaseSpec(2, "Network", (("ensure network", network),)),
+    PhaseSpec(3, "PostgreSQL server", (("ensure server (HA, backups)", server), ("ensure database", database),
+                                      ("ensure read replica", replica), ("ensure server parameters", server_parameters))),
+    PhaseSpec(4, "Schema and initial data", (("apply schema migrations", schema_migrations),
+                                            ("ensure KOS-log partitions", log_partitions))),
+    PhaseSpec(5, "Security", (("ensure roles", roles), ("ensure grants", grants),
+                             ("reconcile roles beyond the spec", other_roles), ("ensure TLS", tls),
+                             ("ensure network access rules", access_rules), ("ensure audit logging", audit_logging))),
+    PhaseSpec(6, "Monitoring", (("ensure pg_stat_statements", statement_statistics),
+                               ("register alert rules", alert_rules))),
+    PhaseSpec(7, "Tests and verification", (("run verification checks", verification),)),
+)
+
+
+def run_directly(ctx: RunbookContext, phases: list[int] | None = None) -> dict[int, list]:
+    """Every step in order without Prefect (the benchmark's baseline)."""
+    out: dict[int, list] = {}
+    for phase in PHASES:
+        if phases and phase.number not in phases:
+            continue
+        out[phase.number] = [item for _, step in phase.steps for item in step(ctx)]
+    return out

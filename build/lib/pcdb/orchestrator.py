@@ -1,0 +1,311 @@
+"""The persistent Prefect server and its workers as processes pcdb starts, finds and stops.
+
+Plain Python (no prefect import): processes, pid files, ports and the server's /api/health.
+What is registered *inside* Prefect (work pools, deployments, automations) is flows/service.py.
+
+One server serves every environment whose spec names the same orchestrator home and port (a
+fleet: ``local`` and a spec extending it share it); each environment has its own work pool
+``pcdb-<env>`` and a process worker polling it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pcdb.changes import Change
+from pcdb.config import Environment
+from pcdb.errors import PcdbError
+from pcdb.process import alive
+
+
+class OrchestratorError(PcdbError):
+    """The Prefect server or a worker could not be started, reached or stopped."""
+
+
+def default_home() -> Path:
+    """Where the orchestrator keeps its database, logs and pid files, unless the spec or
+    $PCDB_ORCHESTRATOR_HOME says otherwise (beside the sandboxes, /var/lib/pcdb as root)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/pcdb/prefect")
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return base / "pcdb" / "prefect"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where an environment's Prefect server runs and what it stores its history in."""
+
+    home: Path
+    host: str
+    port: int
+    database_url: str | None  # None: SQLite in home; else a PostgreSQL URL (never printed)
+    backend: str              # sqlite | postgresql
+    managed_postgres: bool    # the sandbox engine runs the backend cluster under home/postgres
+
+    @property
+    def url(self) -> str:
+        """The API URL every client and worker uses."""
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def run_url(self, run_id: object) -> str:
+        """The UI page of one flow run."""
+        return f"{self.ui_url}/runs/flow-run/{run_id}"
+
+
+def server_config(env: Environment) -> ServerConfig:
+    """The orchestrator an environment's runbooks report to (spec section ``orchestrator``).
+
+    $PREFECT_API_DATABASE_CONNECTION_URL, when set, names the PostgreSQL backend (Prefect's own
+    setting); $PCDB_ORCHESTRATOR_HOME and $PCDB_PREFECT_PORT override home and port."""
+    spec = env.orchestrator
+    home = Path(os.environ.get("PCDB_ORCHESTRATOR_HOME") or spec.home or default_home()).absolute()
+    port = int(os.environ.get("PCDB_PREFECT_PORT") or spec.port)
+    url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
+    managed = url is None and spec.database == "sandbox-postgres"
+    if url is None and spec.database == "sandbox-postgres":
+        url = f"postgresql+asyncpg://prefect@/prefect?host={home / 'postgres' / 'run'}&port={port + 1}"
+    backend = "postgresql" if url and url.startswith("postgresql") else "sqlite"
+    return ServerConfig(home, spec.host, port, url, backend, managed)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _holder_of(port: int) -> str:
+    """Which process listens on ``port`` (from /proc), for the 'port taken' message."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":  # LISTEN
+                inodes.add(cols[9])
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                    return f"pid {pid}: {cmd[:120]}"
+        except OSError:
+            continue
+    return "another program"
+
+
+def _prefect_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def _stop_pid(pid: int, timeout: float = 20) -> bool:
+    """SIGTERM the process group, escalate to SIGKILL after ``timeout``; True when it was running."""
+    if not alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            break
+        time.sleep(0.1)
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap our own child (tests start and stop in one process)
+        except ChildProcessError:
+            pass
+    return True
+
+
+class Orchestrator:
+    """Start, find and stop one Prefect server (with its UI) and the workers of its pools."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.home = config.home
+
+    # -- files -----------------------------------------------------------------------------
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "server.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "server.log"
+
+    def worker_file(self, pool: str) -> Path:
+        return self.home / "workers" / f"{pool}.json"
+
+    def _read(self, path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write(self, path: Path, data: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    # -- server ----------------------------------------------------------------------------
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        """The API answers /health (whoever started it)."""
+        try:
+            with urllib.request.urlopen(f"{self.config.url}/health", timeout=timeout) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def server_pid(self) -> int | None:
+        """The pid of the server pcdb started here, when it is still running."""
+        info = self._read(self.pid_file)
+        if info and alive(int(info["pid"])):
+            return int(info["pid"])
+        return None
+
+    def is_up(self) -> bool:
+        """Our server is running and its API answers."""
+        return self.server_pid() is not None and self.healthy()
+
+    def server_env(self) -> dict[str, str]:
+        """The environment of the server process: its home, URLs on any port, no analytics."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update({
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_SERVER_API_HOST": self.config.host,
+            "PREFECT_SERVER_API_PORT": str(self.config.port),
+            # The UI calls this URL from the browser: without it, a non-default port shows
+            # "Oops. Something went wrong".
+            "PREFECT_UI_API_URL": self.config.url,
+            "PREFECT_API_URL": self.config.url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+            "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+        })
+        if self.config.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.config.database_url
+        return env
+
+    def up(self, timeout: float = 180) -> Change:
+        """Start the server unless it runs; wait until /api/health answers.
+
+        Raises:
+            OrchestratorError: the port is taken by something else, or the server did not
+                answer within ``timeout`` (the message names its log).
+        """
+        if self.is_up():
+            return Change("prefect_server", self.config.ui_url, "unchanged",
+                          notes=(f"pid {self.server_pid()}, {self.config.backend}",))
+        stale = self.server_pid()
+        if stale:  # ours, but not answering: restart it
+            _stop_pid(stale)
+        if not _port_free(self.config.host, self.config.port):
+            raise OrchestratorError(
+                f"port {self.config.port} on {self.config.host} is already taken by {_holder_of(self.config.port)}; "
+                f"stop it, or give the Prefect server another port (orchestrator.port in the spec, or "
+                f"PCDB_PREFECT_PORT). Nothing was started")
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "ab")
+        try:
+            child = subprocess.Popen(
+                _prefect_cmd("server", "start", "--host", self.config.host, "--port", str(self.config.port),
+                             "--analytics-off"),
+                env=self.server_env(), cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        self._write(self.pid_file, {"pid": child.pid, "url": self.config.url, "ui_url": self.config.ui_url,
+                                    "backend": self.config.backend, "started_at": _now()})
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if child.poll() is not None or time.monotonic() > deadline:
+                _stop_pid(child.pid)
+                tail = self.log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                raise OrchestratorError(
+                    f"the Prefect server did not answer on {self.config.url} within {timeout:.0f}s "
+                    f"({'exited' if child.poll() is not None else 'still starting'}): {' / '.join(tail)}; "
+                    f"see {self.log_file}")
+            time.sleep(0.25)
+        return Change("prefect_server", self.config.ui_url, "started",
+                      notes=(f"pid {child.pid}, {self.config.backend}, home {self.home}",))
+
+    def down(self) -> list[str]:
+        """Stop every worker, then the server; the database stays. Returns what was stopped."""
+        stopped = [f"worker {pool}" for pool in self.worker_pools() if self.stop_worker(pool)]
+        pid = self.server_pid()
+        if pid and _stop_pid(pid):
+            stopped.append(f"prefect server (pid {pid})")
+        self.pid_file.unlink(missing_ok=True)
+        return stopped
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def worker_pools(self) -> list[str]:
+        return sorted(p.stem for p in (self.home / "workers").glob("*.json"))
+
+    def worker_pid(self, pool: str) -> int | None:
+        info = self._read(self.worker_file(pool))
+        if info and alive(int(info["pid"])):
+            return int(info["pid"])
+        return None
+
+    def start_worker(self, pool: str, env: dict[str, str], cwd: Path) -> Change:
+        """A process worker polling ``pool``; its flow runs inherit ``env`` and run in ``cwd``."""
+        pid = self.worker_pid(pool)
+        if pid:
+            return Change("prefect_worker", pool, "unchanged", notes=(f"pid {pid}",))
+        log_path = self.home / "workers" / f"{pool}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, **env,
+                    "PREFECT_API_URL": self.config.url, "PREFECT_HOME": str(self.home / "client"),
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen(
+                _prefect_cmd("worker", "start", "--pool", pool, "--type", "process",
+                             "--name", f"{pool}@{socket.gethostname()}"),
+                env=full_env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        self._write(self.worker_file(pool), {"pid": child.pid, "pool": pool, "started_at": _now(),
+                                             "log": str(log_path)})
+        return Change("prefect_worker", pool, "started", notes=(f"pid {child.pid}, log {log_path}",))
+
+    def stop_worker(self, pool: str) -> bool:
+        pid = self.worker_pid(pool)
+        stopped = bool(pid and _stop_pid(pid))
+        self.worker_file(pool).unlink(missing_ok=True)
+        return stopped

@@ -1,0 +1,120 @@
+"""One PostgreSQL server of the sandbox: its folders, its process, its connection."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from pcdb.errors import SandboxError
+from pcdb.sandbox import proc
+
+
+def conf_line(name: str, value: object) -> str:
+    """A postgresql.conf line with the value quoted as the server expects."""
+    text = str(value).replace("'", "''")
+    return f"{name} = '{text}'\n"
+
+
+@dataclass(frozen=True)
+class Node:
+    """A server's folders and port. ``home`` holds data/, run/ (socket), log/ and server.log."""
+
+    name: str
+    home: Path
+    port: int
+    bindir: Path
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "log"
+
+    @property
+    def startup_log(self) -> Path:
+        return self.home / "server.log"
+
+    def prog(self, name: str) -> str:
+        return str(self.bindir / name)
+
+    def exists(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def is_running(self) -> bool:
+        if not self.exists():
+            return False
+        result = proc.run([self.prog("pg_ctl"), "-D", str(self.data), "status"], timeout=10,
+                          what=f"status of {self.name}", check=False)
+        return result.returncode == 0
+
+    def start(self, timeout: float) -> None:
+        """Start and wait until it accepts connections, or raise naming the log file."""
+        proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-l", str(self.startup_log), "-w",
+                  "-t", str(int(timeout)), "start"], timeout=timeout + 5,
+                 what=f"start {self.name}", log=self.startup_log)
+
+    def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        """Stop the server; a fast stop that hangs is escalated to immediate."""
+        if not self.is_running():
+            return
+        try:
+            proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t",
+                      str(int(timeout)), "stop"], timeout=timeout + 5, what=f"stop {self.name}",
+                     log=self.startup_log)
+        except SandboxError:
+            if mode == "immediate":
+                raise
+            self.stop("immediate", timeout)
+
+    def promote(self, timeout: float) -> None:
+        proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-w", "-t", str(int(timeout)),
+                  "promote"], timeout=timeout + 5, what=f"promote {self.name}", log=self.startup_log)
+
+    def reload(self) -> None:
+        proc.run([self.prog("pg_ctl"), "-D", str(self.data), "reload"], timeout=10,
+                 what=f"reload {self.name}", log=self.startup_log)
+
+    def conninfo(self, user: str, dbname: str = "postgres") -> str:
+        """Admin connection over the node's own unix socket (trust, folder 0700)."""
+        return psycopg.conninfo.make_conninfo(host=str(self.run_dir), port=self.port, user=user,
+                                              dbname=dbname, application_name="pcdb")
+
+    def connect(self, user: str, dbname: str = "postgres", timeout: float = 10) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.conninfo(user, dbname), autocommit=True,
+                                   connect_timeout=max(1, int(timeout)))
+        except psycopg.OperationalError as exc:
+            raise SandboxError(f"cannot connect to {self.name} (port {self.port}): "
+                               f"{str(exc).strip().splitlines()[0]}; see {self.startup_log}") from exc
+
+    def write_node_conf(self, settings: dict[str, object]) -> None:
+        """Write the per-node settings file included at the end of postgresql.conf."""
+        text = "# Per-node settings written by pcdb; never copied between nodes.\n"
+        text += "".join(conf_line(k, v) for k, v in settings.items())
+        proc.write_file(self.data / "node.conf", text, mode=0o600)
+
+    def wait(self, predicate, what: str, timeout: float, interval: float = 0.05):
+        """Poll ``predicate()`` until it returns a truthy value or the deadline passes."""
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while True:
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except (psycopg.Error, SandboxError) as exc:
+                last_error = exc
+            if time.monotonic() >= deadline:
+                extra = f" (last error: {last_error})" if last_error else ""
+                raise SandboxError(f"{self.name}: {what} did not happen within {timeout:.0f}s"
+                                   f"{extra}; see {self.startup_log} and {self.log_dir}")
+            time.sleep(interval)

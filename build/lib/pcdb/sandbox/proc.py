@@ -1,0 +1,120 @@
+"""Running PostgreSQL's programs: as the ``postgres`` user when we are root, always with a bound."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from pcdb.errors import SandboxError
+
+SERVER_USER = "postgres"
+
+
+@dataclass(frozen=True)
+class OsUser:
+    """The OS account the servers run as."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @property
+    def is_self(self) -> bool:
+        return self.uid == os.geteuid()
+
+
+@cache
+def server_user() -> OsUser:
+    """Return ``postgres`` when running as root (initdb refuses root), else ourselves."""
+    if os.geteuid() == 0:
+        try:
+            entry = pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            raise SandboxError("running as root, but there is no 'postgres' OS user to run the "
+                               "servers; install Debian's postgresql package (./dev setup)") from None
+    else:
+        entry = pwd.getpwuid(os.geteuid())
+    return OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def invoking_user() -> str:
+    """The OS user pcdb itself runs as."""
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def find_bindir(configured: str | None = None) -> Path:
+    """Locate the PostgreSQL server binaries (initdb, pg_ctl, ...).
+
+    Order: ``configured``, $PCDB_PG_BINDIR, ``pg_config --bindir``, the newest /usr/lib/postgresql/*/bin.
+    """
+    candidates = [configured, os.environ.get("PCDB_PG_BINDIR")]
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=False)
+        candidates.append(result.stdout.strip())
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
+                   if p.parent.name.isdigit() else 0)
+    candidates += [str(p) for p in reversed(found)]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    raise SandboxError("no PostgreSQL server binaries (initdb) found; run ./dev setup, which installs "
+                       "Debian's postgresql packages, or set PCDB_PG_BINDIR")
+
+
+def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None = None,
+        check: bool = True, log: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` as the server user with a deadline; failures become SandboxError.
+
+    Args:
+        what: the action and node, for the message ("start node1").
+        log: a log file to name in the message when it fails.
+    """
+    user = server_user()
+    kwargs: dict = {}
+    if not user.is_self:
+        kwargs = {"user": user.uid, "group": user.gid, "extra_groups": []}
+    # HOME of the server user: libpq looks for client certificates under ~/.postgresql.
+    full_env = {**os.environ, "LC_ALL": "C.UTF-8", "HOME": user.home, **(env or {})}
+    full_env.pop("PGPASSWORD", None)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
+                                cwd="/", input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                                check=False, **kwargs)
+    except subprocess.TimeoutExpired:
+        raise SandboxError(f"{what}: no answer within {timeout:.0f}s"
+                           + (f"; see {log}" if log else "")) from None
+    if check and (result.returncode != 0 or (stdin is not None and "ERROR:" in result.stderr + result.stdout)):
+        detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise SandboxError(f"{what} failed: {' / '.join(detail) or 'exit ' + str(result.returncode)}"
+                           + (f"; see {log}" if log else ""))
+    return result
+
+
+def chown_tree(path: Path) -> None:
+    """Give ``path`` (and everything under it) to the server user."""
+    user = server_user()
+    if user.is_self:
+        return
+    for root, dirs, files in os.walk(path):
+        os.chown(root, user.uid, user.gid)
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), user.uid, user.gid)
+
+
+def write_file(path: Path, text: str, mode: int = 0o600, server_owned: bool = True) -> None:
+    """Write ``text`` to ``path`` atomically with ``mode``, owned by the server user if asked."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    if server_owned and not server_user().is_self:
+        os.chown(tmp, server_user().uid, server_user().gid)
+    os.replace(tmp, path)

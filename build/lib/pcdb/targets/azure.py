@@ -1,0 +1,651 @@
+"""AzureTarget: the target port on Azure Database for PostgreSQL Flexible Server.
+
+Ensure steps reconcile the resources of ``pcdb.azure.desired`` (GET, compare, PUT what differs).
+Operations use azure-mgmt-postgresqlflexibleservers: restart with failover, replica promote,
+point-in-time restore into a new server, backups. Long-running calls wait with an explicit
+timeout. Database work connects to the server's FQDN with TLS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+from pcdb.azure.apply import AzureClients, Reconciler, translate
+from pcdb.azure.desired import PLATFORM_PARAMETERS, Desired, desired_resources
+from pcdb.azure.plan import make_plan
+from pcdb.changes import Change
+from pcdb.config import Environment
+from pcdb.errors import TargetError
+from pcdb.targets.base import BackupInfo, BackupStatus, Endpoint, MetricsSample, NodeState, ServerState
+
+FQDN = "{name}.postgres.database.azure.com"
+KINDS = {
+    "resource_group": ("resource_group",),
+    "network": ("virtual_network", "subnet", "private_dns_zone", "private_dns_zone_link"),
+    "server": ("server",),
+    "database": ("database",),
+    "replica": ("replica",),
+    "access_rules": ("firewall_rule",),
+    "monitoring": ("log_analytics_workspace", "diagnostic_setting", "workbook", "action_group", "metric_alert",
+                   "activity_log_alert", "log_alert", "storage_account", "blob_container", "immutability_policy"),
+}
+
+
+class AzureTarget:
+    """Implements :class:`~pcdb.targets.base.Target` with the Azure SDK."""
+
+    def __init__(self, env: Environment, clients: AzureClients, subscription: str,
+                 admin_password: Callable[[], str], timeout: float = 3600,
+                 endpoints: Callable[[str], Endpoint | None] | None = None,
+                 teams_webhook: Callable[[], str] | None = None, credential=None,
+                 blob_endpoint: str | None = None, blob_verify: str | bool = True, transport=None):
+        if env.azure is None:
+            raise TargetError(f"environment {env.name!r} has no azure section")
+        self.env = env
+        self.clients = clients
+        self.subscription = subscription
+        self.rg = env.azure.resource_group
+        self.timeout = timeout
+        self.poll_seconds = 15.0  # ARM reads are rate-limited
+        self.reconciler = Reconciler(clients, admin_password, timeout, teams_webhook)
+        self._admin_password = admin_password
+        # Where a server's data plane answers, by server name (None: its FQDN). The Azure tests
+        # map names to the sandbox servers that their ARM fake operates.
+        self._endpoints = endpoints or (lambda name: None)
+        # The evidence archive's data plane: Entra ID tokens for Azure Storage from the same
+        # credential; the endpoint is the account's unless given (the tests' Azurite).
+        self._credential = credential
+        self._blob_endpoint = blob_endpoint
+        self._blob_verify = blob_verify
+        self._transport = transport  # the custom-metrics ingestion endpoint goes through the same one
+
+    # -- reconciliation -----------------------------------------------------------------
+
+    def desired(self) -> list[Desired]:
+        return desired_resources(self.env, self.subscription)
+
+    def _ensure(self, *types: str, names: set[str] | None = None) -> list[Change]:
+        return [self.reconciler.apply(d)[1] for d in self.desired()
+                if d.type in types and (names is None or d.name in names)]
+
+    def plan(self) -> list[Change]:
+        items = make_plan(self.desired(), self.reconciler.read)
+        action = {"create": "created", "update": "updated", "unchanged": "unchanged", "conflict": "conflict"}
+        return [*(Change(i.type, i.name, action[i.action], {k: (v["current"], v["desired"]) for k, v in i.changes.items()},
+                         i.notes) for i in items),
+                *(Change("configuration", name, "updated", {"properties.value": (current, default)},
+                         ("not in the spec any more: back to Azure's default",))
+                  for name, (current, default) in self._removed_parameters().items())]
+
+    def ensure_resource_group(self) -> Change:
+        return self._ensure(*KINDS["resource_group"])[0]
+
+    def ensure_network(self) -> Change:
+        changes = self._ensure(*KINDS["network"])
+        changed = [c for c in changes if c.changed]
+        return Change("network", self.env.network.vnet.name if self.env.network.vnet else "public",
+                      "updated" if changed else "unchanged",
+                      notes=tuple(f"{c.resource} {c.name}: {c.action}" for c in changes))
+
+    def ensure_server(self) -> list[Change]:
+        return self._ensure(*KINDS["server"])
+
+    def ensure_database(self) -> Change:
+        return self._ensure(*KINDS["database"])[0]
+
+    def ensure_replica(self) -> Change:
+        return self._ensure(*KINDS["replica"])[0]
+
+    def _removed_parameters(self) -> dict[str, tuple[str, str]]:
+        """name -> (current, Azure's default): parameters set by a user (source user-override) that
+        the spec does not name, so they go back to the default (parameters reconciled both ways)."""
+        pg = self.clients.postgres
+        if self._find_server(self.env.server.name) is None:
+            return {}
+        wanted = {d.name for d in self.desired() if d.type == "configuration"}
+        listed = self._call("list parameters of", self.env.server.name,
+                            lambda: list(pg.configurations.list_by_server(self.rg, self.env.server.name)))
+        return {c.name: (c.value, c.default_value) for c in listed
+                if (c.source or "").lower() == "user-override" and c.name not in wanted
+                and c.default_value is not None and str(c.value) != str(c.default_value)}
+
+    def ensure_parameters(self, names: set[str] | None = None) -> Change:
+        """Set what differs, and put parameters the spec no longer names back to their default;
+        when Azure reports a change pending a restart, restart the server with a planned failover
+        (standby first), so the primary is never down longer than a failover."""
+        from azure.mgmt.postgresqlflexibleservers import models as pgm
+
+        if names is not None and names & set(self.env.parameters):
+            names = names | set(PLATFORM_PARAMETERS)  # Azure's own: the extension allow-list, enhanced metrics
+        changes = self._ensure("configuration", names=names)
+        diff = {c.name: c.diff.get("properties.value", ("(absent)", "(created)")) for c in changes if c.changed}
+        removed = self._removed_parameters() if names is None or names & set(self.env.parameters) else {}
+        for name, (current, default) in removed.items():
+            self._call("reset parameter", name, lambda n=name, d=default: self.clients.postgres.configurations.begin_put(
+                self.rg, self.env.server.name, n, pgm.Configuration(value=d, source="system-default")))
+            diff[name] = (current, f"{default} (default: removed from the spec)")
+        if not diff:
+            return Change("parameters", self.env.server.name, "unchanged")
+        pg = self.clients.postgres
+        applied = {n: self._call("read parameter", n, lambda n=n: pg.configurations.get(self.rg, self.env.server.name, n))
+                   for n in diff}
+        sent = {d.name: d.body()["properties"]["value"] for d in self.desired() if d.type == "configuration"}
+        sent |= {n: default for n, (_, default) in removed.items()}
+        wrong = {n: (c.value, sent[n]) for n, c in applied.items() if str(c.value) != str(sent[n])}
+        if wrong:  # read back: Azure must hold exactly the value sent, in the parameter's own unit (C-3)
+            raise TargetError(f"parameters read back differ from what was set: {wrong} (current, sent); "
+                              "check the unit Azure reports for each (az postgres flexible-server parameter show)")
+        pending = [n for n, c in applied.items() if getattr(c, "is_config_pending_restart", False)]
+        notes = ()
+        if pending:
+            self.failover("planned")
+            notes = (f"restarted with a planned failover for {', '.join(sorted(pending))}",)
+        return Change("parameters", self.env.server.name, "updated", diff=diff, notes=notes)
+
+    def parameter_differences(self) -> dict[str, dict[str, tuple[str, str]]]:
+        diffs = {}
+        for item in make_plan([d for d in self.desired() if d.type == "configuration"], self.reconciler.read):
+            if item.action != "unchanged":
+                value = item.changes.get("properties.value", {})
+                diffs[item.name] = (value.get("current"), value.get("desired"))
+        diffs |= self._removed_parameters()
+        return {self.env.server.name: diffs}
+
+    def ensure_tls(self) -> Change:
+        return self.ensure_parameters({"require_secure_transport", "ssl_min_protocol_version"})
+
+    def ensure_access_rules(self) -> Change:
+        if self.env.network.mode == "vnet":
+            allowed = ", ".join(f"{s.cidr} ({s.name})" for s in self.env.network.allowed_subnets)
+            return Change("access_rules", self.env.server.name, "unchanged", notes=(
+                "VNet-integrated server: it has no firewall rules (C-2); access is enforced by the NSG of "
+                f"{self.env.network.subnet.name}, which must allow only {allowed} on port 5432",))
+        changes = self._ensure(*KINDS["access_rules"])
+        return Change("access_rules", self.env.server.name,
+                      "updated" if any(c.changed for c in changes) else "unchanged",
+                      notes=tuple(f"{c.name}: {c.action}" for c in changes))
+
+    def ensure_monitoring(self) -> Change:
+        changes = self._ensure(*KINDS["monitoring"])
+        return Change("monitoring", self.env.azure.log_analytics_workspace,
+                      "updated" if any(c.changed for c in changes) else "unchanged",
+                      notes=tuple(f"{c.resource} {c.name}: {c.action}" for c in changes if c.changed))
+
+    # -- state and operations -------------------------------------------------------------
+
+    def _call(self, what: str, name: str, func):
+        """Call the SDK; its errors are translated once, as the reconciler's are (429/5xx and an
+        unreachable ARM are transient and retried by the runbooks, the rest say what to do)."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            result = func()
+            return result.result(timeout=self.timeout) if hasattr(result, "result") else result
+        except AzureError as exc:
+            translated = translate(exc, f"{what} {name}")
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def _server(self, name: str):
+        pg = self.clients.postgres
+        return self._call("read server", name, lambda: pg.servers.get(self.rg, name))
+
+    def _find_server(self, name: str):
+        """The server, or None when it does not exist."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.clients.postgres.servers.get(self.rg, name)
+        except ResourceNotFoundError:
+            return None
+
+    def _replica_server(self):
+        return self._find_server(self.env.replica.name)
+
+    @staticmethod
+    def _is_replica(server) -> bool:
+        return (server.replication_role or "").lower() in ("asyncreplica", "geoasyncreplica")
+
+    def server_state(self) -> ServerState:
+        """HA state and nodes as ARM reports them; the replica counts as following ("async") when
+        its replication state is Active."""
+        server = self._server(self.env.server.name)
+        ha = server.high_availability.state if server.high_availability else "NotEnabled"
+        nodes = [NodeState(self.env.server.name, "primary", server.state == "Ready")]
+        replica = self._replica_server()
+        if replica is not None:
+            following = self._is_replica(replica) and replica.replica is not None and \
+                (replica.replica.replication_state or "") == "Active"
+            nodes.append(NodeState(self.env.replica.name, "replica" if self._is_replica(replica) else "promoted",
+                                   replica.state == "Ready", "async" if following else None))
+        return ServerState(self.env.server.name, ha or "NotEnabled", tuple(nodes))
+
+    def list_backups(self) -> list[BackupInfo]:
+        pg = self.clients.postgres
+        found = self._call("list backups of", self.env.server.name,
+                           lambda: list(pg.backups_automatic_and_on_demand.list_by_server(self.rg, self.env.server.name)))
+        out = [BackupInfo(b.name, "automatic" if (b.backup_type or "").lower() == "full" else "on-demand",
+                          b.completed_time) for b in found]
+        return sorted(out, key=lambda b: b.finished_at)
+
+    def take_backup(self) -> BackupInfo:
+        name = datetime.now(timezone.utc).strftime("pcdb-%Y%m%dT%H%M%SZ")
+        pg = self.clients.postgres
+        self._call("take an on-demand backup of", self.env.server.name,
+                   lambda: pg.backups_automatic_and_on_demand.begin_create(self.rg, self.env.server.name, name))
+        return BackupInfo(name, "on-demand", datetime.now(timezone.utc))
+
+    def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint:
+        from azure.mgmt.postgresqlflexibleservers import models as m
+
+        source = next(d for d in self.desired() if d.type == "server")
+        body = m.Server(location=self.env.server.location, create_mode="PointInTimeRestore",
+                        source_server_resource_id=source.id, point_in_time_utc=target_time)
+        pg = self.clients.postgres
+        self._call("restore into", name, lambda: pg.servers.begin_create_or_update(self.rg, name, body))
+        return self._endpoint(name)
+
+    def delete_server(self, name: str) -> Change:
+        if name in (self.env.server.name, self.env.replica.name):
+            raise TargetError(f"{name} is part of the production topology; pcdb deletes only throw-away servers")
+        if self._find_server(name) is None:
+            return Change("server", name, "unchanged", notes=("does not exist",))
+        pg = self.clients.postgres
+        self._call("delete", name, lambda: pg.servers.begin_delete(self.rg, name))
+        return Change("server", name, "deleted")
+
+    def _zones(self) -> tuple[str | None, str | None]:
+        server = self._server(self.env.server.name)
+        standby = server.high_availability.standby_availability_zone if server.high_availability else None
+        return server.availability_zone, standby
+
+    def failover(self, mode: Literal["planned", "forced"] = "planned") -> dict:
+        """Restart with failover: the standby zone becomes the primary zone (R-DR-1)."""
+        from azure.mgmt.postgresqlflexibleservers import models as m
+
+        pg = self.clients.postgres
+        before = self._zones()
+        started = datetime.now(timezone.utc)
+        body = m.RestartParameter(restart_with_failover=True,
+                                  failover_mode="PlannedFailover" if mode == "planned" else "ForcedFailover")
+        self._call("fail over", self.env.server.name, lambda: pg.servers.begin_restart(self.rg, self.env.server.name, body))
+        seconds = (datetime.now(timezone.utc) - started).total_seconds()
+        after = self._zones()
+        return {"mode": mode, "old_primary": f"zone {before[0]}", "new_primary": f"zone {after[0]}",
+                "promote_seconds": seconds, "total_seconds": seconds, "timeline": None}
+
+    DRILL_TAG = "pcdb-drill"
+
+    def promote_replica(self, mode: Literal["Standalone", "Switchover"] = "Standalone",
+                        option: Literal["Planned", "Forced"] = "Forced", drill: str | None = None) -> dict:
+        """Promote the read replica (R-DR-2). Planned waits for the replica to catch up; Forced
+        does not (a lost region cannot be waited for). ``drill`` tags the promoted server, so
+        only a server a drill promoted is ever rebuilt by pcdb."""
+        from azure.mgmt.postgresqlflexibleservers import models as m
+
+        pg = self.clients.postgres
+        replica = self._replica_server()
+        if replica is None:
+            raise TargetError(f"there is no replica {self.env.replica.name} to promote; run the install (Phase 3)")
+        if not self._is_replica(replica):
+            return {"name": self.env.replica.name, "action": "unchanged", "seconds": 0.0, "timeline": None}
+        tags = {**(replica.tags or {}), **({self.DRILL_TAG: drill} if drill else {})}
+        body = m.ServerForPatch(replica=m.Replica(promote_mode=mode, promote_option=option), tags=tags or None)
+        started = datetime.now(timezone.utc)
+        self._call("promote", self.env.replica.name, lambda: pg.servers.begin_update(self.rg, self.env.replica.name, body))
+        return {"name": self.env.replica.name, "action": "promoted",
+                "seconds": (datetime.now(timezone.utc) - started).total_seconds(), "timeline": None}
+
+    def stop_primary_region(self) -> Change:
+        """Stop the primary server (Azure stops its HA standby with it): the region drill's
+        stand-in for a lost region. Unchanged when it is already stopped."""
+        pg = self.clients.postgres
+        if self._server(self.env.server.name).state == "Stopped":
+            return Change("server", self.env.server.name, "unchanged", notes=("already stopped",))
+        self._call("stop", self.env.server.name, lambda: pg.servers.begin_stop(self.rg, self.env.server.name))
+        return Change("server", self.env.server.name, "updated", {"state": ("Ready", "Stopped")})
+
+    def start_primary_region(self) -> Change:
+        pg = self.clients.postgres
+        state = self._server(self.env.server.name).state
+        if state != "Stopped":
+            return Change("server", self.env.server.name, "unchanged", notes=(f"state {state}",))
+        self._call("start", self.env.server.name, lambda: pg.servers.begin_start(self.rg, self.env.server.name))
+        return Change("server", self.env.server.name, "updated", {"state": ("Stopped", "Ready")})
+
+    def stall_replica(self, dry_run: bool = False) -> None:  # noqa: ARG002 - refused either way
+        raise TargetError("Azure gives no way to cut a replica's replication link: the stalled-replica "
+                          "region drill runs on the sandbox only")
+
+    def replica_diverged(self) -> bool:
+        """The replica was promoted by a drill (tagged) and not rebuilt yet. A replica promoted
+        for real (no drill tag) is production's primary now and is never touched."""
+        replica = self._replica_server()
+        return replica is not None and not self._is_replica(replica) and self.DRILL_TAG in (replica.tags or {})
+
+    def rebuild_replica(self) -> Change:
+        """Delete the server a drill promoted and create the read replica of the primary again."""
+        replica = self._replica_server()
+        if replica is not None and self._is_replica(replica):
+            return Change("server", self.env.replica.name, "unchanged", notes=("still a replica",))
+        if replica is not None:
+            if self.DRILL_TAG not in (replica.tags or {}):
+                raise TargetError(f"{self.env.replica.name} was promoted outside a drill and may carry production "
+                                  "writes: pcdb does not delete it; rebuild the replica by hand once it is retired")
+            pg = self.clients.postgres
+            self._call("delete the promoted drill server", self.env.replica.name,
+                       lambda: pg.servers.begin_delete(self.rg, self.env.replica.name))
+        change = self.ensure_replica()
+        return Change("server", self.env.replica.name, "created",
+                      notes=("the server the drill promoted was deleted; the replica was created again "
+                             "from the primary", *change.notes))
+
+    def promoted_server_facts(self) -> list[str]:
+        """The post-promotion checklist (§5.2.3): what the promoted server lacks that the primary had."""
+        replica = self._replica_server()
+        if replica is None:
+            return ["the replica does not exist"]
+        facts = []
+        ha = replica.high_availability.mode if replica.high_availability else "Disabled"
+        if (ha or "Disabled") == "Disabled":
+            facts.append(f"{self.env.replica.name} has no high availability: enable ZoneRedundant "
+                         "(az postgres flexible-server update --high-availability ZoneRedundant) before it "
+                         "takes production load")
+        geo = (replica.backup.geo_redundant_backup if replica.backup else None) or "Disabled"
+        if geo != "Enabled":
+            facts.append(f"{self.env.replica.name} has no geo-redundant backup, and Azure sets it only when a "
+                         "server is created: until the topology is rebuilt, a second region loss is not covered")
+        return facts or [f"{self.env.replica.name} carries HA and geo-redundant backup"]
+
+    METRICS = ("active_connections", "storage_used", "storage_percent", "tps", "cpu_percent", "memory_percent")
+
+    def metrics_series(self, start: datetime, end: datetime, interval: str = "PT1M",
+                       names: tuple[str, ...] = METRICS, resource: str | None = None) -> dict[str, list[tuple[datetime, float]]]:
+        """Azure Monitor samples (1-minute, kept 93 days) of ``names`` between start and end."""
+        server = resource or next(d.id for d in self.desired() if d.type == "server")
+        span = f"{start.isoformat()}/{end.isoformat()}"  # metrics.list wants ISO strings, not timedeltas
+        response = self._call("read metrics of", self.env.server.name, lambda: self.clients.monitor.metrics.list(
+            server, timespan=span, interval=interval, metricnames=",".join(names), aggregation="Average,Maximum"))
+        out: dict[str, list[tuple[datetime, float]]] = {}
+        for metric in response.value or []:
+            points = out.setdefault(metric.name.value, [])
+            for series in metric.timeseries or []:
+                for point in series.data or []:
+                    value = point.maximum if point.maximum is not None else point.average
+                    if value is not None:
+                        points.append((point.time_stamp, float(value)))
+        return out
+
+    # Azure Monitor's names -> the capacity analysis's (pcdb.capacity)
+    HISTORY = {"storage_used": "storage_used", "storage_percent": "storage_percent",
+               "txlogs_storage_used": "txlogs_storage_used", "active_connections": "active_connections",
+               "cpu_percent": "cpu_percent", "memory_percent": "memory_percent", "iops": "iops",
+               "maximum_used_transactionIDs": "xid_age"}
+
+    def metric_history(self, start: datetime, end: datetime) -> dict[str, list[tuple[datetime, float, float]]]:
+        """Hourly (PT1H) averages and maxima of the capacity metrics from Azure Monitor, which keeps
+        93 days: {metric: [(hour, average, maximum)]}, ``iops`` also as ``iops_percent`` of the
+        provisioned IOPS. Hourly, not 1-minute: 93 days of minutes are 134,000 points a metric,
+        beyond what one metrics query returns; the hour's average and maximum keep what the
+        analysis needs."""
+        server = next(d.id for d in self.desired() if d.type == "server")
+        span = f"{start.isoformat()}/{end.isoformat()}"
+        response = self._call("read metric history of", self.env.server.name, lambda: self.clients.monitor.metrics.list(
+            server, timespan=span, interval="PT1H", metricnames=",".join(self.HISTORY), aggregation="Average,Maximum"))
+        out: dict[str, list[tuple[datetime, float, float]]] = {}
+        for metric in response.value or []:
+            name = self.HISTORY.get(metric.name.value)
+            if name is None:
+                continue
+            points = out.setdefault(name, [])
+            for series in metric.timeseries or []:
+                for point in series.data or []:
+                    if point.average is None and point.maximum is None:
+                        continue          # an hour without data: a gap, not a zero
+                    avg = point.average if point.average is not None else point.maximum
+                    points.append((point.time_stamp, float(avg), float(point.maximum if point.maximum is not None
+                                                                         else avg)))
+        if out.get("iops"):
+            limit = float(self.env.server.storage.iops)
+            out["iops_percent"] = [(t, 100 * a / limit, 100 * m / limit) for t, a, m in out["iops"]]
+        return out
+
+    def metrics(self) -> MetricsSample:
+        """The latest sample, in the shape the sandbox gives (fields Azure has no metric for are None)."""
+        end = datetime.now(timezone.utc)
+        series = self.metrics_series(end - timedelta(minutes=5), end)
+        latest = {name: points[-1][1] for name, points in series.items() if points}
+        replica_id = next(d.id for d in self.desired() if d.type == "replica")
+        lag = self.metrics_series(end - timedelta(minutes=5), end, names=("physical_replication_delay_in_seconds",),
+                                  resource=replica_id).get("physical_replication_delay_in_seconds", [])
+        quota = self.env.server.storage.size
+        used = int(latest.get("storage_used", 0))
+        return MetricsSample(
+            at=end, connections=int(latest.get("active_connections", 0)), storage_used_bytes=used,
+            storage_quota_bytes=quota, storage_percent=latest.get("storage_percent", 100.0 * used / quota),
+            tps=latest.get("tps"), cache_hit_percent=None, deadlocks=0,
+            replication=({"name": self.env.replica.name, "lag_bytes": None,
+                          "lag_seconds": lag[-1][1] if lag else None},))
+
+    def endpoint(self, which: Literal["primary", "replica", "application"] = "primary") -> Endpoint:
+        """The FQDN follows the primary across a failover, so primary and application are one."""
+        return self._endpoint(self.env.replica.name if which == "replica" else self.env.server.name)
+
+    def _endpoint(self, name: str) -> Endpoint:
+        mapped = self._endpoints(name)
+        if mapped is not None:
+            return mapped
+        conn = self.env.server.connection
+        return Endpoint(FQDN.format(name=name), conn.port, self.env.service.database, conn.sslmode,
+                        sslrootcert=conn.ca_bundle, connect_timeout=int(conn.connect_timeout.total_seconds()))
+
+    def archive_report(self, path, sha256: str) -> str | None:
+        """Upload the report into the evidence container (immutability policy: it can never be
+        changed or deleted within the retention), as ``<env>/<year>/<stem>.<sha256[:12]><suffix>``
+        with its SHA-256 as metadata; a blob of that name already there is the same report."""
+        archive = self.env.azure.evidence_archive
+        if archive is None or self._credential is None:
+            return None
+        year = datetime.now(timezone.utc).strftime("%Y")
+        return self._blob_put(archive.container, f"{self.env.name}/{year}/{path.stem}.{sha256[:12]}{path.suffix}",
+                              path, sha256, "text/markdown; charset=utf-8", once=True)
+
+    def archive_partition(self, path, name: str, sha256: str) -> str:
+        """A partition's dump into the partition-archive container as ``<env>/partitions/<name>.dump``
+        (SHA-256 as metadata); an archive not proved yet (a killed run's) is replaced."""
+        archive = self.env.azure.evidence_archive
+        if archive is None or self._credential is None:
+            raise TargetError("partitions are archived into azure.evidence_archive's storage account, which "
+                              f"{self.env.name} does not name: add it, or keep the partitions (raise the retention)")
+        return self._blob_put(archive.partition_container, f"{self.env.name}/partitions/{name}.dump", path, sha256,
+                              "application/octet-stream", once=False)
+
+    def fetch_partition_archive(self, location: str, dest):
+        with self._blob_client() as (client, HttpRequest):
+            reply = client.send_request(HttpRequest("GET", location, headers={"x-ms-version": "2023-11-03"}),
+                                        connection_verify=self._blob_verify)
+            if reply.status_code != 200:
+                raise TargetError(f"could not read the archive {location}: HTTP {reply.status_code}")
+            dest.write_bytes(reply.read())
+        return dest
+
+    def _blob_client(self):
+        from contextlib import contextmanager
+
+        from azure.core import PipelineClient
+        from azure.core.pipeline.policies import BearerTokenCredentialPolicy, RetryPolicy
+        from azure.core.rest import HttpRequest
+
+        @contextmanager
+        def opened():
+            policies = [RetryPolicy(), BearerTokenCredentialPolicy(self._credential, "https://storage.azure.com/.default")]
+            with PipelineClient(self._blob_base(), policies=policies) as client:
+                yield client, HttpRequest
+        return opened()
+
+    def _blob_base(self) -> str:
+        archive = self.env.azure.evidence_archive
+        return (self._blob_endpoint or f"https://{archive.storage_account}.blob.core.windows.net").rstrip("/")
+
+    def _blob_put(self, container: str, blob: str, path, sha256: str, content_type: str, once: bool) -> str:
+        import base64
+        import hashlib
+
+        archive = self.env.azure.evidence_archive
+        url = f"{self._blob_base()}/{container}/{blob}"
+        data = path.read_bytes()
+        headers = {"x-ms-version": "2023-11-03", "x-ms-blob-type": "BlockBlob", "Content-Type": content_type,
+                   "x-ms-meta-sha256": sha256,
+                   "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()}  # noqa: S324 - transfer check
+        if once:
+            headers["If-None-Match"] = "*"
+        with self._blob_client() as (client, HttpRequest):
+            try:
+                reply = client.send_request(HttpRequest("PUT", url, content=data, headers=headers),
+                                            connection_verify=self._blob_verify)
+            except Exception as exc:
+                raise TargetError(f"could not archive {path.name} into {archive.storage_account}/"
+                                  f"{container}: {exc}") from exc
+        if once and reply.status_code == 409 and "BlobAlreadyExists" in reply.text():
+            return url
+        if reply.status_code >= 300:
+            raise TargetError(f"archiving {path.name} into {archive.storage_account}/{container} failed: "
+                              f"HTTP {reply.status_code} {reply.text()[:300]}; the identity needs the Storage Blob "
+                              "Data Contributor role on the container")
+        return url
+
+    def failed_logins(self, since: datetime) -> int | None:  # noqa: ARG002 - in Log Analytics, not here
+        return None
+
+    def log_lines(self, since: datetime, pattern) -> list[str] | None:  # noqa: ARG002 - in Log Analytics
+        return None   # the server log is in Log Analytics (PostgreSQLLogs), read with its own query language
+
+    def tls_certificate_expiry(self) -> datetime | None:
+        return None   # Azure renews the server certificate itself
+
+    def maintenance_window(self) -> dict | None:
+        """The server's maintenance window as its next start (UTC) and length; None when it is
+        system-managed (Azure then gives 5 days' notice: the health runbook reports it)."""
+        server = self._server(self.env.server.name)
+        window = getattr(server, "maintenance_window", None)
+        if window is None or (getattr(window, "custom_window", "Disabled") or "Disabled") != "Enabled":
+            return None
+        now = datetime.now(timezone.utc)
+        # dayOfWeek: 0 = Sunday in ARM; Python's weekday(): 0 = Monday.
+        days = ((window.day_of_week or 0) - (now.weekday() + 1) % 7) % 7
+        start = (now + timedelta(days=days)).replace(hour=window.start_hour or 0, minute=window.start_minute or 0,
+                                                      second=0, microsecond=0)
+        if start > now:
+            start -= timedelta(days=7)   # the window that started last (it may be running now)
+        return {"start": start, "minutes": 60, "note": "custom window"}
+
+    def platform_metrics(self) -> dict[str, float | None]:
+        """The latest 1-minute values Azure Monitor has (R-MON-1): CPU, memory, IOPS use, storage,
+        and whether the server answered (is_db_alive, sampled every 20 s: the minimum counts)."""
+        end = datetime.now(timezone.utc)
+        names = ("cpu_percent", "memory_percent", "disk_iops_consumed_percentage", "storage_percent", "is_db_alive")
+        series = self.metrics_series(end - timedelta(minutes=5), end, names=names)
+        latest = {name: points[-1][1] for name, points in series.items() if points}
+        alive = [v for _, v in series.get("is_db_alive", [])][-1:]
+        return {"cpu_percent": latest.get("cpu_percent"), "memory_percent": latest.get("memory_percent"),
+                "iops_percent": latest.get("disk_iops_consumed_percentage"),
+                "storage_percent": latest.get("storage_percent"),
+                "connection_failed": (1.0 if alive[0] == 0 else 0.0) if alive else None,
+                "storage_quota_bytes": float(self.env.server.storage.size)}
+
+    def planned_maintenance(self) -> list[dict]:
+        """Azure's planned maintenance of the server that is announced or under way (Resource
+        Health events of type PlannedMaintenance, notified 5 days ahead): [{title, start, end}]."""
+        from azure.core.rest import HttpRequest
+
+        server = next(d.id for d in self.desired() if d.type == "server")
+        request = HttpRequest("GET", f"https://management.azure.com{server}/providers/Microsoft.ResourceHealth/events",
+                              params={"api-version": "2022-10-01"})
+        reply = self.clients.resource.send_request(request)
+        if reply.status_code == 404:
+            return []
+        if reply.status_code >= 300:
+            raise TargetError(f"could not read the planned maintenance of {self.env.server.name}: "
+                              f"HTTP {reply.status_code} {reply.text()[:200]}")
+        out = []
+        for event in reply.json().get("value", []):
+            props = event.get("properties", {})
+            if props.get("eventType") != "PlannedMaintenance" or props.get("status") not in ("Active", None):
+                continue
+            start, end = props.get("impactStartTime"), props.get("impactMitigationTime")
+            out.append({"title": props.get("title", event.get("name")),
+                        "start": datetime.fromisoformat(start.replace("Z", "+00:00")) if start else None,
+                        "end": datetime.fromisoformat(end.replace("Z", "+00:00")) if end else None})
+        return out
+
+    def publish_business_metrics(self, values: dict[str, float | None], at: datetime) -> int:
+        """The business rates as Azure Monitor custom metrics of the server (namespace pcdb/business,
+        https://<region>.monitoring.azure.com<server id>/metrics; the identity needs Monitoring
+        Metrics Publisher on the server): what the §6.3 workbook's business panels chart."""
+        from azure.core import PipelineClient
+        from azure.core.pipeline import policies
+        from azure.core.rest import HttpRequest
+
+        from pcdb.azure.workbook import BUSINESS_NAMESPACE
+
+        present = {k: float(v) for k, v in values.items() if v is not None}
+        if not present or self._credential is None:
+            return 0
+        server = next(d.id for d in self.desired() if d.type == "server")
+        base = f"https://{self.env.server.location}.monitoring.azure.com"
+        options = {"transport": self._transport} if self._transport is not None else {}
+        client = PipelineClient(base, policies=[
+            policies.RetryPolicy(retry_total=2),
+            policies.BearerTokenCredentialPolicy(self._credential, "https://monitoring.azure.com/.default")], **options)
+        for name, value in present.items():
+            body = {"time": at.isoformat(), "data": {"baseData": {
+                "metric": name, "namespace": BUSINESS_NAMESPACE, "dimNames": [],
+                "series": [{"dimValues": [], "min": value, "max": value, "sum": value, "count": 1}]}}}
+            reply = client.send_request(HttpRequest("POST", f"{base}{server}/metrics", json=body))
+            if reply.status_code >= 300:
+                raise TargetError(f"Azure Monitor refused the custom metric {name}: HTTP {reply.status_code} "
+                                  f"{reply.text()[:200]}")
+        return len(present)
+
+    def own_roles(self) -> set[str]:
+        return {"azuresu", "replication"}
+
+    def admin_password(self) -> str:
+        return self._admin_password()
+
+    def generated_secret(self, name: str) -> str:
+        raise TargetError(f"the secret of {name} must come from a secret store on Azure (env or Prefect Secret), "
+                          "not be generated")
+
+    def backup_status(self) -> BackupStatus:
+        """Backup facts from the server (retention, geo) and its backups list (R-BAK-1/2).
+        Azure manages WAL and backup files itself: their integrity is proved by the restore test."""
+        server = self._server(self.env.server.name)
+        backups = self.list_backups()
+        latest = backups[-1] if backups else None
+        settings = server.backup
+        earliest = getattr(settings, "earliest_restore_date", None)
+        return BackupStatus(
+            latest_backup_id=latest.id if latest else None, latest_backup_at=latest.finished_at if latest else None,
+            retention=timedelta(days=settings.backup_retention_days or 0),
+            geo_redundant=(settings.geo_redundant_backup or "").lower() == "enabled",
+            # Azure shows neither the WAL nor the backup files: nothing here can pass them. They are
+            # "deferred to the restore test", judged by the date of the last one that passed.
+            archive_ok=None,
+            archive_detail=f"WAL is archived by Azure (earliest restore point {earliest})" if earliest
+            else "WAL is archived by Azure",
+            integrity_ok=None,
+            integrity_detail="Azure keeps the backup files")
+
+    def amcheck(self, name: str) -> tuple[bool, str]:
+        """amcheck over SQL on a (restored) server, through its FQDN with TLS."""
+        import psycopg
+
+        from pcdb.backups import amcheck_sql
+
+        info = self._endpoint(name).conninfo(self.env.server.admin.user, self._admin_password())
+        with psycopg.connect(info, autocommit=True) as conn:
+            return amcheck_sql(conn)
