@@ -236,6 +236,29 @@ def check_role_inventory(conn: psycopg.Connection, env: Environment, platform_ro
                        seconds=time.monotonic() - started)
 
 
+STORAGE_READ_ONLY_PERCENT = 95.0   # Azure: read-only at >= 95 % used (or < 5 GiB free)
+
+
+def check_storage(conn: psycopg.Connection, env: Environment, target: Target) -> CheckResult:
+    """What the databases take, against the storage they have (the sandbox: its quota, standing
+    for the spec's disk; Azure: the spec's size, or Azure Monitor's storage_percent when higher):
+    below the read-only limit, with the §6.1.1 warning threshold named (R-SYS-2)."""
+    used = int(conn.execute(query("install.sql", "database_bytes")).fetchone()[0])
+    size = int(env.sandbox.storage_quota if env.target == "sandbox" and env.sandbox else env.server.storage.size)
+    percent = 100.0 * used / size
+    try:
+        monitored = target.platform_metrics().get("storage_percent")
+    except Exception:  # noqa: BLE001 - the platform's metrics down: the SQL figure stands
+        monitored = None
+    if monitored is not None and monitored > percent:
+        percent = float(monitored)
+    warning = next((t.value for t in env.monitoring.system_metrics if t.metric == "storage_percent"), 75.0)
+    evidence = (f"{percent:.1f} % of {size} bytes used ({used} bytes in the databases); warning at {warning:g} %, "
+                f"read-only at {STORAGE_READ_ONLY_PERCENT:g} %")
+    return CheckResult("storage below the read-only limit", "R-SYS-2", percent < STORAGE_READ_ONLY_PERCENT, evidence,
+                       {"used_bytes": used, "size_bytes": size, "percent": round(percent, 1)})
+
+
 def check_parameters(differences: dict[str, dict[str, tuple[str, str]]]) -> CheckResult:
     """Every parameter read back from every node equals the spec (R-PAR-2)."""
     bad = {node: diff for node, diff in differences.items() if diff}

@@ -211,10 +211,11 @@ def sandbox_up(env: EnvOption = "local", as_json: JsonOption = False) -> None:
 @sandbox_app.command("status")
 @user_errors
 def sandbox_status(env: EnvOption = "local", as_json: JsonOption = False) -> None:
-    """Show every server of the sandbox: role, endpoint, sync state, timeline, lag.
+    """Show every server of the sandbox: role, endpoint, sync state, timeline, lag, and storage
+    against the quota.
 
     Exit status 2 when something is wrong (two primaries, none, no synchronous standby, an
-    interrupted failover), each said on stderr."""
+    interrupted failover, storage at the read-only limit), each said on stderr."""
     target = _sandbox_target(env)
     if not target.sandbox.exists():
         raise PcdbError(f"no sandbox for {env!r} at {target.sandbox.root}; run `pcdb sandbox up --env {env}`")
@@ -232,6 +233,11 @@ def sandbox_status(env: EnvOption = "local", as_json: JsonOption = False) -> Non
                       f"{node['host']}:{node['port']}", str(node["sync_state"] or "-"),
                       str(node["timeline"]), str(node["lag_bytes"] if node["lag_bytes"] is not None else "-"))
     out.print(table)
+    used = status.get("storage")
+    if used:
+        out.print(f"storage: {used['percent']} % of the quota ({used['used_bytes']} of {used['quota_bytes']} bytes, "
+                  f"standing for {used['stands_for_bytes']} bytes); read-only at {used['read_only_at_percent']:g} %"
+                  + (" — READ-ONLY now" if used["read_only"] else ""), highlight=False, markup=False)
     for problem in status["problems"]:
         err.print(f"[bold red]PROBLEM:[/bold red] {problem}", highlight=False, soft_wrap=True)
     if status["problems"]:

@@ -74,6 +74,8 @@ OWNED: dict[str, str] = {
                     "the server's own files: pcdb places them, and the runbooks read the logs where it put them"),
     **dict.fromkeys(("dynamic_library_path", "local_preload_libraries", "session_preload_libraries",
                      "jit_provider"), _CODE),
+    "default_transaction_read_only": ("the storage guard owns it: the server turns read-only at 95 % of its storage, "
+                                      "as Azure does (pcdb/sandbox/storage.py)"),
     **dict.fromkeys(("allow_system_table_mods", "ignore_system_indexes", "zero_damaged_pages",
                      "ignore_checksum_failure", "ignore_invalid_pages", "data_sync_retry"), _UNSAFE),
 }

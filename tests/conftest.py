@@ -150,7 +150,7 @@ def paused_run_id(timeout: float = 60):
 
 
 def phase_summaries(result: dict) -> dict[int, str]:
-    """The install result's phases as number -> summary ("unchanged", "15/15 checks passed")."""
+    """The install result's phases as number -> summary ("unchanged", "16/16 checks passed")."""
     return {p["number"]: p["summary"] for p in result["phases"]}
 
 

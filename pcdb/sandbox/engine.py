@@ -627,8 +627,15 @@ class Sandbox:
                 "sync_state": rep[2] if rep else None, "timeline": timeline,
                 "lag_bytes": (rep[3] if rep else (0 if role == "primary" and node.name in live else None)),
             })
+        from pcdb.sandbox import storage
+
+        try:
+            used = storage.usage(self) if any(n["role"] == "primary" and n["running"] for n in out) else None
+        except SandboxError:
+            used = None
+        problems = self._problems(out) + [p for p in [storage.problem(used)] if p]
         return {"environment": self.env.name, "root": str(self.root), "database": self.env.service.database,
-                "nodes": out, "problems": self._problems(out), "intent": self.state.get("intent"),
+                "nodes": out, "problems": problems, "intent": self.state.get("intent"), "storage": used,
                 "supervisor": self._supervisor_status(),
                 "restores": [{"name": n, "port": i["port"], "target_time": i.get("target_time"),
                               "created_at": i.get("created_at"), "running": self.node(n).is_running()}

@@ -26,6 +26,7 @@ import psycopg
 from pcdb.changes import Change
 from pcdb.errors import PcdbError, SandboxError
 from pcdb.process import alive
+from pcdb.sandbox import storage
 from pcdb.sandbox.engine import Sandbox, lock_holder
 from pcdb.sql import query
 
@@ -45,6 +46,7 @@ class Supervisor:
         self.log = log or (lambda message: None)
         self.down_since: float | None = None
         self.synchronous = False  # the standby was synchronous at the last healthy check
+        self.storage_checked = float("-inf")
 
     def primary_answers(self) -> bool:
         """The primary accepts a connection and a query within a second, and (seen from it) its
@@ -58,11 +60,26 @@ class Supervisor:
         self.synchronous = any(r[2] == "sync" for r in rows)
         return True
 
+    def check_storage(self, now: float) -> str | None:
+        """Azure's storage rule (read-only at 95 %, pcdb.sandbox.storage), every CHECK_EVERY
+        seconds, and never while pcdb itself is changing the topology."""
+        if now - self.storage_checked < storage.CHECK_EVERY or lock_holder(self.sandbox.root):
+            return None
+        self.storage_checked = now
+        try:
+            done = storage.enforce(self.sandbox)
+        except (psycopg.Error, SandboxError) as exc:
+            self.log(f"storage check: {str(exc).strip().splitlines()[0]}")
+            return None
+        if done:
+            self.log(done)
+        return done
+
     def check(self, now: float) -> str | None:
         """One look; returns what it did, if anything."""
         if self.primary_answers():
             self.down_since = None
-            return None
+            return self.check_storage(now)
         if self.down_since is None:
             self.down_since = now
             self.log(f"primary {self.sandbox.primary().name} does not answer")

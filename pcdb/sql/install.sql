@@ -141,3 +141,7 @@ SELECT verifier FROM {schema}.pcdb_password_history WHERE role_name = %(role)s O
 -- name: record_password_history
 -- Remembers the verifier of a password just set.
 INSERT INTO {schema}.pcdb_password_history (role_name, verifier) VALUES (%(role)s, %(verifier)s);
+
+-- name: database_bytes
+-- What every database of the server takes on disk.
+SELECT coalesce(sum(pg_catalog.pg_database_size(datname)), 0)::bigint FROM pg_catalog.pg_database

@@ -68,3 +68,10 @@ SELECT a.name,
        s.boot_val
   FROM (SELECT DISTINCT name FROM pg_catalog.pg_file_settings WHERE sourcefile LIKE '%%/postgresql.auto.conf') a
   LEFT JOIN pg_catalog.pg_settings s ON s.name = a.name;
+
+-- name: storage
+-- What the databases take on this server, whether it is read-only by default, and whether the storage guard set that.
+SELECT (SELECT sum(pg_catalog.pg_database_size(datname))::bigint FROM pg_catalog.pg_database) AS used_bytes,
+       pg_catalog.current_setting('default_transaction_read_only')::bool AS read_only,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_file_settings WHERE name = 'default_transaction_read_only'
+                 AND sourcefile LIKE '%/postgresql.auto.conf') AS guard_set

@@ -166,7 +166,7 @@ class SandboxTarget:
             rows = conn.execute(query("sandbox.sql", "auto_conf_settings")).fetchall()
         out = {}
         for name, file_value, boot_value in rows:
-            if name in wanted:
+            if name in wanted or name in params.OWNED:   # e.g. the storage guard's read-only switch
                 continue
             setting = boot_value or ""
             if file_value is not None:

@@ -86,7 +86,7 @@ def test_the_whole_install_against_the_prod_spec_then_a_second_run_writes_nothin
     _, arm, _, first = on_azure
     phases = phase_summaries(first.result())
     assert all(phases[n] != "unchanged" for n in (1, 2, 3, 4, 5, 6))
-    assert phases[7] == "15/15 checks passed"  # the failover and PITR checks ran through ARM on real servers
+    assert phases[7] == "16/16 checks passed"  # the failover and PITR checks ran through ARM on real servers
     assert "failover planned" in arm.operations_run and "restore phonebill-postgresql-prod-verify-pitr" in arm.operations_run
     server = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
     assert server["sku"]["name"] == "Standard_D4s_v3" and server["properties"]["highAvailability"]["mode"] == "ZoneRedundant"

@@ -86,7 +86,7 @@ def test_after_every_interrupted_failover_the_install_still_passes_every_check(s
 
     state = install(spec_path=str(sandbox.env_path), return_state=True)
     assert state.is_completed(), state.message
-    assert state.result()["checks"] == {"passed": 15, "total": 15}
+    assert state.result()["checks"] == {"passed": 16, "total": 16}
     assert_whole(sandbox)
 
 

@@ -42,7 +42,7 @@ def installed(prefect_harness):
 def test_a_full_install_passes_every_phase_and_check(installed):
     target, result = installed
     assert set(phase_summaries(result)) == {1, 2, 3, 4, 5, 6, 7, 8}
-    assert phase_summaries(result)[7] == "15/15 checks passed"
+    assert phase_summaries(result)[7] == "16/16 checks passed"
     report = Path(result["report"]).read_text()
     assert "| HA failover test | R-DR-1 | PASS |" in report
     assert "| point-in-time restore test | R-DR-3 | PASS |" in report
@@ -69,7 +69,7 @@ def test_a_no_change_rerun_of_phase_7_fails_nothing_over_and_relies_on_the_last_
     before, primary = timeline(), target.sandbox.primary().name
     again = run_install(target, phases=[7])
     assert again.is_completed(), again.message
-    assert phase_summaries(again.result())[7] == "15/15 checks passed"
+    assert phase_summaries(again.result())[7] == "16/16 checks passed"
     assert timeline() == before and target.sandbox.primary().name == primary    # nothing failed over
     with psycopg.connect(target.endpoint().conninfo(target.admin, target.admin_password())) as conn:
         row = conn.execute("SELECT figures FROM pcdb.run_ledger WHERE flow = 'install' ORDER BY seq DESC LIMIT 1"
