@@ -79,7 +79,14 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, psycopg.Error):
         state = getattr(exc, "sqlstate", None)
-        if state is None:  # no server answer: refused, reset, timed out
-            return isinstance(exc, psycopg.OperationalError) and "authentication" not in str(exc)
-        return state.startswith(_TRANSIENT_SQLSTATE)
+        if state is not None:
+            return state.startswith(_TRANSIENT_SQLSTATE)
+        # A failed connection carries no SQLSTATE (libpq reports it as text). What libpq does say:
+        # whether the server took a password. It did: the server answered and refused the login
+        # (a wrong password, a role that may not log in): never transient. It did not: refused,
+        # reset, timed out, starting up: worth another try.
+        pgconn = getattr(exc, "pgconn", None)
+        if pgconn is not None and getattr(pgconn, "used_password", False):
+            return False
+        return isinstance(exc, psycopg.OperationalError)
     return isinstance(exc, (ConnectionError, TimeoutError))
