@@ -1,1 +1,0 @@
-"""Targets: the one object every runbook talks to (Azure or the local sandbox)."""
