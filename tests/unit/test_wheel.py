@@ -5,6 +5,7 @@ folder that is not the project (the installed dependencies are the test environm
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,7 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     wheels = tmp_path_factory.mktemp("wheels")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
+    source = tmp_path_factory.mktemp("source")      # pip builds in the source tree: a copy keeps the checkout clean
+    for name in ("pcdb", "flows", "tasks"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", source / "pyproject.toml")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
                    check=True, capture_output=True, timeout=600)
     (wheel,) = wheels.glob("pcdb-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
