@@ -41,7 +41,7 @@ def sandbox_lifecycle(rounds: int) -> dict:
             for mode, sink in (("forced", forced), ("planned", planned)):
                 result = t.failover(mode)
                 probe.wait_for_rows(20)
-                sink.append({"promote_s": result["promote_seconds"], "whole_again_s": result["total_seconds"]})
+                sink.append({"promote_s": result.promote_seconds, "whole_again_s": result.total_seconds})
             outcome = probe.stop()
             lost = len(probe.missing())
             t.take_backup()

@@ -291,13 +291,13 @@ def check_failover(target: Target, app_conninfo: str, env: Environment) -> Check
         except psycopg.Error:
             pass
     rto = env.dr.zone_failure.rto.total_seconds()
-    worst = max(t["total_seconds"] for t in timings)
+    worst = max(t.total_seconds for t in timings)
     ok = not missing and worst <= rto
     return CheckResult("HA failover test", "R-DR-1", ok,
                        f"2 planned failovers; worst {worst:.2f}s (target {rto:.0f}s); "
                        f"{len(outcome.acknowledged)} acknowledged writes, {len(missing)} lost, "
                        f"{len(outcome.in_doubt)} in doubt; writer outage {outcome.outage_seconds or 0:.2f}s",
-                       {"failovers": timings, "lost": missing, "in_doubt": outcome.in_doubt})
+                       {"failovers": [t.as_dict() for t in timings], "lost": missing, "in_doubt": outcome.in_doubt})
 
 
 def check_point_in_time_restore(target: Target, conn: psycopg.Connection, admin: str, password: str,

@@ -12,14 +12,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Protocol
 
 import psycopg
 from psycopg import sql as psql
 
 from pcdb.config import Environment
-from pcdb.probe import ProbeWriter
+from pcdb.errors import TargetError
+from pcdb.probe import ProbeResult, ProbeWriter
 from pcdb.sql import query
-from pcdb.targets.base import Target, throwaway_name
+from pcdb.targets.base import STALL_REPLICA, Target, throwaway_name
 
 
 def restore_server(env: Environment) -> str:
@@ -68,6 +70,40 @@ class DrillResult:
                 "met": self.met, "topology_restored": self.topology_restored,
                 "timeline": [{"at": at, "action": a} for at, a in self.timeline], "notes": self.notes,
                 "report": self.report}
+
+
+class Probe(Protocol):
+    """What a drill needs of a probe writer (pcdb.probe.ProbeWriter, or a fake of it)."""
+
+    result: ProbeResult
+
+    def start(self) -> Probe: ...
+    def wait_for_rows(self, count: int, timeout: float = 30) -> None: ...
+    def stop(self) -> ProbeResult: ...
+    def missing(self, conninfo: str | None = None) -> list[int]: ...
+    def drop_table(self, conninfo: str | None = None) -> None: ...
+    def switch_to(self, conninfo: str) -> None: ...
+
+
+class DataPlane(Protocol):
+    """The drills' database work, apart from the target's control plane: the probe writer and
+    the replica's lag. Real servers by default (SQL); pcdb.targets.memory fakes it with the port."""
+
+    def probe(self, conninfo: str, table: str) -> Probe: ...
+    def replica_lag_bytes(self, target: Target, env: Environment, password: str) -> int | None: ...
+
+
+class SqlPlane:
+    """The drills' database work on real servers, over SQL through the target's endpoints."""
+
+    def probe(self, conninfo: str, table: str) -> Probe:
+        return ProbeWriter(conninfo, table=table)
+
+    def replica_lag_bytes(self, target: Target, env: Environment, password: str) -> int | None:
+        return replica_lag_bytes(target, env, password)
+
+
+SQL = SqlPlane()
 
 
 def _admin(target: Target, env: Environment, password: str, which: str = "application") -> str:
@@ -131,18 +167,19 @@ def replica_lag_bytes(target: Target, env: Environment, password: str) -> int | 
         return None
 
 
-def zone_drill(target: Target, env: Environment, password: str, mode: str = "forced") -> DrillResult:
+def zone_drill(target: Target, env: Environment, password: str, mode: str = "forced",
+               plane: DataPlane = SQL) -> DrillResult:
     """Zone failure (R-DR-1): HA failover under a probe writer; RPO must be 0."""
     result = DrillResult("zone", mode, env.dr.zone_failure.rto.total_seconds(), env.dr.zone_failure.rpo.total_seconds())
-    probe = ProbeWriter(_admin(target, env, password), table=PROBE_TABLE)
+    probe = plane.probe(_admin(target, env, password), PROBE_TABLE)
     try:
         result.mark("probe writer started")
         probe.start()
         probe.wait_for_rows(50)
         result.mark(f"{mode} failover begins")
         failover = target.failover(mode)  # type: ignore[arg-type]
-        result.mark(f"{failover['new_primary']} promoted in {failover['promote_seconds']:.3f}s; "
-                    f"{failover['old_primary']} rejoined as synchronous standby")
+        result.mark(f"{failover.new_primary} promoted in {failover.promote_seconds:.3f}s; "
+                    f"{failover.old_primary} rejoined as synchronous standby")
         probe.wait_for_rows(50)
         outcome = probe.stop()
         result.mark("probe writer stopped")
@@ -155,7 +192,7 @@ def zone_drill(target: Target, env: Environment, password: str, mode: str = "for
     return result
 
 
-def _account(result: DrillResult, probe: ProbeWriter, outcome, conninfo: str | None = None) -> None:
+def _account(result: DrillResult, probe: Probe, outcome, conninfo: str | None = None) -> None:
     missing = probe.missing(conninfo)
     result.rows_acknowledged = len(outcome.acknowledged)
     result.rpo_rows_lost = len(missing)
@@ -168,7 +205,7 @@ def _account(result: DrillResult, probe: ProbeWriter, outcome, conninfo: str | N
         result.rpo_seconds = last_lost - (last_kept or outcome.acknowledged_at[min(missing)])
 
 
-def _drop(probe: ProbeWriter, conninfo: str | None = None) -> None:
+def _drop(probe: Probe, conninfo: str | None = None) -> None:
     try:
         probe.drop_table(conninfo)
     except psycopg.Error:
@@ -212,7 +249,8 @@ def corruption_drill(target: Target, env: Environment, password: str, rows: int 
 
 
 def region_drill(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
-                 confirm: Callable[[str, str], None], stall_replica: bool = False, drill_id: str = "drill") -> DrillResult:
+                 confirm: Callable[[str, str], None], stall_replica: bool = False, drill_id: str = "drill",
+                 plane: DataPlane = SQL) -> DrillResult:
     """Region failure (R-DR-2): the manual procedure of §5.2.3.
 
     The HA pair's region is stopped, the replica is promoted after a recorded decision, the
@@ -225,16 +263,18 @@ def region_drill(target: Target, env: Environment, password: str, decide: Callab
         confirm: called per step owned by another team (step, owner); raises to abort.
         stall_replica: cut the replica's link first, so that loss is expected (a drill of the breach).
         drill_id: tags the promoted server (Azure), so only a drill's promotion is ever undone.
+        plane: the database work (real SQL; a fake with pcdb.targets.memory).
     """
     rpo = env.dr.region_failure.rpo.total_seconds()
     result = DrillResult("region", "stalled-replica" if stall_replica else "manual",
                          env.dr.region_failure.rto.total_seconds(), rpo)
-    probe = ProbeWriter(_admin(target, env, password), table=PROBE_TABLE)
+    probe = plane.probe(_admin(target, env, password), PROBE_TABLE)
     replica_info = _admin(target, env, password, "replica")
     promoted = stopped = False
     switched: list = []  # steps of other teams that pointed the application at the promoted server
-    if stall_replica:
-        target.stall_replica(dry_run=True)  # a target that cannot stall a replica refuses before anything runs
+    if stall_replica and STALL_REPLICA not in target.capabilities:   # refused before anything runs
+        raise TargetError(f"{type(target).__name__} cannot stall a replica's replication: the stalled-replica "
+                          "region drill runs on the sandbox only")
     try:
         probe.start()
         probe.wait_for_rows(50)
@@ -243,7 +283,7 @@ def region_drill(target: Target, env: Environment, password: str, decide: Callab
             target.stall_replica()
             probe.wait_for_rows(100)
             result.mark("replica link stalled (no streaming, no archive)")
-        lag = replica_lag_bytes(target, env, password)
+        lag = plane.replica_lag_bytes(target, env, password)
         result.mark(f"replica lag checked: {lag} bytes behind the primary")
         decide({"replica_lag_bytes": lag})
         result.mark("decision to fail over recorded")

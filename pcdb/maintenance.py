@@ -606,18 +606,18 @@ def hygiene(ctx: RunbookContext, out: Outcome, now: datetime) -> None:
 def refuse_inside_maintenance_window(ctx: RunbookContext, now: datetime) -> None:
     """Azure's own maintenance (patching, restarts) and ours must not overlap."""
     for event in ctx.target.planned_maintenance():
-        start, end = event["start"], event["end"]
+        start, end = event.start, event.end
         if start is not None and start <= now and (end is None or now < end):
-            raise PcdbError(f"Azure's planned maintenance is under way on the server ({event['title']}, since "
+            raise PcdbError(f"Azure's planned maintenance is under way on the server ({event.title}, since "
                             f"{start:%Y-%m-%d %H:%M} UTC{f' until {end:%H:%M}' if end else ''}): maintenance did not "
                             "start; run it after")
     window = ctx.target.maintenance_window()
     if not window:
         return
-    start = window.get("start")
-    if start is not None and start <= now < start + timedelta(minutes=window.get("minutes", 60)):
+    start = window.start
+    if start <= now < start + timedelta(minutes=window.minutes):
         raise PcdbError(f"the server is inside its Azure maintenance window ({start:%a %H:%M} UTC, "
-                        f"{window.get('minutes', 60)} min{', ' + window['note'] if window.get('note') else ''}): "
+                        f"{window.minutes} min{', ' + window.note if window.note else ''}): "
                         "maintenance did not start; run it after the window")
 
 

@@ -18,7 +18,19 @@ from pcdb.azure.plan import make_plan
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import TargetError
-from pcdb.targets.base import BackupInfo, BackupStatus, Endpoint, MetricsSample, NodeState, ServerState
+from pcdb.targets.base import (
+    STORAGE_GUARD,
+    BackupInfo,
+    BackupStatus,
+    Endpoint,
+    FailoverResult,
+    MaintenanceWindow,
+    MetricsSample,
+    NodeState,
+    PlannedMaintenance,
+    PromotionResult,
+    ServerState,
+)
 
 FQDN = "{name}.postgres.database.azure.com"
 KINDS = {
@@ -35,6 +47,10 @@ KINDS = {
 
 class AzureTarget:
     """Implements :class:`~pcdb.targets.base.Target` with the Azure SDK."""
+
+    # Azure makes a server read-only at 95 % storage by itself; it gives no way to stall a replica,
+    # and its server logs are in Log Analytics, not readable here.
+    capabilities = frozenset({STORAGE_GUARD})
 
     def __init__(self, env: Environment, clients: AzureClients, subscription: str,
                  admin_password: Callable[[], str], timeout: float = 3600,
@@ -262,7 +278,7 @@ class AzureTarget:
         standby = server.high_availability.standby_availability_zone if server.high_availability else None
         return server.availability_zone, standby
 
-    def failover(self, mode: Literal["planned", "forced"] = "planned") -> dict:
+    def failover(self, mode: Literal["planned", "forced"] = "planned") -> FailoverResult:
         """Restart with failover: the standby zone becomes the primary zone (R-DR-1)."""
         from azure.mgmt.postgresqlflexibleservers import models as m
 
@@ -274,13 +290,12 @@ class AzureTarget:
         self._call("fail over", self.env.server.name, lambda: pg.servers.begin_restart(self.rg, self.env.server.name, body))
         seconds = (datetime.now(timezone.utc) - started).total_seconds()
         after = self._zones()
-        return {"mode": mode, "old_primary": f"zone {before[0]}", "new_primary": f"zone {after[0]}",
-                "promote_seconds": seconds, "total_seconds": seconds, "timeline": None}
+        return FailoverResult(mode, f"zone {before[0]}", f"zone {after[0]}", seconds, seconds)
 
     DRILL_TAG = "pcdb-drill"
 
     def promote_replica(self, mode: Literal["Standalone", "Switchover"] = "Standalone",
-                        option: Literal["Planned", "Forced"] = "Forced", drill: str | None = None) -> dict:
+                        option: Literal["Planned", "Forced"] = "Forced", drill: str | None = None) -> PromotionResult:
         """Promote the read replica (R-DR-2). Planned waits for the replica to catch up; Forced
         does not (a lost region cannot be waited for). ``drill`` tags the promoted server, so
         only a server a drill promoted is ever rebuilt by pcdb."""
@@ -291,13 +306,12 @@ class AzureTarget:
         if replica is None:
             raise TargetError(f"there is no replica {self.env.replica.name} to promote; run the install (Phase 3)")
         if not self._is_replica(replica):
-            return {"name": self.env.replica.name, "action": "unchanged", "seconds": 0.0, "timeline": None}
+            return PromotionResult(self.env.replica.name, "unchanged")
         tags = {**(replica.tags or {}), **({self.DRILL_TAG: drill} if drill else {})}
         body = m.ServerForPatch(replica=m.Replica(promote_mode=mode, promote_option=option), tags=tags or None)
         started = datetime.now(timezone.utc)
         self._call("promote", self.env.replica.name, lambda: pg.servers.begin_update(self.rg, self.env.replica.name, body))
-        return {"name": self.env.replica.name, "action": "promoted",
-                "seconds": (datetime.now(timezone.utc) - started).total_seconds(), "timeline": None}
+        return PromotionResult(self.env.replica.name, "promoted", (datetime.now(timezone.utc) - started).total_seconds())
 
     def stop_primary_region(self) -> Change:
         """Stop the primary server (Azure stops its HA standby with it): the region drill's
@@ -316,7 +330,7 @@ class AzureTarget:
         self._call("start", self.env.server.name, lambda: pg.servers.begin_start(self.rg, self.env.server.name))
         return Change("server", self.env.server.name, "updated", {"state": ("Stopped", "Ready")})
 
-    def stall_replica(self, dry_run: bool = False) -> None:  # noqa: ARG002 - refused either way
+    def stall_replica(self) -> None:
         raise TargetError("Azure gives no way to cut a replica's replication link: the stalled-replica "
                           "region drill runs on the sandbox only")
 
@@ -526,7 +540,7 @@ class AzureTarget:
     def tls_certificate_expiry(self) -> datetime | None:
         return None   # Azure renews the server certificate itself
 
-    def maintenance_window(self) -> dict | None:
+    def maintenance_window(self) -> MaintenanceWindow | None:
         """The server's maintenance window as its next start (UTC) and length; None when it is
         system-managed (Azure then gives 5 days' notice: the health runbook reports it)."""
         server = self._server(self.env.server.name)
@@ -540,7 +554,7 @@ class AzureTarget:
                                                       second=0, microsecond=0)
         if start > now:
             start -= timedelta(days=7)   # the window that started last (it may be running now)
-        return {"start": start, "minutes": 60, "note": "custom window"}
+        return MaintenanceWindow(start, 60, "custom window")
 
     def platform_metrics(self) -> dict[str, float | None]:
         """The latest 1-minute values Azure Monitor has (R-MON-1): CPU, memory, IOPS use, storage,
@@ -556,7 +570,7 @@ class AzureTarget:
                 "connection_failed": (1.0 if alive[0] == 0 else 0.0) if alive else None,
                 "storage_quota_bytes": float(self.env.server.storage.size)}
 
-    def planned_maintenance(self) -> list[dict]:
+    def planned_maintenance(self) -> list[PlannedMaintenance]:
         """Azure's planned maintenance of the server that is announced or under way (Resource
         Health events of type PlannedMaintenance, notified 5 days ahead): [{title, start, end}]."""
         from azure.core.rest import HttpRequest
@@ -576,9 +590,9 @@ class AzureTarget:
             if props.get("eventType") != "PlannedMaintenance" or props.get("status") not in ("Active", None):
                 continue
             start, end = props.get("impactStartTime"), props.get("impactMitigationTime")
-            out.append({"title": props.get("title", event.get("name")),
-                        "start": datetime.fromisoformat(start.replace("Z", "+00:00")) if start else None,
-                        "end": datetime.fromisoformat(end.replace("Z", "+00:00")) if end else None})
+            out.append(PlannedMaintenance(props.get("title", event.get("name")),
+                                          datetime.fromisoformat(start.replace("Z", "+00:00")) if start else None,
+                                          datetime.fromisoformat(end.replace("Z", "+00:00")) if end else None))
         return out
 
     def publish_business_metrics(self, values: dict[str, float | None], at: datetime) -> int:

@@ -23,7 +23,21 @@ from pcdb.sandbox import Sandbox
 from pcdb.sandbox.engine import HA_NODES, REPLICA, REPLICATION_USER
 from pcdb.sandbox.node import Node
 from pcdb.sql import query
-from pcdb.targets.base import BackupInfo, BackupStatus, Endpoint, MetricsSample, NodeState, ServerState
+from pcdb.targets.base import (
+    READ_SERVER_LOG,
+    STALL_REPLICA,
+    STORAGE_GUARD,
+    BackupInfo,
+    BackupStatus,
+    Endpoint,
+    FailoverResult,
+    MaintenanceWindow,
+    MetricsSample,
+    NodeState,
+    PlannedMaintenance,
+    PromotionResult,
+    ServerState,
+)
 
 # A hot standby needs at least its primary's value of these (PostgreSQL "Hot Standby" docs).
 HOT_STANDBY_MINIMUMS = ("max_connections", "max_prepared_transactions", "max_locks_per_transaction",
@@ -66,10 +80,13 @@ class SandboxTarget:
 
     poll_seconds = 0.2  # local servers answer in milliseconds
 
+    capabilities = frozenset({STALL_REPLICA, READ_SERVER_LOG, STORAGE_GUARD})
+
     def __init__(self, env: Environment, sandbox: Sandbox | None = None):
         self.env = env
         self.sandbox = sandbox or Sandbox(env)
         self.admin = env.server.admin.user
+        self._last_metrics: tuple[datetime, int] | None = None   # metrics(): the previous sample, in memory
 
     # -- desired state --------------------------------------------------------------------
 
@@ -336,13 +353,15 @@ class SandboxTarget:
         return [BackupInfo(b.id, b.kind, b.finished_at, b.size_bytes) for b in self.sandbox.list_backups()]
 
     def take_backup(self) -> BackupInfo:
+        """A base backup; then the retention, as Azure applies it to its automatic backups."""
         b = self.sandbox.take_backup()
+        self.sandbox.prune_backups(self.env.backup.retention)
         return BackupInfo(b.id, b.kind, b.finished_at, b.size_bytes)
 
     def backup_status(self) -> BackupStatus:
-        """The daily backup facts (R-BAK-1/2): age, retention, geo copy, archive, manifest check."""
+        """The daily backup facts (R-BAK-1/2): age, retention, geo copy, archive, manifest check.
+        Read only: the retention is applied when a backup is taken, not when one is looked at."""
         sb = self.sandbox
-        sb.prune_backups(self.env.backup.retention)  # the sandbox applies the retention itself
         backups = sb.list_backups()
         latest = backups[-1] if backups else None
         archiver = sb.archive_status()
@@ -370,11 +389,14 @@ class SandboxTarget:
     def delete_server(self, name: str) -> Change:
         return self.sandbox.delete_server(name)
 
-    def failover(self, mode: Literal["planned", "forced"] = "planned") -> dict:
-        return self.sandbox.failover(mode)
+    def failover(self, mode: Literal["planned", "forced"] = "planned") -> FailoverResult:
+        r = self.sandbox.failover(mode)
+        return FailoverResult(r["mode"], r["old_primary"], r["new_primary"], r["promote_seconds"], r["total_seconds"],
+                              r.get("timeline"))
 
-    def promote_replica(self, drill: str | None = None) -> dict:  # noqa: ARG002 - only Azure tags the server
-        return self.sandbox.promote_replica()
+    def promote_replica(self, drill: str | None = None) -> PromotionResult:  # noqa: ARG002 - only Azure tags it
+        r = self.sandbox.promote_replica()
+        return PromotionResult(r["name"], r["action"], r.get("seconds", 0.0), r.get("timeline"))
 
     def stop_primary_region(self) -> Change:
         if not any(self.sandbox.node(n).is_running() for n in HA_NODES):
@@ -387,9 +409,8 @@ class SandboxTarget:
         return Change("server", self.env.server.name, "updated" if changes else "unchanged",
                       notes=tuple(f"{c.name}: {c.action}" for c in changes))
 
-    def stall_replica(self, dry_run: bool = False) -> None:
-        if not dry_run:
-            self.sandbox.stall_replica()
+    def stall_replica(self) -> None:
+        self.sandbox.stall_replica()
 
     def replica_diverged(self) -> bool:
         return self.sandbox.replica_diverged()
@@ -412,14 +433,15 @@ class SandboxTarget:
             replication = tuple({"name": r[0], "sync_state": r[2], "lag_bytes": r[3], "lag_seconds": r[4]}
                                 for r in conn.execute(query("sandbox.sql", "replication")))
         now = datetime.now(timezone.utc)
-        last = sb.state.get("last_metrics")
+        # TPS from the previous sample of this process: a read writes nothing (the health runbook
+        # keeps its own counters between runs).
+        last = self._last_metrics
         tps = None
         if last:
-            seconds = (now - datetime.fromisoformat(last["at"])).total_seconds()
-            if seconds > 0 and row["transactions"] >= last["transactions"]:
-                tps = (row["transactions"] - last["transactions"]) / seconds
-        sb.state["last_metrics"] = {"at": now.isoformat(), "transactions": row["transactions"]}
-        sb.save()
+            seconds = (now - last[0]).total_seconds()
+            if seconds > 0 and row["transactions"] >= last[1]:
+                tps = (row["transactions"] - last[1]) / seconds
+        self._last_metrics = (now, row["transactions"])
         quota = sb.spec.storage_quota
         reads = row["blks_hit"] + row["blks_read"]
         return MetricsSample(
@@ -480,10 +502,10 @@ class SandboxTarget:
             return None
         return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
 
-    def maintenance_window(self) -> dict | None:
+    def maintenance_window(self) -> MaintenanceWindow | None:
         return None   # the sandbox has no provider maintenance
 
-    def planned_maintenance(self) -> list[dict]:
+    def planned_maintenance(self) -> list[PlannedMaintenance]:
         return []
 
     def platform_metrics(self) -> dict[str, float | None]:

@@ -319,7 +319,7 @@ def test_maintenance_refuses_to_start_inside_the_servers_custom_maintenance_wind
         "eventType": "PlannedMaintenance", "status": "Active", "title": "Minor version upgrade",
         "impactStartTime": (now - timedelta(minutes=10)).isoformat(),
         "impactMitigationTime": (now + timedelta(minutes=50)).isoformat()}}]}
-    assert target.planned_maintenance()[0]["title"] == "Minor version upgrade"
+    assert target.planned_maintenance()[0].title == "Minor version upgrade"
     with pytest.raises(PcdbError, match="planned maintenance is under way"):
         maintenance.refuse_inside_maintenance_window(ctx, now)
 

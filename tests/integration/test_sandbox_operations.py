@@ -42,11 +42,11 @@ def test_failover_loses_no_acknowledged_row_and_the_old_primary_rejoins_as_sync_
         outcome = probe.stop()
         assert probe.missing() == []                     # RPO 0: every acknowledged commit survived
         assert len(outcome.acknowledged) >= 100
-        assert result["new_primary"] != old_primary
+        assert result.new_primary != old_primary
         state = {n.name: n for n in ops.server_state().nodes}
         assert state[old_primary].role == "standby" and state[old_primary].sync_state == "sync"
         assert state[REPLICA].role == "replica" and state[REPLICA].sync_state == "async"
-        assert state[result["new_primary"]].timeline == result["timeline"] > 1
+        assert state[result.new_primary].timeline == result.timeline > 1
         assert ops.server_state().ha_state == "Healthy"
     finally:
         probe.stop()
@@ -109,12 +109,12 @@ def test_replica_promotion_keeps_replicated_rows_and_accepts_writes(ops):
     ops.sandbox.primary().wait(caught_up, "replica catch-up", 30)
     try:
         result = ops.promote_replica()
-        assert result["action"] == "promoted"
+        assert result.action == "promoted"
         with psycopg.connect(replica, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM promo_probe").fetchone()[0] == 500
             conn.execute("INSERT INTO promo_probe VALUES (501)")   # writable: it is a primary now
             assert not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-        assert ops.promote_replica()["action"] == "unchanged"
+        assert ops.promote_replica().action == "unchanged"
     finally:
         ops.sandbox.rebuild_replica()
     state = {n.name: n for n in ops.server_state().nodes}

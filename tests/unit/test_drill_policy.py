@@ -1,0 +1,107 @@
+"""The drill policy (pcdb.drills) against the in-memory fake of the target port: the order of
+steps, the decision before anything irreversible, confirmations by role, what is undone when a
+step fails, what is kept when a team has not switched back, and the rows a stalled replica loses.
+No server: the whole file runs in well under a second."""
+
+from __future__ import annotations
+
+import pytest
+
+from pcdb import drills
+from pcdb.config import load_environment
+from pcdb.errors import PcdbError, TargetError
+from pcdb.targets.base import STALL_REPLICA, Target
+from pcdb.targets.memory import MemoryPlane, MemoryTarget
+
+ENV = load_environment("local")
+
+
+class Confirmations:
+    """Records each confirmation asked; refuses the ones named."""
+
+    def __init__(self, refuse: tuple[str, ...] = ()):
+        self.asked: list[tuple[str, str]] = []
+        self.refuse = refuse
+
+    def __call__(self, step: str, owner: str) -> None:
+        self.asked.append((step, owner))
+        if any(r in step for r in self.refuse):
+            raise PcdbError(f"{owner} did not confirm {step!r}")
+
+
+def region(target: MemoryTarget, confirm=None, decide=None, **kw) -> drills.DrillResult:
+    return drills.region_drill(target, ENV, "pw", decide or (lambda facts: None), confirm or Confirmations(),
+                               plane=MemoryPlane(target), **kw)
+
+
+def test_the_fake_is_a_target_with_capabilities():
+    fake = MemoryTarget(ENV)
+    assert isinstance(fake, Target) and STALL_REPLICA in fake.capabilities
+    with pytest.raises(NotImplementedError, match="MemoryTarget.ensure_parameters"):
+        fake.ensure_parameters()
+
+
+def test_zone_drill_fails_over_loses_nothing_and_leaves_the_pair_whole():
+    fake = MemoryTarget(ENV)
+    result = drills.zone_drill(fake, ENV, "pw", "forced", plane=MemoryPlane(fake))
+    assert fake.calls == ["failover forced"]
+    assert result.rpo_rows_lost == 0 and result.rows_acknowledged == 100 and result.topology_restored
+    assert fake.nodes["node2"].role == "primary" and fake.nodes["node1"].dropped is False
+    assert fake.nodes["node2"].dropped     # the probe table dropped through the new primary
+
+
+def test_region_drill_steps_in_order_teams_by_role_and_the_topology_rebuilt():
+    fake = MemoryTarget(ENV)
+    facts = []
+    confirm = Confirmations()
+    result = region(fake, confirm, decide=lambda f: facts.append((f, list(fake.calls))))
+    assert facts == [({"replica_lag_bytes": 0}, [])]              # decided before anything irreversible
+    assert fake.calls == ["stop_primary_region", "promote_replica drill", "start_primary_region", "rebuild_replica"]
+    app, dns = ENV.dr.step("switch_application"), ENV.dr.step("switch_dns")
+    assert confirm.asked == [(app.step, app.owner), (dns.step, dns.owner),
+                             (f"undo: {dns.step} (back to the primary)", dns.owner),
+                             (f"undo: {app.step} (back to the primary)", app.owner)]
+    assert result.rpo_rows_lost == 0 and result.topology_restored and not fake.replica_diverged()
+    assert any("post-promotion check" in n for n in result.notes)
+
+
+def test_a_decision_against_fails_over_nothing():
+    fake = MemoryTarget(ENV)
+
+    def decide(facts):
+        raise PcdbError("not today")
+    with pytest.raises(PcdbError, match="not today"):
+        region(fake, decide=decide)
+    assert fake.calls == [] and fake.nodes["node1"].role == "primary" and fake.nodes["node1"].running
+
+
+def test_a_team_that_does_not_switch_back_keeps_the_promoted_server():
+    fake = MemoryTarget(ENV)
+    dns = ENV.dr.step("switch_dns")
+    result = region(fake, Confirmations(refuse=(f"undo: {dns.step}",)))
+    assert "rebuild_replica" not in fake.calls and fake.replica_diverged()
+    assert not result.topology_restored and any("the promoted server was kept" in n for n in result.notes)
+
+
+def test_a_refused_switch_still_starts_the_region_and_rebuilds_the_replica():
+    fake = MemoryTarget(ENV)
+    app = ENV.dr.step("switch_application")
+    with pytest.raises(PcdbError):
+        region(fake, Confirmations(refuse=(app.step,)))
+    assert fake.calls == ["stop_primary_region", "promote_replica drill", "start_primary_region", "rebuild_replica"]
+    assert fake.server_state().ha_state == "Healthy" and not fake.replica_diverged()
+
+
+def test_a_stalled_replica_loses_exactly_the_rows_written_after_the_stall():
+    fake = MemoryTarget(ENV)
+    result = region(fake, stall_replica=True)
+    # 50 rows before the stall reached the replica; the 100 written after it did not.
+    assert fake.calls[0] == "stall_replica" and result.rpo_rows_lost == 100 and result.rows_acknowledged == 170
+    assert result.rpo_seconds >= 0 and result.mode == "stalled-replica"
+
+
+def test_a_target_without_the_capability_is_refused_before_anything_runs():
+    fake = MemoryTarget(ENV, capabilities=frozenset())
+    with pytest.raises(TargetError, match="cannot stall a replica"):
+        region(fake, stall_replica=True)
+    assert fake.calls == []
