@@ -365,11 +365,11 @@ def unplanned_crash(rounds: int) -> dict:
                 probe = ProbeWriter(conninfo, table="bench_probe").start()
                 probe.wait_for_rows(50)
                 if kind == "crash":
-                    seen = len([e for e in target.sandbox.state["events"] if e["event"] == "auto-failover"])
+                    seen = len([e for e in target.sandbox.state.events if e["event"] == "auto-failover"])
                     primary = target.sandbox.primary()
                     os.kill(int((primary.data / "postmaster.pid").read_text().splitlines()[0]), signal.SIGKILL)
                     deadline = time.monotonic() + after + 120
-                    while len([e for e in target.sandbox.state["events"] if e["event"] == "auto-failover"]) == seen:
+                    while len([e for e in target.sandbox.state.events if e["event"] == "auto-failover"]) == seen:
                         if time.monotonic() > deadline:
                             raise RuntimeError("no automatic failover")
                         time.sleep(0.1)

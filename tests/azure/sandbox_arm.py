@@ -44,7 +44,7 @@ class SandboxArm(FakeArm):
             return self.local.endpoint("application")
         if name == self.replica:
             return self.local.endpoint("replica")
-        if name in self.sb.state["restores"]:
+        if name in self.sb.state.restores:
             return self.local._endpoint_of(self.sb.node(name))
         raise AssertionError(f"the test reached for {name}, which ARM does not hold")
 
@@ -104,7 +104,7 @@ class SandboxArm(FakeArm):
             self._run("ensure server", self.local.ensure_server)
             self.guard_extensions()
         elif method == "PUT" and name == self.replica:
-            if REPLICA in self.sb.state["nodes"] and (not self._key(name) or self.sb.replica_diverged()):
+            if REPLICA in self.sb.state.nodes and (not self._key(name) or self.sb.replica_diverged()):
                 self._run("create replica", self.sb.rebuild_replica)  # again, after a delete
             else:
                 self._run("ensure replica", self.local.ensure_replica)

@@ -170,7 +170,7 @@ def test_corruption_drill_on_azure_restores_into_a_new_server_that_is_deleted(on
     assert {"restore phonebill-postgresql-prod-drill-restore",
             "delete phonebill-postgresql-prod-drill-restore"} <= set(arm.operations_run)
     assert not [k for k in arm.resources if k.endswith("/phonebill-postgresql-prod-drill-restore")]
-    assert arm.sb.state["restores"] == {}
+    assert arm.sb.state.restores == {}
 
 
 def test_backup_verification_on_azure_restores_the_latest_point_and_proves_it(on_azure):
@@ -181,7 +181,7 @@ def test_backup_verification_on_azure_restores_the_latest_point_and_proves_it(on
     test = outcome["restore_test"]
     assert test["passed"] and test["amcheck_ok"] and test["server_deleted"], test["detail"]
     assert test["tables_compared"] == 3 and test["mismatches"] == []
-    assert "restore phonebill-postgresql-prod-restore-test" in arm.operations_run and arm.sb.state["restores"] == {}
+    assert "restore phonebill-postgresql-prod-restore-test" in arm.operations_run and arm.sb.state.restores == {}
 
 
 def test_the_capacity_analysis_on_azure_reads_azure_monitor_and_snapshots_the_real_tables(on_azure):
@@ -215,7 +215,7 @@ def test_a_restore_azure_fails_is_reported_and_the_half_made_server_deleted(on_a
         del arm.fail["/phonebill-postgresql-prod-restore-test"]
     assert state.is_failed() and "restore test" in state.message
     assert not [k for k in arm.resources if k.endswith("/phonebill-postgresql-prod-restore-test")]
-    assert arm.sb.state["restores"] == {}
+    assert arm.sb.state.restores == {}
 
 
 def test_a_drill_killed_halfway_on_azure_is_cleaned_up_by_the_next_one(on_azure):
@@ -234,7 +234,7 @@ def test_a_drill_killed_halfway_on_azure_is_cleaned_up_by_the_next_one(on_azure)
     assert "cleaned up: the primary region was left stopped" in notes and "rebuilt from the primary" in notes
     assert "the application and DNS point at the primary" in notes  # asked before the promoted server went
     assert result["met"] is True and result["topology_restored"] is True
-    assert arm.sb.state["restores"] == {} and not target.replica_diverged()
+    assert arm.sb.state.restores == {} and not target.replica_diverged()
 
 
 @pytest.fixture(scope="module")

@@ -61,8 +61,8 @@ def test_a_failover_killed_at_any_step_converges_with_no_acknowledged_row_lost(s
     probe = ProbeWriter(sandbox.endpoint("application").conninfo(sandbox.admin, sandbox.admin_password()),
                         table="crash_probe").start()
     probe.wait_for_rows(20)
-    before = sandbox.sandbox.state["nodes"]
-    primary_before = next(n for n, i in before.items() if i["role"] == "primary" and n != "replica")
+    before = sandbox.sandbox.state.nodes
+    primary_before = next(n for n, i in before.items() if i.role == "primary" and n != "replica")
     killed_at(point, f"sandbox.failover({mode!r})", sandbox.env_path)
     said = pcdb("sandbox", "status", "--env", str(sandbox.env_path), check=False)
     assert said.returncode == 2 and "an interrupted failover" in " ".join(said.stderr.split())

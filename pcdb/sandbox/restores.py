@@ -1,0 +1,92 @@
+"""Restored (throw-away) servers: point-in-time restore into a new server, registered in the
+state before anything is made, amcheck of it, and its deletion."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+
+from pcdb import crash
+from pcdb.changes import Change
+from pcdb.errors import SandboxError
+from pcdb.sandbox import proc
+from pcdb.sandbox.core import _free_port, _now, exclusive
+from pcdb.sandbox.node import Node
+from pcdb.sandbox.state import RestoreInfo
+
+
+class Restores:
+    """The restore part of :class:`~pcdb.sandbox.engine.Sandbox` (a mixin: it works on its state)."""
+
+    def amcheck(self, name: str, dbname: str) -> tuple[bool, str]:
+        """pg_amcheck of every table and index of ``dbname`` on server ``name`` (heap + btree)."""
+        node = self.node(name)
+        result = proc.run([node.prog("pg_amcheck"), "-h", str(node.run_dir), "-p", str(node.port),
+                           "-U", self.admin_user, "--install-missing", "--heapallindexed", "-d", dbname],
+                          timeout=3600, what=f"pg_amcheck on {name}", check=False)
+        output = (result.stdout + result.stderr).strip()
+        return result.returncode == 0, output.splitlines()[-1] if output else "no corruption found"
+
+    @exclusive
+    def restore(self, target_time: datetime, name: str) -> Node:
+        """Restore the latest backup before ``target_time`` into a new server ``name`` and replay
+        the archive up to that time; the server is then promoted and running.
+
+        Raises:
+            SandboxError: no backup before the target, or recovery did not reach the target.
+        """
+        if target_time.tzinfo is None:
+            raise SandboxError("the restore target time needs a time zone (e.g. 2026-11-26T10:00:00+09:00)")
+        if name in self.state.nodes or name in self.state.restores:
+            raise SandboxError(f"a server named {name!r} already exists in the sandbox; delete it first")
+        candidates = [b for b in self.list_backups() if b.finished_at <= target_time]
+        if not candidates:
+            raise SandboxError(f"no base backup finished before {target_time.isoformat()}; "
+                               "take one (pcdb backup) or choose a later time")
+        backup = candidates[-1]
+        if target_time < datetime.now(timezone.utc):
+            self.seal_wal()
+        self.state.restores[name] = RestoreInfo(port=_free_port(self.state.port_taken()), backup=backup.id,
+                                                target_time=target_time.isoformat(), created_at=_now())
+        self.save()  # first: a kill below leaves a server `delete_server` (and the next run) removes
+        crash.point("restore:registered")
+        node = self.node(name)
+        node.home.mkdir(parents=True)
+        for sub in (node.run_dir, node.log_dir):
+            sub.mkdir(mode=0o700)
+        proc.chown_tree(node.home)
+        proc.run(["cp", "-a", str(backup.path), str(node.data)], timeout=3600,
+                 what=f"copy backup {backup.id} for {name}")
+        crash.point("restore:copied")
+        (node.data / "backup_manifest").unlink(missing_ok=True)
+        node.write_node_conf({
+            **self._node_conf(node, "primary"), "archive_mode": "off",
+            "recovery_target_time": target_time.isoformat(), "recovery_target_action": "promote",
+            "recovery_target_inclusive": "off",
+        })
+        proc.write_file(node.data / "recovery.signal", "", mode=0o600)
+        node.start(self.timeout)
+        crash.point("restore:started")
+
+        def promoted() -> bool:
+            with node.connect(self.admin_user, timeout=5) as conn:
+                return not conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]
+        node.wait(promoted, f"recovery to {target_time.isoformat()}", max(self.timeout, 600))
+        self._event("restored", name=name, backup=backup.id, target_time=target_time.isoformat())
+        self.save()
+        return node
+
+    @exclusive
+    def delete_server(self, name: str) -> Change:
+        """Stop and remove a restored (throw-away) server; unchanged when it does not exist."""
+        if name in self.state.nodes:
+            raise SandboxError(f"{name} is part of the HA topology; only restored servers can be deleted")
+        if name not in self.state.restores:
+            return Change("server", name, "unchanged", notes=("does not exist",))
+        node = self.node(name)
+        node.stop("immediate", timeout=30)
+        shutil.rmtree(node.home, ignore_errors=True)
+        del self.state.restores[name]
+        self._event("deleted", name=name)
+        self.save()
+        return Change("server", name, "deleted")

@@ -1,0 +1,242 @@
+"""Changing the sandbox's topology: failover (with its intent written first), resolving an
+interrupted one, rejoin of a former primary (pg_rewind, resumable), the replica's promotion,
+stall and rebuild, and the region stop/start of the region drill."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from pcdb import crash
+from pcdb.changes import Change
+from pcdb.errors import SandboxError
+from pcdb.sandbox import proc
+from pcdb.sandbox.core import HA_NODES, REPLICA, _now, exclusive
+from pcdb.sandbox.node import Node
+from pcdb.sandbox.state import FailoverIntent, RejoinStep
+from pcdb.sql import query
+
+
+class Topology:
+    """The topology part of :class:`~pcdb.sandbox.engine.Sandbox` (a mixin: it works on its state)."""
+
+    # -- failover and promotion ------------------------------------------------------------
+
+    @exclusive
+    def failover(self, mode: str = "planned") -> dict:
+        """Make the standby the primary; rebuild the old primary as the new synchronous standby.
+
+        planned: the primary shuts down cleanly (every WAL record reaches the standby first);
+        forced: the primary is killed (immediate stop), as a zone failure would.
+
+        Returns:
+            timings and names: old/new primary, seconds to promotion, seconds until whole again.
+        """
+        if mode not in ("planned", "forced"):
+            raise SandboxError(f"failover mode {mode!r}: use planned or forced")
+        self.resolve_intent()
+        old, new = self.primary(), self.standby()
+        started = time.monotonic()
+        # The intent first: a kill anywhere below leaves a record the next run acts on (the old
+        # primary is never started again as it is: it is rewound into a standby, or it keeps its
+        # role when the standby was not promoted yet).
+        self.state.intent = FailoverIntent(old=old.name, new=new.name, mode=mode, since=_now())
+        self._event("failover-begin", mode=mode, old_primary=old.name, new_primary=new.name)
+        self.save()
+        crash.point("failover:intent-saved")
+        old.stop("fast" if mode == "planned" else "immediate", timeout=60)
+        crash.point("failover:old-stopped")
+        new.promote(self.timeout)
+        crash.point("failover:promoted")
+        self._take_over(old.name, new.name)
+        promoted = time.monotonic() - started
+        crash.point("failover:roles-saved")
+        self.rejoin(old.name)
+        self.wait_replica_following()
+        self.state.intent = None
+        self._event("failover-end", mode=mode, new_primary=new.name, seconds=round(promoted, 3))
+        self.save()
+        return {"mode": mode, "old_primary": old.name, "new_primary": new.name,
+                "promote_seconds": promoted, "total_seconds": time.monotonic() - started,
+                "timeline": self._timeline(new)}
+
+    def _take_over(self, old: str, new: str) -> None:
+        """Record the promoted node as the primary. Until the old primary rejoins, the new one
+        must not wait for a standby that is not there (no synchronous_standby_names)."""
+        node = self.node(new)
+        self.state.nodes[new].role = "primary"
+        self.state.nodes[old].role = "standby"
+        node.write_node_conf(self._node_conf(node, "primary"))
+        if node.is_running():
+            node.reload()
+        self.save()
+
+    def _promoted(self, node: Node) -> bool:
+        """Whether ``node`` left recovery (or is leaving it): PostgreSQL removes standby.signal
+        when a promotion completes; a running node is asked, a pending promote is waited for."""
+        if node.is_running():
+            if (node.data / "promote.signal").exists():
+                node.wait(lambda: not (node.data / "promote.signal").exists(), "promotion", self.timeout)
+            with node.connect(self.admin_user, timeout=5) as conn:
+                return not conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]
+        return not (node.data / "standby.signal").exists()
+
+    @exclusive
+    def resolve_intent(self) -> list[str]:
+        """Finish or undo a failover that a killed process left halfway; nothing to do when none.
+
+        Promoted standby: it is the primary; the old primary is fenced (stopped) and rewound into
+        its synchronous standby. Not promoted: the old primary keeps its role and is started
+        again; no write was ever taken elsewhere. Returns what was done (for reports)."""
+        intent = self.state.intent
+        if not intent:
+            pending = self.state.rejoin
+            if pending:  # a rejoin of its own (not inside a failover) was killed: finish it
+                self.rejoin(pending.node)
+                return [f"finished the rejoin of {pending.node} interrupted since {pending.since}"]
+            return []
+        if intent.op != "failover":
+            raise SandboxError(f"{self.state_file} records an interrupted {intent.op!r} this pcdb does "
+                               "not know how to finish")
+        old, new = self.node(intent.old), self.node(intent.new)
+        if self._promoted(new):
+            old.stop("immediate", timeout=30)       # fence: it must never take writes again
+            self._take_over(old.name, new.name)
+            if not new.is_running():
+                new.start(self.timeout)
+            self.rejoin(old.name)
+            self.wait_replica_following()
+            done = (f"finished the failover from {old.name} to {new.name} interrupted since {intent.since}: "
+                    f"{old.name} rewound and rejoined as synchronous standby")
+        else:
+            self.state.nodes[old.name].role = "primary"
+            self.state.nodes[new.name].role = "standby"
+            self.save()
+            if not old.is_running():
+                old.start(self.timeout)
+            done = (f"undid the failover from {old.name} to {new.name} interrupted since {intent.since} "
+                    f"before {new.name} was promoted: {old.name} stays the primary")
+        self.state.intent = None
+        self._event("intent-resolved", detail=done)
+        self.save()
+        return [done]
+
+    @exclusive
+    def rejoin(self, name: str) -> None:
+        """Rewind a stopped former primary onto the current primary's timeline, start it as the
+        synchronous standby, and turn synchronous replication back on.
+
+        Resumable: the step reached is kept in the state. A node killed during pg_rewind is in no
+        known state (pg_rewind's own documentation), so it is copied afresh instead; a node
+        rewound but not yet started is started, never rewound twice."""
+        primary, node = self.primary(), self.node(name)
+        node.stop("immediate", timeout=30)
+        earlier = self.state.rejoin if self.state.rejoin and self.state.rejoin.node == name else None
+        if earlier and earlier.step == "rewinding":
+            self._event("rejoin-recloned", node=name, reason="killed during pg_rewind")
+            self._clone(node, "standby")
+        else:
+            if not earlier:
+                self.state.rejoin = RejoinStep(node=name, step="rewinding", since=_now())
+                self.save()
+                crash.point("rejoin:rewinding")
+                with primary.connect(self.admin_user) as conn:
+                    conn.execute("CHECKPOINT")  # pg_rewind reads the timeline from the control file
+                source = psycopg.conninfo.make_conninfo(host=str(primary.run_dir), port=primary.port,
+                                                        user=self.admin_user, dbname="postgres")
+                proc.run([node.prog("pg_rewind"), "-D", str(node.data), f"--source-server={source}"],
+                         timeout=600, what=f"pg_rewind {name}", log=node.startup_log)
+                for leftover in ("recovery.signal", "backup_label"):
+                    (node.data / leftover).unlink(missing_ok=True)
+                # pg_rewind copied the source's node.conf: the node's own goes back before anything
+                node.write_node_conf(self._node_conf(node, "standby"))
+                proc.write_file(node.data / "standby.signal", "", mode=0o600)
+                self.state.rejoin.step = "rewound"
+                self.save()
+                crash.point("rejoin:rewound")
+            node.start(self.timeout)
+            self._wait_streaming(primary, name)
+        crash.point("rejoin:streaming")
+        primary.write_node_conf(self._node_conf(primary, "primary", sync_with=name))
+        primary.reload()
+        self._wait_streaming(primary, name, sync=True)
+        for n, info in self.state.nodes.items():
+            info.timeline = self._timeline(self.node(n))
+        self.state.rejoin = None
+        self.save()
+
+    def wait_replica_following(self) -> None:
+        """Wait until the read replica streams from the current primary (when it is a replica)."""
+        if self.state.role_of(REPLICA) == "replica" and self.node(REPLICA).is_running():
+            self._wait_streaming(self.primary(), REPLICA)
+            self.state.nodes[REPLICA].timeline = self._timeline(self.node(REPLICA))
+
+    def replica_diverged(self) -> bool:
+        """The replica was promoted, or its link cut, by a drill that did not finish."""
+        if REPLICA not in self.state.nodes:
+            return False
+        conf = self.node(REPLICA).data / "node.conf"
+        return self.role(REPLICA) == "promoted" or (conf.exists() and "primary_conninfo = ''" in conf.read_text())
+
+    @exclusive
+    def stall_replica(self) -> None:
+        """Cut the replica's link (no streaming, no archive) to drill a region failure with loss."""
+        replica = self.node(REPLICA)
+        replica.write_node_conf({**self._node_conf(replica, "replica"), "primary_conninfo": "",
+                                 "restore_command": ""})
+        replica.reload()
+        self._event("replica-stalled")
+        self.save()
+
+    @exclusive
+    def stop_region(self) -> None:
+        """Stop both HA nodes at once (immediate), as a lost region would."""
+        for name in HA_NODES:
+            self.node(name).stop("immediate", timeout=30)
+        self._event("region-stopped")
+        self.save()
+
+    @exclusive
+    def start_region(self) -> list[Change]:
+        """Start the HA pair again (the primary region is back)."""
+        return self.ensure_ha()
+
+    @exclusive
+    def promote_replica(self) -> dict:
+        """Promote the read replica to a standalone primary (the region failover, R-DR-2)."""
+        replica = self.node(REPLICA)
+        if self.role(REPLICA) == "promoted":
+            return {"name": REPLICA, "action": "unchanged", "timeline": self._timeline(replica)}
+        started = time.monotonic()
+        replica.promote(self.timeout)
+        replica.write_node_conf({**self._node_conf(replica, "primary"), "primary_conninfo": ""})
+        replica.reload()
+        self.state.nodes[REPLICA].role = "promoted"
+        self.state.nodes[REPLICA].timeline = self._timeline(replica)
+        self._event("replica-promoted", seconds=round(time.monotonic() - started, 3))
+        self.save()
+        return {"name": REPLICA, "action": "promoted", "seconds": time.monotonic() - started,
+                "timeline": self.state.nodes[REPLICA].timeline}
+
+    @exclusive
+    def rebuild_replica(self) -> Change:
+        """Throw the replica's data away and clone it again from the current primary."""
+        replica = self.node(REPLICA)
+        replica.stop("immediate", timeout=30)
+        self.state.nodes[REPLICA].role = "replica"
+        # The promoted lineage is gone; its archive would collide with a later promotion's.
+        for leftover in self.replica_archive.iterdir():
+            leftover.unlink()
+        self._clone(replica, "replica")
+        self.state.nodes[REPLICA].timeline = self._timeline(replica)
+        self._event("replica-rebuilt")
+        self.save()
+        return Change("server", REPLICA, "created", notes=("replica rebuilt from the primary",))
+
+    def _timeline(self, node: Node) -> int | None:
+        try:
+            with node.connect(self.admin_user, timeout=5) as conn:
+                return conn.execute(query("sandbox.sql", "node_state")).fetchone()[1]
+        except SandboxError:
+            return None
