@@ -111,7 +111,7 @@ def fingerprints(conn: psycopg.Connection, schema: str) -> dict[str, tuple[int, 
 def amcheck_sql(conn: psycopg.Connection) -> tuple[bool, str]:
     """amcheck through SQL (for servers where pg_amcheck cannot run locally, e.g. an Azure restore):
     every btree index with heapallindexed, every table with verify_heapam."""
-    conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    conn.execute(query("verify.sql", "create_amcheck"))
     tables = conn.execute(query("verify.sql", "amcheck_tables")).fetchall()
     try:
         conn.execute(query("verify.sql", "amcheck_indexes")).fetchall()  # raises on the first bad index
@@ -138,8 +138,8 @@ def restore_test(target: Target, env: Environment, connect_source: Connect,
     target.delete_server(name)  # a run killed halfway may have left one
     try:
         with connect_source() as conn:
-            conn.execute("CREATE SCHEMA IF NOT EXISTS pcdb")
-            conn.execute("CREATE TABLE IF NOT EXISTS pcdb.restore_marker (marker text PRIMARY KEY, at timestamptz NOT NULL)")
+            conn.execute(query("verify.sql", "create_pcdb_schema"))
+            conn.execute(query("verify.sql", "create_restore_marker"))
             marker = datetime.now(timezone.utc).strftime("restore-test-%Y%m%dT%H%M%S%f")
             with conn.transaction():
                 # The marker and the fingerprints share one snapshot: exact when nothing else
@@ -148,14 +148,14 @@ def restore_test(target: Target, env: Environment, connect_source: Connect,
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 source = fingerprints(conn, schema)
                 objects, roles = _objects(conn, schema)
-                conn.execute("INSERT INTO pcdb.restore_marker VALUES (%s, clock_timestamp())", (marker,))
+                conn.execute(query("verify.sql", "insert_restore_marker"), (marker,))
             target_time = conn.execute("SELECT clock_timestamp()").fetchone()[0]
         started = time.monotonic()
         endpoint = target.restore_point_in_time(target_time, name)
         result.seconds = round(time.monotonic() - started, 3)
         result.amcheck_ok, amcheck_detail = target.amcheck(name)
         with connect_restored(endpoint) as restored:
-            found = restored.execute("SELECT count(*) FROM pcdb.restore_marker WHERE marker = %s", (marker,)).fetchone()[0]
+            found = restored.execute(query("verify.sql", "count_restore_marker"), (marker,)).fetchone()[0]
             copy = fingerprints(restored, schema)
             r_objects, r_roles = _objects(restored, schema)
         result.tables_compared = len(source)

@@ -293,6 +293,7 @@ def analyse(env: Environment, history: dict[str, Hourly], store: Store, now: dat
     result["cpu"] = _utilisation(hist, "cpu_percent", _threshold(env, "cpu_percent", 80), enough, env, now_day)
     result["memory"] = _utilisation(hist, "memory_percent", _threshold(env, "memory_percent", 85), enough, env,
                                     now_day)
+    result["iops"] = _utilisation(hist, "iops_percent", _threshold(env, "iops_percent", 80), enough, env, now_day)
     result["sku"] = _sku_advice(env, cfg, result["cpu"], result["memory"])
     result["wraparound"] = _wraparound(hist, enough)
     result["tables"], result["sequences"] = _tables(store, start, now, cfg.top_tables)
@@ -337,6 +338,7 @@ def _storage(env, cfg, hist, series: Daily, enough: bool, now_day: float, quota:
                         if next_size and cfg.storage_price_usd_per_gib_month else None,
                         "note": "Premium SSD autogrow doubles the disk and storage never shrinks"
                         if auto else "autogrow is off: the server goes read-only at the read-only limit"},
+           "txlogs_bytes": int(hist["txlogs_storage_used"].avg[-1]) if "txlogs_storage_used" in hist else None,
            "days_with_data": len(series.day),
            "days_without_data": series.span_days - len(series.day),     # gaps between the first and last day
            "steps": [], "projection": None}
@@ -694,6 +696,9 @@ def markdown(result: dict, images: dict[str, str]) -> str:
                  f"{_size(s['limit_bytes'])} → {_size(a['next_size_bytes'])}"
                  + (f" (+${a['next_step_extra_usd_per_month']}/month)" if a["next_step_extra_usd_per_month"] else "")
                  + f". {a['note']}.")
+    if s["txlogs_bytes"] is not None:
+        lines.append(f"- Transaction logs (WAL) take {_size(s['txlogs_bytes'])}: an inactive replication slot shows "
+                     "here first")
     if s["days_without_data"]:
         lines.append(f"- {s['days_without_data']} day(s) of the window have no samples (gaps are left out, not filled)")
     if "storage" in images:
@@ -704,8 +709,8 @@ def markdown(result: dict, images: dict[str, str]) -> str:
               f"max_connections: {_d(c['days_to_80_percent'])}"]
     if "connections" in images:
         lines += ["", f"![connections]({images['connections']})"]
-    lines += ["", "## CPU and memory", ""]
-    for name in ("cpu", "memory"):
+    lines += ["", "## CPU, memory and IOPS", ""]
+    for name in ("cpu", "memory", "iops"):
         m = result[name]
         lines.append(f"- {name}: p95 {m['p95_percent']} % (threshold {m['threshold_percent']:g} %), trend "
                      f"{m['trend_per_week']} points/week, projected {m['projected_percent']} %")

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pcdb import security
 from pcdb.checks import CheckResult
 from pcdb.context import RunbookContext
+from pcdb.sql import query
 
 REQ = "§8.1.1"
 SLOW_MS = 1000.0
@@ -42,17 +43,14 @@ def run(ctx: RunbookContext, now: datetime | None = None) -> list[CheckResult]:
     with ctx.connect() as conn:
         conn.execute("SET statement_timeout = '20s'")   # a probe never hangs the checklist
         started = time.monotonic()
-        lags = conn.execute("SELECT application_name, coalesce(extract(epoch FROM replay_lag), 0) "
-                            "FROM pg_catalog.pg_stat_replication WHERE sync_state = 'async'").fetchall()
+        lags = conn.execute(query("checklist.sql", "replica_lags")).fetchall()
         worst = max((float(lag) for _, lag in lags), default=None)
         out.append(_item("replica lag < 1 min", worst is not None and worst < 60,
                          f"replica lag {worst:.1f} s" if worst is not None else "no replica is streaming", started))
 
         started = time.monotonic()
-        has_pss = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = "
-                               "'pg_stat_statements')").fetchone()[0]
-        slow = conn.execute("SELECT left(query, 80), calls, round(max_exec_time::numeric, 1) FROM pg_stat_statements "
-                            "WHERE max_exec_time >= %s ORDER BY max_exec_time DESC LIMIT 5", (SLOW_MS,)).fetchall() \
+        has_pss = conn.execute(query("catalog.sql", "pg_stat_statements_installed")).fetchone()[0]
+        slow = conn.execute(query("checklist.sql", "slowest_statements"), (SLOW_MS,)).fetchall() \
             if has_pss else []
         logged = target.log_lines(since, re.compile(r"duration: (\d{4,}|[1-9]\d{3})\.\d+ ms"))
         out.append(_item("slow-query log", None if not has_pss else True,
@@ -63,16 +61,13 @@ def run(ctx: RunbookContext, now: datetime | None = None) -> list[CheckResult]:
                          logged=len(logged) if logged is not None else None))
 
         started = time.monotonic()
-        waits = conn.execute("SELECT wait_event_type, wait_event, count(*) FROM pg_catalog.pg_stat_activity "
-                             "WHERE wait_event IS NOT NULL AND backend_type = 'client backend' AND state = 'active' "
-                             "GROUP BY 1, 2 ORDER BY 3 DESC").fetchall()
+        waits = conn.execute(query("checklist.sql", "active_waits")).fetchall()
         locks = sum(n for kind, _, n in waits if kind == "Lock")
         out.append(_item("wait events", locks == 0, "; ".join(f"{k}/{e} x{n}" for k, e, n in waits) or
                          "no active session is waiting", started, lock_waits=locks))
 
         started = time.monotonic()
-        used, limit = conn.execute("SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = "
-                                   "'client backend'), current_setting('max_connections')::int").fetchone()
+        used, limit = conn.execute(query("checklist.sql", "connection_use")).fetchone()
         out.append(_item("connection use", used < 0.8 * limit, f"{used} of {limit} ({100 * used / limit:.0f} %)",
                          started))
 
@@ -81,7 +76,7 @@ def run(ctx: RunbookContext, now: datetime | None = None) -> list[CheckResult]:
         if day:   # the health runs' per-minute ratios over the last 24 h
             ratio, basis = sum(day) / len(day), f"average of {len(day)} health sample(s) in 24 h"
         else:
-            hit, read = conn.execute("SELECT sum(blks_hit), sum(blks_read) FROM pg_catalog.pg_stat_database").fetchone()
+            hit, read = conn.execute(query("checklist.sql", "block_counters")).fetchone()
             ratio = 100.0 * float(hit) / float(hit + read) if hit is not None and (hit + read) else None
             basis = "since the statistics were reset (no health history)"
         out.append(_item("cache hit", ratio is None or ratio >= 90,
@@ -90,8 +85,7 @@ def run(ctx: RunbookContext, now: datetime | None = None) -> list[CheckResult]:
         started = time.monotonic()
         drift = security.grant_differences(conn, env.security.roles, env.service.database, env.service.schema_name)
         named = {r.name for r in env.security.roles} | {env.server.admin.user} | target.own_roles()
-        strangers = [r for (r,) in conn.execute("SELECT DISTINCT usename FROM pg_catalog.pg_stat_activity "
-                                                 "WHERE usename IS NOT NULL")
+        strangers = [r for (r,) in conn.execute(query("checklist.sql", "logged_in_roles"))
                      if r not in named]
     started = time.monotonic()
     failed = target.failed_logins(since)

@@ -154,9 +154,7 @@ def role_probes(conn: psycopg.Connection, role, schema: str, tables: list[str]) 
     wanted = security.desired_privileges(role.grants, tables, [])
     probes: list[tuple[str, psql.Composable, bool]] = []
     for table in tables:
-        column = conn.execute("SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = "
-                              "a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
-                              "AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum LIMIT 1",
+        column = conn.execute(query("install.sql", "first_column"),
                               (schema, table)).fetchone()[0]
         target = psql.Identifier(schema, table)
         for privilege, text in _TABLE_PROBES.items():
@@ -166,7 +164,7 @@ def role_probes(conn: psycopg.Connection, role, schema: str, tables: list[str]) 
             psql.Literal(f"{schema}.{table}")), "TRUNCATE" in wanted[("table", table)]))
     probes.append((f"CREATE in schema {schema}", psql.SQL("CREATE TABLE {} (id int)").format(
         psql.Identifier(schema, "pcdb_probe_table")), "CREATE" in wanted[("schema", "")]))
-    probes.append(("TEMPORARY tables", psql.SQL("CREATE TEMP TABLE pcdb_probe_temp (id int)"),
+    probes.append(("TEMPORARY tables", psql.SQL(query("install.sql", "create_temp_probe")),
                    "TEMPORARY" in wanted[("database", "")]))
     return probes
 
@@ -193,16 +191,13 @@ def check_role_privileges(connect_as: Connect, env: Environment) -> list[CheckRe
     for role in env.security.roles:
         outcomes = []
         with connect_as(role.name) as conn:
-            present = {r[0] for r in conn.execute("SELECT relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-                                                  "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN "
-                                                  "('r', 'p')", (schema,))}
+            present = {r[0] for r in conn.execute(query("install.sql", "schema_tables"), {"schema": schema})}
             tables = sorted(t for t in schema_tables() if t in present)
             for label, statement, allowed in role_probes(conn, role, schema, tables):
                 outcomes.append({"statement": label, "expected": allowed, "allowed": _run_probe(conn, statement)})
             member_of = [r[0] for r in conn.execute(
-                "SELECT g.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles g ON g.oid = m.roleid "
-                "WHERE m.member = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)")]
-            superuser = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0]
+                query("catalog.sql", "my_memberships"))]
+            superuser = conn.execute(query("catalog.sql", "am_superuser")).fetchone()[0]
         for other in ("postgres", "template1"):  # the maintenance databases are the admin's only
             try:
                 with connect_as(role.name, dbname=other):
@@ -305,24 +300,24 @@ def check_point_in_time_restore(target: Target, conn: psycopg.Connection, admin:
     """PITR test (R-INS-2, R-DR-3): restore to a marked moment on a throw-away server, always deleted."""
     marker = datetime.now(timezone.utc).strftime("pitr-%Y%m%dT%H%M%S%f")
     target.delete_server(name)  # a run killed halfway may have left its server and its markers
-    if conn.execute("SELECT pg_catalog.to_regclass('pcdb.pitr_marker') IS NOT NULL").fetchone()[0]:
-        conn.execute("DELETE FROM pcdb.pitr_marker WHERE marker LIKE 'pitr-%'")
+    if conn.execute(query("install.sql", "pitr_marker_exists")).fetchone()[0]:
+        conn.execute(query("install.sql", "delete_old_pitr_markers"))
     started = time.monotonic()
     deleted = False
     try:
         with conn.transaction():
-            conn.execute("CREATE TABLE IF NOT EXISTS pcdb.pitr_marker (marker text PRIMARY KEY, at timestamptz)")
-            conn.execute("INSERT INTO pcdb.pitr_marker VALUES (%s, clock_timestamp())", (marker,))
+            conn.execute(query("install.sql", "create_pitr_marker"))
+            conn.execute(query("install.sql", "insert_pitr_marker"), (marker,))
         target_time = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-        conn.execute("INSERT INTO pcdb.pitr_marker VALUES (%s, clock_timestamp())", (marker + "-after",))
+        conn.execute(query("install.sql", "insert_pitr_marker"), (marker + "-after",))
         endpoint = target.restore_point_in_time(target_time, name)
         restore_seconds = time.monotonic() - started
         with psycopg.connect(endpoint.conninfo(admin, password)) as restored:
             found = [r[0] for r in restored.execute(
-                "SELECT marker FROM pcdb.pitr_marker WHERE marker LIKE %s ORDER BY marker", (marker + "%",))]
+                query("install.sql", "pitr_markers"), (marker + "%",))]
     finally:
         deleted = target.delete_server(name).action in ("deleted", "unchanged")
-        conn.execute("DELETE FROM pcdb.pitr_marker WHERE marker LIKE %s", (marker + "%",))
+        conn.execute(query("install.sql", "delete_pitr_markers"), (marker + "%",))
     ok = found == [marker] and deleted
     return CheckResult("point-in-time restore test", "R-DR-3", ok,
                        f"restored to {target_time.isoformat()} in {restore_seconds:.2f}s; marker "

@@ -704,7 +704,8 @@ def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:
         changes.append(service.ensure_work_pool(spec.work_pool))
         changes += service.register_deployments(spec, spec_path, Path.cwd())
         changes += service.ensure_automations(spec)
-        changes.append(orchestrator.start_worker(spec.work_pool, worker_env, Path.cwd()))
+        poll = {"PREFECT_WORKER_QUERY_SECONDS": str(max(1, int(spec.orchestrator.worker_poll.total_seconds())))}
+        changes.append(orchestrator.start_worker(spec.work_pool, worker_env | poll, Path.cwd()))
     for spec in specs:
         service.wait_for_worker(spec.work_pool)
     _print_changes(changes, as_json)

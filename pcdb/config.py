@@ -829,11 +829,14 @@ class OrchestratorSpec(Model):
         "sqlite", description="sqlite: a file in home (a laptop); sandbox-postgres: a small PostgreSQL cluster "
                               "of its own under home (never the service database). "
                               "$PREFECT_API_DATABASE_CONNECTION_URL names any other PostgreSQL")
-    run_limits: dict[Literal["install", "backup-verification", "dr-drill", "maintenance", "health"], Duration] = Field(
+    run_limits: dict[Literal["install", "backup-verification", "dr-drill", "maintenance", "health", "capacity"],
+                     Duration] = Field(
         default_factory=lambda: {"install": timedelta(hours=12), "backup-verification": timedelta(hours=5),
                                  "dr-drill": timedelta(hours=6), "maintenance": timedelta(hours=8),
-                                 "health": timedelta(minutes=5)},
+                                 "health": timedelta(minutes=5), "capacity": timedelta(hours=1)},
         description="a run Running longer than this is cancelled and reported (an automation)")
+    worker_poll: Duration = Field(timedelta(seconds=10), description="how often the worker asks for scheduled runs "
+                                  "and cancellations (Prefect's default 10s; a deployment run starts within this)")
 
 
 class Environment(Model):

@@ -285,8 +285,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
             metrics |= {c.name: (float(v) if v is not None else None) for c, v in zip(cur.description, cur.fetchone())}
             cur = conn.execute(query("health.sql", "counters"))
             counters |= {c.name: float(v or 0) for c, v in zip(cur.description, cur.fetchone())}
-            if conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = "
-                            "'pg_stat_statements')").fetchone()[0]:
+            if conn.execute(query("catalog.sql", "pg_stat_statements_installed")).fetchone()[0]:
                 cur = conn.execute(query("health.sql", "statement_counters"), {"slow_ms": SLOW_STATEMENT_MS})
                 counters |= {f"stmt_{c.name}": float(v or 0) for c, v in zip(cur.description, cur.fetchone())}
             streams = conn.execute(query("health.sql", "replication")).fetchall()
@@ -349,13 +348,13 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
 
 def _timeline(conn) -> float | None:
     try:
-        return float(conn.execute("SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()").fetchone()[0])
+        return float(conn.execute(query("health.sql", "timeline")).fetchone()[0])
     except psycopg.Error:
         return None
 
 
 def _business(conn, env: Environment) -> dict:
-    if conn.execute("SELECT to_regclass(%s) IS NULL", (f"{env.service.schema_name}.pc_product_change_history",)
+    if conn.execute(query("catalog.sql", "relation_missing"), (f"{env.service.schema_name}.pc_product_change_history",)
                     ).fetchone()[0]:
         return {}
     cur = conn.execute(psql.SQL(query("health.sql", "business")).format(schema=psql.Identifier(env.service.schema_name)),
@@ -391,7 +390,7 @@ def _partitions_ahead(conn, env: Environment, now: datetime) -> float | None:
 
     from pcdb import maintenance, schema
 
-    if conn.execute("SELECT to_regclass(%s) IS NULL", (f"{env.service.schema_name}.{schema.KOS_LOG}",)).fetchone()[0]:
+    if conn.execute(query("catalog.sql", "relation_missing"), (f"{env.service.schema_name}.{schema.KOS_LOG}",)).fetchone()[0]:
         return None
     names = {p.name for p in maintenance.list_partitions(conn, env.service.schema_name)}
     return float(maintenance.ahead_months(names, now.astimezone(ZoneInfo(env.service.timezone)).date()))

@@ -20,6 +20,7 @@ from pcdb import secrets as pw
 from pcdb.changes import Change
 from pcdb.context import RunbookContext
 from pcdb.errors import SecretError
+from pcdb.sql import query
 from pcdb.targets.base import throwaway_name
 
 Step = Callable[[RunbookContext], list]
@@ -86,7 +87,7 @@ def database_plan(ctx: RunbookContext, target_plan: list[Change], secrets: list[
         for role in env.security.roles:
             ok = ctx.can_log_in(role.name, ctx.secret(role.password, role.name)) if role.name in usable else None
             out.append(security.role_plan(conn, role, ok))
-        if conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s)",
+        if conn.execute(query("catalog.sql", "schema_exists"),
                         (env.service.schema_name,)).fetchone()[0]:
             drift = security.grant_differences(conn, env.security.roles, env.service.database, env.service.schema_name)
             out.append(Change("grants", env.service.schema_name, "updated" if drift else "unchanged", diff=drift))
@@ -198,11 +199,10 @@ def audit_logging(ctx: RunbookContext) -> list[Change]:
 
 def statement_statistics(ctx: RunbookContext) -> list[Change]:
     with ctx.connect() as conn:
-        present = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension "
-                               "WHERE extname = 'pg_stat_statements')").fetchone()[0]
+        present = conn.execute(query("catalog.sql", "pg_stat_statements_installed")).fetchone()[0]
         if present:
             return [Change("extension", "pg_stat_statements", "unchanged")]
-        conn.execute(psql.SQL("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+        conn.execute(psql.SQL(query("install.sql", "create_pg_stat_statements")))
         return [Change("extension", "pg_stat_statements", "created")]
 
 

@@ -116,7 +116,7 @@ def list_partitions(conn: psycopg.Connection, schema_name: str) -> list[Partitio
         if not match:
             found.append(Partition(name, None, None, pending, f"bounds {bound!r} are not a monthly range"))
             continue
-        start, end = conn.execute("SELECT %s::timestamptz, %s::timestamptz", match.groups()).fetchone()
+        start, end = conn.execute(query("maintenance.sql", "partition_bounds_as_timestamps"), match.groups()).fetchone()
         named = PARTITION_NAME.match(name)
         if not named:
             found.append(Partition(name, start, end, pending, "its name does not parse as <table>_yYYYYmMM"))
@@ -218,7 +218,7 @@ def partitions(ctx: RunbookContext, out: Outcome, now: datetime) -> None:
             conn.execute(_q("partition_archive_table"))
         listed = list_partitions(conn, schema_name)
         out.partitions["ahead_months"] = ahead_months({p.name for p in listed}, today)
-        exists = conn.execute("SELECT to_regclass('pcdb.partition_archive') IS NOT NULL").fetchone()[0]
+        exists = conn.execute(query("maintenance.sql", "archive_table_exists")).fetchone()[0]
         records = {r[0]: r for r in conn.execute(_q("partition_records"), {"parent": parent})} if exists else {}
     cutoff = add_months(now.astimezone(zone), -env.operations.log_partition_retention_months)
     for p in listed:
@@ -244,7 +244,7 @@ def partitions(ctx: RunbookContext, out: Outcome, now: datetime) -> None:
     try:
         for r in leftovers:   # detached by an earlier run that was stopped before the drop
             with ctx.connect() as conn:
-                bounds = conn.execute("SELECT range_from, range_to FROM pcdb.partition_archive WHERE partition = %s",
+                bounds = conn.execute(query("maintenance.sql", "archived_range"),
                                       (r[0],)).fetchone()
             _lifecycle(ctx, tools, out, Partition(r[0], bounds[0], bounds[1], False), records.get(r[0]), workdir,
                        lock_timeout, attached=False)
@@ -355,7 +355,7 @@ def _detach(conn, schema_name: str, p: Partition, attached: bool, lock_timeout: 
         return True
     parent = psql.Identifier(schema_name, schema.KOS_LOG)
     table = psql.Identifier(schema_name, p.name)
-    pending = conn.execute("SELECT inhdetachpending FROM pg_catalog.pg_inherits WHERE inhrelid = %s::regclass",
+    pending = conn.execute(query("maintenance.sql", "detach_pending"),
                            (f"{schema_name}.{p.name}",)).fetchone()
     if pending is None:
         return True                                   # already detached (killed before it was recorded)
@@ -504,13 +504,12 @@ def slow_queries(ctx: RunbookContext, out: Outcome, now: datetime) -> None:
     stored last month (never a reset), with the eviction counter watched."""
     m = ctx.env.operations.maintenance
     with ctx.connect() as conn:
-        if not conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = "
-                            "'pg_stat_statements')").fetchone()[0]:
+        if not conn.execute(query("catalog.sql", "pg_stat_statements_installed")).fetchone()[0]:
             out.recommended.append("pg_stat_statements is not installed in the service database: no slow-query review")
             return
         if not out.dry_run:
             conn.execute(_q("statements_snapshot_table"))
-        has_table = conn.execute("SELECT to_regclass('pcdb.statements_snapshot') IS NOT NULL").fetchone()[0]
+        has_table = conn.execute(query("maintenance.sql", "statements_snapshot_exists")).fetchone()[0]
         before = {r[0]: r for r in conn.execute(_q("last_snapshot"))} if has_table else {}
         current = conn.execute(_q("statements_now")).fetchall()
         dealloc = current[0][4] if current else 0
@@ -542,8 +541,8 @@ def slow_queries(ctx: RunbookContext, out: Outcome, now: datetime) -> None:
         if not out.dry_run:
             with conn.transaction():
                 for queryid, text, calls, total, dealloc in current:
-                    conn.execute("INSERT INTO pcdb.statements_snapshot VALUES (%s, %s, %s, %s, %s, %s) "
-                                 "ON CONFLICT DO NOTHING", (now, queryid, text, calls, total, dealloc))
+                    conn.execute(query("maintenance.sql", "insert_statement_snapshot"),
+                                 (now, queryid, text, calls, total, dealloc))
 
 
 # -- accounts --------------------------------------------------------------------------------
@@ -554,7 +553,7 @@ def accounts(ctx: RunbookContext, out: Outcome, since: datetime) -> None:
     named = {r.name for r in env.security.roles} | {env.server.admin.user}
     named |= ctx.target.own_roles()
     with ctx.connect() as conn:
-        if conn.execute("SELECT to_regclass('pcdb.pcdb_password_history') IS NOT NULL").fetchone()[0]:
+        if conn.execute(query("maintenance.sql", "password_history_exists")).fetchone()[0]:
             ages = {role: round(float(days), 1) for role, days in conn.execute(_q("password_ages"))}
         else:
             ages = {}
@@ -631,7 +630,7 @@ def partition_guard(ctx: RunbookContext, now: datetime | None = None) -> CheckRe
     started = time.monotonic()
     now = now or datetime.now(ZoneInfo("UTC"))
     with ctx.connect() as conn:
-        if conn.execute("SELECT to_regclass(%s) IS NULL", (f"{env.service.schema_name}.{schema.KOS_LOG}",)).fetchone()[0]:
+        if conn.execute(query("catalog.sql", "relation_missing"), (f"{env.service.schema_name}.{schema.KOS_LOG}",)).fetchone()[0]:
             return None   # install Phase 4 has not run: nothing to keep ahead yet
         change = schema.ensure_log_partitions(conn, env.service.schema_name, env.service.timezone,
                                               env.service.log_partitions_ahead, now=now)
@@ -659,16 +658,14 @@ def verify(ctx: RunbookContext, out: Outcome, now: datetime) -> list[str]:
                 failed.append(f"only {ahead} month(s) of KOS-log partitions are ready ahead (at least {MIN_AHEAD})")
         for name in out.partitions["dropped"]:
             present = conn.execute(_q("table_exists"), {"schema": env.service.schema_name, "name": name}).fetchone()[0]
-            record = conn.execute("SELECT state, archive, rows FROM pcdb.partition_archive WHERE partition = %s",
+            record = conn.execute(query("maintenance.sql", "archive_record"),
                                   (name,)).fetchone()
             if present or not record or record[0] != "dropped" or not record[1]:
                 failed.append(f"partition {name} is reported dropped but the catalog or its record disagrees "
                               f"(present: {present}, record: {record and record[0]})")
         for name in out.indexes["reindexed"]:
             schema_name, index = name.split(".", 1)
-            valid = conn.execute("SELECT x.indisvalid FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class c ON "
-                                 "c.oid = x.indexrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                                 "WHERE n.nspname = %s AND c.relname = %s", (schema_name, index)).fetchone()
+            valid = conn.execute(query("maintenance.sql", "index_valid"), (schema_name, index)).fetchone()
             if not valid or not valid[0]:
                 failed.append(f"index {name} was rebuilt but is not valid")
     out.verified = not failed

@@ -58,7 +58,7 @@ def _q(name: str, **identifiers: str) -> psql.Composed:
 def migration_plan(conn: psycopg.Connection, schema: str, folder: Path = MIGRATIONS_DIR) -> Change:
     """Read-only: the migrations ensure_schema would apply."""
     done: dict[int, str] = {}
-    if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+    if conn.execute(query("catalog.sql", "relation_exists"),
                     (f"{LEDGER_SCHEMA}.pcdb_schema_migrations",)).fetchone()[0]:
         done = {v: n for v, n, _ in conn.execute(_q("applied_migrations", schema=LEDGER_SCHEMA))}
     pending = [m.name for m in migrations(folder) if m.version not in done]
@@ -76,7 +76,7 @@ def ensure_schema(conn: psycopg.Connection, schema: str, folder: Path = MIGRATIO
     applied_now = []
     with conn.transaction():
         conn.execute(query("install.sql", "migration_lock"))
-        created = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s)",
+        created = conn.execute(query("catalog.sql", "schema_missing"),
                                (schema,)).fetchone()[0]
         for name in (schema, LEDGER_SCHEMA):
             conn.execute(psql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psql.Identifier(name)))

@@ -163,13 +163,12 @@ def drop_role(conn: psycopg.Connection, role: str, heir: str, databases: list[st
 def memberships(conn: psycopg.Connection, role: str) -> list[str]:
     """The roles ``role`` is a member of (predefined pg_* roles included)."""
     return [r[0] for r in conn.execute(
-        "SELECT g.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles g ON g.oid = m.roleid "
-        "JOIN pg_catalog.pg_roles u ON u.oid = m.member WHERE u.rolname = %s ORDER BY 1", (role,))]
+        query("catalog.sql", "memberships_of"), (role,))]
 
 
 def _refuse_reuse(conn: psycopg.Connection, role: str, password: str, schema: str, history: int) -> None:
     """The §4.3.2 history rule: none of the role's last ``history`` passwords again."""
-    if history <= 0 or not conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+    if history <= 0 or not conn.execute(query("catalog.sql", "relation_exists"),
                                         (f"{schema}.pcdb_password_history",)).fetchone()[0]:
         return
     recent = [r[0] for r in conn.execute(_q("recent_passwords", schema=schema), {"role": role, "n": history})]
@@ -188,7 +187,7 @@ def _record_password(conn: psycopg.Connection, role: str, schema: str, expiry: t
 
 def password_expiry(conn: psycopg.Connection, ledger_schema: str) -> dict:
     """role -> when its password is due for rotation (90 days after it was set, R-SEC-3)."""
-    present = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+    present = conn.execute(query("catalog.sql", "relation_exists"),
                            (f"{ledger_schema}.pcdb_password_ledger",)).fetchone()[0]
     if not present:
         return {}

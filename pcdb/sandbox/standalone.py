@@ -13,6 +13,7 @@ from pcdb.changes import Change
 from pcdb.orchestrator import ServerConfig
 from pcdb.sandbox import proc
 from pcdb.sandbox.node import Node, conf_line
+from pcdb.sql import query
 
 USER = DATABASE = "prefect"
 
@@ -78,7 +79,7 @@ def ensure_orchestrator_database(config: ServerConfig, timeout: float = 60) -> C
     elif rewritten:
         node.reload()
     with node.connect(USER) as conn:
-        if not conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (DATABASE,)).fetchone():
+        if not conn.execute(query("sandbox.sql", "database_exists"), {"name": DATABASE}).fetchone()[0]:
             conn.execute(f"CREATE DATABASE {DATABASE}")
             action = "created"
     return Change("orchestrator_database", str(node.home), action,  # type: ignore[arg-type]

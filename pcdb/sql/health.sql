@@ -52,3 +52,7 @@ SELECT
 SELECT application_name, sync_state, coalesce(extract(epoch FROM replay_lag), 0) AS lag_seconds,
        pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn) AS lag_bytes
   FROM pg_catalog.pg_stat_replication
+
+-- name: timeline
+-- The timeline of the last checkpoint (a failover raises it).
+SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()

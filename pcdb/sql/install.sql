@@ -145,3 +145,44 @@ INSERT INTO {schema}.pcdb_password_history (role_name, verifier) VALUES (%(role)
 -- name: database_bytes
 -- What every database of the server takes on disk.
 SELECT coalesce(sum(pg_catalog.pg_database_size(datname)), 0)::bigint FROM pg_catalog.pg_database
+
+-- name: delete_old_pitr_markers
+-- Markers an earlier PITR check left behind.
+DELETE FROM pcdb.pitr_marker WHERE marker LIKE 'pitr-%'
+
+-- name: insert_pitr_marker
+-- A marker, committed at the clock's time.
+INSERT INTO pcdb.pitr_marker VALUES (%s, clock_timestamp())
+
+-- name: delete_pitr_markers
+-- The markers of one PITR check.
+DELETE FROM pcdb.pitr_marker WHERE marker LIKE %s
+
+-- name: create_pitr_marker
+-- Phase 7's PITR marker table (pcdb's own schema).
+CREATE TABLE IF NOT EXISTS pcdb.pitr_marker (marker text PRIMARY KEY, at timestamptz)
+
+-- name: pitr_marker_exists
+-- Whether Phase 7's PITR marker table exists.
+SELECT pg_catalog.to_regclass('pcdb.pitr_marker') IS NOT NULL
+
+-- name: first_column
+-- A table's first live column (the probe statements name it).
+SELECT a.attname
+  FROM pg_catalog.pg_attribute a
+  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+  ORDER BY a.attnum LIMIT 1
+
+-- name: pitr_markers
+-- The markers of one PITR check, in order.
+SELECT marker FROM pcdb.pitr_marker WHERE marker LIKE %s ORDER BY marker
+
+-- name: create_pg_stat_statements
+-- Phase 6: the statement statistics (R-PAR-1).
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements
+
+-- name: create_temp_probe
+-- A temporary table: every role may create one in its session.
+CREATE TEMP TABLE pcdb_probe_temp (id int)

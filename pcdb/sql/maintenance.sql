@@ -144,3 +144,43 @@ SELECT n.nspname, c.relname, k.conname
   JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE NOT k.convalidated AND n.nspname = ANY(%(schemas)s)
+
+-- name: detach_pending
+-- Whether a partition's DETACH CONCURRENTLY was interrupted.
+SELECT inhdetachpending FROM pg_catalog.pg_inherits WHERE inhrelid = %s::regclass
+
+-- name: partition_bounds_as_timestamps
+-- Two bound literals of a partition, as timestamps.
+SELECT %s::timestamptz, %s::timestamptz
+
+-- name: archive_table_exists
+-- Whether the partition archive's record table exists.
+SELECT to_regclass('pcdb.partition_archive') IS NOT NULL
+
+-- name: statements_snapshot_exists
+-- Whether the statement snapshots table exists.
+SELECT to_regclass('pcdb.statements_snapshot') IS NOT NULL
+
+-- name: insert_statement_snapshot
+-- One statement's counters at this run.
+INSERT INTO pcdb.statements_snapshot VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
+
+-- name: password_history_exists
+-- Whether the password history table exists.
+SELECT to_regclass('pcdb.pcdb_password_history') IS NOT NULL
+
+-- name: archive_record
+-- An archived partition's state, archive and rows.
+SELECT state, archive, rows FROM pcdb.partition_archive WHERE partition = %s
+
+-- name: index_valid
+-- Whether an index (schema, name) is valid.
+SELECT x.indisvalid
+  FROM pg_catalog.pg_index x
+  JOIN pg_catalog.pg_class c ON c.oid = x.indexrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = %s AND c.relname = %s
+
+-- name: archived_range
+-- The range an archived partition held.
+SELECT range_from, range_to FROM pcdb.partition_archive WHERE partition = %s

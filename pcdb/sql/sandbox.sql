@@ -75,3 +75,7 @@ SELECT (SELECT sum(pg_catalog.pg_database_size(datname))::bigint FROM pg_catalog
        pg_catalog.current_setting('default_transaction_read_only')::bool AS read_only,
        EXISTS (SELECT 1 FROM pg_catalog.pg_file_settings WHERE name = 'default_transaction_read_only'
                  AND sourcefile LIKE '%/postgresql.auto.conf') AS guard_set
+
+-- name: pending_restart
+-- Whether a changed parameter waits for a restart.
+SELECT bool_or(pending_restart) FROM pg_catalog.pg_settings

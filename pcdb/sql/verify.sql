@@ -89,3 +89,23 @@ SELECT c.relname AS table_name, v.blkno, v.msg
   CROSS JOIN LATERAL public.verify_heapam(c.oid) v
  WHERE c.relkind IN ('r', 'm', 't') AND c.relpersistence = 'p'
    AND n.nspname NOT IN ('pg_catalog', 'information_schema');
+
+-- name: create_restore_marker
+-- The restore test's marker table (pcdb's own schema).
+CREATE TABLE IF NOT EXISTS pcdb.restore_marker (marker text PRIMARY KEY, at timestamptz NOT NULL)
+
+-- name: insert_restore_marker
+-- A marker committed just before the restore point.
+INSERT INTO pcdb.restore_marker VALUES (%s, clock_timestamp())
+
+-- name: count_restore_marker
+-- Whether the restored server has the marker.
+SELECT count(*) FROM pcdb.restore_marker WHERE marker = %s
+
+-- name: create_amcheck
+-- amcheck on the restored server (a throw-away copy).
+CREATE EXTENSION IF NOT EXISTS amcheck
+
+-- name: create_pcdb_schema
+-- pcdb's own schema, for its markers.
+CREATE SCHEMA IF NOT EXISTS pcdb

@@ -285,7 +285,7 @@ class SandboxTarget:
 
     def _pending_restart(self, node: Node) -> bool:
         with node.connect(self.admin) as conn:
-            return conn.execute("SELECT bool_or(pending_restart) FROM pg_catalog.pg_settings").fetchone()[0]
+            return conn.execute(query("sandbox.sql", "pending_restart")).fetchone()[0]
 
     def _rolling_restart(self) -> list[str]:
         sb = self.sandbox

@@ -405,7 +405,7 @@ def test_the_capacity_analysis_reads_azure_monitors_hourly_history(arm, target, 
                    "storage_percent": [(z(t), 100 * v / (256 * 2**30)) for t, v in used.items()],
                    "active_connections": [(z(t), 40.0 + t.hour) for t in hours],
                    "cpu_percent": [(z(t), 30.0) for t in hours], "memory_percent": [(z(t), 60.0) for t in hours],
-                   "iops": [(z(t), 640.0) for t in hours],
+                   "iops": [(z(t), 640.0) for t in hours], "txlogs_storage_used": [(z(t), 3 * 2**30) for t in hours],
                    "maximum_used_transactionIDs": [(z(t), 1e8 + 1e6 * (t - hours[0]).total_seconds() / 86400)
                                                    for t in hours]}
     points = target.metric_history(now - timedelta(days=31), now)
@@ -418,6 +418,7 @@ def test_the_capacity_analysis_reads_azure_monitors_hourly_history(arm, target, 
     assert s["limit_bytes"] == 256 * 2**30 and abs(s["growth_bytes_per_day"] / 2**30 - 1) < 0.02
     truth = (0.75 * 256 - (100 + 30 - 1 / 24)) / 1.0
     assert abs(s["days_to_warning"] - truth) <= 0.1 * truth
-    assert s["days_without_data"] == 3 and result["connections"]["peak"] == 63
+    assert s["days_without_data"] == 3 and result["connections"]["peak"] == 63 and s["txlogs_bytes"] == 3 * 2**30
+    assert result["iops"]["p95_percent"] == 50.0
     assert 0.95e6 < result["wraparound"]["consumption_per_day"] < 1.05e6
     assert result["verdict"].startswith(f"storage reaches 75 % in {s['days_to_warning']:.0f} days")

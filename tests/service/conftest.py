@@ -28,7 +28,8 @@ class Service:
             f"extends: {parent or DEPLOYMENTS / 'local.yaml'}\nname: {name}\n"
             f"sandbox:\n  root: {folder / ('sb-' + name)}\n  fsync: false\n  start_timeout: 60s\n"
             f"reports_dir: {folder / 'reports'}\n"
-            f"orchestrator:\n  home: {self.home}\n  port: {self.port}\n{extra}"
+            # The worker asks every second (Prefect's default: 10 s), so runs start without a wait.
+            f"orchestrator:\n  home: {self.home}\n  port: {self.port}\n  worker_poll: 1s\n{extra}"
             # No health run a minute in the background of these tests (its own test starts one).
             f"monitoring:\n  health:\n{health}")
         self.url = f"http://127.0.0.1:{self.port}/api"
