@@ -605,6 +605,41 @@ def capacity_command(env: EnvOption = "local",
     out.print(f"report: {result['report']}", highlight=False)
 
 
+@app.command("sla")
+@user_errors
+def sla_command(env: EnvOption = "local",
+                month: Annotated[str | None, typer.Option("--month", help="YYYY-MM (default: this month so far)")] = None,
+                as_json: JsonOption = False) -> None:
+    """Availability of a month against the plan's 99.9 % (service) and 99.95 % (zone-redundant),
+    with the error budget left. Exits 2 when a target is missed or the budget would be spent
+    before the month ends."""
+    spec = load_environment(env)
+    if month is not None:
+        from pcdb import sla
+
+        try:
+            sla.month_bounds(spec, month, datetime.now(timezone.utc))
+        except ValueError as exc:
+            raise PcdbError(str(exc)) from None
+    config = _use_orchestrator(spec)
+    from flows.sla import sla_report
+
+    state = _run_flow(lambda: sla_report(**_spec_args(env), month=month, return_state=True), config, env)
+    result = _flow_result(state, "the availability report failed")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        out.print(f"{result['month']}: {result['availability_percent']} % available ({result['minutes_down']} min down, "
+                  f"{result['minutes_unobserved']} unobserved)", highlight=False, markup=False)
+        for key, t in result["targets"].items():
+            out.print(f"{key} {t['target_percent']} %: budget {t['budget_minutes']} min, left {t['left_minutes']}, "
+                      f"{'met' if t['met'] else 'NOT met'}" + (f" — {t['alert']}" if t["alert"] else ""),
+                      highlight=False, markup=False)
+        out.print(f"report: {result['report']}", highlight=False)
+    if result["alerts"] or not all(t["met"] for t in result["targets"].values()):
+        raise typer.Exit(2)
+
+
 @app.command("unlock")
 @user_errors
 def unlock_command(env: EnvOption = "local",

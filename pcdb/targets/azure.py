@@ -427,6 +427,25 @@ class AzureTarget:
             out["iops_percent"] = [(t, 100 * a / limit, 100 * m / limit) for t, a, m in out["iops"]]
         return out
 
+    def availability_samples(self, start: datetime, end: datetime) -> list[tuple[datetime, float]]:
+        """is_db_alive per minute (sampled every 20 s: the minute's minimum, so one failed sample
+        makes the minute down), a day per query."""
+        server = next(d.id for d in self.desired() if d.type == "server")
+        out: list[tuple[datetime, float]] = []
+        day = start
+        while day < end:
+            upto = min(end, day + timedelta(days=1))
+            span = f"{day.isoformat()}/{upto.isoformat()}"
+            response = self._call("read availability of", self.env.server.name,
+                                  lambda span=span: self.clients.monitor.metrics.list(
+                                      server, timespan=span, interval="PT1M", metricnames="is_db_alive",
+                                      aggregation="Minimum"))
+            for metric in response.value or []:
+                for series in metric.timeseries or []:
+                    out += [(p.time_stamp, float(p.minimum)) for p in series.data or [] if p.minimum is not None]
+            day = upto
+        return out
+
     def metrics(self) -> MetricsSample:
         """The latest sample, in the shape the sandbox gives (fields Azure has no metric for are None)."""
         end = datetime.now(timezone.utc)

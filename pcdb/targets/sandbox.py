@@ -532,6 +532,10 @@ class SandboxTarget:
     def own_roles(self) -> set[str]:
         return {REPLICATION_USER}
 
+    def availability_samples(self, start: datetime, end: datetime) -> None:  # noqa: ARG002
+        """None: the health runbook's ``up`` samples are the sandbox's availability record."""
+        return None
+
     def metric_history(self, start: datetime, end: datetime) -> None:  # noqa: ARG002
         """None: the sandbox's platform keeps no history; the health runbook's store is it."""
         return None

@@ -59,7 +59,7 @@ def _aggregate(points: list[tuple[str, float]], span: str, interval: str) -> lis
         if start <= at < end:
             buckets.setdefault(int(at // grain * grain), []).append(v)
     return [{"timeStamp": datetime.fromtimestamp(b, timezone.utc).isoformat().replace("+00:00", "Z"),
-             "average": sum(vs) / len(vs), "maximum": max(vs)} for b, vs in sorted(buckets.items())]
+             "average": sum(vs) / len(vs), "maximum": max(vs), "minimum": min(vs)} for b, vs in sorted(buckets.items())]
 
 
 class FakeCredential:

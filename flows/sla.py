@@ -1,0 +1,64 @@
+"""Monthly availability against the plan's targets (§1, §2.2), deployed daily; `pcdb sla` by hand.
+
+Read only. The month so far (or a given month) from the health runbook's samples on the sandbox
+and Azure Monitor's is_db_alive on Azure; a warning when the error budget would be spent before
+the month ends; report, artifact and ledger row (the monthly report is the run of the 1st, which
+also closes the previous month).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from prefect import flow, get_run_logger
+
+from flows.evidence import HOOKS, evidence, publish_report
+from flows.install import runbook_context
+from flows.notify import notify
+from pcdb import health, sla
+from pcdb.config import load_environment
+
+
+def measure(ctx, month: str | None, now: datetime) -> dict:
+    """One month's availability report (read only)."""
+    env = ctx.env
+    start, end, name = sla.month_bounds(env, month, now)
+    points = ctx.target.availability_samples(start, min(end, now))
+    if points is None:
+        store = health.store_for(env)
+        try:
+            minutes = sla.minutes_from_store(store.db, start, end)
+        finally:
+            store.close()
+    else:
+        minutes = sla.minutes_from_points(points)
+    return sla.report(env, minutes, start, end, name, now)
+
+
+@flow(name="sla", **HOOKS)
+def sla_report(env: str = "local", spec_path: str | None = None, month: str | None = None) -> dict:
+    """Availability of a month (default: this month so far) against 99.9 % and 99.95 %."""
+    spec = load_environment(spec_path or env)
+    ctx = runbook_context(spec)
+    now = datetime.now(timezone.utc)
+    with evidence(spec, ctx, "sla") as ev:
+        result = measure(ctx, month, now)
+        local = now.astimezone(sla.ZoneInfo(spec.service.timezone))
+        if month is None and local.day == 1:      # the 1st closes the previous month
+            previous = (local.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+            result["previous_month"] = measure(ctx, previous, now)
+        text = sla.markdown(spec, result)
+        if "previous_month" in result:
+            text += "\n" + sla.markdown(spec, result["previous_month"])
+        path = publish_report(spec, f"sla-{spec.name}", text, "availability")
+        result["report"] = str(path)
+        ev.report = str(path)
+        ev.figures = {"month": result["month"], "availability_percent": result["availability_percent"],
+                      "minutes_down": result["minutes_down"], "minutes_unobserved": result["minutes_unobserved"],
+                      "alerts": result["alerts"]}
+        if result["alerts"]:
+            notify(spec, "warning", f"pcdb availability of {spec.name}: error budget at risk",
+                   "\n".join(result["alerts"]) + f"\nReport: {path}")
+        get_run_logger().info("availability of %s in %s: %s %%", spec.name, result["month"],
+                              result["availability_percent"])
+        return result
