@@ -640,6 +640,29 @@ def sla_command(env: EnvOption = "local",
         raise typer.Exit(2)
 
 
+@app.command("cost")
+@user_errors
+def cost_command(env: EnvOption = "local", as_json: JsonOption = False) -> None:
+    """The cost review (§9): this month so far and projected, per component, against the budget and
+    last month. Exits 2 on an alert ($1,600 a month, a 20 % rise: operations.cost)."""
+    config = _use_orchestrator(load_environment(env))
+    from flows.cost import cost_review
+
+    state = _run_flow(lambda: cost_review(**_spec_args(env), return_state=True), config, env)
+    result = _flow_result(state, "the cost review failed")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        out.print(f"{result['month']}: ${result['spent_usd']:,.2f} so far, ${result['projected_usd'] or 0:,.0f} "
+                  f"projected, budget ${result['budget_usd']:,.0f}; trend {result['trend']}", highlight=False,
+                  markup=False)
+        for alert in result["alerts"]:
+            out.print(f"ALERT: {alert}", highlight=False, markup=False)
+        out.print(f"report: {result['report']}", highlight=False)
+    if result["alerts"]:
+        raise typer.Exit(2)
+
+
 @app.command("unlock")
 @user_errors
 def unlock_command(env: EnvOption = "local",

@@ -693,10 +693,23 @@ class Severity(Model):
     response: Duration
 
 
+class CostComponent(Model):
+    """One row of §9.1.1's monthly cost table."""
+
+    component: str
+    category: Literal["compute", "storage", "backup_storage", "network", "monitoring"]
+    monthly_usd: float = Field(ge=0)
+    spec: str = ""
+
+
 class Cost(Model):
     monthly_budget_usd: float = Field(gt=0)
     alert_monthly_usd: float = Field(gt=0)
     alert_increase_percent: float = Field(gt=0)
+    price_table: list[CostComponent] = Field(default_factory=list, description="§9.1.1: what each component costs "
+                                             "a month; the sandbox's cost model (Azure reports its own)")
+    reserved_instance_saving_percent: float = Field(30, ge=0, lt=100, description="§9.1.2: what a reserved "
+                                                    "instance saves on compute")
 
 
 _CRON_FIELDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))   # minute hour day-of-month month day-of-week

@@ -278,6 +278,10 @@ class Target(Protocol):
         """Hourly (average, maximum) points of the capacity metrics the platform keeps; None when
         it keeps none (the sandbox: the health runbook's store is its history)."""
         ...
+    def daily_costs(self, start, end) -> list:
+        """What each component cost each day from ``start`` to ``end`` (dates): pcdb.cost.DayCost
+        (the sandbox: the spec's price table as a cost model)."""
+        ...
     def availability_samples(self, start: datetime, end: datetime) -> list[tuple[datetime, float]] | None:
         """The platform's own per-minute availability (Azure: is_db_alive's minimum); None when
         it has none (the sandbox: the health runbook's ``up`` samples are the record)."""

@@ -532,6 +532,12 @@ class SandboxTarget:
     def own_roles(self) -> set[str]:
         return {REPLICATION_USER}
 
+    def daily_costs(self, start, end) -> list:
+        """The cost model of the spec's price table (§9.1.1): the sandbox costs nothing itself."""
+        from pcdb.cost import model_costs
+
+        return model_costs(self.env, start, end)
+
     def availability_samples(self, start: datetime, end: datetime) -> None:  # noqa: ARG002
         """None: the health runbook's ``up`` samples are the sandbox's availability record."""
         return None

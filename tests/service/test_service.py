@@ -72,7 +72,7 @@ def test_server_up_brings_up_a_worker_and_every_deployment_and_a_second_call_cha
     deployments = {d["name"]: d for d in status["deployments"]}
     assert set(deployments) == {"install-svc", "backup-verification-svc", "restore-test-svc", "dr-drill-svc",
                                 "maintenance-svc", "health-svc", "daily-checklist-svc", "capacity-svc",
-                                "sla-svc"}
+                                "sla-svc", "cost-svc"}
     assert deployments["health-svc"]["schedule"] == "manual"      # monitoring.health.every: 0s in these tests
     assert deployments["install-svc"]["schedule"] == "manual" and deployments["dr-drill-svc"]["next_runs"] == []
     daily = deployments["backup-verification-svc"]["next_runs"][0]
@@ -247,7 +247,7 @@ def test_the_postgresql_backend_runs_the_server_on_a_cluster_of_its_own():
     try:
         pg.pcdb("server", "up", "--env", str(pg.spec))
         status = pg.json("server", "status", "--env", str(pg.spec))
-        assert status["backend"] == "postgresql" and len(status["deployments"]) == 9
+        assert status["backend"] == "postgresql" and len(status["deployments"]) == 10
         socket_dir = pg.home / "postgres" / "run"
         with psycopg.connect(host=str(socket_dir), port=pg.port + 1, user="prefect", dbname="prefect") as conn:
             names = {r[0] for r in conn.execute("SELECT name FROM deployment")}

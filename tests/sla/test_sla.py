@@ -1,4 +1,4 @@
-"""Monthly availability (§1, §2.2): a generated month of the health runbook's samples with known
+"""Monthly availability (§1, §2.2) and the cost review (§9): a generated month of the health runbook's samples with known
 downtime, exact to the minute; the error budget's burn alert; unobserved minutes; Azure's
 is_db_alive through the in-process ARM; `pcdb sla --json` through a real flow on the sandbox."""
 
@@ -112,3 +112,15 @@ def test_pcdb_sla_json_on_the_sandbox(target, prefect_harness):
     assert report["minutes_observed"] == elapsed and set(report["targets"]) == {"service", "zone_redundant"}
     assert result.exit_code == (0 if report["targets"]["zone_redundant"]["met"] and not report["alerts"] else 2)
     assert report["report"].endswith(".md")
+
+
+@pytest.mark.integration
+def test_pcdb_cost_json_on_the_sandbox_is_the_price_tables_month(target, prefect_harness):
+    result = CliRunner().invoke(app, ["cost", "--env", str(target.env_path), "--json"])
+    review = json.loads(result.stdout)
+    today = datetime.now(timezone.utc).date()
+    assert result.exit_code == 0 and review["alerts"] == [] and review["budget_usd"] == 1400
+    assert review["days_elapsed"] == today.day - 1 and review["month"] == f"{today:%Y-%m}"
+    if review["days_elapsed"]:
+        assert review["projected_usd"] == 1400.0
+    assert review["previous_month_usd"] == 1400.0 and review["report"].endswith(".md")

@@ -1,0 +1,103 @@
+"""The money (§9): daily cost per component, the month against the budget, and the two alerts of
+§9.2.1 — more than ``alert_monthly_usd`` a month (projected from the month so far) and a rise of
+more than ``alert_increase_percent`` over the previous month.
+
+Costs come from the target: on the sandbox, the cost model of the spec's price table (§9.1.1,
+each row's monthly price spread over the days), so that reports and alerts run offline. The
+monthly review adds the trend, the reserved-instance saving the plan estimates on compute
+(§9.1.2, ~30 %) and what each category takes.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from pcdb.config import Environment
+from pcdb.forecast import sparkline
+
+
+@dataclass(frozen=True)
+class DayCost:
+    """What one component cost on one day (UTC), in USD."""
+
+    day: date
+    component: str
+    category: str
+    usd: float
+
+
+def model_costs(env: Environment, start: date, end: date) -> list[DayCost]:
+    """The spec's price table as daily costs from ``start`` to ``end`` (exclusive): each row's
+    monthly price over the days of its month."""
+    out = []
+    day = start
+    while day < end:
+        days = calendar.monthrange(day.year, day.month)[1]
+        out += [DayCost(day, c.component, c.category, c.monthly_usd / days) for c in env.operations.cost.price_table]
+        day += timedelta(days=1)
+    return out
+
+
+def _month(d: date) -> tuple[int, int]:
+    return d.year, d.month
+
+
+def review(env: Environment, costs: list[DayCost], today: date) -> dict:
+    """The month so far (up to yesterday: a day's cost is complete the next day) against the
+    budget and the previous month, per component and category, with the alerts."""
+    cfg = env.operations.cost
+    current = _month(today)
+    first = today.replace(day=1)
+    previous = _month(first - timedelta(days=1))
+    days_in_month = calendar.monthrange(*current)[1]
+    so_far = [c for c in costs if _month(c.day) == current and c.day < today]
+    before = [c for c in costs if _month(c.day) == previous]
+    elapsed = len({c.day for c in so_far})
+    spent = sum(c.usd for c in so_far)
+    projected = spent / elapsed * days_in_month if elapsed else None
+    previous_total = sum(c.usd for c in before) if before else None
+    by_component: dict[str, float] = {}
+    by_category: dict[str, float] = {}
+    for c in so_far:
+        by_component[c.component] = by_component.get(c.component, 0.0) + c.usd
+        by_category[c.category] = by_category.get(c.category, 0.0) + c.usd
+    daily = {}
+    for c in [*before, *so_far]:
+        daily[c.day] = daily.get(c.day, 0.0) + c.usd
+    alerts = []
+    if projected is not None and projected > cfg.alert_monthly_usd:
+        alerts.append(f"projected ${projected:,.0f} this month, more than the ${cfg.alert_monthly_usd:,.0f} alert "
+                      f"threshold (budget ${cfg.monthly_budget_usd:,.0f})")
+    rise = None
+    if projected is not None and previous_total:
+        rise = 100.0 * (projected - previous_total) / previous_total
+        if rise > cfg.alert_increase_percent:
+            alerts.append(f"projected ${projected:,.0f} is {rise:.0f} % more than last month's ${previous_total:,.0f} "
+                          f"(alert above {cfg.alert_increase_percent:g} %)")
+    compute = (by_category.get("compute", 0.0) / elapsed * days_in_month) if elapsed else 0.0
+    return {"month": f"{current[0]}-{current[1]:02d}", "days_elapsed": elapsed, "days_in_month": days_in_month,
+            "spent_usd": round(spent, 2), "projected_usd": round(projected, 2) if projected is not None else None,
+            "budget_usd": cfg.monthly_budget_usd, "alert_usd": cfg.alert_monthly_usd,
+            "budget_left_usd": round(cfg.monthly_budget_usd - (projected or spent), 2),
+            "previous_month_usd": round(previous_total, 2) if previous_total is not None else None,
+            "rise_percent": round(rise, 1) if rise is not None else None,
+            "by_component_usd": {k: round(v, 2) for k, v in by_component.items()},
+            "by_category_usd": {k: round(v, 2) for k, v in by_category.items()},
+            "reserved_instance_saving_usd_per_month": round(compute * cfg.reserved_instance_saving_percent / 100, 2),
+            "trend": sparkline([daily[d] for d in sorted(daily)]), "alerts": alerts}
+
+
+def markdown(env: Environment, r: dict) -> str:
+    lines = [f"# Cost of `{env.name}` in {r['month']}: ${r['spent_usd']:,.2f} so far, "
+             f"${r['projected_usd'] or 0:,.0f} projected (budget ${r['budget_usd']:,.0f})", "",
+             f"- {r['days_elapsed']} of {r['days_in_month']} days; last month ${r['previous_month_usd'] or 0:,.2f}"
+             + (f" ({r['rise_percent']:+.1f} %)" if r["rise_percent"] is not None else ""),
+             f"- Daily trend: {r['trend']}",
+             f"- A reserved instance would save about ${r['reserved_instance_saving_usd_per_month']:,.0f} a month on "
+             "compute (§9.1.2)", "", "| component | so far (USD) |", "|---|---|"]
+    lines += [f"| {k} | {v:,.2f} |" for k, v in sorted(r["by_component_usd"].items(), key=lambda kv: -kv[1])]
+    if r["alerts"]:
+        lines += ["", "**Alerts:**", *(f"- {a}" for a in r["alerts"])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,55 @@
+"""The cost review (§9) on the spec's price table and on given daily costs: the budget, both
+alerts of §9.2.1 ($1,600 a month, a 20 % rise), the per-component breakdown, the RI saving."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from pcdb import cost
+from pcdb.config import load_environment
+from pcdb.errors import TargetError
+
+LOCAL = load_environment("local")
+
+
+def month_of(env, first: date, last: date, scale: float = 1.0) -> list[cost.DayCost]:
+    return [cost.DayCost(c.day, c.component, c.category, c.usd * scale) for c in cost.model_costs(env, first, last)]
+
+
+def test_the_price_table_costs_the_budget_and_raises_no_alert():
+    costs = month_of(LOCAL, date(2026, 10, 1), date(2026, 11, 16))
+    r = cost.review(LOCAL, costs, date(2026, 11, 16))
+    assert r["days_elapsed"] == 15 and r["projected_usd"] == 1400.0 and r["spent_usd"] == 700.0
+    assert r["previous_month_usd"] == 1400.0 and r["rise_percent"] == 0.0 and r["alerts"] == []
+    assert r["by_component_usd"]["primary server"] == 410.0 and r["by_category_usd"]["compute"] == 555.0
+    assert r["reserved_instance_saving_usd_per_month"] == round(0.30 * 1110, 2) and len(r["trend"]) == 46
+
+
+def test_more_than_1600_a_month_alerts():
+    costs = month_of(LOCAL, date(2026, 10, 1), date(2026, 11, 1)) + \
+        month_of(LOCAL, date(2026, 11, 1), date(2026, 11, 11), scale=1650 / 1400)
+    r = cost.review(LOCAL, costs, date(2026, 11, 11))
+    assert r["projected_usd"] == 1650.0
+    assert any("more than the $1,600 alert threshold" in a for a in r["alerts"])
+
+
+def test_a_rise_of_more_than_20_percent_alerts_below_the_threshold_too():
+    costs = month_of(LOCAL, date(2026, 10, 1), date(2026, 11, 1), scale=1100 / 1400) + \
+        month_of(LOCAL, date(2026, 11, 1), date(2026, 11, 11))
+    r = cost.review(LOCAL, costs, date(2026, 11, 11))
+    assert r["projected_usd"] == 1400.0 and r["rise_percent"] == round(300 / 1100 * 100, 1)
+    assert r["alerts"] == ["projected $1,400 is 27 % more than last month's $1,100 (alert above 20 %)"]
+    assert "**Alerts:**" in cost.markdown(LOCAL, r)
+
+
+def test_azure_says_it_does_not_read_cost_management_yet():
+    from pcdb.targets.factory import make_target
+    from tests.azure.fake_arm import FakeArm, FakeCredential
+    from tests.azure.test_target import PROD, SECRETS
+
+    target = make_target(PROD, lambda ref, owner: SECRETS[owner], credential=FakeCredential(), transport=FakeArm(),
+                         polling_interval=0)
+    with pytest.raises(TargetError, match="Azure Cost Management"):
+        target.daily_costs(date(2026, 11, 1), date(2026, 11, 2))
