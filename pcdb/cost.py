@@ -28,6 +28,20 @@ class DayCost:
     usd: float
 
 
+def meter_category(category: str, sub: str) -> str:
+    """§9.2.1's category of an Azure meter (Cost Management's MeterCategory / MeterSubCategory)."""
+    mc, sc = category.lower(), sub.lower()
+    if "postgresql" in mc:
+        return "backup_storage" if "backup" in sc else "storage" if "storage" in sc else "compute"
+    if any(w in mc for w in ("bandwidth", "network", "private link", "dns")):
+        return "network"
+    if any(w in mc for w in ("log analytics", "monitor", "insight")):
+        return "monitoring"
+    if "storage" in mc:
+        return "storage"                   # the evidence archive's account
+    return "other"
+
+
 def model_costs(env: Environment, start: date, end: date) -> list[DayCost]:
     """The spec's price table as daily costs from ``start`` to ``end`` (exclusive): each row's
     monthly price over the days of its month."""

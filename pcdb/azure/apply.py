@@ -38,10 +38,12 @@ class AzureClients:
     postgres: Any
     loganalytics: Any
     monitor: Any
+    cost: Any = None        # Cost Management (scope-based: no subscription in its constructor)
 
 
 def make_clients(credential, subscription: str, **options: Any) -> AzureClients:
     """Build every management client from one credential (``options``: transport, polling_interval, retry_*)."""
+    from azure.mgmt.costmanagement import CostManagementClient
     from azure.mgmt.loganalytics import LogAnalyticsManagementClient
     from azure.mgmt.monitor import MonitorManagementClient
     from azure.mgmt.network import NetworkManagementClient
@@ -51,7 +53,8 @@ def make_clients(credential, subscription: str, **options: Any) -> AzureClients:
 
     return AzureClients(*(cls(credential, subscription, **options) for cls in (
         ResourceManagementClient, NetworkManagementClient, PrivateDnsManagementClient,
-        PostgreSQLManagementClient, LogAnalyticsManagementClient, MonitorManagementClient)))
+        PostgreSQLManagementClient, LogAnalyticsManagementClient, MonitorManagementClient)),
+        cost=CostManagementClient(credential, **options))
 
 
 def translate(exc: Exception, what: str) -> Exception:

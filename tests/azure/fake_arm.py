@@ -80,6 +80,7 @@ class FakeArm(HttpTransport):
         self.fail: dict[str, tuple[str, str]] = {}  # path fragment -> (code, message) of a failed operation
         self.metrics: dict[str, list[tuple[str, float]]] = {}  # metric name -> [(ISO time, value)]
         self.unavailable: dict[str, int] = {}  # path fragment -> how many more 503 answers
+        self.costs: list[list] = []            # Cost Management rows: [cost, yyyymmdd, category, sub, currency]
 
     # HttpTransport protocol
     def __enter__(self):
@@ -121,6 +122,12 @@ class FakeArm(HttpTransport):
             data = body["data"]["baseData"]
             self.metrics.setdefault(data["metric"], []).append((body["time"], data["series"][0]["sum"]))
             return _response(request, 200, None)
+        if method == "POST" and path.lower().endswith("/providers/microsoft.costmanagement/query"):
+            self.bodies.append((path, json.loads(request.content or b"{}")))   # Cost Management: the rows set
+            return _response(request, 200, {"properties": {"columns": [
+                {"name": "Cost", "type": "Number"}, {"name": "UsageDate", "type": "Number"},
+                {"name": "MeterCategory", "type": "String"}, {"name": "MeterSubCategory", "type": "String"},
+                {"name": "Currency", "type": "String"}], "rows": self.costs}})
         if path.startswith("/operations/"):
             return _response(request, 200, self.operations[path])
         key = path.lower()

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from datetime import date
 
-import pytest
-
 from pcdb import cost
 from pcdb.config import load_environment
-from pcdb.errors import TargetError
 
 LOCAL = load_environment("local")
 
@@ -44,12 +41,29 @@ def test_a_rise_of_more_than_20_percent_alerts_below_the_threshold_too():
     assert "**Alerts:**" in cost.markdown(LOCAL, r)
 
 
-def test_azure_says_it_does_not_read_cost_management_yet():
+def test_azure_costs_come_from_cost_management_per_meter_and_feed_the_same_review():
     from pcdb.targets.factory import make_target
     from tests.azure.fake_arm import FakeArm, FakeCredential
     from tests.azure.test_target import PROD, SECRETS
 
-    target = make_target(PROD, lambda ref, owner: SECRETS[owner], credential=FakeCredential(), transport=FakeArm(),
+    arm = FakeArm()
+    target = make_target(PROD, lambda ref, owner: SECRETS[owner], credential=FakeCredential(), transport=arm,
                          polling_interval=0)
-    with pytest.raises(TargetError, match="Azure Cost Management"):
-        target.daily_costs(date(2026, 11, 1), date(2026, 11, 2))
+    pg = "Azure Database for PostgreSQL"
+    arm.costs = [row for day in range(20261101, 20261111) for row in (
+        [30.0, day, pg, "Flexible Server General Purpose Dsv3 Series Compute", "USD"],
+        [4.0, day, pg, "Flexible Server Storage", "USD"], [5.0, day, pg, "Flexible Server Backup Storage", "USD"],
+        [2.5, day, "Bandwidth", "Inter-Region", "USD"], [2.0, day, "Log Analytics", "Analytics Logs", "USD"])]
+    costs = target.daily_costs(date(2026, 11, 1), date(2026, 11, 11))
+    path, body = next((p, b) for p, b in arm.bodies if p.lower().endswith("/microsoft.costmanagement/query"))
+    assert "/resourceGroups/rg-phonebill-prod/" in path and body["dataset"]["granularity"] == "Daily"
+    assert [g["name"] for g in body["dataset"]["grouping"]] == ["MeterCategory", "MeterSubCategory"]
+    assert len(costs) == 50 and {c.category for c in costs} == {"compute", "storage", "backup_storage", "network",
+                                                               "monitoring"}
+    r = cost.review(PROD, costs, date(2026, 11, 11))
+    assert r["spent_usd"] == 435.0 and r["projected_usd"] == 1305.0 and r["alerts"] == []
+    assert r["by_category_usd"] == {"compute": 300.0, "storage": 40.0, "backup_storage": 50.0, "network": 25.0,
+                                    "monitoring": 20.0}
+    arm.costs = [[60.0, d, pg, "Flexible Server Compute", "USD"] for d in range(20261101, 20261111)]
+    hot = cost.review(PROD, target.daily_costs(date(2026, 11, 1), date(2026, 11, 11)), date(2026, 11, 11))
+    assert hot["projected_usd"] == 1800.0 and "more than the $1,600 alert threshold" in hot["alerts"][0]
