@@ -89,7 +89,7 @@ class Reconciler:
     # Resources without an operations group of their own in our SDK clients: the generic
     # resources API by id, with the resource provider's API version.
     GENERIC_API = {"diagnostic_setting": "2021-05-01-preview", "workbook": "2022-04-01", "storage_account": "2023-05-01",
-                   "blob_container": "2023-05-01", "immutability_policy": "2023-05-01"}
+                   "blob_container": "2023-05-01", "immutability_policy": "2023-05-01", "budget": "2021-10-01"}
 
     def __init__(self, clients: AzureClients, admin_password: Callable[[], str], timeout: float = 3600,
                  teams_webhook: Callable[[], str] | None = None):

@@ -8,6 +8,7 @@ in each parameter's own unit (C-3: shared_buffers 4GB is 524288, not 4194304).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from pcdb import params
@@ -171,10 +172,33 @@ def desired_resources(env: Environment, subscription: str = PLACEHOLDER_SUBSCRIP
                                       threshold=alert.threshold)]),
                                   actions=[mon.MetricAlertAction(action_group_id=group_id)]), 6))
     alerts += _event_alerts(env, rg_id, server_id, groups)
+    alerts.append(_budget(env, rg_id, groups))
     out += groups.desired()    # before the alerts that name them
     out += alerts
     out += _evidence_archive(env, rg_id)
     return out
+
+
+def _budget(env: Environment, rg_id: str, groups: ActionGroups) -> Desired:
+    """§9.2.1 as an Azure budget on the resource group: the monthly budget, notifications to the
+    warning channels' action group when actual cost passes the budget and when the forecast passes
+    the alert threshold ($1,600). Its start date is the month it is created in (Azure requires
+    it) and is kept as Azure has it afterwards (pcdb.azure.plan.ADOPTED)."""
+    from azure.mgmt.resource.resources import models as res
+
+    cost = env.operations.cost
+    group = groups.id_for(env.notifications.routing.get("warning", []))
+    start = datetime.now(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    name = f"budget-{env.name}-monthly"
+    return Desired("budget", name, f"{rg_id}/providers/Microsoft.Consumption/budgets/{name}", res.GenericResource(
+        properties={"category": "Cost", "amount": cost.monthly_budget_usd, "timeGrain": "Monthly",
+                    "timePeriod": {"startDate": start.strftime("%Y-%m-%dT%H:%M:%SZ")},
+                    "notifications": {
+                        "actual-over-budget": {"enabled": True, "operator": "GreaterThan", "threshold": 100,
+                                               "thresholdType": "Actual", "contactGroups": [group]},
+                        "forecast-over-alert": {"enabled": True, "operator": "GreaterThan",
+                                                "threshold": round(100 * cost.alert_monthly_usd / cost.monthly_budget_usd, 1),
+                                                "thresholdType": "Forecasted", "contactGroups": [group]}}}), 6)
 
 
 def _evidence_archive(env: Environment, rg_id: str) -> list[Desired]:

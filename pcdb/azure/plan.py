@@ -30,6 +30,9 @@ NOT_RETURNED = {"properties.createMode", "properties.administratorLoginPassword"
 CREATE_ONLY = {"virtual_network": "the VNet exists (it may be shared): pcdb never rewrites it",
                "subnet": "the subnet exists: pcdb never rewrites it (a PUT would drop its NSG association); "
                          "fix it by hand if the delegation or prefix is wrong"}
+# Fields Azure needs at creation and keeps as it has them: compared never (a budget's start date
+# must lie in the month it is created in; next month's desired date is not a change).
+ADOPTED = {"budget": {"properties.timePeriod.startDate"}}
 RESOLUTION = {
     "properties.backup.geoRedundantBackup": "geo-redundant backup is chosen at creation: restore the server "
                                             "into a new one with the wanted setting and switch over",
@@ -94,7 +97,8 @@ def plan_one(item: Desired, current: dict | None) -> PlanItem:
         notes.append(f"zone {have[ZONES[0]]} is primary after an HA failover (standby in zone {have[ZONES[1]]}): "
                      "the same pair of zones, not drift")
     for path, wanted in wanted_flat.items():
-        if path in NOT_RETURNED or path in swapped or path not in have and path.startswith("tags"):
+        if path in NOT_RETURNED or path in swapped or path not in have and path.startswith("tags") \
+                or path in ADOPTED.get(item.type, ()):
             continue
         if not _same(wanted, have.get(path)):
             changes[path] = {"current": have.get(path), "desired": wanted}

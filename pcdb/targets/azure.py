@@ -41,7 +41,7 @@ KINDS = {
     "replica": ("replica",),
     "access_rules": ("firewall_rule",),
     "monitoring": ("log_analytics_workspace", "diagnostic_setting", "workbook", "action_group", "metric_alert",
-                   "activity_log_alert", "log_alert", "storage_account", "blob_container", "immutability_policy"),
+                   "activity_log_alert", "log_alert", "budget", "storage_account", "blob_container", "immutability_policy"),
 }
 
 

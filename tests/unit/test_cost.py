@@ -67,3 +67,28 @@ def test_azure_costs_come_from_cost_management_per_meter_and_feed_the_same_revie
     arm.costs = [[60.0, d, pg, "Flexible Server Compute", "USD"] for d in range(20261101, 20261111)]
     hot = cost.review(PROD, target.daily_costs(date(2026, 11, 1), date(2026, 11, 11)), date(2026, 11, 11))
     assert hot["projected_usd"] == 1800.0 and "more than the $1,600 alert threshold" in hot["alerts"][0]
+
+
+def test_the_budget_is_a_desired_resource_on_the_warning_channels_and_keeps_its_start_date():
+    import copy
+
+    from pcdb.azure.desired import desired_resources
+    from pcdb.azure.plan import plan_one
+
+    prod = load_environment("prod")
+    budget = next(d for d in desired_resources(prod, "11111111-2222-3333-4444-555555555555") if d.type == "budget")
+    assert budget.id.endswith("/resourceGroups/rg-phonebill-prod/providers/Microsoft.Consumption/budgets/"
+                              "budget-prod-monthly")
+    props = budget.body()["properties"]
+    assert props["amount"] == 1400 and props["timeGrain"] == "Monthly" and props["category"] == "Cost"
+    actual, forecast = props["notifications"]["actual-over-budget"], props["notifications"]["forecast-over-alert"]
+    assert (actual["threshold"], actual["thresholdType"]) == (100, "Actual")
+    assert (forecast["threshold"], forecast["thresholdType"]) == (114.3, "Forecasted")   # $1,600 of $1,400
+    group = f"/actionGroups/{prod.azure.action_group.name}-email-teams"                  # warning: Teams and email
+    assert actual["contactGroups"][0].endswith(group) and forecast["contactGroups"] == actual["contactGroups"]
+    # Created in its month; next month the desired start date differs and is not a change.
+    current = copy.deepcopy(budget.body())
+    current["properties"]["timePeriod"]["startDate"] = "2026-01-01T00:00:00Z"
+    assert plan_one(budget, current).action == "unchanged"
+    current["properties"]["amount"] = 1200
+    assert plan_one(budget, current).action == "update"
