@@ -710,6 +710,8 @@ class Cost(Model):
                                              "a month; the sandbox's cost model (Azure reports its own)")
     reserved_instance_saving_percent: float = Field(30, ge=0, lt=100, description="§9.1.2: what a reserved "
                                                     "instance saves on compute")
+    storage_usd_per_gib_month: float | None = Field(None, gt=0, description="provisioned storage's price, to "
+                                                    "value what the partition retention freed; unset: bytes only")
 
 
 _CRON_FIELDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))   # minute hour day-of-month month day-of-week

@@ -58,9 +58,10 @@ def _month(d: date) -> tuple[int, int]:
     return d.year, d.month
 
 
-def review(env: Environment, costs: list[DayCost], today: date) -> dict:
+def review(env: Environment, costs: list[DayCost], today: date, retention: tuple[int, int] | None = None) -> dict:
     """The month so far (up to yesterday: a day's cost is complete the next day) against the
-    budget and the previous month, per component and category, with the alerts."""
+    budget and the previous month, per component and category, with the alerts. ``retention``:
+    (bytes, partitions) the KOS-log retention dropped in the last 12 months."""
     cfg = env.operations.cost
     current = _month(today)
     first = today.replace(day=1)
@@ -100,7 +101,11 @@ def review(env: Environment, costs: list[DayCost], today: date) -> dict:
             "by_component_usd": {k: round(v, 2) for k, v in by_component.items()},
             "by_category_usd": {k: round(v, 2) for k, v in by_category.items()},
             "reserved_instance_saving_usd_per_month": round(compute * cfg.reserved_instance_saving_percent / 100, 2),
-            "trend": sparkline([daily[d] for d in sorted(daily)]), "alerts": alerts}
+            "trend": sparkline([daily[d] for d in sorted(daily)]), "alerts": alerts,
+            "retention_freed_bytes": retention[0] if retention else None,
+            "retention_dropped_partitions": retention[1] if retention else None,
+            "retention_saving_usd_per_month": round(retention[0] / 2**30 * cfg.storage_usd_per_gib_month, 2)
+            if retention and cfg.storage_usd_per_gib_month else None}
 
 
 def markdown(env: Environment, r: dict) -> str:
@@ -110,7 +115,14 @@ def markdown(env: Environment, r: dict) -> str:
              + (f" ({r['rise_percent']:+.1f} %)" if r["rise_percent"] is not None else ""),
              f"- Daily trend: {r['trend']}",
              f"- A reserved instance would save about ${r['reserved_instance_saving_usd_per_month']:,.0f} a month on "
-             "compute (§9.1.2)", "", "| component | so far (USD) |", "|---|---|"]
+             "compute (§9.1.2)"]
+    if r["retention_freed_bytes"] is not None:
+        lines.append(f"- The partition retention dropped {r['retention_dropped_partitions']} partition(s) in the last 12 "
+                     f"months, {r['retention_freed_bytes'] / 2**30:.2f} GiB"
+                     + (f", worth ${r['retention_saving_usd_per_month']:,.2f} a month of storage"
+                        if r["retention_saving_usd_per_month"] is not None else
+                        " (set operations.cost.storage_usd_per_gib_month to price it)"))
+    lines += ["", "| component | so far (USD) |", "|---|---|"]
     lines += [f"| {k} | {v:,.2f} |" for k, v in sorted(r["by_component_usd"].items(), key=lambda kv: -kv[1])]
     if r["alerts"]:
         lines += ["", "**Alerts:**", *(f"- {a}" for a in r["alerts"])]

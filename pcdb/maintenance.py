@@ -129,7 +129,8 @@ def _record(conn, parent: str, p: Partition, state: str, **values) -> None:
     conn.execute(_q("set_partition_state"), {
         "partition": p.name, "parent": parent, "state": state, "range_from": p.range_from, "range_to": p.range_to,
         "rows": values.get("rows"), "checksum": values.get("checksum"), "sha256": values.get("sha256"),
-        "archive": values.get("archive")})
+        "archive": values.get("archive"),
+        "qualified": f"{parent.split('.', 1)[0]}.{p.name}"})   # its size, while it still exists
 
 
 def content_checksum(conn: psycopg.Connection, schema_name: str, table: str) -> tuple[int, int]:

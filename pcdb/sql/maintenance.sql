@@ -14,7 +14,10 @@ CREATE TABLE IF NOT EXISTS pcdb.partition_archive (
     sha256           text,
     archive          text,
     updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    dropped_at       timestamptz)
+    dropped_at       timestamptz,
+    bytes            bigint);
+-- a table made by an earlier pcdb gets the size column too (the cost review's retention saving)
+ALTER TABLE pcdb.partition_archive ADD COLUMN IF NOT EXISTS bytes bigint
 
 -- name: partition_records
 -- What earlier runs recorded, by partition.
@@ -22,9 +25,11 @@ SELECT partition, state, rows, content_checksum, sha256, archive FROM pcdb.parti
 
 -- name: set_partition_state
 -- Records a partition's next state (an intent before a step, a result after it).
-INSERT INTO pcdb.partition_archive AS a (partition, parent, state, range_from, range_to, rows, content_checksum, sha256, archive)
-VALUES (%(partition)s, %(parent)s, %(state)s, %(range_from)s, %(range_to)s, %(rows)s, %(checksum)s, %(sha256)s, %(archive)s)
-ON CONFLICT (partition) DO UPDATE SET state = EXCLUDED.state,
+INSERT INTO pcdb.partition_archive AS a (partition, parent, state, range_from, range_to, rows, content_checksum, sha256, archive,
+                                         bytes)
+VALUES (%(partition)s, %(parent)s, %(state)s, %(range_from)s, %(range_to)s, %(rows)s, %(checksum)s, %(sha256)s, %(archive)s,
+        pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(%(qualified)s)))
+ON CONFLICT (partition) DO UPDATE SET state = EXCLUDED.state, bytes = coalesce(EXCLUDED.bytes, a.bytes),
     rows = coalesce(EXCLUDED.rows, a.rows), content_checksum = coalesce(EXCLUDED.content_checksum, a.content_checksum),
     sha256 = coalesce(EXCLUDED.sha256, a.sha256), archive = coalesce(EXCLUDED.archive, a.archive),
     updated_at = pg_catalog.now(),
@@ -184,3 +189,8 @@ SELECT x.indisvalid
 -- name: archived_range
 -- The range an archived partition held.
 SELECT range_from, range_to FROM pcdb.partition_archive WHERE partition = %s
+
+-- name: retention_freed
+-- What the partitions dropped by the retention in the last 12 months took (the cost review's saving).
+SELECT coalesce(sum(bytes), 0)::bigint, count(*) FROM pcdb.partition_archive
+ WHERE state = 'dropped' AND dropped_at >= pg_catalog.now() - interval '12 months'

@@ -26,6 +26,7 @@ from pcdb.cli import app
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext
 from pcdb.install import run_directly
+from pcdb.sql import query
 from tests.conftest import Receiver, new_target
 
 pytestmark = pytest.mark.integration
@@ -158,6 +159,11 @@ def test_time_travel_the_three_expired_months_are_archived_proved_and_dropped_an
         for name in expired:
             assert conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{name}",)).fetchone()[0] is None
         assert {name: checksum(conn, name) for name in kept} == {name: before[name] for name in kept}
+        # Each dropped partition's size was recorded while it existed: the cost review values the retention.
+        sizes = dict(conn.execute("SELECT partition, bytes FROM pcdb.partition_archive WHERE state = 'dropped'"))
+        assert set(expired) <= set(sizes) and all(sizes[name] > 8192 for name in expired)
+        freed, dropped = conn.execute(query("maintenance.sql", "retention_freed")).fetchone()
+        assert dropped >= 3 and freed >= sum(sizes[name] for name in expired)
         in_three_months = datetime.now(timezone.utc) + timedelta(days=92)
         conn.execute(f"INSERT INTO {LOG} (request_id, integration_type, is_success, created_at) "
                      "VALUES ('future', 'PRODUCT_CHANGE', true, %s)", (in_three_months,))

@@ -92,3 +92,16 @@ def test_the_budget_is_a_desired_resource_on_the_warning_channels_and_keeps_its_
     assert plan_one(budget, current).action == "unchanged"
     current["properties"]["amount"] = 1200
     assert plan_one(budget, current).action == "update"
+
+
+def test_what_the_partition_retention_freed_is_reported_and_priced_when_a_price_is_set(tmp_path):
+    costs = month_of(LOCAL, date(2026, 10, 1), date(2026, 11, 16))
+    bare = cost.review(LOCAL, costs, date(2026, 11, 16), retention=(3 * 2**30, 3))
+    assert bare["retention_freed_bytes"] == 3 * 2**30 and bare["retention_saving_usd_per_month"] is None
+    assert "set operations.cost.storage_usd_per_gib_month to price it" in cost.markdown(LOCAL, bare)
+    spec = tmp_path / "priced.yaml"
+    spec.write_text("extends: local\nname: priced\noperations:\n  cost:\n    monthly_budget_usd: 1400\n"
+                    "    alert_monthly_usd: 1600\n    alert_increase_percent: 20\n    storage_usd_per_gib_month: 0.12\n")
+    priced_env = load_environment(spec)
+    priced = cost.review(priced_env, costs, date(2026, 11, 16), retention=(3 * 2**30, 3))
+    assert priced["retention_saving_usd_per_month"] == 0.36 and "worth $0.36 a month" in cost.markdown(priced_env, priced)
