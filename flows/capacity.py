@@ -62,7 +62,7 @@ def capacity_analysis(env: str = "local", spec_path: str | None = None, weeks: i
             store.close()
         result["history_source"] = source
         path = report_path(spec, f"capacity-{spec.name}")
-        pictures = capacity.plots(result, points, path.parent, path.stem, spec)
+        pictures = capacity.plots(result, points, path.parent, path.stem)
         result["plots"] = [str(p) for p in pictures]
         names = {p.stem.rsplit("-", 1)[1]: p for p in pictures}
         text = capacity.markdown(result, {n: p.name for n, p in names.items()})

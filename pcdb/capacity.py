@@ -27,7 +27,7 @@ import numpy as np
 import psycopg
 
 from pcdb.config import CapacitySettings, Environment
-from pcdb.forecast import DAY, Daily, daily, drift, sparkline
+from pcdb.forecast import DAY, Daily, Drift, daily, drift, sparkline
 from pcdb.sql import query
 
 GiB = 2**30
@@ -81,20 +81,6 @@ def history_from_store(db: sqlite3.Connection, start: datetime, end: datetime) -
                           "WHERE metric = ? AND hour >= ? AND hour <= ?",
                           (source, start.isoformat(), end.isoformat())).fetchall()
         out[name] = Hourly.of(rows)
-    return out
-
-
-def history_from_samples(db: sqlite3.Connection, start: datetime, end: datetime) -> dict[str, Hourly]:
-    """The same, rolled up from the 1-minute samples themselves (as many days as the store keeps
-    them): what benchmarks/ times against the 800,000-point budget. The runbook reads the
-    roll-ups the health runbook keeps as it records."""
-    out = {}
-    for name, source in STORE_SOURCES.items():
-        rows = db.execute("SELECT substr(at, 1, 13), avg(value), max(value) FROM samples "
-                          "WHERE metric = ? AND at >= ? AND at <= ? GROUP BY 1",
-                          (source, start.isoformat(), end.isoformat())).fetchall()
-        hours = np.array([r[0] for r in rows], dtype="datetime64[h]").astype("datetime64[s]").astype(float)
-        out[name] = Hourly.of([(t, a, m) for t, (_, a, m) in zip(hours, rows)])
     return out
 
 
@@ -298,8 +284,9 @@ def analyse(env: Environment, history: dict[str, Hourly], store: Store, now: dat
     result["wraparound"] = _wraparound(hist, enough)
     result["tables"], result["sequences"] = _tables(store, start, now, cfg.top_tables)
     result["logs"] = _logs(store, start, now)
-    if enough:
-        _store_forecasts(store, storage_daily, cfg)
+    model = storage_model(result)
+    if model is not None:
+        store.save_forecasts(model.day, "storage_used", [(h, *(float(x) for x in model.at(h))) for h in HORIZONS])
     accuracy = _accuracy(store, hist, now_day)
     if accuracy:
         result["forecast_accuracy"] = accuracy
@@ -364,8 +351,19 @@ def _storage(env, cfg, hist, series: Daily, enough: bool, now_day: float, quota:
     out["projection"] = {"months": months, "bytes": int(point), "low_bytes": int(low), "high_bytes": int(high),
                          "percent": _r(100 * point / limit)}
     out["steps"] = [{"date": _day_iso(d), "bytes": int(size)} for d, size in model.steps]
-    out["model"] = {"level_bytes": int(model.level), "sigma_bytes_per_day": int(model.sigma), "days": model.n + 1}
+    out["model"] = {"level_bytes": model.level, "day": model.day, "rate_bytes_per_day": model.rate,
+                    "sigma_bytes_per_day": model.sigma, "days": model.n + 1, "z": model.z}
     return out
+
+
+def storage_model(result: dict) -> Drift | None:
+    """The storage forecast the analysis fitted (its parameters are in the result): for the stored
+    forecasts and the plot, never fitted twice."""
+    m = result["storage"].get("model")
+    if not m:
+        return None
+    return Drift(level=m["level_bytes"], day=m["day"], rate=m["rate_bytes_per_day"], sigma=m["sigma_bytes_per_day"],
+                 n=m["days"] - 1, z=m["z"])
 
 
 def _connections(env, hist, enough: bool, now_day: float) -> dict:
@@ -491,14 +489,6 @@ def _logs(store: Store, start: datetime, now: datetime) -> dict | None:
     return out
 
 
-def _store_forecasts(store: Store, series: Daily, cfg: CapacitySettings) -> None:
-    model = drift(series, cfg.interval_percent)
-    if model is None:
-        return
-    store.save_forecasts(model.day, "storage_used",
-                         [(h, *(float(x) for x in model.at(h))) for h in HORIZONS])
-
-
 def _accuracy(store: Store, hist: dict[str, Hourly], now_day: float) -> dict:
     """How the forecasts that came due in the last 31 days did against what happened."""
     if "storage_used" not in hist:
@@ -564,7 +554,7 @@ def nearest_limit_days(result: dict) -> float | None:
 
 # -- pictures and the report ---------------------------------------------------------------------
 
-def plots(result: dict, history: dict[str, Hourly], folder: Path, stem: str, env: Environment) -> list[Path]:
+def plots(result: dict, history: dict[str, Hourly], folder: Path, stem: str) -> list[Path]:
     """PNG plots (matplotlib, Agg) beside the report: storage with the forecast band and the limits,
     connections against max_connections, CPU and memory against their thresholds."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend, a faster import
@@ -589,10 +579,8 @@ def plots(result: dict, history: dict[str, Hourly], folder: Path, stem: str, env
         ax = fig.subplots()
         d = daily(hist["storage_used"].t, hist["storage_used"].avg)
         ax.plot(dates(d.day), d.value / GiB, color="tab:blue", lw=1.2, label="used (daily median)")
-        model = s.get("model")
-        if model and s["growth_bytes_per_day"] is not None:
-            cfg, _ = settings_of(env)
-            m = drift(d, cfg.interval_percent)
+        m = storage_model(result)
+        if m is not None:
             h = np.arange(0, s["projection"]["months"] * 30.44 + 1)
             point, low, high = m.at(h)
             x = dates(m.day + h.astype(int))

@@ -152,6 +152,14 @@ def _run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: st
 _PAUSE_EXPIRED = "and never resumed"
 
 
+def _run_runbook(env: str, flow: Callable[..., Any], failure: str, **parameters: Any) -> dict:
+    """Run a read-only runbook's flow for ``--env`` (a name or a spec path) against the
+    environment's orchestrator and return its result; a failed run is a user error."""
+    config = _use_orchestrator(load_environment(env))
+    state = _run_flow(lambda: flow(**_spec_args(env), **parameters, return_state=True), config, env)
+    return _flow_result(state, failure)
+
+
 def _flow_result(state, failure: str, approval_timeout: timedelta | None = None):
     """The flow's return value, or its failure message as a user error."""
     if state.is_failed() or state.is_crashed():
@@ -557,11 +565,9 @@ def health_silence(env: EnvOption = "local",
 @user_errors
 def checklist_command(env: EnvOption = "local", as_json: JsonOption = False) -> None:
     """The daily checklist (§8.1.1): each item checked from data. Exits 2 when an item failed."""
-    config = _use_orchestrator(load_environment(env))
     from flows.daily_checklist import daily_checklist
 
-    state = _run_flow(lambda: daily_checklist(**_spec_args(env), return_state=True), config, env)
-    result = _flow_result(state, "the daily checklist failed")
+    result = _run_runbook(env, daily_checklist, "the daily checklist failed")
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -581,11 +587,9 @@ def capacity_command(env: EnvOption = "local",
     """The weekly capacity analysis (§8.1.2, §8.3.1): when storage, connections, CPU, memory and
     transaction IDs reach their limits, the top growing tables, plots and a report. Exits 0 also
     when there is too little history for a forecast (the output says how much is needed)."""
-    config = _use_orchestrator(load_environment(env))
     from flows.capacity import capacity_analysis
 
-    state = _run_flow(lambda: capacity_analysis(**_spec_args(env), weeks=weeks, return_state=True), config, env)
-    result = _flow_result(state, "the capacity analysis failed")
+    result = _run_runbook(env, capacity_analysis, "the capacity analysis failed", weeks=weeks)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -621,11 +625,9 @@ def sla_command(env: EnvOption = "local",
             sla.month_bounds(spec, month, datetime.now(timezone.utc))
         except ValueError as exc:
             raise PcdbError(str(exc)) from None
-    config = _use_orchestrator(spec)
     from flows.sla import sla_report
 
-    state = _run_flow(lambda: sla_report(**_spec_args(env), month=month, return_state=True), config, env)
-    result = _flow_result(state, "the availability report failed")
+    result = _run_runbook(env, sla_report, "the availability report failed", month=month)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -645,11 +647,9 @@ def sla_command(env: EnvOption = "local",
 def cost_command(env: EnvOption = "local", as_json: JsonOption = False) -> None:
     """The cost review (§9): this month so far and projected, per component, against the budget and
     last month. Exits 2 on an alert ($1,600 a month, a 20 % rise: operations.cost)."""
-    config = _use_orchestrator(load_environment(env))
     from flows.cost import cost_review
 
-    state = _run_flow(lambda: cost_review(**_spec_args(env), return_state=True), config, env)
-    result = _flow_result(state, "the cost review failed")
+    result = _run_runbook(env, cost_review, "the cost review failed")
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     else:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -735,10 +736,20 @@ def cron_is_valid(value: str) -> bool:
     return True
 
 
+def _cron(value: str) -> str:
+    if not cron_is_valid(value):
+        raise ValueError(f"{value!r} is not a cron expression (minute hour day-of-month month day-of-week, "
+                         "e.g. '0 5 1-7 * 0' for the first Sunday at 05:00, '0 8 * * 1' for Mondays at 08:00)")
+    return value
+
+
+Cron = Annotated[str, AfterValidator(_cron)]
+
+
 class MaintenanceSpec(Model):
     """The monthly maintenance runbook (§8.3.1, R-OPS-3): when it runs and its thresholds."""
 
-    cron: str = Field("0 5 1-7 * 0", description="first Sunday of the month, 05:00 business time: after "
+    cron: Cron = Field("0 5 1-7 * 0", description="first Sunday of the month, 05:00 business time: after "
                                                  "the 02:00-04:00 backup window and the 04:30 verification")
     archive_min_retention_months: int = Field(
         12, ge=2, description="the archive policy: no KOS-log partition is archived and dropped younger than this")
@@ -757,21 +768,13 @@ class MaintenanceSpec(Model):
     slow_query_regression_percent: float = Field(50, gt=0, description="a statement whose mean time grew by "
                                                  "more than this since last month is flagged")
 
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        if not cron_is_valid(value):
-            raise ValueError(f"{value!r} is not a cron expression (minute hour day-of-month month day-of-week, "
-                             "e.g. '0 5 1-7 * 0' for the first Sunday at 05:00)")
-        return value
-
 
 class CapacitySettings(Model):
     """The weekly capacity analysis (§8.1.2, §8.3.1): its schedule, how much history it reads and
     how it judges. Every field has a default; an environment without ``operations.capacity``
     runs with them and its report says so."""
 
-    cron: str = Field("0 8 * * 1", description="Monday 08:00 business time")
+    cron: Cron = Field("0 8 * * 1", description="Monday 08:00 business time")
     weeks: int = Field(13, ge=2, le=57, description="weeks of history analysed (Azure Monitor keeps 93 days; "
                        "the sandbox's health store keeps hourly figures 400 days)")
     min_history_days: int = Field(14, ge=8, le=93, description="fewer days of history: no forecast, never a "
@@ -785,14 +788,6 @@ class CapacitySettings(Model):
                                    "notification a warning (otherwise info)")
     storage_price_usd_per_gib_month: float | None = Field(None, gt=0, description="the provisioned storage's "
                                                           "price, to cost the next autogrow step; unset: not costed")
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        if not cron_is_valid(value):
-            raise ValueError(f"{value!r} is not a cron expression (minute hour day-of-month month day-of-week, "
-                             "e.g. '0 8 * * 1' for Mondays at 08:00)")
-        return value
 
 
 class Operations(Model):

@@ -200,8 +200,12 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
 
     @exclusive
     def ensure_replica(self) -> Change:
-        """The asynchronous read replica following whichever HA node is primary."""
+        """The asynchronous read replica following whichever HA node is primary: it streams before
+        this returns (after a reboot or an undone failover it reconnects on its own schedule,
+        wal_retrieve_retry_interval), unless a drill cut or promoted it."""
         change = self._ensure_follower(REPLICA, "replica")
+        if not self.replica_diverged():
+            self.wait_replica_following()
         self.save()
         return change
 

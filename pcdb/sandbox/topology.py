@@ -115,9 +115,6 @@ class Topology:
             self.save()
             if not old.is_running():
                 old.start(self.timeout)
-            # The replica follows whichever node is primary: it reconnects on its own schedule
-            # (wal_retrieve_retry_interval); the sandbox is whole only once it streams again.
-            self.wait_replica_following()
             done = (f"undid the failover from {old.name} to {new.name} interrupted since {intent.since} "
                     f"before {new.name} was promoted: {old.name} stays the primary")
         self.state.intent = None

@@ -93,7 +93,7 @@ def test_plots_are_pngs_beside_the_report_and_embedded_in_the_artifact(tmp_path)
     synthetic.write(hs.db, h)
     points = capacity.history_from_store(hs.db, END - timedelta(weeks=13), END)
     r = capacity.analyse(LOCAL, points, capacity.Store(tmp_path / "c.sqlite"), END, quota_bytes=h.quota_bytes)
-    paths = capacity.plots(r, points, tmp_path / "reports", "capacity-local-x", LOCAL)
+    paths = capacity.plots(r, points, tmp_path / "reports", "capacity-local-x")
     assert [p.name for p in paths] == ["capacity-local-x-storage.png", "capacity-local-x-connections.png",
                                        "capacity-local-x-cpu.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in paths)
