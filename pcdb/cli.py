@@ -284,6 +284,19 @@ def sandbox_down(env: EnvOption = "local") -> None:
     out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
+@sandbox_app.command("region")
+@user_errors
+def sandbox_region(action: Annotated[str, typer.Argument(help="down | up")], env: EnvOption = "local") -> None:
+    """The sandbox's stand-in for a lost region: `down` stops the HA pair at once (the replica
+    stays), `up` brings it back as it was."""
+    target = _sandbox_target(env)
+    if action not in ("down", "up"):
+        raise PcdbError(f"sandbox region {action!r}: use down or up")
+    change = target.stop_primary_region() if action == "down" else target.start_primary_region()
+    out.print(f"primary region {'stopped' if action == 'down' else 'started'}" if change.changed
+              else f"primary region: unchanged ({'; '.join(change.notes)})")
+
+
 @sandbox_app.command("destroy")
 @user_errors
 def sandbox_destroy(env: EnvOption = "local",
@@ -463,6 +476,103 @@ def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | 
         return
     for key in keys:
         out.print(f"{key}: {result[key]}")
+
+
+def _parse_time(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise PcdbError(f"{option} {text!r}: not a time; give it as ISO 8601, e.g. 2026-11-27T14:05:00+09:00") from None
+    if when.tzinfo is None:
+        raise PcdbError(f"{option} {text!r} has no time zone; add one, e.g. +09:00 or Z")
+    return when
+
+
+_FAILOVER_KEYS = ("kind", "changed", "application", "outage_began", "recovery_seconds", "target_rto_seconds", "met",
+                  "report")
+
+
+def _failover(scenario: str, env: str, yes: bool, outage_began: str | None, as_json: bool) -> None:
+    when = _parse_time(outage_began, "--outage-began")
+    config = _use_orchestrator(load_environment(env))
+    from flows.failover import failover
+
+    state = _run_flow(lambda: failover(scenario=scenario, **_spec_args(env), yes=yes, outage_began=when,
+                                       return_state=True), config, env)
+    result = _flow_result(state, f"the {scenario} failover failed", load_environment(env).install.approval.timeout)
+    if as_json:
+        print(json.dumps({k: result[k] for k in _FAILOVER_KEYS} | {"timeline": result["timeline"]}, indent=2))
+        return
+    for key in _FAILOVER_KEYS:
+        out.print(f"{key}: {result[key]}")
+
+
+@app.command("failover")
+@user_errors
+def failover_command(scenario: Annotated[str, typer.Argument(help="zone | region")],
+                     env: EnvOption = "local",
+                     real: Annotated[bool, typer.Option("--real", help="really fail over; nothing is undone")] = False,
+                     yes: Annotated[bool, typer.Option("--yes", help="decide and confirm by flag (sandbox only)")] = False,
+                     outage_began: Annotated[str | None, typer.Option(
+                         "--outage-began", help="when the outage began, ISO 8601 (the recovery time counts from it)")] = None,
+                     as_json: JsonOption = False) -> None:
+    """A real failover (§8.2.2): zone forces the HA standby up; region promotes the replica in the other
+    region and points the application at it. Rehearse with `pcdb drill` instead."""
+    if scenario not in ("zone", "region"):
+        raise PcdbError(f"unknown failover {scenario!r}: use zone or region")
+    if not real:
+        raise PcdbError(f"`pcdb failover {scenario}` changes production's topology for real and undoes nothing: "
+                        f"add --real to do it, or rehearse with `pcdb drill {scenario}`")
+    _failover(scenario, env, yes, outage_began, as_json)
+
+
+@app.command("failback")
+@user_errors
+def failback_command(scenario: Annotated[str, typer.Argument(help="region")],
+                     env: EnvOption = "local",
+                     yes: Annotated[bool, typer.Option("--yes", help="approve and confirm by flag (sandbox only)")] = False,
+                     as_json: JsonOption = False) -> None:
+    """Back to the primary region after a real region failover, planned and approved."""
+    if scenario != "region":
+        raise PcdbError(f"unknown failback {scenario!r}: use region")
+    _failover("failback", env, yes, None, as_json)
+
+
+@app.command("recover")
+@user_errors
+def recover_command(env: EnvOption = "local",
+                    to: Annotated[str, typer.Option("--to", help="the moment before the corruption, ISO 8601 with a "
+                                                                 "time zone")] = "",
+                    tables: Annotated[str | None, typer.Option(
+                        "--tables", help="the affected tables, comma-separated (default: every table with a key)")] = None,
+                    where: Annotated[str | None, typer.Option(
+                        "--where", help="a SQL predicate bounding the affected rows, e.g. \"billed_on >= '2026-11-01'\"")] = None,
+                    yes: Annotated[bool, typer.Option("--yes", help="approve the replay by flag (sandbox only)")] = False,
+                    as_json: JsonOption = False) -> None:
+    """Data-corruption recovery (§12.2.2): restore to a new server at --to, compare, put back exactly
+    the damaged rows under approval, verify."""
+    if not to:
+        raise PcdbError("--to is required: the moment before the corruption, e.g. 2026-11-27T14:05:00+09:00")
+    when = _parse_time(to, "--to")
+    names = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
+    spec = load_environment(env)
+    config = _use_orchestrator(spec)
+    from flows.recover import recover
+
+    state = _run_flow(lambda: recover(to=when, **_spec_args(env), tables=names, where=where, yes=yes,
+                                      return_state=True), config, env)
+    result = _flow_result(state, "the recovery failed", spec.install.approval.timeout)
+    keys = ("to", "restored_server", "tables", "skipped", "put_back", "export", "verified", "recovery_seconds",
+            "target_rto_seconds", "met", "report")
+    if as_json:
+        print(json.dumps({k: result[k] for k in keys} | {"timeline": result["timeline"]}, indent=2))
+        return
+    for key in keys:
+        out.print(f"{key}: {result[key]}")
+    if not result["verified"]:
+        raise typer.Exit(2)
 
 
 @app.command("maintain")

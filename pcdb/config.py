@@ -478,6 +478,10 @@ class Dr(Model):
     region_failure: DrScenario
     data_corruption: DrScenario
     region_failover_steps: list[DrStep]
+    application_record: str | None = Field(
+        None, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="the record in network.private_dns_zone the application connects to (a CNAME to the primary "
+                    "server's name); a real region failover points it at the promoted replica")
 
     @field_validator("region_failover_steps")
     @classmethod
@@ -790,6 +794,76 @@ class CapacitySettings(Model):
                                                           "price, to cost the next autogrow step; unset: not costed")
 
 
+class IncidentStep(Model):
+    """One step of the P1 timeline (§8.2.2)."""
+
+    key: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str
+    owner: str = Field(description="the team that confirms it (a key of operations.incident.teams)")
+    within: Duration | None = Field(None, description="its time, counted from the step it follows")
+    after: str | None = Field(None, description="the step it follows (default: the one before it)")
+    every: Duration | None = Field(None, description="a recurring step (status updates)")
+    condition: str = Field("", description="when it applies; a conditional step may be confirmed as not needed")
+
+    @model_validator(mode="after")
+    def _timed(self) -> IncidentStep:
+        if (self.within is None) == (self.every is None):
+            raise ValueError(f"step {self.key}: give either within (a deadline) or every (a recurring step)")
+        return self
+
+
+def _p1_steps() -> list[IncidentStep]:
+    """§8.2.2's P1 timeline: each step's time counts from the step it follows."""
+    m = timedelta(minutes=1)
+    return [
+        IncidentStep(key="triage", name="assess and confirm the outage", owner="ops team", within=5 * m),
+        IncidentStep(key="call", name="management and developers called", owner="ops team", within=timedelta(0)),
+        IncidentStep(key="analysis", name="first analysis of the cause", owner="DBA", within=10 * m),
+        IncidentStep(key="ha_check", name="automatic HA failover checked (Zone Redundant HA)", owner="DBA",
+                     within=2 * m),
+        IncidentStep(key="manual_failover", name="manual failover decided", owner="DBA", within=5 * m,
+                     condition="only when the automatic failover failed (pcdb failover zone --real)"),
+        IncidentStep(key="region_switch", name="switched to the read replica", owner="DBA", within=10 * m,
+                     condition="only when the whole primary region is down (pcdb failover region --real)"),
+        IncidentStep(key="customer_notice", name="customer notice sent", owner="CS team", within=30 * m,
+                     after="triage"),
+        IncidentStep(key="status_update", name="status update", owner="ops team", every=30 * m),
+    ]
+
+
+class IncidentSettings(Model):
+    """Who answers an incident (§8.2, R-OPS-4): the teams with the people who may confirm their
+    steps, and the P1 timeline of §8.2.2 (its deadlines may be shortened, e.g. in a test)."""
+
+    teams: dict[str, list[str]] = Field(default_factory=dict,
+                                        description="team -> the people (on-call ids) who confirm its steps")
+    responder: str = Field("ops team", description="the team told when an incident is not acknowledged in time")
+    p1_steps: list[IncidentStep] = Field(default_factory=_p1_steps)
+    auto_open: dict[str, Literal["P1", "P2", "P3", "P4"]] = Field(
+        default_factory=lambda: {"database-connection-failure": "P1"},
+        description="health rule -> the severity of the incident its critical alert opens; any other critical "
+                    "alert opens a P2")
+
+    @model_validator(mode="after")
+    def _owners_known(self) -> IncidentSettings:
+        keys = [s.key for s in self.p1_steps]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"p1_steps: key {', '.join(twice)} given twice")
+        for step in self.p1_steps:
+            if self.teams and step.owner not in self.teams:
+                raise ValueError(f"p1_steps {step.key}: owner {step.owner!r} is not a team of operations.incident.teams "
+                                 f"({', '.join(self.teams)})")
+            if step.after and step.after not in keys[:keys.index(step.key)]:
+                raise ValueError(f"p1_steps {step.key}: after {step.after!r} names no earlier step")
+        if self.teams and self.responder not in self.teams:
+            raise ValueError(f"responder {self.responder!r} is not a team of operations.incident.teams")
+        return self
+
+    def teams_of(self, person: str) -> set[str]:
+        return {team for team, members in self.teams.items() if person in members}
+
+
 class Operations(Model):
     incident_severities: list[Severity]
     log_partition_retention_months: int = Field(gt=0)
@@ -797,6 +871,7 @@ class Operations(Model):
     cost: Cost
     maintenance: MaintenanceSpec = Field(default_factory=MaintenanceSpec)
     capacity: CapacitySettings | None = Field(None, description="the weekly capacity analysis; absent: defaults")
+    incident: IncidentSettings = Field(default_factory=IncidentSettings)
 
     @model_validator(mode="after")
     def _retention_within_archive_policy(self) -> Operations:

@@ -115,6 +115,9 @@ def cleanup(target: Target, env: Environment, password: str,
     """Remove what an interrupted drill may have left: probe tables, throw-away servers, and make
     the topology whole again. A replica a drill promoted is replaced only after ``confirm``
     (the application may still point at it). Returns what it removed or repaired."""
+    if target.application_target() != "primary":
+        raise TargetError("the service runs on the promoted replica since a real region failover: fail back "
+                          "(`pcdb failback region`) before any drill, or it would undo production's failover")
     done, server = [], restore_server(env)
     if target.delete_server(server).action == "deleted":
         done.append(f"deleted throw-away server {server}")

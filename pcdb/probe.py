@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -37,8 +38,11 @@ class ProbeWriter:
     """Writes rows 1, 2, 3, ... into ``table`` in a background thread until stopped."""
 
     def __init__(self, conninfo: str, table: str = "pcdb_probe", interval: float = 0.005,
-                 reconnect_deadline: float = 120.0):
+                 reconnect_deadline: float = 120.0, resolve: Callable[[], str] | None = None):
+        """``resolve``: looks the application's name up again at every (re)connect, as a client
+        resolving a DNS name does; without it the writer keeps ``conninfo``."""
         self.conninfo = conninfo
+        self.resolve = resolve
         self.table_name = table
         self.table = psql.Identifier(table)
         self.interval = interval
@@ -94,6 +98,8 @@ class ProbeWriter:
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
+                    if self.resolve is not None:
+                        self.conninfo = self.resolve()
                     conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=2)
                 conn.execute(insert, {"id": next_id})
                 self.result.acknowledged.append(next_id)

@@ -114,6 +114,10 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
         return self.state.nodes[name].role
 
     def primary(self) -> Node:
+        """The service's primary: the HA node in that role or, after a real region failover (the
+        application's record points at it), the promoted replica."""
+        if self.state.application == "replica":
+            return self.node(REPLICA)
         for name, info in self.state.nodes.items():
             if info.role == "primary" and name in HA_NODES:
                 return self.node(name)
@@ -192,6 +196,12 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
         failover is finished or undone first: no node is started before that."""
         self._prepare_root()
         changes = [Change("failover", "interrupted", "updated", notes=(done,)) for done in self.resolve_intent()]
+        if self.state.application == "replica":
+            # A real region failover made the replica the primary: the HA nodes come back as they
+            # were (nothing points at them) until `pcdb failback region` makes them follow it.
+            changes += [self._start_if_stopped(self.node(n)) for n in HA_NODES if n in self.state.nodes]
+            self.save()
+            return changes
         changes.append(self._ensure_primary(parameters or {}))
         changes.append(self._ensure_follower(self._standby_name(), "standby"))
         changes.append(self._ensure_sync())

@@ -66,6 +66,9 @@ class SandboxState:
     events: list[dict] = field(default_factory=list)
     intent: FailoverIntent | None = None
     rejoin: RejoinStep | None = None
+    # The stand-in for the application's DNS record: "primary" (the HA pair) or "replica" (the
+    # read replica a real region failover promoted, which then is the service's primary).
+    application: str = "primary"
     other: dict = field(default_factory=dict)     # keys this pcdb does not use, kept as they were
 
     @classmethod
@@ -80,6 +83,7 @@ class SandboxState:
             restores={n: RestoreInfo(**i) for n, i in (data.get("restores") or {}).items()},
             backups=list(data.get("backups") or []), events=list(data.get("events") or []),
             intent=FailoverIntent(**intent) if intent else None, rejoin=RejoinStep(**rejoin) if rejoin else None,
+            application=data.get("application", "primary"),
             other={k: v for k, v in data.items() if k not in known})
 
     def to_json(self) -> dict:
@@ -87,6 +91,8 @@ class SandboxState:
         for key in ("intent", "rejoin", "root_created_by_pcdb"):
             if out[key] is None:
                 del out[key]                      # absent, as earlier versions wrote it
+        if out["application"] == "primary":
+            del out["application"]
         return {**self.other, **out}
 
     def port_taken(self) -> set[int]:

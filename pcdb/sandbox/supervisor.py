@@ -77,6 +77,8 @@ class Supervisor:
 
     def check(self, now: float) -> str | None:
         """One look; returns what it did, if anything."""
+        if self.sandbox.state.application != "primary":
+            return None  # the service runs on the promoted replica (a region failover): it has no HA
         if self.primary_answers():
             self.down_since = None
             return self.check_storage(now)

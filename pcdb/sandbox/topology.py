@@ -4,6 +4,7 @@ stall and rebuild, and the region stop/start of the region drill."""
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import psycopg
@@ -96,6 +97,8 @@ class Topology:
                 self.rejoin(pending.node)
                 return [f"finished the rejoin of {pending.node} interrupted since {pending.since}"]
             return []
+        if intent.op == "failback":
+            return [self._resolve_failback(intent)]
         if intent.op != "failover":
             raise SandboxError(f"{self.state_file} records an interrupted {intent.op!r} this pcdb does "
                                "not know how to finish")
@@ -131,7 +134,10 @@ class Topology:
         known state (pg_rewind's own documentation), so it is copied afresh instead; a node
         rewound but not yet started is started, never rewound twice."""
         primary, node = self.primary(), self.node(name)
-        node.stop("immediate", timeout=30)
+        # A standby (the failback's case) stops cleanly, "shut down in recovery", and pg_rewind is
+        # told not to recover it first: its single-user recovery cannot run a standby.
+        standby = (node.data / "standby.signal").exists() and node.is_running()
+        node.stop("fast" if standby else "immediate", timeout=30)
         earlier = self.state.rejoin if self.state.rejoin and self.state.rejoin.node == name else None
         if earlier and earlier.step == "rewinding":
             self._event("rejoin-recloned", node=name, reason="killed during pg_rewind")
@@ -145,7 +151,8 @@ class Topology:
                     conn.execute("CHECKPOINT")  # pg_rewind reads the timeline from the control file
                 source = psycopg.conninfo.make_conninfo(host=str(primary.run_dir), port=primary.port,
                                                         user=self.admin_user, dbname="postgres")
-                proc.run([node.prog("pg_rewind"), "-D", str(node.data), f"--source-server={source}"],
+                proc.run([node.prog("pg_rewind"), "-D", str(node.data), f"--source-server={source}",
+                          *(["--no-ensure-shutdown"] if standby else [])],
                          timeout=600, what=f"pg_rewind {name}", log=node.startup_log)
                 for leftover in ("recovery.signal", "backup_label"):
                     (node.data / leftover).unlink(missing_ok=True)
@@ -173,8 +180,9 @@ class Topology:
             self.state.nodes[REPLICA].timeline = self._timeline(self.node(REPLICA))
 
     def replica_diverged(self) -> bool:
-        """The replica was promoted, or its link cut, by a drill that did not finish."""
-        if REPLICA not in self.state.nodes:
+        """The replica was promoted, or its link cut, by a drill that did not finish. A replica a
+        real region failover promoted is the service's primary: not a drill's leftover."""
+        if REPLICA not in self.state.nodes or self.state.application == "replica":
             return False
         conf = self.node(REPLICA).data / "node.conf"
         return self.role(REPLICA) == "promoted" or (conf.exists() and "primary_conninfo = ''" in conf.read_text())
@@ -199,8 +207,140 @@ class Topology:
 
     @exclusive
     def start_region(self) -> list[Change]:
-        """Start the HA pair again (the primary region is back)."""
+        """Start the HA pair again (the primary region is back). After a real region failover the
+        nodes come back as they were, as Azure's servers would: nothing points at them."""
         return self.ensure_ha()
+
+    # -- real region failover and failback (#16) ------------------------------------------
+
+    @exclusive
+    def switch_application(self, to: str) -> bool:
+        """Point the application's record (the sandbox's stand-in for the private DNS record) at
+        the HA pair ("primary") or at the promoted replica ("replica"); False when it already did."""
+        if to not in ("primary", "replica"):
+            raise SandboxError(f"the application's record points at primary or replica, not {to!r}")
+        if self.state.application == to:
+            return False
+        if to == "replica" and self.role(REPLICA) != "promoted":
+            raise SandboxError("the application cannot point at the replica while it is a read-only replica: "
+                               "promote it first")
+        if to == "primary" and self.state.application == "replica":
+            raise SandboxError("the application points at the promoted replica, which holds the service's writes: "
+                               "fail back with `pcdb failback region`, never by pointing the record back")
+        self.state.application = to
+        self._event("application-switched", to=to)
+        self.save()
+        return True
+
+    def region_missing(self) -> list[str]:
+        """The primary region's servers that are not running (the region is back when none)."""
+        return [f"{name} (port {self.state.nodes[name].port})" for name in HA_NODES
+                if name in self.state.nodes and not self.node(name).is_running()]
+
+    def _following(self, source: Node, name: str, sync: bool = False) -> bool:
+        with source.connect(self.admin_user) as conn:
+            rows = conn.execute(query("sandbox.sql", "replication")).fetchall()
+        return any(r[0] == name and r[1] == "streaming" and (not sync or r[2] == "sync") for r in rows)
+
+    @exclusive
+    def reverse_replication(self) -> list[Change]:
+        """Failback, first half: the primary region's servers, rewound onto the promoted replica's
+        timeline, follow it (the first HA node synchronously). The writes the old primary took
+        after the replica's last replayed record are discarded by the rewind: the region
+        failover's measured RPO. Resumable: a node already following is left as it is."""
+        if self.state.application != "replica":
+            raise SandboxError("there is no region failover to fail back from: the application points at the HA pair")
+        missing = self.region_missing()
+        if missing:
+            raise SandboxError(f"the primary region is still down: {', '.join(missing)} not running. Fail back once "
+                               "the region is back (sandbox: `pcdb sandbox region up`)")
+        source, changes = self.node(REPLICA), []
+        for name in reversed(HA_NODES):  # the last one rejoined is the synchronous standby
+            if self.state.nodes[name].role == "standby" and self._following(source, name):
+                changes.append(Change("replication", f"{REPLICA}->{name}", "unchanged", notes=("streaming",)))
+                continue
+            self.state.nodes[name].role = "standby"
+            self.save()
+            crash.point("failback:rejoining")
+            self.rejoin(name)
+            changes.append(Change("replication", f"{REPLICA}->{name}", "created",
+                                  notes=(f"{name} rewound onto the promoted replica's timeline and streaming",)))
+        first = HA_NODES[0]
+        if not self._following(source, first, sync=True):
+            source.write_node_conf({**self._node_conf(source, "primary", sync_with=first), "primary_conninfo": ""})
+            source.reload()
+            self._wait_streaming(source, first, sync=True)
+        self._event("replication-reversed", sync=first)
+        self.save()
+        return changes
+
+    @exclusive
+    def switch_back(self) -> dict:
+        """Failback, second half: a planned switch from the promoted replica to the HA pair.
+
+        The promoted replica shuts down cleanly (every WAL record reaches the synchronous HA node
+        first), that node is promoted, the application's record points at the HA pair again, the
+        other HA node rejoins as its synchronous standby and the replica is rebuilt from the new
+        primary. The intent is written first: a kill leaves a record ``resolve_intent`` acts on."""
+        if self.state.application != "replica":
+            raise SandboxError("there is no region failover to fail back from: the application points at the HA pair")
+        old, new = self.node(REPLICA), self.node(HA_NODES[0])
+        if not self._following(old, new.name, sync=True):
+            raise SandboxError(f"{new.name} does not follow {REPLICA} synchronously: run the failback's first half "
+                               "(the replication in the other direction) first")
+        started = time.monotonic()
+        self.state.intent = FailoverIntent(old=REPLICA, new=new.name, mode="planned", since=_now(), op="failback")
+        self._event("failback-begin", old_primary=REPLICA, new_primary=new.name)
+        self.save()
+        crash.point("failback:intent-saved")
+        old.stop("fast", timeout=60)
+        crash.point("failback:old-stopped")
+        new.promote(self.timeout)
+        crash.point("failback:promoted")
+        promoted = time.monotonic() - started
+        self._finish_failback(new.name)
+        self._event("failback-end", new_primary=new.name, seconds=round(promoted, 3))
+        self.save()
+        return {"mode": "planned", "old_primary": REPLICA, "new_primary": new.name, "promote_seconds": promoted,
+                "total_seconds": time.monotonic() - started, "timeline": self._timeline(new)}
+
+    def _finish_failback(self, new: str) -> None:
+        other = next(n for n in HA_NODES if n != new)
+        self.state.nodes[new].role, self.state.nodes[other].role = "primary", "standby"
+        self.state.application = "primary"
+        node = self.node(new)
+        node.write_node_conf(self._node_conf(node, "primary"))
+        node.reload()
+        self.save()
+        self.rejoin(other)
+        # The promoted replica's WAL is the service's history now: the HA archive keeps it, so a
+        # point-in-time restore across the failed-over days finds every segment.
+        for archive in self.archive_dirs:
+            for segment in self.replica_archive.iterdir():
+                if not (archive / segment.name).exists():
+                    shutil.copy2(segment, archive / segment.name)
+        self.rebuild_replica()
+        self.state.intent = None
+        self.save()
+
+    def _resolve_failback(self, intent: FailoverIntent) -> str:
+        new = self.node(intent.new)
+        if self._promoted(new):
+            if not new.is_running():
+                new.start(self.timeout)
+            self._finish_failback(new.name)
+            done = f"finished the failback to {new.name} interrupted since {intent.since}"
+        else:
+            self.state.intent = None
+            self.save()
+            old = self.node(REPLICA)
+            if not old.is_running():
+                old.start(self.timeout)
+            done = (f"undid the failback to {new.name} interrupted since {intent.since} before it was promoted: "
+                    f"{REPLICA} stays the primary and the application still points at it")
+        self._event("intent-resolved", detail=done)
+        self.save()
+        return done
 
     @exclusive
     def promote_replica(self) -> dict:

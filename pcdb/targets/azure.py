@@ -357,6 +357,67 @@ class AzureTarget:
                       notes=("the server the drill promoted was deleted; the replica was created again "
                              "from the primary", *change.notes))
 
+    # -- real region failover and failback (#16) --------------------------------------------
+
+    def _application_record(self):
+        """The application's CNAME in the private DNS zone, or None when the spec names none."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        name, zone = self.env.dr.application_record, self.env.network.private_dns_zone
+        if not name or not zone:
+            return None
+        try:
+            return self._call("read the application record", name,
+                              lambda: self.clients.dns.record_sets.get(self.rg, zone, "CNAME", name))
+        except ResourceNotFoundError:
+            return None
+
+    def application_target(self) -> Literal["primary", "replica"]:
+        """The replica when the application's record names it; without a record, when the
+        replica was promoted outside a drill (it then holds production's writes)."""
+        record = self._application_record()
+        if record is not None and record.cname_record is not None:
+            return "replica" if record.cname_record.cname == FQDN.format(name=self.env.replica.name) else "primary"
+        replica = self._replica_server()
+        promoted = replica is not None and not self._is_replica(replica) and self.DRILL_TAG not in (replica.tags or {})
+        return "replica" if promoted else "primary"
+
+    def switch_application(self, to: Literal["primary", "replica"]) -> Change:
+        """Point the private DNS record ``dr.application_record`` at the server (a 30 s TTL, so
+        clients follow within a minute). Without a record the application team switched its
+        connection setting (a confirmed step): nothing to write here."""
+        from azure.mgmt.privatedns import models as dns
+
+        name, zone = self.env.dr.application_record, self.env.network.private_dns_zone
+        if not name or not zone:
+            return Change("application record", "-", "unchanged",
+                          notes=("the spec names no dr.application_record: the connection setting was switched by "
+                                 "its owner (confirmed step)",))
+        wanted = FQDN.format(name=self.env.replica.name if to == "replica" else self.env.server.name)
+        record = self._application_record()
+        before = record.cname_record.cname if record is not None and record.cname_record else None
+        if before == wanted:
+            return Change("application record", name, "unchanged", notes=(f"CNAME {wanted}",))
+        body = dns.RecordSet(ttl=30, cname_record=dns.CnameRecord(cname=wanted))
+        self._call("point the application record", name,
+                   lambda: self.clients.dns.record_sets.create_or_update(self.rg, zone, "CNAME", name, body))
+        return Change("application record", name, "updated" if before else "created", {"CNAME": (before, wanted)})
+
+    def primary_region_missing(self) -> list[str]:
+        server = self._find_server(self.env.server.name)
+        if server is None:
+            return [f"{self.env.server.name} (not found)"]
+        return [] if server.state == "Ready" else [f"{self.env.server.name} (state {server.state})"]
+
+    def reverse_replication(self) -> list[Change]:
+        raise TargetError("the failback on Azure is not automated by this pcdb: create a read replica of "
+                          f"{self.env.replica.name} in {self.env.server.location}, let it catch up, then promote it "
+                          "with a planned switchover (az postgres flexible-server replica promote --promote-mode "
+                          "switchover --promote-option planned)")
+
+    def switch_back(self) -> FailoverResult:
+        raise TargetError("the failback on Azure is not automated by this pcdb (see reverse_replication)")
+
     def promoted_server_facts(self) -> list[str]:
         """The post-promotion checklist (§5.2.3): what the promoted server lacks that the primary had."""
         replica = self._replica_server()

@@ -243,6 +243,23 @@ class Target(Protocol):
     def replica_diverged(self) -> bool:
         """A drill promoted the replica and it has not been rebuilt yet."""
         ...
+    def application_target(self) -> Literal["primary", "replica"]:
+        """Where the application's name points: the HA pair, or the replica a real region failover
+        promoted (Azure: the private DNS record; the sandbox: its stand-in for it)."""
+        ...
+    def switch_application(self, to: Literal["primary", "replica"]) -> Change:
+        """Point the application's name at the HA pair or at the promoted replica."""
+        ...
+    def primary_region_missing(self) -> list[str]:
+        """What of the primary region does not answer yet (empty: the region is back)."""
+        ...
+    def reverse_replication(self) -> list[Change]:
+        """Failback, first half: the primary region's servers follow the promoted replica."""
+        ...
+    def switch_back(self) -> FailoverResult:
+        """Failback, second half: a planned switch from the promoted replica to the primary region,
+        the application's name pointed back, the read replica made again."""
+        ...
     def rebuild_replica(self) -> Change:
         """Replace a promoted replica by a new read replica of the primary."""
         ...

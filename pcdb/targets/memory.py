@@ -55,6 +55,7 @@ class MemoryTarget:
         self.nodes = {"node1": Node("node1", "primary"), "node2": Node("node2", "standby"),
                       "replica": Node("replica", "replica")}
         self.stalled = False
+        self.drill_promoted = True         # promotions are a drill's unless a test says otherwise
         self.calls: list[str] = []
         self.servers: dict[str, Endpoint] = {}
 
@@ -132,6 +133,9 @@ class MemoryTarget:
 
     def replica_diverged(self) -> bool:
         return self.nodes["replica"].role == "promoted"
+
+    def application_target(self) -> str:
+        return "replica" if self.nodes["replica"].role == "promoted" and not self.drill_promoted else "primary"
 
     def rebuild_replica(self) -> Change:
         self.calls.append("rebuild_replica")

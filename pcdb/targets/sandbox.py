@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
@@ -412,6 +413,26 @@ class SandboxTarget:
     def stall_replica(self) -> None:
         self.sandbox.stall_replica()
 
+    def application_target(self) -> str:
+        return self.sandbox.state.application
+
+    def switch_application(self, to: Literal["primary", "replica"]) -> Change:
+        before = self.sandbox.state.application
+        if not self.sandbox.switch_application(to):
+            return Change("application record", self.env.server.name, "unchanged", notes=(f"points at the {to}",))
+        return Change("application record", self.env.server.name, "updated", {"points at": (before, to)})
+
+    def primary_region_missing(self) -> list[str]:
+        return self.sandbox.region_missing()
+
+    def reverse_replication(self) -> list[Change]:
+        return self.sandbox.reverse_replication()
+
+    def switch_back(self) -> FailoverResult:
+        r = self.sandbox.switch_back()
+        return FailoverResult(r["mode"], r["old_primary"], r["new_primary"], r["promote_seconds"], r["total_seconds"],
+                              r.get("timeline"))
+
     def replica_diverged(self) -> bool:
         return self.sandbox.replica_diverged()
 
@@ -454,6 +475,8 @@ class SandboxTarget:
         sb = self.sandbox
         if which == "replica":
             return self._endpoint_of(sb.node(REPLICA))
+        if which == "application" and sb.state.application == "replica":  # the DNS stand-in, switched
+            return replace(self._endpoint_of(sb.node(REPLICA)), target_session_attrs="read-write")
         if which == "application":  # survives a failover, like the Azure FQDN
             ports = ",".join(str(sb.node(n).port) for n in HA_NODES)
             return Endpoint(",".join("127.0.0.1" for _ in HA_NODES), ports,  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -114,3 +115,110 @@ def test_two_drills_at_once_on_one_environment_are_refused_naming_the_holder(dri
         state = dr_drill(scenario="zone", spec_path=str(target.env_path), yes=True, return_state=True)
     assert state.is_failed() and "another drill or mutating runbook holds test: region drill run" in state.message
     assert f"(pid {os.getpid()} on" in state.message and "pcdb unlock --env test" in state.message
+
+
+def failover(target, *args, code=0):
+    result = CliRunner().invoke(app, [*args, "--env", str(target.env_path), "--yes", "--json"])
+    assert result.exit_code == code, result.output
+    return json.loads(result.stdout[result.stdout.index("{"):]) if code == 0 else result.output
+
+
+def test_a_real_region_failover_and_failback_lose_no_acknowledged_row(drilled):
+    """§12.2.1 for real on the sandbox: the region is lost under a writer that goes through the
+    application's path (it looks the name up again at each reconnect, as a client resolves DNS);
+    the replica is promoted and the name points at it; nothing is undone. The failback is refused
+    while the region is down, then brings the service home with nothing lost."""
+    from pcdb.probe import ProbeWriter
+
+    target, ctx = drilled
+    password = ctx.admin_password()
+
+    def application() -> str:
+        return target.endpoint("application").conninfo(target.env.server.admin.user, password)
+
+    refused = CliRunner().invoke(app, ["failover", "region", "--env", str(target.env_path), "--yes"])
+    assert refused.exit_code == 1 and "--real" in refused.output           # a real failover says so
+    probe = ProbeWriter(application(), table="pcdb_real_failover_probe", interval=0.02, resolve=application).start()
+    try:
+        probe.wait_for_rows(30)
+        assert "the primary region answers" in failover(target, "failover", "region", "--real", code=1)
+        target.stop_primary_region()                                        # the region is lost
+        result = failover(target, "failover", "region", "--real")
+        assert result["application"] == "replica" and result["changed"] is True
+        assert 0 < result["recovery_seconds"] <= result["target_rto_seconds"] == 1800 and result["met"] is True
+        probe.wait_for_rows(30, timeout=60)                                 # writes go on, through the name
+        assert target.application_target() == "replica"
+        assert target.server_state().nodes and "## Timeline" in open(result["report"]).read()
+        again = failover(target, "failover", "region", "--real")            # a second run changes nothing
+        assert again["changed"] is False
+
+        refused = failover(target, "failback", "region", code=1)            # the region is still down
+        assert "the primary region is still down" in refused and "node1" in refused and "node2" in refused
+        drill_refused = CliRunner().invoke(app, ["drill", "zone", "--env", str(target.env_path), "--yes"])
+        assert drill_refused.exit_code == 1 and "fail back" in drill_refused.output
+
+        target.start_primary_region()                                       # the region is back
+        back = failover(target, "failback", "region")
+        assert back["application"] == "primary" and back["changed"] is True
+        probe.wait_for_rows(30, timeout=60)
+        outcome = probe.stop()
+        assert probe.missing() == []                                        # 0 acknowledged rows lost
+        assert len(outcome.acknowledged) >= 120
+    finally:
+        probe.stop()
+    assert target.application_target() == "primary"
+    assert drills.wait_topology_whole(target, timeout=120)
+    state = {n.name: n for n in target.server_state().nodes}
+    assert state["node1"].role == "primary" and state["node2"].sync_state == "sync"
+    with ctx.connect() as conn:                                             # the replica follows again
+        conn.execute("DROP TABLE pcdb_real_failover_probe")
+    assert failover(target, "failback", "region")["changed"] is False
+
+
+def recover(target, *args, code=0):
+    result = CliRunner().invoke(app, ["recover", "--env", str(target.env_path), "--yes", "--json", *args])
+    assert result.exit_code == code, result.output
+    return json.loads(result.stdout[result.stdout.index("{"):]) if code == 0 else result.output
+
+
+def test_a_corruption_recovery_puts_back_exactly_the_damaged_rows(drilled):
+    """§12.2.2: a wrong DELETE and UPDATE in a range; the service goes on writing; the recovery
+    restores to the moment before, puts back exactly the damaged rows, keeps the newer ones."""
+    target, ctx = drilled
+    with ctx.connect() as conn:
+        conn.execute("CREATE TABLE bill_items (id int PRIMARY KEY, account int NOT NULL, amount numeric(12,2) NOT NULL, "
+                     "note text, total numeric GENERATED ALWAYS AS (amount * 2) STORED)")
+        conn.execute("CREATE TABLE bill_log (line text)")                            # no key: not comparable
+        conn.execute("INSERT INTO bill_items SELECT g, g % 10, g * 1.5, 'ok' FROM generate_series(1, 300) g")
+        original = conn.execute("SELECT id, account, amount, note FROM bill_items ORDER BY id").fetchall()
+        before = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        conn.execute("DELETE FROM bill_items WHERE account = 3 AND id <= 200")        # the bug: 20 rows gone
+        conn.execute("UPDATE bill_items SET amount = 0 WHERE account = 4 AND id <= 200")  # and 20 overwritten
+        conn.execute("INSERT INTO bill_items VALUES (301, 3, 1, 'newer')")            # the service goes on
+        conn.execute("INSERT INTO bill_items VALUES (-1, 3, 1, 'newer, in the range')")
+        conn.execute("UPDATE bill_items SET note = 'later' WHERE id = 250")
+    at = before.isoformat()
+    try:
+        future = recover(target, "--to", "2999-01-01T00:00:00+00:00", "--tables", "bill_items", code=1)
+        assert "in the future" in future
+        too_old = recover(target, "--to", "2020-01-01T00:00:00+00:00", "--tables", "bill_items", code=1)
+        assert "before the retention" in too_old and "earliest point" in too_old
+        assert "no primary key" in recover(target, "--to", at, "--tables", "bill_log", code=1)
+        assert "--where" in recover(target, "--to", at, "--tables", "bill_items", "--where", "nosuch > 1", code=1)
+        assert target.sandbox.status()["restores"] == []                            # nothing was made
+
+        result = recover(target, "--to", at, "--tables", "bill_items", "--where", "id <= 200")
+        assert result["tables"] == [{"name": "bill_items", "missing": 20, "changed": 20, "extra": 1, "put_back": 40}]
+        assert result["put_back"] == 40 and result["verified"] is True and result["met"] is True
+        assert oct(os.stat(result["export"]).st_mode & 0o777) == "0o600"
+        assert sum(1 for _ in open(result["export"])) == 40
+        with ctx.connect() as conn:
+            now = conn.execute("SELECT id, account, amount, note FROM bill_items ORDER BY id").fetchall()
+        expected = sorted([r if r[0] != 250 else (*r[:3], "later") for r in original]
+                          + [(301, 3, 1, "newer"), (-1, 3, 1, "newer, in the range")])
+        assert now == expected                                                    # exactly, and nothing else
+        assert target.sandbox.status()["restores"] == []                          # the throw-away server is gone
+        assert recover(target, "--to", at, "--tables", "bill_items", "--where", "id <= 200")["put_back"] == 0
+    finally:
+        with ctx.connect() as conn:
+            conn.execute("DROP TABLE IF EXISTS bill_items, bill_log")

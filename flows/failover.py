@@ -1,0 +1,107 @@
+"""Real failovers and the failback (§8.2.2 steps 5-6, §12.2.1), triggered by a person.
+
+The same gates as the drills: a typed decision before anything irreversible, each other team's
+step confirmed by its owner, and on production approvals by a person only. Nothing is undone
+automatically. The run is in the ledger, with the report and a critical notification.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.flow_runs import pause_flow_run
+
+from flows.dr_drill import DrillDecision, StepConfirmation
+from flows.evidence import HOOKS, evidence, publish_report
+from flows.exclusion import mutating_slot
+from flows.install import runbook_context
+from flows.notify import notify
+from pcdb import failover as real
+from pcdb.config import Environment, load_environment
+from pcdb.errors import ApprovalError, PcdbError
+
+
+def gates(spec: Environment, yes: bool, decisions: list[str]):
+    """The decision and the step confirmations: by flag on the sandbox, typed by a person otherwise."""
+    if yes and spec.production:
+        raise PcdbError("approvals by flag are for the sandbox only; production waits for a person")
+
+    def decide(facts: dict) -> None:
+        if yes:
+            decisions.append(f"decided by flag (--yes); facts: {facts}")
+            return
+        names = [a.name for a in spec.install.approval.approvers]
+        answer = pause_flow_run(wait_for_input=DrillDecision.with_initial_data(
+            description=f"Facts: {facts}. Who decides ({', '.join(names) or 'an approver'}), and why?"),
+            timeout=int(spec.install.approval.timeout.total_seconds()), poll_interval=2)
+        if spec.production and answer.decided_by not in names:
+            raise ApprovalError(f"{answer.decided_by!r} is not an approver of {spec.name}; nothing was changed")
+        decisions.append(f"decided by {answer.decided_by}: {answer.reason}; facts: {facts}")
+
+    def confirm(step: str, owner: str) -> None:
+        if yes:
+            decisions.append(f"'{step}' ({owner}) confirmed by flag")
+            return
+        answer = pause_flow_run(wait_for_input=StepConfirmation.with_initial_data(
+            description=f"{owner}: confirm when done: {step}"), timeout=3600, poll_interval=2)
+        if not answer.done:
+            raise PcdbError(f"'{step}' was not confirmed by {owner} ({answer.confirmed_by})")
+        decisions.append(f"'{step}' confirmed by {answer.confirmed_by} ({owner})")
+    return decide, confirm
+
+
+@flow(name="failover", **HOOKS)
+def failover(scenario: Literal["zone", "region", "failback"], env: str = "local", spec_path: str | None = None,
+             yes: bool = False, outage_began: datetime | None = None, wait_seconds: float = 0) -> dict:
+    """A real zone or region failover, or the failback to the primary region.
+
+    Args:
+        scenario: zone (force the HA standby up), region (promote the replica and point the
+            application at it), failback (back to the primary region, planned).
+        yes: give the decision and confirmations by flag (sandbox only).
+        outage_began: when the outage began (the recovery time is measured from it; default now).
+        wait_seconds: how long to wait for the environment's slot (another mutating runbook).
+    """
+    spec = load_environment(spec_path or env)
+    ctx = runbook_context(spec)
+    decisions: list[str] = []
+    decide, confirm = gates(spec, yes, decisions)
+    with evidence(spec, ctx, "failover") as ev, mutating_slot(spec.name, f"{scenario} failover", wait_seconds):
+        password = ctx.admin_password()
+        if scenario == "zone":
+            result = real.zone_failover(ctx.target, spec, password, decide, outage_began)
+        elif scenario == "region":
+            result = real.region_failover(ctx.target, spec, password, decide, confirm, outage_began)
+        else:
+            result = real.failback(ctx.target, spec, password, decide, confirm)
+        result.notes = [*decisions, *result.notes]
+        text = _report(spec, result)
+        path = publish_report(spec, f"failover-{scenario}-{spec.name}", text, f"{scenario} failover report")
+        result.report = str(path)
+        ev.report = str(path)
+        ev.figures = {k: v for k, v in result.as_dict().items() if k not in ("timeline", "notes", "report")}
+        get_run_logger().info("%s: recovery %s s (target %s s), application -> %s", scenario,
+                              result.recovery_seconds, result.target_rto_seconds, result.application)
+        if result.changed:
+            notify(spec, "critical", f"pcdb {scenario} failover on {spec.name}: "
+                   f"{'RECOVERY TARGET MISSED' if result.met is False else 'done'}",
+                   f"the application points at the {result.application}; recovery {result.recovery_seconds}s "
+                   f"(target {result.target_rto_seconds:.0f}s). Report: {path}")
+        return result.as_dict()
+
+
+def _report(spec: Environment, r: real.FailoverReport) -> str:
+    title = "Failback to the primary region" if r.kind == "failback" else f"Real {r.kind} failover"
+    measured = "not measured" if r.recovery_seconds is None else f"{r.recovery_seconds} s"
+    verdict = {True: "met", False: "MISSED", None: "-"}[r.met]
+    lines = [f"# {title} on `{spec.name}`", "", f"- Outage began: {r.outage_began}",
+             f"- Recovery (to the first write the application's path accepted): {measured}; "
+             f"target {r.target_rto_seconds:.0f} s: {verdict}",
+             f"- The application's name points at: the {r.application}",
+             f"- Changed anything: {r.changed}", "", "## Timeline", ""]
+    lines += [f"- {at} — {action}" for at, action in r.timeline]
+    if r.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,128 @@
+"""Incident response (§8.2, R-OPS-4): a Prefect flow per incident, on the environment's worker.
+
+It waits for typed confirmations (IncidentAction, sent by `pcdb incident ack|step|close` or
+through the API), tells each step's owner when a deadline passes, and on closing writes the
+report with the time to detect, respond, recover and notify; the run ledger keeps the record
+and its timeline. A critical health alert opens one by itself (flows/health.py).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+
+from flows.evidence import HOOKS, evidence, publish_report
+from flows.install import runbook_context
+from flows.notify import notify
+from pcdb import incident as incidents
+from pcdb.config import Environment, load_environment
+
+DEPLOYMENT = "incident-{env}"
+
+
+class IncidentAction(RunInput):
+    """A confirmation on an incident: ack, a step (done, or not needed with a reason), close."""
+
+    request_id: str
+    action: str                 # ack | step | close
+    by: str
+    step: int | None = None
+    not_needed: bool = False
+    note: str = ""
+    recovered_at: str | None = None
+
+
+@flow(name="incident", **HOOKS)
+def incident(severity: str, summary: str, env: str = "local", spec_path: str | None = None,
+             opened_by: str = "a person through the Prefect UI", began: datetime | None = None,
+             source_rule: str | None = None, poll_seconds: float = 1.0) -> dict:
+    """Open an incident and follow it until it is closed.
+
+    Args:
+        severity: P1..P4 (operations.incident_severities); P1 follows §8.2.2's steps.
+        summary: what is wrong, in a line.
+        opened_by: who or what opened it (a person, or the health alert).
+        began: when the outage began (default: now); the time to detect counts from it.
+        source_rule: the health rule whose critical alert opened it.
+        poll_seconds: how often confirmations are looked for.
+    """
+    spec = load_environment(spec_path or env)
+    settings = spec.operations.incident
+    store = incidents.IncidentStore(spec)
+    inc = incidents.open_incident(spec, severity, summary, opened_by, began, source_rule)
+    inc.run_id = str(flow_run.get_id() or "")
+    store.save(inc)
+    log = get_run_logger()
+    level = "critical" if severity in ("P1", "P2") else "warning"
+    channels = list(spec.notifications.channels) if severity == "P1" else None
+    notify(spec, level, f"pcdb {spec.name} INCIDENT {inc.id} opened: {severity} {inc.summary}", _opening(inc, settings),
+           channels)
+    ctx = runbook_context(spec)
+    with evidence(spec, ctx, "incident") as ev:
+        handler = IncidentAction.receive(timeout=poll_seconds, poll_interval=poll_seconds, raise_timeout_error=True)
+        while inc.open:
+            now = datetime.now(timezone.utc)
+            for what, owner, message in inc.overdue(settings, now):
+                members = ", ".join(settings.teams.get(owner, [])) or "nobody named"
+                notify(spec, level, f"pcdb {spec.name} INCIDENT {inc.id} OVERDUE: {what}",
+                       f"{message}. Owner: {owner} ({members}).", channels)
+                log.warning("incident %s: %s overdue, %s told", inc.id, what, owner)
+            store.save(inc)
+            upcoming = inc.next_deadline(settings, now)
+            handler.timeout = max(poll_seconds, min(60.0, (upcoming - now).total_seconds() if upcoming else 60.0))
+            try:
+                action = handler.next()
+            except TimeoutError:
+                continue
+            try:
+                done = inc.apply(action.model_dump(), settings)
+                inc.actions[action.request_id] = {"result": "applied", "detail": done}
+                log.info("incident %s: %s", inc.id, done)
+            except incidents.IncidentError as exc:
+                inc.actions[action.request_id] = {"result": "refused", "detail": str(exc)}
+                inc.mark(f"refused: {action.action} by {action.by}: {exc}")
+                log.warning("incident %s: refused: %s", inc.id, exc)
+            store.save(inc)
+        figures = inc.figures()
+        path = publish_report(spec, f"incident-{inc.id}", _report(spec, inc, figures), f"incident {inc.id} report")
+        ev.report = str(path)
+        ev.figures = {"incident": inc.id, "severity": inc.severity, **figures, "timeline": inc.timeline}
+        notify(spec, "info", f"pcdb {spec.name} INCIDENT {inc.id} closed",
+               f"{inc.summary}: detected in {figures['detect_seconds']}s, responded in {figures['respond_seconds']}s, "
+               f"recovered in {figures['recover_seconds']}s, customers told after {figures['notify_seconds']}s. "
+               f"Report: {path}", channels)
+        return inc.summary_dict() | {"report": str(path)}
+
+
+def _opening(inc: incidents.Incident, settings) -> str:
+    lines = [f"{inc.severity} opened by {inc.opened_by} at {inc.opened_at}; outage began {inc.began}.",
+             f"Respond (pcdb incident ack) by {inc.due(settings)['ack'].isoformat(timespec='seconds')}."]
+    if inc.severity == "P1":
+        lines.append("P1: call management at once (§8.2.1).")
+        due = inc.due(settings)
+        lines += [f"step {s.number} {s.name} — {s.owner} — due {due[f'step {s.number}'].isoformat(timespec='seconds')}"
+                  for s in inc.steps if f"step {s.number}" in due]
+    return "\n".join(lines)
+
+
+def _report(spec: Environment, inc: incidents.Incident, figures: dict) -> str:
+    def secs(value) -> str:
+        return "-" if value is None else f"{value:.0f} s"
+    lines = [f"# Incident {inc.id} on `{spec.name}`: {inc.severity}", "", inc.summary, "",
+             "| measure | time |", "|---|---|",
+             f"| time to detect (outage began → incident opened) | {secs(figures['detect_seconds'])} |",
+             f"| time to respond (opened → acknowledged) | {secs(figures['respond_seconds'])} "
+             f"(within {secs(figures['respond_within_seconds'])}: {figures['responded_in_time']}) |",
+             f"| time to recover (outage began → recovered) | {secs(figures['recover_seconds'])} |",
+             f"| time to notify customers (outage began → notice sent) | {secs(figures['notify_seconds'])} |",
+             "", f"- Opened by {inc.opened_by} at {inc.opened_at}; closed by {inc.closed_by} at {inc.closed_at}",
+             f"- Resolution: {inc.resolution or '-'}"]
+    if inc.steps:
+        lines += ["", "## Steps (§8.2.2)", "", "| # | step | owner | done | by | outcome |", "|---|---|---|---|---|---|"]
+        lines += [f"| {s.number} | {s.name} | {s.owner} | {s.done_at or 'NOT DONE'} | {s.done_by or '-'} | "
+                  f"{s.outcome or '-'}{': ' + s.note if s.note else ''} |" for s in inc.steps]
+    lines += ["", "## Timeline", ""] + [f"- {t['at']} — {t['event']}" for t in inc.timeline]
+    return "\n".join(lines) + "\n"

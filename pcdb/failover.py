@@ -1,0 +1,191 @@
+"""Real failovers (§8.2.2 steps 5-6, §12.2.1) and the failback: the drills' steps without their undo.
+
+A drill is a real failover plus its undo (pcdb.drills); here nothing is undone automatically.
+A zone failover forces the HA standby up when automatic failover did not happen. A region
+failover promotes the replica in the other region, points the application's name at it, and
+watches the service: the recovery time is measured, from when the outage began, to the first
+write the application's path accepts. The failback waits until the primary region is back,
+makes its servers follow the promoted replica, and switches back in a planned way after the
+approvals (no acknowledged write is lost: the promoted replica stops cleanly first).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import psycopg
+
+from pcdb.config import Environment
+from pcdb.errors import TargetError
+from pcdb.sql import query
+from pcdb.targets.base import Target
+
+
+@dataclass
+class FailoverReport:
+    """What a real failover or failback did, measured."""
+
+    kind: str                            # zone | region | failback
+    target_rto_seconds: float
+    outage_began: str
+    recovery_seconds: float | None = None   # outage began -> first write accepted by the application's path
+    application: str = "primary"         # where the application's name points at the end
+    changed: bool = True
+    timeline: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    report: str | None = None
+
+    def mark(self, action: str) -> None:
+        self.timeline.append((datetime.now(timezone.utc).isoformat(timespec="milliseconds"), action))
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.recovery_seconds is None else self.recovery_seconds <= self.target_rto_seconds
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "changed": self.changed, "application": self.application,
+                "outage_began": self.outage_began, "recovery_seconds": self.recovery_seconds,
+                "target_rto_seconds": self.target_rto_seconds, "met": self.met,
+                "timeline": [{"at": at, "action": a} for at, a in self.timeline], "notes": self.notes,
+                "report": self.report}
+
+
+def _conninfo(target: Target, env: Environment, password: str, which: str) -> str:
+    return target.endpoint(which).conninfo(env.server.admin.user, password)  # type: ignore[arg-type]
+
+
+def answers(target: Target, env: Environment, password: str, which: str, timeout: int = 3) -> bool:
+    try:
+        with psycopg.connect(_conninfo(target, env, password, which), autocommit=True, connect_timeout=timeout):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def watch_service(target: Target, env: Environment, password: str, began: float, deadline: float) -> float | None:
+    """Poll the application's path until it takes a write; seconds since ``began`` (monotonic),
+    or None when ``deadline`` (monotonic) passed first. The write is to a temporary table: it
+    leaves nothing behind."""
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(_conninfo(target, env, password, "application"), autocommit=True,
+                                 connect_timeout=3) as conn:
+                conn.execute(query("failover.sql", "write_check"))
+                return round(time.monotonic() - began, 3)
+        except psycopg.Error:
+            time.sleep(target.poll_seconds or 0.2)
+    return None
+
+
+def _began(outage_began: datetime | None) -> tuple[float, str]:
+    """The outage's start as a monotonic time (for the measure) and as text (for the report)."""
+    if outage_began is None:
+        return time.monotonic(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    ago = (datetime.now(timezone.utc) - outage_began).total_seconds()
+    if ago < 0:
+        raise TargetError(f"the outage cannot begin in the future ({outage_began.isoformat()})")
+    return time.monotonic() - ago, outage_began.isoformat(timespec="seconds")
+
+
+def zone_failover(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
+                  outage_began: datetime | None = None) -> FailoverReport:
+    """The manual forced failover of the HA pair (§8.2.2 step 5): for when the automatic HA
+    failover did not happen. Refused when the standby cannot take over."""
+    began, text = _began(outage_began)
+    report = FailoverReport("zone", env.dr.zone_failure.rto.total_seconds(), text)
+    state = target.server_state()
+    standby = [n for n in state.nodes if n.role == "standby"]
+    if not standby or not all(n.running for n in standby):
+        raise TargetError(f"the HA standby of {env.server.name} is not running: a zone failover has nothing to "
+                          "promote. If the whole region is down, fail over the region (`pcdb failover region "
+                          "--real`)")
+    facts = {"ha_state": state.ha_state, "nodes": [f"{n.name} {n.role} {'up' if n.running else 'DOWN'}"
+                                                   for n in state.nodes]}
+    decide(facts)
+    report.mark(f"forced failover decided ({facts['ha_state']})")
+    result = target.failover("forced")
+    report.mark(f"{result.new_primary} promoted in {result.promote_seconds:.3f}s; {result.old_primary} rejoins")
+    report.recovery_seconds = watch_service(target, env, password, began, time.monotonic() + report.target_rto_seconds)
+    report.mark("the application's path takes writes" if report.recovery_seconds is not None
+                else "the application's path did NOT take a write within the target")
+    return report
+
+
+def region_failover(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
+                    confirm: Callable[[str, str], None], outage_began: datetime | None = None) -> FailoverReport:
+    """Promote the replica in the other region and point the application at it (§12.2.1).
+
+    Refused while the primary region answers (two primaries would split the writes). A run
+    killed halfway is finished by the next: the promotion and the switch are each idempotent."""
+    began, text = _began(outage_began)
+    report = FailoverReport("region", env.dr.region_failure.rto.total_seconds(), text, application="replica")
+    if target.application_target() == "replica":
+        report.changed = False
+        report.notes.append("the application already points at the promoted replica: nothing to do")
+        report.recovery_seconds = None
+        return report
+    if target.replica_diverged():
+        raise TargetError("the replica is left promoted by an interrupted drill, not a copy of the primary: "
+                          "a region failover to it would lose data. Run a drill's cleanup first")
+    if answers(target, env, password, "primary"):
+        raise TargetError(f"the primary region answers ({env.server.name} accepts connections): a region failover "
+                          "now would make two primaries and split the writes. Use `pcdb failover zone --real` for a "
+                          "failed zone, or stop the primary first")
+    if not answers(target, env, password, "replica"):
+        raise TargetError(f"the replica {env.replica.name} does not answer either: there is nothing to fail over to")
+    with psycopg.connect(_conninfo(target, env, password, "replica"), autocommit=True) as conn:
+        last = conn.execute(query("failover.sql", "replica_position")).fetchone()
+    facts = {"primary_region_missing": target.primary_region_missing(),
+             "replica_last_replayed_at": last[0].isoformat() if last[0] else None, "replica_replay_lsn": str(last[1])}
+    decide(facts)
+    report.mark(f"region failover decided; the replica last replayed a transaction at {facts['replica_last_replayed_at']}")
+    step = env.dr.step("promote_replica")
+    promoted = target.promote_replica()
+    report.mark(f"{promoted.name} {promoted.action} ({step.owner})")
+    for role in ("switch_application", "switch_dns"):
+        step = env.dr.step(role)
+        confirm(step.step, step.owner)
+        report.mark(f"confirmed: {step.step} ({step.owner})")
+    switched = target.switch_application("replica")
+    report.mark(f"the application's name points at the promoted replica ({switched.action})")
+    report.recovery_seconds = watch_service(target, env, password, began, time.monotonic() + report.target_rto_seconds)
+    report.mark("the application's path takes writes" if report.recovery_seconds is not None
+                else "the application's path did NOT take a write within the target")
+    report.notes += [f"post-promotion check: {fact}" for fact in target.promoted_server_facts()]
+    return report
+
+
+def failback(target: Target, env: Environment, password: str, approve: Callable[[dict], None],
+             confirm: Callable[[str, str], None]) -> FailoverReport:
+    """Back to the primary region, planned: refused while it is down (naming what is missing);
+    its servers follow the promoted replica; after the approval and the teams' confirmations,
+    the promoted replica stops cleanly, the primary region takes over, the application's name
+    points back and the read replica is made again."""
+    began = time.monotonic()
+    report = FailoverReport("failback", env.dr.region_failure.rto.total_seconds(),
+                            datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if target.application_target() != "replica":
+        report.changed = False
+        report.notes.append("the application points at the primary region already: nothing to fail back")
+        return report
+    missing = target.primary_region_missing()
+    if missing:
+        raise TargetError(f"the primary region is still down: {', '.join(missing)} do not answer. Fail back once it "
+                          "is back; the service stays on the promoted replica meanwhile")
+    for change in target.reverse_replication():
+        report.mark(f"{change.resource} {change.name}: {change.action} {'; '.join(change.notes)}".strip())
+    approve({"from": env.replica.name, "to": env.server.name})
+    report.mark("switch back approved")
+    for role in ("switch_application", "switch_dns"):
+        step = env.dr.step(role)
+        confirm(f"{step.step} (back to the primary region)", step.owner)
+        report.mark(f"confirmed: {step.step} back to the primary region ({step.owner})")
+    result = target.switch_back()
+    report.mark(f"{result.new_primary} promoted in {result.promote_seconds:.3f}s after {result.old_primary} stopped "
+                "cleanly; the application's name points back; the read replica made again")
+    report.recovery_seconds = watch_service(target, env, password, began, time.monotonic() + report.target_rto_seconds)
+    report.application = target.application_target()
+    return report

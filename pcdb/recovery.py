@@ -1,0 +1,242 @@
+"""Data-corruption recovery (§12.2.2): put back exactly the damaged rows, without replacing the server.
+
+1. The time is checked first: not in the future, not before the oldest point the backups keep.
+2. A new throw-away server is restored to that time.
+3. The affected range (``--tables``, ``--where``) is compared row by row, by primary key, with
+   the live server: rows the corruption deleted (missing), rows it overwrote (changed), and rows
+   written since (extra, kept: they are the service's newer data).
+4. The rows to put back are exported (JSON lines, 0600) and, after the approval, replayed into
+   the live server in one transaction that first checks the live rows are still those compared.
+5. The range is compared again: every damaged row is back and nothing else changed. The
+   throw-away server is deleted, also when the recovery fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg import sql as psql
+
+from pcdb.config import Environment
+from pcdb.errors import PcdbError, TargetError
+from pcdb.sql import query
+from pcdb.targets.base import Target, throwaway_name
+
+
+def recover_server(env: Environment) -> str:
+    return throwaway_name(env, "recover")
+
+
+@dataclass
+class TableDiff:
+    name: str
+    key: list[str]
+    columns: list[str]
+    missing: dict[str, str] = field(default_factory=dict)    # key -> restored row (deleted by the corruption)
+    changed: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (restored, live)
+    extra: int = 0                                            # live rows the restored server never had
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "missing": len(self.missing), "changed": len(self.changed), "extra": self.extra,
+                "put_back": len(self.missing) + len(self.changed)}
+
+
+@dataclass
+class RecoveryReport:
+    to: str
+    server: str
+    target_rto_seconds: float
+    tables: list[TableDiff] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    export: str | None = None
+    put_back: int = 0
+    verified: bool = False
+    recovery_seconds: float | None = None
+    timeline: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    report: str | None = None
+
+    def mark(self, action: str) -> None:
+        self.timeline.append((datetime.now(timezone.utc).isoformat(timespec="milliseconds"), action))
+
+    @property
+    def met(self) -> bool:
+        return self.verified and self.recovery_seconds is not None and self.recovery_seconds <= self.target_rto_seconds
+
+    def as_dict(self) -> dict:
+        return {"to": self.to, "restored_server": self.server, "tables": [t.as_dict() for t in self.tables],
+                "skipped": self.skipped, "put_back": self.put_back, "export": self.export, "verified": self.verified,
+                "recovery_seconds": self.recovery_seconds, "target_rto_seconds": self.target_rto_seconds,
+                "met": self.met, "timeline": [{"at": at, "action": a} for at, a in self.timeline],
+                "notes": self.notes, "report": self.report}
+
+
+def earliest_point(target: Target, env: Environment) -> datetime | None:
+    """The oldest time a restore can reach: the oldest backup the retention keeps."""
+    backups = target.list_backups()
+    oldest = backups[0].finished_at if backups else None
+    horizon = datetime.now(timezone.utc) - env.backup.retention
+    return max(oldest, horizon) if oldest else None
+
+
+def check_time(target: Target, env: Environment, to: datetime) -> None:
+    """Refuse a time in the future or before the retention, before anything is made."""
+    if to.tzinfo is None:
+        raise PcdbError(f"--to {to.isoformat()} has no time zone; add one, e.g. +09:00 or Z")
+    now = datetime.now(timezone.utc)
+    if to > now:
+        raise PcdbError(f"--to {to.isoformat()} is in the future (now {now.isoformat(timespec='seconds')}): "
+                        "recovery restores to a moment before the corruption")
+    earliest = earliest_point(target, env)
+    if earliest is None:
+        raise PcdbError(f"{env.server.name} has no backup to restore from: nothing to recover with")
+    if to < earliest:
+        raise PcdbError(f"--to {to.isoformat()} is before the retention: the earliest point the backups can restore "
+                        f"is {earliest.isoformat(timespec='seconds')} (backup.retention "
+                        f"{env.backup.retention.days} days); choose a later time")
+
+
+def _q(name: str, **parts) -> psql.Composed:
+    return psql.SQL(query("recovery.sql", name)).format(**parts)
+
+
+def _tables(conn: psycopg.Connection, names: list[str] | None, report: RecoveryReport) -> list[TableDiff]:
+    """The tables to compare, each with its key; a named table that does not exist or has no
+    primary key is an error; an unnamed one without a key is skipped and reported."""
+    if names:
+        resolved = []
+        for name in names:
+            row = conn.execute(query("recovery.sql", "resolve_table"), {"name": name}).fetchone()
+            if row is None:
+                raise PcdbError(f"--tables: {name!r} is not a table of {report.server.rsplit('-', 1)[0]}'s database")
+            resolved.append(row[0])
+    else:
+        resolved = [r[0] for r in conn.execute(query("recovery.sql", "user_tables"))]
+    out = []
+    for table in resolved:
+        key = [r[0] for r in conn.execute(query("recovery.sql", "primary_key"), {"table": table})]
+        if not key:
+            if names:
+                raise PcdbError(f"--tables: {table} has no primary key: its rows cannot be told apart, so they "
+                                "cannot be put back one by one; restore it by hand from the restored server")
+            report.skipped.append(f"{table} (no primary key)")
+            continue
+        columns = [r[0] for r in conn.execute(query("recovery.sql", "writable_columns"), {"table": table})]
+        out.append(TableDiff(table, key, columns))
+    return out
+
+
+def _parts(diff: TableDiff, where: str | None) -> dict:
+    schema, _, name = diff.name.rpartition(".")
+    ident = psql.Identifier(*(p.strip('"') for p in ([schema, name] if schema else [name])))
+    return {"table": ident, "key": psql.SQL(", ").join(map(psql.Identifier, diff.key)),
+            "where": psql.SQL(where or "TRUE")}
+
+
+def _rows(conn: psycopg.Connection, diff: TableDiff, where: str | None, lock: bool = False) -> dict[str, str]:
+    return dict(conn.execute(_q("lock_rows_in_range" if lock else "rows_in_range", **_parts(diff, where))).fetchall())
+
+
+def compare(restored: psycopg.Connection, live: psycopg.Connection, diff: TableDiff, where: str | None) -> None:
+    before, now = _rows(restored, diff, where), _rows(live, diff, where)
+    diff.missing = {k: v for k, v in before.items() if k not in now}
+    diff.changed = {k: (v, now[k]) for k, v in before.items() if k in now and now[k] != v}
+    diff.extra = sum(1 for k in now if k not in before)
+
+
+def replay(live: psycopg.Connection, diffs: list[TableDiff], where: str | None) -> int:
+    """Put the restored rows back in one transaction; refused (nothing written) when a live row
+    of the range changed since the comparison."""
+    count = 0
+    with live.transaction():
+        for diff in diffs:
+            if not diff.missing and not diff.changed:
+                continue
+            now = _rows(live, diff, where, lock=True)
+            moved = [k for k in diff.missing if k in now] + [k for k, (_, was) in diff.changed.items() if now.get(k) != was]
+            if moved:
+                raise PcdbError(f"{diff.name}: {len(moved)} row(s) of the range changed since the comparison (e.g. key "
+                                f"{moved[0]}); nothing was written. Run the recovery again")
+            rows = [json.loads(v) for v in diff.missing.values()] + [json.loads(r) for r, _ in diff.changed.values()]
+            columns = psql.SQL(", ").join(map(psql.Identifier, diff.columns))
+            excluded = psql.SQL(", ").join(psql.SQL("EXCLUDED.{}").format(psql.Identifier(c)) for c in diff.columns)
+            statement = _q("put_back", **_parts(diff, where), columns=columns, excluded=excluded)
+            live.execute(statement, {"rows": json.dumps(rows)})
+            count += len(rows)
+    return count
+
+
+def export(diffs: list[TableDiff], folder: Path) -> Path:
+    """The rows to put back, one JSON object per line with its table: readable by the owner only."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"recover-rows-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        for diff in diffs:
+            for kind, rows in (("missing", diff.missing.values()), ("changed", (r for r, _ in diff.changed.values()))):
+                for row in rows:
+                    out.write(json.dumps({"table": diff.name, "kind": kind, "row": json.loads(row)}) + "\n")
+    return path
+
+
+def recover(target: Target, env: Environment, password: str, to: datetime, tables: list[str] | None,
+            where: str | None, approve: Callable[[dict], None], export_to: Path) -> RecoveryReport:
+    """The whole recovery; the throw-away server is deleted whatever happens."""
+    started = time.monotonic()
+    report = RecoveryReport(to.isoformat(), recover_server(env), env.dr.data_corruption.rto.total_seconds())
+    check_time(target, env, to)
+    live_info = target.endpoint("primary").conninfo(env.server.admin.user, password)
+    with psycopg.connect(live_info, autocommit=True) as live:
+        diffs = _tables(live, tables, report)
+        for diff in diffs:
+            try:
+                live.execute(_q("check_where", **_parts(diff, where)))
+            except psycopg.Error as exc:
+                raise PcdbError(f"--where {where!r} is not valid on {diff.name}: "
+                                f"{str(exc).strip().splitlines()[0]}") from None
+    if not diffs:
+        raise PcdbError("no table to compare: name them with --tables (each needs a primary key)")
+    target.delete_server(report.server)   # a leftover of an interrupted recovery
+    try:
+        endpoint = target.restore_point_in_time(to, report.server)
+        report.mark(f"restored {report.server} to {to.isoformat()}")
+        with psycopg.connect(endpoint.conninfo(env.server.admin.user, password), autocommit=True) as restored, \
+                psycopg.connect(live_info, autocommit=True) as live:
+            for diff in diffs:
+                compare(restored, live, diff, where)
+            report.tables = diffs
+            damaged = sum(len(d.missing) + len(d.changed) for d in diffs)
+            report.mark(f"compared: {damaged} damaged row(s) to put back in "
+                        f"{sum(1 for d in diffs if d.missing or d.changed)} table(s); "
+                        f"{sum(d.extra for d in diffs)} newer row(s) kept")
+            if damaged:
+                report.export = str(export(diffs, export_to))
+                report.mark(f"rows to put back exported to {report.export}")
+                approve({"put_back": {d.name: d.as_dict()["put_back"] for d in diffs if d.missing or d.changed},
+                         "export": report.export})
+                report.mark("replay approved")
+                report.put_back = replay(live, diffs, where)
+                report.mark(f"{report.put_back} row(s) put back into the live server in one transaction")
+            check = [TableDiff(d.name, d.key, d.columns) for d in diffs]
+            for again in check:
+                compare(restored, live, again, where)
+            report.verified = all(not c.missing and not c.changed and c.extra == d.extra
+                                  for d, c in zip(diffs, check, strict=True))
+            report.mark("verified: every damaged row is back and the newer rows are untouched" if report.verified
+                        else "NOT verified: the range still differs from the restored server")
+        report.recovery_seconds = round(time.monotonic() - started, 3)
+    finally:
+        try:
+            target.delete_server(report.server)
+            report.mark(f"throw-away server {report.server} deleted")
+        except (TargetError, PcdbError) as exc:
+            report.notes.append(f"the throw-away server {report.server} could not be deleted ({exc}); "
+                                "the next recovery deletes it first")
+    return report
