@@ -33,11 +33,51 @@ def health_check(env: str = "local", spec_path: str | None = None) -> dict:
     finally:
         store.close()
     result = report.as_dict()
+    result["incidents_opened"] = _open_incidents(spec, report)
     if report.alerts or report.notified:
         create_markdown_artifact(_markdown(spec.name, result), key=f"health-{spec.name}",
                                  description=f"health of {spec.name}: {report.status}")
     get_run_logger().info("health of %s: %s, %d alert(s)", spec.name, report.status, len(report.alerts))
     return result
+
+
+def _open_incidents(spec, report: health.Report) -> list[str]:
+    """A critical alert that starts firing opens an incident by itself (§8.2): database
+    connection failure for its duration (1 min) is a P1, any other critical alert a P2 (the
+    mapping is operations.incident.auto_open). One incident per rule while it is open. The
+    incident runs on the environment's worker: without the persistent server it is only logged."""
+    from flows import service
+    from pcdb.incident import IncidentStore
+
+    log = get_run_logger()
+    firing = [n for n in report.notified if n["transition"] == "firing" and n["severity"] == "critical"]
+    if not firing:
+        return []
+    store, opened = IncidentStore(spec), []
+    taken = {i.source_rule for i in store.open_ones()}
+    alerts = health.store_for(spec)
+    try:
+        pending_since = {n["rule"]: (alerts.alert(n["rule"]) or {}).get("pending_since") for n in firing}
+    finally:
+        alerts.close()
+    for alert in firing:
+        rule = alert["rule"]
+        if rule in taken:
+            continue
+        shown = next((a for a in report.alerts if a["rule"] == rule), {})
+        severity = spec.operations.incident.auto_open.get(rule, "P2")
+        params = {"severity": severity, "summary": f"{shown.get('title') or rule}: critical on {spec.name}",
+                  "opened_by": f"health alert {rule}", "source_rule": rule,
+                  # the outage began when the rule first saw it (it then held for the rule's duration)
+                  **({"began": pending_since[rule]} if pending_since.get(rule) else {})}
+        try:
+            run_id = service.start_deployment_run("incident", f"incident-{spec.name}", params)
+        except Exception as exc:  # noqa: BLE001 - the alert itself was notified: say why no incident was opened
+            log.error("critical alert %s: no incident opened (%s); open one with `pcdb incident open`", rule, exc)
+            continue
+        log.warning("critical alert %s: %s incident opened (run %s)", rule, severity, run_id)
+        opened.append(run_id)
+    return opened
 
 
 def _holder(env: str) -> dict | None:

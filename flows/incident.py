@@ -87,7 +87,7 @@ def incident(severity: str, summary: str, env: str = "local", spec_path: str | N
                 log.warning("incident %s: refused: %s", inc.id, exc)
             store.save(inc)
         figures = inc.figures()
-        path = publish_report(spec, f"incident-{inc.id}", _report(spec, inc, figures), f"incident {inc.id} report")
+        path = publish_report(spec, f"incident-{inc.id.lower()}", _report(spec, inc, figures), f"incident {inc.id} report")
         ev.report = str(path)
         ev.figures = {"incident": inc.id, "severity": inc.severity, **figures, "timeline": inc.timeline}
         notify(spec, "info", f"pcdb {spec.name} INCIDENT {inc.id} closed",

@@ -348,7 +348,7 @@ def start_deployment_run(flow: str, deployment: str, parameters: dict | None = N
     from prefect.deployments import run_deployment
 
     try:
-        run = run_deployment(f"{flow}/{deployment}", parameters=parameters or {}, timeout=0,
+        run = run_deployment(f"{flow}/{deployment}", parameters=parameters or {}, timeout=0, as_subflow=False,
                              tags=[f"{BY_TAG}{getpass.getuser()}@{socket.gethostname()}"])
     except ObjectNotFound:
         raise PcdbError(f"no deployment {flow}/{deployment} on the server; run `pcdb server up` for its "

@@ -209,8 +209,12 @@ class Incident:
             state.note = action.get("note") or ""
             done = f"step {state.number} ({state.name}) {state.outcome} by {by}"
         elif kind == "close":
-            self.closed_at, self.closed_by = _iso(now), by
             recovered = action.get("recovered_at")
+            if recovered and _at(recovered) < _at(self.began):
+                raise IncidentError(f"--recovered-at {recovered} is before the outage began ({self.began})")
+            if recovered and _at(recovered) > now:
+                raise IncidentError(f"--recovered-at {recovered} is in the future")
+            self.closed_at, self.closed_by = _iso(now), by
             self.recovered_at = recovered or self.closed_at
             self.resolution = action.get("note") or ""
             done = f"closed by {by}"

@@ -37,6 +37,23 @@ def save_blocks(service: Service, receiver: Receiver) -> None:
             ).save(f"pcdb-svc-{channel}", overwrite=True)
 
 
+# Short deadlines for the incident test: the P1 timeline of §8.2.2 in seconds.
+INCIDENT = """operations:
+  incident:
+    p1_steps:
+      - {key: triage, name: assess and confirm the outage, owner: ops team, within: 3s}
+      - {key: call, name: management and developers called, owner: ops team, within: 0s}
+      - {key: analysis, name: first analysis of the cause, owner: DBA, within: 10min}
+      - {key: ha_check, name: automatic HA failover checked, owner: DBA, within: 10min}
+      - {key: customer_notice, name: customer notice sent, owner: CS team, within: 6s, after: triage}
+      - {key: status_update, name: status update, owner: ops team, every: 1h}
+"""
+# The connection-failure rule of §6.2.2 holding for 2 s instead of 1 min.
+CONNECTION_RULE = """  alert_rules:
+    - {name: database-connection-failure, title: database connection failure, duration: 2s, level: critical,
+       condition: {metric: connection_failed, operator: ">", value: 0}, channels: [teams, sms]}
+"""
+
 CHANNELS = ("notifications:\n  channels:\n    teams: {block: custom-webhook/pcdb-svc-teams}\n"
             "    email: {block: custom-webhook/pcdb-svc-email}\n    sms: {block: custom-webhook/pcdb-svc-sms}\n")
 
@@ -47,7 +64,8 @@ def service():
     notification channels post to a local receiver; installed through its deployment."""
     folder = new_sandbox_root()
     receiver = Receiver()
-    svc = Service(folder, extra="  run_limits: {backup-verification: 12s}\n" + CHANNELS)
+    svc = Service(folder, extra="  run_limits: {backup-verification: 12s}\n" + CHANNELS + INCIDENT,
+                  health="    every: 0s\n" + CONNECTION_RULE)
     first = svc.json("server", "up", "--env", str(svc.spec))
     assert [c["notes"] for c in first if c["action"] == "conflict"][0][0].startswith(
         "no notification block for teams")  # told, not hidden
@@ -72,7 +90,7 @@ def test_server_up_brings_up_a_worker_and_every_deployment_and_a_second_call_cha
     deployments = {d["name"]: d for d in status["deployments"]}
     assert set(deployments) == {"install-svc", "backup-verification-svc", "restore-test-svc", "dr-drill-svc",
                                 "maintenance-svc", "health-svc", "daily-checklist-svc", "capacity-svc",
-                                "sla-svc", "cost-svc"}
+                                "sla-svc", "cost-svc", "incident-svc", "failover-svc", "recover-svc"}
     assert deployments["health-svc"]["schedule"] == "manual"      # monitoring.health.every: 0s in these tests
     assert deployments["install-svc"]["schedule"] == "manual" and deployments["dr-drill-svc"]["next_runs"] == []
     daily = deployments["backup-verification-svc"]["next_runs"][0]
@@ -247,7 +265,7 @@ def test_the_postgresql_backend_runs_the_server_on_a_cluster_of_its_own():
     try:
         pg.pcdb("server", "up", "--env", str(pg.spec))
         status = pg.json("server", "status", "--env", str(pg.spec))
-        assert status["backend"] == "postgresql" and len(status["deployments"]) == 10
+        assert status["backend"] == "postgresql" and len(status["deployments"]) == 13
         socket_dir = pg.home / "postgres" / "run"
         with psycopg.connect(host=str(socket_dir), port=pg.port + 1, user="prefect", dbname="prefect") as conn:
             names = {r[0] for r in conn.execute("SELECT name FROM deployment")}
@@ -287,3 +305,55 @@ def test_a_run_started_from_the_cli_is_under_the_same_automations(service):
     new = service.receiver.received[before:]
     assert {m["channel"] for m in new if m.get("subject") == "pcdb svc: dr-drill Failed"} == {"teams", "email", "sms"}
     assert not [m for m in new if "FAILED" in m.get("subject", "")]  # the hook stayed quiet: told once
+
+
+def test_a_real_outage_opens_a_p1_that_tells_each_owner_at_its_deadline_and_closes_with_its_times(service):
+    """§8.2: the primary region is stopped (no standby to fail over to); the health runbook's
+    critical connection-failure alert opens a P1 on the worker by itself. Its deadlines are
+    told to their owners when they pass; a step confirmed by someone who is not its owner is
+    refused; the closing report's times go to the ledger."""
+    spec = str(service.spec)
+    subjects = lambda: [m.get("subject", "") for m in service.receiver.received]  # noqa: E731
+    service.pcdb("sandbox", "region", "down", "--env", spec)
+    try:
+        def opened():
+            service.pcdb("health", "--env", spec, check=False)          # what the schedule runs every minute
+            found = service.json("incident", "status", "--env", spec)
+            return found[0] if found else None
+        incident = wait_until(opened, "a P1 opened by the health alert", timeout=120, interval=0)
+        assert incident["severity"] == "P1" and incident["opened_by"] == "health alert database-connection-failure"
+        assert incident["began"] < incident["opened_at"]                # detected after the rule's 2 s
+        iid = incident["id"]
+        opening = service.receiver.wait_for(lambda m: f"INCIDENT {iid} opened: P1" in m.get("subject", ""))
+        assert {m["channel"] for m in opening} == {"teams", "email", "sms"}  # P1: every channel
+        assert "call management at once" in opening[0]["text"]
+
+        refused = service.pcdb("incident", "step", "--env", spec, "--id", iid, "-n", "1", "--by", "dba-oncall",
+                               check=False)
+        assert refused.returncode == 1 and "owned by ops team" in refused.stderr
+        service.receiver.wait_for(lambda m: m.get("subject", "").endswith(f"{iid} OVERDUE: step 1"))
+        service.pcdb("incident", "ack", "--env", spec, "--id", iid, "--by", "ops-lead")
+        for number, by in ((1, "ops-oncall"), (2, "ops-oncall"), (3, "dba-oncall")):
+            service.pcdb("incident", "step", "--env", spec, "--id", iid, "-n", str(number), "--by", by)
+        service.receiver.wait_for(lambda m: m.get("subject", "").endswith(f"{iid} OVERDUE: step 5"))  # the notice
+        service.pcdb("incident", "step", "--env", spec, "--id", iid, "-n", "5", "--by", "cs-oncall",
+                     "--note", "status page")
+    finally:
+        service.pcdb("sandbox", "region", "up", "--env", spec)
+    closed = service.json("incident", "close", "--env", spec, "--id", iid, "--by", "ops-lead", "--note", "region back")
+    assert closed["result"] == "applied"
+    record = wait_until(lambda: next((r for r in service.json("history", "--env", spec)["runs"]
+                                      if r["flow"] == "incident" and r["figures"].get("incident") == iid), None),
+                        "the incident in the ledger", timeout=60)
+    figures = record["figures"]
+    assert record["state"] == "Completed"
+    assert figures["detect_seconds"] >= 2 and figures["respond_seconds"] > 0 and figures["responded_in_time"] is True
+    assert figures["recover_seconds"] >= figures["notify_seconds"] > figures["detect_seconds"]
+    events = [t["event"] for t in figures["timeline"]]
+    assert any(e.startswith("overdue: step 1; ops team notified") for e in events)
+    assert any("refused: step by dba-oncall" in e for e in events)
+    assert not any("OVERDUE: step 3" in s for s in subjects())           # confirmed before its deadline
+    final = service.json("incident", "status", "--env", spec, "--id", iid)
+    assert final["closed_by"] == "ops-lead" and all(s["done_at"] for s in final["steps"][:3])
+    text = open(record["report_path"]).read()
+    assert "time to detect" in text and "time to notify customers" in text
