@@ -367,8 +367,7 @@ class AzureTarget:
         if not name or not zone:
             return None
         try:
-            return self._call("read the application record", name,
-                              lambda: self.clients.dns.record_sets.get(self.rg, zone, "CNAME", name))
+            return self.clients.dns.record_sets.get(self.rg, zone, "CNAME", name)
         except ResourceNotFoundError:
             return None
 
@@ -407,7 +406,8 @@ class AzureTarget:
         server = self._find_server(self.env.server.name)
         if server is None:
             return [f"{self.env.server.name} (not found)"]
-        return [] if server.state == "Ready" else [f"{self.env.server.name} (state {server.state})"]
+        state = getattr(server.state, "value", server.state)
+        return [] if state == "Ready" else [f"{self.env.server.name} (state {state})"]
 
     def reverse_replication(self) -> list[Change]:
         raise TargetError("the failback on Azure is not automated by this pcdb: create a read replica of "
@@ -556,7 +556,12 @@ class AzureTarget:
                           "lag_seconds": lag[-1][1] if lag else None},))
 
     def endpoint(self, which: Literal["primary", "replica", "application"] = "primary") -> Endpoint:
-        """The FQDN follows the primary across a failover, so primary and application are one."""
+        """The FQDN follows the primary across a zone failover, so primary and application are one;
+        with an application record (dr.application_record), the application's path is the server
+        the record names (after a region failover: the promoted replica)."""
+        if which == "application" and self.env.dr.application_record and self.env.network.private_dns_zone:
+            return self._endpoint(self.env.replica.name if self.application_target() == "replica"
+                                  else self.env.server.name)
         return self._endpoint(self.env.replica.name if which == "replica" else self.env.server.name)
 
     def _endpoint(self, name: str) -> Endpoint:

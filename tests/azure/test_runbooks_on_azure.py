@@ -300,3 +300,45 @@ def test_a_team_that_has_not_switched_back_keeps_the_promoted_server_until_the_n
     drills.cleanup(ctx.target, ctx.env, password, lambda step, owner: asked.append(owner))
     assert asked == ["dev team"] and not ctx.target.replica_diverged()
     assert drills.wait_topology_whole(ctx.target, timeout=120)
+
+
+def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_points_the_record_at_it(on_azure, tmp_path):
+    """§12.2.1 on Azure through the sandbox-backed ARM: refused while the primary answers; then the
+    primary stops, the replica is promoted with no drill tag (never to be rebuilt by pcdb), the
+    application's CNAME names it and the service takes writes through it. The failback on Azure
+    is refused while the region is down, then refused as not automated, with the procedure."""
+    from pcdb import failover as real
+    from pcdb.errors import TargetError
+
+    spec, arm, context = on_azure[:3]
+    record_spec = tmp_path / "prod-record.yaml"
+    record_spec.write_text(f"extends: {spec}\ndr:\n  application_record: pcdb-app\n")
+    env = load_environment(record_spec)
+    ctx = context(env)
+    target, password = ctx.target, ctx.admin_password()
+    assert target.switch_application("primary").action == "created"
+    try:
+        with pytest.raises(TargetError, match="the primary region answers"):
+            real.region_failover(target, env, password, lambda facts: None, lambda step, owner: None)
+        first = len(arm.operations_run)
+        target.stop_primary_region()                                   # Korea Central is lost
+        facts, owners = [], []
+        report = real.region_failover(target, env, password, facts.append, lambda step, owner: owners.append(owner))
+        assert arm.operations_run[first:] == ["stop region", "promote replica"]
+        assert report.application == "replica" and report.met is True and report.recovery_seconds > 0
+        assert facts[0]["primary_region_missing"] == ["phonebill-postgresql-prod (state Stopped)"]
+        assert owners == ["dev team", "network team"]
+        record = next(v for k, v in arm.resources.items() if k.endswith("/cname/pcdb-app"))
+        assert record["properties"]["cnameRecord"]["cname"] == "phonebill-postgresql-replica.postgres.database.azure.com"
+        replica = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-replica"))
+        assert "pcdb-drill" not in (replica.get("tags") or {}) and not target.replica_diverged()
+        with pytest.raises(TargetError, match="still down"):
+            real.failback(target, env, password, lambda facts: None, lambda step, owner: None)
+        target.start_primary_region()
+        with pytest.raises(TargetError, match="not automated"):
+            real.failback(target, env, password, lambda facts: None, lambda step, owner: None)
+    finally:
+        arm.sb.start_region()
+        arm.sb.rebuild_replica()
+        for key in [k for k in arm.resources if k.endswith("/cname/pcdb-app")]:
+            del arm.resources[key]

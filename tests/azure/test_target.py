@@ -422,3 +422,39 @@ def test_the_capacity_analysis_reads_azure_monitors_hourly_history(arm, target, 
     assert result["iops"]["p95_percent"] == 50.0
     assert 0.95e6 < result["wraparound"]["consumption_per_day"] < 1.05e6
     assert result["verdict"].startswith(f"storage reaches 75 % in {s['days_to_warning']:.0f} days")
+
+
+def test_the_application_record_is_a_cname_that_a_region_failover_points_at_the_promoted_replica(arm, tmp_path):
+    spec = tmp_path / "prod-record.yaml"
+    spec.write_text("extends: prod\ndr:\n  application_record: pcdb-app\n")
+    env = load_environment(spec)
+    target = make_target(env, lambda ref, owner: SECRETS[owner], credential=FakeCredential(), transport=arm,
+                         polling_interval=0)
+    install_infrastructure(target)
+    assert target.application_target() == "primary"
+    first = target.switch_application("primary")
+    assert first.action == "created" and first.diff == {"CNAME": (None, "phonebill-postgresql-prod.postgres.database.azure.com")}
+    assert target.switch_application("primary").action == "unchanged"        # read first, written only when it differs
+    assert target.switch_application("replica").diff == {"CNAME": ("phonebill-postgresql-prod.postgres.database.azure.com",
+                                                                   "phonebill-postgresql-replica.postgres.database.azure.com")}
+    record = next(v for k, v in arm.resources.items() if k.endswith("/privatednszones/phonebill-prod.private.postgres."
+                                                                     "database.azure.com/cname/pcdb-app"))
+    assert record["properties"]["ttl"] == 30
+    assert target.application_target() == "replica"
+    assert target.endpoint("application").host == "phonebill-postgresql-replica.postgres.database.azure.com"
+    assert target.primary_region_missing() == []
+    arm.resources[next(k for k in arm.resources if k.endswith("/phonebill-postgresql-prod"))]["properties"]["state"] = "Stopped"
+    assert target.primary_region_missing() == ["phonebill-postgresql-prod (state Stopped)"]
+    with pytest.raises(TargetError, match="not automated"):
+        target.reverse_replication()
+
+
+def test_without_an_application_record_the_switch_is_the_owners_confirmed_step(arm, target):
+    install_infrastructure(target)
+    writes = len(arm.writes)
+    change = target.switch_application("replica")
+    assert change.action == "unchanged" and "dr.application_record" in change.notes[0]
+    assert arm.writes[writes:] == []
+    replica = next(v for k, v in arm.resources.items() if k.endswith("/phonebill-postgresql-replica"))
+    replica["properties"]["replicationRole"] = "Primary"                      # promoted for real, no drill tag
+    assert target.application_target() == "replica"
