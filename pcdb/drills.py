@@ -19,6 +19,7 @@ from psycopg import sql as psql
 
 from pcdb.config import Environment
 from pcdb.errors import TargetError
+from pcdb.failover import promote_region
 from pcdb.probe import ProbeResult, ProbeWriter
 from pcdb.sql import query
 from pcdb.targets.base import STALL_REPLICA, Target, throwaway_name
@@ -254,7 +255,8 @@ def corruption_drill(target: Target, env: Environment, password: str, rows: int 
 def region_drill(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
                  confirm: Callable[[str, str], None], stall_replica: bool = False, drill_id: str = "drill",
                  plane: DataPlane = SQL) -> DrillResult:
-    """Region failure (R-DR-2): the manual procedure of §5.2.3.
+    """Region failure (R-DR-2): the manual procedure of §5.2.3, that is the real region failover's
+    promotion (pcdb.failover.promote_region) plus its undo.
 
     The HA pair's region is stopped, the replica is promoted after a recorded decision, the
     steps of other teams wait for their confirmation; RPO = acknowledged rows missing on the
@@ -294,13 +296,8 @@ def region_drill(target: Target, env: Environment, password: str, decide: Callab
         stopped = True
         target.stop_primary_region()
         result.mark("primary region stopped (the primary server and its HA standby)")
-        target.promote_replica(drill=drill_id)
-        promoted = True
-        result.mark("replica promoted")
-        for step in (env.dr.step("switch_application"), env.dr.step("switch_dns")):
-            confirm(step.step, step.owner)
-            switched.append(step)
-            result.mark(f"confirmed: {step.step} ({step.owner})")
+        promoted = True  # from here on the replica may be promoted: the finally undoes it
+        promote_region(target, env, confirm, result.mark, drill=drill_id, switched=switched)
         probe.switch_to(replica_info)  # the application's connection string now names the replica
         probe.wait_for_rows(20, timeout=60)
         outcome = probe.stop()

@@ -114,6 +114,21 @@ def zone_failover(target: Target, env: Environment, password: str, decide: Calla
     return report
 
 
+def promote_region(target: Target, env: Environment, confirm: Callable[[str, str], None],
+                   mark: Callable[[str], None], drill: str | None = None, switched: list | None = None) -> None:
+    """The region failover's irreversible part, the same in the drill and for real: the replica
+    promoted (a drill's tagged with ``drill``), then each other team's step confirmed by its owner
+    (appended to ``switched``, so that a drill knows what to undo)."""
+    promoted = target.promote_replica(drill=drill)
+    mark(f"replica {promoted.name} {promoted.action} ({env.dr.step('promote_replica').owner})")
+    for role in ("switch_application", "switch_dns"):
+        step = env.dr.step(role)
+        confirm(step.step, step.owner)
+        if switched is not None:
+            switched.append(step)
+        mark(f"confirmed: {step.step} ({step.owner})")
+
+
 def region_failover(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
                     confirm: Callable[[str, str], None], outage_began: datetime | None = None) -> FailoverReport:
     """Promote the replica in the other region and point the application at it (§12.2.1).
@@ -142,13 +157,7 @@ def region_failover(target: Target, env: Environment, password: str, decide: Cal
              "replica_last_replayed_at": last[0].isoformat() if last[0] else None, "replica_replay_lsn": str(last[1])}
     decide(facts)
     report.mark(f"region failover decided; the replica last replayed a transaction at {facts['replica_last_replayed_at']}")
-    step = env.dr.step("promote_replica")
-    promoted = target.promote_replica()
-    report.mark(f"{promoted.name} {promoted.action} ({step.owner})")
-    for role in ("switch_application", "switch_dns"):
-        step = env.dr.step(role)
-        confirm(step.step, step.owner)
-        report.mark(f"confirmed: {step.step} ({step.owner})")
+    promote_region(target, env, confirm, report.mark)
     switched = target.switch_application("replica")
     report.mark(f"the application's name points at the promoted replica ({switched.action})")
     report.recovery_seconds = watch_service(target, env, password, began, time.monotonic() + report.target_rto_seconds)

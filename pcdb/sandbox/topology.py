@@ -285,9 +285,10 @@ class Topology:
         if self.state.application != "replica":
             raise SandboxError("there is no region failover to fail back from: the application points at the HA pair")
         old, new = self.node(REPLICA), self.node(HA_NODES[0])
-        if not self._following(old, new.name, sync=True):
-            raise SandboxError(f"{new.name} does not follow {REPLICA} synchronously: run the failback's first half "
-                               "(the replication in the other direction) first")
+        if self.state.nodes[new.name].role != "standby":
+            raise SandboxError(f"{new.name} does not follow {REPLICA}: run the failback's first half (the replication "
+                               "in the other direction) first")
+        self._wait_streaming(old, new.name, sync=True)   # just restarted, it may take a moment to reconnect
         started = time.monotonic()
         self.state.intent = FailoverIntent(old=REPLICA, new=new.name, mode="planned", since=_now(), op="failback")
         self._event("failback-begin", old_primary=REPLICA, new_primary=new.name)

@@ -146,3 +146,34 @@ def test_a_leftover_restored_server_can_be_deleted_by_hand(sandbox):
     assert "by-hand: port" in out and "running" in out
     assert "by-hand: deleted" in pcdb("sandbox", "restores", "--env", str(sandbox.env_path), "--delete", "by-hand").stdout
     assert sandbox.sandbox.status()["restores"] == []
+
+
+@pytest.mark.parametrize("point", ["failback:old-stopped", "failback:promoted"])
+def test_a_failback_killed_halfway_is_finished_or_undone_and_loses_no_acknowledged_row(sandbox, point):
+    """The failback's switch writes its intent first: killed before node1 was promoted, the next
+    run keeps the service on the promoted replica (and a new failback finishes the job); killed
+    after, it finishes the switch. Not one row acknowledged through the application's name lost."""
+    sb, password = sandbox.sandbox, sandbox.admin_password()
+
+    def application() -> str:
+        return sandbox.endpoint("application").conninfo(sandbox.admin, password)
+    sandbox.stop_primary_region()                                 # a real region failover, then the region back
+    sb.promote_replica()
+    sb.switch_application("replica")
+    sandbox.start_primary_region()
+    sb.reverse_replication()
+    probe = ProbeWriter(application(), table="crash_failback_probe", resolve=application).start()
+    probe.wait_for_rows(20)
+    killed_at(point, "sandbox.switch_back()", sandbox.env_path)
+    pcdb("sandbox", "up", "--env", str(sandbox.env_path))         # finishes or undoes the switch
+    promoted = point == "failback:promoted"
+    assert sb.state.application == ("primary" if promoted else "replica") and sb.state.intent is None
+    if not promoted:
+        probe.wait_for_rows(20, timeout=60)                       # still served by the promoted replica
+        sb.switch_back()
+    assert_whole(sandbox)
+    probe.wait_for_rows(20, timeout=60)
+    probe.stop()
+    assert probe.missing() == [], f"acknowledged rows lost after a kill at {point}"
+    with psycopg.connect(application()) as conn:
+        conn.execute("DROP TABLE crash_failback_probe")
