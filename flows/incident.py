@@ -38,7 +38,7 @@ class IncidentAction(RunInput):
 @flow(name="incident", **HOOKS)
 def incident(severity: str, summary: str, env: str = "local", spec_path: str | None = None,
              opened_by: str = "a person through the Prefect UI", began: datetime | None = None,
-             source_rule: str | None = None, poll_seconds: float = 1.0) -> dict:
+             source_rule: str | None = None, poll_seconds: float = 1.0, resume_id: str | None = None) -> dict:
     """Open an incident and follow it until it is closed.
 
     Args:
@@ -48,18 +48,30 @@ def incident(severity: str, summary: str, env: str = "local", spec_path: str | N
         began: when the outage began (default: now); the time to detect counts from it.
         source_rule: the health rule whose critical alert opened it.
         poll_seconds: how often confirmations are looked for.
+        resume_id: follow this open incident again (its run was killed or crashed): nothing is
+            opened, the record goes on where it stopped.
     """
     spec = load_environment(spec_path or env)
     settings = spec.operations.incident
     store = incidents.IncidentStore(spec)
-    inc = incidents.open_incident(spec, severity, summary, opened_by, began, source_rule)
-    inc.run_id = str(flow_run.get_id() or "")
-    store.save(inc)
     log = get_run_logger()
+    if resume_id:
+        inc = store.load(resume_id)
+        if not inc.open:
+            raise incidents.IncidentError(f"incident {resume_id} is closed since {inc.closed_at}: nothing to resume")
+        inc.mark(f"followed again by run {flow_run.get_id()} (run {inc.run_id} ended before the incident was closed)")
+        inc.run_id = str(flow_run.get_id() or "")
+        store.save(inc)
+        severity = inc.severity
+    else:
+        inc = incidents.open_incident(spec, severity, summary, opened_by, began, source_rule)
+        inc.run_id = str(flow_run.get_id() or "")
+        store.save(inc)
     level = "critical" if severity in ("P1", "P2") else "warning"
     channels = list(spec.notifications.channels) if severity == "P1" else None
-    notify(spec, level, f"pcdb {spec.name} INCIDENT {inc.id} opened: {severity} {inc.summary}", _opening(inc, settings),
-           channels)
+    if not resume_id:
+        notify(spec, level, f"pcdb {spec.name} INCIDENT {inc.id} opened: {severity} {inc.summary}",
+               _opening(inc, settings), channels)
     ctx = runbook_context(spec)
     with evidence(spec, ctx, "incident") as ev:
         handler = IncidentAction.receive(timeout=poll_seconds, poll_interval=poll_seconds, raise_timeout_error=True)

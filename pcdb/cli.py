@@ -677,6 +677,7 @@ def _incident_action(env: str, incident_id: str, action: dict, as_json: bool) ->
 
     from flows.incident import IncidentAction
 
+    incident = _incident_followed(spec, store, incident)
     request = str(uuid.uuid4())
     send_input(IncidentAction(request_id=request, **action), flow_run_id=UUID(incident.run_id))
     deadline = time.monotonic() + 120
@@ -692,6 +693,34 @@ def _incident_action(env: str, incident_id: str, action: dict, as_json: bool) ->
             return
         time.sleep(0.3)
     raise PcdbError(f"the incident run of {incident_id} did not answer within 2 minutes: is the worker up?")
+
+
+def _incident_followed(spec: Environment, store, incident):
+    """The incident's run, or a new one that takes the record over when the run ended with the
+    incident still open (its worker was killed, the run cancelled or crashed)."""
+    import time
+    from uuid import UUID
+
+    from prefect import get_client
+
+    from flows import service
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(UUID(incident.run_id)).state
+    if state is not None and not state.is_final() and state.name != "Cancelling":
+        return incident
+    err.print(f"the run following {incident.id} ended ({state.name if state else 'no state'}) with the incident open: "
+              "a new run takes it over", highlight=False)
+    run_id = service.start_deployment_run("incident", f"incident-{spec.name}",
+                                          {"severity": incident.severity, "summary": incident.summary,
+                                           "resume_id": incident.id})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        again = store.load(incident.id)
+        if again.run_id == run_id:
+            return again
+        time.sleep(0.3)
+    raise PcdbError(f"no run took over {incident.id} within 2 minutes: is the worker of {spec.name} up?")
 
 
 ByOption = Annotated[str, typer.Option("--by", help="who confirms (an id of operations.incident.teams)")]

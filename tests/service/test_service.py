@@ -307,6 +307,16 @@ def test_a_run_started_from_the_cli_is_under_the_same_automations(service):
     assert not [m for m in new if "FAILED" in m.get("subject", "")]  # the hook stayed quiet: told once
 
 
+def cancel_run(service: Service, run_id: str) -> str:
+    from prefect import get_client
+    from prefect.states import Cancelling
+
+    with service.api(), get_client(sync_client=True) as client:
+        client.set_flow_run_state(run_id, Cancelling(), force=True)
+        wait_until(lambda: client.read_flow_run(run_id).state.is_final(), "the run cancelled", timeout=60)
+    return run_id
+
+
 def test_a_real_outage_opens_a_p1_that_tells_each_owner_at_its_deadline_and_closes_with_its_times(service):
     """§8.2: the primary region is stopped (no standby to fail over to); the health runbook's
     critical connection-failure alert opens a P1 on the worker by itself. Its deadlines are
@@ -335,6 +345,10 @@ def test_a_real_outage_opens_a_p1_that_tells_each_owner_at_its_deadline_and_clos
         service.pcdb("incident", "ack", "--env", spec, "--id", iid, "--by", "ops-lead")
         for number, by in ((1, "ops-oncall"), (2, "ops-oncall"), (3, "dba-oncall")):
             service.pcdb("incident", "step", "--env", spec, "--id", iid, "-n", str(number), "--by", by)
+        cancelled_run = cancel_run(service, incident["run_id"])         # its worker's run is killed halfway
+        took_over = service.pcdb("incident", "step", "--env", spec, "--id", iid, "-n", "4", "--by", "dba-lead")
+        assert "a new run takes it over" in took_over.stderr              # the record goes on where it stopped
+        assert service.json("incident", "status", "--env", spec, "--id", iid)["run_id"] != cancelled_run
         service.receiver.wait_for(lambda m: m.get("subject", "").endswith(f"{iid} OVERDUE: step 5"))  # the notice
         service.pcdb("incident", "step", "--env", spec, "--id", iid, "-n", "5", "--by", "cs-oncall",
                      "--note", "status page")
@@ -354,6 +368,7 @@ def test_a_real_outage_opens_a_p1_that_tells_each_owner_at_its_deadline_and_clos
     assert any("refused: step by dba-oncall" in e for e in events)
     assert not any("OVERDUE: step 3" in s for s in subjects())           # confirmed before its deadline
     final = service.json("incident", "status", "--env", spec, "--id", iid)
-    assert final["closed_by"] == "ops-lead" and all(s["done_at"] for s in final["steps"][:3])
+    assert final["closed_by"] == "ops-lead" and all(s["done_at"] for s in final["steps"][:5])
+    assert any(e.startswith("followed again by run") for e in events)
     text = open(record["report_path"]).read()
     assert "time to detect" in text and "time to notify customers" in text
