@@ -116,9 +116,12 @@ def cleanup(target: Target, env: Environment, password: str,
     """Remove what an interrupted drill may have left: probe tables, throw-away servers, and make
     the topology whole again. A replica a drill promoted is replaced only after ``confirm``
     (the application may still point at it). Returns what it removed or repaired."""
-    if target.application_target() != "primary":
+    promoted_for_real = not target.replica_diverged() and any(n.role == "promoted" for n in target.server_state().nodes)
+    if target.application_target() != "primary" or promoted_for_real:
         raise TargetError("the service runs on the promoted replica since a real region failover: fail back "
-                          "(`pcdb failback region`) before any drill, or it would undo production's failover")
+                          "(`pcdb failback region`) before any drill, or it would undo production's failover"
+                          + ("; the failover itself is not finished: run `pcdb failover region --real` again"
+                             if target.application_target() == "primary" else ""))
     done, server = [], restore_server(env)
     if target.delete_server(server).action == "deleted":
         done.append(f"deleted throw-away server {server}")

@@ -69,6 +69,9 @@ class SandboxState:
     # The stand-in for the application's DNS record: "primary" (the HA pair) or "replica" (the
     # read replica a real region failover promoted, which then is the service's primary).
     application: str = "primary"
+    # Who promoted the replica: "real" (a real region failover, never undone by a drill's
+    # cleanup) or a drill's id; None when it is a replica (or an earlier pcdb promoted it).
+    replica_promotion: str | None = None
     other: dict = field(default_factory=dict)     # keys this pcdb does not use, kept as they were
 
     @classmethod
@@ -83,12 +86,12 @@ class SandboxState:
             restores={n: RestoreInfo(**i) for n, i in (data.get("restores") or {}).items()},
             backups=list(data.get("backups") or []), events=list(data.get("events") or []),
             intent=FailoverIntent(**intent) if intent else None, rejoin=RejoinStep(**rejoin) if rejoin else None,
-            application=data.get("application", "primary"),
+            application=data.get("application", "primary"), replica_promotion=data.get("replica_promotion"),
             other={k: v for k, v in data.items() if k not in known})
 
     def to_json(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "other"}
-        for key in ("intent", "rejoin", "root_created_by_pcdb"):
+        for key in ("intent", "rejoin", "root_created_by_pcdb", "replica_promotion"):
             if out[key] is None:
                 del out[key]                      # absent, as earlier versions wrote it
         if out["application"] == "primary":

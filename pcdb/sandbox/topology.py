@@ -182,7 +182,8 @@ class Topology:
     def replica_diverged(self) -> bool:
         """The replica was promoted, or its link cut, by a drill that did not finish. A replica a
         real region failover promoted is the service's primary: not a drill's leftover."""
-        if REPLICA not in self.state.nodes or self.state.application == "replica":
+        if REPLICA not in self.state.nodes or self.state.application == "replica" \
+                or self.state.replica_promotion == "real":
             return False
         conf = self.node(REPLICA).data / "node.conf"
         return self.role(REPLICA) == "promoted" or (conf.exists() and "primary_conninfo = ''" in conf.read_text())
@@ -344,8 +345,9 @@ class Topology:
         return done
 
     @exclusive
-    def promote_replica(self) -> dict:
-        """Promote the read replica to a standalone primary (the region failover, R-DR-2)."""
+    def promote_replica(self, by: str | None = None) -> dict:
+        """Promote the read replica to a standalone primary (the region failover, R-DR-2); ``by``
+        says whose promotion it is ("real", or a drill's id)."""
         replica = self.node(REPLICA)
         if self.role(REPLICA) == "promoted":
             return {"name": REPLICA, "action": "unchanged", "timeline": self._timeline(replica)}
@@ -355,7 +357,8 @@ class Topology:
         replica.reload()
         self.state.nodes[REPLICA].role = "promoted"
         self.state.nodes[REPLICA].timeline = self._timeline(replica)
-        self._event("replica-promoted", seconds=round(time.monotonic() - started, 3))
+        self.state.replica_promotion = by
+        self._event("replica-promoted", by=by, seconds=round(time.monotonic() - started, 3))
         self.save()
         return {"name": REPLICA, "action": "promoted", "seconds": time.monotonic() - started,
                 "timeline": self.state.nodes[REPLICA].timeline}
@@ -366,6 +369,7 @@ class Topology:
         replica = self.node(REPLICA)
         replica.stop("immediate", timeout=30)
         self.state.nodes[REPLICA].role = "replica"
+        self.state.replica_promotion = None
         # The promoted lineage is gone; its archive would collide with a later promotion's.
         for leftover in self.replica_archive.iterdir():
             leftover.unlink()

@@ -343,8 +343,9 @@ class SandboxTarget:
 
     def server_state(self) -> ServerState:
         status = self.sandbox.status()
-        nodes = tuple(NodeState(n["name"], n["role"], n["running"], n["sync_state"], n["lag_bytes"],
-                                n["timeline"]) for n in status["nodes"])
+        # The port calls a read replica that left recovery "promoted" (the sandbox's status says primary).
+        nodes = tuple(NodeState(n["name"], "promoted" if n["name"] == REPLICA and n["role"] == "primary" else n["role"],
+                                n["running"], n["sync_state"], n["lag_bytes"], n["timeline"]) for n in status["nodes"])
         ha = {n.name: n for n in nodes if n.name in HA_NODES}
         healthy = any(n.role == "primary" and n.running for n in ha.values()) and any(
             n.role == "standby" and n.sync_state == "sync" for n in ha.values())
@@ -395,8 +396,8 @@ class SandboxTarget:
         return FailoverResult(r["mode"], r["old_primary"], r["new_primary"], r["promote_seconds"], r["total_seconds"],
                               r.get("timeline"))
 
-    def promote_replica(self, drill: str | None = None) -> PromotionResult:  # noqa: ARG002 - only Azure tags it
-        r = self.sandbox.promote_replica()
+    def promote_replica(self, drill: str | None = None) -> PromotionResult:
+        r = self.sandbox.promote_replica(by=drill or "real")
         return PromotionResult(r["name"], r["action"], r.get("seconds", 0.0), r.get("timeline"))
 
     def stop_primary_region(self) -> Change:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from pcdb import drills
 from pcdb.cli import app
 from pcdb.context import RunbookContext
+from pcdb.errors import TargetError
 from pcdb.install import run_directly
 from tests.conftest import new_target
 
@@ -143,7 +144,10 @@ def test_a_real_region_failover_and_failback_lose_no_acknowledged_row(drilled):
         probe.wait_for_rows(30)
         assert "the primary region answers" in failover(target, "failover", "region", "--real", code=1)
         target.stop_primary_region()                                        # the region is lost
-        result = failover(target, "failover", "region", "--real")
+        target.promote_replica()                                            # a run killed after the promotion:
+        with pytest.raises(TargetError, match="failover region --real` again"):
+            drills.cleanup(target, target.env, password)                    # no drill may undo it
+        result = failover(target, "failover", "region", "--real")          # the next run finishes it
         assert result["application"] == "replica" and result["changed"] is True
         assert 0 < result["recovery_seconds"] <= result["target_rto_seconds"] == 1800 and result["met"] is True
         probe.wait_for_rows(30, timeout=60)                                 # writes go on, through the name
