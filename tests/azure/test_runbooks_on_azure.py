@@ -342,3 +342,33 @@ def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_point
         arm.sb.rebuild_replica()
         for key in [k for k in arm.resources if k.endswith("/cname/pcdb-app")]:
             del arm.resources[key]
+
+
+def test_a_corruption_recovery_on_azure_restores_through_arm_and_puts_back_only_the_damaged_rows(on_azure):
+    """§12.2.2 on Azure: the recovery is the port's point-in-time restore (a new server through
+    ARM, deleted afterwards) and SQL through the servers' names."""
+    from pcdb import recovery
+
+    spec, arm, context = on_azure[:3]
+    ctx = context(load_environment(spec))
+    with ctx.connect() as conn:
+        conn.execute("CREATE TABLE pcdb_recover_probe (id int PRIMARY KEY, v text)")
+        conn.execute("INSERT INTO pcdb_recover_probe SELECT g, 'v' || g FROM generate_series(1, 50) g")
+        before = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        conn.execute("DELETE FROM pcdb_recover_probe WHERE id <= 5")
+        conn.execute("UPDATE pcdb_recover_probe SET v = 'bad' WHERE id BETWEEN 6 AND 8")
+    approvals = []
+    try:
+        report = recovery.recover(ctx.target, ctx.env, ctx.admin_password(), before, ["pcdb_recover_probe"], None,
+                                  approvals.append, spec.parent / "recoveries")
+        assert report.put_back == 8 and report.verified and report.met
+        assert approvals == [{"put_back": {"pcdb_recover_probe": 8}, "export": report.export}]
+        server = "phonebill-postgresql-prod-recover"
+        assert {f"restore {server}", f"delete {server}"} <= set(arm.operations_run)
+        assert not [k for k in arm.resources if k.endswith(f"/{server}")]
+        with ctx.connect() as conn:
+            assert conn.execute("SELECT count(*), count(*) FILTER (WHERE v = 'v' || id) "
+                                "FROM pcdb_recover_probe").fetchone() == (50, 50)
+    finally:
+        with ctx.connect() as conn:
+            conn.execute("DROP TABLE IF EXISTS pcdb_recover_probe")
