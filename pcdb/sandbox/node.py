@@ -57,10 +57,25 @@ class Node:
         return result.returncode == 0
 
     def start(self, timeout: float) -> None:
-        """Start and wait until it accepts connections, or raise naming the log file."""
-        proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-l", str(self.startup_log), "-w",
-                  "-t", str(int(timeout)), "start"], timeout=timeout + 5,
-                 what=f"start {self.name}", log=self.startup_log)
+        """Start and wait until it accepts connections, or raise naming the log file and the
+        server's own last FATAL or PANIC line (the logging collector writes into log/)."""
+        try:
+            proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-l", str(self.startup_log), "-w",
+                      "-t", str(int(timeout)), "start"], timeout=timeout + 5,
+                     what=f"start {self.name}", log=self.startup_log)
+        except SandboxError as exc:
+            said = self.last_fatal()
+            if said is None:
+                raise
+            raise SandboxError(f"{exc}; the server said: {said}") from None
+
+    def last_fatal(self) -> str | None:
+        """The last FATAL or PANIC line of the server's log files, if any."""
+        lines = []
+        for log in sorted(self.log_dir.glob("*.log")) if self.log_dir.exists() else []:
+            lines += [line for line in log.read_text(errors="replace").splitlines() if " FATAL: " in line
+                      or " PANIC: " in line]
+        return lines[-1].split(" FATAL: ", 1)[-1].split(" PANIC: ", 1)[-1].strip() if lines else None
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
         """Stop the server; a fast stop that hangs is escalated to immediate."""

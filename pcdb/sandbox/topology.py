@@ -4,6 +4,7 @@ stall and rebuild, and the region stop/start of the region drill."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -295,6 +296,12 @@ class Topology:
         self._event("failback-begin", old_primary=REPLICA, new_primary=new.name)
         self.save()
         crash.point("failback:intent-saved")
+        # Every completed segment of the promoted lineage archived before it stops: they join the
+        # HA archive below, so a point-in-time restore can cross the failed-over days.
+        with old.connect(self.admin_user) as conn:
+            conn.execute(query("sandbox.sql", "force_commit"))
+            walfile = conn.execute(query("sandbox.sql", "switch_wal")).fetchone()[0]
+        old.wait(lambda: (self.replica_archive / walfile).exists(), f"archiving of {walfile} by {REPLICA}", self.timeout)
         old.stop("fast", timeout=60)
         crash.point("failback:old-stopped")
         new.promote(self.timeout)
@@ -320,7 +327,11 @@ class Topology:
         for archive in self.archive_dirs:
             for segment in self.replica_archive.iterdir():
                 if not (archive / segment.name).exists():
+                    # As the server's user: a copy only root can read breaks every later restore.
                     shutil.copy2(segment, archive / segment.name)
+                    user = proc.server_user()
+                    if not user.is_self:
+                        os.chown(archive / segment.name, user.uid, user.gid)
         self.rebuild_replica()
         self.state.intent = None
         self.save()

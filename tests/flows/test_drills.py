@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -143,6 +144,7 @@ def test_a_real_region_failover_and_failback_lose_no_acknowledged_row(drilled):
     try:
         probe.wait_for_rows(30)
         assert "the primary region answers" in failover(target, "failover", "region", "--real", code=1)
+        lost_at = time.time()
         target.stop_primary_region()                                        # the region is lost
         target.promote_replica()                                            # a run killed after the promotion:
         with pytest.raises(TargetError, match="failover region --real` again"):
@@ -166,7 +168,12 @@ def test_a_real_region_failover_and_failback_lose_no_acknowledged_row(drilled):
         assert back["application"] == "primary" and back["changed"] is True
         probe.wait_for_rows(30, timeout=60)
         outcome = probe.stop()
-        assert probe.missing() == []                                        # 0 acknowledged rows lost
+        lost = probe.missing()
+        # Not one row acknowledged since the region was lost is missing: the failover and the failback
+        # lose nothing. The replica is asynchronous (§2.2.3, RPO 1 h): a commit in flight in the last
+        # instant before the region went could be missing; it is counted, and in practice it is none.
+        assert [i for i in lost if outcome.acknowledged_at[i] >= lost_at] == []
+        assert all(lost_at - outcome.acknowledged_at[i] < 1.0 for i in lost), lost
         assert len(outcome.acknowledged) >= 120
     finally:
         probe.stop()
@@ -177,6 +184,8 @@ def test_a_real_region_failover_and_failback_lose_no_acknowledged_row(drilled):
     with ctx.connect() as conn:                                             # the replica follows again
         conn.execute("DROP TABLE pcdb_real_failover_probe")
     assert failover(target, "failback", "region")["changed"] is False
+    status = target.backup_status()                                         # the nightly checks still pass:
+    assert status.archive_ok is True, status.archive_detail                 # the failed-over WAL is archived
 
 
 def recover(target, *args, code=0):
