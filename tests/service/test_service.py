@@ -372,3 +372,12 @@ def test_a_real_outage_opens_a_p1_that_tells_each_owner_at_its_deadline_and_clos
     assert any(e.startswith("followed again by run") for e in events)
     text = open(record["report_path"]).read()
     assert "time to detect" in text and "time to notify customers" in text
+
+    by_hand = service.json("incident", "open", "--env", spec, "--severity", "P3", "--summary", "slow reports",
+                           "--by", "ops-oncall")                        # opened by a person, on the worker
+    assert by_hand["severity"] == "P3" and by_hand["opened_by"] == "ops-oncall" and by_hand["steps"] == []
+    assert list(by_hand["due"]) == ["ack"]                                # P3: respond within 4 h
+    bad = service.pcdb("incident", "open", "--env", spec, "--severity", "P9", "--summary", "x", check=False)
+    assert bad.returncode == 1 and "use one of P1, P2, P3, P4" in bad.stderr
+    service.pcdb("incident", "close", "--env", spec, "--id", by_hand["id"], "--by", "ops-oncall")
+    assert service.json("incident", "status", "--env", spec) == []
