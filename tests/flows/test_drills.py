@@ -188,6 +188,25 @@ def test_a_real_region_failover_and_failback_lose_no_acknowledged_row(drilled):
     assert status.archive_ok is True, status.archive_detail                 # the failed-over WAL is archived
 
 
+def test_a_real_zone_failover_forces_the_standby_up_and_undoes_nothing(drilled):
+    """§8.2.2 step 5: the manual forced failover when the automatic one did not happen; refused
+    when the standby is not running (nothing to promote)."""
+    target, _ = drilled
+    sb = target.sandbox
+    target.stop_primary_region()                                            # no standby left to promote
+    try:
+        refused = failover(target, "failover", "zone", "--real", code=1)
+        assert "the HA standby of" in refused and "fail over the region" in refused
+    finally:
+        target.start_primary_region()
+    before = sb.primary().name
+    result = failover(target, "failover", "zone", "--real")
+    assert result["kind"] == "zone" and result["application"] == "primary" and result["changed"] is True
+    assert 0 < result["recovery_seconds"] <= result["target_rto_seconds"] == 120 and result["met"] is True
+    assert sb.primary().name != before                                      # the standby stays the primary
+    assert drills.wait_topology_whole(target, timeout=120)
+
+
 def recover(target, *args, code=0):
     result = CliRunner().invoke(app, ["recover", "--env", str(target.env_path), "--yes", "--json", *args])
     assert result.exit_code == code, result.output
