@@ -71,24 +71,7 @@ def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, yes: bool,
     if spec.production:
         _approve(spec, scenario)
     decisions: list[str] = []
-
-    def decide(facts: dict) -> None:
-        if yes:
-            decisions.append(f"failover decided by flag (--yes); facts: {facts}")
-            return
-        answer = pause_flow_run(wait_for_input=DrillDecision.with_initial_data(
-            description=f"Replica facts: {facts}. Who decides to fail over, and why?"), timeout=3600, poll_interval=2)
-        decisions.append(f"failover decided by {answer.decided_by}: {answer.reason}; facts: {facts}")
-
-    def confirm(step: str, owner: str) -> None:
-        if yes:
-            decisions.append(f"'{step}' ({owner}) confirmed by flag")
-            return
-        answer = pause_flow_run(wait_for_input=StepConfirmation.with_initial_data(
-            description=f"{owner}: confirm when done: {step}"), timeout=3600, poll_interval=2)
-        if not answer.done:
-            raise PcdbError(f"'{step}' was not confirmed by {owner} ({answer.confirmed_by})")
-        decisions.append(f"'{step}' confirmed by {answer.confirmed_by} ({owner})")
+    decide, confirm = gates(spec, yes, decisions)
 
     removed = cleanup(quote(ctx), confirm)
     result = run_drill(scenario, quote(ctx), mode, decide, confirm, stall)
@@ -101,6 +84,35 @@ def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, yes: bool,
            f"RTO {result.rto_seconds}s (target {result.target_rto_seconds}s), {result.rpo_rows_lost} acknowledged "
            f"rows lost, topology restored: {result.topology_restored}. Report: {path}")
     return result.as_dict()
+
+
+def gates(spec: Environment, yes: bool, decisions: list[str]):
+    """The decision and the step confirmations: by flag on the sandbox, typed by a person otherwise."""
+    if yes and spec.production:
+        raise PcdbError("approvals by flag are for the sandbox only; production waits for a person")
+
+    def decide(facts: dict) -> None:
+        if yes:
+            decisions.append(f"decided by flag (--yes); facts: {facts}")
+            return
+        names = [a.name for a in spec.install.approval.approvers]
+        answer = pause_flow_run(wait_for_input=DrillDecision.with_initial_data(
+            description=f"Facts: {facts}. Who decides ({', '.join(names) or 'an approver'}), and why?"),
+            timeout=int(spec.install.approval.timeout.total_seconds()), poll_interval=2)
+        if spec.production and answer.decided_by not in names:
+            raise ApprovalError(f"{answer.decided_by!r} is not an approver of {spec.name}; nothing was changed")
+        decisions.append(f"decided by {answer.decided_by}: {answer.reason}; facts: {facts}")
+
+    def confirm(step: str, owner: str) -> None:
+        if yes:
+            decisions.append(f"'{step}' ({owner}) confirmed by flag")
+            return
+        answer = pause_flow_run(wait_for_input=StepConfirmation.with_initial_data(
+            description=f"{owner}: confirm when done: {step}"), timeout=3600, poll_interval=2)
+        if not answer.done:
+            raise PcdbError(f"'{step}' was not confirmed by {owner} ({answer.confirmed_by})")
+        decisions.append(f"'{step}' confirmed by {answer.confirmed_by} ({owner})")
+    return decide, confirm
 
 
 def _approve(spec: Environment, scenario: str) -> None:

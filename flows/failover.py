@@ -11,45 +11,14 @@ from datetime import datetime
 from typing import Literal
 
 from prefect import flow, get_run_logger
-from prefect.flow_runs import pause_flow_run
 
-from flows.dr_drill import DrillDecision, StepConfirmation
+from flows.dr_drill import gates
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.install import runbook_context
 from flows.notify import notify
 from pcdb import failover as real
 from pcdb.config import Environment, load_environment
-from pcdb.errors import ApprovalError, PcdbError
-
-
-def gates(spec: Environment, yes: bool, decisions: list[str]):
-    """The decision and the step confirmations: by flag on the sandbox, typed by a person otherwise."""
-    if yes and spec.production:
-        raise PcdbError("approvals by flag are for the sandbox only; production waits for a person")
-
-    def decide(facts: dict) -> None:
-        if yes:
-            decisions.append(f"decided by flag (--yes); facts: {facts}")
-            return
-        names = [a.name for a in spec.install.approval.approvers]
-        answer = pause_flow_run(wait_for_input=DrillDecision.with_initial_data(
-            description=f"Facts: {facts}. Who decides ({', '.join(names) or 'an approver'}), and why?"),
-            timeout=int(spec.install.approval.timeout.total_seconds()), poll_interval=2)
-        if spec.production and answer.decided_by not in names:
-            raise ApprovalError(f"{answer.decided_by!r} is not an approver of {spec.name}; nothing was changed")
-        decisions.append(f"decided by {answer.decided_by}: {answer.reason}; facts: {facts}")
-
-    def confirm(step: str, owner: str) -> None:
-        if yes:
-            decisions.append(f"'{step}' ({owner}) confirmed by flag")
-            return
-        answer = pause_flow_run(wait_for_input=StepConfirmation.with_initial_data(
-            description=f"{owner}: confirm when done: {step}"), timeout=3600, poll_interval=2)
-        if not answer.done:
-            raise PcdbError(f"'{step}' was not confirmed by {owner} ({answer.confirmed_by})")
-        decisions.append(f"'{step}' confirmed by {answer.confirmed_by} ({owner})")
-    return decide, confirm
 
 
 @flow(name="failover", **HOOKS)

@@ -30,10 +30,11 @@ def health_check(env: str = "local", spec_path: str | None = None) -> dict:
         report = health.run(ctx, store, lambda level, subject, body, channels: notify(spec, level, subject, body,
                                                                                          channels),
                             annotation=annotation)
+        opened = _open_incidents(spec, report, store)
     finally:
         store.close()
     result = report.as_dict()
-    result["incidents_opened"] = _open_incidents(spec, report)
+    result["incidents_opened"] = opened
     if report.alerts or report.notified:
         create_markdown_artifact(_markdown(spec.name, result), key=f"health-{spec.name}",
                                  description=f"health of {spec.name}: {report.status}")
@@ -41,7 +42,7 @@ def health_check(env: str = "local", spec_path: str | None = None) -> dict:
     return result
 
 
-def _open_incidents(spec, report: health.Report) -> list[str]:
+def _open_incidents(spec, report: health.Report, alerts: health.Store) -> list[str]:
     """A critical alert that starts firing opens an incident by itself (§8.2): database
     connection failure for its duration (1 min) is a P1, any other critical alert a P2 (the
     mapping is operations.incident.auto_open). One incident per rule while it is open. The
@@ -55,11 +56,7 @@ def _open_incidents(spec, report: health.Report) -> list[str]:
         return []
     store, opened = IncidentStore(spec), []
     taken = {i.source_rule for i in store.open_ones()}
-    alerts = health.store_for(spec)
-    try:
-        pending_since = {n["rule"]: (alerts.alert(n["rule"]) or {}).get("pending_since") for n in firing}
-    finally:
-        alerts.close()
+    pending_since = {n["rule"]: (alerts.alert(n["rule"]) or {}).get("pending_since") for n in firing}
     for alert in firing:
         rule = alert["rule"]
         if rule in taken:

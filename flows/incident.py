@@ -110,11 +110,11 @@ def incident(severity: str, summary: str, env: str = "local", spec_path: str | N
 
 
 def _opening(inc: incidents.Incident, settings) -> str:
+    due = inc.due(settings)
     lines = [f"{inc.severity} opened by {inc.opened_by} at {inc.opened_at}; outage began {inc.began}.",
-             f"Respond (pcdb incident ack) by {inc.due(settings)['ack'].isoformat(timespec='seconds')}."]
+             f"Respond (pcdb incident ack) by {due['ack'].isoformat(timespec='seconds')}."]
     if inc.severity == "P1":
         lines.append("P1: call management at once (§8.2.1).")
-        due = inc.due(settings)
         lines += [f"step {s.number} {s.name} — {s.owner} — due {due[f'step {s.number}'].isoformat(timespec='seconds')}"
                   for s in inc.steps if f"step {s.number}" in due]
     return "\n".join(lines)

@@ -8,9 +8,9 @@ from datetime import datetime
 
 from prefect import flow, get_run_logger
 
+from flows.dr_drill import gates
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
-from flows.failover import gates
 from flows.install import runbook_context
 from flows.notify import notify
 from pcdb import recovery

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Protocol
 
 import psycopg
@@ -23,6 +22,7 @@ from pcdb.failover import promote_region
 from pcdb.probe import ProbeResult, ProbeWriter
 from pcdb.sql import query
 from pcdb.targets.base import STALL_REPLICA, Target, throwaway_name
+from pcdb.timeline import Timeline
 
 
 def restore_server(env: Environment) -> str:
@@ -39,7 +39,7 @@ CORRUPTION_TABLE = "pcdb_drill_corruption"
 
 
 @dataclass
-class DrillResult:
+class DrillResult(Timeline):
     scenario: str
     mode: str
     target_rto_seconds: float
@@ -54,8 +54,6 @@ class DrillResult:
     notes: list[str] = field(default_factory=list)
     report: str | None = None
 
-    def mark(self, action: str) -> None:
-        self.timeline.append((datetime.now(timezone.utc).isoformat(timespec="milliseconds"), action))
 
     @property
     def met(self) -> bool:
@@ -69,7 +67,7 @@ class DrillResult:
                 "rows_in_doubt": self.rows_in_doubt, "rows_acknowledged": self.rows_acknowledged,
                 "target_rto_seconds": self.target_rto_seconds, "target_rpo_seconds": self.target_rpo_seconds,
                 "met": self.met, "topology_restored": self.topology_restored,
-                "timeline": [{"at": at, "action": a} for at, a in self.timeline], "notes": self.notes,
+                "timeline": self.timeline_dicts(), "notes": self.notes,
                 "report": self.report}
 
 

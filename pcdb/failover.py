@@ -22,10 +22,11 @@ from pcdb.config import Environment
 from pcdb.errors import TargetError
 from pcdb.sql import query
 from pcdb.targets.base import Target
+from pcdb.timeline import Timeline
 
 
 @dataclass
-class FailoverReport:
+class FailoverReport(Timeline):
     """What a real failover or failback did, measured."""
 
     kind: str                            # zone | region | failback
@@ -38,8 +39,6 @@ class FailoverReport:
     notes: list[str] = field(default_factory=list)
     report: str | None = None
 
-    def mark(self, action: str) -> None:
-        self.timeline.append((datetime.now(timezone.utc).isoformat(timespec="milliseconds"), action))
 
     @property
     def met(self) -> bool | None:
@@ -49,7 +48,7 @@ class FailoverReport:
         return {"kind": self.kind, "changed": self.changed, "application": self.application,
                 "outage_began": self.outage_began, "recovery_seconds": self.recovery_seconds,
                 "target_rto_seconds": self.target_rto_seconds, "met": self.met,
-                "timeline": [{"at": at, "action": a} for at, a in self.timeline], "notes": self.notes,
+                "timeline": self.timeline_dicts(), "notes": self.notes,
                 "report": self.report}
 
 

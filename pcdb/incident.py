@@ -146,9 +146,9 @@ class Incident:
                 if self.last_update_due_notified == _iso(at):
                     continue
                 self.last_update_due_notified = _iso(at)
-                owner = next(s.owner for s in settings.p1_steps if s.every is not None)
-                told.append((what, owner, f"incident {self.id}: a status update is due (every "
-                             f"{format_duration(next(s.every for s in settings.p1_steps if s.every))})"))
+                update = next(s for s in settings.p1_steps if s.every is not None)
+                told.append((what, update.owner, f"incident {self.id}: a status update is due (every "
+                             f"{format_duration(update.every)})"))
             else:
                 state = self.step(int(what.split()[1]))
                 if state.overdue_notified:

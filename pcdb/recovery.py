@@ -28,6 +28,7 @@ from pcdb.config import Environment
 from pcdb.errors import PcdbError, TargetError
 from pcdb.sql import query
 from pcdb.targets.base import Target, throwaway_name
+from pcdb.timeline import Timeline
 
 
 def recover_server(env: Environment) -> str:
@@ -36,7 +37,8 @@ def recover_server(env: Environment) -> str:
 
 @dataclass
 class TableDiff:
-    name: str
+    name: str                                                 # as PostgreSQL shows it (regclass)
+    ident: psql.Identifier                                    # schema and name, quoted by psycopg
     key: list[str]
     columns: list[str]
     missing: dict[str, str] = field(default_factory=dict)    # key -> restored row (deleted by the corruption)
@@ -49,7 +51,7 @@ class TableDiff:
 
 
 @dataclass
-class RecoveryReport:
+class RecoveryReport(Timeline):
     to: str
     server: str
     target_rto_seconds: float
@@ -63,8 +65,6 @@ class RecoveryReport:
     notes: list[str] = field(default_factory=list)
     report: str | None = None
 
-    def mark(self, action: str) -> None:
-        self.timeline.append((datetime.now(timezone.utc).isoformat(timespec="milliseconds"), action))
 
     @property
     def met(self) -> bool:
@@ -74,7 +74,7 @@ class RecoveryReport:
         return {"to": self.to, "restored_server": self.server, "tables": [t.as_dict() for t in self.tables],
                 "skipped": self.skipped, "put_back": self.put_back, "export": self.export, "verified": self.verified,
                 "recovery_seconds": self.recovery_seconds, "target_rto_seconds": self.target_rto_seconds,
-                "met": self.met, "timeline": [{"at": at, "action": a} for at, a in self.timeline],
+                "met": self.met, "timeline": self.timeline_dicts(),
                 "notes": self.notes, "report": self.report}
 
 
@@ -107,7 +107,8 @@ def _q(name: str, **parts) -> psql.Composed:
     return psql.SQL(query("recovery.sql", name)).format(**parts)
 
 
-def _tables(conn: psycopg.Connection, names: list[str] | None, report: RecoveryReport) -> list[TableDiff]:
+def _tables(conn: psycopg.Connection, names: list[str] | None, env: Environment,
+            report: RecoveryReport) -> list[TableDiff]:
     """The tables to compare, each with its key; a named table that does not exist or has no
     primary key is an error; an unnamed one without a key is skipped and reported."""
     if names:
@@ -115,12 +116,12 @@ def _tables(conn: psycopg.Connection, names: list[str] | None, report: RecoveryR
         for name in names:
             row = conn.execute(query("recovery.sql", "resolve_table"), {"name": name}).fetchone()
             if row is None:
-                raise PcdbError(f"--tables: {name!r} is not a table of {report.server.rsplit('-', 1)[0]}'s database")
-            resolved.append(row[0])
+                raise PcdbError(f"--tables: {name!r} is not a table of {env.service.database} on {env.server.name}")
+            resolved.append(row)
     else:
-        resolved = [r[0] for r in conn.execute(query("recovery.sql", "user_tables"))]
+        resolved = conn.execute(query("recovery.sql", "user_tables")).fetchall()
     out = []
-    for table in resolved:
+    for table, schema, relname in resolved:
         key = [r[0] for r in conn.execute(query("recovery.sql", "primary_key"), {"table": table})]
         if not key:
             if names:
@@ -129,14 +130,12 @@ def _tables(conn: psycopg.Connection, names: list[str] | None, report: RecoveryR
             report.skipped.append(f"{table} (no primary key)")
             continue
         columns = [r[0] for r in conn.execute(query("recovery.sql", "writable_columns"), {"table": table})]
-        out.append(TableDiff(table, key, columns))
+        out.append(TableDiff(table, psql.Identifier(schema, relname), key, columns))
     return out
 
 
 def _parts(diff: TableDiff, where: str | None) -> dict:
-    schema, _, name = diff.name.rpartition(".")
-    ident = psql.Identifier(*(p.strip('"') for p in ([schema, name] if schema else [name])))
-    return {"table": ident, "key": psql.SQL(", ").join(map(psql.Identifier, diff.key)),
+    return {"table": diff.ident, "key": psql.SQL(", ").join(map(psql.Identifier, diff.key)),
             "where": psql.SQL(where or "TRUE")}
 
 
@@ -194,7 +193,7 @@ def recover(target: Target, env: Environment, password: str, to: datetime, table
     check_time(target, env, to)
     live_info = target.endpoint("primary").conninfo(env.server.admin.user, password)
     with psycopg.connect(live_info, autocommit=True) as live:
-        diffs = _tables(live, tables, report)
+        diffs = _tables(live, tables, env, report)
         for diff in diffs:
             try:
                 live.execute(_q("check_where", **_parts(diff, where)))
@@ -224,7 +223,7 @@ def recover(target: Target, env: Environment, password: str, to: datetime, table
                 report.mark("replay approved")
                 report.put_back = replay(live, diffs, where)
                 report.mark(f"{report.put_back} row(s) put back into the live server in one transaction")
-            check = [TableDiff(d.name, d.key, d.columns) for d in diffs]
+            check = [TableDiff(d.name, d.ident, d.key, d.columns) for d in diffs]
             for again in check:
                 compare(restored, live, again, where)
             report.verified = all(not c.missing and not c.changed and c.extra == d.extra

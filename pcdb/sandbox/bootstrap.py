@@ -282,13 +282,15 @@ class NodeMaker:
         node.start(self.timeout)
         self._wait_streaming(primary, node.name)
 
+    def _following(self, source: Node, name: str, sync: bool = False) -> bool:
+        """``name`` streams from ``source`` now (synchronously, with ``sync``)."""
+        with source.connect(self.admin_user) as conn:
+            rows = conn.execute(query("sandbox.sql", "replication")).fetchall()
+        return any(r[0] == name and r[1] == "streaming" and (not sync or r[2] == "sync") for r in rows)
+
     def _wait_streaming(self, primary: Node, name: str, sync: bool = False) -> None:
-        def streaming() -> bool:
-            with primary.connect(self.admin_user) as conn:
-                rows = conn.execute(query("sandbox.sql", "replication")).fetchall()
-            return any(r[0] == name and r[1] == "streaming" and (not sync or r[2] == "sync")
-                       for r in rows)
-        primary.wait(streaming, f"{name} streaming{' synchronously' if sync else ''}", self.timeout)
+        primary.wait(lambda: self._following(primary, name, sync), f"{name} streaming{' synchronously' if sync else ''}",
+                     self.timeout)
 
     def _ensure_sync(self) -> Change:
         """The primary waits for the HA standby on every commit (R-SYS-3)."""

@@ -239,11 +239,6 @@ class Topology:
         return [f"{name} (port {self.state.nodes[name].port})" for name in HA_NODES
                 if name in self.state.nodes and not self.node(name).is_running()]
 
-    def _following(self, source: Node, name: str, sync: bool = False) -> bool:
-        with source.connect(self.admin_user) as conn:
-            rows = conn.execute(query("sandbox.sql", "replication")).fetchall()
-        return any(r[0] == name and r[1] == "streaming" and (not sync or r[2] == "sync") for r in rows)
-
     @exclusive
     def reverse_replication(self) -> list[Change]:
         """Failback, first half: the primary region's servers, rewound onto the promoted replica's

@@ -2,13 +2,14 @@
 -- with psycopg.sql (identifiers quoted; {where} is the operator's own predicate, checked first).
 
 -- name: resolve_table
--- A table's quoted name, or no row when it does not exist (tables and partitioned tables only).
-SELECT c.oid::pg_catalog.regclass::text FROM pg_catalog.pg_class c
+-- A table's shown name, schema and name, or no row when it does not exist (tables and partitioned tables only).
+SELECT c.oid::pg_catalog.regclass::text, n.nspname, c.relname
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = pg_catalog.to_regclass(%(name)s) AND c.relkind IN ('r', 'p');
 
 -- name: user_tables
 -- Every table of the service's own schemas (partitions are compared through their root).
-SELECT c.oid::pg_catalog.regclass::text
+SELECT c.oid::pg_catalog.regclass::text, n.nspname, c.relname
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pcdb') AND n.nspname NOT LIKE 'pg\_%%'
