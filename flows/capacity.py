@@ -9,7 +9,7 @@ it and embedded in the run's artifact; the notification carries a text sparkline
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from flows.evidence import HOOKS, evidence, publish_report, report_path
 from flows.install import runbook_context
 from flows.notify import notify
-from pcdb import capacity, health
+from pcdb import capacity, clock, health
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext
 from tasks.install import transient_only
@@ -51,7 +51,7 @@ def capacity_analysis(env: str = "local", spec_path: str | None = None, weeks: i
     ctx = runbook_context(spec)
     logger = get_run_logger()
     with evidence(spec, ctx, "capacity") as ev:
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         store = capacity.store_for(spec)
         try:
             taken = snapshot(ctx, store, now)
