@@ -100,9 +100,19 @@ def _record(spec: Environment, ctx: RunbookContext | None, run, flow_name: str, 
         from flows.install import runbook_context
 
         ctx = runbook_context(spec)
-    outcome = ledger.record(ctx.connect, LEDGER_SCHEMA, record, spool_for(spec))
+    outcome = ledger.record(ctx.connect, LEDGER_SCHEMA, record, spool_for(spec), _anchors(ctx))
     (logger.info if outcome["ledger"] == "recorded" else logger.warning)("run ledger: %s", outcome)
     return outcome
+
+
+def _anchors(ctx: RunbookContext):
+    """The environment's evidence store for the ledger's anchors (None when it cannot be reached:
+    the rows are anchored by the next run)."""
+    try:
+        return ctx.target.ledger_anchors()
+    except PcdbError as exc:
+        logger.warning("the ledger's anchors cannot be written now: %s", exc)
+        return None
 
 
 def _deployment_name(run) -> str | None:

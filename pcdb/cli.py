@@ -1172,21 +1172,31 @@ def history(ctx: typer.Context, env: EnvOption = "local", since: SinceOption = "
 @history_app.command("verify")
 @user_errors
 def history_verify(env: EnvOption = "local", as_json: JsonOption = False) -> None:
-    """Check the ledger's hash chain; name the first row that was edited, inserted or deleted."""
+    """Check the ledger: its hash chain, its anchors outside the database, every report against
+    its write-once archive, and every signed decision; name the first row that differs."""
     from pcdb import ledger
     from pcdb.schema import LEDGER_SCHEMA
 
     spec, run_ctx = _ledger_context(env)
+    target = run_ctx.target
     with run_ctx.connect() as conn:
-        result = ledger.verify(conn, LEDGER_SCHEMA)
+        result = ledger.verify(conn, LEDGER_SCHEMA, target.ledger_anchors(), target.read_archived_report)
     if as_json:
-        print(json.dumps(result.as_dict(), indent=2))
+        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
     elif result.ok:
-        out.print(f"the ledger of {spec.name} is intact: {result.rows} row(s), chain verified")
+        anchored = (f", {result.anchors['anchored']} anchored in {result.anchors['where']}" if result.anchors
+                    else ", no evidence store to anchor it in")
+        out.print(f"the ledger of {spec.name} is intact: {result.rows} row(s), chain verified{anchored}, "
+                  f"{result.reports['checked']} archived report(s) and {result.signatures} signature(s) checked",
+                  highlight=False, soft_wrap=True)
+    if not as_json:
+        for warning in result.warnings:
+            err.print(f"warning: {escape(warning)}", highlight=False, soft_wrap=True)
     if not result.ok:
         broken = result.first_broken
-        raise PcdbError(f"the ledger of {spec.name} is broken at row {broken['seq']} (run {broken['run_id']}, "
-                        f"{broken['flow']}): {broken['reason']}")
+        at = f" (run {broken['run_id']}, {broken['flow']})" if broken["run_id"] else ""
+        more = f"; {len(result.problems) - 1} more problem(s) (--json lists them)" if len(result.problems) > 1 else ""
+        raise PcdbError(f"the ledger of {spec.name} is broken at row {broken['seq']}{at}: {broken['reason']}{more}")
 
 
 @config_app.command("check")

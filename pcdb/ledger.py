@@ -6,6 +6,16 @@ Each row's hash covers its content and the hash of the row before it, so an edit
 or deleted row breaks the chain at that row; ``verify`` names the first broken one. A record
 that cannot be written (the server unreachable, the database not installed yet) is spooled to
 a local file and written, chained, before the next record: nothing is lost.
+
+The chain alone cannot catch its owner: whoever can write the table can drop it, cut its tail,
+or rewrite every row with recomputed hashes. So every row is also anchored outside the database
+(``pcdb/anchors.py``), and ``verify`` compares the chain with the anchors, each row's report
+with its write-once archive, and re-verifies every signed decision the row holds.
+
+A row's hash is taken over the canonical form the database gives back (hash version 2): the
+JSON columns as PostgreSQL's own ``jsonb`` text, so numbers that jsonb normalises (``-0.0``,
+``1e+16``) hash the same when read back, and a row verifies right after it is written (the
+append is refused otherwise). Rows written before that (version 1) keep their first hash.
 """
 
 from __future__ import annotations
@@ -25,10 +35,12 @@ import psycopg
 from psycopg import sql as psql
 from psycopg.types.json import Jsonb
 
+from pcdb.anchors import AnchorConflict, AnchorError, Anchors
 from pcdb.errors import PcdbError
 from pcdb.sql import query
 
 GENESIS = "0" * 64
+HASH_VERSION = 2
 _SECRETISH = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
 Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
@@ -50,6 +62,7 @@ class RunRecord:
     report_path: str | None = None
     report_sha256: str | None = None
     report_archive: str | None = None
+    decisions: list = field(default_factory=list)    # signed (or claimed) decisions of the run
 
     def as_json(self) -> dict:
         out = asdict(self)
@@ -94,10 +107,28 @@ def _ts(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat() if value else None
 
 
-def row_hash(prev_hash: str, seq: int, recorded_at: datetime, record: RunRecord) -> str:
-    """SHA-256 over the row's canonical JSON, the previous row's hash included."""
+def row_hash_v1(prev_hash: str, seq: int, recorded_at: datetime, record: RunRecord) -> str:
+    """Hash version 1 (rows written before version 2): SHA-256 over the row's JSON as Python
+    wrote it. A number jsonb normalises differently reads back with another hash."""
     body = {**record.as_json(), "parameters": _plain(record.parameters), "figures": _plain(record.figures),
             "seq": seq, "recorded_at": _ts(recorded_at), "prev_hash": prev_hash}
+    body.pop("decisions")
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_SCALARS = ("run_id", "flow", "deployment", "environment", "triggered_by", "state", "report_path",
+            "report_sha256", "report_archive")
+_JSON = ("parameters", "figures", "decisions")
+
+
+def row_hash_v2(prev_hash: str, seq: int, recorded_at: datetime, scalars: dict, started_at: datetime | None,
+                ended_at: datetime | None, json_texts: dict[str, str]) -> str:
+    """Hash version 2: SHA-256 over the row's scalars and the database's own text of its JSON
+    columns (``jsonb::text``), which is what a later read gives back, byte for byte."""
+    body = {**{k: scalars[k] for k in _SCALARS}, **{k: json_texts[k] for k in _JSON},
+            "started_at": _ts(started_at), "ended_at": _ts(ended_at), "seq": seq, "recorded_at": _ts(recorded_at),
+            "prev_hash": prev_hash, "v": 2}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -107,38 +138,81 @@ def _q(name: str, schema: str) -> psql.Composed:
 
 
 def ensure_ledger(conn: psycopg.Connection, schema: str) -> None:
-    """Create the ledger and its append-only guard when missing (idempotent)."""
+    """Create the ledger and its append-only guard when missing, and give a ledger of an earlier
+    pcdb the columns of hash version 2 (idempotent)."""
     if conn.execute(query("ledger.sql", "ledger_exists"), {"name": f"{schema}.run_ledger"}).fetchone()[0]:
+        if not conn.execute(query("ledger.sql", "has_decisions"), {"schema": schema}).fetchone()[0]:
+            conn.execute(_q("add_version_2_columns", schema))   # metadata only: no row is rewritten
         return
     with conn.transaction():
         conn.execute(psql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psql.Identifier(schema)))
-        for name in ("create_ledger", "create_append_only_guard", "guard_rows", "guard_truncate"):
+        for name in ("create_ledger", "add_version_2_columns", "create_append_only_guard", "guard_rows",
+                     "guard_truncate"):
             conn.execute(_q(name, schema))
 
 
-def append(conn: psycopg.Connection, schema: str, record: RunRecord) -> int:
-    """Append one chained row; returns its sequence number."""
+class LedgerError(PcdbError):
+    """A row could not be appended as it must be (it would not verify)."""
+
+
+def append(conn: psycopg.Connection, schema: str, record: RunRecord) -> tuple[int, str]:
+    """Append one chained row (hash version 2); returns its sequence number and hash.
+
+    The row is read back inside the same transaction and verified before it commits.
+
+    Raises:
+        LedgerError: the row read back does not verify (nothing is appended).
+    """
     ensure_ledger(conn, schema)
+    values = {"parameters": _plain(record.parameters), "figures": _plain(record.figures),
+              "decisions": _plain(record.decisions)}
     with conn.transaction():
         conn.execute(_q("lock_ledger", schema))
         head = conn.execute(_q("last_row", schema)).fetchone()
         seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
         recorded_at = datetime.now(timezone.utc)
+        texts = dict(zip(_JSON, conn.execute(query("ledger.sql", "canonical_json"),
+                                             {k: Jsonb(v) for k, v in values.items()}).fetchone()))
+        digest = row_hash_v2(prev, seq, recorded_at, record.as_json(), record.started_at, record.ended_at, texts)
         row = {**record.as_json(), "started_at": record.started_at, "ended_at": record.ended_at,
-               "parameters": Jsonb(_plain(record.parameters)), "figures": Jsonb(_plain(record.figures)),
-               "seq": seq, "recorded_at": recorded_at, "prev_hash": prev,
-               "row_hash": row_hash(prev, seq, recorded_at, record)}
+               **{k: Jsonb(v) for k, v in values.items()}, "seq": seq, "recorded_at": recorded_at,
+               "prev_hash": prev, "row_hash": digest, "hash_version": HASH_VERSION}
         conn.execute(_q("append", schema), row)
-    return seq
+        back = dict(zip(_VERIFY_COLUMNS, conn.execute(_q("row_for_verify", schema), {"seq": seq}).fetchone()))
+        problem = _chain_problem(back, prev, seq)
+        if problem:
+            raise LedgerError(f"the ledger row for run {record.run_id} would not verify once written ({problem}); "
+                              "it was not appended")
+    return seq, digest
 
 
 _COLUMNS = ("seq", "recorded_at", "run_id", "flow", "deployment", "environment", "parameters", "triggered_by",
             "started_at", "ended_at", "state", "figures", "report_path", "report_sha256", "report_archive",
-            "prev_hash", "row_hash")
+            "prev_hash", "row_hash", "decisions", "hash_version")
+# What verification reads: the JSON columns as the database's text, not parsed.
+_VERIFY_COLUMNS = ("seq", "recorded_at", "run_id", "flow", "deployment", "environment", "triggered_by",
+                   "started_at", "ended_at", "state", "report_path", "report_sha256", "report_archive", "prev_hash",
+                   "row_hash", "hash_version", "parameters", "figures", "decisions")
 
 
-def _record_of(row: dict) -> RunRecord:
-    return RunRecord(**{k: row[k] for k in RunRecord.__dataclass_fields__})
+def _computed_hash(row: dict, prev: str) -> str:
+    """The hash a row read for verification must have, by its hash version."""
+    if row["hash_version"] == 1:
+        record = RunRecord(**{k: row[k] for k in RunRecord.__dataclass_fields__ if k not in (*_JSON,)},
+                           parameters=json.loads(row["parameters"]), figures=json.loads(row["figures"]))
+        return row_hash_v1(prev, row["seq"], row["recorded_at"], record)
+    return row_hash_v2(prev, row["seq"], row["recorded_at"], row, row["started_at"], row["ended_at"],
+                       {k: row[k] for k in _JSON})
+
+
+def _chain_problem(row: dict, prev: str, expected_seq: int) -> str | None:
+    if row["seq"] != expected_seq:
+        return f"row {expected_seq} is missing (next row is {row['seq']}): a row was deleted"
+    if row["prev_hash"] != prev:
+        return "its link to the row before does not match: a row before it was deleted or replaced"
+    if _computed_hash(row, prev) != row["row_hash"]:
+        return "its content does not match its hash: the row was edited"
+    return None
 
 
 def rows(conn: psycopg.Connection, schema: str, since: datetime, flow: str | None = None) -> list[dict]:
@@ -175,37 +249,113 @@ def figures_line(figures: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Verification:
+    """What ``verify`` found: ``ok`` with every problem, the first one named as ``first_broken``."""
+
     ok: bool
     rows: int
     first_broken: dict | None = None
+    problems: list[dict] = field(default_factory=list)
+    anchors: dict | None = None          # {where, anchored, unanchored: [seq...]}, None without a store
+    signatures: int = 0                  # signed decisions re-verified
+    reports: dict = field(default_factory=lambda: {"checked": 0, "unreadable": 0})
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"ok": self.ok, "rows": self.rows, "first_broken": self.first_broken}
+        return {"ok": self.ok, "rows": self.rows, "first_broken": self.first_broken, "problems": self.problems,
+                "anchors": self.anchors, "signatures": self.signatures, "reports": self.reports,
+                "warnings": self.warnings}
 
 
-def verify(conn: psycopg.Connection, schema: str) -> Verification:
-    """Walk the chain from the first row; the first row whose hash, link or number is wrong is
-    named (an edit changes its hash, a deletion breaks the next row's link or numbering)."""
+ReportReader = Callable[[str], bytes | None]      # an archived report's bytes; None: unreadable
+DecisionCheck = Callable[[dict, str], str | None]  # (a stored decision, environment) -> problem or None
+
+
+def verify(conn: psycopg.Connection, schema: str, anchors: Anchors | None = None,
+           read_archive: ReportReader | None = None, check_decision: DecisionCheck | None = None) -> Verification:
+    """Walk the chain from the first row and compare it with what lives outside the database.
+
+    A row is broken when its number, its link or its hash is wrong (an edit, an insertion, a
+    deletion), when its hash differs from its anchor (the chain rewritten with recomputed
+    hashes), when an anchored row is gone (the tail cut, the table dropped), when its archived
+    report or its report file no longer has the recorded SHA-256, or when a signed decision it
+    holds does not verify. Every problem is listed; the first is ``first_broken``.
+    """
+    kept = anchors.read() if anchors is not None else {}
+    result = Verification(True, 0, anchors={"where": anchors.where, "anchored": 0, "unanchored": []}
+                          if anchors is not None else None)
     if not conn.execute(query("ledger.sql", "ledger_exists"), {"name": f"{schema}.run_ledger"}).fetchone()[0]:
-        return Verification(True, 0)
-    prev, expected_seq, count = GENESIS, 1, 0
-    for raw in conn.execute(_q("all_rows", schema)):
-        row = dict(zip(_COLUMNS, raw))
-        count += 1
-        problem = None
-        if row["seq"] != expected_seq:
-            problem = f"row {expected_seq} is missing (next row is {row['seq']}): a row was deleted"
-        elif row["prev_hash"] != prev:
-            problem = "its link to the row before does not match: a row before it was deleted or replaced"
-        elif row_hash(prev, row["seq"], row["recorded_at"], _record_of(row)) != row["row_hash"]:
-            problem = "its content does not match its hash: the row was edited"
+        if kept:
+            _broken(result, {"seq": min(kept), "run_id": None, "flow": None,
+                             "reason": f"the ledger table {schema}.run_ledger is missing, but {len(kept)} row(s) were "
+                                       f"anchored in {anchors.where}: the ledger was dropped"})
+        return result
+    prev, expected_seq = GENESIS, 1
+    for raw in conn.execute(_q("all_rows_for_verify", schema)):
+        row = dict(zip(_VERIFY_COLUMNS, raw))
+        result.rows += 1
+        where = {"seq": row["seq"], "run_id": row["run_id"], "flow": row["flow"]}
+        problem = _chain_problem(row, prev, expected_seq)
+        if problem is None and anchors is not None:
+            anchored = kept.get(row["seq"])
+            if anchored is None:
+                result.anchors["unanchored"].append(row["seq"])
+            elif anchored != row["row_hash"]:
+                problem = f"its hash differs from its anchor in {anchors.where}: the chain was rewritten"
+            else:
+                result.anchors["anchored"] += 1
         if problem:
-            return Verification(False, count, {"seq": row["seq"], "run_id": row["run_id"], "flow": row["flow"],
-                                               "reason": problem})
+            _broken(result, {**where, "reason": problem})
+        for reason in _report_problems(row, read_archive, result):
+            _broken(result, {**where, "reason": reason})
+        if check_decision is not None:
+            for decision in json.loads(row["decisions"]):
+                reason = check_decision(decision, row["environment"])
+                result.signatures += bool(decision.get("signature"))
+                if reason:
+                    _broken(result, {**where, "reason": f"decision '{decision.get('step')}': {reason}"})
         prev, expected_seq = row["row_hash"], row["seq"] + 1
-    return Verification(True, count)
+    cut = sorted(s for s in kept if s >= expected_seq)
+    if cut:
+        _broken(result, {"seq": cut[0], "run_id": None, "flow": None,
+                         "reason": f"row {cut[0]} is missing: it was anchored in {anchors.where}, and the ledger ends at "
+                                   f"row {expected_seq - 1}: its tail was deleted"})
+    if result.anchors and result.anchors["unanchored"]:
+        gone = result.anchors["unanchored"]
+        result.warnings.append(f"{len(gone)} row(s) not anchored yet (from row {gone[0]}): the evidence store could not "
+                               "be written when they were recorded; the next run anchors them")
+    return result
+
+
+def _broken(result: Verification, problem: dict) -> None:
+    result.ok = False
+    result.problems.append(problem)
+    if result.first_broken is None or (problem["seq"] or 0) < (result.first_broken["seq"] or 0):
+        result.first_broken = problem
+
+
+def _report_problems(row: dict, read_archive: ReportReader | None, result: Verification) -> list[str]:
+    """The row's report, archived and local, against its recorded SHA-256."""
+    recorded = row["report_sha256"]
+    if not recorded:
+        return []
+    problems = []
+    if row["report_archive"] and read_archive is not None:
+        data = read_archive(row["report_archive"])
+        if data is None:
+            result.reports["unreadable"] += 1
+            result.warnings.append(f"row {row['seq']}: the archived report {row['report_archive']} could not be read")
+        else:
+            result.reports["checked"] += 1
+            if hashlib.sha256(data).hexdigest() != recorded:
+                problems.append(f"its archived report {row['report_archive']} does not match the recorded SHA-256: "
+                                "the archive was changed")
+    if row["report_path"] and Path(row["report_path"]).is_file() and file_sha256(row["report_path"]) != recorded:
+        problems.append(f"the report file {row['report_path']} does not match the recorded SHA-256: it was changed "
+                        "after the run" + (f" (the archived copy is {row['report_archive']})" if row["report_archive"]
+                                           else ""))
+    return problems
 
 
 class Spool:
@@ -239,26 +389,69 @@ class Spool:
         else:
             self.path.unlink(missing_ok=True)
 
+    @property
+    def anchor_path(self) -> Path:
+        return self.path.with_suffix(".anchors")
 
-def record(connect: Connect, schema: str, run: RunRecord, spool: Spool) -> dict:
+    def pending_anchors(self) -> list[tuple[int, str]]:
+        """Rows written to the ledger whose anchors could not be written yet: (seq, row hash)."""
+        if not self.anchor_path.exists():
+            return []
+        return [(int(seq), digest) for seq, digest in
+                (line.split() for line in self.anchor_path.read_text().splitlines() if line.strip())]
+
+    def keep_anchors(self, left: list[tuple[int, str]]) -> None:
+        if not left:
+            self.anchor_path.unlink(missing_ok=True)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.anchor_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("".join(f"{seq} {digest}\n" for seq, digest in left))
+        os.replace(tmp, self.anchor_path)
+
+
+def record(connect: Connect, schema: str, run: RunRecord, spool: Spool, anchors: Anchors | None = None) -> dict:
     """Write the spooled records, then ``run``; on a database failure spool ``run`` instead.
+    Each row written is anchored (with the anchors a failed write left pending).
 
-    Returns ``{"ledger": "recorded", "seq": n}`` or ``{"ledger": "spooled", "spool": path, "why": ...}``."""
+    Returns ``{"ledger": "recorded", "seq": n, "anchored": bool}`` or ``{"ledger": "spooled",
+    "spool": path, "why": ...}``."""
     pending = spool.pending()
-    written = 0
+    written: list[tuple[int, str]] = []
     try:
         with connect() as conn:
             for earlier in pending:
-                append(conn, schema, earlier)
-                written += 1
-            seq = append(conn, schema, run)
+                written.append(append(conn, schema, earlier))
+            written.append(append(conn, schema, run))
     except (psycopg.Error, OSError, PcdbError) as exc:
-        spool.clear(written)
+        spool.clear(len(written))
         spool.add(run)
+        _anchor(anchors, spool, written)
         return {"ledger": "spooled", "spool": str(spool.path), "why": str(exc).strip().splitlines()[0]}
     except Exception:
-        spool.clear(written)
+        spool.clear(len(written))
         spool.add(run)
         raise
-    spool.clear(written)
-    return {"ledger": "recorded", "seq": seq}
+    spool.clear(len(written))
+    anchored = _anchor(anchors, spool, written)
+    return {"ledger": "recorded", "seq": written[-1][0], "anchored": anchored}
+
+
+def _anchor(anchors: Anchors | None, spool: Spool, written: list[tuple[int, str]]) -> bool:
+    """Anchor the rows just written and those an earlier failure left pending; what cannot be
+    anchored now waits in the spool's anchor file. A conflicting anchor is raised: it is evidence."""
+    if anchors is None:
+        return False
+    todo = [*spool.pending_anchors(), *written]
+    left = []
+    for seq, digest in todo:
+        try:
+            anchors.put(seq, digest)
+        except AnchorConflict:
+            raise
+        except AnchorError:
+            left.append((seq, digest))
+    spool.keep_anchors(left)
+    return not left

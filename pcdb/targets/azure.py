@@ -583,6 +583,30 @@ class AzureTarget:
         return self._blob_put(archive.container, f"{self.env.name}/{year}/{path.stem}.{sha256[:12]}{path.suffix}",
                               path, sha256, "text/markdown; charset=utf-8", once=True)
 
+    def read_archived_report(self, location: str) -> bytes | None:
+        """An archived report's bytes, read only from the evidence container (a ledger row names
+        the URL; a row is not trusted to send this identity's token anywhere else)."""
+        archive = self.env.azure.evidence_archive
+        if archive is None or self._credential is None:
+            return None
+        if not location.startswith(f"{self._blob_base()}/{archive.container}/{self.env.name}/"):
+            return None
+        with self._blob_client() as (client, HttpRequest):
+            reply = client.send_request(HttpRequest("GET", location, headers={"x-ms-version": "2023-11-03"}),
+                                        connection_verify=self._blob_verify)
+            return reply.read() if reply.status_code == 200 else None
+
+    def ledger_anchors(self):
+        """The ledger's anchors: a blob per row in the immutable evidence container, named
+        ``<env>/ledger/<server>/<seq>`` with the row hash in its metadata."""
+        archive = self.env.azure.evidence_archive
+        if archive is None or self._credential is None:
+            return None
+        from pcdb.azure.anchors import BlobAnchors
+
+        return BlobAnchors(self._blob_client, self._blob_base(), archive.container,
+                           f"{self.env.name}/ledger/{self.env.server.name}/", self._blob_verify)
+
     def archive_partition(self, path, name: str, sha256: str) -> str:
         """A partition's dump into the partition-archive container as ``<env>/partitions/<name>.dump``
         (SHA-256 as metadata); an archive not proved yet (a killed run's) is replaced."""

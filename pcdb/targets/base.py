@@ -13,6 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import psycopg
 
+from pcdb.anchors import Anchors
 from pcdb.changes import Change
 from pcdb.config import Environment
 
@@ -322,4 +323,12 @@ class Target(Protocol):
     def archive_report(self, path: Path, sha256: str) -> str | None:
         """Copy a run's report to durable, write-once storage; return where it went (or None
         when this target has no archive yet)."""
+        ...
+    def read_archived_report(self, location: str) -> bytes | None:
+        """An archived report's bytes (None: not readable, or ``location`` is not in this
+        environment's archive: a ledger row is not trusted to name any place)."""
+        ...
+    def ledger_anchors(self) -> Anchors | None:
+        """Where the run ledger's anchors are kept, write-once, outside the database (None: this
+        environment has no evidence store)."""
         ...

@@ -17,6 +17,7 @@ from typing import Literal
 
 from psycopg.conninfo import conninfo_to_dict
 
+from pcdb.anchors import MemoryAnchors
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.probe import ProbeResult
@@ -52,6 +53,8 @@ class MemoryTarget:
     def __init__(self, env: Environment, capabilities: frozenset[str] = frozenset({STALL_REPLICA})):
         self.env = env
         self.capabilities = capabilities
+        self.anchors = MemoryAnchors()
+        self.archived: dict[str, bytes] = {}
         self.nodes = {"node1": Node("node1", "primary"), "node2": Node("node2", "standby"),
                       "replica": Node("replica", "replica")}
         self.stalled = False
@@ -160,6 +163,12 @@ class MemoryTarget:
 
     def own_roles(self) -> set[str]:
         return set()
+
+    def ledger_anchors(self) -> MemoryAnchors:
+        return self.anchors
+
+    def read_archived_report(self, location: str) -> bytes | None:
+        return self.archived.get(location)
 
     def __getattr__(self, name: str):
         if name.startswith("_"):

@@ -17,6 +17,7 @@ from typing import Literal
 from psycopg import sql as psql
 
 from pcdb import params
+from pcdb.anchors import Anchors, FileAnchors
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import SandboxError, TargetError
@@ -573,6 +574,18 @@ class SandboxTarget:
     def publish_business_metrics(self, values: dict[str, float | None], at: datetime) -> int:  # noqa: ARG002
         """Nothing to publish: the health runbook's store is the sandbox's metric history."""
         return 0
+
+    def ledger_anchors(self) -> Anchors:
+        """The ledger's anchors: a file per row under ``evidence/ledger`` of the backup store."""
+        return FileAnchors(self.sandbox.backup_dirs[0] / "evidence" / "ledger")
+
+    def read_archived_report(self, location: str) -> bytes | None:
+        """An archived report's bytes; only inside the backup stores (a ledger row names the
+        location, and a row is not trusted to name any file of this machine)."""
+        path = Path(location)
+        if not any(path.resolve().is_relative_to(store.resolve()) for store in self.sandbox.backup_dirs):
+            return None
+        return path.read_bytes() if path.is_file() else None
 
     def archive_report(self, path: Path, sha256: str) -> str | None:
         """The report, read-only, into the backup store and its geo copy (reports/<year>/), named
