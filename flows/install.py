@@ -230,8 +230,9 @@ def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False,
             ev.report = str(report_path)
     phases = [_phase_outcome(number, results[number], seconds[number]) for number in results]
     ev.figures["phases"] = phases
-    if ctx.verified_configuration:  # the disruptive checks ran and passed on this configuration
+    if ctx.verified_configuration:  # the disruptive checks ran and passed on this configuration and server
         ev.figures["verified_configuration"] = ctx.verified_configuration
+        ev.figures["verified_server"] = ctx.verified_server
     logger.info("install of %s finished: %s", spec.name, {p["number"]: p["summary"] for p in phases})
     checks = [i for items in results.values() for i in items if isinstance(i, CheckResult)]
     failed = [c.name for c in checks if not c.passed]

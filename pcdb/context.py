@@ -25,6 +25,7 @@ class RunbookContext:
     spec_source: str | None = None  # the --env the run was given (a name or a spec file), for the hints it prints
     reverify: bool = False  # Phase 7 repeats its disruptive checks even when this configuration passed them
     verified_configuration: str | None = None  # set by Phase 7 when its disruptive checks ran and passed
+    verified_server: dict | None = None        # ... on this server (target.server_identity())
 
     @property
     def env_arg(self) -> str:

@@ -223,9 +223,11 @@ def verified_configuration(ctx: RunbookContext) -> str:
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def last_verification(ctx: RunbookContext, fingerprint: str) -> dict | None:
+def last_verification(ctx: RunbookContext, fingerprint: str, server: dict) -> dict | None:
     """The newest install in the run ledger whose disruptive checks ran and passed on this same
-    configuration: {run_id, ended_at}; None when there is none (or the ledger cannot be read)."""
+    configuration *and this same server* (its identity: a new, rebuilt or restored server runs
+    its own checks, even with a ledger it carried over): {run_id, ended_at}; None when there is
+    none (or the ledger cannot be read)."""
     from datetime import datetime, timedelta, timezone
 
     from pcdb import ledger
@@ -237,18 +239,21 @@ def last_verification(ctx: RunbookContext, fingerprint: str) -> dict | None:
     except Exception:  # noqa: BLE001 - no ledger: nothing to rely on, the checks run
         return None
     for row in found:  # newest first
-        if (row.get("figures") or {}).get("verified_configuration") == fingerprint and row.get("state") == "Completed":
+        figures = row.get("figures") or {}
+        if figures.get("verified_configuration") == fingerprint and figures.get("verified_server") == server \
+                and row.get("state") == "Completed":
             return {"run_id": row["run_id"], "ended_at": row["ended_at"]}
     return None
 
 
-def _relied_on(name: str, requirement: str, earlier: dict, fingerprint: str) -> checks.CheckResult:
+def _relied_on(name: str, requirement: str, earlier: dict, fingerprint: str, server: dict) -> checks.CheckResult:
     when = earlier["ended_at"].isoformat(timespec="minutes") if earlier["ended_at"] else "an earlier run"
+    which = ", ".join(f"{k} {v}" for k, v in server.items())
     return checks.CheckResult(name, requirement, True,
-                              f"not repeated: passed on {when} in install run {earlier['run_id']} for this same "
-                              f"configuration ({fingerprint}); nothing was failed over or restored now. "
+                              f"not repeated: passed on {when} in install run {earlier['run_id']} on this same server "
+                              f"({which}) and configuration ({fingerprint}); nothing was failed over or restored now. "
                               "`pcdb install --reverify` runs it again",
-                              {"relied_on_run": earlier["run_id"], "configuration": fingerprint})
+                              {"relied_on_run": earlier["run_id"], "configuration": fingerprint, "server": server})
 
 
 def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
@@ -273,14 +278,23 @@ def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
     with ctx.connect() as conn:
         results.append(checks.check_role_inventory(conn, env, target.own_roles()))
     results.append(checks.check_parameters(target.parameter_differences()))
+    return results + disruptive_checks(ctx)
+
+
+def disruptive_checks(ctx: RunbookContext) -> list[checks.CheckResult]:
+    """Phase 7's failover and point-in-time restore checks, or the passed run they rely on."""
+    env, target = ctx.env, ctx.target
+    admin = env.server.admin.user
+    results: list[checks.CheckResult] = []
     # The two disruptive checks (a failover and back: write outages; a restore: a new server) run on
     # the first install, on --reverify, and when the configuration they verified changed. A no-change
     # re-run relies on the last run that passed them, and says so: it is read-only.
     fingerprint = verified_configuration(ctx)
-    earlier = None if ctx.reverify else last_verification(ctx, fingerprint)
+    server = target.server_identity()
+    earlier = None if ctx.reverify else last_verification(ctx, fingerprint, server)
     if earlier is not None:
-        results += [_relied_on("HA failover test", "R-DR-1", earlier, fingerprint),
-                    _relied_on("point-in-time restore test", "R-DR-3", earlier, fingerprint)]
+        results += [_relied_on("HA failover test", "R-DR-1", earlier, fingerprint, server),
+                    _relied_on("point-in-time restore test", "R-DR-3", earlier, fingerprint, server)]
         return results
     app = target.endpoint("application").conninfo(admin, ctx.admin_password())
     results.append(checks.check_failover(target, app, env))
@@ -289,6 +303,7 @@ def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
                                                           throwaway_name(env, "verify-pitr")))
     if all(r.passed for r in results[-2:]):
         ctx.verified_configuration = fingerprint
+        ctx.verified_server = server
     return results
 
 

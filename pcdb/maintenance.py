@@ -125,12 +125,19 @@ def list_partitions(conn: psycopg.Connection, schema_name: str) -> list[Partitio
     return found
 
 
-def _record(conn, parent: str, p: Partition, state: str, **values) -> None:
+def _record(conn, parent: str, p: Partition, state: str, generation: int, **values) -> None:
     conn.execute(_q("set_partition_state"), {
         "partition": p.name, "parent": parent, "state": state, "range_from": p.range_from, "range_to": p.range_to,
         "rows": values.get("rows"), "checksum": values.get("checksum"), "sha256": values.get("sha256"),
-        "archive": values.get("archive"),
+        "archive": values.get("archive"), "generation": generation,
         "qualified": f"{parent.split('.', 1)[0]}.{p.name}"})   # its size, while it still exists
+
+
+def archive_name(partition: str, generation: int, sha256: str) -> str:
+    """An archive's name: the partition, its generation and its content hash. Write-once: a
+    second archive of the same partition (re-created, or changed after its proof) is named
+    apart, so no archive is ever written over another."""
+    return f"{partition}.g{generation}.{sha256[:16]}"
 
 
 def content_checksum(conn: psycopg.Connection, schema_name: str, table: str) -> tuple[int, int]:
@@ -217,6 +224,7 @@ def partitions(ctx: RunbookContext, out: Outcome, now: datetime) -> None:
             out.partitions["created"] = list(change.diff.get("partitions", ((), []))[1])
             out.deferred += list(change.notes[1:]) if change.action == "deferred" else []
             conn.execute(_q("partition_archive_table"))
+            conn.execute(_q("partition_archive_key"))
         listed = list_partitions(conn, schema_name)
         out.partitions["ahead_months"] = ahead_months({p.name for p in listed}, today)
         exists = conn.execute(query("maintenance.sql", "archive_table_exists")).fetchone()[0]
@@ -263,49 +271,54 @@ def _lifecycle(ctx: RunbookContext, tools: PgTools, out: Outcome, p: Partition, 
     parent = f"{schema_name}.{schema.KOS_LOG}"
     state = record[1] if record else None
     rows, checksum, sha, archive = (record[2], record[3], record[4], record[5]) if record else (None,) * 4
+    generation = record[6] if record else 1
     with ctx.connect() as conn:
         present = conn.execute(_q("table_exists"), {"schema": schema_name, "name": p.name}).fetchone()[0]
         if not present:
             if state in ("detached", "detaching", "verified"):   # dropped, and killed before it was recorded
-                _record(conn, parent, p, "dropped")
+                _record(conn, parent, p, "dropped", generation)
                 out.partitions["dropped"].append(p.name)
             elif state is not None:
                 out.problems.append(f"partition {p.name} is gone but was only {state}: its archive was never proved")
             return
+        if state == "dropped":
+            # The month was created again after its drop: a new life, archived beside the first one.
+            state, rows, checksum, sha, archive, generation = None, None, None, None, None, generation + 1
         if state in (None, "archiving"):
-            _record(conn, parent, p, "archiving")                               # intent first
+            _record(conn, parent, p, "archiving", generation)                   # intent first
             crash.point("maintenance:archiving")
             dump = workdir / f"{p.name}.dump"
             tools.dump(schema_name, p.name, dump)
             sha = _sha256(dump)
-            archive = ctx.target.archive_partition(dump, p.name, sha)
-            _record(conn, parent, p, "archived", sha256=sha, archive=archive)
+            archive = ctx.target.archive_partition(dump, archive_name(p.name, generation, sha), sha)
+            _record(conn, parent, p, "archived", generation, sha256=sha, archive=archive)
             state = "archived"
             crash.point("maintenance:archived")
         if state == "archived":
-            proved = _prove(ctx, tools, conn, p, sha, archive, workdir, out)
+            proved = _prove(ctx, tools, conn, p, sha, archive, workdir, out, generation)
             if proved is None:
                 return                                    # the problem is recorded; nothing is dropped
             rows, checksum = proved
-            _record(conn, parent, p, "verified", rows=rows, checksum=checksum)
+            _record(conn, parent, p, "verified", generation, rows=rows, checksum=checksum)
             state = "verified"
         out.partitions["archived"].append({"name": p.name, "rows": rows, "sha256": sha, "archive": archive,
-                                           "verified": True})
+                                           "verified": True, "generation": generation})
         if state in ("verified", "detaching"):
-            _record(conn, parent, p, "detaching")
+            _record(conn, parent, p, "detaching", generation)
             crash.point("maintenance:detaching")
             if not _detach(conn, schema_name, p, attached, lock_timeout, out):
                 return
-            _record(conn, parent, p, "detached")
+            _record(conn, parent, p, "detached", generation)
             state = "detached"
         out.partitions["detached"].append(p.name)
         crash.point("maintenance:detached")
         live = content_checksum(conn, schema_name, p.name)
-        if live != (rows, int(checksum)):
-            # Written to after its archive was proved: archive it again next run, never drop it now.
-            _record(conn, parent, p, "archiving")
+        if live != (int(rows), int(checksum)):    # the proof's own figures, compared as the proof compared them
+            # Written to after its archive was proved: the proved archive stays as it is; the
+            # next run archives the new content as a new generation. Nothing is dropped now.
+            _record(conn, parent, p, "archiving", generation + 1)
             out.problems.append(f"partition {p.name} changed after its archive was proved ({rows} rows proved, "
-                                f"{live[0]} now): not dropped; the next run archives it again")
+                                f"{live[0]} now): not dropped; the next run archives it again, beside the proved archive")
             return
         try:
             with conn.transaction():
@@ -315,20 +328,22 @@ def _lifecycle(ctx: RunbookContext, tools: PgTools, out: Outcome, p: Partition, 
             out.deferred.append(f"drop of {p.name}: a transaction still uses it; dropped next run")
             return
         crash.point("maintenance:dropped")
-        _record(conn, parent, p, "dropped")
+        _record(conn, parent, p, "dropped", generation)
         out.partitions["dropped"].append(p.name)
 
 
 def _prove(ctx, tools: PgTools, conn, p: Partition, sha: str, archive: str, workdir: Path,
-           out: Outcome) -> tuple[int, int] | None:
+           out: Outcome, generation: int) -> tuple[int, int] | None:
     """Fetch the stored archive back, check its SHA-256, restore it into a scratch database and
     compare rows and content checksum with the live partition; None (and a problem) when not."""
     fetched = ctx.target.fetch_partition_archive(archive, workdir / f"{p.name}.fetched.dump")
     got = _sha256(fetched)
     if got != sha:
         out.problems.append(f"archive of {p.name} at {archive} does not match its recorded SHA-256 ({got[:12]}… != "
-                       f"{sha[:12]}…): the partition is NOT dropped; archive it again (`pcdb maintain --only "
-                       "partitions` after moving the bad archive aside) or look for tampering")
+                            f"{sha[:12]}…): the partition is NOT dropped. Look for tampering; the next run archives "
+                            "it again under a name of its own (the bad archive is kept as evidence)")
+        with ctx.connect() as c:
+            _record(c, f"{ctx.env.service.schema_name}.{schema.KOS_LOG}", p, "archiving", generation + 1)
         return None
     _drop_proof_database(ctx)
     with ctx.connect(dbname="postgres") as admin:
@@ -344,7 +359,7 @@ def _prove(ctx, tools: PgTools, conn, p: Partition, sha: str, archive: str, work
         out.problems.append(f"the archive of {p.name} restores {restored[0]} rows (checksum {restored[1]}), the live "
                          f"partition has {live[0]} (checksum {live[1]}): NOT dropped; the next run archives it again")
         with ctx.connect() as c:
-            _record(c, f"{ctx.env.service.schema_name}.{schema.KOS_LOG}", p, "archiving")
+            _record(c, f"{ctx.env.service.schema_name}.{schema.KOS_LOG}", p, "archiving", generation + 1)
         return None
     return restored
 

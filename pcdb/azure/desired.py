@@ -202,8 +202,10 @@ def _budget(env: Environment, rg_id: str, groups: ActionGroups) -> Desired:
 
 
 def _evidence_archive(env: Environment, rg_id: str) -> list[Desired]:
-    """A storage account (Entra ID only, no public blobs, TLS 1.2+), a private container, and a
-    time-based immutability policy on it: a report can be added, never changed or deleted."""
+    """A storage account (Entra ID only, no public blobs, TLS 1.2+), private containers for the
+    reports (with the ledger's anchors) and for the partition archives, and a time-based
+    immutability policy on each: a blob can be added, never changed or deleted within the
+    retention (write-once evidence, and write-once archives of customer rows)."""
     from azure.mgmt.resource.resources import models as res
 
     archive = env.azure.evidence_archive
@@ -211,6 +213,8 @@ def _evidence_archive(env: Environment, rg_id: str) -> list[Desired]:
         return []
     account_id = f"{rg_id}/providers/Microsoft.Storage/storageAccounts/{archive.storage_account}"
     container_id = f"{account_id}/blobServices/default/containers/{archive.container}"
+    partitions_id = f"{account_id}/blobServices/default/containers/{archive.partition_container}"
+    days = int(archive.retention.total_seconds() // 86400)
     return [
         Desired("storage_account", archive.storage_account, account_id, res.GenericResource(
             location=env.server.location, kind="StorageV2", sku=res.Sku(name=archive.redundancy),
@@ -219,13 +223,15 @@ def _evidence_archive(env: Environment, rg_id: str) -> list[Desired]:
                         "publicNetworkAccess": "Enabled"}), 6),
         Desired("blob_container", archive.container, container_id, res.GenericResource(
             properties={"publicAccess": "None"}), 6),
-        Desired("blob_container", archive.partition_container,
-                f"{account_id}/blobServices/default/containers/{archive.partition_container}",
+        Desired("blob_container", archive.partition_container, partitions_id,
                 res.GenericResource(properties={"publicAccess": "None"}), 6),
         Desired("immutability_policy", f"{archive.container}/default", f"{container_id}/immutabilityPolicies/default",
-                res.GenericResource(properties={
-                    "immutabilityPeriodSinceCreationInDays": int(archive.retention.total_seconds() // 86400),
-                    "allowProtectedAppendWrites": False}), 6),
+                res.GenericResource(properties={"immutabilityPeriodSinceCreationInDays": days,
+                                                "allowProtectedAppendWrites": False}), 6),
+        Desired("immutability_policy", f"{archive.partition_container}/default",
+                f"{partitions_id}/immutabilityPolicies/default",
+                res.GenericResource(properties={"immutabilityPeriodSinceCreationInDays": days,
+                                                "allowProtectedAppendWrites": False}), 6),
     ]
 
 

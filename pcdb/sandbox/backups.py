@@ -117,21 +117,34 @@ class BackupStore:
         return str(placed[0])
 
     def archive_partition(self, path: Path, name: str, sha256: str) -> str:
-        """A partition's dump into ``partitions/`` of both backup stores, read-only, with its
-        SHA-256 beside it. The name is the partition's own: an archive not yet proved (a killed
-        run's) is replaced by the next run's."""
+        """A partition's dump into ``partitions/`` of both backup stores as ``<name>.dump``, its
+        SHA-256 beside it, each 0400 in a 0700 folder. Write-once: an archive of that name with
+        the same hash is left as it is; one with another hash is never written over.
+
+        Raises:
+            SandboxError: an archive of that name with other content exists.
+        """
         placed = []
         for store in self.backup_dirs:
             folder = store / "partitions"
-            folder.mkdir(parents=True, exist_ok=True)
-            for dest, write in ((folder / f"{name}.dump", lambda tmp: shutil.copyfile(path, tmp)),
-                                (folder / f"{name}.dump.sha256", lambda tmp: tmp.write_text(f"{sha256}  {name}.dump\n"))):
-                tmp = folder / f".{dest.name}.tmp"
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(folder, 0o700)
+            dest, digest = folder / f"{name}.dump", folder / f"{name}.dump.sha256"
+            if dest.exists():
+                kept = digest.read_text().split()[0] if digest.exists() else None
+                if kept != sha256:
+                    raise SandboxError(f"an archive {dest} with other content already exists; archives are "
+                                       "write-once and pcdb never writes over one")
+                placed.append(dest)
+                continue
+            for target, write in ((digest, lambda tmp: tmp.write_text(f"{sha256}  {name}.dump\n")),
+                                  (dest, lambda tmp: shutil.copyfile(path, tmp))):
+                tmp = folder / f".{target.name}.tmp"
                 tmp.unlink(missing_ok=True)
                 write(tmp)
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, dest)
-            placed.append(folder / f"{name}.dump")
+                os.chmod(tmp, 0o400)
+                os.replace(tmp, target)        # the dump last: a dump present is a dump whole
+            placed.append(dest)
         return str(placed[0])
 
     def verify_backup(self, backup: Backup) -> tuple[bool, str]:

@@ -41,3 +41,7 @@ SELECT g.rolname
   JOIN pg_catalog.pg_roles u ON u.oid = m.member
   WHERE u.rolname = %s
   ORDER BY 1
+
+-- name: system_identifier
+-- The cluster's identity (pg_control): the same on a physical copy, new for a new cluster (initdb).
+SELECT system_identifier::text FROM pg_catalog.pg_control_system();

@@ -17,19 +17,34 @@ CREATE TABLE IF NOT EXISTS pcdb.partition_archive (
     dropped_at       timestamptz,
     bytes            bigint);
 -- a table made by an earlier pcdb gets the size column too (the cost review's retention saving)
-ALTER TABLE pcdb.partition_archive ADD COLUMN IF NOT EXISTS bytes bigint
+ALTER TABLE pcdb.partition_archive ADD COLUMN IF NOT EXISTS bytes bigint;
+-- Each life of a partition name is a generation of its own: a month re-created after its drop, or
+-- changed after its proof, is archived anew beside the earlier archive, never over it.
+ALTER TABLE pcdb.partition_archive ADD COLUMN IF NOT EXISTS generation integer NOT NULL DEFAULT 1
+
+-- name: partition_archive_key
+-- The key of the lifecycle table: (partition, generation); a table of an earlier pcdb keyed by the name alone is re-keyed.
+DO $$
+BEGIN
+  IF (SELECT pg_catalog.array_length(i.indkey::int2[], 1) FROM pg_catalog.pg_index i
+       WHERE i.indrelid = 'pcdb.partition_archive'::pg_catalog.regclass AND i.indisprimary) = 1 THEN
+    ALTER TABLE pcdb.partition_archive DROP CONSTRAINT partition_archive_pkey,
+      ADD CONSTRAINT partition_archive_pkey PRIMARY KEY (partition, generation);
+  END IF;
+END $$
 
 -- name: partition_records
--- What earlier runs recorded, by partition.
-SELECT partition, state, rows, content_checksum, sha256, archive FROM pcdb.partition_archive WHERE parent = %(parent)s
+-- What earlier runs recorded of each partition's latest generation.
+SELECT DISTINCT ON (partition) partition, state, rows, content_checksum, sha256, archive, generation
+  FROM pcdb.partition_archive WHERE parent = %(parent)s ORDER BY partition, generation DESC
 
 -- name: set_partition_state
 -- Records a partition's next state (an intent before a step, a result after it).
 INSERT INTO pcdb.partition_archive AS a (partition, parent, state, range_from, range_to, rows, content_checksum, sha256, archive,
-                                         bytes)
+                                         bytes, generation)
 VALUES (%(partition)s, %(parent)s, %(state)s, %(range_from)s, %(range_to)s, %(rows)s, %(checksum)s, %(sha256)s, %(archive)s,
-        pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(%(qualified)s)))
-ON CONFLICT (partition) DO UPDATE SET state = EXCLUDED.state, bytes = coalesce(EXCLUDED.bytes, a.bytes),
+        pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(%(qualified)s)), %(generation)s)
+ON CONFLICT (partition, generation) DO UPDATE SET state = EXCLUDED.state, bytes = coalesce(EXCLUDED.bytes, a.bytes),
     rows = coalesce(EXCLUDED.rows, a.rows), content_checksum = coalesce(EXCLUDED.content_checksum, a.content_checksum),
     sha256 = coalesce(EXCLUDED.sha256, a.sha256), archive = coalesce(EXCLUDED.archive, a.archive),
     updated_at = pg_catalog.now(),
@@ -175,8 +190,8 @@ INSERT INTO pcdb.statements_snapshot VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT
 SELECT to_regclass('pcdb.pcdb_password_history') IS NOT NULL
 
 -- name: archive_record
--- An archived partition's state, archive and rows.
-SELECT state, archive, rows FROM pcdb.partition_archive WHERE partition = %s
+-- An archived partition's state, archive and rows (its latest generation).
+SELECT state, archive, rows FROM pcdb.partition_archive WHERE partition = %s ORDER BY generation DESC LIMIT 1
 
 -- name: index_valid
 -- Whether an index (schema, name) is valid.
@@ -188,7 +203,7 @@ SELECT x.indisvalid
 
 -- name: archived_range
 -- The range an archived partition held.
-SELECT range_from, range_to FROM pcdb.partition_archive WHERE partition = %s
+SELECT range_from, range_to FROM pcdb.partition_archive WHERE partition = %s ORDER BY generation DESC LIMIT 1
 
 -- name: retention_freed
 -- What the partitions dropped by the retention in the last 12 months took (the cost review's saving).

@@ -596,6 +596,13 @@ class AzureTarget:
                                         connection_verify=self._blob_verify)
             return reply.read() if reply.status_code == 200 else None
 
+    def server_identity(self) -> dict[str, str]:
+        server = self._find_server(self.env.server.name)
+        if server is None:
+            raise TargetError(f"{self.env.server.name} does not exist: it has no identity to bind evidence to")
+        created = getattr(getattr(server, "system_data", None), "created_at", None)
+        return {"resource_id": server.id or "", "created_at": created.isoformat() if created else ""}
+
     def ledger_anchors(self):
         """The ledger's anchors: a blob per row in the immutable evidence container, named
         ``<env>/ledger/<server>/<seq>`` with the row hash in its metadata."""
@@ -609,13 +616,14 @@ class AzureTarget:
 
     def archive_partition(self, path, name: str, sha256: str) -> str:
         """A partition's dump into the partition-archive container as ``<env>/partitions/<name>.dump``
-        (SHA-256 as metadata); an archive not proved yet (a killed run's) is replaced."""
+        (SHA-256 as metadata), write-once (``If-None-Match: *``): the name carries the content's
+        hash, so a blob already there under it is this very archive."""
         archive = self.env.azure.evidence_archive
         if archive is None or self._credential is None:
             raise TargetError("partitions are archived into azure.evidence_archive's storage account, which "
                               f"{self.env.name} does not name: add it, or keep the partitions (raise the retention)")
         return self._blob_put(archive.partition_container, f"{self.env.name}/partitions/{name}.dump", path, sha256,
-                              "application/octet-stream", once=False)
+                              "application/octet-stream", once=True)
 
     def fetch_partition_archive(self, location: str, dest):
         with self._blob_client() as (client, HttpRequest):

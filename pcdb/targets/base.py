@@ -277,8 +277,9 @@ class Target(Protocol):
         """The server administrator's password (resolved late, never stored in a field)."""
         ...
     def archive_partition(self, path: Path, name: str, sha256: str) -> str:
-        """Store a partition's dump (sandbox: the backup store; Azure: a blob container); return
-        where it went, for :meth:`fetch_partition_archive`."""
+        """Store a partition's dump under ``name`` (sandbox: the backup store; Azure: a blob
+        container), write-once: never over another archive; return where it went, for
+        :meth:`fetch_partition_archive`."""
         ...
     def fetch_partition_archive(self, location: str, dest: Path) -> Path:
         """Bring an archived partition's dump back to ``dest`` (the proof restores it)."""
@@ -327,6 +328,11 @@ class Target(Protocol):
     def read_archived_report(self, location: str) -> bytes | None:
         """An archived report's bytes (None: not readable, or ``location`` is not in this
         environment's archive: a ledger row is not trusted to name any place)."""
+        ...
+    def server_identity(self) -> dict[str, str]:
+        """What tells this server from any other made from the same spec (sandbox: PostgreSQL's
+        system identifier and when the sandbox was made; Azure: the resource id and its creation
+        time): evidence about a server is bound to it, never to its configuration alone."""
         ...
     def ledger_anchors(self) -> Anchors | None:
         """Where the run ledger's anchors are kept, write-once, outside the database (None: this

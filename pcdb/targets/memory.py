@@ -54,6 +54,7 @@ class MemoryTarget:
         self.env = env
         self.capabilities = capabilities
         self.anchors = MemoryAnchors()
+        self.identity = "7000000000000000001"     # a new server: a test changes it
         self.archived: dict[str, bytes] = {}
         self.nodes = {"node1": Node("node1", "primary"), "node2": Node("node2", "standby"),
                       "replica": Node("replica", "replica")}
@@ -163,6 +164,9 @@ class MemoryTarget:
 
     def own_roles(self) -> set[str]:
         return set()
+
+    def server_identity(self) -> dict[str, str]:
+        return {"system_identifier": self.identity}
 
     def ledger_anchors(self) -> MemoryAnchors:
         return self.anchors

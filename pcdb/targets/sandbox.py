@@ -575,6 +575,11 @@ class SandboxTarget:
         """Nothing to publish: the health runbook's store is the sandbox's metric history."""
         return 0
 
+    def server_identity(self) -> dict[str, str]:
+        with self.sandbox.primary().connect(self.admin) as conn:
+            system_id = conn.execute(query("catalog.sql", "system_identifier")).fetchone()[0]
+        return {"system_identifier": system_id, "created_at": self.sandbox.state.created_at or ""}
+
     def ledger_anchors(self) -> Anchors:
         """The ledger's anchors: a file per row under ``evidence/ledger`` of the backup store."""
         return FileAnchors(self.sandbox.backup_dirs[0] / "evidence" / "ledger")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -198,6 +199,9 @@ class FakeArm(HttpTransport):
             if parts[-1] in STATIC_PARAMETERS:
                 props["isConfigPendingRestart"] = True  # static: takes effect at the next restart
         stored = {**body, "id": path, "name": parts[-1], "type": "/".join(parts[5:6] + parts[6::2][:-1])}
+        now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        stored["systemData"] = {**(self.resources.get(key) or {}).get("systemData", {"createdAt": now}),
+                                "lastModifiedAt": now}   # what ARM reports of a tracked resource
         failure = next((f for frag, f in self.fail.items() if frag in path), None)
         created = key not in self.resources
         if "Microsoft.DBforPostgreSQL" in path:  # 202 + Azure-AsyncOperation, then the poller GETs

@@ -20,6 +20,7 @@ from pcdb import ledger
 from pcdb.anchors import AnchorConflict
 from pcdb.config import load_environment
 from pcdb.errors import TargetError
+from pcdb.maintenance import archive_name
 from pcdb.targets.factory import make_target
 from tests.azure.fake_arm import FakeArm
 from tests.conftest import new_sandbox_root
@@ -123,6 +124,8 @@ def test_the_archive_is_created_through_arm_with_an_immutability_policy():
     assert sent("/containers/pcdb-partition-archives")["properties"] == {"publicAccess": "None"}  # maintenance
     policy = sent("/containers/pcdb-run-reports/immutabilityPolicies/default")
     assert policy["properties"] == {"immutabilityPeriodSinceCreationInDays": 1095, "allowProtectedAppendWrites": False}
+    archives = sent("/containers/pcdb-partition-archives/immutabilityPolicies/default")   # customer rows: write-once
+    assert archives["properties"] == policy["properties"]
     writes = len(arm.writes)
     assert target.ensure_monitoring().action == "unchanged" and len(arm.writes) == writes
 
@@ -153,21 +156,25 @@ def test_a_token_for_the_wrong_audience_is_a_clear_error(azurite, tmp_path):
         target.archive_report(report, ledger.file_sha256(report))
 
 
-def test_a_partition_archive_goes_to_its_container_comes_back_byte_for_byte_and_an_unproved_one_is_replaced(
+def test_a_partition_archive_goes_to_its_container_comes_back_byte_for_byte_and_is_never_written_over(
         azurite, tmp_path):
     endpoint, cert = azurite
     create_container(endpoint, cert, "pcdb-partition-archives")
     target = target_with(endpoint, cert, EntraToken())
     dump = tmp_path / "p.dump"
     dump.write_bytes(b"PGDMP" + bytes(range(256)) * 40)
-    name = "pc_kos_integration_log_y2025m09"
-    url = target.archive_partition(dump, name, ledger.file_sha256(dump))
+    sha = ledger.file_sha256(dump)
+    name = archive_name("pc_kos_integration_log_y2025m09", 1, sha)
+    url = target.archive_partition(dump, name, sha)
     assert url == f"{endpoint}/pcdb-partition-archives/prod/partitions/{name}.dump"
     back = target.fetch_partition_archive(url, tmp_path / "back.dump")
     assert back.read_bytes() == dump.read_bytes()
-    dump.write_bytes(b"PGDMP second attempt after a killed run")          # not proved yet: replaced
-    assert target.archive_partition(dump, name, ledger.file_sha256(dump)) == url
-    assert read_blob(url, cert) == dump.read_bytes()
+    assert target.archive_partition(dump, name, sha) == url               # the same archive again: kept
+    second = tmp_path / "second.dump"
+    second.write_bytes(b"PGDMP the month re-created with other rows")
+    other = archive_name("pc_kos_integration_log_y2025m09", 2, ledger.file_sha256(second))
+    assert target.archive_partition(second, other, ledger.file_sha256(second)) != url    # a name of its own
+    assert read_blob(url, cert) == dump.read_bytes()                      # the first archive untouched
     with pytest.raises(TargetError, match="could not read the archive"):
         target.fetch_partition_archive(url + ".missing", tmp_path / "none.dump")
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import Receiver, new_target, paused_run_id, phase_summaries
+from tests.conftest import Receiver, installed_target, new_target, paused_run_id, phase_summaries
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +87,38 @@ def test_a_no_change_rerun_of_phase_7_fails_nothing_over_and_relies_on_the_last_
     reverified = run_install(target, phases=[7], reverify=True)
     assert reverified.is_completed(), reverified.message
     assert timeline() > before                                                  # --reverify: failed over again
+
+
+def test_a_new_server_with_the_same_spec_runs_its_own_failover_and_pitr_checks(installed):
+    """Evidence belongs to one server: a new sandbox made from the same spec, whose ledger carries
+    the first one's passed install (as a spooled record or a restored ledger would), relies on
+    nothing and fails over and restores itself."""
+    from pcdb import ledger
+    from pcdb.context import RunbookContext
+    from pcdb.install import disruptive_checks, last_verification, verified_configuration
+    from pcdb.schema import LEDGER_SCHEMA
+
+    first, _ = installed
+    with psycopg.connect(first.endpoint().conninfo(first.admin, first.admin_password())) as conn:
+        (passed,) = [r for r in ledger.rows(conn, LEDGER_SCHEMA, datetime.now(timezone.utc) - timedelta(days=1),
+                                            flow="install") if r["figures"].get("verified_configuration")][-1:]
+    assert passed["figures"]["verified_server"] == first.server_identity()
+    second = installed_target()
+    ctx = RunbookContext(second.env, second)
+    assert verified_configuration(ctx) == passed["figures"]["verified_configuration"]    # the same configuration
+    assert second.server_identity()["system_identifier"] != first.server_identity()["system_identifier"]
+    with ctx.connect() as conn:
+        ledger.append(conn, LEDGER_SCHEMA, ledger.RunRecord(**{k: passed[k] for k in ledger.RunRecord.__dataclass_fields__}))
+    assert last_verification(ctx, passed["figures"]["verified_configuration"], second.server_identity()) is None
+    def timeline():
+        with ctx.connect() as conn:
+            return conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0]
+    before = timeline()
+    checks = {r.name: r for r in disruptive_checks(ctx)}
+    for name in ("HA failover test", "point-in-time restore test"):
+        assert checks[name].passed and not checks[name].evidence.startswith("not repeated"), checks[name].evidence
+    assert timeline() > before                                  # it failed over (and back) itself
+    second.sandbox.destroy()
 
 
 def test_no_secret_in_the_report_the_prefect_database_or_the_server_logs(installed):

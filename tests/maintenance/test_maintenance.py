@@ -196,6 +196,36 @@ def test_a_run_killed_at_any_step_is_finished_by_the_next_with_nothing_lost(env,
     assert restore_checksum(env, record[2], name) == before
 
 
+def test_a_month_archived_recreated_with_other_rows_and_archived_again_leaves_two_archives(env, prefect_harness):
+    """Archives are write-once: the second life of a partition name is archived beside the first,
+    never over it, and each archive restores its own rows."""
+    k, name = 40, past_name(40)
+    with conn_of(env) as conn:
+        add_past_month(conn, k)
+        first = checksum(conn, name)
+    code, done, _ = maintain(env, "--only", "partitions")
+    assert code == 0 and name in done["partitions"]["dropped"], done["problems"]
+    with conn_of(env) as conn:                      # the same month again, with other rows
+        add_past_month(conn, k)
+        conn.execute(f"UPDATE {SCHEMA}.{name} SET request_id = 'other-' || request_id, response_time_ms = 7")
+        second = checksum(conn, name)
+    assert second != first
+    code, again, _ = maintain(env, "--only", "partitions")
+    assert code == 0 and name in again["partitions"]["dropped"], again["problems"]
+    (entry,) = [a for a in again["partitions"]["archived"] if a["name"] == name]
+    assert entry["verified"] and entry["generation"] == 2
+    with conn_of(env) as conn:
+        records = conn.execute("SELECT generation, state, archive FROM pcdb.partition_archive WHERE partition = %s "
+                               "ORDER BY generation", (name,)).fetchall()
+    assert [(g, s) for g, s, _ in records] == [(1, "dropped"), (2, "dropped")]
+    archives = [a for _, _, a in records]
+    assert archives[0] != archives[1] and all(Path(a).is_file() for a in archives)
+    assert oct(Path(archives[0]).stat().st_mode & 0o777) == "0o400"
+    assert oct(Path(archives[0]).parent.stat().st_mode & 0o777) == "0o700"
+    assert restore_checksum(env, archives[0], name) == first
+    assert restore_checksum(env, archives[1], name) == second
+
+
 def test_a_detach_held_up_by_the_application_is_deferred_then_finalized(env, prefect_harness):
     name = past_name(30)
     with conn_of(env) as conn:
