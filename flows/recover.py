@@ -13,7 +13,7 @@ from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.install import runbook_context
 from flows.notify import notify
-from pcdb import recovery
+from pcdb import predicate, recovery
 from pcdb.config import Environment, load_environment
 
 
@@ -25,10 +25,14 @@ def recover(to: datetime, env: str = "local", spec_path: str | None = None, tabl
     Args:
         to: the moment before the corruption (with a time zone).
         tables: the affected tables (default: every table with a primary key).
-        where: a SQL predicate bounding the affected range, on every table named.
+        where: one boolean expression bounding the affected range, on every table named: column
+            names, constants, comparisons, AND/OR/NOT, IN, BETWEEN, IS NULL, casts and date
+            functions (pcdb/predicate.py); anything else is refused before anything is made.
         yes: approve the replay by flag (sandbox only).
     """
     spec = load_environment(spec_path or env)
+    if where is not None:
+        predicate.parse(where)                         # refused before anything, even the slot
     ctx = runbook_context(spec)
     decisions: list[str] = []
     approve, _ = gates(spec, yes, decisions)

@@ -550,7 +550,9 @@ def recover_command(env: EnvOption = "local",
                     tables: Annotated[str | None, typer.Option(
                         "--tables", help="the affected tables, comma-separated (default: every table with a key)")] = None,
                     where: Annotated[str | None, typer.Option(
-                        "--where", help="a SQL predicate bounding the affected rows, e.g. \"billed_on >= '2026-11-01'\"")] = None,
+                        "--where", help="one condition bounding the affected rows, e.g. \"billed_on >= '2026-11-01'\": "
+                                        "columns, constants, comparisons, AND/OR/NOT, IN, BETWEEN, IS NULL, casts, "
+                                        "date functions; never statements")] = None,
                     yes: Annotated[bool, typer.Option("--yes", help="approve the replay by flag (sandbox only)")] = False,
                     as_json: JsonOption = False) -> None:
     """Data-corruption recovery (§12.2.2): restore to a new server at --to, compare, put back exactly
@@ -558,6 +560,10 @@ def recover_command(env: EnvOption = "local",
     if not to:
         raise PcdbError("--to is required: the moment before the corruption, e.g. 2026-11-27T14:05:00+09:00")
     when = _parse_time(to, "--to")
+    if where is not None:
+        from pcdb import predicate
+
+        predicate.parse(where)        # refused here, before a run starts or anything is made
     names = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
     spec = load_environment(env)
     config = _use_orchestrator(spec)

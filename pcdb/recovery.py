@@ -4,9 +4,13 @@
 2. A new throw-away server is restored to that time.
 3. The affected range (``--tables``, ``--where``) is compared row by row, by primary key, with
    the live server: rows the corruption deleted (missing), rows it overwrote (changed), and rows
-   written since (extra, kept: they are the service's newer data).
+   written since (extra, kept: they are the service's newer data). ``--where`` is one boolean
+   expression checked by :mod:`pcdb.predicate`, never the person's text pasted into SQL; every
+   read runs in a READ ONLY transaction with a statement timeout, as ``pcdb_recovery``, a role
+   that cannot run programs, read server files or bypass anything (``SET ROLE`` for the session).
 4. The rows to put back are exported (JSON lines, 0600) and, after the approval, replayed into
-   the live server in one transaction that first checks the live rows are still those compared.
+   the live server in one transaction that first locks the live rows by their primary keys (not
+   by running the predicate again) and checks they are still those compared.
 5. The range is compared again: every damaged row is back and nothing else changed. The
    throw-away server is deleted, also when the recovery fails.
 """
@@ -17,6 +21,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,11 +29,16 @@ from pathlib import Path
 import psycopg
 from psycopg import sql as psql
 
+from pcdb import predicate as predicates
 from pcdb.config import Environment
 from pcdb.errors import PcdbError, TargetError
+from pcdb.predicate import Predicate
 from pcdb.sql import query
 from pcdb.targets.base import Target, throwaway_name
 from pcdb.timeline import Timeline
+
+ROLE = "pcdb_recovery"
+STATEMENT_TIMEOUT_MS = 10 * 60 * 1000   # no single read of a recovery runs longer than 10 minutes
 
 
 def recover_server(env: Environment) -> str:
@@ -39,6 +49,7 @@ def recover_server(env: Environment) -> str:
 class TableDiff:
     name: str                                                 # as PostgreSQL shows it (regclass)
     ident: psql.Identifier                                    # schema and name, quoted by psycopg
+    schema: str
     key: list[str]
     columns: list[str]
     missing: dict[str, str] = field(default_factory=dict)    # key -> restored row (deleted by the corruption)
@@ -130,43 +141,88 @@ def _tables(conn: psycopg.Connection, names: list[str] | None, env: Environment,
             report.skipped.append(f"{table} (no primary key)")
             continue
         columns = [r[0] for r in conn.execute(query("recovery.sql", "writable_columns"), {"table": table})]
-        out.append(TableDiff(table, psql.Identifier(schema, relname), key, columns))
+        out.append(TableDiff(table, psql.Identifier(schema, relname), schema, key, columns))
     return out
 
 
-def _parts(diff: TableDiff, where: str | None) -> dict:
+def _parts(diff: TableDiff, where: Predicate | None) -> dict:
     return {"table": diff.ident, "key": psql.SQL(", ").join(map(psql.Identifier, diff.key)),
-            "where": psql.SQL(where or "TRUE")}
+            "where": psql.SQL(where.sql) if where else psql.SQL("TRUE")}   # the checked tree, printed again
 
 
-def _rows(conn: psycopg.Connection, diff: TableDiff, where: str | None, lock: bool = False) -> dict[str, str]:
-    return dict(conn.execute(_q("lock_rows_in_range" if lock else "rows_in_range", **_parts(diff, where))).fetchall())
+def recovery_session(conn: psycopg.Connection, admin: str, diffs: list[TableDiff]) -> None:
+    """Make the session ``pcdb_recovery``: a NOLOGIN role (made once, granted to the admin so the
+    admin may take it on) with only SELECT, INSERT and UPDATE on the compared tables. Whatever
+    runs in the session runs with its rights, not the admin's: no COPY TO PROGRAM, no server
+    files, no other table."""
+    if not conn.execute(query("recovery.sql", "role_exists"), {"role": ROLE}).fetchone()[0]:
+        conn.execute(psql.SQL(query("recovery.sql", "create_role")).format(role=psql.Identifier(ROLE)))
+    conn.execute(psql.SQL(query("recovery.sql", "grant_role")).format(role=psql.Identifier(ROLE),
+                                                                       admin=psql.Identifier(admin)))
+    for diff in diffs:
+        conn.execute(psql.SQL(query("recovery.sql", "grant_table")).format(
+            role=psql.Identifier(ROLE), table=diff.ident, schema=psql.Identifier(diff.schema)))
+    conn.execute(psql.SQL("SET ROLE {}").format(psql.Identifier(ROLE)))
 
 
-def compare(restored: psycopg.Connection, live: psycopg.Connection, diff: TableDiff, where: str | None) -> None:
+def _read_only(conn: psycopg.Connection):
+    """A READ ONLY transaction with the statement timeout and ``search_path = pg_catalog``."""
+    @contextmanager
+    def opened():
+        with conn.transaction():
+            conn.execute(query("recovery.sql", "read_only"))
+            conn.execute(query("recovery.sql", "guard"), {"timeout": STATEMENT_TIMEOUT_MS})
+            yield
+    return opened()
+
+
+def _rows(conn: psycopg.Connection, diff: TableDiff, where: Predicate | None) -> dict[str, str]:
+    with _read_only(conn):
+        return dict(conn.execute(_q("rows_in_range", **_parts(diff, where))).fetchall())
+
+
+def check_where(conn: psycopg.Connection, diff: TableDiff, where: Predicate) -> None:
+    """The expression reads only the table's columns and plans on it (EXPLAIN, never run).
+
+    Raises:
+        PcdbError: naming the table and what is wrong.
+    """
+    columns = {r[0] for r in conn.execute(query("recovery.sql", "all_columns"), {"table": diff.name})}
+    predicates.check_columns(where, diff.name, columns)
+    try:
+        with _read_only(conn):
+            conn.execute(_q("check_where", **_parts(diff, where)))
+    except psycopg.Error as exc:
+        raise PcdbError(f"--where {where.text!r} is not valid on {diff.name}: "
+                        f"{str(exc).strip().splitlines()[0]}") from None
+
+
+def compare(restored: psycopg.Connection, live: psycopg.Connection, diff: TableDiff, where: Predicate | None) -> None:
     before, now = _rows(restored, diff, where), _rows(live, diff, where)
     diff.missing = {k: v for k, v in before.items() if k not in now}
     diff.changed = {k: (v, now[k]) for k, v in before.items() if k in now and now[k] != v}
     diff.extra = sum(1 for k in now if k not in before)
 
 
-def replay(live: psycopg.Connection, diffs: list[TableDiff], where: str | None) -> int:
+def replay(live: psycopg.Connection, diffs: list[TableDiff]) -> int:
     """Put the restored rows back in one transaction; refused (nothing written) when a live row
-    of the range changed since the comparison."""
+    changed since the comparison. The live rows are locked by their primary keys."""
     count = 0
     with live.transaction():
+        live.execute(query("recovery.sql", "guard"), {"timeout": STATEMENT_TIMEOUT_MS})
         for diff in diffs:
             if not diff.missing and not diff.changed:
                 continue
-            now = _rows(live, diff, where, lock=True)
+            rows = [json.loads(v) for v in diff.missing.values()] + [json.loads(r) for r, _ in diff.changed.values()]
+            parts = _parts(diff, None)
+            now = dict(live.execute(_q("lock_rows_by_key", **parts), {"keys": json.dumps(rows)}).fetchall())
             moved = [k for k in diff.missing if k in now] + [k for k, (_, was) in diff.changed.items() if now.get(k) != was]
             if moved:
                 raise PcdbError(f"{diff.name}: {len(moved)} row(s) of the range changed since the comparison (e.g. key "
                                 f"{moved[0]}); nothing was written. Run the recovery again")
-            rows = [json.loads(v) for v in diff.missing.values()] + [json.loads(r) for r, _ in diff.changed.values()]
             columns = psql.SQL(", ").join(map(psql.Identifier, diff.columns))
             excluded = psql.SQL(", ").join(psql.SQL("EXCLUDED.{}").format(psql.Identifier(c)) for c in diff.columns)
-            statement = _q("put_back", **_parts(diff, where), columns=columns, excluded=excluded)
+            statement = _q("put_back", **parts, columns=columns, excluded=excluded)
             live.execute(statement, {"rows": json.dumps(rows)})
             count += len(rows)
     return count
@@ -187,29 +243,35 @@ def export(diffs: list[TableDiff], folder: Path) -> Path:
 
 def recover(target: Target, env: Environment, password: str, to: datetime, tables: list[str] | None,
             where: str | None, approve: Callable[[dict], None], export_to: Path) -> RecoveryReport:
-    """The whole recovery; the throw-away server is deleted whatever happens."""
+    """The whole recovery; the throw-away server is deleted whatever happens.
+
+    Raises:
+        PredicateError: ``where`` is not one allowed expression (before anything is made).
+    """
     started = time.monotonic()
+    predicate = predicates.parse(where) if where is not None else None   # before anything else
     report = RecoveryReport(to.isoformat(), recover_server(env), env.dr.data_corruption.rto.total_seconds())
     check_time(target, env, to)
-    live_info = target.endpoint("primary").conninfo(env.server.admin.user, password)
+    admin = env.server.admin.user
+    live_info = target.endpoint("primary").conninfo(admin, password)
     with psycopg.connect(live_info, autocommit=True) as live:
         diffs = _tables(live, tables, env, report)
-        for diff in diffs:
-            try:
-                live.execute(_q("check_where", **_parts(diff, where)))
-            except psycopg.Error as exc:
-                raise PcdbError(f"--where {where!r} is not valid on {diff.name}: "
-                                f"{str(exc).strip().splitlines()[0]}") from None
+        recovery_session(live, admin, diffs)
+        if predicate is not None:
+            for diff in diffs:
+                check_where(live, diff, predicate)
     if not diffs:
         raise PcdbError("no table to compare: name them with --tables (each needs a primary key)")
     target.delete_server(report.server)   # a leftover of an interrupted recovery
     try:
         endpoint = target.restore_point_in_time(to, report.server)
         report.mark(f"restored {report.server} to {to.isoformat()}")
-        with psycopg.connect(endpoint.conninfo(env.server.admin.user, password), autocommit=True) as restored, \
+        with psycopg.connect(endpoint.conninfo(admin, password), autocommit=True) as restored, \
                 psycopg.connect(live_info, autocommit=True) as live:
+            recovery_session(restored, admin, diffs)
+            recovery_session(live, admin, diffs)
             for diff in diffs:
-                compare(restored, live, diff, where)
+                compare(restored, live, diff, predicate)
             report.tables = diffs
             damaged = sum(len(d.missing) + len(d.changed) for d in diffs)
             report.mark(f"compared: {damaged} damaged row(s) to put back in "
@@ -221,11 +283,11 @@ def recover(target: Target, env: Environment, password: str, to: datetime, table
                 approve({"put_back": {d.name: d.as_dict()["put_back"] for d in diffs if d.missing or d.changed},
                          "export": report.export})
                 report.mark("replay approved")
-                report.put_back = replay(live, diffs, where)
+                report.put_back = replay(live, diffs)
                 report.mark(f"{report.put_back} row(s) put back into the live server in one transaction")
-            check = [TableDiff(d.name, d.ident, d.key, d.columns) for d in diffs]
+            check = [TableDiff(d.name, d.ident, d.schema, d.key, d.columns) for d in diffs]
             for again in check:
-                compare(restored, live, again, where)
+                compare(restored, live, again, predicate)
             report.verified = all(not c.missing and not c.changed and c.extra == d.extra
                                   for d, c in zip(diffs, check, strict=True))
             report.mark("verified: every damaged row is back and the newer rows are untouched" if report.verified

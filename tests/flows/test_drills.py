@@ -6,6 +6,7 @@ import json
 import os
 import time
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
@@ -237,6 +238,20 @@ def test_a_corruption_recovery_puts_back_exactly_the_damaged_rows(drilled):
         assert "before the retention" in too_old and "earliest point" in too_old
         assert "no primary key" in recover(target, "--to", at, "--tables", "bill_log", code=1)
         assert "--where" in recover(target, "--to", at, "--tables", "bill_items", "--where", "nosuch > 1", code=1)
+        # A person's text is never SQL: each of these is refused before a run starts or a server is made.
+        with ctx.connect() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS pcdb_canary (n int)")
+        hostile = {"id <= 200; DROP TABLE pcdb_canary": "second statement",
+                   "id IN (SELECT n FROM pcdb_canary)": "a subquery is not allowed",
+                   "pg_sleep(30) IS NULL": "the function pg_sleep is not allowed",
+                   "pg_terminate_backend(pg_backend_pid()) OR true": "the function pg_terminate_backend is not allowed",
+                   "length(note) > 1": "the function length is not allowed"}
+        for where, reason in hostile.items():
+            message = " ".join(recover(target, "--to", at, "--tables", "bill_items", "--where", where, code=1).split())
+            assert reason in message, message
+        with ctx.connect() as conn:
+            assert conn.execute("SELECT to_regclass('pcdb_canary')").fetchone()[0] is not None
+            conn.execute("DROP TABLE pcdb_canary")
         assert target.sandbox.status()["restores"] == []                            # nothing was made
 
         result = recover(target, "--to", at, "--tables", "bill_items", "--where", "id <= 200")
@@ -254,3 +269,29 @@ def test_a_corruption_recovery_puts_back_exactly_the_damaged_rows(drilled):
     finally:
         with ctx.connect() as conn:
             conn.execute("DROP TABLE IF EXISTS bill_items, bill_log")
+
+
+def test_the_recovery_session_cannot_run_programs_or_write_other_tables(drilled):
+    """The recovery works as pcdb_recovery: SELECT, INSERT, UPDATE on the compared tables and
+    nothing else, even when its login (the sandbox's admin) is a superuser."""
+    from pcdb import recovery
+
+    target, ctx = drilled
+    with ctx.connect() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bill_guarded (id int PRIMARY KEY)")
+        diffs = recovery._tables(conn, ["bill_guarded"], target.env, recovery.RecoveryReport("x", "y", 1))
+    try:
+        with ctx.connect() as conn:
+            recovery.recovery_session(conn, target.admin, diffs)
+            assert conn.execute("SELECT current_user").fetchone()[0] == "pcdb_recovery"
+            conn.execute("INSERT INTO bill_guarded VALUES (1)")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("COPY (SELECT 1) TO PROGRAM 'touch /tmp/pcdb-pwned'")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT pg_read_file('postgresql.conf')")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DELETE FROM bill_guarded")
+        assert not os.path.exists("/tmp/pcdb-pwned")
+    finally:
+        with ctx.connect() as conn:
+            conn.execute("DROP TABLE IF EXISTS bill_guarded")
