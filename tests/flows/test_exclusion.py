@@ -104,4 +104,5 @@ def test_a_slot_taken_without_a_record_is_asked_for_again_not_refused(prefect_ha
     monkeypatch.setattr(exclusion, "concurrency", asking)
     with exclusion.mutating_slot("unrecorded-env", "install"):
         assert exclusion.holder("unrecorded-env")["what"] == "install"
-    assert len(attempts) == 2 and exclusion.holder("unrecorded-env") is None
+    # Asked again (a loaded server may need one more ask after the holder ended), never refused.
+    assert len(attempts) >= 2 and exclusion.holder("unrecorded-env") is None

@@ -6,6 +6,7 @@ silences, annotations during pcdb's own runs, and the metric history."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -163,8 +164,14 @@ def test_a_rule_fires_after_its_duration_notifies_once_reminds_and_resolves_once
         clock.run(after=timedelta(hours=4))
         assert len(clock.sent("too-many-sessions")) == 2 and "REMINDER" in clock.sent("too-many-sessions")[1]["subject"]
     finally:
+        pids = [s.info.backend_pid for s in sessions]
         for s in sessions:
             s.close()
+    with admin(env) as conn:   # a closed session's backend leaves pg_stat_activity a moment later
+        deadline = time.monotonic() + 30
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the closed sessions' backends did not end within 30 s"
+            time.sleep(0.05)
     resolved = clock.run()
     assert alert(resolved, "too-many-sessions")["state"] == "resolved" and resolved.status == "ok"
     assert "RESOLVED" in clock.sent("too-many-sessions")[-1]["subject"]
