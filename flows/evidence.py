@@ -28,6 +28,7 @@ from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError
 from pcdb.orchestrator import server_config
+from pcdb.private import write_private
 from pcdb.schema import LEDGER_SCHEMA
 
 logger = logging.getLogger("pcdb.evidence")
@@ -51,9 +52,7 @@ def publish_report(spec: Environment, stem: str, text: str, description: str, ke
     """A run's report (at ``path``, by default :func:`report_path`) and the run's markdown artifact
     (key ``key`` or ``stem``, described with the path; ``artifact_text`` when it differs, e.g.
     pictures embedded rather than linked)."""
-    path = path or report_path(spec, stem)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path = write_private(path or report_path(spec, stem), text)
     create_markdown_artifact(artifact_text or text, key=key or stem, description=f"{description} ({path})")
     return path
 

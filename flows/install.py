@@ -32,6 +32,7 @@ from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.errors import ApprovalError, PcdbError, SecretError
 from pcdb.install import PHASES, PhaseSpec, full_plan, refuse_bad_secrets
+from pcdb.private import write_private
 from pcdb.schema import LEDGER_SCHEMA
 from pcdb.targets.factory import make_target
 from tasks.install import run_step
@@ -277,10 +278,8 @@ def handover(spec: Environment, ctx: RunbookContext, results: dict[int, list], a
                              {p.number: p.title for p in ALL_PHASES}, expiry)
         if any(s and s in text for s in ctx.secret_values()):
             raise PcdbError("the handover report would contain a secret; it was not written")
-        folder = spec.reports_path
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"handover-{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
-        path.write_text(text)
+        path = write_private(spec.reports_path / f"handover-{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md",
+                             text)
         create_markdown_artifact(text, key=f"handover-{spec.name}", description=f"handover report ({path})")
         return str(path)
     return Path(run_handover())

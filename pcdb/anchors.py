@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from pcdb.errors import PcdbError
+from pcdb.private import private_dir
 
 
 class AnchorError(PcdbError):
@@ -53,8 +54,8 @@ class FileAnchors:
         return self.folder / f"{seq:012d}"
 
     def put(self, seq: int, row_hash: str) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.folder, 0o700)
+        private_dir(self.folder.parent)
+        private_dir(self.folder)
         path = self._path(seq)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)

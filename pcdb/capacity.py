@@ -17,6 +17,7 @@ and transaction-ID wraparound. Every forecast is stored and scored by later runs
 from __future__ import annotations
 
 import base64
+import os
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import psycopg
 
 from pcdb.config import CapacitySettings, Environment
 from pcdb.forecast import DAY, Daily, Drift, daily, drift, sparkline
+from pcdb.private import private_dir, private_file
 from pcdb.sql import query
 
 GiB = 2**30
@@ -141,8 +143,7 @@ class Store:
     """
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path = private_file(path)            # 0600 before SQLite opens it (its -wal too)
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.executescript(self.SCHEMA)
 
@@ -559,7 +560,7 @@ def plots(result: dict, history: dict[str, Hourly], folder: Path, stem: str) -> 
     connections against max_connections, CPU and memory against their thresholds."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend, a faster import
 
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     start = datetime.fromisoformat(result["as_of"]).timestamp() - result["weeks"] * 7 * DAY
     hist = {k: v.since(start) for k, v in history.items() if len(v)}
     paths = []
@@ -571,6 +572,7 @@ def plots(result: dict, history: dict[str, Hourly], folder: Path, stem: str) -> 
         path = folder / f"{stem}-{name}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=72)
+        os.chmod(path, 0o600)                      # beside the report, as private as it
         paths.append(path)
 
     s = result["storage"]

@@ -65,15 +65,38 @@ def check_connection(conn: psycopg.Connection, env: Environment) -> CheckResult:
                        {"server_version": server, "tls_version": version, "cipher": cipher})
 
 
-def check_non_tls_refused(endpoint: Endpoint, user: str, password: str) -> CheckResult:
-    """R-SEC-4: a connection without TLS is refused (tried for real)."""
-    info = psycopg.conninfo.make_conninfo(endpoint.conninfo(user, password), sslmode="disable")
-    try:
-        psycopg.connect(info, connect_timeout=10).close()
-    except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1]
-        return CheckResult("non-TLS connection refused", "R-SEC-4", True, f"refused: {reason}")
-    return CheckResult("non-TLS connection refused", "R-SEC-4", False, "a connection with sslmode=disable was accepted")
+PROBE_USER = "pcdb_tls_probe"   # a role no server has: the probe carries no real credential
+
+
+def check_non_tls_refused(endpoint: Endpoint) -> CheckResult:
+    """R-SEC-4: a connection without TLS is refused (tried for real, with no real credential).
+
+    The probe connects as a role that does not exist, with no password. Over TLS, a server that
+    answers asks for a password (libpq's PQconnectionNeedsPassword): it is reachable. Without
+    TLS, a server that refuses plain connections ends them before any authentication (pg_hba.conf
+    rejects them, or Azure's require_secure_transport); one that would accept them asks for a
+    password again. Neither attempt sends a credential, and neither is judged by its message."""
+    def attempt(sslmode: str):
+        info = psycopg.conninfo.make_conninfo(
+            host=endpoint.host, port=endpoint.port, dbname=endpoint.dbname, user=PROBE_USER, sslmode=sslmode,
+            connect_timeout=10, application_name="pcdb-tls-probe", sslrootcert=endpoint.sslrootcert or None)
+        conn = psycopg.pq.PGconn.connect(info.encode())
+        try:
+            ok = conn.status == psycopg.pq.ConnStatus.OK
+            return ok, conn.needs_password, conn.error_message.decode(errors="replace").strip().splitlines()[-1:]
+        finally:
+            conn.finish()
+
+    _, reachable, why = attempt("require" if endpoint.sslmode == "require" else endpoint.sslmode)
+    if not reachable:
+        return CheckResult("non-TLS connection refused", "R-SEC-4", False,
+                           f"the server could not be reached over TLS to compare: {' '.join(why)}")
+    accepted, asked, why = attempt("disable")
+    if accepted or asked:
+        return CheckResult("non-TLS connection refused", "R-SEC-4", False,
+                           "a connection without TLS was " + ("accepted" if accepted else "taken to authentication"))
+    return CheckResult("non-TLS connection refused", "R-SEC-4", True,
+                       f"refused before authentication: {' '.join(why)}")
 
 
 def check_schema_objects(conn: psycopg.Connection, env: Environment) -> list[CheckResult]:

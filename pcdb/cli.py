@@ -1078,7 +1078,8 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
     """The server, its work pools and workers, the deployments and their next scheduled runs.
 
     --json prints {url, ui_url, backend, version, work_pools, workers, deployments:[{name,
-    schedule, next_runs}]}; exit status 3 when the server is not running."""
+    schedule, next_runs}], problems}; exit status 3 when the server is not running, 2 when
+    something is wrong (a file or folder others could read)."""
     specs = [load_environment(e) for e in env]
     config = _one_server(specs)
     base = {"url": config.url, "ui_url": config.ui_url, "backend": config.backend, "up": False}
@@ -1091,17 +1092,24 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
     os.environ["PREFECT_API_URL"] = config.url
     from flows import service
 
-    status = base | {"up": True} | service.service_status(specs)
+    from pcdb.orchestrator import environment_privacy
+
+    problems = Orchestrator(config).privacy_problems() + [p for s in specs for p in environment_privacy(s)]
+    status = base | {"up": True} | service.service_status(specs) | {"problems": problems}
     if as_json:
         print(json.dumps(status, indent=2, default=str))
-        return
+        raise typer.Exit(2 if problems else 0)
     out.print(f"Prefect {status['version']} at {config.ui_url} ({config.backend})")
+    for problem in problems:
+        err.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     for w in status["workers"]:
         out.print(f"worker {w['name']} ({w['pool']}): {w['status']}")
     table = Table("deployment", "schedule", "next runs")
     for d in status["deployments"]:
         table.add_row(d["name"], d["schedule"], "\n".join(d["next_runs"]) or "-")
     out.print(table)
+    if problems:
+        raise typer.Exit(2)
 
 
 @server_app.command("down")

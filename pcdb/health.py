@@ -33,6 +33,7 @@ from psycopg import sql as psql
 from pcdb import security
 from pcdb.config import Environment
 from pcdb.context import RunbookContext
+from pcdb.private import private_file
 from pcdb.sql import query
 
 logger = logging.getLogger("pcdb.health")
@@ -169,8 +170,7 @@ class Store:
     """The alert state, metric history, silences and sent notifications of one environment."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path = private_file(path)            # 0600 before SQLite opens it (its -wal too)
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.executescript(SCHEMA)
 

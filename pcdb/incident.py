@@ -19,6 +19,7 @@ from pathlib import Path
 from pcdb.config import Environment, IncidentSettings
 from pcdb.errors import PcdbError
 from pcdb.orchestrator import server_config
+from pcdb.private import write_private
 from pcdb.units import format_duration
 
 
@@ -280,9 +281,8 @@ class IncidentStore:
         return self.folder / f"{incident_id}.json"
 
     def save(self, incident: Incident) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.path(incident.id).with_suffix(".tmp")
-        tmp.write_text(json.dumps(incident.to_json(), indent=2, ensure_ascii=False) + "\n")
+        write_private(tmp, json.dumps(incident.to_json(), indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, self.path(incident.id))
 
     def load(self, incident_id: str) -> Incident:

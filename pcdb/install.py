@@ -268,7 +268,7 @@ def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
         results.append(checks.check_sample_inserts_use_index(conn, env))
         results.append(checks.check_pg_stat_statements(conn))
         results.append(checks.check_storage(conn, env, target))
-    results.append(checks.check_non_tls_refused(endpoint, admin, ctx.admin_password()))
+    results.append(checks.check_non_tls_refused(endpoint))
 
     @contextmanager
     def connect_as(role: str, dbname: str | None = None):

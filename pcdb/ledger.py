@@ -37,6 +37,7 @@ from psycopg.types.json import Jsonb
 
 from pcdb.anchors import AnchorConflict, AnchorError, Anchors
 from pcdb.errors import PcdbError
+from pcdb.private import private_dir
 from pcdb.sql import query
 
 GENESIS = "0" * 64
@@ -365,7 +366,7 @@ class Spool:
         self.path = path
 
     def add(self, record: RunRecord) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a") as handle:
             handle.write(json.dumps(record.as_json(), ensure_ascii=False) + "\n")
@@ -404,7 +405,7 @@ class Spool:
         if not left:
             self.anchor_path.unlink(missing_ok=True)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         tmp = self.anchor_path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:

@@ -26,6 +26,7 @@ from pathlib import Path
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import PcdbError
+from pcdb.private import audit, private_dir, write_private
 from pcdb.process import alive
 
 
@@ -121,6 +122,14 @@ def _holder_of(port: int) -> str:
     return "another program"
 
 
+def _private_log(path: Path):
+    """A log file opened for appending, readable by its owner only."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
 def _prefect_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "prefect", *args]
 
@@ -147,6 +156,15 @@ def _stop_pid(pid: int, timeout: float = 20) -> bool:
         except ChildProcessError:
             pass
     return True
+
+
+def environment_privacy(env: Environment) -> list[str]:
+    """Anything of an environment's that others could read: its reports (with the recoveries'
+    exported rows), incident records, and the health and capacity stores."""
+    home = server_config(env).home
+    return audit([(env.reports_path, 0o700, 0o600), (home / "incidents" / env.name, 0o700, 0o600),
+                  (home / "health", 0o700, 0o600), (home / "capacity", 0o700, 0o600),
+                  (home / "ledger-spool", 0o700, 0o600)])
 
 
 class Orchestrator:
@@ -176,10 +194,25 @@ class Orchestrator:
             return None
 
     def _write(self, path: Path, data: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp = write_private(path.with_suffix(".tmp"), json.dumps(data, indent=2) + "\n")
         os.replace(tmp, path)
+
+    @property
+    def database_file(self) -> Path:
+        """Prefect's SQLite database (flow runs, logs, artifacts, encrypted blocks)."""
+        return self.home / "prefect.db"
+
+    def secure_home(self) -> None:
+        """The home 0700 and Prefect's database 0600: they hold every run's history and blocks."""
+        private_dir(self.home)
+        for path in (self.database_file, *self.home.glob("prefect.db-*")):
+            if path.exists():
+                os.chmod(path, 0o600)
+
+    def privacy_problems(self) -> list[str]:
+        """Anything of the orchestrator's that others could read."""
+        return audit([(self.home, 0o700, None), (self.database_file, 0o600, None),
+                      (self.log_file, 0o600, None), (self.home / "workers", 0o700, 0o600)])
 
     # -- server ----------------------------------------------------------------------------
 
@@ -229,6 +262,7 @@ class Orchestrator:
                 answer within ``timeout`` (the message names its log).
         """
         if self.is_up():
+            self.secure_home()
             return Change("prefect_server", self.config.ui_url, "unchanged",
                           notes=(f"pid {self.server_pid()}, {self.config.backend}",))
         stale = self.server_pid()
@@ -239,14 +273,14 @@ class Orchestrator:
                 f"port {self.config.port} on {self.config.host} is already taken by {_holder_of(self.config.port)}; "
                 f"stop it, or give the Prefect server another port (orchestrator.port in the spec, or "
                 f"PCDB_PREFECT_PORT). Nothing was started")
-        self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_file, "ab")
+        self.secure_home()
+        log = _private_log(self.log_file)
         try:
             child = subprocess.Popen(
                 _prefect_cmd("server", "start", "--host", self.config.host, "--port", str(self.config.port),
                              "--analytics-off"),
                 env=self.server_env(), cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
+                stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)   # prefect.db: 0600
         finally:
             log.close()
         self._write(self.pid_file, {"pid": child.pid, "url": self.config.url, "ui_url": self.config.ui_url,
@@ -290,16 +324,16 @@ class Orchestrator:
         if pid:
             return Change("prefect_worker", pool, "unchanged", notes=(f"pid {pid}",))
         log_path = self.home / "workers" / f"{pool}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_path.parent)
         full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, **env,
                     "PREFECT_API_URL": self.config.url, "PREFECT_HOME": str(self.home / "client"),
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        with open(log_path, "ab") as log:
+        with _private_log(log_path) as log:
             child = subprocess.Popen(
                 _prefect_cmd("worker", "start", "--pool", pool, "--type", "process",
                              "--name", f"{pool}@{socket.gethostname()}"),
                 env=full_env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                start_new_session=True, umask=0o077)     # what its flow runs write: the owner's only
         self._write(self.worker_file(pool), {"pid": child.pid, "pool": pool, "started_at": _now(),
                                              "log": str(log_path)})
         return Change("prefect_worker", pool, "started", notes=(f"pid {child.pid}, log {log_path}",))

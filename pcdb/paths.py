@@ -17,6 +17,9 @@ from pathlib import Path
 PACKAGE = Path(str(files("pcdb")))
 DEPLOYMENTS = PACKAGE / "deployments"
 PREFECT_FILE = PACKAGE / "prefect.yaml"
+# The root CAs Azure Database for PostgreSQL certificates chain to (its "Recommended configurations
+# for TLS"): verify-full against them when the spec does not name its own bundle.
+AZURE_ROOTS = PACKAGE / "data" / "azure-postgresql-roots.pem"
 
 
 def project_root() -> Path:

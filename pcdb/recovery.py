@@ -33,6 +33,7 @@ from pcdb import predicate as predicates
 from pcdb.config import Environment
 from pcdb.errors import PcdbError, TargetError
 from pcdb.predicate import Predicate
+from pcdb.private import private_dir
 from pcdb.sql import query
 from pcdb.targets.base import Target, throwaway_name
 from pcdb.timeline import Timeline
@@ -230,7 +231,7 @@ def replay(live: psycopg.Connection, diffs: list[TableDiff]) -> int:
 
 def export(diffs: list[TableDiff], folder: Path) -> Path:
     """The rows to put back, one JSON object per line with its table: readable by the owner only."""
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     path = folder / f"recover-rows-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.jsonl"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

@@ -71,7 +71,22 @@ def problems(env, line: Line) -> list[Problem]:  # env: pcdb.config.Environment 
     _roles(env, add)
     _reports_dir(env, add)
     _sandbox(env, add)
+    _production_tls(env, add)
     return out
+
+
+def _production_tls(env, add) -> None:
+    """Production never talks to its database without checking who answers."""
+    if not env.production:
+        return
+    tls = env.security.tls
+    if not tls.verify_server_certificate:
+        add("security.tls.verify_server_certificate",
+            "false on production: pcdb would send the admin's password to whoever answers at the server's name. "
+            "Keep it true (verify-full against Azure's root CAs, SCRAM bound to the TLS channel)")
+    if not tls.require_secure_transport:
+        add("security.tls.require_secure_transport", "false on production: the server would accept connections "
+                                                      "without TLS (R-SEC-4). Keep it true")
 
 
 def _compute(env, add) -> None:

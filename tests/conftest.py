@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -209,3 +211,27 @@ class SmtpReceiver:
 
     def stop(self) -> None:
         self.controller.stop()
+
+
+NOBODY_READS = """import json, sys
+out = {}
+for path in json.loads(sys.argv[1]):
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+        out[path] = "read"
+    except OSError as exc:
+        out[path] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def read_as_nobody(paths: list[Path]) -> dict[str, str]:
+    """Try to read each file as the unprivileged user ``nobody``: path -> "read" or the error."""
+    if os.geteuid() != 0:
+        pytest.skip("reading as another local user needs root to switch to it")
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    result = subprocess.run([python, "-c", NOBODY_READS, json.dumps([str(p) for p in paths])], user="nobody",
+                            group="nogroup", extra_groups=[], capture_output=True, text=True, timeout=60,
+                            check=True, cwd="/")
+    return json.loads(result.stdout)

@@ -14,6 +14,7 @@ import psycopg
 
 from pcdb import wal
 from pcdb.errors import SandboxError
+from pcdb.private import audit, private_dir
 from pcdb.sandbox import proc
 from pcdb.sandbox.core import _tree_size, exclusive
 from pcdb.sql import query
@@ -99,19 +100,20 @@ class BackupStore:
         return removed
 
     def archive_file(self, path: Path, sha256: str) -> str:
-        """Copy ``path`` into ``reports/<year>/`` of both backup stores, read-only (0444), named
-        ``<stem>.<sha256[:12]><suffix>``; an identical copy already there is left as it is."""
+        """Copy ``path`` into ``reports/<year>/`` of both backup stores, read-only (0400 in 0700
+        folders), named ``<stem>.<sha256[:12]><suffix>``; an identical copy already there is left
+        as it is."""
         name = f"{path.stem}.{sha256[:12]}{path.suffix}"
         year = datetime.now(timezone.utc).strftime("%Y")
         placed = []
         for store in self.backup_dirs:
-            folder = store / "reports" / year
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = private_dir(store / "reports")
+            folder = private_dir(folder / year)
             dest = folder / name
             if not dest.exists():
                 tmp = folder / f".{name}.tmp"
                 shutil.copyfile(path, tmp)
-                os.chmod(tmp, 0o444)
+                os.chmod(tmp, 0o400)
                 os.replace(tmp, dest)
             placed.append(dest)
         return str(placed[0])
@@ -146,6 +148,15 @@ class BackupStore:
                 os.replace(tmp, target)        # the dump last: a dump present is a dump whole
             placed.append(dest)
         return str(placed[0])
+
+    def privacy_problems(self) -> list[str]:
+        """Anything of the backup stores that others could read: the stores, the WAL archives,
+        the partition archives, the report archives and the ledger's anchors."""
+        places = [(folder, 0o700, None) for folder in (*self.archive_dirs, self.replica_archive, *self.backup_dirs)]
+        for store in self.backup_dirs:
+            places += [(store / "partitions", 0o700, 0o400), (store / "reports", 0o700, 0o400),
+                       (store / "evidence", 0o700, 0o400)]
+        return audit(places)
 
     def verify_backup(self, backup: Backup) -> tuple[bool, str]:
         """pg_verifybackup against the backup's manifest (checksums of every file, and its WAL)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from psycopg import sql as psql
@@ -20,6 +21,10 @@ from pcdb.sandbox.node import Node, conf_line
 from pcdb.sandbox.state import NodeInfo
 from pcdb.scram import verifier
 from pcdb.sql import query
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
 
 
 class NodeMaker:
@@ -52,6 +57,8 @@ class NodeMaker:
                        self.replica_archive, *self.backup_dirs, self.tls_dir, self.root / "bin"):
             if not user.is_self:  # what is inside is written by the servers themselves
                 os.chown(folder, user.uid, user.gid)
+        for folder in (*self.archive_dirs, self.replica_archive, *self.backup_dirs):
+            os.chmod(folder, 0o700)   # WAL, base backups, archives of customer rows: the owner's only
         if self.state.root_created_by_pcdb is not False:
             os.chmod(self.root, 0o755)
         elif not self.root.stat().st_mode & 0o001 and not user.is_self:
@@ -75,19 +82,43 @@ class NodeMaker:
                 raise SandboxError(f"the server user '{proc.server_user().name}' cannot enter {parent} "
                                    f"(mode {oct(mode & 0o777)}); choose a sandbox root outside it")
 
+    @property
+    def ca_key(self) -> Path:
+        """The sandbox CA's private key: pcdb's (in its secrets folder), never the servers'."""
+        return self.secrets_dir / "ca.key"
+
     def _ensure_tls(self) -> None:
+        """A CA of the sandbox's own, and a server certificate it signs for localhost and
+        127.0.0.1: clients verify the chain and the name (verify-full), as they do on Azure."""
         key, cert = self.tls_dir / "server.key", self.tls_dir / "server.crt"
         if cert.exists() and key.exists():
             return
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650", "-subj",
-                        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
-                       timeout=30)
-        os.chmod(key, 0o600)
-        shutil.copyfile(cert, self.ca_file)
+        self.secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-days", "3650", "-subj", f"/CN=pcdb sandbox CA ({self.env.name})",
+                 "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                 "-keyout", str(self.ca_key), "-out", str(self.ca_file))
+        os.chmod(self.ca_key, 0o600)
         os.chmod(self.ca_file, 0o644)
+        self.issue_certificate(["DNS:localhost", "IP:127.0.0.1"], key, cert)
         proc.chown_tree(self.tls_dir)
+
+    def issue_certificate(self, names: list[str], key: Path, cert: Path, days: int = 825) -> None:
+        """A server certificate for ``names`` (subjectAltName entries, e.g. DNS:localhost) signed by
+        the sandbox's CA; the key 0600."""
+        folder = Path(tempfile.mkdtemp(prefix="pcdb-cert-"))
+        try:
+            request, extensions = folder / "server.csr", folder / "server.ext"
+            extensions.write_text(f"subjectAltName={','.join(names)}\nbasicConstraints=CA:FALSE\n"
+                                  "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+            _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                     "-subj", f"/CN={names[0].split(':', 1)[1]}", "-keyout", str(key), "-out", str(request))
+            os.chmod(key, 0o600)
+            _openssl("x509", "-req", "-in", str(request), "-CA", str(self.ca_file), "-CAkey", str(self.ca_key),
+                     "-CAcreateserial", "-CAserial", str(folder / "ca.srl"), "-days", str(days),
+                     "-extfile", str(extensions), "-out", str(cert))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _ensure_scripts(self) -> None:
         script = self.root / "bin" / "archive.sh"

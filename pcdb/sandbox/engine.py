@@ -255,7 +255,7 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
             used = storage.usage(self) if any(n["role"] == "primary" and n["running"] for n in out) else None
         except SandboxError:
             used = None
-        problems = self._problems(out) + [p for p in [storage.problem(used)] if p]
+        problems = self._problems(out) + [p for p in [storage.problem(used)] if p] + self.privacy_problems()
         return {"environment": self.env.name, "root": str(self.root), "database": self.env.service.database,
                 "nodes": out, "problems": problems, "storage": used,
                 "intent": asdict(self.state.intent) if self.state.intent else None,

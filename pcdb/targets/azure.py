@@ -31,6 +31,7 @@ from pcdb.targets.base import (
     PromotionResult,
     ServerState,
 )
+from pcdb.paths import AZURE_ROOTS
 
 FQDN = "{name}.postgres.database.azure.com"
 KINDS = {
@@ -569,8 +570,15 @@ class AzureTarget:
         if mapped is not None:
             return mapped
         conn = self.env.server.connection
+        timeout = int(conn.connect_timeout.total_seconds())
+        if self.env.security.tls.verify_server_certificate:
+            # The certificate is checked against Azure's roots and the server's name; the password
+            # goes only to SCRAM bound to that channel.
+            return Endpoint(FQDN.format(name=name), conn.port, self.env.service.database, "verify-full",
+                            sslrootcert=conn.ca_bundle or str(AZURE_ROOTS), connect_timeout=timeout,
+                            require_auth="scram-sha-256", channel_binding="require")
         return Endpoint(FQDN.format(name=name), conn.port, self.env.service.database, conn.sslmode,
-                        sslrootcert=conn.ca_bundle, connect_timeout=int(conn.connect_timeout.total_seconds()))
+                        sslrootcert=conn.ca_bundle, connect_timeout=timeout)
 
     def archive_report(self, path, sha256: str) -> str | None:
         """Upload the report into the evidence container (immutability policy: it can never be

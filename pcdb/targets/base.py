@@ -36,12 +36,17 @@ class Endpoint:
     sslrootcert: str | None = None
     connect_timeout: int = 30
     target_session_attrs: str | None = None
+    # With a verified certificate: only SCRAM, bound to this very TLS channel (libpq 16+), so a
+    # server that asks for a weaker method, or a man in the middle relaying SCRAM, is refused.
+    require_auth: str | None = None
+    channel_binding: str | None = None
 
     def conninfo(self, user: str, password: str | None = None, dbname: str | None = None,
                  application_name: str = "pcdb") -> str:
         """A libpq connection string; the password is passed in, never stored here."""
         extra = {k: v for k, v in {"sslrootcert": self.sslrootcert,
                                    "target_session_attrs": self.target_session_attrs,
+                                   "require_auth": self.require_auth, "channel_binding": self.channel_binding,
                                    "password": password}.items() if v}
         return psycopg.conninfo.make_conninfo(
             host=self.host, port=self.port, dbname=dbname or self.dbname, user=user,

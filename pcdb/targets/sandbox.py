@@ -483,13 +483,15 @@ class SandboxTarget:
             ports = ",".join(str(sb.node(n).port) for n in HA_NODES)
             return Endpoint(",".join("127.0.0.1" for _ in HA_NODES), ports,  # type: ignore[arg-type]
                             self.env.service.database, "verify-full", str(sb.ca_file),
-                            target_session_attrs="read-write")
+                            target_session_attrs="read-write", require_auth="scram-sha-256",
+                            channel_binding="require")
         return self._endpoint_of(sb.primary())
 
     def _endpoint_of(self, node: Node) -> Endpoint:
         return Endpoint("127.0.0.1", node.port, self.env.service.database, "verify-full",
                         str(self.sandbox.ca_file),
-                        connect_timeout=int(self.env.server.connection.connect_timeout.total_seconds()))
+                        connect_timeout=int(self.env.server.connection.connect_timeout.total_seconds()),
+                        require_auth="scram-sha-256", channel_binding="require")
 
     def admin_password(self) -> str:
         return self.sandbox.password(self.admin)

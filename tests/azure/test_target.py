@@ -126,15 +126,22 @@ def test_a_private_server_out_of_reach_says_where_to_run_from():
     assert unreachable(PROD, "h", psycopg.OperationalError("password authentication failed")) is None
 
 
-def test_verify_full_needs_the_root_ca():
-    from pcdb.config import validate
-    from pcdb.errors import ConfigError
+def test_a_verified_certificate_means_verify_full_against_azures_roots_and_scram_bound_to_the_channel():
+    import ssl
 
+    from pcdb.config import validate
+    from pcdb.paths import AZURE_ROOTS
+
+    endpoint = make_target(PROD, lambda ref, owner: SECRETS[owner], credential=FakeCredential(),
+                           transport=FakeArm()).endpoint()
+    assert (endpoint.sslmode, endpoint.sslrootcert) == ("verify-full", str(AZURE_ROOTS))
+    info = endpoint.conninfo("dbadmin", "x")
+    assert "require_auth=scram-sha-256" in info and "channel_binding=require" in info
+    roots = ssl.create_default_context(cafile=str(AZURE_ROOTS)).get_ca_certs()
+    names = {dict(x[0] for x in cert["subject"])["commonName"] for cert in roots}
+    assert {"DigiCert Global Root G2", "Microsoft RSA Root Certificate Authority 2017"} <= names   # Microsoft's minimum
     data = PROD.model_dump(mode="json", by_alias=True)
-    data["server"]["connection"]["sslmode"] = "verify-full"
-    with pytest.raises(ConfigError, match="give ca_bundle"):
-        validate(data)
-    data["server"]["connection"]["ca_bundle"] = "/etc/ssl/azure-root.pem"
+    data["server"]["connection"]["ca_bundle"] = "/etc/ssl/azure-root.pem"   # a bundle of the client's own
     assert make_target(validate(data), lambda ref, owner: SECRETS[owner], credential=FakeCredential(),
                        transport=FakeArm()).endpoint().sslrootcert == "/etc/ssl/azure-root.pem"
 

@@ -1,13 +1,15 @@
 """Phase 4 and 5 building blocks on a real server: migrations once, partitions ahead, grants both ways."""
 
 import shutil
+import time
 from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
 
-from pcdb import schema, security
+from pcdb import checks, schema, security
 from pcdb.errors import TargetError
+from pcdb.sandbox import proc
 
 pytestmark = pytest.mark.integration
 
@@ -281,3 +283,62 @@ def test_privilege_probes_come_from_the_specs_grants_so_a_new_role_is_probed_too
         security.ensure_grants(conn, target.env.security.roles, "product_change_db", "product_change")
         conn.execute("DROP OWNED BY product_change_report")
         conn.execute("DROP ROLE product_change_report")
+
+
+def test_a_server_presenting_a_certificate_for_another_name_is_refused(target):
+    """verify-full checks the name too: a certificate the sandbox's own CA signed, for another
+    name, is refused before any password is sent."""
+    sandbox = target.sandbox
+    replica = sandbox.node("replica")
+    cert, key = sandbox.tls_dir / "server.crt", sandbox.tls_dir / "server.key"
+    kept = cert.read_bytes(), key.read_bytes()
+    try:
+        sandbox.issue_certificate(["DNS:other.example"], key, cert)
+        proc.chown_tree(sandbox.tls_dir)
+        with replica.connect(target.admin) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 30
+        while True:                      # the reload is asynchronous: wait until it serves the new one
+            try:
+                psycopg.connect(target.endpoint("replica").conninfo(target.admin, target.admin_password())).close()
+            except psycopg.OperationalError as exc:
+                assert 'server certificate for "other.example"' in str(exc) and 'does not match host name "127.0.0.1"' in str(exc)
+                break
+            assert time.monotonic() < deadline, "the replica still presents its own certificate"
+            time.sleep(0.1)
+    finally:
+        cert.write_bytes(kept[0])
+        key.write_bytes(kept[1])
+        proc.chown_tree(sandbox.tls_dir)
+        with replica.connect(target.admin) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(target.endpoint("replica").conninfo(target.admin, target.admin_password())).close()
+            break
+        except psycopg.OperationalError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_the_non_tls_probe_fails_when_plain_connections_reach_authentication(target):
+    """R-SEC-4's probe sends no credential, and it is not fooled: a pg_hba line that lets plain
+    TCP through to SCRAM makes it fail."""
+    replica = target.sandbox.node("replica")
+    assert checks.check_non_tls_refused(target.endpoint("replica")).passed
+    hba = replica.data / "pg_hba.conf"
+    kept = hba.read_text()
+    try:
+        hba.write_text("host all all 127.0.0.1/32 scram-sha-256\n" + kept)
+        with replica.connect(target.admin) as conn:
+            conn.execute("SELECT pg_reload_conf()")       # asynchronous: the check below polls
+        deadline = time.monotonic() + 30
+        while (result := checks.check_non_tls_refused(target.endpoint("replica"))).passed:
+            assert time.monotonic() < deadline, "the reload did not take the plain-TCP line"
+            time.sleep(0.1)
+        assert "taken to authentication" in result.evidence
+    finally:
+        hba.write_text(kept)
+        with replica.connect(target.admin) as conn:
+            conn.execute("SELECT pg_reload_conf()")

@@ -27,7 +27,7 @@ from pcdb.config import load_environment
 from pcdb.context import RunbookContext
 from pcdb.install import run_directly
 from pcdb.sql import query
-from tests.conftest import Receiver, new_target
+from tests.conftest import Receiver, new_target, read_as_nobody
 
 pytestmark = pytest.mark.integration
 
@@ -222,6 +222,7 @@ def test_a_month_archived_recreated_with_other_rows_and_archived_again_leaves_tw
     assert archives[0] != archives[1] and all(Path(a).is_file() for a in archives)
     assert oct(Path(archives[0]).stat().st_mode & 0o777) == "0o400"
     assert oct(Path(archives[0]).parent.stat().st_mode & 0o777) == "0o700"
+    assert set(read_as_nobody([Path(a) for a in archives]).values()) == {"PermissionError"}   # customer rows
     assert restore_checksum(env, archives[0], name) == first
     assert restore_checksum(env, archives[1], name) == second
 

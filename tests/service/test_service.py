@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from pcdb import ledger
-from tests.conftest import Receiver, new_sandbox_root
+from tests.conftest import Receiver, new_sandbox_root, read_as_nobody
 from tests.service.conftest import Service, wait_until
 
 pytestmark = pytest.mark.integration
@@ -140,7 +140,7 @@ def test_a_verification_and_a_forced_zone_drill_run_as_deployments_and_land_in_t
     for row in (rows[verification], zone):
         assert ledger.file_sha256(row["report_path"]) == row["report_sha256"]
         archived = Path(row["report_archive"])        # the read-only copy in the backup store
-        assert ledger.file_sha256(archived) == row["report_sha256"] and archived.stat().st_mode & 0o777 == 0o444
+        assert ledger.file_sha256(archived) == row["report_sha256"] and archived.stat().st_mode & 0o777 == 0o400
     assert service.json("history", "verify", "--env", str(service.spec)) == {
         "ok": True, "rows": len(service.json("history", "--env", str(service.spec), "--since", "1d")["runs"]),
         "first_broken": None}
@@ -381,3 +381,25 @@ def test_a_real_outage_opens_a_p1_that_tells_each_owner_at_its_deadline_and_clos
     assert bad.returncode == 1 and "use one of P1, P2, P3, P4" in bad.stderr
     service.pcdb("incident", "close", "--env", spec, "--id", by_hand["id"], "--by", "ops-oncall")
     assert service.json("incident", "status", "--env", spec) == []
+
+
+def test_nobody_else_on_the_machine_can_read_the_history_reports_incidents_stores_or_archives(service):
+    """Prefect's database, reports, incident records, the health store, the report archives and the
+    ledger's anchors: 0600/0400 in 0700 folders, so another local user reads none of them."""
+    sandbox = Path(json.loads(service.pcdb("sandbox", "status", "--env", str(service.spec), "--json",
+                                           check=False).stdout)["root"])
+    private = [service.home / "prefect.db", Path(service.install["report"]),
+               *sorted((service.home / "incidents" / "svc").glob("*.json")), service.home / "health" / "svc.sqlite",
+               *sorted((sandbox / "backups" / "reports").rglob("*.md")),
+               *sorted((sandbox / "backups" / "evidence" / "ledger").glob("*"))]
+    assert all(p.is_file() for p in private) and len(private) >= 8, private
+    assert set(read_as_nobody(private).values()) == {"PermissionError"}
+    status = service.json("server", "status", "--env", str(service.spec))
+    assert status["problems"] == []
+    loosened = Path(service.install["report"])
+    os.chmod(loosened, 0o644)                               # someone loosens a report: status says so
+    try:
+        again = service.pcdb("server", "status", "--env", str(service.spec), "--json", check=False)
+        assert again.returncode == 2 and any(str(loosened) in p for p in json.loads(again.stdout)["problems"])
+    finally:
+        os.chmod(loosened, 0o600)

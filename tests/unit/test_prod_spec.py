@@ -187,3 +187,16 @@ def test_local_mirrors_prod_service_roles_and_rules():
     assert local.monitoring.health.disabled_rules == ["transactions-per-second"] and local.indexes == PROD.indexes
     assert local.security.audit == PROD.security.audit
     assert all(r.password.generate for r in local.security.roles)
+
+
+@pytest.mark.parametrize("field", ["verify_server_certificate", "require_secure_transport"])
+def test_a_production_spec_that_turns_tls_verification_off_is_refused(field):
+    from pcdb.config import validate
+    from pcdb.errors import ConfigError
+
+    data = PROD.model_dump(mode="json", by_alias=True)
+    data["security"]["tls"][field] = False
+    with pytest.raises(ConfigError, match=f"security.tls.{field}.*false on production"):
+        validate(data)
+    data["production"] = False                        # a test environment may, and is told nothing
+    validate(data)
