@@ -1091,7 +1091,6 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
         raise typer.Exit(3)
     os.environ["PREFECT_API_URL"] = config.url
     from flows import service
-
     from pcdb.orchestrator import environment_privacy
 
     problems = Orchestrator(config).privacy_problems() + [p for s in specs for p in environment_privacy(s)]

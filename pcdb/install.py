@@ -259,7 +259,6 @@ def _relied_on(name: str, requirement: str, earlier: dict, fingerprint: str, ser
 def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
     env, target = ctx.env, ctx.target
     endpoint = target.endpoint("primary")
-    admin = env.server.admin.user
     passwords = ctx.role_passwords()
     results: list[checks.CheckResult] = []
     with ctx.connect() as conn:

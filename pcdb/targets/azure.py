@@ -18,6 +18,7 @@ from pcdb.azure.plan import make_plan
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import TargetError
+from pcdb.paths import AZURE_ROOTS
 from pcdb.targets.base import (
     STORAGE_GUARD,
     BackupInfo,
@@ -31,7 +32,6 @@ from pcdb.targets.base import (
     PromotionResult,
     ServerState,
 )
-from pcdb.paths import AZURE_ROOTS
 
 FQDN = "{name}.postgres.database.azure.com"
 KINDS = {
