@@ -37,7 +37,7 @@ ensure_postgres() {
 
 ensure_venv() {
   local stamp=.venv/.installed want
-  want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+  want=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
   if [ ! -x .venv/bin/pip ]; then
     if ! python3 -c 'import ensurepip' >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
       # Debian's python3 comes without venv/ensurepip (measured on a minimal bookworm).
@@ -51,10 +51,13 @@ ensure_venv() {
     python3 -m venv .venv
   fi
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "setup: installing pcdb and its dependencies into .venv" >&2
+    echo "setup: installing pcdb and its locked dependencies into .venv (hashes checked)" >&2
     # Some machines' pip config names local mirror folders that may be absent: drop only those warnings.
+    # The dependencies come from requirements.lock, each version with its hashes (a fresh install takes
+    # what the lock says, never what the registry serves that day); pcdb itself adds nothing more.
     local log=.venv/pip-install.log
-    if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+    if ! { .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock \
+           && .venv/bin/pip install -q --disable-pip-version-check --no-deps -e . ; } >"$log" 2>&1; then
       grep -v "is ignored: it is neither a file nor a directory" "$log" >&2
       echo "setup: pip install failed (full log: $log)" >&2
       return 1
@@ -66,18 +69,21 @@ ensure_venv() {
 
 ensure_azurite() {
   # Microsoft's Azure Storage emulator (npm), for the test of the evidence archive's uploads: the
-  # tests fake only Azure's control plane, never a data plane. Installed into .venv/azurite.
-  local dir=.venv/azurite want="3.37.0"
+  # tests fake only Azure's control plane, never a data plane. Installed into .venv/azurite from
+  # scripts/azurite's package-lock.json (npm ci: every package at its locked version and integrity).
+  local dir=.venv/azurite want
+  want=$(cat scripts/azurite/package.json scripts/azurite/package-lock.json | sha256sum | cut -c1-16)
   [ "$(cat "$dir/.installed" 2>/dev/null)" = "$want" ] && return
   if ! command -v npm >/dev/null 2>&1; then
     echo "setup: installing nodejs and npm (the Azure Storage emulator for the tests)" >&2
     _sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq nodejs npm >/dev/null
   fi
-  echo "setup: installing azurite $want into $dir" >&2
+  echo "setup: installing azurite (locked) into $dir" >&2
   mkdir -p "$dir"
-  (cd "$dir" && npm install --silent --no-audit --no-fund --no-save "azurite@$want" >npm.log 2>&1) \
-    || { tail -5 "$dir/npm.log" >&2; echo "setup: npm install azurite failed" >&2; return 1; }
+  cp scripts/azurite/package.json scripts/azurite/package-lock.json "$dir/"
+  (cd "$dir" && npm ci --silent --no-audit --no-fund >npm.log 2>&1) \
+    || { tail -5 "$dir/npm.log" >&2; echo "setup: npm ci (azurite) failed" >&2; return 1; }
   echo "$want" > "$dir/.installed"
 }
 
