@@ -626,10 +626,17 @@ def capacity_analysis(rounds: int) -> dict:
                     "points, pyplot drawing every point."}
 
 
+def ledger_verify(rounds: int) -> dict:
+    from benchmarks.ledger import ledger_verify as measure
+
+    return measure(rounds)
+
+
 BENCHMARKS = {"sandbox": sandbox_lifecycle, "install": install_overhead, "zone-drills": zone_drills,
               "drill-overhead": drill_overhead, "restore-by-size": restore_test_by_size,
               "service-verify": service_verify, "first-up": first_up, "unplanned-crash": unplanned_crash,
-              "partition-archive": partition_archive, "health-run": health_run, "capacity": capacity_analysis}
+              "partition-archive": partition_archive, "health-run": health_run, "capacity": capacity_analysis,
+              "ledger-verify": ledger_verify}
 
 
 def main() -> None:

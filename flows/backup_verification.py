@@ -12,8 +12,8 @@ from prefect.utilities.annotations import quote
 
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
-from flows.install import runbook_context
 from flows.notify import notify
+from flows.runbook import runbook_context
 from pcdb.config import load_environment
 from pcdb.errors import PcdbError
 from tasks.backups import daily_checks, partition_guard, restore_test

@@ -16,8 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.evidence import HOOKS, evidence, publish_report, report_path
-from flows.install import runbook_context
 from flows.notify import notify
+from flows.runbook import runbook_context
 from pcdb import capacity, clock, health
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext

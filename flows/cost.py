@@ -10,8 +10,8 @@ import psycopg
 from prefect import flow
 
 from flows.evidence import HOOKS, evidence, publish_report
-from flows.install import runbook_context
 from flows.notify import notify
+from flows.runbook import runbook_context
 from pcdb import cost
 from pcdb.config import load_environment
 from pcdb.sql import query

@@ -8,8 +8,8 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.evidence import HOOKS, evidence, publish_report
-from flows.install import runbook_context
 from flows.notify import notify
+from flows.runbook import runbook_context
 from pcdb import checklist
 from pcdb.config import load_environment
 

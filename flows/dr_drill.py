@@ -11,32 +11,16 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 from prefect.utilities.annotations import quote
 
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
-from flows.install import runbook_context
 from flows.notify import notify
+from flows.runbook import Decider, approve_plan, gates, runbook_context, topology
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
-from pcdb.errors import ApprovalError, PcdbError
+from pcdb.errors import PcdbError
 from tasks.drills import cleanup, run_drill
-
-
-class DrillDecision(RunInput):
-    """Who decided to fail over to the other region, and why (§5.2.3 step 1-2)."""
-
-    decided_by: str
-    reason: str
-
-
-class StepConfirmation(RunInput):
-    """Another team confirms its step of the region failover is done."""
-
-    done: bool
-    confirmed_by: str
 
 
 @flow(name="dr-drill", **HOOKS)
@@ -57,25 +41,29 @@ def dr_drill(scenario: Literal["zone", "region", "corruption"], env: str = "loca
     if spec.production and not confirm:
         raise PcdbError(f"{spec.name} is production: a drill needs confirm=True and an approval")
     if yes and spec.production:
-        raise PcdbError("approvals by flag are for the sandbox only; production drills wait for a person")
+        raise PcdbError("approvals by flag are for the sandbox only; production drills wait for a signed decision")
     ctx = runbook_context(spec)
+    decider = Decider(spec, yes)
     with evidence(spec, ctx, "dr-drill") as ev, mutating_slot(spec.name, f"{scenario} drill", wait_seconds):
-        result = _run(scenario, spec, ctx, mode, yes, stall_replica)
+        ev.decisions = decider.collected
+        result = _run(scenario, spec, ctx, mode, decider, stall_replica)
         ev.report = result["report"]
         ev.figures = {k: result[k] for k in ("scenario", "mode", "rto_seconds", "rpo_rows_lost", "rpo_seconds",
                                               "rows_in_doubt", "rows_acknowledged", "met", "topology_restored")}
         return result
 
 
-def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, yes: bool, stall: bool) -> dict:
+def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, decider: Decider, stall: bool) -> dict:
     if spec.production:
-        _approve(spec, scenario)
-    decisions: list[str] = []
-    decide, confirm = gates(spec, yes, decisions)
+        plan = {"scenario": scenario, "mode": mode, "environment": spec.name, "topology": topology(ctx)}
+        approve_plan(spec, decider, "drill-approval", plan,
+                     f"Approve the {scenario} drill ({mode}) on production {spec.name}: it fails over production",
+                     replan=lambda: {**plan, "topology": topology(ctx)})
+    decide, confirm = gates(spec, ctx, decider, "drill")
 
     removed = cleanup(quote(ctx), confirm)
     result = run_drill(scenario, quote(ctx), mode, decide, confirm, stall)
-    result.notes = [*(f"cleaned up: {r}" for r in removed), *decisions, *result.notes]
+    result.notes = [*(f"cleaned up: {r}" for r in removed), *decider.notes, *result.notes]
     text = _report(spec, result)
     path = publish_report(spec, f"drill-{scenario}-{spec.name}", text, "drill report")
     result.report = str(path)
@@ -84,44 +72,6 @@ def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, yes: bool,
            f"RTO {result.rto_seconds}s (target {result.target_rto_seconds}s), {result.rpo_rows_lost} acknowledged "
            f"rows lost, topology restored: {result.topology_restored}. Report: {path}")
     return result.as_dict()
-
-
-def gates(spec: Environment, yes: bool, decisions: list[str]):
-    """The decision and the step confirmations: by flag on the sandbox, typed by a person otherwise."""
-    if yes and spec.production:
-        raise PcdbError("approvals by flag are for the sandbox only; production waits for a person")
-
-    def decide(facts: dict) -> None:
-        if yes:
-            decisions.append(f"decided by flag (--yes); facts: {facts}")
-            return
-        names = [a.name for a in spec.install.approval.approvers]
-        answer = pause_flow_run(wait_for_input=DrillDecision.with_initial_data(
-            description=f"Facts: {facts}. Who decides ({', '.join(names) or 'an approver'}), and why?"),
-            timeout=int(spec.install.approval.timeout.total_seconds()), poll_interval=2)
-        if spec.production and answer.decided_by not in names:
-            raise ApprovalError(f"{answer.decided_by!r} is not an approver of {spec.name}; nothing was changed")
-        decisions.append(f"decided by {answer.decided_by}: {answer.reason}; facts: {facts}")
-
-    def confirm(step: str, owner: str) -> None:
-        if yes:
-            decisions.append(f"'{step}' ({owner}) confirmed by flag")
-            return
-        answer = pause_flow_run(wait_for_input=StepConfirmation.with_initial_data(
-            description=f"{owner}: confirm when done: {step}"), timeout=3600, poll_interval=2)
-        if not answer.done:
-            raise PcdbError(f"'{step}' was not confirmed by {owner} ({answer.confirmed_by})")
-        decisions.append(f"'{step}' confirmed by {answer.confirmed_by} ({owner})")
-    return decide, confirm
-
-
-def _approve(spec: Environment, scenario: str) -> None:
-    names = [a.name for a in spec.install.approval.approvers]
-    answer = pause_flow_run(wait_for_input=DrillDecision.with_initial_data(
-        description=f"Approve the {scenario} drill on production {spec.name} ({', '.join(names)})"),
-        timeout=int(spec.install.approval.timeout.total_seconds()), poll_interval=2)
-    if answer.decided_by not in names:
-        raise ApprovalError(f"{answer.decided_by!r} is not an approver of {spec.name}; nothing was changed")
 
 
 def _report(spec: Environment, r) -> str:

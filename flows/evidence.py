@@ -26,6 +26,7 @@ from flows.notify import notify
 from pcdb import ledger
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
+from pcdb.decisions import Collected
 from pcdb.errors import PcdbError
 from pcdb.orchestrator import server_config
 from pcdb.private import write_private
@@ -40,6 +41,7 @@ class Evidence:
 
     figures: dict = field(default_factory=dict)
     report: str | None = None
+    decisions: Collected | None = None       # the run's decisions (signed or claimed), from flows/runbook.py
 
 
 def report_path(spec: Environment, stem: str) -> Path:
@@ -62,21 +64,25 @@ def spool_for(spec: Environment) -> ledger.Spool:
     return ledger.Spool(server_config(spec).home / "ledger-spool" / f"{spec.name}.jsonl")
 
 
-def triggered_by(run) -> str:
-    """Who or what started the run: a schedule, an automation, a person through the UI/API, or
-    the pcdb CLI (user@host)."""
-    if run is None:
-        return f"direct call by {getpass.getuser()}@{socket.gethostname()}"
-    if getattr(run, "auto_scheduled", False):
+def triggered_by(run, decided: Collected | None = None) -> str:
+    """Who or what is behind the run: a signed decision it holds, or the server-side cause (a
+    schedule, an automation); anything else is what a client said of itself, recorded as
+    *claimed* (a tag or a user name proves nobody)."""
+    signed = decided.triggered_by() if decided is not None else None
+    if signed:
+        return signed
+    if run is not None and getattr(run, "auto_scheduled", False):
         return "schedule"
-    creator = getattr(run, "created_by", None)
+    creator = getattr(run, "created_by", None) if run is not None else None
     kind = (getattr(creator, "type", None) or "").lower()
     if kind == "automation":
         return f"automation {creator.display_value or creator.id}"
+    if run is None:
+        return f"claimed: direct call by {getpass.getuser()}@{socket.gethostname()}"
     by = next((t.split(":", 1)[1] for t in (run.tags or []) if t.startswith("pcdb-by:")), None)
     if run.deployment_id is not None:
-        return f"deployment run by {by or getattr(creator, 'display_value', None) or 'the Prefect UI or API'}"
-    return f"pcdb CLI by {getpass.getuser()}@{socket.gethostname()}"
+        return f"claimed: deployment run by {by or getattr(creator, 'display_value', None) or 'the Prefect UI or API'}"
+    return f"claimed: pcdb CLI by {getpass.getuser()}@{socket.gethostname()}"
 
 
 def _record(spec: Environment, ctx: RunbookContext | None, run, flow_name: str, state: str,
@@ -91,12 +97,13 @@ def _record(spec: Environment, ctx: RunbookContext | None, run, flow_name: str, 
                 logger.warning("report %s not archived: %s", ev.report, exc)
     record = ledger.RunRecord(
         run_id=str(run.id) if run else "direct", flow=flow_name, environment=spec.name, state=state,
-        triggered_by=triggered_by(run), deployment=deployment,
+        triggered_by=triggered_by(run, ev.decisions), deployment=deployment,
+        decisions=ev.decisions.as_json() if ev.decisions is not None else [],
         parameters=ledger.clean_parameters(dict(run.parameters) if run else {}),
         started_at=getattr(run, "start_time", None), ended_at=datetime.now(timezone.utc),
         figures=ev.figures, report_path=ev.report, report_sha256=report_sha, report_archive=archive)
     if ctx is None:
-        from flows.install import runbook_context
+        from flows.runbook import runbook_context
 
         ctx = runbook_context(spec)
     outcome = ledger.record(ctx.connect, LEDGER_SCHEMA, record, spool_for(spec), _anchors(ctx))
@@ -160,7 +167,7 @@ def _killed_state(run) -> str:
 
 
 def _already_recorded(spec: Environment, run_id: str) -> bool:
-    from flows.install import runbook_context
+    from flows.runbook import runbook_context
 
     try:
         with runbook_context(spec).connect() as conn:

@@ -1,7 +1,8 @@
 """Real failovers and the failback (§8.2.2 steps 5-6, §12.2.1), triggered by a person.
 
-The same gates as the drills: a typed decision before anything irreversible, each other team's
-step confirmed by its owner, and on production approvals by a person only. Nothing is undone
+The same gates as the drills (flows/runbook.py): a decision before anything irreversible, signed
+on production and bound to the topology it was made on, each other team's step confirmed by a
+member of that team. Nothing is undone
 automatically. The run is in the ledger, with the report and a critical notification.
 """
 
@@ -12,11 +13,10 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from flows.dr_drill import gates
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
-from flows.install import runbook_context
 from flows.notify import notify
+from flows.runbook import Decider, gates, runbook_context
 from pcdb import failover as real
 from pcdb.config import Environment, load_environment
 
@@ -35,9 +35,10 @@ def failover(scenario: Literal["zone", "region", "failback"], env: str = "local"
     """
     spec = load_environment(spec_path or env)
     ctx = runbook_context(spec)
-    decisions: list[str] = []
-    decide, confirm = gates(spec, yes, decisions)
+    decider = Decider(spec, yes)
+    decide, confirm = gates(spec, ctx, decider, "failover" if scenario != "failback" else "failback")
     with evidence(spec, ctx, "failover") as ev, mutating_slot(spec.name, f"{scenario} failover", wait_seconds):
+        ev.decisions = decider.collected
         password = ctx.admin_password()
         if scenario == "zone":
             result = real.zone_failover(ctx.target, spec, password, decide, outage_began)
@@ -45,7 +46,7 @@ def failover(scenario: Literal["zone", "region", "failback"], env: str = "local"
             result = real.region_failover(ctx.target, spec, password, decide, confirm, outage_began)
         else:
             result = real.failback(ctx.target, spec, password, decide, confirm)
-        result.notes = [*decisions, *result.notes]
+        result.notes = [*decider.notes, *result.notes]
         text = _report(spec, result)
         path = publish_report(spec, f"failover-{scenario}-{spec.name}", text, f"{scenario} failover report")
         result.report = str(path)

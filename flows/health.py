@@ -12,8 +12,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.exclusion import holder
-from flows.install import runbook_context
 from flows.notify import notify
+from flows.runbook import runbook_context
 from pcdb import health
 from pcdb.config import load_environment
 

@@ -8,6 +8,7 @@ and its timeline. A critical health alert opens one by itself (flows/health.py).
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
@@ -15,16 +16,19 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 from flows.evidence import HOOKS, evidence, publish_report
-from flows.install import runbook_context
 from flows.notify import notify
+from flows.runbook import runbook_context
+from pcdb import decisions
 from pcdb import incident as incidents
 from pcdb.config import Environment, load_environment
+from pcdb.decisions import Collected, Decision, DecisionRefused
 
 DEPLOYMENT = "incident-{env}"
 
 
 class IncidentAction(RunInput):
-    """A confirmation on an incident: ack, a step (done, or not needed with a reason), close."""
+    """A confirmation on an incident: ack, a step (done, or not needed with a reason), close;
+    signed by the person who confirms it (`pcdb incident ack|step|close --key ...`)."""
 
     request_id: str
     action: str                 # ack | step | close
@@ -33,6 +37,8 @@ class IncidentAction(RunInput):
     not_needed: bool = False
     note: str = ""
     recovered_at: str | None = None
+    message: str = ""           # the decision message (pcdb/decisions.py) the person signed
+    signature: str = ""         # its OpenSSH signature; empty only where the spec allows unsigned ones
 
 
 @flow(name="incident", **HOOKS)
@@ -90,15 +96,18 @@ def incident(severity: str, summary: str, env: str = "local", spec_path: str | N
             except TimeoutError:
                 continue
             try:
+                made = _verified(spec, inc, action)
                 done = inc.apply(action.model_dump(), settings)
+                inc.decisions.append(made.as_json())
                 inc.actions[action.request_id] = {"result": "applied", "detail": done}
                 log.info("incident %s: %s", inc.id, done)
-            except incidents.IncidentError as exc:
+            except (incidents.IncidentError, DecisionRefused) as exc:
                 inc.actions[action.request_id] = {"result": "refused", "detail": str(exc)}
                 inc.mark(f"refused: {action.action} by {action.by}: {exc}")
                 log.warning("incident %s: refused: %s", inc.id, exc)
             store.save(inc)
         figures = inc.figures()
+        ev.decisions = Collected(accepted=[Decision(**d) for d in inc.decisions])
         path = publish_report(spec, f"incident-{inc.id.lower()}", _report(spec, inc, figures), f"incident {inc.id} report")
         ev.report = str(path)
         ev.figures = {"incident": inc.id, "severity": inc.severity, **figures, "timeline": inc.timeline}
@@ -107,6 +116,18 @@ def incident(severity: str, summary: str, env: str = "local", spec_path: str | N
                f"recovered in {figures['recover_seconds']}s, customers told after {figures['notify_seconds']}s. "
                f"Report: {path}", channels)
         return inc.summary_dict() | {"report": str(path)}
+
+
+def _verified(spec: Environment, inc: incidents.Incident, action: IncidentAction) -> Decision:
+    """The action as a decision: signed by the person it names (or claimed, where unsigned ones
+    are allowed); refused otherwise, naming why."""
+    copy.deepcopy(inc).apply(action.model_dump(), spec.operations.incident)   # its own refusals first, unchanged
+    request = inc.decision_request(spec, action.model_dump())
+    message = action.message or request.message(action.by)
+    made = decisions.verify(request, message, action.signature, spec.decisions.signers)
+    if made.signer != action.by:
+        raise DecisionRefused(f"signed by {made.signer}, but the confirmation names {action.by}")
+    return made
 
 
 def _opening(inc: incidents.Incident, settings) -> str:

@@ -14,10 +14,6 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.blocks.system import Secret
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.utilities.annotations import quote
@@ -25,16 +21,16 @@ from prefect.utilities.annotations import quote
 from flows.evidence import HOOKS, Evidence, _spec_of, evidence
 from flows.exclusion import mutating_slot
 from flows.notify import notify
+from flows.runbook import Decider, runbook_context
 from pcdb import report, security
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
-from pcdb.errors import ApprovalError, PcdbError, SecretError
+from pcdb.errors import PcdbError
 from pcdb.install import PHASES, PhaseSpec, full_plan, refuse_bad_secrets
 from pcdb.private import write_private
 from pcdb.schema import LEDGER_SCHEMA
-from pcdb.targets.factory import make_target
 from tasks.install import run_step
 
 
@@ -68,32 +64,6 @@ ALL_PHASES = (*RUNBOOK_PHASES, HANDOVER)
 
 class PhaseFailed(PcdbError):
     """A step failed; the message says which phase, which step, why, and how to resume."""
-
-
-class InstallApproval(RunInput):
-    """The typed input that releases the install (R-INS-4, §13.2)."""
-
-    approve: bool
-    approved_by: list[str]
-    comment: str = ""
-
-
-def load_secret_block(name: str) -> str:
-    """Read a Prefect Secret block (only the flow layer touches blocks)."""
-    try:
-        return Secret.load(name).get()
-    except ValueError:
-        raise SecretError(f"the Prefect Secret block {name!r} does not exist; create it (Prefect UI: Blocks > "
-                          f"Secret, or `Secret(value=...).save({name!r})`), then run again") from None
-
-
-def runbook_context(spec: Environment, **client_options) -> RunbookContext:
-    """The context every runbook runs with: the spec, its target, secrets from Prefect blocks.
-
-    ``client_options`` reach the Azure management clients (tests pass their ARM transport)."""
-    ctx = RunbookContext(spec, None, secret_loader=load_secret_block)  # type: ignore[arg-type]
-    ctx.target = make_target(spec, ctx.secret, **client_options)
-    return ctx
 
 
 def _on_completion(flow, flow_run, state) -> None:  # noqa: ARG001 - Prefect's hook signature
@@ -139,26 +109,22 @@ def _phase_artifact(phase: PhaseSpec, items: list) -> None:
                           description=f"Phase {phase.number} · {phase.title}: what changed")
 
 
-def _approval_gate(env: Environment, plan: list[Change]) -> dict:
-    names = [a.name for a in env.install.approval.approvers]
+def _approval_gate(ctx: RunbookContext, plan: list[Change], decider: Decider) -> dict:
+    """§13.2: every approver approves the plan shown (signed on production, each over the plan's
+    SHA-256); the plan is made again before Phase 1 and must be the one they signed."""
+    env = ctx.env
+    rows = [_plan_row(c) for c in plan]
     lines = [f"- {c.resource} `{c.name}`: {c.action}" + (f" ({_plan_row(c)['details']})" if c.changed or c.action ==
                                                             "conflict" else "") for c in plan]
-    description = (f"## Install plan for `{env.name}`\n\n" + "\n".join(lines) +
-                   f"\n\nApprovers (§13.2): {', '.join(f'{a.name} ({a.role})' for a in env.install.approval.approvers)}")
-    create_markdown_artifact(description, key=f"install-plan-{env.name}", description="plan shown for approval")
-    try:
-        answer = pause_flow_run(
-            wait_for_input=InstallApproval.with_initial_data(description=description, approve=False, approved_by=[]),
-            timeout=int(env.install.approval.timeout.total_seconds()), poll_interval=2, key="install-approval")
-    except FlowPauseTimeout:
-        raise ApprovalError(f"no approval within {env.install.approval.timeout}; nothing was changed") from None
-    if not answer.approve:
-        raise ApprovalError(f"the install was rejected by {', '.join(answer.approved_by) or 'the approver'}"
-                            f" ({answer.comment or 'no comment'}); nothing was changed")
-    missing = [n for n in names if n not in answer.approved_by]
-    if missing:
-        raise ApprovalError(f"approval incomplete: missing {', '.join(missing)} (§13.2); nothing was changed")
-    return {"approved_by": answer.approved_by, "comment": answer.comment,
+    wider = [f"- network rule {r.name} {r.cidr} is wider than the plan's subnets: {r.wider.reason} (agreed by "
+             f"{r.wider.approved_by})" for r in env.network.allowed_subnets if r.wider is not None]
+    shown = (f"## Install plan for `{env.name}`\n\n" + "\n".join(lines + wider) +
+             f"\n\nApprovers (§13.2): {', '.join(f'{a.name} ({a.role})' for a in env.install.approval.approvers)}")
+    create_markdown_artifact(shown, key=f"install-plan-{env.name}", description="plan shown for approval")
+    made = decider.decide("install-approval", {"environment": env.name, "plan": rows}, env.approvers(),
+                          needed=len(env.approvers()), shown=shown,
+                          replan=lambda: {"environment": env.name, "plan": [_plan_row(c) for c in full_plan(ctx)]})
+    return {"approved_by": [d.signer for d in made], "signed": all(d.signed for d in made),
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -198,6 +164,10 @@ def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False,
     for the run ledger as soon as they exist (a failed verification still has its report)."""
     ev = ev or Evidence()
     ev.figures["dry_run"] = dry_run
+    overrides = [{"name": r.name, "cidr": r.cidr, "reason": r.wider.reason, "approved_by": r.wider.approved_by}
+                 for r in ctx.env.network.allowed_subnets if r.wider is not None]
+    if overrides:   # network rules wider than the plan's, kept on purpose: recorded with who agreed
+        ev.figures["network_overrides"] = overrides
     logger = get_run_logger()
     spec = ctx.env
     plan = full_plan(ctx)  # the whole of it, read-only: resources, parameters, access, secrets, roles, grants
@@ -207,7 +177,11 @@ def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False,
         return {"status": "dry-run", "dry_run": True, "phases": [], "report": None,
                 "plan": [c.as_dict() for c in plan]}
     refuse_bad_secrets([c for c in plan if c.resource == "secret"])  # before Phase 1, all of them at once
-    approval = _approval_gate(spec, plan) if spec.install.approval.required else None
+    decider = Decider(spec)
+    try:
+        approval = _approval_gate(ctx, plan, decider) if spec.install.approval.required else None
+    finally:
+        ev.decisions = decider.collected
     progress = create_progress_artifact(0.0, key=f"install-progress-{spec.name}",
                                         description="install progress across phases")
     results: dict[int, list] = {}

@@ -15,18 +15,15 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.flow_runs import pause_flow_run
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from flows.dr_drill import DrillDecision
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
-from flows.install import runbook_context
 from flows.notify import notify
+from flows.runbook import Decider, approve_plan, runbook_context
 from pcdb import maintenance as m
 from pcdb.config import Environment, load_environment
-from pcdb.errors import ApprovalError
 from tasks.install import transient_only
 
 
@@ -63,8 +60,9 @@ def maintenance(env: str = "local", spec_path: str | None = None, only: list[str
             with mutating_slot(spec.name, "maintenance", wait_seconds):
                 approved = False
                 if spec.production:
-                    plan = m.run(ctx, steps, dry_run=True, now=now)
-                    approved = _approve(spec, plan)
+                    decider = Decider(spec)
+                    ev.decisions = decider.collected
+                    approved = _approve(spec, decider, lambda: m.run(ctx, steps, dry_run=True, now=now))
                 out = m.run(ctx, steps, now=now, approved=approved, step=_run_step)
         result = out.as_dict()
         text = report(spec, result, steps)
@@ -81,20 +79,25 @@ def maintenance(env: str = "local", spec_path: str | None = None, only: list[str
         return result
 
 
-def _approve(spec: Environment, plan: m.Outcome) -> bool:
-    """Production: an approver sees the plan (what would be dropped and rebuilt) and approves it."""
-    names = [a.name for a in spec.install.approval.approvers]
-    parts = plan.partitions
-    summary = (f"drop (after archive + proof): {', '.join(parts['dropped']) or 'none'}; "
-               f"create: {', '.join(parts['created']) or 'none'}; ANALYZE {len(plan.statistics['analyzed'])} table(s); "
-               f"REINDEX candidates: {len(plan.indexes['bloated'])}")
+def _plan_of(outcome: m.Outcome) -> dict:
+    """What a maintenance approval approves: what would be created, dropped, analyzed, rebuilt."""
+    parts = outcome.partitions
+    return {"create": parts["created"], "drop": parts["dropped"], "analyze": outcome.statistics["analyzed"],
+            "reindex": [i.get("name") if isinstance(i, dict) else i for i in outcome.indexes["bloated"]]}
+
+
+def _approve(spec: Environment, decider: Decider, dry_run) -> bool:
+    """Production: an approver sees the plan (what would be dropped and rebuilt) and approves it,
+    signed over the plan's SHA-256; the plan is made again before anything runs."""
+    plan = _plan_of(dry_run())
+    summary = (f"drop (after archive + proof): {', '.join(plan['drop']) or 'none'}; "
+               f"create: {', '.join(plan['create']) or 'none'}; ANALYZE {len(plan['analyze'])} table(s); "
+               f"REINDEX candidates: {len(plan['reindex'])}")
     create_markdown_artifact(f"# Maintenance plan for {spec.name}\n\n{summary}\n", key=f"maintenance-plan-{spec.name}",
                              description="plan shown for approval")
-    answer = pause_flow_run(wait_for_input=DrillDecision.with_initial_data(
-        description=f"Approve the monthly maintenance of production {spec.name} ({', '.join(names)}): {summary}"),
-        timeout=int(spec.install.approval.timeout.total_seconds()), poll_interval=2)
-    if answer.decided_by not in names:
-        raise ApprovalError(f"{answer.decided_by!r} is not an approver of {spec.name}; nothing was changed")
+    approve_plan(spec, decider, "maintenance-approval", {"environment": spec.name, **plan},
+                 f"Approve the monthly maintenance of production {spec.name}: {summary}",
+                 replan=lambda: {"environment": spec.name, **_plan_of(dry_run())})
     return True
 
 

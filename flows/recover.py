@@ -8,12 +8,11 @@ from datetime import datetime
 
 from prefect import flow, get_run_logger
 
-from flows.dr_drill import gates
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
-from flows.install import runbook_context
 from flows.notify import notify
-from pcdb import predicate, recovery
+from flows.runbook import Decider, approve_plan, runbook_context
+from pcdb import ledger, predicate, recovery
 from pcdb.config import Environment, load_environment
 
 
@@ -34,13 +33,19 @@ def recover(to: datetime, env: str = "local", spec_path: str | None = None, tabl
     if where is not None:
         predicate.parse(where)                         # refused before anything, even the slot
     ctx = runbook_context(spec)
-    decisions: list[str] = []
-    approve, _ = gates(spec, yes, decisions)
+    decider = Decider(spec, yes)
+
+    def approve(facts: dict) -> None:
+        """An approver approves the replay of exactly these rows: the export's SHA-256 is signed."""
+        plan = {"to": to.isoformat(), "put_back": facts["put_back"], "export_sha256": ledger.file_sha256(facts["export"])}
+        approve_plan(spec, decider, "recovery-replay", plan, f"Put back into the live {spec.server.name}: "
+                     f"{facts['put_back']} (rows exported to {facts['export']})")
     recovery.check_time(ctx.target, spec, to)          # refused before anything, even the slot
     with evidence(spec, ctx, "recover") as ev, mutating_slot(spec.name, "data recovery", wait_seconds):
+        ev.decisions = decider.collected
         result = recovery.recover(ctx.target, spec, ctx.admin_password(), to, tables, where, approve,
                                   spec.reports_path / "recoveries")
-        result.notes = [*decisions, *result.notes]
+        result.notes = [*decider.notes, *result.notes]
         path = publish_report(spec, f"recover-{spec.name}", _report(spec, result, where), "data recovery report")
         result.report = ev.report = str(path)
         ev.figures = {k: v for k, v in result.as_dict().items() if k not in ("timeline", "notes", "report")}

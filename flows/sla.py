@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 from prefect import flow, get_run_logger
 
 from flows.evidence import HOOKS, evidence, publish_report
-from flows.install import runbook_context
 from flows.notify import notify
+from flows.runbook import runbook_context
 from pcdb import health, sla
 from pcdb.config import load_environment
 

@@ -79,13 +79,22 @@ def _use_orchestrator(spec: Environment) -> ServerConfig | None:
     if os.environ.get("PREFECT_API_URL"):
         return config if os.environ["PREFECT_API_URL"].rstrip("/") == config.url else None
     if Orchestrator(config).is_up():
-        os.environ["PREFECT_API_URL"] = config.url
+        # The server answers only with its credential: read from where the spec keeps it, which
+        # another local user cannot read.
+        os.environ.update(config.client_env())
         # A server that dies mid-run is reported within seconds, not after Prefect's five
         # retries per call (about a minute each); a restart blip of a few seconds still passes.
         os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "3")
         return config
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary server listens on loopback for as long as this command runs: it asks for a
+    # credential of this process's own, so no other local user can drive it meanwhile.
+    if not os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        import secrets
+
+        os.environ["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"] = \
+            f"pcdb:{secrets.token_urlsafe(24)}"
     return None
 
 
@@ -121,6 +130,22 @@ def _quiet_user_tracebacks() -> None:
                 handler.setFormatter(_UserErrorsWithoutTraceback(handler.formatter))
 
 
+# The Prefect settings pcdb sets in the environment for a command (_use_orchestrator): read again
+# when Prefect runs, since Prefect took its settings when a module first imported it.
+_OWNED_SETTINGS = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_API_SSL_CERT_FILE",
+                   "PREFECT_CLIENT_MAX_RETRIES", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+                   "PREFECT_SERVER_ANALYTICS_ENABLED")
+
+
+def _prefect_settings():
+    """Prefect's settings as this command set them (the server, its credential, its CA)."""
+    import prefect.settings
+    from prefect.settings import temporary_settings
+
+    return temporary_settings({getattr(prefect.settings, name): os.environ[name] for name in _OWNED_SETTINGS
+                               if os.environ.get(name)})
+
+
 def _run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: str):
     """Call a flow (return_state=True) tagged with its environment (the server's automations
     match on it), print its UI link, and turn a lost server into one line."""
@@ -131,7 +156,7 @@ def _run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: st
     _quiet_user_tracebacks()
 
     try:
-        with tags(env_tag(load_environment(spec_arg))):
+        with _prefect_settings(), tags(env_tag(load_environment(spec_arg))):
             state = call()
     except Exception as exc:
         lost = _server_lost(config, spec_arg)
@@ -383,7 +408,7 @@ def _deployed_run(spec: Environment, env_arg: str, config: ServerConfig | None, 
 
 
 def _ledger_row(spec: Environment, run_id: str) -> dict | None:
-    from flows.install import runbook_context
+    from flows.runbook import runbook_context
     from pcdb import ledger
     from pcdb.schema import LEDGER_SCHEMA
 
@@ -669,7 +694,7 @@ def incident_status(env: EnvOption = "local",
         _print_incident(item, False)
 
 
-def _incident_action(env: str, incident_id: str, action: dict, as_json: bool) -> None:
+def _incident_action(env: str, incident_id: str, action: dict, as_json: bool, key: str | None = None) -> None:
     import time
     import uuid
 
@@ -684,8 +709,14 @@ def _incident_action(env: str, incident_id: str, action: dict, as_json: bool) ->
     from flows.incident import IncidentAction
 
     incident = _incident_followed(spec, store, incident)
+    signed = {}
+    if key or spec.decisions.unsigned == "refused" or spec.production:   # signed by the person it names
+        key_path = _key_file(key)
+        _signer_of(spec, key_path, action["by"])
+        message = incident.decision_request(spec, action).message(action["by"])
+        signed = {"message": message, "signature": _sign(message, key_path)}
     request = str(uuid.uuid4())
-    send_input(IncidentAction(request_id=request, **action), flow_run_id=UUID(incident.run_id))
+    send_input(IncidentAction(request_id=request, **action, **signed), flow_run_id=UUID(incident.run_id))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         answer = store.load(incident_id).actions.get(request)
@@ -735,9 +766,10 @@ IdOption = Annotated[str, typer.Option("--id", help="the incident, e.g. INC-2026
 
 @incident_app.command("ack")
 @user_errors
-def incident_ack(env: EnvOption = "local", incident_id: IdOption = "", by: ByOption = "", as_json: JsonOption = False) -> None:
+def incident_ack(env: EnvOption = "local", incident_id: IdOption = "", by: ByOption = "", key: KeyOption = None,
+                 as_json: JsonOption = False) -> None:
     """Acknowledge: someone responds (the response time of its severity is measured to this)."""
-    _incident_action(env, incident_id, {"action": "ack", "by": by}, as_json)
+    _incident_action(env, incident_id, {"action": "ack", "by": by}, as_json, key)
 
 
 @incident_app.command("step")
@@ -747,10 +779,10 @@ def incident_step(env: EnvOption = "local", incident_id: IdOption = "", by: ByOp
                   not_needed: Annotated[bool, typer.Option("--not-needed", help="a conditional step that does not "
                                                                               "apply (say why in --note)")] = False,
                   note: Annotated[str, typer.Option("--note", help="what was found or done")] = "",
-                  as_json: JsonOption = False) -> None:
+                  key: KeyOption = None, as_json: JsonOption = False) -> None:
     """Confirm a step of the P1 timeline; only a member of its owner team may."""
     _incident_action(env, incident_id, {"action": "step", "by": by, "step": number, "not_needed": not_needed,
-                                        "note": note}, as_json)
+                                        "note": note}, as_json, key)
 
 
 @incident_app.command("close")
@@ -759,11 +791,12 @@ def incident_close(env: EnvOption = "local", incident_id: IdOption = "", by: ByO
                    recovered_at: Annotated[str | None, typer.Option(
                        "--recovered-at", help="when the service was back, ISO 8601 (default: now)")] = None,
                    note: Annotated[str, typer.Option("--note", help="the resolution")] = "",
-                   as_json: JsonOption = False) -> None:
+                   key: KeyOption = None, as_json: JsonOption = False) -> None:
     """Close the incident: the report with the time to detect, respond, recover and notify."""
     when = _parse_time(recovered_at, "--recovered-at")
     _incident_action(env, incident_id, {"action": "close", "by": by, "note": note,
-                                        "recovered_at": when.isoformat(timespec="seconds") if when else None}, as_json)
+                                        "recovered_at": when.isoformat(timespec="seconds") if when else None}, as_json,
+                     key)
 
 
 @app.command("maintain")
@@ -964,6 +997,125 @@ def cost_command(env: EnvOption = "local", as_json: JsonOption = False) -> None:
         raise typer.Exit(2)
 
 
+KeyOption = Annotated[str | None, typer.Option(
+    "--key", help="your OpenSSH key (private, or the .pub of one held by ssh-agent); default ~/.ssh/id_ed25519, "
+                  "id_ecdsa or id_rsa")]
+
+
+def _key_file(key: str | None) -> Path:
+    if key:
+        path = Path(key).expanduser()
+        if not path.is_file():
+            raise PcdbError(f"--key {key}: no such file")
+        return path
+    for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
+        path = Path.home() / ".ssh" / name
+        if path.is_file():
+            return path
+    raise PcdbError("no signing key: give --key (your OpenSSH private key, or the .pub of a key ssh-agent holds)")
+
+
+def _public_key(key: Path):
+    """The public half of ``key``: the file itself (.pub), its .pub beside it, or ssh-keygen -y."""
+    import subprocess
+
+    from pcdb.sshsig import PublicKey, SignatureError
+
+    for candidate in ((key,) if key.suffix == ".pub" else (key.with_name(key.name + ".pub"),)):
+        if candidate.is_file():
+            try:
+                return PublicKey.parse(candidate.read_text())
+            except SignatureError as exc:
+                raise PcdbError(f"{candidate}: {exc}") from None
+    result = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, timeout=120,
+                            check=False)
+    if result.returncode != 0:
+        raise PcdbError(f"cannot read the public half of {key}: {result.stderr.strip()}")
+    return PublicKey.parse(result.stdout)
+
+
+def _signer_of(spec: Environment, key: Path, claimed: str | None) -> str:
+    """Whose key it is, by the spec's decisions.signers (a key nobody's is refused here already)."""
+    from pcdb.sshsig import PublicKey
+
+    fingerprint = _public_key(key).fingerprint
+    owners = [name for name, line in spec.decisions.signers.items() if PublicKey.parse(line).fingerprint == fingerprint]
+    if not owners:
+        raise PcdbError(f"the key {key} ({fingerprint}) is no one's in {spec.name}'s decisions.signers")
+    if claimed and claimed != owners[0]:
+        raise PcdbError(f"the key {key} is {owners[0]}'s, not {claimed}'s")
+    return owners[0]
+
+
+def _sign(message: str, key: Path) -> str:
+    """``ssh-keygen -Y sign -n pcdb`` over ``message`` (the agent signs when ``key`` is a .pub)."""
+    import subprocess
+    import tempfile
+
+    from pcdb.decisions import NAMESPACE
+
+    with tempfile.TemporaryDirectory(prefix="pcdb-sign-") as folder:
+        path = Path(folder) / "message"
+        path.write_text(message)
+        result = subprocess.run(["ssh-keygen", "-Y", "sign", "-n", NAMESPACE, "-f", str(key), str(path)],
+                                capture_output=True, text=True, timeout=300, check=False)
+        if result.returncode != 0:
+            raise PcdbError(f"ssh-keygen could not sign with {key}: {result.stderr.strip()}")
+        return Path(f"{path}.sig").read_text()
+
+
+@app.command("approve")
+@user_errors
+def approve_command(env: EnvOption = "local",
+                    run: Annotated[str, typer.Option("--run", help="the paused run's id (its UI page shows it)")] = "",
+                    step: Annotated[str | None, typer.Option(
+                        "--step", help="the step you decide (refused when the run waits for another)")] = None,
+                    key: KeyOption = None,
+                    as_name: Annotated[str | None, typer.Option("--as", help="your name in decisions.signers "
+                                                                             "(default: the key's owner)")] = None,
+                    reject: Annotated[bool, typer.Option("--reject", help="reject: nothing is changed")] = False,
+                    reason: Annotated[str, typer.Option("--reason", help="why, in a line (kept in the ledger)")] = "",
+                    as_json: JsonOption = False) -> None:
+    """Decide a step a run waits for: shows what it decides, signs the decision message with your
+    OpenSSH key (ssh-keygen -Y sign -n pcdb, or the agent), resumes the run, and prints whether
+    the run accepted it (exit 1 with the reason when refused)."""
+    from uuid import UUID
+
+    spec = load_environment(env)
+    if _use_orchestrator(spec) is None and not os.environ.get("PREFECT_API_URL"):
+        raise PcdbError(f"the Prefect server of {spec.name} is not running: a paused run waits there "
+                        f"(`pcdb server up --env {env}`)")
+    try:
+        run_id = UUID(run)
+    except ValueError:
+        raise PcdbError(f"--run {run!r} is not a run id (a UUID, as the run's UI page shows)") from None
+    from flows.runbook import answer, pending_request
+    from pcdb.decisions import Request
+
+    with _prefect_settings():
+        waiting = pending_request(run_id)
+    if waiting is None:
+        raise PcdbError(f"run {run} waits for no decision (it is not paused on one)")
+    if step and waiting["step"] != step:
+        raise PcdbError(f"run {run} waits for {waiting['step']}, not {step}")
+    request = Request.from_json({k: waiting[k] for k in Request.__dataclass_fields__})
+    key_path = _key_file(key)
+    signer = _signer_of(spec, key_path, as_name)
+    decision = "reject" if reject else "approve"
+    err.print(f"{request.step} on {spec.name}, run {run}: {(waiting.get('shown') or '').strip()[:2000]}\n"
+              f"plan sha256 {request.plan_sha256}; signing '{decision}' as {signer}", highlight=False, soft_wrap=True)
+    message = request.message(signer, decision)
+    signature = _sign(message, key_path)
+    with _prefect_settings():
+        verdict = answer(run_id, waiting, signer, message, signature, decision, reason)
+    if as_json:
+        print(json.dumps({"run": run, "step": request.step, "signer": signer, "decision": decision, **verdict}))
+    if verdict["result"] != "accepted":
+        raise PcdbError(f"refused: {verdict['detail']}")
+    if not as_json:
+        out.print(f"accepted: {verdict['detail']}", highlight=False)
+
+
 @app.command("unlock")
 @user_errors
 def unlock_command(env: EnvOption = "local",
@@ -1008,13 +1160,14 @@ def plan_command(env: EnvOption = "prod",
     if spec.target != "azure":
         raise PcdbError(f"environment {spec.name!r} targets {spec.target}; plan reads Azure (use --env prod), "
                         "or `pcdb install --env local --dry-run` for the sandbox")
+    _print_warnings(spec)
     from pcdb.azure.desired import desired_resources
     from pcdb.azure.plan import make_plan
 
     if assume_empty:
         items = make_plan(desired_resources(spec))
     else:  # reads the live subscription: DefaultAzureCredential, subscription from its secret source
-        from flows.install import runbook_context
+        from flows.runbook import runbook_context
 
         target = runbook_context(spec).target
         items = make_plan(target.desired(), target.reconciler.read)
@@ -1053,7 +1206,7 @@ def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:
 
         changes.append(ensure_orchestrator_database(config))
     changes.append(orchestrator.up())
-    os.environ["PREFECT_API_URL"] = config.url  # before the first prefect import
+    os.environ.update(config.client_env())  # URL and credential, before the first prefect import
     from flows import service
 
     worker_env = {k: v for k, v in os.environ.items() if k.startswith("PCDB_")}
@@ -1089,7 +1242,7 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
         else:
             err.print(f"the Prefect server is not running ({config.url}); start it with `pcdb server up`")
         raise typer.Exit(3)
-    os.environ["PREFECT_API_URL"] = config.url
+    os.environ.update(config.client_env())
     from flows import service
     from pcdb.orchestrator import environment_privacy
 
@@ -1142,7 +1295,7 @@ SinceOption = Annotated[str, typer.Option("--since", help="how far back, e.g. 30
 def _ledger_context(env: str):
     spec = load_environment(env)
     _use_orchestrator(spec)
-    from flows.install import runbook_context
+    from flows.runbook import runbook_context
 
     return spec, runbook_context(spec)
 
@@ -1187,13 +1340,14 @@ def history(ctx: typer.Context, env: EnvOption = "local", since: SinceOption = "
 def history_verify(env: EnvOption = "local", as_json: JsonOption = False) -> None:
     """Check the ledger: its hash chain, its anchors outside the database, every report against
     its write-once archive, and every signed decision; name the first row that differs."""
-    from pcdb import ledger
+    from pcdb import decisions, ledger
     from pcdb.schema import LEDGER_SCHEMA
 
     spec, run_ctx = _ledger_context(env)
     target = run_ctx.target
     with run_ctx.connect() as conn:
-        result = ledger.verify(conn, LEDGER_SCHEMA, target.ledger_anchors(), target.read_archived_report)
+        result = ledger.verify(conn, LEDGER_SCHEMA, target.ledger_anchors(), target.read_archived_report,
+                               decisions.recheck)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
     elif result.ok:
@@ -1212,12 +1366,21 @@ def history_verify(env: EnvOption = "local", as_json: JsonOption = False) -> Non
         raise PcdbError(f"the ledger of {spec.name} is broken at row {broken['seq']}{at}: {broken['reason']}{more}")
 
 
+def _print_warnings(spec: Environment) -> None:
+    """What is valid but must be known (placeholder keys, a version leaving support), on stderr."""
+    from pcdb import specchecks
+
+    for warning in specchecks.warnings(spec):
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+
+
 @config_app.command("check")
 @user_errors
 def config_check(env: EnvOption = "prod", as_json: JsonOption = False) -> None:
     """Validate an environment spec and show the server parameters as they will be applied."""
     spec: Environment = load_environment(env)
     applied = spec.desired_parameters()
+    _print_warnings(spec)
     if as_json:
         print(json.dumps({n: {"declared": v.declared, "setting": v.setting, "unit": v.unit,
                               "restart": v.needs_restart} for n, v in applied.items()}, indent=2))

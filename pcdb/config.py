@@ -116,11 +116,20 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class KeyVaultRef(Model):
+    """A secret of an Azure Key Vault, read with the runbook's Entra ID identity."""
+
+    vault: str = Field(pattern=r"^[a-zA-Z][a-zA-Z0-9-]{1,22}[a-zA-Z0-9]$", description="the vault's name (3-24)")
+    secret: str = Field(pattern=r"^[0-9a-zA-Z-]{1,127}$", description="the secret's name")
+
+
 class SecretRef(Model):
     """Where a secret comes from. Exactly one source; never the secret itself."""
 
-    env: str | None = Field(None, description="environment variable holding the secret")
-    prefect_secret: str | None = Field(None, description="name of a Prefect Secret block")
+    env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$", description="environment variable holding the secret")
+    prefect_secret: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]*$", description="name of a Prefect Secret block")
+    file: str | None = Field(None, description="an absolute path to a file only its owner can read (0600)")
+    key_vault: KeyVaultRef | None = Field(None, description="a secret of an Azure Key Vault")
     generate: bool = Field(False, description="sandbox only: generate a strong one and keep it in "
                                               "a file only its owner can read")
 
@@ -128,16 +137,19 @@ class SecretRef(Model):
     @classmethod
     def _not_a_literal(cls, value: Any) -> Any:
         if not isinstance(value, dict):
-            raise ValueError("a spec never holds a secret; name its source instead: "
-                             "{env: VARIABLE}, {prefect_secret: block-name} or {generate: true}")
+            raise ValueError("a spec never holds a secret; name its source instead: {env: VARIABLE}, "
+                             "{prefect_secret: block-name}, {file: /path}, {key_vault: {vault, secret}} or "
+                             "{generate: true}")
         return value
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
-        chosen = [k for k in ("env", "prefect_secret") if getattr(self, k)] + (
+        chosen = [k for k in ("env", "prefect_secret", "file", "key_vault") if getattr(self, k)] + (
             ["generate"] if self.generate else [])
         if len(chosen) != 1:
-            raise ValueError("give exactly one secret source: env, prefect_secret or generate: true")
+            raise ValueError("give exactly one secret source: env, prefect_secret, file, key_vault or generate: true")
+        if self.file is not None and (not self.file.startswith("/") or ".." in Path(self.file).parts):
+            raise ValueError(f"file {self.file!r}: give an absolute path without '..'")
         return self
 
     def describe(self) -> str:
@@ -146,6 +158,10 @@ class SecretRef(Model):
             return f"environment variable {self.env}"
         if self.prefect_secret:
             return f"Prefect Secret block {self.prefect_secret!r}"
+        if self.file:
+            return f"file {self.file}"
+        if self.key_vault:
+            return f"Key Vault {self.key_vault.vault} secret {self.key_vault.secret}"
         return "a generated password file"
 
 
@@ -256,10 +272,20 @@ class Subnet(Model):
     delegation: str
 
 
+class WiderOverride(Model):
+    """A network rule wider than the plan's application subnets, kept on purpose: why, and which
+    approver agreed (recorded in the plan and the install's ledger row)."""
+
+    reason: str = Field(min_length=10, description="why this wider rule is needed")
+    approved_by: str = Field(description="the approver (install.approval.approvers) who agreed")
+
+
 class AllowedSubnet(Model):
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
     cidr: Cidr
     description: str = ""
+    wider: WiderOverride | None = Field(None, description="production: a rule wider than one application subnet "
+                                                          "(/24) inside the VNet needs this recorded override")
 
 
 class Network(Model):
@@ -456,6 +482,8 @@ DrRole = Literal["confirm_failure", "check_replica", "promote_replica", "switch_
 class DrStep(Model):
     step: str
     owner: str
+    teams: list[str] | None = Field(None, description="the teams of operations.incident.teams whose members confirm "
+                                                       "the step (default: the team named by owner)")
     role: DrRole = Field(description="what the step does: the drills pick steps (and who confirms them) by "
                                      "role, never by their place in the list")
 
@@ -884,7 +912,8 @@ class SandboxSpec(Model):
     ports: dict[Literal["node1", "node2", "replica"], Annotated[int, Field(ge=0, le=65535)]] = Field(
         default_factory=dict, description="fixed ports (1024-65535 unless root); absent or 0 = a free port is chosen")
     storage_quota: Size = Field(description="stands for the server's storage size in metrics")
-    extra_preload_libraries: list[str] = Field(default_factory=list,
+    extra_preload_libraries: list[Literal["pgaudit", "auto_explain", "pg_prewarm", "pg_hint_plan"]] = Field(
+        default_factory=list,
                                                description="loaded when installed (e.g. pgaudit)")
     fsync: bool = True
     start_timeout: Duration = timedelta(seconds=60)
@@ -894,7 +923,58 @@ class SandboxSpec(Model):
                                            "(Azure's ZoneRedundant HA does it in 60-120 s); 0 turns it off")
 
 
-RUNBOOKS = ("install", "backup-verification", "dr-drill", "maintenance", "health")
+class Decisions(Model):
+    """Who may decide in a runbook, and how a decision is proven: an OpenSSH signature over the
+    run, the step and the plan's SHA-256 (``pcdb approve``), checked against these keys."""
+
+    unsigned: Literal["allowed", "refused"] = Field(
+        "refused", description="allowed: a typed name (or --yes) is taken as the decision, recorded as claimed; "
+                               "never on production")
+    signers: dict[str, str] = Field(default_factory=dict, description="person (an approver, an incident team member) "
+                                                                     "-> their OpenSSH public key; never a private key")
+
+    @field_validator("signers")
+    @classmethod
+    def _keys(cls, value: dict[str, str]) -> dict[str, str]:
+        from pcdb.sshsig import PublicKey, SignatureError
+
+        seen: dict[str, str] = {}
+        for person, line in value.items():
+            try:
+                fingerprint = PublicKey.parse(line).fingerprint
+            except SignatureError as exc:
+                raise ValueError(f"{person}: {exc}") from None
+            if fingerprint in seen:
+                raise ValueError(f"{person} and {seen[fingerprint]} have the same key ({fingerprint}): one key is one "
+                                 "person, or a decision cannot say who made it")
+            seen[fingerprint] = person
+        return value
+
+
+def _orchestrator_secret() -> SecretRef:
+    return SecretRef(generate=True)
+
+
+class OrchestratorTls(Model):
+    """TLS for the orchestration API and UI: served by the Prefect server itself (``cert_file``
+    and ``key_file``), or by a reverse proxy in front of a server that listens on loopback only
+    (``proxy_url``; docs/operations show one)."""
+
+    cert_file: str | None = Field(None, description="the server's certificate (PEM), served by the server itself")
+    key_file: str | None = Field(None, description="its private key (PEM, 0600)")
+    ca_file: str | None = Field(None, description="the CA clients verify the server with (default: cert_file)")
+    proxy_url: str | None = Field(None, pattern=r"^https://[^/\s]+(/.*)?$",
+                                  description="the https address of the reverse proxy in front of the server")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> OrchestratorTls:
+        served = self.cert_file is not None or self.key_file is not None
+        if served and (self.cert_file is None or self.key_file is None):
+            raise ValueError("give both cert_file and key_file to serve TLS from the Prefect server itself")
+        if served == (self.proxy_url is not None):
+            raise ValueError("choose one: cert_file and key_file (the server serves TLS), or proxy_url (a reverse "
+                             "proxy does, in front of a server on loopback)")
+        return self
 
 
 class OrchestratorSpec(Model):
@@ -902,7 +982,14 @@ class OrchestratorSpec(Model):
 
     home: str | None = Field(None, description="its database, logs and pid files; default /var/lib/pcdb/prefect "
                                                "as root, ~/.local/state/pcdb/prefect otherwise")
-    host: str = Field("127.0.0.1", description="address the API and UI listen on")
+    host: str = Field("127.0.0.1", description="address the API and UI listen on (anything but loopback needs tls)")
+    auth: SecretRef = Field(default_factory=_orchestrator_secret,
+                            description="the API's credential, 'user:password' (Prefect's basic auth): the server "
+                                        "asks every client and the UI for it; generated into the home on the sandbox")
+    encryption_key: SecretRef = Field(default_factory=_orchestrator_secret,
+                                      description="the key Prefect encrypts blocks with (Fernet), kept apart from "
+                                                  "its database; generated into the home on the sandbox")
+    tls: OrchestratorTls | None = None
     port: int = Field(4200, gt=0, lt=65536)
     database: Literal["sqlite", "sandbox-postgres"] = Field(
         "sqlite", description="sqlite: a file in home (a laptop); sandbox-postgres: a small PostgreSQL cluster "
@@ -916,6 +1003,20 @@ class OrchestratorSpec(Model):
         description="a run Running longer than this is cancelled and reported (an automation)")
     worker_poll: Duration = Field(timedelta(seconds=10), description="how often the worker asks for scheduled runs "
                                   "and cancellations (Prefect's default 10s; a deployment run starts within this)")
+
+    @model_validator(mode="after")
+    def _guarded(self) -> OrchestratorSpec:
+        for name in ("auth", "encryption_key"):
+            if getattr(self, name).prefect_secret:
+                raise ValueError(f"{name}: the orchestrator's own secret cannot be a Prefect block (it is what "
+                                 "unlocks them); give env, file, key_vault or generate")
+        loopback = self.host in ("127.0.0.1", "::1", "localhost")
+        served = self.tls is not None and self.tls.cert_file is not None
+        if not loopback and not served:
+            raise ValueError(f"host {self.host}: the API would answer beyond this machine without TLS; listen on "
+                             "127.0.0.1, or give tls.cert_file and tls.key_file (or put a TLS proxy in front of a "
+                             "server on 127.0.0.1: tls.proxy_url)")
+        return self
 
 
 class Environment(Model):
@@ -941,6 +1042,7 @@ class Environment(Model):
     install: Install
     operations: Operations
     orchestrator: OrchestratorSpec = OrchestratorSpec()
+    decisions: Decisions = Decisions()
 
     @property
     def reports_path(self) -> Path:
@@ -948,6 +1050,21 @@ class Environment(Model):
         started from); the spec check keeps it inside the project or a data folder."""
         path = Path(self.reports_dir)
         return path if path.is_absolute() else project_root() / path
+
+    def approvers(self) -> tuple[str, ...]:
+        """The people who approve a production change (§13.2) and decide drills and failovers."""
+        return tuple(a.name for a in self.install.approval.approvers)
+
+    def team_members(self, teams: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+        """The people of these incident teams, each once."""
+        members: dict[str, None] = {}
+        for team in teams:
+            members.update(dict.fromkeys(self.operations.incident.teams.get(team, [])))
+        return tuple(members)
+
+    def confirming_teams(self, step: DrStep) -> list[str]:
+        """The teams whose members confirm a region-failover step."""
+        return step.teams if step.teams is not None else [step.owner]
 
     @property
     def work_pool(self) -> str:
@@ -1049,7 +1166,7 @@ def _replaced_paths(data: dict, prefix: str = "") -> list[str]:
     return out
 
 
-_SECRET_KEYS = {"env", "prefect_secret", "generate"}
+_SECRET_KEYS = {"env", "prefect_secret", "file", "key_vault", "generate"}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -1075,6 +1192,7 @@ def validate(data: dict, file: str = "<spec>",
     """Validate a parsed spec; raise ConfigError with every problem found."""
     lines = lines or {}
     problems = _parameter_problems(data, lines)  # also when other fields are wrong: every problem at once
+    problems += _duplicate_entries(data, lines)
     environment = None
     try:
         environment = Environment.model_validate(data)
@@ -1089,6 +1207,50 @@ def validate(data: dict, file: str = "<spec>",
     if problems:
         raise ConfigError(file, problems)
     return environment
+
+
+# Lists of mappings and the fields that tell their entries apart: an entry whose identity is
+# written twice is refused, as a key written twice is (the second would win, or both would run).
+_IDENTITIES = {
+    "install.approval.approvers": (("name",),), "install.phases": (("number",),),
+    "network.allowed_subnets": (("name",), ("cidr",)), "monitoring.system_metrics": (("metric", "level"),),
+    "monitoring.performance_targets": (("metric",),), "monitoring.business_metrics": (("metric",),),
+    "monitoring.alert_rules": (("name",),), "monitoring.azure_metric_alerts": (("name",),),
+    "monitoring.health.extra_rules": (("name",),), "operations.incident_severities": (("level",),),
+    "operations.cost.price_table": (("component",),), "dr.region_failover_steps": (("step",),),
+    "security.roles": (("name",),)}
+
+
+def _duplicate_entries(data: Any, lines: dict[str, tuple[str, int]], path: str = "") -> list[Problem]:
+    """Every list: a value written twice, or an entry whose identity (name, metric...) is."""
+    problems: list[Problem] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if path == "" and key == "parameters" or path == "security" and key == "audit":
+                continue        # server parameters: their own check knows which lists they are
+            problems += _duplicate_entries(value, lines, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list):
+        seen: dict = {}
+        for i, item in enumerate(data):
+            if isinstance(item, (str, int, float, bool)) and not isinstance(item, bool):
+                if item in seen:
+                    problems.append(Problem(f"{path}.{i}", f"{item!r} is written twice (also entry {seen[item]}): "
+                                            "remove one; an entry written twice is refused like a key written twice",
+                                            _line_of(f"{path}.{i}", lines) or _line_of(path, lines)))
+                seen.setdefault(item, i)
+            elif isinstance(item, dict):
+                problems += _duplicate_entries(item, lines, f"{path}.{i}")
+        for fields in _IDENTITIES.get(path, ()):
+            ids: dict = {}
+            for i, item in enumerate(data):
+                if isinstance(item, dict) and all(f in item for f in fields):
+                    identity = tuple(str(item[f]) for f in fields)
+                    if identity in ids:
+                        problems.append(Problem(f"{path}.{i}", f"{' '.join(fields)} {' '.join(identity)!r} is written "
+                                                f"twice (also entry {ids[identity]}): each entry once",
+                                                _line_of(f"{path}.{i}", lines) or _line_of(path, lines)))
+                    ids.setdefault(identity, i)
+    return problems
 
 
 def _parameter_problems(data: dict, lines: dict[str, tuple[str, int]]) -> list[Problem]:

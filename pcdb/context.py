@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
@@ -21,6 +21,7 @@ class RunbookContext:
     env: Environment
     target: Target
     secret_loader: pw.SecretLoader | None = None  # Prefect Secret blocks, given by the flow layer
+    key_vault: pw.KeyVaultReader = field(default=lambda vault, name: _key_vault(vault, name))
     remove_unknown_roles: bool = False  # the install drops roles the spec does not name (explicit flag)
     spec_source: str | None = None  # the --env the run was given (a name or a spec file), for the hints it prints
     reverify: bool = False  # Phase 7 repeats its disruptive checks even when this configuration passed them
@@ -48,6 +49,10 @@ class RunbookContext:
                     raise SecretError(f"the password of {owner} comes from Prefect Secret block "
                                       f"{ref.prefect_secret!r}, which can only be read inside a Prefect run")
                 value = self.secret_loader(ref.prefect_secret)
+            elif ref.file:
+                value = pw.from_file(ref.file)
+            elif ref.key_vault:
+                value = self.key_vault(ref.key_vault.vault, ref.key_vault.secret)
             else:
                 value = self.target.generated_secret(owner)
             self._secrets[key] = value
@@ -93,6 +98,12 @@ class RunbookContext:
                 return True
         except psycopg.OperationalError:
             return False
+
+
+def _key_vault(vault: str, name: str) -> str:
+    from pcdb.azure.keyvault import read_secret
+
+    return read_secret(vault, name)
 
 
 _NETWORK_FAILURES = ("could not translate host name", "timeout expired", "No route to host",

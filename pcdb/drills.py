@@ -16,7 +16,7 @@ from typing import Protocol
 import psycopg
 from psycopg import sql as psql
 
-from pcdb.config import Environment
+from pcdb.config import DrStep, Environment
 from pcdb.errors import TargetError
 from pcdb.failover import promote_region
 from pcdb.probe import ProbeResult, ProbeWriter
@@ -110,7 +110,7 @@ def _admin(target: Target, env: Environment, password: str, which: str = "applic
 
 
 def cleanup(target: Target, env: Environment, password: str,
-            confirm: Callable[[str, str], None] | None = None) -> list[str]:
+            confirm: Callable[[DrStep, str], None] | None = None) -> list[str]:
     """Remove what an interrupted drill may have left: probe tables, throw-away servers, and make
     the topology whole again. A replica a drill promoted is replaced only after ``confirm``
     (the application may still point at it). Returns what it removed or repaired."""
@@ -128,8 +128,8 @@ def cleanup(target: Target, env: Environment, password: str,
         done.append("the primary region was left stopped by an interrupted region drill: started")
     if target.replica_diverged():
         if confirm is not None:
-            confirm(f"the application and DNS point at the primary, not at {env.replica.name}, which an "
-                    "earlier drill promoted and which will now be replaced", env.dr.step("switch_application").owner)
+            confirm(env.dr.step("switch_application"), f"the application and DNS point at the primary, not at "
+                    f"{env.replica.name}, which an earlier drill promoted and which will now be replaced")
         target.rebuild_replica()
         done.append("replica was promoted or cut off by an interrupted region drill: rebuilt from the primary")
     repaired = [c for c in [*target.ensure_server(), target.ensure_replica()] if c.changed]
@@ -254,7 +254,7 @@ def corruption_drill(target: Target, env: Environment, password: str, rows: int 
 
 
 def region_drill(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
-                 confirm: Callable[[str, str], None], stall_replica: bool = False, drill_id: str = "drill",
+                 confirm: Callable[[DrStep, str], None], stall_replica: bool = False, drill_id: str = "drill",
                  plane: DataPlane = SQL) -> DrillResult:
     """Region failure (R-DR-2): the manual procedure of §5.2.3, that is the real region failover's
     promotion (pcdb.failover.promote_region) plus its undo.
@@ -266,7 +266,7 @@ def region_drill(target: Target, env: Environment, password: str, decide: Callab
 
     Args:
         decide: called with the replica's lag before anything irreversible; raises to abort.
-        confirm: called per step owned by another team (step, owner); raises to abort.
+        confirm: called per step owned by another team (the step, what to confirm); raises to abort.
         stall_replica: cut the replica's link first, so that loss is expected (a drill of the breach).
         drill_id: tags the promoted server (Azure), so only a drill's promotion is ever undone.
         plane: the database work (real SQL; a fake with pcdb.targets.memory).
@@ -325,12 +325,12 @@ def region_drill(target: Target, env: Environment, password: str, decide: Callab
     return result
 
 
-def _switched_back(switched: list, confirm: Callable[[str, str], None], result: DrillResult) -> bool:
+def _switched_back(switched: list, confirm: Callable[[DrStep, str], None], result: DrillResult) -> bool:
     """Before the promoted server is replaced, every team that pointed the application at it
     confirms it points back at the primary; without that, the promoted server is kept."""
     for step in reversed(switched):
         try:
-            confirm(f"undo: {step.step} (back to the primary)", step.owner)
+            confirm(step, f"undo: {step.step} (back to the primary)")
         except Exception as exc:  # noqa: BLE001 - a refusal keeps the promoted server, whatever its form
             result.notes.append(f"the promoted server was kept: '{step.step}' was not undone ({exc}); "
                                 "the next drill asks again before it replaces the promoted server")

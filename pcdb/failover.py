@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 import psycopg
 
-from pcdb.config import Environment
+from pcdb.config import DrStep, Environment
 from pcdb.errors import TargetError
 from pcdb.sql import query
 from pcdb.targets.base import Target
@@ -113,7 +113,7 @@ def zone_failover(target: Target, env: Environment, password: str, decide: Calla
     return report
 
 
-def promote_region(target: Target, env: Environment, confirm: Callable[[str, str], None],
+def promote_region(target: Target, env: Environment, confirm: Callable[[DrStep, str], None],
                    mark: Callable[[str], None], drill: str | None = None, switched: list | None = None) -> None:
     """The region failover's irreversible part, the same in the drill and for real: the replica
     promoted (a drill's tagged with ``drill``), then each other team's step confirmed by its owner
@@ -122,14 +122,14 @@ def promote_region(target: Target, env: Environment, confirm: Callable[[str, str
     mark(f"replica {promoted.name} {promoted.action} ({env.dr.step('promote_replica').owner})")
     for role in ("switch_application", "switch_dns"):
         step = env.dr.step(role)
-        confirm(step.step, step.owner)
+        confirm(step, step.step)
         if switched is not None:
             switched.append(step)
         mark(f"confirmed: {step.step} ({step.owner})")
 
 
 def region_failover(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
-                    confirm: Callable[[str, str], None], outage_began: datetime | None = None) -> FailoverReport:
+                    confirm: Callable[[DrStep, str], None], outage_began: datetime | None = None) -> FailoverReport:
     """Promote the replica in the other region and point the application at it (§12.2.1).
 
     Refused while the primary region answers (two primaries would split the writes). A run
@@ -167,7 +167,7 @@ def region_failover(target: Target, env: Environment, password: str, decide: Cal
 
 
 def failback(target: Target, env: Environment, password: str, approve: Callable[[dict], None],
-             confirm: Callable[[str, str], None]) -> FailoverReport:
+             confirm: Callable[[DrStep, str], None]) -> FailoverReport:
     """Back to the primary region, planned: refused while it is down (naming what is missing);
     its servers follow the promoted replica; after the approval and the teams' confirmations,
     the promoted replica stops cleanly, the primary region takes over, the application's name
@@ -189,7 +189,7 @@ def failback(target: Target, env: Environment, password: str, approve: Callable[
     report.mark("switch back approved")
     for role in ("switch_application", "switch_dns"):
         step = env.dr.step(role)
-        confirm(f"{step.step} (back to the primary region)", step.owner)
+        confirm(step, f"{step.step} (back to the primary region)")
         report.mark(f"confirmed: {step.step} back to the primary region ({step.owner})")
     result = target.switch_back()
     report.mark(f"{result.new_primary} promoted in {result.promote_seconds:.3f}s after {result.old_primary} stopped "

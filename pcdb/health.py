@@ -46,6 +46,15 @@ ALIASES = {"replica_lag": "replica_lag_seconds", "avg_query_time": "avg_query_ti
            "active_connections": "active_connections", "kos_integration_success_rate": "kos_success_rate"}
 BUSINESS = ("product_change_success_rate", "kos_success_rate", "avg_processing_seconds")
 _ALARM = re.compile(r"^\s*(>=|<=|==|>|<)\s*([0-9.]+)\s*(ms|s|%|/hour|/min)?\s*$")
+# Every metric a health run measures (the "metrics" of its JSON; Azure Monitor gives the same names
+# on Azure): a rule on any other name would never fire, so the spec check refuses it.
+MEASURED = frozenset({
+    "active_connections", "avg_query_time_ms", "cache_hit_percent", "connection_failed", "cpu_percent",
+    "database_bytes", "deadlocks_per_hour", "escalated_roles", "failover_event", "idle_in_transaction_seconds",
+    "invalid_indexes", "iops_percent", "longest_transaction_seconds", "max_connections", "memory_percent",
+    "partitions_ahead", "replica_lag_seconds", "sequence_used_percent", "slot_retained_bytes",
+    "slow_queries_per_minute", "slow_query_percent", "standby_streaming", "storage_percent", "tls_days_left",
+    "tps", "up", "xid_age", *("product_change_success_rate", "kos_success_rate", "avg_processing_seconds")})
 COUNTS = {"partitions_ahead", "invalid_indexes", "connection_failed", "failover_event", "up", "escalated_roles"}
 # What a target's platform_metrics() gives as inputs (limits, counters), not as metrics.
 _PLATFORM_INPUTS = {"storage_quota_bytes", "cpu_count", "iops_limit", "cpu_seconds_total", "disk_operations_total"}

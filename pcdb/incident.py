@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pcdb.config import Environment, IncidentSettings
+from pcdb.decisions import Request, plan_sha256
 from pcdb.errors import PcdbError
 from pcdb.orchestrator import server_config
 from pcdb.private import write_private
@@ -76,6 +77,7 @@ class Incident:
     resolution: str = ""
     timeline: list[dict] = field(default_factory=list)
     actions: dict[str, dict] = field(default_factory=dict)  # input key -> {"result": applied|refused, "detail"}
+    decisions: list[dict] = field(default_factory=list)     # every accepted ack, step and close, signed or claimed
 
     # -- the record ------------------------------------------------------------------------
 
@@ -223,6 +225,24 @@ class Incident:
             raise IncidentError(f"unknown incident action {kind!r}")
         self.mark(done + (f": {action['note']}" if action.get("note") else ""), now)
         return done
+
+    def decision_request(self, spec: Environment, action: dict) -> Request:
+        """What an ack, a step or a close is, as a decision: the incident's run, a step name, the
+        SHA-256 of what is confirmed, and who may confirm it (a step: its owner team's members;
+        ack and close: any team member)."""
+        settings = spec.operations.incident
+        kind = action["action"]
+        step = f"incident-{kind}" + (f"-{int(action['step'])}" if kind == "step" else "")
+        if kind == "step":
+            owners = spec.team_members([self.step(int(action["step"])).owner])
+        else:
+            owners = spec.team_members(list(settings.teams))
+        subject = {"incident": self.id, "action": kind, "step": action.get("step") if kind == "step" else None,
+                   "not_needed": bool(action.get("not_needed")), "note": action.get("note") or "",
+                   "recovered_at": action.get("recovered_at")}
+        return Request(spec.name, self.run_id or "", step, plan_sha256(subject), owners,
+                       spec.install.approval.timeout,
+                       unsigned_allowed=spec.decisions.unsigned == "allowed" and not spec.production)
 
     # -- the closing figures -----------------------------------------------------------------
 

@@ -172,7 +172,8 @@ class PgTools:
             raise TargetError(f"{what} failed: {result.stderr.strip()[-800:]}")
 
     def conninfo(self, dbname: str | None = None) -> str:
-        return self.endpoint.conninfo(self.ctx.env.server.admin.user, dbname=dbname, application_name="pcdb-maintenance")
+        return self.endpoint.conninfo(self.ctx.env.server.admin.user, dbname=dbname, application_name="pcdb-maintenance",
+                                      tools=True)
 
     def dump(self, schema_name: str, table: str, path: Path) -> None:
         self._run([str(self.bindir / "pg_dump"), "-Fc", "-t", f'"{schema_name}"."{table}"', "-f", str(path),

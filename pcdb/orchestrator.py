@@ -10,24 +10,30 @@ fleet: ``local`` and a spec extending it share it); each environment has its own
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pcdb import secrets as pw
 from pcdb.changes import Change
-from pcdb.config import Environment
-from pcdb.errors import PcdbError
+from pcdb.config import Environment, OrchestratorTls, SecretRef
+from pcdb.errors import PcdbError, SecretError
 from pcdb.private import audit, private_dir, write_private
 from pcdb.process import alive
+from pcdb.secrets import KeyVaultReader, read_or_create_value
 
 
 class OrchestratorError(PcdbError):
@@ -53,15 +59,68 @@ class ServerConfig:
     database_url: str | None  # None: SQLite in home; else a PostgreSQL URL (never printed)
     backend: str              # sqlite | postgresql
     managed_postgres: bool    # the sandbox engine runs the backend cluster under home/postgres
+    auth: SecretRef = field(default_factory=lambda: SecretRef(generate=True))
+    encryption_key: SecretRef = field(default_factory=lambda: SecretRef(generate=True))
+    tls: OrchestratorTls | None = None
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.tls is not None and self.tls.cert_file is not None
 
     @property
     def url(self) -> str:
-        """The API URL every client and worker uses."""
-        return f"http://{self.host}:{self.port}/api"
+        """The API URL every client and worker on this machine uses."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"{'https' if self.serves_tls else 'http'}://{host}:{self.port}/api"
 
     @property
     def ui_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """Where a person opens the UI: the TLS proxy in front of the server, or the server itself."""
+        if self.tls is not None and self.tls.proxy_url:
+            return self.tls.proxy_url.rstrip("/")
+        return self.url.removesuffix("/api")
+
+    @property
+    def ca_file(self) -> str | None:
+        """What clients verify a self-served TLS certificate with."""
+        return (self.tls.ca_file or self.tls.cert_file) if self.serves_tls else None
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    def credentials(self, key_vault: KeyVaultReader | None = None) -> tuple[str, str]:
+        """(the API's auth string 'user:password', the blocks' Fernet key) from their sources;
+        the generated ones made once into the home's secrets folder (0600 in 0700).
+
+        Raises:
+            SecretError: a source cannot be read (by this user), or a value has the wrong form.
+        """
+        auth = _resolve(self.auth, self.secrets_dir / "prefect-auth", lambda: "pcdb:" + secrets.token_urlsafe(24),
+                        key_vault)
+        if ":" not in auth or auth.startswith(":") or auth.endswith(":"):
+            raise SecretError(f"the orchestrator's auth from {self.auth.describe()} must be 'user:password'")
+        if self.encryption_key.generate and not (self.secrets_dir / "prefect-encryption-key").exists():
+            kept = _database_key(self)                # a database made before pcdb kept the key apart
+            if kept:
+                read_or_create_value(self.secrets_dir / "prefect-encryption-key", lambda: kept)
+                _forget_database_key(self)
+        key = _resolve(self.encryption_key, self.secrets_dir / "prefect-encryption-key",
+                       lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(), key_vault)
+        try:
+            if len(base64.urlsafe_b64decode(key.encode())) != 32:
+                raise ValueError
+        except ValueError:
+            raise SecretError(f"the orchestrator's encryption key from {self.encryption_key.describe()} is not a "
+                              "Fernet key (32 bytes, url-safe base64)") from None
+        return auth, key
+
+    def client_env(self, key_vault: KeyVaultReader | None = None) -> dict[str, str]:
+        """What a client of this server (the CLI, a worker, a flow run) needs to reach it."""
+        env = {"PREFECT_API_URL": self.url, "PREFECT_API_AUTH_STRING": self.credentials(key_vault)[0]}
+        if self.ca_file:
+            env["PREFECT_API_SSL_CERT_FILE"] = self.ca_file
+        return env
 
     def run_url(self, run_id: object) -> str:
         """The UI page of one flow run."""
@@ -81,7 +140,42 @@ def server_config(env: Environment) -> ServerConfig:
     if url is None and spec.database == "sandbox-postgres":
         url = f"postgresql+asyncpg://prefect@/prefect?host={home / 'postgres' / 'run'}&port={port + 1}"
     backend = "postgresql" if url and url.startswith("postgresql") else "sqlite"
-    return ServerConfig(home, spec.host, port, url, backend, managed)
+    return ServerConfig(home, spec.host, port, url, backend, managed, spec.auth, spec.encryption_key, spec.tls)
+
+
+def _resolve(ref: SecretRef, generated: Path, make, key_vault: KeyVaultReader | None) -> str:
+    """An orchestrator secret from its source (never a Prefect block: it unlocks them)."""
+    if ref.env:
+        return pw.from_env(ref.env)
+    if ref.file:
+        return pw.from_file(ref.file)
+    if ref.key_vault:
+        if key_vault is None:
+            from pcdb.azure.keyvault import read_secret as key_vault
+        return key_vault(ref.key_vault.vault, ref.key_vault.secret)
+    return pw.read_or_create_value(generated, make)
+
+
+def _database_key(config: ServerConfig) -> str | None:
+    """The Fernet key Prefect stored in its own database when it ran without one given (SQLite)."""
+    path = config.home / "prefect.db"
+    if config.backend != "sqlite" or not path.exists():
+        return None
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        try:
+            row = db.execute("SELECT value FROM configuration WHERE key = 'ENCRYPTION_KEY'").fetchone()
+        except sqlite3.OperationalError:
+            return None
+    return json.loads(row[0]).get("fernet_key") if row else None
+
+
+def _forget_database_key(config: ServerConfig) -> None:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(config.home / "prefect.db")) as db, db:
+        db.execute("DELETE FROM configuration WHERE key = 'ENCRYPTION_KEY'")
 
 
 def _now() -> str:
@@ -122,9 +216,11 @@ def _holder_of(port: int) -> str:
     return "another program"
 
 
-def _private_log(path: Path):
-    """A log file opened for appending, readable by its owner only."""
-    private_dir(path.parent)
+def _private_log(path: Path, own_folder: bool = True):
+    """A log file opened for appending, readable by its owner only (its folder made 0700 unless
+    it is the home, whose mode secure_home sets)."""
+    if own_folder:
+        private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(fd, 0o600)
     return os.fdopen(fd, "ab")
@@ -194,7 +290,8 @@ class Orchestrator:
             return None
 
     def _write(self, path: Path, data: dict) -> None:
-        tmp = write_private(path.with_suffix(".tmp"), json.dumps(data, indent=2) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)   # the home's mode is secure_home's to set
+        tmp = write_private(path.with_suffix(".tmp"), json.dumps(data, indent=2) + "\n", folder_mode=None)
         os.replace(tmp, path)
 
     @property
@@ -202,24 +299,32 @@ class Orchestrator:
         """Prefect's SQLite database (flow runs, logs, artifacts, encrypted blocks)."""
         return self.home / "prefect.db"
 
+    @property
+    def home_mode(self) -> int:
+        """0700; 0711 when the sandbox engine runs the backend cluster under it (its server user
+        must pass through, to its own 0700 folder, without listing anything)."""
+        return 0o711 if self.config.managed_postgres else 0o700
+
     def secure_home(self) -> None:
-        """The home 0700 and Prefect's database 0600: they hold every run's history and blocks."""
+        """The home private and Prefect's database 0600: they hold every run's history and blocks."""
         private_dir(self.home)
+        os.chmod(self.home, self.home_mode)
         for path in (self.database_file, *self.home.glob("prefect.db-*")):
             if path.exists():
                 os.chmod(path, 0o600)
 
     def privacy_problems(self) -> list[str]:
         """Anything of the orchestrator's that others could read."""
-        return audit([(self.home, 0o700, None), (self.database_file, 0o600, None),
+        return audit([(self.home, self.home_mode, None), (self.database_file, 0o600, None),
                       (self.log_file, 0o600, None), (self.home / "workers", 0o700, 0o600)])
 
     # -- server ----------------------------------------------------------------------------
 
     def healthy(self, timeout: float = 2.0) -> bool:
         """The API answers /health (whoever started it)."""
+        context = ssl.create_default_context(cafile=self.config.ca_file) if self.config.ca_file else None
         try:
-            with urllib.request.urlopen(f"{self.config.url}/health", timeout=timeout) as reply:
+            with urllib.request.urlopen(f"{self.config.url}/health", timeout=timeout, context=context) as reply:
                 return reply.status == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False
@@ -236,23 +341,43 @@ class Orchestrator:
         return self.server_pid() is not None and self.healthy()
 
     def server_env(self) -> dict[str, str]:
-        """The environment of the server process: its home, URLs on any port, no analytics."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        """The environment of the server process. Whatever the operator set for Prefect is passed
+        through (defaults included: analytics off, INFO logs); pcdb sets only what it owns: the
+        home, where it listens, the URLs, the API's credential and the blocks' encryption key."""
+        auth, key = self.config.credentials()
+        env = {**os.environ}
+        for name, default in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                              ("PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT", "false"),
+                              ("PREFECT_LOGGING_LEVEL", "INFO")):
+            env.setdefault(name, default)
         env.update({
             "PREFECT_HOME": str(self.home),
             "PREFECT_SERVER_API_HOST": self.config.host,
             "PREFECT_SERVER_API_PORT": str(self.config.port),
             # The UI calls this URL from the browser: without it, a non-default port shows
-            # "Oops. Something went wrong".
-            "PREFECT_UI_API_URL": self.config.url,
+            # "Oops. Something went wrong"; behind a TLS proxy it is the proxy's.
+            "PREFECT_UI_API_URL": f"{self.config.ui_url}/api",
             "PREFECT_API_URL": self.config.url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
-            "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+            "PREFECT_SERVER_API_AUTH_STRING": auth,     # every request, the UI's too, must carry it
+            "PREFECT_API_AUTH_STRING": auth,            # the server's own calls to its API
+            "PREFECT_SERVER_ENCRYPTION_KEY": key,       # blocks encrypted with a key not kept beside them
         })
+        if self.config.ca_file:
+            env["PREFECT_API_SSL_CERT_FILE"] = self.config.ca_file
         if self.config.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.config.database_url
         return env
+
+    def server_command(self) -> list[str]:
+        """``prefect server start``; with TLS served by the server itself, the same application
+        under uvicorn with the certificate (``prefect server start`` has no TLS option)."""
+        if not self.config.serves_tls:
+            return _prefect_cmd("server", "start", "--host", self.config.host, "--port", str(self.config.port),
+                                "--analytics-off")
+        tls = self.config.tls
+        return [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+                "--host", self.config.host, "--port", str(self.config.port),
+                "--ssl-certfile", tls.cert_file, "--ssl-keyfile", tls.key_file, "--timeout-keep-alive", "5"]
 
     def up(self, timeout: float = 180) -> Change:
         """Start the server unless it runs; wait until /api/health answers.
@@ -274,12 +399,11 @@ class Orchestrator:
                 f"stop it, or give the Prefect server another port (orchestrator.port in the spec, or "
                 f"PCDB_PREFECT_PORT). Nothing was started")
         self.secure_home()
-        log = _private_log(self.log_file)
+        log = _private_log(self.log_file, own_folder=False)
         try:
             child = subprocess.Popen(
-                _prefect_cmd("server", "start", "--host", self.config.host, "--port", str(self.config.port),
-                             "--analytics-off"),
-                env=self.server_env(), cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
+                self.server_command(), env={**self.server_env(), "PREFECT__SERVER_FINAL": "1"}, cwd=self.home,
+                stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)   # prefect.db: 0600
         finally:
             log.close()
@@ -325,9 +449,10 @@ class Orchestrator:
             return Change("prefect_worker", pool, "unchanged", notes=(f"pid {pid}",))
         log_path = self.home / "workers" / f"{pool}.log"
         private_dir(log_path.parent)
-        full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, **env,
-                    "PREFECT_API_URL": self.config.url, "PREFECT_HOME": str(self.home / "client"),
-                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        full_env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ, **env, **self.config.client_env(),
+                    "PREFECT_HOME": str(self.home / "client")}
+        for name in ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_SERVER_ENCRYPTION_KEY"):
+            full_env.pop(name, None)          # the server's own: never in a worker or its flow runs
         with _private_log(log_path) as log:
             child = subprocess.Popen(
                 _prefect_cmd("worker", "start", "--pool", pool, "--type", "process",

@@ -98,4 +98,39 @@ def from_env(variable: str) -> str:
     return value
 
 
+def from_file(path: str | Path) -> str:
+    """The secret kept in ``path``, which only its owner may read.
+
+    Raises:
+        SecretError: the file is missing, unreadable, or readable by others (naming the fix).
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise SecretError(f"{path} holds a secret and is readable by others (mode {mode:04o}); run: chmod 600 {path}")
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        raise SecretError(f"the secret file {path} does not exist; create it (mode 0600) or name another source") from None
+    except PermissionError:
+        raise SecretError(f"the secret file {path} cannot be read by this user; run pcdb as its owner") from None
+    if not value:
+        raise SecretError(f"the secret file {path} is empty")
+    return value
+
+
+def read_or_create_value(path: Path, make: Callable[[], str]) -> str:
+    """The value kept in ``path`` (0600, folder 0700), made with ``make()`` the first time."""
+    if path.exists():
+        return from_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    value = make()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
 SecretLoader = Callable[[str], str]
+KeyVaultReader = Callable[[str, str], str]   # (vault, secret name) -> value

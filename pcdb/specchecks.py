@@ -72,13 +72,153 @@ def problems(env, line: Line) -> list[Problem]:  # env: pcdb.config.Environment 
     _reports_dir(env, add)
     _sandbox(env, add)
     _production_tls(env, add)
+    _decisions(env, add)
+    _names(env, add)
+    _network(env, add)
     return out
 
 
-def _production_tls(env, add) -> None:
-    """Production never talks to its database without checking who answers."""
+# Azure Database for PostgreSQL flexible server's platform metrics (Microsoft's "Monitoring and
+# metrics" page), what an Azure metric alert may watch.
+AZURE_METRICS = frozenset({
+    "active_connections", "backup_storage_used", "connections_failed", "connections_succeeded", "cpu_credits_consumed",
+    "cpu_credits_remaining", "cpu_percent", "database_size_bytes", "deadlocks", "disk_bandwidth_consumed_percentage",
+    "disk_iops_consumed_percentage", "disk_queue_depth", "iops", "is_db_alive", "logical_replication_delay_in_bytes",
+    "longest_query_time_sec", "longest_transaction_time_sec", "max_connections", "maximum_used_transactionIDs",
+    "memory_percent", "network_bytes_egress", "network_bytes_ingress", "oldest_backend_time_sec",
+    "oldest_backend_xmin_age", "physical_replication_delay_in_bytes", "physical_replication_delay_in_seconds",
+    "read_iops", "read_throughput", "sessions_by_state", "storage_free", "storage_percent", "storage_used", "tps",
+    "txlogs_storage_used", "write_iops", "write_throughput", "xact_commit", "xact_rollback"})
+
+
+def _names(env, add) -> None:
+    """Every name refers to something that exists or that pcdb makes: a rule watches a metric the
+    health run measures, an Azure alert a metric Azure has, an auto-opened incident a rule."""
+    from pcdb.health import ALIASES, BUSINESS, MEASURED, catalog
+
+    m = env.monitoring
+
+    def measured(metric: str) -> bool:
+        return ALIASES.get(metric, metric) in MEASURED
+
+    checks = [(f"monitoring.alert_rules.{i}.condition.metric", r.condition.metric) for i, r in enumerate(m.alert_rules)]
+    checks += [(f"monitoring.system_metrics.{i}.metric", t.metric) for i, t in enumerate(m.system_metrics)]
+    checks += [(f"monitoring.performance_targets.{i}.metric", p.metric) for i, p in enumerate(m.performance_targets)]
+    checks += [(f"monitoring.health.extra_rules.{i}.metric", x.metric) for i, x in enumerate(m.health.extra_rules)]
+    for path, metric in checks:
+        if not measured(metric) and metric != "failover_event":
+            add(path, f"{metric!r} is not a metric the health runbook measures, so the rule would never fire; "
+                      f"known: {', '.join(sorted(MEASURED))}")
+    for i, b in enumerate(m.business_metrics):
+        if ALIASES.get(b.metric, b.metric) not in BUSINESS and b.probe is None:
+            add(f"monitoring.business_metrics.{i}.metric", f"{b.metric!r} is not a business metric pcdb measures "
+                                                           f"({', '.join(BUSINESS)}): give its own probe (one SELECT)")
+    for i, a in enumerate(m.azure_metric_alerts):
+        if a.metric not in AZURE_METRICS:
+            add(f"monitoring.azure_metric_alerts.{i}.metric", f"{a.metric!r} is not a metric of Azure Database for "
+                                                              "PostgreSQL flexible server: the alert would never fire")
+    rules = {r.name for r in catalog(env)}
+    for rule in env.operations.incident.auto_open:
+        if rule not in rules:
+            add(f"operations.incident.auto_open.{rule}", f"{rule!r} is not a health rule: no alert of it can open an "
+                                                          "incident")
+    if env.production and env.target == "azure" and env.replica.location == env.server.location:
+        add("replica.location", f"{env.replica.location} is the primary's region: a region failure would take the "
+                                "read replica too; put it in the DR region")
+    if env.production and env.target == "azure" and env.azure and env.azure.evidence_archive is None:
+        add("azure.evidence_archive", "production keeps its reports and the ledger's anchors in an immutable "
+                                      "container: name the storage account and container")
+
+
+def _network(env, add) -> None:
+    """On production a network rule is never wider than the plan's intent: one application subnet
+    (/24) inside the VNet, not the database's own subnet; a wider one needs a recorded override."""
+    import ipaddress
+
     if not env.production:
         return
+    net = env.network
+    vnet = ipaddress.ip_network(net.vnet.address_prefix) if net.mode == "vnet" and net.vnet else None
+    database = ipaddress.ip_network(net.subnet.address_prefix) if net.mode == "vnet" and net.subnet else None
+    approvers = env.approvers()
+    for i, rule in enumerate(net.allowed_subnets):
+        cidr = ipaddress.ip_network(rule.cidr)
+        path = f"network.allowed_subnets.{i}"
+        if cidr.prefixlen == 0:
+            add(f"{path}.cidr", f"{rule.cidr} lets every address in: never on production")
+            continue
+        if database is not None and cidr.overlaps(database):
+            add(f"{path}.cidr", f"{rule.cidr} overlaps the database's own subnet {database}: an application subnet is "
+                                "another one")
+        wide = []
+        if vnet is not None and not cidr.subnet_of(vnet):
+            wide.append(f"it reaches beyond the VNet {vnet}")
+        if cidr.prefixlen < 24:
+            wide.append(f"it is wider than one application subnet (/{cidr.prefixlen}, the plan's are /24)")
+        if not wide:
+            continue
+        if rule.wider is None:
+            add(f"{path}.cidr", f"{rule.cidr}: {' and '.join(wide)}. Narrow it to the application's subnet, or keep "
+                                "it with a recorded override (wider: {reason, approved_by: an approver})")
+        elif rule.wider.approved_by not in approvers:
+            add(f"{path}.wider.approved_by", f"{rule.wider.approved_by!r} is not an approver "
+                                             f"({', '.join(approvers)})")
+
+
+def warnings(env) -> list[str]:
+    """What is valid but a DBA must know before relying on the spec (config check and plan print
+    them; they never stop anything)."""
+    out = []
+    placeholders = [person for person, line in env.decisions.signers.items()
+                    if "PLACEHOLDER" in (line.split(None, 2)[2:] or [""])[0]]
+    if placeholders:
+        out.append(f"decisions.signers: the keys of {', '.join(placeholders)} are placeholders whose private halves do "
+                   "not exist: nobody can sign as them until their own public keys replace these "
+                   "(ssh-keygen -t ed25519; the .pub line)")
+    return out
+
+
+def _decisions(env, add) -> None:
+    """Every decider has a key when decisions must be signed; no key decides nothing; every team
+    a step names exists."""
+    policy = env.decisions
+    if env.production and policy.unsigned == "allowed":
+        add("decisions.unsigned", "allowed on production: a typed name would be taken for a decision; production "
+                                  "accepts only signed decisions. Remove it (the default is refused)")
+    teams = env.operations.incident.teams
+    for i, step in enumerate(env.dr.region_failover_steps):
+        named = env.confirming_teams(step)
+        unknown = [t for t in named if t not in teams]
+        if unknown and (teams or step.teams is not None):
+            where = f"dr.region_failover_steps.{i}." + ("teams" if step.teams is not None else "owner")
+            add(where, f"{', '.join(map(repr, unknown))}: not a team of operations.incident.teams "
+                       f"({', '.join(teams) or 'none'}); name the teams whose members confirm '{step.step}' "
+                       "(teams: [...])")
+    deciders = {name: "install.approval.approvers" for name in env.approvers()}
+    for team, members in teams.items():
+        deciders.update({m: f"operations.incident.teams.{team}" for m in members})
+    if policy.unsigned == "refused":
+        for person, where in deciders.items():
+            if person not in policy.signers:
+                add(where, f"{person} decides here but has no key in decisions.signers: every decision of "
+                           f"{env.name} must be signed; add their OpenSSH public key there")
+    for person in policy.signers:
+        if person not in deciders:
+            add(f"decisions.signers.{person}", f"{person} has a key but decides nothing here (not an approver, not a "
+                                               "member of an incident team): remove the key, or name them where "
+                                               "they decide")
+
+
+def _production_tls(env, add) -> None:
+    """Production never talks to its database without checking who answers, and its orchestrator's
+    credentials come from where the cluster keeps them."""
+    if not env.production:
+        return
+    for name in ("auth", "encryption_key"):
+        if getattr(env.orchestrator, name).generate:
+            add(f"orchestrator.{name}", "generate on production: the server, its worker and every flow-run job "
+                                        "must share it; name where it is kept (env from a Kubernetes Secret, "
+                                        "file, or key_vault)")
     tls = env.security.tls
     if not tls.verify_server_certificate:
         add("security.tls.verify_server_certificate",

@@ -235,3 +235,73 @@ def read_as_nobody(paths: list[Path]) -> dict[str, str]:
                             group="nogroup", extra_groups=[], capture_output=True, text=True, timeout=60,
                             check=True, cwd="/")
     return json.loads(result.stdout)
+
+
+NOBODY_CALLS = """import json, sys, urllib.error, urllib.request
+out = []
+for method, url, body in json.loads(sys.argv[1]):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            out.append(reply.status)
+    except urllib.error.HTTPError as exc:
+        out.append(exc.code)
+print(json.dumps(out))
+"""
+
+
+def call_as_nobody(calls: list[tuple[str, str, dict | None]]) -> list[int]:
+    """HTTP calls (method, url, JSON body) made by the unprivileged user ``nobody``, who cannot
+    read pcdb's credential: the status of each."""
+    if os.geteuid() != 0:
+        pytest.skip("calling as another local user needs root to switch to it")
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    result = subprocess.run([python, "-c", NOBODY_CALLS, json.dumps(calls)], user="nobody", group="nogroup",
+                            extra_groups=[], capture_output=True, text=True, timeout=120, check=True, cwd="/")
+    return json.loads(result.stdout)
+
+
+class Signers:
+    """OpenSSH keys made for a test's people (ssh-keygen, ed25519), and the spec lines that name them."""
+
+    def __init__(self, names: list[str] | tuple[str, ...]):
+        self.folder = Path(tempfile.mkdtemp(prefix="pcdb-keys-"))
+        self.keys: dict[str, Path] = {}
+        for i, name in enumerate(names):
+            path = self.folder / f"key{i}"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@test", "-f", str(path)],
+                           check=True, timeout=30)
+            self.keys[name] = path
+
+    def line(self, name: str) -> str:
+        return Path(f"{self.keys[name]}.pub").read_text().strip()
+
+    def yaml(self) -> str:
+        """The decisions section: only signed decisions, these people's keys."""
+        return "decisions:\n  unsigned: refused\n  signers:\n" + "".join(
+            f"    {name}: {self.line(name)}\n" for name in self.keys)
+
+    def sign(self, name: str, message: str) -> str:
+        """What `ssh-keygen -Y sign -n pcdb` makes of ``message`` with ``name``'s key."""
+        path = self.folder / "message"
+        path.write_text(message)
+        Path(f"{path}.sig").unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-Y", "sign", "-n", "pcdb", "-f", str(self.keys[name]), str(path)],
+                       check=True, capture_output=True, timeout=30)
+        return Path(f"{path}.sig").read_text()
+
+
+def production_spec(base: Path, signers: Signers, name: str = "prodlike") -> Path:
+    """A production-mode spec over ``base``'s sandbox: signed decisions only, the orchestrator's
+    credential from a file (production never generates it)."""
+    secret = base.parent / "orchestrator-auth"
+    secret.write_text("pcdb:production-test-credential\n")
+    os.chmod(secret, 0o600)
+    key = base.parent / "orchestrator-key"
+    key.write_text("Xq7Pq3m6cZ2m2Y0sS0n3Qm1dX3pW6xY9eK2bL4nH8jE=\n")
+    os.chmod(key, 0o600)
+    path = base.parent / f"{name}.yaml"
+    path.write_text(f"extends: {base}\nproduction: true\n{signers.yaml()}"
+                    f"orchestrator:\n  auth: {{file: {secret}}}\n  encryption_key: {{file: {key}}}\n")
+    return path

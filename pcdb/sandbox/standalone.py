@@ -67,7 +67,7 @@ def ensure_orchestrator_database(config: ServerConfig, timeout: float = 60) -> C
     """Create the cluster and its ``prefect`` database when missing; start it when stopped."""
     node = orchestrator_node(config)
     config.home.mkdir(parents=True, exist_ok=True)
-    os.chmod(config.home, 0o755)  # the server user must reach its folder below
+    os.chmod(config.home, 0o711)  # the server user must pass through to its folder below; nobody lists it
     action = "unchanged"
     if not node.exists():
         _create(node)

@@ -42,11 +42,14 @@ class Endpoint:
     channel_binding: str | None = None
 
     def conninfo(self, user: str, password: str | None = None, dbname: str | None = None,
-                 application_name: str = "pcdb") -> str:
-        """A libpq connection string; the password is passed in, never stored here."""
+                 application_name: str = "pcdb", tools: bool = False) -> str:
+        """A libpq connection string; the password is passed in, never stored here. ``tools``:
+        for the machine's PostgreSQL programs (pg_dump...), whose libpq may predate require_auth
+        (16); channel_binding=require holds them to SCRAM over the verified channel all the same."""
         extra = {k: v for k, v in {"sslrootcert": self.sslrootcert,
                                    "target_session_attrs": self.target_session_attrs,
-                                   "require_auth": self.require_auth, "channel_binding": self.channel_binding,
+                                   "require_auth": None if tools else self.require_auth,
+                                   "channel_binding": self.channel_binding,
                                    "password": password}.items() if v}
         return psycopg.conninfo.make_conninfo(
             host=self.host, port=self.port, dbname=dbname or self.dbname, user=user,

@@ -14,13 +14,14 @@ from prefect import flow
 import flows.backup_verification
 import flows.capacity
 import flows.dr_drill
-from flows.install import load_secret_block, run_install
+from flows.install import run_install
+from flows.runbook import load_secret_block
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext
 from pcdb.targets.factory import make_target
 from tests.azure.fake_arm import FakeCredential
 from tests.azure.sandbox_arm import SandboxArm
-from tests.conftest import new_sandbox_root, new_target, paused_run_id, phase_summaries
+from tests.conftest import Signers, new_sandbox_root, new_target, paused_run_id, phase_summaries
 
 pytestmark = pytest.mark.integration
 ROLE_SECRETS = {"pcdb-prod-app-password": "App-Test-Passw0rd!1", "pcdb-prod-readonly-password": "Read-Test-Passw0rd!2",
@@ -44,6 +45,7 @@ def azure(prefect_harness):
     spec = folder / "prod-on-fake.yaml"
     spec.write_text(f"extends: prod\nproduction: false\nreports_dir: {folder / 'reports'}\n"
                     "install:\n  approval:\n    required: false\n"
+                    "decisions:\n  unsigned: allowed\n  signers: null\n"   # a test environment: --yes is taken
                     # the evidence uploads are tested against Azurite (test_evidence_archive.py)
                     "azure:\n  evidence_archive: null\n")
     arm = SandboxArm(servers, load_environment(spec))
@@ -51,6 +53,7 @@ def azure(prefect_harness):
     def context(env) -> RunbookContext:
         ctx = RunbookContext(env, None, secret_loader=load_secret_block)  # type: ignore[arg-type]
         ctx.target = make_target(env, ctx.secret, credential=FakeCredential(), transport=arm, polling_interval=0,
+                                 blob_endpoint="https://127.0.0.1:9",  # no blob store here: uploads refused at once
                                  endpoints=arm.endpoint)
         ctx.target.poll_seconds = 0.05
         # The fake's flexible servers are sandbox servers: their replication role is the sandbox's.
@@ -239,10 +242,16 @@ def test_a_drill_killed_halfway_on_azure_is_cleaned_up_by_the_next_one(on_azure)
 
 @pytest.fixture(scope="module")
 def production(on_azure):
-    """The same servers under a spec marked production: drills need confirm=True and an approval."""
+    """The same servers under a spec marked production: drills need confirm=True and a decision
+    signed by an approver (keys made for the test's people)."""
+    base = load_environment(on_azure[0])
+    signers = Signers([*base.approvers(), *base.team_members(list(base.operations.incident.teams))])
     spec = on_azure[0].with_name("prod-marked.yaml")
-    spec.write_text(on_azure[0].read_text().replace("production: false", "production: true"))
-    return spec
+    marked = on_azure[0].read_text().replace("production: false", "production: true")
+    marked = marked.replace("decisions:\n  unsigned: allowed\n  signers: null\n", "")
+    marked = marked.replace("azure:\n  evidence_archive: null\n", "")        # production keeps its evidence archive
+    spec.write_text(marked + signers.yaml())
+    return spec, signers
 
 
 @pytest.mark.parametrize("options, message", [({}, "needs confirm=True"),
@@ -251,34 +260,38 @@ def test_a_production_drill_without_confirmation_or_with_flag_approvals_changes_
                                                                                         options, message):
     arm = on_azure[1]
     writes = len(arm.writes)
-    state = flows.dr_drill.dr_drill("zone", spec_path=str(production), return_state=True, **options)
+    state = flows.dr_drill.dr_drill("zone", spec_path=str(production[0]), return_state=True, **options)
     assert state.is_failed() and message in state.message
     assert len(arm.writes) == writes
 
 
-@pytest.mark.parametrize("decided_by", ["an approver", "a stranger"])
-def test_a_production_drill_waits_for_an_approvers_typed_decision(on_azure, production, decided_by):
-    from prefect.flow_runs import resume_flow_run
+def test_a_production_drill_waits_for_an_approvers_signed_decision(on_azure, production):
+    from flows.runbook import answer, pending_request
+    from pcdb.decisions import Request
 
     arm = on_azure[1]
+    spec, signers = production
     writes = len(arm.writes)
-    approvers = [a.name for a in load_environment(production).install.approval.approvers]
-    name = approvers[0] if decided_by == "an approver" else "mallory"
+    approver = load_environment(spec).approvers()[0]
     outcome = {}
     worker = threading.Thread(target=lambda: outcome.setdefault("state", flows.dr_drill.dr_drill(
-        "zone", spec_path=str(production), confirm=True, mode="planned", return_state=True)))
+        "zone", spec_path=str(spec), confirm=True, mode="planned", return_state=True)))
     worker.start()
     run_id = paused_run_id()
     assert len(arm.writes) == writes                 # paused before anything changed
-    resume_flow_run(run_id, run_input={"decided_by": name, "reason": "quarterly DR drill"})
+    waiting = pending_request(run_id)
+    request = Request.from_json({k: waiting[k] for k in Request.__dataclass_fields__})
+    typed = answer(run_id, waiting, "mallory", request.message("mallory"), "")      # a typed name, no signature
+    assert typed["result"] == "refused" and "is not an owner" in typed["detail"]
+    assert len(arm.writes) == writes                 # refused: nothing changed, the run waits on
+    waiting = pending_request(run_id)
+    message = request.message(approver)
+    accepted = answer(run_id, waiting, approver, message, signers.sign(approver, message), reason="quarterly drill")
+    assert accepted["result"] == "accepted", accepted
     worker.join(timeout=300)
     state = outcome["state"]
-    if decided_by == "an approver":
-        assert state.is_completed(), state.message
-        assert state.result()["met"] is True and state.result()["rpo_rows_lost"] == 0
-    else:
-        assert state.is_failed() and "is not an approver" in state.message
-        assert len(arm.writes) == writes
+    assert state.is_completed(), state.message
+    assert state.result()["met"] is True and state.result()["rpo_rows_lost"] == 0
 
 
 def test_a_team_that_has_not_switched_back_keeps_the_promoted_server_until_the_next_drill_asks(on_azure):
@@ -288,8 +301,8 @@ def test_a_team_that_has_not_switched_back_keeps_the_promoted_server_until_the_n
     ctx = context(load_environment(spec))
     password = ctx.admin_password()
 
-    def confirm(step: str, owner: str) -> None:
-        if step.startswith("undo: update the DNS records"):
+    def confirm(step, what: str) -> None:
+        if what.startswith("undo: update the DNS records"):
             raise RuntimeError("network team: the DNS still points at the replica")
     first = len(arm.operations_run)
     result = drills.region_drill(ctx.target, ctx.env, password, lambda facts: None, confirm, drill_id="kept")
@@ -297,7 +310,7 @@ def test_a_team_that_has_not_switched_back_keeps_the_promoted_server_until_the_n
     assert any("the promoted server was kept" in note for note in result.notes)
     assert "delete replica" not in arm.operations_run[first:] and ctx.target.replica_diverged()
     asked = []
-    drills.cleanup(ctx.target, ctx.env, password, lambda step, owner: asked.append(owner))
+    drills.cleanup(ctx.target, ctx.env, password, lambda step, what: asked.append(step.owner))
     assert asked == ["dev team"] and not ctx.target.replica_diverged()
     assert drills.wait_topology_whole(ctx.target, timeout=120)
 
@@ -323,7 +336,7 @@ def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_point
         first = len(arm.operations_run)
         target.stop_primary_region()                                   # Korea Central is lost
         facts, owners = [], []
-        report = real.region_failover(target, env, password, facts.append, lambda step, owner: owners.append(owner))
+        report = real.region_failover(target, env, password, facts.append, lambda step, what: owners.append(step.owner))
         assert arm.operations_run[first:] == ["stop region", "promote replica"]
         assert report.application == "replica" and report.met is True and report.recovery_seconds > 0
         assert facts[0]["primary_region_missing"] == ["phonebill-postgresql-prod (state Stopped)"]

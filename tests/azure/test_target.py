@@ -73,7 +73,7 @@ def test_point_in_time_restore_creates_a_new_server_that_is_then_deleted(arm, ta
     assert body["properties"]["createMode"] == "PointInTimeRestore"
     assert body["properties"]["pointInTimeUTC"].startswith("2026-11-26T01:00:00")
     assert body["properties"]["sourceServerResourceId"].endswith("/phonebill-postgresql-prod")
-    assert endpoint.host == "phonebill-postgresql-test.postgres.database.azure.com" and endpoint.sslmode == "require"
+    assert endpoint.host == "phonebill-postgresql-test.postgres.database.azure.com" and endpoint.sslmode == "verify-full"
     assert target.delete_server("phonebill-postgresql-test").action == "deleted"
     assert target.delete_server("phonebill-postgresql-test").action == "unchanged"
     with pytest.raises(TargetError, match="part of the production topology"):
@@ -96,7 +96,7 @@ def test_the_database_endpoint_is_the_servers_fqdn_with_tls(target):
     primary, replica = target.endpoint("primary"), target.endpoint("replica")
     assert primary.host == "phonebill-postgresql-prod.postgres.database.azure.com" and primary.port == 5432
     assert replica.host == "phonebill-postgresql-replica.postgres.database.azure.com"
-    assert primary.sslmode == "require" and primary.connect_timeout == 30
+    assert primary.sslmode == "verify-full" and primary.connect_timeout == 30
 
 
 def test_metrics_come_from_azure_monitor_in_the_sandbox_shape(arm, target):

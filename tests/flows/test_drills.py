@@ -69,7 +69,8 @@ def test_region_drill_counts_no_loss_when_the_replica_keeps_up(drilled, tmp_path
     reordered = tmp_path / "reordered.yaml"
     steps = list(reversed(ctx.env.dr.region_failover_steps))
     reordered.write_text(f"extends: {target.env_path}\ndr:\n  region_failover_steps:\n" + "".join(
-        f"    - {{step: {s.step}, owner: {s.owner}, role: {s.role}}}\n" for s in steps))
+        f"    - {{step: {s.step}, owner: {s.owner}, role: {s.role}"
+        + (f", teams: [{', '.join(s.teams)}]" if s.teams is not None else "") + "}\n" for s in steps))
     result = CliRunner().invoke(app, ["drill", "region", "--env", str(reordered), "--yes", "--json"])
     assert result.exit_code == 0, result.output
     result = json.loads(result.stdout[result.stdout.index("{"):])
@@ -295,3 +296,110 @@ def test_the_recovery_session_cannot_run_programs_or_write_other_tables(drilled)
     finally:
         with ctx.connect() as conn:
             conn.execute("DROP TABLE IF EXISTS bill_guarded")
+
+
+def test_a_production_drill_decision_is_accepted_only_signed_by_its_owner_for_this_run_and_plan(drilled):
+    """Trust: on a production-mode spec the drill waits for a signed decision bound to the run,
+    the step and the plan's SHA-256; each way of getting it wrong is refused with its reason and
+    the run waits on; the owner's signature over the current plan is accepted, kept in the ledger,
+    and `history verify` checks it again."""
+    import threading
+    from uuid import UUID
+
+    from flows.dr_drill import dr_drill
+    from flows.runbook import answer, pending_request
+    from pcdb import ledger
+    from pcdb.config import load_environment
+    from pcdb.decisions import Request
+    from pcdb.schema import LEDGER_SCHEMA
+    from tests.conftest import Signers, paused_run_id, production_spec
+
+    target, ctx = drilled
+    base = load_environment(target.env_path)
+    people = [*base.approvers(), *base.team_members(list(base.operations.incident.teams))]
+    signers = Signers(people)
+    outsider = Signers(["mallory"])
+    spec = production_spec(target.env_path, signers)
+    approver, stranger = base.approvers()[0], "dba-oncall"        # dba-oncall signs incidents, not drills
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault("state", dr_drill(
+        "zone", spec_path=str(spec), confirm=True, mode="forced", return_state=True)))
+    worker.start()
+    run_id = paused_run_id()
+
+    def request():
+        waiting = pending_request(run_id)
+        return waiting, Request.from_json({k: waiting[k] for k in Request.__dataclass_fields__})
+
+    def refused(signer, message, signature) -> str:
+        waiting, _ = request()
+        verdict = answer(run_id, waiting, signer, message, signature)
+        assert verdict["result"] == "refused", verdict
+        return verdict["detail"]
+
+    waiting, req = request()
+    assert req.step == "drill-approval" and req.owners == base.approvers()
+    primary_before = target.sandbox.primary().name
+    assert "unsigned" in refused(approver, req.message(approver), "")
+    assert "is not an owner of step drill-approval" in refused(stranger, req.message(stranger),
+                                                               signers.sign(stranger, req.message(stranger)))
+    assert "an unknown key" in refused(approver, req.message(approver), outsider.sign("mallory", req.message(approver)))
+    other_run = Request(**{**req.__dict__, "run_id": "00000000-0000-0000-0000-000000000000"}).message(approver)
+    assert "signed for another run" in refused(approver, other_run, signers.sign(approver, other_run))
+    # The plan changes between the signature and the resume: the topology is not the one signed.
+    signed_then = req.message(approver)
+    signature = signers.sign(approver, signed_then)
+    target.failover("planned")
+    assert "the plan changed since it was signed" in refused(approver, signed_then, signature)
+    assert target.sandbox.primary().name != primary_before
+    _, req = request()                                             # the new plan, to sign again
+    from prefect.settings import PREFECT_API_URL
+
+    approved = CliRunner().invoke(app, ["approve", "--env", str(spec), "--run", str(run_id), "--step", "drill-approval",
+                                        "--key", str(signers.keys[approver]), "--reason", "quarterly drill", "--json"],
+                                  env={"PREFECT_API_URL": PREFECT_API_URL.value()})
+    assert approved.exit_code == 0, approved.output
+    verdict = json.loads(approved.stdout)
+    assert verdict["result"] == "accepted" and verdict["signer"] == approver and "signed" in verdict["detail"]
+    worker.join(timeout=300)
+    state = outcome["state"]
+    assert state.is_completed(), state.message
+    with ctx.connect() as conn:
+        row = ledger.row_of_run(conn, LEDGER_SCHEMA, str(run_id))
+    (kept,) = row["decisions"]
+    assert kept["signer"] == approver and kept["signed"] and kept["fingerprint"].startswith("SHA256:")
+    assert kept["signature"].startswith("-----BEGIN SSH SIGNATURE-----") and kept["plan_sha256"] == req.plan_sha256
+    assert row["triggered_by"] == f"signed by {approver} ({kept['fingerprint']})"
+    verified = CliRunner().invoke(app, ["history", "verify", "--env", str(target.env_path), "--json"])
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.stdout)["signatures"] >= 1
+    assert UUID(str(run_id))
+
+
+def test_after_one_run_of_every_runbook_the_ledger_verifies(drilled):
+    """Every runbook's ledger row verifies right after it is written (hash version 2 over the
+    database's own text): after the drills, failovers and recoveries above, one run of each other
+    runbook of this sandbox, then `history verify` passes (the cost review once made it cry wolf)."""
+    target, ctx = drilled
+    spec = str(target.env_path)
+    before = {row["flow"] for row in json.loads(CliRunner().invoke(app, ["history", "--env", spec, "--json"]).stdout)["runs"]}
+    if "dr-drill" not in before:            # run alone (pytest -k): the drills above did not run first
+        drill(target, "zone")
+    if "failover" not in before:
+        failover(target, "failover", "zone", "--real")
+    if "recover" not in before:
+        with ctx.connect() as conn:
+            at = conn.execute("SELECT clock_timestamp()").fetchone()[0].isoformat()
+        recover(target, "--to", at, "--tables", "product_change.pc_circuit_breaker_state")
+    for args in (["install", "--phases", "1,2,3,4,5,6"], ["verify-backups"], ["health"], ["capacity"], ["cost"],
+                 ["sla"], ["checklist"], ["maintain", "--only", "statistics,hygiene"]):
+        result = CliRunner().invoke(app, [*args, "--env", spec, "--json"])
+        assert result.exit_code in (0, 2), (args, result.output[-2000:])     # 2: it found something to report
+    history = CliRunner().invoke(app, ["history", "--env", spec, "--json"])
+    flows = {row["flow"] for row in json.loads(history.stdout)["runs"]}
+    assert flows >= {"install", "backup-verification", "capacity", "cost", "sla", "daily-checklist",   # health runs
+                     "maintenance", "dr-drill", "failover", "recover"}, flows          # every minute: not of record
+    verified = CliRunner().invoke(app, ["history", "verify", "--env", spec, "--json"])
+    assert verified.exit_code == 0, verified.output
+    result = json.loads(verified.stdout)
+    assert result["ok"] and result["problems"] == [] and result["anchors"]["unanchored"] == []

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import Receiver, installed_target, new_target, paused_run_id, phase_summaries
+from tests.conftest import Receiver, Signers, installed_target, new_target, paused_run_id, phase_summaries, production_spec
 
 pytestmark = pytest.mark.integration
 
@@ -25,9 +25,13 @@ def prefect_database() -> Path:
 
 
 def run_install(target, **kwargs):
-    from flows.install import install
+    return install(target.env_path, **kwargs)
 
-    return install(spec_path=str(target.env_path), return_state=True, **kwargs)
+
+def install(spec, **kwargs):
+    from flows.install import install as flow
+
+    return flow(spec_path=str(spec), return_state=True, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -218,28 +222,52 @@ def test_a_missing_or_weak_secret_stops_before_phase_1_and_a_phase_5_failure_is_
     target.sandbox.destroy()
 
 
-@pytest.mark.parametrize("decision", ["approve", "reject"])
-def test_the_approval_gate_holds_the_install_until_a_typed_approval(prefect_harness, decision):
-    from prefect.flow_runs import resume_flow_run
+def test_on_production_the_install_waits_for_every_approver_to_sign_the_plan(prefect_harness):
+    """§13.2 on a production-mode spec: each of the four approvers signs the plan's SHA-256;
+    the install waits until all have, and changes nothing before."""
+    from flows.runbook import answer, pending_request
+    from pcdb.decisions import Request
+
+    target = new_target("install:\n  approval:\n    required: true\n    timeout: 2min\n")
+    signers = Signers([*target.env.approvers(), *target.env.team_members(list(target.env.operations.incident.teams))])
+    spec = production_spec(Path(target.env_path), signers)
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault("state", install(spec, phases=[1, 2])))
+    worker.start()
+    run_id = paused_run_id()
+    for n, approver in enumerate(APPROVERS):
+        assert not target.sandbox.root.exists()               # nothing before the last signature
+        waiting = pending_request(run_id)
+        request = Request.from_json({k: waiting[k] for k in Request.__dataclass_fields__})
+        assert request.step == "install-approval" and approver in request.owners and len(request.owners) == 4 - n
+        message = request.message(approver)
+        verdict = answer(run_id, waiting, approver, message, signers.sign(approver, message), reason="reviewed")
+        assert verdict["result"] == "accepted", verdict
+    worker.join(timeout=120)
+    state = outcome["state"]
+    assert state.is_completed(), state.message
+    approval = state.result()["approval"]
+    assert sorted(approval["approved_by"]) == sorted(APPROVERS) and approval["signed"] is True
+    assert target.sandbox.root.exists()
+    target.sandbox.destroy()
+
+
+def test_a_rejection_holds_the_install_and_changes_nothing(prefect_harness):
+    from flows.runbook import answer, pending_request
+    from pcdb.decisions import Request
 
     target = new_target("install:\n  approval:\n    required: true\n    timeout: 2min\n")
     outcome = {}
     worker = threading.Thread(target=lambda: outcome.setdefault("state", run_install(target, phases=[1, 2])))
     worker.start()
     run_id = paused_run_id()
-    assert not target.sandbox.root.exists()                   # paused before Phase 1 changed anything
-    answer = {"approve": decision == "approve", "approved_by": APPROVERS if decision == "approve" else ["정테스트"],
-              "comment": "reviewed the plan"}
-    resume_flow_run(run_id, run_input=answer)
+    waiting = pending_request(run_id)
+    message = Request.from_json({k: waiting[k] for k in Request.__dataclass_fields__}).message("정테스트", "reject")
+    answer(run_id, waiting, "정테스트", message, "", "reject", "the security policy is not applied")  # the sandbox: unsigned
     worker.join(timeout=120)
     state = outcome["state"]
-    if decision == "approve":
-        assert state.is_completed(), state.message
-        assert state.result()["approval"]["approved_by"] == APPROVERS
-        assert target.sandbox.root.exists()
-    else:
-        assert state.is_failed() and "rejected" in state.message and "nothing was changed" in state.message
-        assert not target.sandbox.root.exists()
+    assert state.is_failed() and "rejected by 정테스트" in state.message and "nothing was changed" in state.message
+    assert not target.sandbox.root.exists()
 
 
 def test_a_dry_run_shows_the_whole_plan_and_changes_and_notifies_nothing(installed, tmp_path):

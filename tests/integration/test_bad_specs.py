@@ -129,6 +129,41 @@ CASES = [
      "dr.region_failover_steps", "more than one step"),
     ("dr-step-without-role", "sandbox", "dr:\n  region_failover_steps:\n    - {step: promote, owner: DBA}\n",
      "dr.region_failover_steps.0.role", "required field is missing"),
+    # The spec as an attack surface (#22): every name refers to something, no entry twice, no wide rule
+    ("approver-written-twice", "prod", "install:\n  approval:\n    approvers:\n"
+     "      - {role: project manager, name: 김기획, approves: all}\n      - {role: impostor, name: 김기획, approves: all}\n",
+     "install.approval.approvers.1", "written twice"),
+    ("channel-twice-in-a-route", "sandbox", "notifications:\n  routing:\n    critical: [teams, teams]\n",
+     "notifications.routing.critical.1", "written twice"),
+    ("network-rule-wider-than-the-plan", "prod", "network:\n  allowed_subnets:\n    - {name: a-wide-one, cidr: 10.0.8.0/21}\n",
+     "network.allowed_subnets.0.cidr", "wider than one application subnet"),
+    ("network-rule-for-everyone", "prod", "network:\n  allowed_subnets:\n    - {name: world, cidr: 0.0.0.0/0}\n",
+     "network.allowed_subnets.0.cidr", "lets every address in"),
+    ("wider-rule-approved-by-a-stranger", "prod", "network:\n  allowed_subnets:\n    - {name: ops, cidr: 10.0.0.0/20, "
+     "wider: {reason: the ops team needs it, approved_by: mallory}}\n",
+     "network.allowed_subnets.0.wider.approved_by", "not an approver"),
+    ("rule-on-a-metric-nobody-measures", "sandbox", "monitoring:\n  alert_rules:\n    - {name: cpu, title: t, "
+     "condition: {metric: cpu_percentt, operator: '>', value: 80}, duration: 1min, level: warning, channels: [teams]}\n",
+     "monitoring.alert_rules.0.condition.metric", "not a metric the health runbook measures"),
+    ("azure-alert-on-a-metric-azure-lacks", "prod", "monitoring:\n  azure_metric_alerts:\n    - {name: a, description: d, "
+     "severity: 1, metric: cpu_percnt, aggregation: Average, operator: GreaterThan, threshold: 1, window: 5min, "
+     "frequency: 1min}\n", "monitoring.azure_metric_alerts.0.metric", "not a metric of Azure"),
+    ("incident-opened-by-no-rule", "sandbox", "operations:\n  incident:\n    auto_open: {no-such-rule: P1}\n",
+     "operations.incident.auto_open.no-such-rule", "is not a health rule"),
+    ("dr-step-confirmed-by-no-team", "sandbox", "dr:\n  region_failover_steps:\n"
+     "    - {step: promote, owner: DBA, role: promote_replica}\n    - {step: app, owner: dev team, role: switch_application}\n"
+     "    - {step: dns, owner: network team, role: switch_dns, teams: [shadow team]}\n",
+     "dr.region_failover_steps.2.teams", "not a team"),
+    ("unsigned-decisions-on-production", "prod", "decisions:\n  unsigned: allowed\n", "decisions.unsigned",
+     "allowed on production"),
+    ("tls-verification-off-on-production", "prod", "security:\n  tls:\n    verify_server_certificate: false\n",
+     "security.tls.verify_server_certificate", "false on production"),
+    ("a-decider-without-a-key", "prod", "operations:\n  incident:\n    teams:\n      DBA: [dba-oncall, dba-lead, intruder]\n",
+     "operations.incident.teams.DBA", "intruder decides here but has no key"),
+    ("preload-an-arbitrary-library", "sandbox", "sandbox:\n  extra_preload_libraries: [evil]\n",
+     "sandbox.extra_preload_libraries.0", "'evil'"),
+    ("orchestrator-on-every-address-without-tls", "sandbox", "orchestrator:\n  host: 0.0.0.0\n", "orchestrator",
+     "without TLS"),
     # The file itself
     ("duplicate-key-deep", "sandbox", "server:\n  storage:\n    auto_grow: true\n    auto_grow: false\n",
      "server.storage.auto_grow", "written twice"),

@@ -391,31 +391,32 @@ def test_the_whole_run_under_an_application_writer_fails_not_one_insert_and_repo
 
 
 def test_on_production_nothing_changes_until_an_approver_approves_the_plan(env, prefect_harness):
-    from prefect.flow_runs import resume_flow_run
-
     from flows.maintenance import maintenance
-    from tests.conftest import paused_run_id
+    from flows.runbook import answer, pending_request
+    from pcdb.decisions import Request
+    from tests.conftest import Signers, paused_run_id, production_spec
 
-    spec = Path(env.env_path)
-    original = spec.read_text()
-    spec.write_text(original.replace("name: test\n", "name: test\nproduction: true\n", 1))
+    base = load_environment(env.env_path)
+    signers = Signers([*base.approvers(), *base.team_members(list(base.operations.incident.teams))])
+    spec = production_spec(Path(env.env_path), signers, "prod-maintenance")
     name = past_name(60)
     with conn_of(env) as conn:
         add_past_month(conn, 60)
     outcome = {}
-    try:
-        worker = threading.Thread(target=lambda: outcome.setdefault("state", maintenance(
-            spec_path=str(spec), only=["partitions"], return_state=True)))
-        worker.start()
-        run_id = paused_run_id()
-        with conn_of(env) as conn:                                # paused on the plan: nothing archived yet
-            assert checksum(conn, name)[0] == ROWS
-            assert conn.execute("SELECT count(*) FROM pcdb.partition_archive WHERE partition = %s",
-                                (name,)).fetchone()[0] == 0
-        resume_flow_run(run_id, run_input={"decided_by": "최운영", "reason": "monthly maintenance reviewed"})
-        worker.join(timeout=300)
-    finally:
-        spec.write_text(original)
+    worker = threading.Thread(target=lambda: outcome.setdefault("state", maintenance(
+        spec_path=str(spec), only=["partitions"], return_state=True)))
+    worker.start()
+    run_id = paused_run_id()
+    with conn_of(env) as conn:                                # paused on the plan: nothing archived yet
+        assert checksum(conn, name)[0] == ROWS
+        assert conn.execute("SELECT count(*) FROM pcdb.partition_archive WHERE partition = %s",
+                            (name,)).fetchone()[0] == 0
+    waiting = pending_request(run_id)
+    message = Request.from_json({k: waiting[k] for k in Request.__dataclass_fields__}).message("최운영")
+    verdict = answer(run_id, waiting, "최운영", message, signers.sign("최운영", message),
+                     reason="monthly maintenance reviewed")
+    assert verdict["result"] == "accepted", verdict
+    worker.join(timeout=300)
     state = outcome["state"]
     assert state.is_completed(), state.message
     assert name in state.result()["partitions"]["dropped"]

@@ -55,14 +55,19 @@ class Service:
         the test process is bound to the API URL it started with: it is drained before and
         after, so no event of this server's block goes to the session's test server, or back."""
         from prefect.events.worker import EventsWorker
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
         EventsWorker.drain_all(timeout=30)
         try:
-            with temporary_settings({PREFECT_API_URL: self.url}):
+            with temporary_settings({PREFECT_API_URL: self.url, PREFECT_API_AUTH_STRING: self.auth}):
                 yield
         finally:
             EventsWorker.drain_all(timeout=30)
+
+    @property
+    def auth(self) -> str:
+        """The API's credential, as `pcdb server up` generated it (0600 in the home)."""
+        return (self.home / "secrets" / "prefect-auth").read_text().strip()
 
     def server_pid(self) -> int:
         return json.loads((self.home / "server.json").read_text())["pid"]

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from pcdb import ledger
-from tests.conftest import Receiver, new_sandbox_root, read_as_nobody
+from tests.conftest import Receiver, call_as_nobody, new_sandbox_root, read_as_nobody
 from tests.service.conftest import Service, wait_until
 
 pytestmark = pytest.mark.integration
@@ -136,14 +136,15 @@ def test_a_verification_and_a_forced_zone_drill_run_as_deployments_and_land_in_t
     assert zone["figures"]["rpo_rows_lost"] == 0 and zone["figures"]["rto_seconds"] > 0
     assert zone["parameters"] == {"env": "svc", "spec_path": str(service.spec), "scenario": "zone", "mode": "forced",
                                   "wait_seconds": 300}
-    assert zone["triggered_by"].startswith("deployment run by")
+    assert zone["triggered_by"].startswith("claimed: deployment run by")   # a tag proves nobody
     for row in (rows[verification], zone):
         assert ledger.file_sha256(row["report_path"]) == row["report_sha256"]
         archived = Path(row["report_archive"])        # the read-only copy in the backup store
         assert ledger.file_sha256(archived) == row["report_sha256"] and archived.stat().st_mode & 0o777 == 0o400
-    assert service.json("history", "verify", "--env", str(service.spec)) == {
-        "ok": True, "rows": len(service.json("history", "--env", str(service.spec), "--since", "1d")["runs"]),
-        "first_broken": None}
+    verified = service.json("history", "verify", "--env", str(service.spec))
+    rows_now = len(service.json("history", "--env", str(service.spec), "--since", "1d")["runs"])
+    assert verified["ok"] and verified["rows"] == rows_now and verified["first_broken"] is None
+    assert verified["anchors"]["anchored"] == rows_now and verified["reports"]["checked"] >= 2   # archives compared
 
 
 def test_a_failed_run_is_notified_once_by_the_servers_automation(service):
@@ -403,3 +404,47 @@ def test_nobody_else_on_the_machine_can_read_the_history_reports_incidents_store
         assert again.returncode == 2 and any(str(loosened) in p for p in json.loads(again.stdout)["problems"])
     finally:
         os.chmod(loosened, 0o600)
+
+
+def test_another_local_user_can_start_resume_send_or_read_nothing_and_the_credential_can(service):
+    """The API asks every request for its credential (Prefect's basic auth), which only pcdb's
+    user can read: `nobody` gets 401 for a run, a resume, an input and a secret block."""
+    from prefect import get_client
+    from prefect.blocks.system import Secret
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.states import Scheduled
+
+    with service.api():
+        Secret(value="s3cret-for-the-test").save("pcdb-svc-probe", overwrite=True)
+        with get_client(sync_client=True) as client:
+            (health,) = client.read_deployments(deployment_filter=DeploymentFilter(
+                name=DeploymentFilterName(any_=["health-svc"])))
+            run = client.read_flow_runs(limit=1)[0]
+            block = client.read_block_document_by_name("pcdb-svc-probe", "secret", include_secrets=False)
+    api = service.url
+    calls = [("POST", f"{api}/deployments/{health.id}/create_flow_run", {}),
+             ("POST", f"{api}/flow_runs/{run.id}/resume", {"run_input": {"approve": True}}),
+             ("POST", f"{api}/flow_runs/{run.id}/input", {"key": "pcdb-probe", "value": "1"}),
+             ("GET", f"{api}/block_documents/{block.id}?include_secrets=true", None),
+             ("POST", f"{api}/block_documents/filter", {"include_secrets": True}),
+             ("POST", f"{api}/flow_runs/filter", {})]
+    assert call_as_nobody(calls) == [401] * len(calls)
+    assert read_as_nobody([service.home / "secrets" / "prefect-auth"]) == \
+        {str(service.home / "secrets" / "prefect-auth"): "PermissionError"}
+    assert call_as_nobody([("GET", f"{api}/health", None)]) == [200]           # liveness needs nothing
+
+    # With the credential: a block reads back, and a run the server schedules runs on the worker.
+    with service.api():
+        assert Secret.load("pcdb-svc-probe").get() == "s3cret-for-the-test"
+        with get_client(sync_client=True) as client:
+            scheduled = client.create_flow_run_from_deployment(health.id, state=Scheduled())
+        final = wait_until(lambda: (lambda s: s if s.is_final() else None)(_state(scheduled.id)),
+                           "the scheduled health run to finish on the worker", timeout=180)
+    assert final.is_completed(), final.message
+
+
+def _state(run_id):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state

@@ -23,10 +23,10 @@ class Confirmations:
         self.asked: list[tuple[str, str]] = []
         self.refuse = refuse
 
-    def __call__(self, step: str, owner: str) -> None:
-        self.asked.append((step, owner))
-        if any(r in step for r in self.refuse):
-            raise PcdbError(f"{owner} did not confirm {step!r}")
+    def __call__(self, step, what: str) -> None:
+        self.asked.append((what, step.owner))
+        if any(r in what for r in self.refuse):
+            raise PcdbError(f"{step.owner} did not confirm {what!r}")
 
 
 def region(target: MemoryTarget, confirm=None, decide=None, **kw) -> drills.DrillResult:

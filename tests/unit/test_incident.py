@@ -99,3 +99,32 @@ def test_a_step_owned_by_an_unknown_team_is_a_config_error(tmp_path):
     message = problems_of(spec_with(tmp_path, "operations:\n  incident:\n    p1_steps:\n"
                                               "      - {key: triage, name: t, owner: night shift, within: 5min}\n"))
     assert "operations.incident" in message and "owner 'night shift' is not a team" in message
+
+
+def test_on_production_an_incident_step_is_taken_only_signed_by_a_member_of_its_owner_team(tmp_path):
+    """Incident actions are decisions too: signed over the incident, the action and what it says,
+    by the person the action names, who must be in the step's owner team."""
+    from flows.incident import IncidentAction, _verified
+    from pcdb.decisions import DecisionRefused
+    from tests.conftest import Signers, production_spec
+
+    local = load_environment("local")
+    signers = Signers([*local.approvers(), *local.team_members(list(local.operations.incident.teams))])
+    base = tmp_path / "base.yaml"
+    base.write_text(f"extends: local\nname: incidents\nreports_dir: {tmp_path / 'reports'}\n")
+    spec = load_environment(production_spec(base, signers))
+    inc = open_incident(spec, "P1", "service completely down", "health alert", began=T0 - 2 * M, now=T0)
+    inc.run_id = "5a0c0c1e-run"
+    action = {"request_id": "r1", "action": "step", "by": "ops-oncall", "step": 1, "note": "primary does not answer"}
+    message = inc.decision_request(spec, action).message("ops-oncall")
+    made = _verified(spec, inc, IncidentAction(**action, message=message, signature=signers.sign("ops-oncall", message)))
+    assert made.signed and made.signer == "ops-oncall" and made.step == "incident-step-1"
+    with pytest.raises(DecisionRefused, match="unsigned"):                              # production: never unsigned
+        _verified(spec, inc, IncidentAction(**action))
+    dba = {**action, "by": "dba-oncall"}
+    with pytest.raises(IncidentError, match="owned by ops team"):                      # not in the owner team
+        _verified(spec, inc, IncidentAction(**dba, message=inc.decision_request(spec, dba).message("dba-oncall"),
+                                            signature=signers.sign("dba-oncall", message)))
+    other = {**action, "note": "all fine"}                                             # signed over another note
+    with pytest.raises(DecisionRefused, match="signed over another plan"):
+        _verified(spec, inc, IncidentAction(**other, message=message, signature=signers.sign("ops-oncall", message)))

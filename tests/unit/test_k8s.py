@@ -86,6 +86,13 @@ def test_the_helm_values_pass_the_charts_schema_with_the_template_set_from_its_f
     assert worker["apiConfig"] == "selfHostedServer" and worker["selfHostedServerApiConfig"]["apiUrl"].endswith("/api")
     assert worker["config"]["workPool"] == "pcdb-prod" and worker["config"]["type"] == "kubernetes"
     assert json.loads(worker["config"]["baseJobTemplate"]["configuration"]) == template()
+    # The API's credential comes from a Kubernetes Secret, for the worker and for every flow-run Job.
+    auth = worker["selfHostedServerApiConfig"]["basicAuth"]
+    assert auth["enabled"] is True and auth["existingSecret"] == "pcdb-prefect-auth"
+    env = {e["name"]: e["value"] for e in worker["extraEnvVars"]}
+    assert env["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME"] == "pcdb-prefect-auth"
+    assert env["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_KEY"] == "auth-string"
+    assert "authString" not in json.dumps(ours)                          # no credential written in the values
 
 
 def test_a_misspelt_helm_value_is_refused_by_the_schema():
