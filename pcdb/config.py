@@ -635,6 +635,21 @@ def _best_monitor_rules() -> list[HealthRule]:
                        metric="escalated_roles", operator=">", critical=0, duration=timedelta(0))]
 
 
+def outage_rules() -> list[HealthRule]:
+    """The outages the application feels at once: always in the catalog (a spec's extra_rules do
+    not replace them; disabled_rules can), critical in the first run that sees them."""
+    return [HealthRule(name="no-writable-primary", title="no writable primary: writes are down (the HA failover "
+                       "promotes the synchronous standby: the sandbox's supervisor within sandbox.auto_failover_after, "
+                       "Azure within 60-120 s; if nothing answers after that, fail over by hand)",
+                       metric="writable_primary", operator="<", critical=1, duration=timedelta(0)),
+            HealthRule(name="read-only-primary", title="the primary is read-only: the application cannot write "
+                       "(storage at 95 % on Azure and on the sandbox's guard; free space or grow the disk)",
+                       metric="primary_read_only", operator=">", critical=0, duration=timedelta(0)),
+            HealthRule(name="no-synchronous-standby", title="the primary runs without its synchronous copy: RPO 0 is "
+                       "not held (the standby is rejoined or copied afresh by the supervisor; on Azure, HA is not "
+                       "Healthy)", metric="sync_standby", operator="<", critical=1, duration=timedelta(0))]
+
+
 class HealthSettings(Model):
     """How the health runbook evaluates the rules (R-MON-1..5)."""
 

@@ -31,10 +31,11 @@ import psycopg
 from psycopg import sql as psql
 
 from pcdb import security
-from pcdb.config import Environment
+from pcdb.config import Environment, outage_rules
 from pcdb.context import RunbookContext
 from pcdb.private import private_file
 from pcdb.sql import query
+from pcdb.targets.base import SYNC_STANDBY_VISIBLE
 
 logger = logging.getLogger("pcdb.health")
 
@@ -54,8 +55,10 @@ MEASURED = frozenset({
     "invalid_indexes", "iops_percent", "longest_transaction_seconds", "max_connections", "memory_percent",
     "partitions_ahead", "replica_lag_seconds", "sequence_used_percent", "slot_retained_bytes",
     "slow_queries_per_minute", "slow_query_percent", "standby_streaming", "storage_percent", "tls_days_left",
-    "tps", "up", "xid_age", *("product_change_success_rate", "kos_success_rate", "avg_processing_seconds")})
-COUNTS = {"partitions_ahead", "invalid_indexes", "connection_failed", "failover_event", "up", "escalated_roles"}
+    "tps", "up", "xid_age", "writable_primary", "primary_read_only", "sync_standby",
+    *("product_change_success_rate", "kos_success_rate", "avg_processing_seconds")})
+COUNTS = {"partitions_ahead", "invalid_indexes", "connection_failed", "failover_event", "up", "escalated_roles",
+          "writable_primary", "primary_read_only", "sync_standby"}
 # What a target's platform_metrics() gives as inputs (limits, counters), not as metrics.
 _PLATFORM_INPUTS = {"storage_quota_bytes", "cpu_count", "iops_limit", "cpu_seconds_total", "disk_operations_total"}
 SLOW_STATEMENT_MS = 1000.0   # log_min_duration_statement of R-PAR-1: a statement this slow is "slow"
@@ -151,7 +154,7 @@ def catalog(env: Environment) -> list[Rule]:
         _, critical = parse_alarm(b.critical, f"monitoring.business_metrics {b.metric}.critical")
         rules[b.metric.replace("_", "-")] = Rule(b.metric.replace("_", "-"), f"{b.metric} (§6.1.3)", metric, op_w,
                                                  warning, critical, m.health.alarm_duration, None, "sql (service tables)")
-    for x in m.health.extra_rules:
+    for x in [*outage_rules(), *m.health.extra_rules]:
         rules[x.name] = Rule(x.name, x.title, x.metric, x.operator, x.warning, x.critical, x.duration,
                              tuple(x.channels) if x.channels else None, "sql")
     return [r for name, r in rules.items() if name not in m.health.disabled_rules]
@@ -273,10 +276,25 @@ def _rate(now_value: float, name: str, before: dict, at: datetime, per: float) -
     return (now_value - old) / seconds * per
 
 
+def _sync_standby(ctx: RunbookContext, streaming: float) -> float | None:
+    """1 when the primary has its synchronous copy (RPO 0 holds), 0 when it runs without one: the
+    standby streaming synchronously where pcdb sees it (the sandbox), else the platform's HA state
+    (Azure: ZoneRedundant HA Healthy); None when the environment has no HA."""
+    if SYNC_STANDBY_VISIBLE in ctx.target.capabilities:
+        return streaming
+    if ctx.env.server.high_availability.mode == "Disabled":
+        return None
+    try:
+        return 1.0 if ctx.target.server_state().ha_state == "Healthy" else 0.0
+    except Exception as exc:  # noqa: BLE001 - the platform's API down: no reading, not a false alarm
+        logger.warning("HA state of %s: %s", ctx.env.name, exc)
+        return None
+
+
 def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict]:
     """One sample of every metric the catalog reads (None: no data here), and the business rates."""
     env = ctx.env
-    metrics: dict[str, float | None] = {"up": 0.0, "connection_failed": 1.0}
+    metrics: dict[str, float | None] = {"up": 0.0, "connection_failed": 1.0, "writable_primary": 0.0}
     business: dict[str, float | None] = dict.fromkeys(BUSINESS)
     try:
         platform = ctx.target.platform_metrics()
@@ -307,6 +325,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
                 metrics["replica_lag_seconds"] = now.timestamp() - before["replica_seen"][0]
                 counters["replica_seen"] = before["replica_seen"][0]
             metrics["standby_streaming"] = float(any(r[1] in ("sync", "quorum") for r in streams))
+            metrics["sync_standby"] = _sync_standby(ctx, metrics["standby_streaming"])
             timeline = _timeline(conn)
             business |= _business(conn, env)
             metrics["partitions_ahead"] = _partitions_ahead(conn, env, now)

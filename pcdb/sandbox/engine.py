@@ -283,10 +283,15 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
             problems.append(f"SPLIT BRAIN: {' and '.join(writable)} both accept writes; stop the one that is "
                             "not the recorded primary, then run `pcdb sandbox up`")
         elif not writable:
-            problems.append("no writable primary: writes are down; run `pcdb sandbox up`")
+            after = self.spec.auto_failover_after.total_seconds()
+            problems.append("no writable primary: writes are down; " + (
+                f"the supervisor promotes the synchronous standby within {after:g}s of the outage "
+                "(sandbox.auto_failover_after); if it has not, run `pcdb sandbox up`" if after > 0
+                else "automatic failover is off (sandbox.auto_failover_after: 0): run `pcdb sandbox up`"))
         elif not any(n["role"] == "standby" and n["sync_state"] == "sync" for n in ha):
-            problems.append(f"the HA pair is not synchronous: {writable[0]} has no synchronous standby, a "
-                            "failover now would lose acknowledged writes; run `pcdb sandbox up`")
+            problems.append(f"the HA pair is not synchronous: {writable[0]} runs without its synchronous copy, RPO 0 "
+                            "is not held (a failover now would lose acknowledged writes); the supervisor rejoins the "
+                            "standby, or copies it afresh, by itself; `pcdb sandbox up` does it now")
         intent = self.state.intent
         if intent:
             problems.append(f"an interrupted {intent.op} from {intent.old} to {intent.new} since "

@@ -69,12 +69,15 @@ def find_bindir(configured: str | None = None) -> Path:
 
 
 def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None = None,
-        check: bool = True, log: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        check: bool = True, log: Path | None = None, stdin: str | None = None,
+        output: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` as the server user with a deadline; failures become SandboxError.
 
     Args:
         what: the action and node, for the message ("start node1").
-        log: a log file to name in the message when it fails.
+        log: a log file (the server's) to name in the message when it fails.
+        output: a file the command's own output is appended to, and named when it fails: the
+            file that holds the error (pg_rewind writes nowhere else).
     """
     user = server_user()
     kwargs: dict = {}
@@ -89,11 +92,14 @@ def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None
                                 check=False, **kwargs)
     except subprocess.TimeoutExpired:
         raise SandboxError(f"{what}: no answer within {timeout:.0f}s"
-                           + (f"; see {log}" if log else "")) from None
+                           + (f"; see {output or log}" if output or log else "")) from None
+    if output is not None:
+        with open(output, "a", encoding="utf-8") as kept:
+            kept.write(f"--- {' '.join(cmd)} (exit {result.returncode})\n{result.stdout}{result.stderr}")
     if check and (result.returncode != 0 or (stdin is not None and "ERROR:" in result.stderr + result.stdout)):
         detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise SandboxError(f"{what} failed: {' / '.join(detail) or 'exit ' + str(result.returncode)}"
-                           + (f"; see {log}" if log else ""))
+                           + (f"; see {output or log}" if output or log else ""))
     return result
 
 

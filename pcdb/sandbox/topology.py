@@ -54,14 +54,14 @@ class Topology:
         self._take_over(old.name, new.name)
         promoted = time.monotonic() - started
         crash.point("failover:roles-saved")
-        self.rejoin(old.name)
+        how = self.rejoin(old.name)
         self.wait_replica_following()
         self.state.intent = None
-        self._event("failover-end", mode=mode, new_primary=new.name, seconds=round(promoted, 3))
+        self._event("failover-end", mode=mode, new_primary=new.name, seconds=round(promoted, 3), rejoined=how)
         self.save()
         return {"mode": mode, "old_primary": old.name, "new_primary": new.name,
                 "promote_seconds": promoted, "total_seconds": time.monotonic() - started,
-                "timeline": self._timeline(new)}
+                "timeline": self._timeline(new), "rejoined": how}
 
     def _take_over(self, old: str, new: str) -> None:
         """Record the promoted node as the primary. Until the old primary rejoins, the new one
@@ -109,10 +109,10 @@ class Topology:
             self._take_over(old.name, new.name)
             if not new.is_running():
                 new.start(self.timeout)
-            self.rejoin(old.name)
+            how = self.rejoin(old.name)
             self.wait_replica_following()
             done = (f"finished the failover from {old.name} to {new.name} interrupted since {intent.since}: "
-                    f"{old.name} rewound and rejoined as synchronous standby")
+                    f"{old.name} {how} and rejoined as synchronous standby")
         else:
             self.state.nodes[old.name].role = "primary"
             self.state.nodes[new.name].role = "standby"
@@ -127,9 +127,16 @@ class Topology:
         return [done]
 
     @exclusive
-    def rejoin(self, name: str) -> None:
+    def rejoin(self, name: str) -> str:
         """Rewind a stopped former primary onto the current primary's timeline, start it as the
-        synchronous standby, and turn synchronous replication back on.
+        synchronous standby, and turn synchronous replication back on; returns what was done
+        ("rewound", or "copied afresh (why)").
+
+        pg_rewind fetches the WAL it needs that the node no longer has from the WAL archive
+        (--restore-target-wal): a burst that recycled the node's own segments does not stop it.
+        When the rewind fails all the same, the node is copied afresh (a base backup of the
+        primary) instead of leaving the primary without a synchronous copy; pg_rewind's own
+        output is kept in <node>/pg_rewind.log, the file the message names.
 
         Resumable: the step reached is kept in the state. A node killed during pg_rewind is in no
         known state (pg_rewind's own documentation), so it is copied afresh instead; a node
@@ -140,8 +147,10 @@ class Topology:
         standby = (node.data / "standby.signal").exists() and node.is_running()
         node.stop("fast" if standby else "immediate", timeout=30)
         earlier = self.state.rejoin if self.state.rejoin and self.state.rejoin.node == name else None
+        how = "rewound"
         if earlier and earlier.step == "rewinding":
-            self._event("rejoin-recloned", node=name, reason="killed during pg_rewind")
+            how = "copied afresh (a pg_rewind of it was interrupted)"
+            self._event("rejoin-recloned", node=name, reason="a pg_rewind of it was interrupted")
             self._clone(node, "standby")
         else:
             if not earlier:
@@ -152,19 +161,32 @@ class Topology:
                     conn.execute("CHECKPOINT")  # pg_rewind reads the timeline from the control file
                 source = psycopg.conninfo.make_conninfo(host=str(primary.run_dir), port=primary.port,
                                                         user=self.admin_user, dbname="postgres")
-                proc.run([node.prog("pg_rewind"), "-D", str(node.data), f"--source-server={source}",
-                          *(["--no-ensure-shutdown"] if standby else [])],
-                         timeout=600, what=f"pg_rewind {name}", log=node.startup_log)
-                for leftover in ("recovery.signal", "backup_label"):
-                    (node.data / leftover).unlink(missing_ok=True)
-                # pg_rewind copied the source's node.conf: the node's own goes back before anything
-                node.write_node_conf(self._node_conf(node, "standby"))
-                proc.write_file(node.data / "standby.signal", "", mode=0o600)
-                self.state.rejoin.step = "rewound"
-                self.save()
-                crash.point("rejoin:rewound")
-            node.start(self.timeout)
-            self._wait_streaming(primary, name)
+                rewind_log = node.home / "pg_rewind.log"
+                try:
+                    proc.run([node.prog("pg_rewind"), "-D", str(node.data), f"--source-server={source}",
+                              "--restore-target-wal", *(["--no-ensure-shutdown"] if standby else [])],
+                             timeout=600, what=f"pg_rewind {name}", output=rewind_log)
+                except SandboxError as exc:
+                    how = f"copied afresh (pg_rewind could not rewind it: {exc})"
+                    self._event("rejoin-recloned", node=name, reason=f"pg_rewind failed; its output: {rewind_log}",
+                                detail=str(exc))
+                    self.state.rejoin.step = "rewinding"
+                    self.save()
+                    kept = rewind_log.read_text() if rewind_log.exists() else ""
+                    self._clone(node, "standby")
+                    proc.write_file(rewind_log, kept, mode=0o600)   # the evidence survives the fresh copy
+                else:
+                    for leftover in ("recovery.signal", "backup_label"):
+                        (node.data / leftover).unlink(missing_ok=True)
+                    # pg_rewind copied the source's node.conf: the node's own goes back before anything
+                    node.write_node_conf(self._node_conf(node, "standby"))
+                    proc.write_file(node.data / "standby.signal", "", mode=0o600)
+                    self.state.rejoin.step = "rewound"
+                    self.save()
+                    crash.point("rejoin:rewound")
+            if how == "rewound":
+                node.start(self.timeout)
+                self._wait_streaming(primary, name)
         crash.point("rejoin:streaming")
         primary.write_node_conf(self._node_conf(primary, "primary", sync_with=name))
         primary.reload()
@@ -172,7 +194,24 @@ class Topology:
         for n, info in self.state.nodes.items():
             info.timeline = self._timeline(self.node(n))
         self.state.rejoin = None
+        self._event("rejoined", node=name, how=how)
         self.save()
+        return how
+
+    @exclusive
+    def heal_standby(self, name: str) -> str:
+        """Bring the primary's synchronous copy back: finish an interrupted failover or rejoin;
+        a standby that streams gets synchronous replication on again; one that does not is
+        rejoined (rewound, or copied afresh). Returns what was done."""
+        finished = self.resolve_intent()
+        primary = self.primary()
+        if self._following(primary, name, sync=True):
+            return f"standby {name} is the synchronous copy again ({'; '.join(finished) or 'it had caught up'})"
+        if self._following(primary, name):
+            self._ensure_sync()
+            return f"standby {name} streams again: synchronous replication turned back on"
+        how = self.rejoin(name)
+        return f"standby {name} {how} and rejoined as the synchronous standby"
 
     def wait_replica_following(self) -> None:
         """Wait until the read replica streams from the current primary (when it is a replica)."""

@@ -16,7 +16,10 @@ SELECT
   (SELECT count(*) FROM pg_catalog.pg_index WHERE NOT indisvalid) AS invalid_indexes,
   (SELECT coalesce(max(100.0 * (last_value - min_value) / nullif(max_value - min_value, 0)), 0)
      FROM pg_catalog.pg_sequences WHERE last_value IS NOT NULL) AS sequence_used_percent,
-  (SELECT sum(pg_catalog.pg_database_size(datname))::bigint FROM pg_catalog.pg_database) AS database_bytes
+  (SELECT sum(pg_catalog.pg_database_size(datname))::bigint FROM pg_catalog.pg_database) AS database_bytes,
+  (CASE WHEN pg_catalog.pg_is_in_recovery() THEN 0 ELSE 1 END) AS writable_primary,
+  (CASE WHEN pg_catalog.current_setting('default_transaction_read_only') = 'on'
+         OR pg_catalog.pg_is_in_recovery() THEN 1 ELSE 0 END) AS primary_read_only
 
 -- name: counters
 -- Cumulative counters; the runbook turns two readings into rates.

@@ -17,6 +17,15 @@ SELECT application_name, state, sync_state,
   FROM pg_catalog.pg_stat_replication
  ORDER BY application_name;
 
+-- name: synchronous_names
+-- The primary's running synchronous_standby_names (its configuration, not who is connected now).
+SELECT pg_catalog.current_setting('synchronous_standby_names');
+
+-- name: standby_view
+-- A standby's own view: in recovery, its WAL receiver's state, what it received and replayed.
+SELECT pg_catalog.pg_is_in_recovery(), (SELECT status FROM pg_catalog.pg_stat_wal_receiver),
+       pg_catalog.pg_last_wal_receive_lsn()::text, pg_catalog.pg_last_wal_replay_lsn()::text;
+
 -- name: database_exists
 -- Whether a database of that name exists.
 SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = %(name)s) AS present;

@@ -162,6 +162,7 @@ class PromotionResult:
 STALL_REPLICA = "stall-replica"            # cut the replica's replication link (a drill of a loss)
 READ_SERVER_LOG = "read-server-log"        # log_lines() and failed_logins() answer from the server log
 STORAGE_GUARD = "storage-guard"            # the platform turns the server read-only at 95 % storage
+SYNC_STANDBY_VISIBLE = "sync-standby-visible"   # the HA standby streams where pg_stat_replication shows it
 
 
 @runtime_checkable

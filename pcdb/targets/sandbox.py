@@ -29,6 +29,7 @@ from pcdb.targets.base import (
     READ_SERVER_LOG,
     STALL_REPLICA,
     STORAGE_GUARD,
+    SYNC_STANDBY_VISIBLE,
     BackupInfo,
     BackupStatus,
     Endpoint,
@@ -82,7 +83,7 @@ class SandboxTarget:
 
     poll_seconds = 0.2  # local servers answer in milliseconds
 
-    capabilities = frozenset({STALL_REPLICA, READ_SERVER_LOG, STORAGE_GUARD})
+    capabilities = frozenset({STALL_REPLICA, READ_SERVER_LOG, STORAGE_GUARD, SYNC_STANDBY_VISIBLE})
 
     def __init__(self, env: Environment, sandbox: Sandbox | None = None):
         self.env = env

@@ -82,3 +82,96 @@ def test_the_supervisor_leaves_a_primary_alone_while_pcdb_itself_changes_the_top
     target.sandbox.run_locked(stop_and_look)
     assert target.sandbox.primary().name == primary.name
     target.sandbox.destroy()
+
+
+def test_a_dying_primarys_last_answer_never_disables_the_failover():
+    """Fault injection found it: the check connection accepted just before the kill, the replication
+    query answered after the standby's link had ended, with no synchronous standby listed, and
+    the supervisor refused for good. The decision rests on what the primary was configured to
+    wait for, and on the standby's own view, looked at again on every loop."""
+    from pcdb.sandbox.supervisor import Supervisor, decide
+
+    view = {"running": True, "in_recovery": True, "receiver": None, "received": "0/3000060", "replayed": "0/3000060"}
+    assert decide("node2", "node2", "node2", view)[0]                               # the dying answer: link gone
+    assert not decide("", "node2", "node2", view)[0]                                 # async on purpose: refused
+    assert not decide("node2", "", "node2", view)[0]                                 # its running settings said so
+    assert not decide("node2", "node2", "node2", {"running": False})[0]
+    assert "not in recovery" in decide("node2", "node2", "node2", {**view, "in_recovery": False})[1]
+
+    target = new_target(sandbox="  auto_failover_after: 1s\n")
+    target.ensure_resource_group()
+    target.ensure_server()
+    said = []
+    watch = Supervisor(target.sandbox, after=1, log=said.append)
+    assert watch.check(time.monotonic()) is None and watch.synchronous and watch.answered == "node2"
+    watch.synchronous = False            # what the dying primary answered: no standby streaming any more
+    old = target.sandbox.primary()
+    kill_postmaster(old)
+    deadline = time.monotonic() + 60
+    done = None
+    while done is None:
+        assert time.monotonic() < deadline, said
+        done = watch.check(time.monotonic())
+        time.sleep(0.1)
+    assert done.startswith("automatic failover:") and target.sandbox.primary().name != old.name
+    decided = [e for e in target.sandbox.state.events if e["event"] == "auto-failover-decided"][-1]
+    assert decided["inputs"]["configured_sync"] == "node2" and decided["inputs"]["streaming_at_last_answer"] is False
+    assert decided["inputs"]["standby"]["in_recovery"] is True and decided["inputs"]["primary_unreachable_seconds"] >= 1
+    assert target.sandbox.status()["problems"] == []
+    target.sandbox.destroy()
+
+
+def test_a_primary_that_cannot_be_rewound_is_copied_afresh_and_the_events_say_so():
+    """No primary without its synchronous copy: when pg_rewind cannot rewind the old primary, it is
+    copied afresh from a base backup, the events say which, and the message names the file that
+    holds pg_rewind's own output."""
+    from pcdb.sandbox.supervisor import Supervisor
+
+    target = new_target(sandbox="  auto_failover_after: 1s\n")
+    target.ensure_resource_group()
+    target.ensure_server()
+    watch = Supervisor(target.sandbox, after=1, log=lambda m: None)
+    assert watch.check(time.monotonic()) is None
+    old = target.sandbox.primary()
+    kill_postmaster(old)
+    wait_until(lambda: not old.is_running(), "the old primary gone")
+    (old.data / "global" / "pg_control").unlink()              # nothing pg_rewind can read any more
+    deadline = time.monotonic() + 90
+    done = None
+    while done is None:
+        assert time.monotonic() < deadline
+        done = watch.check(time.monotonic())
+        time.sleep(0.1)
+    assert "copied afresh (pg_rewind could not rewind it" in done and "pg_rewind.log" in done
+    events = [e for e in target.sandbox.state.events if e["event"] in ("rejoin-recloned", "rejoined")]
+    assert events[-2]["event"] == "rejoin-recloned" and events[-1]["how"].startswith("copied afresh")
+    log = old.home / "pg_rewind.log"
+    assert log.exists() and "pg_control" in log.read_text()
+    status = target.sandbox.status()
+    assert status["problems"] == [] and {n["name"]: n["sync_state"] for n in status["nodes"]}[old.name] == "sync"
+    target.sandbox.destroy()
+
+
+def test_a_primary_left_without_its_synchronous_copy_is_healed_by_the_supervisor(monkeypatch):
+    from pcdb.sandbox import supervisor
+    from pcdb.sandbox.supervisor import Supervisor
+
+    monkeypatch.setattr(supervisor, "HEAL_GRACE", 0.5)
+    target = new_target(sandbox="  auto_failover_after: 1s\n")
+    target.ensure_resource_group()
+    target.ensure_server()
+    sandbox = target.sandbox
+    primary, standby = sandbox.primary(), sandbox.standby()
+    standby.stop("immediate")                                   # a rejoin that failed: no copy, and
+    primary.write_node_conf(sandbox._node_conf(primary, "primary"))   # the primary writes alone
+    primary.reload()
+    said = []
+    watch = Supervisor(sandbox, after=1, log=said.append)
+    assert any("not synchronous" in p for p in sandbox.status()["problems"])
+    deadline = time.monotonic() + 90
+    while not any(m.startswith("standby ") for m in said):
+        assert time.monotonic() < deadline, said
+        watch.check(time.monotonic())
+        time.sleep(0.1)
+    assert sandbox.status()["problems"] == []
+    sandbox.destroy()

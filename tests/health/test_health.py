@@ -132,6 +132,8 @@ def test_a_clean_sandbox_is_ok_and_the_json_is_the_contract(env, receiver):
     assert metrics["up"] == 1 and metrics["connection_failed"] == 0 and metrics["partitions_ahead"] >= 3
     assert metrics["tls_days_left"] > 30 and metrics["xid_age"] > 0 and metrics["active_connections"] >= 1
     assert metrics["replica_lag_seconds"] is not None and metrics["storage_percent"] > 0
+    assert set(metrics) <= health.MEASURED                # a rule may name only what a run measures (spec check)
+    assert (metrics["writable_primary"], metrics["primary_read_only"], metrics["sync_standby"]) == (1, 0, 1)
     datetime.fromisoformat(report["checked_at"])
 
 
@@ -473,3 +475,32 @@ def test_the_daily_checklist_checks_each_item_from_data_and_fails_on_what_it_fin
         with admin(env) as conn:
             conn.execute("REVOKE TRUNCATE ON product_change.pc_circuit_breaker_state FROM product_change_readonly")
             conn.execute("DROP ROLE visitor")
+
+
+def test_a_read_only_primary_is_critical_at_once_on_every_critical_channel_and_health_exits_2(env, receiver):
+    """The alert matches the outage: the application cannot write, so it is critical in the first
+    run that sees it (no duration), routed as critical (teams, email, sms), and `pcdb health` exits 2."""
+    before = (len(receiver.http.received), len(receiver.smtp.received))
+    with admin(env) as conn:              # what the storage guard does at 95 %, as Azure does
+        conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        result = CliRunner().invoke(app, ["health", "--env", str(env.env_path), "--json"])
+        assert result.exit_code == 2, result.output
+        report = json.loads(result.stdout)
+        (found,) = [a for a in report["alerts"] if a["rule"] == "read-only-primary"]
+        assert found["state"] == "firing" and found["severity"] == "critical" and report["status"] == "critical"
+        assert not any(a["rule"] == "no-writable-primary" for a in report["alerts"])   # it answers, read-only
+        deadline = time.monotonic() + 30
+
+        def told() -> set[str]:
+            new = receiver.http.received[before[0]:] + [{"channel": "email", **m} for m in receiver.smtp.received[before[1]:]]
+            return {m["channel"] for m in new if "read-only" in m["text"]}
+        while told() != {"teams", "email", "sms"}:
+            assert time.monotonic() < deadline, told()
+            time.sleep(0.1)
+    finally:
+        with admin(env) as conn:
+            conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+            conn.execute("SELECT pg_reload_conf()")
+        CliRunner().invoke(app, ["health", "--env", str(env.env_path), "--json"])    # resolves it for the next tests
