@@ -341,52 +341,15 @@ def first_up(rounds: int) -> dict:  # noqa: ARG001 - one fresh clone is the meas
 
 
 def unplanned_crash(rounds: int) -> dict:
-    """A primary's postmaster SIGKILLed under a probe writer with the supervisor running (the
-    spec's auto_failover_after, 10 s by default): writes back after how long, rows lost; beside
-    the same writer through planned and forced failovers pcdb drives itself."""
-    import os
-    import signal
-    import subprocess
-    import sys
+    """Fault injection with an independent writer: the primary's postmaster SIGKILLed while the
+    supervisor runs (auto_failover_after from the spec, 10 s), at a random moment, or right after
+    the supervisor's check connection is accepted (seen in the server log: log_connections), and
+    once right after a 3 GiB WAL burst. Each round: was there an automatic failover, the writer's
+    longest gap, acknowledged rows lost, and how long the new primary ran without its synchronous
+    standby. Beside them, the same writer through planned and forced failovers pcdb drives."""
+    from benchmarks.faults import unplanned_crash as measure
 
-    from pcdb.probe import ProbeWriter
-    from tests.conftest import destroy_all, new_target
-
-    figures: dict[str, list[float]] = {"crash": [], "forced": [], "planned": []}
-    lost = 0
-    try:
-        target = new_target()
-        subprocess.run([sys.executable, "-m", "pcdb.cli", "sandbox", "up", "--env", str(target.env_path)],
-                       check=True, capture_output=True, timeout=600)
-        after = target.sandbox.status()["supervisor"]["failover_after_seconds"]
-        conninfo = target.endpoint("application").conninfo(target.admin, target.admin_password())
-        for kind in ("crash", "forced", "planned"):
-            for _ in range(rounds):
-                probe = ProbeWriter(conninfo, table="bench_probe").start()
-                probe.wait_for_rows(50)
-                if kind == "crash":
-                    seen = len([e for e in target.sandbox.state.events if e["event"] == "auto-failover"])
-                    primary = target.sandbox.primary()
-                    os.kill(int((primary.data / "postmaster.pid").read_text().splitlines()[0]), signal.SIGKILL)
-                    deadline = time.monotonic() + after + 120
-                    while len([e for e in target.sandbox.state.events if e["event"] == "auto-failover"]) == seen:
-                        if time.monotonic() > deadline:
-                            raise RuntimeError("no automatic failover")
-                        time.sleep(0.1)
-                else:
-                    target.failover(kind)
-                probe.wait_for_rows(50, timeout=120)
-                outcome = probe.stop()
-                lost += len(probe.missing())
-                figures[kind].append(outcome.outage_seconds or 0.0)
-                probe.drop_table()
-    finally:
-        destroy_all()
-    summary = lambda xs: {"median": statistics.median(xs), "worst": max(xs), "n": len(xs)}  # noqa: E731
-    return {"writer_outage_seconds": {k: summary(v) for k, v in figures.items()},
-            "auto_failover_after_seconds": after, "acknowledged_rows_lost": lost,
-            "note": "crash = SIGKILL of the primary's postmaster; the supervisor waits auto_failover_after without "
-                    "an answer, then fails over (forced) and rewinds the old primary into the standby"}
+    return measure(rounds)
 
 
 def partition_archive(rounds: int, rows: int = 1_000_000) -> dict:

@@ -13,7 +13,7 @@ from prefect.utilities.annotations import quote
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
-from flows.runbook import runbook_context
+from flows.runbook import refusable, runbook_context
 from pcdb.config import load_environment
 from pcdb.errors import PcdbError
 from tasks.backups import daily_checks, partition_guard, restore_test
@@ -22,6 +22,7 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 
 
 @flow(name="backup-verification", **HOOKS)
+@refusable
 def verify_backups(env: str = "local", spec_path: str | None = None, restore: bool | None = None,
                    wait_seconds: float = 1800) -> dict:
     """Verify the backups of an environment; fail (and notify) when any check fails.

@@ -16,7 +16,7 @@ from prefect.utilities.annotations import quote
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
-from flows.runbook import Decider, approve_plan, gates, runbook_context, topology
+from flows.runbook import Decider, approve_plan, gates, refusable, runbook_context, topology
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError
@@ -24,6 +24,7 @@ from tasks.drills import cleanup, run_drill
 
 
 @flow(name="dr-drill", **HOOKS)
+@refusable
 def dr_drill(scenario: Literal["zone", "region", "corruption"], env: str = "local", spec_path: str | None = None,
              mode: Literal["planned", "forced"] = "forced", confirm: bool = False, yes: bool = False,
              stall_replica: bool = False, wait_seconds: float = 0) -> dict:

@@ -27,7 +27,7 @@ from pcdb import ledger
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.decisions import Collected
-from pcdb.errors import PcdbError
+from pcdb.errors import PcdbError, SlotTaken
 from pcdb.orchestrator import server_config
 from pcdb.private import write_private
 from pcdb.schema import LEDGER_SCHEMA
@@ -131,7 +131,8 @@ def _deployment_name(run) -> str | None:
 
 @contextmanager
 def evidence(spec: Environment, ctx: RunbookContext | None, flow_name: str) -> Iterator[Evidence]:
-    """Record the run in the ledger when the body ends, Completed or Failed."""
+    """Record the run in the ledger when the body ends: Completed, Failed, Refused (the slot was
+    taken), or Cancelled/Crashed (killed)."""
     ev = Evidence()
     run_context = FlowRunContext.get()
     run = run_context.flow_run if run_context else None
@@ -139,6 +140,9 @@ def evidence(spec: Environment, ctx: RunbookContext | None, flow_name: str) -> I
     try:
         yield ev
         state = "Completed"
+    except SlotTaken:  # another mutating runbook holds the environment: refused, not failed
+        state = "Refused"
+        raise
     except Exception:
         raise
     except BaseException:  # SIGTERM: cancelled by the worker (a person, the run limit), or killed

@@ -23,12 +23,13 @@ from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
 )
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.variables import Variable
 
-from pcdb.errors import PcdbError
+from pcdb.errors import SlotTaken
 from pcdb.process import alive
 
 logger = logging.getLogger("pcdb.exclusion")
@@ -93,27 +94,62 @@ def free_slot(env: str) -> None:
 
 
 SLOW_SERVER_SECONDS = 30  # how long a slot with no recorded holder is asked for again
+POLL_SECONDS = 2.0        # how often a waiting runbook looks at the slot and its holder
+SAY_EVERY_SECONDS = 30.0  # how often it says what it waits for
 
 
-def _acquire(env: str, limit: str, wait_seconds: float):
-    """Take the slot, waiting up to ``wait_seconds`` for a holder to finish.
+def _free(limit: str) -> bool:
+    with get_client(sync_client=True) as client:
+        found = client.read_global_concurrency_limit_by_name(limit)
+    return found.active_slots < found.limit
 
-    A timeout while no holder is recorded is not a refusal: the server was slow to grant a free
-    slot (a loaded machine, a cold SQLite), or a grant that arrived after an earlier timeout is
-    still being handed back, or a holder is between taking the slot and recording itself. The
-    slot is asked for again until one of them settles; a recorded holder ends the wait at once
-    and the caller judges it."""
-    deadline = time.monotonic() + max(wait_seconds, SLOW_SERVER_SECONDS)
-    timeout = wait_seconds or 0.5
+
+def _take(limit: str):
+    """Take the slot now or not at all (no waiting inside Prefect, which logs every refused ask as
+    an ERROR with a traceback)."""
+    slot = concurrency(limit, occupy=1, strict=True, max_retries=0)
+    try:
+        slot.__enter__()
+    except ConcurrencySlotAcquisitionError:
+        return None
+    return slot
+
+
+def _acquire(env: str, limit: str, what: str, wait_seconds: float):
+    """Take the slot, waiting up to ``wait_seconds`` for its holder to finish.
+
+    Every POLL_SECONDS the slot is looked at, and so is its recorded holder: one whose run has
+    ended (or crashed) or whose process on this host is gone is freed at once, with a line in
+    the log, instead of after the whole wait. While waiting, the runbook says every
+    SAY_EVERY_SECONDS what it waits for. A slot taken with no recorded holder (a holder between
+    taking it and recording itself, or a slow server) is asked for again for SLOW_SERVER_SECONDS
+    before it counts as taken."""
+    began = time.monotonic()
+    said = began
+    polls = 0
     while True:
-        try:
-            slot = concurrency(limit, occupy=1, timeout_seconds=timeout, strict=True)
-            slot.__enter__()
-            return slot
-        except TimeoutError:
-            if holder(env) is not None or time.monotonic() >= deadline:
-                raise
-            timeout = 2.0
+        polls += 1
+        if _free(limit):
+            slot = _take(limit)
+            if slot is not None:
+                return slot
+        record = holder(env)
+        reason = stale_reason(record)
+        if reason is not None:
+            logger.warning("freeing the slot of %s after %d look(s): %s (%s)", env, polls, describe(record), reason)
+            free_slot(env)
+            continue
+        now = time.monotonic()
+        patience = wait_seconds if record is not None else max(wait_seconds, SLOW_SERVER_SECONDS)
+        if now - began >= patience:
+            raise SlotTaken(f"another drill or mutating runbook holds {env}: {describe(record)}; the {what} did not "
+                            f"start{f' after waiting {wait_seconds:.0f}s' if wait_seconds else ''}. Wait for it to "
+                            f"finish; if nothing runs any more, `pcdb unlock --env {env}`")
+        if now - said >= SAY_EVERY_SECONDS:
+            logger.info("the %s of %s waits for the environment's slot: held by %s; waited %.0fs of %.0fs", what, env,
+                        describe(record), now - began, patience)
+            said = now
+        time.sleep(min(POLL_SECONDS, max(0.05, patience - (now - began))))
 
 
 @contextmanager
@@ -122,17 +158,7 @@ def mutating_slot(env: str, what: str, wait_seconds: float = 0) -> Iterator[str]
     when another mutating runbook holds it, naming that holder. A stale holder's slot is freed
     and taken."""
     limit = ensure_mutating_limit(env)
-    try:
-        slot = _acquire(env, limit, wait_seconds)
-    except TimeoutError:
-        record = holder(env)
-        reason = stale_reason(record)
-        if reason is None:
-            raise PcdbError(f"another drill or mutating runbook holds {env}: {describe(record)}; the {what} did not "
-                            f"start. Wait for it to finish; if nothing runs any more, `pcdb unlock --env {env}`") from None
-        logger.warning("freeing the slot of %s: %s (%s)", env, describe(record), reason)
-        free_slot(env)
-        slot = _acquire(env, limit, wait_seconds)
+    slot = _acquire(env, limit, what, wait_seconds)
     run = FlowRunContext.get()
     mine = {"what": what, "run_id": str(run.flow_run.id) if run and run.flow_run else None, "pid": os.getpid(),
             "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}

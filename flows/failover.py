@@ -16,12 +16,13 @@ from prefect import flow, get_run_logger
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
-from flows.runbook import Decider, gates, runbook_context
+from flows.runbook import Decider, gates, refusable, runbook_context
 from pcdb import failover as real
 from pcdb.config import Environment, load_environment
 
 
 @flow(name="failover", **HOOKS)
+@refusable
 def failover(scenario: Literal["zone", "region", "failback"], env: str = "local", spec_path: str | None = None,
              yes: bool = False, outage_began: datetime | None = None, wait_seconds: float = 0) -> dict:
     """A real zone or region failover, or the failback to the primary region.

@@ -21,7 +21,7 @@ from prefect.utilities.annotations import quote
 from flows.evidence import HOOKS, Evidence, _spec_of, evidence
 from flows.exclusion import mutating_slot
 from flows.notify import notify
-from flows.runbook import Decider, runbook_context
+from flows.runbook import Decider, refusable, runbook_context
 from pcdb import report, security
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
@@ -129,6 +129,7 @@ def _approval_gate(ctx: RunbookContext, plan: list[Change], decider: Decider) ->
 
 
 @flow(name="install", on_completion=[_on_completion], **HOOKS)
+@refusable
 def install(env: str = "local", spec_path: str | None = None, phases: list[int] | None = None,
             dry_run: bool = False, remove_unknown_roles: bool = False, reverify: bool = False) -> dict:
     """Install the Product-Change database as the environment spec says (Phases 1-8).

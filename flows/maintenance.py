@@ -21,7 +21,7 @@ from prefect.utilities.annotations import quote
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
-from flows.runbook import Decider, approve_plan, runbook_context
+from flows.runbook import Decider, approve_plan, refusable, runbook_context
 from pcdb import maintenance as m
 from pcdb.config import Environment, load_environment
 from tasks.install import transient_only
@@ -39,6 +39,7 @@ def _run_step(name: str, action) -> None:
 
 
 @flow(name="maintenance", **HOOKS)
+@refusable
 def maintenance(env: str = "local", spec_path: str | None = None, only: list[str] | None = None,
                 dry_run: bool = False, wait_seconds: float = 1800) -> dict:
     """Run the monthly maintenance of an environment.

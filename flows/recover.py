@@ -11,12 +11,13 @@ from prefect import flow, get_run_logger
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
-from flows.runbook import Decider, approve_plan, runbook_context
+from flows.runbook import Decider, approve_plan, refusable, runbook_context
 from pcdb import ledger, predicate, recovery
 from pcdb.config import Environment, load_environment
 
 
 @flow(name="recover", **HOOKS)
+@refusable
 def recover(to: datetime, env: str = "local", spec_path: str | None = None, tables: list[str] | None = None,
             where: str | None = None, yes: bool = False, wait_seconds: float = 0) -> dict:
     """Put back the rows a corruption damaged, as they were at ``to``.

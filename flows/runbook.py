@@ -14,6 +14,7 @@ the run's ledger row.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -32,12 +33,29 @@ from pcdb import decisions
 from pcdb.config import DrStep, Environment
 from pcdb.context import RunbookContext
 from pcdb.decisions import Collected, Decision, DecisionRefused, Request, plan_sha256
-from pcdb.errors import ApprovalError, PcdbError, SecretError
+from pcdb.errors import ApprovalError, PcdbError, SecretError, SlotTaken
 from pcdb.targets.factory import make_target
 
 logger = logging.getLogger("pcdb.decisions")
 REQUEST_KEY = "pcdb-request-"
 RESULT_KEY = "pcdb-result-"
+
+
+def refusable(body):
+    """A runbook that needs the environment's slot ends as Refused (a completed state, told at info
+    level) when another mutating runbook holds it: an expected outcome that pages nobody, where a
+    failed run would page teams, email and SMS."""
+    @functools.wraps(body)
+    def run(*args, **kwargs):
+        try:
+            return body(*args, **kwargs)
+        except SlotTaken as exc:
+            from prefect import get_run_logger
+            from prefect.states import Completed
+
+            get_run_logger().info("refused: %s", exc)
+            return Completed(message=f"refused: {exc}", name="Refused")
+    return run
 
 
 def load_secret_block(name: str) -> str:

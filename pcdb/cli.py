@@ -98,6 +98,18 @@ def _use_orchestrator(spec: Environment) -> ServerConfig | None:
     return None
 
 
+def _ensure_api() -> None:
+    """No server configured: start the command's temporary Prefect server, which dies with this
+    process however it ends (a SIGKILLed command once left one running for an hour)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from flows import tempserver
+
+    with _prefect_settings():
+        os.environ["PREFECT_API_URL"] = tempserver.start(
+            float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")))
+
+
 def _server_lost(config: ServerConfig | None, spec_arg: str) -> PcdbError | None:
     """The persistent server stopped answering while a run was going on: say so, and how to go on."""
     if config is None or Orchestrator(config).healthy():
@@ -154,7 +166,8 @@ def _run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: st
     from flows.service import env_tag
 
     _quiet_user_tracebacks()
-
+    if config is None:
+        _ensure_api()
     try:
         with _prefect_settings(), tags(env_tag(load_environment(spec_arg))):
             state = call()
@@ -188,7 +201,11 @@ def _run_runbook(env: str, flow: Callable[..., Any], failure: str, **parameters:
 
 
 def _flow_result(state, failure: str, approval_timeout: timedelta | None = None):
-    """The flow's return value, or its failure message as a user error."""
+    """The flow's return value, or its failure message as a user error. A run refused because
+    another mutating runbook holds the environment is a user error too (exit 1), though it
+    pages nobody."""
+    if state.name == "Refused":
+        raise PcdbError((state.message or "refused").removeprefix("refused: "))
     if state.is_failed() or state.is_crashed():
         message = state.message or failure
         if _PAUSE_EXPIRED in message:
@@ -1124,7 +1141,8 @@ def unlock_command(env: EnvOption = "local",
     """Free the environment's mutating-runbook slot when its holder is gone (a killed drill or
     install); a holder that may still be running is named and kept unless --force."""
     spec = load_environment(env)
-    _use_orchestrator(spec)
+    if _use_orchestrator(spec) is None:
+        _ensure_api()
     from flows import exclusion
 
     record = exclusion.holder(spec.name)

@@ -90,3 +90,8 @@ def is_transient(exc: BaseException) -> bool:
             return False
         return isinstance(exc, psycopg.OperationalError)
     return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+class SlotTaken(PcdbError):
+    """Another mutating runbook holds the environment: an expected outcome (the run ends as
+    Refused, at info level), never a failure that pages people."""

@@ -48,6 +48,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+APPLICATION = "pcdb-supervisor"   # its connections' name in the servers' logs (log_connections)
 HEAL_ATTEMPTS = 5          # rejoins (or fresh copies) of a standby tried before the supervisor stops trying
 HEAL_BACKOFF = (5, 15, 45, 120, 300)   # seconds between them
 HEAL_GRACE = 5.0           # seconds without a synchronous standby before the supervisor steps in
@@ -108,7 +109,8 @@ class Supervisor:
         standbys and its synchronous_standby_names are kept as this look's inputs."""
         try:
             primary = self.sandbox.primary()
-            with psycopg.connect(primary.conninfo(self.sandbox.admin_user), connect_timeout=1, autocommit=True) as conn:
+            with psycopg.connect(primary.conninfo(self.sandbox.admin_user), connect_timeout=1, autocommit=True,
+                                 application_name=APPLICATION) as conn:
                 rows = conn.execute(query("sandbox.sql", "replication")).fetchall()
                 names = conn.execute(query("sandbox.sql", "synchronous_names")).fetchone()[0]
         except (psycopg.Error, SandboxError):
@@ -123,7 +125,8 @@ class Supervisor:
         if not view["running"]:
             return view
         try:
-            with psycopg.connect(standby.conninfo(self.sandbox.admin_user), connect_timeout=1, autocommit=True) as conn:
+            with psycopg.connect(standby.conninfo(self.sandbox.admin_user), connect_timeout=1, autocommit=True,
+                                 application_name=APPLICATION) as conn:
                 row = conn.execute(query("sandbox.sql", "standby_view")).fetchone()
             view.update(in_recovery=row[0], receiver=row[1], received=row[2], replayed=row[3])
         except psycopg.Error as exc:

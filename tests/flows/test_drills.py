@@ -117,7 +117,9 @@ def test_two_drills_at_once_on_one_environment_are_refused_naming_the_holder(dri
     target, _ = drilled
     with mutating_slot(target.env.name, "region drill"):   # another drill holds the slot
         state = dr_drill(scenario="zone", spec_path=str(target.env_path), yes=True, return_state=True)
-    assert state.is_failed() and "another drill or mutating runbook holds test: region drill run" in state.message
+    # Refused, not failed: an expected outcome that pages nobody, still named and explained.
+    assert state.name == "Refused" and state.is_completed()
+    assert "another drill or mutating runbook holds test: region drill run" in state.message
     assert f"(pid {os.getpid()} on" in state.message and "pcdb unlock --env test" in state.message
 
 

@@ -196,6 +196,33 @@ def test_a_run_killed_at_any_step_is_finished_by_the_next_with_nothing_lost(env,
     assert restore_checksum(env, record[2], name) == before
 
 
+def test_a_killed_maintenance_leaves_no_lock_the_next_maintenance_waits_on(env, prefect_harness, caplog):
+    """`pcdb maintain` SIGKILLed while it holds the environment's slot (its run stays Running on
+    the server, its pid is gone): the next maintenance frees the slot on its first look, says so,
+    and finishes, with no `pcdb unlock`. It once waited silently for the whole 30 minutes."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.exclusion import holder
+
+    name = past_name(35)
+    with conn_of(env) as conn:
+        add_past_month(conn, 35)
+    killed = subprocess.run([sys.executable, "-m", "pcdb.cli", "maintain", "--env", str(env.env_path), "--only",
+                             "partitions"], capture_output=True, text=True, timeout=600, check=False,
+                            env={**os.environ, "PCDB_CRASH_AT": "maintenance:archiving",
+                                 "PREFECT_API_URL": PREFECT_API_URL.value()})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    dead = holder("test")
+    assert dead is not None and dead["what"] == "maintenance"        # the dead run's record is still there
+    caplog.set_level("INFO", logger="pcdb.exclusion")
+    code, done, _ = maintain(env, "--only", "partitions")
+    assert code == 0, done["problems"]
+    assert name in done["partitions"]["dropped"]                      # and the killed run's work is finished
+    assert f"freeing the slot of test after 1 look(s): maintenance run {dead['run_id']}" in caplog.text
+    assert "is gone" in caplog.text
+    assert holder("test") is None
+
+
 def test_a_month_archived_recreated_with_other_rows_and_archived_again_leaves_two_archives(env, prefect_harness):
     """Archives are write-once: the second life of a partition name is archived beside the first,
     never over it, and each archive restores its own rows."""
