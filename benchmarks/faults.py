@@ -107,6 +107,7 @@ def unplanned_crash(rounds: int) -> dict:
             synced = _sync_back(target, time.monotonic() + 600)
             rounds_out.append({"kind": kind, "automatic_failover": failed_over,
                                "writer_longest_gap_seconds": round(outcome.outage_seconds or 0.0, 2),
+                               "acknowledged_rows": len(outcome.acknowledged),
                                "acknowledged_rows_lost": len(probe.missing()),
                                "synchronous_standby_back": synced,
                                "seconds_without_synchronous_standby": round(time.monotonic() - killed, 1) if synced
@@ -129,6 +130,7 @@ def unplanned_crash(rounds: int) -> dict:
             "every_round_failed_over": all(r["automatic_failover"] for r in rounds_out),
             "writer_longest_gap_seconds": {"median": statistics.median(gaps), "worst": max(gaps),
                                            "limit": after + 5},
+            "acknowledged_rows": sum(r["acknowledged_rows"] for r in rounds_out),
             "acknowledged_rows_lost": sum(r["acknowledged_rows_lost"] for r in rounds_out),
             "synchronous_standby_back_every_round": all(r["synchronous_standby_back"] for r in rounds_out),
             "seconds_without_synchronous_standby": {

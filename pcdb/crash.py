@@ -11,7 +11,9 @@ import signal
 ENV = "PCDB_CRASH_AT"
 
 
-def point(name: str) -> None:
-    """Die here if the crash tests asked for it; otherwise nothing."""
-    if os.environ.get(ENV) == name:
+def point(name: str, where: str | None = None) -> None:
+    """Die here if the crash tests asked for it (``name``, or ``name:where`` for this one place,
+    e.g. ``create:building:node2``); otherwise nothing."""
+    asked = os.environ.get(ENV)
+    if asked and (asked == name or (where is not None and asked == f"{name}:{where}")):
         os.kill(os.getpid(), signal.SIGKILL)

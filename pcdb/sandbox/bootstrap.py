@@ -244,6 +244,7 @@ class NodeMaker:
             sub.mkdir(mode=0o700)
         proc.chown_tree(building.home)
         os.chmod(building.home, 0o700)
+        crash.point("create:building", node.name)
         return building
 
     def _initdb(self, node: Node, parameters: dict[str, str]) -> None:
@@ -253,7 +254,7 @@ class NodeMaker:
         proc.run([node.prog("initdb"), "-D", str(building.data), "-U", self.admin_user, "-E", "UTF8",
                   "--locale=C.UTF-8", "--data-checksums", "--auth-local=trust",
                   "--auth-host=scram-sha-256", "-N"], timeout=120, what=f"initdb {node.name}")
-        crash.point("create:initdb-done")
+        crash.point("create:initdb-done", node.name)
         with open(building.data / "postgresql.conf", "a") as conf:
             conf.write(self._base_conf())
         proc.write_file(building.data / "pg_hba.conf", self.hba(), mode=0o600)
@@ -267,7 +268,7 @@ class NodeMaker:
         proc.run([node.prog("postgres"), "--single", "-D", str(building.data), "postgres"], timeout=120,
                  what=f"roles of {node.name}", stdin=roles.as_string(None))
         building.write_node_conf(self._node_conf(node, "primary"))
-        crash.point("create:configured")
+        crash.point("create:configured", node.name)
         os.replace(building.home, node.home)
 
     def _start_if_stopped(self, node: Node) -> Change:
@@ -306,7 +307,7 @@ class NodeMaker:
         if not self.spec.fsync:
             cmd.append("--no-sync")
         proc.run(cmd, timeout=600, what=f"base backup for {node.name}")
-        crash.point("clone:copied")
+        crash.point("clone:copied", node.name)
         building.write_node_conf(self._node_conf(node, role))
         proc.write_file(building.data / "standby.signal", "", mode=0o600)
         os.replace(building.home, node.home)

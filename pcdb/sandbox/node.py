@@ -109,7 +109,17 @@ class Node:
                                    connect_timeout=max(1, int(timeout)))
         except psycopg.OperationalError as exc:
             raise SandboxError(f"cannot connect to {self.name} (port {self.port}): "
-                               f"{str(exc).strip().splitlines()[0]}; see {self.startup_log}") from exc
+                               f"{str(exc).strip().splitlines()[0]}; {self._where_to_look()}") from exc
+
+    def _where_to_look(self) -> str:
+        """A file that holds why, or what the node's folder says when there is none."""
+        if not self.exists():
+            return (f"{self.name} is not made yet ({self.data} holds no server): `pcdb install` or "
+                    "`pcdb sandbox up` makes it")
+        logs = [p for p in (self.startup_log, *sorted(self.log_dir.glob("*.log"))[-1:]) if p.exists()]
+        if not logs:
+            return f"{self.name} has never been started (no server log yet)"
+        return "see " + " and ".join(str(p) for p in logs)
 
     def write_node_conf(self, settings: dict[str, object]) -> None:
         """Write the per-node settings file included at the end of postgresql.conf."""

@@ -16,7 +16,7 @@ from typing import Literal
 
 from psycopg import sql as psql
 
-from pcdb import params
+from pcdb import crash, params
 from pcdb.anchors import Anchors, FileAnchors
 from pcdb.changes import Change
 from pcdb.config import Environment
@@ -140,7 +140,9 @@ class SandboxTarget:
         with self.sandbox.primary().connect(self.admin) as conn:
             if conn.execute(query("sandbox.sql", "database_exists"), {"name": name}).fetchone()[0]:
                 return Change("database", name, "unchanged")
+            crash.point("install:database-creating")
             conn.execute(psql.SQL("CREATE DATABASE {} ENCODING 'UTF8'").format(psql.Identifier(name)))
+        crash.point("install:database-created")
         return Change("database", name, "created")
 
     def ensure_parameters(self, names: set[str] | None = None) -> Change:
@@ -182,7 +184,13 @@ class SandboxTarget:
         """Parameters pcdb once set (postgresql.auto.conf holds only what it set from the spec) that
         the spec no longer names, each with the value it has without them."""
         wanted = {v.name for v in desired.values()}
-        with self.sandbox.primary().connect(self.admin) as conn:
+        try:
+            primary = self.sandbox.primary()
+        except SandboxError:
+            return {}
+        if not primary.is_running():   # not made yet (a first install killed early): pcdb set nothing
+            return {}
+        with primary.connect(self.admin) as conn:
             rows = conn.execute(query("sandbox.sql", "auto_conf_settings")).fetchall()
         out = {}
         for name, file_value, boot_value in rows:
@@ -251,19 +259,43 @@ class SandboxTarget:
                 ("resource_group", str(sb.root)), ("server", "node1"), ("server", "node2"),
                 ("server", "replica"), ("database", self.env.service.database))]
         planned = [Change("resource_group", str(sb.root), "unchanged")]
-        for node in sb.nodes():
-            planned.append(Change("server", node.name, "unchanged" if node.is_running() else "started"))
+        for name in (*HA_NODES, REPLICA):
+            planned.append(self._node_plan(name))
+        planned.append(self._database_plan())
         diffs = {n: d for node, nd in self.parameter_differences().items() for n, d in nd.items()}
         planned.append(Change("parameters", self.env.server.name, "updated" if diffs else "unchanged", diff=diffs))
         files = self._access_files()
         cidrs = files.pop("cidrs")
-        stale = sorted(f"{node.name}/{name}" for node in sb.nodes() for name, text in files.items()
+        stale = sorted(f"{node.name}/{name}" for node in sb.nodes() if node.exists() for name, text in files.items()
                        if not (node.data / name).exists() or (node.data / name).read_text() != text)
         planned.append(Change("access_rules", "pg_hba", "updated" if stale else "unchanged",
                               diff={"files": (", ".join(stale), "rewritten")} if stale else {},
                               notes=(f"hostssl + scram-sha-256 from {', '.join(cidrs.split())}; socket: the "
                                      "admin only, peer from the OS users pcdb runs as",)))
         return planned
+
+    def _node_plan(self, name: str) -> Change:
+        """A node as the next install finds it: made and running, made and stopped, or still to
+        be made (never made, or half-made by a run that was killed: its ``.building`` folder is
+        thrown away and the node made again)."""
+        sb = self.sandbox
+        if name not in sb.state.nodes or not sb.node(name).exists():
+            half = (sb.root / "nodes" / f"{name}.building").exists()
+            return Change("server", name, "created",
+                          notes=("a killed run left it half-made: made again" if half else "would be created",))
+        return Change("server", name, "unchanged" if sb.node(name).is_running() else "started")
+
+    def _database_plan(self) -> Change:
+        name = self.env.service.database
+        try:
+            primary = self.sandbox.primary()
+        except SandboxError:
+            return Change("database", name, "created")
+        if not primary.is_running():
+            return Change("database", name, "created", notes=("unknown until the primary runs",))
+        with primary.connect(self.admin) as conn:
+            found = conn.execute(query("sandbox.sql", "database_exists"), {"name": name}).fetchone()[0]
+        return Change("database", name, "unchanged" if found else "created")
 
     def _access_files(self) -> dict[str, str]:
         cidrs = ("127.0.0.1/32", *(s.cidr for s in self.env.network.allowed_subnets))

@@ -5,6 +5,7 @@ acknowledged row lost under an independent writer."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -117,6 +118,37 @@ def test_a_kill_while_a_node_is_made_leaves_nothing_that_starts_with_default_set
     assert_whole(target)
     for node in target.sandbox.nodes():
         assert f"port = '{node.port}'" in (node.data / "node.conf").read_text()
+    target.sandbox.destroy()
+
+
+# Every place the first install of a new sandbox can be killed while it makes something, in the
+# order it reaches them: each node's .building folder, just after initdb, the base-backup copies,
+# and just before and after the database is created.
+FIRST_INSTALL_POINTS = ["create:building:node1", "create:initdb-done:node1", "create:configured:node1",
+                        "create:building:node2", "clone:copied:node2", "install:database-creating",
+                        "install:database-created", "create:building:replica", "clone:copied:replica"]
+
+
+def test_a_first_install_killed_at_every_point_is_finished_by_the_next_install_alone(prefect_harness):
+    """`pcdb install` on a new sandbox is SIGKILLed at each point in turn: every next install,
+    and nothing else (no `pcdb sandbox up`), gets past what the kill left and on to the next
+    point, and the last one finishes with every check passed. A kill at node2.building once made
+    every re-run fail with 'database "product_change_db" does not exist'."""
+    from prefect.settings import PREFECT_API_URL
+
+    target = new_target()
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    for point in FIRST_INSTALL_POINTS:
+        run = subprocess.run([sys.executable, "-m", "pcdb.cli", "install", "--env", str(target.env_path)],
+                             env={**env, "PCDB_CRASH_AT": point}, capture_output=True, text=True, timeout=600,
+                             check=False)
+        assert run.returncode == -signal.SIGKILL, f"the install after the last kill did not reach {point}: " \
+                                                  f"{run.returncode} {run.stderr[-3000:]}"
+    done = subprocess.run([sys.executable, "-m", "pcdb.cli", "install", "--env", str(target.env_path), "--json"],
+                          env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["checks"]["passed"] == json.loads(done.stdout)["checks"]["total"]
+    assert_whole(target)
     target.sandbox.destroy()
 
 
