@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
@@ -14,6 +13,7 @@ from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
 from flows.runbook import refusable, runbook_context
+from pcdb import clock
 from pcdb.config import load_environment
 from pcdb.errors import PcdbError
 from tasks.backups import daily_checks, partition_guard, restore_test
@@ -37,7 +37,7 @@ def verify_backups(env: str = "local", spec_path: str | None = None, restore: bo
     spec = load_environment(spec_path or env)
     ctx = runbook_context(spec)
     if restore is None:
-        today = datetime.now(ZoneInfo(spec.service.timezone)).weekday()
+        today = clock.now().astimezone(ZoneInfo(spec.service.timezone)).weekday()
         restore = WEEKDAYS[today] == spec.backup.verification.restore_test_weekday
     with evidence(spec, ctx, "backup-verification") as ev, mutating_slot(spec.name, "backup verification",
                                                                                    wait_seconds):

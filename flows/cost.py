@@ -4,7 +4,7 @@ ledger row; a warning notification on an alert."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import psycopg
 from prefect import flow
@@ -12,7 +12,7 @@ from prefect import flow
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.notify import notify
 from flows.runbook import runbook_context
-from pcdb import cost
+from pcdb import clock, cost
 from pcdb.config import load_environment
 from pcdb.sql import query
 
@@ -35,7 +35,7 @@ def cost_review(env: str = "local", spec_path: str | None = None) -> dict:
     """This month's cost so far, projected, per component, against the budget and last month."""
     spec = load_environment(spec_path or env)
     ctx = runbook_context(spec)
-    today = datetime.now(timezone.utc).date()
+    today = clock.now().date()
     with evidence(spec, ctx, "cost") as ev:
         start = (today.replace(day=1) - timedelta(days=1)).replace(day=1)      # the previous month too
         result = cost.review(spec, ctx.target.daily_costs(start, today), today, retention=_retention(ctx))

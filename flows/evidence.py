@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 
 from flows.notify import notify
-from pcdb import ledger
+from pcdb import clock, ledger
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.decisions import Collected
 from pcdb.errors import PcdbError, SlotTaken
 from pcdb.orchestrator import server_config
-from pcdb.private import write_private
+from pcdb.private import private_dir, write_private
 from pcdb.schema import LEDGER_SCHEMA
 
 logger = logging.getLogger("pcdb.evidence")
@@ -45,8 +45,19 @@ class Evidence:
 
 
 def report_path(spec: Environment, stem: str) -> Path:
-    """Where a run's report goes: ``<reports_dir>/<stem>-<UTC time>.md``."""
-    return spec.reports_path / f"{stem}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md"
+    """Where a run's report goes: ``<reports_dir>/<stem>-<UTC time>.md``, or ``-2``, ``-3`` ... when
+    another run of the same second has it. Reserved here (created empty, 0600, exclusively), so
+    no report ever overwrites another: reports are evidence, written once."""
+    private_dir(spec.reports_path)
+    base = f"{stem}-{clock.now():%Y%m%dT%H%M%SZ}"
+    for n in range(1, 1000):
+        path = spec.reports_path / (f"{base}.md" if n == 1 else f"{base}-{n}.md")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            return path
+        except FileExistsError:
+            continue
+    raise PcdbError(f"{spec.reports_path}: a thousand reports named {base}: not one more")
 
 
 def publish_report(spec: Environment, stem: str, text: str, description: str, key: str | None = None,
@@ -100,7 +111,7 @@ def _record(spec: Environment, ctx: RunbookContext | None, run, flow_name: str, 
         triggered_by=triggered_by(run, ev.decisions), deployment=deployment,
         decisions=ev.decisions.as_json() if ev.decisions is not None else [],
         parameters=ledger.clean_parameters(dict(run.parameters) if run else {}),
-        started_at=getattr(run, "start_time", None), ended_at=datetime.now(timezone.utc),
+        started_at=getattr(run, "start_time", None), ended_at=clock.now(),
         figures=ev.figures, report_path=ev.report, report_sha256=report_sha, report_archive=archive)
     if ctx is None:
         from flows.runbook import runbook_context

@@ -16,7 +16,6 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 
 from prefect import get_client
 from prefect.client.schemas.actions import (
@@ -29,6 +28,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.variables import Variable
 
+from pcdb import clock
 from pcdb.errors import SlotTaken
 from pcdb.process import alive
 
@@ -161,7 +161,7 @@ def mutating_slot(env: str, what: str, wait_seconds: float = 0) -> Iterator[str]
     slot = _acquire(env, limit, what, wait_seconds)
     run = FlowRunContext.get()
     mine = {"what": what, "run_id": str(run.flow_run.id) if run and run.flow_run else None, "pid": os.getpid(),
-            "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "host": socket.gethostname(), "since": clock.now().isoformat(timespec="seconds")}
     Variable.set(_holder_variable(env), mine, overwrite=True)
     try:
         yield limit

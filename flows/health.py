@@ -15,7 +15,7 @@ from flows.exclusion import holder
 from flows.notify import notify
 from flows.runbook import runbook_context
 from pcdb import health
-from pcdb.config import load_environment
+from pcdb.config import WRITES_DOWN, load_environment
 
 
 @flow(name="health", log_prints=False)
@@ -43,9 +43,10 @@ def health_check(env: str = "local", spec_path: str | None = None) -> dict:
 
 
 def _open_incidents(spec, report: health.Report, alerts: health.Store) -> list[str]:
-    """A critical alert that starts firing opens an incident by itself (§8.2): database
-    connection failure for its duration (1 min) is a P1, any other critical alert a P2 (the
-    mapping is operations.incident.auto_open). One incident per rule while it is open. The
+    """A critical alert that starts firing opens an incident by itself (§8.2): writes down (no
+    connection for its duration, no writable primary, a read-only primary) is a P1, any other
+    critical alert a P2 (the mapping is operations.incident.auto_open). One incident per rule
+    while it is open, and one for the rules of the writes-down outage together. The
     incident runs on the environment's worker: without the persistent server it is only logged."""
     from flows import service
     from pcdb.incident import IncidentStore
@@ -56,6 +57,8 @@ def _open_incidents(spec, report: health.Report, alerts: health.Store) -> list[s
         return []
     store, opened = IncidentStore(spec), []
     taken = {i.source_rule for i in store.open_ones()}
+    if taken & set(WRITES_DOWN):      # one outage (writes down) is one incident, whichever rule saw it first
+        taken |= set(WRITES_DOWN)
     pending_since = {n["rule"]: (alerts.alert(n["rule"]) or {}).get("pending_since") for n in firing}
     for alert in firing:
         rule = alert["rule"]
@@ -74,6 +77,7 @@ def _open_incidents(spec, report: health.Report, alerts: health.Store) -> list[s
             continue
         log.warning("critical alert %s: %s incident opened (run %s)", rule, severity, run_id)
         opened.append(run_id)
+        taken |= set(WRITES_DOWN) if rule in WRITES_DOWN else {rule}
     return opened
 
 

@@ -9,7 +9,7 @@ and its timeline. A critical health alert opens one by itself (flows/health.py).
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
+from datetime import datetime
 
 from prefect import flow, get_run_logger
 from prefect.input import RunInput
@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.notify import notify
 from flows.runbook import runbook_context
-from pcdb import decisions
+from pcdb import clock, decisions
 from pcdb import incident as incidents
 from pcdb.config import Environment, load_environment
 from pcdb.decisions import Collected, Decision, DecisionRefused
@@ -82,7 +82,7 @@ def incident(severity: str, summary: str, env: str = "local", spec_path: str | N
     with evidence(spec, ctx, "incident") as ev:
         handler = IncidentAction.receive(timeout=poll_seconds, poll_interval=poll_seconds, raise_timeout_error=True)
         while inc.open:
-            now = datetime.now(timezone.utc)
+            now = clock.now()
             for what, owner, message in inc.overdue(settings, now):
                 members = ", ".join(settings.teams.get(owner, [])) or "nobody named"
                 notify(spec, level, f"pcdb {spec.name} INCIDENT {inc.id} OVERDUE: {what}",

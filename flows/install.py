@@ -9,7 +9,6 @@ through 1..N-1 without changes and continues at N. Production waits for the §13
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -18,11 +17,11 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.utilities.annotations import quote
 
-from flows.evidence import HOOKS, Evidence, _spec_of, evidence
+from flows.evidence import HOOKS, Evidence, _spec_of, evidence, report_path
 from flows.exclusion import mutating_slot
 from flows.notify import notify
 from flows.runbook import Decider, refusable, runbook_context
-from pcdb import report, security
+from pcdb import clock, report, security
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
 from pcdb.config import Environment, load_environment
@@ -125,7 +124,7 @@ def _approval_gate(ctx: RunbookContext, plan: list[Change], decider: Decider) ->
                           needed=len(env.approvers()), shown=shown,
                           replan=lambda: {"environment": env.name, "plan": [_plan_row(c) for c in full_plan(ctx)]})
     return {"approved_by": [d.signer for d in made], "signed": all(d.signed for d in made),
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "at": clock.now().isoformat(timespec="seconds")}
 
 
 @flow(name="install", on_completion=[_on_completion], **HOOKS)
@@ -253,7 +252,7 @@ def handover(spec: Environment, ctx: RunbookContext, results: dict[int, list], a
                              {p.number: p.title for p in ALL_PHASES}, expiry)
         if any(s and s in text for s in ctx.secret_values()):
             raise PcdbError("the handover report would contain a secret; it was not written")
-        path = write_private(spec.reports_path / f"handover-{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.md",
+        path = write_private(report_path(spec, f"handover-{spec.name}"),
                              text)
         create_markdown_artifact(text, key=f"handover-{spec.name}", description=f"handover report ({path})")
         return str(path)

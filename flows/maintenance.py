@@ -9,7 +9,6 @@ at a time (the environment's concurrency slot); never inside Azure's maintenance
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -22,6 +21,7 @@ from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
 from flows.runbook import Decider, approve_plan, refusable, runbook_context
+from pcdb import clock
 from pcdb import maintenance as m
 from pcdb.config import Environment, load_environment
 from tasks.install import transient_only
@@ -52,7 +52,7 @@ def maintenance(env: str = "local", spec_path: str | None = None, only: list[str
     spec = load_environment(spec_path or env)
     steps = m.check_steps(only)
     ctx = runbook_context(spec)
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     m.refuse_inside_maintenance_window(ctx, now)
     with evidence(spec, ctx, "maintenance") as ev:
         if dry_run:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
@@ -29,7 +29,7 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from pcdb import decisions
+from pcdb import clock, decisions
 from pcdb.config import DrStep, Environment
 from pcdb.context import RunbookContext
 from pcdb.decisions import Collected, Decision, DecisionRefused, Request, plan_sha256
@@ -121,7 +121,7 @@ class Decider:
             self.collected.accepted.append(made)
             self.notes.append(f"{step}: decided by flag (--yes){'; ' + shown if shown else ''}")
             return [made]
-        started = datetime.now(timezone.utc)
+        started = clock.now()
         accepted: dict[str, Decision] = {}
         while len(accepted) < needed:
             waiting = tuple(o for o in owners if o not in accepted)
@@ -169,7 +169,7 @@ class Decider:
                        f"--key <your key>` does it for you.")
         create_markdown_artifact(description, key=f"decision-{_slug(request.step)}",
                                  description=f"what {request.step} decides, and how to sign it")
-        left = request.timeout - (datetime.now(timezone.utc) - started)
+        left = request.timeout - (clock.now() - started)
         try:
             return pause_flow_run(wait_for_input=Decide.with_initial_data(
                 description=description, signer="", message=template, decision="approve"),

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -25,6 +25,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 
+from pcdb import clock
 from pcdb.changes import Change
 from pcdb.config import CapacitySettings, Environment
 from pcdb.errors import PcdbError
@@ -166,6 +167,30 @@ def _blocks(spec: Environment, level: str) -> tuple[list, list[str]]:
     return found, missing
 
 
+def ensure_sink_blocks(spec: Environment, url: str) -> list[Change]:
+    """Point every channel's custom-webhook block at the local sink (``notifications.local_sink``):
+    created where missing, rewritten where it points elsewhere, left alone when it already points
+    there. The message keeps its channel, subject and body."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    changes = []
+    for name, channel in spec.notifications.channels.items():
+        block_name = channel.block.split("/", 1)[1]
+        wanted = {"channel": name, "subject": "{{subject}}", "body": "{{body}}"}
+        try:
+            current = CustomWebhookNotificationBlock.load(block_name)
+            if current.url == url and current.json_data == wanted and current.method == "POST":
+                changes.append(Change("notification_block", channel.block, "unchanged", notes=("local sink",)))
+                continue
+            action = "updated"
+        except ValueError:
+            action = "created"
+        CustomWebhookNotificationBlock(name=f"pcdb {spec.name} {name}", url=url, method="POST", json_data=wanted,
+                                       timeout=5).save(block_name, overwrite=True)
+        changes.append(Change("notification_block", channel.block, action, notes=(f"{name} -> the local sink",)))
+    return changes
+
+
 def _related(spec: Environment, flow: str | None = None) -> list[dict]:
     related = [{"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{env_tag(spec)}"}]
     if flow:
@@ -302,7 +327,7 @@ def next_runs(schedule: dict, count: int = 3, after: datetime | None = None) -> 
     from prefect.server.schemas.schedules import CronSchedule as ServerCron
 
     server = ServerCron(cron=cron.cron, timezone=cron.timezone, day_or=cron.day_or)
-    dates = anyio.run(lambda: server.get_dates(n=count, start=after or datetime.now(timezone.utc)))
+    dates = anyio.run(lambda: server.get_dates(n=count, start=after or clock.now()))
     return [d.isoformat() for d in dates]
 
 

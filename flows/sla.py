@@ -8,14 +8,14 @@ also closes the previous month).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from prefect import flow, get_run_logger
 
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.notify import notify
 from flows.runbook import runbook_context
-from pcdb import health, sla
+from pcdb import clock, health, sla
 from pcdb.config import load_environment
 
 
@@ -40,7 +40,7 @@ def sla_report(env: str = "local", spec_path: str | None = None, month: str | No
     """Availability of a month (default: this month so far) against 99.9 % and 99.95 %."""
     spec = load_environment(spec_path or env)
     ctx = runbook_context(spec)
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     with evidence(spec, ctx, "sla") as ev:
         result = measure(ctx, month, now)
         local = now.astimezone(sla.ZoneInfo(spec.service.timezone))

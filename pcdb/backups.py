@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import psycopg
 from psycopg import sql as psql
 
+from pcdb import clock
 from pcdb.checks import CheckResult
 from pcdb.config import Environment
 from pcdb.sql import query
@@ -55,7 +56,7 @@ def daily_checks(target: Target, env: Environment, now: datetime | None = None,
         restore_now: this run restores too, and proves them itself.
     """
     status = target.backup_status()
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     bound = env.backup.verification.max_age
     age_hours = (now - status.latest_backup_at).total_seconds() / 3600 if status.latest_backup_at else None
     retention_days = status.retention.days
@@ -140,7 +141,7 @@ def restore_test(target: Target, env: Environment, connect_source: Connect,
         with connect_source() as conn:
             conn.execute(query("verify.sql", "create_pcdb_schema"))
             conn.execute(query("verify.sql", "create_restore_marker"))
-            marker = datetime.now(timezone.utc).strftime("restore-test-%Y%m%dT%H%M%S%f")
+            marker = clock.now().strftime("restore-test-%Y%m%dT%H%M%S%f")
             with conn.transaction():
                 # The marker and the fingerprints share one snapshot: exact when nothing else
                 # commits during these milliseconds; otherwise a busy table may differ by the rows

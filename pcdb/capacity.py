@@ -64,6 +64,13 @@ class Hourly:
         keep = self.t >= start
         return Hourly(self.t[keep], self.avg[keep], self.max[keep])
 
+    def whole_days(self, now_day: float) -> Hourly:
+        """The points before today (UTC): the trends are fitted on whole days only, so that the
+        hour a run happens at never changes them (today's hours so far once counted as a day
+        from its 18th hour on)."""
+        keep = self.t < np.floor(now_day) * DAY
+        return Hourly(self.t[keep], self.avg[keep], self.max[keep])
+
     def __len__(self) -> int:
         return len(self.t)
 
@@ -262,14 +269,17 @@ def analyse(env: Environment, history: dict[str, Hourly], store: Store, now: dat
     run's forecasts and scores the earlier ones that have come due."""
     cfg, defaults = settings_of(env)
     weeks = weeks or cfg.weeks
-    start = now - timedelta(weeks=weeks)
+    # From the start of a UTC day: the window's first day is whole whatever the hour of the run
+    # (a window cut at the run's hour moved the first day's median, and the date, with the hour).
+    start = (now - timedelta(weeks=weeks)).astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     history = {k: v.since(start.timestamp()) for k, v in history.items()}
     hist = {k: v for k, v in history.items() if len(v)}
     now_day = now.timestamp() / DAY
     result: dict = {"env": env.name, "as_of": now.isoformat(timespec="seconds"), "weeks": weeks,
                     "settings": "defaults (operations.capacity is not in the spec)" if defaults
                     else "operations.capacity of the spec"}
-    storage_daily = daily(hist["storage_used"].t, hist["storage_used"].avg) if "storage_used" in hist \
+    whole = hist["storage_used"].whole_days(now_day) if "storage_used" in hist else None
+    storage_daily = daily(whole.t, whole.avg) if whole is not None \
         else Daily(np.empty(0, dtype=np.int64), np.empty(0))
     have = len(storage_daily.day)
     enough = have >= cfg.min_history_days
@@ -386,7 +396,8 @@ def _connections(env, hist, enough: bool, now_day: float) -> dict:
     recent = conns.max[conns.t >= (now_day - 7) * DAY]
     out["peak_last_week"] = int(recent.max()) if len(recent) else None
     if enough:
-        model = drift(daily(conns.t, conns.max, how="max"))
+        whole = conns.whole_days(now_day)
+        model = drift(daily(whole.t, whole.max, how="max"))
         if model is not None:
             out["trend_per_week"] = _r(model.rate * 7, 2)
             if limit:
@@ -403,7 +414,8 @@ def _utilisation(hist, metric: str, threshold: float, enough: bool, env, now_day
     last4 = series.avg[series.t >= (now_day - 28) * DAY]
     out["p95_percent"] = _r(np.percentile(last4 if len(last4) else series.avg, 95))
     if enough:
-        model = drift(daily(series.t, series.avg, how="p95"))
+        whole = series.whole_days(now_day)
+        model = drift(daily(whole.t, whole.avg, how="p95"))
         if model is not None:
             months = env.operations.capacity_forecast_months
             out["trend_per_week"] = _r(model.rate * 7, 2)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
-from pcdb import security
+from pcdb import clock, security
 from pcdb.checks import CheckResult
 from pcdb.context import RunbookContext
 from pcdb.sql import query
@@ -29,7 +29,7 @@ def _item(name: str, passed: bool | None, evidence: str, started: float, **detai
 
 def run(ctx: RunbookContext, now: datetime | None = None) -> list[CheckResult]:
     env, target = ctx.env, ctx.target
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     since = now - timedelta(days=1)
     out: list[CheckResult] = []
     started = time.monotonic()

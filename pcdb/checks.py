@@ -12,11 +12,11 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import psycopg
 from psycopg import sql as psql
 
+from pcdb import clock
 from pcdb.config import Environment
 from pcdb.probe import ProbeWriter
 from pcdb.sql import query
@@ -321,7 +321,7 @@ def check_failover(target: Target, app_conninfo: str, env: Environment) -> Check
 def check_point_in_time_restore(target: Target, conn: psycopg.Connection, admin: str, password: str,
                                 name: str) -> CheckResult:
     """PITR test (R-INS-2, R-DR-3): restore to a marked moment on a throw-away server, always deleted."""
-    marker = datetime.now(timezone.utc).strftime("pitr-%Y%m%dT%H%M%S%f")
+    marker = clock.now().strftime("pitr-%Y%m%dT%H%M%S%f")
     target.delete_server(name)  # a run killed halfway may have left its server and its markers
     if conn.execute(query("install.sql", "pitr_marker_exists")).fetchone()[0]:
         conn.execute(query("install.sql", "delete_old_pitr_markers"))

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pcdb import clock
 from pcdb.changes import Change
 from pcdb.config import Environment, load_environment
 from pcdb.errors import PcdbError
@@ -671,7 +672,7 @@ def incident_open(env: EnvOption = "local",
     if not summary.strip():
         raise PcdbError("--summary is required: say what is wrong, in a line")
     when = _parse_time(began, "--began")
-    if when is not None and when > datetime.now(timezone.utc):
+    if when is not None and when > clock.now():
         raise PcdbError(f"--began {began} is in the future")
     from flows import service
 
@@ -902,7 +903,7 @@ def health_silence(env: EnvOption = "local",
     names = {r.name for r in health.catalog(spec)}
     if rule != "*" and rule not in names:
         raise PcdbError(f"--rule {rule}: no such rule in {spec.name}; the rules are {', '.join(sorted(names))}")
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     store = health.store_for(spec)
     try:
         number = store.silence(rule, now + length, reason.strip(), now)
@@ -973,7 +974,7 @@ def sla_command(env: EnvOption = "local",
         from pcdb import sla
 
         try:
-            sla.month_bounds(spec, month, datetime.now(timezone.utc))
+            sla.month_bounds(spec, month, clock.now())
         except ValueError as exc:
             raise PcdbError(str(exc)) from None
     from flows.sla import sla_report
@@ -1231,6 +1232,9 @@ def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:
     worker_env["PREFECT_LOGGING_EXTRA_LOGGERS"] = "pcdb"
     for spec, arg in zip(specs, env):
         spec_path = arg if arg.endswith((".yaml", ".yml")) else None
+        if spec.notifications.local_sink:   # before the automations, which send through these blocks
+            started, sink_url = orchestrator.start_sink()
+            changes += [started, *service.ensure_sink_blocks(spec, sink_url)]
         changes.append(service.ensure_work_pool(spec.work_pool))
         changes += service.register_deployments(spec, spec_path, Path.cwd())
         changes += service.ensure_automations(spec)
@@ -1241,6 +1245,8 @@ def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:
     _print_changes(changes, as_json)
     if not as_json:
         out.print(f"Prefect UI: {config.ui_url}  (API {config.url}, {config.backend})")
+        if any(s.notifications.local_sink for s in specs):
+            out.print(f"Alerts: {orchestrator.notifications_log}  (the local sink; tail -f it)")
 
 
 @server_app.command("status")
@@ -1264,8 +1270,17 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
     from flows import service
     from pcdb.orchestrator import environment_privacy
 
-    problems = Orchestrator(config).privacy_problems() + [p for s in specs for p in environment_privacy(s)]
-    status = base | {"up": True} | service.service_status(specs) | {"problems": problems}
+    orchestrator = Orchestrator(config)
+    problems = orchestrator.privacy_problems() + [p for s in specs for p in environment_privacy(s)]
+    sink = None
+    if any(s.notifications.local_sink for s in specs):
+        running = orchestrator.sink()
+        sink = {"log": str(orchestrator.notifications_log), "running": running is not None}
+        if running is None:
+            problems.append("the local notification sink is not running: alerts of "
+                            f"{', '.join(s.name for s in specs if s.notifications.local_sink)} go nowhere; "
+                            f"`pcdb server up --env {' --env '.join(env)}` starts it")
+    status = base | {"up": True} | service.service_status(specs) | {"notification_sink": sink, "problems": problems}
     if as_json:
         print(json.dumps(status, indent=2, default=str))
         raise typer.Exit(2 if problems else 0)
@@ -1274,7 +1289,10 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
         err.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     for w in status["workers"]:
         out.print(f"worker {w['name']} ({w['pool']}): {w['status']}")
+    if sink:
+        out.print(f"alerts: {sink['log']} (local sink{'' if sink['running'] else ', NOT running'})", soft_wrap=True)
     table = Table("deployment", "schedule", "next runs")
+    table.columns[0].overflow = "fold"       # whole names at 80 columns, folded rather than cut
     for d in status["deployments"]:
         table.add_row(d["name"], d["schedule"], "\n".join(d["next_runs"]) or "-")
     out.print(table)
@@ -1335,7 +1353,7 @@ def history(ctx: typer.Context, env: EnvOption = "local", since: SinceOption = "
 
     spec, run_ctx = _ledger_context(env)
     with run_ctx.connect() as conn:
-        rows = ledger.rows(conn, LEDGER_SCHEMA, datetime.now(timezone.utc) - window, flow)
+        rows = ledger.rows(conn, LEDGER_SCHEMA, clock.now() - window, flow)
     from flows.evidence import spool_for
 
     pending = spool_for(spec).pending()

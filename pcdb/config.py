@@ -635,6 +635,10 @@ def _best_monitor_rules() -> list[HealthRule]:
                        metric="escalated_roles", operator=">", critical=0, duration=timedelta(0))]
 
 
+# The health rules that say the application cannot write: one outage, one incident (§8.2: P1).
+WRITES_DOWN = ("database-connection-failure", "no-writable-primary", "read-only-primary")
+
+
 def outage_rules() -> list[HealthRule]:
     """The outages the application feels at once: always in the catalog (a spec's extra_rules do
     not replace them; disabled_rules can), critical in the first run that sees them."""
@@ -690,6 +694,10 @@ class Channel(Model):
 class Notifications(Model):
     channels: dict[str, Channel]
     routing: dict[Level, list[str]]
+    local_sink: bool = Field(False, description="`pcdb server up` starts a local sink and points every channel's "
+                                                "custom-webhook block at it: alerts land in <orchestrator home>/"
+                                                "notifications.log (a sandbox before real channels exist; never "
+                                                "production)")
 
 
 class Approver(Model):
@@ -877,9 +885,10 @@ class IncidentSettings(Model):
     responder: str = Field("ops team", description="the team told when an incident is not acknowledged in time")
     p1_steps: list[IncidentStep] = Field(default_factory=_p1_steps)
     auto_open: dict[str, Literal["P1", "P2", "P3", "P4"]] = Field(
-        default_factory=lambda: {"database-connection-failure": "P1"},
+        default_factory=lambda: {rule: "P1" for rule in WRITES_DOWN},
         description="health rule -> the severity of the incident its critical alert opens; any other critical "
-                    "alert opens a P2")
+                    "alert opens a P2. The rules of one outage (writes down: no connection, no writable "
+                    "primary, a read-only primary) share one open incident")
 
     @model_validator(mode="after")
     def _owners_known(self) -> IncidentSettings:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
 import psycopg
 
+from pcdb import clock
 from pcdb.config import DrStep, Environment
 from pcdb.errors import TargetError
 from pcdb.sql import query
@@ -82,8 +83,8 @@ def watch_service(target: Target, env: Environment, password: str, began: float,
 def _began(outage_began: datetime | None) -> tuple[float, str]:
     """The outage's start as a monotonic time (for the measure) and as text (for the report)."""
     if outage_began is None:
-        return time.monotonic(), datetime.now(timezone.utc).isoformat(timespec="seconds")
-    ago = (datetime.now(timezone.utc) - outage_began).total_seconds()
+        return time.monotonic(), clock.now().isoformat(timespec="seconds")
+    ago = (clock.now() - outage_began).total_seconds()
     if ago < 0:
         raise TargetError(f"the outage cannot begin in the future ({outage_began.isoformat()})")
     return time.monotonic() - ago, outage_began.isoformat(timespec="seconds")
@@ -174,7 +175,7 @@ def failback(target: Target, env: Environment, password: str, approve: Callable[
     points back and the read replica is made again."""
     began = time.monotonic()
     report = FailoverReport("failback", env.dr.region_failure.rto.total_seconds(),
-                            datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                            clock.now().isoformat(timespec="seconds"))
     if target.application_target() != "replica":
         report.changed = False
         report.notes.append("the application points at the primary region already: nothing to fail back")

@@ -8,7 +8,8 @@ model is a random walk with drift, the drift estimated from seven-day difference
 - a step falls into at most seven of them, which a Hampel filter (median ± 4 robust standard
   deviations) removes before the mean is taken; a level fit (least squares, Huber, Theil-Sen)
   instead sees every point after the step lifted and bends its slope towards it;
-- the noise is the robust spread (1.4826 × MAD) of the daily differences, and the prediction
+- the noise is the robust spread (1.4826 × MAD) of the seven-day differences over sqrt(7) (of
+  the daily differences while there are fewer than two weeks of them), and the prediction
   interval is the drift method's, sigma * sqrt(h * (1 + h / n)) (Hyndman & Athanasopoulos,
   Forecasting: Principles and Practice, §5.5).
 
@@ -91,13 +92,35 @@ class Drift:
         point = (limit - self.level) / self.rate if self.rate > 0 else None
         if point is not None and point > HORIZON_DAYS:
             point = None
-        first = np.flatnonzero(upper >= limit)
-        last = np.flatnonzero(lower >= limit)
-        return (point, float(h[first[0]]) if len(first) else None, float(h[last[0]]) if len(last) else None)
+        return point, _crossing(h, upper, limit), _crossing(h, lower, limit)
 
 
-def z_of(interval_percent: float) -> float:
-    return NormalDist().inv_cdf(0.5 + interval_percent / 200)
+def _crossing(h: np.ndarray, curve: np.ndarray, limit: float) -> float | None:
+    """The first ``h`` where ``curve`` reaches ``limit``, interpolated between whole days (a bound
+    rounded up to the next whole day once put true dates up to a day outside the interval)."""
+    reached = np.flatnonzero(curve >= limit)
+    if not len(reached):
+        return None
+    i = int(reached[0])
+    if i == 0:
+        before_h, before = 0.0, curve[0] - (curve[1] - curve[0]) if len(curve) > 1 else curve[0]
+    else:
+        before_h, before = float(h[i - 1]), float(curve[i - 1])
+    if curve[i] == before:
+        return float(h[i])
+    return before_h + (float(h[i]) - before_h) * (limit - before) / (float(curve[i]) - before)
+
+
+def z_of(interval_percent: float, df: int | None = None) -> float:
+    """The two-sided quantile of the interval: normal, or Student's t with ``df`` degrees of
+    freedom when the noise itself is estimated from few independent weeks (Abramowitz & Stegun
+    26.7.5: good to 1e-3 from df = 3; below that the normal is widened the same way)."""
+    z = NormalDist().inv_cdf(0.5 + interval_percent / 200)
+    if not df:
+        return z
+    df = max(df, 3)
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
 
 
 def _mad(x: np.ndarray) -> float:
@@ -116,10 +139,30 @@ def _residuals(day: np.ndarray, value: np.ndarray, rate: float, lag: int) -> tup
     return residual, gaps
 
 
+def _lag_pairs(day: np.ndarray, lag: int) -> list[tuple[int, int]]:
+    position = {int(d): i for i, d in enumerate(day)}
+    return [(position[int(d) - lag], i) for i, d in enumerate(day) if int(d) - lag in position]
+
+
+def _long_run_sigma(day: np.ndarray, value: np.ndarray, rate: float, lag: int) -> float | None:
+    """The per-day spread of the random walk, from the lag-day changes (robust spread / sqrt(lag)),
+    or None with fewer than two lags' worth of them.
+
+    Consecutive day medians share a day's growth (each spans noon to noon, half of one day and
+    half of the next), so their differences are correlated and their spread understates the
+    walk's by up to sqrt(2): the interval was too narrow (80 % of true dates inside a 90 %
+    interval). A lag-day change sums lag days of growth, and the weekly cycle cancels in it."""
+    pairs = _lag_pairs(day, lag)
+    if len(pairs) < 2 * lag:
+        return None
+    a = np.array([p[0] for p in pairs])
+    b = np.array([p[1] for p in pairs])
+    return _mad(value[b] - value[a] - rate * lag) / np.sqrt(lag)
+
+
 def _weekly_rate(day: np.ndarray, value: np.ndarray, lag: int) -> float:
     """The mean of the lag-day slopes that a Hampel filter keeps."""
-    position = {int(d): i for i, d in enumerate(day)}
-    pairs = [(position[int(d) - lag], i) for i, d in enumerate(day) if int(d) - lag in position]
+    pairs = _lag_pairs(day, lag)
     if len(pairs) < 2:   # gaps everywhere a week apart: fall back to neighbouring days
         pairs = [(i - 1, i) for i in range(1, len(day))]
     a = np.array([p[0] for p in pairs])
@@ -157,13 +200,18 @@ def drift(series: Daily, interval_percent: float = 90, lag: int = 7) -> Drift | 
     corrected = value - shift
     rate = _weekly_rate(day, corrected, lag)
     residual, _ = _residuals(day, corrected, rate, lag)
-    sigma = _mad(residual)
-    # The level now: the median of the last three corrected days brought forward by the drift,
-    # with the steps put back.
-    tail = slice(max(0, len(day) - 3), len(day))
-    level = float(np.median(corrected[tail] + rate * (day[-1] - day[tail]))) + float(shift[-1])
+    long_run = _long_run_sigma(day, corrected, rate, lag)
+    sigma = max(_mad(residual), long_run) if long_run is not None else _mad(residual)
+    # The noise is estimated from this many independent weeks: the interval is Student's t on them.
+    df = max(1, int((day[-1] - day[0]) // lag) - 1)
+    # The level now: the mean of the last week's corrected days, each brought forward by the
+    # drift, with the steps put back. A whole week, so that the weekly cycle (fast weekdays, slow
+    # weekends) cancels: three days once put the level up to a day of growth above or below the
+    # trend depending on the weekday the history ended on.
+    tail = day >= day[-1] - (lag - 1) if len(day) >= lag else np.ones(len(day), dtype=bool)
+    level = float(np.mean(corrected[tail] + rate * (day[-1] - day[tail]))) + float(shift[-1])
     return Drift(level=level, day=int(day[-1]), rate=rate, sigma=sigma, n=len(day) - 1,
-                 z=z_of(interval_percent), steps=steps)
+                 z=z_of(interval_percent, df), steps=steps)
 
 
 def theil_sen(x: np.ndarray, y: np.ndarray) -> float:

@@ -24,13 +24,13 @@ import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
 from psycopg import sql as psql
 
-from pcdb import security
+from pcdb import clock, security
 from pcdb.config import Environment, outage_rules
 from pcdb.context import RunbookContext
 from pcdb.private import private_file
@@ -391,7 +391,7 @@ def _business(conn, env: Environment) -> dict:
     out = {"product_change_success_rate": _float(row["product_change_success_rate"]),
            "kos_success_rate": _float(row["kos_integration_success_rate"]),
            "avg_processing_seconds": _float(row["avg_processing_time"])}
-    since = datetime.now(timezone.utc) - env.monitoring.health.business_window
+    since = clock.now() - env.monitoring.health.business_window
     for metric in env.monitoring.business_metrics:
         if metric.probe:
             out[ALIASES.get(metric.metric, metric.metric)] = _probe(conn, metric.probe, since)
@@ -533,7 +533,7 @@ def run(ctx: RunbookContext, store: Store, send: Callable[[str, str, str, list[s
         now: datetime | None = None, annotation: str | None = None) -> Report:
     """Sample, evaluate, notify each transition once (not while silenced), record the history."""
     env = ctx.env
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     metrics, business = sample(ctx, store, now)
     alerts, transitions = evaluate(env, catalog(env), metrics, store, now, annotation)
     notified = []

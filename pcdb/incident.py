@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from pcdb import clock
 from pcdb.config import Environment, IncidentSettings
 from pcdb.decisions import Request, plan_sha256
 from pcdb.errors import PcdbError
@@ -29,7 +30,7 @@ class IncidentError(PcdbError):
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return clock.now()
 
 
 def _iso(at: datetime | None) -> str | None:

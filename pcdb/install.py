@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from psycopg import sql as psql
 
-from pcdb import checks, schema, security
+from pcdb import checks, clock, schema, security
 from pcdb import secrets as pw
 from pcdb.changes import Change
 from pcdb.context import RunbookContext
@@ -228,13 +228,13 @@ def last_verification(ctx: RunbookContext, fingerprint: str, server: dict) -> di
     configuration *and this same server* (its identity: a new, rebuilt or restored server runs
     its own checks, even with a ledger it carried over): {run_id, ended_at}; None when there is
     none (or the ledger cannot be read)."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import timedelta
 
     from pcdb import ledger
 
     try:
         with ctx.connect() as conn:
-            found = ledger.rows(conn, schema.LEDGER_SCHEMA, datetime.now(timezone.utc) - timedelta(days=3650),
+            found = ledger.rows(conn, schema.LEDGER_SCHEMA, clock.now() - timedelta(days=3650),
                                 flow="install")
     except Exception:  # noqa: BLE001 - no ledger: nothing to rely on, the checks run
         return None

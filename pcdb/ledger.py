@@ -35,6 +35,7 @@ import psycopg
 from psycopg import sql as psql
 from psycopg.types.json import Jsonb
 
+from pcdb import clock
 from pcdb.anchors import AnchorConflict, AnchorError, Anchors
 from pcdb.errors import PcdbError
 from pcdb.private import private_dir
@@ -171,7 +172,7 @@ def append(conn: psycopg.Connection, schema: str, record: RunRecord) -> tuple[in
         conn.execute(_q("lock_ledger", schema))
         head = conn.execute(_q("last_row", schema)).fetchone()
         seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
-        recorded_at = datetime.now(timezone.utc)
+        recorded_at = clock.now()
         texts = dict(zip(_JSON, conn.execute(query("ledger.sql", "canonical_json"),
                                              {k: Jsonb(v) for k, v in values.items()}).fetchone()))
         digest = row_hash_v2(prev, seq, recorded_at, record.as_json(), record.started_at, record.ended_at, texts)

@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg import sql as psql
 
-from pcdb import crash, schema, security
+from pcdb import clock, crash, schema, security
 from pcdb.checks import CheckResult
 from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError, TargetError
@@ -645,7 +645,7 @@ def partition_guard(ctx: RunbookContext, now: datetime | None = None) -> CheckRe
     ahead, and say how many are ready (an insert never fails for lack of a partition)."""
     env = ctx.env
     started = time.monotonic()
-    now = now or datetime.now(ZoneInfo("UTC"))
+    now = now or clock.now()
     with ctx.connect() as conn:
         if conn.execute(query("catalog.sql", "relation_missing"), (f"{env.service.schema_name}.{schema.KOS_LOG}",)).fetchone()[0]:
             return None   # install Phase 4 has not run: nothing to keep ahead yet
@@ -703,7 +703,7 @@ def run(ctx: RunbookContext, only: list[str] | None = None, dry_run: bool = Fals
     """Run the selected steps (all by default) in their order. ``step(name, fn)`` runs each one
     (the flow makes each a Prefect task); ``now`` moves the clock for tests."""
     selected = check_steps(only)
-    now = now or datetime.now(ZoneInfo("UTC"))
+    now = now or clock.now()
     out = Outcome(dry_run=dry_run, steps=selected)
     actions = {
         "partitions": lambda: partitions(ctx, out, now),

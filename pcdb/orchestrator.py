@@ -24,9 +24,9 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
+from pcdb import clock
 from pcdb import secrets as pw
 from pcdb.changes import Change
 from pcdb.config import Environment, OrchestratorTls, SecretRef
@@ -179,7 +179,7 @@ def _forget_database_key(config: ServerConfig) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return clock.now().isoformat(timespec="seconds")
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -425,10 +425,59 @@ class Orchestrator:
     def down(self) -> list[str]:
         """Stop every worker, then the server; the database stays. Returns what was stopped."""
         stopped = [f"worker {pool}" for pool in self.worker_pools() if self.stop_worker(pool)]
+        if self.stop_sink():
+            stopped.append("local notification sink")
         pid = self.server_pid()
         if pid and _stop_pid(pid):
             stopped.append(f"prefect server (pid {pid})")
         self.pid_file.unlink(missing_ok=True)
+        return stopped
+
+    # -- the local notification sink (pcdb.sink) -----------------------------------------------
+
+    @property
+    def sink_file(self) -> Path:
+        return self.home / "sink.json"
+
+    @property
+    def notifications_log(self) -> Path:
+        return self.home / "notifications.log"
+
+    def sink(self) -> dict | None:
+        """The running sink's {pid, port, token, log, url}, or None."""
+        info = self._read(self.sink_file)
+        if info and alive(int(info["pid"])):
+            return info | {"url": f"http://127.0.0.1:{info['port']}/{info['token']}"}
+        return None
+
+    def start_sink(self) -> tuple[Change, str]:
+        """The sink on a free loopback port with a new token (or the running one): (change, URL)."""
+        running = self.sink()
+        if running:
+            return Change("notification_sink", str(self.notifications_log), "unchanged",
+                          notes=(f"pid {running['pid']}",)), running["url"]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        token = secrets.token_urlsafe(24)
+        with _private_log(self.home / "sink.err", own_folder=False) as log:
+            child = subprocess.Popen([sys.executable, "-m", "pcdb.sink", str(port), token, str(self.notifications_log)],
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, umask=0o077)
+        deadline = time.monotonic() + 30
+        while _port_free("127.0.0.1", port):
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise OrchestratorError(f"the local notification sink did not start; see {self.home / 'sink.err'}")
+            time.sleep(0.05)
+        self._write(self.sink_file, {"pid": child.pid, "port": port, "token": token,
+                                     "log": str(self.notifications_log), "started_at": _now()})
+        return (Change("notification_sink", str(self.notifications_log), "started", notes=(f"pid {child.pid}",)),
+                f"http://127.0.0.1:{port}/{token}")
+
+    def stop_sink(self) -> bool:
+        info = self._read(self.sink_file)
+        stopped = bool(info and alive(int(info["pid"])) and _stop_pid(int(info["pid"])))
+        self.sink_file.unlink(missing_ok=True)
         return stopped
 
     # -- workers ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql as psql
 
+from pcdb import clock
 from pcdb.sql import query
 
 
@@ -103,7 +104,7 @@ class ProbeWriter:
                     conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=2)
                 conn.execute(insert, {"id": next_id})
                 self.result.acknowledged.append(next_id)
-                self.result.acknowledged_at[next_id] = time.time()
+                self.result.acknowledged_at[next_id] = clock.now().timestamp()
                 if self.result.first_failure is not None and self.result.first_recovery is None:
                     self.result.first_recovery = time.monotonic()
                 next_id += 1

@@ -23,12 +23,13 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
 from psycopg import sql as psql
 
+from pcdb import clock
 from pcdb import predicate as predicates
 from pcdb.config import Environment
 from pcdb.errors import PcdbError, TargetError
@@ -94,7 +95,7 @@ def earliest_point(target: Target, env: Environment) -> datetime | None:
     """The oldest time a restore can reach: the oldest backup the retention keeps."""
     backups = target.list_backups()
     oldest = backups[0].finished_at if backups else None
-    horizon = datetime.now(timezone.utc) - env.backup.retention
+    horizon = clock.now() - env.backup.retention
     return max(oldest, horizon) if oldest else None
 
 
@@ -102,7 +103,7 @@ def check_time(target: Target, env: Environment, to: datetime) -> None:
     """Refuse a time in the future or before the retention, before anything is made."""
     if to.tzinfo is None:
         raise PcdbError(f"--to {to.isoformat()} has no time zone; add one, e.g. +09:00 or Z")
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     if to > now:
         raise PcdbError(f"--to {to.isoformat()} is in the future (now {now.isoformat(timespec='seconds')}): "
                         "recovery restores to a moment before the corruption")
@@ -232,7 +233,7 @@ def replay(live: psycopg.Connection, diffs: list[TableDiff]) -> int:
 def export(diffs: list[TableDiff], folder: Path) -> Path:
     """The rows to put back, one JSON object per line with its table: readable by the owner only."""
     private_dir(folder)
-    path = folder / f"recover-rows-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.jsonl"
+    path = folder / f"recover-rows-{clock.now():%Y%m%dT%H%M%SZ}.jsonl"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         for diff in diffs:

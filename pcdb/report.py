@@ -3,8 +3,9 @@ the renderer is given none, and the caller scans the result for every secret of 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
+from pcdb import clock
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
 from pcdb.config import Environment
@@ -46,7 +47,7 @@ def render(env: Environment, run_id: str, phases: dict[int, list[Change]], resul
            endpoints: dict[str, Endpoint], approval: dict | None, titles: dict[int, str],
            password_expiry: dict[str, datetime] | None = None) -> str:
     """The handover markdown: what exists, every setting as applied, every check with evidence."""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = clock.now().isoformat(timespec="seconds")
     passed = sum(r.passed for r in results)
     out = [f"# Handover: {env.service.name} database, environment `{env.name}`", "",
            f"- Prefect flow run: `{run_id}`", f"- Generated: {now}",

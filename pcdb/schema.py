@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg import sql as psql
 
+from pcdb import clock
 from pcdb.changes import Change
 from pcdb.errors import TargetError
 from pcdb.sql import SQL_DIR, query
@@ -124,7 +125,7 @@ def ensure_log_partitions(conn: psycopg.Connection, schema: str, timezone: str, 
     ``lock_timeout`` is left detached and named in the notes (``deferred: …``); the next call
     attaches it."""
     zone = ZoneInfo(timezone)
-    today = (now or datetime.now(zone)).astimezone(zone).date()
+    today = (now or clock.now().astimezone(zone)).astimezone(zone).date()
     existing = {r[0] for r in conn.execute(query("install.sql", "existing_partitions"),
                                            {"schema": schema, "table": KOS_LOG})}
     starts = month_starts(today, ahead + 1)

@@ -73,6 +73,7 @@ def problems(env, line: Line) -> list[Problem]:  # env: pcdb.config.Environment 
     _sandbox(env, add)
     _production_tls(env, add)
     _decisions(env, add)
+    _local_sink(env, add)
     _names(env, add)
     _network(env, add)
     return out
@@ -207,6 +208,21 @@ def _decisions(env, add) -> None:
             add(f"decisions.signers.{person}", f"{person} has a key but decides nothing here (not an approver, not a "
                                                "member of an incident team): remove the key, or name them where "
                                                "they decide")
+
+
+def _local_sink(env, add) -> None:
+    """The local sink stands in for real channels on a sandbox, never on production, and it can
+    only take over blocks it knows how to point (custom-webhook)."""
+    if not env.notifications.local_sink:
+        return
+    if env.production:
+        add("notifications.local_sink", "true on production: its alerts would go to a file on one machine instead "
+                                        "of the people on call. Remove it and name the real channels' blocks")
+    for name, channel in env.notifications.channels.items():
+        if not channel.block.startswith("custom-webhook/"):
+            add(f"notifications.channels.{name}.block", f"{channel.block}: with local_sink the channel's block is "
+                                                        "pointed at the sink, which only a custom-webhook block can be; "
+                                                        "use custom-webhook/<name>, or turn local_sink off")
 
 
 def _production_tls(env, add) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from pcdb import clock
 
 
 class Timeline:
@@ -11,7 +11,7 @@ class Timeline:
     timeline: list[tuple[str, str]]
 
     def mark(self, action: str) -> None:
-        self.timeline.append((datetime.now(timezone.utc).isoformat(timespec="milliseconds"), action))
+        self.timeline.append((clock.now().isoformat(timespec="milliseconds"), action))
 
     def timeline_dicts(self) -> list[dict]:
         return [{"at": at, "action": action} for at, action in self.timeline]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import psycopg
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pcdb import backups
+from pcdb import backups, clock
 from pcdb.checks import CheckResult
 from pcdb.context import RunbookContext
 from pcdb.targets.base import Endpoint
@@ -36,7 +36,7 @@ def last_passing_restore_test(ctx: RunbookContext) -> datetime | None:
 
     try:
         with ctx.connect() as conn:
-            found = ledger.rows(conn, LEDGER_SCHEMA, datetime.now(timezone.utc) - timedelta(days=60),
+            found = ledger.rows(conn, LEDGER_SCHEMA, clock.now() - timedelta(days=60),
                                 flow="backup-verification")
     except Exception as exc:  # noqa: BLE001 - no ledger means no proof: the deferred checks fail, they do not crash
         get_run_logger().warning("run ledger not readable: %s", exc)

@@ -72,6 +72,41 @@ def destroy_all() -> list[str]:
     return survivors
 
 
+# What a fixture needs, as a marker: a test using it (directly or through another fixture) is
+# marked so, and `./dev test fast` leaves it out.
+FIXTURE_NEEDS = {"prefect_harness": "prefect", "target": "postgres", "fresh_target": "postgres", "azurite": "azurite"}
+FAST = os.environ.get("PCDB_TEST_FAST") == "1"   # ./dev test fast: no server of any kind
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in item.fixturenames:
+            if fixture in FIXTURE_NEEDS:
+                item.add_marker(FIXTURE_NEEDS[fixture])
+
+
+class UnmarkedServer(AssertionError):
+    """A test run by `./dev test fast` started a server it is not marked for."""
+
+
+def _refuse(what: str, marker: str):
+    def refuse(*args, **kwargs):
+        raise UnmarkedServer(f"this test {what} but is not marked `{marker}`: mark it (pytestmark = "
+                             f"pytest.mark.{marker}) so that `./dev test fast` leaves it out")
+    return refuse
+
+
+if FAST:   # a test that needs a server and does not say so fails here, instead of slowing `fast` down
+    from pcdb.sandbox.bootstrap import NodeMaker
+    from pcdb.sandbox.node import Node
+
+    Node.start = _refuse("starts PostgreSQL", "postgres")
+    NodeMaker._initdb = _refuse("creates a PostgreSQL server", "postgres")
+    os.environ["PREFECT_API_URL"] = "http://127.0.0.1:9/api"     # nothing listens: Prefect fails at once
+    os.environ["PREFECT_CLIENT_MAX_RETRIES"] = "0"
+    os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cleanup_every_sandbox():
     """Whatever happens in the tests, every server started by the suite is stopped and removed."""
@@ -87,6 +122,9 @@ def prefect_harness():
     """One real Prefect API (temporary server, SQLite in PREFECT_HOME) for the whole session."""
     from prefect.logging.configuration import setup_logging
     from prefect.testing.utilities import prefect_test_harness
+
+    if FAST:
+        _refuse("starts a Prefect server", "prefect")()
 
     setup_logging()  # bind Prefect's handlers to the real stderr before a CliRunner swaps it
     with prefect_test_harness(server_startup_timeout=120):
@@ -302,6 +340,6 @@ def production_spec(base: Path, signers: Signers, name: str = "prodlike") -> Pat
     key.write_text("Xq7Pq3m6cZ2m2Y0sS0n3Qm1dX3pW6xY9eK2bL4nH8jE=\n")
     os.chmod(key, 0o600)
     path = base.parent / f"{name}.yaml"
-    path.write_text(f"extends: {base}\nproduction: true\n{signers.yaml()}"
+    path.write_text(f"extends: {base}\nproduction: true\nnotifications:\n  local_sink: false\n{signers.yaml()}"
                     f"orchestrator:\n  auth: {{file: {secret}}}\n  encryption_key: {{file: {key}}}\n")
     return path

@@ -8,10 +8,9 @@ in each parameter's own unit (C-3: shared_buffers 4GB is 524288, not 4194304).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
-from pcdb import params
+from pcdb import clock, params
 from pcdb.config import Environment
 from pcdb.units import parse_size
 
@@ -188,7 +187,7 @@ def _budget(env: Environment, rg_id: str, groups: ActionGroups) -> Desired:
 
     cost = env.operations.cost
     group = groups.id_for(env.notifications.routing.get("warning", []))
-    start = datetime.now(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    start = clock.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     name = f"budget-{env.name}-monthly"
     return Desired("budget", name, f"{rg_id}/providers/Microsoft.Consumption/budgets/{name}", res.GenericResource(
         properties={"category": "Cost", "amount": cost.monthly_budget_usd, "timeGrain": "Monthly",

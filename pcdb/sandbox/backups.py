@@ -7,12 +7,12 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
 
-from pcdb import wal
+from pcdb import clock, wal
 from pcdb.errors import SandboxError
 from pcdb.private import audit, private_dir
 from pcdb.sandbox import proc
@@ -46,7 +46,7 @@ class BackupStore:
     def take_backup(self, kind: str = "on-demand") -> Backup:
         """Take a base backup of the primary (plain format with manifest), copy it to the geo folder."""
         primary = self.primary()
-        started = datetime.now(timezone.utc)
+        started = clock.now()
         backup_id = started.strftime("%Y%m%dT%H%M%S%fZ")
         target = self.backup_dirs[0] / backup_id
         source = psycopg.conninfo.make_conninfo(host=str(primary.run_dir), port=primary.port,
@@ -56,7 +56,7 @@ class BackupStore:
         if not self.spec.fsync:
             cmd.append("--no-sync")
         proc.run(cmd, timeout=3600, what=f"base backup of {primary.name}")
-        finished = datetime.now(timezone.utc)
+        finished = clock.now()
         meta = {"id": backup_id, "started_at": started.isoformat(), "finished_at": finished.isoformat(),
                 "size_bytes": _tree_size(target), "timeline": self._timeline(primary), "kind": kind,
                 "source": primary.name}
@@ -86,7 +86,7 @@ class BackupStore:
     def prune_backups(self, retention: timedelta, now: datetime | None = None) -> list[str]:
         """Delete base backups (and their geo copies) finished before ``now - retention``, except
         the newest one before that limit: it is still needed to restore to the limit itself."""
-        limit = (now or datetime.now(timezone.utc)) - retention
+        limit = (now or clock.now()) - retention
         old = [b for b in self.list_backups() if b.finished_at < limit]
         removed = []
         for backup in old[:-1]:
@@ -104,7 +104,7 @@ class BackupStore:
         folders), named ``<stem>.<sha256[:12]><suffix>``; an identical copy already there is left
         as it is."""
         name = f"{path.stem}.{sha256[:12]}{path.suffix}"
-        year = datetime.now(timezone.utc).strftime("%Y")
+        year = clock.now().strftime("%Y")
         placed = []
         for store in self.backup_dirs:
             folder = private_dir(store / "reports")

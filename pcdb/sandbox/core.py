@@ -8,9 +8,9 @@ import functools
 import os
 import socket
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+from pcdb import clock
 from pcdb.errors import SandboxError
 
 HA_NODES = ("node1", "node2")
@@ -41,7 +41,7 @@ def _tree_size(path: Path) -> int:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return clock.now().isoformat(timespec="milliseconds")
 
 
 def exclusive(method=None, *, creates_root: bool = True):

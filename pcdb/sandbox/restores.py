@@ -4,9 +4,9 @@ state before anything is made, amcheck of it, and its deletion."""
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime
 
-from pcdb import crash
+from pcdb import clock, crash
 from pcdb.changes import Change
 from pcdb.errors import SandboxError
 from pcdb.sandbox import proc
@@ -44,7 +44,7 @@ class Restores:
             raise SandboxError(f"no base backup finished before {target_time.isoformat()}; "
                                "take one (pcdb backup) or choose a later time")
         backup = candidates[-1]
-        if target_time < datetime.now(timezone.utc):
+        if target_time < clock.now():
             self.seal_wal()
         self.state.restores[name] = RestoreInfo(port=_free_port(self.state.port_taken()), backup=backup.id,
                                                 target_time=target_time.isoformat(), created_at=_now())

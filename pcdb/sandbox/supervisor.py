@@ -29,11 +29,11 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
 
+from pcdb import clock
 from pcdb.changes import Change
 from pcdb.errors import PcdbError, SandboxError
 from pcdb.process import alive
@@ -45,7 +45,7 @@ CHECK_EVERY = 0.5  # seconds between health checks
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return clock.now().isoformat(timespec="milliseconds")
 
 
 APPLICATION = "pcdb-supervisor"   # its connections' name in the servers' logs (log_connections)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
+from pcdb import clock
 from pcdb.azure.apply import AzureClients, Reconciler, translate
 from pcdb.azure.desired import PLATFORM_PARAMETERS, Desired, desired_resources
 from pcdb.azure.plan import make_plan
@@ -249,11 +250,11 @@ class AzureTarget:
         return sorted(out, key=lambda b: b.finished_at)
 
     def take_backup(self) -> BackupInfo:
-        name = datetime.now(timezone.utc).strftime("pcdb-%Y%m%dT%H%M%SZ")
+        name = clock.now().strftime("pcdb-%Y%m%dT%H%M%SZ")
         pg = self.clients.postgres
         self._call("take an on-demand backup of", self.env.server.name,
                    lambda: pg.backups_automatic_and_on_demand.begin_create(self.rg, self.env.server.name, name))
-        return BackupInfo(name, "on-demand", datetime.now(timezone.utc))
+        return BackupInfo(name, "on-demand", clock.now())
 
     def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint:
         from azure.mgmt.postgresqlflexibleservers import models as m
@@ -285,11 +286,11 @@ class AzureTarget:
 
         pg = self.clients.postgres
         before = self._zones()
-        started = datetime.now(timezone.utc)
+        started = clock.now()
         body = m.RestartParameter(restart_with_failover=True,
                                   failover_mode="PlannedFailover" if mode == "planned" else "ForcedFailover")
         self._call("fail over", self.env.server.name, lambda: pg.servers.begin_restart(self.rg, self.env.server.name, body))
-        seconds = (datetime.now(timezone.utc) - started).total_seconds()
+        seconds = (clock.now() - started).total_seconds()
         after = self._zones()
         return FailoverResult(mode, f"zone {before[0]}", f"zone {after[0]}", seconds, seconds)
 
@@ -310,9 +311,9 @@ class AzureTarget:
             return PromotionResult(self.env.replica.name, "unchanged")
         tags = {**(replica.tags or {}), **({self.DRILL_TAG: drill} if drill else {})}
         body = m.ServerForPatch(replica=m.Replica(promote_mode=mode, promote_option=option), tags=tags or None)
-        started = datetime.now(timezone.utc)
+        started = clock.now()
         self._call("promote", self.env.replica.name, lambda: pg.servers.begin_update(self.rg, self.env.replica.name, body))
-        return PromotionResult(self.env.replica.name, "promoted", (datetime.now(timezone.utc) - started).total_seconds())
+        return PromotionResult(self.env.replica.name, "promoted", (clock.now() - started).total_seconds())
 
     def stop_primary_region(self) -> Change:
         """Stop the primary server (Azure stops its HA standby with it): the region drill's
@@ -541,7 +542,7 @@ class AzureTarget:
 
     def metrics(self) -> MetricsSample:
         """The latest sample, in the shape the sandbox gives (fields Azure has no metric for are None)."""
-        end = datetime.now(timezone.utc)
+        end = clock.now()
         series = self.metrics_series(end - timedelta(minutes=5), end)
         latest = {name: points[-1][1] for name, points in series.items() if points}
         replica_id = next(d.id for d in self.desired() if d.type == "replica")
@@ -587,7 +588,7 @@ class AzureTarget:
         archive = self.env.azure.evidence_archive
         if archive is None or self._credential is None:
             return None
-        year = datetime.now(timezone.utc).strftime("%Y")
+        year = clock.now().strftime("%Y")
         return self._blob_put(archive.container, f"{self.env.name}/{year}/{path.stem}.{sha256[:12]}{path.suffix}",
                               path, sha256, "text/markdown; charset=utf-8", once=True)
 
@@ -703,7 +704,7 @@ class AzureTarget:
         window = getattr(server, "maintenance_window", None)
         if window is None or (getattr(window, "custom_window", "Disabled") or "Disabled") != "Enabled":
             return None
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         # dayOfWeek: 0 = Sunday in ARM; Python's weekday(): 0 = Monday.
         days = ((window.day_of_week or 0) - (now.weekday() + 1) % 7) % 7
         start = (now + timedelta(days=days)).replace(hour=window.start_hour or 0, minute=window.start_minute or 0,
@@ -715,7 +716,7 @@ class AzureTarget:
     def platform_metrics(self) -> dict[str, float | None]:
         """The latest 1-minute values Azure Monitor has (R-MON-1): CPU, memory, IOPS use, storage,
         and whether the server answered (is_db_alive, sampled every 20 s: the minimum counts)."""
-        end = datetime.now(timezone.utc)
+        end = clock.now()
         names = ("cpu_percent", "memory_percent", "disk_iops_consumed_percentage", "storage_percent", "is_db_alive")
         series = self.metrics_series(end - timedelta(minutes=5), end, names=names)
         latest = {name: points[-1][1] for name, points in series.items() if points}

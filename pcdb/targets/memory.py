@@ -17,6 +17,7 @@ from typing import Literal
 
 from psycopg.conninfo import conninfo_to_dict
 
+from pcdb import clock
 from pcdb.anchors import MemoryAnchors
 from pcdb.changes import Change
 from pcdb.config import Environment
@@ -210,7 +211,7 @@ class MemoryProbe:
             if self.result.first_failure is not None and self.result.first_recovery is None:
                 self.result.first_recovery = time.monotonic()
             self.result.acknowledged.append(self.next_id)
-            self.result.acknowledged_at[self.next_id] = time.time()
+            self.result.acknowledged_at[self.next_id] = clock.now().timestamp()
             self.next_id += 1
             written += 1
             if written == count:

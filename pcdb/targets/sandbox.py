@@ -16,7 +16,7 @@ from typing import Literal
 
 from psycopg import sql as psql
 
-from pcdb import crash, params
+from pcdb import clock, crash, params
 from pcdb.anchors import Anchors, FileAnchors
 from pcdb.changes import Change
 from pcdb.config import Environment
@@ -488,7 +488,7 @@ class SandboxTarget:
             row = dict(zip([c.name for c in cur.description], cur.fetchone()))
             replication = tuple({"name": r[0], "sync_state": r[2], "lag_bytes": r[3], "lag_seconds": r[4]}
                                 for r in conn.execute(query("sandbox.sql", "replication")))
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         # TPS from the previous sample of this process: a read writes nothing (the health runbook
         # keeps its own counters between runs).
         last = self._last_metrics

@@ -17,6 +17,8 @@ from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest._http_response_impl import HttpResponseImpl
 from azure.core.utils import case_insensitive_dict
 
+from pcdb import clock
+
 BASE = "https://management.azure.com"
 WRITE_ONLY = ("administratorLoginPassword",)
 STATIC_PARAMETERS = {"shared_buffers", "max_connections", "wal_buffers", "shared_preload_libraries"}
@@ -49,7 +51,6 @@ _GRAINS = {"PT1M": 60, "PT5M": 300, "PT15M": 900, "PT30M": 1800, "PT1H": 3600, "
 def _aggregate(points: list[tuple[str, float]], span: str, interval: str) -> list[dict]:
     """What Azure Monitor answers: the points within the timespan, in buckets of the interval
     (time grain), each bucket's average and maximum."""
-    from datetime import datetime, timezone
 
     grain = _GRAINS[interval]
     start, end = ((datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp() for x in span.split("/"))
@@ -199,7 +200,7 @@ class FakeArm(HttpTransport):
             if parts[-1] in STATIC_PARAMETERS:
                 props["isConfigPendingRestart"] = True  # static: takes effect at the next restart
         stored = {**body, "id": path, "name": parts[-1], "type": "/".join(parts[5:6] + parts[6::2][:-1])}
-        now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        now = clock.now().isoformat().replace("+00:00", "Z")
         stored["systemData"] = {**(self.resources.get(key) or {}).get("systemData", {"createdAt": now}),
                                 "lastModifiedAt": now}   # what ARM reports of a tracked resource
         failure = next((f for frag, f in self.fail.items() if frag in path), None)

@@ -11,12 +11,13 @@ import shutil
 import socket
 import subprocess
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from azure.core.credentials import AccessToken
 
-from pcdb import ledger
+from pcdb import clock, ledger
 from pcdb.anchors import AnchorConflict
 from pcdb.config import load_environment
 from pcdb.errors import TargetError
@@ -42,7 +43,7 @@ class EntraToken:
 
     def get_token(self, *scopes, **kwargs) -> AccessToken:
         self.scopes += scopes
-        now = int(time.time())
+        now = int(clock.now().timestamp())
         part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
         tenant = "ab1f708d-50f6-404c-a006-d71b2ac7a606"
         claims = {"aud": self.audience, "iss": f"https://sts.windows.net/{tenant}/", "tid": tenant, "oid": "pcdb",
@@ -138,9 +139,9 @@ def test_a_report_is_uploaded_once_with_its_hash_and_a_second_upload_keeps_the_f
     report = tmp_path / "drill-zone-prod-20261127T040000Z.md"
     report.write_text("# DR drill: zone (forced) on `prod`\n\n| RTO | 120 s | 64.2 s | met |\n")
     sha = ledger.file_sha256(report)
-    url = target.archive_report(report, sha)
-    assert url == f"{endpoint}/pcdb-run-reports/prod/{time.strftime('%Y', time.gmtime())}/" \
-                  f"drill-zone-prod-20261127T040000Z.{sha[:12]}.md"
+    with clock.fixed(datetime(2026, 11, 27, 4, 0, tzinfo=timezone.utc)):   # archived in the year of the run
+        url = target.archive_report(report, sha)
+    assert url == f"{endpoint}/pcdb-run-reports/prod/2026/drill-zone-prod-20261127T040000Z.{sha[:12]}.md"
     assert read_blob(url, cert) == report.read_bytes()
     assert credential.scopes == ["https://storage.azure.com/.default"]
     assert target.archive_report(report, sha) == url       # the same report again: already there, kept

@@ -6,7 +6,6 @@ PostgreSQL, and their database work goes where the FQDN leads."""
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
 
 import pytest
 from prefect import flow
@@ -16,6 +15,7 @@ import flows.capacity
 import flows.dr_drill
 from flows.install import run_install
 from flows.runbook import load_secret_block
+from pcdb import clock
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext
 from pcdb.targets.factory import make_target
@@ -23,7 +23,7 @@ from tests.azure.fake_arm import FakeCredential
 from tests.azure.sandbox_arm import SandboxArm
 from tests.conftest import Signers, new_sandbox_root, new_target, paused_run_id, phase_summaries
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 ROLE_SECRETS = {"pcdb-prod-app-password": "App-Test-Passw0rd!1", "pcdb-prod-readonly-password": "Read-Test-Passw0rd!2",
                 "pcdb-prod-admin-role-password": "Adm-Test-Passw0rd!3",
                 "pcdb-prod-teams-webhook-url": "https://example.webhook.office.com/webhookb2/test-key"}
@@ -193,7 +193,7 @@ def test_the_capacity_analysis_on_azure_reads_azure_monitor_and_snapshots_the_re
     from datetime import timedelta
 
     spec, arm = on_azure[:2]
-    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    now = clock.now().replace(minute=0, second=0, microsecond=0)
     hours = [now - timedelta(hours=h) for h in range(21 * 24, 0, -1)]
     stamp = {t: t.isoformat().replace("+00:00", "Z") for t in hours}
     used = {t: (40 + 2 * (t - hours[0]).total_seconds() / 86400) * 2**30 for t in hours}    # 2 GiB a day
@@ -229,7 +229,7 @@ def test_a_drill_killed_halfway_on_azure_is_cleaned_up_by_the_next_one(on_azure)
     target.stop_primary_region()                      # a region drill killed after the promotion
     target.promote_replica(drill="killed-run")
     target.start_primary_region()                     # (restore needs the primary; the next drill starts it anyway)
-    target.restore_point_in_time(datetime.now(timezone.utc), drills.restore_server(target.env))
+    target.restore_point_in_time(clock.now(), drills.restore_server(target.env))
     target.stop_primary_region()
     result = drill(on_azure, "zone", mode="planned")
     notes = "\n".join(result["notes"])

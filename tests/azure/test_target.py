@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from pcdb import clock
 from pcdb.config import load_environment
 from pcdb.errors import TargetError
 from pcdb.targets.factory import make_target
@@ -101,7 +102,7 @@ def test_the_database_endpoint_is_the_servers_fqdn_with_tls(target):
 
 def test_metrics_come_from_azure_monitor_in_the_sandbox_shape(arm, target):
     install_infrastructure(target)
-    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    now = clock.now().replace(second=0, microsecond=0)
     before, last = ((now - timedelta(minutes=m)).isoformat().replace("+00:00", "Z") for m in (2, 1))
     arm.metrics = {"active_connections": [(before, 12.0), (last, 15.0)],
                    "storage_percent": [(last, 41.5)], "tps": [(last, 120.0)],
@@ -222,10 +223,10 @@ def test_daily_backup_checks_on_azure_read_the_server_and_its_backups(arm, targe
 
     install_infrastructure(target)
     server_key = next(k for k in arm.resources if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
-    recent = (datetime.now(timezone.utc) - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    recent = (clock.now() - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     arm.resources[f"{server_key}/backups/b1"] = {"id": f"{server_key}/backups/b1", "name": "b1",
                                                   "properties": {"backupType": "Full", "completedTime": recent}}
-    last_restore = datetime.now(timezone.utc) - timedelta(days=3)
+    last_restore = clock.now() - timedelta(days=3)
     results, summary = backups.daily_checks(target, PROD, last_restore=last_restore)
     assert all(r.passed for r in results), [r.evidence for r in results if not r.passed]
     assert summary["retention_days"] == 35 and summary["geo_redundant"] is True
@@ -244,7 +245,7 @@ def test_azure_backup_integrity_and_wal_are_deferred_to_the_restore_test_and_fai
 
     install_infrastructure(target)
     server_key = next(k for k in arm.resources if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
-    recent = (datetime.now(timezone.utc) - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    recent = (clock.now() - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     arm.resources[f"{server_key}/backups/b1"] = {"id": f"{server_key}/backups/b1", "name": "b1",
                                                   "properties": {"backupType": "Full", "completedTime": recent}}
     deferred = ("WAL archiving current", "backup integrity")
@@ -252,10 +253,10 @@ def test_azure_backup_integrity_and_wal_are_deferred_to_the_restore_test_and_fai
     never, _ = backups.daily_checks(target, PROD)
     assert [r.name for r in never if not r.passed] == list(deferred)          # a backup exists: not enough
     assert all("no passing restore test is in the run ledger" in r.evidence for r in never if r.name in deferred)
-    old, _ = backups.daily_checks(target, PROD, last_restore=datetime.now(timezone.utc) - timedelta(days=9))
+    old, _ = backups.daily_checks(target, PROD, last_restore=clock.now() - timedelta(days=9))
     assert [r.name for r in old if not r.passed] == list(deferred)
     assert all("9.0 days ago, bound 8 days" in r.evidence for r in old if r.name in deferred)
-    fresh, _ = backups.daily_checks(target, PROD, last_restore=datetime.now(timezone.utc) - timedelta(days=6))
+    fresh, _ = backups.daily_checks(target, PROD, last_restore=clock.now() - timedelta(days=6))
     assert all(r.passed for r in fresh) and all("deferred to the restore test: the last one passed on" in r.evidence
                                                 for r in fresh if r.name in deferred)
     now, _ = backups.daily_checks(target, PROD, restore_now=True)           # this run restores: it proves them
@@ -300,7 +301,7 @@ def test_a_stalled_replica_drill_is_refused_on_azure_before_anything_changes(arm
 
 
 def test_maintenance_refuses_to_start_inside_the_servers_custom_maintenance_window(arm, target):
-    from datetime import datetime, timedelta, timezone
+    from datetime import timedelta
 
     from pcdb import maintenance
     from pcdb.context import RunbookContext
@@ -308,7 +309,7 @@ def test_maintenance_refuses_to_start_inside_the_servers_custom_maintenance_wind
 
     install_infrastructure(target)
     server = next(r for k, r in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     ctx = RunbookContext(PROD, target)
     assert target.maintenance_window() is None                    # system-managed: nothing to avoid here
     maintenance.refuse_inside_maintenance_window(ctx, now)
@@ -399,7 +400,7 @@ def test_the_capacity_analysis_reads_azure_monitors_hourly_history(arm, target, 
     93 days of minutes are beyond one metrics query), with a three-day gap, become the forecast."""
     from pcdb import capacity
 
-    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    now = clock.now().replace(minute=0, second=0, microsecond=0)
     hours = [now - timedelta(hours=h) for h in range(30 * 24, 0, -1)]
     gap = (now - timedelta(days=12)).replace(hour=0)
     hours = [t for t in hours if not (gap <= t < gap + timedelta(days=3))]   # three whole days missing

@@ -14,13 +14,13 @@ from pcdb import capacity, clock, health, synthetic
 from pcdb.cli import app
 from pcdb.context import RunbookContext
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 def test_the_sql_snapshot_breaks_growth_down_by_table_with_partitions_summed(target, tmp_path):
     ctx = RunbookContext(target.env, target)
     store = capacity.Store(tmp_path / "capacity.sqlite")
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     with ctx.connect() as conn:
         conn.execute("DROP SCHEMA IF EXISTS cap_probe CASCADE; CREATE SCHEMA cap_probe; "
                      "CREATE TABLE cap_probe.growing (id bigserial PRIMARY KEY, payload text); "

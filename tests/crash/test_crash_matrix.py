@@ -14,10 +14,11 @@ import sys
 import psycopg
 import pytest
 
+from pcdb import clock
 from pcdb.probe import ProbeWriter
 from tests.conftest import installed_target, new_target
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 FAILOVER_POINTS = ["failover:intent-saved", "failover:old-stopped", "failover:promoted", "failover:roles-saved",
                    "rejoin:rewinding", "rejoin:rewound", "rejoin:streaming"]
@@ -158,7 +159,7 @@ def test_a_restore_killed_at_any_step_is_removed_by_the_next_restore_test(sandbo
     from pcdb.targets.base import throwaway_name
 
     name = throwaway_name(sandbox.env, "restore-test")
-    killed_at(point, f"from datetime import datetime, timezone\nsandbox.restore(datetime.now(timezone.utc), {name!r})",
+    killed_at(point, f"from pcdb import clock\nsandbox.restore(clock.now(), {name!r})",
               sandbox.env_path)
     listed = pcdb("sandbox", "restores", "--env", str(sandbox.env_path), "--json")
     assert [r["name"] for r in __import__("json").loads(listed.stdout)] == [name]   # left behind, and shown
@@ -171,9 +172,8 @@ def test_a_restore_killed_at_any_step_is_removed_by_the_next_restore_test(sandbo
 
 
 def test_a_leftover_restored_server_can_be_deleted_by_hand(sandbox):
-    from datetime import datetime, timezone
 
-    sandbox.sandbox.restore(datetime.now(timezone.utc), "by-hand")
+    sandbox.sandbox.restore(clock.now(), "by-hand")
     out = pcdb("sandbox", "restores", "--env", str(sandbox.env_path)).stdout
     assert "by-hand: port" in out and "running" in out
     assert "by-hand: deleted" in pcdb("sandbox", "restores", "--env", str(sandbox.env_path), "--delete", "by-hand").stdout

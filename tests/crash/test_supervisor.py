@@ -15,7 +15,7 @@ import pytest
 from pcdb.probe import ProbeWriter
 from tests.conftest import new_target
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 def wait_until(predicate, what: str, timeout: float = 90):

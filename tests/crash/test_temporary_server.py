@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import new_target
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 def children_of(pid: int) -> list[int]:

@@ -13,7 +13,7 @@ from pcdb.context import RunbookContext
 from pcdb.install import run_directly
 from tests.conftest import new_target
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 def installed_with_data(rows: int = 2000):

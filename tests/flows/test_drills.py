@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from pcdb import drills
+from pcdb import clock, drills
 from pcdb.cli import app
 from pcdb.context import RunbookContext
 from pcdb.errors import TargetError
 from pcdb.install import run_directly
 from tests.conftest import new_target
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +147,7 @@ def test_a_real_region_failover_and_failback_lose_no_acknowledged_row(drilled):
     try:
         probe.wait_for_rows(30)
         assert "the primary region answers" in failover(target, "failover", "region", "--real", code=1)
-        lost_at = time.time()
+        lost_at = clock.now().timestamp()
         target.stop_primary_region()                                        # the region is lost
         target.promote_replica()                                            # a run killed after the promotion:
         with pytest.raises(TargetError, match="failover region --real` again"):

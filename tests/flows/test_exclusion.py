@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from pcdb.cli import app
 from tests.conftest import new_target
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 def hold_and_die(env: str) -> None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from pcdb import clock
 from tests.conftest import Receiver, Signers, installed_target, new_target, paused_run_id, phase_summaries, production_spec
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 APPROVERS = ["김기획", "이개발", "정테스트", "최운영"]
 
@@ -104,7 +105,7 @@ def test_a_new_server_with_the_same_spec_runs_its_own_failover_and_pitr_checks(i
 
     first, _ = installed
     with psycopg.connect(first.endpoint().conninfo(first.admin, first.admin_password())) as conn:
-        (passed,) = [r for r in ledger.rows(conn, LEDGER_SCHEMA, datetime.now(timezone.utc) - timedelta(days=1),
+        (passed,) = [r for r in ledger.rows(conn, LEDGER_SCHEMA, clock.now() - timedelta(days=1),
                                             flow="install") if r["figures"].get("verified_configuration")][-1:]
     assert passed["figures"]["verified_server"] == first.server_identity()
     second = installed_target()
@@ -179,7 +180,7 @@ def test_a_missing_or_weak_secret_stops_before_phase_1_and_a_phase_5_failure_is_
     target = new_target(
         "security:\n  roles:\n    product_change_app: {password: {env: PCDB_TEST_APP_PASSWORD}}\n"
         "    product_change_readonly: {password: {env: PCDB_TEST_RO_PASSWORD}}\n"
-        "notifications:\n  channels:\n    teams: {block: custom-webhook/pcdb-test-teams}\n"
+        "notifications:\n  local_sink: false\n  channels:\n    teams: {block: custom-webhook/pcdb-test-teams}\n"
         "    email: {block: custom-webhook/pcdb-test-broken}\n")
     monkeypatch.delenv("PCDB_TEST_APP_PASSWORD", raising=False)
     monkeypatch.setenv("PCDB_TEST_RO_PASSWORD", "short")
@@ -289,7 +290,7 @@ def test_a_dry_run_shows_the_whole_plan_and_changes_and_notifies_nothing(install
                      "security:\n  roles:\n    product_change_readonly:\n      connection_limit: 5\n"
                      "      grants: {database: [CONNECT], schema: [USAGE], all_tables: [], tables: "
                      "{pc_product_change_history: [SELECT]}}\n"
-                     "notifications:\n  channels:\n    teams: {block: custom-webhook/pcdb-test-dry}\n"
+                     "notifications:\n  local_sink: false\n  channels:\n    teams: {block: custom-webhook/pcdb-test-dry}\n"
                      "    email: {block: custom-webhook/pcdb-test-dry}\n    sms: {block: custom-webhook/pcdb-test-dry}\n")
     hba = (target.sandbox.primary().data / "pg_hba.conf").read_text()
     result = CliRunner().invoke(app, ["install", "--env", str(moved), "--dry-run", "--json"])

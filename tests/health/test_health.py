@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from pcdb import clock as pcdb_clock
 from pcdb import health, schema
 from pcdb.cli import app
 from pcdb.config import load_environment
@@ -21,7 +22,7 @@ from pcdb.context import RunbookContext
 from pcdb.install import run_directly
 from tests.conftest import Receiver, SmtpReceiver, new_target
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 RULES = """monitoring:
   system_metrics:
@@ -38,6 +39,7 @@ RULES = """monitoring:
       - {name: role-escalation, title: a role with more than the spec gives, metric: escalated_roles, operator: ">",
          critical: 0}
 notifications:
+  local_sink: false
   channels:
     teams: {block: custom-webhook/pcdb-health-teams}
     email: {block: email-server-credentials/pcdb-health-mail, recipients: [dba@phonebill.test]}
@@ -93,7 +95,7 @@ class Clock:
     def __init__(self, env, receiver, tmp_path):
         self.env, self.receiver = env, receiver
         self.store = health.Store(tmp_path / "health.sqlite")
-        self.now = datetime.now(timezone.utc)
+        self.now = pcdb_clock.now()
         self.first = (len(receiver.http.received), len(receiver.smtp.received))   # this test's, not earlier ones
 
     def run(self, after: timedelta = timedelta(minutes=1), annotation: str | None = None) -> health.Report:
@@ -145,7 +147,7 @@ def test_cpu_memory_and_iops_are_measured_on_the_sandbox_from_proc(env, receiver
     assert 0 < first.metrics["memory_percent"] < 100 and first.metrics["cpu_percent"] is None   # one reading
     with admin(env) as conn:                                    # some work for the primary to do
         conn.execute("SELECT count(*) FROM generate_series(1, 2000000)")
-    second = clock.run(timedelta(seconds=(datetime.now(timezone.utc) - clock.now).total_seconds()))
+    second = clock.run(timedelta(seconds=(pcdb_clock.now() - clock.now).total_seconds()))
     assert second.metrics["cpu_percent"] > 0
     assert second.metrics["iops_percent"] is None or second.metrics["iops_percent"] >= 0
 
@@ -208,7 +210,7 @@ def test_fewer_than_two_future_partitions_is_critical_at_once_and_the_guard_clea
     log = f"product_change.{schema.KOS_LOG}"
     with psycopg.connect(env.endpoint().conninfo(env.admin, env.admin_password()), autocommit=True) as conn:
         future = [p.name for p in maintenance.list_partitions(conn, "product_change")
-                  if p.range_from > datetime.now(timezone.utc) + timedelta(days=31)]
+                  if p.range_from > pcdb_clock.now() + timedelta(days=31)]
         for name in future:                                    # empty months ahead, as four months after install
             conn.execute(f"ALTER TABLE {log} DETACH PARTITION product_change.{name}")
             conn.execute(f"DROP TABLE product_change.{name}")
@@ -236,9 +238,9 @@ def test_a_business_probe_of_the_spec_is_what_the_rate_reads_read_only(env, rece
                      "CASE WHEN g <= 3 THEN 'COMPLETED' ELSE 'REQUESTED' END FROM generate_series(1, 4) g")
         try:
             probed = health.sample(RunbookContext(load_environment(spec), env), health.Store(tmp_path / "h.sqlite"),
-                                   datetime.now(timezone.utc))[1]
+                                   pcdb_clock.now())[1]
             built_in = health.sample(RunbookContext(env.env, env), health.Store(tmp_path / "h2.sqlite"),
-                                     datetime.now(timezone.utc))[1]
+                                     pcdb_clock.now())[1]
             expected = conn.execute(probe.replace("$1", "now() - interval '1 hour'")).fetchone()[0]
         finally:
             conn.execute("DELETE FROM product_change.pc_product_change_history WHERE customer_id = 'C'")

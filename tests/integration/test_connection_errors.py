@@ -6,7 +6,7 @@ import pytest
 from pcdb.errors import is_transient
 
 
-@pytest.mark.integration
+@pytest.mark.postgres
 def test_a_refused_login_is_told_from_an_unreachable_server_without_reading_the_message(target):
     """Real connection failures: the server refusing the password (it took one) is never retried;
     nothing listening is. The message text is not what decides (both come without a SQLSTATE)."""

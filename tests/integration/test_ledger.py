@@ -9,21 +9,21 @@ import dataclasses
 import json
 import os
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from pcdb import ledger
+from pcdb import clock, ledger
 from pcdb.anchors import AnchorConflict, FileAnchors
 from pcdb.cli import app
 from pcdb.context import RunbookContext
 from pcdb.schema import LEDGER_SCHEMA
 from tests.conftest import new_target
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def server():
 
 
 def run(n: int, flow: str = "dr-drill") -> ledger.RunRecord:
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     return ledger.RunRecord(run_id=f"run-{n}", flow=flow, environment="test", state="Completed",
                             triggered_by="schedule", deployment=f"{flow}-test", parameters={"scenario": "zone"},
                             started_at=now - timedelta(seconds=5), ended_at=now,
@@ -110,7 +110,7 @@ def test_records_wait_in_the_spool_while_the_server_is_unreachable_and_are_chain
     assert spool.pending() == [] and not spool.path.exists()
     with ctx.connect() as conn:
         assert ledger.verify(conn, "pcdb_spooled").ok
-        rows = ledger.rows(conn, "pcdb_spooled", datetime.now(timezone.utc) - timedelta(days=1))
+        rows = ledger.rows(conn, "pcdb_spooled", clock.now() - timedelta(days=1))
     assert [(r["seq"], r["run_id"]) for r in rows] == [(3, "run-3"), (2, "run-2"), (1, "run-1")]
     assert rows[2]["figures"] == {"rto_seconds": 1.124, "rpo_rows_lost": 0}
 

@@ -8,7 +8,7 @@ import pytest
 from pcdb.config import load_environment
 from pcdb.targets.sandbox import SandboxTarget
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 def _with(target, folder, extra: str) -> SandboxTarget:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from pcdb.cli import app
 from tests.conftest import make_spec, new_sandbox_root, processes_under
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 runner = CliRunner()
 
 

@@ -9,7 +9,7 @@ from pcdb.probe import ProbeWriter
 from pcdb.sandbox.engine import REPLICA
 from tests.conftest import new_target
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from pcdb.cli import app
 from pcdb.sandbox.engine import REPLICA
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 def admin(target, which="primary", **overrides):

@@ -11,7 +11,7 @@ from pcdb import checks, schema, security
 from pcdb.errors import TargetError
 from pcdb.sandbox import proc
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture()

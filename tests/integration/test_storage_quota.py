@@ -14,7 +14,7 @@ from pcdb.sandbox import Sandbox, storage
 from pcdb.sandbox.supervisor import Supervisor
 from pcdb.targets.sandbox import SandboxTarget
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 
 def with_quota(target, quota: int) -> SandboxTarget:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from pcdb import clock, schema
 from pcdb import maintenance as m
-from pcdb import schema
 from pcdb.cli import app
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext
@@ -29,7 +29,7 @@ from pcdb.install import run_directly
 from pcdb.sql import query
 from tests.conftest import Receiver, new_target, read_as_nobody
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.postgres
 
 SCHEMA = "product_change"
 LOG = f"{SCHEMA}.{schema.KOS_LOG}"
@@ -60,7 +60,7 @@ def conn_of(target):
 
 def month_start(k: int) -> datetime:
     """The first moment (Seoul) of the month ``k`` months before this one."""
-    now = datetime.now(SEOUL)
+    now = clock.now().astimezone(SEOUL)
     return m.add_months(now.replace(day=1, hour=0, minute=0, second=0, microsecond=0), -k)
 
 
@@ -164,7 +164,7 @@ def test_time_travel_the_three_expired_months_are_archived_proved_and_dropped_an
         assert set(expired) <= set(sizes) and all(sizes[name] > 8192 for name in expired)
         freed, dropped = conn.execute(query("maintenance.sql", "retention_freed")).fetchone()
         assert dropped >= 3 and freed >= sum(sizes[name] for name in expired)
-        in_three_months = datetime.now(timezone.utc) + timedelta(days=92)
+        in_three_months = clock.now() + timedelta(days=92)
         conn.execute(f"INSERT INTO {LOG} (request_id, integration_type, is_success, created_at) "
                      "VALUES ('future', 'PRODUCT_CHANGE', true, %s)", (in_three_months,))
         conn.execute(f"DELETE FROM {LOG} WHERE request_id = 'future'")
@@ -283,7 +283,8 @@ def test_an_archive_whose_checksum_does_not_match_stops_the_drop_and_alerts(env,
                                    ).save("pcdb-test-maintenance", overwrite=True)
     spec = Path(env.env_path)
     original = spec.read_text()
-    spec.write_text(original + "notifications:\n  channels:\n    teams: {block: custom-webhook/pcdb-test-maintenance}\n")
+    spec.write_text(original + "notifications:\n  local_sink: false\n"
+                    "  channels:\n    teams: {block: custom-webhook/pcdb-test-maintenance}\n")
     name = past_name(31)
     try:
         with conn_of(env) as conn:
@@ -329,7 +330,7 @@ def test_the_whole_run_under_an_application_writer_fails_not_one_insert_and_repo
     name = past_name(50)
     with conn_of(env) as conn:
         add_past_month(conn, 50)
-        current = schema.partition_name(datetime.now(SEOUL).date())
+        current = schema.partition_name(clock.now().astimezone(SEOUL).date())
         conn.execute(f"ALTER TABLE {SCHEMA}.{current} SET (autovacuum_enabled = false)")   # keep the churn visible
         conn.execute(f"INSERT INTO {LOG} (request_id, integration_type, is_success) "
                      "SELECT 'churn-' || g, 'PRODUCT_CHANGE', true FROM generate_series(1, 3000) g")

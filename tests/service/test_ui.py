@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import new_sandbox_root
 from tests.service.conftest import Service
 
-pytestmark = [pytest.mark.integration, pytest.mark.ui]
+pytestmark = [pytest.mark.postgres, pytest.mark.ui]
 SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "ui"     # kept with the test's output
 
 

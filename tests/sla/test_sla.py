@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from typer.testing import CliRunner
 
-from pcdb import health, sla
+from pcdb import clock, health, sla
 from pcdb.cli import app
 from pcdb.config import load_environment
 
@@ -97,11 +97,11 @@ def test_azure_availability_is_is_db_alive_per_minute_through_the_metrics_api(tm
     assert len(minutes) == 2880 and sum(1 for v in minutes.values() if v < 1) == 7   # one failed sample: down
 
 
-@pytest.mark.integration
+@pytest.mark.postgres
 def test_pcdb_sla_json_on_the_sandbox(target, prefect_harness):
     store = health.store_for(target.env)
     store.db.execute("DELETE FROM samples WHERE metric = 'up'")
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     start, _, name = sla.month_bounds(target.env, None, now)
     elapsed = int((now - start).total_seconds() // 60)
     month_of_samples(store, start, elapsed, [(start + timedelta(minutes=elapsed // 2), 3)] if elapsed > 10 else [])
@@ -114,11 +114,11 @@ def test_pcdb_sla_json_on_the_sandbox(target, prefect_harness):
     assert report["report"].endswith(".md")
 
 
-@pytest.mark.integration
+@pytest.mark.postgres
 def test_pcdb_cost_json_on_the_sandbox_is_the_price_tables_month(target, prefect_harness):
     result = CliRunner().invoke(app, ["cost", "--env", str(target.env_path), "--json"])
     review = json.loads(result.stdout)
-    today = datetime.now(timezone.utc).date()
+    today = clock.now().date()
     assert result.exit_code == 0 and review["alerts"] == [] and review["budget_usd"] == 1400
     assert review["days_elapsed"] == today.day - 1 and review["month"] == f"{today:%Y-%m}"
     if review["days_elapsed"]:

@@ -145,7 +145,8 @@ def test_an_unknown_rule_channel_or_disabled_rule_and_an_smtp_channel_without_re
         "monitoring:\n  health:\n    disabled_rules: [cpu-too-high]\n"
         "    extra_rules:\n      - {name: wal, title: w, metric: slot_retained_bytes, operator: '>', warning: 1,"
         " channels: [pager]}\n"
-        "notifications:\n  channels:\n    email: {block: email-server-credentials/pcdb-mail, recipients: []}\n")))
+        "notifications:\n  local_sink: false\n"
+        "  channels:\n    email: {block: email-server-credentials/pcdb-mail, recipients: []}\n")))
     assert "monitoring.health.extra_rules.0.channels" in message and "'pager' is not a channel" in message
     assert "'cpu-too-high' is not a health rule" in message and "high-cpu" in message
     assert "notifications.channels.email.recipients" in message
@@ -165,3 +166,13 @@ def test_the_spec_cron_check_agrees_with_prefects_parser_on_the_schedules_pcdb_w
     for text in ("0 5 1-7 * 0", "* * * * *", "*/5 * * * *", "30 4 * * 1,2,3,4,5,6", "0 9 * * *",
                  "0 25 * * *", "61 * * * *", "soon", "*/0 * * * *", "0 5 * * 8"):
         assert cron_is_valid(text) == croniter.is_valid(text), text
+
+
+def test_the_local_sink_is_never_production_and_takes_only_webhook_blocks(tmp_path):
+    message = problems_of(spec_with(tmp_path, "production: true\n"))
+    assert "notifications.local_sink" in message and "true on production" in message
+    message = problems_of(spec_with(tmp_path, "notifications:\n  channels:\n"
+                                              "    email: {block: email-server-credentials/pcdb-mail, recipients: [a@b.c]}\n"))
+    assert "notifications.channels.email.block" in message and "only a custom-webhook block" in message
+    assert load_environment("prod").notifications.local_sink is False
+    assert load_environment("local").notifications.local_sink is True
