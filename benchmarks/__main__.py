@@ -247,7 +247,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> float:
     import sys
 
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "pcdb.cli", *args], env=env, cwd=cwd, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "cli", *args], env=env, cwd=cwd, capture_output=True,
                             text=True, timeout=1800, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"pcdb {' '.join(args)} failed: {result.stderr[-2000:]}")

@@ -76,7 +76,7 @@ def unplanned_crash(rounds: int) -> dict:
     planned: dict[str, list[float]] = {"forced": [], "planned": []}
     try:
         target = new_target()
-        subprocess.run([sys.executable, "-m", "pcdb.cli", "sandbox", "up", "--env", str(target.env_path)],
+        subprocess.run([sys.executable, "-m", "cli", "sandbox", "up", "--env", str(target.env_path)],
                        check=True, capture_output=True, timeout=600)
         after = target.sandbox.status()["supervisor"]["failover_after_seconds"]
         conninfo = target.endpoint("application").conninfo(target.admin, target.admin_password())

@@ -109,20 +109,6 @@ def fingerprints(conn: psycopg.Connection, schema: str) -> dict[str, tuple[int, 
     return out
 
 
-def amcheck_sql(conn: psycopg.Connection) -> tuple[bool, str]:
-    """amcheck through SQL (for servers where pg_amcheck cannot run locally, e.g. an Azure restore):
-    every btree index with heapallindexed, every table with verify_heapam."""
-    conn.execute(query("verify.sql", "create_amcheck"))
-    tables = conn.execute(query("verify.sql", "amcheck_tables")).fetchall()
-    try:
-        conn.execute(query("verify.sql", "amcheck_indexes")).fetchall()  # raises on the first bad index
-        index_error = None
-    except psycopg.errors.IndexCorrupted as exc:
-        index_error = str(exc).strip().splitlines()[0]
-    problems = [f"{t} block {b}: {m}" for t, b, m in tables[:5]] + ([index_error] if index_error else [])
-    return not problems, "; ".join(problems) if problems else "no corruption found (tables and btree indexes)"
-
-
 def _objects(conn: psycopg.Connection, schema: str) -> tuple[set, set]:
     objects = {tuple(r) for r in conn.execute(query("verify.sql", "schema_objects"), {"schema": schema})}
     roles = {r[0] for r in conn.execute(query("verify.sql", "login_roles"))}

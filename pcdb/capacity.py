@@ -384,7 +384,7 @@ def _connections(env, hist, enough: bool, now_day: float) -> dict:
         limit = int(hist["max_connections"].avg[-1])
     elif "max_connections" in env.parameters:
         limit = int(env.parameters["max_connections"])
-    from pcdb.specchecks import sku_shape
+    from pcdb.config.checks import sku_shape
 
     shape = sku_shape(env.server.sku)
     out = {"peak": None, "peak_last_week": None, "limit": limit,

@@ -208,7 +208,7 @@ def _run_probe(conn: psycopg.Connection, statement: psql.Composable) -> bool:
 def check_role_privileges(connect_as: Connect, env: Environment) -> list[CheckResult]:
     """Each role does what §4.1.2 grants and is refused what it does not (every probe rolled back)."""
     schema = env.service.schema_name
-    from pcdb.specchecks import schema_tables
+    from pcdb.config.checks import schema_tables
 
     results = []
     for role in env.security.roles:

@@ -24,6 +24,12 @@ def now() -> datetime:
     return _source()
 
 
+def wall() -> datetime:
+    """The machine's real time, never fixed: for what another party checks against its own clock
+    (a token's lifetime, a certificate's validity), not for what a runbook decides."""
+    return _wall()
+
+
 @contextmanager
 def fixed(at: datetime) -> Iterator[datetime]:
     """Within the block, ``now()`` answers ``at`` (timezone-aware)."""

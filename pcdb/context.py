@@ -92,6 +92,14 @@ class RunbookContext:
         with conn:
             yield conn
 
+    @contextmanager
+    def connect_to(self, endpoint) -> Iterator[psycopg.Connection]:
+        """The admin on another server of this environment (a restored one: ``endpoint`` is the
+        target's Endpoint for it)."""
+        with psycopg.connect(endpoint.conninfo(self.env.server.admin.user, self.admin_password()),
+                             autocommit=True) as conn:
+            yield conn
+
     def can_log_in(self, user: str, password: str) -> bool:
         try:
             with self.connect(user, password):
@@ -101,7 +109,7 @@ class RunbookContext:
 
 
 def _key_vault(vault: str, name: str) -> str:
-    from pcdb.azure.keyvault import read_secret
+    from pcdb.keyvault import read_secret
 
     return read_secret(vault, name)
 

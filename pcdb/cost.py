@@ -11,47 +11,28 @@ monthly review adds the trend, the reserved-instance saving the plan estimates o
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
 from datetime import date, timedelta
 
+import psycopg
+
+from pcdb.billing import DayCost
 from pcdb.config import Environment
+from pcdb.context import RunbookContext
 from pcdb.forecast import sparkline
+from pcdb.sql import query
 
 
-@dataclass(frozen=True)
-class DayCost:
-    """What one component cost on one day (UTC), in USD."""
-
-    day: date
-    component: str
-    category: str
-    usd: float
-
-
-def meter_category(category: str, sub: str) -> str:
-    """§9.2.1's category of an Azure meter (Cost Management's MeterCategory / MeterSubCategory)."""
-    mc, sc = category.lower(), sub.lower()
-    if "postgresql" in mc:
-        return "backup_storage" if "backup" in sc else "storage" if "storage" in sc else "compute"
-    if any(w in mc for w in ("bandwidth", "network", "private link", "dns")):
-        return "network"
-    if any(w in mc for w in ("log analytics", "monitor", "insight")):
-        return "monitoring"
-    if "storage" in mc:
-        return "storage"                   # the evidence archive's account
-    return "other"
-
-
-def model_costs(env: Environment, start: date, end: date) -> list[DayCost]:
-    """The spec's price table as daily costs from ``start`` to ``end`` (exclusive): each row's
-    monthly price over the days of its month."""
-    out = []
-    day = start
-    while day < end:
-        days = calendar.monthrange(day.year, day.month)[1]
-        out += [DayCost(day, c.component, c.category, c.monthly_usd / days) for c in env.operations.cost.price_table]
-        day += timedelta(days=1)
-    return out
+def retention_freed(ctx: RunbookContext) -> tuple[int, int] | None:
+    """What the KOS-log retention dropped in the last 12 months: (bytes freed, partitions dropped);
+    None before any maintenance run, or before one that records sizes. Read only."""
+    with ctx.connect() as conn:
+        if not conn.execute(query("maintenance.sql", "archive_table_exists")).fetchone()[0]:
+            return None
+        try:
+            freed, dropped = conn.execute(query("maintenance.sql", "retention_freed")).fetchone()
+        except psycopg.errors.UndefinedColumn:
+            return None                     # a table of an earlier pcdb: the next maintenance adds the sizes
+    return int(freed), int(dropped)
 
 
 def _month(d: date) -> tuple[int, int]:

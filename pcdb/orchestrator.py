@@ -151,7 +151,7 @@ def _resolve(ref: SecretRef, generated: Path, make, key_vault: KeyVaultReader | 
         return pw.from_file(ref.file)
     if ref.key_vault:
         if key_vault is None:
-            from pcdb.azure.keyvault import read_secret as key_vault
+            from pcdb.keyvault import read_secret as key_vault
         return key_vault(ref.key_vault.vault, ref.key_vault.secret)
     return pw.read_or_create_value(generated, make)
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-import psycopg
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pcdb import backups, clock
 from pcdb.checks import CheckResult
 from pcdb.context import RunbookContext
-from pcdb.targets.base import Endpoint
 from tasks.install import transient_only
 
 
@@ -60,11 +57,6 @@ def partition_guard(ctx: RunbookContext) -> CheckResult | None:
 @task(name="restore test", cache_policy=NO_CACHE, timeout_seconds=4 * 3600)
 def restore_test(ctx: RunbookContext) -> backups.RestoreTest:
     """Restore the latest point into a throw-away server and prove it (never retried blindly)."""
-    @contextmanager
-    def restored(endpoint: Endpoint):
-        with psycopg.connect(endpoint.conninfo(ctx.env.server.admin.user, ctx.admin_password()),
-                             autocommit=True) as conn:
-            yield conn
-    result = backups.restore_test(ctx.target, ctx.env, ctx.connect, restored)
+    result = backups.restore_test(ctx.target, ctx.env, ctx.connect, ctx.connect_to)
     (get_run_logger().info if result.passed else get_run_logger().error)("restore test: %s", result.detail)
     return result

@@ -265,9 +265,9 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
                              for n, i in self.state.restores.items()]}
 
     def _supervisor_status(self) -> dict:
-        from pcdb.sandbox import supervisor
+        from pcdb.sandbox import supervision
 
-        pid = supervisor.running(self)
+        pid = supervision.running(self)
         last = next((e for e in reversed(self.state.events) if e["event"] == "auto-failover"), None)
         return {"running": pid is not None, "pid": pid,
                 "failover_after_seconds": self.spec.auto_failover_after.total_seconds(),
@@ -304,9 +304,9 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
         stopped = []
         if not self.exists():
             return stopped
-        from pcdb.sandbox import supervisor  # first: it must not fail over a primary we stop
+        from pcdb.sandbox import supervision  # first: it must not fail over a primary we stop
 
-        if supervisor.stop(self):
+        if supervision.stop(self):
             stopped.append("supervisor")
         state = self.state
         order = [REPLICA] + [n for n in HA_NODES if state.role_of(n) != "primary"] + \

@@ -68,11 +68,6 @@ def memory_bytes(pids: list[int]) -> int:
     return total
 
 
-def machine_memory() -> int:
-    """Bytes of memory of this machine."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def disk_operations(path: Path) -> float | None:
     """Reads + writes completed so far by the block device holding ``path`` (None: no such device)."""
     try:

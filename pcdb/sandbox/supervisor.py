@@ -23,10 +23,7 @@ Started by `pcdb sandbox up` (python -m pcdb.sandbox.supervisor SPEC), stopped b
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,9 +31,7 @@ from pathlib import Path
 import psycopg
 
 from pcdb import clock
-from pcdb.changes import Change
 from pcdb.errors import PcdbError, SandboxError
-from pcdb.process import alive
 from pcdb.sandbox import storage
 from pcdb.sandbox.engine import Sandbox, lock_holder
 from pcdb.sql import query
@@ -231,57 +226,6 @@ class Supervisor:
         self.heal_attempts, self.unsynced_since = 0, None
         self.log(done)
         return done
-
-
-def pid_file(sandbox: Sandbox) -> Path:
-    return sandbox.root / "supervisor.json"
-
-
-def running(sandbox: Sandbox) -> int | None:
-    try:
-        pid = json.loads(pid_file(sandbox).read_text())["pid"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return pid if alive(pid) else None
-
-
-def start(sandbox: Sandbox, spec: str) -> Change:
-    """Leave a supervisor running for this sandbox (idempotent)."""
-    after = sandbox.spec.auto_failover_after.total_seconds()
-    if after <= 0:
-        return Change("supervisor", str(sandbox.root), "unchanged", notes=("auto_failover_after is 0: off",))
-    pid = running(sandbox)
-    if pid:
-        return Change("supervisor", str(sandbox.root), "unchanged", notes=(f"pid {pid}",))
-    log = open(sandbox.root / "supervisor.log", "ab")
-    try:
-        child = subprocess.Popen([sys.executable, "-m", "pcdb.sandbox.supervisor", spec, str(sandbox.root)],
-                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
-    finally:
-        log.close()
-    pid_file(sandbox).write_text(json.dumps({"pid": child.pid, "since": _now(), "after_seconds": after}) + "\n")
-    return Change("supervisor", str(sandbox.root), "started",
-                  notes=(f"pid {child.pid}: promotes the standby after {after:g}s without a primary",))
-
-
-def stop(sandbox: Sandbox, timeout: float = 30) -> bool:
-    """Stop the supervisor (it finishes what it is doing first); True when one was running."""
-    pid = running(sandbox)
-    pid_file(sandbox).unlink(missing_ok=True)
-    if not pid:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-    if alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    return True
 
 
 def main() -> None:  # python -m pcdb.sandbox.supervisor SPEC ROOT

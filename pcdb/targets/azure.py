@@ -496,7 +496,7 @@ class AzureTarget:
         network, monitoring). The identity needs Cost Management Reader on the resource group."""
         from azure.mgmt.costmanagement import models as cm
 
-        from pcdb.cost import DayCost, meter_category
+        from pcdb.billing import DayCost, meter_category
 
         scope = f"subscriptions/{self.subscription}/resourceGroups/{self.rg}"
         definition = cm.QueryDefinition(
@@ -815,7 +815,7 @@ class AzureTarget:
         """amcheck over SQL on a (restored) server, through its FQDN with TLS."""
         import psycopg
 
-        from pcdb.backups import amcheck_sql
+        from pcdb.amcheck import amcheck_sql
 
         info = self._endpoint(name).conninfo(self.env.server.admin.user, self._admin_password())
         with psycopg.connect(info, autocommit=True) as conn:

@@ -307,7 +307,7 @@ class Target(Protocol):
         it keeps none (the sandbox: the health runbook's store is its history)."""
         ...
     def daily_costs(self, start, end) -> list:
-        """What each component cost each day from ``start`` to ``end`` (dates): pcdb.cost.DayCost
+        """What each component cost each day from ``start`` to ``end`` (dates): pcdb.billing.DayCost
         (the sandbox: the spec's price table as a cost model)."""
         ...
     def availability_samples(self, start: datetime, end: datetime) -> list[tuple[datetime, float]] | None:

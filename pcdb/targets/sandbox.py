@@ -21,6 +21,7 @@ from pcdb.anchors import Anchors, FileAnchors
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import SandboxError, TargetError
+from pcdb.process import machine_memory
 from pcdb.sandbox import Sandbox
 from pcdb.sandbox.engine import HA_NODES, REPLICA, REPLICATION_USER
 from pcdb.sandbox.node import Node
@@ -585,7 +586,7 @@ class SandboxTarget:
         pids = procstats.server_pids(primary.data)
         if pids:
             out["cpu_seconds_total"] = procstats.cpu_seconds(pids)
-            out["memory_percent"] = 100.0 * procstats.memory_bytes(pids) / procstats.machine_memory()
+            out["memory_percent"] = 100.0 * procstats.memory_bytes(pids) / machine_memory()
         out["disk_operations_total"] = procstats.disk_operations(primary.data)
         return out
 
@@ -594,7 +595,7 @@ class SandboxTarget:
 
     def daily_costs(self, start, end) -> list:
         """The cost model of the spec's price table (§9.1.1): the sandbox costs nothing itself."""
-        from pcdb.cost import model_costs
+        from pcdb.billing import model_costs
 
         return model_costs(self.env, start, end)
 

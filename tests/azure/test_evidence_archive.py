@@ -43,7 +43,7 @@ class EntraToken:
 
     def get_token(self, *scopes, **kwargs) -> AccessToken:
         self.scopes += scopes
-        now = int(clock.now().timestamp())
+        now = int(clock.wall().timestamp())      # Azurite checks the lifetime on its own clock
         part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
         tenant = "ab1f708d-50f6-404c-a006-d71b2ac7a606"
         claims = {"aud": self.audience, "iss": f"https://sts.windows.net/{tenant}/", "tid": tenant, "oid": "pcdb",

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from pcdb import capacity, clock, health, synthetic
-from pcdb.cli import app
 from pcdb.context import RunbookContext
 
 pytestmark = pytest.mark.postgres

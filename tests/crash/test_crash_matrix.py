@@ -34,7 +34,7 @@ def killed_at(point: str, code: str, spec) -> None:
 
 
 def pcdb(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "pcdb.cli", *args], capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=600, check=False)
     assert not check or result.returncode == 0, f"pcdb {' '.join(args)}: {result.stderr[-2000:]}"
     return result
 
@@ -140,12 +140,12 @@ def test_a_first_install_killed_at_every_point_is_finished_by_the_next_install_a
     target = new_target()
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     for point in FIRST_INSTALL_POINTS:
-        run = subprocess.run([sys.executable, "-m", "pcdb.cli", "install", "--env", str(target.env_path)],
+        run = subprocess.run([sys.executable, "-m", "cli", "install", "--env", str(target.env_path)],
                              env={**env, "PCDB_CRASH_AT": point}, capture_output=True, text=True, timeout=600,
                              check=False)
         assert run.returncode == -signal.SIGKILL, f"the install after the last kill did not reach {point}: " \
                                                   f"{run.returncode} {run.stderr[-3000:]}"
-    done = subprocess.run([sys.executable, "-m", "pcdb.cli", "install", "--env", str(target.env_path), "--json"],
+    done = subprocess.run([sys.executable, "-m", "cli", "install", "--env", str(target.env_path), "--json"],
                           env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["checks"]["passed"] == json.loads(done.stdout)["checks"]["total"]

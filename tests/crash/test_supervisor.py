@@ -35,7 +35,7 @@ def kill_postmaster(node) -> None:
 
 def test_a_crashed_primary_fails_over_by_itself_with_no_acknowledged_row_lost():
     target = new_target(sandbox="  auto_failover_after: 2s\n")
-    up = subprocess.run([sys.executable, "-m", "pcdb.cli", "sandbox", "up", "--env", str(target.env_path)],
+    up = subprocess.run([sys.executable, "-m", "cli", "sandbox", "up", "--env", str(target.env_path)],
                         capture_output=True, text=True, timeout=300, check=False)
     assert up.returncode == 0, up.stderr
     status = target.sandbox.status()
@@ -56,7 +56,7 @@ def test_a_crashed_primary_fails_over_by_itself_with_no_acknowledged_row_lost():
     assert {n["name"]: n["sync_state"] for n in status["nodes"]}[old] == "sync"  # the old one rejoined
     assert "automatic failover" in status["supervisor"]["last_failover"]["detail"]
 
-    down = subprocess.run([sys.executable, "-m", "pcdb.cli", "sandbox", "down", "--env", str(target.env_path)],
+    down = subprocess.run([sys.executable, "-m", "cli", "sandbox", "down", "--env", str(target.env_path)],
                           capture_output=True, text=True, timeout=300, check=False)
     assert "supervisor" in down.stdout and not target.sandbox.status()["supervisor"]["running"]
     target.sandbox.destroy()

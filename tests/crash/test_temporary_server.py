@@ -51,7 +51,7 @@ def test_a_sigkilled_install_leaves_no_prefect_server_running(prefect_harness):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}   # no server configured
     env.update(PREFECT_HOME=tempfile.mkdtemp(prefix="pcdb-prefect-"),
                PCDB_ORCHESTRATOR_HOME=tempfile.mkdtemp(prefix="pcdb-orch-"))
-    cli = subprocess.Popen([sys.executable, "-m", "pcdb.cli", "install", "--env", str(target.env_path), "--dry-run"],
+    cli = subprocess.Popen([sys.executable, "-m", "cli", "install", "--env", str(target.env_path), "--dry-run"],
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     server, port = None, None

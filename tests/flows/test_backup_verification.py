@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from pcdb.cli import app
+from cli.main import app
 from pcdb.context import RunbookContext
 from pcdb.install import run_directly
 from tests.conftest import new_target

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from pcdb import clock, drills
-from pcdb.cli import app
 from pcdb.context import RunbookContext
 from pcdb.errors import TargetError
 from pcdb.install import run_directly

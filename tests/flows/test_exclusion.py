@@ -14,7 +14,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from pcdb.cli import app
+from cli.main import app
 from tests.conftest import new_target
 
 pytestmark = pytest.mark.postgres
@@ -64,7 +64,7 @@ def test_pcdb_unlock_frees_a_stale_slot_and_names_a_live_holder(prefect_harness)
 
 
 def test_two_installs_at_once_end_in_one_refusal_naming_the_running_one(prefect_harness):
-    from flows.exclusion import holder
+    from flows.exclusion import holder, mutating_slot
     from flows.install import install
 
     target = new_target()
@@ -78,14 +78,16 @@ def test_two_installs_at_once_end_in_one_refusal_naming_the_running_one(prefect_
         time.sleep(0.1)
     running = holder("test")["run_id"]
     second = install(spec_path=str(target.env_path), phases=[1, 2, 3, 4], return_state=True)
-    refused_cli = CliRunner().invoke(app, ["install", "--env", str(target.env_path), "--phases", "1,2,3,4"])
     runner.join(timeout=300)
+    with mutating_slot("test", "install"):                     # and from the CLI, while one holds it
+        refused_cli = CliRunner().invoke(app, ["install", "--env", str(target.env_path), "--phases", "1,2,3,4"])
+        here = f"install run - since {holder('test')['since']} (pid {os.getpid()}"
     # An expected outcome, not a failure: Refused (a completed state, so no failure hook pages
     # anyone), naming the running install; the CLI still exits 1 with the same words.
     assert second.name == "Refused" and second.is_completed(), second
     assert f"another drill or mutating runbook holds test: install run {running}" in second.message
     assert refused_cli.exit_code == 1, refused_cli.output
-    assert f"another drill or mutating runbook holds test: install run {running}" in refused_cli.stderr
+    assert f"another drill or mutating runbook holds test: {here}" in refused_cli.stderr
     assert first["state"].is_completed(), first["state"].message
     target.sandbox.destroy()
 

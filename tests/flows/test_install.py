@@ -186,7 +186,7 @@ def test_a_missing_or_weak_secret_stops_before_phase_1_and_a_phase_5_failure_is_
     monkeypatch.setenv("PCDB_TEST_RO_PASSWORD", "short")
 
     # The command as a user types it, so everything Prefect's console handler prints is seen too.
-    refused = subprocess.run([sys.executable, "-m", "pcdb.cli", "install", "--env", str(target.env_path)],
+    refused = subprocess.run([sys.executable, "-m", "cli", "install", "--env", str(target.env_path)],
                              capture_output=True, text=True, timeout=300,
                              env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, check=False)
     assert refused.returncode == 1, refused.stderr
@@ -277,7 +277,7 @@ def test_a_dry_run_shows_the_whole_plan_and_changes_and_notifies_nothing(install
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from typer.testing import CliRunner
 
-    from pcdb.cli import app
+    from cli.main import app
 
     target, _ = installed
     receiver = Receiver()
@@ -328,7 +328,7 @@ def test_a_dry_run_of_a_new_sandbox_creates_nothing(prefect_harness):
 def test_an_approval_that_never_comes_is_told_in_words_and_nothing_changes(prefect_harness):
     from typer.testing import CliRunner
 
-    from pcdb.cli import app
+    from cli.main import app
 
     target = new_target("install:\n  approval:\n    required: true\n    timeout: 3s\n")
     result = CliRunner().invoke(app, ["install", "--env", str(target.env_path), "--phases", "1"])

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from pcdb import clock as pcdb_clock
 from pcdb import health, schema
-from pcdb.cli import app
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext
 from pcdb.install import run_directly

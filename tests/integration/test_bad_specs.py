@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pcdb.cli import app
+from cli.main import app
 from pcdb.config import DEPLOYMENTS
-from pcdb.sandbox.procstats import machine_memory
+from pcdb.process import machine_memory
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from pcdb import clock, ledger
 from pcdb.anchors import AnchorConflict, FileAnchors
-from pcdb.cli import app
 from pcdb.context import RunbookContext
 from pcdb.schema import LEDGER_SCHEMA
 from tests.conftest import new_target

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from pcdb.cli import app
+from cli.main import app
 from tests.conftest import make_spec, new_sandbox_root, processes_under
 
 pytestmark = pytest.mark.postgres

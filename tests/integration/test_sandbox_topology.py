@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from pcdb.cli import app
+from cli.main import app
 from pcdb.sandbox.engine import REPLICA
 
 pytestmark = pytest.mark.postgres

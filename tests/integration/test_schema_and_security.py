@@ -130,7 +130,7 @@ def test_a_runner_that_does_not_own_the_database_is_told_instead_of_updating_for
 
 
 def test_amcheck_over_sql_finds_a_healthy_database_clean(conn):
-    from pcdb.backups import amcheck_sql
+    from pcdb.amcheck import amcheck_sql
 
     schema.ensure_schema(conn, "product_change")
     ok, detail = amcheck_sql(conn)

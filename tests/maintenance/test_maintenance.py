@@ -20,9 +20,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from pcdb import clock, schema
 from pcdb import maintenance as m
-from pcdb.cli import app
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext
 from pcdb.install import run_directly
@@ -207,7 +207,7 @@ def test_a_killed_maintenance_leaves_no_lock_the_next_maintenance_waits_on(env, 
     name = past_name(35)
     with conn_of(env) as conn:
         add_past_month(conn, 35)
-    killed = subprocess.run([sys.executable, "-m", "pcdb.cli", "maintain", "--env", str(env.env_path), "--only",
+    killed = subprocess.run([sys.executable, "-m", "cli", "maintain", "--env", str(env.env_path), "--only",
                              "partitions"], capture_output=True, text=True, timeout=600, check=False,
                             env={**os.environ, "PCDB_CRASH_AT": "maintenance:archiving",
                                  "PREFECT_API_URL": PREFECT_API_URL.value()})

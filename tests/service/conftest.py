@@ -40,7 +40,7 @@ class Service:
         return env
 
     def pcdb(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "pcdb.cli", *args], capture_output=True, text=True,
+        result = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                                 env=self.env(), timeout=timeout, cwd=self.folder, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"pcdb {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")

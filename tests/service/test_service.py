@@ -186,7 +186,7 @@ def test_a_run_past_its_limit_is_cancelled_notified_and_recorded(service):
 def test_the_server_dying_mid_run_fails_the_run_clearly_and_the_next_run_resumes(service):
     from prefect import get_client
 
-    cli = subprocess.Popen([sys.executable, "-m", "pcdb.cli", "install", "--env", str(service.spec)],
+    cli = subprocess.Popen([sys.executable, "-m", "cli", "install", "--env", str(service.spec)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**service.env(), "PREFECT_CLIENT_MAX_RETRIES": "1"},  # fail fast: a test
                            cwd=service.folder)

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from pcdb import clock, health, sla
-from pcdb.cli import app
 from pcdb.config import load_environment
 
 LOCAL = load_environment("local")

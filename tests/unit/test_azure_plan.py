@@ -5,9 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from pcdb.azure.desired import desired_resources
 from pcdb.azure.plan import make_plan
-from pcdb.cli import app
 from pcdb.config import load_environment, validate
 
 PROD = load_environment("prod")

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from datetime import date
 
-from pcdb import cost
+from pcdb import billing, cost
 from pcdb.config import load_environment
 
 LOCAL = load_environment("local")
 
 
-def month_of(env, first: date, last: date, scale: float = 1.0) -> list[cost.DayCost]:
-    return [cost.DayCost(c.day, c.component, c.category, c.usd * scale) for c in cost.model_costs(env, first, last)]
+def month_of(env, first: date, last: date, scale: float = 1.0) -> list[billing.DayCost]:
+    return [billing.DayCost(c.day, c.component, c.category, c.usd * scale) for c in billing.model_costs(env, first, last)]
 
 
 def test_the_price_table_costs_the_budget_and_raises_no_alert():

@@ -15,7 +15,7 @@ BIN = Path(sys.executable).parent
 def copy_of_project(tmp_path: Path) -> Path:
     dest = tmp_path / "project"
     dest.mkdir()
-    for name in ("pcdb", "flows", "tasks", "pyproject.toml"):
+    for name in ("cli", "pcdb", "flows", "tasks", "pyproject.toml"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -29,13 +29,59 @@ def lint_imports(folder: Path) -> subprocess.CompletedProcess:
                           timeout=120, check=False, env={"PYTHONPATH": str(folder), "PATH": str(BIN)})
 
 
-def test_the_import_contract_holds_and_breaks_when_pcdb_imports_a_flow(tmp_path):
+# One planted import across each boundary of the layers (and the two other contracts): the file it
+# goes into, the module it imports, and the words lint-imports reports it with.
+PLANTED = [
+    ("pcdb/units.py", "pcdb.sandbox.engine", "pcdb.units -> pcdb.sandbox.engine"),        # base -> adapter
+    ("pcdb/sandbox/proc.py", "pcdb.targets.base", "pcdb.sandbox.proc -> pcdb.targets.base"),  # adapter -> targets
+    ("pcdb/sandbox/node.py", "pcdb.azure.plan", "pcdb.sandbox.node -> pcdb.azure.plan"),  # adapter -> the other one
+    ("pcdb/targets/base.py", "pcdb.install", "pcdb.targets.base -> pcdb.install"),        # targets -> core runbook
+    ("pcdb/install.py", "tasks.install", "pcdb.install -> tasks.install"),               # core -> tasks
+    ("tasks/drills.py", "flows.notify", "tasks.drills -> flows.notify"),                 # tasks -> flow support
+    ("flows/notify.py", "flows.capacity", "flows.notify -> flows.capacity"),             # flow support -> a flow
+    ("flows/cost.py", "flows.sla", "flows.cost -> flows.sla"),                           # a flow -> another flow
+    ("flows/sla.py", "cli.common", "flows.sla -> cli.common"),                           # flows -> the CLI
+    ("pcdb/clock.py", "prefect", "pcdb.clock -> prefect"),                               # the core -> Prefect
+    ("flows/capacity.py", "psycopg", "flows.capacity -> psycopg"),                       # SQL in a flow
+]
+
+
+def layers_of_pyproject() -> list[list[str]]:
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (layers,) = [c["layers"] for c in contracts if c["type"] == "layers"]
+    return [[m.strip() for m in layer.replace("|", ":").split(":")] for layer in layers]
+
+
+def test_every_module_is_in_exactly_one_layer():
+    """A module the contract does not name would escape it: every top-level module of pcdb/ and
+    of flows/, and each of cli and tasks, is in exactly one layer."""
+    named = [m for layer in layers_of_pyproject() for m in layer]
+    assert len(named) == len(set(named)), sorted({m for m in named if named.count(m) > 1})
+    covered = set(named)
+
+    def owner(module: str) -> str | None:
+        parts = module.split(".")
+        return next((".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in covered), None)
+    modules = [f"pcdb.{p.stem if p.suffix else p.name}" for p in (ROOT / "pcdb").iterdir()
+               if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())]
+    modules += [f"flows.{p.stem}" for p in (ROOT / "flows").glob("*.py") if p.stem != "__init__"]
+    modules += ["cli", "tasks"]
+    assert [m for m in modules if owner(m) is None] == []
+
+
+def test_the_import_contracts_hold_and_each_boundary_breaks_when_crossed(tmp_path):
     project = copy_of_project(tmp_path)
-    assert lint_imports(project).returncode == 0
-    units = project / "pcdb" / "units.py"
-    units.write_text(units.read_text() + "\nimport flows.capacity  # a plain module reaching for a runbook\n")
+    clean = lint_imports(project)
+    assert clean.returncode == 0, clean.stdout[-3000:]
+    for path, module, _ in PLANTED:
+        file = project / path
+        file.write_text(file.read_text() + f"\nimport {module}  # planted across a boundary\n")
     broken = lint_imports(project)
-    assert broken.returncode == 1 and "BROKEN" in broken.stdout and "pcdb.units -> flows.capacity" in broken.stdout
+    assert broken.returncode == 1 and "BROKEN" in broken.stdout
+    report = " ".join(broken.stdout.split())
+    assert [words for _, _, words in PLANTED if words not in report] == [], broken.stdout[-4000:]
 
 
 def test_ruff_passes_on_the_tree_and_fails_on_a_finding(tmp_path):

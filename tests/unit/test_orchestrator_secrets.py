@@ -81,7 +81,7 @@ class KeyVault(HttpTransport):
 
 
 def test_key_vault_secrets_are_read_with_the_runbooks_identity_and_failures_say_what_to_do():
-    from pcdb.azure.keyvault import read_secret
+    from pcdb.keyvault import read_secret
 
     vault = KeyVault({"pcdb-prefect-auth": "pcdb:from-the-vault"}, forbidden={"locked"})
     assert read_secret("kv-pcdb-prod", "pcdb-prefect-auth", FakeCredential(), vault) == "pcdb:from-the-vault"

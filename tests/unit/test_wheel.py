@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def installed(tmp_path_factory) -> Path:
     wheels = tmp_path_factory.mktemp("wheels")
     source = tmp_path_factory.mktemp("source")      # pip builds in the source tree: a copy keeps the checkout clean
-    for name in ("pcdb", "flows", "tasks"):
+    for name in ("cli", "pcdb", "flows", "tasks"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", source / "pyproject.toml")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
@@ -29,7 +29,7 @@ def installed(tmp_path_factory) -> Path:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"pcdb/prefect.yaml", "pcdb/deployments/prod.yaml", "pcdb/deployments/local.yaml",
             "pcdb/sql/install.sql", "pcdb/sql/migrations/0001_product_change_schema.sql",
-            "pcdb/data/pg15_settings.json", "flows/capacity.py"} <= names
+            "pcdb/data/pg15_settings.json", "pcdb/config/loader.py", "flows/capacity.py", "cli/main.py"} <= names
     target = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=600)
@@ -39,7 +39,7 @@ def installed(tmp_path_factory) -> Path:
 def pcdb(installed: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PCDB_", "AZURE_"))}
     env |= {"PYTHONPATH": str(installed), "HOME": str(cwd), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "pcdb.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pcdb.errors import Problem
 from pcdb.paths import project_root
-from pcdb.sandbox.procstats import machine_memory
+from pcdb.process import machine_memory
 from pcdb.sql import SQL_DIR
 from pcdb.units import format_size
 
@@ -58,7 +58,7 @@ def schema_tables() -> frozenset[str]:
     return frozenset(names)
 
 
-def problems(env, line: Line) -> list[Problem]:  # env: pcdb.config.Environment (imported lazily there)
+def problems(env, line: Line) -> list[Problem]:  # env: pcdb.config.Environment (the loader calls this)
     """Every cross-field problem of ``env``; ``line(path)`` gives where a field is written."""
     out: list[Problem] = []
 
@@ -95,7 +95,7 @@ AZURE_METRICS = frozenset({
 def _names(env, add) -> None:
     """Every name refers to something that exists or that pcdb makes: a rule watches a metric the
     health run measures, an Azure alert a metric Azure has, an auto-opened incident a rule."""
-    from pcdb.health import ALIASES, BUSINESS, MEASURED, catalog
+    from pcdb.rules import ALIASES, BUSINESS, MEASURED, catalog
 
     m = env.monitoring
 

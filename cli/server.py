@@ -1,0 +1,130 @@
+"""`pcdb server ...` and `pcdb ui`: the persistent Prefect server, its workers and deployments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.common import EnvOption, EnvsOption, JsonOption, app, err, one_server, out, print_changes, server_app, user_errors
+from pcdb.config import load_environment
+from pcdb.orchestrator import Orchestrator, server_config
+
+
+@server_app.command("up")
+@user_errors
+def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:  # noqa: B006
+    """Start the Prefect server (UI included) and a worker per environment; register every
+    deployment and automation. Idempotent: a second call changes nothing and says so."""
+    specs = [load_environment(e) for e in env]
+    config = one_server(specs)
+    orchestrator = Orchestrator(config)
+    changes = []
+    if config.managed_postgres:
+        from pcdb.sandbox.standalone import ensure_orchestrator_database
+
+        changes.append(ensure_orchestrator_database(config))
+    changes.append(orchestrator.up())
+    os.environ.update(config.client_env())  # URL and credential, before the first prefect import
+    from flows import service
+
+    worker_env = {k: v for k, v in os.environ.items() if k.startswith("PCDB_")}
+    worker_env["PREFECT_LOGGING_EXTRA_LOGGERS"] = "pcdb"
+    for spec, arg in zip(specs, env):
+        spec_path = arg if arg.endswith((".yaml", ".yml")) else None
+        if spec.notifications.local_sink:   # before the automations, which send through these blocks
+            started, sink_url = orchestrator.start_sink()
+            changes += [started, *service.ensure_sink_blocks(spec, sink_url)]
+        changes.append(service.ensure_work_pool(spec.work_pool))
+        changes += service.register_deployments(spec, spec_path, Path.cwd())
+        changes += service.ensure_automations(spec)
+        poll = {"PREFECT_WORKER_QUERY_SECONDS": str(max(1, int(spec.orchestrator.worker_poll.total_seconds())))}
+        changes.append(orchestrator.start_worker(spec.work_pool, worker_env | poll, Path.cwd()))
+    for spec in specs:
+        service.wait_for_worker(spec.work_pool)
+    print_changes(changes, as_json)
+    if not as_json:
+        out.print(f"Prefect UI: {config.ui_url}  (API {config.url}, {config.backend})")
+        if any(s.notifications.local_sink for s in specs):
+            out.print(f"Alerts: {orchestrator.notifications_log}  (the local sink; tail -f it)")
+
+
+@server_app.command("status")
+@user_errors
+def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:  # noqa: B006
+    """The server, its work pools and workers, the deployments and their next scheduled runs.
+
+    --json prints {url, ui_url, backend, version, work_pools, workers, deployments:[{name,
+    schedule, next_runs}], problems}; exit status 3 when the server is not running, 2 when
+    something is wrong (a file or folder others could read)."""
+    specs = [load_environment(e) for e in env]
+    config = one_server(specs)
+    base = {"url": config.url, "ui_url": config.ui_url, "backend": config.backend, "up": False}
+    if not Orchestrator(config).is_up():
+        if as_json:
+            print(json.dumps(base, indent=2))
+        else:
+            err.print(f"the Prefect server is not running ({config.url}); start it with `pcdb server up`")
+        raise typer.Exit(3)
+    os.environ.update(config.client_env())
+    from flows import service
+    from pcdb.orchestrator import environment_privacy
+
+    orchestrator = Orchestrator(config)
+    problems = orchestrator.privacy_problems() + [p for s in specs for p in environment_privacy(s)]
+    sink = None
+    if any(s.notifications.local_sink for s in specs):
+        running = orchestrator.sink()
+        sink = {"log": str(orchestrator.notifications_log), "running": running is not None}
+        if running is None:
+            problems.append("the local notification sink is not running: alerts of "
+                            f"{', '.join(s.name for s in specs if s.notifications.local_sink)} go nowhere; "
+                            f"`pcdb server up --env {' --env '.join(env)}` starts it")
+    status = base | {"up": True} | service.service_status(specs) | {"notification_sink": sink, "problems": problems}
+    if as_json:
+        print(json.dumps(status, indent=2, default=str))
+        raise typer.Exit(2 if problems else 0)
+    out.print(f"Prefect {status['version']} at {config.ui_url} ({config.backend})")
+    for problem in problems:
+        err.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    for w in status["workers"]:
+        out.print(f"worker {w['name']} ({w['pool']}): {w['status']}")
+    if sink:
+        out.print(f"alerts: {sink['log']} (local sink{'' if sink['running'] else ', NOT running'})", soft_wrap=True)
+    table = Table("deployment", "schedule", "next runs")
+    table.columns[0].overflow = "fold"       # whole names at 80 columns, folded rather than cut
+    for d in status["deployments"]:
+        table.add_row(d["name"], d["schedule"], "\n".join(d["next_runs"]) or "-")
+    out.print(table)
+    if problems:
+        raise typer.Exit(2)
+
+
+@server_app.command("down")
+@user_errors
+def server_down(env: EnvsOption = ["local"]) -> None:  # noqa: B006
+    """Stop the workers and the server; history and deployments are kept for the next `up`."""
+    config = one_server([load_environment(e) for e in env])
+    stopped = Orchestrator(config).down()
+    if config.managed_postgres:
+        from pcdb.sandbox.standalone import stop_orchestrator_database
+
+        stopped += stop_orchestrator_database(config)
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command("ui")
+@user_errors
+def ui_command(env: EnvOption = "local") -> None:
+    """Start the environment's Prefect server when it is not running, and print its UI address
+    (the API URL is set for whatever port it runs on). `pcdb server up` adds the worker,
+    deployments and automations."""
+    config = server_config(load_environment(env))
+    change = Orchestrator(config).up()
+    out.print(f"Prefect UI: {config.ui_url}  ({'already running' if change.action == 'unchanged' else 'started'}; "
+              f"`pcdb server down --env {env}` stops it)")

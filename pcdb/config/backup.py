@@ -1,0 +1,69 @@
+"""Backups (§5.1, R-BAK-*): the window, the retention, the geo copy, the verification.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from pcdb.config.types import Clock, Duration, Model, Region, TimeZone
+from pcdb.units import format_duration
+
+
+class Window(Model):
+    start: Clock
+    end: Clock
+    timezone: TimeZone
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Window:
+        if self.start == self.end:
+            raise ValueError(f"the window starts and ends at {self.start}: give it a length")
+        return self
+
+
+class LogBackup(Model):
+    interval: Duration
+    retention: Duration
+
+
+class BackupVerification(Model):
+    """Nightly verification (R-BAK-2). Not values of the document: its §8.1.1 says daily checks
+    and a weekly restore test; these are the runbook's defaults."""
+
+    max_age: Duration = Field(timedelta(hours=26), description="the latest backup must be younger")
+    restore_test_weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                                  "sunday"] = "sunday"
+
+
+class Backup(Model):
+    verification: BackupVerification = BackupVerification()
+    retention: Duration
+    geo_redundant: bool
+    geo_region: Region | None = None
+    window: Window
+    full_backup_time: Clock
+
+    @field_validator("retention")
+    @classmethod
+    def _azure_retention(cls, value: timedelta) -> timedelta:
+        days = value.total_seconds() / 86400
+        if days != int(days) or not 7 <= days <= 35:
+            raise ValueError(f"{format_duration(value)}: Azure keeps backups 7 to 35 days, in whole days")
+        return value
+
+    @model_validator(mode="after")
+    def _geo(self) -> Backup:
+        if self.geo_redundant and not self.geo_region:
+            raise ValueError("geo_redundant backups need geo_region, the paired region (koreasouth)")
+        return self
+    log_backup: LogBackup
+    pitr_granularity: Duration
+    compression: bool
+    encryption: str
