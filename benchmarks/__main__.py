@@ -338,7 +338,7 @@ def first_up(rounds: int) -> dict:  # noqa: ARG001 - one fresh clone is the meas
     return {"first_up_seconds": round(sum(figures.values()), 2), "steps_seconds": figures,
             "second_up_seconds": round(second, 2),
             "note": "fresh `git clone` of this repository and a fresh HOME; the PostgreSQL packages were already "
-                    "installed on this machine (on a bare Debian 12, apt adds about a minute, see README)"}
+                    "installed on this machine (on a bare Debian 12, apt adds about a minute, see docs/benchmarks.md)"}
 
 
 def unplanned_crash(rounds: int) -> dict:

@@ -9,37 +9,15 @@ it and embedded in the run's artifact; the notification carries a text sparkline
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.evidence import HOOKS, evidence, publish_report, report_path
 from flows.notify import notify
 from flows.runbook import runbook_context
-from pcdb import capacity, clock, health
+from pcdb import capacity, clock
 from pcdb.config import load_environment
-from pcdb.context import RunbookContext
-from tasks.install import transient_only
-
-
-@task(name="capacity snapshot", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient_only,
-      cache_policy=NO_CACHE, timeout_seconds=600)
-def snapshot(ctx: RunbookContext, store: capacity.Store, now: datetime) -> dict:
-    """Sizes, rows, XID ages, bloat, sequences and the log's size of the service database."""
-    return capacity.take_snapshot(ctx, store, now)
-
-
-@task(name="metric history", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient_only,
-      cache_policy=NO_CACHE, timeout_seconds=600)
-def history(ctx: RunbookContext, now: datetime, weeks: int) -> tuple[dict, str]:
-    """Hourly averages and maxima: Azure Monitor, or the sandbox's health store."""
-    store = health.store_for(ctx.env)
-    try:
-        return capacity.load_history(ctx.target, store.db, now, weeks)
-    finally:
-        store.close()
+from tasks.capacity import history, snapshot
 
 
 @flow(name="capacity", **HOOKS)

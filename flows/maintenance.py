@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.utilities.annotations import quote
 
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.exclusion import mutating_slot
@@ -24,18 +22,7 @@ from flows.runbook import Decider, approve_plan, refusable, runbook_context
 from pcdb import clock
 from pcdb import maintenance as m
 from pcdb.config import Environment, load_environment
-from tasks.install import transient_only
-
-
-@task(name="maintenance step", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_only,
-      cache_policy=NO_CACHE, timeout_seconds=6 * 3600, task_run_name="{name}")
-def _step(name: str, action) -> None:
-    action()
-    get_run_logger().info("step %s done", name)
-
-
-def _run_step(name: str, action) -> None:
-    _step(name, quote(action))
+from tasks.maintenance import run_step
 
 
 @flow(name="maintenance", **HOOKS)
@@ -56,7 +43,7 @@ def maintenance(env: str = "local", spec_path: str | None = None, only: list[str
     m.refuse_inside_maintenance_window(ctx, now)
     with evidence(spec, ctx, "maintenance") as ev:
         if dry_run:
-            out = m.run(ctx, steps, dry_run=True, now=now, step=_run_step)
+            out = m.run(ctx, steps, dry_run=True, now=now, step=run_step)
         else:
             with mutating_slot(spec.name, "maintenance", wait_seconds):
                 approved = False
@@ -64,7 +51,7 @@ def maintenance(env: str = "local", spec_path: str | None = None, only: list[str
                     decider = Decider(spec)
                     ev.decisions = decider.collected
                     approved = _approve(spec, decider, lambda: m.run(ctx, steps, dry_run=True, now=now))
-                out = m.run(ctx, steps, now=now, approved=approved, step=_run_step)
+                out = m.run(ctx, steps, now=now, approved=approved, step=run_step)
         result = out.as_dict()
         text = report(spec, result, steps)
         path = publish_report(spec, f"maintenance-{spec.name}{'-dry-run' if dry_run else ''}", text,

@@ -10,10 +10,10 @@ from prefect.cache_policies import NO_CACHE
 from pcdb import backups, clock
 from pcdb.checks import CheckResult
 from pcdb.context import RunbookContext
-from tasks.install import transient_only
+from tasks.retry import RETRIES, RETRY_DELAYS, transient_only
 
 
-@task(name="daily backup checks", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient_only,
+@task(name="daily backup checks", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only,
       cache_policy=NO_CACHE, timeout_seconds=3600)
 def daily_checks(ctx: RunbookContext, restore_now: bool = False) -> tuple[list[CheckResult], dict]:
     """Freshness, retention, geo copy, WAL archive, manifest verification."""
@@ -42,7 +42,7 @@ def last_passing_restore_test(ctx: RunbookContext) -> datetime | None:
     return max(passed) if passed else None
 
 
-@task(name="KOS-log partition guard", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient_only,
+@task(name="KOS-log partition guard", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only,
       cache_policy=NO_CACHE, timeout_seconds=600)
 def partition_guard(ctx: RunbookContext) -> CheckResult | None:
     """Keep the KOS log's monthly partitions ahead (R-OPS-3): the inserts never run out of them."""

@@ -8,20 +8,11 @@ from prefect.cache_policies import NO_CACHE
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
 from pcdb.context import RunbookContext
-from pcdb.errors import is_transient
 from pcdb.install import Step
+from tasks.retry import RETRIES, RETRY_DELAYS, transient_only
 
 
-def transient_only(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's signature
-    """Retry a failed step only for transient errors (connection refused, lock timeout, 5xx)."""
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - we classify, not handle
-        return is_transient(exc)
-    return False
-
-
-@task(name="install step", task_run_name="{label}", retries=3, retry_delay_seconds=[2, 10, 30],
+@task(name="install step", task_run_name="{label}", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=transient_only, cache_policy=NO_CACHE, timeout_seconds=3600)
 def run_step(label: str, step: Step, ctx: RunbookContext) -> list[Change | CheckResult]:  # noqa: ARG001 - label names the task run
     """Run one idempotent install step and log what it changed (never a secret)."""

@@ -93,3 +93,20 @@ def test_ruff_passes_on_the_tree_and_fails_on_a_finding(tmp_path):
     found = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=project, capture_output=True, text=True, timeout=120,
                            check=False)
     assert found.returncode == 1 and "F401" in found.stdout
+
+
+def test_every_prefect_task_lives_in_tasks_and_every_flow_in_flows():
+    """A task defined in a flow module, or a flow outside flows/, would escape the layers' roles
+    (the retry policy is tasks.retry's)."""
+    import ast
+
+    misplaced = []
+    for folder in ("cli", "pcdb", "flows", "tasks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                for deco in getattr(node, "decorator_list", []):
+                    target = deco.func if isinstance(deco, ast.Call) else deco
+                    name = target.id if isinstance(target, ast.Name) else getattr(target, "attr", "")
+                    if (name == "task" and folder != "tasks") or (name == "flow" and folder != "flows"):
+                        misplaced.append(f"{path.relative_to(ROOT)}:{node.lineno} @{name}")
+    assert misplaced == []
