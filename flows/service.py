@@ -202,7 +202,7 @@ def automation_names(spec: Environment) -> dict[str, str]:
     return {"failed": f"pcdb-{spec.name}: run failed or crashed",
             "stale": f"pcdb-{spec.name}: no completed backup verification",
             "dead-man": f"pcdb-{spec.name}: no health report",
-            **{f"limit-{flow}": f"pcdb-{spec.name}: {flow} running too long" for flow in spec.orchestrator.run_limits}}
+            **{f"limit-{flow}": f"pcdb-{spec.name}: {flow} running too long" for flow in spec.orchestrator.limits()}}
 
 
 def desired_automations(spec: Environment) -> tuple[list[AutomationCore], list[str]]:
@@ -232,7 +232,7 @@ def desired_automations(spec: Environment) -> tuple[list[AutomationCore], list[s
                               f"No health run of {spec.name} completed in the last {silent_after}: nothing is "
                               f"watching the database. Check the worker of pool {spec.work_pool} and the health "
                               "deployment.")] if blocks and health_cron(spec) else []
-    for flow, limit in spec.orchestrator.run_limits.items():
+    for flow, limit in spec.orchestrator.limits().items():
         out.append(AutomationCore(
             name=names[f"limit-{flow}"], description=f"A {flow} run Running longer than {limit}: cancelled and notified.",
             trigger=EventTrigger(after={"prefect.flow-run.Running"}, expect=FINAL_EVENTS,

@@ -8,9 +8,11 @@ from typing import Literal
 
 from pydantic import (
     Field,
+    field_validator,
     model_validator,
 )
 
+from pcdb import runbooks
 from pcdb.config.secrets import SecretRef
 from pcdb.config.types import Duration, Model
 
@@ -59,14 +61,26 @@ class OrchestratorSpec(Model):
         "sqlite", description="sqlite: a file in home (a laptop); sandbox-postgres: a small PostgreSQL cluster "
                               "of its own under home (never the service database). "
                               "$PREFECT_API_DATABASE_CONNECTION_URL names any other PostgreSQL")
-    run_limits: dict[Literal["install", "backup-verification", "dr-drill", "maintenance", "health", "capacity"],
-                     Duration] = Field(
-        default_factory=lambda: {"install": timedelta(hours=12), "backup-verification": timedelta(hours=5),
-                                 "dr-drill": timedelta(hours=6), "maintenance": timedelta(hours=8),
-                                 "health": timedelta(minutes=5), "capacity": timedelta(hours=1)},
-        description="a run Running longer than this is cancelled and reported (an automation)")
+    run_limits: dict[str, Duration] = Field(
+        default_factory=dict,
+        description="runbook -> how long a run may be Running before it is cancelled and reported (an "
+                    "automation); every runbook has a default in the registry (pcdb/runbooks.py), these override it")
     worker_poll: Duration = Field(timedelta(seconds=10), description="how often the worker asks for scheduled runs "
                                   "and cancellations (Prefect's default 10s; a deployment run starts within this)")
+
+    @field_validator("run_limits")
+    @classmethod
+    def _registered(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
+        unknown = sorted(set(value) - set(runbooks.NAMES))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not a runbook; use one of {', '.join(runbooks.NAMES)}")
+        if any(limit <= timedelta(0) for limit in value.values()):
+            raise ValueError("a run limit must be longer than 0s")
+        return value
+
+    def limits(self) -> dict[str, timedelta]:
+        """Every runbook's run limit: the registry's default unless the spec overrides it."""
+        return runbooks.run_limits() | self.run_limits
 
     @model_validator(mode="after")
     def _guarded(self) -> OrchestratorSpec:
