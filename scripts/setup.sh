@@ -55,14 +55,18 @@ ensure_venv() {
     # Some machines' pip config names local mirror folders that may be absent: drop only those warnings.
     # The dependencies come from requirements.lock, each version with its hashes (a fresh install takes
     # what the lock says, never what the registry serves that day); pcdb itself adds nothing more.
+    # --no-deps: the lock is the whole closure, so pip resolves nothing (a machine-wide pip constraint
+    # file otherwise makes pip re-resolve extras such as httpx[http2] and refuse the hash-checked
+    # install); `pip check` then proves the closure consistent.
     local log=.venv/pip-install.log
-    if ! { .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock \
-           && .venv/bin/pip install -q --disable-pip-version-check --no-deps -e . ; } >"$log" 2>&1; then
+    if ! { .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements.lock \
+           && .venv/bin/pip install -q --disable-pip-version-check --no-deps -e . \
+           && .venv/bin/pip check ; } >"$log" 2>&1; then
       grep -v "is ignored: it is neither a file nor a directory" "$log" >&2
       echo "setup: pip install failed (full log: $log)" >&2
       return 1
     fi
-    grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
+    grep -v -e "is ignored: it is neither a file nor a directory" -e "^No broken requirements found" "$log" >&2 || true
     echo "$want" > "$stamp"
   fi
 }
