@@ -4,8 +4,6 @@ ledger row; a warning notification on an alert."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from prefect import flow
 
 from flows.evidence import HOOKS, evidence, publish_report
@@ -22,8 +20,7 @@ def cost_review(env: str = "local", spec_path: str | None = None) -> dict:
     ctx = runbook_context(spec)
     today = clock.now().date()
     with evidence(spec, ctx, "cost") as ev:
-        start = (today.replace(day=1) - timedelta(days=1)).replace(day=1)      # the previous month too
-        result = cost.review(spec, ctx.target.daily_costs(start, today), today, retention=cost.retention_freed(ctx))
+        result = cost.review(spec, cost.month_costs(ctx.target, today), today, retention=cost.retention_freed(ctx))
         path = publish_report(spec, f"cost-{spec.name}", cost.markdown(spec, result), "cost review")
         result["report"] = str(path)
         ev.report = str(path)

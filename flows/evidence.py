@@ -31,6 +31,9 @@ from pcdb.errors import PcdbError, SlotTaken
 from pcdb.orchestrator import server_config
 from pcdb.private import private_dir, write_private
 from pcdb.schema import LEDGER_SCHEMA
+from pcdb.targets.base import Archive
+
+PORT = Archive   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
 logger = logging.getLogger("pcdb.evidence")
 

@@ -30,7 +30,10 @@ from pcdb.errors import PcdbError
 from pcdb.install import PHASES, PhaseSpec, full_plan, refuse_bad_secrets
 from pcdb.private import write_private
 from pcdb.schema import LEDGER_SCHEMA
+from pcdb.targets.base import Connection
 from tasks.install import run_step
+
+PORT = Connection   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
 
 def notification_channels(ctx: RunbookContext) -> list[Change]:

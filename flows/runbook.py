@@ -34,7 +34,10 @@ from pcdb.config import DrStep, Environment
 from pcdb.context import RunbookContext
 from pcdb.decisions import Collected, Decision, DecisionRefused, Request, plan_sha256
 from pcdb.errors import ApprovalError, PcdbError, SecretError, SlotTaken
+from pcdb.targets.base import Topology
 from pcdb.targets.factory import make_target
+
+PORT = Topology   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
 logger = logging.getLogger("pcdb.decisions")
 REQUEST_KEY = "pcdb-request-"

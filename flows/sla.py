@@ -8,31 +8,15 @@ also closes the previous month).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from prefect import flow, get_run_logger
 
 from flows.evidence import HOOKS, evidence, publish_report
 from flows.notify import notify
 from flows.runbook import runbook_context
-from pcdb import clock, health, sla
+from pcdb import clock, sla
 from pcdb.config import load_environment
-
-
-def measure(ctx, month: str | None, now: datetime) -> dict:
-    """One month's availability report (read only)."""
-    env = ctx.env
-    start, end, name = sla.month_bounds(env, month, now)
-    points = ctx.target.availability_samples(start, min(end, now))
-    if points is None:
-        store = health.store_for(env)
-        try:
-            minutes = sla.minutes_from_store(store.db, start, end)
-        finally:
-            store.close()
-    else:
-        minutes = sla.minutes_from_points(points)
-    return sla.report(env, minutes, start, end, name, now)
 
 
 @flow(name="sla", **HOOKS)
@@ -42,11 +26,11 @@ def sla_report(env: str = "local", spec_path: str | None = None, month: str | No
     ctx = runbook_context(spec)
     now = clock.now()
     with evidence(spec, ctx, "sla") as ev:
-        result = measure(ctx, month, now)
+        result = sla.measure(ctx.target, spec, month, now)
         local = now.astimezone(sla.ZoneInfo(spec.service.timezone))
         if month is None and local.day == 1:      # the 1st closes the previous month
             previous = (local.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
-            result["previous_month"] = measure(ctx, previous, now)
+            result["previous_month"] = sla.measure(ctx.target, spec, previous, now)
         text = sla.markdown(spec, result)
         if "previous_month" in result:
             text += "\n" + sla.markdown(spec, result["previous_month"])

@@ -22,7 +22,9 @@ from pcdb import clock
 from pcdb.checks import CheckResult
 from pcdb.config import Environment
 from pcdb.sql import query
-from pcdb.targets.base import Endpoint, Target, throwaway_name
+from pcdb.targets.base import Backups, Endpoint, throwaway_name
+
+PORT = Backups   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
 Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
@@ -46,7 +48,7 @@ def _deferred(name: str, requirement: str, detail: str, last_restore: datetime |
                        f"{RESTORE_TEST_MAX_AGE.days} days)")
 
 
-def daily_checks(target: Target, env: Environment, now: datetime | None = None,
+def daily_checks(target: Backups, env: Environment, now: datetime | None = None,
                  last_restore: datetime | None = None, restore_now: bool = False) -> tuple[list[CheckResult], dict]:
     """Latest backup fresh, retention, geo copy, WAL archive without gaps, manifest verified.
 
@@ -115,7 +117,7 @@ def _objects(conn: psycopg.Connection, schema: str) -> tuple[set, set]:
     return objects, roles
 
 
-def restore_test(target: Target, env: Environment, connect_source: Connect,
+def restore_test(target: Backups, env: Environment, connect_source: Connect,
                  connect_restored: Callable[[Endpoint], AbstractContextManager[psycopg.Connection]],
                  name: str | None = None) -> RestoreTest:
     """Restore to a marked moment on a throw-away server and prove it equals the source then."""

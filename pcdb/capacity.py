@@ -31,6 +31,9 @@ from pcdb.config import CapacitySettings, Environment
 from pcdb.forecast import DAY, Daily, Drift, daily, drift, sparkline
 from pcdb.private import private_dir, private_file
 from pcdb.sql import query
+from pcdb.targets.base import Telemetry
+
+PORT = Telemetry   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
 GiB = 2**30
 TiB = 2**40
@@ -125,7 +128,7 @@ def take_snapshot(ctx, store: Store, now: datetime) -> dict:
             "log_bytes": snap["logs"]["bytes"] if snap["logs"] else None}
 
 
-def load_history(target, health_db: sqlite3.Connection, now: datetime, weeks: int) -> tuple[dict[str, Hourly], str]:
+def load_history(target: Telemetry, health_db: sqlite3.Connection, now: datetime, weeks: int) -> tuple[dict[str, Hourly], str]:
     """The metric history the analysis reads, and where it came from."""
     start = now - timedelta(weeks=weeks)
     points = target.metric_history(start, now)

@@ -11,11 +11,20 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from pcdb import clock, security
 from pcdb.checks import CheckResult
 from pcdb.context import RunbookContext
 from pcdb.sql import query
+from pcdb.targets.base import Connection, Telemetry, Topology
+
+
+class ChecklistTarget(Connection, Topology, Telemetry, Protocol):
+    """The roles of the target port used by the daily checklist (pcdb.targets.base)."""
+
+
+PORT = ChecklistTarget   # checked: tests/unit/test_port_roles.py
 
 REQ = "§8.1.1"
 SLOW_MS = 1000.0
@@ -27,19 +36,33 @@ def _item(name: str, passed: bool | None, evidence: str, started: float, **detai
                        seconds=round(time.monotonic() - started, 3))
 
 
+def pair_item(target: ChecklistTarget) -> CheckResult:
+    """One running primary and a running synchronous standby, the HA state Healthy."""
+    started = time.monotonic()
+    state = target.server_state()
+    roles = {n.name: f"{n.role}{'' if n.running else ' (DOWN)'}" for n in state.nodes}
+    standby_ok = any(n.role == "standby" and n.running and (n.sync_state in (None, "sync", "quorum"))
+                     for n in state.nodes)
+    primary_ok = sum(1 for n in state.nodes if n.role == "primary" and n.running) == 1
+    return _item("primary and standby", primary_ok and standby_ok and state.ha_state == "Healthy",
+                 f"HA {state.ha_state}; " + ", ".join(f"{k} {v}" for k, v in roles.items()), started)
+
+
+def failed_logins_item(target: ChecklistTarget, env, since: datetime) -> CheckResult:
+    """Failed password logins in the last 24 h against the spec's bound (N/A where the platform
+    keeps its log elsewhere)."""
+    started = time.monotonic()
+    failed = target.failed_logins(since)
+    return _item("failed logins", None if failed is None else failed <= env.security.connection_policy.max_failed_attempts,
+                 f"{failed} failed password login(s) in the last 24 h" if failed is not None
+                 else "server log in Log Analytics (not read here)", started, failed=failed)
+
+
 def run(ctx: RunbookContext, now: datetime | None = None) -> list[CheckResult]:
     env, target = ctx.env, ctx.target
     now = now or clock.now()
     since = now - timedelta(days=1)
-    out: list[CheckResult] = []
-    started = time.monotonic()
-    state = target.server_state()
-    roles = {n.name: n.role for n in state.nodes}
-    standby_ok = any(n.role == "standby" and n.running and (n.sync_state in (None, "sync", "quorum"))
-                     for n in state.nodes)
-    primary_ok = sum(1 for n in state.nodes if n.role == "primary" and n.running) == 1
-    out.append(_item("primary and standby", primary_ok and standby_ok and state.ha_state == "Healthy",
-                     f"HA {state.ha_state}; " + ", ".join(f"{k} {v}" for k, v in roles.items()), started))
+    out: list[CheckResult] = [pair_item(target)]
     with ctx.connect() as conn:
         conn.execute("SET statement_timeout = '20s'")   # a probe never hangs the checklist
         started = time.monotonic()
@@ -87,11 +110,7 @@ def run(ctx: RunbookContext, now: datetime | None = None) -> list[CheckResult]:
         named = {r.name for r in env.security.roles} | {env.server.admin.user} | target.own_roles()
         strangers = [r for (r,) in conn.execute(query("checklist.sql", "logged_in_roles"))
                      if r not in named]
-    started = time.monotonic()
-    failed = target.failed_logins(since)
-    out.append(_item("failed logins", None if failed is None else failed <= env.security.connection_policy.max_failed_attempts,
-                     f"{failed} failed password login(s) in the last 24 h" if failed is not None
-                     else "server log in Log Analytics (not read here)", started, failed=failed))
+    out.append(failed_logins_item(target, env, since))
     started = time.monotonic()
     changes = target.log_lines(since, re.compile(r"\b(GRANT|REVOKE|ALTER ROLE|CREATE ROLE|DROP ROLE)\b", re.I))
     if changes is not None:   # pcdb's own runbooks (install Phase 5) grant what the spec says: not a change

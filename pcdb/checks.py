@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import psycopg
 from psycopg import sql as psql
@@ -20,7 +21,14 @@ from pcdb import clock
 from pcdb.config import Environment
 from pcdb.probe import ProbeWriter
 from pcdb.sql import query
-from pcdb.targets.base import Endpoint, Target
+from pcdb.targets.base import Backups, Endpoint, Telemetry, Topology
+
+
+class CheckTarget(Topology, Backups, Telemetry, Protocol):
+    """The roles of the target port used by the install's Phase 7 checks (pcdb.targets.base)."""
+
+
+PORT = CheckTarget   # checked: tests/unit/test_port_roles.py
 
 Connect = Callable[..., psycopg.Connection]
 
@@ -257,7 +265,7 @@ def check_role_inventory(conn: psycopg.Connection, env: Environment, platform_ro
 STORAGE_READ_ONLY_PERCENT = 95.0   # Azure: read-only at >= 95 % used (or < 5 GiB free)
 
 
-def check_storage(conn: psycopg.Connection, env: Environment, target: Target) -> CheckResult:
+def check_storage(conn: psycopg.Connection, env: Environment, target: Telemetry) -> CheckResult:
     """What the databases take, against the storage they have (the sandbox: its quota, standing
     for the spec's disk; Azure: the spec's size, or Azure Monitor's storage_percent when higher):
     below the read-only limit, with the §6.1.1 warning threshold named (R-SYS-2)."""
@@ -286,7 +294,7 @@ def check_parameters(differences: dict[str, dict[str, tuple[str, str]]]) -> Chec
 
 
 
-def check_failover(target: Target, app_conninfo: str, env: Environment) -> CheckResult:
+def check_failover(target: Topology, app_conninfo: str, env: Environment) -> CheckResult:
     """HA failover test (R-INS-2, R-DR-1): planned failover and back under a probe writer."""
     probe = ProbeWriter(app_conninfo, table="pcdb_verify_probe")
     timings = []
@@ -318,7 +326,7 @@ def check_failover(target: Target, app_conninfo: str, env: Environment) -> Check
                        {"failovers": [t.as_dict() for t in timings], "lost": missing, "in_doubt": outcome.in_doubt})
 
 
-def check_point_in_time_restore(target: Target, conn: psycopg.Connection, admin: str, password: str,
+def check_point_in_time_restore(target: Backups, conn: psycopg.Connection, admin: str, password: str,
                                 name: str) -> CheckResult:
     """PITR test (R-INS-2, R-DR-3): restore to a marked moment on a throw-away server, always deleted."""
     marker = clock.now().strftime("pitr-%Y%m%dT%H%M%S%f")

@@ -11,7 +11,9 @@ import psycopg
 from pcdb import secrets as pw
 from pcdb.config import Environment, SecretRef
 from pcdb.errors import SecretError, TargetError
-from pcdb.targets.base import Target
+from pcdb.targets.base import Connection, Target
+
+PORT = Connection   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
 
 @dataclass

@@ -20,6 +20,9 @@ from pcdb.config import Environment
 from pcdb.context import RunbookContext
 from pcdb.forecast import sparkline
 from pcdb.sql import query
+from pcdb.targets.base import Billing
+
+PORT = Billing   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
 
 def retention_freed(ctx: RunbookContext) -> tuple[int, int] | None:
@@ -33,6 +36,12 @@ def retention_freed(ctx: RunbookContext) -> tuple[int, int] | None:
         except psycopg.errors.UndefinedColumn:
             return None                     # a table of an earlier pcdb: the next maintenance adds the sizes
     return int(freed), int(dropped)
+
+
+def month_costs(target: Billing, today: date) -> list[DayCost]:
+    """The daily costs a review compares: the previous month's and this month's so far."""
+    start = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
+    return target.daily_costs(start, today)
 
 
 def _month(d: date) -> tuple[int, int]:

@@ -21,8 +21,15 @@ from pcdb.errors import TargetError
 from pcdb.failover import promote_region
 from pcdb.probe import ProbeResult, ProbeWriter
 from pcdb.sql import query
-from pcdb.targets.base import STALL_REPLICA, Target, throwaway_name
+from pcdb.targets.base import STALL_REPLICA, Backups, Connection, Provisioning, Topology, throwaway_name
 from pcdb.timeline import Timeline
+
+
+class DrillTarget(Connection, Provisioning, Topology, Backups, Protocol):
+    """The roles of the target port used by the DR drills (pcdb.targets.base)."""
+
+
+PORT = DrillTarget   # checked: tests/unit/test_port_roles.py
 
 
 def restore_server(env: Environment) -> str:
@@ -89,7 +96,7 @@ class DataPlane(Protocol):
     the replica's lag. Real servers by default (SQL); pcdb.targets.memory fakes it with the port."""
 
     def probe(self, conninfo: str, table: str) -> Probe: ...
-    def replica_lag_bytes(self, target: Target, env: Environment, password: str) -> int | None: ...
+    def replica_lag_bytes(self, target: DrillTarget, env: Environment, password: str) -> int | None: ...
 
 
 class SqlPlane:
@@ -98,18 +105,18 @@ class SqlPlane:
     def probe(self, conninfo: str, table: str) -> Probe:
         return ProbeWriter(conninfo, table=table)
 
-    def replica_lag_bytes(self, target: Target, env: Environment, password: str) -> int | None:
+    def replica_lag_bytes(self, target: DrillTarget, env: Environment, password: str) -> int | None:
         return replica_lag_bytes(target, env, password)
 
 
 SQL = SqlPlane()
 
 
-def _admin(target: Target, env: Environment, password: str, which: str = "application") -> str:
+def _admin(target: DrillTarget, env: Environment, password: str, which: str = "application") -> str:
     return target.endpoint(which).conninfo(env.server.admin.user, password)  # type: ignore[arg-type]
 
 
-def cleanup(target: Target, env: Environment, password: str,
+def cleanup(target: DrillTarget, env: Environment, password: str,
             confirm: Callable[[DrStep, str], None] | None = None) -> list[str]:
     """Remove what an interrupted drill may have left: probe tables, throw-away servers, and make
     the topology whole again. A replica a drill promoted is replaced only after ``confirm``
@@ -142,13 +149,13 @@ def cleanup(target: Target, env: Environment, password: str,
     return done
 
 
-def _topology_whole(target: Target) -> bool:
+def _topology_whole(target: DrillTarget) -> bool:
     state = target.server_state()
     replica = [n for n in state.nodes if n.role == "replica"]
     return state.ha_state == "Healthy" and all(n.running and n.sync_state == "async" for n in replica) and bool(replica)
 
 
-def wait_topology_whole(target: Target, timeout: float = 1800) -> bool:
+def wait_topology_whole(target: DrillTarget, timeout: float = 1800) -> bool:
     """Poll until the HA pair is healthy and the replica follows (Azure rebuilds the standby after
     a failover in the background); False when the deadline passes first. The target says how
     often it may be asked."""
@@ -160,7 +167,7 @@ def wait_topology_whole(target: Target, timeout: float = 1800) -> bool:
     return True
 
 
-def replica_lag_bytes(target: Target, env: Environment, password: str) -> int | None:
+def replica_lag_bytes(target: DrillTarget, env: Environment, password: str) -> int | None:
     """WAL the replica has not replayed: the primary's current LSN minus the replica's replay LSN,
     both read over SQL through the endpoints (the same on Azure and on the sandbox)."""
     try:
@@ -172,7 +179,7 @@ def replica_lag_bytes(target: Target, env: Environment, password: str) -> int | 
         return None
 
 
-def zone_drill(target: Target, env: Environment, password: str, mode: str = "forced",
+def zone_drill(target: DrillTarget, env: Environment, password: str, mode: str = "forced",
                plane: DataPlane = SQL) -> DrillResult:
     """Zone failure (R-DR-1): HA failover under a probe writer; RPO must be 0."""
     result = DrillResult("zone", mode, env.dr.zone_failure.rto.total_seconds(), env.dr.zone_failure.rpo.total_seconds())
@@ -217,7 +224,7 @@ def _drop(probe: Probe, conninfo: str | None = None) -> None:
         pass  # cleanup() at the next drill removes it
 
 
-def corruption_drill(target: Target, env: Environment, password: str, rows: int = 1000) -> DrillResult:
+def corruption_drill(target: DrillTarget, env: Environment, password: str, rows: int = 1000) -> DrillResult:
     """Data corruption (R-DR-3): known rows, a wrong DELETE/UPDATE, restore to just before it on a
     new server, prove the known rows are back and the corruption is not; RTO = restore time."""
     result = DrillResult("corruption", "pitr", env.dr.data_corruption.rto.total_seconds(), None)
@@ -253,7 +260,7 @@ def corruption_drill(target: Target, env: Environment, password: str, rows: int 
     return result
 
 
-def region_drill(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
+def region_drill(target: DrillTarget, env: Environment, password: str, decide: Callable[[dict], None],
                  confirm: Callable[[DrStep, str], None], stall_replica: bool = False, drill_id: str = "drill",
                  plane: DataPlane = SQL) -> DrillResult:
     """Region failure (R-DR-2): the manual procedure of §5.2.3, that is the real region failover's

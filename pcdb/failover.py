@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import psycopg
 
@@ -22,8 +23,15 @@ from pcdb import clock
 from pcdb.config import DrStep, Environment
 from pcdb.errors import TargetError
 from pcdb.sql import query
-from pcdb.targets.base import Target
+from pcdb.targets.base import Connection, Topology
 from pcdb.timeline import Timeline
+
+
+class FailoverTarget(Connection, Topology, Protocol):
+    """The roles of the target port used by the real failovers and the failback (pcdb.targets.base)."""
+
+
+PORT = FailoverTarget   # checked: tests/unit/test_port_roles.py
 
 
 @dataclass
@@ -53,30 +61,61 @@ class FailoverReport(Timeline):
                 "report": self.report}
 
 
-def _conninfo(target: Target, env: Environment, password: str, which: str) -> str:
+def _conninfo(target: FailoverTarget, env: Environment, password: str, which: str) -> str:
     return target.endpoint(which).conninfo(env.server.admin.user, password)  # type: ignore[arg-type]
 
 
-def answers(target: Target, env: Environment, password: str, which: str, timeout: int = 3) -> bool:
-    try:
-        with psycopg.connect(_conninfo(target, env, password, which), autocommit=True, connect_timeout=timeout):
-            return True
-    except psycopg.Error:
-        return False
+class ServicePlane(Protocol):
+    """What the failovers ask of the database itself, apart from the target's control plane:
+    whether a server answers, whether the application's path takes a write, and how far the
+    replica replayed. Real servers by default (SQL); pcdb.targets.memory fakes it with the port."""
+
+    def answers(self, conninfo: str, timeout: int) -> bool: ...
+    def takes_write(self, conninfo: str) -> bool: ...
+    def replica_position(self, conninfo: str) -> tuple[datetime | None, str]: ...
 
 
-def watch_service(target: Target, env: Environment, password: str, began: float, deadline: float) -> float | None:
-    """Poll the application's path until it takes a write; seconds since ``began`` (monotonic),
-    or None when ``deadline`` (monotonic) passed first. The write is to a temporary table: it
-    leaves nothing behind."""
-    while time.monotonic() < deadline:
+class SqlServicePlane:
+    """The failovers' database work on real servers."""
+
+    def answers(self, conninfo: str, timeout: int) -> bool:
         try:
-            with psycopg.connect(_conninfo(target, env, password, "application"), autocommit=True,
-                                 connect_timeout=3) as conn:
-                conn.execute(query("failover.sql", "write_check"))
-                return round(time.monotonic() - began, 3)
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=timeout):
+                return True
         except psycopg.Error:
-            time.sleep(target.poll_seconds or 0.2)
+            return False
+
+    def takes_write(self, conninfo: str) -> bool:
+        """A write to a temporary table: it leaves nothing behind."""
+        try:
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=3) as conn:
+                conn.execute(query("failover.sql", "write_check"))
+                return True
+        except psycopg.Error:
+            return False
+
+    def replica_position(self, conninfo: str) -> tuple[datetime | None, str]:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            last = conn.execute(query("failover.sql", "replica_position")).fetchone()
+        return last[0], str(last[1])
+
+
+SQL = SqlServicePlane()
+
+
+def answers(target: FailoverTarget, env: Environment, password: str, which: str, timeout: int = 3,
+            plane: ServicePlane = SQL) -> bool:
+    return plane.answers(_conninfo(target, env, password, which), timeout)
+
+
+def watch_service(target: FailoverTarget, env: Environment, password: str, began: float, deadline: float,
+                  plane: ServicePlane = SQL) -> float | None:
+    """Poll the application's path until it takes a write; seconds since ``began`` (monotonic),
+    or None when ``deadline`` (monotonic) passed first."""
+    while time.monotonic() < deadline:
+        if plane.takes_write(_conninfo(target, env, password, "application")):
+            return round(time.monotonic() - began, 3)
+        time.sleep(target.poll_seconds or 0.2)
     return None
 
 
@@ -90,8 +129,8 @@ def _began(outage_began: datetime | None) -> tuple[float, str]:
     return time.monotonic() - ago, outage_began.isoformat(timespec="seconds")
 
 
-def zone_failover(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
-                  outage_began: datetime | None = None) -> FailoverReport:
+def zone_failover(target: FailoverTarget, env: Environment, password: str, decide: Callable[[dict], None],
+                  outage_began: datetime | None = None, plane: ServicePlane = SQL) -> FailoverReport:
     """The manual forced failover of the HA pair (§8.2.2 step 5): for when the automatic HA
     failover did not happen. Refused when the standby cannot take over."""
     began, text = _began(outage_began)
@@ -108,13 +147,14 @@ def zone_failover(target: Target, env: Environment, password: str, decide: Calla
     report.mark(f"forced failover decided ({facts['ha_state']})")
     result = target.failover("forced")
     report.mark(f"{result.new_primary} promoted in {result.promote_seconds:.3f}s; {result.old_primary} rejoins")
-    report.recovery_seconds = watch_service(target, env, password, began, time.monotonic() + report.target_rto_seconds)
+    report.recovery_seconds = watch_service(target, env, password, began,
+                                            time.monotonic() + report.target_rto_seconds, plane)
     report.mark("the application's path takes writes" if report.recovery_seconds is not None
                 else "the application's path did NOT take a write within the target")
     return report
 
 
-def promote_region(target: Target, env: Environment, confirm: Callable[[DrStep, str], None],
+def promote_region(target: FailoverTarget, env: Environment, confirm: Callable[[DrStep, str], None],
                    mark: Callable[[str], None], drill: str | None = None, switched: list | None = None) -> None:
     """The region failover's irreversible part, the same in the drill and for real: the replica
     promoted (a drill's tagged with ``drill``), then each other team's step confirmed by its owner
@@ -129,8 +169,9 @@ def promote_region(target: Target, env: Environment, confirm: Callable[[DrStep, 
         mark(f"confirmed: {step.step} ({step.owner})")
 
 
-def region_failover(target: Target, env: Environment, password: str, decide: Callable[[dict], None],
-                    confirm: Callable[[DrStep, str], None], outage_began: datetime | None = None) -> FailoverReport:
+def region_failover(target: FailoverTarget, env: Environment, password: str, decide: Callable[[dict], None],
+                    confirm: Callable[[DrStep, str], None], outage_began: datetime | None = None,
+                    plane: ServicePlane = SQL) -> FailoverReport:
     """Promote the replica in the other region and point the application at it (§12.2.1).
 
     Refused while the primary region answers (two primaries would split the writes). A run
@@ -145,30 +186,31 @@ def region_failover(target: Target, env: Environment, password: str, decide: Cal
     if target.replica_diverged():
         raise TargetError("the replica is left promoted by an interrupted drill, not a copy of the primary: "
                           "a region failover to it would lose data. Run a drill's cleanup first")
-    if answers(target, env, password, "primary"):
+    if answers(target, env, password, "primary", plane=plane):
         raise TargetError(f"the primary region answers ({env.server.name} accepts connections): a region failover "
                           "now would make two primaries and split the writes. Use `pcdb failover zone --real` for a "
                           "failed zone, or stop the primary first")
-    if not answers(target, env, password, "replica"):
+    if not answers(target, env, password, "replica", plane=plane):
         raise TargetError(f"the replica {env.replica.name} does not answer either: there is nothing to fail over to")
-    with psycopg.connect(_conninfo(target, env, password, "replica"), autocommit=True) as conn:
-        last = conn.execute(query("failover.sql", "replica_position")).fetchone()
+    replayed_at, replay_lsn = plane.replica_position(_conninfo(target, env, password, "replica"))
     facts = {"primary_region_missing": target.primary_region_missing(),
-             "replica_last_replayed_at": last[0].isoformat() if last[0] else None, "replica_replay_lsn": str(last[1])}
+             "replica_last_replayed_at": replayed_at.isoformat() if replayed_at else None,
+             "replica_replay_lsn": replay_lsn}
     decide(facts)
     report.mark(f"region failover decided; the replica last replayed a transaction at {facts['replica_last_replayed_at']}")
     promote_region(target, env, confirm, report.mark)
     switched = target.switch_application("replica")
     report.mark(f"the application's name points at the promoted replica ({switched.action})")
-    report.recovery_seconds = watch_service(target, env, password, began, time.monotonic() + report.target_rto_seconds)
+    report.recovery_seconds = watch_service(target, env, password, began,
+                                            time.monotonic() + report.target_rto_seconds, plane)
     report.mark("the application's path takes writes" if report.recovery_seconds is not None
                 else "the application's path did NOT take a write within the target")
     report.notes += [f"post-promotion check: {fact}" for fact in target.promoted_server_facts()]
     return report
 
 
-def failback(target: Target, env: Environment, password: str, approve: Callable[[dict], None],
-             confirm: Callable[[DrStep, str], None]) -> FailoverReport:
+def failback(target: FailoverTarget, env: Environment, password: str, approve: Callable[[dict], None],
+             confirm: Callable[[DrStep, str], None], plane: ServicePlane = SQL) -> FailoverReport:
     """Back to the primary region, planned: refused while it is down (naming what is missing);
     its servers follow the promoted replica; after the approval and the teams' confirmations,
     the promoted replica stops cleanly, the primary region takes over, the application's name
@@ -195,6 +237,7 @@ def failback(target: Target, env: Environment, password: str, approve: Callable[
     result = target.switch_back()
     report.mark(f"{result.new_primary} promoted in {result.promote_seconds:.3f}s after {result.old_primary} stopped "
                 "cleanly; the application's name points back; the read replica made again")
-    report.recovery_seconds = watch_service(target, env, password, began, time.monotonic() + report.target_rto_seconds)
+    report.recovery_seconds = watch_service(target, env, password, began,
+                                            time.monotonic() + report.target_rto_seconds, plane)
     report.application = target.application_target()
     return report

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 from psycopg import sql as psql
@@ -35,7 +36,14 @@ from pcdb.context import RunbookContext
 from pcdb.private import private_file
 from pcdb.rules import ALIASES, BUSINESS, COUNTS, MEASURED, Rule, catalog  # noqa: F401 - health.catalog etc. are the runbook's words
 from pcdb.sql import query
-from pcdb.targets.base import SYNC_STANDBY_VISIBLE
+from pcdb.targets.base import SYNC_STANDBY_VISIBLE, Connection, Telemetry, Topology
+
+
+class HealthTarget(Connection, Topology, Telemetry, Protocol):
+    """The roles of the target port used by the health runbook (pcdb.targets.base)."""
+
+
+PORT = HealthTarget   # checked: tests/unit/test_port_roles.py
 
 logger = logging.getLogger("pcdb.health")
 

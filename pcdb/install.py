@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from psycopg import sql as psql
 
@@ -21,7 +22,14 @@ from pcdb.changes import Change
 from pcdb.context import RunbookContext
 from pcdb.errors import SecretError
 from pcdb.sql import query
-from pcdb.targets.base import throwaway_name
+from pcdb.targets.base import Connection, Provisioning, throwaway_name
+
+
+class InstallTarget(Connection, Provisioning, Protocol):
+    """The roles of the target port used by the install (pcdb.targets.base)."""
+
+
+PORT = InstallTarget   # checked: tests/unit/test_port_roles.py
 
 Step = Callable[[RunbookContext], list]
 

@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -37,6 +38,14 @@ from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError, TargetError
 from pcdb.sandbox import proc
 from pcdb.sql import query
+from pcdb.targets.base import Archive, Connection, Provisioning, Telemetry
+
+
+class MaintenanceTarget(Connection, Provisioning, Telemetry, Archive, Protocol):
+    """The roles of the target port used by monthly maintenance (pcdb.targets.base)."""
+
+
+PORT = MaintenanceTarget   # checked: tests/unit/test_port_roles.py
 
 logger = logging.getLogger("pcdb.maintenance")
 

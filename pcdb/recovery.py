@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 from psycopg import sql as psql
@@ -36,8 +37,15 @@ from pcdb.errors import PcdbError, TargetError
 from pcdb.predicate import Predicate
 from pcdb.private import private_dir
 from pcdb.sql import query
-from pcdb.targets.base import Target, throwaway_name
+from pcdb.targets.base import Backups, Connection, throwaway_name
 from pcdb.timeline import Timeline
+
+
+class RecoveryTarget(Connection, Backups, Protocol):
+    """The roles of the target port used by the corruption recovery (pcdb.targets.base)."""
+
+
+PORT = RecoveryTarget   # checked: tests/unit/test_port_roles.py
 
 ROLE = "pcdb_recovery"
 STATEMENT_TIMEOUT_MS = 10 * 60 * 1000   # no single read of a recovery runs longer than 10 minutes
@@ -91,7 +99,7 @@ class RecoveryReport(Timeline):
                 "notes": self.notes, "report": self.report}
 
 
-def earliest_point(target: Target, env: Environment) -> datetime | None:
+def earliest_point(target: RecoveryTarget, env: Environment) -> datetime | None:
     """The oldest time a restore can reach: the oldest backup the retention keeps."""
     backups = target.list_backups()
     oldest = backups[0].finished_at if backups else None
@@ -99,7 +107,7 @@ def earliest_point(target: Target, env: Environment) -> datetime | None:
     return max(oldest, horizon) if oldest else None
 
 
-def check_time(target: Target, env: Environment, to: datetime) -> None:
+def check_time(target: RecoveryTarget, env: Environment, to: datetime) -> None:
     """Refuse a time in the future or before the retention, before anything is made."""
     if to.tzinfo is None:
         raise PcdbError(f"--to {to.isoformat()} has no time zone; add one, e.g. +09:00 or Z")
@@ -243,7 +251,7 @@ def export(diffs: list[TableDiff], folder: Path) -> Path:
     return path
 
 
-def recover(target: Target, env: Environment, password: str, to: datetime, tables: list[str] | None,
+def recover(target: RecoveryTarget, env: Environment, password: str, to: datetime, tables: list[str] | None,
             where: str | None, approve: Callable[[dict], None], export_to: Path) -> RecoveryReport:
     """The whole recovery; the throw-away server is deleted whatever happens.
 

@@ -17,7 +17,11 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+from pcdb import health
 from pcdb.config import Environment
+from pcdb.targets.base import Telemetry
+
+PORT = Telemetry   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
 MINUTE = 60
 RECENT = timedelta(hours=24)       # the window the burn rate is measured over
@@ -136,3 +140,19 @@ def markdown(env: Environment, r: dict) -> str:
     if r["outages"]:
         lines += ["", "Outages:", *(f"- {o['start']}: {o['minutes']} min" for o in r["outages"])]
     return "\n".join(lines) + "\n"
+
+
+def measure(target: Telemetry, env: Environment, month: str | None, now: datetime) -> dict:
+    """One month's availability report (read only): the platform's own per-minute samples where
+    it keeps them (Azure's is_db_alive), else the health runbook's ``up`` samples."""
+    start, end, name = month_bounds(env, month, now)
+    points = target.availability_samples(start, min(end, now))
+    if points is None:
+        store = health.store_for(env)
+        try:
+            minutes = minutes_from_store(store.db, start, end)
+        finally:
+            store.close()
+    else:
+        minutes = minutes_from_points(points)
+    return report(env, minutes, start, end, name, now)

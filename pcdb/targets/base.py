@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Generic as typing_Generic
 from typing import Literal, Protocol, runtime_checkable
 
 import psycopg
@@ -165,17 +166,41 @@ STORAGE_GUARD = "storage-guard"            # the platform turns the server read-
 SYNC_STANDBY_VISIBLE = "sync-standby-visible"   # the HA standby streams where pg_stat_replication shows it
 
 
-@runtime_checkable
-class Target(Protocol):
-    """What a runbook may ask of an environment (see ARCHITECTURE "The target port").
-
-    Every ``ensure_*`` reads what exists and changes only what differs. The reads (state,
-    backups, metrics, logs) change nothing, neither on the platform nor on this machine.
-    """
+class Role(Protocol):
+    """What every role carries: the environment, how often a runbook may re-read state while it
+    waits, and what this target can do beyond the common operations (see above)."""
 
     env: Environment
-    poll_seconds: float  # how often a runbook may re-read state while it waits
-    capabilities: frozenset[str]  # what this target can do beyond the common operations (see above)
+    poll_seconds: float
+    capabilities: frozenset[str]
+
+@runtime_checkable
+class Connection(Role, Protocol):
+    """Where and as whom a runbook connects, and what tells this server from any other: every
+    runbook takes this role."""
+
+    def endpoint(self, which: Literal["primary", "replica", "application"] = "primary") -> Endpoint:
+        """Where database work connects: the primary, the replica, or the application's path."""
+        ...
+    def admin_password(self) -> str:
+        """The server administrator's password (resolved late, never stored in a field)."""
+        ...
+    def generated_secret(self, name: str) -> str:
+        """A password the spec says to generate, made once and kept where only its owner reads it."""
+        ...
+    def server_identity(self) -> dict[str, str]:
+        """What tells this server from any other made from the same spec (sandbox: PostgreSQL's
+        system identifier and when the sandbox was made; Azure: the resource id and its creation
+        time): evidence about a server is bound to it, never to its configuration alone."""
+        ...
+    def own_roles(self) -> set[str]:
+        """Login roles the platform itself needs (replication, the provider's superuser)."""
+        ...
+
+@runtime_checkable
+class Provisioning(Role, Protocol):
+    """Phases 1-6 of the install: every ``ensure_*`` reads what exists and changes only what
+    differs; ``plan`` says what they would change without changing it."""
 
     def ensure_resource_group(self) -> Change:
         """The resource group (sandbox: its folder and state file) exists (Phase 1)."""
@@ -202,38 +227,23 @@ class Target(Protocol):
     def ensure_tls(self) -> Change:
         """TLS as the spec says (1.3 only on the sandbox; Azure's certificates and minimum version)."""
         ...
-    def plan(self) -> list[Change]:
-        """What an install would change, without changing it (plan before apply)."""
-        ...
-    def generated_secret(self, name: str) -> str:
-        """A password the spec says to generate, made once and kept where only its owner reads it."""
-        ...
     def ensure_access_rules(self) -> Change:
         """Who may connect: the spec's subnets (Azure: firewall rules or NSG; sandbox: pg_hba)."""
         ...
     def ensure_monitoring(self) -> Change:
         """Alerts, action groups, diagnostic settings and workbook (sandbox: nothing to create)."""
         ...
+    def plan(self) -> list[Change]:
+        """What an install would change, without changing it (plan before apply)."""
+        ...
+
+@runtime_checkable
+class Topology(Role, Protocol):
+    """The HA pair and the read replica: their state, the failovers, the region's loss and the
+    failback."""
+
     def server_state(self) -> ServerState:
         """Nodes, their roles, sync state, lag and timeline; the HA state."""
-        ...
-    def list_backups(self) -> list[BackupInfo]:
-        """The backups the platform holds, oldest first."""
-        ...
-    def take_backup(self) -> BackupInfo:
-        """An on-demand backup; the platform's retention is applied to the older ones."""
-        ...
-    def backup_status(self) -> BackupStatus:
-        """The nightly verification's facts: latest backup, retention, geo copy, archive, files."""
-        ...
-    def amcheck(self, name: str) -> tuple[bool, str]:
-        """amcheck every B-tree index of the restored server ``name``: (all good, evidence)."""
-        ...
-    def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint:
-        """A new server ``name`` restored to ``target_time``; registered before it is made."""
-        ...
-    def delete_server(self, name: str) -> Change:
-        """Remove a throw-away server (restore, drill); unchanged when it is not there."""
         ...
     def failover(self, mode: Literal["planned", "forced"] = "planned") -> FailoverResult:
         """Make the standby the primary (forced: as a zone failure would); the pair whole again."""
@@ -276,22 +286,47 @@ class Target(Protocol):
     def promoted_server_facts(self) -> list[str]:
         """What is true of a promoted replica that a person must know (no HA, no geo backups...)."""
         ...
+
+@runtime_checkable
+class Backups(Role, Protocol):
+    """The platform's backups and the throw-away servers restored from them."""
+
+    def list_backups(self) -> list[BackupInfo]:
+        """The backups the platform holds, oldest first."""
+        ...
+    def take_backup(self) -> BackupInfo:
+        """An on-demand backup; the platform's retention is applied to the older ones."""
+        ...
+    def backup_status(self) -> BackupStatus:
+        """The nightly verification's facts: latest backup, retention, geo copy, archive, files."""
+        ...
+    def amcheck(self, name: str) -> tuple[bool, str]:
+        """amcheck every B-tree index of the restored server ``name``: (all good, evidence)."""
+        ...
+    def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint:
+        """A new server ``name`` restored to ``target_time``; registered before it is made."""
+        ...
+    def delete_server(self, name: str) -> Change:
+        """Remove a throw-away server (restore, drill); unchanged when it is not there."""
+        ...
+
+@runtime_checkable
+class Telemetry(Role, Protocol):
+    """What the platform measures and announces; every read changes nothing."""
+
     def metrics(self) -> MetricsSample:
         """One sample of connections, storage, rates and replication; writes nothing."""
         ...
-    def endpoint(self, which: Literal["primary", "replica", "application"] = "primary") -> Endpoint:
-        """Where database work connects: the primary, the replica, or the application's path."""
+    def platform_metrics(self) -> dict[str, float | None]:
+        """The provider's own latest metrics (Azure Monitor), where it has them."""
         ...
-    def admin_password(self) -> str:
-        """The server administrator's password (resolved late, never stored in a field)."""
+    def metric_history(self, start: datetime, end: datetime) -> dict[str, list[tuple[datetime, float, float]]] | None:
+        """Hourly (average, maximum) points of the capacity metrics the platform keeps; None when
+        it keeps none (the sandbox: the health runbook's store is its history)."""
         ...
-    def archive_partition(self, path: Path, name: str, sha256: str) -> str:
-        """Store a partition's dump under ``name`` (sandbox: the backup store; Azure: a blob
-        container), write-once: never over another archive; return where it went, for
-        :meth:`fetch_partition_archive`."""
-        ...
-    def fetch_partition_archive(self, location: str, dest: Path) -> Path:
-        """Bring an archived partition's dump back to ``dest`` (the proof restores it)."""
+    def availability_samples(self, start: datetime, end: datetime) -> list[tuple[datetime, float]] | None:
+        """The platform's own per-minute availability (Azure: is_db_alive's minimum); None when
+        it has none (the sandbox: the health runbook's ``up`` samples are the record)."""
         ...
     def failed_logins(self, since: datetime) -> int | None:
         """Failed logins since then (None: not readable here, e.g. Azure's are in Log Analytics)."""
@@ -302,33 +337,28 @@ class Target(Protocol):
     def tls_certificate_expiry(self) -> datetime | None:
         """When the server's TLS certificate expires (None: the platform rotates it)."""
         ...
-    def metric_history(self, start: datetime, end: datetime) -> dict[str, list[tuple[datetime, float, float]]] | None:
-        """Hourly (average, maximum) points of the capacity metrics the platform keeps; None when
-        it keeps none (the sandbox: the health runbook's store is its history)."""
-        ...
-    def daily_costs(self, start, end) -> list:
-        """What each component cost each day from ``start`` to ``end`` (dates): pcdb.billing.DayCost
-        (the sandbox: the spec's price table as a cost model)."""
-        ...
-    def availability_samples(self, start: datetime, end: datetime) -> list[tuple[datetime, float]] | None:
-        """The platform's own per-minute availability (Azure: is_db_alive's minimum); None when
-        it has none (the sandbox: the health runbook's ``up`` samples are the record)."""
-        ...
     def maintenance_window(self) -> MaintenanceWindow | None:
         """The provider's maintenance window, or None (system-managed, or no provider)."""
-        ...
-    def platform_metrics(self) -> dict[str, float | None]:
-        """The provider's own latest metrics (Azure Monitor), where it has them."""
         ...
     def planned_maintenance(self) -> list[PlannedMaintenance]:
         """The provider's announced or running maintenance of the server."""
         ...
-    def own_roles(self) -> set[str]:
-        """Login roles the platform itself needs (replication, the provider's superuser)."""
-        ...
     def publish_business_metrics(self, values: dict[str, float | None], at: datetime) -> int:
         """Send the health runbook's business rates where the platform's dashboard reads them
         (Azure Monitor custom metrics); return how many were sent."""
+        ...
+
+@runtime_checkable
+class Archive(Role, Protocol):
+    """Write-once evidence outside the database: partition archives, reports, the ledger's anchors."""
+
+    def archive_partition(self, path: Path, name: str, sha256: str) -> str:
+        """Store a partition's dump under ``name`` (sandbox: the backup store; Azure: a blob
+        container), write-once: never over another archive; return where it went, for
+        :meth:`fetch_partition_archive`."""
+        ...
+    def fetch_partition_archive(self, location: str, dest: Path) -> Path:
+        """Bring an archived partition's dump back to ``dest`` (the proof restores it)."""
         ...
     def archive_report(self, path: Path, sha256: str) -> str | None:
         """Copy a run's report to durable, write-once storage; return where it went (or None
@@ -338,12 +368,58 @@ class Target(Protocol):
         """An archived report's bytes (None: not readable, or ``location`` is not in this
         environment's archive: a ledger row is not trusted to name any place)."""
         ...
-    def server_identity(self) -> dict[str, str]:
-        """What tells this server from any other made from the same spec (sandbox: PostgreSQL's
-        system identifier and when the sandbox was made; Azure: the resource id and its creation
-        time): evidence about a server is bound to it, never to its configuration alone."""
-        ...
     def ledger_anchors(self) -> Anchors | None:
         """Where the run ledger's anchors are kept, write-once, outside the database (None: this
         environment has no evidence store)."""
         ...
+
+@runtime_checkable
+class Billing(Role, Protocol):
+    """What the environment costs."""
+
+    def daily_costs(self, start, end) -> list:
+        """What each component cost each day from ``start`` to ``end`` (dates): pcdb.billing.DayCost
+        (the sandbox: the spec's price table as a cost model)."""
+        ...
+
+@runtime_checkable
+class Target(Connection, Provisioning, Topology, Backups, Telemetry, Archive, Billing, Protocol):
+    """The whole port: what Azure and the sandbox implement (see docs/architecture.md "The port").
+
+    A runbook takes only the roles it uses (its own protocol, e.g. ``pcdb.drills.DrillTarget``);
+    the targets implement them all. Every ``ensure_*`` reads what exists and changes only what
+    differs. The reads (state, backups, metrics, logs) change nothing, neither on the platform
+    nor on this machine.
+    """
+
+
+ROLES: tuple[type, ...] = (Connection, Provisioning, Topology, Backups, Telemetry, Archive, Billing)
+
+
+def role_operations(*roles: type) -> frozenset[str]:
+    """The attributes a set of role protocols names (its methods and Role's fields)."""
+    names: set[str] = set()
+    for role in roles:
+        for klass in role.__mro__:
+            if klass in (Protocol, object, typing_Generic):
+                continue
+            names |= {n for n in vars(klass) if not n.startswith("_")}
+            names |= set(getattr(klass, "__annotations__", {}))
+    return frozenset(names)
+
+
+class RoleView:
+    """A target seen through some of its roles only: what a runbook that declares those roles may
+    touch. Any other operation is an AttributeError naming the roles, so a policy test run through
+    a view fails the moment the runbook reaches beyond what it declared."""
+
+    def __init__(self, target: object, *roles: type):
+        self._target = target
+        self._roles = roles
+        self._allowed = role_operations(*roles)
+
+    def __getattr__(self, name: str):
+        if name not in self._allowed:
+            raise AttributeError(f"{name} is in none of the roles this runbook declared "
+                                 f"({', '.join(r.__name__ for r in self._roles)})")
+        return getattr(self._target, name)

@@ -2,32 +2,42 @@
 replication modelled (the synchronous standby has every acknowledged row, a stalled replica
 misses what came after the stall), and a probe writer that writes into it.
 
-It runs the drill policy (pcdb.drills: the order of steps, the decisions and confirmations,
-what is undone when a step fails, what is kept) in milliseconds, with no server: every call is
-recorded in ``calls``. What the fake does not model (parameters, backups' files, metrics, logs)
-raises NotImplementedError naming the method, so a test never passes on a silent stub.
+It implements every role of the port (pcdb.targets.base: Connection, Provisioning, Topology,
+Backups, Telemetry, Archive, Billing) as whole protocols, with no fall-through, so each runbook's
+policy (the order of steps, the decisions, what is undone when a step fails, what is refused
+before anything changes) runs in milliseconds with no server: every mutating call is recorded in
+``calls``. What a platform measures (telemetry, bills, backups) is what a test puts in.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 from psycopg.conninfo import conninfo_to_dict
 
 from pcdb import clock
 from pcdb.anchors import MemoryAnchors
+from pcdb.billing import DayCost
 from pcdb.changes import Change
 from pcdb.config import Environment
+from pcdb.errors import TargetError
 from pcdb.probe import ProbeResult
 from pcdb.targets.base import (
     STALL_REPLICA,
     BackupInfo,
+    BackupStatus,
     Endpoint,
     FailoverResult,
+    MaintenanceWindow,
+    MetricsSample,
     NodeState,
+    PlannedMaintenance,
     PromotionResult,
     ServerState,
 )
@@ -47,29 +57,57 @@ class Node:
 
 
 class MemoryTarget:
-    """The port's topology and drill operations, in memory."""
+    """Every role of the port, in memory (``isinstance(fake, Target)`` and each role protocol
+    hold, with no fall-through): the topology and its replication, a resource set the install
+    reconciles, backups and throw-away servers, telemetry a test sets, write-once archives and
+    anchors, and a bill. Every mutating call is recorded in ``calls``."""
 
     poll_seconds = 0.0
 
     def __init__(self, env: Environment, capabilities: frozenset[str] = frozenset({STALL_REPLICA})):
         self.env = env
         self.capabilities = capabilities
-        self.anchors = MemoryAnchors()
+        self.calls: list[str] = []
+        # Connection
         self.identity = "7000000000000000001"     # a new server: a test changes it
-        self.archived: dict[str, bytes] = {}
+        self.secrets: dict[str, str] = {}
+        # Provisioning: resource -> its properties as they are (absent: not made)
+        self.resources: dict[str, dict[str, object]] = {}
+        self.applied_parameters: dict[str, str] = {}
+        # Topology
         self.nodes = {"node1": Node("node1", "primary"), "node2": Node("node2", "standby"),
                       "replica": Node("replica", "replica")}
         self.stalled = False
-        self.drill_promoted = True         # promotions are a drill's unless a test says otherwise
-        self.calls: list[str] = []
+        self.drill_promoted = False        # the replica was promoted by a drill (not a real failover)
+        self.application = "primary"
+        # Backups
+        self.backups: list[BackupInfo] = []
         self.servers: dict[str, Endpoint] = {}
+        self.archive_ok: bool | None = True
+        self.corrupt_indexes: dict[str, str] = {}       # restored server -> what amcheck finds
+        # Telemetry: what a test sets, read back as the platform would give it
+        self.sample: MetricsSample | None = None
+        self.platform: dict[str, float | None] = {}
+        self.history: dict[str, list[tuple[datetime, float, float]]] | None = None
+        self.availability: list[tuple[datetime, float]] | None = None
+        self.logs: list[tuple[datetime, str]] | None = []
+        self.logins_failed: list[datetime] | None = []
+        self.certificate_expires: datetime | None = None
+        self.window: MaintenanceWindow | None = None
+        self.announced: list[PlannedMaintenance] = []
+        self.published: list[tuple[datetime, dict[str, float | None]]] = []
+        # Archive
+        self.anchors = MemoryAnchors()
+        self.archived: dict[str, bytes] = {}
+        # Billing
+        self.costs: list[DayCost] = []
 
     # -- the data plane's view ---------------------------------------------------------------
 
     def node_at(self, conninfo: str) -> Node:
         port = int(conninfo_to_dict(conninfo)["port"])
         if port == APPLICATION_PORT:
-            return self._role("primary")
+            return self._role("promoted" if self.application == "replica" else "primary")
         return next(n for n in self.nodes.values() if PORTS[n.name] == port)
 
     def write(self, node: Node, row: int) -> None:
@@ -89,13 +127,105 @@ class MemoryTarget:
     def _role(self, role: str) -> Node | None:
         return next((n for n in self.nodes.values() if n.role == role), None)
 
-    # -- the port ------------------------------------------------------------------------------
+    # -- Connection ------------------------------------------------------------------------------
 
     def endpoint(self, which: Literal["primary", "replica", "application"] = "primary") -> Endpoint:
         if which == "application":
             return Endpoint("memory", APPLICATION_PORT, self.env.service.database, sslmode="disable")
         node = self.nodes["replica"] if which == "replica" else self._role("primary")
         return Endpoint("memory", PORTS[node.name], self.env.service.database, sslmode="disable")
+
+    def admin_password(self) -> str:
+        return self.generated_secret("admin")
+
+    def generated_secret(self, name: str) -> str:
+        return self.secrets.setdefault(name, secrets.token_urlsafe(24))
+
+    def server_identity(self) -> dict[str, str]:
+        return {"system_identifier": self.identity}
+
+    def own_roles(self) -> set[str]:
+        return set()
+
+    # -- Provisioning ------------------------------------------------------------------------------
+
+    def desired(self) -> dict[str, dict[str, object]]:
+        """What the spec asks for, resource by resource, in the install's order."""
+        env = self.env
+        return {
+            "resource_group": {"name": env.server.name, "location": env.server.location},
+            "network": {"subnets": sorted(s.name for s in env.network.allowed_subnets)},
+            "server": {"version": env.server.version, "sku": env.server.sku,
+                       "storage_bytes": int(env.server.storage.size),
+                       "ha": env.server.high_availability.mode},
+            "database": {"name": env.service.database},
+            "replica": {"name": env.replica.name, "location": env.replica.location},
+            "tls": {"minimum": "TLSv1.3"},
+            "access_rules": {"subnets": sorted(s.cidr for s in env.network.allowed_subnets)},
+            "monitoring": {"alerts": sorted(r.name for r in env.monitoring.alert_rules)},
+        }
+
+    def _diff(self, resource: str) -> Change:
+        want, have = self.desired()[resource], self.resources.get(resource)
+        if have is None:
+            return Change(resource, resource, "created", {k: (None, v) for k, v in want.items()})
+        diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+        return Change(resource, resource, "updated" if diff else "unchanged", diff)
+
+    def _ensure(self, resource: str) -> Change:
+        change = self._diff(resource)
+        if change.changed:
+            self.calls.append(f"{change.action} {resource}")
+            self.resources[resource] = dict(self.desired()[resource])
+        return change
+
+    def ensure_resource_group(self) -> Change:
+        return self._ensure("resource_group")
+
+    def ensure_network(self) -> Change:
+        return self._ensure("network")
+
+    def ensure_server(self) -> list[Change]:
+        return [self._ensure("server")]
+
+    def ensure_database(self) -> Change:
+        return self._ensure("database")
+
+    def ensure_replica(self) -> Change:
+        return self._ensure("replica")
+
+    def ensure_tls(self) -> Change:
+        return self._ensure("tls")
+
+    def ensure_access_rules(self) -> Change:
+        return self._ensure("access_rules")
+
+    def ensure_monitoring(self) -> Change:
+        return self._ensure("monitoring")
+
+    def _wanted_parameters(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.env.parameters.items()}
+
+    def ensure_parameters(self, names: set[str] | None = None) -> Change:
+        wanted = {k: v for k, v in self._wanted_parameters().items() if names is None or k in names}
+        diff = {k: (self.applied_parameters.get(k), v) for k, v in wanted.items() if self.applied_parameters.get(k) != v}
+        if diff:
+            self.calls.append(f"parameters {', '.join(sorted(diff))}")
+            self.applied_parameters.update(wanted)
+        return Change("parameters", self.env.server.name, "updated" if diff else "unchanged", diff)
+
+    def parameter_differences(self) -> dict[str, dict[str, tuple[str, str]]]:
+        diff = {k: (self.applied_parameters.get(k, ""), v) for k, v in self._wanted_parameters().items()
+                if self.applied_parameters.get(k) != v}
+        return {self.env.server.name: diff} if diff else {}
+
+    def plan(self) -> list[Change]:
+        changes = [self._diff(r) for r in self.desired()]
+        wanted = self._wanted_parameters()
+        diff = {k: (self.applied_parameters.get(k), v) for k, v in wanted.items() if self.applied_parameters.get(k) != v}
+        return changes + [Change("parameters", self.env.server.name, "updated" if diff else "unchanged", diff)]
+
+    # -- Topology ------------------------------------------------------------------------------
 
     def server_state(self) -> ServerState:
         ha = [self.nodes["node1"], self.nodes["node2"]]
@@ -107,6 +237,8 @@ class MemoryTarget:
     def failover(self, mode: Literal["planned", "forced"] = "planned") -> FailoverResult:
         self.calls.append(f"failover {mode}")
         old, new = self._role("primary"), self._role("standby")
+        if new is None or not new.running:
+            raise TargetError("no running standby to fail over to")
         old.role, new.role = "standby", "primary"
         return FailoverResult(mode, old.name, new.name, 0.001, 0.002, None)
 
@@ -128,19 +260,47 @@ class MemoryTarget:
         if replica.role == "promoted":
             return PromotionResult("replica", "unchanged")
         replica.role = "promoted"
+        self.drill_promoted = drill is not None
         return PromotionResult("replica", "promoted", 0.001)
 
     def stall_replica(self) -> None:
         if STALL_REPLICA not in self.capabilities:
-            raise NotImplementedError("stall_replica without the capability")
+            raise TargetError("stall_replica: this target has no stall-replica capability")
         self.calls.append("stall_replica")
         self.stalled = True
 
     def replica_diverged(self) -> bool:
-        return self.nodes["replica"].role == "promoted"
+        return self.nodes["replica"].role == "promoted" and self.drill_promoted
 
-    def application_target(self) -> str:
-        return "replica" if self.nodes["replica"].role == "promoted" and not self.drill_promoted else "primary"
+    def application_target(self) -> Literal["primary", "replica"]:
+        return self.application
+
+    def switch_application(self, to: Literal["primary", "replica"]) -> Change:
+        if self.application == to:
+            return Change("application", "application", "unchanged")
+        self.calls.append(f"switch_application {to}")
+        before, self.application = self.application, to
+        return Change("application", "application", "updated", {"points_at": (before, to)})
+
+    def primary_region_missing(self) -> list[str]:
+        return [n for n in ("node1", "node2") if not self.nodes[n].running]
+
+    def reverse_replication(self) -> list[Change]:
+        missing = self.primary_region_missing()
+        if missing:
+            raise TargetError(f"the primary region is still down: {', '.join(missing)} do not answer")
+        self.calls.append("reverse_replication")
+        promoted = self.nodes["replica"]
+        for name in ("node1", "node2"):
+            self.nodes[name].role, self.nodes[name].rows = "standby", list(promoted.rows)
+        return [Change("server", n, "updated") for n in ("node1", "node2")]
+
+    def switch_back(self) -> FailoverResult:
+        self.calls.append("switch_back")
+        self.nodes["node1"].role, self.nodes["node2"].role = "primary", "standby"
+        self.application = "primary"
+        self.rebuild_replica()
+        return FailoverResult("planned", "replica", "node1", 0.001, 0.002, None)
 
     def rebuild_replica(self) -> Change:
         self.calls.append("rebuild_replica")
@@ -151,6 +311,30 @@ class MemoryTarget:
     def promoted_server_facts(self) -> list[str]:
         return ["the promoted replica runs alone (in memory)"]
 
+    # -- Backups ------------------------------------------------------------------------------
+
+    def list_backups(self) -> list[BackupInfo]:
+        return list(self.backups)
+
+    def take_backup(self) -> BackupInfo:
+        self.calls.append("take_backup")
+        backup = BackupInfo(f"backup-{len(self.backups) + 1}", "on-demand", clock.now())
+        self.backups.append(backup)
+        return backup
+
+    def backup_status(self) -> BackupStatus:
+        latest = self.backups[-1] if self.backups else None
+        return BackupStatus(latest.id if latest else None, latest.finished_at if latest else None,
+                            self.env.backup.retention, self.env.backup.geo_redundant, self.archive_ok,
+                            "the archive follows the primary" if self.archive_ok else "the archive has a gap",
+                            None, "only a restore proves the files")
+
+    def amcheck(self, name: str) -> tuple[bool, str]:
+        if name not in self.servers:
+            raise TargetError(f"amcheck: no restored server {name}")
+        found = self.corrupt_indexes.get(name)
+        return (found is None, found or "every B-tree index checked: no corruption")
+
     def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint:
         self.calls.append(f"restore {name} to {target_time.isoformat()}")
         self.servers[name] = Endpoint("memory", 9, self.env.service.database, sslmode="disable")
@@ -160,29 +344,82 @@ class MemoryTarget:
         self.calls.append(f"delete {name}")
         return Change("server", name, "deleted" if self.servers.pop(name, None) else "unchanged")
 
-    def list_backups(self) -> list[BackupInfo]:
-        return []
+    # -- Telemetry ------------------------------------------------------------------------------
 
-    def own_roles(self) -> set[str]:
-        return set()
+    def metrics(self) -> MetricsSample:
+        if self.sample is None:
+            raise TargetError("metrics: the test set no sample (MemoryTarget.sample)")
+        return self.sample
 
-    def server_identity(self) -> dict[str, str]:
-        return {"system_identifier": self.identity}
+    def platform_metrics(self) -> dict[str, float | None]:
+        return dict(self.platform)
 
-    def ledger_anchors(self) -> MemoryAnchors:
-        return self.anchors
+    def metric_history(self, start: datetime, end: datetime) -> dict[str, list[tuple[datetime, float, float]]] | None:
+        if self.history is None:
+            return None
+        return {k: [p for p in points if start <= p[0] <= end] for k, points in self.history.items()}
+
+    def availability_samples(self, start: datetime, end: datetime) -> list[tuple[datetime, float]] | None:
+        if self.availability is None:
+            return None
+        return [p for p in self.availability if start <= p[0] < end]
+
+    def failed_logins(self, since: datetime) -> int | None:
+        return None if self.logins_failed is None else sum(1 for at in self.logins_failed if at >= since)
+
+    def log_lines(self, since: datetime, pattern) -> list[str] | None:
+        if self.logs is None:
+            return None
+        return [line for at, line in self.logs if at >= since and pattern.search(line)]
+
+    def tls_certificate_expiry(self) -> datetime | None:
+        return self.certificate_expires
+
+    def maintenance_window(self) -> MaintenanceWindow | None:
+        return self.window
+
+    def planned_maintenance(self) -> list[PlannedMaintenance]:
+        return list(self.announced)
+
+    def publish_business_metrics(self, values: dict[str, float | None], at: datetime) -> int:
+        sent = {k: v for k, v in values.items() if v is not None}
+        self.published.append((at, sent))
+        return len(sent)
+
+    # -- Archive ------------------------------------------------------------------------------
+
+    def archive_partition(self, path: Path, name: str, sha256: str) -> str:
+        location = f"memory://partitions/{name}"
+        if location in self.archived:
+            raise TargetError(f"{location} exists: an archive is never written over")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise TargetError(f"{path}: its SHA-256 is not {sha256}")
+        self.calls.append(f"archive {name}")
+        self.archived[location] = data
+        return location
+
+    def fetch_partition_archive(self, location: str, dest: Path) -> Path:
+        if location not in self.archived:
+            raise TargetError(f"no archive at {location}")
+        dest.write_bytes(self.archived[location])
+        return dest
+
+    def archive_report(self, path: Path, sha256: str) -> str | None:
+        location = f"memory://reports/{sha256}/{path.name}"
+        self.archived.setdefault(location, path.read_bytes())     # write-once: a second copy keeps the first
+        return location
 
     def read_archived_report(self, location: str) -> bytes | None:
         return self.archived.get(location)
 
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
+    def ledger_anchors(self) -> MemoryAnchors:
+        return self.anchors
 
-        def not_modelled(*args, **kwargs):
-            raise NotImplementedError(f"MemoryTarget.{name}: the in-memory target fakes the topology and the drills "
-                                      "only; use the sandbox for the rest")
-        return not_modelled
+    # -- Billing ------------------------------------------------------------------------------
+
+    def daily_costs(self, start, end) -> list[DayCost]:
+        return [c for c in self.costs if start <= c.day <= end]
 
 
 class MemoryProbe:
@@ -233,7 +470,7 @@ class MemoryProbe:
 
 
 class MemoryPlane:
-    """pcdb.drills.DataPlane over a MemoryTarget."""
+    """pcdb.drills.DataPlane and pcdb.failover.ServicePlane over a MemoryTarget."""
 
     def __init__(self, target: MemoryTarget):
         self.target = target
@@ -244,3 +481,14 @@ class MemoryPlane:
     def replica_lag_bytes(self, target, env, password) -> int | None:  # noqa: ARG002 - the fake's own view
         primary = self.target._role("primary")
         return (len(primary.rows) - len(self.target.nodes["replica"].rows)) * ROW_BYTES
+
+    def answers(self, conninfo: str, timeout: int) -> bool:  # noqa: ARG002 - nothing to wait for
+        return self.target.node_at(conninfo).running
+
+    def takes_write(self, conninfo: str) -> bool:
+        node = self.target.node_at(conninfo)
+        return node is not None and node.running and node.role in ("primary", "promoted")
+
+    def replica_position(self, conninfo: str) -> tuple[datetime | None, str]:
+        node = self.target.node_at(conninfo)
+        return clock.now(), f"0/{len(node.rows) * ROW_BYTES:X}"

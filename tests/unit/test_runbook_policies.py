@@ -1,0 +1,321 @@
+"""Every runbook's policy against the in-memory target (pcdb.targets.memory), seen only through the
+roles the runbook declares (``PORT``, a RoleView): what it changes, in which order, what it refuses
+before anything changes, and what it concludes from what the platform says. No server: the
+whole file runs in about a second. The drills' policy is in test_drill_policy.py; the incident
+runbook asks nothing of a target, and its policy is in test_incident.py."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from pcdb import backups, capacity, checklist, clock, cost, failover, health, install, maintenance, recovery, sla
+from pcdb.billing import DayCost
+from pcdb.config import load_environment
+from pcdb.context import RunbookContext
+from pcdb.errors import PcdbError, TargetError
+from pcdb.runbooks import RUNBOOKS
+from pcdb.targets.base import BackupInfo, MaintenanceWindow, PlannedMaintenance, RoleView
+from pcdb.targets.memory import MemoryPlane, MemoryTarget
+
+ENV = load_environment("local")
+NOW = datetime(2026, 3, 18, 10, 30, tzinfo=timezone.utc)     # a fixed moment: nothing here reads the clock
+
+# The policy tests of each runbook of the registry: a runbook added without one fails below.
+POLICIES = {
+    "install": ["test_install_creates_in_order_changes_only_what_differs_and_plans_without_changing"],
+    "backup-verification": ["test_backup_verification_judges_what_the_platform_says_of_its_backups"],
+    "maintenance": ["test_maintenance_never_starts_inside_the_platforms_maintenance"],
+    "health": ["test_health_with_the_primary_unreachable_is_critical_at_once_on_the_critical_channels"],
+    "daily-checklist": ["test_the_checklist_names_the_node_that_is_down_and_reads_failed_logins_where_it_can"],
+    "capacity": ["test_capacity_forecasts_from_the_platforms_history_or_waits_for_enough_of_it"],
+    "sla": ["test_sla_counts_the_platforms_down_minutes_exactly_and_alerts_on_the_budget"],
+    "cost": ["test_cost_projects_the_month_from_the_bill_and_alerts_on_both_thresholds"],
+    "dr-drill": ["tests/unit/test_drill_policy.py"],
+    "incident": ["tests/unit/test_incident.py"],
+    "failover": ["test_a_zone_failover_is_refused_without_a_running_standby_and_promotes_it_otherwise",
+                 "test_a_region_failover_is_refused_while_the_primary_answers_and_done_once",
+                 "test_a_failback_is_refused_while_the_region_is_down_then_brings_everything_back"],
+    "recover": ["test_a_recovery_time_in_the_future_or_before_the_retention_is_refused_before_anything_is_made"],
+}
+
+
+def test_every_registered_runbook_has_a_policy_test():
+    assert set(POLICIES) == {r.name for r in RUNBOOKS}
+    for names in POLICIES.values():
+        for name in names:
+            assert name in globals() or name.startswith("tests/unit/"), name
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock():
+    with clock.fixed(NOW):
+        yield
+
+
+def context(fake: MemoryTarget, module, env=ENV) -> RunbookContext:
+    """A runbook's context whose target answers only the roles ``module`` declares."""
+    return RunbookContext(env, RoleView(fake, module.PORT))
+
+
+class Unreachable(RunbookContext):
+    """The primary does not answer: every connection is refused."""
+
+    def connect(self, *args, **kwargs):
+        raise psycopg.OperationalError("connection refused")
+
+
+# -- install ---------------------------------------------------------------------------------
+
+PROVISIONING = [install.resource_group, install.network, install.server, install.database, install.replica,
+                install.server_parameters, install.tls, install.access_rules, install.alert_rules]
+
+
+def test_install_creates_in_order_changes_only_what_differs_and_plans_without_changing():
+    fake = MemoryTarget(ENV)
+    ctx = context(fake, install)
+    planned = ctx.target.plan()
+    assert {c.action for c in planned} == {"created", "updated"} and fake.calls == []   # plan before apply
+    first = [c for step in PROVISIONING for c in step(ctx)]
+    assert sorted(c.resource for c in first if c.changed) == sorted(c.resource for c in planned if c.changed)
+    assert fake.calls[:3] == ["created resource_group", "created network", "created server"]
+    again = [c for step in PROVISIONING for c in step(ctx)]
+    assert [c.action for c in again] == ["unchanged"] * len(again)                      # idempotent
+    assert all(not c.changed for c in ctx.target.plan())
+
+    bigger = ENV.model_copy(update={"server": ENV.server.model_copy(update={"sku": "Standard_D8ds_v5"})})
+    fake.env = bigger
+    changed = [c for step in PROVISIONING for c in step(context(fake, install, bigger)) if c.changed]
+    assert [(c.resource, c.diff) for c in changed] == [("server", {"sku": (ENV.server.sku, "Standard_D8ds_v5")})]
+
+
+# -- backup verification ---------------------------------------------------------------------
+
+def test_backup_verification_judges_what_the_platform_says_of_its_backups():
+    fake = MemoryTarget(ENV)
+    target = RoleView(fake, backups.PORT)
+    verdict = {r.name: r.passed for r in backups.daily_checks(target, ENV, NOW)[0]}
+    assert verdict["latest backup is fresh"] is False                  # no backup at all
+
+    fake.backups.append(BackupInfo("b1", "automatic", NOW - timedelta(hours=30)))
+    results = {r.name: r for r in backups.daily_checks(target, ENV, NOW)[0]}
+    assert results["latest backup is fresh"].passed is False and "30.0 h old" in results["latest backup is fresh"].evidence
+
+    fake.backups.append(BackupInfo("b2", "automatic", NOW - timedelta(hours=2)))
+    fake.archive_ok = False
+    results = {r.name: r.passed for r in backups.daily_checks(target, ENV, NOW)[0]}
+    assert results["latest backup is fresh"] and results["WAL archiving current"] is False
+
+    # What only a restore proves (the files) is judged by the last restore test in the ledger.
+    fake.archive_ok = True
+    stale = {r.name: r for r in backups.daily_checks(target, ENV, NOW, last_restore=NOW - timedelta(days=40))[0]}
+    assert stale["backup integrity"].passed is False and "deferred to the restore test" in stale["backup integrity"].evidence
+    fresh = {r.name: r.passed for r in backups.daily_checks(target, ENV, NOW, last_restore=NOW - timedelta(days=1))[0]}
+    assert all(fresh.values())
+    assert fake.calls == []                                             # read only
+
+
+# -- maintenance -----------------------------------------------------------------------------
+
+def test_maintenance_never_starts_inside_the_platforms_maintenance():
+    fake = MemoryTarget(ENV)
+    ctx = context(fake, maintenance)
+    maintenance.refuse_inside_maintenance_window(ctx, NOW)            # nothing announced: it starts
+    fake.window = MaintenanceWindow(NOW - timedelta(minutes=10), 60, "Wednesday patching")
+    with pytest.raises(PcdbError, match="inside its Azure maintenance window .* Wednesday patching"):
+        maintenance.refuse_inside_maintenance_window(ctx, NOW)
+    maintenance.refuse_inside_maintenance_window(ctx, NOW + timedelta(minutes=51))   # after the window
+    fake.announced = [PlannedMaintenance("minor version upgrade", NOW - timedelta(minutes=5), None)]
+    with pytest.raises(PcdbError, match=r"planned maintenance is under way on the server \(minor version upgrade"):
+        maintenance.refuse_inside_maintenance_window(ctx, NOW + timedelta(hours=2))
+    assert fake.calls == []
+
+
+# -- health ----------------------------------------------------------------------------------
+
+def test_health_with_the_primary_unreachable_is_critical_at_once_on_the_critical_channels(tmp_path):
+    fake = MemoryTarget(ENV)
+    ctx = Unreachable(ENV, RoleView(fake, health.PORT))
+    sent = []
+    store = health.Store(tmp_path / "health.sqlite")
+    try:
+        report = health.run(ctx, store, lambda severity, subject, body, channels: sent.append(
+            (severity, subject, tuple(channels))) or {"sent": channels}, now=NOW)
+    finally:
+        store.close()
+    firing = {a["rule"]: a for a in report.alerts if a["state"] == "firing"}
+    assert report.status == "critical" and firing["no-writable-primary"]["severity"] == "critical"
+    assert "database-connection-failure" not in firing            # it holds for its duration first
+    critical = tuple(ENV.notifications.routing["critical"])
+    assert ("critical", f"pcdb {ENV.name} FIRING [critical] {firing['no-writable-primary']['title']}", critical) in sent
+    assert report.metrics["up"] == 0.0 and fake.calls == []
+
+
+# -- daily checklist -------------------------------------------------------------------------
+
+def test_the_checklist_names_the_node_that_is_down_and_reads_failed_logins_where_it_can():
+    fake = MemoryTarget(ENV)
+    target = RoleView(fake, checklist.PORT)
+    assert checklist.pair_item(target).passed
+    fake.nodes["node2"].running = False
+    item = checklist.pair_item(target)
+    assert not item.passed and "node2 standby (DOWN)" in item.evidence and "HA Degraded" in item.evidence
+
+    bound = ENV.security.connection_policy.max_failed_attempts
+    fake.logins_failed = [NOW - timedelta(hours=1)] * (bound + 1) + [NOW - timedelta(days=2)] * 50
+    item = checklist.failed_logins_item(target, ENV, NOW - timedelta(days=1))
+    assert not item.passed and item.details["failed"] == bound + 1       # the older ones are not today's
+    fake.logins_failed = None                                           # Azure: in Log Analytics
+    item = checklist.failed_logins_item(target, ENV, NOW - timedelta(days=1))
+    assert item.details["available"] is False and "not read here" in item.evidence
+
+
+# -- capacity --------------------------------------------------------------------------------
+
+def test_capacity_forecasts_from_the_platforms_history_or_waits_for_enough_of_it(tmp_path):
+    fake = MemoryTarget(ENV)
+    target = RoleView(fake, capacity.PORT)
+    quota = float(ENV.server.storage.size)
+    growth = 0.004 * quota                                             # 0.4 % of the quota a day
+    start = NOW - timedelta(weeks=8)
+    hours = int((NOW - start).total_seconds() // 3600)
+    fake.history = {"storage_used": [(start + timedelta(hours=h), 0.2 * quota + growth * h / 24,
+                                      0.2 * quota + growth * h / 24) for h in range(hours)]}
+    store = capacity.Store(tmp_path / "capacity.sqlite")
+    empty_health = health.Store(tmp_path / "health.sqlite")
+    try:
+        history, source = capacity.load_history(target, empty_health.db, NOW, 8)
+        assert source.startswith("Azure Monitor")
+        result = capacity.analyse(ENV, history, store, NOW, quota_bytes=quota)
+        s = result["storage"]
+        used_now = 0.2 * quota + growth * hours / 24
+        truth = (s["warning_percent"] / 100 * quota - used_now) / growth
+        assert abs(s["days_to_warning"] - truth) <= 1.0, (s["days_to_warning"], truth)
+        low, high = s["interval"]                                      # days, to a tenth
+        assert low - 0.1 <= truth <= high + 0.1
+
+        fake.history = None                                            # no platform history: the health store
+        history, source = capacity.load_history(target, empty_health.db, NOW, 8)
+        assert "health runbook" in source
+        assert "insufficient_history" in capacity.analyse(ENV, history, store, NOW, quota_bytes=quota)
+    finally:
+        store.close()
+        empty_health.close()
+
+
+# -- SLA -------------------------------------------------------------------------------------
+
+def test_sla_counts_the_platforms_down_minutes_exactly_and_alerts_on_the_budget():
+    fake = MemoryTarget(ENV)
+    target = RoleView(fake, sla.PORT)
+    start, _end, _name = sla.month_bounds(ENV, "2026-02", NOW)
+    minutes = int(timedelta(days=28).total_seconds() // 60)
+    down = set(range(1000, 1043))                                      # 43 minutes down in one outage
+    fake.availability = [(start + timedelta(minutes=m), 0.0 if m in down else 1.0) for m in range(minutes)]
+    result = sla.measure(target, ENV, "2026-02", NOW)
+    assert result["minutes_down"] == 43 and result["minutes_unobserved"] == 0
+    assert result["availability_percent"] == pytest.approx(100 * (minutes - 43) / minutes, abs=1e-4)
+    assert [o["minutes"] for o in result["outages"]] == [43]
+    # 99.9 % of 28 days allows 40.3 min: spent; 99.95 % allows 20.2: spent too
+    assert all(not t["met"] for t in result["targets"].values()) and len(result["alerts"]) == 2
+
+
+# -- cost ------------------------------------------------------------------------------------
+
+def test_cost_projects_the_month_from_the_bill_and_alerts_on_both_thresholds():
+    fake = MemoryTarget(ENV)
+    today = date(2026, 3, 11)                                          # 10 whole days of March
+    cfg = ENV.operations.cost
+    per_day_before = cfg.alert_monthly_usd / 31 * 0.7                  # February well under the alert
+    per_day_now = cfg.alert_monthly_usd / 31 * 1.1                     # March over it, and > 27 % more
+    fake.costs = [DayCost(date(2026, 2, 1) + timedelta(days=d), "server", "compute", per_day_before) for d in range(28)]
+    fake.costs += [DayCost(date(2026, 3, 1) + timedelta(days=d), "server", "compute", per_day_now) for d in range(11)]
+    result = cost.review(ENV, cost.month_costs(RoleView(fake, cost.PORT), today), today)
+    assert result["days_elapsed"] == 10                                # today's cost is not complete yet
+    assert result["projected_usd"] == pytest.approx(per_day_now * 31, rel=1e-6)
+    threshold, rise = result["alerts"]
+    assert "alert threshold" in threshold and "more than last month" in rise
+
+    fake.costs = [c for c in fake.costs if c.day.month == 2] + [
+        DayCost(date(2026, 3, 1) + timedelta(days=d), "server", "compute", per_day_before) for d in range(11)]
+    assert cost.review(ENV, cost.month_costs(RoleView(fake, cost.PORT), today), today)["alerts"] == []
+
+
+# -- failover and failback -------------------------------------------------------------------
+
+def decide(facts: dict) -> None:
+    decide.seen = facts
+
+
+def confirmed(step, what: str) -> None:
+    confirmed.asked.append((what, step.owner))
+
+
+confirmed.asked = []
+
+
+def test_a_zone_failover_is_refused_without_a_running_standby_and_promotes_it_otherwise():
+    fake = MemoryTarget(ENV)
+    target, plane = RoleView(fake, failover.PORT), MemoryPlane(fake)
+    fake.nodes["node2"].running = False
+    with pytest.raises(TargetError, match="HA standby .* is not running"):
+        failover.zone_failover(target, ENV, "pw", decide, plane=plane)
+    assert fake.calls == []                                            # refused before the decision
+    fake.nodes["node2"].running = True
+    report = failover.zone_failover(target, ENV, "pw", decide, plane=plane)
+    assert fake.calls == ["failover forced"] and fake.nodes["node2"].role == "primary"
+    assert report.recovery_seconds is not None and report.met
+
+
+def test_a_region_failover_is_refused_while_the_primary_answers_and_done_once():
+    fake = MemoryTarget(ENV)
+    target, plane = RoleView(fake, failover.PORT), MemoryPlane(fake)
+    with pytest.raises(TargetError, match="the primary region answers"):
+        failover.region_failover(target, ENV, "pw", decide, confirmed, plane=plane)
+    assert fake.calls == []
+    fake.stop_primary_region()
+    fake.calls.clear()
+    report = failover.region_failover(target, ENV, "pw", decide, confirmed, plane=plane)
+    assert fake.calls == ["promote_replica None", "switch_application replica"]
+    assert decide.seen["primary_region_missing"] == ["node1", "node2"] and report.met
+    assert [owner for _, owner in confirmed.asked[-2:]] == [ENV.dr.step("switch_application").owner,
+                                                           ENV.dr.step("switch_dns").owner]
+    again = failover.region_failover(target, ENV, "pw", decide, confirmed, plane=plane)
+    assert again.changed is False and fake.calls == ["promote_replica None", "switch_application replica"]
+
+
+def test_a_failback_is_refused_while_the_region_is_down_then_brings_everything_back():
+    fake = MemoryTarget(ENV)
+    target, plane = RoleView(fake, failover.PORT), MemoryPlane(fake)
+    assert failover.failback(target, ENV, "pw", decide, confirmed, plane=plane).changed is False   # nothing to do
+    fake.stop_primary_region()
+    failover.region_failover(target, ENV, "pw", decide, confirmed, plane=plane)
+    with pytest.raises(TargetError, match="still down: node1, node2 do not answer"):
+        failover.failback(target, ENV, "pw", decide, confirmed, plane=plane)
+    fake.start_primary_region()
+    fake.calls.clear()
+    report = failover.failback(target, ENV, "pw", decide, confirmed, plane=plane)
+    assert fake.calls == ["reverse_replication", "switch_back", "rebuild_replica"]
+    assert report.application == "primary" and fake.nodes["node1"].role == "primary"
+    assert fake.nodes["replica"].role == "replica" and report.recovery_seconds is not None
+
+
+# -- recovery --------------------------------------------------------------------------------
+
+def test_a_recovery_time_in_the_future_or_before_the_retention_is_refused_before_anything_is_made():
+    fake = MemoryTarget(ENV)
+    target = RoleView(fake, recovery.PORT)
+    with pytest.raises(PcdbError, match="has no backup to restore from"):
+        recovery.check_time(target, ENV, NOW - timedelta(hours=1))
+    fake.backups = [BackupInfo("b1", "automatic", NOW - ENV.backup.retention - timedelta(days=3)),
+                    BackupInfo("b2", "automatic", NOW - timedelta(days=1))]
+    with pytest.raises(PcdbError, match="is in the future"):
+        recovery.check_time(target, ENV, NOW + timedelta(minutes=1))
+    with pytest.raises(PcdbError, match="before the retention: the earliest point"):
+        recovery.check_time(target, ENV, NOW - ENV.backup.retention - timedelta(hours=1))
+    with pytest.raises(PcdbError, match="has no time zone"):
+        recovery.check_time(target, ENV, datetime(2026, 3, 18, 9, 0))
+    recovery.check_time(target, ENV, NOW - timedelta(hours=1))          # inside the retention: accepted
+    assert fake.calls == [] and fake.servers == {}
