@@ -31,6 +31,7 @@ def _ledger_context(env: str):
 @user_errors
 def history(ctx: typer.Context, env: EnvOption = "local", since: SinceOption = "30d",
             flow: Annotated[str | None, typer.Option("--flow", help="only runs of this flow, e.g. dr-drill")] = None,
+            run: Annotated[str | None, typer.Option("--run", help="only this flow run (its id), whenever it ran")] = None,
             as_json: JsonOption = False) -> None:
     """List the runbook runs recorded in the ledger (newest first)."""
     if ctx.invoked_subcommand is not None:
@@ -44,7 +45,14 @@ def history(ctx: typer.Context, env: EnvOption = "local", since: SinceOption = "
 
     spec, run_ctx = _ledger_context(env)
     with run_ctx.connect() as conn:
-        rows = ledger.rows(conn, LEDGER_SCHEMA, clock.now() - window, flow)
+        if run is not None:
+            row = ledger.row_of_run(conn, LEDGER_SCHEMA, run)
+            if row is None:
+                raise PcdbError(f"--run {run}: no such run in the ledger of {spec.name} (a run still going, or "
+                                "one spooled, is written when it ends: `pcdb history` lists the spooled ones)")
+            rows = [row]
+        else:
+            rows = ledger.rows(conn, LEDGER_SCHEMA, clock.now() - window, flow)
     from flows.evidence import spool_for
 
     pending = spool_for(spec).pending()

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prefect import flow
-from prefect.utilities.annotations import quote
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
-from flows.evidence import HOOKS, evidence, publish_report
+from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
-from flows.runbook import Decider, approve_plan, gates, refusable, runbook_context, topology
+from flows.runbook import Decider, approve_plan, gates, name_run, refusable, runbook_context, stepped, topology
+from pcdb import drills
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError
-from tasks.drills import cleanup, run_drill
+from pcdb.steps import table as steps_table
 
 
 @flow(name="dr-drill", **HOOKS)
@@ -61,13 +62,32 @@ def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, decider: D
                      f"Approve the {scenario} drill ({mode}) on production {spec.name}: it fails over production",
                      replan=lambda: {**plan, "topology": topology(ctx)})
     decide, confirm = gates(spec, ctx, decider, "drill")
-
-    removed = cleanup(quote(ctx), confirm)
-    result = run_drill(scenario, quote(ctx), mode, decide, confirm, stall)
+    password = ctx.admin_password()
+    with stepped() as step:           # each step a task run; the decisions pause the flow between them
+        removed = drills.cleanup(ctx.target, spec, password, confirm, step=step)
+        for item in removed:
+            get_run_logger().warning("left over by an earlier drill: %s", item)
+        if scenario == "zone":
+            # On production the signed drill approval above is this decision: its plan holds the
+            # topology, made again right before acting.
+            result = drills.zone_drill(ctx.target, spec, password, mode, decide=None if spec.production else decide,
+                                       step=step)
+        elif scenario == "corruption":
+            result = drills.corruption_drill(ctx.target, spec, password, step=step)
+        else:
+            result = drills.region_drill(ctx.target, spec, password, decide, confirm, stall,
+                                         drill_id=str(flow_run.get_id() or "drill"), step=step)
+    result.steps = step.as_dicts()
+    get_run_logger().info("%s drill: RTO %s s (target %s), %s acknowledged rows lost, %s in doubt, met=%s",
+                          scenario, result.rto_seconds, result.target_rto_seconds, result.rpo_rows_lost,
+                          result.rows_in_doubt, result.met)
     result.notes = [*(f"cleaned up: {r}" for r in removed), *decider.notes, *result.notes]
     text = _report(spec, result)
     path = publish_report(spec, f"drill-{scenario}-{spec.name}", text, "drill report")
     result.report = str(path)
+    name_run(f"{scenario} drill · {result.mode} · {result.rpo_rows_lost} lost · "
+             + (f"RTO {result.rto_seconds:.1f} s" if result.rto_seconds is not None else "not recovered")
+             + ("" if result.met else " · BREACHED"))
     level = "critical" if scenario != "corruption" else "warning"
     notify(spec, level, f"pcdb {scenario} drill on {spec.name}: {'met' if result.met else 'BREACHED'}",
            f"RTO {result.rto_seconds}s (target {result.target_rto_seconds}s), {result.rpo_rows_lost} acknowledged "
@@ -85,8 +105,10 @@ def _report(spec: Environment, r) -> str:
              f"{'met' if r.target_rpo_seconds is None or r.rpo_seconds <= r.target_rpo_seconds else 'BREACHED'} |",
              "", f"- Rows acknowledged: {r.rows_acknowledged}; in doubt (commit raised, may exist): {r.rows_in_doubt}",
              f"- Topology restored afterwards: {r.topology_restored}", f"- Overall: {'MET' if r.met else 'BREACHED'}",
+             ledger_link(spec),
              "", "## Timeline", ""]
     lines += [f"- {at} — {action}" for at, action in r.timeline]
+    lines += ["", "## Steps", "", *steps_table(r.steps)]
     if r.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     return "\n".join(lines) + "\n"

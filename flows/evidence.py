@@ -73,6 +73,15 @@ def publish_report(spec: Environment, stem: str, text: str, description: str, ke
     return path
 
 
+def ledger_link(spec: Environment) -> str:
+    """Where this run's ledger row is read, for its report and artifact (the row is written when
+    the run ends)."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id() or "<run id>"
+    return f"- Ledger row of this run: `pcdb history --env {spec.name} --run {run_id}` (written when the run ends)"
+
+
 def spool_for(spec: Environment) -> ledger.Spool:
     """Where records wait when the managed server cannot take them (the orchestrator's home)."""
     return ledger.Spool(server_config(spec).home / "ledger-spool" / f"{spec.name}.jsonl")

@@ -13,12 +13,13 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from flows.evidence import HOOKS, evidence, publish_report
+from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
-from flows.runbook import Decider, gates, refusable, runbook_context
+from flows.runbook import Decider, gates, name_run, refusable, runbook_context, stepped
 from pcdb import failover as real
 from pcdb.config import Environment, load_environment
+from pcdb.steps import table as steps_table
 
 
 @flow(name="failover", **HOOKS)
@@ -41,18 +42,23 @@ def failover(scenario: Literal["zone", "region", "failback"], env: str = "local"
     with evidence(spec, ctx, "failover") as ev, mutating_slot(spec.name, f"{scenario} failover", wait_seconds):
         ev.decisions = decider.collected
         password = ctx.admin_password()
-        if scenario == "zone":
-            result = real.zone_failover(ctx.target, spec, password, decide, outage_began)
-        elif scenario == "region":
-            result = real.region_failover(ctx.target, spec, password, decide, confirm, outage_began)
-        else:
-            result = real.failback(ctx.target, spec, password, decide, confirm)
+        with stepped() as step:       # each step a task run; the decisions pause the flow between them
+            if scenario == "zone":
+                result = real.zone_failover(ctx.target, spec, password, decide, outage_began, step=step)
+            elif scenario == "region":
+                result = real.region_failover(ctx.target, spec, password, decide, confirm, outage_began, step=step)
+            else:
+                result = real.failback(ctx.target, spec, password, decide, confirm, step=step)
+        result.steps = step.as_dicts()
         result.notes = [*decider.notes, *result.notes]
         text = _report(spec, result)
         path = publish_report(spec, f"failover-{scenario}-{spec.name}", text, f"{scenario} failover report")
         result.report = str(path)
         ev.report = str(path)
-        ev.figures = {k: v for k, v in result.as_dict().items() if k not in ("timeline", "notes", "report")}
+        ev.figures = {k: v for k, v in result.as_dict().items() if k not in ("timeline", "steps", "notes", "report")}
+        name_run(f"{scenario} failover · " + ("nothing to do" if not result.changed else
+                 f"recovered in {result.recovery_seconds:.1f} s" if result.recovery_seconds is not None
+                 else "NOT recovered") + f" · application → {result.application}")
         get_run_logger().info("%s: recovery %s s (target %s s), application -> %s", scenario,
                               result.recovery_seconds, result.target_rto_seconds, result.application)
         if result.changed:
@@ -71,8 +77,9 @@ def _report(spec: Environment, r: real.FailoverReport) -> str:
              f"- Recovery (to the first write the application's path accepted): {measured}; "
              f"target {r.target_rto_seconds:.0f} s: {verdict}",
              f"- The application's name points at: the {r.application}",
-             f"- Changed anything: {r.changed}", "", "## Timeline", ""]
+             f"- Changed anything: {r.changed}", ledger_link(spec), "", "## Timeline", ""]
     lines += [f"- {at} — {action}" for at, action in r.timeline]
+    lines += ["", "## Steps", "", *steps_table(r.steps)]
     if r.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     return "\n".join(lines) + "\n"

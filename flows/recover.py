@@ -8,12 +8,13 @@ from datetime import datetime
 
 from prefect import flow, get_run_logger
 
-from flows.evidence import HOOKS, evidence, publish_report
+from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
-from flows.runbook import Decider, approve_plan, refusable, runbook_context
+from flows.runbook import Decider, approve_plan, name_run, refusable, runbook_context, stepped
 from pcdb import ledger, predicate, recovery
 from pcdb.config import Environment, load_environment
+from pcdb.steps import table as steps_table
 
 
 @flow(name="recover", **HOOKS)
@@ -44,12 +45,16 @@ def recover(to: datetime, env: str = "local", spec_path: str | None = None, tabl
     recovery.check_time(ctx.target, spec, to)          # refused before anything, even the slot
     with evidence(spec, ctx, "recover") as ev, mutating_slot(spec.name, "data recovery", wait_seconds):
         ev.decisions = decider.collected
-        result = recovery.recover(ctx.target, spec, ctx.admin_password(), to, tables, where, approve,
-                                  spec.reports_path / "recoveries")
+        with stepped() as step:       # each step a task run; the approval pauses the flow between them
+            result = recovery.recover(ctx.target, spec, ctx.admin_password(), to, tables, where, approve,
+                                      spec.reports_path / "recoveries", step=step)
+        result.steps = step.as_dicts()
+        name_run(f"recovery to {result.to} · {result.put_back} row(s) put back · "
+                 + ("verified" if result.verified else "NOT verified"))
         result.notes = [*decider.notes, *result.notes]
         path = publish_report(spec, f"recover-{spec.name}", _report(spec, result, where), "data recovery report")
         result.report = ev.report = str(path)
-        ev.figures = {k: v for k, v in result.as_dict().items() if k not in ("timeline", "notes", "report")}
+        ev.figures = {k: v for k, v in result.as_dict().items() if k not in ("timeline", "steps", "notes", "report")}
         get_run_logger().info("recovery to %s: %s row(s) put back, verified=%s, %s s", to, result.put_back,
                               result.verified, result.recovery_seconds)
         notify(spec, "warning" if result.met else "critical",
@@ -72,7 +77,8 @@ def _report(spec: Environment, r: recovery.RecoveryReport, where: str | None) ->
     lines += [f"| {t.name} | {len(t.missing)} | {len(t.changed)} | {t.extra} |" for t in r.tables]
     if r.skipped:
         lines += ["", "Not compared: " + ", ".join(r.skipped)]
-    lines += ["", "## Timeline", ""] + [f"- {at} — {action}" for at, action in r.timeline]
+    lines += ["", ledger_link(spec), "", "## Timeline", ""] + [f"- {at} — {action}" for at, action in r.timeline]
+    lines += ["", "## Steps", "", *steps_table(r.steps)]
     if r.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     return "\n".join(lines) + "\n"

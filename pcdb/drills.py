@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 import psycopg
@@ -21,6 +22,7 @@ from pcdb.errors import TargetError
 from pcdb.failover import promote_region
 from pcdb.probe import ProbeResult, ProbeWriter
 from pcdb.sql import query
+from pcdb.steps import Steps
 from pcdb.targets.base import STALL_REPLICA, Backups, Connection, Provisioning, Topology, throwaway_name
 from pcdb.timeline import Timeline
 
@@ -60,6 +62,7 @@ class DrillResult(Timeline):
     timeline: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     report: str | None = None
+    steps: list[dict] = field(default_factory=list)    # pcdb.steps records: name, began, seconds, outcome
 
 
     @property
@@ -74,7 +77,7 @@ class DrillResult(Timeline):
                 "rows_in_doubt": self.rows_in_doubt, "rows_acknowledged": self.rows_acknowledged,
                 "target_rto_seconds": self.target_rto_seconds, "target_rpo_seconds": self.target_rpo_seconds,
                 "met": self.met, "topology_restored": self.topology_restored,
-                "timeline": self.timeline_dicts(), "notes": self.notes,
+                "timeline": self.timeline_dicts(), "steps": self.steps, "notes": self.notes,
                 "report": self.report}
 
 
@@ -92,11 +95,17 @@ class Probe(Protocol):
 
 
 class DataPlane(Protocol):
-    """The drills' database work, apart from the target's control plane: the probe writer and
-    the replica's lag. Real servers by default (SQL); pcdb.targets.memory fakes it with the port."""
+    """The drills' database work, apart from the target's control plane: the probe writer, the
+    replica's lag, the corruption drill's known rows and the tables a killed drill left. Real
+    servers by default (SQL); pcdb.targets.memory fakes it with the port."""
 
     def probe(self, conninfo: str, table: str) -> Probe: ...
     def replica_lag_bytes(self, target: DrillTarget, env: Environment, password: str) -> int | None: ...
+    def drop_leftover_tables(self, conninfo: str) -> list[str]: ...
+    def write_known_rows(self, conninfo: str, rows: int) -> datetime: ...
+    def corrupt_known_rows(self, conninfo: str) -> None: ...
+    def count_intact(self, conninfo: str) -> tuple[int, int]: ...
+    def drop_known_rows(self, conninfo: str) -> None: ...
 
 
 class SqlPlane:
@@ -108,6 +117,34 @@ class SqlPlane:
     def replica_lag_bytes(self, target: DrillTarget, env: Environment, password: str) -> int | None:
         return replica_lag_bytes(target, env, password)
 
+    def drop_leftover_tables(self, conninfo: str) -> list[str]:
+        dropped = []
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            for table in (PROBE_TABLE, CORRUPTION_TABLE):
+                if conn.execute(query("drills.sql", "table_exists"), {"name": table}).fetchone()[0]:
+                    conn.execute(_q("drop_table", table))
+                    dropped.append(table)
+        return dropped
+
+    def write_known_rows(self, conninfo: str, rows: int) -> datetime:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(_q("create_known_rows", CORRUPTION_TABLE))
+            conn.execute(_q("insert_known_rows", CORRUPTION_TABLE), {"rows": rows})
+            return conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+    def corrupt_known_rows(self, conninfo: str) -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(_q("corrupt_delete", CORRUPTION_TABLE))
+            conn.execute(_q("corrupt_update", CORRUPTION_TABLE))
+
+    def count_intact(self, conninfo: str) -> tuple[int, int]:
+        with psycopg.connect(conninfo) as conn:
+            return tuple(conn.execute(_q("count_intact", CORRUPTION_TABLE)).fetchone())
+
+    def drop_known_rows(self, conninfo: str) -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(_q("drop_table", CORRUPTION_TABLE))
+
 
 SQL = SqlPlane()
 
@@ -117,36 +154,40 @@ def _admin(target: DrillTarget, env: Environment, password: str, which: str = "a
 
 
 def cleanup(target: DrillTarget, env: Environment, password: str,
-            confirm: Callable[[DrStep, str], None] | None = None) -> list[str]:
+            confirm: Callable[[DrStep, str], None] | None = None, plane: DataPlane = SQL,
+            step: Steps | None = None) -> list[str]:
     """Remove what an interrupted drill may have left: probe tables, throw-away servers, and make
     the topology whole again. A replica a drill promoted is replaced only after ``confirm``
-    (the application may still point at it). Returns what it removed or repaired."""
+    (the application may still point at it), asked between the steps. Returns what it removed or
+    repaired."""
+    step = step or Steps()
     promoted_for_real = not target.replica_diverged() and any(n.role == "promoted" for n in target.server_state().nodes)
     if target.application_target() != "primary" or promoted_for_real:
         raise TargetError("the service runs on the promoted replica since a real region failover: fail back "
                           "(`pcdb failback region`) before any drill, or it would undo production's failover"
                           + ("; the failover itself is not finished: run `pcdb failover region --real` again"
                              if target.application_target() == "primary" else ""))
-    done, server = [], restore_server(env)
-    if target.delete_server(server).action == "deleted":
-        done.append(f"deleted throw-away server {server}")
-    started = target.start_primary_region()
-    if started.changed:
-        done.append("the primary region was left stopped by an interrupted region drill: started")
+    server = restore_server(env)
+
+    def leftovers() -> list[str]:
+        done = []
+        if target.delete_server(server).action == "deleted":
+            done.append(f"deleted throw-away server {server}")
+        if target.start_primary_region().changed:
+            done.append("the primary region was left stopped by an interrupted region drill: started")
+        done += [f"dropped leftover table {t}" for t in plane.drop_leftover_tables(_admin(target, env, password, "primary"))]
+        return done
+
+    done = step("clean up after earlier drills", leftovers, retry=True)
     if target.replica_diverged():
         if confirm is not None:
             confirm(env.dr.step("switch_application"), f"the application and DNS point at the primary, not at "
                     f"{env.replica.name}, which an earlier drill promoted and which will now be replaced")
-        target.rebuild_replica()
+        step(f"rebuild the replica {env.replica.name} an earlier drill promoted", target.rebuild_replica)
         done.append("replica was promoted or cut off by an interrupted region drill: rebuilt from the primary")
-    repaired = [c for c in [*target.ensure_server(), target.ensure_replica()] if c.changed]
-    done += [f"{c.resource} {c.name}: {c.action}" for c in repaired]
-    with psycopg.connect(_admin(target, env, password, "primary"), autocommit=True) as conn:
-        for table in (PROBE_TABLE, CORRUPTION_TABLE):
-            if conn.execute(query("drills.sql", "table_exists"), {"name": table}).fetchone()[0]:
-                conn.execute(_q("drop_table", table))
-                done.append(f"dropped leftover table {table}")
-    return done
+    repaired = step("check the HA pair and the replica, repair what differs",
+                    lambda: [c for c in [*target.ensure_server(), target.ensure_replica()] if c.changed], retry=True)
+    return done + [f"{c.resource} {c.name}: {c.action}" for c in repaired]
 
 
 def _topology_whole(target: DrillTarget) -> bool:
@@ -179,28 +220,47 @@ def replica_lag_bytes(target: DrillTarget, env: Environment, password: str) -> i
         return None
 
 
+def _started(probe: Probe, rows: int) -> None:
+    probe.start()
+    probe.wait_for_rows(rows)
+
+
+def _measured(probe: Probe, rows: int, timeout: float = 30) -> ProbeResult:
+    probe.wait_for_rows(rows, timeout=timeout)
+    return probe.stop()
+
+
 def zone_drill(target: DrillTarget, env: Environment, password: str, mode: str = "forced",
-               plane: DataPlane = SQL) -> DrillResult:
-    """Zone failure (R-DR-1): HA failover under a probe writer; RPO must be 0."""
+               plane: DataPlane = SQL, decide: Callable[[dict], None] | None = None,
+               step: Steps | None = None) -> DrillResult:
+    """Zone failure (R-DR-1): HA failover under a probe writer; RPO must be 0.
+
+    Args:
+        decide: called with the pair's state before the failover, between the steps; raises to abort.
+        step: runs each step (inline by default; a Prefect task each in the flow).
+    """
+    step = step or Steps()
     result = DrillResult("zone", mode, env.dr.zone_failure.rto.total_seconds(), env.dr.zone_failure.rpo.total_seconds())
     probe = plane.probe(_admin(target, env, password), PROBE_TABLE)
     try:
+        step("start the probe writer", lambda: _started(probe, 50))
         result.mark("probe writer started")
-        probe.start()
-        probe.wait_for_rows(50)
-        result.mark(f"{mode} failover begins")
-        failover = target.failover(mode)  # type: ignore[arg-type]
+        if decide is not None:
+            state = target.server_state()
+            decide({"mode": mode, "ha_state": state.ha_state,
+                    "nodes": [f"{n.name} {n.role} {'up' if n.running else 'DOWN'}" for n in state.nodes]})
+            result.mark(f"decision to fail over ({mode}) recorded")
+        failover = step(f"{mode} failover of the HA pair", lambda: target.failover(mode))  # type: ignore[arg-type]
         result.mark(f"{failover.new_primary} promoted in {failover.promote_seconds:.3f}s; "
                     f"{failover.old_primary} rejoined as synchronous standby")
-        probe.wait_for_rows(50)
-        outcome = probe.stop()
+        outcome = step("measure the probe writer", lambda: _measured(probe, 50))
         result.mark("probe writer stopped")
         _account(result, probe, outcome)
-        result.topology_restored = wait_topology_whole(target)
+        result.topology_restored = step("check the topology is whole", lambda: wait_topology_whole(target))
         result.mark("topology checked: " + ("whole" if result.topology_restored else "NOT whole"))
     finally:
         probe.stop()
-        _drop(probe)
+        step("drop the probe table", lambda: _drop(probe))
     return result
 
 
@@ -224,27 +284,26 @@ def _drop(probe: Probe, conninfo: str | None = None) -> None:
         pass  # cleanup() at the next drill removes it
 
 
-def corruption_drill(target: DrillTarget, env: Environment, password: str, rows: int = 1000) -> DrillResult:
+def corruption_drill(target: DrillTarget, env: Environment, password: str, rows: int = 1000,
+                     plane: DataPlane = SQL, step: Steps | None = None) -> DrillResult:
     """Data corruption (R-DR-3): known rows, a wrong DELETE/UPDATE, restore to just before it on a
     new server, prove the known rows are back and the corruption is not; RTO = restore time."""
+    step = step or Steps()
     result = DrillResult("corruption", "pitr", env.dr.data_corruption.rto.total_seconds(), None)
     primary = _admin(target, env, password, "primary")
     server = restore_server(env)
     try:
-        with psycopg.connect(primary, autocommit=True) as conn:
-            conn.execute(_q("create_known_rows", CORRUPTION_TABLE))
-            conn.execute(_q("insert_known_rows", CORRUPTION_TABLE), {"rows": rows})
-            result.mark(f"{rows} known rows written")
-            before = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-            conn.execute(_q("corrupt_delete", CORRUPTION_TABLE))
-            conn.execute(_q("corrupt_update", CORRUPTION_TABLE))
-            result.mark("corruption: a third of the rows deleted, a third overwritten")
+        before = step(f"write {rows} known rows", lambda: plane.write_known_rows(primary, rows))
+        result.mark(f"{rows} known rows written")
+        step("corrupt them: a third deleted, a third overwritten", lambda: plane.corrupt_known_rows(primary))
+        result.mark("corruption: a third of the rows deleted, a third overwritten")
         started = time.monotonic()
-        endpoint = target.restore_point_in_time(before, server)
+        endpoint = step(f"restore to just before the corruption on {server}",
+                        lambda: target.restore_point_in_time(before, server))
         result.rto_seconds = round(time.monotonic() - started, 3)
         result.mark(f"restored to {before.isoformat()} on {server} in {result.rto_seconds}s")
-        with psycopg.connect(endpoint.conninfo(env.server.admin.user, password)) as restored:
-            got = restored.execute(_q("count_intact", CORRUPTION_TABLE)).fetchone()
+        got = step("compare the known rows", lambda: plane.count_intact(endpoint.conninfo(env.server.admin.user,
+                                                                                            password)), retry=True)
         intact = got == (rows, rows)
         result.notes.append(f"restored table: {got[0]} rows, {got[1]} with their original content "
                             f"(expected {rows}/{rows})")
@@ -252,17 +311,16 @@ def corruption_drill(target: DrillTarget, env: Environment, password: str, rows:
         if not intact:
             result.rto_seconds = None  # the restore did not recover the data: the RTO is not met
     finally:
-        target.delete_server(server)
+        step(f"delete the throw-away server {server}", lambda: target.delete_server(server), retry=True)
         result.mark(f"throw-away server {server} deleted")
-        with psycopg.connect(primary, autocommit=True) as conn:
-            conn.execute(_q("drop_table", CORRUPTION_TABLE))
-        result.topology_restored = wait_topology_whole(target)
+        step("drop the known rows", lambda: plane.drop_known_rows(primary), retry=True)
+        result.topology_restored = step("check the topology is whole", lambda: wait_topology_whole(target))
     return result
 
 
 def region_drill(target: DrillTarget, env: Environment, password: str, decide: Callable[[dict], None],
                  confirm: Callable[[DrStep, str], None], stall_replica: bool = False, drill_id: str = "drill",
-                 plane: DataPlane = SQL) -> DrillResult:
+                 plane: DataPlane = SQL, step: Steps | None = None) -> DrillResult:
     """Region failure (R-DR-2): the manual procedure of §5.2.3, that is the real region failover's
     promotion (pcdb.failover.promote_region) plus its undo.
 
@@ -277,7 +335,10 @@ def region_drill(target: DrillTarget, env: Environment, password: str, decide: C
         stall_replica: cut the replica's link first, so that loss is expected (a drill of the breach).
         drill_id: tags the promoted server (Azure), so only a drill's promotion is ever undone.
         plane: the database work (real SQL; a fake with pcdb.targets.memory).
+        step: runs each step (inline by default; a Prefect task each in the flow). The decision
+            and the confirmations are asked between steps, never inside one.
     """
+    step = step or Steps()
     rpo = env.dr.region_failure.rpo.total_seconds()
     result = DrillResult("region", "stalled-replica" if stall_replica else "manual",
                          env.dr.region_failure.rto.total_seconds(), rpo)
@@ -289,26 +350,28 @@ def region_drill(target: DrillTarget, env: Environment, password: str, decide: C
         raise TargetError(f"{type(target).__name__} cannot stall a replica's replication: the stalled-replica "
                           "region drill runs on the sandbox only")
     try:
-        probe.start()
-        probe.wait_for_rows(50)
+        step("start the probe writer", lambda: _started(probe, 50))
         result.mark("probe writer started")
         if stall_replica:
-            target.stall_replica()
-            probe.wait_for_rows(100)
+            step("stall the replica's link (no streaming, no archive)",
+                 lambda: (target.stall_replica(), probe.wait_for_rows(100)))
             result.mark("replica link stalled (no streaming, no archive)")
-        lag = plane.replica_lag_bytes(target, env, password)
+        lag = step("measure the replica's lag", lambda: plane.replica_lag_bytes(target, env, password), retry=True)
         result.mark(f"replica lag checked: {lag} bytes behind the primary")
         decide({"replica_lag_bytes": lag})
         result.mark("decision to fail over recorded")
         failed_at = time.monotonic()
         stopped = True
-        target.stop_primary_region()
+        step("stop the primary region (the primary and its HA standby)", target.stop_primary_region)
         result.mark("primary region stopped (the primary server and its HA standby)")
         promoted = True  # from here on the replica may be promoted: the finally undoes it
-        promote_region(target, env, confirm, result.mark, drill=drill_id, switched=switched)
-        probe.switch_to(replica_info)  # the application's connection string now names the replica
-        probe.wait_for_rows(20, timeout=60)
-        outcome = probe.stop()
+        promote_region(target, env, confirm, result.mark, drill=drill_id, switched=switched, step=step)
+
+        def through_the_replica() -> ProbeResult:
+            probe.switch_to(replica_info)  # the application's connection string now names the replica
+            return _measured(probe, 20, timeout=60)
+
+        outcome = step("write through the promoted replica", through_the_replica)
         result.mark("writes succeed on the promoted replica")
         _account(result, probe, outcome, replica_info)
         result.rto_seconds = round((outcome.first_recovery or time.monotonic()) - failed_at, 3)
@@ -318,17 +381,17 @@ def region_drill(target: DrillTarget, env: Environment, password: str, decide: C
         if promoted:
             _drop(probe, replica_info)
         if stopped:
-            target.start_primary_region()
+            step("start the primary region again", target.start_primary_region, retry=True)
             result.mark("primary region started again")
         kept = False
         if target.replica_diverged():
             kept = not _switched_back(switched, confirm, result)
             if not kept:
-                target.rebuild_replica()
+                step(f"rebuild the replica {env.replica.name} from the primary", target.rebuild_replica)
                 result.mark("original topology rebuilt: the promoted server replaced by a new replica of the primary")
-        _drop(probe, _admin(target, env, password, "primary"))
+        step("drop the probe table", lambda: _drop(probe, _admin(target, env, password, "primary")))
         # A promoted server kept on purpose means the topology is not whole: say so, do not wait for it.
-        result.topology_restored = not kept and wait_topology_whole(target)
+        result.topology_restored = not kept and step("check the topology is whole", lambda: wait_topology_whole(target))
     return result
 
 

@@ -23,6 +23,7 @@ from pcdb import clock
 from pcdb.config import DrStep, Environment
 from pcdb.errors import TargetError
 from pcdb.sql import query
+from pcdb.steps import Steps
 from pcdb.targets.base import Connection, Topology
 from pcdb.timeline import Timeline
 
@@ -47,7 +48,7 @@ class FailoverReport(Timeline):
     timeline: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     report: str | None = None
-
+    steps: list[dict] = field(default_factory=list)    # pcdb.steps records: name, began, seconds, outcome
 
     @property
     def met(self) -> bool | None:
@@ -57,7 +58,7 @@ class FailoverReport(Timeline):
         return {"kind": self.kind, "changed": self.changed, "application": self.application,
                 "outage_began": self.outage_began, "recovery_seconds": self.recovery_seconds,
                 "target_rto_seconds": self.target_rto_seconds, "met": self.met,
-                "timeline": self.timeline_dicts(), "notes": self.notes,
+                "timeline": self.timeline_dicts(), "steps": self.steps, "notes": self.notes,
                 "report": self.report}
 
 
@@ -130,12 +131,14 @@ def _began(outage_began: datetime | None) -> tuple[float, str]:
 
 
 def zone_failover(target: FailoverTarget, env: Environment, password: str, decide: Callable[[dict], None],
-                  outage_began: datetime | None = None, plane: ServicePlane = SQL) -> FailoverReport:
+                  outage_began: datetime | None = None, plane: ServicePlane = SQL,
+                  step: Steps | None = None) -> FailoverReport:
     """The manual forced failover of the HA pair (§8.2.2 step 5): for when the automatic HA
     failover did not happen. Refused when the standby cannot take over."""
+    step = step or Steps()
     began, text = _began(outage_began)
     report = FailoverReport("zone", env.dr.zone_failure.rto.total_seconds(), text)
-    state = target.server_state()
+    state = step("read the HA pair's state", target.server_state, retry=True)
     standby = [n for n in state.nodes if n.role == "standby"]
     if not standby or not all(n.running for n in standby):
         raise TargetError(f"the HA standby of {env.server.name} is not running: a zone failover has nothing to "
@@ -145,37 +148,41 @@ def zone_failover(target: FailoverTarget, env: Environment, password: str, decid
                                                    for n in state.nodes]}
     decide(facts)
     report.mark(f"forced failover decided ({facts['ha_state']})")
-    result = target.failover("forced")
+    result = step("forced failover of the HA pair", lambda: target.failover("forced"))
     report.mark(f"{result.new_primary} promoted in {result.promote_seconds:.3f}s; {result.old_primary} rejoins")
-    report.recovery_seconds = watch_service(target, env, password, began,
-                                            time.monotonic() + report.target_rto_seconds, plane)
+    report.recovery_seconds = step("watch the application's path take a write", lambda: watch_service(
+        target, env, password, began, time.monotonic() + report.target_rto_seconds, plane))
     report.mark("the application's path takes writes" if report.recovery_seconds is not None
                 else "the application's path did NOT take a write within the target")
     return report
 
 
 def promote_region(target: FailoverTarget, env: Environment, confirm: Callable[[DrStep, str], None],
-                   mark: Callable[[str], None], drill: str | None = None, switched: list | None = None) -> None:
+                   mark: Callable[[str], None], drill: str | None = None, switched: list | None = None,
+                   step: Steps | None = None) -> None:
     """The region failover's irreversible part, the same in the drill and for real: the replica
     promoted (a drill's tagged with ``drill``), then each other team's step confirmed by its owner
-    (appended to ``switched``, so that a drill knows what to undo)."""
-    promoted = target.promote_replica(drill=drill)
+    (appended to ``switched``, so that a drill knows what to undo), between the steps."""
+    step = step or Steps()
+    promoted = step(f"promote the replica {env.replica.name} ({env.replica.location})",
+                    lambda: target.promote_replica(drill=drill))
     mark(f"replica {promoted.name} {promoted.action} ({env.dr.step('promote_replica').owner})")
     for role in ("switch_application", "switch_dns"):
-        step = env.dr.step(role)
-        confirm(step, step.step)
+        dr_step = env.dr.step(role)
+        confirm(dr_step, dr_step.step)
         if switched is not None:
-            switched.append(step)
-        mark(f"confirmed: {step.step} ({step.owner})")
+            switched.append(dr_step)
+        mark(f"confirmed: {dr_step.step} ({dr_step.owner})")
 
 
 def region_failover(target: FailoverTarget, env: Environment, password: str, decide: Callable[[dict], None],
                     confirm: Callable[[DrStep, str], None], outage_began: datetime | None = None,
-                    plane: ServicePlane = SQL) -> FailoverReport:
+                    plane: ServicePlane = SQL, step: Steps | None = None) -> FailoverReport:
     """Promote the replica in the other region and point the application at it (§12.2.1).
 
     Refused while the primary region answers (two primaries would split the writes). A run
     killed halfway is finished by the next: the promotion and the switch are each idempotent."""
+    step = step or Steps()
     began, text = _began(outage_began)
     report = FailoverReport("region", env.dr.region_failure.rto.total_seconds(), text, application="replica")
     if target.application_target() == "replica":
@@ -186,23 +193,29 @@ def region_failover(target: FailoverTarget, env: Environment, password: str, dec
     if target.replica_diverged():
         raise TargetError("the replica is left promoted by an interrupted drill, not a copy of the primary: "
                           "a region failover to it would lose data. Run a drill's cleanup first")
-    if answers(target, env, password, "primary", plane=plane):
-        raise TargetError(f"the primary region answers ({env.server.name} accepts connections): a region failover "
-                          "now would make two primaries and split the writes. Use `pcdb failover zone --real` for a "
-                          "failed zone, or stop the primary first")
-    if not answers(target, env, password, "replica", plane=plane):
-        raise TargetError(f"the replica {env.replica.name} does not answer either: there is nothing to fail over to")
-    replayed_at, replay_lsn = plane.replica_position(_conninfo(target, env, password, "replica"))
+
+    def region_down_replica_up() -> tuple[datetime | None, str]:
+        if answers(target, env, password, "primary", plane=plane):
+            raise TargetError(f"the primary region answers ({env.server.name} accepts connections): a region failover "
+                              "now would make two primaries and split the writes. Use `pcdb failover zone --real` "
+                              "for a failed zone, or stop the primary first")
+        if not answers(target, env, password, "replica", plane=plane):
+            raise TargetError(f"the replica {env.replica.name} does not answer either: there is nothing to fail "
+                              "over to")
+        return plane.replica_position(_conninfo(target, env, password, "replica"))
+
+    replayed_at, replay_lsn = step("check the primary region is down and the replica answers", region_down_replica_up)
     facts = {"primary_region_missing": target.primary_region_missing(),
              "replica_last_replayed_at": replayed_at.isoformat() if replayed_at else None,
              "replica_replay_lsn": replay_lsn}
     decide(facts)
     report.mark(f"region failover decided; the replica last replayed a transaction at {facts['replica_last_replayed_at']}")
-    promote_region(target, env, confirm, report.mark)
-    switched = target.switch_application("replica")
+    promote_region(target, env, confirm, report.mark, step=step)
+    switched = step("point the application's name at the promoted replica",
+                    lambda: target.switch_application("replica"), retry=True)
     report.mark(f"the application's name points at the promoted replica ({switched.action})")
-    report.recovery_seconds = watch_service(target, env, password, began,
-                                            time.monotonic() + report.target_rto_seconds, plane)
+    report.recovery_seconds = step("watch the application's path take a write", lambda: watch_service(
+        target, env, password, began, time.monotonic() + report.target_rto_seconds, plane))
     report.mark("the application's path takes writes" if report.recovery_seconds is not None
                 else "the application's path did NOT take a write within the target")
     report.notes += [f"post-promotion check: {fact}" for fact in target.promoted_server_facts()]
@@ -210,11 +223,13 @@ def region_failover(target: FailoverTarget, env: Environment, password: str, dec
 
 
 def failback(target: FailoverTarget, env: Environment, password: str, approve: Callable[[dict], None],
-             confirm: Callable[[DrStep, str], None], plane: ServicePlane = SQL) -> FailoverReport:
+             confirm: Callable[[DrStep, str], None], plane: ServicePlane = SQL,
+             step: Steps | None = None) -> FailoverReport:
     """Back to the primary region, planned: refused while it is down (naming what is missing);
     its servers follow the promoted replica; after the approval and the teams' confirmations,
     the promoted replica stops cleanly, the primary region takes over, the application's name
     points back and the read replica is made again."""
+    step = step or Steps()
     began = time.monotonic()
     report = FailoverReport("failback", env.dr.region_failure.rto.total_seconds(),
                             clock.now().isoformat(timespec="seconds"))
@@ -226,18 +241,18 @@ def failback(target: FailoverTarget, env: Environment, password: str, approve: C
     if missing:
         raise TargetError(f"the primary region is still down: {', '.join(missing)} do not answer. Fail back once it "
                           "is back; the service stays on the promoted replica meanwhile")
-    for change in target.reverse_replication():
+    for change in step("make the primary region follow the promoted replica", target.reverse_replication):
         report.mark(f"{change.resource} {change.name}: {change.action} {'; '.join(change.notes)}".strip())
     approve({"from": env.replica.name, "to": env.server.name})
     report.mark("switch back approved")
     for role in ("switch_application", "switch_dns"):
-        step = env.dr.step(role)
-        confirm(step, f"{step.step} (back to the primary region)")
-        report.mark(f"confirmed: {step.step} back to the primary region ({step.owner})")
-    result = target.switch_back()
+        dr_step = env.dr.step(role)
+        confirm(dr_step, f"{dr_step.step} (back to the primary region)")
+        report.mark(f"confirmed: {dr_step.step} back to the primary region ({dr_step.owner})")
+    result = step("switch back to the primary region (planned)", target.switch_back)
     report.mark(f"{result.new_primary} promoted in {result.promote_seconds:.3f}s after {result.old_primary} stopped "
                 "cleanly; the application's name points back; the read replica made again")
-    report.recovery_seconds = watch_service(target, env, password, began,
-                                            time.monotonic() + report.target_rto_seconds, plane)
+    report.recovery_seconds = step("watch the application's path take a write", lambda: watch_service(
+        target, env, password, began, time.monotonic() + report.target_rto_seconds, plane))
     report.application = target.application_target()
     return report

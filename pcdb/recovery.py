@@ -37,7 +37,8 @@ from pcdb.errors import PcdbError, TargetError
 from pcdb.predicate import Predicate
 from pcdb.private import private_dir
 from pcdb.sql import query
-from pcdb.targets.base import Backups, Connection, throwaway_name
+from pcdb.steps import Steps
+from pcdb.targets.base import Backups, Connection, Endpoint, throwaway_name
 from pcdb.timeline import Timeline
 
 
@@ -85,7 +86,7 @@ class RecoveryReport(Timeline):
     timeline: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     report: str | None = None
-
+    steps: list[dict] = field(default_factory=list)    # pcdb.steps records: name, began, seconds, outcome
 
     @property
     def met(self) -> bool:
@@ -95,7 +96,7 @@ class RecoveryReport(Timeline):
         return {"to": self.to, "restored_server": self.server, "tables": [t.as_dict() for t in self.tables],
                 "skipped": self.skipped, "put_back": self.put_back, "export": self.export, "verified": self.verified,
                 "recovery_seconds": self.recovery_seconds, "target_rto_seconds": self.target_rto_seconds,
-                "met": self.met, "timeline": self.timeline_dicts(),
+                "met": self.met, "timeline": self.timeline_dicts(), "steps": self.steps,
                 "notes": self.notes, "report": self.report}
 
 
@@ -252,60 +253,91 @@ def export(diffs: list[TableDiff], folder: Path) -> Path:
 
 
 def recover(target: RecoveryTarget, env: Environment, password: str, to: datetime, tables: list[str] | None,
-            where: str | None, approve: Callable[[dict], None], export_to: Path) -> RecoveryReport:
-    """The whole recovery; the throw-away server is deleted whatever happens.
+            where: str | None, approve: Callable[[dict], None], export_to: Path,
+            step: Steps | None = None) -> RecoveryReport:
+    """The whole recovery, step by step; the approval is asked between the steps; the throw-away
+    server is deleted whatever happens.
 
     Raises:
         PredicateError: ``where`` is not one allowed expression (before anything is made).
     """
+    step = step or Steps()
     started = time.monotonic()
     predicate = predicates.parse(where) if where is not None else None   # before anything else
     report = RecoveryReport(to.isoformat(), recover_server(env), env.dr.data_corruption.rto.total_seconds())
     check_time(target, env, to)
     admin = env.server.admin.user
     live_info = target.endpoint("primary").conninfo(admin, password)
-    with psycopg.connect(live_info, autocommit=True) as live:
-        diffs = _tables(live, tables, env, report)
-        recovery_session(live, admin, diffs)
-        if predicate is not None:
-            for diff in diffs:
-                check_where(live, diff, predicate)
+
+    def planned() -> list[TableDiff]:
+        with psycopg.connect(live_info, autocommit=True) as live:
+            found = _tables(live, tables, env, report)
+            recovery_session(live, admin, found)
+            if predicate is not None:
+                for diff in found:
+                    check_where(live, diff, predicate)
+        return found
+
+    diffs = step("check the tables and the predicate (planned, nothing run)", planned)
     if not diffs:
         raise PcdbError("no table to compare: name them with --tables (each needs a primary key)")
-    target.delete_server(report.server)   # a leftover of an interrupted recovery
-    try:
-        endpoint = target.restore_point_in_time(to, report.server)
-        report.mark(f"restored {report.server} to {to.isoformat()}")
+    step("delete a leftover recovery server", lambda: target.delete_server(report.server), retry=True)
+
+    @contextmanager
+    def both(endpoint: Endpoint):
         with psycopg.connect(endpoint.conninfo(admin, password), autocommit=True) as restored, \
                 psycopg.connect(live_info, autocommit=True) as live:
             recovery_session(restored, admin, diffs)
             recovery_session(live, admin, diffs)
-            for diff in diffs:
-                compare(restored, live, diff, predicate)
-            report.tables = diffs
-            damaged = sum(len(d.missing) + len(d.changed) for d in diffs)
-            report.mark(f"compared: {damaged} damaged row(s) to put back in "
-                        f"{sum(1 for d in diffs if d.missing or d.changed)} table(s); "
-                        f"{sum(d.extra for d in diffs)} newer row(s) kept")
-            if damaged:
-                report.export = str(export(diffs, export_to))
-                report.mark(f"rows to put back exported to {report.export}")
-                approve({"put_back": {d.name: d.as_dict()["put_back"] for d in diffs if d.missing or d.changed},
-                         "export": report.export})
-                report.mark("replay approved")
-                report.put_back = replay(live, diffs)
-                report.mark(f"{report.put_back} row(s) put back into the live server in one transaction")
+            yield restored, live
+
+    try:
+        endpoint = step(f"restore to {to.isoformat()} on {report.server}",
+                        lambda: target.restore_point_in_time(to, report.server))
+        report.mark(f"restored {report.server} to {to.isoformat()}")
+
+        def compared() -> None:
+            with both(endpoint) as (restored, live):
+                for diff in diffs:
+                    compare(restored, live, diff, predicate)
+
+        step("compare the range with the live data, row by row", compared)
+        report.tables = diffs
+        damaged = sum(len(d.missing) + len(d.changed) for d in diffs)
+        report.mark(f"compared: {damaged} damaged row(s) to put back in "
+                    f"{sum(1 for d in diffs if d.missing or d.changed)} table(s); "
+                    f"{sum(d.extra for d in diffs)} newer row(s) kept")
+        if damaged:
+            report.export = str(step("export the rows to put back", lambda: export(diffs, export_to)))
+            report.mark(f"rows to put back exported to {report.export}")
+            approve({"put_back": {d.name: d.as_dict()["put_back"] for d in diffs if d.missing or d.changed},
+                     "export": report.export})
+            report.mark("replay approved")
+
+            def replayed() -> int:
+                with psycopg.connect(live_info, autocommit=True) as live:
+                    recovery_session(live, admin, diffs)
+                    return replay(live, diffs)
+
+            report.put_back = step(f"put back {damaged} row(s) in one transaction", replayed)
+            report.mark(f"{report.put_back} row(s) put back into the live server in one transaction")
+
+        def verified() -> bool:
             check = [TableDiff(d.name, d.ident, d.schema, d.key, d.columns) for d in diffs]
-            for again in check:
-                compare(restored, live, again, predicate)
-            report.verified = all(not c.missing and not c.changed and c.extra == d.extra
-                                  for d, c in zip(diffs, check, strict=True))
-            report.mark("verified: every damaged row is back and the newer rows are untouched" if report.verified
-                        else "NOT verified: the range still differs from the restored server")
+            with both(endpoint) as (restored, live):
+                for again in check:
+                    compare(restored, live, again, predicate)
+            return all(not c.missing and not c.changed and c.extra == d.extra
+                       for d, c in zip(diffs, check, strict=True))
+
+        report.verified = step("verify: compare the range again", verified, retry=True)
+        report.mark("verified: every damaged row is back and the newer rows are untouched" if report.verified
+                    else "NOT verified: the range still differs from the restored server")
         report.recovery_seconds = round(time.monotonic() - started, 3)
     finally:
         try:
-            target.delete_server(report.server)
+            step(f"delete the throw-away server {report.server}", lambda: target.delete_server(report.server),
+                 retry=True)
             report.mark(f"throw-away server {report.server} deleted")
         except (TargetError, PcdbError) as exc:
             report.notes.append(f"the throw-away server {report.server} could not be deleted ({exc}); "

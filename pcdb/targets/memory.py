@@ -15,7 +15,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +44,7 @@ from pcdb.targets.base import (
 
 PORTS = {"node1": 1, "node2": 2, "replica": 3}
 APPLICATION_PORT = 0     # the application's path: whichever node is the primary now (as the FQDN follows it)
+LOGICAL_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)   # the known rows' versions count from here
 ROW_BYTES = 100          # what one probe row stands for in WAL, for the replica's lag
 
 
@@ -54,6 +55,7 @@ class Node:
     running: bool = True
     rows: list[int] = field(default_factory=list)
     dropped: bool = False          # the probe table was dropped here
+    tables: set[str] = field(default_factory=set)   # drill tables present here (a killed drill's leftovers)
 
 
 class MemoryTarget:
@@ -83,6 +85,8 @@ class MemoryTarget:
         # Backups
         self.backups: list[BackupInfo] = []
         self.servers: dict[str, Endpoint] = {}
+        self.restored: dict[int, dict[int, str]] = {}    # a restored server's port -> its known rows
+        self.known_versions: list[tuple[datetime, dict[int, str]]] = []
         self.archive_ok: bool | None = True
         self.corrupt_indexes: dict[str, str] = {}       # restored server -> what amcheck finds
         # Telemetry: what a test sets, read back as the platform would give it
@@ -242,17 +246,19 @@ class MemoryTarget:
         old.role, new.role = "standby", "primary"
         return FailoverResult(mode, old.name, new.name, 0.001, 0.002, None)
 
-    def stop_primary_region(self) -> Change:
-        self.calls.append("stop_primary_region")
+    def _region(self, running: bool, call: str) -> Change:
+        if all(self.nodes[n].running == running for n in ("node1", "node2")):
+            return Change("server", self.env.server.name, "unchanged")
+        self.calls.append(call)
         for name in ("node1", "node2"):
-            self.nodes[name].running = False
+            self.nodes[name].running = running
         return Change("server", self.env.server.name, "updated")
 
+    def stop_primary_region(self) -> Change:
+        return self._region(False, "stop_primary_region")
+
     def start_primary_region(self) -> Change:
-        self.calls.append("start_primary_region")
-        for name in ("node1", "node2"):
-            self.nodes[name].running = True
-        return Change("server", self.env.server.name, "updated")
+        return self._region(True, "start_primary_region")
 
     def promote_replica(self, drill: str | None = None) -> PromotionResult:
         self.calls.append(f"promote_replica {drill}")
@@ -337,8 +343,22 @@ class MemoryTarget:
 
     def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint:
         self.calls.append(f"restore {name} to {target_time.isoformat()}")
-        self.servers[name] = Endpoint("memory", 9, self.env.service.database, sslmode="disable")
+        port = 100 + len(self.restored)
+        self.restored[port] = dict(next((rows for at, rows in reversed(self.known_versions) if at <= target_time), {}))
+        self.servers[name] = Endpoint("memory", port, self.env.service.database, sslmode="disable")
         return self.servers[name]
+
+    def version(self, rows: dict[int, str]) -> datetime:
+        """Record a new version of the known rows; its moment in logical time (one second each)."""
+        at = LOGICAL_EPOCH + timedelta(seconds=len(self.known_versions))
+        self.known_versions.append((at, rows))
+        return at
+
+    def restored_rows(self, conninfo: str) -> dict[int, str]:
+        port = int(conninfo_to_dict(conninfo)["port"])
+        if port not in self.restored or not any(e.port == port for e in self.servers.values()):
+            raise ConnectionError(f"no restored server answers on port {port}")
+        return self.restored[port]
 
     def delete_server(self, name: str) -> Change:
         self.calls.append(f"delete {name}")
@@ -433,6 +453,7 @@ class MemoryProbe:
         self.next_id = 1
 
     def start(self) -> MemoryProbe:
+        self.target.node_at(self.conninfo).tables.add("pcdb_drill_probe")
         return self
 
     def wait_for_rows(self, count: int, timeout: float = 30) -> None:  # noqa: ARG002 - nothing to wait for
@@ -463,7 +484,9 @@ class MemoryProbe:
         return [i for i in self.result.acknowledged if i not in present]
 
     def drop_table(self, conninfo: str | None = None) -> None:
-        self.target.node_at(conninfo or self.conninfo).dropped = True
+        node = self.target.node_at(conninfo or self.conninfo)
+        node.dropped = True
+        node.tables.discard("pcdb_drill_probe")
 
     def switch_to(self, conninfo: str) -> None:
         self.conninfo = conninfo
@@ -481,6 +504,37 @@ class MemoryPlane:
     def replica_lag_bytes(self, target, env, password) -> int | None:  # noqa: ARG002 - the fake's own view
         primary = self.target._role("primary")
         return (len(primary.rows) - len(self.target.nodes["replica"].rows)) * ROW_BYTES
+
+    # The corruption drill's known rows: versions in logical time (a restore takes the version of
+    # its moment), and the drills' leftover tables.
+
+    def drop_leftover_tables(self, conninfo: str) -> list[str]:
+        node = self.target.node_at(conninfo)
+        dropped = [t for t in ("pcdb_drill_probe", "pcdb_drill_corruption") if t in node.tables]
+        node.tables -= set(dropped)
+        return dropped
+
+    def write_known_rows(self, conninfo: str, rows: int) -> datetime:
+        node = self.target.node_at(conninfo)
+        node.tables.add("pcdb_drill_corruption")
+        return self.target.version({i: "original" for i in range(1, rows + 1)})
+
+    def corrupt_known_rows(self, conninfo: str) -> None:
+        self.target.node_at(conninfo)
+        rows = dict(self.target.known_versions[-1][1])
+        for i in list(rows):
+            if i % 3 == 0:
+                del rows[i]
+            elif i % 3 == 1:
+                rows[i] = "corrupted"
+        self.target.version(rows)
+
+    def count_intact(self, conninfo: str) -> tuple[int, int]:
+        rows = self.target.restored_rows(conninfo)
+        return len(rows), sum(1 for v in rows.values() if v == "original")
+
+    def drop_known_rows(self, conninfo: str) -> None:
+        self.target.node_at(conninfo).tables.discard("pcdb_drill_corruption")
 
     def answers(self, conninfo: str, timeout: int) -> bool:  # noqa: ARG002 - nothing to wait for
         return self.target.node_at(conninfo).running

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 
 from pcdb import capacity, health, synthetic
@@ -189,6 +190,32 @@ def test_the_forecast_at_every_hour_of_a_week_lands_within_the_noise_and_never_m
         assert crossing == pytest.approx(crossing_of_day.setdefault(hour // 24, crossing), abs=0.101), now
 
 
+def rolled_up(h: synthetic.History, start: datetime, end: datetime) -> dict[str, capacity.Hourly]:
+    """What history_from_store reads after synthetic.write, without the store (see the next test)."""
+    rolled = synthetic.hourly(h)
+    out = {}
+    for name, source in capacity.STORE_SOURCES.items():
+        t, avg, top = rolled.get(source, (np.empty(0), np.empty(0), np.empty(0)))
+        keep = (t >= start.timestamp()) & (t <= end.timestamp())
+        out[name] = capacity.Hourly(t[keep], avg[keep], top[keep])
+    return out
+
+
+def test_the_roll_ups_computed_without_a_store_are_the_stores(tmp_path):
+    h = synthetic.varied(7, datetime(2026, 11, 2, tzinfo=timezone.utc))
+    hs = health.Store(tmp_path / "h.sqlite")
+    synthetic.write(hs.db, h)
+    start = h.end - timedelta(weeks=13)
+    stored = capacity.history_from_store(hs.db, start, h.end)
+    hs.close()
+    computed = rolled_up(h, start, h.end)
+    assert stored.keys() == computed.keys() and len(stored["storage_used"]) > 2000
+    for name, x in stored.items():
+        y = computed[name]
+        assert np.array_equal(x.t, y.t), name
+        assert np.allclose(x.avg, y.avg, rtol=1e-12, atol=0) and np.allclose(x.max, y.max, rtol=1e-12, atol=0), name
+
+
 def test_the_90_percent_interval_holds_at_least_85_percent_of_the_true_dates_over_60_histories(tmp_path):
     """Calibration: 60 seeded histories (bulk loads, DROPs, gaps, the daily and weekly cycles,
     each ending at its own hour of the week); the true date is when each history's own storage,
@@ -196,10 +223,7 @@ def test_the_90_percent_interval_holds_at_least_85_percent_of_the_true_dates_ove
     inside = 0
     for seed in range(60):
         h = synthetic.varied(seed, datetime(2026, 11, 2, tzinfo=timezone.utc))
-        hs = health.Store(tmp_path / f"h{seed}.sqlite")
-        synthetic.write(hs.db, h)
-        points = capacity.history_from_store(hs.db, h.end - timedelta(weeks=13), h.end)
-        hs.close()
+        points = rolled_up(h, h.end - timedelta(weeks=13), h.end)
         s = capacity.analyse(LOCAL, points, capacity.Store(tmp_path / f"c{seed}.sqlite"), h.end,
                              quota_bytes=h.quota_bytes)["storage"]
         low, high = s["interval"]

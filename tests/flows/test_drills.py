@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import psycopg
 import pytest
@@ -328,13 +329,21 @@ def test_a_production_drill_decision_is_accepted_only_signed_by_its_owner_for_th
     worker.start()
     run_id = paused_run_id()
 
+    answered = {"attempt": 0}
+
     def request():
-        waiting = pending_request(run_id)
+        """The request the run waits on: after a refusal the run asks again (a new attempt) and
+        pauses again, polled with a deadline."""
+        deadline = time.monotonic() + 60
+        while (waiting := pending_request(run_id)) is None or waiting["attempt"] <= answered["attempt"]:
+            assert time.monotonic() < deadline, "the run did not ask again"
+            time.sleep(0.2)
         return waiting, Request.from_json({k: waiting[k] for k in Request.__dataclass_fields__})
 
     def refused(signer, message, signature) -> str:
         waiting, _ = request()
         verdict = answer(run_id, waiting, signer, message, signature)
+        answered["attempt"] = waiting["attempt"]
         assert verdict["result"] == "refused", verdict
         return verdict["detail"]
 

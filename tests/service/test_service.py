@@ -118,7 +118,7 @@ def test_a_verification_and_a_forced_zone_drill_run_as_deployments_and_land_in_t
 
     with service.api():  # one after the other: the verification's run limit in this spec is 12 s
         drill = svc_api.start_deployment_run("dr-drill", "dr-drill-svc", {"scenario": "zone", "mode": "forced",
-                                                                            "wait_seconds": 300})
+                                                                            "yes": True, "wait_seconds": 300})
         finished = svc_api.wait_for_runs([drill], timeout=600)
         verification = svc_api.start_deployment_run("backup-verification", "backup-verification-svc")
         finished |= svc_api.wait_for_runs([verification], timeout=600)
@@ -136,7 +136,7 @@ def test_a_verification_and_a_forced_zone_drill_run_as_deployments_and_land_in_t
     zone = rows[drill]
     assert zone["figures"]["rpo_rows_lost"] == 0 and zone["figures"]["rto_seconds"] > 0
     assert zone["parameters"] == {"env": "svc", "spec_path": str(service.spec), "scenario": "zone", "mode": "forced",
-                                  "wait_seconds": 300}
+                                  "yes": True, "wait_seconds": 300}
     assert zone["triggered_by"].startswith("claimed: deployment run by")   # a tag proves nobody
     for row in (rows[verification], zone):
         assert ledger.file_sha256(row["report_path"]) == row["report_sha256"]

@@ -10,8 +10,9 @@ import pytest
 from pcdb import drills
 from pcdb.config import load_environment
 from pcdb.errors import PcdbError, TargetError
-from pcdb.targets.base import STALL_REPLICA, Target
-from pcdb.targets.memory import MemoryPlane, MemoryTarget
+from pcdb.steps import Steps
+from pcdb.targets.base import STALL_REPLICA, RoleView, Target
+from pcdb.targets.memory import LOGICAL_EPOCH, MemoryPlane, MemoryTarget
 
 ENV = load_environment("local")
 
@@ -104,3 +105,108 @@ def test_a_target_without_the_capability_is_refused_before_anything_runs():
     with pytest.raises(TargetError, match="cannot stall a replica"):
         region(fake, stall_replica=True)
     assert fake.calls == []
+
+
+# -- the step model (pcdb.steps): every step named and recorded; decisions between steps --------
+
+class Watched(Steps):
+    """A runner that knows whether a step is running: a decision asked inside one would be a
+    person's wait eating a task's timeout."""
+
+    def __init__(self):
+        self.inside = False
+
+        def run(name, action, retry):
+            self.inside = True
+            try:
+                return action()
+            finally:
+                self.inside = False
+        super().__init__(run)
+
+
+def between_steps(steps: Watched, then=None):
+    def ask(*args):
+        assert not steps.inside, "a decision asked inside a step"
+        if then:
+            then(*args)
+    return ask
+
+
+def test_the_zone_drill_is_named_steps_with_its_decision_between_them():
+    fake = MemoryTarget(ENV)
+    steps = Watched()
+    decided = []
+    result = drills.zone_drill(RoleView(fake, drills.PORT), ENV, "pw", "forced", plane=MemoryPlane(fake),
+                               decide=between_steps(steps, lambda facts: decided.append((facts, list(steps.names)))),
+                               step=steps)
+    assert steps.names == ["start the probe writer", "forced failover of the HA pair", "measure the probe writer",
+                           "check the topology is whole", "drop the probe table"]
+    assert decided[0][1] == ["start the probe writer"] and decided[0][0]["mode"] == "forced"
+    assert all(r.outcome == "done" for r in steps.records) and result.rpo_rows_lost == 0
+
+
+def test_a_decision_against_the_zone_failover_fails_nothing_over_and_still_drops_the_probe():
+    fake = MemoryTarget(ENV)
+    steps = Steps()
+
+    def against(facts):
+        raise PcdbError("not now")
+    with pytest.raises(PcdbError, match="not now"):
+        drills.zone_drill(fake, ENV, "pw", plane=MemoryPlane(fake), decide=against, step=steps)
+    assert fake.calls == [] and steps.names == ["start the probe writer", "drop the probe table"]
+    assert "pcdb_drill_probe" not in fake.nodes["node1"].tables
+
+
+def test_the_corruption_drill_restores_the_known_rows_through_the_data_plane():
+    fake = MemoryTarget(ENV)
+    steps = Steps()
+    result = drills.corruption_drill(RoleView(fake, drills.PORT), ENV, "pw", rows=300, plane=MemoryPlane(fake),
+                                     step=steps)
+    server = drills.restore_server(ENV)
+    assert steps.names == ["write 300 known rows", "corrupt them: a third deleted, a third overwritten",
+                           f"restore to just before the corruption on {server}", "compare the known rows",
+                           f"delete the throw-away server {server}", "drop the known rows",
+                           "check the topology is whole"]
+    assert result.rpo_rows_lost == 0 and result.rto_seconds is not None and result.met
+    assert fake.servers == {} and "pcdb_drill_corruption" not in fake.nodes["node1"].tables
+
+
+def test_a_corruption_drill_whose_restore_fails_still_deletes_the_server_and_drops_the_rows():
+    fake = MemoryTarget(ENV)
+    steps = Steps()
+
+    def broken(target_time, name):
+        fake.servers[name] = None
+        raise TargetError("restore failed: the platform said no")
+    fake.restore_point_in_time = broken
+    with pytest.raises(TargetError, match="the platform said no"):
+        drills.corruption_drill(fake, ENV, "pw", rows=30, plane=MemoryPlane(fake), step=steps)
+    assert [r.outcome for r in steps.records][2].startswith("failed: restore failed")
+    assert steps.names[3:] == [f"delete the throw-away server {drills.restore_server(ENV)}", "drop the known rows",
+                               "check the topology is whole"]
+    assert fake.servers == {} and "pcdb_drill_corruption" not in fake.nodes["node1"].tables
+
+
+def test_cleanup_finishes_what_a_killed_region_drill_left_and_asks_before_replacing_the_promoted_replica():
+    fake = MemoryTarget(ENV)
+    for resource in ("server", "replica"):
+        fake._ensure(resource)
+    fake.nodes["node1"].tables.add("pcdb_drill_probe")          # killed mid-drill: the probe's table,
+    fake.restore_point_in_time(LOGICAL_EPOCH, drills.restore_server(ENV))     # a throw-away server,
+    fake.stop_primary_region()                                 # the region stopped,
+    fake.promote_replica(drill="region")                       # and the replica promoted
+    fake.calls.clear()
+    steps, confirm = Watched(), Confirmations()
+    done = drills.cleanup(RoleView(fake, drills.PORT), ENV, "pw", between_steps(steps, confirm),
+                          plane=MemoryPlane(fake), step=steps)
+    assert steps.names == ["clean up after earlier drills", f"rebuild the replica {ENV.replica.name} an earlier drill "
+                           "promoted", "check the HA pair and the replica, repair what differs"]
+    assert confirm.asked == [(confirm.asked[0][0], ENV.dr.step("switch_application").owner)]
+    assert done[:3] == [f"deleted throw-away server {drills.restore_server(ENV)}",
+                        "the primary region was left stopped by an interrupted region drill: started",
+                        "dropped leftover table pcdb_drill_probe"]
+    assert fake.server_state().ha_state == "Healthy" and not fake.replica_diverged()
+    again = Steps()
+    assert drills.cleanup(fake, ENV, "pw", confirm, plane=MemoryPlane(fake), step=again) == []   # nothing left
+    assert again.names == ["clean up after earlier drills", "check the HA pair and the replica, repair what differs"]

@@ -37,7 +37,7 @@ PLANTED = [
     ("pcdb/sandbox/node.py", "pcdb.azure.plan", "pcdb.sandbox.node -> pcdb.azure.plan"),  # adapter -> the other one
     ("pcdb/targets/base.py", "pcdb.install", "pcdb.targets.base -> pcdb.install"),        # targets -> core runbook
     ("pcdb/install.py", "tasks.install", "pcdb.install -> tasks.install"),               # core -> tasks
-    ("tasks/drills.py", "flows.notify", "tasks.drills -> flows.notify"),                 # tasks -> flow support
+    ("tasks/steps.py", "flows.notify", "tasks.steps -> flows.notify"),                   # tasks -> flow support
     ("flows/notify.py", "flows.capacity", "flows.notify -> flows.capacity"),             # flow support -> a flow
     ("flows/cost.py", "flows.sla", "flows.cost -> flows.sla"),                           # a flow -> another flow
     ("flows/sla.py", "cli.common", "flows.sla -> cli.common"),                           # flows -> the CLI

@@ -23,7 +23,13 @@ def installed(tmp_path_factory) -> Path:
     for name in ("cli", "pcdb", "flows", "tasks"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", source / "pyproject.toml")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
+    # The venv's own setuptools builds it when it has one (seconds); else pip's isolated build fetches it.
+    try:
+        import setuptools  # noqa: F401 - only whether it is there
+        isolation = ["--no-build-isolation"]
+    except ImportError:
+        isolation = []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(wheels), str(source)],
                    check=True, capture_output=True, timeout=600)
     (wheel,) = wheels.glob("pcdb-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
