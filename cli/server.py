@@ -96,13 +96,19 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
         out.print(f"worker {w['name']} ({w['pool']}): {w['status']}")
     if sink:
         out.print(f"alerts: {sink['log']} (local sink{'' if sink['running'] else ', NOT running'})", soft_wrap=True)
-    table = Table("deployment", "schedule", "next runs")
-    table.columns[0].overflow = "fold"       # whole names at 80 columns, folded rather than cut
-    for d in status["deployments"]:
-        table.add_row(d["name"], d["schedule"], "\n".join(d["next_runs"]) or "-")
-    out.print(table)
+    out.print(deployments_table(status["deployments"]))
     if problems:
         raise typer.Exit(2)
+
+
+def deployments_table(deployments: list[dict]) -> Table:
+    """The deployments, their schedules and next runs: whole names at 80 columns, folded rather
+    than cut."""
+    table = Table("deployment", "schedule", "next runs")
+    table.columns[0].overflow = "fold"
+    for d in deployments:
+        table.add_row(d["name"], d["schedule"], "\n".join(d["next_runs"]) or "-")
+    return table
 
 
 @server_app.command("down")

@@ -9,14 +9,15 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from flows.evidence import HOOKS, evidence, publish_report
+from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
-from flows.runbook import refusable, runbook_context
-from pcdb import clock
+from flows.runbook import name_run, refusable, runbook_context, stepped
+from pcdb import backups, clock
 from pcdb.config import load_environment
 from pcdb.errors import PcdbError
-from tasks.backups import daily_checks, partition_guard, restore_test
+from pcdb.steps import table as steps_table
+from tasks.backups import daily_checks, partition_guard
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -52,12 +53,14 @@ def _verify(spec, ctx, restore: bool, ev) -> dict:
         results = [*results, guard]
         outcome["partitions_ahead"] = guard.details["ahead_months"]
     if restore:
-        tested = restore_test(quote(ctx))
+        with stepped() as step:   # each step of the restore test a task run
+            tested = backups.restore_test(ctx.target, ctx.env, ctx.connect, ctx.connect_to, step=step)
+        (get_run_logger().info if tested.passed else get_run_logger().error)("restore test: %s", tested.detail)
         outcome["restore_test"] = tested.as_dict()
     failed = [r.name for r in results if not r.passed]
     if restore and not outcome["restore_test"]["passed"]:
         failed.append("restore test")
-    text = _report(spec.name, results, outcome, failed)
+    text = _report(spec.name, results, outcome, failed, ledger_link(spec))
     path = publish_report(spec, f"backup-verification-{spec.name}", text, "report")
     outcome["report"] = str(path)
     ev.report = str(path)
@@ -66,6 +69,9 @@ def _verify(spec, ctx, restore: bool, ev) -> dict:
     if restore:
         ev.figures |= {"restore_seconds": outcome["restore_test"]["seconds"],
                        "restore_passed": outcome["restore_test"]["passed"]}
+    name_run("backups " + (f"FAILED: {', '.join(failed)}" if failed else "verified")
+             + (f" · restore test {'passed' if outcome['restore_test']['passed'] else 'FAILED'} in "
+                f"{outcome['restore_test']['seconds']} s" if restore else ""))
     if failed:
         notify(spec, "critical", f"pcdb backup verification FAILED on {spec.name}",
                f"Run {flow_run.get_id()}: failed checks: {', '.join(failed)}. Report: {path}")
@@ -76,7 +82,7 @@ def _verify(spec, ctx, restore: bool, ev) -> dict:
     return outcome
 
 
-def _report(name: str, results, outcome: dict, failed: list[str]) -> str:
+def _report(name: str, results, outcome: dict, failed: list[str], ledger_link_line: str = "") -> str:
     lines = [f"# Backup verification: `{name}`", "", f"- Prefect flow run: `{flow_run.get_id()}`",
              f"- Result: {'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'}", "",
              "| check | requirement | result | evidence |", "|---|---|---|---|"]
@@ -85,7 +91,11 @@ def _report(name: str, results, outcome: dict, failed: list[str]) -> str:
     if test:
         lines += ["", "## Restore test (R-BAK-2, RTO evidence for R-DR-3)", "",
                   f"- Passed: {test['passed']}", f"- Restore time: {test['seconds']} s",
+                  f"- Restored size: {test['bytes'] if test['bytes'] is not None else '-'} bytes; throughput "
+                  f"{test['bytes_per_second'] if test['bytes_per_second'] is not None else '-'} bytes/s",
                   f"- Tables compared: {test['tables_compared']}; mismatches: {test['mismatches'] or 'none'}",
                   f"- amcheck: {'clean' if test['amcheck_ok'] else 'FAILED'}",
-                  f"- Throw-away server deleted: {test['server_deleted']}", f"- Detail: {test['detail']}"]
+                  f"- Throw-away server deleted: {test['server_deleted']}", f"- Detail: {test['detail']}",
+                  "", "### Steps", "", *steps_table(test["steps"])]
+    lines += ["", ledger_link_line]
     return "\n".join(lines) + "\n"

@@ -12,9 +12,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.evidence import HOOKS, evidence, publish_report, report_path
+from flows.evidence import HOOKS, evidence, ledger_link, publish_report, report_path
 from flows.notify import notify
-from flows.runbook import runbook_context
+from flows.runbook import name_run, runbook_context
 from pcdb import capacity, clock
 from pcdb.config import load_environment
 from tasks.capacity import history, snapshot
@@ -22,7 +22,13 @@ from tasks.capacity import history, snapshot
 
 @flow(name="capacity", **HOOKS)
 def capacity_analysis(env: str = "local", spec_path: str | None = None, weeks: int | None = None) -> dict:
-    """Forecast every capacity limit of an environment; report with plots, ledger, notification."""
+    """Forecast every capacity limit of an environment; report with plots, ledger, notification.
+
+    Args:
+        env: the environment's name (a spec in deployments/), e.g. local or prod
+        spec_path: a spec file to use instead of the named environment's
+        weeks: how many weeks of history the analysis reads (default: the spec's operations.capacity.weeks)
+    """
     spec = load_environment(spec_path or env)
     cfg, _ = capacity.settings_of(spec)
     weeks = weeks or cfg.weeks
@@ -46,7 +52,7 @@ def capacity_analysis(env: str = "local", spec_path: str | None = None, weeks: i
         text = capacity.markdown(result, {n: p.name for n, p in names.items()})
         artifact = capacity.markdown(result, {n: capacity.data_url(p) for n, p in names.items()})
         publish_report(spec, f"capacity-{spec.name}", text, "capacity analysis", path=path,
-                       artifact_text=artifact + f"\n- Prefect flow run: `{flow_run.get_id()}`\n")
+                       artifact_text=artifact + f"\n- Prefect flow run: `{flow_run.get_id()}`\n{ledger_link(spec)}\n")
         result["report"] = str(path)
         ev.report = str(path)
         s = result["storage"]
@@ -66,4 +72,5 @@ def capacity_analysis(env: str = "local", spec_path: str | None = None, weeks: i
                f"Report: {path}")
         result["sparkline"] = spark
         logger.info("capacity of %s: %s", spec.name, result["verdict"])
+        name_run(f"capacity · {result['verdict']}")
         return result

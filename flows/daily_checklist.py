@@ -7,20 +7,26 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.evidence import HOOKS, evidence, publish_report
+from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.notify import notify
-from flows.runbook import runbook_context
+from flows.runbook import name_run, runbook_context, stepped
 from pcdb import checklist
 from pcdb.config import load_environment
 
 
 @flow(name="daily-checklist", **HOOKS)
 def daily_checklist(env: str = "local", spec_path: str | None = None) -> dict:
-    """Check every §8.1.1 item of an environment from its data; report, record, notify failures."""
+    """Check every §8.1.1 item of an environment from its data; report, record, notify failures.
+
+    Args:
+        env: the environment's name (a spec in deployments/), e.g. local or prod
+        spec_path: a spec file to use instead of the named environment's
+    """
     spec = load_environment(spec_path or env)
     ctx = runbook_context(spec)
     with evidence(spec, ctx, "daily-checklist") as ev:
-        items = checklist.run(ctx)
+        with stepped() as step:       # each group of items a task run
+            items = checklist.run(ctx, step=step)
         failed = [i.name for i in items if i.details["available"] and not i.passed]
         unavailable = [i.name for i in items if not i.details["available"]]
         lines = [f"# Daily checklist (§8.1.1): `{spec.name}`", "", f"- Prefect flow run: `{flow_run.get_id()}`",
@@ -30,12 +36,15 @@ def daily_checklist(env: str = "local", spec_path: str | None = None) -> dict:
         lines += [f"| {i.name} | {'N/A' if not i.details['available'] else 'PASS' if i.passed else 'FAIL'} | "
                   f"{i.evidence.replace('|', '/')} |" for i in items]
         text = "\n".join(lines) + "\n"
+        text += "\n" + ledger_link(spec) + "\n"
         path = publish_report(spec, f"daily-checklist-{spec.name}", text, "daily checklist")
         ev.report = str(path)
         ev.figures = {"items": len(items), "failed": failed, "not_available": unavailable}
         if failed:
             notify(spec, "warning", f"pcdb daily checklist of {spec.name}: {len(failed)} item(s) failed",
                    f"Failed: {', '.join(failed)}. Report: {path}")
+        name_run(f"daily checklist · {len(items) - len(failed)}/{len(items)} passed"
+                 + (f" · FAILED: {', '.join(failed)}" if failed else ""))
         return {"status": "failed" if failed else "passed", "report": str(path),
                 "items": [{"name": i.name, "result": "n/a" if not i.details["available"] else
                            "pass" if i.passed else "fail", "evidence": i.evidence} for i in items]}

@@ -38,6 +38,8 @@ def dr_drill(scenario: Literal["zone", "region", "corruption"], env: str = "loca
         yes: give the approvals and step confirmations by flag (sandbox only), for unattended runs.
         stall_replica: region drill with the replica's link cut first (loss expected).
         wait_seconds: how long to wait for the environment's drill slot before failing.
+        env: the environment's name (a spec in deployments/), e.g. local or prod
+        spec_path: a spec file to use instead of the named environment's
     """
     spec = load_environment(spec_path or env)
     if spec.production and not confirm:

@@ -34,6 +34,8 @@ def failover(scenario: Literal["zone", "region", "failback"], env: str = "local"
         yes: give the decision and confirmations by flag (sandbox only).
         outage_began: when the outage began (the recovery time is measured from it; default now).
         wait_seconds: how long to wait for the environment's slot (another mutating runbook).
+        env: the environment's name (a spec in deployments/), e.g. local or prod
+        spec_path: a spec file to use instead of the named environment's
     """
     spec = load_environment(spec_path or env)
     ctx = runbook_context(spec)

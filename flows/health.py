@@ -16,21 +16,29 @@ from flows.notify import notify
 from flows.runbook import runbook_context
 from pcdb import health
 from pcdb.config import WRITES_DOWN, load_environment
+from tasks.steps import task_steps
 
 
 @flow(name="health", log_prints=False)
 def health_check(env: str = "local", spec_path: str | None = None) -> dict:
-    """Evaluate every health rule of an environment once; notify each alert transition once."""
+    """Evaluate every health rule of an environment once; notify each alert transition once.
+
+    Args:
+        env: the environment's name (a spec in deployments/), e.g. local or prod
+        spec_path: a spec file to use instead of the named environment's
+    """
     spec = load_environment(spec_path or env)
     ctx = runbook_context(spec)
     record = _holder(spec.name)
     annotation = f"pcdb {record.get('what')} run {record.get('run_id') or '-'}" if record else None
     store = health.store_for(spec)
+    step = task_steps()    # each a task run; no "steps" artifact: a run a minute is monitoring, not a runbook
     try:
-        report = health.run(ctx, store, lambda level, subject, body, channels: notify(spec, level, subject, body,
-                                                                                         channels),
-                            annotation=annotation)
-        opened = _open_incidents(spec, report, store)
+        report = step("sample the metrics, evaluate the rules, notify what changed", lambda: health.run(
+            ctx, store, lambda level, subject, body, channels: notify(spec, level, subject, body, channels),
+            annotation=annotation))
+        opened = step("open an incident for each critical alert that fires",
+                      lambda: _open_incidents(spec, report, store))
     finally:
         store.close()
     result = report.as_dict()

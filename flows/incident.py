@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import copy
 from datetime import datetime
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.input import RunInput
 from prefect.runtime import flow_run
+from pydantic import Field
 
-from flows.evidence import HOOKS, evidence, publish_report
+from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.notify import notify
-from flows.runbook import runbook_context
+from flows.runbook import runbook_context, stepped
 from pcdb import clock, decisions
 from pcdb import incident as incidents
 from pcdb.config import Environment, load_environment
@@ -30,19 +32,22 @@ class IncidentAction(RunInput):
     """A confirmation on an incident: ack, a step (done, or not needed with a reason), close;
     signed by the person who confirms it (`pcdb incident ack|step|close --key ...`)."""
 
-    request_id: str
-    action: str                 # ack | step | close
-    by: str
-    step: int | None = None
-    not_needed: bool = False
-    note: str = ""
-    recovered_at: str | None = None
-    message: str = ""           # the decision message (pcdb/decisions.py) the person signed
-    signature: str = ""         # its OpenSSH signature; empty only where the spec allows unsigned ones
+    request_id: str = Field(description="any unique text: `pcdb incident` waits for the verdict on this id")
+    action: Literal["ack", "step", "close"] = Field(description="ack (responding), step (a timeline step done, "
+                                                                "or not needed), close (recovered)")
+    by: str = Field(description="your name, as the spec's incident teams write it")
+    step: int | None = Field(None, description="the step's number in the §8.2.2 timeline (action step only)")
+    not_needed: bool = Field(False, description="the step was not needed (only a conditional step; say why in note)")
+    note: str = Field("", description="what was done, or why the step was not needed")
+    recovered_at: str | None = Field(None, description="close only: when the service recovered (ISO 8601 with a time "
+                                                       "zone); default now")
+    message: str = Field("", description="the decision message you signed (pcdb/decisions.py)")
+    signature: str = Field("", description="its OpenSSH signature (-----BEGIN SSH SIGNATURE-----...); empty only "
+                                           "where the spec allows unsigned decisions")
 
 
 @flow(name="incident", **HOOKS)
-def incident(severity: str, summary: str, env: str = "local", spec_path: str | None = None,
+def incident(severity: Literal["P1", "P2", "P3", "P4"], summary: str, env: str = "local", spec_path: str | None = None,
              opened_by: str = "a person through the Prefect UI", began: datetime | None = None,
              source_rule: str | None = None, poll_seconds: float = 1.0, resume_id: str | None = None) -> dict:
     """Open an incident and follow it until it is closed.
@@ -56,6 +61,8 @@ def incident(severity: str, summary: str, env: str = "local", spec_path: str | N
         poll_seconds: how often confirmations are looked for.
         resume_id: follow this open incident again (its run was killed or crashed): nothing is
             opened, the record goes on where it stopped.
+        env: the environment's name (a spec in deployments/), e.g. local or prod
+        spec_path: a spec file to use instead of the named environment's
     """
     spec = load_environment(spec_path or env)
     settings = spec.operations.incident
@@ -79,14 +86,15 @@ def incident(severity: str, summary: str, env: str = "local", spec_path: str | N
         notify(spec, level, f"pcdb {spec.name} INCIDENT {inc.id} opened: {severity} {inc.summary}",
                _opening(inc, settings), channels)
     ctx = runbook_context(spec)
-    with evidence(spec, ctx, "incident") as ev:
+    with evidence(spec, ctx, "incident") as ev, stepped() as step:
         handler = IncidentAction.receive(timeout=poll_seconds, poll_interval=poll_seconds, raise_timeout_error=True)
         while inc.open:
             now = clock.now()
             for what, owner, message in inc.overdue(settings, now):
                 members = ", ".join(settings.teams.get(owner, [])) or "nobody named"
-                notify(spec, level, f"pcdb {spec.name} INCIDENT {inc.id} OVERDUE: {what}",
-                       f"{message}. Owner: {owner} ({members}).", channels)
+                step(f"tell {owner}: {what} is overdue", lambda what=what, owner=owner, message=message, members=members:
+                     notify(spec, level, f"pcdb {spec.name} INCIDENT {inc.id} OVERDUE: {what}",
+                            f"{message}. Owner: {owner} ({members}).", channels))
                 log.warning("incident %s: %s overdue, %s told", inc.id, what, owner)
             store.save(inc)
             upcoming = inc.next_deadline(settings, now)
@@ -97,7 +105,8 @@ def incident(severity: str, summary: str, env: str = "local", spec_path: str | N
                 continue
             try:
                 made = _verified(spec, inc, action)
-                done = inc.apply(action.model_dump(), settings)
+                done = step(f"{action.action}{' step ' + str(action.step) if action.step else ''} by {action.by}",
+                            lambda action=action: inc.apply(action.model_dump(), settings))
                 inc.decisions.append(made.as_json())
                 inc.actions[action.request_id] = {"result": "applied", "detail": done}
                 log.info("incident %s: %s", inc.id, done)
@@ -108,7 +117,8 @@ def incident(severity: str, summary: str, env: str = "local", spec_path: str | N
             store.save(inc)
         figures = inc.figures()
         ev.decisions = Collected(accepted=[Decision(**d) for d in inc.decisions])
-        path = publish_report(spec, f"incident-{inc.id.lower()}", _report(spec, inc, figures), f"incident {inc.id} report")
+        path = publish_report(spec, f"incident-{inc.id.lower()}", _report(spec, inc, figures) + "\n" + ledger_link(spec)
+                              + "\n", f"incident {inc.id} report")
         ev.report = str(path)
         ev.figures = {"incident": inc.id, "severity": inc.severity, **figures, "timeline": inc.timeline}
         notify(spec, "info", f"pcdb {spec.name} INCIDENT {inc.id} closed",

@@ -10,31 +10,34 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.evidence import HOOKS, evidence, publish_report
+from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
 from flows.notify import notify
-from flows.runbook import Decider, approve_plan, refusable, runbook_context
+from flows.runbook import Decider, approve_plan, name_run, refusable, runbook_context, stepped
 from pcdb import clock
 from pcdb import maintenance as m
 from pcdb.config import Environment, load_environment
-from tasks.maintenance import run_step
 
 
 @flow(name="maintenance", **HOOKS)
 @refusable
-def maintenance(env: str = "local", spec_path: str | None = None, only: list[str] | None = None,
-                dry_run: bool = False, wait_seconds: float = 1800) -> dict:
+def maintenance(env: str = "local", spec_path: str | None = None,
+                only: list[Literal["partitions", "statistics", "indexes", "slow_queries", "accounts", "hygiene"]]
+                | None = None, dry_run: bool = False, wait_seconds: float = 1800) -> dict:
     """Run the monthly maintenance of an environment.
 
     Args:
         only: some of partitions, statistics, indexes, slow_queries, accounts, hygiene.
         dry_run: say what would be done; change nothing.
         wait_seconds: how long to wait for a drill or other mutating runbook to finish first.
+        env: the environment's name (a spec in deployments/), e.g. local or prod
+        spec_path: a spec file to use instead of the named environment's
     """
     spec = load_environment(spec_path or env)
     steps = m.check_steps(only)
@@ -43,7 +46,8 @@ def maintenance(env: str = "local", spec_path: str | None = None, only: list[str
     m.refuse_inside_maintenance_window(ctx, now)
     with evidence(spec, ctx, "maintenance") as ev:
         if dry_run:
-            out = m.run(ctx, steps, dry_run=True, now=now, step=run_step)
+            with stepped() as step:
+                out = m.run(ctx, steps, dry_run=True, now=now, step=step)
         else:
             with mutating_slot(spec.name, "maintenance", wait_seconds):
                 approved = False
@@ -51,9 +55,10 @@ def maintenance(env: str = "local", spec_path: str | None = None, only: list[str
                     decider = Decider(spec)
                     ev.decisions = decider.collected
                     approved = _approve(spec, decider, lambda: m.run(ctx, steps, dry_run=True, now=now))
-                out = m.run(ctx, steps, now=now, approved=approved, step=run_step)
+                with stepped() as step:
+                    out = m.run(ctx, steps, now=now, approved=approved, step=step)
         result = out.as_dict()
-        text = report(spec, result, steps)
+        text = report(spec, result, steps) + "\n" + ledger_link(spec) + "\n"
         path = publish_report(spec, f"maintenance-{spec.name}{'-dry-run' if dry_run else ''}", text,
                               "maintenance report", key=f"maintenance-{spec.name}")
         result["report"] = str(path)
@@ -64,6 +69,8 @@ def maintenance(env: str = "local", spec_path: str | None = None, only: list[str
                       "recommended": len(result["recommended"]), "deferred": len(result["deferred"]),
                       "problems": result["problems"]}
         _tell(spec, result, path, dry_run)
+        name_run(f"maintenance{' (dry run)' if dry_run else ''} · {', '.join(steps)}"
+                 + (f" · {len(result['problems'])} problem(s)" if result["problems"] else ""))
         return result
 
 

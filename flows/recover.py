@@ -30,6 +30,9 @@ def recover(to: datetime, env: str = "local", spec_path: str | None = None, tabl
             names, constants, comparisons, AND/OR/NOT, IN, BETWEEN, IS NULL, casts and date
             functions (pcdb/predicate.py); anything else is refused before anything is made.
         yes: approve the replay by flag (sandbox only).
+        env: the environment's name (a spec in deployments/), e.g. local or prod
+        spec_path: a spec file to use instead of the named environment's
+        wait_seconds: how long to wait for the environment's slot (another mutating runbook) before refusing
     """
     spec = load_environment(spec_path or env)
     if where is not None:

@@ -94,6 +94,20 @@ class Decide(RunInput):
     reason: str = Field("", description="why, in a line (kept with the decision in the run ledger)")
 
 
+def with_initial_data(cls: type[RunInput], description: str, **values) -> type[RunInput]:
+    """``cls`` with these values as its fields' defaults, each field keeping its description
+    (Prefect's own ``with_initial_data`` drops them, and the resume form would show bare names)."""
+    import pydantic
+
+    fields = {}
+    for name, value in values.items():
+        original = cls.model_fields[name]
+        fields[name] = (original.annotation, Field(value, description=original.description))
+    model = pydantic.create_model(cls.__name__, __base__=cls, **fields)
+    model._description = description
+    return model
+
+
 class Decider:
     """The decisions of one run: asked, verified, re-planned, collected for the ledger."""
 
@@ -176,8 +190,8 @@ class Decider:
                                  description=f"what {request.step} decides, and how to sign it")
         left = request.timeout - (clock.now() - started)
         try:
-            return pause_flow_run(wait_for_input=Decide.with_initial_data(
-                description=description, signer="", message=template, decision="approve"),
+            return pause_flow_run(wait_for_input=with_initial_data(
+                Decide, description, signer="", message=template, decision="approve"),
                 timeout=max(1, int(left.total_seconds())), poll_interval=2, key=f"decision-{self.attempt}")
         except FlowPauseTimeout:
             raise ApprovalError(f"no decision on {request.step} within {request.timeout} "

@@ -22,6 +22,7 @@ from pcdb import clock
 from pcdb.checks import CheckResult
 from pcdb.config import Environment
 from pcdb.sql import query
+from pcdb.steps import Steps
 from pcdb.targets.base import Backups, Endpoint, throwaway_name
 
 PORT = Backups   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
@@ -92,11 +93,18 @@ class RestoreTest:
     amcheck_ok: bool = False
     server_deleted: bool = False
     detail: str = ""
+    bytes: int | None = None          # the restored database's size
+    steps: list[dict] = field(default_factory=list)
+
+    @property
+    def bytes_per_second(self) -> float | None:
+        return round(self.bytes / self.seconds) if self.bytes and self.seconds else None
 
     def as_dict(self) -> dict:
-        return {"passed": self.passed, "seconds": self.seconds, "tables_compared": self.tables_compared,
+        return {"passed": self.passed, "seconds": self.seconds, "bytes": self.bytes,
+                "bytes_per_second": self.bytes_per_second, "tables_compared": self.tables_compared,
                 "mismatches": self.mismatches, "amcheck_ok": self.amcheck_ok,
-                "server_deleted": self.server_deleted, "detail": self.detail}
+                "server_deleted": self.server_deleted, "detail": self.detail, "steps": self.steps}
 
 
 def fingerprints(conn: psycopg.Connection, schema: str) -> dict[str, tuple[int, int]]:
@@ -119,13 +127,16 @@ def _objects(conn: psycopg.Connection, schema: str) -> tuple[set, set]:
 
 def restore_test(target: Backups, env: Environment, connect_source: Connect,
                  connect_restored: Callable[[Endpoint], AbstractContextManager[psycopg.Connection]],
-                 name: str | None = None) -> RestoreTest:
-    """Restore to a marked moment on a throw-away server and prove it equals the source then."""
+                 name: str | None = None, step: Steps | None = None) -> RestoreTest:
+    """Restore to a marked moment on a throw-away server and prove it equals the source then,
+    step by step: mark and fingerprint the source, restore, amcheck, compare, delete."""
+    step = step or Steps()
     schema = env.service.schema_name
     name = name or throwaway_name(env, "restore-test")
     result = RestoreTest()
-    target.delete_server(name)  # a run killed halfway may have left one
-    try:
+    step(f"delete a leftover {name}", lambda: target.delete_server(name), retry=True)   # a killed run's
+
+    def mark_and_fingerprint():
         with connect_source() as conn:
             conn.execute(query("verify.sql", "create_pcdb_schema"))
             conn.execute(query("verify.sql", "create_restore_marker"))
@@ -138,15 +149,25 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
                 source = fingerprints(conn, schema)
                 objects, roles = _objects(conn, schema)
                 conn.execute(query("verify.sql", "insert_restore_marker"), (marker,))
-            target_time = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            return marker, source, objects, roles, conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+    try:
+        marker, source, objects, roles, target_time = step("mark the moment and fingerprint the source",
+                                                           mark_and_fingerprint, retry=True)
         started = time.monotonic()
-        endpoint = target.restore_point_in_time(target_time, name)
+        endpoint = step(f"restore the base backup and the WAL to that moment on {name}",
+                        lambda: target.restore_point_in_time(target_time, name))
         result.seconds = round(time.monotonic() - started, 3)
-        result.amcheck_ok, amcheck_detail = target.amcheck(name)
-        with connect_restored(endpoint) as restored:
-            found = restored.execute(query("verify.sql", "count_restore_marker"), (marker,)).fetchone()[0]
-            copy = fingerprints(restored, schema)
-            r_objects, r_roles = _objects(restored, schema)
+        result.amcheck_ok, amcheck_detail = step("amcheck every B-tree index", lambda: target.amcheck(name), retry=True)
+
+        def compared():
+            with connect_restored(endpoint) as restored:
+                found = restored.execute(query("verify.sql", "count_restore_marker"), (marker,)).fetchone()[0]
+                size = restored.execute(query("verify.sql", "database_size")).fetchone()[0]
+                return found, size, fingerprints(restored, schema), _objects(restored, schema)
+
+        found, result.bytes, copy, (r_objects, r_roles) = step("compare fingerprints, objects and roles", compared,
+                                                                retry=True)
         result.tables_compared = len(source)
         result.mismatches = [f"{t}: source {source[t][0]} rows, restored {copy.get(t, (None,))[0]}"
                              + ("" if copy.get(t, (None,))[0] != source[t][0] else " (content differs)")
@@ -163,6 +184,13 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         result.detail = f"restore test failed: {type(exc).__name__}: {first}"
     finally:
-        target.delete_server(name)
-        result.server_deleted = target.delete_server(name).action == "unchanged"  # i.e. it is gone
+        result.server_deleted = step(f"delete the throw-away server {name}", lambda: _deleted(target, name),
+                                     retry=True)
+    result.steps = step.as_dicts()
     return result
+
+
+def _deleted(target: Backups, name: str) -> bool:
+    """Delete the server and check it is gone (a second delete finds nothing)."""
+    target.delete_server(name)
+    return target.delete_server(name).action == "unchanged"

@@ -17,6 +17,7 @@ from pcdb import clock, security
 from pcdb.checks import CheckResult
 from pcdb.context import RunbookContext
 from pcdb.sql import query
+from pcdb.steps import Steps
 from pcdb.targets.base import Connection, Telemetry, Topology
 
 
@@ -58,75 +59,93 @@ def failed_logins_item(target: ChecklistTarget, env, since: datetime) -> CheckRe
                  else "server log in Log Analytics (not read here)", started, failed=failed)
 
 
-def run(ctx: RunbookContext, now: datetime | None = None) -> list[CheckResult]:
+def run(ctx: RunbookContext, now: datetime | None = None, step: Steps | None = None) -> list[CheckResult]:
+    """Every §8.1.1 item, each group a step (a task run in the flow)."""
     env, target = ctx.env, ctx.target
+    step = step or Steps()
     now = now or clock.now()
     since = now - timedelta(days=1)
-    out: list[CheckResult] = [pair_item(target)]
-    with ctx.connect() as conn:
-        conn.execute("SET statement_timeout = '20s'")   # a probe never hangs the checklist
-        started = time.monotonic()
-        lags = conn.execute(query("checklist.sql", "replica_lags")).fetchall()
-        worst = max((float(lag) for _, lag in lags), default=None)
-        out.append(_item("replica lag < 1 min", worst is not None and worst < 60,
-                         f"replica lag {worst:.1f} s" if worst is not None else "no replica is streaming", started))
+    out: list[CheckResult] = [step("primary and standby", lambda: pair_item(target), retry=True)]
 
-        started = time.monotonic()
-        has_pss = conn.execute(query("catalog.sql", "pg_stat_statements_installed")).fetchone()[0]
-        slow = conn.execute(query("checklist.sql", "slowest_statements"), (SLOW_MS,)).fetchall() \
-            if has_pss else []
-        logged = target.log_lines(since, re.compile(r"duration: (\d{4,}|[1-9]\d{3})\.\d+ ms"))
-        out.append(_item("slow-query log", None if not has_pss else True,
-                         (f"{len(logged)} statement(s) over {SLOW_MS:.0f} ms in the server log today; "
-                          if logged is not None else "server log in Log Analytics; ")
-                         + (f"slowest: {'; '.join(f'{q} ({ms} ms)' for q, _, ms in slow)}" if slow else
-                            "no statement has taken 1 s"), started, slow_statements=len(slow),
-                         logged=len(logged) if logged is not None else None))
+    def database() -> tuple[list[CheckResult], set, set, list]:
+        found: list[CheckResult] = []
+        with ctx.connect() as conn:
+            conn.execute("SET statement_timeout = '20s'")   # a probe never hangs the checklist
+            started = time.monotonic()
+            lags = conn.execute(query("checklist.sql", "replica_lags")).fetchall()
+            worst = max((float(lag) for _, lag in lags), default=None)
+            found.append(_item("replica lag < 1 min", worst is not None and worst < 60,
+                             f"replica lag {worst:.1f} s" if worst is not None else "no replica is streaming", started))
 
-        started = time.monotonic()
-        waits = conn.execute(query("checklist.sql", "active_waits")).fetchall()
-        locks = sum(n for kind, _, n in waits if kind == "Lock")
-        out.append(_item("wait events", locks == 0, "; ".join(f"{k}/{e} x{n}" for k, e, n in waits) or
-                         "no active session is waiting", started, lock_waits=locks))
+            started = time.monotonic()
+            has_pss = conn.execute(query("catalog.sql", "pg_stat_statements_installed")).fetchone()[0]
+            slow = conn.execute(query("checklist.sql", "slowest_statements"), (SLOW_MS,)).fetchall() \
+                if has_pss else []
+            logged = target.log_lines(since, re.compile(r"duration: (\d{4,}|[1-9]\d{3})\.\d+ ms"))
+            found.append(_item("slow-query log", None if not has_pss else True,
+                             (f"{len(logged)} statement(s) over {SLOW_MS:.0f} ms in the server log today; "
+                              if logged is not None else "server log in Log Analytics; ")
+                             + (f"slowest: {'; '.join(f'{q} ({ms} ms)' for q, _, ms in slow)}" if slow else
+                                "no statement has taken 1 s"), started, slow_statements=len(slow),
+                             logged=len(logged) if logged is not None else None))
 
-        started = time.monotonic()
-        used, limit = conn.execute(query("checklist.sql", "connection_use")).fetchone()
-        out.append(_item("connection use", used < 0.8 * limit, f"{used} of {limit} ({100 * used / limit:.0f} %)",
-                         started))
+            started = time.monotonic()
+            waits = conn.execute(query("checklist.sql", "active_waits")).fetchall()
+            locks = sum(n for kind, _, n in waits if kind == "Lock")
+            found.append(_item("wait events", locks == 0, "; ".join(f"{k}/{e} x{n}" for k, e, n in waits) or
+                             "no active session is waiting", started, lock_waits=locks))
 
-        started = time.monotonic()
-        day = _health_series(env, "cache_hit_percent", since)
-        if day:   # the health runs' per-minute ratios over the last 24 h
-            ratio, basis = sum(day) / len(day), f"average of {len(day)} health sample(s) in 24 h"
-        else:
-            hit, read = conn.execute(query("checklist.sql", "block_counters")).fetchone()
-            ratio = 100.0 * float(hit) / float(hit + read) if hit is not None and (hit + read) else None
-            basis = "since the statistics were reset (no health history)"
-        out.append(_item("cache hit", ratio is None or ratio >= 90,
-                         f"{ratio:.2f} %, {basis}" if ratio is not None else "no reads yet", started))
+            started = time.monotonic()
+            used, limit = conn.execute(query("checklist.sql", "connection_use")).fetchone()
+            found.append(_item("connection use", used < 0.8 * limit, f"{used} of {limit} ({100 * used / limit:.0f} %)",
+                             started))
 
+            started = time.monotonic()
+            day = _health_series(env, "cache_hit_percent", since)
+            if day:   # the health runs' per-minute ratios over the last 24 h
+                ratio, basis = sum(day) / len(day), f"average of {len(day)} health sample(s) in 24 h"
+            else:
+                hit, read = conn.execute(query("checklist.sql", "block_counters")).fetchone()
+                ratio = 100.0 * float(hit) / float(hit + read) if hit is not None and (hit + read) else None
+                basis = "since the statistics were reset (no health history)"
+            found.append(_item("cache hit", ratio is None or ratio >= 90,
+                             f"{ratio:.2f} %, {basis}" if ratio is not None else "no reads yet", started))
+
+            started = time.monotonic()
+            drift = security.grant_differences(conn, env.security.roles, env.service.database, env.service.schema_name)
+            named = {r.name for r in env.security.roles} | {env.server.admin.user} | target.own_roles()
+            strangers = [r for (r,) in conn.execute(query("checklist.sql", "logged_in_roles"))
+                         if r not in named]
+        return found, drift, named, strangers
+
+    found, drift, named, strangers = step("the database's own view: replica lag, slow queries, waits, connections, "
+                                          "cache hit, grants", database, retry=True)
+    out += found
+    out.append(step("failed logins", lambda: failed_logins_item(target, env, since), retry=True))
+
+    def privilege_changes() -> CheckResult:
         started = time.monotonic()
-        drift = security.grant_differences(conn, env.security.roles, env.service.database, env.service.schema_name)
-        named = {r.name for r in env.security.roles} | {env.server.admin.user} | target.own_roles()
-        strangers = [r for (r,) in conn.execute(query("checklist.sql", "logged_in_roles"))
-                     if r not in named]
-    out.append(failed_logins_item(target, env, since))
-    started = time.monotonic()
-    changes = target.log_lines(since, re.compile(r"\b(GRANT|REVOKE|ALTER ROLE|CREATE ROLE|DROP ROLE)\b", re.I))
-    if changes is not None:   # pcdb's own runbooks (install Phase 5) grant what the spec says: not a change
-        changes = [line for line in changes if "app=pcdb" not in line]
-    out.append(_item("privilege changes", not drift and not changes if changes is not None else not drift,
-                     (f"{len(changes)} GRANT/REVOKE/role statement(s) logged in 24 h" if changes is not None
-                      else "audit log in Log Analytics") + (f"; drift from §4.1.2: {', '.join(sorted(drift))}"
-                                                            if drift else "; grants as §4.1.2"),
-                     started, logged=changes[-5:] if changes else [], drift=sorted(drift)))
-    started = time.monotonic()
-    logins = target.log_lines(since, re.compile(r"connection authorized: user=(\S+)"))
-    seen = {m.group(1) for line in logins or [] for m in [re.search(r"connection authorized: user=(\S+)", line)] if m}
-    unusual = sorted((seen - named) | set(strangers))
-    out.append(_item("unusual access", not unusual, f"roles the spec does not name logged in: {', '.join(unusual)}"
-                     if unusual else f"only the spec's roles logged in ({len(seen) or len(named)} role(s))", started,
-                     roles=unusual))
+        changes = target.log_lines(since, re.compile(r"\b(GRANT|REVOKE|ALTER ROLE|CREATE ROLE|DROP ROLE)\b", re.I))
+        if changes is not None:   # pcdb's own runbooks (install Phase 5) grant what the spec says: not a change
+            changes = [line for line in changes if "app=pcdb" not in line]
+        return _item("privilege changes", not drift and not changes if changes is not None else not drift,
+                         (f"{len(changes)} GRANT/REVOKE/role statement(s) logged in 24 h" if changes is not None
+                          else "audit log in Log Analytics") + (f"; drift from §4.1.2: {', '.join(sorted(drift))}"
+                                                                if drift else "; grants as §4.1.2"),
+                         started, logged=changes[-5:] if changes else [], drift=sorted(drift))
+
+    out.append(step("privilege changes", privilege_changes, retry=True))
+
+    def unusual_access() -> CheckResult:
+        started = time.monotonic()
+        logins = target.log_lines(since, re.compile(r"connection authorized: user=(\S+)"))
+        seen = {m.group(1) for line in logins or [] for m in [re.search(r"connection authorized: user=(\S+)", line)] if m}
+        unusual = sorted((seen - named) | set(strangers))
+        return _item("unusual access", not unusual, f"roles the spec does not name logged in: {', '.join(unusual)}"
+                         if unusual else f"only the spec's roles logged in ({len(seen) or len(named)} role(s))", started,
+                         roles=unusual)
+
+    out.append(step("unusual access", unusual_access, retry=True))
     return out
 
 

@@ -38,6 +38,7 @@ from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError, TargetError
 from pcdb.sandbox import proc
 from pcdb.sql import query
+from pcdb.steps import Steps
 from pcdb.targets.base import Archive, Connection, Provisioning, Telemetry
 
 
@@ -708,9 +709,11 @@ def check_steps(only: list[str] | None) -> list[str]:
 
 
 def run(ctx: RunbookContext, only: list[str] | None = None, dry_run: bool = False, now: datetime | None = None,
-        approved: bool = False, step=None) -> Outcome:
-    """Run the selected steps (all by default) in their order. ``step(name, fn)`` runs each one
-    (the flow makes each a Prefect task); ``now`` moves the clock for tests."""
+        approved: bool = False, step: Steps | None = None) -> Outcome:
+    """Run the selected steps (all by default) in their order, each through ``step`` (pcdb.steps:
+    the flow makes each a Prefect task run, retried for transient failures: every maintenance
+    step reads what exists before it changes anything); ``now`` moves the clock for tests."""
+    step = step or Steps()
     selected = check_steps(only)
     now = now or clock.now()
     out = Outcome(dry_run=dry_run, steps=selected)
@@ -723,7 +726,7 @@ def run(ctx: RunbookContext, only: list[str] | None = None, dry_run: bool = Fals
         "hygiene": lambda: hygiene(ctx, out, now),
     }
     for name in selected:
-        (step or (lambda _, fn: fn()))(name, actions[name])
+        step(name, actions[name], retry=True)
     if not dry_run:
-        verify(ctx, out, now)
+        step("verify", lambda: verify(ctx, out, now), retry=True)
     return out

@@ -52,11 +52,3 @@ def partition_guard(ctx: RunbookContext) -> CheckResult | None:
     if result is not None:
         (get_run_logger().info if result.passed else get_run_logger().error)("%s: %s", result.name, result.evidence)
     return result
-
-
-@task(name="restore test", cache_policy=NO_CACHE, timeout_seconds=4 * 3600)
-def restore_test(ctx: RunbookContext) -> backups.RestoreTest:
-    """Restore the latest point into a throw-away server and prove it (never retried blindly)."""
-    result = backups.restore_test(ctx.target, ctx.env, ctx.connect, ctx.connect_to)
-    (get_run_logger().info if result.passed else get_run_logger().error)("restore test: %s", result.detail)
-    return result

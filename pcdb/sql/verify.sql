@@ -109,3 +109,7 @@ CREATE EXTENSION IF NOT EXISTS amcheck
 -- name: create_pcdb_schema
 -- pcdb's own schema, for its markers.
 CREATE SCHEMA IF NOT EXISTS pcdb
+
+-- name: database_size
+-- The restored database's size in bytes (the restore test's throughput).
+SELECT pg_catalog.pg_database_size(pg_catalog.current_database());

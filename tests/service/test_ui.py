@@ -114,3 +114,118 @@ def test_the_install_run_page_shows_the_eight_phase_subflows():
             driver.quit()
         ui.pcdb("server", "down", "--env", str(ui.spec), check=False)
         ui.pcdb("sandbox", "destroy", "--env", str(ui.spec), "--yes", check=False)
+
+
+def test_a_zone_drill_started_from_the_custom_run_form_is_decided_in_the_resume_form_and_shows_its_steps():
+    """A DR drill started by hand in the UI, as the brief says people start them: the dr-drill
+    deployment's Custom run form (the scenario and the mode are selects), the drill's decision
+    answered in the run page's resume form (not inside a task: the run is paused between its
+    steps), then at least six named step task runs and the steps artifact on the run page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from flows.runbook import pending_request
+    from pcdb.config import load_environment
+    from pcdb.decisions import Request
+    from tests.service.conftest import wait_until
+
+    folder = new_sandbox_root()
+    ui = Service(folder, name="drillui")
+    driver = None
+    try:
+        ui.pcdb("server", "up", "--env", str(ui.spec))
+        ui.pcdb("install", "--env", str(ui.spec), "--deployed", "--json")
+        approver = load_environment(ui.spec).approvers()[0]
+        with ui.api():
+            from prefect import get_client
+
+            with get_client(sync_client=True) as client:
+                deployment = client.read_deployment_by_name("dr-drill/dr-drill-drillui")
+        base = ui.url.removesuffix("/api")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        driver = browser()
+        logged_in(driver, ui)
+        wait = WebDriverWait(driver, 60)
+
+        # 1. The deployment, then its Custom run form: the scenario and the mode chosen in it.
+        driver.get(f"{base}/deployments/deployment/{deployment.id}")
+        wait.until(lambda d: "dr-drill-drillui" in d.find_element(By.TAG_NAME, "body").text)
+        driver.get(f"{base}/deployments/deployment/{deployment.id}/run")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "select.p-native-select__control")) >= 2)
+        chosen = {}
+        for select in driver.find_elements(By.CSS_SELECTOR, "select.p-native-select__control"):
+            values = [o.get_attribute("value") for o in select.find_elements(By.TAG_NAME, "option")]
+            for value in ("zone", "planned"):         # the mode is not the deployment's default (forced)
+                if value in values:
+                    Select(select).select_by_value(value)
+                    chosen[value] = True
+        assert chosen == {"zone": True, "planned": True}, chosen
+        driver.save_screenshot(str(SHOTS / "drill-custom-run.png"))
+        submit = driver.find_element(By.XPATH, "//button[@type='submit']")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", submit)
+        submit.click()
+
+        def run_of_the_form():
+            with ui.api(), get_client(sync_client=True) as client:
+                runs = client.read_flow_runs()
+            return next((r for r in runs if r.deployment_id == deployment.id and r.parameters.get("mode") == "planned"),
+                        None)
+
+        run = wait_until(run_of_the_form, "the run the form started", timeout=60)
+        assert run.parameters["scenario"] == "zone" and not run.parameters.get("yes")
+
+        # 2. The decision, answered in the run page's resume form.
+        def paused():
+            with ui.api():
+                return pending_request(run.id)
+
+        request = Request.from_json({k: v for k, v in wait_until(paused, "the drill's decision", timeout=240).items()
+                                     if k in Request.__dataclass_fields__})
+        assert request.step == "drill-decision"
+        driver.get(f"{base}/runs/flow-run/{run.id}")
+        wait.until(lambda d: d.find_elements(By.XPATH, "//button[normalize-space()='Resume']"))[0].click()
+        dialog = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[role=dialog] textarea.p-textarea__control"))
+        assert len(dialog) == 4, len(dialog)              # signer, message, signature, reason
+        signer, message, _signature, reason = dialog
+        signer.send_keys(approver)
+        message.clear()
+        message.send_keys(request.message(approver))
+        reason.send_keys("drill started and decided in the UI")
+        driver.save_screenshot(str(SHOTS / "drill-resume-form.png"))
+        driver.find_element(By.XPATH, "//div[@role='dialog']//button[normalize-space()='Submit']").click()
+
+        def finished():
+            with ui.api(), get_client(sync_client=True) as client:
+                state = client.read_flow_run(run.id).state
+            return state if state.is_final() else None
+
+        state = wait_until(finished, "the drill to finish", timeout=300)
+        assert state.is_completed(), state.message
+
+        # 3. The run page: its name says what it did; six or more named steps; the steps artifact.
+        with ui.api(), get_client(sync_client=True) as client:
+            done = client.read_flow_run(run.id)
+            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            artifacts = [a.key for a in client.read_artifacts() if a.flow_run_id == run.id]
+        assert done.name.startswith("zone drill · planned · 0 lost · RTO"), done.name
+        steps = [t.name for t in tasks]
+        assert {"clean up after earlier drills", "start the probe writer", "planned failover of the HA pair",
+                "measure the probe writer", "check the topology is whole", "drop the probe table"} <= set(steps), steps
+        assert "steps" in artifacts, artifacts
+        driver.get(f"{base}/runs/flow-run/{run.id}?tab=Task+Runs")
+        wait.until(lambda d: d.find_elements(By.XPATH, "//*[normalize-space()='Task Runs']"))[0].click()
+        WebDriverWait(driver, 60).until(lambda d: all(
+            s in d.find_element(By.TAG_NAME, "body").text for s in ("planned failover of the HA pair",
+                                                                   "measure the probe writer")))
+        driver.save_screenshot(str(SHOTS / "drill-task-runs.png"))
+        wait.until(lambda d: d.find_elements(By.XPATH, "//*[normalize-space()='Artifacts']"))[0].click()
+        WebDriverWait(driver, 60).until(lambda d: "steps" in d.find_element(By.TAG_NAME, "body").text)
+        driver.save_screenshot(str(SHOTS / "drill-artifacts.png"))
+        print(f"screenshots: {SHOTS}/drill-*.png")
+    finally:
+        if driver is not None:
+            driver.quit()
+        ui.pcdb("server", "down", "--env", str(ui.spec), check=False)
+        ui.pcdb("sandbox", "destroy", "--env", str(ui.spec), "--yes", check=False)

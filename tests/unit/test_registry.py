@@ -91,3 +91,43 @@ def test_a_mutating_runbook_takes_the_slot_and_ends_refused_when_it_is_taken(run
     assert takes == runbook.mutating, f"{runbook.name}: mutating={runbook.mutating} but takes the slot: {takes}"
     if runbook.mutating:
         assert "@refusable" in text, f"{runbook.name} takes the slot but is not @refusable"
+
+
+def test_every_deployment_parameter_is_typed_and_described_and_choices_are_enums():
+    """The UI's Custom run is a real form: each parameter has a description, and a choice is a
+    select (an enum), never free text a run would refuse later."""
+    from prefect.utilities.callables import parameter_schema
+
+    from pcdb import maintenance
+
+    enums = {}
+    for runbook in runbooks.RUNBOOKS:
+        module, name = runbook.flow.split(":")
+        schema = parameter_schema(getattr(importlib.import_module(module), name).fn).model_dump_for_openapi()
+        for param, prop in schema["properties"].items():
+            assert prop.get("description"), f"{runbook.name}: parameter {param} has no description"
+            found = [prop.get("enum"), prop.get("items", {}).get("enum"),
+                     *(x.get("enum") or x.get("items", {}).get("enum") for x in prop.get("anyOf", []))]
+            if any(found):
+                enums[(runbook.name, param)] = next(e for e in found if e)
+    assert enums[("dr-drill", "scenario")] == ["zone", "region", "corruption"]
+    assert enums[("dr-drill", "mode")] == ["planned", "forced"]
+    assert enums[("failover", "scenario")] == ["zone", "region", "failback"]
+    assert enums[("incident", "severity")] == ["P1", "P2", "P3", "P4"]
+    assert enums[("maintenance", "only")] == list(maintenance.STEPS)
+
+
+def test_every_pause_takes_a_typed_input_whose_every_field_is_described():
+    """The resume form a person fills: every field says what to put in it, also once the run has
+    filled in its defaults (the message to sign, the decision)."""
+    from flows.incident import IncidentAction
+    from flows.runbook import Decide, with_initial_data
+
+    shown = with_initial_data(Decide, "## Decision", signer="", message="pcdb decision v1 ...", decision="approve")
+    for model in (Decide, shown, IncidentAction):
+        schema = model.model_json_schema()
+        undescribed = [name for name, prop in schema["properties"].items() if not prop.get("description")]
+        assert not undescribed, f"{model.__name__}: {undescribed}"
+    assert shown.model_json_schema()["properties"]["message"]["default"] == "pcdb decision v1 ..."
+    assert shown._description == "## Decision"
+    assert Decide.model_json_schema()["properties"]["decision"]["enum"] == ["approve", "reject"]
