@@ -303,7 +303,7 @@ def first_up(rounds: int) -> dict:  # noqa: ARG001 - one fresh clone is the meas
     from pcdb.sandbox.engine import _free_port
 
     work = Path(tempfile.mkdtemp(prefix="pcdb-first-up-", dir="/tmp"))
-    os.chmod(work, 0o755)
+    os.chmod(work, 0o711)           # the sandbox's server user passes through; nobody lists the clone
     repo = Path(__file__).resolve().parent.parent
     subprocess.run(["git", "clone", "-q", str(repo), str(work / "pcdb")], check=True)
     clone = work / "pcdb"

@@ -18,7 +18,7 @@ from psycopg import sql as psql
 
 from pcdb.changes import Change
 from pcdb.config import Grants, Role
-from pcdb.errors import SecretError, TargetError
+from pcdb.errors import PcdbError, SecretError, TargetError
 from pcdb.scram import matches, verifier
 from pcdb.sql import query
 
@@ -26,6 +26,9 @@ ALL_TABLE = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "
 ALL_SEQUENCE = ("USAGE", "SELECT", "UPDATE")
 ALL_DATABASE = ("CONNECT", "CREATE", "TEMPORARY")
 ALL_SCHEMA = ("USAGE", "CREATE")
+# Every privilege keyword a GRANT or REVOKE here may name (MAINTAIN: PostgreSQL 17's, which the
+# catalog of a newer server may show and the install then revokes).
+PRIVILEGE_KEYWORDS = frozenset({*ALL_TABLE, *ALL_SEQUENCE, *ALL_DATABASE, *ALL_SCHEMA, "MAINTAIN"})
 
 PasswordCheck = Callable[[str, str], bool]
 SYSTEM_DATABASES = ("postgres", "template1")
@@ -306,6 +309,11 @@ def _object(key: tuple[str, str], database: str, schema: str) -> psql.Composable
 
 
 def _privs(privileges: set[str]) -> psql.Composable:
+    """Privilege keywords as SQL: only the ones PostgreSQL names (the spec's are typed, the server's
+    come from its catalog; anything else is refused here, where it would become SQL)."""
+    unknown = privileges - PRIVILEGE_KEYWORDS
+    if unknown:
+        raise PcdbError(f"not a privilege: {', '.join(sorted(unknown))}")
     return psql.SQL(", ").join(psql.SQL(p) for p in sorted(privileges))
 
 

@@ -43,7 +43,7 @@ def make_spec(folder: Path, extra: str = "", sandbox: str = "") -> Path:
 def new_sandbox_root() -> Path:
     """A short folder under /tmp (unix socket paths must stay under ~107 bytes) the server user can enter."""
     root = Path(tempfile.mkdtemp(prefix="pcdb-t", dir="/tmp"))
-    os.chmod(root, 0o755)
+    os.chmod(root, 0o711)       # the server user passes through to the sandbox; nobody lists it
     return root
 
 
@@ -187,6 +187,18 @@ def paused_run_id(timeout: float = 60):
                 return runs[0].id
             time.sleep(0.2)
     raise AssertionError("no flow run paused for input")
+
+
+def next_request(run_id, answered: int = 0, timeout: float = 60) -> dict:
+    """The decision a paused run waits on, newer than attempt ``answered``: after an answer the
+    run asks again (a new attempt) and pauses again, polled with a deadline."""
+    from flows.runbook import pending_request
+
+    deadline = time.monotonic() + timeout
+    while (waiting := pending_request(run_id)) is None or waiting["attempt"] <= answered:
+        assert time.monotonic() < deadline, f"run {run_id} did not ask for a decision within {timeout:.0f}s"
+        time.sleep(0.2)
+    return waiting
 
 
 def phase_summaries(result: dict) -> dict[int, str]:

@@ -60,7 +60,9 @@ class NodeMaker:
         for folder in (*self.archive_dirs, self.replica_archive, *self.backup_dirs):
             os.chmod(folder, 0o700)   # WAL, base backups, archives of customer rows: the owner's only
         if self.state.root_created_by_pcdb is not False:
-            os.chmod(self.root, 0o755)
+            # The server user only passes through the root to its own folders below (chowned
+            # above): o+x, never o+r. When pcdb runs as the server user, nobody else needs in.
+            os.chmod(self.root, 0o700 if user.is_self else 0o711)
         elif not self.root.stat().st_mode & 0o001 and not user.is_self:
             raise SandboxError(f"the server user '{user.name}' cannot enter {self.root} (mode "
                                f"{oct(self.root.stat().st_mode & 0o777)}); pcdb did not create that folder and "
@@ -99,7 +101,7 @@ class NodeMaker:
                  "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
                  "-keyout", str(self.ca_key), "-out", str(self.ca_file))
         os.chmod(self.ca_key, 0o600)
-        os.chmod(self.ca_file, 0o644)
+        os.chmod(self.ca_file, 0o644)   # a CA certificate is public (clients verify with it); its key is 0600
         self.issue_certificate(["DNS:localhost", "IP:127.0.0.1"], key, cert)
         proc.chown_tree(self.tls_dir)
 

@@ -10,7 +10,16 @@ import psycopg
 import pytest
 
 from pcdb import clock
-from tests.conftest import Receiver, Signers, installed_target, new_target, paused_run_id, phase_summaries, production_spec
+from tests.conftest import (
+    Receiver,
+    Signers,
+    installed_target,
+    new_target,
+    next_request,
+    paused_run_id,
+    phase_summaries,
+    production_spec,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -226,7 +235,7 @@ def test_a_missing_or_weak_secret_stops_before_phase_1_and_a_phase_5_failure_is_
 def test_on_production_the_install_waits_for_every_approver_to_sign_the_plan(prefect_harness):
     """§13.2 on a production-mode spec: each of the four approvers signs the plan's SHA-256;
     the install waits until all have, and changes nothing before."""
-    from flows.runbook import answer, pending_request
+    from flows.runbook import answer
     from pcdb.decisions import Request
 
     target = new_target("install:\n  approval:\n    required: true\n    timeout: 2min\n")
@@ -236,9 +245,11 @@ def test_on_production_the_install_waits_for_every_approver_to_sign_the_plan(pre
     worker = threading.Thread(target=lambda: outcome.setdefault("state", install(spec, phases=[1, 2])))
     worker.start()
     run_id = paused_run_id()
+    answered = 0
     for n, approver in enumerate(APPROVERS):
         assert not target.sandbox.root.exists()               # nothing before the last signature
-        waiting = pending_request(run_id)
+        waiting = next_request(run_id, answered)
+        answered = waiting["attempt"]
         request = Request.from_json({k: waiting[k] for k in Request.__dataclass_fields__})
         assert request.step == "install-approval" and approver in request.owners and len(request.owners) == 4 - n
         message = request.message(approver)
@@ -254,7 +265,7 @@ def test_on_production_the_install_waits_for_every_approver_to_sign_the_plan(pre
 
 
 def test_a_rejection_holds_the_install_and_changes_nothing(prefect_harness):
-    from flows.runbook import answer, pending_request
+    from flows.runbook import answer
     from pcdb.decisions import Request
 
     target = new_target("install:\n  approval:\n    required: true\n    timeout: 2min\n")
@@ -262,7 +273,7 @@ def test_a_rejection_holds_the_install_and_changes_nothing(prefect_harness):
     worker = threading.Thread(target=lambda: outcome.setdefault("state", run_install(target, phases=[1, 2])))
     worker.start()
     run_id = paused_run_id()
-    waiting = pending_request(run_id)
+    waiting = next_request(run_id)
     message = Request.from_json({k: waiting[k] for k in Request.__dataclass_fields__}).message("정테스트", "reject")
     answer(run_id, waiting, "정테스트", message, "", "reject", "the security policy is not applied")  # the sandbox: unsigned
     worker.join(timeout=120)

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -88,32 +89,40 @@ def logged_in(driver, ui):
     WebDriverWait(driver, 60).until(lambda d: d.execute_script("return localStorage.getItem('prefect-password')"))
 
 
-def test_the_install_run_page_shows_the_eight_phase_subflows():
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
+@contextmanager
+def installed_in_a_browser(name: str):
+    """A server, worker and installed sandbox of their own, and a logged-in browser; all of it
+    stopped and removed afterwards. Yields (service, driver, the install's JSON and stderr)."""
     folder = new_sandbox_root()
-    ui = Service(folder, name="ui")
+    ui = Service(folder, name=name)
     driver = None
     try:
         ui.pcdb("server", "up", "--env", str(ui.spec))
         installed = ui.pcdb("install", "--env", str(ui.spec), "--deployed", "--json")
-        run_url = re.search(r"run: (\S+)", installed.stderr).group(1)
-        assert json.loads(installed.stdout)["status"] == "completed"
         driver = browser()
         logged_in(driver, ui)
-        driver.get(run_url)
-        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.XPATH, "//*[text()='Subflow Runs']"))[0].click()
-        WebDriverWait(driver, 60).until(
-            lambda d: all(f"Phase {n}" in d.find_element(By.TAG_NAME, "body").text for n in range(1, 9)))
         SHOTS.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(SHOTS / "install-run.png"))
-        print(f"screenshot: {SHOTS / 'install-run.png'}")
+        yield ui, driver, installed
     finally:
         if driver is not None:
             driver.quit()
         ui.pcdb("server", "down", "--env", str(ui.spec), check=False)
         ui.pcdb("sandbox", "destroy", "--env", str(ui.spec), "--yes", check=False)
+
+
+def test_the_install_run_page_shows_the_eight_phase_subflows():
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with installed_in_a_browser("ui") as (_ui, driver, installed):
+        run_url = re.search(r"run: (\S+)", installed.stderr).group(1)
+        assert json.loads(installed.stdout)["status"] == "completed"
+        driver.get(run_url)
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.XPATH, "//*[text()='Subflow Runs']"))[0].click()
+        WebDriverWait(driver, 60).until(
+            lambda d: all(f"Phase {n}" in d.find_element(By.TAG_NAME, "body").text for n in range(1, 9)))
+        driver.save_screenshot(str(SHOTS / "install-run.png"))
+        print(f"screenshot: {SHOTS / 'install-run.png'}")
 
 
 def test_a_zone_drill_started_from_the_custom_run_form_is_decided_in_the_resume_form_and_shows_its_steps():
@@ -129,12 +138,7 @@ def test_a_zone_drill_started_from_the_custom_run_form_is_decided_in_the_resume_
     from pcdb.decisions import Request
     from tests.service.conftest import wait_until
 
-    folder = new_sandbox_root()
-    ui = Service(folder, name="drillui")
-    driver = None
-    try:
-        ui.pcdb("server", "up", "--env", str(ui.spec))
-        ui.pcdb("install", "--env", str(ui.spec), "--deployed", "--json")
+    with installed_in_a_browser("drillui") as (ui, driver, _installed):
         approver = load_environment(ui.spec).approvers()[0]
         with ui.api():
             from prefect import get_client
@@ -142,9 +146,6 @@ def test_a_zone_drill_started_from_the_custom_run_form_is_decided_in_the_resume_
             with get_client(sync_client=True) as client:
                 deployment = client.read_deployment_by_name("dr-drill/dr-drill-drillui")
         base = ui.url.removesuffix("/api")
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        driver = browser()
-        logged_in(driver, ui)
         wait = WebDriverWait(driver, 60)
 
         # 1. The deployment, then its Custom run form: the scenario and the mode chosen in it.
@@ -224,8 +225,3 @@ def test_a_zone_drill_started_from_the_custom_run_form_is_decided_in_the_resume_
         WebDriverWait(driver, 60).until(lambda d: "steps" in d.find_element(By.TAG_NAME, "body").text)
         driver.save_screenshot(str(SHOTS / "drill-artifacts.png"))
         print(f"screenshots: {SHOTS}/drill-*.png")
-    finally:
-        if driver is not None:
-            driver.quit()
-        ui.pcdb("server", "down", "--env", str(ui.spec), check=False)
-        ui.pcdb("sandbox", "destroy", "--env", str(ui.spec), "--yes", check=False)

@@ -7,6 +7,7 @@ runbook asks nothing of a target, and its policy is in test_incident.py."""
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -44,9 +45,10 @@ POLICIES = {
 
 def test_every_registered_runbook_has_a_policy_test():
     assert set(POLICIES) == {r.name for r in RUNBOOKS}
+    root = Path(__file__).resolve().parents[2]
     for names in POLICIES.values():
         for name in names:
-            assert name in globals() or name.startswith("tests/unit/"), name
+            assert name in globals() or (name.startswith("tests/unit/") and (root / name).is_file()), name
 
 
 @pytest.fixture(autouse=True)
