@@ -149,10 +149,12 @@ def _incident_followed(spec: Environment, store, incident):
 
     from flows import service
 
-    with get_client(sync_client=True) as client:
-        state = client.read_flow_run(UUID(incident.run_id)).state
-    if state is not None and not state.is_final() and state.name != "Cancelling":
-        return incident
+    state = None
+    if incident.run_id:        # empty: recorded by its health alert, whose run never started
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(incident.run_id)).state
+        if state is not None and not state.is_final() and state.name != "Cancelling":
+            return incident
     err.print(f"the run following {incident.id} ended ({state.name if state else 'no state'}) with the incident open: "
               "a new run takes it over", highlight=False)
     run_id = service.start_deployment_run("incident", f"incident-{spec.name}",

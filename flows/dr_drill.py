@@ -66,9 +66,7 @@ def _run(scenario, spec: Environment, ctx: RunbookContext, mode: str, decider: D
     decide, confirm = gates(spec, ctx, decider, "drill")
     password = ctx.admin_password()
     with stepped() as step:           # each step a task run; the decisions pause the flow between them
-        removed = drills.cleanup(ctx.target, spec, password, confirm, step=step)
-        for item in removed:
-            get_run_logger().warning("left over by an earlier drill: %s", item)
+        removed = drills.cleanup(ctx.target, spec, password, confirm, step=step)   # logs what it finished
         if scenario == "zone":
             # On production the signed drill approval above is this decision: its plan holds the
             # topology, made again right before acting.

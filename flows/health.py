@@ -8,6 +8,8 @@ finds pcdb's own drill or maintenance holding the environment annotates its aler
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
@@ -54,38 +56,47 @@ def _open_incidents(spec, report: health.Report, alerts: health.Store) -> list[s
     """A critical alert that starts firing opens an incident by itself (§8.2): writes down (no
     connection for its duration, no writable primary, a read-only primary) is a P1, any other
     critical alert a P2 (the mapping is operations.incident.auto_open). One incident per rule
-    while it is open, and one for the rules of the writes-down outage together. The
-    incident runs on the environment's worker: without the persistent server it is only logged."""
+    while it is open, and one for the rules of the writes-down outage together.
+
+    The record is written here, under the store's lock, with the run that will follow it: the
+    next health run (a minute later, or a person's a second later) sees the incident
+    at once, even while the worker is still starting that run. Without the persistent server the
+    incident is recorded and the failure to start its run is logged (`pcdb incident step` takes
+    it over)."""
     from flows import service
-    from pcdb.incident import IncidentStore
+    from pcdb.incident import IncidentStore, open_incident
 
     log = get_run_logger()
     firing = [n for n in report.notified if n["transition"] == "firing" and n["severity"] == "critical"]
     if not firing:
         return []
     store, opened = IncidentStore(spec), []
-    taken = {i.source_rule for i in store.open_ones()}
-    if taken & set(WRITES_DOWN):      # one outage (writes down) is one incident, whichever rule saw it first
-        taken |= set(WRITES_DOWN)
-    pending_since = {n["rule"]: (alerts.alert(n["rule"]) or {}).get("pending_since") for n in firing}
-    for alert in firing:
-        rule = alert["rule"]
-        if rule in taken:
-            continue
-        shown = next((a for a in report.alerts if a["rule"] == rule), {})
-        severity = spec.operations.incident.auto_open.get(rule, "P2")
-        params = {"severity": severity, "summary": f"{shown.get('title') or rule}: critical on {spec.name}",
-                  "opened_by": f"health alert {rule}", "source_rule": rule,
-                  # the outage began when the rule first saw it (it then held for the rule's duration)
-                  **({"began": pending_since[rule]} if pending_since.get(rule) else {})}
-        try:
-            run_id = service.start_deployment_run("incident", f"incident-{spec.name}", params)
-        except Exception as exc:  # noqa: BLE001 - the alert itself was notified: say why no incident was opened
-            log.error("critical alert %s: no incident opened (%s); open one with `pcdb incident open`", rule, exc)
-            continue
-        log.warning("critical alert %s: %s incident opened (run %s)", rule, severity, run_id)
-        opened.append(run_id)
-        taken |= set(WRITES_DOWN) if rule in WRITES_DOWN else {rule}
+    with store.opening():
+        taken = {i.source_rule for i in store.open_ones()}
+        if taken & set(WRITES_DOWN):      # one outage (writes down) is one incident, whichever rule saw it first
+            taken |= set(WRITES_DOWN)
+        for alert in firing:
+            rule = alert["rule"]
+            if rule in taken:
+                continue
+            shown = next((a for a in report.alerts if a["rule"] == rule), {})
+            severity = spec.operations.incident.auto_open.get(rule, "P2")
+            # the outage began when the rule first saw it (it then held for the rule's duration)
+            pending = (alerts.alert(rule) or {}).get("pending_since")
+            inc = open_incident(spec, severity, f"{shown.get('title') or rule}: critical on {spec.name}",
+                                f"health alert {rule}", datetime.fromisoformat(pending) if pending else None, rule)
+            taken |= set(WRITES_DOWN) if rule in WRITES_DOWN else {rule}
+            try:
+                inc.run_id = service.start_deployment_run("incident", f"incident-{spec.name}", {
+                    "severity": severity, "summary": inc.summary, "resume_id": inc.id})
+            except Exception as exc:  # noqa: BLE001 - the alert itself was notified: say why no run follows it
+                inc.run_id = ""
+                log.error("critical alert %s: incident %s recorded, but no run follows it (%s); "
+                          "`pcdb incident step --id %s` starts one", rule, inc.id, exc, inc.id)
+            store.save(inc)       # before the worker starts the run, which reads it
+            if inc.run_id:
+                log.warning("critical alert %s: %s incident %s opened (run %s)", rule, severity, inc.id, inc.run_id)
+                opened.append(inc.run_id)
     return opened
 
 

@@ -9,6 +9,7 @@ and its timeline. A critical health alert opens one by itself (flows/health.py).
 from __future__ import annotations
 
 import copy
+import time
 from datetime import datetime
 from typing import Literal
 
@@ -59,8 +60,9 @@ def incident(severity: Literal["P1", "P2", "P3", "P4"], summary: str, env: str =
         began: when the outage began (default: now); the time to detect counts from it.
         source_rule: the health rule whose critical alert opened it.
         poll_seconds: how often confirmations are looked for.
-        resume_id: follow this open incident again (its run was killed or crashed): nothing is
-            opened, the record goes on where it stopped.
+        resume_id: follow this open incident, already recorded: opened by a health alert (its
+            opening is notified by this run), or followed by a run that was killed or crashed
+            (nothing is opened or notified again; the record goes on where it stopped).
         env: the environment's name (a spec in deployments/), e.g. local or prod
         spec_path: a spec file to use instead of the named environment's
     """
@@ -68,21 +70,26 @@ def incident(severity: Literal["P1", "P2", "P3", "P4"], summary: str, env: str =
     settings = spec.operations.incident
     store = incidents.IncidentStore(spec)
     log = get_run_logger()
+    this_run = str(flow_run.get_id() or "")
+    announce = not resume_id
     if resume_id:
-        inc = store.load(resume_id)
+        inc = _recorded(store, resume_id)
         if not inc.open:
             raise incidents.IncidentError(f"incident {resume_id} is closed since {inc.closed_at}: nothing to resume")
-        inc.mark(f"followed again by run {flow_run.get_id()} (run {inc.run_id} ended before the incident was closed)")
-        inc.run_id = str(flow_run.get_id() or "")
+        announce = inc.run_id == this_run and not any(
+            t["event"].startswith("followed by run") for t in inc.timeline)   # recorded by its alert: first follower
+        inc.mark(f"followed by run {this_run}" if announce else
+                 f"followed again by run {this_run} (run {inc.run_id} ended before the incident was closed)")
+        inc.run_id = this_run
         store.save(inc)
         severity = inc.severity
     else:
         inc = incidents.open_incident(spec, severity, summary, opened_by, began, source_rule)
-        inc.run_id = str(flow_run.get_id() or "")
+        inc.run_id = this_run
         store.save(inc)
     level = "critical" if severity in ("P1", "P2") else "warning"
     channels = list(spec.notifications.channels) if severity == "P1" else None
-    if not resume_id:
+    if announce:
         notify(spec, level, f"pcdb {spec.name} INCIDENT {inc.id} opened: {severity} {inc.summary}",
                _opening(inc, settings), channels)
     ctx = runbook_context(spec)
@@ -169,3 +176,15 @@ def _report(spec: Environment, inc: incidents.Incident, figures: dict) -> str:
                   f"{s.outcome or '-'}{': ' + s.note if s.note else ''} |" for s in inc.steps]
     lines += ["", "## Timeline", ""] + [f"- {t['at']} — {t['event']}" for t in inc.timeline]
     return "\n".join(lines) + "\n"
+
+
+def _recorded(store: incidents.IncidentStore, incident_id: str) -> incidents.Incident:
+    """The incident's record; a health alert writes it a moment after it starts this run."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return store.load(incident_id)
+        except incidents.IncidentError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

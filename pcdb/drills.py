@@ -8,6 +8,7 @@ leaves the topology whole; ``cleanup`` also removes what a drill killed halfway 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class DrillTarget(Connection, Provisioning, Topology, Backups, Protocol):
 
 
 PORT = DrillTarget   # checked: tests/unit/test_port_roles.py
+logger = logging.getLogger("pcdb.drills")   # in a flow run, the step's own log (PREFECT_LOGGING_EXTRA_LOGGERS)
 
 
 def restore_server(env: Environment) -> str:
@@ -176,6 +178,10 @@ def cleanup(target: DrillTarget, env: Environment, password: str,
         if target.start_primary_region().changed:
             done.append("the primary region was left stopped by an interrupted region drill: started")
         done += [f"dropped leftover table {t}" for t in plane.drop_leftover_tables(_admin(target, env, password, "primary"))]
+        for item in done:      # said by the step itself: its task run's log in the UI
+            logger.warning("left over by an earlier drill: %s", item)
+        if not done:
+            logger.info("nothing left over by an earlier drill")
         return done
 
     done = step("clean up after earlier drills", leftovers, retry=True)
@@ -185,6 +191,7 @@ def cleanup(target: DrillTarget, env: Environment, password: str,
                     f"{env.replica.name}, which an earlier drill promoted and which will now be replaced")
         step(f"rebuild the replica {env.replica.name} an earlier drill promoted", target.rebuild_replica)
         done.append("replica was promoted or cut off by an interrupted region drill: rebuilt from the primary")
+        logger.warning("left over by an earlier drill: %s", done[-1])
     repaired = step("check the HA pair and the replica, repair what differs",
                     lambda: [c for c in [*target.ensure_server(), target.ensure_replica()] if c.changed], retry=True)
     return done + [f"{c.resource} {c.name}: {c.action}" for c in repaired]

@@ -10,8 +10,11 @@ the replica) is confirmed as "not needed" with a reason.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,7 +24,7 @@ from pcdb.config import Environment, IncidentSettings
 from pcdb.decisions import Request, plan_sha256
 from pcdb.errors import PcdbError
 from pcdb.orchestrator import server_config
-from pcdb.private import write_private
+from pcdb.private import private_dir, write_private
 from pcdb.units import format_duration
 
 
@@ -321,3 +324,14 @@ class IncidentStore:
 
     def open_ones(self) -> list[Incident]:
         return [i for i in self.all() if i.open]
+
+    @contextmanager
+    def opening(self) -> Iterator[None]:
+        """Held while an alert decides whether its outage already has an incident and records a
+        new one: two health runs at the same moment open one incident, not two."""
+        with open(private_dir(self.folder) / ".opening.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)

@@ -282,7 +282,7 @@ def test_a_rejection_holds_the_install_and_changes_nothing(prefect_harness):
     assert not target.sandbox.root.exists()
 
 
-def test_a_dry_run_shows_the_whole_plan_and_changes_and_notifies_nothing(installed, tmp_path):
+def test_a_dry_run_shows_the_whole_plan_and_changes_and_notifies_nothing(installed, tmp_path, monkeypatch):
     """On an installed sandbox whose spec has moved on: parameters with their values, access rules,
     secrets, roles and grants are all in the plan; nothing changes and nothing is notified."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -316,7 +316,10 @@ def test_a_dry_run_shows_the_whole_plan_and_changes_and_notifies_nothing(install
     assert grants["action"] == "updated" and any("product_change_readonly on table pc_kos_integration_log" in k
                                                  for k in grants["diff"])
     assert not any(c["action"] == "conflict" for c in plan.values())
-    text = CliRunner().invoke(app, ["install", "--env", str(moved), "--dry-run"], env={"COLUMNS": "400"}).output
+    from cli import common
+
+    monkeypatch.setattr(common.out, "_width", 400)   # the console is made at import: a wide one, so no cell wraps
+    text = CliRunner().invoke(app, ["install", "--env", str(moved), "--dry-run"]).output
     assert "work_mem: 4096 -> 8192" in text and "connection_limit: 20 -> 5" in text
     # nothing changed, nothing notified
     assert (target.sandbox.primary().data / "pg_hba.conf").read_text() == hba

@@ -19,8 +19,9 @@ class Service:
     """One environment spec whose persistent server and worker the tests drive."""
 
     def __init__(self, folder: Path, name: str = "svc", extra: str = "", port: int | None = None,
-                 parent: Path | None = None, health: str = "    every: 0s\n"):
+                 parent: Path | None = None, health: str = "    every: 0s\n", auth_file: Path | None = None):
         self.folder = folder
+        self.auth_file = auth_file       # production: the credential comes from a file (never generated)
         self.home = folder / "orch"
         self.port = port or _free_port(set())
         self.spec = folder / f"{name}.yaml"
@@ -67,7 +68,7 @@ class Service:
     @property
     def auth(self) -> str:
         """The API's credential, as `pcdb server up` generated it (0600 in the home)."""
-        return (self.home / "secrets" / "prefect-auth").read_text().strip()
+        return (self.auth_file or self.home / "secrets" / "prefect-auth").read_text().strip()
 
     def server_pid(self) -> int:
         return json.loads((self.home / "server.json").read_text())["pid"]

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pcdb.config import load_environment
+from pcdb.config import DEPLOYMENTS, load_environment
 from pcdb.incident import IncidentError, open_incident
 from tests.unit.test_config import problems_of, spec_with
 
@@ -128,3 +128,37 @@ def test_on_production_an_incident_step_is_taken_only_signed_by_a_member_of_its_
     other = {**action, "note": "all fine"}                                             # signed over another note
     with pytest.raises(DecisionRefused, match="signed over another plan"):
         _verified(spec, inc, IncidentAction(**other, message=message, signature=signers.sign("ops-oncall", message)))
+
+
+def test_one_outage_seen_by_two_rules_in_two_health_runs_opens_one_incident_before_its_run_starts(tmp_path, monkeypatch):
+    """The writes-down outage: the first health run sees no writable primary and opens a P1; the
+    next one, a moment later, sees the connection failure of the same outage. The worker may not
+    have started the first incident's run yet (it takes seconds under load): the record is
+    written by the alert itself, with the run that will follow it, so the second alert finds it."""
+    import logging
+    from types import SimpleNamespace
+
+    from flows import health as health_flow
+    from flows import service
+    from pcdb.incident import IncidentStore
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"extends: {DEPLOYMENTS / 'local.yaml'}\nname: inc\norchestrator:\n  home: {tmp_path / 'orch'}\n")
+    env = load_environment(spec)
+    started = []
+    monkeypatch.setattr(service, "start_deployment_run",
+                        lambda flow, deployment, params: started.append(params) or f"run-{len(started)}")
+    monkeypatch.setattr(health_flow, "get_run_logger", lambda: logging.getLogger("test"))
+
+    def health_run(rule):
+        report = SimpleNamespace(notified=[{"rule": rule, "transition": "firing", "severity": "critical"}],
+                                 alerts=[{"rule": rule, "title": rule}])
+        alerts = SimpleNamespace(alert=lambda r: {"pending_since": "2026-12-02T05:00:00+00:00"})
+        return health_flow._open_incidents(env, report, alerts)
+
+    assert health_run("no-writable-primary") == ["run-1"]
+    [recorded] = IncidentStore(env).open_ones()          # there before the worker starts run-1
+    assert recorded.run_id == "run-1" and recorded.severity == "P1" and recorded.began == "2026-12-02T05:00:00+00:00"
+    assert started[0]["resume_id"] == recorded.id
+    assert health_run("database-connection-failure") == []            # the same outage: no second P1
+    assert [i.id for i in IncidentStore(env).open_ones()] == [recorded.id]
