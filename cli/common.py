@@ -286,7 +286,8 @@ def deployed_run(spec: Environment, env_arg: str, config: ServerConfig | None, f
     if state != "Completed":
         raise PcdbError(f"{deployment} run {run_id} ended {state}: {message or 'see the run in the UI'}")
     return {"status": "completed", "run_id": run_id, "phases": figures.get("phases", []),
-            "report": (row or {}).get("report_path"), "checks": figures.get("checks")}
+            "report": (row or {}).get("report_path"), "checks": figures.get("checks"),
+            "approval": figures.get("approval")}
 
 
 def ledger_row(spec: Environment, run_id: str) -> dict | None:

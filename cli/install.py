@@ -45,7 +45,7 @@ def install_command(env: EnvOption = "local",
                     as_json: JsonOption = False) -> None:
     """Run the install runbook (Phases 1-8) as a Prefect flow and print each phase's outcome.
 
-    --json prints {status, phases: [{number, name, state, changes, seconds}], report}."""
+    --json prints {status, phases: [{number, name, state, changes, seconds}], report, checks, approval}."""
     spec = load_environment(env)  # a bad spec fails here, before Prefect starts
     selected = phase_list(phases)
     config = use_orchestrator(spec)

@@ -183,6 +183,8 @@ def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False,
     decider = Decider(spec)
     try:
         approval = _approval_gate(ctx, plan, decider) if spec.install.approval.required else None
+        if approval is not None:
+            ev.figures["approval"] = approval      # also in the ledger: `--deployed` reads it back from there
     finally:
         ev.decisions = decider.collected
     progress = create_progress_artifact(0.0, key=f"install-progress-{spec.name}",

@@ -111,6 +111,7 @@ def test_the_install_ran_through_its_deployment_and_its_json_is_the_contract(ser
     assert [p["number"] for p in result["phases"]] == list(range(1, 9))
     assert set(result["phases"][0]) >= {"number", "name", "state", "changes", "seconds"}
     assert result["phases"][6]["state"] == "passed" and result["checks"] == {"passed": 16, "total": 16}
+    assert result["approval"] is None                       # this spec asks for none (prod: {approved_by, signed, at})
 
 
 def test_a_verification_and_a_forced_zone_drill_run_as_deployments_and_land_in_the_ledger(service):
