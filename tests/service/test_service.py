@@ -187,15 +187,23 @@ def test_a_run_past_its_limit_is_cancelled_notified_and_recorded(service):
 def test_the_server_dying_mid_run_fails_the_run_clearly_and_the_next_run_resumes(service):
     from prefect import get_client
 
+    def runs():
+        with service.api(), get_client(sync_client=True) as client:
+            return client.read_flow_runs()
+
+    before = {r.id for r in runs()}
     cli = subprocess.Popen([sys.executable, "-m", "cli", "install", "--env", str(service.spec)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**service.env(), "PREFECT_CLIENT_MAX_RETRIES": "1"},  # fail fast: a test
                            cwd=service.folder)
 
-    def a_phase_running() -> bool:
-        with service.api(), get_client(sync_client=True) as client:
-            return any(r.state_name == "Running" and r.parent_task_run_id for r in client.read_flow_runs())
-    wait_until(a_phase_running, "a phase of the install running", timeout=120, interval=0.1)
+    def between_its_phases() -> bool:
+        # A phase has begun and the install is still running. (Phases of an installed sandbox are
+        # "unchanged" in a moment: a poll could miss every one of them Running under load.)
+        new = [r for r in runs() if r.id not in before]
+        return any(r.parent_task_run_id for r in new) and any(
+            not r.parent_task_run_id and r.state_name == "Running" for r in new)
+    wait_until(between_its_phases, "the install's phases started", timeout=120, interval=0.1)
     os.kill(service.server_pid(), signal.SIGKILL)
     _, stderr = cli.communicate(timeout=600)
     assert cli.returncode == 1
