@@ -329,9 +329,10 @@ class IncidentStore:
     def opening(self) -> Iterator[None]:
         """Held while an alert decides whether its outage already has an incident and records a
         new one: two health runs at the same moment open one incident, not two."""
-        with open(private_dir(self.folder) / ".opening.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        fd = os.open(private_dir(self.folder) / ".opening.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)        # like every file here: its owner's only (server status checks)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)                # closing releases the lock

@@ -141,6 +141,7 @@ def test_one_outage_seen_by_two_rules_in_two_health_runs_opens_one_incident_befo
     from flows import health as health_flow
     from flows import service
     from pcdb.incident import IncidentStore
+    from pcdb.private import audit
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"extends: {DEPLOYMENTS / 'local.yaml'}\nname: inc\norchestrator:\n  home: {tmp_path / 'orch'}\n")
@@ -162,3 +163,5 @@ def test_one_outage_seen_by_two_rules_in_two_health_runs_opens_one_incident_befo
     assert started[0]["resume_id"] == recorded.id
     assert health_run("database-connection-failure") == []            # the same outage: no second P1
     assert [i.id for i in IncidentStore(env).open_ones()] == [recorded.id]
+    # the records and the store's lock: their owner's only (server status reports anything looser)
+    assert audit([(IncidentStore(env).folder, 0o700, 0o600)]) == []
