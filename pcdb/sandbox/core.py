@@ -63,8 +63,9 @@ def exclusive(method=None, *, creates_root: bool = True):
         if not self.root.exists():
             self._root_was_new = True  # pcdb made this folder: its mode is pcdb's to set
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / "state.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.root / "state.lock", os.O_RDWR | os.O_CREAT, 0o600)   # only pcdb's own processes take it
         try:
+            os.fchmod(fd, 0o600)          # one an earlier pcdb left 0644
             deadline = time.monotonic() + self.lock_timeout
             while True:
                 try:
