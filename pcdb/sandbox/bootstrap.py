@@ -317,10 +317,15 @@ class NodeMaker:
         self._wait_streaming(primary, node.name)
 
     def _following(self, source: Node, name: str, sync: bool = False) -> bool:
-        """``name`` streams from ``source`` now (synchronously, with ``sync``)."""
+        """``name`` streams from ``source`` now (synchronously, with ``sync``), on ``source``'s
+        timeline. A node that cannot follow that timeline still shows as "streaming" for a moment
+        each time its WAL receiver reconnects: its own timeline tells it apart."""
         with source.connect(self.admin_user) as conn:
             rows = conn.execute(query("sandbox.sql", "replication")).fetchall()
-        return any(r[0] == name and r[1] == "streaming" and (not sync or r[2] == "sync") for r in rows)
+        if not any(r[0] == name and r[1] == "streaming" and (not sync or r[2] == "sync") for r in rows):
+            return False
+        theirs = self._timeline(self.node(name))
+        return theirs is not None and theirs == self._timeline(source)
 
     def _wait_streaming(self, primary: Node, name: str, sync: bool = False) -> None:
         primary.wait(lambda: self._following(primary, name, sync), f"{name} streaming{' synchronously' if sync else ''}",

@@ -130,7 +130,8 @@ class Topology:
     def rejoin(self, name: str) -> str:
         """Rewind a stopped former primary onto the current primary's timeline, start it as the
         synchronous standby, and turn synchronous replication back on; returns what was done
-        ("rewound", or "copied afresh (why)").
+        ("rewound", or "copied afresh (why)"). The read replica is rejoined the same way, as the
+        asynchronous replica, when a forced failover left it past the new timeline's fork.
 
         pg_rewind fetches the WAL it needs that the node no longer has from the WAL archive
         (--restore-target-wal): a burst that recycled the node's own segments does not stop it.
@@ -141,6 +142,10 @@ class Topology:
         Resumable: the step reached is kept in the state. A node killed during pg_rewind is in no
         known state (pg_rewind's own documentation), so it is copied afresh instead; a node
         rewound but not yet started is started, never rewound twice."""
+        pending = self.state.rejoin
+        if pending and pending.node != name:   # one rejoin at a time: finish the interrupted one first
+            self.rejoin(pending.node)
+        role = "replica" if name == REPLICA else "standby"
         primary, node = self.primary(), self.node(name)
         # A standby (the failback's case) stops cleanly, "shut down in recovery", and pg_rewind is
         # told not to recover it first: its single-user recovery cannot run a standby.
@@ -151,7 +156,7 @@ class Topology:
         if earlier and earlier.step == "rewinding":
             how = "copied afresh (a pg_rewind of it was interrupted)"
             self._event("rejoin-recloned", node=name, reason="a pg_rewind of it was interrupted")
-            self._clone(node, "standby")
+            self._clone(node, role)
         else:
             if not earlier:
                 self.state.rejoin = RejoinStep(node=name, step="rewinding", since=_now())
@@ -173,13 +178,13 @@ class Topology:
                     self.state.rejoin.step = "rewinding"
                     self.save()
                     kept = rewind_log.read_text() if rewind_log.exists() else ""
-                    self._clone(node, "standby")
+                    self._clone(node, role)
                     proc.write_file(rewind_log, kept, mode=0o600)   # the evidence survives the fresh copy
                 else:
                     for leftover in ("recovery.signal", "backup_label"):
                         (node.data / leftover).unlink(missing_ok=True)
                     # pg_rewind copied the source's node.conf: the node's own goes back before anything
-                    node.write_node_conf(self._node_conf(node, "standby"))
+                    node.write_node_conf(self._node_conf(node, role))
                     proc.write_file(node.data / "standby.signal", "", mode=0o600)
                     self.state.rejoin.step = "rewound"
                     self.save()
@@ -188,9 +193,10 @@ class Topology:
                 node.start(self.timeout)
                 self._wait_streaming(primary, name)
         crash.point("rejoin:streaming")
-        primary.write_node_conf(self._node_conf(primary, "primary", sync_with=name))
-        primary.reload()
-        self._wait_streaming(primary, name, sync=True)
+        if role == "standby":
+            primary.write_node_conf(self._node_conf(primary, "primary", sync_with=name))
+            primary.reload()
+            self._wait_streaming(primary, name, sync=True)
         for n, info in self.state.nodes.items():
             info.timeline = self._timeline(self.node(n))
         self.state.rejoin = None
@@ -214,10 +220,51 @@ class Topology:
         return f"standby {name} {how} and rejoined as the synchronous standby"
 
     def wait_replica_following(self) -> None:
-        """Wait until the read replica streams from the current primary (when it is a replica)."""
-        if self.state.role_of(REPLICA) == "replica" and self.node(REPLICA).is_running():
-            self._wait_streaming(self.primary(), REPLICA)
-            self.state.nodes[REPLICA].timeline = self._timeline(self.node(REPLICA))
+        """Wait until the read replica streams from the current primary (when it is a replica).
+
+        A forced failover can leave the asynchronous replica *past* the point where the promoted
+        standby's timeline forks: it received WAL from the killed primary that the synchronous
+        standby had not (a commit nobody was told of). Such a replica can never follow the new
+        timeline; it is rewound onto it (or copied afresh), as a former primary is."""
+        if self.state.role_of(REPLICA) != "replica":
+            return
+        if self.state.rejoin and self.state.rejoin.node == REPLICA:
+            self.rejoin(REPLICA)                   # its repair was interrupted: finish it
+        elif not self.node(REPLICA).is_running():
+            return
+        else:
+            primary = self.primary()
+            why = self._diverged(primary, self.node(REPLICA))
+            if why:
+                self._event("replica-diverged", node=REPLICA, detail=why)
+                self.rejoin(REPLICA)
+            else:
+                self._wait_streaming(primary, REPLICA)
+        self.state.nodes[REPLICA].timeline = self._timeline(self.node(REPLICA))
+
+    def _diverged(self, primary: Node, node: Node) -> str | None:
+        """Why ``node`` (in recovery) cannot follow ``primary``'s timeline, or None when it can:
+        it went past the point where its timeline ends in the primary's timeline history."""
+        ours, theirs = self._timeline(primary), self._timeline(node)
+        if ours is None or theirs is None or ours == theirs:
+            return None
+        with node.connect(self.admin_user, timeout=5) as conn:
+            reached = conn.execute(query("sandbox.sql", "recovery_point")).fetchone()[0]
+        history = primary.data / "pg_wal" / f"{ours:08X}.history"
+        ends = {}
+        if history.exists():
+            for line in history.read_text().splitlines():
+                fields = line.split()
+                if len(fields) >= 2 and fields[0].isdigit():
+                    ends[int(fields[0])] = fields[1]
+        if theirs not in ends:
+            return (f"{node.name} is on timeline {theirs}, which is not in the history of "
+                    f"{primary.name}'s timeline {ours}")
+        if reached and _lsn(reached) > _lsn(ends[theirs]):
+            return (f"{node.name} reached {reached} on timeline {theirs}, past where timeline {theirs} "
+                    f"ends in {primary.name}'s history ({ends[theirs]}): it holds WAL the promoted "
+                    "standby never had")
+        return None
 
     def replica_diverged(self) -> bool:
         """The replica was promoted, or its link cut, by a drill that did not finish. A replica a
@@ -430,3 +477,9 @@ class Topology:
                 return conn.execute(query("sandbox.sql", "node_state")).fetchone()[1]
         except SandboxError:
             return None
+
+
+def _lsn(text: str) -> int:
+    """A WAL location ("0/7DEB608") as a number, to compare two of them."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)

@@ -26,6 +26,12 @@ SELECT pg_catalog.current_setting('synchronous_standby_names');
 SELECT pg_catalog.pg_is_in_recovery(), (SELECT status FROM pg_catalog.pg_stat_wal_receiver),
        pg_catalog.pg_last_wal_receive_lsn()::text, pg_catalog.pg_last_wal_replay_lsn()::text;
 
+-- name: recovery_point
+-- How far a node in recovery has gone: the furthest WAL it received or replayed.
+SELECT CASE WHEN pg_catalog.pg_wal_lsn_diff(coalesce(pg_catalog.pg_last_wal_receive_lsn(), '0/0'),
+                                            coalesce(pg_catalog.pg_last_wal_replay_lsn(), '0/0')) > 0
+            THEN pg_catalog.pg_last_wal_receive_lsn() ELSE pg_catalog.pg_last_wal_replay_lsn() END::text;
+
 -- name: database_exists
 -- Whether a database of that name exists.
 SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = %(name)s) AS present;

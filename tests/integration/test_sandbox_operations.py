@@ -53,6 +53,49 @@ def test_failover_loses_no_acknowledged_row_and_the_old_primary_rejoins_as_sync_
         probe.drop_table()
 
 
+def test_a_forced_failover_that_left_the_replica_past_the_new_timelines_fork_rewinds_it_onto_it(ops):
+    """The unlucky order of a zone failure: the asynchronous replica received WAL from the dying
+    primary that the synchronous standby never had. It can never follow the promoted standby's
+    timeline; the failover rewinds it, and only then says the replica follows."""
+    sandbox = ops.sandbox
+    old, standby = sandbox.primary(), sandbox.standby()
+    replica = sandbox.node(REPLICA)
+    with primary_conn(ops) as conn:
+        conn.execute("CREATE TABLE fork_probe (id int PRIMARY KEY)")
+        conn.execute("SELECT pg_switch_wal()")        # no archive_timeout switch inside the window
+    standby.stop("fast")
+    with primary_conn(ops) as conn:                   # commits nobody waits for: only the replica gets them
+        conn.execute("SET synchronous_commit TO local")
+        conn.execute("INSERT INTO fork_probe SELECT generate_series(1, 100)")
+        written = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    with psycopg.connect(ops.endpoint("replica").conninfo(ops.admin, ops.admin_password()),
+                         autocommit=True) as conn:
+        replica.wait(lambda: conn.execute("SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s) >= 0",
+                                          (written,)).fetchone()[0], "the replica replaying the local commits", 30)
+    old.stop("immediate")                             # the zone dies
+    standby.start(sandbox.timeout)                    # its standby never saw those commits
+
+    result = ops.failover("forced")
+
+    events = [e for e in sandbox.state.events if e["event"] == "replica-diverged"]
+    assert events and "past where timeline" in events[-1]["detail"]
+    state = {n.name: n for n in ops.server_state().nodes}
+    assert state[REPLICA].role == "replica" and state[REPLICA].sync_state == "async"
+    assert state[REPLICA].timeline == result.timeline == state[result.new_primary].timeline
+    with psycopg.connect(ops.endpoint("replica").conninfo(ops.admin, ops.admin_password())) as conn:
+        # the commits the promoted standby never had are gone from the replica too
+        assert conn.execute("SELECT count(*) FROM fork_probe").fetchone()[0] == 0
+    with primary_conn(ops) as conn:
+        conn.execute("INSERT INTO fork_probe VALUES (1)")
+    with psycopg.connect(ops.endpoint("replica").conninfo(ops.admin, ops.admin_password()),
+                         autocommit=True) as conn:
+        replica.wait(lambda: conn.execute("SELECT count(*) FROM fork_probe").fetchone()[0] == 1,
+                     "the replica replaying the new primary's commit", 30)
+    with primary_conn(ops) as conn:
+        conn.execute("DROP TABLE fork_probe")
+    assert ops.server_state().ha_state == "Healthy"
+
+
 def test_point_in_time_restore_returns_exactly_the_rows_before_the_target(ops):
     with primary_conn(ops) as conn:
         conn.execute("CREATE TABLE pitr_probe (id int PRIMARY KEY)")
