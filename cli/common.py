@@ -190,13 +190,15 @@ def run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: str
     match on it), print its UI link, and turn a lost server into one line."""
     from prefect import tags
 
+    from flows.heartbeat import without_prefect_heartbeat
     from flows.service import env_tag
 
     quiet_user_tracebacks()
     if config is None:
         ensure_api()
     try:
-        with prefect_settings(), tags(env_tag(load_environment(spec_arg))):
+        # The run sends pcdb's heartbeat, not Prefect's (flows/heartbeat.py says why).
+        with prefect_settings(), without_prefect_heartbeat(), tags(env_tag(load_environment(spec_arg))):
             state = call()
     except Exception as exc:
         lost = server_lost(config, spec_arg)

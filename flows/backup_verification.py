@@ -11,6 +11,7 @@ from prefect.utilities.annotations import quote
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import name_run, refusable, runbook_context, stepped
 from pcdb import backups, clock
@@ -23,6 +24,7 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 
 
 @flow(name="backup-verification", **HOOKS)
+@alive
 @refusable
 def verify_backups(env: str = "local", spec_path: str | None = None, restore: bool | None = None,
                    wait_seconds: float = 1800) -> dict:

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report, report_path
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import name_run, runbook_context
 from pcdb import capacity, clock
@@ -21,6 +22,7 @@ from tasks.capacity import history, snapshot
 
 
 @flow(name="capacity", **HOOKS)
+@alive
 def capacity_analysis(env: str = "local", spec_path: str | None = None, weeks: int | None = None) -> dict:
     """Forecast every capacity limit of an environment; report with plots, ledger, notification.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import name_run, runbook_context, stepped
 from pcdb import clock, cost
@@ -14,6 +15,7 @@ from pcdb.config import load_environment
 
 
 @flow(name="cost", **HOOKS)
+@alive
 def cost_review(env: str = "local", spec_path: str | None = None) -> dict:
     """This month's cost so far, projected, per component, against the budget and last month.
 

@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import name_run, runbook_context, stepped
 from pcdb import checklist
@@ -15,6 +16,7 @@ from pcdb.config import load_environment
 
 
 @flow(name="daily-checklist", **HOOKS)
+@alive
 def daily_checklist(env: str = "local", spec_path: str | None = None) -> dict:
     """Check every §8.1.1 item of an environment from its data; report, record, notify failures.
 

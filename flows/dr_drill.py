@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import Decider, approve_plan, gates, name_run, refusable, runbook_context, stepped, topology
 from pcdb import drills
@@ -25,6 +26,7 @@ from pcdb.steps import table as steps_table
 
 
 @flow(name="dr-drill", **HOOKS)
+@alive
 @refusable
 def dr_drill(scenario: Literal["zone", "region", "corruption"], env: str = "local", spec_path: str | None = None,
              mode: Literal["planned", "forced"] = "forced", confirm: bool = False, yes: bool = False,

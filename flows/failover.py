@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import Decider, gates, name_run, refusable, runbook_context, stepped
 from pcdb import failover as real
@@ -23,6 +24,7 @@ from pcdb.steps import table as steps_table
 
 
 @flow(name="failover", **HOOKS)
+@alive
 @refusable
 def failover(scenario: Literal["zone", "region", "failback"], env: str = "local", spec_path: str | None = None,
              yes: bool = False, outage_began: datetime | None = None, wait_seconds: float = 0) -> dict:

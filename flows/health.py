@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.exclusion import holder
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import runbook_context
 from pcdb import health
@@ -22,6 +23,7 @@ from tasks.steps import task_steps
 
 
 @flow(name="health", log_prints=False)
+@alive
 def health_check(env: str = "local", spec_path: str | None = None) -> dict:
     """Evaluate every health rule of an environment once; notify each alert transition once.
 

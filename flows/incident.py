@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import runbook_context, stepped
 from pcdb import clock, decisions
@@ -48,6 +49,7 @@ class IncidentAction(RunInput):
 
 
 @flow(name="incident", **HOOKS)
+@alive
 def incident(severity: Literal["P1", "P2", "P3", "P4"], summary: str, env: str = "local", spec_path: str | None = None,
              opened_by: str = "a person through the Prefect UI", began: datetime | None = None,
              source_rule: str | None = None, poll_seconds: float = 1.0, resume_id: str | None = None) -> dict:

@@ -19,6 +19,7 @@ from prefect.utilities.annotations import quote
 
 from flows.evidence import HOOKS, Evidence, _spec_of, evidence, report_path
 from flows.exclusion import mutating_slot
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import Decider, refusable, runbook_context
 from pcdb import clock, report, security
@@ -131,6 +132,7 @@ def _approval_gate(ctx: RunbookContext, plan: list[Change], decider: Decider) ->
 
 
 @flow(name="install", on_completion=[_on_completion], **HOOKS)
+@alive
 @refusable
 def install(env: str = "local", spec_path: str | None = None, phases: list[int] | None = None,
             dry_run: bool = False, remove_unknown_roles: bool = False, reverify: bool = False) -> dict:

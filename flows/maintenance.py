@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import Decider, approve_plan, name_run, refusable, runbook_context, stepped
 from pcdb import clock
@@ -26,6 +27,7 @@ from pcdb.config import Environment, load_environment
 
 
 @flow(name="maintenance", **HOOKS)
+@alive
 @refusable
 def maintenance(env: str = "local", spec_path: str | None = None,
                 only: list[Literal["partitions", "statistics", "indexes", "slow_queries", "accounts", "hygiene"]]

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import Decider, approve_plan, name_run, refusable, runbook_context, stepped
 from pcdb import ledger, predicate, recovery
@@ -18,6 +19,7 @@ from pcdb.steps import table as steps_table
 
 
 @flow(name="recover", **HOOKS)
+@alive
 @refusable
 def recover(to: datetime, env: str = "local", spec_path: str | None = None, tables: list[str] | None = None,
             where: str | None = None, yes: bool = False, wait_seconds: float = 0) -> dict:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
+import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,12 +21,14 @@ from pathlib import Path
 import yaml
 from prefect import get_client
 from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
+from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.schedules import CronSchedule
-from prefect.events.actions import CancelFlowRun, SendNotification
+from prefect.events.actions import CancelFlowRun, ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 
+from flows import heartbeat
 from pcdb import clock
 from pcdb.changes import Change
 from pcdb.config import CapacitySettings, Environment
@@ -94,7 +98,9 @@ def deployment_definitions(spec: Environment, spec_path: str | None, working_dir
         if spec_path:
             item["parameters"] = {**item.get("parameters", {}), "spec_path": str(Path(spec_path).absolute())}
         item["tags"] = [*item.get("tags", []), env_tag(spec)]
-        item["job_variables"] = {"working_dir": str(working_dir)}
+        # Prefect's engine without Prefect's run heartbeat: pcdb's flows send their own (flows/engine.py).
+        item["job_variables"] = {"working_dir": str(working_dir),
+                                 "command": f"{shlex.quote(sys.executable)} -m flows.engine"}
         out.append(item)
     return out
 
@@ -202,6 +208,7 @@ def automation_names(spec: Environment) -> dict[str, str]:
     return {"failed": f"pcdb-{spec.name}: run failed or crashed",
             "stale": f"pcdb-{spec.name}: no completed backup verification",
             "dead-man": f"pcdb-{spec.name}: no health report",
+            "silent": f"pcdb-{spec.name}: run went silent",
             **{f"limit-{flow}": f"pcdb-{spec.name}: {flow} running too long" for flow in spec.orchestrator.limits()}}
 
 
@@ -221,6 +228,19 @@ def desired_automations(spec: Environment) -> tuple[list[AutomationCore], list[s
                              match_related=_related(spec), posture=Posture.Reactive, threshold=1,
                              within=timedelta(0)),
         actions=notify, enabled=True)] if notify else []
+    silent = heartbeat.EVERY * heartbeat.SILENT_AFTER
+    # A run whose process vanished with its machine (worker and all) sends nothing more: after
+    # three missed heartbeats it is Crashed, which the automation above pages for, instead of
+    # showing Running for ever.
+    out.append(AutomationCore(
+        name=names["silent"], description=f"A pcdb run with no heartbeat for {silent}: marked Crashed.",
+        trigger=EventTrigger(after={heartbeat.EVENT}, expect={heartbeat.EVENT, *FINAL_EVENTS, "prefect.flow-run.Refused"},
+                             match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=_related(spec),
+                             for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+                             within=silent),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {silent}: its process (or its machine) is gone")],
+        enabled=True))
     stale_after = spec.backup.verification.max_age
     out += [_no_completed_run(spec, names["stale"], "backup-verification", stale_after, blocks,
                               "backup verification", f"pcdb {spec.name}: backups NOT verified",

@@ -13,6 +13,7 @@ from datetime import timedelta
 from prefect import flow, get_run_logger
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
+from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import name_run, runbook_context, stepped
 from pcdb import clock, sla
@@ -20,6 +21,7 @@ from pcdb.config import load_environment
 
 
 @flow(name="sla", **HOOKS)
+@alive
 def sla_report(env: str = "local", spec_path: str | None = None, month: str | None = None) -> dict:
     """Availability of a month (default: this month so far) against 99.9 % and 99.95 %.
 

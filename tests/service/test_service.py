@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -17,7 +16,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from pcdb import ledger
@@ -143,10 +141,44 @@ def test_a_verification_and_a_forced_zone_drill_run_as_deployments_and_land_in_t
         assert ledger.file_sha256(row["report_path"]) == row["report_sha256"]
         archived = Path(row["report_archive"])        # the read-only copy in the backup store
         assert ledger.file_sha256(archived) == row["report_sha256"] and archived.stat().st_mode & 0o777 == 0o400
+    beats = deployed_heartbeats(service, drill)
+    assert beats and {e.resource.get("pcdb.sender") for e in beats} == {"pcdb"}   # pcdb's own, none of Prefect's
     verified = service.json("history", "verify", "--env", str(service.spec))
     rows_now = len(service.json("history", "--env", str(service.spec), "--since", "1d")["runs"])
     assert verified["ok"] and verified["rows"] == rows_now and verified["first_broken"] is None
     assert verified["anchors"]["anchored"] == rows_now and verified["reports"]["checked"] >= 2   # archives compared
+
+
+def deployed_heartbeats(service, run_id: str) -> list:
+    """The heartbeat events the server stored for a run (stored a moment after they are sent)."""
+    from prefect import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    wanted = EventFilter(event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+                         resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]))
+    deadline = time.monotonic() + 60
+    with service.api(), get_client(sync_client=True) as client:
+        while True:
+            events = client.read_events(wanted, limit=50).events   # the server allows at most 50
+            if events or time.monotonic() > deadline:
+                return events
+            time.sleep(0.5)
+
+
+def test_a_run_that_goes_silent_is_marked_crashed_by_the_servers_automation(service):
+    """The automation that tells a run whose machine vanished from one still working: after three
+    missed pcdb heartbeats (and no final state) the run is Crashed, which pages like any crash."""
+    from prefect import get_client
+
+    with service.api(), get_client(sync_client=True) as client:
+        found = client.read_automations_by_name("pcdb-svc: run went silent")
+    assert len(found) == 1 and found[0].enabled
+    trigger, action = found[0].trigger, found[0].actions[0]
+    assert trigger.after == {"prefect.flow-run.heartbeat"} and "prefect.flow-run.heartbeat" in trigger.expect
+    assert {"prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Refused",
+            "prefect.flow-run.Paused"} <= trigger.expect          # a run that ended or waits is not silent
+    assert trigger.within.total_seconds() == 180 and trigger.for_each == {"prefect.resource.id"}
+    assert action.type == "change-flow-run-state" and action.state.value == "CRASHED"
 
 
 def test_a_failed_run_is_notified_once_by_the_servers_automation(service):
@@ -268,55 +300,6 @@ def test_no_completed_verification_or_health_run_in_time_is_a_critical_alert_the
     assert "nothing is watching the database" in silent[0]["text"] and "pcdb-svc3" in silent[0]["text"]
     assert not [m for m in service.receiver.received if m.get("subject") in ("pcdb svc: backups NOT verified",
                                                                               "pcdb svc: NO health report")]
-
-
-def test_a_first_server_up_has_no_conflict_and_an_alert_lands_in_the_local_sink():
-    """local.yaml as a newcomer gets it: `pcdb server up` starts the local notification sink and
-    points the channels' blocks at it, so nothing is left to resolve; an outage's critical alert
-    then arrives there, on every critical channel, and `server status` names the file."""
-    folder = new_sandbox_root()
-    first = Service(folder, name="first")                      # local.yaml's channels, untouched
-    try:
-        up = first.json("server", "up", "--env", str(first.spec))
-        assert [c for c in up if c["action"] == "conflict"] == [], up
-        assert {c["name"] for c in up if c["resource"] == "notification_block"} == {
-            "custom-webhook/pcdb-local-teams", "custom-webhook/pcdb-local-email", "custom-webhook/pcdb-local-sms"}
-        status = first.json("server", "status", "--env", str(first.spec))
-        log = Path(status["notification_sink"]["log"])
-        assert status["notification_sink"]["running"] and log == first.home / "notifications.log"
-        first.pcdb("sandbox", "up", "--env", str(first.spec))
-        first.pcdb("sandbox", "region", "down", "--env", str(first.spec))   # no writable primary: critical at once
-        health = first.pcdb("health", "--env", str(first.spec), "--json", check=False)
-        assert health.returncode == 2, health.stderr[-2000:]
-
-        def told() -> set[str]:
-            """The channels of the sink's entries (a dated header line, the body indented) about it."""
-            entries = re.split(r"\n(?=\d{4}-)", log.read_text()) if log.exists() else []
-            return {entry.split("[", 1)[1].split("]", 1)[0] for entry in entries if "no writable primary" in entry}
-        wait_until(lambda: told() >= {"teams", "email", "sms"}, "the alert in the local sink", timeout=60)
-        assert (log.stat().st_mode & 0o777) == 0o600
-    finally:
-        first.pcdb("server", "down", "--env", str(first.spec), check=False)
-        first.pcdb("sandbox", "destroy", "--env", str(first.spec), "--yes", check=False)
-    assert first.json("server", "status", "--env", str(first.spec), check=False)["up"] is False
-
-
-def test_the_postgresql_backend_runs_the_server_on_a_cluster_of_its_own():
-    folder = new_sandbox_root()
-    pg = Service(folder, name="pgb", extra="  database: sandbox-postgres\n")
-    try:
-        pg.pcdb("server", "up", "--env", str(pg.spec))
-        status = pg.json("server", "status", "--env", str(pg.spec))
-        assert status["backend"] == "postgresql" and len(status["deployments"]) == 13
-        socket_dir = pg.home / "postgres" / "run"
-        with psycopg.connect(host=str(socket_dir), port=pg.port + 1, user="prefect", dbname="prefect") as conn:
-            names = {r[0] for r in conn.execute("SELECT name FROM deployment")}
-        assert "install-pgb" in names                    # Prefect's history lives in that cluster
-        dry = pg.json("install", "--env", str(pg.spec), "--dry-run", "--deployed")
-        assert dry["status"] == "completed"
-    finally:
-        pg.pcdb("server", "down", "--env", str(pg.spec), check=False)
-    assert not (folder / "orch" / "postgres" / "data" / "postmaster.pid").exists()
 
 
 def test_pcdb_ui_prints_the_address_of_the_running_server_or_starts_it(service):
