@@ -200,8 +200,43 @@ def drill_overhead(rounds: int) -> dict:
                     "azure_sdk includes the ARM reads of zones and topology (in-process ARM, no latency)"}
 
 
-def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (10, 100, 1000)) -> dict:  # noqa: ARG001 - one per size
-    """Restore-test time against the database size, beside a plain copy of the same base backup."""
+def _levers(target, ctx, schema: str) -> dict:
+    """The restore test's levers side by side on the same data (the primary's): the row hash, the
+    connections the fingerprints read with, and pg_amcheck's jobs and heapallindexed."""
+    import psycopg
+
+    from pcdb import backups
+    from pcdb.sandbox import proc
+
+    out: dict[str, dict[str, float]] = {"fingerprint_seconds": {}, "amcheck_seconds": {}}
+    with ctx.connect() as conn:
+        start = time.perf_counter()        # the old way: md5 of every row's text, a table at a time
+        for (table,) in conn.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                     "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
+                                     (schema,)).fetchall():
+            conn.execute(psycopg.sql.SQL("SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)"
+                                         "::bigint::numeric), 0) FROM {}.{} t").format(
+                psycopg.sql.Identifier(schema), psycopg.sql.Identifier(table))).fetchone()
+        out["fingerprint_seconds"]["md5_text_one_connection"] = round(time.perf_counter() - start, 3)
+        for jobs in (1, 2):
+            start = time.perf_counter()
+            backups.fingerprints(conn, schema, more=ctx.connect, jobs=jobs)
+            out["fingerprint_seconds"][f"hash_record_extended_{jobs}_connection(s)"] = round(
+                time.perf_counter() - start, 3)
+    node = target.sandbox.primary()
+    for label, extra in (("jobs_1_heapallindexed", ["--jobs", "1", "--heapallindexed"]),
+                         ("jobs_2_heapallindexed", ["--jobs", "2", "--heapallindexed"]),
+                         ("jobs_2_without_heapallindexed", ["--jobs", "2"])):
+        start = time.perf_counter()
+        proc.run([node.prog("pg_amcheck"), "-h", str(node.run_dir), "-p", str(node.port), "-U", target.sandbox.admin_user,
+                  "--install-missing", *extra, "-d", target.env.service.database], timeout=3600, what="pg_amcheck")
+        out["amcheck_seconds"][label] = round(time.perf_counter() - start, 3)
+    return out
+
+
+def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (100, 1000, 4000)) -> dict:  # noqa: ARG001 - one per size
+    """Restore-test time against the database size, beside a plain copy of the same base backup,
+    with the levers compared on the same data."""
     import shutil
     import tempfile
     from contextlib import contextmanager
@@ -218,15 +253,17 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (10, 100, 1000
         target = new_target()
         ctx = RunbookContext(target.env, target)
         run_directly(ctx, phases=[1, 2, 3, 4])
+        schema = target.env.service.schema_name
         for size in sizes_mb:
             with ctx.connect() as conn:
                 while conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] < size * 2**20:
                     conn.execute("INSERT INTO product_change.pc_product_change_history (line_number, customer_id, "
                                  "current_product_code, target_product_code, kos_request_data) "
                                  "SELECT '010-' || g, 'C' || (g % 50000), 'PLAN_A', 'PLAN_B', "
-                                 "jsonb_build_object('req', md5(g::text), 'n', g) FROM generate_series(1, 10000) g")
+                                 "jsonb_build_object('req', md5(g::text), 'n', g) FROM generate_series(1, 50000) g")
                 db_bytes = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
                 conn.execute("VACUUM (ANALYZE) product_change.pc_product_change_history")
+            levers = _levers(target, ctx, schema)
             backup = target.sandbox.take_backup()
             scratch = Path(tempfile.mkdtemp(dir=target.sandbox.root))
             start = time.perf_counter()
@@ -241,14 +278,21 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (10, 100, 1000
             start = time.perf_counter()
             test = backups.restore_test(target, target.env, ctx.connect, restored)
             total = time.perf_counter() - start
-            rows.append({"database_mb": round(db_bytes / 2**20, 1), "backup_mb": round(backup.size_bytes / 2**20, 1),
+            mb = db_bytes / 2**20
+            rows.append({"database_mb": round(mb, 1), "backup_mb": round(backup.size_bytes / 2**20, 1),
                          "plain_copy_seconds": round(copy_seconds, 3), "restore_seconds": test.seconds,
-                         "restore_test_total_seconds": round(total, 3), "passed": test.passed,
-                         "restore_vs_copy_ratio": round(test.seconds / copy_seconds, 2) if copy_seconds else None})
+                         "restore_test_total_seconds": round(total, 3), "passed": test.passed, "jobs": test.jobs,
+                         "whole_test_vs_copy_ratio": round(total / copy_seconds, 2) if copy_seconds else None,
+                         "restore_vs_copy_ratio": round(test.seconds / copy_seconds, 2) if copy_seconds else None,
+                         "seconds_per_gb": round(total / (mb / 1024), 2), "throughput_mb_per_s": round(mb / total, 1),
+                         "steps": {s["name"]: s["seconds"] for s in test.steps}, "levers": levers})
     finally:
         destroy_all()
-    return {"by_size": rows, "note": "restore = copy of the base backup + WAL replay to the marker + promotion; "
-            "the total adds amcheck (heap + btree) and the per-table fingerprints on both sides"}
+    per_gb = [r["seconds_per_gb"] for r in rows]
+    return {"by_size": rows, "seconds_per_gb_spread": round(max(per_gb) / min(per_gb) - 1, 3) if per_gb else None,
+            "note": "restore = copy of the base backup + WAL replay to the marker + promotion; the whole test adds "
+                    "amcheck (heap + btree with heapallindexed) and the fingerprints of both sides; levers are "
+                    "measured on the primary's data before the backup"}
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> float:

@@ -40,6 +40,10 @@ class BackupVerification(Model):
     max_age: Duration = Field(timedelta(hours=26), description="the latest backup must be younger")
     restore_test_weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
                                   "sunday"] = "sunday"
+    jobs: int = Field(2, ge=1, le=16, description=(
+        "connections the restore test reads with at once, on the source (in one exported snapshot) "
+        "and on the restored copy, and pg_amcheck's --jobs on the sandbox; more is faster and loads "
+        "the source more during the verification window"))
 
 
 class Backup(Model):

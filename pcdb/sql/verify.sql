@@ -46,18 +46,48 @@ SELECT query, calls, mean_exec_time, total_exec_time FROM public.pg_stat_stateme
 SELECT ssl, version, cipher FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid();
 
 -- name: table_fingerprints
--- Row count and an order-independent content checksum of every table of the schema (partitions
--- counted through their parent): sums of 64-bit row hashes, streaming, no sort.
+-- The tables a fingerprint is reported for: every table of the schema that is not a partition
+-- (a partitioned table's rows are counted under it, an empty one is still listed).
 SELECT c.relname AS table_name
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
  ORDER BY c.relname;
 
--- name: fingerprint_of_table
--- The fingerprint of one table ({schema}.{table}).
+-- name: fingerprint_units
+-- Every heap of the schema's tables (a partition counted under its root), with its size in
+-- blocks: the restore test fingerprints block ranges of them side by side.
+SELECT c.relname AS heap, r.relname AS root,
+       (pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::int)::bigint AS blocks
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_class r ON r.oid = coalesce(pg_catalog.pg_partition_root(c.oid), c.oid)   -- NULL: not a partition
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+ WHERE rn.nspname = %(schema)s AND n.nspname = %(schema)s AND c.relkind = 'r'
+ ORDER BY blocks DESC, c.relname;
+
+-- name: fingerprint_of_blocks
+-- Rows and the sum of their 64-bit hashes in the blocks from lo up to hi (TIDs '(n,0)') of one heap
+-- ({schema}.{table}); a TID range scan. hash_record_extended hashes the row's values as they are
+-- stored, without making text of them; the sums add up across ranges, heaps and connections.
+SELECT count(*) AS row_count, coalesce(sum(pg_catalog.hash_record_extended(t, 0)), 0) AS checksum
+  FROM {schema}.{table} AS t
+ WHERE t.ctid >= %(lo)s::tid AND t.ctid < %(hi)s::tid;
+
+-- name: fingerprint_of_blocks_as_text
+-- The same, for a heap with a column type that has no extended hash (json, point, ...): the first
+-- 64 bits of the md5 of each row's text.
 SELECT count(*) AS row_count,
        coalesce(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint::numeric), 0) AS checksum
-  FROM {schema}.{table} AS t;
+  FROM {schema}.{table} AS t
+ WHERE t.ctid >= %(lo)s::tid AND t.ctid < %(hi)s::tid;
+
+-- name: export_snapshot
+-- This transaction's snapshot, for the restore test's other connections to read the same moment.
+SELECT pg_catalog.pg_export_snapshot();
+
+-- name: import_snapshot
+-- Read the moment another transaction exported ({snapshot}: its identifier, quoted).
+SET TRANSACTION SNAPSHOT {snapshot};
 
 -- name: schema_objects
 -- Tables, indexes and sequences of the schema, by kind.

@@ -417,7 +417,7 @@ class SandboxTarget:
             integrity_ok=verified, integrity_detail=verify_detail)
 
     def amcheck(self, name: str) -> tuple[bool, str]:
-        return self.sandbox.amcheck(name, self.env.service.database)
+        return self.sandbox.amcheck(name, self.env.service.database, jobs=self.env.backup.verification.jobs)
 
     def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint:
         node = self.sandbox.restore(target_time, name)
