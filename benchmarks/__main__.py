@@ -694,7 +694,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"any of {', '.join(BENCHMARKS)}")
-    parser.add_argument("--sizes-mb", default="10,100,1000", help="restore-by-size: database sizes")
+    parser.add_argument("--sizes-mb", default="100,1000,4000", help="restore-by-size: database sizes")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     for name in args.names:

@@ -59,6 +59,12 @@ def _verify(spec, ctx, restore: bool, ev) -> dict:
             tested = backups.restore_test(ctx.target, ctx.env, ctx.connect, ctx.connect_to, step=step)
         (get_run_logger().info if tested.passed else get_run_logger().error)("restore test: %s", tested.detail)
         outcome["restore_test"] = tested.as_dict()
+        with ctx.connect() as conn:
+            planned = backups.budget(tested, spec, backups.environment_size(conn))
+        outcome["restore_test"]["budget"] = planned.as_dict() if planned else None
+        if planned and not planned.fits:
+            get_run_logger().warning("the restore test at %s would take %s s, past its window of %s s",
+                                     planned.size_from, planned.projected_seconds, planned.window_seconds)
     failed = [r.name for r in results if not r.passed]
     if restore and not outcome["restore_test"]["passed"]:
         failed.append("restore test")
@@ -69,8 +75,11 @@ def _verify(spec, ctx, restore: bool, ev) -> dict:
     ev.figures = {"checks": {"passed": sum(r.passed for r in results), "total": len(results)},
                   "failed": failed, "restore_test": restore}
     if restore:
-        ev.figures |= {"restore_seconds": outcome["restore_test"]["seconds"],
-                       "restore_passed": outcome["restore_test"]["passed"]}
+        test = outcome["restore_test"]
+        ev.figures |= {"restore_seconds": test["seconds"], "restore_passed": test["passed"],
+                       "restore_mb_per_second": round(test["bytes_per_second"] / 2**20, 1)
+                       if test["bytes_per_second"] else None,
+                       "restore_budget": test["budget"]}
     name_run("backups " + (f"FAILED: {', '.join(failed)}" if failed else "verified")
              + (f" · restore test {'passed' if outcome['restore_test']['passed'] else 'FAILED'} in "
                 f"{outcome['restore_test']['seconds']} s" if restore else ""))
@@ -94,10 +103,20 @@ def _report(name: str, results, outcome: dict, failed: list[str], ledger_link_li
         lines += ["", "## Restore test (R-BAK-2, RTO evidence for R-DR-3)", "",
                   f"- Passed: {test['passed']}", f"- Restore time: {test['seconds']} s",
                   f"- Restored size: {test['bytes'] if test['bytes'] is not None else '-'} bytes; throughput "
-                  f"{test['bytes_per_second'] if test['bytes_per_second'] is not None else '-'} bytes/s",
+                  + (f"{test['bytes_per_second'] / 2**20:.1f} MB/s" if test["bytes_per_second"] else "-"),
                   f"- Tables compared: {test['tables_compared']}; mismatches: {test['mismatches'] or 'none'}",
                   f"- amcheck: {'clean' if test['amcheck_ok'] else 'FAILED'}",
                   f"- Throw-away server deleted: {test['server_deleted']}", f"- Detail: {test['detail']}",
+                  *_budget_lines(test.get("budget")),
                   "", "### Steps", "", *steps_table(test["steps"])]
     lines += ["", ledger_link_line]
     return "\n".join(lines) + "\n"
+
+
+def _budget_lines(budget: dict | None) -> list[str]:
+    if not budget:
+        return []
+    gb = budget["size_bytes"] / 2**30
+    return [f"- Projected at {gb:.1f} GiB ({budget['size_from']}): {budget['projected_seconds']:.0f} s "
+            f"({budget['seconds_per_gb']} s per GiB, this run's steps) against a window of "
+            f"{budget['window_seconds']:.0f} s: " + ("fits" if budget["fits"] else "**does NOT fit**")]

@@ -10,13 +10,14 @@ import psycopg
 from pcdb.sql import query
 
 
-def amcheck_sql(conn: psycopg.Connection) -> tuple[bool, str]:
+def amcheck_sql(conn: psycopg.Connection, heapallindexed: bool = False) -> tuple[bool, str]:
     """amcheck through SQL (for servers where pg_amcheck cannot run locally, e.g. an Azure restore):
-    every btree index with heapallindexed, every table with verify_heapam."""
+    every btree index (with heapallindexed when asked), every table with verify_heapam."""
     conn.execute(query("verify.sql", "create_amcheck"))
     tables = conn.execute(query("verify.sql", "amcheck_tables")).fetchall()
     try:
-        conn.execute(query("verify.sql", "amcheck_indexes")).fetchall()  # raises on the first bad index
+        # raises on the first bad index
+        conn.execute(query("verify.sql", "amcheck_indexes"), {"heapallindexed": heapallindexed}).fetchall()
         index_error = None
     except psycopg.errors.IndexCorrupted as exc:
         index_error = str(exc).strip().splitlines()[0]

@@ -21,9 +21,10 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg import sql as psql
 
-from pcdb import clock
+from pcdb import clock, ledger
 from pcdb.checks import CheckResult
 from pcdb.config import Environment
+from pcdb.schema import LEDGER_SCHEMA
 from pcdb.sql import query
 from pcdb.steps import Steps
 from pcdb.targets.base import Backups, Endpoint, throwaway_name
@@ -278,6 +279,46 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
                                      retry=True)
     result.steps = step.as_dicts()
     return result
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The restore test's duration projected at the environment's size, against its window."""
+    size_bytes: int                   # the size projected at
+    size_from: str                    # where that size comes from
+    seconds_per_gb: float             # this run's whole test (every step) per GiB restored
+    projected_seconds: float
+    window_seconds: float
+
+    @property
+    def fits(self) -> bool:
+        return self.projected_seconds <= self.window_seconds
+
+    def as_dict(self) -> dict:
+        return {"size_bytes": self.size_bytes, "size_from": self.size_from, "seconds_per_gb": self.seconds_per_gb,
+                "projected_seconds": self.projected_seconds, "window_seconds": self.window_seconds,
+                "fits": self.fits}
+
+
+def environment_size(conn: psycopg.Connection) -> tuple[int, str] | None:
+    """The database's size as the latest capacity analysis measured it, and when (from the ledger)."""
+    for row in ledger.rows(conn, LEDGER_SCHEMA, clock.now() - timedelta(days=60), flow="capacity"):
+        used = (row.get("figures") or {}).get("used_bytes")
+        if used:
+            return int(used), f"the capacity analysis of {row['recorded_at']:%Y-%m-%d}"
+    return None
+
+
+def budget(test: RestoreTest, env: Environment, size: tuple[int, str] | None) -> Budget | None:
+    """Project this run's restore test to ``size`` (else the restored copy's own), linearly: this
+    run's seconds per GiB, every step included, times the size. A small database's fixed costs
+    (a server's start and stop) make that an overestimate there: it warns early, never late."""
+    if not test.bytes or not test.steps:
+        return None
+    per_gb = sum(s["seconds"] for s in test.steps) / (test.bytes / 2**30)
+    size_bytes, size_from = size or (test.bytes, "the restored copy")
+    return Budget(size_bytes, size_from, round(per_gb, 2), round(per_gb * size_bytes / 2**30, 1),
+                  env.backup.verification.window.length.total_seconds())
 
 
 def _deleted(target: Backups, name: str) -> bool:

@@ -30,11 +30,12 @@ from typing import Protocol
 import psycopg
 from psycopg import sql as psql
 
-from pcdb import clock, security
+from pcdb import clock, ledger, security
 from pcdb.config import Environment
 from pcdb.context import RunbookContext
 from pcdb.private import private_file
 from pcdb.rules import ALIASES, BUSINESS, COUNTS, MEASURED, Rule, catalog  # noqa: F401 - health.catalog etc. are the runbook's words
+from pcdb.schema import LEDGER_SCHEMA
 from pcdb.sql import query
 from pcdb.targets.base import SYNC_STANDBY_VISIBLE, Connection, Telemetry, Topology
 
@@ -221,6 +222,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
             timeline = _timeline(conn)
             business |= _business(conn, env)
             metrics["partitions_ahead"] = _partitions_ahead(conn, env, now)
+            metrics["restore_budget_percent"] = _restore_budget_percent(conn, now)
             metrics["escalated_roles"] = float(sum(
                 1 for f in security.role_inventory(conn, env.security.roles, env.server.admin.user,
                                                    ctx.target.own_roles())
@@ -303,6 +305,17 @@ def _probe(conn, text: str, since: datetime) -> float | None:
 
 def _float(value) -> float | None:
     return None if value is None else round(float(value), 3)
+
+
+def _restore_budget_percent(conn, now: datetime) -> float | None:
+    """The latest restore test's duration projected at the database's size, as a percentage of
+    backup.verification.window (pcdb/backups.py: budget), from its ledger row; None without one
+    in the last eight days."""
+    for row in ledger.rows(conn, LEDGER_SCHEMA, now - timedelta(days=8), flow="backup-verification"):
+        planned = (row.get("figures") or {}).get("restore_budget")
+        if planned and planned.get("window_seconds"):
+            return round(100.0 * planned["projected_seconds"] / planned["window_seconds"], 1)
+    return None
 
 
 def _partitions_ahead(conn, env: Environment, now: datetime) -> float | None:

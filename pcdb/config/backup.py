@@ -27,6 +27,14 @@ class Window(Model):
             raise ValueError(f"the window starts and ends at {self.start}: give it a length")
         return self
 
+    @property
+    def length(self) -> timedelta:
+        """From start to end, past midnight when the end is earlier in the day."""
+        def minutes(clock: str) -> int:
+            hours, mins = clock.split(":")
+            return int(hours) * 60 + int(mins)
+        return timedelta(minutes=(minutes(self.end) - minutes(self.start)) % (24 * 60))
+
 
 class LogBackup(Model):
     interval: Duration
@@ -40,6 +48,13 @@ class BackupVerification(Model):
     max_age: Duration = Field(timedelta(hours=26), description="the latest backup must be younger")
     restore_test_weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
                                   "sunday"] = "sunday"
+    window: Window = Field(Window(start="04:30", end="08:00", timezone="Asia/Seoul"), description=(
+        "when the verification must be done by: a restore test projected past its length at the "
+        "environment's size is a health warning"))
+    heapallindexed: bool = Field(False, description=(
+        "amcheck also proves every heap row has its index entries (heapallindexed). It costs most "
+        "of the restore test (8.3 of 12 s at 1 GB, docs/benchmarks.md); without it every index "
+        "page is still read, checksum-verified and checked for structure, and every row compared"))
     jobs: int = Field(2, ge=1, le=16, description=(
         "connections the restore test reads with at once, on the source (in one exported snapshot) "
         "and on the restored copy, and pg_amcheck's --jobs on the sandbox; more is faster and loads "

@@ -125,6 +125,9 @@ def _best_monitor_rules() -> list[HealthRule]:
                        metric="tls_days_left", operator="<", warning=30, critical=7, duration=timedelta(0)),
             HealthRule(name="kos-log-partitions", title="fewer than 2 future monthly partitions of the KOS log",
                        metric="partitions_ahead", operator="<", critical=2, duration=timedelta(0)),
+            HealthRule(name="restore-test-budget", title="the restore test, projected at the database's size, "
+                       "no longer fits backup.verification.window: switch to sampling or widen the window",
+                       metric="restore_budget_percent", operator=">", warning=100, duration=timedelta(0)),
             HealthRule(name="role-escalation", title="a role with more power than the spec gives (SUPERUSER, "
                        "CREATEROLE, REPLICATION, BYPASSRLS or a membership such as pg_execute_server_program)",
                        metric="escalated_roles", operator=">", critical=0, duration=timedelta(0))]

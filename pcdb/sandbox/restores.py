@@ -18,12 +18,13 @@ from pcdb.sandbox.state import RestoreInfo
 class Restores:
     """The restore part of :class:`~pcdb.sandbox.engine.Sandbox` (a mixin: it works on its state)."""
 
-    def amcheck(self, name: str, dbname: str, jobs: int = 1) -> tuple[bool, str]:
-        """pg_amcheck of every table and index of ``dbname`` on server ``name`` (heap + btree), with
-        ``jobs`` connections at once."""
+    def amcheck(self, name: str, dbname: str, jobs: int = 1, heapallindexed: bool = False) -> tuple[bool, str]:
+        """pg_amcheck of every table and index of ``dbname`` on server ``name`` (heap + btree, the
+        btree against its heap too with ``heapallindexed``), with ``jobs`` connections at once."""
         node = self.node(name)
         result = proc.run([node.prog("pg_amcheck"), "-h", str(node.run_dir), "-p", str(node.port),
-                           "-U", self.admin_user, "--install-missing", "--heapallindexed", "--jobs", str(jobs),
+                           "-U", self.admin_user, "--install-missing", *(["--heapallindexed"] if heapallindexed else []),
+                           "--jobs", str(jobs),
                            "-d", dbname],
                           timeout=3600, what=f"pg_amcheck on {name}", check=False)
         output = (result.stdout + result.stderr).strip()

@@ -819,4 +819,4 @@ class AzureTarget:
 
         info = self._endpoint(name).conninfo(self.env.server.admin.user, self._admin_password())
         with psycopg.connect(info, autocommit=True) as conn:
-            return amcheck_sql(conn)
+            return amcheck_sql(conn, self.env.backup.verification.heapallindexed)

@@ -417,7 +417,9 @@ class SandboxTarget:
             integrity_ok=verified, integrity_detail=verify_detail)
 
     def amcheck(self, name: str) -> tuple[bool, str]:
-        return self.sandbox.amcheck(name, self.env.service.database, jobs=self.env.backup.verification.jobs)
+        checks = self.env.backup.verification
+        return self.sandbox.amcheck(name, self.env.service.database, jobs=checks.jobs,
+                                    heapallindexed=checks.heapallindexed)
 
     def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint:
         node = self.sandbox.restore(target_time, name)

@@ -4,11 +4,14 @@ backup or a WAL gap fails the run, and the throw-away server is deleted either w
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from pcdb import clock
 from pcdb.context import RunbookContext
 from pcdb.install import run_directly
 from tests.conftest import new_target
@@ -16,8 +19,8 @@ from tests.conftest import new_target
 pytestmark = pytest.mark.postgres
 
 
-def installed_with_data(rows: int = 2000):
-    target = new_target()
+def installed_with_data(rows: int = 2000, extra: str = ""):
+    target = new_target(extra)
     ctx = RunbookContext(target.env, target)
     run_directly(ctx, phases=[1, 2, 3, 4, 5, 6])
     with ctx.connect() as conn:
@@ -48,7 +51,48 @@ def test_a_good_backup_is_verified_by_a_real_restore_through_the_cli(prefect_har
     test = report["restore_test"]
     assert test["passed"] and test["amcheck_ok"] and test["server_deleted"]
     assert test["tables_compared"] == 3 and test["mismatches"] == [] and test["seconds"] > 0
+    assert test["jobs"] == 2 and test["hashed_as_text"] == []      # every row hashed by hash_record_extended
+    budget = test["budget"]                                        # no capacity analysis yet: its own size
+    assert budget["size_from"] == "the restored copy" and budget["size_bytes"] == test["bytes"]
+    assert budget["window_seconds"] == 3.5 * 3600 and budget["fits"]   # 04:30-08:00 KST by default
+    assert "MB/s" in Path(report["report"]).read_text()
     assert target.sandbox.status()["restores"] == []
+    target.sandbox.destroy()
+
+
+def test_a_restore_test_projected_past_its_window_at_the_databases_size_is_a_health_warning(prefect_harness,
+                                                                                            tmp_path):
+    """At the size the latest capacity analysis measured (256 GiB here), this run's seconds per GiB
+    no longer fit a one-minute window: the ledger row and the report say so, and the next health
+    run warns (restore-test-budget)."""
+    from pcdb import health, ledger
+    from pcdb.schema import LEDGER_SCHEMA
+
+    target, ctx = installed_with_data(extra="backup:\n  verification:\n    window: {start: \"04:30\", "
+                                            "end: \"04:31\", timezone: Asia/Seoul}\n")
+    with ctx.connect() as conn:
+        ledger.ensure_ledger(conn, LEDGER_SCHEMA)
+        ledger.append(conn, LEDGER_SCHEMA, ledger.RunRecord(
+            run_id="capacity-of-the-test", flow="capacity", environment=target.env.name, state="Completed",
+            triggered_by="the test", figures={"used_bytes": 256 * 2**30}))
+    state = verify(target)
+    assert state.is_completed(), state.message
+    test = state.result()["restore_test"]
+    budget = test["budget"]
+    assert budget["size_bytes"] == 256 * 2**30 and budget["size_from"].startswith("the capacity analysis of ")
+    assert budget["window_seconds"] == 60 and not budget["fits"]
+    assert budget["projected_seconds"] == pytest.approx(budget["seconds_per_gb"] * 256, rel=0.01)
+    assert "does NOT fit" in Path(state.result()["report"]).read_text()
+    with ctx.connect() as conn:
+        row = ledger.rows(conn, LEDGER_SCHEMA, clock.now() - timedelta(hours=1), flow="backup-verification")[0]
+    assert row["figures"]["restore_budget"]["fits"] is False and row["figures"]["restore_mb_per_second"] > 0
+
+    report = health.run(RunbookContext(target.env, target), health.Store(tmp_path / "health.sqlite"),
+                        lambda *_: {}, now=clock.now())
+    warned = [a for a in report.alerts if a["rule"] == "restore-test-budget"]
+    assert warned and warned[0]["severity"] == "warning"
+    assert report.metrics["restore_budget_percent"] == pytest.approx(
+        100 * budget["projected_seconds"] / 60, rel=0.01)
     target.sandbox.destroy()
 
 

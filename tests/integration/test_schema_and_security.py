@@ -133,8 +133,9 @@ def test_amcheck_over_sql_finds_a_healthy_database_clean(conn):
     from pcdb.amcheck import amcheck_sql
 
     schema.ensure_schema(conn, "product_change")
-    ok, detail = amcheck_sql(conn)
-    assert ok and detail.startswith("no corruption found")
+    for heapallindexed in (False, True):
+        ok, detail = amcheck_sql(conn, heapallindexed)
+        assert ok and detail.startswith("no corruption found")
 
 
 def test_a_password_used_in_the_last_five_is_refused_and_the_role_keeps_its_current_one(target):
