@@ -115,6 +115,29 @@ def test_a_corrupted_file_in_the_backup_fails_verification_and_the_server_is_sti
     target.sandbox.destroy()
 
 
+def test_a_corrupted_index_page_in_the_backup_fails_the_restore_tests_amcheck(prefect_harness):
+    """Without heapallindexed (the default) amcheck still reads every index page: a damaged one
+    fails it (its checksum, then its structure), and the throw-away server is deleted."""
+    target, ctx = installed_with_data()
+    with ctx.connect() as conn:
+        relpath = conn.execute("SELECT pg_relation_filepath(i.indexrelid) FROM pg_index i JOIN pg_class c "
+                               "ON c.oid = i.indexrelid WHERE i.indrelid = "
+                               "'product_change.pc_product_change_history'::regclass ORDER BY c.relname LIMIT 1"
+                               ).fetchone()[0]
+    datafile = target.sandbox.list_backups()[-1].path / relpath
+    raw = bytearray(datafile.read_bytes())
+    for page in range(1, len(raw) // 8192):               # every page but the metapage
+        raw[page * 8192 + 4000:page * 8192 + 4016] = b"\xff" * 16
+    datafile.write_bytes(bytes(raw))
+
+    state = verify(target)
+    assert state.is_failed() and "restore test" in state.message
+    report = Path(state.message.rsplit("report ", 1)[1]).read_text()
+    assert "amcheck: FAILED" in report
+    assert target.sandbox.status()["restores"] == []
+    target.sandbox.destroy()
+
+
 def test_a_wal_gap_in_the_archive_is_detected(prefect_harness):
     target, ctx = installed_with_data()
     sealed = [target.sandbox.seal_wal() for _ in range(3)]

@@ -59,6 +59,10 @@ def test_every_changed_value_changes_the_fingerprint(db):
             checksum = backups.fingerprints(conn, SCHEMA).tables["plain"][1]
             assert checksum not in seen, f"edit {row} gave a checksum seen before"
             seen.add(checksum)
+        rows, checksum = backups.fingerprints(conn, SCHEMA).tables["plain"]
+        conn.execute(f"DELETE FROM {SCHEMA}.plain WHERE id = 5")        # a missing row
+        gone = backups.fingerprints(conn, SCHEMA).tables["plain"]
+        assert gone[0] == rows - 1 and gone[1] != checksum
         conn.execute(f"UPDATE {SCHEMA}.doc SET body = json_build_object('g', -1) WHERE id = 7")
         before = backups.fingerprints(conn, SCHEMA).tables["doc"]
         conn.execute(f"UPDATE {SCHEMA}.doc SET body = json_build_object('g', 7) WHERE id = 7")
