@@ -132,22 +132,40 @@ def test_the_install_run_page_shows_the_eight_phase_subflows():
 
 def resume_in_the_ui(driver, base: str, run_id, signer: str, message: str, signature: str, reason: str, shot: str):
     """Answer a paused run in its page's resume form (the typed `Decide` input: its textareas
-    are signer, message, signature and reason; the decision is a select left on approve)."""
+    are signer, message, signature and reason; the decision is a select left on approve).
+
+    The form is read back before Submit, and the dialog must close after it: a page that
+    re-rendered while the answer was typed (a screenshot `<shot>-not-submitted-N.png` shows it)
+    is answered again, at most three times, never twice once an answer went through."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver.get(f"{base}/runs/flow-run/{run_id}")
-    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.XPATH, "//button[normalize-space()='Resume']"))[0].click()
-    fields = WebDriverWait(driver, 60).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "[role=dialog] textarea.p-textarea__control"))
-    assert len(fields) == 4, len(fields)
-    for field, text in zip(fields, (signer, message, signature, reason), strict=True):
-        field.clear()
-        if text:
-            driver.execute_script("arguments[0].focus();", field)
-            field.send_keys(text)
-    driver.save_screenshot(str(SHOTS / shot))
-    driver.find_element(By.XPATH, "//div[@role='dialog']//button[normalize-space()='Submit']").click()
+    form = "[role=dialog] textarea.p-textarea__control"
+    for attempt in range(1, 4):
+        driver.get(f"{base}/runs/flow-run/{run_id}")
+        WebDriverWait(driver, 60).until(
+            lambda d: d.find_elements(By.XPATH, "//button[normalize-space()='Resume']"))[0].click()
+        fields = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, form))
+        assert len(fields) == 4, len(fields)
+        texts = (signer, message, signature, reason)
+        for field, text in zip(fields, texts, strict=True):
+            field.clear()
+            if text:
+                driver.execute_script("arguments[0].focus();", field)
+                field.send_keys(text)
+        fields = driver.find_elements(By.CSS_SELECTOR, form)
+        typed = [f.get_attribute("value") for f in fields] == [t or "" for t in texts]
+        driver.save_screenshot(str(SHOTS / shot))
+        if typed:
+            driver.find_element(By.XPATH, "//div[@role='dialog']//button[normalize-space()='Submit']").click()
+            try:
+                WebDriverWait(driver, 30).until(lambda d: not d.find_elements(By.CSS_SELECTOR, form))
+                return
+            except TimeoutException:
+                pass
+        driver.save_screenshot(str(SHOTS / f"{Path(shot).stem}-not-submitted-{attempt}.png"))
+    raise AssertionError(f"the resume form of run {run_id} was not submitted in three tries; see {SHOTS}")
 
 
 def flow_run_pid(run_id) -> int | None:
