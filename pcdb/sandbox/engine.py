@@ -151,7 +151,9 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        proc.write_file(self.state_file, json.dumps(self.state.to_json(), indent=2) + "\n", mode=0o644,
+        # Owner-only: the topology, ports and event log are nobody else's business (pcdb's own
+        # processes run as the owner; the servers never read it).
+        proc.write_file(self.state_file, json.dumps(self.state.to_json(), indent=2) + "\n", mode=0o600,
                         server_owned=False)
         self._state_mtime = self.state_file.stat().st_mtime_ns
 

@@ -31,6 +31,7 @@ def test_up_status_down_destroy_through_the_cli(fresh_target):
 
     again = cli(fresh_target, "sandbox", "up", "--json")
     assert {c["action"] for c in json.loads(again.stdout)} == {"unchanged"}
+    assert (root / "state.json").stat().st_mode & 0o777 == 0o600     # the topology and events: the owner's only
 
     assert processes_under(root)
     down = cli(fresh_target, "sandbox", "down")
