@@ -9,6 +9,7 @@ import calendar
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from pcdb import versions
 from pcdb.config import Environment
 
 
@@ -25,6 +26,8 @@ class DayCost:
 def meter_category(category: str, sub: str) -> str:
     """§9.2.1's category of an Azure meter (Cost Management's MeterCategory / MeterSubCategory)."""
     mc, sc = category.lower(), sub.lower()
+    if "postgresql" in mc and "extended support" in sc:
+        return "extended_support"
     if "postgresql" in mc:
         return "backup_storage" if "backup" in sc else "storage" if "storage" in sc else "compute"
     if any(w in mc for w in ("bandwidth", "network", "private link", "dns")):
@@ -38,11 +41,14 @@ def meter_category(category: str, sub: str) -> str:
 
 def model_costs(env: Environment, start: date, end: date) -> list[DayCost]:
     """The spec's price table as daily costs from ``start`` to ``end`` (exclusive): each row's
-    monthly price over the days of its month."""
+    monthly price over the days of its month; an extended_support row only on the days Azure bills
+    the spec's major for it."""
     out = []
     day = start
     while day < end:
         days = calendar.monthrange(day.year, day.month)[1]
-        out += [DayCost(day, c.component, c.category, c.monthly_usd / days) for c in env.operations.cost.price_table]
+        billed = versions.support(env.server.version, day).billed_extended
+        out += [DayCost(day, c.component, c.category, c.monthly_usd / days) for c in env.operations.cost.price_table
+                if c.category != "extended_support" or billed]
         day += timedelta(days=1)
     return out

@@ -15,6 +15,7 @@ from datetime import date, timedelta
 
 import psycopg
 
+from pcdb import versions
 from pcdb.billing import DayCost
 from pcdb.config import Environment
 from pcdb.context import RunbookContext
@@ -92,10 +93,37 @@ def review(env: Environment, costs: list[DayCost], today: date, retention: tuple
             "by_category_usd": {k: round(v, 2) for k, v in by_category.items()},
             "reserved_instance_saving_usd_per_month": round(compute * cfg.reserved_instance_saving_percent / 100, 2),
             "trend": sparkline([daily[d] for d in sorted(daily)]), "alerts": alerts,
+            "extended_support": _extended_support(env, today, so_far, days_in_month),
             "retention_freed_bytes": retention[0] if retention else None,
             "retention_dropped_partitions": retention[1] if retention else None,
             "retention_saving_usd_per_month": round(retention[0] / 2**30 * cfg.storage_usd_per_gib_month, 2)
             if retention and cfg.storage_usd_per_gib_month else None}
+
+
+def _extended_support(env: Environment, today: date, so_far: list[DayCost], days_in_month: int) -> dict | None:
+    """Azure's Extended Support charge for the spec's major when it applies this month (pcdb's
+    version table says when Azure bills it): what the costs show so far, else the price table's
+    extended_support row; no row and nothing billed yet: the price is unknown, never guessed."""
+    first = today.replace(day=1)
+    last = first.replace(day=days_in_month)
+    support = versions.support(env.server.version, today)
+    facts = support.facts
+    if facts is None or not facts.azure_extended_start or not facts.azure_extended_end \
+            or facts.azure_extended_start > last or facts.azure_extended_end < first:
+        return None
+    row = next((c for c in env.operations.cost.price_table if c.category == "extended_support"), None)
+    billed = [c for c in so_far if c.category == "extended_support"]
+    if billed:
+        days = len({c.day for c in billed})
+        monthly, source = sum(c.usd for c in billed) / days * days_in_month, f"as billed on {days} day(s), a month of it"
+    elif row is not None:
+        monthly, source = row.monthly_usd, f"the price table's row '{row.component}'"
+    else:
+        monthly, source = None, ("unknown: the price table has no extended_support row (Azure's retail price list "
+                                 "gives it per vCore-hour); pcdb does not guess a price")
+    return {"major": support.major, "billed_from": facts.azure_extended_start.isoformat(),
+            "billed_until": facts.azure_extended_end.isoformat(),
+            "monthly_usd": round(monthly, 2) if monthly is not None else None, "source": source}
 
 
 def markdown(env: Environment, r: dict) -> str:
@@ -112,6 +140,12 @@ def markdown(env: Environment, r: dict) -> str:
                      + (f", worth ${r['retention_saving_usd_per_month']:,.2f} a month of storage"
                         if r["retention_saving_usd_per_month"] is not None else
                         " (set operations.cost.storage_usd_per_gib_month to price it)"))
+    ext = r.get("extended_support")
+    if ext:
+        price = f"${ext['monthly_usd']:,.2f} a month ({ext['source']})" if ext["monthly_usd"] is not None \
+            else f"price {ext['source']}"
+        lines.append(f"- **Extended support** for PostgreSQL {ext['major']}, billed from {ext['billed_from']} until "
+                     f"{ext['billed_until']}: {price}. It ends with the major upgrade ({versions.UPGRADE_DOC})")
     lines += ["", "| component | so far (USD) |", "|---|---|"]
     lines += [f"| {k} | {v:,.2f} |" for k, v in sorted(r["by_component_usd"].items(), key=lambda kv: -kv[1])]
     if r["alerts"]:

@@ -30,7 +30,7 @@ from typing import Protocol
 import psycopg
 from psycopg import sql as psql
 
-from pcdb import clock, ledger, security
+from pcdb import clock, ledger, security, versions
 from pcdb.config import Environment
 from pcdb.context import RunbookContext
 from pcdb.private import private_file
@@ -201,6 +201,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
         with ctx.connect() as conn:
             conn.execute("SET statement_timeout = '20s'")
             metrics["up"], metrics["connection_failed"] = 1.0, 0.0
+            metrics["version_support_days_left"] = _version_support_days_left(conn.info.server_version, now)
             cur = conn.execute(query("health.sql", "instant"))
             metrics |= {c.name: (float(v) if v is not None else None) for c, v in zip(cur.description, cur.fetchone())}
             cur = conn.execute(query("health.sql", "counters"))
@@ -266,6 +267,15 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
     for name, value in business.items():
         metrics[name] = value
     return metrics, business
+
+
+def _version_support_days_left(server_version: int, now: datetime) -> float | None:
+    """Days until the running major leaves Azure's standard support (negative after it: the
+    ``version-support`` rule is critical then); None for a major newer than pcdb's version table."""
+    support = versions.support(server_version, now.date())
+    if support.days_left is None:
+        return -100_000.0 if support.status == "unsupported" else None
+    return float(support.days_left)
 
 
 def _timeline(conn) -> float | None:

@@ -31,6 +31,7 @@ MEASURED = frozenset({
     "partitions_ahead", "replica_lag_seconds", "sequence_used_percent", "slot_retained_bytes",
     "slow_queries_per_minute", "slow_query_percent", "standby_streaming", "storage_percent", "tls_days_left",
     "tps", "up", "xid_age", "writable_primary", "primary_read_only", "sync_standby", "restore_budget_percent",
+    "version_support_days_left",
     *("product_change_success_rate", "kos_success_rate", "avg_processing_seconds")})
 COUNTS = {"partitions_ahead", "invalid_indexes", "connection_failed", "failover_event", "up", "escalated_roles",
           "writable_primary", "primary_read_only", "sync_standby"}

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+from pcdb import clock, versions
 from pcdb.errors import Problem
 from pcdb.paths import project_root
 from pcdb.process import machine_memory
@@ -176,6 +177,10 @@ def warnings(env) -> list[str]:
         out.append(f"decisions.signers: the keys of {', '.join(placeholders)} are placeholders whose private halves do "
                    "not exist: nobody can sign as them until their own public keys replace these "
                    "(ssh-keygen -t ed25519; the .pub line)")
+    if env.production:
+        support = versions.support(env.server.version, clock.now().date())
+        if support.status != "standard":
+            out.append(f"server.version: {support.sentence()}")
     return out
 
 

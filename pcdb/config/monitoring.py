@@ -128,6 +128,10 @@ def _best_monitor_rules() -> list[HealthRule]:
             HealthRule(name="restore-test-budget", title="the restore test, projected at the database's size, "
                        "no longer fits backup.verification.window: switch to sampling or widen the window",
                        metric="restore_budget_percent", operator=">", warning=100, duration=timedelta(0)),
+            HealthRule(name="version-support", title="the server's PostgreSQL major leaves Azure's standard support "
+                       "within 90 days (critical once it has): plan the major upgrade, docs/operations/upgrade.md",
+                       metric="version_support_days_left", operator="<=", warning=90, critical=-1,
+                       duration=timedelta(0)),
             HealthRule(name="role-escalation", title="a role with more power than the spec gives (SUPERUSER, "
                        "CREATEROLE, REPLICATION, BYPASSRLS or a membership such as pg_execute_server_program)",
                        metric="escalated_roles", operator=">", critical=0, duration=timedelta(0))]

@@ -25,7 +25,9 @@ class CostComponent(Model):
     """One row of §9.1.1's monthly cost table."""
 
     component: str
-    category: Literal["compute", "storage", "backup_storage", "network", "monitoring"]
+    category: Literal["compute", "storage", "backup_storage", "network", "monitoring", "extended_support"] = Field(
+        description="extended_support: Azure's charge for a major past its standard support (its retail price), "
+                    "counted only on the days pcdb's version table says Azure bills it")
     monthly_usd: float = Field(ge=0)
     spec: str = ""
 

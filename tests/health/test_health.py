@@ -506,3 +506,34 @@ def test_a_read_only_primary_is_critical_at_once_on_every_critical_channel_and_h
             conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
             conn.execute("SELECT pg_reload_conf()")
         CliRunner().invoke(app, ["health", "--env", str(env.env_path), "--json"])    # resolves it for the next tests
+
+
+def test_a_major_leaving_azures_standard_support_warns_90_days_ahead_and_is_critical_after(env, receiver, tmp_path):
+    """The running server's major against pcdb's version table (pcdb/data/postgresql-versions.json),
+    at moments chosen around its end of standard support."""
+    from pcdb import versions
+    from pcdb.config.monitoring import _best_monitor_rules
+
+    with admin(env) as conn:
+        major = versions.major_of(conn.info.server_version)
+    end = versions.table()[major].azure_standard_end
+    spec, settings = env.env, env.env.monitoring.health            # this module's rules replace the defaults:
+    rule = next(r for r in _best_monitor_rules() if r.name == "version-support")   # add the default one back
+    env.env = spec.model_copy(update={"monitoring": spec.monitoring.model_copy(update={"health": settings.model_copy(
+        update={"extra_rules": [*settings.extra_rules, rule]})})})
+    try:
+        clock = Clock(env, receiver, tmp_path)
+        clock.now = datetime(end.year, end.month, end.day, 12, tzinfo=pcdb_clock.now().tzinfo) - timedelta(days=120)
+        assert alert(clock.run(timedelta(0)), "version-support") is None              # 120 days ahead: quiet
+        warned = clock.run(timedelta(days=40))                                           # 80 days ahead
+        assert warned.metrics["version_support_days_left"] == 80
+        assert (alert(warned, "version-support")["state"], alert(warned, "version-support")["severity"]) == \
+            ("firing", "warning")
+        ended = clock.run(timedelta(days=81))                                            # the day after the end
+        assert ended.metrics["version_support_days_left"] == -1
+        assert alert(ended, "version-support")["severity"] == "critical"
+        told = clock.sent("version-support")
+        assert [m["subject"].split("[")[1].split("]")[0] for m in told if m["channel"] == "teams"] == ["warning", "critical"]
+        assert all("docs/operations/upgrade.md" in m["subject"] + m["text"] for m in told), told
+    finally:
+        env.env = spec
