@@ -346,6 +346,117 @@ def service_verify(rounds: int) -> dict:
                     "ledger row); the temporary server is started and stopped by that process"}
 
 
+def run_start(rounds: int) -> dict:
+    """How soon a deployed run starts once the worker picks it up (process work pool), from
+    Prefect's own state timestamps (Pending: picked up; Running: the flow's body begins), beside
+    the same flow started by a `pcdb cost` process (process start to Running). The cost runbook:
+    read only, on an installed sandbox, completed each time."""
+    import tempfile
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.deployments import run_deployment
+
+    from tests.service.conftest import Service, wait_until
+
+    folder = Path(tempfile.mkdtemp(prefix="pcdb-bench-run-start-", dir="/tmp"))
+    folder.chmod(0o711)             # the sandbox's server user passes through to its root
+    svc = Service(folder, name="bench-rs")
+    timings: dict[str, list[float]] = {"deployed_pickup_to_running": [], "deployed_poll_wait": [],
+                                       "cli_process_to_running": []}
+
+    def states(run_id) -> dict[str, datetime]:
+        with get_client(sync_client=True) as client:
+            return {s.type.value: s.timestamp for s in client.read_flow_run_states(run_id)}
+
+    try:
+        svc.pcdb("server", "up", "--env", str(svc.spec))
+        svc.pcdb("install", "--env", str(svc.spec))
+        with svc.api():
+            for _ in range(rounds):
+                run = run_deployment("cost/cost-bench-rs", timeout=0)
+                with get_client(sync_client=True) as client:
+                    final = wait_until(lambda run_id=run.id: (r := client.read_flow_run(run_id)).state.is_final() and r,
+                                       "the deployed cost run's end", timeout=300, interval=0.1)
+                if not final.state.is_completed():
+                    raise RuntimeError(f"the deployed cost run ended {final.state.name}: {final.state.message}")
+                at = states(run.id)
+                timings["deployed_pickup_to_running"].append((at["RUNNING"] - at["PENDING"]).total_seconds())
+                timings["deployed_poll_wait"].append((at["PENDING"] - at["SCHEDULED"]).total_seconds())
+                began = datetime.now(timezone.utc)
+                svc.pcdb("cost", "--env", str(svc.spec))
+                with get_client(sync_client=True) as client:
+                    mine = FlowRunFilter(tags=FlowRunFilterTags(all_=["pcdb-env:bench-rs"]))
+                    last = client.read_flow_runs(flow_run_filter=mine, sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+                timings["cli_process_to_running"].append((states(last.id)["RUNNING"] - began).total_seconds())
+    finally:
+        svc.pcdb("server", "down", "--env", str(svc.spec), check=False)
+        svc.pcdb("sandbox", "destroy", "--env", str(svc.spec), "--yes", check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"seconds": {k: {"min": min(v), "median": statistics.median(v), "max": max(v)} for k, v in timings.items()},
+            "all_seconds": timings, "goal_seconds": 5.0,
+            "note": "deployed: from the worker's pick-up (the run's Pending state) to its Running state, read from "
+                    "Prefect's state timestamps; the wait before the pick-up is the worker's poll interval "
+                    "(orchestrator.worker_poll, 1 s here, 10 s by default), shown as deployed_poll_wait. "
+                    "cli: from starting a `pcdb cost` process to its flow run's Running state"}
+
+
+def interactive_commands(rounds: int) -> dict:
+    """`pcdb health`, `pcdb history` and `pcdb incident status` as whole processes, 10 runs each
+    (or --rounds, if more), with the persistent server up (the every-minute health deployment
+    running) and with it down; min, median and max. Goal: 1 s up, 2 s down."""
+    import tempfile
+
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    from tests.service.conftest import Service, wait_until
+
+    folder = Path(tempfile.mkdtemp(prefix="pcdb-bench-cli-", dir="/tmp"))
+    folder.chmod(0o711)             # the sandbox's server user passes through to its root
+    svc = Service(folder, name="bench-cli", health="    every: 1min\n")
+    commands = {"health": ["health"], "history": ["history"], "incident status": ["incident", "status"]}
+    runs = max(rounds, 10)
+    figures: dict[str, dict] = {}
+    said: dict[str, str] = {}
+
+    def measure(label: str) -> None:
+        for name, args in commands.items():
+            seconds = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                result = svc.pcdb(*args, "--env", str(svc.spec), "--json", check=False)
+                seconds.append(time.perf_counter() - start)
+                if result.returncode not in (0, 1):
+                    raise RuntimeError(f"pcdb {name} exited {result.returncode}: {result.stderr[-500:]}")
+            if name == "health":
+                said[label] = json.loads(result.stdout)["source"]["kind"]
+            figures.setdefault(label, {})[name] = {"min": min(seconds), "median": statistics.median(seconds),
+                                                   "max": max(seconds), "all": seconds}
+
+    try:
+        svc.pcdb("server", "up", "--env", str(svc.spec))
+        svc.pcdb("install", "--env", str(svc.spec))
+        with svc.api():                # the every-minute deployment's first result, without waiting for its minute
+            run = run_deployment("health/health-bench-cli", timeout=0)
+            with get_client(sync_client=True) as client:
+                wait_until(lambda: client.read_flow_run(run.id).state.is_final(), "the health run", timeout=300)
+        measure("server_up")
+        svc.pcdb("server", "down", "--env", str(svc.spec))
+        measure("server_down")
+    finally:
+        svc.pcdb("server", "down", "--env", str(svc.spec), check=False)
+        svc.pcdb("sandbox", "destroy", "--env", str(svc.spec), "--yes", check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"seconds": figures, "runs_each": runs, "health_answered_from": said,
+            "goal_seconds": {"server_up": 1.0, "server_down": 2.0},
+            "note": "each figure is a whole process (Python start, imports, the answer, --json). health with the "
+                    "server up reads the every-minute deployment's latest result from the health store; with it "
+                    "down it evaluates the rules in process, recording and notifying nothing (source.kind says "
+                    "which); `pcdb health --now` is the flow run"}
+
+
 def first_up(rounds: int) -> dict:  # noqa: ARG001 - one fresh clone is the measurement
     """The first `./dev up` on a fresh clone with a fresh HOME: wall time, and each step of it
     (setup: venv and pip; the server and worker; the install through its deployment; status)."""
@@ -685,7 +796,8 @@ def forecast_calibration(rounds: int) -> dict:
 
 BENCHMARKS = {"sandbox": sandbox_lifecycle, "install": install_overhead, "zone-drills": zone_drills,
               "drill-overhead": drill_overhead, "restore-by-size": restore_test_by_size,
-              "service-verify": service_verify, "first-up": first_up, "unplanned-crash": unplanned_crash,
+              "service-verify": service_verify, "run-start": run_start, "cli": interactive_commands,
+              "first-up": first_up, "unplanned-crash": unplanned_crash,
               "partition-archive": partition_archive, "health-run": health_run, "capacity": capacity_analysis,
               "ledger-verify": ledger_verify, "forecast-calibration": forecast_calibration}
 

@@ -15,24 +15,36 @@ from pcdb.config import load_environment
 from pcdb.errors import PcdbError
 from pcdb.units import parse_duration
 
+KEYS = ("status", "checked_at", "metrics", "business", "alerts", "silences", "notified")
+
 
 @health_app.callback()
 @user_errors
-def health_command(ctx: typer.Context, env: EnvOption = "local", as_json: JsonOption = False) -> None:
-    """Evaluate every health rule once (what the every-minute deployment does) and notify each
-    alert transition once. Exits 0 ok, 1 warning, 2 critical (as monitoring plugins do)."""
+def health_command(ctx: typer.Context, env: EnvOption = "local", as_json: JsonOption = False,
+                   now: Annotated[bool, typer.Option("--now", help="evaluate now in a run of this command's own, "
+                                                     "which records the alert state and notifies each transition "
+                                                     "(what the scheduled deployment does)")] = False) -> None:
+    """The health of an environment. With the server up and the every-minute deployment running,
+    its latest result (read, not run again); with no server, the rules evaluated in this process,
+    recording and notifying nothing; otherwise, and with --now, a run that evaluates every rule
+    and notifies each alert transition once. The output says which. Exits 0 ok, 1 warning, 2
+    critical (as monitoring plugins do)."""
     if ctx.invoked_subcommand is not None:
         return
-    config = use_orchestrator(load_environment(env))
-    from flows.health import health_check
+    spec = load_environment(env)
+    config = use_orchestrator(spec)
+    answer = None if now else _without_a_run(spec, config)
+    if answer is None:
+        from flows.health import health_check
 
-    state = run_flow(lambda: health_check(**spec_args(env), return_state=True), config, env)
-    result = flow_result(state, "the health check failed")
+        state = run_flow(lambda: health_check(**spec_args(env), return_state=True), config, env)
+        answer = flow_result(state, "the health check failed"), {
+            "kind": "run", "text": "evaluated now by a run of this command, which recorded and notified"}
+    result, source = answer
     if as_json:
-        print(json.dumps({k: result[k] for k in ("status", "checked_at", "metrics", "business", "alerts",
-                                                  "silences", "notified")}, indent=2, default=str))
+        print(json.dumps({**{k: result[k] for k in KEYS}, "source": source}, indent=2, default=str))
     else:
-        out.print(f"status: {result['status']} (checked {result['checked_at']})", highlight=False)
+        out.print(f"status: {result['status']} (checked {result['checked_at']}: {source['text']})", highlight=False)
         for a in result["alerts"]:
             out.print(f"{a['state']:9} {a['severity'] or '-':8} {a['rule']}: {a['value']} (threshold {a['threshold']}) "
                       f"since {a['since']} -> {', '.join(a['channels'])}"
@@ -41,6 +53,46 @@ def health_command(ctx: typer.Context, env: EnvOption = "local", as_json: JsonOp
                       highlight=False, markup=False)
         out.print("business: " + ", ".join(f"{k} {v}" for k, v in result["business"].items()), highlight=False)
     raise typer.Exit({"ok": 0, "warning": 1, "critical": 2}[result["status"]])
+
+
+def _without_a_run(spec, config) -> tuple[dict, dict] | None:
+    """The answer that needs no flow run: the scheduled deployment's latest result while it is
+    fresh (the server up, the schedule on), or an evaluation in this process when no Prefect API
+    runs at all. None: run the check."""
+    import os
+
+    from pcdb import health
+
+    every = spec.monitoring.health.every
+    if config is not None:
+        if not every:
+            return None
+        store = health.store_for(spec)
+        try:
+            latest = store.latest()
+        finally:
+            store.close()
+        if latest is None:
+            return None
+        at, report = latest
+        age = clock.now() - at
+        if age > max(2 * every, timedelta(seconds=90)):
+            return None                       # the schedule is behind: check now rather than show the past
+        return report, {"kind": "scheduled", "at": at.isoformat(timespec="seconds"),
+                        "text": f"the scheduled health-{spec.name} run's result, {age.total_seconds():.0f} s ago; "
+                                "`pcdb health --now` evaluates again"}
+    if os.environ.get("PREFECT_API_URL"):
+        return None                           # an API of the caller's own: run there
+    from flows.context import runbook_context
+
+    store = health.store_for(spec)
+    try:
+        report = health.preview(runbook_context(spec), store)
+    finally:
+        store.close()
+    return report.as_dict(), {"kind": "preview", "text": "evaluated in this process with no server up: nothing was "
+                                                         "recorded or notified; `pcdb server up` resumes the "
+                                                         "every-minute runs, `pcdb health --now` records and notifies"}
 
 
 @health_app.command("silence")

@@ -22,7 +22,7 @@ SinceOption = Annotated[str, typer.Option("--since", help="how far back, e.g. 30
 def _ledger_context(env: str):
     spec = load_environment(env)
     use_orchestrator(spec)
-    from flows.runbook import runbook_context
+    from flows.context import runbook_context  # Prefect only if a secret is in a block (Azure)
 
     return spec, runbook_context(spec)
 
@@ -53,9 +53,10 @@ def history(ctx: typer.Context, env: EnvOption = "local", since: SinceOption = "
             rows = [row]
         else:
             rows = ledger.rows(conn, LEDGER_SCHEMA, clock.now() - window, flow)
-    from flows.evidence import spool_for
+    from pcdb.orchestrator import spool_path
 
-    pending = spool_for(spec).pending()
+    spool = ledger.Spool(spool_path(spec))
+    pending = spool.pending()
     if as_json:
         print(json.dumps({"runs": rows, "spooled": [p.as_json() for p in pending]}, indent=2,
                          default=json_default, ensure_ascii=False))
@@ -67,7 +68,7 @@ def history(ctx: typer.Context, env: EnvOption = "local", since: SinceOption = "
                       ledger.figures_line(r["figures"]), r["report_path"] or "-")
     out.print(table)
     if pending:
-        out.print(f"{len(pending)} run(s) waiting in {spool_for(spec).path} for the ledger (written by the next run)")
+        out.print(f"{len(pending)} run(s) waiting in {spool.path} for the ledger (written by the next run)")
 
 
 @history_app.command("verify")

@@ -28,7 +28,7 @@ from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.decisions import Collected
 from pcdb.errors import PcdbError, SlotTaken
-from pcdb.orchestrator import server_config
+from pcdb.orchestrator import spool_path
 from pcdb.private import private_dir, write_private
 from pcdb.schema import LEDGER_SCHEMA
 from pcdb.targets.base import Archive
@@ -84,7 +84,7 @@ def ledger_link(spec: Environment) -> str:
 
 def spool_for(spec: Environment) -> ledger.Spool:
     """Where records wait when the managed server cannot take them (the orchestrator's home)."""
-    return ledger.Spool(server_config(spec).home / "ledger-spool" / f"{spec.name}.jsonl")
+    return ledger.Spool(spool_path(spec))
 
 
 def triggered_by(run, decided: Collected | None = None) -> str:

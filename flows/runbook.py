@@ -23,21 +23,20 @@ from typing import Literal
 from uuid import UUID
 
 from prefect.artifacts import create_markdown_artifact
-from prefect.blocks.system import Secret
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from flows.context import load_secret_block, runbook_context  # noqa: F401 - every flow's context, from here
 from pcdb import clock, decisions
 from pcdb.config import DrStep, Environment
 from pcdb.context import RunbookContext
 from pcdb.decisions import Collected, Decision, DecisionRefused, Request, plan_sha256
-from pcdb.errors import ApprovalError, PcdbError, SecretError, SlotTaken
+from pcdb.errors import ApprovalError, PcdbError, SlotTaken
 from pcdb.steps import Steps
 from pcdb.targets.base import Topology
-from pcdb.targets.factory import make_target
 
 PORT = Topology   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
@@ -61,24 +60,6 @@ def refusable(body):
             get_run_logger().info("refused: %s", exc)
             return Completed(message=f"refused: {exc}", name="Refused")
     return run
-
-
-def load_secret_block(name: str) -> str:
-    """Read a Prefect Secret block (only the flow layer touches blocks)."""
-    try:
-        return Secret.load(name).get()
-    except ValueError:
-        raise SecretError(f"the Prefect Secret block {name!r} does not exist; create it (Prefect UI: Blocks > "
-                          f"Secret, or `Secret(value=...).save({name!r})`), then run again") from None
-
-
-def runbook_context(spec: Environment, **client_options) -> RunbookContext:
-    """The context every runbook runs with: the spec, its target, secrets from Prefect blocks.
-
-    ``client_options`` reach the Azure management clients (tests pass their ARM transport)."""
-    ctx = RunbookContext(spec, None, secret_loader=load_secret_block)  # type: ignore[arg-type]
-    ctx.target = make_target(spec, ctx.secret, **client_options)
-    return ctx
 
 
 class Decide(RunInput):

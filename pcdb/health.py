@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS silences (id INTEGER PRIMARY KEY, rule TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS notifications (at TEXT NOT NULL, rule TEXT NOT NULL, transition TEXT NOT NULL,
     severity TEXT NOT NULL, channels TEXT NOT NULL, outcome TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (at TEXT PRIMARY KEY, status TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS latest (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL, report TEXT NOT NULL);
 """
 
 
@@ -145,6 +146,14 @@ class Store:
     def last_run(self) -> datetime | None:
         row = self.db.execute("SELECT max(at) FROM runs").fetchone()
         return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    def save_latest(self, at: datetime, report: dict) -> None:
+        """The last run's whole report, for a command that asks without running (``pcdb health``)."""
+        self.db.execute("INSERT OR REPLACE INTO latest VALUES (1, ?, ?)", (at.isoformat(), json.dumps(report, default=str)))
+
+    def latest(self) -> tuple[datetime, dict] | None:
+        row = self.db.execute("SELECT at, report FROM latest").fetchone()
+        return (datetime.fromisoformat(row[0]), json.loads(row[1])) if row else None
 
     def mark_run(self, at: datetime, status: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?)", (at.isoformat(), status))
@@ -473,4 +482,22 @@ def run(ctx: RunbookContext, store: Store, send: Callable[[str, str, str, list[s
                     {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items() if k not in BUSINESS},
                     business, alerts, store.active_silences(now), notified)
     store.mark_run(now, report.status)
+    store.save_latest(now, report.as_dict())
     return report
+
+
+def preview(ctx: RunbookContext, store: Store, now: datetime | None = None) -> Report:
+    """The rules evaluated now, from the alert state a scheduled run left, recording and notifying
+    nothing: the store is as it was afterwards (one SQLite transaction, rolled back). For a person
+    asking when no server runs the schedule; what it shows firing nobody has been told of here."""
+    now = now or clock.now()
+    store.db.execute("BEGIN")
+    try:
+        metrics, business = sample(ctx, store, now)
+        alerts, _ = evaluate(ctx.env, catalog(ctx.env), metrics, store, now)
+        silences = store.active_silences(now)
+    finally:
+        store.db.execute("ROLLBACK")
+    return Report(status_of(alerts), now.isoformat(timespec="seconds"),
+                  {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items() if k not in BUSINESS},
+                  business, alerts, silences, [])

@@ -127,6 +127,11 @@ class ServerConfig:
         return f"{self.ui_url}/runs/flow-run/{run_id}"
 
 
+def spool_path(env: Environment) -> Path:
+    """Where ledger records wait when the ledger's server cannot take them (the orchestrator's home)."""
+    return server_config(env).home / "ledger-spool" / f"{env.name}.jsonl"
+
+
 def server_config(env: Environment) -> ServerConfig:
     """The orchestrator an environment's runbooks report to (spec section ``orchestrator``).
 

@@ -139,6 +139,33 @@ def test_a_clean_sandbox_is_ok_and_the_json_is_the_contract(env, receiver):
     datetime.fromisoformat(report["checked_at"])
 
 
+def test_with_no_server_pcdb_health_evaluates_in_process_and_records_and_notifies_nothing(env, receiver):
+    """No Prefect API at all: the rules are evaluated in the command's own process, from the
+    alert state the last run left, and the store is as it was afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    CliRunner().invoke(app, ["health", "--env", str(env.env_path)])          # a run: the state to start from
+    store = health.store_for(env.env)
+    before = (store.last_run(), store.db.execute("SELECT count(*) FROM notifications").fetchone(), store.alerts())
+    store.close()
+    alone = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    result = subprocess.run([sys.executable, "-m", "cli", "health", "--env", str(env.env_path), "--json"],
+                            capture_output=True, text=True, env=alone, timeout=120, check=False)
+    report = json.loads(result.stdout)
+    assert report["source"]["kind"] == "preview" and "nothing was recorded or notified" in report["source"]["text"]
+    assert result.returncode == {"ok": 0, "warning": 1, "critical": 2}[report["status"]]
+    assert report["metrics"]["up"] == 1 and report["notified"] == []
+    assert "prefect" not in result.stderr.lower()                              # no server was started for it
+    store = health.store_for(env.env)
+    try:
+        assert (store.last_run(), store.db.execute("SELECT count(*) FROM notifications").fetchone(),
+                store.alerts()) == before
+    finally:
+        store.close()
+
+
 def test_cpu_memory_and_iops_are_measured_on_the_sandbox_from_proc(env, receiver, tmp_path):
     """R-MON-1's system metrics where Azure Monitor would give them: the primary's processes and its
     disk, measured; a second run turns the counters into percentages."""

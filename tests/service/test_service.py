@@ -302,6 +302,21 @@ def test_no_completed_verification_or_health_run_in_time_is_a_critical_alert_the
                                                                               "pcdb svc: NO health report")]
 
 
+def test_pcdb_health_answers_from_the_scheduled_runs_latest_result_and_runs_only_when_asked(service):
+    """With the every-minute deployment on, `pcdb health` reads its latest result from the health
+    store (no flow run, about half a second as a process: ./dev bench cli); --now runs one."""
+    ran = service.json("health", "--env", str(service.spec), check=False)      # this spec: no schedule
+    assert ran["source"]["kind"] == "run"
+    scheduled = service.folder / "scheduled.yaml"                              # the same environment, scheduled
+    scheduled.write_text(f"extends: {service.spec}\nmonitoring:\n  health:\n    every: 1min\n")
+    answered = service.json("health", "--env", str(scheduled), check=False)
+    assert answered["source"]["kind"] == "scheduled" and "--now" in answered["source"]["text"]
+    assert (answered["checked_at"], answered["status"], answered["alerts"]) == \
+        (ran["checked_at"], ran["status"], ran["alerts"])
+    again = service.json("health", "--env", str(scheduled), "--now", check=False)
+    assert again["source"]["kind"] == "run" and again["checked_at"] >= ran["checked_at"]
+
+
 def test_pcdb_ui_prints_the_address_of_the_running_server_or_starts_it(service):
     running = service.pcdb("ui", "--env", str(service.spec)).stdout
     assert f"Prefect UI: {service.url.removesuffix('/api')}" in running and "already running" in running
