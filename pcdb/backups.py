@@ -10,6 +10,7 @@ roles present. The throw-away server is deleted in ``finally``, whatever happene
 from __future__ import annotations
 
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -101,6 +102,10 @@ class RestoreTest:
     steps: list[dict] = field(default_factory=list)
     jobs: int = 1                     # connections the fingerprints were read with, on each side
     hashed_as_text: list[str] = field(default_factory=list)   # heaps whose rows were hashed as md5 of text
+    mode: str = "full"                # full, or sample (a seeded share of the rows; amcheck of every page)
+    mode_reason: str = ""
+    sample_seed: int | None = None
+    rows_compared_percent: float | None = None   # of the heaps' blocks, the share whose rows were compared
 
     @property
     def bytes_per_second(self) -> float | None:
@@ -111,11 +116,34 @@ class RestoreTest:
                 "bytes_per_second": self.bytes_per_second, "tables_compared": self.tables_compared,
                 "mismatches": self.mismatches, "amcheck_ok": self.amcheck_ok,
                 "server_deleted": self.server_deleted, "detail": self.detail, "steps": self.steps,
-                "jobs": self.jobs, "hashed_as_text": self.hashed_as_text}
+                "jobs": self.jobs, "hashed_as_text": self.hashed_as_text, "mode": self.mode,
+                "mode_reason": self.mode_reason, "sample_seed": self.sample_seed,
+                "rows_compared_percent": self.rows_compared_percent}
 
 
 CHUNK_BLOCKS = 16384        # one piece of fingerprint work: 128 MiB of 8 KiB pages
+SAMPLE_BLOCKS = 1024        # a sampled restore test picks among 8 MiB block ranges
 BEYOND_LAST_BLOCK = 4294967295   # the last piece of a heap runs to here: rows added after the size was read
+
+
+Piece = tuple[str, str, str, str]     # (heap, root, from TID, to TID)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A seeded share of every heap's block ranges (a TID range is a key range of the heap): the
+    same seed picks the same ranges, so a sampled source and copy compare the same rows."""
+    seed: int
+    percent: float
+
+    def pick(self, heap: str, ranges: list[Piece]) -> list[Piece]:
+        """At least one range of every heap, always its last (it runs to the end: rows added later
+        land there), and ``percent`` of the others, chosen by the seed and the heap's name."""
+        if len(ranges) <= 1:
+            return ranges
+        rest = ranges[:-1]
+        chosen = random.Random(f"{self.seed}:{heap}").sample(rest, max(0, round(len(rest) * self.percent / 100)))
+        return sorted(chosen, key=rest.index) + ranges[-1:]
 
 
 @dataclass(frozen=True)
@@ -124,17 +152,32 @@ class Fingerprints:
     tables: dict[str, tuple[int, int]]
     as_text: frozenset[str] = frozenset()  # heaps hashed as md5 of text: a column type without extended hash
     jobs: int = 1
+    pieces: tuple[Piece, ...] = ()         # the block ranges read: a sampled copy reads the source's
+    blocks: int = 0                         # the heaps' blocks, and of them the ones read
+    blocks_read: int = 0
 
 
-def _pieces(units: list[tuple[str, str, int]]) -> list[tuple[str, str, str, str]]:
-    """(heap, root, from TID, to TID): every heap cut into block ranges, the largest first."""
+def _pieces(units: list[tuple[str, str, int]], sample: Sample | None = None) -> list[Piece]:
+    """(heap, root, from TID, to TID): every heap cut into block ranges, the largest first; with a
+    sample, the ranges are smaller and a seeded share of them is kept."""
     out = []
+    size = SAMPLE_BLOCKS if sample else CHUNK_BLOCKS
     for heap, root, blocks in units:
-        starts = list(range(0, max(blocks, 1), CHUNK_BLOCKS))
-        for i, lo in enumerate(starts):
-            hi = starts[i + 1] if i + 1 < len(starts) else BEYOND_LAST_BLOCK
-            out.append((heap, root, f"({lo},0)", f"({hi},0)"))
+        starts = list(range(0, max(blocks, 1), size))
+        ranges = [(heap, root, f"({lo},0)", f"({starts[i + 1] if i + 1 < len(starts) else BEYOND_LAST_BLOCK},0)")
+                  for i, lo in enumerate(starts)]
+        out += sample.pick(heap, ranges) if sample else ranges
     return out
+
+
+def _blocks_of(pieces: list[Piece], units: list[tuple[str, str, int]]) -> int:
+    """How many of the heaps' blocks the pieces cover (the last range counted to the heap's end)."""
+    ends = {heap: blocks for heap, _, blocks in units}
+    total = 0
+    for heap, _, lo, hi in pieces:
+        first, last = int(lo[1:].split(",")[0]), int(hi[1:].split(",")[0])
+        total += max(0, min(last, ends.get(heap, 0)) - first)
+    return total
 
 
 def _fingerprint_piece(conn: psycopg.Connection, schema: str, piece: tuple[str, str, str, str],
@@ -157,14 +200,17 @@ def _fingerprint_piece(conn: psycopg.Connection, schema: str, piece: tuple[str, 
 
 
 def fingerprints(conn: psycopg.Connection, schema: str, more: Connect | None = None, jobs: int = 1,
-                 snapshot: str | None = None) -> Fingerprints:
+                 snapshot: str | None = None, sample: Sample | None = None,
+                 pieces: tuple[Piece, ...] | None = None) -> Fingerprints:
     """Row count and checksum of every table of ``schema``: sums of 64-bit row hashes
     (hash_record_extended, or md5 of the row's text where a column type has no extended hash),
     so block ranges, partitions and connections add up. ``jobs`` connections work at once: ``conn``
     and ones opened with ``more``, which read ``snapshot`` (exported by ``conn``'s transaction)
-    when given, so every piece sees the same moment."""
+    when given, so every piece sees the same moment. ``sample``: a seeded share of each heap's
+    block ranges; ``pieces``: exactly these ranges (a copy reads what its source read)."""
     tables = {r[0]: (0, 0) for r in conn.execute(query("verify.sql", "table_fingerprints"), {"schema": schema})}
-    pieces = _pieces([tuple(r) for r in conn.execute(query("verify.sql", "fingerprint_units"), {"schema": schema})])
+    units = [tuple(r) for r in conn.execute(query("verify.sql", "fingerprint_units"), {"schema": schema})]
+    pieces = list(pieces) if pieces is not None else _pieces(units, sample)
     jobs = max(1, min(jobs, len(pieces))) if more else 1
     work: queue.Queue = queue.Queue()
     for piece in pieces:
@@ -199,7 +245,8 @@ def fingerprints(conn: psycopg.Connection, schema: str, more: Connect | None = N
     for root, count, checksum in results:
         rows, total = tables.get(root, (0, 0))
         tables[root] = (rows + count, total + checksum)
-    return Fingerprints(tables, frozenset(as_text), jobs)
+    return Fingerprints(tables, frozenset(as_text), jobs, tuple(pieces), sum(b for _, _, b in units),
+                        _blocks_of(pieces, units))
 
 
 def _objects(conn: psycopg.Connection, schema: str) -> tuple[set, set]:
@@ -210,14 +257,17 @@ def _objects(conn: psycopg.Connection, schema: str) -> tuple[set, set]:
 
 def restore_test(target: Backups, env: Environment, connect_source: Connect,
                  connect_restored: Callable[[Endpoint], AbstractContextManager[psycopg.Connection]],
-                 name: str | None = None, step: Steps | None = None) -> RestoreTest:
+                 name: str | None = None, step: Steps | None = None, mode: Mode | None = None) -> RestoreTest:
     """Restore to a marked moment on a throw-away server and prove it equals the source then,
-    step by step: mark and fingerprint the source, restore, amcheck, compare, delete."""
+    step by step: mark and fingerprint the source, restore, amcheck, compare, delete. ``mode``:
+    full (the default), or a sample of the rows (restore_mode says when, and why)."""
     step = step or Steps()
     schema = env.service.schema_name
     jobs = env.backup.verification.jobs
     name = name or throwaway_name(env, "restore-test")
-    result = RestoreTest()
+    mode = mode or Mode("full", "asked for")
+    result = RestoreTest(mode=mode.kind, mode_reason=mode.reason,
+                         sample_seed=mode.sample.seed if mode.sample else None)
     step(f"delete a leftover {name}", lambda: target.delete_server(name), retry=True)   # a killed run's
 
     def mark_and_fingerprint():
@@ -231,7 +281,8 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
                 # committed in between, and is reported as such.
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 snapshot = conn.execute(query("verify.sql", "export_snapshot")).fetchone()[0]
-                source = fingerprints(conn, schema, more=connect_source, jobs=jobs, snapshot=snapshot)
+                source = fingerprints(conn, schema, more=connect_source, jobs=jobs, snapshot=snapshot,
+                                      sample=mode.sample)
                 objects, roles = _objects(conn, schema)
                 conn.execute(query("verify.sql", "insert_restore_marker"), (marker,))
             return marker, source, objects, roles, conn.execute("SELECT clock_timestamp()").fetchone()[0]
@@ -249,12 +300,15 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
             with connect_restored(endpoint) as restored:
                 found = restored.execute(query("verify.sql", "count_restore_marker"), (marker,)).fetchone()[0]
                 size = restored.execute(query("verify.sql", "database_size")).fetchone()[0]
-                return (found, size, fingerprints(restored, schema, more=lambda: connect_restored(endpoint), jobs=jobs),
+                return (found, size, fingerprints(restored, schema, more=lambda: connect_restored(endpoint), jobs=jobs,
+                                                  pieces=source_fp.pieces if mode.sample else None),
                         _objects(restored, schema))
 
         found, result.bytes, copied, (r_objects, r_roles) = step("compare fingerprints, objects and roles", compared,
                                                                   retry=True)
         result.jobs, result.hashed_as_text = copied.jobs, sorted(source_fp.as_text | copied.as_text)
+        result.rows_compared_percent = round(100.0 * source_fp.blocks_read / source_fp.blocks, 1) \
+            if source_fp.blocks else 100.0
         source, copy = source_fp.tables, copied.tables
         result.tables_compared = len(source)
         result.mismatches = [f"{t}: source {source[t][0]} rows, restored {copy.get(t, (None,))[0]}"
@@ -266,7 +320,9 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
         result.passed = found == 1 and not result.mismatches and result.amcheck_ok
         result.detail = (f"restored to {target_time.isoformat()} in {result.seconds}s; marker "
                          f"{'found' if found else 'MISSING'}; {result.tables_compared} tables compared "
-                         f"({result.jobs} connection(s) a side"
+                         + (f"on a sample (seed {result.sample_seed}, {result.rows_compared_percent} % of their "
+                            "blocks) " if mode.sample else "")
+                         + f"({result.jobs} connection(s) a side"
                          + (f"; hashed as text: {', '.join(result.hashed_as_text)}" if result.hashed_as_text else "")
                          + "), "
                          f"{len(result.mismatches)} mismatch(es); amcheck: {amcheck_detail}")
@@ -279,6 +335,42 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
                                      retry=True)
     result.steps = step.as_dicts()
     return result
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Which restore test runs: the full comparison, or a sample of the rows, and why."""
+    kind: str
+    reason: str
+    sample: Sample | None = None
+
+
+def restore_mode(conn: psycopg.Connection, env: Environment, now: datetime) -> Mode:
+    """Full on the weekly restore-test day, and whenever the last restore test's projection fitted
+    backup.verification.window (or there is none yet); otherwise a sample of
+    backup.verification.sample_percent, seeded by the business date."""
+    from zoneinfo import ZoneInfo
+
+    verification = env.backup.verification
+    day = now.astimezone(ZoneInfo(env.service.timezone))
+    if day.strftime("%A").lower() == verification.restore_test_weekday:
+        return Mode("full", f"{verification.restore_test_weekday}, the weekly restore-test day: the full comparison")
+    for row in ledger.rows(conn, LEDGER_SCHEMA, now - timedelta(days=8), flow="backup-verification"):
+        planned = (row.get("figures") or {}).get("restore_budget")
+        if not planned:
+            continue
+        if planned.get("fits", True):
+            return Mode("full", f"the last restore test ({row['recorded_at']:%Y-%m-%d}) projected "
+                                f"{planned['projected_seconds']:.0f} s, within the window's "
+                                f"{planned['window_seconds']:.0f} s")
+        seed = int(day.strftime("%Y%m%d"))
+        return Mode("sample", f"the last restore test ({row['recorded_at']:%Y-%m-%d}) projected "
+                              f"{planned['projected_seconds']:.0f} s at {planned['size_bytes'] / 2**30:.1f} GiB, past the "
+                              f"window's {planned['window_seconds']:.0f} s: {verification.sample_percent:g} % of each "
+                              f"table's block ranges (seed {seed}); every page is still amchecked, and "
+                              f"{verification.restore_test_weekday} compares everything",
+                    Sample(seed, verification.sample_percent))
+    return Mode("full", "no restore test projected in the last 8 days")
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,11 @@ class BackupVerification(Model):
         "connections the restore test reads with at once, on the source (in one exported snapshot) "
         "and on the restored copy, and pg_amcheck's --jobs on the sandbox; more is faster and loads "
         "the source more during the verification window"))
+    sample_percent: float = Field(10, gt=0, le=100, description=(
+        "when the last restore test's projection did not fit the window, a restore test on another "
+        "day than restore_test_weekday compares this share of each table's 8 MiB block ranges, "
+        "chosen from the day (a seed the report gives); amcheck still checks every page, and the "
+        "weekly restore-test day compares everything"))
 
 
 class Backup(Model):

@@ -4,14 +4,16 @@ backup or a WAL gap fails the run, and the throw-away server is deleted either w
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from pcdb import clock
+from flows.backup_verification import WEEKDAYS
+from pcdb import backups, clock
 from pcdb.context import RunbookContext
 from pcdb.install import run_directly
 from tests.conftest import new_target
@@ -93,6 +95,36 @@ def test_a_restore_test_projected_past_its_window_at_the_databases_size_is_a_hea
     assert warned and warned[0]["severity"] == "warning"
     assert report.metrics["restore_budget_percent"] == pytest.approx(
         100 * budget["projected_seconds"] / 60, rel=0.01)
+
+    # The next restore test on another day than the weekly one samples the rows (a weekday three
+    # days off today's, so a midnight passing during the test changes nothing) ...
+    today = WEEKDAYS.index(clock.now().astimezone(ZoneInfo("Asia/Seoul")).strftime("%A").lower())
+    spec = target.env_path.read_text()
+    target.env_path.write_text(spec.replace("    window:", f"    restore_test_weekday: {WEEKDAYS[(today + 3) % 7]}\n"
+                                                          "    window:", 1))
+    state = verify(target)
+    assert state.is_completed(), state.message
+    test = state.result()["restore_test"]
+    assert test["passed"] and test["mode"] == "sample", test["mode_reason"]
+    assert "past the window's 60 s" in test["mode_reason"] and str(test["sample_seed"]).startswith("20")
+    assert 0 < test["rows_compared_percent"] <= 100
+    text = Path(state.result()["report"]).read_text()
+    assert "Mode: **sample**" in text and "every page is still amchecked" in text
+    with ctx.connect() as conn:
+        row = ledger.rows(conn, LEDGER_SCHEMA, clock.now() - timedelta(hours=1), flow="backup-verification")[0]
+        assert row["figures"]["restore_mode"] == "sample"
+        # ... and the weekly restore-test day compares everything, whatever the last projection said.
+        sunday = datetime(2026, 12, 6, 1, tzinfo=timezone.utc)                   # 10:00 in Seoul, a Sunday
+        checks = target.env.backup.verification
+
+        def weekly_on(day: str):
+            backup = target.env.backup.model_copy(update={"verification": checks.model_copy(
+                update={"restore_test_weekday": day})})
+            return target.env.model_copy(update={"backup": backup})
+        on_its_day = backups.restore_mode(conn, weekly_on("sunday"), sunday)
+        another_day = backups.restore_mode(conn, weekly_on("monday"), sunday)
+    assert on_its_day.kind == "full" and "weekly restore-test day" in on_its_day.reason and on_its_day.sample is None
+    assert another_day.kind == "sample" and another_day.sample == backups.Sample(20261206, checks.sample_percent)
     target.sandbox.destroy()
 
 

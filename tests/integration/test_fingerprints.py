@@ -80,3 +80,25 @@ def test_every_connection_reads_the_moment_the_source_exported(db, monkeypatch):
             then = backups.fingerprints(conn, SCHEMA, more=db, jobs=3, snapshot=snapshot)
         assert then.tables == expected                   # the 1000 later rows are in no piece
         assert backups.fingerprints(conn, SCHEMA).tables["plain"][0] == expected["plain"][0] + 1000
+
+
+def test_a_seeded_sample_reads_the_same_block_ranges_and_a_copy_read_on_them_catches_a_changed_row(db, monkeypatch):
+    """The sampled restore test: the seed picks the ranges (the same seed, the same ranges), every
+    heap's last range is always read, and the copy is read on the source's ranges."""
+    monkeypatch.setattr(backups, "SAMPLE_BLOCKS", 2)          # many 2-block ranges in these small tables
+    with db() as conn:
+        full = backups.fingerprints(conn, SCHEMA)
+        sample = backups.fingerprints(conn, SCHEMA, sample=backups.Sample(20261207, 30))
+        again = backups.fingerprints(conn, SCHEMA, sample=backups.Sample(20261207, 30), more=db, jobs=3)
+        other = backups.fingerprints(conn, SCHEMA, sample=backups.Sample(20261208, 30))
+        assert sample.pieces == again.pieces and sample.tables == again.tables and other.pieces != sample.pieces
+        assert full.blocks_read == full.blocks and 0 < sample.blocks_read < sample.blocks == full.blocks
+        assert 0 < sample.tables["plain"][0] < full.tables["plain"][0]
+        assert {p[0] for p in sample.pieces} == {"plain", "log_1", "log_2", "doc"}   # every heap, its last range
+        assert all(any(p[0] == heap and p[3] == f"({backups.BEYOND_LAST_BLOCK},0)" for p in sample.pieces)
+                   for heap in ("plain", "log_1", "log_2", "doc"))
+        _, _, lo, hi = next(p for p in sample.pieces if p[0] == "plain")
+        victim = conn.execute(f"SELECT id FROM {SCHEMA}.plain WHERE ctid >= %s::tid AND ctid < %s::tid LIMIT 1",
+                              (lo, hi)).fetchone()[0]
+        conn.execute(f"UPDATE {SCHEMA}.plain SET note = 'changed' WHERE id = %s", (victim,))
+        assert backups.fingerprints(conn, SCHEMA, pieces=sample.pieces).tables["plain"] != sample.tables["plain"]
