@@ -208,7 +208,7 @@ def _levers(target, ctx, schema: str) -> dict:
     from pcdb import backups
     from pcdb.sandbox import proc
 
-    out: dict[str, dict[str, float]] = {"fingerprint_seconds": {}, "amcheck_seconds": {}}
+    out: dict = {"fingerprint_seconds": {}, "amcheck_seconds": {}}
     with ctx.connect() as conn:
         start = time.perf_counter()        # the old way: md5 of every row's text, a table at a time
         for (table,) in conn.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -223,6 +223,11 @@ def _levers(target, ctx, schema: str) -> dict:
             backups.fingerprints(conn, schema, more=ctx.connect, jobs=jobs)
             out["fingerprint_seconds"][f"hash_record_extended_{jobs}_connection(s)"] = round(
                 time.perf_counter() - start, 3)
+        start = time.perf_counter()        # the sampled restore test's read: 10 % of the 8 MiB ranges
+        sampled = backups.fingerprints(conn, schema, more=ctx.connect, jobs=2, sample=backups.Sample(20261202, 10))
+        out["fingerprint_seconds"]["sample_10_percent_2_connections"] = round(time.perf_counter() - start, 3)
+        out["sample_blocks_read_percent"] = round(100.0 * sampled.blocks_read / sampled.blocks, 1) \
+            if sampled.blocks else None
     node = target.sandbox.primary()
     for label, extra in (("jobs_1_heapallindexed", ["--jobs", "1", "--heapallindexed"]),
                          ("jobs_2_heapallindexed", ["--jobs", "2", "--heapallindexed"]),

@@ -55,6 +55,18 @@ def health_command(ctx: typer.Context, env: EnvOption = "local", as_json: JsonOp
     raise typer.Exit({"ok": 0, "warning": 1, "critical": 2}[result["status"]])
 
 
+def _prefect_api_in_this_process() -> bool:
+    """A caller that imported Prefect and pointed it at an API (a test harness, a notebook): its
+    settings say so, not the environment. A fresh `pcdb` process has not imported Prefect."""
+    import sys
+
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
 def _without_a_run(spec, config) -> tuple[dict, dict] | None:
     """The answer that needs no flow run: the scheduled deployment's latest result while it is
     fresh (the server up, the schedule on), or an evaluation in this process when no Prefect API
@@ -81,7 +93,7 @@ def _without_a_run(spec, config) -> tuple[dict, dict] | None:
         return report, {"kind": "scheduled", "at": at.isoformat(timespec="seconds"),
                         "text": f"the scheduled health-{spec.name} run's result, {age.total_seconds():.0f} s ago; "
                                 "`pcdb health --now` evaluates again"}
-    if os.environ.get("PREFECT_API_URL"):
+    if os.environ.get("PREFECT_API_URL") or _prefect_api_in_this_process():
         return None                           # an API of the caller's own: run there
     from flows.context import runbook_context
 

@@ -128,7 +128,7 @@ def test_a_clean_sandbox_is_ok_and_the_json_is_the_contract(env, receiver):
     result = CliRunner().invoke(app, ["health", "--env", str(env.env_path), "--json"])
     assert result.exit_code == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
-    assert report["status"] == "ok" and report["alerts"] == []
+    assert report["status"] == "ok" and report["alerts"] == [] and report["source"]["kind"] == "run"  # this API's
     assert set(report["business"]) == {"product_change_success_rate", "kos_success_rate", "avg_processing_seconds"}
     metrics = report["metrics"]
     assert metrics["up"] == 1 and metrics["connection_failed"] == 0 and metrics["partitions_ahead"] >= 3
