@@ -345,6 +345,15 @@ class Mode:
     sample: Sample | None = None
 
 
+def latest_budget(conn: psycopg.Connection, now: datetime) -> tuple[dict, dict] | None:
+    """The latest restore test's projection (Budget.as_dict) and its ledger row, within 8 days."""
+    for row in ledger.rows(conn, LEDGER_SCHEMA, now - timedelta(days=8), flow="backup-verification"):
+        planned = (row.get("figures") or {}).get("restore_budget")
+        if planned:
+            return planned, row
+    return None
+
+
 def restore_mode(conn: psycopg.Connection, env: Environment, now: datetime) -> Mode:
     """Full on the weekly restore-test day, and whenever the last restore test's projection fitted
     backup.verification.window (or there is none yet); otherwise a sample of
@@ -355,10 +364,9 @@ def restore_mode(conn: psycopg.Connection, env: Environment, now: datetime) -> M
     day = now.astimezone(ZoneInfo(env.service.timezone))
     if day.strftime("%A").lower() == verification.restore_test_weekday:
         return Mode("full", f"{verification.restore_test_weekday}, the weekly restore-test day: the full comparison")
-    for row in ledger.rows(conn, LEDGER_SCHEMA, now - timedelta(days=8), flow="backup-verification"):
-        planned = (row.get("figures") or {}).get("restore_budget")
-        if not planned:
-            continue
+    latest = latest_budget(conn, now)
+    if latest is not None:
+        planned, row = latest
         if planned.get("fits", True):
             return Mode("full", f"the last restore test ({row['recorded_at']:%Y-%m-%d}) projected "
                                 f"{planned['projected_seconds']:.0f} s, within the window's "

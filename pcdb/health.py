@@ -30,12 +30,11 @@ from typing import Protocol
 import psycopg
 from psycopg import sql as psql
 
-from pcdb import clock, ledger, security, versions
+from pcdb import clock, security, versions
 from pcdb.config import Environment
 from pcdb.context import RunbookContext
 from pcdb.private import private_file
 from pcdb.rules import ALIASES, BUSINESS, COUNTS, MEASURED, Rule, catalog  # noqa: F401 - health.catalog etc. are the runbook's words
-from pcdb.schema import LEDGER_SCHEMA
 from pcdb.sql import query
 from pcdb.targets.base import SYNC_STANDBY_VISIBLE, Connection, Telemetry, Topology
 
@@ -330,10 +329,12 @@ def _restore_budget_percent(conn, now: datetime) -> float | None:
     """The latest restore test's duration projected at the database's size, as a percentage of
     backup.verification.window (pcdb/backups.py: budget), from its ledger row; None without one
     in the last eight days."""
-    for row in ledger.rows(conn, LEDGER_SCHEMA, now - timedelta(days=8), flow="backup-verification"):
-        planned = (row.get("figures") or {}).get("restore_budget")
-        if planned and planned.get("window_seconds"):
-            return round(100.0 * planned["projected_seconds"] / planned["window_seconds"], 1)
+    from pcdb.backups import latest_budget
+
+    latest = latest_budget(conn, now)
+    planned = latest[0] if latest else None
+    if planned and planned.get("window_seconds"):
+        return round(100.0 * planned["projected_seconds"] / planned["window_seconds"], 1)
     return None
 
 
