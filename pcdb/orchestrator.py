@@ -237,26 +237,47 @@ def _prefect_cmd(*args: str) -> list[str]:
 
 def _stop_pid(pid: int, timeout: float = 20) -> bool:
     """SIGTERM the process group, escalate to SIGKILL after ``timeout``; True when it was running."""
-    if not alive(pid):
-        return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        if time.monotonic() > deadline:
+    return bool(_stop_pids([pid], timeout))
+
+
+def _stop_pids(pids: list[int], timeout: float = 20) -> set[int]:
+    """SIGTERM each process group at once, wait for all of them together, SIGKILL those still
+    running after ``timeout`` (and wait for that too); returns the pids that were running. One
+    deadline for all: three workers busy with a run each take 20 s to stop, not 60."""
+    running = set()
+    for pid in pids:
+        if alive(pid):
             try:
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGTERM)
+                running.add(pid)
             except ProcessLookupError:
                 pass
+    left = _wait_gone(running, timeout)
+    for pid in left:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _wait_gone(left, 5)                  # a SIGKILL is final; its delivery takes a moment
+    return running
+
+
+def _wait_gone(pids: set[int], timeout: float) -> set[int]:
+    """Wait until none of ``pids`` runs, or ``timeout``; returns those still running."""
+    deadline = time.monotonic() + timeout
+    waiting = set(pids)
+    while waiting:
+        for pid in list(waiting):
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap our own child (tests start and stop in one process)
+            except ChildProcessError:
+                pass
+            if not alive(pid):
+                waiting.discard(pid)
+        if not waiting or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap our own child (tests start and stop in one process)
-        except ChildProcessError:
-            pass
-    return True
+    return waiting
 
 
 def environment_privacy(env: Environment) -> list[str]:
@@ -429,9 +450,16 @@ class Orchestrator:
 
     def down(self) -> list[str]:
         """Stop every worker, then the server; the database stays. Returns what was stopped."""
-        stopped = [f"worker {pool}" for pool in self.worker_pools() if self.stop_worker(pool)]
-        if self.stop_sink():
+        workers = {pool: self.worker_pid(pool) for pool in self.worker_pools()}
+        sink = self._read(self.sink_file)
+        sink_pid = int(sink["pid"]) if sink else None
+        ended = _stop_pids([pid for pid in (*workers.values(), sink_pid) if pid])   # together, then the server
+        stopped = [f"worker {pool}" for pool, pid in workers.items() if pid in ended]
+        for pool in workers:
+            self.worker_file(pool).unlink(missing_ok=True)
+        if sink_pid in ended:
             stopped.append("local notification sink")
+        self.sink_file.unlink(missing_ok=True)
         pid = self.server_pid()
         if pid and _stop_pid(pid):
             stopped.append(f"prefect server (pid {pid})")

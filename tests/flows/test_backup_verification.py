@@ -147,6 +147,38 @@ def test_a_corrupted_file_in_the_backup_fails_verification_and_the_server_is_sti
     target.sandbox.destroy()
 
 
+def test_a_changed_row_and_a_missing_row_in_the_restored_copy_fail_the_comparison(prefect_harness, monkeypatch):
+    """The fast comparison (hash_record_extended, both sides at once, several connections) still
+    sees one row changed, then one row gone, in the copy: a fault put there right after the
+    restore, before the comparison, as a bad restore would leave it."""
+    from pcdb.targets.sandbox import SandboxTarget
+
+    target, ctx = installed_with_data()
+    restore = SandboxTarget.restore_point_in_time
+    fault = {}
+
+    def restore_then_damage(self, target_time, name):
+        endpoint = restore(self, target_time, name)
+        with ctx.connect_to(endpoint) as copy:
+            copy.execute(fault["sql"])
+        return endpoint
+
+    monkeypatch.setattr(SandboxTarget, "restore_point_in_time", restore_then_damage)
+    table = "product_change.pc_product_change_history"
+    reports = {}
+    for kind, sql in (("changed", f"UPDATE {table} SET target_product_code = 'C' WHERE line_number = '010-1234'"),
+                      ("missing", f"DELETE FROM {table} WHERE line_number = '010-77'")):
+        fault["sql"] = sql
+        state = verify(target)
+        assert state.is_failed() and "restore test" in state.message, (kind, state.message)
+        reports[kind] = Path(state.message.rsplit("report ", 1)[1]).read_text()
+        assert target.sandbox.status()["restores"] == []
+    assert "pc_product_change_history: source 2000 rows, restored 2000 (content differs)" in reports["changed"]
+    assert "pc_product_change_history: source 2000 rows, restored 1999" in reports["missing"]
+    assert "(content differs)" not in reports["missing"]
+    target.sandbox.destroy()
+
+
 def test_a_corrupted_index_page_in_the_backup_fails_the_restore_tests_amcheck(prefect_harness):
     """Without heapallindexed (the default) amcheck still reads every index page: a damaged one
     fails it (its checksum, then its structure), and the throw-away server is deleted."""

@@ -102,3 +102,23 @@ def config_with_vault(ref):
     from pathlib import Path
 
     return config(Path(tempfile.mkdtemp()), auth=ref)
+
+
+def test_processes_that_ignore_sigterm_are_killed_together_and_each_is_reported(tmp_path):
+    """`server down` stops every worker and the sink at once: one that ignores SIGTERM (busy
+    with a run) is killed at the shared deadline, and each that ran is named as stopped."""
+    import subprocess
+
+    from pcdb.orchestrator import _stop_pids
+    from pcdb.process import alive
+
+    told = tmp_path / "told"
+    stubborn = [subprocess.Popen(["sh", "-c", f"trap 'echo TERM >> {told}' TERM; while :; do sleep 0.05; done"],
+                                 start_new_session=True) for _ in range(2)]
+    polite = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    gone = subprocess.Popen(["true"], start_new_session=True)
+    gone.wait()
+    pids = [p.pid for p in (*stubborn, polite)]
+    assert _stop_pids([*pids, gone.pid], timeout=0.5) == set(pids)
+    assert not any(alive(pid) for pid in pids)                 # the two that went on were killed
+    assert told.read_text().split() == ["TERM", "TERM"]       # after both were asked, once
