@@ -118,6 +118,19 @@ if FAST:   # a test that needs a server and does not say so fails here, instead 
     os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
 
 
+@pytest.fixture(autouse=True)
+def _arm_as_specified():
+    """Whatever a test did through the fake ARM, pcdb's requests and the fake's answers on a
+    flexible server agree with Microsoft's REST specification (tests/azure/arm_spec.py)."""
+    from tests.azure.fake_arm import FakeArm
+
+    FakeArm.made.clear()
+    yield
+    problems = sorted({p for arm in FakeArm.made for p in arm.spec_problems})
+    FakeArm.made.clear()
+    assert problems == [], "differences from the REST specification:\n" + "\n".join(problems)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cleanup_every_sandbox():
     """Whatever happens in the tests, every server started by the suite is stopped and removed."""

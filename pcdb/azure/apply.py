@@ -41,6 +41,9 @@ class AzureClients:
     cost: Any = None        # Cost Management (scope-based: no subscription in its constructor)
 
 
+POSTGRES_API_VERSION = "2024-08-01"
+
+
 def make_clients(credential, subscription: str, **options: Any) -> AzureClients:
     """Build every management client from one credential (``options``: transport, polling_interval, retry_*)."""
     from azure.mgmt.costmanagement import CostManagementClient
@@ -51,10 +54,15 @@ def make_clients(credential, subscription: str, **options: Any) -> AzureClients:
     from azure.mgmt.privatedns import PrivateDnsManagementClient
     from azure.mgmt.resource.resources import ResourceManagementClient
 
-    return AzureClients(*(cls(credential, subscription, **options) for cls in (
-        ResourceManagementClient, NetworkManagementClient, PrivateDnsManagementClient,
-        PostgreSQLManagementClient, LogAnalyticsManagementClient, MonitorManagementClient)),
-        cost=CostManagementClient(credential, **options))
+    resources, network, dns = (cls(credential, subscription, **options) for cls in (
+        ResourceManagementClient, NetworkManagementClient, PrivateDnsManagementClient))
+    # The flexible-server client speaks the API version its requests are checked against
+    # (Microsoft's published specification, tests/azure/arm_spec.py); the SDK's own default
+    # (2026-10-01) is not in that specification.
+    postgres = PostgreSQLManagementClient(credential, subscription, api_version=POSTGRES_API_VERSION, **options)
+    logs, monitor = (cls(credential, subscription, **options) for cls in (
+        LogAnalyticsManagementClient, MonitorManagementClient))
+    return AzureClients(resources, network, dns, postgres, logs, monitor, cost=CostManagementClient(credential, **options))
 
 
 def translate(exc: Exception, what: str) -> Exception:

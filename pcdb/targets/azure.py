@@ -296,11 +296,12 @@ class AzureTarget:
 
     DRILL_TAG = "pcdb-drill"
 
-    def promote_replica(self, mode: Literal["Standalone", "Switchover"] = "Standalone",
-                        option: Literal["Planned", "Forced"] = "Forced", drill: str | None = None) -> PromotionResult:
-        """Promote the read replica (R-DR-2). Planned waits for the replica to catch up; Forced
+    def promote_replica(self, mode: Literal["standalone", "switchover"] = "standalone",
+                        option: Literal["planned", "forced"] = "forced", drill: str | None = None) -> PromotionResult:
+        """Promote the read replica (R-DR-2). Planned waits for the replica to catch up; forced
         does not (a lost region cannot be waited for). ``drill`` tags the promoted server, so
-        only a server a drill promoted is ever rebuilt by pcdb."""
+        only a server a drill promoted is ever rebuilt by pcdb. The values are the REST
+        specification's (2024-08-01: lower case; the SDK's own enum has them capitalised)."""
         from azure.mgmt.postgresqlflexibleservers import models as m
 
         pg = self.clients.postgres

@@ -18,6 +18,7 @@ from azure.core.rest._http_response_impl import HttpResponseImpl
 from azure.core.utils import case_insensitive_dict
 
 from pcdb import clock
+from tests.azure.arm_spec import ArmSpec
 
 BASE = "https://management.azure.com"
 WRITE_ONLY = ("administratorLoginPassword",)
@@ -72,6 +73,8 @@ class FakeCredential:
 class FakeArm(HttpTransport):
     """ARM in a dict. ``requests`` records (method, path) of every call; ``sleeps`` every delay asked."""
 
+    made: list[FakeArm] = []       # every instance, for the check after each test
+
     def __init__(self):
         self.resources: dict[str, dict] = {}
         self.operations: dict[str, dict] = {}
@@ -83,6 +86,11 @@ class FakeArm(HttpTransport):
         self.metrics: dict[str, list[tuple[str, float]]] = {}  # metric name -> [(ISO time, value)]
         self.unavailable: dict[str, int] = {}  # path fragment -> how many more 503 answers
         self.costs: list[list] = []            # Cost Management rows: [cost, yyyymmdd, category, sub, currency]
+        # Every request and answer on a flexible server checked against the REST specification
+        # (tests/azure/arm_spec.py); a test fails on what differs (tests/conftest.py).
+        self.spec = ArmSpec.load()
+        self.spec_problems: list[str] = []
+        FakeArm.made.append(self)
 
     # HttpTransport protocol
     def __enter__(self):
@@ -105,6 +113,18 @@ class FakeArm(HttpTransport):
         return [r for r in self.requests if r[0] in ("PUT", "PATCH", "POST", "DELETE")]
 
     def send(self, request, **kwargs):
+        """ARM's answer; with ``self.spec`` (an ArmSpec), the request and the answer are checked
+        against the REST specification first, and what differs is kept in ``spec_problems``."""
+        response = self._answer(request)
+        if self.spec is not None and self.spec.covers(request.url):
+            body = json.loads(request.content) if request.content else None
+            self.spec_problems += self.spec.check_request(request.method, request.url, body)
+            answer = json.loads(response._content) if response._content else None
+            self.spec_problems += self.spec.check_response(request.method, request.url, response.status_code, answer,
+                                                           dict(response.headers))
+        return response
+
+    def _answer(self, request):
         path = urlparse(request.url).path
         method = request.method
         self.requests.append((method, path))
@@ -187,7 +207,8 @@ class FakeArm(HttpTransport):
         props = body.setdefault("properties", {})
         for field in WRITE_ONLY:
             props.pop(field, None)
-        props["provisioningState"] = "Succeeded"
+        if "Microsoft.DBforPostgreSQL" not in path:   # its 2024-08-01 specification has no provisioningState
+            props["provisioningState"] = "Succeeded"
         parts = path.strip("/").split("/")
         if parts[-2:-1] == ["flexibleServers"]:  # what the service reports of a server it made
             props.setdefault("state", "Ready")

@@ -61,7 +61,7 @@ class SandboxArm(FakeArm):
                 response = super().send(request, **kwargs)
                 if request.method == "PUT" and match["sub"] is None:
                     self.resources[path.lower()] = {"id": path, "name": name, "type": "Microsoft.DBforPostgreSQL/flexibleServers",
-                                                    "properties": {"provisioningState": "Failed", "state": "Disabled"}}
+                                                    "properties": {"state": "Disabled"}}
                 return response
             try:
                 if request.method == "PUT" and path.lower().endswith("/configurations/azure.extensions"):

@@ -157,7 +157,7 @@ def test_region_drill_on_azure_stops_the_primary_promotes_a_tagged_replica_and_r
                                           "create replica"]
     promote = next(body for path, body in reversed(arm.bodies) if path.endswith("/phonebill-postgresql-replica")
                    and "replica" in body.get("properties", {}))
-    assert promote["properties"]["replica"] == {"promoteMode": "Standalone", "promoteOption": "Forced"}
+    assert promote["properties"]["replica"] == {"promoteMode": "standalone", "promoteOption": "forced"}
     assert "pcdb-drill" in promote["tags"]  # only a server a drill promoted is ever replaced by pcdb
     assert result["met"] is True and result["rto_seconds"] > 0 and result["topology_restored"] is True
     assert any("no geo-redundant backup" in n for n in open(result["report"]).read().splitlines())

@@ -62,7 +62,7 @@ def test_replica_promotion_is_a_standalone_promote_patch(arm, target):
     target.promote_replica()
     path, body = arm.bodies[-1]
     assert path.endswith("/flexibleServers/phonebill-postgresql-replica")
-    assert body["properties"]["replica"] == {"promoteMode": "Standalone", "promoteOption": "Forced"}
+    assert body["properties"]["replica"] == {"promoteMode": "standalone", "promoteOption": "forced"}
 
 
 def test_point_in_time_restore_creates_a_new_server_that_is_then_deleted(arm, target):

@@ -1,0 +1,147 @@
+"""Every request pcdb sends to Microsoft.DBforPostgreSQL, and every answer the fake ARM gives,
+checked against Microsoft's published REST API specification (an extract kept in tests/data,
+with the files and commits it comes from).
+
+A request is checked for: an operation the specification has at that path and method; the
+api-version it was written for; a body with only the properties the definition names, each of
+its type and, where the specification lists values, one of them; the required properties; no
+read-only property sent. An answer is checked for: a status the operation lists (or an ARM
+error object), a body of the listed definition with known properties and values, and the
+headers of a long-running operation (Location; Azure-AsyncOperation where the final state is
+read from it). What the check finds is a list of sentences, empty when all agree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+SPEC_FILE = Path(__file__).resolve().parents[1] / "data" / "azure-rest-api-specs" / \
+    "postgresql-flexibleservers-2024-08-01.json"
+PROVIDER = "/providers/microsoft.dbforpostgresql/"
+_TYPES = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list, "number": (int, float)}
+
+
+class ArmSpec:
+    def __init__(self, path: Path = SPEC_FILE):
+        data = json.loads(path.read_text())
+        self.api_version = data["source"]["api_version"]
+        self.definitions: dict[str, dict] = data["definitions"]
+        self.operations = [(op, re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(op["path"])) + "$",
+                                           re.IGNORECASE)) for op in data["operations"]]
+
+    @staticmethod
+    @lru_cache(maxsize=1)
+    def load() -> ArmSpec:
+        return ArmSpec()
+
+    def covers(self, url: str) -> bool:
+        """A path of what this extract describes: a flexible server, its configurations and
+        databases, its restart, start and stop (other providers and sub-resources are not checked)."""
+        path = urlparse(url).path.lower()
+        if PROVIDER + "flexibleservers/" not in path:
+            return False
+        rest = path.split(PROVIDER + "flexibleservers/", 1)[1].split("/")[1:]
+        return not rest or rest[0] in ("configurations", "databases", "restart", "start", "stop")
+
+    def operation(self, method: str, url: str) -> dict | None:
+        path = urlparse(url).path
+        return next((op for op, pattern in self.operations if op["method"] == method and pattern.match(path)), None)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def check_request(self, method: str, url: str, body: dict | None) -> list[str]:
+        op = self.operation(method, url)
+        where = f"{method} {urlparse(url).path}"
+        if op is None:
+            return [f"{where}: no operation of the specification {self.api_version} has this path and method"]
+        problems = []
+        version = parse_qs(urlparse(url).query).get("api-version", [None])[0]
+        if version != self.api_version:
+            problems.append(f"{where} ({op['id']}): api-version {version}, the specification checked is "
+                            f"{self.api_version}")
+        if op["body"] is None:
+            if body:
+                problems.append(f"{where} ({op['id']}): a body where the operation takes none")
+        elif body is None and op.get("body_required", True):
+            problems.append(f"{where} ({op['id']}): no body; {op['body']} is required")
+        elif body is not None:
+            problems += self._check(body, {"$ref": op["body"]}, f"{op['id']} request", sending=True)
+        return problems
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def check_response(self, method: str, url: str, status: int, body, headers: dict) -> list[str]:
+        op = self.operation(method, url)
+        if op is None:
+            return []                  # the request's own check said so
+        where = f"{op['id']} answer {status}"
+        if status >= 400:
+            if not isinstance(body, dict) or "error" not in body:
+                return [f"{where}: an error without ARM's error object"]
+            return self._check(body, {"$ref": "ErrorResponse"}, where, sending=False)
+        if str(status) not in op["responses"]:
+            return [f"{where}: the operation answers {', '.join(op['responses'])}, not {status}"]
+        problems = []
+        schema = op["responses"][str(status)]
+        if schema and body is not None:
+            problems += self._check(body, {"$ref": schema}, where, sending=False)
+        if status == 202 and op["lro"]:
+            names = {k.lower() for k in headers}
+            if "location" not in names:
+                problems.append(f"{where}: a long-running operation's 202 without a Location header")
+            if op["lro"] == "azure-async-operation" and "azure-asyncoperation" not in names:
+                problems.append(f"{where}: final state via azure-async-operation, but no Azure-AsyncOperation header")
+        return problems
+
+    # -- the schema walk ---------------------------------------------------------------------
+
+    def _resolve(self, schema: dict) -> dict:
+        while "$ref" in schema:
+            extra = {k: v for k, v in schema.items() if k != "$ref"}
+            schema = {**self.definitions[schema["$ref"]], **extra}
+        return schema
+
+    def _properties(self, schema: dict) -> tuple[dict, list[str]]:
+        """A definition's properties and required names, with those of its allOf parents."""
+        props, required = dict(schema.get("properties", {})), list(schema.get("required", []))
+        for parent in schema.get("allOf", []):
+            more, needed = self._properties(self.definitions[parent])
+            props = {**more, **props}
+            required += needed
+        return props, required
+
+    def _check(self, value, schema: dict, at: str, sending: bool) -> list[str]:
+        schema = self._resolve(schema)
+        kind = schema.get("type", "object")
+        if value is None:
+            return []
+        if not isinstance(value, _TYPES[kind]) or (kind == "integer" and isinstance(value, bool)):
+            return [f"{at}: {type(value).__name__} where the specification has {kind}"]
+        problems = []
+        if "enum" in schema and value not in schema["enum"]:
+            problems.append(f"{at}: {value!r} is not one of {schema['enum']}")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            problems.append(f"{at}: {value!r} does not match {schema['pattern']}")
+        if kind == "array" and "items" in schema:
+            for i, item in enumerate(value):
+                problems += self._check(item, schema["items"], f"{at}[{i}]", sending)
+        if kind == "object":
+            if "additionalProperties" in schema:
+                for key, item in value.items():
+                    problems += self._check(item, schema["additionalProperties"], f"{at}.{key}", sending)
+                return problems
+            props, required = self._properties(schema)
+            for key, item in value.items():
+                if key not in props:
+                    problems.append(f"{at}: property {key!r} is not in the specification")
+                    continue
+                spec = props[key]
+                if sending and (spec.get("readOnly") or self._resolve(spec).get("readOnly")):
+                    problems.append(f"{at}: read-only property {key!r} sent")
+                problems += self._check(item, spec, f"{at}.{key}", sending)
+            problems += [f"{at}: required property {name!r} missing" for name in required if name not in value]
+        return problems
