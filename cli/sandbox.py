@@ -29,6 +29,9 @@ def sandbox_up(env: EnvOption = "local", as_json: JsonOption = False) -> None:
     spec_arg = str(Path(env).absolute()) if env.endswith((".yaml", ".yml")) else env
     changes.append(supervision.start(target.sandbox, spec_arg))
     print_changes(changes, as_json)
+    warning = target.sandbox.postgresql()["warning"]
+    if warning:       # said every time, not only when the servers were made
+        err.print(f"[bold yellow]WARNING:[/bold yellow] {warning}", highlight=False, soft_wrap=True)
 
 
 @sandbox_app.command("status")
@@ -49,13 +52,18 @@ def sandbox_status(env: EnvOption = "local", as_json: JsonOption = False) -> Non
             raise typer.Exit(2)
         return
     table = Table(title=f"sandbox {status['environment']} ({status['root']}) — database {status['database']}")
-    for column in ("name", "role", "running", "endpoint", "sync_state", "timeline", "lag_bytes"):
+    for column in ("name", "role", "running", "endpoint", "version", "sync_state", "timeline", "lag_bytes"):
         table.add_column(column, no_wrap=True)
     for node in status["nodes"]:
         table.add_row(node["name"], node["role"], "yes" if node["running"] else "no",
-                      f"{node['host']}:{node['port']}", str(node["sync_state"] or "-"),
+                      f"{node['host']}:{node['port']}", node["version"] or "-", str(node["sync_state"] or "-"),
                       str(node["timeline"]), str(node["lag_bytes"] if node["lag_bytes"] is not None else "-"))
     out.print(table)
+    pg = status["postgresql"]
+    out.print(f"PostgreSQL {pg['binaries_version']} ({pg['binaries']}); the spec's server.version: {pg['spec_version']}",
+              highlight=False, markup=False)
+    if pg["warning"]:
+        err.print(f"[bold yellow]WARNING:[/bold yellow] {pg['warning']}", highlight=False, soft_wrap=True)
     used = status.get("storage")
     if used:
         out.print(f"storage: {used['percent']} % of the quota ({used['used_bytes']} of {used['quota_bytes']} bytes, "

@@ -64,8 +64,22 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
     @property
     def bindir(self) -> Path:
         if self._bindir is None:
-            self._bindir = proc.find_bindir(self.state.bindir)
+            self._bindir = proc.find_bindir(self.state.bindir, major=self.env.server.version)
         return self._bindir
+
+    def postgresql(self) -> dict:
+        """Which PostgreSQL the sandbox runs, against the spec's ``server.version``: the binaries'
+        folder and version, and a warning when the major differs (rehearsals then do not run on
+        the version production runs)."""
+        version = proc.binaries_version(self.bindir)
+        spec, running = str(self.env.server.version), version.split(".")[0]
+        warning = None if running == spec else (
+            f"the spec's server.version is {spec}, but the sandbox runs PostgreSQL {version} ({self.bindir}): "
+            f"PostgreSQL {spec} is not installed here. What the sandbox rehearses is not checked on "
+            f"{spec}. Install PostgreSQL {spec}'s server and client programs and point PCDB_PG_BINDIR at "
+            f"them, or rehearse knowing the difference (docs/operations/upgrade.md)")
+        return {"spec_version": spec, "binaries": str(self.bindir), "binaries_version": version,
+                "matches_spec": warning is None, "warning": warning}
 
     @property
     def state_file(self) -> Path:
@@ -227,12 +241,14 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
         """Nodes with role, endpoint, sync state, timeline and lag; works on a stopped sandbox."""
         replication: dict[str, tuple] = {}
         live: dict[str, tuple[bool, int]] = {}
+        versions: dict[str, str] = {}       # what each running server says it is
         for node in self.nodes():
             if not node.is_running():
                 continue
             try:
                 with node.connect(self.admin_user, timeout=5) as conn:
                     live[node.name] = conn.execute(query("sandbox.sql", "node_state")).fetchone()
+                    versions[node.name] = conn.execute(query("sandbox.sql", "server_version")).fetchone()[0]
                     if not live[node.name][0]:
                         for row in conn.execute(query("sandbox.sql", "replication")):
                             replication[row[0]] = row
@@ -248,7 +264,7 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
             out.append({
                 "name": node.name, "role": role, "running": node.name in live,
                 "host": "127.0.0.1", "port": node.port, "socket_dir": str(node.run_dir),
-                "sync_state": rep[2] if rep else None, "timeline": timeline,
+                "sync_state": rep[2] if rep else None, "timeline": timeline, "version": versions.get(node.name),
                 "lag_bytes": (rep[3] if rep else (0 if role == "primary" and node.name in live else None)),
             })
         from pcdb.sandbox import storage
@@ -259,7 +275,7 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
             used = None
         problems = self._problems(out) + [p for p in [storage.problem(used)] if p] + self.privacy_problems()
         return {"environment": self.env.name, "root": str(self.root), "database": self.env.service.database,
-                "nodes": out, "problems": problems, "storage": used,
+                "nodes": out, "problems": problems, "storage": used, "postgresql": self.postgresql(),
                 "intent": asdict(self.state.intent) if self.state.intent else None,
                 "supervisor": self._supervisor_status(),
                 "restores": [{"name": n, "port": i.port, "target_time": i.target_time,

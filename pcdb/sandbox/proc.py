@@ -48,12 +48,16 @@ def invoking_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def find_bindir(configured: str | None = None) -> Path:
+def find_bindir(configured: str | None = None, major: str | None = None) -> Path:
     """Locate the PostgreSQL server binaries (initdb, pg_ctl, ...).
 
-    Order: ``configured``, $PCDB_PG_BINDIR, ``pg_config --bindir``, the newest /usr/lib/postgresql/*/bin.
+    Order: ``configured``, $PCDB_PG_BINDIR, Debian's binaries of ``major`` (the spec's
+    version), ``pg_config --bindir``, the newest /usr/lib/postgresql/*/bin. What was found may
+    be another major than the spec's: ``binaries_version`` says which, and the sandbox says so.
     """
     candidates = [configured, os.environ.get("PCDB_PG_BINDIR")]
+    if major:
+        candidates.append(f"/usr/lib/postgresql/{major}/bin")
     pg_config = shutil.which("pg_config")
     if pg_config:
         result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=False)
@@ -66,6 +70,18 @@ def find_bindir(configured: str | None = None) -> Path:
             return Path(candidate)
     raise SandboxError("no PostgreSQL server binaries (initdb) found; run ./dev setup, which installs "
                        "Debian's postgresql packages, or set PCDB_PG_BINDIR")
+
+
+@cache
+def binaries_version(bindir: Path) -> str:
+    """The PostgreSQL version of the server binaries in ``bindir`` ("15.14"), from `postgres --version`
+    ("postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)")."""
+    result = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=30,
+                            check=False)
+    words = result.stdout.split("(PostgreSQL)", 1)[-1].split()
+    if result.returncode != 0 or not words:
+        raise SandboxError(f"{bindir / 'postgres'} --version failed: {(result.stderr or result.stdout).strip()}")
+    return words[0]
 
 
 def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None = None,

@@ -1,5 +1,9 @@
 -- Queries the sandbox engine runs against its own servers (operations SQL, schema-qualified).
 
+-- name: server_version
+-- The version the server answering runs ("15.14"), as it says itself (without a packager's suffix).
+SELECT pg_catalog.split_part(pg_catalog.current_setting('server_version'), ' ', 1);
+
 -- name: node_state
 -- Role and timeline of the server answering: in recovery or not, and the timeline it is on.
 SELECT pg_catalog.pg_is_in_recovery() AS in_recovery,

@@ -31,6 +31,23 @@ def test_up_status_down_destroy_through_the_cli(fresh_target):
 
     again = cli(fresh_target, "sandbox", "up", "--json")
     assert {c["action"] for c in json.loads(again.stdout)} == {"unchanged"}
+    running = json.loads(cli(fresh_target, "sandbox", "status", "--json").stdout)
+    binaries = running["postgresql"]["binaries_version"]               # what `postgres --version` says
+    assert [n["version"] for n in running["nodes"]] == [binaries] * 3  # what each server says it runs
+    assert running["postgresql"]["spec_version"] == binaries.split(".")[0] == "15"   # local.yaml on Debian 12
+    assert running["postgresql"]["matches_spec"] and running["postgresql"]["warning"] is None
+
+    # The spec asks for 14 (production's) and this machine has no PostgreSQL 14: said, not hidden.
+    older = fresh_target.env_path.with_name("pg14.yaml")
+    older.write_text(f"extends: {fresh_target.env_path}\nserver:\n  version: \"14\"\n")
+    said = runner.invoke(app, ["sandbox", "status", "--env", str(older)],
+                         env={"PCDB_SANDBOX_ROOT": str(root), "COLUMNS": "200"})
+    assert said.exit_code == 0, said.output
+    assert f"PostgreSQL {binaries} " in said.stdout and "the spec's server.version: 14" in said.stdout
+    assert f"WARNING: the spec's server.version is 14, but the sandbox runs PostgreSQL {binaries}" in \
+        " ".join(said.stderr.split())
+    up14 = runner.invoke(app, ["sandbox", "up", "--env", str(older)], env={"PCDB_SANDBOX_ROOT": str(root)})
+    assert "PostgreSQL 14 is not installed here" in " ".join(up14.stderr.split())
     assert (root / "state.json").stat().st_mode & 0o777 == 0o600     # the topology and events: the owner's only
 
     assert processes_under(root)
