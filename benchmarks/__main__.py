@@ -227,20 +227,13 @@ def drill_overhead(rounds: int) -> dict:
 def _levers(target, ctx, schema: str) -> dict:
     """The restore test's levers side by side on the same data (the primary's): the row hash, the
     connections the fingerprints read with, and pg_amcheck's jobs and heapallindexed."""
-    import psycopg
 
     from pcdb import backups
-    from pcdb.sandbox import proc
 
     out: dict = {"fingerprint_seconds": {}, "amcheck_seconds": {}}
     with ctx.connect() as conn:
         start = time.perf_counter()        # the old way: md5 of every row's text, a table at a time
-        for (table,) in conn.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                                     "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
-                                     (schema,)).fetchall():
-            conn.execute(psycopg.sql.SQL("SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)"
-                                         "::bigint::numeric), 0) FROM {}.{} t").format(
-                psycopg.sql.Identifier(schema), psycopg.sql.Identifier(table))).fetchone()
+        _md5_fingerprints(conn, schema)
         out["fingerprint_seconds"]["md5_text_one_connection"] = round(time.perf_counter() - start, 3)
         for jobs in (1, 2):
             start = time.perf_counter()
@@ -252,13 +245,14 @@ def _levers(target, ctx, schema: str) -> dict:
         out["fingerprint_seconds"]["sample_10_percent_2_connections"] = round(time.perf_counter() - start, 3)
         out["sample_blocks_read_percent"] = round(100.0 * sampled.blocks_read / sampled.blocks, 1) \
             if sampled.blocks else None
-    node = target.sandbox.primary()
-    for label, extra in (("jobs_1_heapallindexed", ["--jobs", "1", "--heapallindexed"]),
-                         ("jobs_2_heapallindexed", ["--jobs", "2", "--heapallindexed"]),
-                         ("jobs_2_without_heapallindexed", ["--jobs", "2"])):
+    primary = target.sandbox.primary().name
+    for label, jobs, heapallindexed in (("jobs_1_heapallindexed", 1, True), ("jobs_2_heapallindexed", 2, True),
+                                        ("jobs_2_without_heapallindexed", 2, False)):
         start = time.perf_counter()
-        proc.run([node.prog("pg_amcheck"), "-h", str(node.run_dir), "-p", str(node.port), "-U", target.sandbox.admin_user,
-                  "--install-missing", *extra, "-d", target.env.service.database], timeout=3600, what="pg_amcheck")
+        ok, detail = target.sandbox.amcheck(primary, target.env.service.database, jobs=jobs,
+                                            heapallindexed=heapallindexed)
+        if not ok:
+            raise RuntimeError(f"pg_amcheck ({label}) failed on the primary: {detail}")
         out["amcheck_seconds"][label] = round(time.perf_counter() - start, 3)
     return out
 
@@ -284,19 +278,16 @@ def _old_restore_test(target, ctx, schema: str) -> tuple[float, bool]:
     with one job and heapallindexed. Returns (seconds, whether the two sides agreed)."""
     import psycopg
 
-    from pcdb.sandbox import proc
-
     name = "bench-old-restore-test"
     start = time.perf_counter()
     with ctx.connect() as conn:
         source = _md5_fingerprints(conn, schema)
         target_time = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-    node = target.sandbox.restore(target_time, name)      # it seals the WAL past that moment
+    endpoint = target.restore_point_in_time(target_time, name)      # it seals the WAL past that moment
     try:
-        proc.run([node.prog("pg_amcheck"), "-h", str(node.run_dir), "-p", str(node.port), "-U",
-                  target.sandbox.admin_user, "--install-missing", "--jobs", "1", "--heapallindexed",
-                  "-d", target.env.service.database], timeout=3600, what="pg_amcheck")
-        endpoint = target._endpoint_of(node)
+        ok, detail = target.sandbox.amcheck(name, target.env.service.database, jobs=1, heapallindexed=True)
+        if not ok:
+            raise RuntimeError(f"pg_amcheck with one job failed on the old test's copy: {detail}")
         with psycopg.connect(endpoint.conninfo(target.admin, target.admin_password()), autocommit=True) as copy:
             same = _md5_fingerprints(copy, schema) == source
     finally:

@@ -507,12 +507,6 @@ class Orchestrator:
         return (Change("notification_sink", str(self.notifications_log), "started", notes=(f"pid {child.pid}",)),
                 f"http://127.0.0.1:{port}/{token}")
 
-    def stop_sink(self) -> bool:
-        info = self._read(self.sink_file)
-        stopped = bool(info and alive(int(info["pid"])) and _stop_pid(int(info["pid"])))
-        self.sink_file.unlink(missing_ok=True)
-        return stopped
-
     # -- workers ---------------------------------------------------------------------------
 
     def worker_pools(self) -> list[str]:
@@ -545,8 +539,3 @@ class Orchestrator:
                                              "log": str(log_path)})
         return Change("prefect_worker", pool, "started", notes=(f"pid {child.pid}, log {log_path}",))
 
-    def stop_worker(self, pool: str) -> bool:
-        pid = self.worker_pid(pool)
-        stopped = bool(pid and _stop_pid(pid))
-        self.worker_file(pool).unlink(missing_ok=True)
-        return stopped

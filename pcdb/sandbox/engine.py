@@ -75,9 +75,9 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
         spec, running = str(self.env.server.version), version.split(".")[0]
         warning = None if running == spec else (
             f"the spec's server.version is {spec}, but the sandbox runs PostgreSQL {version} ({self.bindir}): "
-            f"PostgreSQL {spec} is not installed here. What the sandbox rehearses is not checked on "
-            f"{spec}. Install PostgreSQL {spec}'s server and client programs and point PCDB_PG_BINDIR at "
-            f"them, or rehearse knowing the difference (docs/operations/upgrade.md)")
+            f"what it rehearses is not checked on {spec}. Install PostgreSQL {spec}'s server and client "
+            f"programs and point PCDB_PG_BINDIR at them (a sandbox keeps the binaries it was made with: "
+            f"destroy and re-create it), or rehearse knowing the difference (docs/sandbox.md)")
         return {"spec_version": spec, "binaries": str(self.bindir), "binaries_version": version,
                 "matches_spec": warning is None, "warning": warning}
 
