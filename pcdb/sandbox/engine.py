@@ -18,7 +18,7 @@ from pcdb import secrets as pwd
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import SandboxError
-from pcdb.sandbox import proc
+from pcdb.sandbox import builds, proc
 from pcdb.sandbox.backups import BackupStore
 from pcdb.sandbox.bootstrap import NodeMaker
 from pcdb.sandbox.core import (  # noqa: F401 - names the rest of pcdb imports from here
@@ -70,16 +70,21 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
     def postgresql(self) -> dict:
         """Which PostgreSQL the sandbox runs, against the spec's ``server.version``: the binaries'
         folder and version, and a warning when the major differs (rehearsals then do not run on
-        the version production runs)."""
+        the version production runs), saying how to get the spec's major here, or why it cannot be."""
         version = proc.binaries_version(self.bindir)
         spec, running = str(self.env.server.version), version.split(".")[0]
-        warning = None if running == spec else (
-            f"the spec's server.version is {spec}, but the sandbox runs PostgreSQL {version} ({self.bindir}): "
-            f"what it rehearses is not checked on {spec}. Install PostgreSQL {spec}'s server and client "
-            f"programs and point PCDB_PG_BINDIR at them (a sandbox keeps the binaries it was made with: "
-            f"destroy and re-create it), or rehearse knowing the difference (docs/sandbox.md)")
+        warning = None
+        if running != spec:
+            warning = (f"the spec's server.version is {spec}, but the sandbox runs PostgreSQL {version} "
+                       f"({self.bindir}): what it rehearses is not checked on {spec}. ")
+            there = proc.bindir_of_major(spec)
+            if there is not None:
+                warning += (f"PostgreSQL {spec} is installed here ({there}), but a sandbox keeps the binaries it was "
+                            f"made with: `pcdb sandbox destroy` and `pcdb sandbox up` make it on {spec}")
+            else:
+                warning += f"{builds.why_not(spec)} (docs/sandbox.md)"
         return {"spec_version": spec, "binaries": str(self.bindir), "binaries_version": version,
-                "matches_spec": warning is None, "warning": warning}
+                "matches_spec": warning is None, "warning": warning, "build": builds.provenance(self.bindir)}
 
     @property
     def state_file(self) -> Path:

@@ -48,16 +48,31 @@ def invoking_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
+def bindir_of_major(major: str) -> Path | None:
+    """Server binaries of ``major`` on this machine, or None: $PCDB_PG_BINDIR when it is that
+    major, Debian's, then pcdb's installed build of it (``builds``)."""
+    from pcdb.sandbox import builds
+
+    override = os.environ.get("PCDB_PG_BINDIR")
+    if override and (Path(override) / "postgres").exists() and \
+            binaries_version(Path(override)).split(".")[0] == str(major):
+        return Path(override)
+    debian = Path(f"/usr/lib/postgresql/{major}/bin")
+    if (debian / "initdb").exists():
+        return debian
+    return builds.bindir(str(major))
+
+
 def find_bindir(configured: str | None = None, major: str | None = None) -> Path:
     """Locate the PostgreSQL server binaries (initdb, pg_ctl, ...).
 
-    Order: ``configured``, $PCDB_PG_BINDIR, Debian's binaries of ``major`` (the spec's
-    version), ``pg_config --bindir``, the newest /usr/lib/postgresql/*/bin. What was found may
-    be another major than the spec's: ``binaries_version`` says which, and the sandbox says so.
+    Order: ``configured`` (the folder a sandbox was made with), those of ``major`` (the spec's
+    version, ``bindir_of_major``), $PCDB_PG_BINDIR, ``pg_config --bindir``, the newest
+    /usr/lib/postgresql/*/bin. What was found may be another major than the spec's:
+    ``binaries_version`` says which, and the sandbox says so.
     """
-    candidates = [configured, os.environ.get("PCDB_PG_BINDIR")]
-    if major:
-        candidates.append(f"/usr/lib/postgresql/{major}/bin")
+    of_major = bindir_of_major(major) if major else None
+    candidates = [configured, str(of_major) if of_major else None, os.environ.get("PCDB_PG_BINDIR")]
     pg_config = shutil.which("pg_config")
     if pg_config:
         result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=False)
@@ -70,6 +85,15 @@ def find_bindir(configured: str | None = None, major: str | None = None) -> Path
             return Path(candidate)
     raise SandboxError("no PostgreSQL server binaries (initdb) found; run ./dev setup, which installs "
                        "Debian's postgresql packages, or set PCDB_PG_BINDIR")
+
+
+def client_bindir() -> Path:
+    """The machine's own PostgreSQL programs (the newest Debian major, or $PCDB_PG_BINDIR): the
+    client programs a build of an older major is given (``builds``)."""
+    found = find_bindir(None)
+    if (found.parent / "PROVENANCE.json").exists():
+        raise SandboxError(f"$PCDB_PG_BINDIR names a pcdb build ({found}), not the machine's own PostgreSQL")
+    return found
 
 
 @cache

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -156,6 +157,11 @@ class Topology:
         if earlier and earlier.step == "rewinding":
             how = "copied afresh (a pg_rewind of it was interrupted)"
             self._event("rejoin-recloned", node=name, reason="a pg_rewind of it was interrupted")
+            self._clone(node, role)
+        elif not Path(node.prog("pg_rewind")).exists():
+            # A build of another major than the machine's (pcdb/sandbox/builds.py) has no pg_rewind.
+            how = f"copied afresh (no pg_rewind for PostgreSQL {proc.binaries_version(node.bindir)} here)"
+            self._event("rejoin-recloned", node=name, reason=f"{node.bindir} has no pg_rewind")
             self._clone(node, role)
         else:
             if not earlier:

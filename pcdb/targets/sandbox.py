@@ -63,7 +63,10 @@ def _alter_system(name: str, value: str | None) -> psql.Composed:
 
 @cache
 def _sharedir(bindir: Path) -> Path:
-    """PostgreSQL's share folder (asked once per binaries folder, not at every parameter read)."""
+    """PostgreSQL's share folder (asked once per binaries folder, not at every parameter read). A
+    build without pg_config (pcdb's builds of other majors) keeps it beside its bin/."""
+    if not (bindir / "pg_config").exists():
+        return bindir.parent / "share" / "postgresql"
     result = subprocess.run([str(bindir / "pg_config"), "--sharedir"], capture_output=True, text=True, timeout=10,
                             check=False)
     return Path(result.stdout.strip())

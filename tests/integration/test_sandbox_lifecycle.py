@@ -37,7 +37,8 @@ def test_up_status_down_destroy_through_the_cli(fresh_target):
     assert running["postgresql"]["spec_version"] == binaries.split(".")[0] == "15"   # local.yaml on Debian 12
     assert running["postgresql"]["matches_spec"] and running["postgresql"]["warning"] is None
 
-    # The spec asks for 14 (production's) and this machine has no PostgreSQL 14: said, not hidden.
+    # The spec now asks for 14 (production's): this sandbox was made on 15 and keeps it until it is
+    # made again (tests/flows/test_sandbox_major.py runs one on 14). Said, not hidden.
     older = fresh_target.env_path.with_name("pg14.yaml")
     older.write_text(f"extends: {fresh_target.env_path}\nserver:\n  version: \"14\"\n")
     said = runner.invoke(app, ["sandbox", "status", "--env", str(older)],
@@ -47,7 +48,8 @@ def test_up_status_down_destroy_through_the_cli(fresh_target):
     assert f"WARNING: the spec's server.version is 14, but the sandbox runs PostgreSQL {binaries}" in \
         " ".join(said.stderr.split())
     up14 = runner.invoke(app, ["sandbox", "up", "--env", str(older)], env={"PCDB_SANDBOX_ROOT": str(root)})
-    assert "Install PostgreSQL 14's server and client programs" in " ".join(up14.stderr.split())
+    assert "a sandbox keeps the binaries it was made with: `pcdb sandbox destroy` and `pcdb sandbox up` make " \
+           "it on 14" in " ".join(up14.stderr.split())
     assert (root / "state.json").stat().st_mode & 0o777 == 0o600     # the topology and events: the owner's only
 
     assert processes_under(root)
