@@ -347,3 +347,34 @@ def cost_command(env: EnvOption = "local", as_json: JsonOption = False) -> None:
         out.print(f"report: {result['report']}", highlight=False)
     if result["alerts"]:
         raise typer.Exit(2)
+
+
+@app.command("upgrade")
+@user_errors
+def upgrade_command(to: Annotated[int, typer.Option("--to", help="the PostgreSQL major to upgrade to, e.g. 15")],
+                    env: EnvOption = "local",
+                    rehearse: Annotated[bool, typer.Option(
+                        "--rehearse", help="the prechecks and the rehearsal only: nothing of the environment "
+                                           "changes")] = False,
+                    as_json: JsonOption = False) -> None:
+    """The major version upgrade (#27): prechecks (each failing one says what to do; nothing
+    changes), a rehearsal on a copy restored from the latest backup and upgraded with pg_upgrade,
+    then the servers themselves (the sandbox: the primary with pg_upgrade, the standby and the
+    replica copied afresh; production waits for a signed decision). Azure's in-place upgrade is
+    not automated yet: there the run stops with what to do."""
+    from flows.upgrade import upgrade_major
+
+    result = run_runbook(env, upgrade_major, f"the upgrade to {to} failed", to=to, rehearse_only=rehearse)
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    for c in result["prechecks"]:
+        out.print(f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['evidence']}", highlight=False, markup=False)
+    r = result["rehearsal"]
+    out.print(f"rehearsal: {r['from_version']} to {r['to_version']} passed in {r['seconds']} s (pg_upgrade "
+              f"{r['pg_upgrade_seconds']}, ANALYZE {r['analyze_seconds']} s)", highlight=False, markup=False)
+    done = result.get("upgrade")
+    if done:
+        out.print(f"upgraded: {done['from']} to {done['to']}, downtime {done['downtime_seconds']} s; rollback: "
+                  f"{done['rollback']}", highlight=False, markup=False)
+    out.print(f"report: {result['report']}", highlight=False)

@@ -257,10 +257,13 @@ def _objects(conn: psycopg.Connection, schema: str) -> tuple[set, set]:
 
 def restore_test(target: Backups, env: Environment, connect_source: Connect,
                  connect_restored: Callable[[Endpoint], AbstractContextManager[psycopg.Connection]],
-                 name: str | None = None, step: Steps | None = None, mode: Mode | None = None) -> RestoreTest:
+                 name: str | None = None, step: Steps | None = None, mode: Mode | None = None,
+                 then: Callable[[Endpoint], Endpoint] | None = None) -> RestoreTest:
     """Restore to a marked moment on a throw-away server and prove it equals the source then,
     step by step: mark and fingerprint the source, restore, amcheck, compare, delete. ``mode``:
-    full (the default), or a sample of the rows (restore_mode says when, and why)."""
+    full (the default), or a sample of the rows (restore_mode says when, and why). ``then``
+    changes the restored copy before it is checked (the upgrade rehearsal: pg_upgrade), with
+    steps of its own; the copy is deleted whatever happens."""
     step = step or Steps()
     schema = env.service.schema_name
     jobs = env.backup.verification.jobs
@@ -294,6 +297,8 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
         endpoint = step(f"restore the base backup and the WAL to that moment on {name}",
                         lambda: target.restore_point_in_time(target_time, name))
         result.seconds = round(time.monotonic() - started, 3)
+        if then is not None:
+            endpoint = then(endpoint)
         result.amcheck_ok, amcheck_detail = step("amcheck every B-tree index", lambda: target.amcheck(name), retry=True)
 
         def compared():

@@ -118,6 +118,12 @@ RUNBOOKS: tuple[Runbook, ...] = (
                               "put back the damaged rows under approval."),),
         timedelta(hours=6), mutating=True, approval="production",
         ui="Custom run: to, tables, where; the approval in the run page"),
+    Runbook("upgrade", "flows.upgrade:upgrade_major", "pcdb upgrade", "upgrade", (
+        Deployment("upgrade", "The major version upgrade (#27), by hand only: prechecks, a rehearsal on a copy "
+                              "restored from the latest backup and upgraded with pg_upgrade, then (rehearse_only "
+                              "off) the servers themselves, after a signed decision on production. Azure's "
+                              "in-place upgrade is not automated yet.", {"rehearse_only": True}),),
+        timedelta(hours=6), mutating=True, approval="production", ui="Custom run: to"),
 )
 
 BY_NAME = {r.name: r for r in RUNBOOKS}

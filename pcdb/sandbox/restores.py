@@ -42,8 +42,16 @@ class Restores:
             raise SandboxError("the restore target time needs a time zone (e.g. 2026-11-26T10:00:00+09:00)")
         if name in self.state.nodes or name in self.state.restores:
             raise SandboxError(f"a server named {name!r} already exists in the sandbox; delete it first")
-        candidates = [b for b in self.list_backups() if b.finished_at <= target_time]
+        major = proc.binaries_version(self.bindir).split(".")[0]
+        before = [b for b in self.list_backups() if b.finished_at <= target_time]
+        # After a major upgrade the older backups are of the old major: these binaries cannot
+        # restore them (the upgrade's rollback can: docs/operations/upgrade.md).
+        candidates = [b for b in before if _backup_major(b.path) in (None, major)]
         if not candidates:
+            if before:
+                raise SandboxError(f"no base backup of PostgreSQL {major} finished before {target_time.isoformat()}: "
+                                   "the earlier ones are of the major before the upgrade; restore them with that "
+                                   "major's binaries (the upgrade's rollback), or choose a later time")
             raise SandboxError(f"no base backup finished before {target_time.isoformat()}; "
                                "take one (pcdb backup) or choose a later time")
         backup = candidates[-1]
@@ -93,3 +101,11 @@ class Restores:
         self._event("deleted", name=name)
         self.save()
         return Change("server", name, "deleted")
+
+
+def _backup_major(path) -> str | None:
+    """The major a base backup was taken of (its PG_VERSION), None when it cannot be read."""
+    try:
+        return (path / "PG_VERSION").read_text().strip()
+    except OSError:
+        return None

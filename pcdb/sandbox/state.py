@@ -31,6 +31,7 @@ class RestoreInfo:
     backup: str
     target_time: str | None = None
     created_at: str | None = None
+    bindir: str | None = None         # another major's binaries, once pg_upgrade made it that major
 
 
 @dataclass
@@ -72,6 +73,8 @@ class SandboxState:
     # Who promoted the replica: "real" (a real region failover, never undone by a drill's
     # cleanup) or a drill's id; None when it is a replica (or an earlier pcdb promoted it).
     replica_promotion: str | None = None
+    # A major version upgrade under way (pcdb/sandbox/upgrades.py): written before anything stops.
+    upgrade: dict | None = None
     other: dict = field(default_factory=dict)     # keys this pcdb does not use, kept as they were
 
     @classmethod
@@ -87,11 +90,12 @@ class SandboxState:
             backups=list(data.get("backups") or []), events=list(data.get("events") or []),
             intent=FailoverIntent(**intent) if intent else None, rejoin=RejoinStep(**rejoin) if rejoin else None,
             application=data.get("application", "primary"), replica_promotion=data.get("replica_promotion"),
+            upgrade=data.get("upgrade"),
             other={k: v for k, v in data.items() if k not in known})
 
     def to_json(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "other"}
-        for key in ("intent", "rejoin", "root_created_by_pcdb", "replica_promotion"):
+        for key in ("intent", "rejoin", "root_created_by_pcdb", "replica_promotion", "upgrade"):
             if out[key] is None:
                 del out[key]                      # absent, as earlier versions wrote it
         if out["application"] == "primary":

@@ -275,6 +275,38 @@ class AzureTarget:
         self._call("delete", name, lambda: pg.servers.begin_delete(self.rg, name))
         return Change("server", name, "deleted")
 
+    # -- Upgrades (#27): the in-place major version upgrade is not built yet -------------------
+
+    def upgrade_available(self, major: str) -> str | None:
+        """Azure upgrades in place to any later major it supports (its version policy: not a
+        preview, not retired), as pcdb's version table (pcdb/data/postgresql-versions.json) has them."""
+        from pcdb import versions
+
+        facts = versions.table().get(int(major))
+        if facts is None:
+            return f"PostgreSQL {major} is not in pcdb's version table: Azure's support of it is not known here"
+        if facts.preview:
+            return f"PostgreSQL {major} is in preview on Azure: not a target for a production upgrade"
+        return None
+
+    def extension_available(self, extension: str, major: str) -> bool:  # noqa: ARG002 - the allow-list is one
+        """Azure creates only what azure.extensions allow-lists (pcdb writes the runbooks' own); the
+        per-version table of Azure's extensions is not stored here."""
+        from pcdb.azure.desired import RUNBOOK_EXTENSIONS
+
+        return extension == "plpgsql" or extension in RUNBOOK_EXTENSIONS
+
+    def upgrade_copy(self, name: str, major: str) -> dict:
+        raise TargetError(f"the rehearsal of {name}'s upgrade to {major} on Azure (a point-in-time restore "
+                          "upgraded in place by Azure) is not built yet: rehearse on the sandbox")
+
+    def upgrade_under_way(self) -> str | None:
+        return None               # nothing of Azure's upgrade is automated yet
+
+    def upgrade_in_place(self, major: str) -> dict:
+        raise TargetError(f"Azure's in-place upgrade of {self.env.server.name} to {major} (the server's version "
+                          "through ARM) is not automated by this pcdb yet: docs/operations/upgrade.md")
+
     def _zones(self) -> tuple[str | None, str | None]:
         server = self._server(self.env.server.name)
         standby = server.high_availability.standby_availability_zone if server.high_availability else None

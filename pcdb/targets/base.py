@@ -164,6 +164,7 @@ STALL_REPLICA = "stall-replica"            # cut the replica's replication link 
 READ_SERVER_LOG = "read-server-log"        # log_lines() and failed_logins() answer from the server log
 STORAGE_GUARD = "storage-guard"            # the platform turns the server read-only at 95 % storage
 SYNC_STANDBY_VISIBLE = "sync-standby-visible"   # the HA standby streams where pg_stat_replication shows it
+UPGRADE_COPY = "upgrade-copy"              # upgrade_copy() upgrades a restored copy (the upgrade's rehearsal)
 
 
 class Role(Protocol):
@@ -383,7 +384,30 @@ class Billing(Role, Protocol):
         ...
 
 @runtime_checkable
-class Target(Connection, Provisioning, Topology, Backups, Telemetry, Archive, Billing, Protocol):
+class Upgrades(Role, Protocol):
+    """Major version upgrades (#27): what this target can upgrade to, and a rehearsal's upgrade of
+    a restored copy."""
+
+    def upgrade_available(self, major: str) -> str | None:
+        """None when the server can be upgraded to ``major`` here; else why not, and what to do."""
+        ...
+    def extension_available(self, extension: str, major: str) -> bool:
+        """``extension`` exists for ``major`` here (sandbox: the binaries have it; Azure: allow-listed)."""
+        ...
+    def upgrade_copy(self, name: str, major: str) -> dict:
+        """Upgrade the restored (throw-away) server ``name`` to ``major`` and start it: {from, to,
+        seconds: {part: s}}. Never a server of the topology."""
+        ...
+    def upgrade_under_way(self) -> str | None:
+        """The major an interrupted upgrade of the environment's servers was going to, or None."""
+        ...
+    def upgrade_in_place(self, major: str) -> dict:
+        """Upgrade the environment's servers to ``major``, intent first (a second call finishes an
+        interrupted one): {from, to, seconds, downtime_seconds, rollback, resumed}."""
+        ...
+
+@runtime_checkable
+class Target(Connection, Provisioning, Topology, Backups, Telemetry, Archive, Billing, Upgrades, Protocol):
     """The whole port: what Azure and the sandbox implement (see docs/architecture.md "The port").
 
     A runbook takes only the roles it uses (its own protocol, e.g. ``pcdb.drills.DrillTarget``);
@@ -393,7 +417,7 @@ class Target(Connection, Provisioning, Topology, Backups, Telemetry, Archive, Bi
     """
 
 
-ROLES: tuple[type, ...] = (Connection, Provisioning, Topology, Backups, Telemetry, Archive, Billing)
+ROLES: tuple[type, ...] = (Connection, Provisioning, Topology, Backups, Telemetry, Archive, Billing, Upgrades)
 
 
 def role_operations(*roles: type) -> frozenset[str]:

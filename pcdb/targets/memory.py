@@ -30,6 +30,7 @@ from pcdb.errors import TargetError
 from pcdb.probe import ProbeResult
 from pcdb.targets.base import (
     STALL_REPLICA,
+    UPGRADE_COPY,
     BackupInfo,
     BackupStatus,
     Endpoint,
@@ -66,10 +67,13 @@ class MemoryTarget:
 
     poll_seconds = 0.0
 
-    def __init__(self, env: Environment, capabilities: frozenset[str] = frozenset({STALL_REPLICA})):
+    def __init__(self, env: Environment, capabilities: frozenset[str] = frozenset({STALL_REPLICA, UPGRADE_COPY})):
         self.env = env
         self.capabilities = capabilities
         self.calls: list[str] = []
+        # Upgrades: the majors this fake upgrades to, and extensions a major lacks
+        self.upgradable: set[str] = {"15", "16"}
+        self.missing_extensions: dict[str, set[str]] = {}
         # Connection
         self.identity = "7000000000000000001"     # a new server: a test changes it
         self.secrets: dict[str, str] = {}
@@ -363,6 +367,28 @@ class MemoryTarget:
     def delete_server(self, name: str) -> Change:
         self.calls.append(f"delete {name}")
         return Change("server", name, "deleted" if self.servers.pop(name, None) else "unchanged")
+
+    # -- Upgrades ---------------------------------------------------------------------------------
+
+    def upgrade_available(self, major: str) -> str | None:
+        return None if str(major) in self.upgradable else f"no PostgreSQL {major} in this fake"
+
+    def extension_available(self, extension: str, major: str) -> bool:
+        return extension not in self.missing_extensions.get(str(major), set())
+
+    def upgrade_copy(self, name: str, major: str) -> dict:
+        if name not in self.servers:
+            raise TargetError(f"upgrade: no restored server {name}")
+        self.calls.append(f"upgrade {name} to {major}")
+        return {"from": "14.0", "to": f"{major}.0", "seconds": {"check": 0.1, "upgrade": 0.2}}
+
+    def upgrade_under_way(self) -> str | None:
+        return None
+
+    def upgrade_in_place(self, major: str) -> dict:
+        self.calls.append(f"upgrade the servers to {major}")
+        return {"from": "14.0", "to": f"{major}.0", "seconds": {"upgrade": 0.2}, "downtime_seconds": 0.3,
+                "rollback": "the old folder", "resumed": False}
 
     # -- Telemetry ------------------------------------------------------------------------------
 

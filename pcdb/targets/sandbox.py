@@ -22,7 +22,7 @@ from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import SandboxError, TargetError
 from pcdb.process import machine_memory
-from pcdb.sandbox import Sandbox
+from pcdb.sandbox import Sandbox, builds, proc
 from pcdb.sandbox.engine import HA_NODES, REPLICA, REPLICATION_USER
 from pcdb.sandbox.node import Node
 from pcdb.sql import query
@@ -31,6 +31,7 @@ from pcdb.targets.base import (
     STALL_REPLICA,
     STORAGE_GUARD,
     SYNC_STANDBY_VISIBLE,
+    UPGRADE_COPY,
     BackupInfo,
     BackupStatus,
     Endpoint,
@@ -87,7 +88,7 @@ class SandboxTarget:
 
     poll_seconds = 0.2  # local servers answer in milliseconds
 
-    capabilities = frozenset({STALL_REPLICA, READ_SERVER_LOG, STORAGE_GUARD, SYNC_STANDBY_VISIBLE})
+    capabilities = frozenset({STALL_REPLICA, READ_SERVER_LOG, STORAGE_GUARD, SYNC_STANDBY_VISIBLE, UPGRADE_COPY})
 
     def __init__(self, env: Environment, sandbox: Sandbox | None = None):
         self.env = env
@@ -352,7 +353,6 @@ class SandboxTarget:
         files = self._access_files()
         cidrs = files.pop("cidrs").split()
         changed: dict[str, list[str]] = {}
-        from pcdb.sandbox import proc
         for node in self.sandbox.nodes():
             for name, wanted in files.items():
                 path = node.data / name
@@ -430,6 +430,25 @@ class SandboxTarget:
 
     def delete_server(self, name: str) -> Change:
         return self.sandbox.delete_server(name)
+
+    # -- Upgrades ---------------------------------------------------------------------------
+
+    def upgrade_available(self, major: str) -> str | None:
+        return None if proc.bindir_of_major(str(major)) is not None else builds.why_not(str(major))
+
+    def extension_available(self, extension: str, major: str) -> bool:
+        found = proc.bindir_of_major(str(major))
+        return found is not None and (_sharedir(found) / "extension" / f"{extension}.control").exists()
+
+    def upgrade_copy(self, name: str, major: str) -> dict:
+        return self.sandbox.upgrade_restored(name, str(major))
+
+    def upgrade_under_way(self) -> str | None:
+        pending = self.sandbox.state.upgrade if self.sandbox.exists() else None
+        return pending["to"] if pending else None
+
+    def upgrade_in_place(self, major: str) -> dict:
+        return self.sandbox.upgrade(str(major))
 
     def failover(self, mode: Literal["planned", "forced"] = "planned") -> FailoverResult:
         r = self.sandbox.failover(mode)

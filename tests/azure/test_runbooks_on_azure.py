@@ -21,7 +21,7 @@ from pcdb.context import RunbookContext
 from pcdb.targets.factory import make_target
 from tests.azure.fake_arm import FakeCredential
 from tests.azure.sandbox_arm import SandboxArm
-from tests.conftest import Signers, new_sandbox_root, new_target, paused_run_id, phase_summaries
+from tests.conftest import Signers, new_sandbox_root, new_target, next_request, paused_run_id, phase_summaries
 
 pytestmark = pytest.mark.postgres
 ROLE_SECRETS = {"pcdb-prod-app-password": "App-Test-Passw0rd!1", "pcdb-prod-readonly-password": "Read-Test-Passw0rd!2",
@@ -266,7 +266,7 @@ def test_a_production_drill_without_confirmation_or_with_flag_approvals_changes_
 
 
 def test_a_production_drill_waits_for_an_approvers_signed_decision(on_azure, production):
-    from flows.runbook import answer, pending_request
+    from flows.runbook import answer
     from pcdb.decisions import Request
 
     arm = on_azure[1]
@@ -279,12 +279,12 @@ def test_a_production_drill_waits_for_an_approvers_signed_decision(on_azure, pro
     worker.start()
     run_id = paused_run_id()
     assert len(arm.writes) == writes                 # paused before anything changed
-    waiting = pending_request(run_id)
+    waiting = next_request(run_id)
     request = Request.from_json({k: waiting[k] for k in Request.__dataclass_fields__})
     typed = answer(run_id, waiting, "mallory", request.message("mallory"), "")      # a typed name, no signature
     assert typed["result"] == "refused" and "is not an owner" in typed["detail"]
     assert len(arm.writes) == writes                 # refused: nothing changed, the run waits on
-    waiting = pending_request(run_id)
+    waiting = next_request(run_id, waiting["attempt"])   # it asks again once it has paused again (polled)
     message = request.message(approver)
     accepted = answer(run_id, waiting, approver, message, signers.sign(approver, message), reason="quarterly drill")
     assert accepted["result"] == "accepted", accepted

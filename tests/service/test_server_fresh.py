@@ -53,7 +53,7 @@ def test_the_postgresql_backend_runs_the_server_on_a_cluster_of_its_own():
     try:
         pg.pcdb("server", "up", "--env", str(pg.spec))
         status = pg.json("server", "status", "--env", str(pg.spec))
-        assert status["backend"] == "postgresql" and len(status["deployments"]) == 13
+        assert status["backend"] == "postgresql" and len(status["deployments"]) == 14
         socket_dir = pg.home / "postgres" / "run"
         with psycopg.connect(host=str(socket_dir), port=pg.port + 1, user="prefect", dbname="prefect") as conn:
             names = {r[0] for r in conn.execute("SELECT name FROM deployment")}

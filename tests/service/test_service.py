@@ -89,7 +89,7 @@ def test_server_up_brings_up_a_worker_and_every_deployment_and_a_second_call_cha
     deployments = {d["name"]: d for d in status["deployments"]}
     assert set(deployments) == {"install-svc", "backup-verification-svc", "restore-test-svc", "dr-drill-svc",
                                 "maintenance-svc", "health-svc", "daily-checklist-svc", "capacity-svc",
-                                "sla-svc", "cost-svc", "incident-svc", "failover-svc", "recover-svc"}
+                                "sla-svc", "cost-svc", "incident-svc", "failover-svc", "recover-svc", "upgrade-svc"}
     assert deployments["health-svc"]["schedule"] == "manual"      # monitoring.health.every: 0s in these tests
     assert deployments["install-svc"]["schedule"] == "manual" and deployments["dr-drill-svc"]["next_runs"] == []
     daily = deployments["backup-verification-svc"]["next_runs"][0]

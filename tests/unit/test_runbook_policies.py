@@ -12,13 +12,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pcdb import backups, capacity, checklist, clock, cost, failover, health, install, maintenance, recovery, sla
+from pcdb import backups, capacity, checklist, clock, cost, failover, health, install, maintenance, recovery, sla, upgrade
 from pcdb.billing import DayCost
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError, TargetError
 from pcdb.runbooks import RUNBOOKS
-from pcdb.targets.base import BackupInfo, MaintenanceWindow, PlannedMaintenance, RoleView
+from pcdb.sql import query
+from pcdb.targets.base import BackupInfo, MaintenanceWindow, MetricsSample, PlannedMaintenance, RoleView
 from pcdb.targets.memory import MemoryPlane, MemoryTarget
 
 ENV = load_environment("local")
@@ -40,6 +41,7 @@ POLICIES = {
                  "test_a_region_failover_is_refused_while_the_primary_answers_and_done_once",
                  "test_a_failback_is_refused_while_the_region_is_down_then_brings_everything_back"],
     "recover": ["test_a_recovery_time_in_the_future_or_before_the_retention_is_refused_before_anything_is_made"],
+    "upgrade": ["test_each_upgrade_precheck_fails_on_what_pg_upgrade_or_azure_refuses_and_says_what_to_do"],
 }
 
 
@@ -321,3 +323,53 @@ def test_a_recovery_time_in_the_future_or_before_the_retention_is_refused_before
         recovery.check_time(target, ENV, datetime(2026, 3, 18, 9, 0))
     recovery.check_time(target, ENV, NOW - timedelta(hours=1))          # inside the retention: accepted
     assert fake.calls == [] and fake.servers == {}
+
+
+# -- upgrade ---------------------------------------------------------------------------------
+
+class Answers:
+    """A connection that answers pcdb's named queries (sql/upgrade.sql) with the rows given."""
+
+    def __init__(self, **rows):
+        self.rows = {query("upgrade.sql", name): value for name, value in rows.items()}
+
+    def execute(self, text, *args):
+        rows = self.rows[text]
+
+        class Cursor:
+            def fetchall(self):
+                return rows
+
+            def fetchone(self):
+                return rows[0]
+        return Cursor()
+
+
+def test_each_upgrade_precheck_fails_on_what_pg_upgrade_or_azure_refuses_and_says_what_to_do():
+    fake = MemoryTarget(ENV)
+    target = RoleView(fake, upgrade.PORT)
+    fake.sample = MetricsSample(NOW, 5, 900, 1000, 90.0, None, None, 0)
+    clean = Answers(server_major=[(14,)], installed_extensions=[("plpgsql", "1.0"), ("amcheck", "1.3")],
+                    reg_columns=[], prepared_transactions=[], logical_slots=[], databases_size=[(50,)])
+    passed = upgrade.prechecks(target, ENV, clean, 15, target)
+    assert [c.name for c in passed if not c.passed] == [] and len(passed) == 7
+
+    fake.missing_extensions = {"15": {"amcheck"}}
+    bad = Answers(server_major=[(14,)], installed_extensions=[("plpgsql", "1.0"), ("amcheck", "1.3")],
+                  reg_columns=[("product_change.t.fn", "regproc")], prepared_transactions=[("tx1", "app", "db", NOW)],
+                  logical_slots=[("cdc", "pgoutput", "db")], databases_size=[(500,)])
+    failed = {c.name: c for c in upgrade.prechecks(target, ENV, bad, 15, target) if not c.passed}
+    assert set(failed) == {"extensions exist for the target", "no reg* data types in user tables",
+                           "no prepared transactions", "no logical replication slots", "free storage"}
+    assert failed["extensions exist for the target"].details["fix"].startswith("DROP EXTENSION amcheck")
+    assert "product_change.t.fn (regproc)" in failed["no reg* data types in user tables"].evidence
+    assert "COMMIT PREPARED or ROLLBACK PREPARED" in failed["no prepared transactions"].details["fix"]
+    assert "Azure's upgrade refuses" in failed["no logical replication slots"].details["fix"]
+    assert "100 bytes free for 500 bytes" in failed["free storage"].evidence
+    assert all(c.details.get("fix") for c in failed.values())
+
+    older = {c.name: c for c in upgrade.prechecks(target, ENV, clean, 14, target)}
+    assert not older["target version"].passed and "not newer than 14" in older["target version"].evidence
+    absent = {c.name: c for c in upgrade.prechecks(target, ENV, clean, 17, target)}
+    assert absent["target version"].details["fix"] == "no PostgreSQL 17 in this fake"
+    assert fake.calls == []                                              # prechecks change nothing
