@@ -18,7 +18,7 @@ from pathlib import Path
 from pcdb import clock, crash
 from pcdb.errors import SandboxError
 from pcdb.sandbox import proc
-from pcdb.sandbox.core import HA_NODES, REPLICA, _now, exclusive
+from pcdb.sandbox.core import HA_NODES, REPLICA, _free_port, _now, exclusive
 from pcdb.sandbox.node import Node
 
 # What a data folder holds of the sandbox's own configuration: taken into the upgraded one.
@@ -40,10 +40,11 @@ class Upgrades:
             raise SandboxError(builds.why_not(str(major)))
         return found
 
-    def _pg_upgrade(self, old: Node, new_bindir, major: str) -> dict[str, float]:
-        """pg_upgrade of the stopped ``old`` into ``<home>/data.upgrading`` (initdb'd as the sandbox
-        makes a node, --check first), with the configuration taken over. The old folder is left
-        as it was; the caller swaps the folders."""
+    def _pg_upgrade(self, old: Node, new_bindir, major: str, stop=None) -> dict[str, float]:
+        """pg_upgrade of ``old`` into ``<home>/data.upgrading`` (initdb'd as the sandbox makes a
+        node, --check first), with the configuration taken over. ``old`` is stopped, or ``stop()``
+        stops it between the check and the upgrade. The old folder is left as it was; the caller
+        swaps the folders."""
         upgrading = old.home / "data.upgrading"
         shutil.rmtree(upgrading, ignore_errors=True)      # a killed upgrade's half-made cluster
         work = old.home / "pg_upgrade"
@@ -56,10 +57,15 @@ class Upgrades:
                   "--locale=C.UTF-8", "--data-checksums", "--auth-local=trust", "--auth-host=scram-sha-256", "-N"],
                  timeout=120, what=f"initdb {major} for {old.name}")
         seconds["initdb"] = round(time.monotonic() - started, 3)
+        # The new cluster runs on a port of its own while pg_upgrade checks: with ``stop`` the old
+        # server is still running then (pg_upgrade's live check), and it is stopped only for the
+        # upgrade itself, so initdb and the check are not part of the downtime.
         command = [str(new_bindir / "pg_upgrade"), "-b", str(old.bindir), "-B", str(new_bindir), "-d", str(old.data),
                    "-D", str(upgrading), "-U", self.admin_user, "-s", str(old.run_dir), "-p", str(old.port),
-                   "-P", str(old.port)]
+                   "-P", str(_free_port(self.state.port_taken() | {old.port}))]
         for part, extra in (("check", ["--check"]), ("upgrade", [])):
+            if not extra and stop is not None:
+                stop()
             started = time.monotonic()
             proc.run(command + extra, timeout=3600, what=f"pg_upgrade{' --check' if extra else ''} of {old.name} "
                      f"to {major}", output=work / "pg_upgrade.log", cwd=work)
@@ -146,12 +152,18 @@ class Upgrades:
                        old_bindir)
         down_from = None
         if intent["step"] == "stopping":
-            for name in (REPLICA, *[n for n in HA_NODES if n != primary.name]):
-                self.node(name).stop("fast", timeout=60)
-            down_from = time.monotonic()
-            primary.stop("fast", timeout=120)
-            crash.point("upgrade:stopped")
-            seconds |= self._pg_upgrade(primary, new_bindir, intent["to"])
+            stopped: dict[str, float] = {}
+
+            def stop() -> None:
+                for name in (REPLICA, *[n for n in HA_NODES if n != primary.name]):
+                    self.node(name).stop("fast", timeout=60)
+                stopped["at"] = time.monotonic()
+                primary.stop("fast", timeout=120)
+                crash.point("upgrade:stopped")
+            # initdb and pg_upgrade --check while the old primary still serves (a resumed
+            # upgrade whose primary is already stopped checks it stopped).
+            seconds |= self._pg_upgrade(primary, new_bindir, intent["to"], stop=stop)
+            down_from = stopped["at"]
             crash.point("upgrade:upgraded")
             intent["step"] = "swapping"
             self.save()
