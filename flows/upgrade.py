@@ -49,7 +49,7 @@ def upgrade_major(to: int, env: str = "local", spec_path: str | None = None, reh
                                                       "finished_an_interrupted_upgrade": True})
         def read_prechecks():
             with ctx.connect() as conn:
-                return upgrade.prechecks(ctx.target, spec, conn, to, ctx.target)
+                return upgrade.prechecks(ctx.target, spec, conn, to)
         found = step(f"prechecks of the upgrade to {to}", read_prechecks, retry=True)
         failed = [c for c in found if not c.passed]
         result = {"to": to, "prechecks": [c.as_dict() for c in found], "rehearsal": None}

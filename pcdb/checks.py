@@ -76,6 +76,13 @@ def check_connection(conn: psycopg.Connection, env: Environment) -> CheckResult:
 PROBE_USER = "pcdb_tls_probe"   # a role no server has: the probe carries no real credential
 
 
+def server_checks(conn: psycopg.Connection, env: Environment) -> list[CheckResult]:
+    """Phase 7's checks of one server over one connection: TLS, the schema's objects, the sample
+    inserts and their index, pg_stat_statements (the install's, and the upgrade rehearsal's copy)."""
+    return [check_connection(conn, env), *check_schema_objects(conn, env),
+            check_sample_inserts_use_index(conn, env), check_pg_stat_statements(conn)]
+
+
 def check_non_tls_refused(endpoint: Endpoint) -> CheckResult:
     """R-SEC-4: a connection without TLS is refused (tried for real, with no real credential).
 

@@ -270,10 +270,7 @@ def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
     passwords = ctx.role_passwords()
     results: list[checks.CheckResult] = []
     with ctx.connect() as conn:
-        results.append(checks.check_connection(conn, env))
-        results += checks.check_schema_objects(conn, env)
-        results.append(checks.check_sample_inserts_use_index(conn, env))
-        results.append(checks.check_pg_stat_statements(conn))
+        results += checks.server_checks(conn, env)
         results.append(checks.check_storage(conn, env, target))
     results.append(checks.check_non_tls_refused(endpoint))
 

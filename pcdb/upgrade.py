@@ -50,8 +50,7 @@ def _check(name: str, passed: bool, evidence: str, fix: str | None = None, **det
     return CheckResult(name, REQUIREMENT, passed, evidence, {**details, **({"fix": fix} if not passed and fix else {})})
 
 
-def prechecks(target: Upgrades, env: Environment, conn: psycopg.Connection, to: int,
-              telemetry: Telemetry | None = None) -> list[CheckResult]:
+def prechecks(target: UpgradeTarget, env: Environment, conn: psycopg.Connection, to: int) -> list[CheckResult]:
     """Everything pg_upgrade and Azure's upgrade refuse, read from the running primary (``conn``)."""
     current = conn.execute(query("upgrade.sql", "server_major")).fetchone()[0]
     results = []
@@ -94,14 +93,13 @@ def prechecks(target: Upgrades, env: Environment, conn: psycopg.Connection, to: 
             "upgrade: Azure's upgrade refuses a server that has one", slots=[s for s, *_ in slots]))
 
     size = conn.execute(query("upgrade.sql", "databases_size")).fetchone()[0]
-    if telemetry is not None:
-        sample = telemetry.metrics()
-        free = sample.storage_quota_bytes - sample.storage_used_bytes
-        results.append(_check(
-            "free storage", free >= size,
-            f"{free} bytes free for {size} bytes of databases (pg_upgrade in copy mode writes them again)",
-            fix="grow the storage (R-SYS-2's autogrow, or the spec's storage size) or free space before the "
-                "upgrade", free_bytes=free, databases_bytes=size))
+    sample = target.metrics()
+    free = sample.storage_quota_bytes - sample.storage_used_bytes
+    results.append(_check(
+        "free storage", free >= size,
+        f"{free} bytes free for {size} bytes of databases (pg_upgrade in copy mode writes them again)",
+        fix="grow the storage (R-SYS-2's autogrow, or the spec's storage size) or free space before the "
+            "upgrade", free_bytes=free, databases_bytes=size))
 
     removed = {name: why for major in range(current + 1, to + 1)
                for name, why in REMOVED_PARAMETERS.get(major, {}).items()}
@@ -157,7 +155,7 @@ class Rehearsal:
                 "detail": self.detail}
 
 
-def rehearse(target: Upgrades, env: Environment, to: int, connect_source: Callable,
+def rehearse(target: UpgradeTarget, env: Environment, to: int, connect_source: Callable,
              connect_restored: Callable[[Endpoint], AbstractContextManager[psycopg.Connection]],
              step: Steps | None = None) -> Rehearsal:
     """Restore the latest backup to a throw-away server, upgrade it to ``to``, prove it."""
@@ -174,9 +172,7 @@ def rehearse(target: Upgrades, env: Environment, to: int, connect_source: Callab
 
         def one_server_checks() -> list[CheckResult]:
             with connect_restored(endpoint) as conn:
-                return [checks.check_connection(conn, env), *checks.check_schema_objects(conn, env),
-                        checks.check_sample_inserts_use_index(conn, env), checks.check_pg_stat_statements(conn),
-                        checks.check_non_tls_refused(endpoint)]
+                return [*checks.server_checks(conn, env), checks.check_non_tls_refused(endpoint)]
         result.checks = [c.as_dict() for c in step("Phase 7's checks of one server on the copy", one_server_checks)]
         return endpoint
 

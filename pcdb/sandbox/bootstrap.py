@@ -127,7 +127,8 @@ class NodeMaker:
 
     def _ensure_scripts(self) -> None:
         script = self.root / "bin" / "archive.sh"
-        proc.write_file(script, ARCHIVE_SCRIPT, mode=0o755)
+        # Run only by the servers (their user owns it): nobody else reads or runs it.
+        proc.write_file(script, ARCHIVE_SCRIPT, mode=0o700)
 
     def _archive_command(self) -> str:
         a, g = self.archive_dirs

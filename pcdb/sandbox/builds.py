@@ -200,7 +200,7 @@ def _add_tools(tools: Tools, bin_dir: Path, timeout: float, url: str | None) -> 
             except KeyError:
                 raise SandboxError(f"{source} has no postgresql/bin/{program}") from None
             (bin_dir / program).write_bytes(content)
-            os.chmod(bin_dir / program, 0o755)
+            os.chmod(bin_dir / program, 0o755)   # a public program the server user runs: no secret in it
 
 
 def install(major: str, client_bindir: Path, url: str | None = None, timeout: float = 300,

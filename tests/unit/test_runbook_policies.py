@@ -351,14 +351,14 @@ def test_each_upgrade_precheck_fails_on_what_pg_upgrade_or_azure_refuses_and_say
     fake.sample = MetricsSample(NOW, 5, 900, 1000, 90.0, None, None, 0)
     clean = Answers(server_major=[(14,)], installed_extensions=[("plpgsql", "1.0"), ("amcheck", "1.3")],
                     reg_columns=[], prepared_transactions=[], logical_slots=[], databases_size=[(50,)])
-    passed = upgrade.prechecks(target, ENV, clean, 15, target)
+    passed = upgrade.prechecks(target, ENV, clean, 15)
     assert [c.name for c in passed if not c.passed] == [] and len(passed) == 7
 
     fake.missing_extensions = {"15": {"amcheck"}}
     bad = Answers(server_major=[(14,)], installed_extensions=[("plpgsql", "1.0"), ("amcheck", "1.3")],
                   reg_columns=[("product_change.t.fn", "regproc")], prepared_transactions=[("tx1", "app", "db", NOW)],
                   logical_slots=[("cdc", "pgoutput", "db")], databases_size=[(500,)])
-    failed = {c.name: c for c in upgrade.prechecks(target, ENV, bad, 15, target) if not c.passed}
+    failed = {c.name: c for c in upgrade.prechecks(target, ENV, bad, 15) if not c.passed}
     assert set(failed) == {"extensions exist for the target", "no reg* data types in user tables",
                            "no prepared transactions", "no logical replication slots", "free storage"}
     assert failed["extensions exist for the target"].details["fix"].startswith("DROP EXTENSION amcheck")
@@ -368,8 +368,8 @@ def test_each_upgrade_precheck_fails_on_what_pg_upgrade_or_azure_refuses_and_say
     assert "100 bytes free for 500 bytes" in failed["free storage"].evidence
     assert all(c.details.get("fix") for c in failed.values())
 
-    older = {c.name: c for c in upgrade.prechecks(target, ENV, clean, 14, target)}
+    older = {c.name: c for c in upgrade.prechecks(target, ENV, clean, 14)}
     assert not older["target version"].passed and "not newer than 14" in older["target version"].evidence
-    absent = {c.name: c for c in upgrade.prechecks(target, ENV, clean, 17, target)}
+    absent = {c.name: c for c in upgrade.prechecks(target, ENV, clean, 17)}
     assert absent["target version"].details["fix"] == "no PostgreSQL 17 in this fake"
     assert fake.calls == []                                              # prechecks change nothing
