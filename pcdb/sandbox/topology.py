@@ -81,8 +81,13 @@ class Topology:
         if node.is_running():
             if (node.data / "promote.signal").exists():
                 node.wait(lambda: not (node.data / "promote.signal").exists(), "promotion", self.timeout)
-            with node.connect(self.admin_user, timeout=5) as conn:
-                return not conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]
+            try:
+                with node.connect(self.admin_user, timeout=5) as conn:
+                    return not conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]
+            except SandboxError:
+                if node.is_running():
+                    raise
+                # it died between the two looks (killed, not yet reaped when pg_ctl looked): its files say
         return not (node.data / "standby.signal").exists()
 
     @exclusive

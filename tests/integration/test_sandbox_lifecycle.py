@@ -79,8 +79,8 @@ def test_after_a_crash_up_restarts_the_servers_and_keeps_the_data(fresh_target):
     for node in fresh_target.sandbox.nodes():          # kill -9 every postmaster: a power cut
         pid = int((node.data / "postmaster.pid").read_text().splitlines()[0])
         os.kill(pid, signal.SIGKILL)
-    primary = fresh_target.sandbox.primary()
-    primary.wait(lambda: not primary.is_running(), "postmaster gone", 10)
+    for node in fresh_target.sandbox.nodes():
+        node.wait(lambda node=node: not node.is_running(), "postmaster gone", 10)
 
     changes = [*fresh_target.ensure_server(), fresh_target.ensure_replica()]
     assert [c.action for c in changes if c.resource == "server"] == ["started"] * 3
