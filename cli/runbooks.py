@@ -356,25 +356,41 @@ def upgrade_command(to: Annotated[int, typer.Option("--to", help="the PostgreSQL
                     rehearse: Annotated[bool, typer.Option(
                         "--rehearse", help="the prechecks and the rehearsal only: nothing of the environment "
                                            "changes")] = False,
+                    without_rehearsal: Annotated[bool, typer.Option(
+                        "--without-rehearsal", help="production only: upgrade although no rehearsal of the same "
+                                                    "upgrade passed in the last 7 days; the decision you sign says "
+                                                    "so")] = False,
                     as_json: JsonOption = False) -> None:
     """The major version upgrade (#27): prechecks (each failing one says what to do; nothing
-    changes), a rehearsal on a copy restored from the latest backup and upgraded with pg_upgrade,
-    then the servers themselves (the sandbox: the primary with pg_upgrade, the standby and the
-    replica copied afresh; production waits for a signed decision). Azure's in-place upgrade is
-    not automated yet: there the run stops with what to do."""
+    changes), a rehearsal on a copy restored from the latest backup and upgraded (the sandbox:
+    pg_upgrade; Azure: its own in-place upgrade of the copy), then the servers themselves, under a
+    probe writer on the application's path, and Phase 7's checks after. On production the upgrade
+    relies on a passing rehearsal from the last 7 days (`--rehearse` makes one) and waits for a
+    signed decision."""
     from flows.upgrade import upgrade_major
 
-    result = run_runbook(env, upgrade_major, f"the upgrade to {to} failed", to=to, rehearse_only=rehearse)
+    if rehearse and without_rehearsal:
+        raise PcdbError("--rehearse and --without-rehearsal exclude each other: rehearse, or upgrade without one")
+    result = run_runbook(env, upgrade_major, f"the upgrade to {to} failed", to=to, rehearse_only=rehearse,
+                         without_rehearsal=without_rehearsal)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
     for c in result["prechecks"]:
         out.print(f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['evidence']}", highlight=False, markup=False)
     r = result["rehearsal"]
-    out.print(f"rehearsal: {r['from_version']} to {r['to_version']} passed in {r['seconds']} s (pg_upgrade "
-              f"{r['pg_upgrade_seconds']}, ANALYZE {r['analyze_seconds']} s)", highlight=False, markup=False)
+    if r and "run_id" in r:
+        out.print(f"rehearsal relied on: run {r['run_id']} ({r['ended_at']}), {r['from_version']} to "
+                  f"{r['to_version']} in {r['seconds']} s", highlight=False, markup=False)
+    elif r:
+        out.print(f"rehearsal: {r['from_version']} to {r['to_version']} passed in {r['seconds']} s (upgrade "
+                  f"{r['pg_upgrade_seconds']}, ANALYZE {r['analyze_seconds']} s)", highlight=False, markup=False)
     done = result.get("upgrade")
     if done:
-        out.print(f"upgraded: {done['from']} to {done['to']}, downtime {done['downtime_seconds']} s; rollback: "
+        out.print(f"upgraded: {done['from']} to {done['to']}, downtime through the application's path "
+                  f"{done['downtime_seconds']} s, acknowledged rows lost {done['probe_rows_lost']}; rollback: "
                   f"{done['rollback']}", highlight=False, markup=False)
+        failed = [c["name"] for c in result.get("checks", []) if not c["passed"]]
+        out.print(f"Phase 7's checks: {len(result.get('checks', [])) - len(failed)}/{len(result.get('checks', []))} "
+                  "passed", highlight=False, markup=False)
     out.print(f"report: {result['report']}", highlight=False)

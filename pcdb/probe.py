@@ -64,6 +64,10 @@ class ProbeWriter:
         with psycopg.connect(conninfo or self.conninfo, autocommit=True) as conn:
             conn.execute(psql.SQL(query("probe.sql", "drop_probe_table")).format(table=self.table))
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self) -> ProbeWriter:
         self.create_table()
         self._thread.start()

@@ -120,10 +120,12 @@ RUNBOOKS: tuple[Runbook, ...] = (
         ui="Custom run: to, tables, where; the approval in the run page"),
     Runbook("upgrade", "flows.upgrade:upgrade_major", "pcdb upgrade", "upgrade", (
         Deployment("upgrade", "The major version upgrade (#27), by hand only: prechecks, a rehearsal on a copy "
-                              "restored from the latest backup and upgraded with pg_upgrade, then (rehearse_only "
-                              "off) the servers themselves, after a signed decision on production. Azure's "
-                              "in-place upgrade is not automated yet.", {"rehearse_only": True}),),
-        timedelta(hours=6), mutating=True, approval="production", ui="Custom run: to"),
+                              "restored from the latest backup and upgraded (sandbox: pg_upgrade; Azure: its own "
+                              "in-place upgrade), then (rehearse_only off) the servers themselves under a probe "
+                              "writer, and Phase 7 after. Production: a passing rehearsal of the last 7 days and a "
+                              "signed decision.", {"rehearse_only": True}),),
+        timedelta(hours=6), mutating=True, approval="production",
+        ui="Custom run: to, rehearse_only, without_rehearsal; the decision in the run page"),
 )
 
 BY_NAME = {r.name: r for r in RUNBOOKS}

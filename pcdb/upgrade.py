@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import psycopg
@@ -22,6 +23,7 @@ from psycopg import sql as psql
 from pcdb import backups, checks
 from pcdb.checks import CheckResult
 from pcdb.config import Environment
+from pcdb.probe import ProbeWriter
 from pcdb.sql import query
 from pcdb.steps import Steps
 from pcdb.targets.base import Backups, Connection, Endpoint, Provisioning, Telemetry, Upgrades, throwaway_name
@@ -62,13 +64,12 @@ def prechecks(target: UpgradeTarget, env: Environment, conn: psycopg.Connection,
         fix=why_not if why_not else f"choose a major newer than {current}", current=current, to=to))
 
     extensions = conn.execute(query("upgrade.sql", "installed_extensions")).fetchall()
-    missing = [name for name, _ in extensions if not target.extension_available(name, str(to))]
+    problems = {name: why for name, _ in extensions if (why := target.extension_problem(name, str(to)))}
     results.append(_check(
-        "extensions exist for the target", not missing,
+        "extensions exist for the target", not problems,
         f"{len(extensions)} installed in {env.service.database} ({', '.join(n for n, _ in extensions)}); "
-        + (f"not available for {to}: {', '.join(missing)}" if missing else f"each available for {to}"),
-        fix=f"DROP EXTENSION {', '.join(missing)} (and what depends on it) or find a build of it for {to}; "
-            "then run the upgrade again", missing=missing))
+        + (f"not carried to {to}: {', '.join(problems)}" if problems else f"each available for {to}"),
+        fix="; ".join(f"{name}: {why}" for name, why in problems.items()), missing=sorted(problems)))
 
     reg = conn.execute(query("upgrade.sql", "reg_columns")).fetchall()
     results.append(_check(
@@ -188,3 +189,71 @@ def rehearse(target: UpgradeTarget, env: Environment, to: int, connect_source: C
                      + (f" (failed: {', '.join(failed)})" if failed else "") + f"; {tested.detail}"
                      if result.upgraded_to else tested.detail)
     return result
+
+
+# -- the rule on production: a passing rehearsal of the same upgrade, from the last 7 days ------
+
+REHEARSAL_VALID = timedelta(days=7)
+
+
+def recent_rehearsal(rows: list[dict], environment: str, to: int, current: int, now: datetime) -> dict | None:
+    """The newest ledger row (``rows``: the upgrade runbook's, newest first) of a rehearsal that
+    passed on ``environment``, from ``current`` to ``to``, within REHEARSAL_VALID of ``now``:
+    what the upgrade's signed plan names; None when there is none."""
+    for row in rows:
+        figures = row.get("figures") or {}
+        ended = row.get("ended_at")
+        if (row.get("environment") == environment and figures.get("to") == to
+                and figures.get("rehearsal_passed") is True and ended is not None and now - ended <= REHEARSAL_VALID
+                and str(figures.get("from_version") or "").split(".")[0] == str(current)):
+            return {"run_id": row["run_id"], "ended_at": ended.isoformat(), "passed": True,
+                    "from_version": figures.get("from_version"), "to_version": figures.get("to_version"),
+                    "seconds": figures.get("rehearsal_seconds"), "detail": figures.get("rehearsal_detail", "")}
+    return None
+
+
+class ApplicationProbe:
+    """A probe writer on the application's path across the upgrade: its downtime as the
+    application sees it (first failed write to the first one after it), and the acknowledged rows
+    the upgrade lost (read back after; there must be none). Its table is dropped after."""
+
+    def __init__(self, target: Connection, env: Environment, password: str, table: str, after_timeout: float = 300):
+        user = env.server.admin.user
+        self.path = lambda: target.endpoint("application").conninfo(user, password)
+        self.writer = ProbeWriter(self.path(), table=table, interval=0.05, resolve=self.path)
+        self.after_timeout = after_timeout
+        self.outage_seconds: float | None = None
+        self.lost: int | None = None
+        self.note = ""
+
+    def across(self, operation: Callable[[], dict]) -> dict:
+        try:
+            self.writer.start()
+            self.writer.wait_for_rows(3)
+        except (psycopg.Error, TimeoutError) as exc:   # e.g. a killed upgrade left the primary down
+            if self.writer.running:
+                self.writer.stop()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.note = f"the application's path took no write before the upgrade ({first}): no downtime measured"
+            return operation()
+        try:
+            return operation()
+        finally:
+            try:
+                self.writer.wait_for_rows(3, timeout=self.after_timeout)
+            except TimeoutError as exc:
+                self.note = f"the application's path took no write within {self.after_timeout:.0f} s after: {exc}"
+            measured = self.writer.stop()
+            self.outage_seconds = (round(measured.outage_seconds, 3) if measured.outage_seconds is not None
+                                   else 0.0 if measured.first_failure is None else None)
+            try:
+                self.lost = len(self.writer.missing(self.path()))
+                self.writer.drop_table(self.path())
+            except psycopg.Error as exc:
+                self.note += f" the probe's rows could not be read back: {str(exc).strip()}"
+
+    def figures(self) -> dict:
+        measured = self.writer.result
+        return {"downtime_seconds": self.outage_seconds, "probe_rows_acknowledged": len(measured.acknowledged),
+                "probe_rows_lost": self.lost, "probe_rows_in_doubt": len(measured.in_doubt),
+                **({"probe_note": self.note.strip()} if self.note else {})}

@@ -102,13 +102,25 @@ def plan_one(item: Desired, current: dict | None) -> PlanItem:
             continue
         if not _same(wanted, have.get(path)):
             changes[path] = {"current": have.get(path), "desired": wanted}
-            if path in IMMUTABLE.get(item.type, set()):
+            if item.type == "server" and path == "properties.version" and have.get(path) is not None:
+                conflicts.append(_version_conflict(str(wanted), str(have[path])))
+            elif path in IMMUTABLE.get(item.type, set()):
                 conflicts.append(f"{path} cannot change in place: {RESOLUTION.get(path, 'recreate it deliberately')}")
     if changes and item.type in CREATE_ONLY:
         conflicts.append(CREATE_ONLY[item.type])
     if conflicts:
         return PlanItem(item.type, item.name, item.id, "conflict", body, changes, tuple(conflicts + notes))
     return PlanItem(item.type, item.name, item.id, "update" if changes else "unchanged", body, changes, tuple(notes))
+
+
+def _version_conflict(wanted: str, have: str) -> str:
+    """A PUT never changes a server's major: up is `pcdb upgrade` (prechecks, a rehearsal, a signed
+    decision), and down does not exist in place."""
+    if int(wanted.split(".")[0]) < int(have.split(".")[0]):
+        return (f"the server runs PostgreSQL {have} (upgraded) and the spec still says {wanted}: the spec's version is "
+                f"out of date: edit server.version to \"{have}\"")
+    return (f"the spec says PostgreSQL {wanted} and the server runs {have}: a major version upgrade is not a change "
+            f"a plan applies: run `pcdb upgrade --to {wanted}` (prechecks, a rehearsal, a signed decision)")
 
 
 ZONES = ("properties.availabilityZone", "properties.highAvailability.standbyAvailabilityZone")

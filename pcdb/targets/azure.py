@@ -22,6 +22,7 @@ from pcdb.errors import TargetError
 from pcdb.paths import AZURE_ROOTS
 from pcdb.targets.base import (
     STORAGE_GUARD,
+    UPGRADE_COPY,
     BackupInfo,
     BackupStatus,
     Endpoint,
@@ -47,12 +48,18 @@ KINDS = {
 }
 
 
+def _text(value) -> str:
+    """An SDK enum's value as Azure writes it ("Ready", "15"), not the Python name."""
+    return str(getattr(value, "value", value))
+
+
 class AzureTarget:
     """Implements :class:`~pcdb.targets.base.Target` with the Azure SDK."""
 
     # Azure makes a server read-only at 95 % storage by itself; it gives no way to stall a replica,
-    # and its server logs are in Log Analytics, not readable here.
-    capabilities = frozenset({STORAGE_GUARD})
+    # and its server logs are in Log Analytics, not readable here. A restored copy is upgraded by
+    # Azure's own in-place upgrade (the rehearsal).
+    capabilities = frozenset({STORAGE_GUARD, UPGRADE_COPY})
 
     def __init__(self, env: Environment, clients: AzureClients, subscription: str,
                  admin_password: Callable[[], str], timeout: float = 3600,
@@ -275,7 +282,20 @@ class AzureTarget:
         self._call("delete", name, lambda: pg.servers.begin_delete(self.rg, name))
         return Change("server", name, "deleted")
 
-    # -- Upgrades (#27): the in-place major version upgrade is not built yet -------------------
+    # -- Upgrades (#27): Azure's in-place major version upgrade, through ARM ----------------------
+    #
+    # Microsoft's "Major version upgrades in Azure Database for PostgreSQL" (learn.microsoft.com,
+    # configure-maintain/concepts-major-version-upgrade, 2026-04-08) and the CLI's
+    # `az postgres flexible-server upgrade` (a PATCH of properties.version alone): Azure runs its
+    # own precheck and refuses a server with a read replica, a logical replication slot, an event
+    # trigger, a view on pg_stat_activity, or one of the extensions below; it stops the server,
+    # takes a backup, runs pg_upgrade, and on failure puts the server back from that backup; HA is
+    # disabled for the upgrade and enabled again after. There is no way back in place after a
+    # successful upgrade: a point-in-time restore to before it, into a new server, is the rollback.
+    UPGRADE_TAG = "pcdb-upgrade"       # the intent, on the server itself: it outlives this machine
+    UPGRADE_BLOCKING = frozenset({"timescaledb", "postgres_fdw", "session_variable", "pg_hint_plan", "plv8"})
+    UPGRADE_BLOCKING_FROM_17 = frozenset({"age", "azure_ai", "hll", "pg_diskann", "pgrouting"})
+    UPGRADE_RECREATED = frozenset({"pg_repack", "hypopg"})   # "dropped and re-created after the upgrade by design"
 
     def upgrade_available(self, major: str) -> str | None:
         """Azure upgrades in place to any later major it supports (its version policy: not a
@@ -289,23 +309,148 @@ class AzureTarget:
             return f"PostgreSQL {major} is in preview on Azure: not a target for a production upgrade"
         return None
 
-    def extension_available(self, extension: str, major: str) -> bool:  # noqa: ARG002 - the allow-list is one
-        """Azure creates only what azure.extensions allow-lists (pcdb writes the runbooks' own); the
-        per-version table of Azure's extensions is not stored here."""
+    def extension_problem(self, extension: str, major: str) -> str | None:
+        """Azure's rules for an extension across its in-place upgrade (above); pcdb's spec
+        allow-lists only the runbooks' own (azure.extensions)."""
         from pcdb.azure.desired import RUNBOOK_EXTENSIONS
 
-        return extension == "plpgsql" or extension in RUNBOOK_EXTENSIONS
+        if extension in self.UPGRADE_BLOCKING or (int(major) >= 17 and extension in self.UPGRADE_BLOCKING_FROM_17):
+            return (f"Azure's in-place upgrade refuses a server that has it: DROP EXTENSION {extension} before the "
+                    f"upgrade and create it again after, if PostgreSQL {major} on Azure supports it")
+        if extension in self.UPGRADE_RECREATED:
+            return (f"Azure's upgrade does not carry it: DROP EXTENSION {extension} before the upgrade and "
+                    "CREATE EXTENSION it after")
+        if extension != "plpgsql" and extension not in RUNBOOK_EXTENSIONS:
+            return (f"not in the spec's azure.extensions allow-list ({', '.join(RUNBOOK_EXTENSIONS)}): pcdb cannot "
+                    f"vouch for it on {major}: drop it, or allow-list it and check Azure's extension table for {major}")
+        return None
+
+    def _update_version(self, name: str, major: str) -> float:
+        """Azure's in-place upgrade of ``name`` (its version, alone in the PATCH); the seconds ARM took."""
+        import time
+
+        from azure.mgmt.postgresqlflexibleservers import models as m
+
+        pg = self.clients.postgres
+        started = time.monotonic()
+        self._call("upgrade", f"{name} to PostgreSQL {major}",
+                   lambda: pg.servers.begin_update(self.rg, name, m.ServerForPatch(version=str(major))))
+        return round(time.monotonic() - started, 3)
 
     def upgrade_copy(self, name: str, major: str) -> dict:
-        raise TargetError(f"the rehearsal of {name}'s upgrade to {major} on Azure (a point-in-time restore "
-                          "upgraded in place by Azure) is not built yet: rehearse on the sandbox")
+        """The rehearsal's upgrade: Azure's own in-place upgrade of the restored copy, so Azure's
+        precheck and pg_upgrade both run on the same data before production's turn."""
+        if name in (self.env.server.name, self.env.replica.name):
+            raise TargetError(f"{name} is part of the production topology: the rehearsal upgrades only a restored copy")
+        before = _text(self._server(name).version)
+        seconds = self._update_version(name, major)
+        return {"from": before, "to": _text(self._server(name).version), "seconds": {"version update": seconds}}
+
+    def _upgrade_intent(self, server=None) -> dict | None:
+        server = server or self._server(self.env.server.name)
+        raw = (server.tags or {}).get(self.UPGRADE_TAG)
+        return dict(part.split("=", 1) for part in raw.split(";")) if raw else None
+
+    def _write_intent(self, intent: dict | None) -> None:
+        """The upgrade's intent as a tag of the primary (written before each step; removed at the end)."""
+        from azure.mgmt.postgresqlflexibleservers import models as m
+
+        name = self.env.server.name
+        tags = {k: v for k, v in (self._server(name).tags or {}).items() if k != self.UPGRADE_TAG}
+        if intent:
+            tags[self.UPGRADE_TAG] = ";".join(f"{k}={v}" for k, v in intent.items())
+        pg = self.clients.postgres
+        self._call("record the upgrade's step on", name,
+                   lambda: pg.servers.begin_update(self.rg, name, m.ServerForPatch(tags=tags)))
 
     def upgrade_under_way(self) -> str | None:
-        return None               # nothing of Azure's upgrade is automated yet
+        intent = self._upgrade_intent()
+        return intent["to"] if intent else None
+
+    def upgrade_steps(self, major: str) -> list[str]:
+        server, replica = self.env.server.name, self.env.replica.name
+        return [f"record the rollback point on {server} (tag {self.UPGRADE_TAG}): the time now, and the server a "
+                "point-in-time restore to it would create",
+                f"delete the read replica {replica} (Azure's upgrade refuses a server that has one): no DR copy "
+                "until it is created again",
+                f"update {server}'s version to {major} through ARM: Azure's precheck, its backup, pg_upgrade; HA "
+                "off during it and on again after; the application's writes measured across it",
+                f"create the read replica {replica} again from the upgraded primary",
+                "the spec's parameters, ALTER EXTENSION ... UPDATE, ANALYZE, and Phase 7's checks"]
+
+    def rollback_procedure(self, intent: dict) -> str:
+        return (f"Azure keeps no way back in place after a successful upgrade. Restore the server as it was "
+                f"before: a point-in-time restore to {intent['rollback_time']} into a new server "
+                f"{intent['rollback_server']} (az postgres flexible-server restore --resource-group {self.rg} "
+                f"--name {intent['rollback_server']} --source-server {self.env.server.name} --restore-time "
+                f"{intent['rollback_time']}), check it, then point the application at it "
+                f"(PostgreSQL {intent['from']}). A failed upgrade is put back by Azure itself from the backup "
+                "it takes first: read the server's version and state")
 
     def upgrade_in_place(self, major: str) -> dict:
-        raise TargetError(f"Azure's in-place upgrade of {self.env.server.name} to {major} (the server's version "
-                          "through ARM) is not automated by this pcdb yet: docs/operations/upgrade.md")
+        """Azure's in-place upgrade of the primary, intent first (a tag on the server): the
+        rollback point recorded, the read replica deleted (Azure refuses a server that has one),
+        the version PATCH, then the replica created again from the upgraded primary. Killed
+        halfway, the next call reads the tag and goes on from its step. Refused or failed, the
+        replica is created again on the old version, the tag removed, and the error says Azure's
+        state and the rollback procedure."""
+        import time
+
+        name = self.env.server.name
+        server = self._server(name)
+        intent = self._upgrade_intent(server)
+        resumed = intent is not None
+        if intent and intent["to"] != str(major):
+            raise TargetError(f"an upgrade of {name} to {intent['to']} is under way (tag {self.UPGRADE_TAG}): finish it "
+                              f"first (pcdb upgrade --to {intent['to']})")
+        if intent is None:
+            if _text(server.version).split(".")[0] == str(major):
+                return {"from": server.version, "to": server.version, "seconds": {}, "downtime_seconds": None,
+                        "rollback": "nothing to roll back: the server already runs this major", "resumed": False,
+                        "replica": "unchanged"}
+            at = clock.now().replace(microsecond=0)
+            intent = {"to": str(major), "from": _text(server.version), "step": "replica",
+                      "rollback_time": at.isoformat().replace("+00:00", "Z"),
+                      "rollback_server": f"{name}-pre{major}-{at:%Y%m%d%H%M}"[:63]}
+            self._write_intent(intent)
+        seconds: dict[str, float] = {}
+        if intent["step"] == "replica":
+            started = time.monotonic()
+            if self._replica_server() is not None:
+                pg = self.clients.postgres
+                self._call("delete the read replica (Azure's upgrade refuses a server that has one)",
+                           self.env.replica.name, lambda: pg.servers.begin_delete(self.rg, self.env.replica.name))
+            seconds["replica deleted"] = round(time.monotonic() - started, 3)
+            intent["step"] = "version"
+            self._write_intent(intent)
+        failure = None
+        if intent["step"] == "version":
+            if _text(self._server(name).version).split(".")[0] != str(major):
+                try:
+                    seconds["version update"] = self._update_version(name, major)
+                except TargetError as exc:
+                    failure = exc
+            intent["step"] = "recreate"
+            self._write_intent(intent)
+        started = time.monotonic()
+        replica = "created again from it"
+        try:
+            self.ensure_replica()       # from the primary as it is now: upgraded, or put back by Azure
+        except TargetError as exc:
+            if failure is None:
+                raise                   # the tag stays at "recreate": the next run creates it
+            replica = f"NOT created again: {exc}; `pcdb install` creates it"
+        seconds["replica created"] = round(time.monotonic() - started, 3)
+        after = self._server(name)
+        if failure is not None:
+            self._write_intent(None)    # nothing left to finish: Azure refused, or put the server back
+            raise TargetError(f"{failure}. Azure's state now: {name} is {_text(after.state)}, PostgreSQL "
+                              f"{_text(after.version)}; "
+                              f"the read replica {replica}. Rollback: {self.rollback_procedure(intent)}")
+        self._write_intent(None)
+        return {"from": intent["from"], "to": _text(after.version), "seconds": seconds, "downtime_seconds": None,
+                "rollback": self.rollback_procedure(intent), "resumed": resumed,
+                "replica": "deleted before the upgrade and created again from the upgraded primary"}
 
     def _zones(self) -> tuple[str | None, str | None]:
         server = self._server(self.env.server.name)

@@ -391,8 +391,10 @@ class Upgrades(Role, Protocol):
     def upgrade_available(self, major: str) -> str | None:
         """None when the server can be upgraded to ``major`` here; else why not, and what to do."""
         ...
-    def extension_available(self, extension: str, major: str) -> bool:
-        """``extension`` exists for ``major`` here (sandbox: the binaries have it; Azure: allow-listed)."""
+    def extension_problem(self, extension: str, major: str) -> str | None:
+        """None when the upgrade to ``major`` can carry ``extension``; else why not and what to do
+        (sandbox: the target's binaries lack it; Azure: not allow-listed, or its in-place upgrade
+        refuses a server that has it)."""
         ...
     def upgrade_copy(self, name: str, major: str) -> dict:
         """Upgrade the restored (throw-away) server ``name`` to ``major`` and start it: {from, to,
@@ -400,6 +402,9 @@ class Upgrades(Role, Protocol):
         ...
     def upgrade_under_way(self) -> str | None:
         """The major an interrupted upgrade of the environment's servers was going to, or None."""
+        ...
+    def upgrade_steps(self, major: str) -> list[str]:
+        """What upgrade_in_place(major) will do, step by step, in words (the signed plan shows them)."""
         ...
     def upgrade_in_place(self, major: str) -> dict:
         """Upgrade the environment's servers to ``major``, intent first (a second call finishes an

@@ -373,8 +373,10 @@ class MemoryTarget:
     def upgrade_available(self, major: str) -> str | None:
         return None if str(major) in self.upgradable else f"no PostgreSQL {major} in this fake"
 
-    def extension_available(self, extension: str, major: str) -> bool:
-        return extension not in self.missing_extensions.get(str(major), set())
+    def extension_problem(self, extension: str, major: str) -> str | None:
+        if extension in self.missing_extensions.get(str(major), set()):
+            return f"DROP EXTENSION {extension}: not in this fake's {major}"
+        return None
 
     def upgrade_copy(self, name: str, major: str) -> dict:
         if name not in self.servers:
@@ -384,6 +386,9 @@ class MemoryTarget:
 
     def upgrade_under_way(self) -> str | None:
         return None
+
+    def upgrade_steps(self, major: str) -> list[str]:
+        return [f"upgrade the servers to {major}"]
 
     def upgrade_in_place(self, major: str) -> dict:
         self.calls.append(f"upgrade the servers to {major}")

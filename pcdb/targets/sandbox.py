@@ -436,9 +436,12 @@ class SandboxTarget:
     def upgrade_available(self, major: str) -> str | None:
         return None if proc.bindir_of_major(str(major)) is not None else builds.why_not(str(major))
 
-    def extension_available(self, extension: str, major: str) -> bool:
+    def extension_problem(self, extension: str, major: str) -> str | None:
         found = proc.bindir_of_major(str(major))
-        return found is not None and (_sharedir(found) / "extension" / f"{extension}.control").exists()
+        if found is not None and (_sharedir(found) / "extension" / f"{extension}.control").exists():
+            return None
+        return (f"not in PostgreSQL {major}'s build here: DROP EXTENSION {extension} (and what depends on it) "
+                f"or find a build of it for {major}; then run the upgrade again")
 
     def upgrade_copy(self, name: str, major: str) -> dict:
         return self.sandbox.upgrade_restored(name, str(major))
@@ -449,6 +452,13 @@ class SandboxTarget:
 
     def upgrade_in_place(self, major: str) -> dict:
         return self.sandbox.upgrade(str(major))
+
+    def upgrade_steps(self, major: str) -> list[str]:
+        return [f"initdb {major} and pg_upgrade --check while the primary serves",
+                "stop the nodes; pg_upgrade the primary in copy mode (the old data folder kept beside, for the "
+                "rollback); start it",
+                "copy the synchronous standby and the replica afresh from it; the WAL archive starts again",
+                f"a first base backup on {major}"]
 
     def failover(self, mode: Literal["planned", "forced"] = "planned") -> FailoverResult:
         r = self.sandbox.failover(mode)

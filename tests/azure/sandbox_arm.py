@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime
 from urllib.parse import urlparse
 
@@ -36,6 +37,9 @@ class SandboxArm(FakeArm):
         self.primary = env.server.name
         self.replica = env.replica.name
         self.operations_run: list[str] = []  # the data-plane operations, in order
+        # (method, path fragment) -> what happens meanwhile, right before ARM acts on such a request
+        # (e.g. an application making a logical replication slot while an upgrade is under way)
+        self.meanwhile: dict[tuple[str, str], Callable[[], None]] = {}
 
     def endpoint(self, name: str) -> Endpoint | None:
         """Where the FQDN of server ``name`` leads: the primary's follows the HA pair (multi-host,
@@ -63,6 +67,16 @@ class SandboxArm(FakeArm):
                     self.resources[path.lower()] = {"id": path, "name": name, "type": "Microsoft.DBforPostgreSQL/flexibleServers",
                                                     "properties": {"state": "Disabled"}}
                 return response
+            for (method, fragment), happen in list(self.meanwhile.items()):
+                if method == request.method and fragment in path:
+                    happen()
+            body = json.loads(request.content or b"{}")
+            version = body.get("properties", {}).get("version") if request.method == "PATCH" else None
+            if version is not None and match["sub"] is None:
+                refused = self._version_refused(name, str(version))
+                if refused:      # ARM's own validation: a synchronous 400, nothing starts
+                    self.requests.append((request.method, path))
+                    return _response(request, 400, {"error": {"code": "ParameterOutOfRange", "message": refused}})
             try:
                 if request.method == "PUT" and path.lower().endswith("/configurations/azure.extensions"):
                     self._allow_extensions(json.loads(request.content or b"{}")["properties"]["value"])
@@ -73,6 +87,8 @@ class SandboxArm(FakeArm):
         return super().send(request, **kwargs)
 
     def _failed(self, request, message: str):
+        # Azure's code for a failed upgrade precheck is not documented; users report the CLI
+        # showing InternalServerError with the precheck's message (Azure/azure-postgresql#110).
         op = "/operations/failed-" + str(len(self.operations))
         self.operations[op] = {"status": "Failed", "error": {"code": "InternalServerError", "message": message}}
         url = f"https://management.azure.com{op}?api-version=1"
@@ -82,7 +98,9 @@ class SandboxArm(FakeArm):
 
     def _operate(self, method: str, name: str, sub: str | None, body: dict) -> None:
         props = body.get("properties", {})
-        if sub == "restart" and body.get("restartWithFailover"):
+        if method == "PATCH" and sub is None and props.get("version") is not None:
+            self._upgrade(name, str(props["version"]))
+        elif sub == "restart" and body.get("restartWithFailover"):
             mode = "planned" if body.get("failoverMode") == "PlannedFailover" else "forced"
             self._run(f"failover {mode}", lambda: self.sb.failover(mode))
             self._swap_zones()
@@ -112,6 +130,65 @@ class SandboxArm(FakeArm):
             self._run("delete replica", lambda: self.sb.node(REPLICA).stop("immediate", timeout=30))
         elif method == "DELETE" and name != self.primary:
             self._run(f"delete {name}", lambda: self.sb.delete_server(name))
+
+    # -- Azure's in-place major version upgrade (a PATCH of properties.version) -----------------
+    # Microsoft's "Major version upgrades" page (configure-maintain/concepts-major-version-upgrade,
+    # 2026-04-08): a precheck refuses a server with a read replica, a logical replication slot,
+    # an event trigger, a view on pg_stat_activity, or one of these extensions; then the service
+    # stops the server, upgrades it with pg_upgrade, and brings HA back after.
+    BLOCKING = ("timescaledb", "postgres_fdw", "session_variable", "pg_hint_plan", "plv8")
+    BLOCKING_FROM_17 = ("age", "azure_ai", "hll", "pg_diskann", "pgrouting")
+
+    def _node_of(self, name: str):
+        return self.sb.primary() if name == self.primary else self.sb.node(name)
+
+    def _version_refused(self, name: str, version: str) -> str | None:
+        """ARM's validation of the version asked: a later major Azure offers (its 2024-08-01 enum)."""
+        self._refresh()
+        current = int(str(self.resources[self._key(name)]["properties"]["version"]).split(".")[0])
+        later = sorted(v for v in self.spec.definitions["ServerVersion"]["enum"] if int(v) > current)
+        if version not in later:
+            return f"The value of the 'Version' should be in: [{','.join(later)}]. Verify that the specified " \
+                   "parameter value is correct."
+        return None
+
+    def _upgrade_refusals(self, name: str, version: str) -> list[str]:
+        """What Azure's upgrade precheck refuses, read from the server (the fake's own allow-list
+        trigger, standing in for Azure's mechanism, is not a user's event trigger)."""
+        found = []
+        if name == self.primary and self._key(self.replica):
+            found.append(f"read replica {self.replica}: delete the read replica (and any cascading one) before "
+                         "upgrading the primary; re-create it after the upgrade")
+        node = self._node_of(name)
+        with node.connect(self.local.admin) as conn:
+            databases = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datallowconn")]
+            slots = [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical'")]
+        if slots:
+            found.append(f"logical replication slots ({', '.join(slots)}) must be dropped before the upgrade")
+        blocking = self.BLOCKING + (self.BLOCKING_FROM_17 if int(version) >= 17 else ())
+        for database in databases:
+            with node.connect(self.local.admin, database) as conn:
+                extensions = [r[0] for r in conn.execute("SELECT extname FROM pg_extension WHERE extname = ANY(%s)",
+                                                         (list(blocking),))]
+                triggers = [r[0] for r in conn.execute(
+                    "SELECT evtname FROM pg_event_trigger WHERE evtname <> 'allow_listed_extensions'")]
+                views = [r[0] for r in conn.execute(
+                    "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
+                    "JOIN pg_class v ON v.oid = r.ev_class WHERE d.refobjid = 'pg_catalog.pg_stat_activity'::regclass "
+                    "AND v.oid <> 'pg_catalog.pg_stat_activity'::regclass AND v.relnamespace <> 'pg_catalog'::regnamespace")]
+            found += [f"extension {e} in {database} is not supported by an in-place major version upgrade" for e in extensions]
+            found += [f"event trigger {t} in {database}: drop event triggers before the upgrade" for t in triggers]
+            found += [f"view {v} in {database} depends on pg_stat_activity" for v in views]
+        return found
+
+    def _upgrade(self, name: str, version: str) -> None:
+        refusals = self._upgrade_refusals(name, version)
+        if refusals:
+            raise PcdbError(f"Major version upgrade precheck failed for server {name}: " + "; ".join(refusals))
+        if name == self.primary:
+            self._run(f"upgrade to {version}", lambda: self.sb.upgrade(version))
+        else:
+            self._run(f"upgrade {name} to {version}", lambda: self.sb.upgrade_restored(name, version))
 
     # Azure refuses CREATE EXTENSION of anything azure.extensions does not list. The same rule on the
     # sandbox's servers: the allow-list is a setting of theirs, an event trigger in each database
@@ -169,6 +246,10 @@ CREATE EVENT TRIGGER allow_listed_extensions ON ddl_command_start WHEN TAG IN ('
         """What ARM says of each server is what the sandbox is."""
         status = {n["name"]: n for n in self.sb.status()["nodes"]} if self.sb.exists() else {}
         primary_key, replica_key = self._key(self.primary), self._key(self.replica)
+        for name in self.sb.state.restores if self.sb.exists() else ():
+            restored = self.resources.get(self._key(name), {}).get("properties")
+            if restored is not None and primary_key and restored.get("version") is None:
+                restored["version"] = self.resources[primary_key]["properties"].get("version")  # its source's major
         if primary_key:
             props = self.resources[primary_key]["properties"]
             up = any(n["role"] == "primary" and n["running"] for n in status.values() if n["name"] in HA_NODES)

@@ -14,58 +14,20 @@ import flows.backup_verification
 import flows.capacity
 import flows.dr_drill
 from flows.install import run_install
-from flows.runbook import load_secret_block
 from pcdb import clock
 from pcdb.config import load_environment
-from pcdb.context import RunbookContext
-from pcdb.targets.factory import make_target
-from tests.azure.fake_arm import FakeCredential
-from tests.azure.sandbox_arm import SandboxArm
-from tests.conftest import Signers, new_sandbox_root, new_target, next_request, paused_run_id, phase_summaries
+from tests.azure.harness import ROLE_SECRETS, azure_on_sandbox, production_spec
+from tests.conftest import new_target, next_request, paused_run_id, phase_summaries
 
 pytestmark = pytest.mark.postgres
-ROLE_SECRETS = {"pcdb-prod-app-password": "App-Test-Passw0rd!1", "pcdb-prod-readonly-password": "Read-Test-Passw0rd!2",
-                "pcdb-prod-admin-role-password": "Adm-Test-Passw0rd!3",
-                "pcdb-prod-teams-webhook-url": "https://example.webhook.office.com/webhookb2/test-key"}
 
 
 @pytest.fixture(scope="module")
 def azure(prefect_harness):
-    """The prod spec (approvals off, not marked production so drills may run unattended) over a
-    sandbox-backed ARM; the runbooks' context factory builds the Azure target on it. The sandbox
-    starts empty: the install creates its servers through ARM."""
-    from prefect.blocks.system import Secret
-
-    servers = new_target()
-    servers.ensure_resource_group()
-    Secret(value=servers.admin_password()).save("pcdb-prod-admin-password", overwrite=True)
-    for name, value in ROLE_SECRETS.items():
-        Secret(value=value).save(name, overwrite=True)
-    folder = new_sandbox_root()
-    spec = folder / "prod-on-fake.yaml"
-    spec.write_text(f"extends: prod\nproduction: false\nreports_dir: {folder / 'reports'}\n"
-                    "install:\n  approval:\n    required: false\n"
-                    "decisions:\n  unsigned: allowed\n  signers: null\n"   # a test environment: --yes is taken
-                    # the evidence uploads are tested against Azurite (test_evidence_archive.py)
-                    "azure:\n  evidence_archive: null\n")
-    arm = SandboxArm(servers, load_environment(spec))
-
-    def context(env) -> RunbookContext:
-        ctx = RunbookContext(env, None, secret_loader=load_secret_block)  # type: ignore[arg-type]
-        ctx.target = make_target(env, ctx.secret, credential=FakeCredential(), transport=arm, polling_interval=0,
-                                 blob_endpoint="https://127.0.0.1:9",  # no blob store here: uploads refused at once
-                                 endpoints=arm.endpoint)
-        ctx.target.poll_seconds = 0.05
-        # The fake's flexible servers are sandbox servers: their replication role is the sandbox's.
-        ctx.target.own_roles = lambda: {"azuresu", "replication", "replicator"}
-        return ctx
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AZURE_SUBSCRIPTION_ID", "11111111-2222-3333-4444-555555555555")
-        patch.setattr(flows.dr_drill, "runbook_context", context)
-        patch.setattr(flows.backup_verification, "runbook_context", context)
-        patch.setattr(flows.capacity, "runbook_context", context)
-        yield spec, arm, context
-    servers.sandbox.destroy()
+    """The prod spec over a sandbox-backed ARM (tests/azure/harness.py); the sandbox starts empty:
+    the install creates its servers through ARM."""
+    with azure_on_sandbox(new_target(), flows.dr_drill, flows.backup_verification, flows.capacity) as made:
+        yield made
 
 
 def install(azure):
@@ -244,14 +206,7 @@ def test_a_drill_killed_halfway_on_azure_is_cleaned_up_by_the_next_one(on_azure)
 def production(on_azure):
     """The same servers under a spec marked production: drills need confirm=True and a decision
     signed by an approver (keys made for the test's people)."""
-    base = load_environment(on_azure[0])
-    signers = Signers([*base.approvers(), *base.team_members(list(base.operations.incident.teams))])
-    spec = on_azure[0].with_name("prod-marked.yaml")
-    marked = on_azure[0].read_text().replace("production: false", "production: true")
-    marked = marked.replace("decisions:\n  unsigned: allowed\n  signers: null\n", "")
-    marked = marked.replace("azure:\n  evidence_archive: null\n", "")        # production keeps its evidence archive
-    spec.write_text(marked + signers.yaml())
-    return spec, signers
+    return production_spec(on_azure[0])
 
 
 @pytest.mark.parametrize("options, message", [({}, "needs confirm=True"),

@@ -41,7 +41,7 @@ def test_a_failing_precheck_stops_before_anything_then_the_rehearsal_and_the_upg
     assert refused.exit_code == 1
     said = " ".join(refused.stderr.split())
     assert "stops before anything changes: extensions exist for the target" in said and "pltcl" in said
-    assert "Fix: DROP EXTENSION pltcl" in said
+    assert "Fix: pltcl: not in PostgreSQL 15's build here: DROP EXTENSION pltcl" in said
     assert not [e for e in target.sandbox.state.events[events_before:] if e["event"] in ("restored", "upgraded")]
     assert target.sandbox.status()["restores"] == []
 
@@ -70,15 +70,17 @@ def test_a_failing_precheck_stops_before_anything_then_the_rehearsal_and_the_upg
     done = result["upgrade"]
     assert done["from"].startswith("14.") and done["to"].startswith("15.") and not done["resumed"]
     assert done["downtime_seconds"] > 0 and done["first_backup"] and "data.14" in done["rollback"]
+    assert done["server_downtime_seconds"] > 0 and done["probe_rows_lost"] == 0     # the run's own writer: none lost
     assert any(u.startswith("pg_stat_statements 1.9 to 1.") for u in done["extensions_updated"])   # ALTER ... UPDATE
     status = target.sandbox.status()
     assert status["problems"] == [] and {n["version"].split(".")[0] for n in status["nodes"]} == {"15"}
     probe.wait_for_rows(20, timeout=60)
     probe.stop()
     assert probe.missing() == [], "acknowledged rows lost across the upgrade"
-    checks = run_directly(ctx, phases=[7])[7]                             # failovers, PITR on 15, TLS, ...
-    assert [c.name for c in checks if not c.passed] == []
-    assert any(c.name == "point-in-time restore test" for c in checks)
+    checks = {c["name"]: c for c in result["checks"]}                   # Phase 7 by the run: failovers, PITR on 15
+    assert [n for n, c in checks.items() if not c["passed"]] == []
+    assert not checks["point-in-time restore test"]["evidence"].startswith("not repeated")
+    assert "## Phase 7's checks on the upgraded servers" in report
     history = json.loads(runner.invoke(app, ["history", "--env", spec, "--json"], env=env).stdout)
     row = next(r for r in history["runs"] if r["flow"] == "upgrade" and r["figures"].get("upgraded"))
     assert row["figures"]["downtime_seconds"] == done["downtime_seconds"]
@@ -95,7 +97,7 @@ def test_the_upgrade_killed_after_its_primary_was_upgraded_is_finished_by_the_ne
     target = new_target(extra='server:\n  version: "14"\n')
     spec, env = str(target.env_path), {"PCDB_SANDBOX_ROOT": str(target.sandbox.root)}
     ctx = RunbookContext(target.env, target)
-    target.ensure_resource_group(), target.ensure_server(), target.ensure_replica(), target.ensure_database()
+    run_directly(ctx, phases=[1, 2, 3, 4, 5, 6])                        # installed: the run checks it after
     application = lambda: target.endpoint("application").conninfo(target.admin, ctx.admin_password())  # noqa: E731
     probe = ProbeWriter(application(), table="upgrade_probe", resolve=application).start()
     probe.wait_for_rows(20)
@@ -111,6 +113,8 @@ def test_the_upgrade_killed_after_its_primary_was_upgraded_is_finished_by_the_ne
     assert finished.exit_code == 0, finished.output
     result = json.loads(finished.stdout[finished.stdout.index("{"):])
     assert result["finished_an_interrupted_upgrade"] and result["upgrade"]["resumed"]
+    assert "took no write before the upgrade" in result["upgrade"]["probe_note"]     # it was down: said, not guessed
+    assert [c["name"] for c in result["checks"] if not c["passed"]] == []
     assert result["upgrade"]["from"].startswith("14.") and result["upgrade"]["to"].startswith("15.")
     status = target.sandbox.status()
     assert status["problems"] == [] and {n["version"].split(".")[0] for n in status["nodes"]} == {"15"}

@@ -181,3 +181,23 @@ def test_throwaway_servers_carry_the_servers_name_because_azure_names_are_global
     data["server"]["name"] = "a" * 49 + "-" + "b" * 12
     long = throwaway_name(validate(data), "restore-test")
     assert long == "a" * 49 + "-restore-test"   # 63 characters at most, the purpose kept whole: never the server's own name
+
+
+@pytest.mark.parametrize("running, said", [
+    ("15", 'the server runs PostgreSQL 15 (upgraded) and the spec still says 14: the spec\'s version is out of date: '
+           'edit server.version to "15"'),
+    ("13", "a major version upgrade is not a change a plan applies: run `pcdb upgrade --to 14`")])
+def test_a_major_that_differs_is_a_conflict_never_a_put(running, said):
+    """After `pcdb upgrade` the spec is out of date until edited; a spec ahead of the server is an
+    upgrade to run, with its prechecks, rehearsal and decision, not a property to PUT."""
+    desired = desired_resources(PROD)
+    current = {d.id: d.body() for d in desired}
+    server_id = next(d.id for d in desired if d.type == "server")
+    current[server_id]["properties"]["version"] = running
+    server = by_name(make_plan(desired, lambda d: current[d.id]), "server", "phonebill-postgresql-prod")
+    assert server.action == "conflict" and said in " ".join(server.notes)
+
+
+def test_upgrade_refuses_rehearse_and_without_rehearsal_together_before_anything_runs():
+    result = CliRunner().invoke(app, ["upgrade", "--env", "prod", "--to", "15", "--rehearse", "--without-rehearsal"])
+    assert result.exit_code != 0 and "--rehearse and --without-rehearsal exclude each other" in result.output

@@ -41,7 +41,9 @@ POLICIES = {
                  "test_a_region_failover_is_refused_while_the_primary_answers_and_done_once",
                  "test_a_failback_is_refused_while_the_region_is_down_then_brings_everything_back"],
     "recover": ["test_a_recovery_time_in_the_future_or_before_the_retention_is_refused_before_anything_is_made"],
-    "upgrade": ["test_each_upgrade_precheck_fails_on_what_pg_upgrade_or_azure_refuses_and_says_what_to_do"],
+    "upgrade": ["test_each_upgrade_precheck_fails_on_what_pg_upgrade_or_azure_refuses_and_says_what_to_do",
+                "test_production_relies_only_on_a_passing_rehearsal_of_the_same_upgrade_from_the_last_7_days",
+                "test_azure_says_which_extensions_its_in_place_upgrade_refuses_and_what_to_do"],
 }
 
 
@@ -361,7 +363,7 @@ def test_each_upgrade_precheck_fails_on_what_pg_upgrade_or_azure_refuses_and_say
     failed = {c.name: c for c in upgrade.prechecks(target, ENV, bad, 15) if not c.passed}
     assert set(failed) == {"extensions exist for the target", "no reg* data types in user tables",
                            "no prepared transactions", "no logical replication slots", "free storage"}
-    assert failed["extensions exist for the target"].details["fix"].startswith("DROP EXTENSION amcheck")
+    assert failed["extensions exist for the target"].details["fix"].startswith("amcheck: DROP EXTENSION amcheck")
     assert "product_change.t.fn (regproc)" in failed["no reg* data types in user tables"].evidence
     assert "COMMIT PREPARED or ROLLBACK PREPARED" in failed["no prepared transactions"].details["fix"]
     assert "Azure's upgrade refuses" in failed["no logical replication slots"].details["fix"]
@@ -373,3 +375,32 @@ def test_each_upgrade_precheck_fails_on_what_pg_upgrade_or_azure_refuses_and_say
     absent = {c.name: c for c in upgrade.prechecks(target, ENV, clean, 17)}
     assert absent["target version"].details["fix"] == "no PostgreSQL 17 in this fake"
     assert fake.calls == []                                              # prechecks change nothing
+
+
+def test_production_relies_only_on_a_passing_rehearsal_of_the_same_upgrade_from_the_last_7_days():
+    def row(run_id, days_ago, environment="prod", **figures):
+        figures = {"to": 15, "rehearsal_passed": True, "from_version": "14.23", "to_version": "15.18",
+                   "rehearsal_seconds": 9.5, **figures}
+        return {"run_id": run_id, "environment": environment, "ended_at": NOW - timedelta(days=days_ago),
+                "figures": figures}
+    not_this_one = [row("other-env", 1, environment="staging"), row("to-16", 1, to=16),
+                    row("from-13", 1, from_version="13.9"), row("failed", 1, rehearsal_passed=False),
+                    row("prechecks-failed", 1, rehearsal_passed=None)]
+    assert upgrade.recent_rehearsal(not_this_one, "prod", 15, 14, NOW) is None
+    found = upgrade.recent_rehearsal([*not_this_one, row("newest", 2), row("older", 3)], "prod", 15, 14, NOW)
+    assert found["run_id"] == "newest" and found["from_version"] == "14.23" and found["seconds"] == 9.5
+    assert upgrade.recent_rehearsal([row("day-7", 7)], "prod", 15, 14, NOW)["run_id"] == "day-7"
+    assert upgrade.recent_rehearsal([row("too-old", 7.01)], "prod", 15, 14, NOW) is None
+
+
+def test_azure_says_which_extensions_its_in_place_upgrade_refuses_and_what_to_do():
+    from pcdb.targets.azure import AzureTarget
+
+    azure = AzureTarget.__new__(AzureTarget)           # the rules read nothing from Azure
+    assert azure.extension_problem("pg_stat_statements", "15") is None
+    assert azure.extension_problem("plpgsql", "16") is None
+    assert "refuses a server that has it: DROP EXTENSION postgres_fdw before" in azure.extension_problem(
+        "postgres_fdw", "15")
+    assert azure.extension_problem("hll", "16").startswith("not in the spec's azure.extensions allow-list")
+    assert "refuses a server that has it" in azure.extension_problem("hll", "17")
+    assert "CREATE EXTENSION it after" in azure.extension_problem("pg_repack", "15")
