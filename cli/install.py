@@ -85,7 +85,9 @@ def plan_command(env: EnvOption = "prod",
                  assume_empty: Annotated[bool, typer.Option(
                      "--assume-empty", help="plan against an empty subscription (no credentials needed)")] = False,
                  as_json: JsonOption = False) -> None:
-    """Show what the install would create, change (current -> desired) or leave on Azure. Reads only."""
+    """Show what the install would create, change (current -> desired) or leave on Azure, and what
+    Azure does when it applies it: which changes restart the server, which it refuses in place
+    (with what to do), and the monthly cost delta from the spec's price table. Reads only."""
     spec = load_environment(env)
     if spec.target != "azure":
         raise PcdbError(f"environment {spec.name!r} targets {spec.target}; plan reads Azure (use --env prod), "
@@ -101,14 +103,37 @@ def plan_command(env: EnvOption = "prod",
 
         target = runbook_context(spec).target
         items = make_plan(target.desired(), target.reconciler.read)
+    from pcdb.azure.plan import cost_delta
+
+    cost = cost_delta(items, spec.operations.cost.price_table, spec.operations.cost.storage_usd_per_gib_month)
     if as_json:
-        print(json.dumps([{k: v for k, v in i.as_dict().items() if k in ("type", "name", "action", "properties")}
-                          for i in items], indent=2, ensure_ascii=False))
+        print(json.dumps({
+            "environment": spec.name, "assumed_empty": assume_empty,
+            "items": [{k: v for k, v in i.as_dict().items() if k != "id"} for i in items],
+            "restarts": [f"{i.type} {i.name}" for i in items if i.restarts],
+            "refused": [{"resource": f"{i.type} {i.name}", "why": list(i.notes)} for i in items if i.action == "conflict"],
+            "cost": cost}, indent=2, ensure_ascii=False, default=str))
         return
-    table = Table("phase", "type", "name", "action", title=f"plan for {spec.name} (assuming an empty subscription)")
+    title = f"plan for {spec.name}" + (" (assuming an empty subscription)" if assume_empty else "")
+    table = Table("phase", "type", "name", "action", "what Azure does", title=title)
     phases = {d.id: d.phase for d in desired_resources(spec)}
     for item in items:
-        table.add_row(str(phases[item.id]), item.type, item.name, item.action)
+        said = [*item.effects, *(item.notes if item.action == "conflict" else ())]
+        changed = ", ".join(f"{k.rsplit('.', 1)[-1]} {v['current']} -> {v['desired']}" for k, v in item.changes.items())
+        table.add_row(str(phases[item.id]), item.type, item.name, item.action + (f" ({changed})" if changed else ""),
+                      "; ".join(said))
     out.print(table)
     counts = {a: sum(i.action == a for i in items) for a in ("create", "update", "conflict", "unchanged")}
     out.print(", ".join(f"{n} to {a}" for a, n in counts.items() if n))
+    restarts = [f"{i.type} {i.name}" for i in items if i.restarts]
+    if restarts:
+        out.print(f"RESTARTS: {', '.join(restarts)}", highlight=False, markup=False)
+    refused = [f"{i.type} {i.name}" for i in items if i.action == "conflict"]
+    if refused:
+        out.print(f"REFUSED until resolved (Azure cannot change them in place): {', '.join(refused)}",
+                  highlight=False, markup=False)
+    delta = cost["monthly_delta_usd"]
+    out.print(("monthly cost: " + (f"+${delta:,.2f}" if delta is not None else
+                                   f"+${cost['known_usd']:,.2f} known, and unknown: {'; '.join(cost['unknown'])}"))
+              + "".join(f"\n  {line['what']}: +${line['usd']:,.2f} ({line['source']})" for line in cost["lines"]),
+              highlight=False, markup=False)

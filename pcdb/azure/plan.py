@@ -50,10 +50,16 @@ class PlanItem:
     properties: dict
     changes: dict = field(default_factory=dict)  # path -> {"current": ..., "desired": ...}
     notes: tuple[str, ...] = ()
+    effects: tuple[str, ...] = ()   # what Azure does when the change is applied (a restart, online, ...)
+
+    @property
+    def restarts(self) -> bool:
+        return any(e.startswith(RESTART) for e in self.effects)
 
     def as_dict(self) -> dict:
         return {"type": self.type, "name": self.name, "id": self.id, "action": self.action,
-                "properties": self.properties, "changes": self.changes, "notes": list(self.notes)}
+                "properties": self.properties, "changes": self.changes, "notes": list(self.notes),
+                "effects": list(self.effects)}
 
 
 def _flatten(value, prefix: str = "") -> dict:
@@ -108,9 +114,89 @@ def plan_one(item: Desired, current: dict | None) -> PlanItem:
                 conflicts.append(f"{path} cannot change in place: {RESOLUTION.get(path, 'recreate it deliberately')}")
     if changes and item.type in CREATE_ONLY:
         conflicts.append(CREATE_ONLY[item.type])
+    size = changes.get(STORAGE)
+    if size and _number(size["desired"]) is not None and _number(size["current"]) is not None \
+            and _number(size["desired"]) < _number(size["current"]):
+        conflicts.append(f"storage cannot shrink ({size['current']} GB to {size['desired']} GB): keep the size, or "
+                         "restore into a new server with the smaller size and switch over")
+    effects = _effects(item, changes)
     if conflicts:
-        return PlanItem(item.type, item.name, item.id, "conflict", body, changes, tuple(conflicts + notes))
-    return PlanItem(item.type, item.name, item.id, "update" if changes else "unchanged", body, changes, tuple(notes))
+        return PlanItem(item.type, item.name, item.id, "conflict", body, changes, tuple(conflicts + notes), effects)
+    return PlanItem(item.type, item.name, item.id, "update" if changes else "unchanged", body, changes, tuple(notes),
+                    effects)
+
+
+# What Azure does when a change is applied: Microsoft's "Scaling resources" page (scale/
+# concepts-scaling-resources, 2025-11-18) for compute, storage and backup retention; PostgreSQL's
+# own context for a parameter (postmaster: a restart), which pcdb applies with a planned failover.
+RESTART = "restarts the server"
+STORAGE = "properties.storage.storageSizeGB"
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _effects(item: Desired, changes: dict) -> tuple[str, ...]:
+    from pcdb import params
+
+    out = []
+    if item.type in ("server", "replica") and any(p.startswith("sku.") for p in changes):
+        out.append(f"{RESTART} to change its compute: 10-30 s with near-zero downtime scaling, 2-10 min otherwise; "
+                   "uncommitted transactions roll back" + (" (a replica always takes the regular scaling)"
+                                                           if item.type == "replica" else ""))
+    if item.type == "server" and STORAGE in changes:
+        out.append("grows the storage online (no restart in most cases; it can never shrink again)")
+    if item.type == "server" and "properties.backup.backupRetentionDays" in changes:
+        out.append("changes the backup retention online")
+    if item.type == "configuration" and changes:
+        info = params.lookup(item.name)
+        if info is not None and info.needs_restart:
+            out.append(f"{RESTART}: {item.name} is static (it takes effect at a restart); pcdb restarts with a "
+                       "planned failover, standby first")
+    return tuple(out)
+
+
+def cost_delta(items: list[PlanItem], price_table: list, storage_usd_per_gib_month: float | None) -> dict:
+    """What the plan changes on the monthly bill, from the spec's price table only: a server or a
+    replica created costs its row (the row whose ``resource`` names it); storage grown costs its
+    GiB at ``storage_usd_per_gib_month`` (twice with HA: the standby has its own). A change the
+    table cannot price (another SKU, HA switched) is listed as unknown, never guessed."""
+    rows = {c.resource: c for c in price_table if getattr(c, "resource", None)}
+    lines, unknown = [], []
+    for item in items:
+        if item.type not in ("server", "replica") or item.action == "unchanged":
+            continue
+        if item.action == "create":
+            row = rows.get(item.type)
+            if row is None:
+                unknown.append(f"{item.type} {item.name} created: no price table row names resource: {item.type}")
+            else:
+                lines.append({"what": f"{item.type} {item.name} created", "usd": row.monthly_usd,
+                              "source": f"the price table's row '{row.component}' ({row.spec})"})
+            continue
+        for path, change in item.changes.items():
+            if path == STORAGE:
+                grown = (_number(change["desired"]) or 0) - (_number(change["current"]) or 0)
+                ha = str(item.properties.get("properties", {}).get("highAvailability", {}).get("mode", "Disabled"))
+                copies = 1 if ha.lower() == "disabled" else 2
+                if storage_usd_per_gib_month is None:
+                    unknown.append(f"{item.name}: storage {change['current']} to {change['desired']} GB (set "
+                                   "operations.cost.storage_usd_per_gib_month to price it)")
+                else:
+                    lines.append({"what": f"{item.name}: storage {change['current']} to {change['desired']} GB"
+                                          + (" (and its HA standby's)" if copies == 2 else ""),
+                                  "usd": round(grown * copies * storage_usd_per_gib_month, 2),
+                                  "source": f"operations.cost.storage_usd_per_gib_month ({storage_usd_per_gib_month})"})
+            elif path.startswith(("sku.", "properties.highAvailability.mode")):
+                unknown.append(f"{item.name}: {path} {change['current']} to {change['desired']}: the price table "
+                               "prices the spec's configuration only, not the current one; compare the two in "
+                               "Azure's pricing calculator")
+    known = round(sum(line["usd"] for line in lines), 2)
+    return {"monthly_delta_usd": None if unknown else known, "known_usd": known, "lines": lines, "unknown": unknown}
 
 
 def _version_conflict(wanted: str, have: str) -> str:

@@ -30,6 +30,9 @@ class CostComponent(Model):
                     "counted only on the days pcdb's version table says Azure bills it")
     monthly_usd: float = Field(ge=0)
     spec: str = ""
+    resource: Literal["server", "replica"] | None = Field(
+        None, description="the Azure resource this row prices (the primary server with its storage and HA, or the "
+                          "read replica): what `pcdb plan` adds when it creates one")
 
 
 class Cost(Model):

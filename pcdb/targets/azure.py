@@ -99,7 +99,7 @@ class AzureTarget:
         items = make_plan(self.desired(), self.reconciler.read)
         action = {"create": "created", "update": "updated", "unchanged": "unchanged", "conflict": "conflict"}
         return [*(Change(i.type, i.name, action[i.action], {k: (v["current"], v["desired"]) for k, v in i.changes.items()},
-                         i.notes) for i in items),
+                         i.notes + i.effects) for i in items),
                 *(Change("configuration", name, "updated", {"properties.value": (current, default)},
                          ("not in the spec any more: back to Azure's default",))
                   for name, (current, default) in self._removed_parameters().items())]

@@ -151,9 +151,15 @@ def test_drift_shows_current_to_desired_and_immutable_changes_are_conflicts():
 def test_plan_cli_json_for_an_empty_subscription_needs_no_credentials():
     result = CliRunner().invoke(app, ["plan", "--env", "prod", "--assume-empty", "--json"], env={"AZURE_SUBSCRIPTION_ID": ""})
     assert result.exit_code == 0, result.output
-    items = json.loads(result.stdout)
-    assert all(set(i) == {"type", "name", "action", "properties"} for i in items)
+    plan = json.loads(result.stdout)
+    items = plan["items"]
+    assert all(set(i) == {"type", "name", "action", "properties", "changes", "notes", "effects"} for i in items)
     assert len(items) == len(desired_resources(PROD)) and {i["action"] for i in items} == {"create"}
+    assert plan["assumed_empty"] is True and plan["restarts"] == [] and plan["refused"] == []
+    assert plan["cost"]["monthly_delta_usd"] == 820 + 290         # the primary's and the replica's rows
+    assert [line["source"] for line in plan["cost"]["lines"]] == [
+        "the price table's row 'primary server' (Standard_D4s_v3, 256GB, HA)",
+        "the price table's row 'read replica' (Standard_D2s_v3, 256GB)"]
 
 
 def test_plan_of_the_live_subscription_says_which_secret_is_missing():
@@ -201,3 +207,35 @@ def test_a_major_that_differs_is_a_conflict_never_a_put(running, said):
 def test_upgrade_refuses_rehearse_and_without_rehearsal_together_before_anything_runs():
     result = CliRunner().invoke(app, ["upgrade", "--env", "prod", "--to", "15", "--rehearse", "--without-rehearsal"])
     assert result.exit_code != 0 and "--rehearse and --without-rehearsal exclude each other" in result.output
+
+
+def test_the_plan_says_which_changes_restart_the_server_which_azure_refuses_and_what_they_cost():
+    from pcdb.azure.plan import cost_delta
+
+    desired = desired_resources(PROD)
+    current = {d.id: d.body() for d in desired}
+    server_id = next(d.id for d in desired if d.type == "server")
+    replica_id = next(d.id for d in desired if d.type == "replica")
+    current[server_id]["properties"]["storage"]["storageSizeGB"] = 128      # the spec grows it to 256
+    current[replica_id]["sku"]["name"] = "Standard_D4s_v3"                 # the spec scales it down
+    current[next(d.id for d in desired if d.name == "shared_buffers")]["properties"]["value"] = "262144"
+    current[next(d.id for d in desired if d.name == "work_mem")]["properties"]["value"] = "8192"
+    plan = make_plan(desired, lambda d: current[d.id])
+    changed = {i.name: i for i in plan if i.action != "unchanged"}
+    assert changed["shared_buffers"].restarts and "planned failover" in changed["shared_buffers"].effects[0]
+    assert not changed["work_mem"].restarts                                  # dynamic: a reload
+    assert changed["phonebill-postgresql-replica"].restarts
+    assert "regular scaling" in changed["phonebill-postgresql-replica"].effects[0]
+    server = changed["phonebill-postgresql-prod"]
+    assert not server.restarts and server.effects == ("grows the storage online (no restart in most cases; it can "
+                                                      "never shrink again)",)
+    cost = cost_delta(plan, PROD.operations.cost.price_table, 0.115)
+    assert cost["lines"] == [{"what": "phonebill-postgresql-prod: storage 128 to 256 GB (and its HA standby's)",
+                              "usd": 29.44, "source": "operations.cost.storage_usd_per_gib_month (0.115)"}]
+    assert cost["monthly_delta_usd"] is None and cost["known_usd"] == 29.44     # the SKU change is not guessed
+    assert cost["unknown"][0].startswith("phonebill-postgresql-replica: sku.name Standard_D4s_v3 to Standard_D2s_v3")
+    assert cost_delta(plan, PROD.operations.cost.price_table, None)["lines"] == []
+
+    current[server_id]["properties"]["storage"]["storageSizeGB"] = 512        # bigger than the spec: cannot shrink
+    shrink = by_name(make_plan(desired, lambda d: current[d.id]), "server", "phonebill-postgresql-prod")
+    assert shrink.action == "conflict" and shrink.notes[0].startswith("storage cannot shrink (512 GB to 256 GB)")
