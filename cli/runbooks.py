@@ -108,8 +108,8 @@ def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | 
     state = run_flow(lambda: dr_drill(scenario=scenario, **spec_args(env), mode=mode, confirm=confirm, yes=yes,
                                        stall_replica=stall_replica, return_state=True), config, env)
     result = flow_result(state, "the drill failed", load_environment(env).install.approval.timeout)
-    keys = ("scenario", "mode", "rto_seconds", "rpo_rows_lost", "rows_in_doubt", "target_rto_seconds",
-            "target_rpo_seconds", "met", "topology_restored", "report")
+    keys = ("scenario", "mode", "rto_seconds", "rpo_rows_lost", "rpo_seconds", "rows_acknowledged", "rows_in_doubt",
+            "target_rto_seconds", "target_rpo_seconds", "met", "topology_restored", "report")
     if as_json:
         print(json.dumps({k: result[k] for k in keys} | {"timeline": result["timeline"]}, indent=2, default=str))
         return

@@ -63,8 +63,12 @@ def test_corruption_drill_brings_the_exact_data_back(drilled):
     assert no_leftovers(target, ctx)
 
 
-def test_region_drill_counts_no_loss_when_the_replica_keeps_up(drilled, tmp_path):
-    """...and asks the right teams however the spec orders the steps (picked by role, not position)."""
+def test_region_drill_with_a_replica_that_keeps_up_loses_at_most_the_writes_in_flight(drilled, tmp_path):
+    """The region stops abruptly under a writer, so an asynchronous replica that keeps up may still
+    lack the last commit or two that were in flight (seen once under load: 1 row). What the drill
+    must show is that this stays within the RPO target, measured from the acknowledgements; the
+    stalled replica below is the breach. It also asks the right teams however the spec orders the
+    steps (picked by role, not position)."""
     target, ctx = drilled
     reordered = tmp_path / "reordered.yaml"
     steps = list(reversed(ctx.env.dr.region_failover_steps))
@@ -78,7 +82,7 @@ def test_region_drill_counts_no_loss_when_the_replica_keeps_up(drilled, tmp_path
     assert "confirmed: update the application connection strings (dev team)" in report
     assert "confirmed: update the DNS records (network team)" in report
     assert "check the service (ops)" not in report and "(DBA/ops)" not in report
-    assert result["rpo_rows_lost"] == 0 and result["met"] is True
+    assert result["met"] is True and result["rpo_seconds"] < 1 and result["rows_acknowledged"] > 50
     assert result["topology_restored"] is True
     state = {n.name: n for n in target.server_state().nodes}
     assert state["replica"].role == "replica" and state["replica"].sync_state == "async"
