@@ -15,7 +15,7 @@ from pcdb.config import load_environment
 from pcdb.errors import PcdbError
 from pcdb.units import parse_duration
 
-KEYS = ("status", "checked_at", "metrics", "business", "alerts", "silences", "notified")
+KEYS = ("status", "checked_at", "metrics", "business", "alerts", "silences", "notified", "serving")
 
 
 @health_app.callback()
@@ -42,9 +42,11 @@ def health_command(ctx: typer.Context, env: EnvOption = "local", as_json: JsonOp
             "kind": "run", "text": "evaluated now by a run of this command, which recorded and notified"}
     result, source = answer
     if as_json:
-        print(json.dumps({**{k: result[k] for k in KEYS}, "source": source}, indent=2, default=str))
+        print(json.dumps({**{k: result.get(k) for k in KEYS}, "source": source}, indent=2, default=str))
     else:
         out.print(f"status: {result['status']} (checked {result['checked_at']}: {source['text']})", highlight=False)
+        if result.get("serving"):
+            out.print(f"SERVING: {result['serving']}", highlight=False, markup=False)
         for a in result["alerts"]:
             out.print(f"{a['state']:9} {a['severity'] or '-':8} {a['rule']}: {a['value']} (threshold {a['threshold']}) "
                       f"since {a['since']} -> {', '.join(a['channels'])}"

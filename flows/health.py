@@ -110,7 +110,8 @@ def _holder(env: str) -> dict | None:
 
 
 def _markdown(name: str, r: dict) -> str:
-    lines = [f"# Health of `{name}`: {r['status']}", "", f"- Checked at {r['checked_at']}", "",
+    lines = [f"# Health of `{name}`: {r['status']}", "", f"- Checked at {r['checked_at']}",
+             *([f"- **SERVING: {r['serving']}**"] if r.get("serving") else []), "",
              "| rule | severity | state | value | threshold | since | channels |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {a['rule']} | {a['severity']} | {a['state']} | {a['value']} | {a['threshold']} | {a['since']} | "
               f"{', '.join(a['channels'])} |" for a in r["alerts"]]

@@ -379,6 +379,7 @@ class Report:
     alerts: list[dict] = field(default_factory=list)
     silences: list[dict] = field(default_factory=list)
     notified: list[dict] = field(default_factory=list)
+    serving: str | None = None     # after a real region failover: which server production runs on, plainly
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -481,10 +482,18 @@ def run(ctx: RunbookContext, store: Store, send: Callable[[str, str, str, list[s
         logger.warning("business metrics of %s not published: %s", env.name, exc)
     report = Report(status_of(alerts), now.isoformat(timespec="seconds"),
                     {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items() if k not in BUSINESS},
-                    business, alerts, store.active_silences(now), notified)
+                    business, alerts, store.active_silences(now), notified, _serving(ctx))
     store.mark_run(now, report.status)
     store.save_latest(now, report.as_dict())
     return report
+
+
+def _serving(ctx: RunbookContext) -> str | None:
+    try:
+        return ctx.target.serving()
+    except Exception as exc:  # noqa: BLE001 - the platform's API down must not stop the alerting
+        logger.warning("which server %s runs on: %s", ctx.env.name, exc)
+        return None
 
 
 def preview(ctx: RunbookContext, store: Store, now: datetime | None = None) -> Report:
@@ -501,4 +510,4 @@ def preview(ctx: RunbookContext, store: Store, now: datetime | None = None) -> R
         store.db.execute("ROLLBACK")
     return Report(status_of(alerts), now.isoformat(timespec="seconds"),
                   {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items() if k not in BUSINESS},
-                  business, alerts, silences, [])
+                  business, alerts, silences, [], _serving(ctx))

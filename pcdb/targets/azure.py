@@ -85,6 +85,7 @@ class AzureTarget:
         self._blob_endpoint = blob_endpoint
         self._blob_verify = blob_verify
         self._transport = transport  # the custom-metrics ingestion endpoint goes through the same one
+        self._active: tuple[str, float] | None = None   # (the server production runs on, when read)
 
     # -- reconciliation -----------------------------------------------------------------
 
@@ -234,9 +235,45 @@ class AzureTarget:
     def _is_replica(server) -> bool:
         return (server.replication_role or "").lower() in ("asyncreplica", "geoasyncreplica")
 
+    # -- which server production runs on (#25): the primary, or the replica a real region failover
+    # promoted (not a replica any more and no drill tag: Azure's own state is the record, read the
+    # same from every machine), until the failback. Every read below follows it.
+
+    def active_server(self) -> str:
+        """The server production runs on now (read from ARM at most every 30 s)."""
+        import time
+
+        if self._active is not None and time.monotonic() - self._active[1] < 30:
+            return self._active[0]
+        replica = self._replica_server()
+        promoted = replica is not None and not self._is_replica(replica) and self.DRILL_TAG not in (replica.tags or {})
+        self._active = (self.env.replica.name if promoted else self.env.server.name, time.monotonic())
+        return self._active[0]
+
+    def _active_id(self) -> str:
+        kind = "replica" if self.active_server() == self.env.replica.name else "server"
+        return next(d.id for d in self.desired() if d.type == kind)
+
+    def serving(self) -> str | None:
+        """None while production runs where the spec says; otherwise that plainly."""
+        if self.active_server() == self.env.server.name:
+            return None
+        return (f"production runs on the promoted replica {self.env.replica.name} in {self.env.replica.location} "
+                f"since a real region failover; {self.env.server.name} ({self.env.server.location}) is its former "
+                "primary. Every runbook reads the promoted server; drills are refused until the failback")
+
     def server_state(self) -> ServerState:
         """HA state and nodes as ARM reports them; the replica counts as following ("async") when
         its replication state is Active."""
+        active = self.active_server()
+        if active != self.env.server.name:      # the promoted replica serves; the former primary is listed
+            promoted = self._server(active)
+            former = self._find_server(self.env.server.name)
+            ha = promoted.high_availability.state if promoted.high_availability else "NotEnabled"
+            nodes = [NodeState(active, "primary", promoted.state == "Ready")]
+            if former is not None:
+                nodes.append(NodeState(self.env.server.name, "former primary", former.state == "Ready"))
+            return ServerState(active, ha or "NotEnabled", tuple(nodes))
         server = self._server(self.env.server.name)
         ha = server.high_availability.state if server.high_availability else "NotEnabled"
         nodes = [NodeState(self.env.server.name, "primary", server.state == "Ready")]
@@ -250,8 +287,9 @@ class AzureTarget:
 
     def list_backups(self) -> list[BackupInfo]:
         pg = self.clients.postgres
-        found = self._call("list backups of", self.env.server.name,
-                           lambda: list(pg.backups_automatic_and_on_demand.list_by_server(self.rg, self.env.server.name)))
+        active = self.active_server()
+        found = self._call("list backups of", active,
+                           lambda: list(pg.backups_automatic_and_on_demand.list_by_server(self.rg, active)))
         out = [BackupInfo(b.name, "automatic" if (b.backup_type or "").lower() == "full" else "on-demand",
                           b.completed_time) for b in found]
         return sorted(out, key=lambda b: b.finished_at)
@@ -259,16 +297,18 @@ class AzureTarget:
     def take_backup(self) -> BackupInfo:
         name = clock.now().strftime("pcdb-%Y%m%dT%H%M%SZ")
         pg = self.clients.postgres
-        self._call("take an on-demand backup of", self.env.server.name,
-                   lambda: pg.backups_automatic_and_on_demand.begin_create(self.rg, self.env.server.name, name))
+        active = self.active_server()
+        self._call("take an on-demand backup of", active,
+                   lambda: pg.backups_automatic_and_on_demand.begin_create(self.rg, active, name))
         return BackupInfo(name, "on-demand", clock.now())
 
     def restore_point_in_time(self, target_time: datetime, name: str) -> Endpoint:
         from azure.mgmt.postgresqlflexibleservers import models as m
 
-        source = next(d for d in self.desired() if d.type == "server")
-        body = m.Server(location=self.env.server.location, create_mode="PointInTimeRestore",
-                        source_server_resource_id=source.id, point_in_time_utc=target_time)
+        active = self.active_server()
+        location = self.env.server.location if active == self.env.server.name else self.env.replica.location
+        body = m.Server(location=location, create_mode="PointInTimeRestore",
+                        source_server_resource_id=self._active_id(), point_in_time_utc=target_time)
         pg = self.clients.postgres
         self._call("restore into", name, lambda: pg.servers.begin_create_or_update(self.rg, name, body))
         return self._endpoint(name)
@@ -491,6 +531,7 @@ class AzureTarget:
         body = m.ServerForPatch(replica=m.Replica(promote_mode=mode, promote_option=option), tags=tags or None)
         started = clock.now()
         self._call("promote", self.env.replica.name, lambda: pg.servers.begin_update(self.rg, self.env.replica.name, body))
+        self._active = None
         return PromotionResult(self.env.replica.name, "promoted", (clock.now() - started).total_seconds())
 
     def stop_primary_region(self) -> Change:
@@ -533,6 +574,7 @@ class AzureTarget:
             self._call("delete the promoted drill server", self.env.replica.name,
                        lambda: pg.servers.begin_delete(self.rg, self.env.replica.name))
         change = self.ensure_replica()
+        self._active = None
         return Change("server", self.env.replica.name, "created",
                       notes=("the server the drill promoted was deleted; the replica was created again "
                              "from the primary", *change.notes))
@@ -620,9 +662,9 @@ class AzureTarget:
     def metrics_series(self, start: datetime, end: datetime, interval: str = "PT1M",
                        names: tuple[str, ...] = METRICS, resource: str | None = None) -> dict[str, list[tuple[datetime, float]]]:
         """Azure Monitor samples (1-minute, kept 93 days) of ``names`` between start and end."""
-        server = resource or next(d.id for d in self.desired() if d.type == "server")
+        server = resource or self._active_id()
         span = f"{start.isoformat()}/{end.isoformat()}"  # metrics.list wants ISO strings, not timedeltas
-        response = self._call("read metrics of", self.env.server.name, lambda: self.clients.monitor.metrics.list(
+        response = self._call("read metrics of", server.rsplit("/", 1)[-1], lambda: self.clients.monitor.metrics.list(
             server, timespan=span, interval=interval, metricnames=",".join(names), aggregation="Average,Maximum"))
         out: dict[str, list[tuple[datetime, float]]] = {}
         for metric in response.value or []:
@@ -646,9 +688,9 @@ class AzureTarget:
         provisioned IOPS. Hourly, not 1-minute: 93 days of minutes are 134,000 points a metric,
         beyond what one metrics query returns; the hour's average and maximum keep what the
         analysis needs."""
-        server = next(d.id for d in self.desired() if d.type == "server")
+        server = self._active_id()
         span = f"{start.isoformat()}/{end.isoformat()}"
-        response = self._call("read metric history of", self.env.server.name, lambda: self.clients.monitor.metrics.list(
+        response = self._call("read metric history of", server.rsplit("/", 1)[-1], lambda: self.clients.monitor.metrics.list(
             server, timespan=span, interval="PT1H", metricnames=",".join(self.HISTORY), aggregation="Average,Maximum"))
         out: dict[str, list[tuple[datetime, float, float]]] = {}
         for metric in response.value or []:
@@ -702,13 +744,13 @@ class AzureTarget:
     def availability_samples(self, start: datetime, end: datetime) -> list[tuple[datetime, float]]:
         """is_db_alive per minute (sampled every 20 s: the minute's minimum, so one failed sample
         makes the minute down), a day per query."""
-        server = next(d.id for d in self.desired() if d.type == "server")
+        server = self._active_id()
         out: list[tuple[datetime, float]] = []
         day = start
         while day < end:
             upto = min(end, day + timedelta(days=1))
             span = f"{day.isoformat()}/{upto.isoformat()}"
-            response = self._call("read availability of", self.env.server.name,
+            response = self._call("read availability of", server.rsplit("/", 1)[-1],
                                   lambda span=span: self.clients.monitor.metrics.list(
                                       server, timespan=span, interval="PT1M", metricnames="is_db_alive",
                                       aggregation="Minimum"))
@@ -742,7 +784,9 @@ class AzureTarget:
         if which == "application" and self.env.dr.application_record and self.env.network.private_dns_zone:
             return self._endpoint(self.env.replica.name if self.application_target() == "replica"
                                   else self.env.server.name)
-        return self._endpoint(self.env.replica.name if which == "replica" else self.env.server.name)
+        if which == "replica":
+            return self._endpoint(self.env.replica.name)
+        return self._endpoint(self.active_server())     # after a real region failover: the promoted server
 
     def _endpoint(self, name: str) -> Endpoint:
         mapped = self._endpoints(name)
@@ -878,7 +922,7 @@ class AzureTarget:
     def maintenance_window(self) -> MaintenanceWindow | None:
         """The server's maintenance window as its next start (UTC) and length; None when it is
         system-managed (Azure then gives 5 days' notice: the health runbook reports it)."""
-        server = self._server(self.env.server.name)
+        server = self._server(self.active_server())
         window = getattr(server, "maintenance_window", None)
         if window is None or (getattr(window, "custom_window", "Disabled") or "Disabled") != "Enabled":
             return None
@@ -910,7 +954,7 @@ class AzureTarget:
         Health events of type PlannedMaintenance, notified 5 days ahead): [{title, start, end}]."""
         from azure.core.rest import HttpRequest
 
-        server = next(d.id for d in self.desired() if d.type == "server")
+        server = self._active_id()
         request = HttpRequest("GET", f"https://management.azure.com{server}/providers/Microsoft.ResourceHealth/events",
                               params={"api-version": "2022-10-01"})
         reply = self.clients.resource.send_request(request)
@@ -972,7 +1016,7 @@ class AzureTarget:
     def backup_status(self) -> BackupStatus:
         """Backup facts from the server (retention, geo) and its backups list (R-BAK-1/2).
         Azure manages WAL and backup files itself: their integrity is proved by the restore test."""
-        server = self._server(self.env.server.name)
+        server = self._server(self.active_server())
         backups = self.list_backups()
         latest = backups[-1] if backups else None
         settings = server.backup

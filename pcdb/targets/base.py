@@ -264,6 +264,10 @@ class Topology(Role, Protocol):
     def replica_diverged(self) -> bool:
         """A drill promoted the replica and it has not been rebuilt yet."""
         ...
+    def serving(self) -> str | None:
+        """None while production runs where the spec says; after a real region failover, a plain
+        sentence: which server it runs on, where, until the failback (health and status show it)."""
+        ...
     def application_target(self) -> Literal["primary", "replica"]:
         """Where the application's name points: the HA pair, or the replica a real region failover
         promoted (Azure: the private DNS record; the sandbox: its stand-in for it)."""

@@ -285,6 +285,9 @@ class MemoryTarget:
     def application_target(self) -> Literal["primary", "replica"]:
         return self.application
 
+    def serving(self) -> str | None:
+        return None if self.application == "primary" else "production runs on the promoted replica"
+
     def switch_application(self, to: Literal["primary", "replica"]) -> Change:
         if self.application == to:
             return Change("application", "application", "unchanged")

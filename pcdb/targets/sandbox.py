@@ -486,6 +486,12 @@ class SandboxTarget:
     def application_target(self) -> str:
         return self.sandbox.state.application
 
+    def serving(self) -> str | None:
+        if self.sandbox.state.application != "replica":
+            return None
+        return (f"production runs on the promoted replica {self.env.replica.name} ({self.env.replica.location}): the "
+                "application points at it since a region failover, until the failback")
+
     def switch_application(self, to: Literal["primary", "replica"]) -> Change:
         before = self.sandbox.state.application
         if not self.sandbox.switch_application(to):

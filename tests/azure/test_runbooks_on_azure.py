@@ -276,6 +276,7 @@ def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_point
     application's CNAME names it and the service takes writes through it. The failback on Azure
     is refused while the region is down, then refused as not automated, with the procedure."""
     from pcdb import failover as real
+    from pcdb import health
     from pcdb.errors import TargetError
 
     spec, arm, context = on_azure[:3]
@@ -298,6 +299,17 @@ def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_point
         assert owners == ["dev team", "network team"]
         record = next(v for k, v in arm.resources.items() if k.endswith("/cname/pcdb-app"))
         assert record["properties"]["cnameRecord"]["cname"] == "phonebill-postgresql-replica.postgres.database.azure.com"
+        # Every runbook now reads the promoted server (#25): its endpoint, its state, its health.
+        replica_name = "phonebill-postgresql-replica"
+        assert target.active_server() == replica_name
+        assert target.endpoint("primary").conninfo("x") == arm.endpoint(replica_name).conninfo("x")
+        state = target.server_state()
+        assert state.name == replica_name and [(n.name, n.role) for n in state.nodes] == [
+            (replica_name, "primary"), ("phonebill-postgresql-prod", "former primary")]
+        assert not state.nodes[1].running
+        checked = health.preview(ctx, health.Store(tmp_path / "health.db"))
+        assert checked.metrics["up"] == 1 and checked.metrics["writable_primary"] == 1   # its SQL reached the promoted one
+        assert checked.serving.startswith(f"production runs on the promoted replica {replica_name} in koreasouth")
         replica = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-replica"))
         assert "pcdb-drill" not in (replica.get("tags") or {}) and not target.replica_diverged()
         with pytest.raises(TargetError, match="still down"):
