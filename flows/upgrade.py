@@ -26,6 +26,11 @@ from pcdb.targets.base import UPGRADE_COPY
 
 PORT = upgrade.UpgradeTarget   # the roles of the target used here (tests/unit/test_port_roles.py checks it)
 PROBE_TABLE = "pcdb_upgrade_probe"
+AFTER_STEPS = ("throughout: a probe writer on the application's path (table pcdb_upgrade_probe, dropped after) "
+               "measures the downtime and reads back every acknowledged row",
+               "after: the spec's parameters on the new major, ALTER EXTENSION ... UPDATE, ANALYZE",
+               "then all of Phase 7's checks: a planned failover and back (a few seconds of write outage each) and a "
+               "point-in-time restore to a throw-away server, deleted after")
 
 
 @flow(name="upgrade", **HOOKS)
@@ -94,7 +99,7 @@ def upgrade_major(to: int, env: str = "local", spec_path: str | None = None, reh
                     "rehearsal": {k: recent[k] for k in ("run_id", "ended_at", "passed", "from_version", "to_version",
                                                          "seconds")} if recent else
                     f"NONE in the last {upgrade.REHEARSAL_VALID.days} days: upgraded without a rehearsal",
-                    "steps": ctx.target.upgrade_steps(str(to))}
+                    "steps": [*ctx.target.upgrade_steps(str(to)), *AFTER_STEPS]}
             shown = (f"Upgrade {spec.server.name} from PostgreSQL {current} to {to} in place. "
                      + (f"Rehearsed in run {recent['run_id']} ({recent['ended_at']}): {recent['detail']}" if recent else
                         "**No rehearsal vouches for it** (--without-rehearsal).") + " Steps: "

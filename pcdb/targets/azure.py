@@ -415,8 +415,7 @@ class AzureTarget:
                 "until it is created again",
                 f"update {server}'s version to {major} through ARM: Azure's precheck, its backup, pg_upgrade; HA "
                 "off during it and on again after; the application's writes measured across it",
-                f"create the read replica {replica} again from the upgraded primary",
-                "the spec's parameters, ALTER EXTENSION ... UPDATE, ANALYZE, and Phase 7's checks"]
+                f"create the read replica {replica} again from the upgraded primary"]
 
     def rollback_procedure(self, intent: dict) -> str:
         return (f"Azure keeps no way back in place after a successful upgrade. Restore the server as it was "

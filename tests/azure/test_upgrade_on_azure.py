@@ -180,12 +180,19 @@ def test_on_production_the_upgrade_relies_on_a_recorded_rehearsal_and_a_signed_d
     assert conflict.action == "conflict" and any('edit server.version to "15"' in n for n in conflict.notes)
 
 
-def test_a_version_azure_does_not_offer_is_refused_by_arm_before_anything_starts(at_14):
-    """ARM's own validation, synchronous: a major that is not later than the server's."""
+def test_arm_refuses_a_version_it_does_not_offer_and_azure_a_server_that_has_a_read_replica(at_14):
+    """ARM's own validation, synchronous: a major that is not later than the server's. Then
+    Azure's precheck, as Microsoft documents it: a server with a read replica is refused (which is
+    why pcdb deletes the replica first and creates it again after)."""
     spec, arm, context = at_14
     target = context(load_environment(spec)).target
     ran, version = len(arm.operations_run), server(arm)["properties"]["version"]
     with pytest.raises(TargetError, match=r"ParameterOutOfRange: The value of the 'Version' should be in: \[") as caught:
         target._update_version(SERVER, "13")
     assert "13" not in str(caught.value).split("should be in:")[1]
+    assert len(arm.operations_run) == ran and server(arm)["properties"]["version"] == version
+    assert server(arm, REPLICA)["properties"]["replicationRole"] == "AsyncReplica"
+    with pytest.raises(TargetError, match=f"Major version upgrade precheck failed for server {SERVER}: read replica "
+                                          f"{REPLICA}: delete the read replica"):
+        target._update_version(SERVER, "16")
     assert len(arm.operations_run) == ran and server(arm)["properties"]["version"] == version
