@@ -627,7 +627,7 @@ class AzureTarget:
         server = self._find_server(self.env.server.name)
         if server is None:
             return [f"{self.env.server.name} (not found)"]
-        state = getattr(server.state, "value", server.state)
+        state = _text(server.state)
         return [] if state == "Ready" else [f"{self.env.server.name} (state {state})"]
 
     def reverse_replication(self) -> list[Change]:

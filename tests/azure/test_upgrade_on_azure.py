@@ -108,6 +108,7 @@ def test_production_refuses_without_a_rehearsal_and_azure_refuses_what_its_prech
     assert {n["version"].split(".")[0] for n in arm.sb.status()["nodes"]} == {"14"}
     report = Path(re.search(r"Report: (\S+\.md)", state.message)[1]).read_text()
     assert "## The upgrade FAILED" in report and "event trigger ddl_audit" in report
+    assert f"{SERVER} is Ready, PostgreSQL 14" in report and "--restore-time" in report   # Azure's state, the rollback
 
 
 def test_on_production_the_upgrade_relies_on_a_recorded_rehearsal_and_a_signed_decision(at_14):
