@@ -137,3 +137,37 @@ def plan_command(env: EnvOption = "prod",
                                    f"+${cost['known_usd']:,.2f} known, and unknown: {'; '.join(cost['unknown'])}"))
               + "".join(f"\n  {line['what']}: +${line['usd']:,.2f} ({line['source']})" for line in cost["lines"]),
               highlight=False, markup=False)
+
+
+@app.command("preflight")
+@user_errors
+def preflight_command(env: EnvOption = "prod", as_json: JsonOption = False) -> None:
+    """Check, reading only, what the install needs before Phase 1, each failing check with what to
+    do. On Azure: the resource providers, the region's capabilities (SKU, zone-redundant HA in the
+    spec's zones, storage, version, the replica's region), the vCore quota, the server names, the
+    VNet, subnet delegation and private DNS zone, the principal's permissions, the budget's scope,
+    and every secret (Key Vault included). On the sandbox: the server programs and the secrets.
+    `pcdb install` runs the same checks first and stops before Phase 1 when one fails.
+
+    --json prints {ok, checks: [{name, ok, detail, fix}]}; the exit status is 1 when a check fails."""
+    spec = load_environment(env)
+    use_orchestrator(spec)
+    from flows.runbook import runbook_context
+    from pcdb.install import preflight
+    from pcdb.preflight import as_json as preflight_json
+
+    checks = preflight(runbook_context(spec))
+    result = preflight_json(checks)
+    if as_json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        table = Table("check", "", "found", "what to do", title=f"preflight for {spec.name} ({spec.target})")
+        for c in checks:
+            table.add_row(c.name, "ok" if c.ok else "FAILED", c.detail, "" if c.ok else c.fix)
+        out.print(table)
+        failed = [c.name for c in checks if not c.ok]
+        out.print(f"{len(checks) - len(failed)} of {len(checks)} checks pass" +
+                  (f"; FAILED: {', '.join(failed)} (the install would stop before Phase 1)" if failed else ""),
+                  highlight=False, markup=False)
+    if not result["ok"]:
+        raise typer.Exit(1)

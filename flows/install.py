@@ -29,10 +29,11 @@ from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError
 from pcdb.install import PHASES, PhaseSpec, full_plan, refuse_bad_secrets
+from pcdb.preflight import as_json, refusal
 from pcdb.private import write_private
 from pcdb.schema import LEDGER_SCHEMA
 from pcdb.targets.base import Connection
-from tasks.install import run_step
+from tasks.install import run_preflight, run_step
 
 PORT = Connection   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
@@ -175,6 +176,15 @@ def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False,
         ev.figures["network_overrides"] = overrides
     logger = get_run_logger()
     spec = ctx.env
+    # The preflight first (read only): what Azure or this machine would refuse halfway through
+    # is said now, each with what to do, and nothing is planned or changed while one fails.
+    checks = run_preflight(quote(ctx))
+    ev.figures["preflight"] = as_json(checks)
+    create_table_artifact([c.as_dict() for c in checks], key=f"install-preflight-{spec.name}",
+                          description="the preflight: what must hold before Phase 1")
+    refused = refusal(checks)
+    if refused:
+        raise PcdbError(refused)
     plan = full_plan(ctx)  # the whole of it, read-only: resources, parameters, access, secrets, roles, grants
     if dry_run:
         create_table_artifact([_plan_row(c) for c in plan], key=f"install-plan-{spec.name}",

@@ -21,6 +21,7 @@ from pcdb import secrets as pw
 from pcdb.changes import Change
 from pcdb.context import RunbookContext
 from pcdb.errors import SecretError
+from pcdb.preflight import Check
 from pcdb.sql import query
 from pcdb.targets.base import Connection, Provisioning, throwaway_name
 
@@ -70,6 +71,23 @@ def secrets_preflight(ctx: RunbookContext) -> list[Change]:
         out.append(Change("secret", owner, "unchanged", notes=(f"{ref.describe()}: present"
                                                                 + (", meets the password policy" if is_password else ""),)))
     return out
+
+
+def preflight(ctx: RunbookContext) -> list[Check]:
+    """Read only, before Phase 1 (and before the plan): the target's own checks (Azure: the
+    subscription; sandbox: the server programs), then every secret the install needs, read from
+    its source (Key Vault, Prefect, a file, the environment)."""
+    found = list(ctx.target.preflight())
+    secrets = secrets_preflight(ctx)
+    bad = [c for c in secrets if c.action == "conflict"]
+    if bad:
+        found.append(Check("secrets", False, f"{len(bad)} of {len(secrets)} secret(s) missing or too weak: "
+                           + " / ".join(c.notes[0] for c in bad),
+                           "create each one where the spec says it is (a Key Vault secret, a Prefect Secret block, "
+                           "a file only its owner reads, or an environment variable), meeting the password policy"))
+    else:
+        found.append(Check("secrets", True, f"all {len(secrets)} present: {', '.join(c.name for c in secrets)}"))
+    return found
 
 
 def refuse_bad_secrets(found: list[Change]) -> None:

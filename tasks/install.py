@@ -8,7 +8,8 @@ from prefect.cache_policies import NO_CACHE
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
 from pcdb.context import RunbookContext
-from pcdb.install import Step
+from pcdb.install import Step, preflight
+from pcdb.preflight import Check
 from tasks.retry import RETRIES, RETRY_DELAYS, transient_only
 
 
@@ -27,3 +28,17 @@ def run_step(label: str, step: Step, ctx: RunbookContext) -> list[Change | Check
             log("check %s [%s]: %s - %s", item.name, item.requirement, item.verdict,
                 item.evidence)
     return items
+
+
+@task(name="preflight", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only,
+      cache_policy=NO_CACHE, timeout_seconds=600)
+def run_preflight(ctx: RunbookContext) -> list[Check]:
+    """Read only, before Phase 1: what the install needs from where it runs, each check logged."""
+    logger = get_run_logger()
+    found = preflight(ctx)
+    for check in found:
+        if check.ok:
+            logger.info("preflight %s: ok - %s", check.name, check.detail)
+        else:
+            logger.error("preflight %s: FAILED - %s; what to do: %s", check.name, check.detail, check.fix)
+    return found

@@ -39,6 +39,9 @@ class AzureClients:
     loganalytics: Any
     monitor: Any
     cost: Any = None        # Cost Management (scope-based: no subscription in its constructor)
+    # The flexible-server API's subscription-level reads the preflight makes (quota usages, name
+    # availability): first in a stable version at 2025-08-01 (pcdb/azure/preflight.py).
+    postgres_reads: Any = None
 
 
 POSTGRES_API_VERSION = "2024-08-01"
@@ -62,7 +65,11 @@ def make_clients(credential, subscription: str, **options: Any) -> AzureClients:
     postgres = PostgreSQLManagementClient(credential, subscription, api_version=POSTGRES_API_VERSION, **options)
     logs, monitor = (cls(credential, subscription, **options) for cls in (
         LogAnalyticsManagementClient, MonitorManagementClient))
-    return AzureClients(resources, network, dns, postgres, logs, monitor, cost=CostManagementClient(credential, **options))
+    from pcdb.azure.preflight import PREFLIGHT_API_VERSION
+
+    reads = PostgreSQLManagementClient(credential, subscription, api_version=PREFLIGHT_API_VERSION, **options)
+    return AzureClients(resources, network, dns, postgres, logs, monitor, cost=CostManagementClient(credential, **options),
+                        postgres_reads=reads)
 
 
 def translate(exc: Exception, what: str) -> Exception:

@@ -20,6 +20,7 @@ from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import TargetError
 from pcdb.paths import AZURE_ROOTS
+from pcdb.preflight import Check
 from pcdb.targets.base import (
     STORAGE_GUARD,
     UPGRADE_COPY,
@@ -104,6 +105,13 @@ class AzureTarget:
                 *(Change("configuration", name, "updated", {"properties.value": (current, default)},
                          ("not in the spec any more: back to Azure's default",))
                   for name, (current, default) in self._removed_parameters().items())]
+
+    def preflight(self) -> list[Check]:
+        from pcdb.azure.preflight import Preflight
+
+        names = {"server": self.env.server.name, "replica": self.env.replica.name}
+        return Preflight(self.env, self.clients, self.subscription, self.desired(),
+                         lambda kind: self._find_server(names[kind]) is not None).run()
 
     def ensure_resource_group(self) -> Change:
         return self._ensure(*KINDS["resource_group"])[0]

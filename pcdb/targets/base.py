@@ -17,6 +17,7 @@ import psycopg
 from pcdb.anchors import Anchors
 from pcdb.changes import Change
 from pcdb.config import Environment
+from pcdb.preflight import Check
 
 
 def throwaway_name(env: Environment, purpose: str) -> str:
@@ -236,6 +237,11 @@ class Provisioning(Role, Protocol):
         ...
     def plan(self) -> list[Change]:
         """What an install would change, without changing it (plan before apply)."""
+        ...
+    def preflight(self) -> list[Check]:
+        """Read only, before Phase 1: what the install needs from where it runs (Azure: providers,
+        the region's capabilities, quota, names, network, permissions, the budget's scope; sandbox:
+        the server programs of the spec's version), each failing check with what to do."""
         ...
 
 @runtime_checkable

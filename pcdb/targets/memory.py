@@ -27,6 +27,7 @@ from pcdb.billing import DayCost
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import TargetError
+from pcdb.preflight import Check
 from pcdb.probe import ProbeResult
 from pcdb.targets.base import (
     STALL_REPLICA,
@@ -80,6 +81,7 @@ class MemoryTarget:
         # Provisioning: resource -> its properties as they are (absent: not made)
         self.resources: dict[str, dict[str, object]] = {}
         self.applied_parameters: dict[str, str] = {}
+        self.preflight_checks: list[Check] = [Check("memory", True, "nothing outside this process to check")]
         # Topology
         self.nodes = {"node1": Node("node1", "primary"), "node2": Node("node2", "standby"),
                       "replica": Node("replica", "replica")}
@@ -226,6 +228,9 @@ class MemoryTarget:
         diff = {k: (self.applied_parameters.get(k, ""), v) for k, v in self._wanted_parameters().items()
                 if self.applied_parameters.get(k) != v}
         return {self.env.server.name: diff} if diff else {}
+
+    def preflight(self) -> list[Check]:
+        return list(self.preflight_checks)
 
     def plan(self) -> list[Change]:
         changes = [self._diff(r) for r in self.desired()]

@@ -21,6 +21,7 @@ from pcdb.anchors import Anchors, FileAnchors
 from pcdb.changes import Change
 from pcdb.config import Environment
 from pcdb.errors import SandboxError, TargetError
+from pcdb.preflight import Check
 from pcdb.process import machine_memory
 from pcdb.sandbox import Sandbox, builds, proc
 from pcdb.sandbox.engine import HA_NODES, REPLICA, REPLICATION_USER
@@ -255,6 +256,15 @@ class SandboxTarget:
     def generated_secret(self, name: str) -> str:
         """A password the sandbox generated for ``name`` (file mode 0600)."""
         return self.sandbox.password(name)
+
+    def preflight(self) -> list[Check]:
+        """The server programs of the spec's version: on this machine, or where they come from."""
+        major = str(self.env.server.version)
+        found = proc.bindir_of_major(major)
+        if found is not None:
+            return [Check("server-programs", True, f"PostgreSQL {major}: {found}")]
+        return [Check("server-programs", False, f"the server programs of PostgreSQL {major} (server.version) are not "
+                      "on this machine", builds.why_not(major))]
 
     def plan(self) -> list[Change]:
         """Read-only: what an install would create or change on this sandbox now."""

@@ -19,19 +19,28 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-SPEC_FILE = Path(__file__).resolve().parents[1] / "data" / "azure-rest-api-specs" / \
-    "postgresql-flexibleservers-2024-08-01.json"
+SPECS = Path(__file__).resolve().parents[1] / "data" / "azure-rest-api-specs"
+# One extract per API version pcdb speaks to Microsoft.DBforPostgreSQL: 2024-08-01 for everything
+# but the preflight's quota usages and name availability, first stable at 2025-08-01.
+SPEC_FILES = (SPECS / "postgresql-flexibleservers-2024-08-01.json", SPECS / "postgresql-flexibleservers-2025-08-01.json")
 PROVIDER = "/providers/microsoft.dbforpostgresql/"
 _TYPES = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list, "number": (int, float)}
 
 
 class ArmSpec:
-    def __init__(self, path: Path = SPEC_FILE):
-        data = json.loads(path.read_text())
-        self.api_version = data["source"]["api_version"]
-        self.definitions: dict[str, dict] = data["definitions"]
-        self.operations = [(op, re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(op["path"])) + "$",
-                                           re.IGNORECASE)) for op in data["operations"]]
+    def __init__(self, paths: tuple[Path, ...] = SPEC_FILES):
+        self.definitions: dict[str, dict] = {}
+        self.operations = []
+        for path in paths:
+            data = json.loads(path.read_text())
+            version = data["source"]["api_version"]
+            clash = set(self.definitions) & set(data["definitions"])
+            assert not clash, f"{path.name} defines again {clash}"
+            self.definitions.update(data["definitions"])
+            self.operations += [({**op, "api_version": version},
+                                 re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(op["path"])) + "$",
+                                            re.IGNORECASE)) for op in data["operations"]]
+        self.api_version = json.loads(paths[0].read_text())["source"]["api_version"]
 
     @staticmethod
     @lru_cache(maxsize=1)
@@ -39,9 +48,13 @@ class ArmSpec:
         return ArmSpec()
 
     def covers(self, url: str) -> bool:
-        """A path of what this extract describes: a flexible server, its configurations and
-        databases, its restart, start and stop (other providers and sub-resources are not checked)."""
+        """A path of what the extracts describe: a flexible server, its configurations and
+        databases, its restart, start and stop; a region's capabilities, quota usages and name
+        availability (other providers and sub-resources are not checked)."""
         path = urlparse(url).path.lower()
+        if re.search(r"/providers/microsoft\.dbforpostgresql/locations/[^/]+/(capabilities|checknameavailability|"
+                     r"resourcetype/flexibleservers/usages)$", path):
+            return True                # the preflight's subscription-level reads
         if PROVIDER + "flexibleservers/" not in path:
             return False
         rest = path.split(PROVIDER + "flexibleservers/", 1)[1].split("/")[1:]
@@ -60,9 +73,9 @@ class ArmSpec:
             return [f"{where}: no operation of the specification {self.api_version} has this path and method"]
         problems = []
         version = parse_qs(urlparse(url).query).get("api-version", [None])[0]
-        if version != self.api_version:
+        if version != op["api_version"]:
             problems.append(f"{where} ({op['id']}): api-version {version}, the specification checked is "
-                            f"{self.api_version}")
+                            f"{op['api_version']}")
         if op["body"] is None:
             if body:
                 problems.append(f"{where} ({op['id']}): a body where the operation takes none")

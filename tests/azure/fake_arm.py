@@ -7,6 +7,7 @@ GET; failures carry ARM error objects; throttling answers 429 with Retry-After."
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +27,54 @@ STATIC_PARAMETERS = {"shared_buffers", "max_connections", "wal_buffers", "shared
 # What ARM reports as a parameter's defaultValue: PostgreSQL's built-in value (pg_settings.boot_val).
 _BOOT_VALUES = {row["name"].lower(): row["boot"] or "" for row in json.loads(
     (Path(__file__).resolve().parents[2] / "pcdb" / "data" / "pg15_settings.json").read_text())}
+
+
+# What the region offers, as the Capabilities API (2024-08-01) answers: Korea Central has three
+# availability zones and zone-redundant HA; Korea South has no availability zones (same-zone HA
+# only). SKUs, storage sizes (MiB) and versions as Azure lists them for the flexible server.
+_SKUS = {"Burstable": [("Standard_B1ms", 1), ("Standard_B2s", 2)],
+         "GeneralPurpose": [("Standard_D2s_v3", 2), ("Standard_D4s_v3", 4), ("Standard_D8s_v3", 8),
+                            ("Standard_D2ds_v5", 2), ("Standard_D4ds_v5", 4), ("Standard_D8ds_v5", 8)],
+         "MemoryOptimized": [("Standard_E2ds_v5", 2), ("Standard_E4ds_v5", 4), ("Standard_E8ds_v5", 8)]}
+_STORAGE_MB = [32768, 65536, 131072, 262144, 524288, 1048576, 2097152, 4193280, 4194304, 8388608, 16777216, 33553408]
+
+
+def region_capability(location: str, zones: tuple[str, ...] | None = None) -> dict:
+    zones = zones if zones is not None else (("1", "2", "3") if location == "koreacentral" else ())
+    modes = ["SameZone", "ZoneRedundant"] if len(zones) > 1 else ["SameZone"]
+    return {
+        "name": "FlexibleServerCapabilities", "status": "Available", "restricted": "Disabled",
+        "zoneRedundantHaSupported": "Enabled" if len(zones) > 1 else "Disabled",
+        "geoBackupSupported": "Enabled", "zoneRedundantHaAndGeoBackupSupported": "Enabled" if len(zones) > 1 else "Disabled",
+        "storageAutoGrowthSupported": "Enabled", "onlineResizeSupported": "Enabled", "fastProvisioningSupported": "Disabled",
+        "supportedServerEditions": [{
+            "name": tier, "defaultSkuName": skus[0][0], "status": "Available",
+            "supportedStorageEditions": [{"name": "ManagedDisk", "defaultStorageSizeMb": 131072, "status": "Available",
+                                          "supportedStorageMb": [{"storageSizeMb": mb, "maximumStorageSizeMb": mb,
+                                                                  "status": "Available"} for mb in _STORAGE_MB]}],
+            "supportedServerSkus": [{"name": name, "vCores": vcores, "supportedZones": list(zones),
+                                     "supportedHaMode": modes, "supportedMemoryPerVcoreMb": 4096, "status": "Available"}
+                                    for name, vcores in skus]} for tier, skus in _SKUS.items()],
+        "supportedServerVersions": [{"name": v, "status": "Available",
+                                     "supportedVersionsToUpgrade": [str(n) for n in range(int(v) + 1, 17)]}
+                                    for v in ("12", "13", "14", "15", "16")]}
+
+
+# The vCore quotas of a subscription in a region (QuotaUsages, 2025-08-01): the regional total and
+# per family, as Azure names them.
+QUOTA_LIMITS = {"cores": 100, "standardBSFamily": 50, "standardDSv3Family": 50, "standardDDSv5Family": 50,
+                "standardEDSv5Family": 50}
+
+# Contributor with Monitoring Metrics Publisher and Storage Blob Data Contributor: what the
+# runbooks' identity is given (Microsoft.Authorization/permissions answers per role assignment).
+CONTRIBUTOR = ({"actions": ["*"], "notActions": ["Microsoft.Authorization/*/Delete", "Microsoft.Authorization/*/Write",
+                                                 "Microsoft.Authorization/elevateAccess/Action"],
+                "dataActions": [], "notDataActions": []},
+               {"actions": ["Microsoft.Insights/Register/Action", "Microsoft.Support/*",
+                            "Microsoft.Resources/subscriptions/resourceGroups/read"], "notActions": [],
+                "dataActions": ["Microsoft.Insights/Metrics/Write"], "notDataActions": []},
+               {"actions": ["Microsoft.Storage/storageAccounts/blobServices/containers/*"], "notActions": [],
+                "dataActions": ["Microsoft.Storage/storageAccounts/blobServices/containers/blobs/*"], "notDataActions": []})
 
 
 class _Raw:
@@ -90,6 +139,15 @@ class FakeArm(HttpTransport):
         # (tests/azure/arm_spec.py); a test fails on what differs (tests/conftest.py).
         self.spec = ArmSpec.load()
         self.spec_problems: list[str] = []
+        # What the preflight reads (pcdb/azure/preflight.py); a test changes one to make it fail.
+        self.capabilities: dict[str, dict] = {loc: region_capability(loc) for loc in ("koreacentral", "koreasouth")}
+        self.quota_limits: dict[str, dict[str, int]] = {loc: dict(QUOTA_LIMITS) for loc in ("koreacentral", "koreasouth")}
+        self.quota_used: dict[str, dict[str, int]] = {}      # location -> quota name -> vCores used elsewhere
+        self.unregistered: dict[str, str] = {}               # namespace -> its registration state
+        self.taken_names: set[str] = set()                   # server names used in another subscription
+        self.permissions: list[dict] = [dict(p) for p in CONTRIBUTOR]
+        self.budget_refusal: tuple[int, str, str] | None = None
+        self.vault_secrets: dict[tuple[str, str], str] = {}  # (vault, secret name) -> value (Key Vault's data plane)
         FakeArm.made.append(self)
 
     # HttpTransport protocol
@@ -110,7 +168,9 @@ class FakeArm(HttpTransport):
 
     @property
     def writes(self) -> list[tuple[str, str]]:
-        return [r for r in self.requests if r[0] in ("PUT", "PATCH", "POST", "DELETE")]
+        """Every call that may change something (a name-availability check is a POST that reads)."""
+        return [r for r in self.requests if r[0] in ("PUT", "PATCH", "POST", "DELETE")
+                and not r[1].lower().endswith("/checknameavailability")]
 
     def send(self, request, **kwargs):
         """ARM's answer; with ``self.spec`` (an ArmSpec), the request and the answer are checked
@@ -138,6 +198,13 @@ class FakeArm(HttpTransport):
                 return _response(request, 429, {"error": {"code": "TooManyRequests", "message": "throttled"}},
                                  {"Retry-After": "7"})
         host = urlparse(request.url).hostname or ""
+        if host.endswith(".vault.azure.net") and method == "GET" and path.startswith("/secrets/"):
+            name = path.split("/")[2]      # Key Vault's GET /secrets/{name} (api-version 7.4)
+            value = self.vault_secrets.get((host.split(".")[0], name))
+            if value is None:
+                return _response(request, 404, {"error": {"code": "SecretNotFound",
+                                                          "message": f"A secret with (name/id) {name} was not found"}})
+            return _response(request, 200, {"value": value, "id": f"https://{host}{path}"})
         if host.endswith(".monitoring.azure.com") and method == "POST" and path.endswith("/metrics"):
             body = json.loads(request.content or b"{}")   # a custom metric: kept, and answered by metric GETs
             self.bodies.append((f"{host}{path}", body))
@@ -152,6 +219,9 @@ class FakeArm(HttpTransport):
                 {"name": "Currency", "type": "String"}], "rows": self.costs}})
         if path.startswith("/operations/"):
             return _response(request, 200, self.operations[path])
+        answered = self._subscription_reads(request, method, path)
+        if answered is not None:
+            return answered
         key = path.lower()
         if method == "GET" and key.endswith("/providers/microsoft.insights/metrics"):
             query = dict(part.split("=", 1) for part in urlparse(request.url).query.split("&") if "=" in part)
@@ -194,6 +264,69 @@ class FakeArm(HttpTransport):
             self.resources.pop(key, None)
             return self._accepted(request)
         return _response(request, 405, {"error": {"code": "MethodNotAllowed", "message": method}})
+
+    def _subscription_reads(self, request, method: str, path: str):
+        """What the preflight reads, answered as ARM does: a provider's registration, a region's
+        capabilities (2024-08-01) and quota usages (2025-08-01), name availability, the caller's
+        permissions on a scope (Microsoft.Authorization), budgets on a scope, a zone's VNet links."""
+        low = path.lower()
+        if method == "GET" and re.fullmatch(r"/subscriptions/[^/]+/providers/[^/]+", low):
+            namespace = path.rsplit("/", 1)[1]
+            return _response(request, 200, {"id": path, "namespace": namespace,
+                                             "registrationState": self.unregistered.get(namespace, "Registered")})
+        located = re.fullmatch(r"/subscriptions/[^/]+/providers/microsoft\.dbforpostgresql/locations/([^/]+)/(.+)", low)
+        if located and method == "GET" and located.group(2) == "capabilities":
+            found = self.capabilities.get(located.group(1))
+            return _response(request, 200, {"value": [found] if found else []})
+        if located and method == "GET" and located.group(2) == "resourcetype/flexibleservers/usages":
+            location = located.group(1)
+            used = self._vcores_used(location)
+            return _response(request, 200, {"value": [
+                {"name": {"value": name, "localizedValue": name}, "limit": limit, "unit": "Count",
+                 "currentValue": used.get(name, 0), "id": f"{path}/{name}"}
+                for name, limit in self.quota_limits.get(location, {}).items()]})
+        if located and method == "POST" and located.group(2) == "checknameavailability":
+            body = json.loads(request.content or b"{}")
+            name = body.get("name", "")
+            taken = name in self.taken_names or any(k.endswith(f"/flexibleservers/{name.lower()}") for k in self.resources)
+            return _response(request, 200, {"name": name, "type": body.get("type"), "nameAvailable": not taken,
+                                             **({"reason": "AlreadyExists", "message": "Specified server name is "
+                                                 "already used."} if taken else {})})
+        if method == "GET" and low.endswith("/providers/microsoft.authorization/permissions"):
+            scope = low.rsplit("/providers/microsoft.authorization/permissions", 1)[0]
+            if "/resourcegroups/" in scope and scope not in self.resources:
+                group = scope.rsplit("/", 1)[1]
+                return _response(request, 404, {"error": {"code": "ResourceGroupNotFound",
+                                                          "message": f"Resource group '{group}' could not be found."}})
+            return _response(request, 200, {"value": self.permissions})
+        if method == "GET" and low.endswith("/providers/microsoft.consumption/budgets"):
+            if self.budget_refusal:
+                status, code, message = self.budget_refusal
+                return _response(request, status, {"error": {"code": code, "message": message}})
+            scope = low.rsplit("/providers/microsoft.consumption/budgets", 1)[0]
+            return _response(request, 200, {"value": [v for k, v in self.resources.items()
+                                                       if k.startswith(scope + "/providers/microsoft.consumption/budgets/")]})
+        if method == "GET" and low.endswith("/virtualnetworklinks"):
+            return _response(request, 200, {"value": [v for k, v in self.resources.items()
+                                                       if k.startswith(low + "/") and k.count("/") == low.count("/") + 1]})
+        return None
+
+    def _vcores_used(self, location: str) -> dict[str, int]:
+        """The vCores the servers this ARM holds in ``location`` count (the HA standby as a server
+        of its own), with what ``quota_used`` says is used elsewhere."""
+        from pcdb.azure.preflight import quota_family
+
+        used = dict(self.quota_used.get(location, {}))
+        for key, server in self.resources.items():
+            if not re.search(r"/flexibleservers/[^/]+$", key) or server.get("location") != location:
+                continue
+            sku = (server.get("sku") or {}).get("name", "")
+            vcores = int(re.search(r"_[A-Z](\d+)", sku).group(1)) if re.search(r"_[A-Z](\d+)", sku) else 0
+            ha = ((server.get("properties") or {}).get("highAvailability") or {}).get("mode", "Disabled")
+            count = vcores * (2 if ha != "Disabled" else 1)
+            for name in ("cores", quota_family(sku)):
+                used[name] = used.get(name, 0) + count
+        return used
 
     def _accepted(self, request):
         op = f"/operations/{uuid.uuid4()}"

@@ -13,6 +13,7 @@ import pytest
 from flows.runbook import load_secret_block
 from pcdb.config import load_environment
 from pcdb.context import RunbookContext
+from pcdb.keyvault import read_secret
 from pcdb.targets.factory import make_target
 from pcdb.targets.sandbox import SandboxTarget
 from tests.azure.fake_arm import FakeCredential
@@ -47,6 +48,7 @@ def azure_on_sandbox(servers: SandboxTarget, *flow_modules) -> Iterator[tuple[Pa
 
     def context(env) -> RunbookContext:
         ctx = RunbookContext(env, None, secret_loader=load_secret_block)  # type: ignore[arg-type]
+        ctx.key_vault = lambda vault, name: read_secret(vault, name, FakeCredential(), arm)   # the ARM's vaults
         ctx.target = make_target(env, ctx.secret, credential=FakeCredential(), transport=arm, polling_interval=0,
                                  blob_endpoint="https://127.0.0.1:9",  # no blob store here: uploads refused at once
                                  endpoints=arm.endpoint)

@@ -200,7 +200,8 @@ def test_a_missing_or_weak_secret_stops_before_phase_1_and_a_phase_5_failure_is_
                              env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, check=False)
     assert refused.returncode == 1, refused.stderr
     error = refused.stderr.split("error: ", 1)[1]
-    assert "2 secret(s) missing or too weak, found before Phase 1; nothing was changed" in error
+    assert ("the preflight found 1 problem(s) before Phase 1; nothing was changed: secrets: 2 of 4 secret(s) "
+            "missing or too weak") in error
     assert "PCDB_TEST_APP_PASSWORD is not set" in error and "too weak" in error
     assert "short" not in error.split("weak")[1]
     assert "Traceback" not in refused.stdout + refused.stderr, refused.stderr   # a user error: its message only

@@ -48,3 +48,45 @@ def test_each_kind_of_difference_is_named():
     assert spec.check_request("POST", SERVER.replace("/pg?", "/pg/failover?"), None) == [
         "POST /subscriptions/s/resourceGroups/rg/providers/Microsoft.DBforPostgreSQL/flexibleServers/pg/failover: "
         "no operation of the specification 2024-08-01 has this path and method"]
+
+
+REGION = "https://management.azure.com/subscriptions/s/providers/Microsoft.DBforPostgreSQL/locations/koreacentral"
+
+
+def test_the_preflight_reads_are_checked_each_against_the_version_it_is_first_published_in():
+    """Capabilities at 2024-08-01; quota usages and name availability at 2025-08-01 (the fake's
+    answers as the specification has them pass; a misspelt property, a wrong enum value or the
+    other version is named)."""
+    from tests.azure.fake_arm import QUOTA_LIMITS, region_capability
+
+    spec = ArmSpec.load()
+    caps = f"{REGION}/capabilities?api-version=2024-08-01"
+    usages = f"{REGION}/resourceType/flexibleServers/usages?api-version=2025-08-01"
+    names = f"{REGION}/checkNameAvailability?api-version=2025-08-01"
+    assert all(spec.covers(u) for u in (caps, usages, names))
+    capability = region_capability("koreacentral")
+    assert spec.check_request("GET", caps, None) == []
+    assert spec.check_response("GET", caps, 200, {"value": [capability]}, {}) == []
+    sku = capability["supportedServerEditions"][1]["supportedServerSkus"][0]
+    sku["supportedZone"] = sku.pop("supportedZones")                      # planted: a misspelt property
+    capability["zoneRedundantHaSupported"] = "Yes"                        # planted: a value not in the enum
+    assert spec.check_response("GET", caps, 200, {"value": [capability]}, {}) == [
+        "LocationBasedCapabilities_Execute answer 200.value[0].zoneRedundantHaSupported: 'Yes' is not one of "
+        "['Enabled', 'Disabled']",
+        "LocationBasedCapabilities_Execute answer 200.value[0].supportedServerEditions[1].supportedServerSkus[0]: "
+        "property 'supportedZone' is not in the specification"]
+    good = {"value": [{"name": {"value": n, "localizedValue": n}, "limit": v, "unit": "Count", "currentValue": 0,
+                       "id": f"{usages}/{n}"} for n, v in QUOTA_LIMITS.items()]}
+    assert spec.check_response("GET", usages, 200, good, {}) == []
+    good["value"][0]["currentvalue"] = good["value"][0].pop("currentValue")          # planted
+    assert spec.check_response("GET", usages, 200, good, {}) == [
+        "QuotaUsages_List answer 200.value[0]: property 'currentvalue' is not in the specification"]
+    assert spec.check_request("GET", usages.replace("2025-08-01", "2024-08-01"), None) == [
+        "GET /subscriptions/s/providers/Microsoft.DBforPostgreSQL/locations/koreacentral/resourceType/flexibleServers/"
+        "usages (QuotaUsages_List): api-version 2024-08-01, the specification checked is 2025-08-01"]
+    ask = {"name": "phonebill-postgresql-prod", "type": "Microsoft.DBforPostgreSQL/flexibleServers"}
+    assert spec.check_request("POST", names, ask) == []
+    assert spec.check_request("POST", names, {**ask, "nameAvailable": True}) == [
+        "NameAvailability_CheckWithLocation request: property 'nameAvailable' is not in the specification"]
+    assert spec.check_response("POST", names, 200, {**ask, "nameAvailable": False, "reason": "Taken"}, {}) == [
+        "NameAvailability_CheckWithLocation answer 200.reason: 'Taken' is not one of ['Invalid', 'AlreadyExists']"]
