@@ -60,7 +60,8 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
     """The server, its work pools and workers, the deployments and their next scheduled runs.
 
     --json prints {url, ui_url, backend, version, work_pools, workers, deployments:[{name,
-    schedule, next_runs}], problems}; exit status 3 when the server is not running, 2 when
+    schedule, next_runs}], problems, serving: {env: {text, at}}} (serving: only an environment whose
+    production runs on a promoted replica, from its latest health run); exit status 3 when the server is not running, 2 when
     something is wrong (a file or folder others could read)."""
     specs = [load_environment(e) for e in env]
     config = one_server(specs)
@@ -85,13 +86,17 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
             problems.append("the local notification sink is not running: alerts of "
                             f"{', '.join(s.name for s in specs if s.notifications.local_sink)} go nowhere; "
                             f"`pcdb server up --env {' --env '.join(env)}` starts it")
-    status = base | {"up": True} | service.service_status(specs) | {"notification_sink": sink, "problems": problems}
+    status = base | {"up": True} | service.service_status(specs) | {"notification_sink": sink, "problems": problems,
+                                                                      "serving": _serving(specs)}
     if as_json:
         print(json.dumps(status, indent=2, default=str))
         raise typer.Exit(2 if problems else 0)
     out.print(f"Prefect {status['version']} at {config.ui_url} ({config.backend})")
     for problem in problems:
         err.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    for name, serving in status["serving"].items():
+        out.print(f"SERVING {name}: {serving['text']} (health run of {serving['at']})", highlight=False, markup=False,
+                  soft_wrap=True)
     for w in status["workers"]:
         out.print(f"worker {w['name']} ({w['pool']}): {w['status']}")
     if sink:
@@ -99,6 +104,24 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
     out.print(deployments_table(status["deployments"]))
     if problems:
         raise typer.Exit(2)
+
+
+def _serving(specs) -> dict[str, dict]:
+    """Per environment whose production runs elsewhere than the spec says (a real region failover
+    promoted the replica, until the failback): what the latest health run found, and when. The
+    health runbook reads the target every minute; this command only reads its result."""
+    from pcdb import health
+
+    found = {}
+    for spec in specs:
+        store = health.store_for(spec)
+        try:
+            latest = store.latest()
+        finally:
+            store.close()
+        if latest is not None and latest[1].get("serving"):
+            found[spec.name] = {"text": latest[1]["serving"], "at": latest[0].isoformat(timespec="seconds")}
+    return found
 
 
 def deployments_table(deployments: list[dict]) -> Table:

@@ -119,9 +119,15 @@ class Preflight:
             try:
                 out += check()
             except Exception as exc:   # a check that cannot read says so; the others still run
+                from azure.core.exceptions import ClientAuthenticationError
+
                 from pcdb.azure.apply import translate
 
                 error = translate(exc, f"read what the {check.__name__} check needs")
+                if isinstance(exc, ClientAuthenticationError):     # no check can read: said once
+                    return [Check("credentials", False, f"no check could read the subscription: {error}",
+                                  "sign in as the runbooks' identity (`az login`, a managed identity, or "
+                                  "AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET), then run again")]
                 if isinstance(error, TransientError):      # throttled or unavailable: the task retries
                     raise error from exc
                 out.append(Check(check.__name__, False, f"could not be read: {error}",

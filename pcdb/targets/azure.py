@@ -1026,12 +1026,12 @@ class AzureTarget:
         server = self._server(self.active_server())
         backups = self.list_backups()
         latest = backups[-1] if backups else None
-        settings = server.backup
+        settings = server.backup          # None: Azure reports no backup settings for the server
         earliest = getattr(settings, "earliest_restore_date", None)
         return BackupStatus(
             latest_backup_id=latest.id if latest else None, latest_backup_at=latest.finished_at if latest else None,
-            retention=timedelta(days=settings.backup_retention_days or 0),
-            geo_redundant=(settings.geo_redundant_backup or "").lower() == "enabled",
+            retention=timedelta(days=getattr(settings, "backup_retention_days", None) or 0),
+            geo_redundant=_text(getattr(settings, "geo_redundant_backup", None) or "").lower() == "enabled",
             # Azure shows neither the WAL nor the backup files: nothing here can pass them. They are
             # "deferred to the restore test", judged by the date of the last one that passed.
             archive_ok=None,

@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, urlparse
 SPECS = Path(__file__).resolve().parents[1] / "data" / "azure-rest-api-specs"
 # One extract per API version pcdb speaks to Microsoft.DBforPostgreSQL: 2024-08-01 for everything
 # but the preflight's quota usages and name availability, first stable at 2025-08-01.
-SPEC_FILES = (SPECS / "postgresql-flexibleservers-2024-08-01.json", SPECS / "postgresql-flexibleservers-2025-08-01.json")
+SPEC_FILES = (SPECS / "postgresql-flexibleservers-2024-08-01.json", SPECS / "postgresql-flexibleservers-2025-08-01.json",
+              SPECS / "privatedns-2024-06-01.json")
 PROVIDER = "/providers/microsoft.dbforpostgresql/"
 _TYPES = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list, "number": (int, float)}
 
@@ -50,11 +51,14 @@ class ArmSpec:
     def covers(self, url: str) -> bool:
         """A path of what the extracts describe: a flexible server, its configurations and
         databases, its restart, start and stop; a region's capabilities, quota usages and name
-        availability (other providers and sub-resources are not checked)."""
+        availability; the private DNS zone, its VNet links and record sets (other providers and
+        sub-resources are not checked)."""
         path = urlparse(url).path.lower()
         if re.search(r"/providers/microsoft\.dbforpostgresql/locations/[^/]+/(capabilities|checknameavailability|"
                      r"resourcetype/flexibleservers/usages)$", path):
             return True                # the preflight's subscription-level reads
+        if "/providers/microsoft.network/privatednszones/" in path:
+            return True                # the private DNS zone, its VNet links, the application's CNAME
         if PROVIDER + "flexibleservers/" not in path:
             return False
         rest = path.split(PROVIDER + "flexibleservers/", 1)[1].split("/")[1:]

@@ -340,11 +340,15 @@ class FakeArm(HttpTransport):
         props = body.setdefault("properties", {})
         for field in WRITE_ONLY:
             props.pop(field, None)
-        if "Microsoft.DBforPostgreSQL" not in path:   # its 2024-08-01 specification has no provisioningState
-            props["provisioningState"] = "Succeeded"
+        record_set = re.search(r"/privateDnsZones/[^/]+/(A|AAAA|CNAME|MX|PTR|SOA|SRV|TXT)/[^/]+$", path)
+        if "Microsoft.DBforPostgreSQL" not in path and not record_set:
+            props["provisioningState"] = "Succeeded"  # not in the specifications of those two
         parts = path.strip("/").split("/")
         if parts[-2:-1] == ["flexibleServers"]:  # what the service reports of a server it made
             props.setdefault("state", "Ready")
+            if props.get("createMode") in ("Replica", "PointInTimeRestore"):
+                # what the specification gives a server made without backup settings (its defaults)
+                props.setdefault("backup", {"backupRetentionDays": 7, "geoRedundantBackup": "Disabled"})
             if props.get("createMode") == "Replica":
                 props["replicationRole"] = "AsyncReplica"
                 props["replica"] = {"role": "AsyncReplica", "replicationState": "Active"}

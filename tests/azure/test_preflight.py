@@ -172,3 +172,22 @@ def test_the_install_runs_the_preflight_first_and_stops_before_phase_1(subscript
         assert not arm.writes and not arm.spec_problems
     finally:
         sku["supportedZones"] = ["1", "2", "3"]
+
+
+def test_without_usable_credentials_it_says_so_once_and_reads_nothing_else():
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from pcdb.targets.factory import make_target
+    from tests.azure.fake_arm import FakeArm
+
+    class NoCredential:
+        def get_token(self, *scopes, **kwargs):
+            raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+
+    arm = FakeArm()
+    target = make_target(load_environment("prod"), lambda ref, owner: "11111111-2222-3333-4444-555555555555",
+                         credential=NoCredential(), transport=arm, polling_interval=0)
+    found = target.preflight()
+    assert [(c.name, c.ok) for c in found] == [("credentials", False)]
+    assert "no usable Azure credentials" in found[0].detail and "az login" in found[0].fix
+    assert arm.requests == []

@@ -310,6 +310,14 @@ def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_point
         checked = health.preview(ctx, health.Store(tmp_path / "health.db"))
         assert checked.metrics["up"] == 1 and checked.metrics["writable_primary"] == 1   # its SQL reached the promoted one
         assert checked.serving.startswith(f"production runs on the promoted replica {replica_name} in koreasouth")
+        # The nightly verification's checks read the promoted server's backups and settings, and
+        # say plainly what the promotion did not carry over (the failback's step 7 puts it back):
+        # the retention Azure gives a replica (7 days), no geo copy, no backup of its own yet.
+        from pcdb import backups
+        checks, summary = backups.daily_checks(target, env, restore_now=True)
+        failed = {c.name: c.evidence for c in checks if not c.passed}
+        assert failed == {"latest backup is fresh": "latest backup (none), - h old (bound 26 h)",
+                          "retention": "7 days (spec 35)", "geo-redundant backup": "geo copy missing or different"}
         replica = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-replica"))
         assert "pcdb-drill" not in (replica.get("tags") or {}) and not target.replica_diverged()
         with pytest.raises(TargetError, match="still down"):

@@ -103,6 +103,37 @@ def test_server_up_brings_up_a_worker_and_every_deployment_and_a_second_call_cha
     assert capacity and all(t.weekday() == 0 and t.strftime("%H:%M%z") == "08:00+0900" for t in capacity)
 
 
+def test_server_status_says_plainly_when_production_runs_on_a_promoted_replica(service):
+    """#25 item 1: after a real region failover the every-minute health run finds production on the
+    promoted replica; `pcdb server status` repeats it from that run's result (JSON and text), and
+    says nothing of the kind otherwise."""
+    from pcdb import clock, health
+    from pcdb.config import load_environment
+
+    assert service.json("server", "status", "--env", str(service.spec))["serving"] == {}
+    spec = load_environment(service.spec)
+    said = ("production runs on the promoted replica phonebill-postgresql-replica in koreasouth since a real region "
+            "failover; phonebill-postgresql-prod (koreacentral) is its former primary")
+    path = service.home / "health" / f"{spec.name}.sqlite"     # where the service's own commands keep it
+    store = health.Store(path)
+    before = store.latest()
+    at = clock.now().replace(microsecond=0)
+    store.save_latest(at, {**(before[1] if before else {}), "status": "ok", "serving": said})
+    store.close()
+    try:
+        status = service.json("server", "status", "--env", str(service.spec))
+        assert status["serving"] == {spec.name: {"text": said, "at": at.isoformat(timespec="seconds")}}
+        text = service.pcdb("server", "status", "--env", str(service.spec)).stdout
+        assert f"SERVING {spec.name}: production runs on the promoted replica" in " ".join(text.split())
+    finally:
+        store = health.Store(path)
+        if before:
+            store.save_latest(*before)
+        else:
+            store.db.execute("DELETE FROM latest")
+        store.close()
+
+
 def test_the_install_ran_through_its_deployment_and_its_json_is_the_contract(service):
     result = service.install
     assert result["status"] == "completed" and Path(result["report"]).is_file()

@@ -90,3 +90,22 @@ def test_the_preflight_reads_are_checked_each_against_the_version_it_is_first_pu
         "NameAvailability_CheckWithLocation request: property 'nameAvailable' is not in the specification"]
     assert spec.check_response("POST", names, 200, {**ask, "nameAvailable": False, "reason": "Taken"}, {}) == [
         "NameAvailability_CheckWithLocation answer 200.reason: 'Taken' is not one of ['Invalid', 'AlreadyExists']"]
+
+
+def test_the_private_dns_calls_are_checked_and_a_misspelt_record_is_named():
+    spec = ArmSpec.load()
+    record = ("https://management.azure.com/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/privateDnsZones/"
+              "phonebill-prod.private.postgres.database.azure.com/CNAME/pcdb-app?api-version=2024-06-01")
+    link = record.replace("/CNAME/pcdb-app", "/virtualNetworkLinks/vnet-phonebill-prod-link")
+    assert spec.covers(record) and spec.operation("PUT", link)["id"] == "VirtualNetworkLinks_CreateOrUpdate"
+    cname = {"properties": {"ttl": 30, "cnameRecord": {"cname": "x.postgres.database.azure.com"}}}
+    assert spec.check_request("PUT", record, cname) == []
+    assert spec.check_request("PUT", record, {"properties": {"ttl": 30, "cnameRecords": [{"cname": "x"}]}}) == [
+        "RecordSets_CreateOrUpdate request.properties: property 'cnameRecords' is not in the specification"]
+    assert spec.check_response("GET", record, 200, {"name": "pcdb-app", "properties": {
+        "ttl": 30, "provisioningState": "Succeeded"}}, {}) == [
+        "RecordSets_Get answer 200.properties: property 'provisioningState' is not in the specification"]
+    assert spec.check_request("PUT", link, {"location": "global", "properties": {
+        "virtualNetwork": {"id": "/subscriptions/s/x"}, "registrationEnabled": False,
+        "virtualNetworkLinkState": "Completed"}}) == [
+        "VirtualNetworkLinks_CreateOrUpdate request.properties: read-only property 'virtualNetworkLinkState' sent"]
