@@ -27,7 +27,8 @@ NOW = datetime(2026, 3, 18, 10, 30, tzinfo=timezone.utc)     # a fixed moment: n
 
 # The policy tests of each runbook of the registry: a runbook added without one fails below.
 POLICIES = {
-    "install": ["test_install_creates_in_order_changes_only_what_differs_and_plans_without_changing"],
+    "install": ["test_install_creates_in_order_changes_only_what_differs_and_plans_without_changing",
+                "test_the_install_preflight_reads_only_and_names_each_failing_check_with_what_to_do"],
     "backup-verification": ["test_backup_verification_judges_what_the_platform_says_of_its_backups"],
     "maintenance": ["test_maintenance_never_starts_inside_the_platforms_maintenance"],
     "health": ["test_health_with_the_primary_unreachable_is_critical_at_once_on_the_critical_channels"],
@@ -95,6 +96,49 @@ def test_install_creates_in_order_changes_only_what_differs_and_plans_without_ch
     fake.env = bigger
     changed = [c for step in PROVISIONING for c in step(context(fake, install, bigger)) if c.changed]
     assert [(c.resource, c.diff) for c in changed] == [("server", {"sku": (ENV.server.sku, "Standard_D8ds_v5")})]
+
+
+def test_the_install_preflight_reads_only_and_names_each_failing_check_with_what_to_do():
+    from pcdb.preflight import Check, as_json, refusal
+
+    fake = MemoryTarget(ENV)
+    ctx = context(fake, install)
+    found = install.preflight(ctx)
+    assert [(c.name, c.ok) for c in found] == [("memory", True), ("secrets", True)] and refusal(found) is None
+    fake.preflight_checks = [Check("zone-redundant-ha", False, "zone 2 is not offered", "use zone 3"),
+                             Check("quota", True, "8 needed, 100 free")]
+    found = install.preflight(ctx)
+    assert as_json(found)["ok"] is False and [c["fix"] for c in as_json(found)["checks"]] == ["use zone 3", None, None]
+    assert refusal(found) == ("the preflight found 1 problem(s) before Phase 1; nothing was changed: "
+                              "zone-redundant-ha: zone 2 is not offered; what to do: use zone 3")
+    assert fake.calls == []                                             # read only
+
+
+def test_the_azure_preflight_applies_azures_permission_rule_and_names_quota_families():
+    from pcdb.azure.desired import desired_resources
+    from pcdb.azure.preflight import allowed, quota_family, required_actions
+
+    contributor = [{"actions": ["*"], "notActions": ["Microsoft.Authorization/*/Write"]},
+                   {"actions": ["Microsoft.Authorization/roleAssignments/write"], "notActions": []}]
+    assert allowed("Microsoft.DBforPostgreSQL/flexibleServers/restart/action", contributor)
+    assert allowed("microsoft.authorization/roleassignments/write", contributor)   # another assignment grants it
+    assert not allowed("Microsoft.Authorization/roleDefinitions/write", contributor)
+    assert not allowed("Microsoft.Insights/Metrics/Write", contributor, data=True)  # data actions are separate
+    reader = [{"actions": ["*/read"], "notActions": []}]
+    assert allowed("Microsoft.Network/virtualNetworks/read", reader)
+    assert not allowed("Microsoft.Network/virtualNetworks/write", reader)
+    assert [quota_family(s) for s in ("Standard_D4s_v3", "Standard_D4ds_v5", "Standard_E8ads_v5", "Standard_B1ms")] == [
+        "standardDSv3Family", "standardDDSv5Family", "standardEADSv5Family", "standardBSFamily"]
+    prod = load_environment("prod")
+    actions, data = required_actions(prod, desired_resources(prod))
+    assert {"Microsoft.DBforPostgreSQL/flexibleServers/write", "Microsoft.Network/virtualNetworks/subnets/write",
+            "Microsoft.Network/privateDnsZones/virtualNetworkLinks/write", "Microsoft.Consumption/budgets/write",
+            "Microsoft.Insights/metricAlerts/write", "Microsoft.DBforPostgreSQL/flexibleServers/configurations/write",
+            "Microsoft.Network/virtualNetworks/subnets/join/action",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies/write"} <= set(actions)
+    assert data == ["Microsoft.Insights/Metrics/Write",
+                    "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write",
+                    "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read"]
 
 
 # -- backup verification ---------------------------------------------------------------------
