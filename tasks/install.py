@@ -30,8 +30,8 @@ def run_step(label: str, step: Step, ctx: RunbookContext) -> list[Change | Check
     return items
 
 
-@task(name="preflight", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only,
-      cache_policy=NO_CACHE, timeout_seconds=600)
+@task(name="preflight", task_run_name="preflight: what must hold before Phase 1", retries=RETRIES,
+      retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE, timeout_seconds=600)
 def run_preflight(ctx: RunbookContext) -> list[Check]:
     """Read only, before Phase 1: what the install needs from where it runs, each check logged."""
     logger = get_run_logger()
