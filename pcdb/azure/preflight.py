@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -49,11 +48,9 @@ ARCHIVE_DATA_ACTIONS = ("Microsoft.Storage/storageAccounts/blobServices/containe
                         "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read")
 
 
-def _wire(model: Any) -> Any:
-    """An SDK model as Azure wrote it (wire names), whatever the SDK's model style."""
-    if hasattr(model, "serialize") and not hasattr(model, "keys"):
-        return model.serialize(keep_readonly=True)
-    return json.loads(json.dumps(model, default=dict))
+def _wire(model: Any) -> dict:
+    """An SDK model as Azure wrote it (wire names: these SDKs' models give them as_dict)."""
+    return model.as_dict()
 
 
 def resource_type(resource_id: str) -> str:
@@ -102,15 +99,27 @@ def quota_family(sku: str) -> str | None:
 
 
 class Preflight:
-    """The checks, each a method returning Checks; ``exists(kind)`` says whether the server or
-    the replica is already made (what exists needs no quota and owns its name)."""
+    """The checks, each a method returning Checks. ``read`` is the reconciler's: a desired
+    resource as Azure has it (wire names), or None when it does not exist; what exists needs no
+    quota, owns its name, and is checked as it is."""
 
     def __init__(self, env: Environment, clients, subscription: str, desired: list[Desired],
-                 exists: Callable[[str], bool]):
-        self.env, self.c, self.subscription, self.desired, self.exists = env, clients, subscription, desired, exists
+                 read: Callable[[Desired], dict | None]):
+        self.env, self.c, self.subscription, self.desired, self.read = env, clients, subscription, desired, read
         self.rg = env.azure.resource_group
         self.rg_id = f"/subscriptions/{subscription}/resourceGroups/{self.rg}"
         self._caps: dict[str, dict | str] = {}
+        self._found: dict[str, dict | None] = {}
+
+    def found(self, kind: str) -> dict | None:
+        """The one desired resource of ``kind`` (server, replica, virtual_network, subnet,
+        private_dns_zone, resource_group) as it is, read once per preflight."""
+        if kind not in self._found:
+            self._found[kind] = self.read(next(d for d in self.desired if d.type == kind))
+        return self._found[kind]
+
+    def exists(self, kind: str) -> bool:
+        return self.found(kind) is not None
 
     def run(self) -> list[Check]:
         out: list[Check] = []
@@ -319,26 +328,18 @@ class Preflight:
             else:
                 out.append(Check(f"{kind}-name", False, f"{name} cannot be used: {answer.get('reason') or '?'}: "
                                  f"{answer.get('message') or 'taken'}",
-                                 f"choose another {'server' if kind == 'server' else 'replica'}.name (server names are "
+                                 f"choose another {kind}.name (server names are "
                                  "global: they are part of the DNS name)"))
         return out
 
     # -- the network ------------------------------------------------------------------------
-
-    def _get(self, read: Callable[[], Any]) -> dict | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return _wire(read())
-        except ResourceNotFoundError:
-            return None
 
     def network(self) -> list[Check]:
         n = self.env.network
         if n.mode != "vnet":
             return [Check("network", True, "public access with firewall rules: no subnet or private DNS zone to check")]
         problems, notes = [], []
-        vnet = self._get(lambda: self.c.network.virtual_networks.get(self.rg, n.vnet.name))
+        vnet = self.found("virtual_network")
         if vnet is None:
             notes.append(f"VNet {n.vnet.name} will be created (Phase 2)")
         else:
@@ -347,7 +348,7 @@ class Preflight:
             if not any(subnet_net.subnet_of(ipaddress.ip_network(x)) for x in spaces):
                 problems.append(f"VNet {n.vnet.name} has address space {', '.join(spaces)}, which does not hold the "
                                 f"subnet {n.subnet.address_prefix}")
-            subnet = self._get(lambda: self.c.network.subnets.get(self.rg, n.vnet.name, n.subnet.name))
+            subnet = self.found("subnet")
             if subnet is None:
                 notes.append(f"subnet {n.subnet.name} will be created and delegated (Phase 2)")
             else:
@@ -365,7 +366,7 @@ class Preflight:
                     notes.append(f"subnet {n.subnet.name} {state}")
         if not n.private_dns_zone.endswith(".postgres.database.azure.com"):
             problems.append(f"the private DNS zone {n.private_dns_zone} does not end in .postgres.database.azure.com")
-        zone = self._get(lambda: self.c.dns.private_zones.get(self.rg, n.private_dns_zone))
+        zone = self.found("private_dns_zone")
         if zone is None:
             notes.append(f"private DNS zone {n.private_dns_zone} and its VNet link will be created (Phase 2)")
         else:
@@ -389,13 +390,9 @@ class Preflight:
 
     def _scope(self) -> tuple[str, bool]:
         """The resource group when it exists (where the runbooks act), else the subscription."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            self.c.resource.resource_groups.get(self.rg)
+        if self.exists("resource_group"):
             return self.rg_id, True
-        except ResourceNotFoundError:
-            return f"/subscriptions/{self.subscription}", False
+        return f"/subscriptions/{self.subscription}", False
 
     def _arm_get(self, path: str, api_version: str) -> tuple[int, dict]:
         from azure.core.rest import HttpRequest

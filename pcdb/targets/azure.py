@@ -109,9 +109,7 @@ class AzureTarget:
     def preflight(self) -> list[Check]:
         from pcdb.azure.preflight import Preflight
 
-        names = {"server": self.env.server.name, "replica": self.env.replica.name}
-        return Preflight(self.env, self.clients, self.subscription, self.desired(),
-                         lambda kind: self._find_server(names[kind]) is not None).run()
+        return Preflight(self.env, self.clients, self.subscription, self.desired(), self.reconciler.read).run()
 
     def ensure_resource_group(self) -> Change:
         return self._ensure(*KINDS["resource_group"])[0]
