@@ -338,10 +338,16 @@ class Topology:
 
     @exclusive
     def reverse_replication(self) -> list[Change]:
-        """Failback, first half: the primary region's servers, rewound onto the promoted replica's
-        timeline, follow it (the first HA node synchronously). The writes the old primary took
-        after the replica's last replayed record are discarded by the rewind: the region
-        failover's measured RPO. Resumable: a node already following is left as it is."""
+        """Failback, first half: the primary region's servers, copied afresh from the promoted
+        replica, follow it (the first HA node synchronously). The writes the old primary took
+        after the replica's last replayed record go with its old data: the region failover's
+        measured RPO. Resumable: a node already following is left as it is.
+
+        Copied afresh, not rewound: a pg_rewind of the old HA nodes onto the promoted replica,
+        after the HA pair had failed over before the region was lost, left a standby at the
+        promoted replica's WAL position without its writes, and a catalog index pointing past its
+        heap (tests/integration/test_sandbox_topology.py reproduces the case). A copy is what
+        Azure does too: the failback's server there is a new replica of the promoted one."""
         if self.state.application != "replica":
             raise SandboxError("there is no region failover to fail back from: the application points at the HA pair")
         missing = self.region_missing()
@@ -356,9 +362,11 @@ class Topology:
             self.state.nodes[name].role = "standby"
             self.save()
             crash.point("failback:rejoining")
-            self.rejoin(name)
+            node = self.node(name)
+            node.stop("immediate", timeout=30)
+            self._clone(node, "standby")      # from the primary: the promoted replica
             changes.append(Change("replication", f"{REPLICA}->{name}", "created",
-                                  notes=(f"{name} rewound onto the promoted replica's timeline and streaming",)))
+                                  notes=(f"{name} copied afresh from the promoted replica and streaming",)))
         first = HA_NODES[0]
         if not self._following(source, first, sync=True):
             source.write_node_conf({**self._node_conf(source, "primary", sync_with=first), "primary_conninfo": ""})

@@ -237,3 +237,41 @@ def test_a_second_process_changing_the_sandbox_waits_then_fails_naming_the_holde
         os.close(fd)
     assert ops.sandbox.primary().name == primary and ops.server_state().ha_state == "Healthy"
     assert other.take_backup().kind == "on-demand"      # the lock is free again
+
+
+def test_the_failback_after_ha_failovers_keeps_the_promoted_replicas_writes_on_both_ha_nodes(ops):
+    """The region failover and failback after the HA pair had failed over (this module's earlier
+    tests; one more here): every write the promoted replica took is on both HA nodes once they
+    follow it, and on the primary after the switch back. With the HA nodes rewound (pg_rewind)
+    instead of copied afresh, the old primary stood at the promoted replica's WAL position
+    without its writes (found on 2026-12-03)."""
+    from pcdb.sandbox.engine import HA_NODES
+
+    sb = ops.sandbox
+    ops.failover("planned")
+    sb.wait_replica_following()
+    sb.stop_region()                                   # the region is lost
+    sb.promote_replica(by="real")
+    sb.switch_application("replica")
+    replica = ops.endpoint("replica").conninfo(ops.admin, ops.admin_password())
+    with psycopg.connect(replica, autocommit=True) as conn:
+        conn.execute("CREATE TABLE failback_probe AS SELECT generate_series(1, 300) AS id")
+        lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    sb.start_region()                                  # the region is back
+    sb.reverse_replication()
+    for name in HA_NODES:
+        node = sb.node(name)
+
+        def replayed(node=node) -> bool:
+            with node.connect(ops.admin, ops.env.service.database) as conn:
+                return conn.execute("SELECT pg_last_wal_replay_lsn() >= %s", (lsn,)).fetchone()[0]
+        node.wait(replayed, f"{name} replaying the promoted replica's writes", 30)
+        with node.connect(ops.admin, ops.env.service.database) as conn:
+            assert conn.execute("SELECT count(*) FROM failback_probe").fetchone()[0] == 300, name
+            assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'failback_probe'::regclass "
+                                "AND attnum > 0").fetchone()[0] == 1, name
+    sb.switch_back()
+    with primary_conn(ops) as conn:
+        assert conn.execute("SELECT count(*) FROM failback_probe").fetchone()[0] == 300
+        conn.execute("DROP TABLE failback_probe")
+    assert sb.state.application == "primary"
