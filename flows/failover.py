@@ -19,6 +19,7 @@ from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import Decider, gates, name_run, refusable, runbook_context, stepped
 from pcdb import failover as real
+from pcdb import install
 from pcdb.config import Environment, load_environment
 from pcdb.steps import table as steps_table
 
@@ -52,7 +53,8 @@ def failover(scenario: Literal["zone", "region", "failback"], env: str = "local"
             elif scenario == "region":
                 result = real.region_failover(ctx.target, spec, password, decide, confirm, outage_began, step=step)
             else:
-                result = real.failback(ctx.target, spec, password, decide, confirm, step=step)
+                result = real.failback(ctx.target, spec, password, decide, confirm, step=step,
+                                       verify=lambda: install.verification(ctx))
         result.steps = step.as_dicts()
         result.notes = [*decider.notes, *result.notes]
         text = _report(spec, result)

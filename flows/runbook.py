@@ -202,9 +202,14 @@ def gates(spec: Environment, ctx: RunbookContext, decider: Decider, kind: str):
     ``decide(facts)`` and ``confirm(step, what)`` for the core (pcdb/drills.py, pcdb/failover.py,
     pcdb/recovery.py)."""
     def decide(facts: dict) -> None:
-        plan = {"kind": kind, "environment": spec.name, "topology": topology(ctx)}
-        decider.decide(f"{kind}-decision", plan, spec.approvers(), shown=_facts(facts),
-                       replan=lambda: {"kind": kind, "environment": spec.name, "topology": topology(ctx)})
+        # A server to delete is part of what is signed (its own decision, bound to its name),
+        # not only a fact shown beside the plan.
+        deletes = {"delete": facts["delete"]} if facts.get("delete") else {}
+
+        def plan() -> dict:
+            return {"kind": kind, "environment": spec.name, "topology": topology(ctx), **deletes}
+        decider.decide(f"{kind}-delete" if deletes else f"{kind}-decision", plan(), spec.approvers(),
+                       shown=_facts(facts), replan=plan)
 
     def confirm(step: DrStep, what: str) -> None:
         owners = spec.team_members(spec.confirming_teams(step)) or spec.approvers()

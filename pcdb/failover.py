@@ -20,11 +20,12 @@ from typing import Protocol
 import psycopg
 
 from pcdb import clock
+from pcdb.changes import Change
 from pcdb.config import DrStep, Environment
 from pcdb.errors import TargetError
 from pcdb.sql import query
 from pcdb.steps import Steps
-from pcdb.targets.base import Connection, Topology
+from pcdb.targets.base import Connection, FailoverResult, Topology
 from pcdb.timeline import Timeline
 
 
@@ -224,35 +225,67 @@ def region_failover(target: FailoverTarget, env: Environment, password: str, dec
 
 def failback(target: FailoverTarget, env: Environment, password: str, approve: Callable[[dict], None],
              confirm: Callable[[DrStep, str], None], plane: ServicePlane = SQL,
-             step: Steps | None = None) -> FailoverReport:
-    """Back to the primary region, planned: refused while it is down (naming what is missing);
-    its servers follow the promoted replica; after the approval and the teams' confirmations,
-    the promoted replica stops cleanly, the primary region takes over, the application's name
-    points back and the read replica is made again."""
+             step: Steps | None = None, verify: Callable[[], list] | None = None) -> FailoverReport:
+    """Back to the primary region, planned, as the target's steps say (its failback_plan):
+    refused while the region is down (naming what is missing); each step measured; the switch
+    back after the approval and the teams' confirmations, a server deleted only after an
+    approval of its own. A run killed anywhere is finished by the next: each step reads what
+    exists, and an interrupted failback is recorded by the target (it goes on even where the
+    application's name already points back). ``verify`` runs Phase 7's checks where the plan asks
+    (a new primary server on Azure); a failing check fails the run and the failback stays recorded."""
     step = step or Steps()
-    began = time.monotonic()
     report = FailoverReport("failback", env.dr.region_failure.rto.total_seconds(),
                             clock.now().isoformat(timespec="seconds"))
-    if target.application_target() != "replica":
-        report.changed = False
-        report.notes.append("the application points at the primary region already: nothing to fail back")
-        return report
-    missing = target.primary_region_missing()
-    if missing:
-        raise TargetError(f"the primary region is still down: {', '.join(missing)} do not answer. Fail back once it "
-                          "is back; the service stays on the promoted replica meanwhile")
-    for change in step("make the primary region follow the promoted replica", target.reverse_replication):
-        report.mark(f"{change.resource} {change.name}: {change.action} {'; '.join(change.notes)}".strip())
-    approve({"from": env.replica.name, "to": env.server.name})
-    report.mark("switch back approved")
-    for role in ("switch_application", "switch_dns"):
-        dr_step = env.dr.step(role)
-        confirm(dr_step, f"{dr_step.step} (back to the primary region)")
-        report.mark(f"confirmed: {dr_step.step} back to the primary region ({dr_step.owner})")
-    result = step("switch back to the primary region (planned)", target.switch_back)
-    report.mark(f"{result.new_primary} promoted in {result.promote_seconds:.3f}s after {result.old_primary} stopped "
-                "cleanly; the application's name points back; the read replica made again")
-    report.recovery_seconds = step("watch the application's path take a write", lambda: watch_service(
-        target, env, password, began, time.monotonic() + report.target_rto_seconds, plane))
+    plan = target.failback_plan()
+    if plan.under_way:
+        report.mark(f"an interrupted failback goes on (recorded at: {plan.under_way})")
+    else:
+        if target.application_target() != "replica":
+            report.changed = False
+            report.notes.append("the application points at the primary region already: nothing to fail back")
+            return report
+        missing = target.primary_region_missing()
+        if missing:
+            raise TargetError(f"the primary region is still down: {', '.join(missing)} do not answer. Fail back once "
+                              "it is back; the service stays on the promoted replica meanwhile")
+    began = None
+    for planned in plan.steps:
+        facts = planned.facts() if planned.facts is not None else None
+        if planned.gate == "delete" and facts is not None:
+            approve(facts)
+            report.mark(f"deletion of {facts['delete']} approved")
+        elif planned.gate == "switch" and facts is not None:
+            approve(facts)
+            report.mark("switch back approved")
+            for role in ("switch_application", "switch_dns"):
+                dr_step = env.dr.step(role)
+                confirm(dr_step, f"{dr_step.step} (back to the primary region)")
+                report.mark(f"confirmed: {dr_step.step} back to the primary region ({dr_step.owner})")
+            began = time.monotonic()     # the write outage of the planned switch is measured from here
+        for line in _said(step(planned.name, planned.run)):
+            report.mark(line)
+        if planned.serves and began is not None:
+            report.recovery_seconds = step("watch the application's path take a write",
+                                           lambda since=began: watch_service(
+                                               target, env, password, since,
+                                               time.monotonic() + report.target_rto_seconds, plane))
     report.application = target.application_target()
+    if plan.verify and verify is not None:
+        results = step("8. run Phase 7's checks on the new primary", verify)
+        failed = [r for r in results if not r.passed]
+        report.notes += [f"Phase 7: {r.name}: {'passed' if r.passed else 'FAILED'} ({r.evidence})" for r in results]
+        if failed:
+            raise TargetError(f"the failback's Phase 7 checks failed: {', '.join(r.name for r in failed)}; the failback "
+                              "stays recorded: fix what they say, then run the failback again (it goes on from there)")
+    if plan.finish is not None:
+        step("the failback's record removed", plan.finish)
     return report
+
+
+def _said(out: object) -> list[str]:
+    """A step's outcome in the timeline's words."""
+    if isinstance(out, FailoverResult):
+        return [f"{out.new_primary} promoted in {out.promote_seconds:.3f}s after {out.old_primary} stopped cleanly; "
+                "the application's name points back; the read replica made again"]
+    items = out if isinstance(out, list) else [out] if isinstance(out, Change) else []
+    return [f"{c.resource} {c.name}: {c.action} {'; '.join(c.notes)}".strip() for c in items]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from pcdb import clock
+from pcdb import clock, crash
 from pcdb.azure.apply import AzureClients, Reconciler, translate
 from pcdb.azure.desired import PLATFORM_PARAMETERS, Desired, desired_resources
 from pcdb.azure.plan import make_plan
@@ -27,6 +27,8 @@ from pcdb.targets.base import (
     BackupInfo,
     BackupStatus,
     Endpoint,
+    FailbackPlan,
+    FailbackStep,
     FailoverResult,
     MaintenanceWindow,
     MetricsSample,
@@ -47,6 +49,12 @@ KINDS = {
     "monitoring": ("log_analytics_workspace", "diagnostic_setting", "workbook", "action_group", "metric_alert",
                    "activity_log_alert", "log_alert", "budget", "storage_account", "blob_container", "immutability_policy"),
 }
+
+
+def _lsn(text: str) -> int:
+    """A PostgreSQL LSN ("16/B374D848") as a byte position."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
 
 
 def _text(value) -> str:
@@ -636,14 +644,219 @@ class AzureTarget:
         state = _text(server.state)
         return [] if state == "Ready" else [f"{self.env.server.name} (state {state})"]
 
-    def reverse_replication(self) -> list[Change]:
-        raise TargetError("the failback on Azure is not automated by this pcdb: create a read replica of "
-                          f"{self.env.replica.name} in {self.env.server.location}, let it catch up, then promote it "
-                          "with a planned switchover (az postgres flexible-server replica promote --promote-mode "
-                          "switchover --promote-option planned)")
+    # -- the failback (#25): a new server in the primary region, Azure's planned switchover ---
+    # Azure cannot rewind a server onto another's timeline, and a server's name is unique and never
+    # renamed: the former primary is deleted (after an approval) so that its name, the spec's, is
+    # the new primary's. The new server is a read replica of the promoted one; Azure's "promote to
+    # primary server" (switchover, planned: it waits until the replica caught up) then swaps their
+    # roles, so the promoted server becomes the Korea South read replica again. Each step reads
+    # what exists and changes only what differs; the step under way is a tag on the promoted
+    # server, written before the step, read by the next run (it outlives this machine).
+    FAILBACK_TAG = "pcdb-failback"
+    VIRTUAL_ENDPOINT = "{server}-ve"   # the switchover's virtual endpoints (Azure requires them)
 
-    def switch_back(self) -> FailoverResult:
-        raise TargetError("the failback on Azure is not automated by this pcdb (see reverse_replication)")
+    def _failback_intent(self) -> str | None:
+        replica = self._replica_server()
+        return (replica.tags or {}).get(self.FAILBACK_TAG) if replica is not None else None
+
+    def _record_failback(self, what: str | None) -> None:
+        """The step under way, as a tag of the promoted server (removed with None)."""
+        from azure.mgmt.postgresqlflexibleservers import models as m
+
+        name = self.env.replica.name
+        tags = {k: v for k, v in (self._server(name).tags or {}).items() if k != self.FAILBACK_TAG}
+        if what:
+            tags[self.FAILBACK_TAG] = f"{what} since {clock.now().isoformat(timespec='seconds')}"[:256]
+        pg = self.clients.postgres
+        self._call("record the failback's step on", name,
+                   lambda: pg.servers.begin_update(self.rg, name, m.ServerForPatch(tags=tags)))
+
+    def failback_plan(self) -> FailbackPlan:
+        server, replica = self.env.server, self.env.replica
+        steps = (
+            (f"delete the former primary {server.name} ({server.location}) after the approval: its name is the new "
+             "primary's", self._fb_delete_former, "delete", self._fb_former_facts),
+            (f"1. create {server.name} in {server.location} as a read replica of the promoted {replica.name} "
+             f"({server.sku}, {server.storage.size // (1 << 30)} GB, zone {server.high_availability.primary_zone})",
+             self._fb_create, None, None),
+            (f"2. wait for {server.name} to catch up with {replica.name} (lag measured)", self._fb_catch_up, None, None),
+            (f"3. promote {server.name} with Azure's planned switchover ({replica.name} becomes its replica)",
+             self._fb_switchover, "switch", self._fb_switch_facts),
+            ("4. point the application's CNAME back", lambda: self.switch_application("primary"), None, None),
+            (f"5. zone-redundant HA on {server.name}, standby in zone {server.high_availability.standby_zone}",
+             self._fb_ha, None, None),
+            (f"6. the read replica {replica.name} in {replica.location} as the spec says", self._fb_replica, None, None),
+            ("7. re-apply what a promotion does not carry over (parameters, allow-listed extensions, authentication) "
+             "and verify the backup settings", self._fb_reapply, None, None),
+        )
+
+        def recorded(name: str, run: Callable[[], object]) -> Callable[[], object]:
+            def step() -> object:
+                self._record_failback(name.split(" (")[0][:120])   # intent first
+                crash.point("azure-failback", name.split(".")[0] if name[0].isdigit() else "delete")
+                out = run()
+                crash.point("azure-failback-done", name.split(".")[0] if name[0].isdigit() else "delete")
+                return out
+            return step
+
+        return FailbackPlan(tuple(FailbackStep(name, recorded(name, run), gate, facts, serves=name.startswith("4."))
+                                  for name, run, gate, facts in steps),
+                            under_way=self._failback_intent(), verify=True,
+                            finish=lambda: self._record_failback(None))
+
+    def _fb_former_facts(self) -> dict | None:
+        """What the approver of the former primary's deletion sees; None once it is gone (or is
+        already the new primary: a replica of the promoted server, or its switched-over primary)."""
+        former, promoted = self._find_server(self.env.server.name), self._replica_server()
+        if former is None or self._is_replica(former) or promoted is None or self._is_replica(promoted):
+            return None     # gone; or the failback's own server (a replica, or the primary after the switchover)
+        return {"delete": self.env.server.name, "location": self.env.server.location, "state": _text(former.state),
+                "why": "its name is the spec's and Azure never renames a server: the new primary takes it",
+                "lost": "the writes it took after the replica's last replayed transaction (the region failover's "
+                        "RPO) go with it"}
+
+    def _fb_delete_former(self) -> Change:
+        if self._fb_former_facts() is None:
+            return Change("server", self.env.server.name, "unchanged",
+                          notes=("the former primary is gone (or is already the new server)",))
+        pg = self.clients.postgres
+        self._call("delete the former primary", self.env.server.name,
+                   lambda: pg.servers.begin_delete(self.rg, self.env.server.name))
+        return Change("server", self.env.server.name, "deleted", notes=("the former primary, after the approval",))
+
+    def _fb_create(self) -> Change:
+        from azure.mgmt.postgresqlflexibleservers import models as m
+
+        server, name = self.env.server, self.env.server.name
+        found = self._find_server(name)
+        if found is not None:
+            if self._fb_former_facts() is not None:
+                raise TargetError(f"{name} is still the former primary: its deletion (after the approval) comes first")
+            return Change("server", name, "unchanged", notes=(f"exists ({_text(found.replication_role)})",))
+        wanted = next(d for d in self.desired() if d.type == "server").model
+        body = m.Server(location=server.location, sku=wanted.sku, storage=wanted.storage, backup=wanted.backup,
+                        availability_zone=wanted.availability_zone, network=wanted.network, create_mode="Replica",
+                        source_server_resource_id=next(d.id for d in self.desired() if d.type == "replica"))
+        pg = self.clients.postgres
+        self._call("create the failback's replica", name, lambda: pg.servers.begin_create_or_update(self.rg, name, body))
+        return Change("server", name, "created", notes=(f"a read replica of {self.env.replica.name} in {server.location}",))
+
+    def _fb_catch_up(self) -> Change:
+        """Until ARM says the replication is Active and the new server replayed the promoted one's
+        WAL position read at the start; the lag at the start and the time it took are reported."""
+        import time
+
+        import psycopg
+
+        from pcdb.sql import query
+
+        name, source = self.env.server.name, self.env.replica.name
+        server = self._server(name)
+        if not self._is_replica(server):
+            return Change("replication", f"{source}->{name}", "unchanged", notes=(f"{name} is no replica any more",))
+        user, password = self.env.server.admin.user, self._admin_password()
+        with psycopg.connect(self._endpoint(source).conninfo(user, password), autocommit=True) as conn:
+            wanted = _lsn(conn.execute(query("failover.sql", "wal_position")).fetchone()[0])
+        started, first, deadline = time.monotonic(), None, time.monotonic() + self.timeout
+        while True:
+            link = self._server(name).replica
+            state = _text(link.replication_state) if link is not None and link.replication_state else ""
+            with psycopg.connect(self._endpoint(name).conninfo(user, password), autocommit=True) as conn:
+                replayed, _ = conn.execute(query("failover.sql", "replay_position")).fetchone()
+            lag = max(0, wanted - _lsn(replayed or "0/0"))
+            first = lag if first is None else first
+            if state == "Active" and lag == 0:
+                break
+            if time.monotonic() > deadline:
+                raise TargetError(f"{name} did not catch up with {source} within {self.timeout:.0f} s (replication "
+                                  f"{state or 'unknown'}, {lag} bytes behind): check the replica in the portal, then "
+                                  "run the failback again")
+            time.sleep(min(self.poll_seconds, 5.0))
+        seconds = round(time.monotonic() - started, 3)
+        return Change("replication", f"{source}->{name}", "updated", {"lag_bytes": (first, 0)},
+                      notes=(f"caught up: {first} bytes behind at the start, {seconds} s to catch up",))
+
+    def _fb_switch_facts(self) -> dict | None:
+        server = self._find_server(self.env.server.name)
+        if server is None or not self._is_replica(server):
+            return None
+        return {"from": self.env.replica.name, "to": self.env.server.name, "how": "Azure's planned switchover"}
+
+    def _fb_switchover(self) -> Change:
+        """Azure's "promote to primary server", planned: it needs virtual endpoints on the current
+        primary with the server to promote as a member."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.mgmt.postgresqlflexibleservers import models as m
+
+        name, promoted = self.env.server.name, self.env.replica.name
+        if not self._is_replica(self._server(name)):
+            self._active = None
+            return Change("server", name, "unchanged", notes=("already the primary",))
+        pg = self.clients.postgres
+        endpoint = self.VIRTUAL_ENDPOINT.format(server=self.env.server.name)[:63]
+        try:
+            members = pg.virtual_endpoints.get(self.rg, promoted, endpoint).properties.members or []
+        except ResourceNotFoundError:
+            members = []
+        if name not in members:
+            body = m.VirtualEndpoint(properties=m.VirtualEndpointResourceProperties(endpoint_type="ReadWrite",
+                                                                                  members=[name]))
+            self._call("create the virtual endpoints on", promoted,
+                       lambda: pg.virtual_endpoints.begin_create(self.rg, promoted, endpoint, body))
+        patch = m.ServerForPatch(replica=m.Replica(promote_mode="switchover", promote_option="planned"))
+        started = clock.now()
+        self._call("switch over to", name, lambda: pg.servers.begin_update(self.rg, name, patch))
+        self._active = None
+        seconds = round((clock.now() - started).total_seconds(), 3)
+        return Change("server", name, "updated", {"replicationRole": ("AsyncReplica", "Primary")},
+                      notes=(f"switched over in {seconds} s; {promoted} is its read replica",))
+
+    def _fb_ha(self) -> Change:
+        from azure.mgmt.postgresqlflexibleservers import models as m
+
+        name, ha = self.env.server.name, self.env.server.high_availability
+        server = self._server(name)
+        have = server.high_availability
+        if have is not None and _text(have.mode) == ha.mode and (have.standby_availability_zone or None) == ha.standby_zone:
+            return Change("high availability", name, "unchanged", notes=(f"{ha.mode}, standby zone {ha.standby_zone}",))
+        patch = m.ServerForPatch(high_availability=m.HighAvailability(mode=ha.mode,
+                                                                     standby_availability_zone=ha.standby_zone))
+        pg = self.clients.postgres
+        self._call("enable high availability on", name, lambda: pg.servers.begin_update(self.rg, name, patch))
+        return Change("high availability", name, "updated",
+                      {"mode": (_text(have.mode) if have else "Disabled", ha.mode)},
+                      notes=(f"standby in zone {ha.standby_zone}",))
+
+    def _fb_replica(self) -> Change:
+        replica = self._replica_server()
+        if replica is not None and not self._is_replica(replica):
+            raise TargetError(f"{self.env.replica.name} is not a replica after the switchover: check it in the portal")
+        return self.ensure_replica()
+
+    def _fb_reapply(self) -> list[Change]:
+        """Parameters (the extension allow-list among them) as the spec has them, the backup
+        retention patched where it differs; geo-redundant backup Azure sets only at creation, so a
+        difference there is said, not written."""
+        from azure.mgmt.postgresqlflexibleservers import models as m
+
+        out = [self.ensure_parameters()]
+        name = self.env.server.name
+        backup = self._server(name).backup
+        days, geo = self.env.backup.retention.days, "Enabled" if self.env.backup.geo_redundant else "Disabled"
+        if backup is None or backup.backup_retention_days != days:
+            pg = self.clients.postgres
+            patch = m.ServerForPatch(backup=m.Backup(backup_retention_days=days))
+            self._call("set the backup retention of", name, lambda: pg.servers.begin_update(self.rg, name, patch))
+            out.append(Change("backup", name, "updated",
+                              {"backupRetentionDays": (backup.backup_retention_days if backup else None, days)}))
+        have_geo = _text(backup.geo_redundant_backup) if backup and backup.geo_redundant_backup else "Disabled"
+        if have_geo != geo:
+            out.append(Change("backup", name, "conflict", {"geoRedundantBackup": (have_geo, geo)},
+                              notes=("Azure sets geo-redundant backup only when a server is created: restore into a "
+                                     "new server with it, and switch over",)))
+        else:
+            out.append(Change("backup", name, "unchanged", notes=(f"{days} days, geo-redundant {geo}",)))
+        return out
 
     def promoted_server_facts(self) -> list[str]:
         """The post-promotion checklist (§5.2.3): what the promoted server lacks that the primary had."""

@@ -6,6 +6,7 @@ Each ``ensure_*`` operation reads what exists, changes only what differs, and re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -147,6 +148,31 @@ class FailoverResult:
 
 
 @dataclass(frozen=True)
+class FailbackStep:
+    """One step of the failback, named as a DBA says it. ``run`` reads what exists and changes
+    only what differs, so a run killed anywhere is finished by the next. A gated step waits for
+    an approval first: "switch" (the switch back, and each other team's confirmation), "delete"
+    (a server deleted); ``facts`` says what the approver sees, or None when the step has nothing
+    left to do (no approval is asked then)."""
+
+    name: str
+    run: Callable[[], object]
+    gate: Literal["switch", "delete"] | None = None
+    facts: Callable[[], dict | None] | None = None
+    serves: bool = False     # after it, the application's name leads to the primary region: the switch's outage ends
+
+
+@dataclass(frozen=True)
+class FailbackPlan:
+    """The failback's steps on a target, in order."""
+
+    steps: tuple[FailbackStep, ...]
+    under_way: str | None = None     # an interrupted failback's recorded step: go on, whatever the name points at
+    verify: bool = False             # Phase 7's checks after the steps (Azure: the primary is a new server)
+    finish: Callable[[], object] | None = None   # after the checks passed: the intent removed
+
+
+@dataclass(frozen=True)
 class PromotionResult:
     """What promoting the read replica did (R-DR-2)."""
 
@@ -284,12 +310,10 @@ class Topology(Role, Protocol):
     def primary_region_missing(self) -> list[str]:
         """What of the primary region does not answer yet (empty: the region is back)."""
         ...
-    def reverse_replication(self) -> list[Change]:
-        """Failback, first half: the primary region's servers follow the promoted replica."""
-        ...
-    def switch_back(self) -> FailoverResult:
-        """Failback, second half: a planned switch from the promoted replica to the primary region,
-        the application's name pointed back, the read replica made again."""
+    def failback_plan(self) -> FailbackPlan:
+        """The failback's steps (sandbox: the primary region follows the promoted replica, then a
+        planned switch back; Azure: a new server in the primary region, Azure's planned
+        switchover, the CNAME, HA, the replica, what a promotion does not carry over)."""
         ...
     def rebuild_replica(self) -> Change:
         """Replace a promoted replica by a new read replica of the primary."""

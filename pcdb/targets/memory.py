@@ -35,6 +35,8 @@ from pcdb.targets.base import (
     BackupInfo,
     BackupStatus,
     Endpoint,
+    FailbackPlan,
+    FailbackStep,
     FailoverResult,
     MaintenanceWindow,
     MetricsSample,
@@ -302,6 +304,13 @@ class MemoryTarget:
 
     def primary_region_missing(self) -> list[str]:
         return [n for n in ("node1", "node2") if not self.nodes[n].running]
+
+    def failback_plan(self) -> FailbackPlan:
+        env = self.env
+        return FailbackPlan((
+            FailbackStep("make the primary region follow the promoted replica", self.reverse_replication),
+            FailbackStep("switch back to the primary region (planned)", self.switch_back, gate="switch",
+                         facts=lambda: {"from": env.replica.name, "to": env.server.name}, serves=True)))
 
     def reverse_replication(self) -> list[Change]:
         missing = self.primary_region_missing()

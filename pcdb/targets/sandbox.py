@@ -36,6 +36,8 @@ from pcdb.targets.base import (
     BackupInfo,
     BackupStatus,
     Endpoint,
+    FailbackPlan,
+    FailbackStep,
     FailoverResult,
     MaintenanceWindow,
     MetricsSample,
@@ -510,6 +512,16 @@ class SandboxTarget:
 
     def primary_region_missing(self) -> list[str]:
         return self.sandbox.region_missing()
+
+    def failback_plan(self) -> FailbackPlan:
+        """The two halves: the HA nodes copied afresh from the promoted replica (nothing the service
+        sees), then, after the approval, the planned switch back (an interrupted one is finished
+        or undone by the sandbox's own intent at its next operation)."""
+        env = self.env
+        return FailbackPlan((
+            FailbackStep("make the primary region follow the promoted replica", self.reverse_replication),
+            FailbackStep("switch back to the primary region (planned)", self.switch_back, gate="switch",
+                         facts=lambda: {"from": env.replica.name, "to": env.server.name}, serves=True)))
 
     def reverse_replication(self) -> list[Change]:
         return self.sandbox.reverse_replication()

@@ -50,9 +50,9 @@ class ArmSpec:
 
     def covers(self, url: str) -> bool:
         """A path of what the extracts describe: a flexible server, its configurations and
-        databases, its restart, start and stop; a region's capabilities, quota usages and name
-        availability; the private DNS zone, its VNet links and record sets (other providers and
-        sub-resources are not checked)."""
+        databases, its restart, start and stop, its virtual endpoints (the failback's switchover);
+        a region's capabilities, quota usages and name availability; the private DNS zone, its
+        VNet links and record sets (other providers and sub-resources are not checked)."""
         path = urlparse(url).path.lower()
         if re.search(r"/providers/microsoft\.dbforpostgresql/locations/[^/]+/(capabilities|checknameavailability|"
                      r"resourcetype/flexibleservers/usages)$", path):
@@ -62,7 +62,7 @@ class ArmSpec:
         if PROVIDER + "flexibleservers/" not in path:
             return False
         rest = path.split(PROVIDER + "flexibleservers/", 1)[1].split("/")[1:]
-        return not rest or rest[0] in ("configurations", "databases", "restart", "start", "stop")
+        return not rest or rest[0] in ("configurations", "databases", "restart", "start", "stop", "virtualendpoints")
 
     def operation(self, method: str, url: str) -> dict | None:
         path = urlparse(url).path

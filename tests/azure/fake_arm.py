@@ -260,8 +260,9 @@ class FakeArm(HttpTransport):
                     if k.startswith(server + "/configurations/"):
                         v["properties"].pop("isConfigPendingRestart", None)
             return self._accepted(request)
-        if method == "DELETE":
-            self.resources.pop(key, None)
+        if method == "DELETE":   # a resource goes with what is under it (a server's parameters, databases...)
+            for gone in [k for k in self.resources if k == key or k.startswith(key + "/")]:
+                del self.resources[gone]
             return self._accepted(request)
         return _response(request, 405, {"error": {"code": "MethodNotAllowed", "message": method}})
 
@@ -349,9 +350,16 @@ class FakeArm(HttpTransport):
             if props.get("createMode") in ("Replica", "PointInTimeRestore"):
                 # what the specification gives a server made without backup settings (its defaults)
                 props.setdefault("backup", {"backupRetentionDays": 7, "geoRedundantBackup": "Disabled"})
+            source = self.resources.get((props.get("sourceServerResourceId") or "").lower(), {}).get("properties", {})
+            for inherited in ("version", "administratorLogin"):   # a replica or a restore is its source's
+                if props.get("createMode") in ("Replica", "PointInTimeRestore") and inherited in source:
+                    props.setdefault(inherited, source[inherited])
             if props.get("createMode") == "Replica":
                 props["replicationRole"] = "AsyncReplica"
                 props["replica"] = {"role": "AsyncReplica", "replicationState": "Active"}
+        if "/virtualendpoints/" in path.lower():   # the pair of names Azure makes (read-only)
+            props["virtualEndpoints"] = [f"{parts[-1]}.writer.postgres.database.azure.com",
+                                         f"{parts[-1]}.reader.postgres.database.azure.com"]
         if "/configurations/" in path:
             props["defaultValue"] = _BOOT_VALUES.get(parts[-1].lower(), "")
             props.setdefault("source", "user-override")

@@ -44,6 +44,10 @@ class SandboxArm(FakeArm):
     def endpoint(self, name: str) -> Endpoint | None:
         """Where the FQDN of server ``name`` leads: the primary's follows the HA pair (multi-host,
         read-write, as Azure's DNS follows a failover); the replica's and a restore's, their node."""
+        if name == self.primary and self.sb.state.application == "replica":
+            # the former primary, or the failback's new server following the promoted replica:
+            # the first HA node (the one the sandbox's failback promotes)
+            return self.local._endpoint_of(self.sb.node(HA_NODES[0]))
         if name == self.primary:
             return self.local.endpoint("application")
         if name == self.replica:
@@ -113,8 +117,23 @@ class SandboxArm(FakeArm):
             self.guard_extensions()
         elif sub is not None:
             return  # configurations, backups, firewall rules, ...: control plane only
+        elif method == "DELETE" and name == self.primary and self.sb.state.application == "replica":
+            # the former primary, deleted by the failback: its servers are gone
+            self._run("delete former primary", lambda: [self.sb.node(n).stop("immediate", timeout=30) for n in HA_NODES])
+        elif method == "PUT" and name == self.primary and props.get("createMode") == "Replica":
+            # the failback's new server in the primary region, a replica of the promoted one: the
+            # sandbox's HA nodes, rebuilt onto the promoted replica's timeline (the first one synchronous)
+            if self.sb.state.application != "replica":
+                raise PcdbError(f"{name} cannot be a replica of {self.replica}: it is not a promoted server")
+            self._run("create failback replica", self._new_servers_following_the_promoted_one)
+        elif method == "PATCH" and name == self.primary and props.get("replica", {}).get("promoteMode") == "switchover":
+            self._switchover(name)
         elif method == "PATCH" and name == self.replica and props.get("replica", {}).get("promoteMode"):
             self._run("promote replica", self.sb.promote_replica)
+            if "pcdb-drill" not in (body.get("tags") or {}):
+                # a real region failover: the promoted server holds production's writes (the
+                # sandbox's record of it, which its failback reads)
+                self.sb.switch_application("replica")
         elif method == "PUT" and props.get("createMode") == "PointInTimeRestore":
             when = datetime.fromisoformat(props["pointInTimeUTC"])
             self._run(f"restore {name}", lambda: self.sb.restore(when, name))
@@ -229,6 +248,35 @@ CREATE EVENT TRIGGER allow_listed_extensions ON ddl_command_start WHEN TAG IN ('
                     conn.execute("DELETE FROM fake_azure.allow_list")
                     conn.execute("INSERT INTO fake_azure.allow_list VALUES (%s)", (value,))
 
+    def _new_servers_following_the_promoted_one(self) -> None:
+        """As Azure makes a replica, a new server from a copy of its source (not a rewind of the
+        old one): each HA node copied afresh from the promoted replica, then the sandbox's failback
+        turns synchronous replication on (both already follow)."""
+        for node_name in reversed(HA_NODES):
+            self.sb.node(node_name).stop("immediate", timeout=30)
+            self.sb.state.nodes[node_name].role = "standby"
+            self.sb.save()
+            self.sb._clone(self.sb.node(node_name), "standby")
+        self.sb.reverse_replication()
+
+    def _switchover(self, name: str) -> None:
+        """Azure's "promote to primary server" (switchover): refused unless the current primary's
+        virtual endpoints name the server promoted; then the roles swap (the sandbox's planned
+        failback: the promoted replica stops cleanly, the HA node takes over, the replica is made
+        again from it) and the virtual endpoints belong to the new primary, with the old one as
+        their member."""
+        source = self._key(self.replica)
+        endpoints = [k for k in self.resources if k.startswith(source + "/virtualendpoints/")]
+        if not any(name in (self.resources[k].get("properties") or {}).get("members", []) for k in endpoints):
+            raise PcdbError(f"Promote operation requires a virtual endpoint on {self.replica} with {name} as a member")
+        self._run("switchover", self.sb.switch_back)
+        for key in endpoints:
+            moved = self.resources.pop(key)
+            moved["properties"]["members"] = [self.replica]
+            new_key = key.replace(source, self._key(self.primary))
+            moved["id"] = moved["id"].replace(f"/flexibleServers/{self.replica}", f"/flexibleServers/{self.primary}")
+            self.resources[new_key] = moved
+
     def _run(self, what: str, operation) -> None:
         self.operations_run.append(what)
         operation()
@@ -250,7 +298,18 @@ CREATE EVENT TRIGGER allow_listed_extensions ON ddl_command_start WHEN TAG IN ('
             restored = self.resources.get(self._key(name), {}).get("properties")
             if restored is not None and primary_key and restored.get("version") is None:
                 restored["version"] = self.resources[primary_key]["properties"].get("version")  # its source's major
-        if primary_key:
+        if primary_key and "replicationRole" in self.resources[primary_key]["properties"]:
+            # made by the failback as a replica of the promoted server: one until the switchover
+            props = self.resources[primary_key]["properties"]
+            first = status.get(HA_NODES[0], {})
+            following = self.sb.state.application == "replica"
+            streaming = following and first.get("running") and first.get("sync_state") in ("sync", "async", "potential")
+            props["replicationRole"] = "AsyncReplica" if following else "Primary"
+            props["replica"] = {"role": props["replicationRole"],
+                                **({"replicationState": "Active" if streaming else "Catchup"} if following else {})}
+            if following:
+                props["state"] = "Ready" if first.get("running") else "Stopped"
+        if primary_key and not (self.resources[primary_key]["properties"].get("replicationRole") == "AsyncReplica"):
             props = self.resources[primary_key]["properties"]
             up = any(n["role"] == "primary" and n["running"] for n in status.values() if n["name"] in HA_NODES)
             props["state"] = "Ready" if up else "Stopped"

@@ -322,14 +322,118 @@ def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_point
         assert "pcdb-drill" not in (replica.get("tags") or {}) and not target.replica_diverged()
         with pytest.raises(TargetError, match="still down"):
             real.failback(target, env, password, lambda facts: None, lambda step, owner: None)
-        target.start_primary_region()
-        with pytest.raises(TargetError, match="not automated"):
-            real.failback(target, env, password, lambda facts: None, lambda step, owner: None)
+        with ctx.connect() as conn:       # the service's writes on the promoted server, to be kept
+            conn.execute("CREATE TABLE pcdb_failback_probe AS SELECT g AS id FROM generate_series(1, 500) g")
+        target.start_primary_region()                                  # Korea Central is back
+        failback_on_azure(ctx, arm, env, password)
     finally:
         arm.sb.start_region()
         arm.sb.rebuild_replica()
         for key in [k for k in arm.resources if k.endswith("/cname/pcdb-app")]:
             del arm.resources[key]
+
+
+class Killed(BaseException):
+    """A kill -9 at a crash point: nothing of the run's own clean-up runs (not an Exception)."""
+
+
+def failback_on_azure(ctx, arm, env, password):
+    """#25 item 2: the failback on Azure through ARM, killed at three steps, each next run going on
+    from what exists, until the end state is the spec's; the former primary deleted only after
+    its approval (a rejection first changes nothing)."""
+    from pcdb import crash, install
+    from pcdb import failover as real
+    from pcdb.errors import ApprovalError
+
+    target = ctx.target
+    server, replica = "phonebill-postgresql-prod", "phonebill-postgresql-replica"
+    verify = lambda: install.verification(ctx)          # noqa: E731 - Phase 7, as the flow passes it
+    approvals, confirmed = [], []
+
+    def approve(facts):
+        approvals.append(facts)
+
+    def confirm(step, what):
+        confirmed.append(step.owner)
+
+    def reject(facts):
+        raise ApprovalError("rejected by the test")
+    first = len(arm.requests)
+    with pytest.raises(ApprovalError):
+        real.failback(target, env, password, reject, confirm, verify=verify)
+    assert not [r for r in arm.requests[first:] if r[0] == "DELETE" or (r[0] == "PUT" and server in r[1])]
+    assert target.active_server() == replica and "delete former primary" not in arm.operations_run
+    killed_at = []
+
+    def kill_at(point: str):
+        def point_reached(name, where=None):
+            if f"{name}:{where}" == point:
+                killed_at.append(point)
+                raise Killed(point)
+        return point_reached
+    from pcdb.steps import Steps
+    runs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        # after step 1's create; step 3's intent recorded, before the switchover; step 6's intent
+        # recorded, when the switchover was made and the CNAME points back (only the record says
+        # a failback is under way)
+        for point in ("azure-failback-done:1", "azure-failback:3", "azure-failback:6"):
+            mp.setattr(crash, "point", kill_at(point))
+            runs[point] = Steps()
+            with pytest.raises(Killed):
+                real.failback(target, env, password, approve, confirm, verify=verify, step=runs[point])
+            intent = (server_resource(arm, replica).get("tags") or {}).get("pcdb-failback", "")
+            assert intent, f"killed at {point}: the step under way is recorded on {replica}"
+    assert killed_at == ["azure-failback-done:1", "azure-failback:3", "azure-failback:6"]
+    # The run that made the switchover measured its write outage, right after the CNAME pointed back.
+    switched = [r.name.split(" (")[0] for r in runs["azure-failback:6"].records]
+    assert switched.index("4. point the application's CNAME back") + 1 == switched.index(
+        "watch the application's path take a write")
+    assert runs["azure-failback:6"].records[switched.index("watch the application's path take a write")].outcome == "done"
+    steps = Steps()
+    report = real.failback(target, env, password, approve, confirm, verify=verify, step=steps)
+    assert report.timeline[0][1].startswith("an interrupted failback goes on")
+    assert [a["delete"] for a in approvals if "delete" in a] == [server]          # approved once, then deleted
+    ops = arm.operations_run
+    assert ops.index("delete former primary") < ops.index("create failback replica") < ops.index("switchover")
+    # Each step measured (the report's step table); the steps done before the kills are read again
+    # and found done ("unchanged"), the rest done now.
+    names = [s["name"].split(" (")[0].split(":")[0] for s in steps.as_dicts()]
+    assert names == ["delete the former primary phonebill-postgresql-prod", "1. create phonebill-postgresql-prod in "
+                     "koreacentral as a read replica of the promoted phonebill-postgresql-replica",
+                     "2. wait for phonebill-postgresql-prod to catch up with phonebill-postgresql-replica",
+                     "3. promote phonebill-postgresql-prod with Azure's planned switchover",
+                     "4. point the application's CNAME back", "5. zone-redundant HA on phonebill-postgresql-prod, "
+                     "standby in zone 2", "6. the read replica phonebill-postgresql-replica in koreasouth as the spec says",
+                     "7. re-apply what a promotion does not carry over", "8. run Phase 7's checks on the new primary",
+                     "the failback's record removed"]
+    assert all(s["outcome"] == "done" and s["seconds"] >= 0 for s in steps.as_dicts())
+    assert any("Phase 7: HA failover test: passed" in n for n in report.notes)
+    # The switch was made by a killed run: its write outage is not this run's to measure.
+    assert report.application == "primary" and report.recovery_seconds is None
+    # The end state is the spec's: the primary in Korea Central with zone-redundant HA (standby in
+    # the spec's zone), the replica in Korea South following it, the CNAME back, nothing recorded.
+    primary, follower = server_resource(arm, server), server_resource(arm, replica)
+    assert primary["location"] == "koreacentral" and primary["properties"]["replicationRole"] == "Primary"
+    ha = primary["properties"]["highAvailability"]
+    assert (ha["mode"], ha["state"]) == ("ZoneRedundant", "Healthy")
+    # the spec's pair of zones (Phase 7's HA failover test swapped which one is primary)
+    assert {primary["properties"]["availabilityZone"], ha["standbyAvailabilityZone"]} == {"1", "2"}
+    assert primary["properties"]["backup"]["backupRetentionDays"] == 35
+    assert follower["location"] == "koreasouth" and follower["properties"]["replica"]["replicationState"] == "Active"
+    assert "pcdb-failback" not in (follower.get("tags") or {})
+    record = next(v for k, v in arm.resources.items() if k.endswith("/cname/pcdb-app"))
+    assert record["properties"]["cnameRecord"]["cname"] == f"{server}.postgres.database.azure.com"
+    assert target.active_server() == server and target.serving() is None and target.application_target() == "primary"
+    with ctx.connect() as conn:       # the writes taken on the promoted server are on the new primary
+        assert conn.execute("SELECT count(*) FROM pcdb_failback_probe").fetchone()[0] == 500
+        conn.execute("DROP TABLE pcdb_failback_probe")
+    again = real.failback(target, env, password, approve, confirm, verify=verify)
+    assert again.changed is False
+
+
+def server_resource(arm, name: str) -> dict:
+    return next(v for k, v in arm.resources.items() if k.endswith(f"/flexibleservers/{name}"))
 
 
 def test_a_corruption_recovery_on_azure_restores_through_arm_and_puts_back_only_the_damaged_rows(on_azure):

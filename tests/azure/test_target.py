@@ -453,8 +453,13 @@ def test_the_application_record_is_a_cname_that_a_region_failover_points_at_the_
     assert target.primary_region_missing() == []
     arm.resources[next(k for k in arm.resources if k.endswith("/phonebill-postgresql-prod"))]["properties"]["state"] = "Stopped"
     assert target.primary_region_missing() == ["phonebill-postgresql-prod (state Stopped)"]
-    with pytest.raises(TargetError, match="not automated"):
-        target.reverse_replication()
+    # The failback's plan on Azure: the former primary's deletion (gated), then steps 1-7, Phase 7
+    # after; nothing is under way before it starts.
+    plan = target.failback_plan()
+    assert plan.under_way is None and plan.verify
+    assert [(s.name.split(" ")[0], s.gate) for s in plan.steps] == [
+        ("delete", "delete"), ("1.", None), ("2.", None), ("3.", "switch"), ("4.", None), ("5.", None), ("6.", None),
+        ("7.", None)]
 
 
 def test_without_an_application_record_the_switch_is_the_owners_confirmed_step(arm, target):

@@ -109,3 +109,34 @@ def test_the_private_dns_calls_are_checked_and_a_misspelt_record_is_named():
         "virtualNetwork": {"id": "/subscriptions/s/x"}, "registrationEnabled": False,
         "virtualNetworkLinkState": "Completed"}}) == [
         "VirtualNetworkLinks_CreateOrUpdate request.properties: read-only property 'virtualNetworkLinkState' sent"]
+
+
+def test_the_failback_switchover_and_its_virtual_endpoints_are_checked():
+    """#25 item 2: Azure's switchover needs virtual endpoints on the current primary; their create,
+    and the switchover's PATCH of the replica, are checked against VirtualEndpoints.json and
+    FlexibleServers.json (2024-08-01). Planted: a misspelt member list, an endpoint type Azure
+    does not have, the read-only names sent, a promote mode not in the enum."""
+    spec = ArmSpec.load()
+    server = ("/subscriptions/s/resourceGroups/rg/providers/Microsoft.DBforPostgreSQL/flexibleServers/"
+              "phonebill-postgresql-replica")
+    endpoint = f"{server}/virtualendpoints/phonebill-postgresql-prod-ve?api-version=2024-08-01"
+    assert spec.covers(endpoint)
+    body = {"properties": {"endpointType": "ReadWrite", "members": ["phonebill-postgresql-prod"]}}
+    assert spec.check_request("PUT", endpoint, body) == []
+    assert spec.check_response("PUT", endpoint, 202, None, {"Azure-AsyncOperation": "https://x/op",
+                                                            "Location": "https://x/op"}) == []
+    answer = {"id": endpoint.split("?")[0], "name": "phonebill-postgresql-prod-ve", "type": "x",
+              "properties": {**body["properties"], "virtualEndpoints": ["ve.writer.postgres.database.azure.com"]}}
+    assert spec.check_response("GET", endpoint, 200, answer, {}) == []
+    planted = {"properties": {"endpointType": "ReadOnly", "member": ["phonebill-postgresql-prod"],
+                              "virtualEndpoints": ["x"]}}
+    assert sorted(spec.check_request("PUT", endpoint, planted)) == sorted([
+        "VirtualEndpoints_Create request.properties.endpointType: 'ReadOnly' is not one of ['ReadWrite']",
+        "VirtualEndpoints_Create request.properties: property 'member' is not in the specification",
+        "VirtualEndpoints_Create request.properties: read-only property 'virtualEndpoints' sent"])
+    switch = f"{server}?api-version=2024-08-01"
+    assert spec.check_request("PATCH", switch, {"properties": {"replica": {"promoteMode": "switchover",
+                                                                           "promoteOption": "planned"}}}) == []
+    assert spec.check_request("PATCH", switch, {"properties": {"replica": {"promoteMode": "Switchover",
+                                                                           "promoteOption": "planned"}}}) == [
+        "Servers_Update request.properties.replica.promoteMode: 'Switchover' is not one of ['standalone', 'switchover']"]
