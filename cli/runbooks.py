@@ -163,11 +163,11 @@ def failback_command(scenario: Annotated[str, typer.Argument(help="region")],
                      as_json: JsonOption = False) -> None:
     """Back to the primary region after a real region failover, planned and approved.
 
-    Sandbox: the primary region's servers follow the promoted replica, then a planned switch back.
-    Azure: the former primary deleted after its own approval, a new server under its name as a
-    replica of the promoted one, Azure's planned switchover, the CNAME, HA, the replica, what a
-    promotion does not carry over, then Phase 7's checks (docs/operations/failover.md). A run
-    killed anywhere is finished by the next."""
+    Sandbox: the primary region's servers copied from the promoted replica, then a planned switch back.
+
+    Azure: the former primary deleted (its own approval), a new server as a replica, Azure's switchover, Phase 7.
+
+    A run killed anywhere is finished by the next (docs/operations/failover.md)."""
     if scenario != "region":
         raise PcdbError(f"unknown failback {scenario!r}: use region")
     _failover("failback", env, yes, None, as_json)
