@@ -192,8 +192,11 @@ class Topology:
                     self._clone(node, role)
                     proc.write_file(rewind_log, kept, mode=0o600)   # the evidence survives the fresh copy
                 else:
-                    for leftover in ("recovery.signal", "backup_label"):
-                        (node.data / leftover).unlink(missing_ok=True)
+                    # Not the backup_label pg_rewind wrote: it starts the node's replay at the last
+                    # common checkpoint. Without it the node replays from the source's latest
+                    # checkpoint (taken just above) and misses what the source wrote since they
+                    # diverged, where the rewind copied no block: a table's catalog rows, say.
+                    (node.data / "recovery.signal").unlink(missing_ok=True)
                     # pg_rewind copied the source's node.conf: the node's own goes back before anything
                     node.write_node_conf(self._node_conf(node, role))
                     proc.write_file(node.data / "standby.signal", "", mode=0o600)
@@ -343,11 +346,10 @@ class Topology:
         after the replica's last replayed record go with its old data: the region failover's
         measured RPO. Resumable: a node already following is left as it is.
 
-        Copied afresh, not rewound: a pg_rewind of the old HA nodes onto the promoted replica,
-        after the HA pair had failed over before the region was lost, left a standby at the
-        promoted replica's WAL position without its writes, and a catalog index pointing past its
-        heap (tests/integration/test_sandbox_topology.py reproduces the case). A copy is what
-        Azure does too: the failback's server there is a new replica of the promoted one."""
+        Copied afresh, as Azure makes the failback's server a new replica of the promoted one:
+        the rewind this did before lost the promoted replica's writes on a diverged node while
+        rejoin() deleted pg_rewind's backup_label (fixed there; both cases are in
+        tests/integration/test_sandbox_operations.py)."""
         if self.state.application != "replica":
             raise SandboxError("there is no region failover to fail back from: the application points at the HA pair")
         missing = self.region_missing()

@@ -275,3 +275,48 @@ def test_the_failback_after_ha_failovers_keeps_the_promoted_replicas_writes_on_b
         assert conn.execute("SELECT count(*) FROM failback_probe").fetchone()[0] == 300
         conn.execute("DROP TABLE failback_probe")
     assert sb.state.application == "primary"
+
+
+def test_a_diverged_old_primary_rewound_onto_a_promoted_server_replays_what_that_server_wrote(ops):
+    """pg_rewind starts the rewound node's replay at the last common checkpoint through the
+    backup_label it writes. Without it (rejoin used to delete it) the node replayed from the
+    source's latest checkpoint, which rejoin takes just before the rewind, and missed what the
+    source wrote since they diverged where the rewind copied no block: here a table's catalog
+    rows (found on 2026-12-03). The case: the region lost under a primary that wrote past the
+    replica, the replica promoted and written to, the old primary rewound onto it."""
+    from pcdb.sandbox.engine import HA_NODES
+
+    sb = ops.sandbox
+    ops.failover("planned")                             # the new primary's first records, not yet on the replica
+    old = sb.primary().name
+    sb.stop_region()
+    sb.promote_replica(by="real")
+    sb.switch_application("replica")
+    try:
+        replica = ops.endpoint("replica").conninfo(ops.admin, ops.admin_password())
+        with psycopg.connect(replica, autocommit=True) as conn:
+            conn.execute("CREATE TABLE rewind_probe AS SELECT generate_series(1, 200) AS id")
+            lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        sb.start_region()
+        sb.state.nodes[old].role = "standby"
+        sb.save()
+        assert sb.rejoin(old) == "rewound"
+        node = sb.node(old)
+
+        def replayed() -> bool:
+            with node.connect(ops.admin, ops.env.service.database) as conn:
+                return conn.execute("SELECT pg_last_wal_replay_lsn() >= %s", (lsn,)).fetchone()[0]
+        node.wait(replayed, f"{old} replaying the promoted replica's writes", 30)
+        with sb.node(old).connect(ops.admin, ops.env.service.database) as conn:
+            assert conn.execute("SELECT count(*) FROM rewind_probe").fetchone()[0] == 200
+            assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'rewind_probe'::regclass "
+                                "AND attnum > 0").fetchone()[0] == 1
+    finally:
+        # the sandbox's own failback puts the module's sandbox back as it was
+        other = next(n for n in HA_NODES if n != old)
+        if sb.node(other).is_running() is False:
+            sb.node(other).start(sb.timeout)
+        sb.reverse_replication()
+        sb.switch_back()
+        with primary_conn(ops) as conn:
+            conn.execute("DROP TABLE IF EXISTS rewind_probe")
