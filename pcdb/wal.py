@@ -64,3 +64,10 @@ def missing_segments(archived: list[str], first: str, segment_size: int = DEFAUL
             break
         expected = number + 1
     return missing
+
+
+def lsn(text: str) -> int:
+    """A WAL location as PostgreSQL prints it ("16/B374D848") as a byte position, to compare or
+    subtract two of them: the high part is the log id, so the position is hi x 2^32 + lo."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)

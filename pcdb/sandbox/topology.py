@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from pcdb import crash
+from pcdb import crash, wal
 from pcdb.changes import Change
 from pcdb.errors import SandboxError
 from pcdb.sandbox import proc
@@ -274,7 +274,7 @@ class Topology:
         if theirs not in ends:
             return (f"{node.name} is on timeline {theirs}, which is not in the history of "
                     f"{primary.name}'s timeline {ours}")
-        if reached and _lsn(reached) > _lsn(ends[theirs]):
+        if reached and wal.lsn(reached) > wal.lsn(ends[theirs]):
             return (f"{node.name} reached {reached} on timeline {theirs}, past where timeline {theirs} "
                     f"ends in {primary.name}'s history ({ends[theirs]}): it holds WAL the promoted "
                     "standby never had")
@@ -498,9 +498,3 @@ class Topology:
                 return conn.execute(query("sandbox.sql", "node_state")).fetchone()[1]
         except SandboxError:
             return None
-
-
-def _lsn(text: str) -> int:
-    """A WAL location ("0/7DEB608") as a number, to compare two of them."""
-    high, low = text.split("/")
-    return (int(high, 16) << 32) + int(low, 16)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from pcdb import clock, crash
+from pcdb import clock, crash, wal
 from pcdb.azure.apply import AzureClients, Reconciler, translate
 from pcdb.azure.desired import PLATFORM_PARAMETERS, Desired, desired_resources
 from pcdb.azure.plan import make_plan
@@ -49,12 +49,6 @@ KINDS = {
     "monitoring": ("log_analytics_workspace", "diagnostic_setting", "workbook", "action_group", "metric_alert",
                    "activity_log_alert", "log_alert", "budget", "storage_account", "blob_container", "immutability_policy"),
 }
-
-
-def _lsn(text: str) -> int:
-    """A PostgreSQL LSN ("16/B374D848") as a byte position."""
-    high, low = text.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
 
 
 def _text(value) -> str:
@@ -674,33 +668,37 @@ class AzureTarget:
     def failback_plan(self) -> FailbackPlan:
         server, replica = self.env.server, self.env.replica
         steps = (
-            (f"delete the former primary {server.name} ({server.location}) after the approval: its name is the new "
-             "primary's", self._fb_delete_former, "delete", self._fb_former_facts),
-            (f"1. create {server.name} in {server.location} as a read replica of the promoted {replica.name} "
+            ("delete", f"delete the former primary {server.name} ({server.location}) after the approval: its name "
+             "is the new primary's", self._fb_delete_former, "delete", self._fb_former_facts),
+            ("1", f"1. create {server.name} in {server.location} as a read replica of the promoted {replica.name} "
              f"({server.sku}, {server.storage.size // (1 << 30)} GB, zone {server.high_availability.primary_zone})",
              self._fb_create, None, None),
-            (f"2. wait for {server.name} to catch up with {replica.name} (lag measured)", self._fb_catch_up, None, None),
-            (f"3. promote {server.name} with Azure's planned switchover ({replica.name} becomes its replica)",
+            ("2", f"2. wait for {server.name} to catch up with {replica.name} (lag measured)", self._fb_catch_up, None, None),
+            ("3", f"3. promote {server.name} with Azure's planned switchover ({replica.name} becomes its replica)",
              self._fb_switchover, "switch", self._fb_switch_facts),
-            ("4. point the application's CNAME back", lambda: self.switch_application("primary"), None, None),
-            (f"5. zone-redundant HA on {server.name}, standby in zone {server.high_availability.standby_zone}",
+            ("4", "4. point the application's CNAME back", lambda: self.switch_application("primary"), None, None),
+            ("5", f"5. zone-redundant HA on {server.name}, standby in zone {server.high_availability.standby_zone}",
              self._fb_ha, None, None),
-            (f"6. the read replica {replica.name} in {replica.location} as the spec says", self._fb_replica, None, None),
-            ("7. re-apply what a promotion does not carry over (parameters, allow-listed extensions, authentication) "
+            ("6", f"6. the read replica {replica.name} in {replica.location} as the spec says", self._fb_replica, None, None),
+            ("7", "7. re-apply what a promotion does not carry over (parameters, allow-listed extensions, authentication) "
              "and verify the backup settings", self._fb_reapply, None, None),
         )
 
-        def recorded(name: str, run: Callable[[], object]) -> Callable[[], object]:
+        serving = "4"   # after the CNAME points back, the application is served again: the switch's outage ends
+
+        def recorded(key: str, name: str, run: Callable[[], object]) -> Callable[[], object]:
             def step() -> object:
-                self._record_failback(name.split(" (")[0][:120])   # intent first
-                crash.point("azure-failback", name.split(".")[0] if name[0].isdigit() else "delete")
+                intent = name.split(" (")[0][:120]
+                if not (self._failback_intent() or "").startswith(intent + " since"):
+                    self._record_failback(intent)   # intent first (a resumed step's is on record already)
+                crash.point("azure-failback", key)
                 out = run()
-                crash.point("azure-failback-done", name.split(".")[0] if name[0].isdigit() else "delete")
+                crash.point("azure-failback-done", key)
                 return out
             return step
 
-        return FailbackPlan(tuple(FailbackStep(name, recorded(name, run), gate, facts, serves=name.startswith("4."))
-                                  for name, run, gate, facts in steps),
+        return FailbackPlan(tuple(FailbackStep(name, recorded(key, name, run), gate, facts, serves=key == serving)
+                                  for key, name, run, gate, facts in steps),
                             under_way=self._failback_intent(), verify=True,
                             finish=lambda: self._record_failback(None))
 
@@ -756,22 +754,22 @@ class AzureTarget:
             return Change("replication", f"{source}->{name}", "unchanged", notes=(f"{name} is no replica any more",))
         user, password = self.env.server.admin.user, self._admin_password()
         with psycopg.connect(self._endpoint(source).conninfo(user, password), autocommit=True) as conn:
-            wanted = _lsn(conn.execute(query("failover.sql", "wal_position")).fetchone()[0])
+            wanted = wal.lsn(conn.execute(query("failover.sql", "wal_position")).fetchone()[0])
         started, first, deadline = time.monotonic(), None, time.monotonic() + self.timeout
-        while True:
-            link = self._server(name).replica
-            state = _text(link.replication_state) if link is not None and link.replication_state else ""
-            with psycopg.connect(self._endpoint(name).conninfo(user, password), autocommit=True) as conn:
+        with psycopg.connect(self._endpoint(name).conninfo(user, password), autocommit=True) as conn:
+            while True:
+                link = self._server(name).replica
+                state = _text(link.replication_state) if link is not None and link.replication_state else ""
                 replayed, _ = conn.execute(query("failover.sql", "replay_position")).fetchone()
-            lag = max(0, wanted - _lsn(replayed or "0/0"))
-            first = lag if first is None else first
-            if state == "Active" and lag == 0:
-                break
-            if time.monotonic() > deadline:
-                raise TargetError(f"{name} did not catch up with {source} within {self.timeout:.0f} s (replication "
-                                  f"{state or 'unknown'}, {lag} bytes behind): check the replica in the portal, then "
-                                  "run the failback again")
-            time.sleep(min(self.poll_seconds, 5.0))
+                lag = max(0, wanted - wal.lsn(replayed or "0/0"))
+                first = lag if first is None else first
+                if state == "Active" and lag == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise TargetError(f"{name} did not catch up with {source} within {self.timeout:.0f} s "
+                                      f"(replication {state or 'unknown'}, {lag} bytes behind): check the replica "
+                                      "in the portal, then run the failback again")
+                time.sleep(min(self.poll_seconds, 5.0))
         seconds = round(time.monotonic() - started, 3)
         return Change("replication", f"{source}->{name}", "updated", {"lag_bytes": (first, 0)},
                       notes=(f"caught up: {first} bytes behind at the start, {seconds} s to catch up",))

@@ -125,7 +125,8 @@ class SandboxArm(FakeArm):
             # sandbox's HA nodes, rebuilt onto the promoted replica's timeline (the first one synchronous)
             if self.sb.state.application != "replica":
                 raise PcdbError(f"{name} cannot be a replica of {self.replica}: it is not a promoted server")
-            self._run("create failback replica", self._new_servers_following_the_promoted_one)
+            # (the region is up again; the deleted server's nodes are copied afresh, never rewound)
+            self._run("create failback replica", lambda: (self.sb.start_region(), self.sb.reverse_replication()))
         elif method == "PATCH" and name == self.primary and props.get("replica", {}).get("promoteMode") == "switchover":
             self._switchover(name)
         elif method == "PATCH" and name == self.replica and props.get("replica", {}).get("promoteMode"):
@@ -247,17 +248,6 @@ CREATE EVENT TRIGGER allow_listed_extensions ON ddl_command_start WHEN TAG IN ('
                 with conn.transaction():
                     conn.execute("DELETE FROM fake_azure.allow_list")
                     conn.execute("INSERT INTO fake_azure.allow_list VALUES (%s)", (value,))
-
-    def _new_servers_following_the_promoted_one(self) -> None:
-        """As Azure makes a replica, a new server from a copy of its source (not a rewind of the
-        old one): each HA node copied afresh from the promoted replica, then the sandbox's failback
-        turns synchronous replication on (both already follow)."""
-        for node_name in reversed(HA_NODES):
-            self.sb.node(node_name).stop("immediate", timeout=30)
-            self.sb.state.nodes[node_name].role = "standby"
-            self.sb.save()
-            self.sb._clone(self.sb.node(node_name), "standby")
-        self.sb.reverse_replication()
 
     def _switchover(self, name: str) -> None:
         """Azure's "promote to primary server" (switchover): refused unless the current primary's

@@ -3,7 +3,7 @@
 
 import pytest
 
-from pcdb.wal import missing_segments, parse_name, segment_name
+from pcdb.wal import lsn, missing_segments, parse_name, segment_name
 
 MB16 = 16 * 1024 * 1024
 
@@ -48,3 +48,10 @@ def test_a_huge_gap_is_reported_without_listing_billions():
 def test_a_name_that_is_not_a_segment_is_refused():
     with pytest.raises(ValueError, match="not a WAL segment file name"):
         missing_segments([], "backup_label", MB16)
+
+
+def test_a_wal_location_is_a_byte_position_across_log_ids():
+    assert lsn("0/0") == 0
+    assert lsn("0/7DEB608") == 0x7DEB608
+    assert lsn("1/0") - lsn("0/FFFFFFFF") == 1          # the next log id follows the last byte of the one before
+    assert lsn("16/B374D848") > lsn("9/FFFFFFFF")        # compared as numbers, not as text
