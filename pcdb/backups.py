@@ -74,8 +74,11 @@ def daily_checks(target: Backups, env: Environment, now: datetime | None = None,
                     f"{f'{age_hours:.1f}' if age_hours is not None else '-'} h old (bound {bound.total_seconds() / 3600:.0f} h)"),
         CheckResult("retention", "R-BAK-1", status.retention == env.backup.retention,
                     f"{retention_days} days (spec {env.backup.retention.days})"),
-        CheckResult("geo-redundant backup", "R-BAK-1", status.geo_redundant or not env.backup.geo_redundant,
-                    "geo copy present and identical" if status.geo_redundant else "geo copy missing or different"),
+        CheckResult("geo-redundant backup", "R-BAK-1",
+                    status.geo_redundant or not env.backup.geo_redundant or bool(status.geo_waived),
+                    "geo copy present and identical" if status.geo_redundant else
+                    f"no geo copy, accepted until the failback: {status.geo_waived}" if status.geo_waived else
+                    "geo copy missing or different"),
         CheckResult("WAL archiving current", "R-BAK-1", status.archive_ok, status.archive_detail)
         if status.archive_ok is not None else
         _deferred("WAL archiving current", "R-BAK-1", status.archive_detail, last_restore, restore_now, now),

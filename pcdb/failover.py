@@ -219,6 +219,8 @@ def region_failover(target: FailoverTarget, env: Environment, password: str, dec
         target, env, password, began, time.monotonic() + report.target_rto_seconds, plane))
     report.mark("the application's path takes writes" if report.recovery_seconds is not None
                 else "the application's path did NOT take a write within the target")
+    for line in _said(step("the promoted server's backups as the spec says", target.promoted_backups, retry=True)):
+        report.mark(line)
     report.notes += [f"post-promotion check: {fact}" for fact in target.promoted_server_facts()]
     return report
 

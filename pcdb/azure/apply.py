@@ -39,9 +39,11 @@ class AzureClients:
     loganalytics: Any
     monitor: Any
     cost: Any = None        # Cost Management (scope-based: no subscription in its constructor)
-    # The flexible-server API's subscription-level reads the preflight makes (quota usages, name
-    # availability): first in a stable version at 2025-08-01 (pcdb/azure/preflight.py).
-    postgres_reads: Any = None
+    # The flexible-server API at 2025-08-01, for what pcdb is checked against at that version
+    # (tests/azure/arm_spec.py): the preflight's quota usages and name availability (first stable
+    # then), a server's backups and its firewall rules (whose 2024-08-01 description files are
+    # not in the specification copy pcdb is checked against).
+    postgres_2025: Any = None
 
 
 POSTGRES_API_VERSION = "2024-08-01"
@@ -67,9 +69,9 @@ def make_clients(credential, subscription: str, **options: Any) -> AzureClients:
         LogAnalyticsManagementClient, MonitorManagementClient))
     from pcdb.azure.preflight import PREFLIGHT_API_VERSION
 
-    reads = PostgreSQLManagementClient(credential, subscription, api_version=PREFLIGHT_API_VERSION, **options)
+    postgres_2025 = PostgreSQLManagementClient(credential, subscription, api_version=PREFLIGHT_API_VERSION, **options)
     return AzureClients(resources, network, dns, postgres, logs, monitor, cost=CostManagementClient(credential, **options),
-                        postgres_reads=reads)
+                        postgres_2025=postgres_2025)
 
 
 def translate(exc: Exception, what: str) -> Exception:
@@ -126,7 +128,7 @@ class Reconciler:
         "replica": ("postgres", "servers", "begin_create_or_update"),
         "database": ("postgres", "databases", "begin_create"),
         "configuration": ("postgres", "configurations", "begin_put"),
-        "firewall_rule": ("postgres", "firewall_rules", "begin_create_or_update"),
+        "firewall_rule": ("postgres_2025", "firewall_rules", "begin_create_or_update"),
         "log_analytics_workspace": ("loganalytics", "workspaces", "begin_create_or_update"),
         "action_group": ("monitor", "action_groups", "create_or_update"),
         "metric_alert": ("monitor", "metric_alerts", "create_or_update"),

@@ -10,7 +10,7 @@ budget's scope. The secrets (Key Vault among them) are checked by the caller, wh
 
 API versions: the flexible-server client speaks 2024-08-01 (pcdb.azure.apply.POSTGRES_API_VERSION);
 its Capabilities operation is there. Quota usages and name availability are first in a stable
-version at 2025-08-01, so those two reads use a client at that version (``clients.postgres_reads``).
+version at 2025-08-01, so those two reads use a client at that version (``clients.postgres_2025``).
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ class Preflight:
         problems, seen = [], []
         for location, names in need.items():
             usages = {u.get("name", {}).get("value"): u for u in
-                      (_wire(x) for x in self.c.postgres_reads.quota_usages.list(location))}
+                      (_wire(x) for x in self.c.postgres_2025.quota_usages.list(location))}
             for name, count in names.items():
                 usage = usages.get(name)
                 if usage is None:
@@ -321,7 +321,7 @@ class Preflight:
             if self.exists(kind):
                 out.append(Check(f"{kind}-name", True, f"{name} exists in {self.rg}: the install reconciles it"))
                 continue
-            answer = _wire(self.c.postgres_reads.name_availability.check_with_location(
+            answer = _wire(self.c.postgres_2025.name_availability.check_with_location(
                 location, pg.CheckNameAvailabilityRequest(name=name, type=PG)))
             if answer.get("nameAvailable"):
                 out.append(Check(f"{kind}-name", True, f"{name} is free"))

@@ -31,11 +31,12 @@ class Backup:
     size_bytes: int
     timeline: int
     kind: str
+    source: str | None = None      # the node it was taken of (the promoted replica's after a region failover)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "started_at": self.started_at.isoformat(),
                 "finished_at": self.finished_at.isoformat(), "size_bytes": self.size_bytes,
-                "timeline": self.timeline, "kind": self.kind, "path": str(self.path)}
+                "timeline": self.timeline, "kind": self.kind, "path": str(self.path), "source": self.source}
 
 class BackupStore:
     """The backup part of :class:`~pcdb.sandbox.engine.Sandbox` (a mixin: it works on its state)."""
@@ -71,7 +72,7 @@ class BackupStore:
     def _backup(self, meta: dict) -> Backup:
         return Backup(meta["id"], datetime.fromisoformat(meta["started_at"]),
                       datetime.fromisoformat(meta["finished_at"]), self.backup_dirs[0] / meta["id"],
-                      meta["size_bytes"], meta["timeline"], meta["kind"])
+                      meta["size_bytes"], meta["timeline"], meta["kind"], meta.get("source"))
 
     def list_backups(self) -> list[Backup]:
         """Every complete base backup, oldest first."""
@@ -185,8 +186,21 @@ class BackupStore:
         label = (backup.path / "backup_label").read_text()
         start = next(line for line in label.splitlines() if line.startswith("START WAL LOCATION"))
         first = start.split("file ")[1].rstrip(")")
-        return wal.missing_segments([p.name for p in self.archive_dirs[0].iterdir()], first,
-                                    self.wal_segment_size())
+        names = {p.name for folder in self.live_archives() for p in folder.iterdir()}
+        return wal.missing_segments(sorted(names), first, self.wal_segment_size())
+
+    def live_archives(self) -> tuple[Path, ...]:
+        """Where the service's WAL is, in the order a restore reads it: the HA archive; after a
+        real region failover, then the promoted replica's own (its lineage, from the fork on: the
+        failback copies it into the HA archive). A drill's promoted lineage is never read: it is
+        not the service's history."""
+        if self.state.application == "replica":
+            return self.archive_dirs[0], self.replica_archive
+        return (self.archive_dirs[0],)
+
+    def restore_command(self) -> str:
+        """A restored server's restore_command over :meth:`live_archives`."""
+        return " || ".join(f"cp '{folder}/%f' '%p'" for folder in self.live_archives())
 
     def wal_segment_size(self) -> int:
         """The primary's wal_segment_size in bytes (initdb --wal-segsize; 16 MB by default)."""
@@ -213,6 +227,8 @@ class BackupStore:
         with primary.connect(self.admin_user) as conn:
             conn.execute(query("sandbox.sql", "force_commit"))  # autocommit: committed here
             walfile = conn.execute(query("sandbox.sql", "switch_wal")).fetchone()[0]
-        primary.wait(lambda: all((d / walfile).exists() for d in self.archive_dirs),
-                     f"archiving of {walfile} (both copies)", self.timeout)
+        # the HA pair archives into both copies; a promoted replica into its own archive
+        archives = (self.replica_archive,) if self.state.application == "replica" else self.archive_dirs
+        primary.wait(lambda: all((d / walfile).exists() for d in archives),
+                     f"archiving of {walfile} ({', '.join(d.name for d in archives)})", self.timeout)
         return walfile

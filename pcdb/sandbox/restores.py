@@ -71,7 +71,7 @@ class Restores:
         crash.point("restore:copied")
         (node.data / "backup_manifest").unlink(missing_ok=True)
         node.write_node_conf({
-            **self._node_conf(node, "primary"), "archive_mode": "off",
+            **self._node_conf(node, "primary"), "archive_mode": "off", "restore_command": self.restore_command(),
             "recovery_target_time": target_time.isoformat(), "recovery_target_action": "promote",
             "recovery_target_inclusive": "off",
         })

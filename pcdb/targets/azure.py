@@ -294,7 +294,7 @@ class AzureTarget:
         return ServerState(self.env.server.name, ha or "NotEnabled", tuple(nodes))
 
     def list_backups(self) -> list[BackupInfo]:
-        pg = self.clients.postgres
+        pg = self.clients.postgres_2025     # the backups operations at 2025-08-01 (pcdb/azure/apply.py)
         active = self.active_server()
         found = self._call("list backups of", active,
                            lambda: list(pg.backups_automatic_and_on_demand.list_by_server(self.rg, active)))
@@ -304,7 +304,7 @@ class AzureTarget:
 
     def take_backup(self) -> BackupInfo:
         name = clock.now().strftime("pcdb-%Y%m%dT%H%M%SZ")
-        pg = self.clients.postgres
+        pg = self.clients.postgres_2025
         active = self.active_server()
         self._call("take an on-demand backup of", active,
                    lambda: pg.backups_automatic_and_on_demand.begin_create(self.rg, active, name))
@@ -832,13 +832,16 @@ class AzureTarget:
         return self.ensure_replica()
 
     def _fb_reapply(self) -> list[Change]:
-        """Parameters (the extension allow-list among them) as the spec has them, the backup
-        retention patched where it differs; geo-redundant backup Azure sets only at creation, so a
-        difference there is said, not written."""
+        """Parameters (the extension allow-list among them) as the spec has them, and the backup
+        settings (:meth:`_backup_as_spec`)."""
+        return [self.ensure_parameters(), *self._backup_as_spec(self.env.server.name)]
+
+    def _backup_as_spec(self, name: str) -> list[Change]:
+        """The backup retention patched where it differs; geo-redundant backup Azure sets only at
+        creation, so a difference there is said, not written."""
         from azure.mgmt.postgresqlflexibleservers import models as m
 
-        out = [self.ensure_parameters()]
-        name = self.env.server.name
+        out = []
         backup = self._server(name).backup
         days, geo = self.env.backup.retention.days, "Enabled" if self.env.backup.geo_redundant else "Disabled"
         if backup is None or backup.backup_retention_days != days:
@@ -852,9 +855,18 @@ class AzureTarget:
             out.append(Change("backup", name, "conflict", {"geoRedundantBackup": (have_geo, geo)},
                               notes=("Azure sets geo-redundant backup only when a server is created: restore into a "
                                      "new server with it, and switch over",)))
-        else:
+        elif not out:
             out.append(Change("backup", name, "unchanged", notes=(f"{days} days, geo-redundant {geo}",)))
         return out
+
+    def promoted_backups(self) -> list[Change]:
+        """After a real region failover, the promoted server's backup retention as the spec says
+        (Azure gives a replica its own, shorter one, and takes the promoted server's backups by
+        itself from the promotion on)."""
+        name = self.env.replica.name
+        if self.active_server() != name:
+            return [Change("backup", name, "unchanged", notes=("no real region failover: the primary's backups serve",))]
+        return self._backup_as_spec(name)
 
     def promoted_server_facts(self) -> list[str]:
         """The post-promotion checklist (§5.2.3): what the promoted server lacks that the primary had."""
@@ -1237,10 +1249,14 @@ class AzureTarget:
         latest = backups[-1] if backups else None
         settings = server.backup          # None: Azure reports no backup settings for the server
         earliest = getattr(settings, "earliest_restore_date", None)
+        geo = _text(getattr(settings, "geo_redundant_backup", None) or "").lower() == "enabled"
         return BackupStatus(
             latest_backup_id=latest.id if latest else None, latest_backup_at=latest.finished_at if latest else None,
             retention=timedelta(days=getattr(settings, "backup_retention_days", None) or 0),
-            geo_redundant=_text(getattr(settings, "geo_redundant_backup", None) or "").lower() == "enabled",
+            geo_redundant=geo,
+            geo_waived=None if geo or server.name != self.env.replica.name else (
+                f"Azure sets geo-redundant backup only when a server is created: the promoted {server.name} has "
+                "none until the failback's new primary; a loss of this region too is not covered meanwhile"),
             # Azure shows neither the WAL nor the backup files: nothing here can pass them. They are
             # "deferred to the restore test", judged by the date of the last one that passed.
             archive_ok=None,

@@ -80,6 +80,7 @@ class BackupStatus:
     archive_detail: str
     integrity_ok: bool | None  # None: the platform keeps the files; only a restore proves them
     integrity_detail: str
+    geo_waived: str | None = None   # why a geo copy cannot exist now (a promoted server on Azure), said in the check
 
 
 @dataclass(frozen=True)
@@ -320,6 +321,11 @@ class Topology(Role, Protocol):
         ...
     def promoted_server_facts(self) -> list[str]:
         """What is true of a promoted replica that a person must know (no HA, no geo backups...)."""
+        ...
+    def promoted_backups(self) -> list[Change]:
+        """After a real region failover, the promoted server's backups as the spec says (Azure:
+        the retention, which a replica has its own of; the sandbox: a first base backup of it,
+        which Azure takes by itself); unchanged otherwise."""
         ...
 
 @runtime_checkable

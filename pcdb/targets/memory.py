@@ -89,6 +89,7 @@ class MemoryTarget:
                       "replica": Node("replica", "replica")}
         self.stalled = False
         self.drill_promoted = False        # the replica was promoted by a drill (not a real failover)
+        self.promoted_backup: BackupInfo | None = None   # the promoted replica's first backup of its own
         self.application = "primary"
         # Backups
         self.backups: list[BackupInfo] = []
@@ -278,6 +279,7 @@ class MemoryTarget:
             return PromotionResult("replica", "unchanged")
         replica.role = "promoted"
         self.drill_promoted = drill is not None
+        self.promoted_backup = None        # none of its own yet
         return PromotionResult("replica", "promoted", 0.001)
 
     def stall_replica(self) -> None:
@@ -337,6 +339,13 @@ class MemoryTarget:
 
     def promoted_server_facts(self) -> list[str]:
         return ["the promoted replica runs alone (in memory)"]
+
+    def promoted_backups(self) -> list[Change]:
+        """A first backup of the promoted replica, once."""
+        if self.application != "replica" or self.promoted_backup is not None:
+            return [Change("backup", "replica", "unchanged")]
+        self.promoted_backup = self.take_backup()
+        return [Change("backup", "replica", "created")]
 
     # -- Backups ------------------------------------------------------------------------------
 

@@ -540,6 +540,18 @@ class SandboxTarget:
         self.sandbox.ensure_ha()
         return self.sandbox.rebuild_replica()
 
+    def promoted_backups(self) -> list[Change]:
+        """A first base backup of the promoted replica (Azure takes one by itself): the nightly
+        restore test then starts from the promoted lineage instead of replaying across the fork."""
+        sb = self.sandbox
+        if sb.state.application != "replica":
+            return [Change("backup", REPLICA, "unchanged", notes=("no real region failover: the HA pair's backups serve",))]
+        latest = sb.list_backups()[-1:]
+        if latest and latest[0].source == REPLICA and latest[0].timeline == sb.state.nodes[REPLICA].timeline:
+            return [Change("backup", REPLICA, "unchanged", notes=(f"{latest[0].id} is of the promoted {REPLICA}",))]
+        taken = self.take_backup()
+        return [Change("backup", REPLICA, "created", notes=(f"{taken.id}: the first base backup of the promoted {REPLICA}",))]
+
     def promoted_server_facts(self) -> list[str]:
         return [f"the promoted {REPLICA} runs alone: no synchronous standby, no geo copy of its backups; "
                 "the sandbox rebuilds the original topology after the drill"]

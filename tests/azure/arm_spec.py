@@ -21,11 +21,19 @@ from urllib.parse import parse_qs, urlparse
 
 SPECS = Path(__file__).resolve().parents[1] / "data" / "azure-rest-api-specs"
 # One extract per API version pcdb speaks to Microsoft.DBforPostgreSQL: 2024-08-01 for everything
-# but the preflight's quota usages and name availability, first stable at 2025-08-01.
+# but the preflight's quota usages and name availability (first stable at 2025-08-01) and the
+# backups and firewall rules (their 2024-08-01 files are not in the stored copy).
 SPEC_FILES = (SPECS / "postgresql-flexibleservers-2024-08-01.json", SPECS / "postgresql-flexibleservers-2025-08-01.json",
-              SPECS / "privatedns-2024-06-01.json")
+              SPECS / "privatedns-2024-06-01.json", SPECS / "monitor-metrics-2024-02-01.json")
 PROVIDER = "/providers/microsoft.dbforpostgresql/"
 _TYPES = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list, "number": (int, float)}
+
+
+def _pattern(path: str) -> re.Pattern:
+    """An operation's path as a pattern: each {name} one segment, but {resourceUri} (Azure
+    Monitor's: a whole resource id, never URL-encoded) one or more."""
+    escaped = re.escape(path).replace(re.escape("{resourceUri}"), ".+")
+    return re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", escaped) + "$", re.IGNORECASE)
 
 
 class ArmSpec:
@@ -38,9 +46,7 @@ class ArmSpec:
             clash = set(self.definitions) & set(data["definitions"])
             assert not clash, f"{path.name} defines again {clash}"
             self.definitions.update(data["definitions"])
-            self.operations += [({**op, "api_version": version},
-                                 re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(op["path"])) + "$",
-                                            re.IGNORECASE)) for op in data["operations"]]
+            self.operations += [({**op, "api_version": version}, _pattern(op["path"])) for op in data["operations"]]
         self.api_version = json.loads(paths[0].read_text())["source"]["api_version"]
 
     @staticmethod
@@ -50,19 +56,24 @@ class ArmSpec:
 
     def covers(self, url: str) -> bool:
         """A path of what the extracts describe: a flexible server, its configurations and
-        databases, its restart, start and stop, its virtual endpoints (the failback's switchover);
+        databases, its restart, start and stop, its virtual endpoints (the failback's switchover),
+        its backups and firewall rules;
         a region's capabilities, quota usages and name availability; the private DNS zone, its
-        VNet links and record sets (other providers and sub-resources are not checked)."""
+        VNet links and record sets; a server's Azure Monitor metrics (other providers and
+        sub-resources are not checked)."""
         path = urlparse(url).path.lower()
         if re.search(r"/providers/microsoft\.dbforpostgresql/locations/[^/]+/(capabilities|checknameavailability|"
                      r"resourcetype/flexibleservers/usages)$", path):
             return True                # the preflight's subscription-level reads
         if "/providers/microsoft.network/privatednszones/" in path:
             return True                # the private DNS zone, its VNet links, the application's CNAME
+        if path.endswith("/providers/microsoft.insights/metrics") and PROVIDER + "flexibleservers/" in path:
+            return True                # a server's Azure Monitor metrics
         if PROVIDER + "flexibleservers/" not in path:
             return False
         rest = path.split(PROVIDER + "flexibleservers/", 1)[1].split("/")[1:]
-        return not rest or rest[0] in ("configurations", "databases", "restart", "start", "stop", "virtualendpoints")
+        return not rest or rest[0] in ("configurations", "databases", "restart", "start", "stop", "virtualendpoints",
+                                       "backups", "firewallrules")
 
     def operation(self, method: str, url: str) -> dict | None:
         path = urlparse(url).path

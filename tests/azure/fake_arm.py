@@ -119,6 +119,12 @@ class FakeCredential:
         return AccessToken("fake-token", 4102444800)
 
 
+# Azure Database for PostgreSQL's metrics in the units Azure Monitor reports them (its supported
+# metrics list): a percentage is "Percent", a size "Bytes"; the rest are counts.
+METRIC_UNITS = {"cpu_percent": "Percent", "memory_percent": "Percent", "storage_percent": "Percent",
+                "storage_used": "Bytes", "active_connections": "Count", "tps": "Count"}
+
+
 class FakeArm(HttpTransport):
     """ARM in a dict. ``requests`` records (method, path) of every call; ``sleeps`` every delay asked."""
 
@@ -230,7 +236,8 @@ class FakeArm(HttpTransport):
             interval = unquote(query.get("interval", "PT1M"))
             span = unquote(query.get("timespan", ""))
             return _response(request, 200, {"timespan": span, "interval": interval, "value": [
-                {"id": f"{path}/{n}", "type": "Microsoft.Insights/metrics", "name": {"value": n}, "unit": "Count",
+                {"id": f"{path}/{n}", "type": "Microsoft.Insights/metrics", "name": {"value": n},
+                 "unit": METRIC_UNITS.get(n, "Count"),
                  "timeseries": [{"data": _aggregate(self.metrics.get(n, []), span, interval)}]} for n in names]})
         if method == "GET" and key.endswith("/configurations"):  # a server's parameters, as ARM lists them
             return _response(request, 200, {"value": [v for k, v in self.resources.items() if k.startswith(key + "/")]})

@@ -135,6 +135,8 @@ class SandboxArm(FakeArm):
                 # a real region failover: the promoted server holds production's writes (the
                 # sandbox's record of it, which its failback reads)
                 self.sb.switch_application("replica")
+                # Azure backs up the promoted server by itself from then on: its first full backup
+                self._run("back up promoted server", lambda: self.sb.take_backup("automatic"))
         elif method == "PUT" and props.get("createMode") == "PointInTimeRestore":
             when = datetime.fromisoformat(props["pointInTimeUTC"])
             self._run(f"restore {name}", lambda: self.sb.restore(when, name))
@@ -306,10 +308,13 @@ CREATE EVENT TRIGGER allow_listed_extensions ON ddl_command_start WHEN TAG IN ('
             if props.get("highAvailability", {}).get("mode", "Disabled") != "Disabled":
                 healthy = up and any(n["role"] == "standby" and n["sync_state"] == "sync" for n in status.values())
                 props["highAvailability"]["state"] = "Healthy" if healthy else "ReplicatingData"
-            for backup in self.sb.list_backups():
-                self.resources[f"{primary_key}/backups/{backup.id.lower()}"] = {
-                    "id": f"{primary_key}/backups/{backup.id}", "name": backup.id,
-                    "properties": {"backupType": "FULL", "completedTime": backup.finished_at.isoformat(),
+        for backup in self.sb.list_backups() if self.sb.exists() else ():
+            # each server lists its own: the promoted replica's from its promotion on
+            key = replica_key if backup.source == REPLICA else primary_key
+            if key and self.resources[key]["properties"].get("replicationRole") != "AsyncReplica":
+                self.resources[f"{key}/backups/{backup.id.lower()}"] = {
+                    "id": f"{key}/backups/{backup.id}", "name": backup.id,
+                    "properties": {"backupType": "Full", "completedTime": backup.finished_at.isoformat(),
                                    "source": "Automatic"}}
         if replica_key and REPLICA in status:
             node = status[REPLICA]

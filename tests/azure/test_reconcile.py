@@ -109,3 +109,18 @@ def test_the_firewall_api_is_never_called_on_a_vnet_integrated_server(arm, recon
     apply_all(reconciler)
     apply_all(reconciler)
     assert not [r for r in arm.requests if "firewallrules" in r[1].lower()]
+
+
+def test_a_public_server_gets_one_firewall_rule_per_allowed_subnet_as_the_specification_has_it(arm, reconciler,
+                                                                                               tmp_path):
+    """Public network mode: each allowed subnet a firewall rule (its first and last address); the
+    requests and the fake's answers are checked against the 2025-08-01 specification (the autouse
+    check in tests/conftest.py), and a second run changes nothing."""
+    spec = tmp_path / "public.yaml"
+    spec.write_text("extends: prod\nnetwork:\n  mode: public\n")
+    env = load_environment(spec)
+    desired = [d for d in desired_resources(env, SUB) if d.type in ("resource_group", "server", "firewall_rule")]
+    assert [c.action for c in (reconciler.apply(d)[1] for d in desired)] == ["created"] * len(desired)
+    rules = {k.rsplit("/", 1)[1]: v["properties"] for k, v in arm.resources.items() if "/firewallrules/" in k}
+    assert rules and all(set(r) == {"startIpAddress", "endIpAddress"} for r in rules.values())
+    assert [c.action for c in (reconciler.apply(d)[1] for d in desired)] == ["unchanged"] * len(desired)

@@ -293,7 +293,7 @@ def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_point
         target.stop_primary_region()                                   # Korea Central is lost
         facts, owners = [], []
         report = real.region_failover(target, env, password, facts.append, lambda step, what: owners.append(step.owner))
-        assert arm.operations_run[first:] == ["stop region", "promote replica"]
+        assert arm.operations_run[first:first + 2] == ["stop region", "promote replica"]
         assert report.application == "replica" and report.met is True and report.recovery_seconds > 0
         assert facts[0]["primary_region_missing"] == ["phonebill-postgresql-prod (state Stopped)"]
         assert owners == ["dev team", "network team"]
@@ -310,14 +310,19 @@ def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_point
         checked = health.preview(ctx, health.Store(tmp_path / "health.db"))
         assert checked.metrics["up"] == 1 and checked.metrics["writable_primary"] == 1   # its SQL reached the promoted one
         assert checked.serving.startswith(f"production runs on the promoted replica {replica_name} in koreasouth")
-        # The nightly verification's checks read the promoted server's backups and settings, and
-        # say plainly what the promotion did not carry over (the failback's step 7 puts it back):
-        # the retention Azure gives a replica (7 days), no geo copy, no backup of its own yet.
-        from pcdb import backups
-        checks, summary = backups.daily_checks(target, env, restore_now=True)
-        failed = {c.name: c.evidence for c in checks if not c.passed}
-        assert failed == {"latest backup is fresh": "latest backup (none), - h old (bound 26 h)",
-                          "retention": "7 days (spec 35)", "geo-redundant backup": "geo copy missing or different"}
+        # The failover set the promoted server's retention to the spec's (Azure gives a replica 7
+        # days) and Azure backed it up; the nightly verification, restore test included, then
+        # passes on it: the restore is of the promoted server, from its own backup and WAL (the
+        # restore test's marker, written on the promoted server, is found in the restored copy).
+        assert arm.operations_run[first + 2:] == ["back up promoted server"]
+        assert server_resource(arm, replica_name)["properties"]["backup"]["backupRetentionDays"] == 35
+        assert any(line.endswith("backup phonebill-postgresql-replica: updated") for _, line in report.timeline)
+        verified = flows.backup_verification.verify_backups(spec_path=str(record_spec), restore=True)
+        assert verified["retention_days"] == 35 and verified["latest_backup_age_hours"] < 1
+        assert verified["restore_test"]["passed"] and verified["restore_test"]["mismatches"] == [], verified
+        assert "restore phonebill-postgresql-prod-restore-test" in arm.operations_run
+        text = open(verified["report"]).read()
+        assert "| geo-redundant backup | R-BAK-1 | PASS | no geo copy, accepted until the failback: Azure sets" in text
         replica = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-replica"))
         assert "pcdb-drill" not in (replica.get("tags") or {}) and not target.replica_diverged()
         with pytest.raises(TargetError, match="still down"):

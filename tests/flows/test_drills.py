@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -165,6 +166,28 @@ def test_a_real_region_failover_and_failback_lose_no_acknowledged_row(drilled):
         assert target.server_state().nodes and "## Timeline" in open(result["report"]).read()
         again = failover(target, "failover", "region", "--real")            # a second run changes nothing
         assert again["changed"] is False
+        # The backups follow the promoted replica (#25): the failover took its first base backup,
+        # and the nightly verification, restore test included, passes on it.
+        taken = target.sandbox.list_backups()[-1]
+        assert taken.source == "replica" and taken.timeline == target.sandbox.state.nodes["replica"].timeline
+        verified = CliRunner().invoke(app, ["verify-backups", "--env", str(target.env_path), "--restore-test", "--json"])
+        assert verified.exit_code == 0, verified.output
+        outcome = json.loads(verified.stdout[verified.stdout.index("{"):])
+        assert outcome["archive_ok"] is True and outcome["restore_test"]["passed"], outcome
+        # A restore to just before that backup starts from the HA pair's last one and crosses the
+        # fork: the HA archive up to the promotion, then the promoted replica's own; every row the
+        # application's path acknowledged after the promotion, until shortly before, is there.
+        until = taken.started_at - timedelta(microseconds=1)
+        written = [i for i, at in dict(probe.result.acknowledged_at).items()
+                   if lost_at < at < until.timestamp() - 0.5]
+        assert written, "the probe wrote through the promoted replica before its backup"
+        restored = target.restore_point_in_time(until, "crossing-the-fork")
+        try:
+            with psycopg.connect(restored.conninfo(target.env.server.admin.user, password)) as conn:
+                have = {r[0] for r in conn.execute("SELECT id FROM pcdb_real_failover_probe")}
+            assert set(written) <= have
+        finally:
+            target.delete_server("crossing-the-fork")
 
         refused = failover(target, "failback", "region", code=1)            # the region is still down
         assert "the primary region is still down" in refused and "node1" in refused and "node2" in refused

@@ -140,3 +140,49 @@ def test_the_failback_switchover_and_its_virtual_endpoints_are_checked():
     assert spec.check_request("PATCH", switch, {"properties": {"replica": {"promoteMode": "Switchover",
                                                                            "promoteOption": "planned"}}}) == [
         "Servers_Update request.properties.replica.promoteMode: 'Switchover' is not one of ['standalone', 'switchover']"]
+
+
+def test_the_backups_and_firewall_rules_are_checked_at_the_version_pcdb_speaks_for_them():
+    """2025-08-01: the 2024-08-01 files for these two are not in the stored specification, so pcdb
+    speaks the version it is checked against; a misspelt property, an IP address that is none, the
+    old upper-case backup type and the other version are each named."""
+    spec = ArmSpec.load()
+    rule = SERVER.replace("/pg?api-version=2024-08-01", "/pg/firewallRules/allow-app?api-version=2025-08-01")
+    backups = SERVER.replace("/pg?api-version=2024-08-01", "/pg/backups?api-version=2025-08-01")
+    assert spec.covers(rule) and spec.covers(backups)
+    assert spec.check_request("PUT", rule, {"properties": {"startIpAddress": "10.0.1.0", "endIpAddress": "10.0.1.255"}}) == []
+    assert spec.check_response("PUT", rule, 202, None, {"Location": "x", "Azure-AsyncOperation": "y"}) == []
+    ip = r"^(([0-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5])\.){3}([0-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5])$"
+    assert spec.check_request("PUT", rule, {"properties": {"startIPAddress": "10.0.1.0", "endIpAddress": "10.0.1.300"}}) == [
+        "FirewallRules_CreateOrUpdate request.properties: property 'startIPAddress' is not in the specification",
+        f"FirewallRules_CreateOrUpdate request.properties.endIpAddress: '10.0.1.300' does not match {ip}",
+        "FirewallRules_CreateOrUpdate request.properties: required property 'startIpAddress' missing"]
+    listed = {"value": [{"id": "b", "name": "b", "properties": {"backupType": "Full", "completedTime": "2026-12-01T02:00:00Z",
+                                                                 "source": "Automatic"}}]}
+    assert spec.check_response("GET", backups, 200, listed, {}) == []
+    listed["value"][0]["properties"]["backupType"] = "FULL"     # what the fake answered before
+    assert spec.check_response("GET", backups, 200, listed, {}) == [
+        "BackupsAutomaticAndOnDemand_ListByServer answer 200.value[0].properties.backupType: 'FULL' is not one of "
+        "['Full', 'Customer On-Demand']"]
+    assert spec.check_request("GET", backups.replace("2025-08-01", "2024-08-01"), None) == [
+        "GET /subscriptions/s/resourceGroups/rg/providers/Microsoft.DBforPostgreSQL/flexibleServers/pg/backups "
+        "(BackupsAutomaticAndOnDemand_ListByServer): api-version 2024-08-01, the specification checked is 2025-08-01"]
+
+
+def test_a_servers_azure_monitor_metrics_are_checked_with_the_resource_id_as_one_path_parameter():
+    """Metrics_List at 2024-02-01 (azure-mgmt-monitor's metrics client): {resourceUri} is a whole
+    resource id; a wrong unit, a misspelt timeStamp and the missing required one are named."""
+    spec = ArmSpec.load()
+    url = SERVER.replace("/pg?api-version=2024-08-01", "/pg/providers/Microsoft.Insights/metrics?api-version=2024-02-01"
+                         "&timespan=2026-12-01T00:00:00Z/2026-12-01T01:00:00Z&metricnames=cpu_percent")
+    assert spec.covers(url) and spec.check_request("GET", url, None) == []
+    metric = {"id": "m", "type": "Microsoft.Insights/metrics", "name": {"value": "cpu_percent"}, "unit": "Percent",
+              "timeseries": [{"data": [{"timeStamp": "2026-12-01T00:00:00Z", "average": 12.5, "maximum": 30.0}]}]}
+    assert spec.check_response("GET", url, 200, {"timespan": "a/b", "interval": "PT1M", "value": [metric]}, {}) == []
+    metric |= {"unit": "Percentage", "timeseries": [{"data": [{"timestamp": "2026-12-01T00:00:00Z"}]}]}
+    assert spec.check_response("GET", url, 200, {"timespan": "a/b", "value": [metric]}, {}) == [
+        "Metrics_List answer 200.value[0].unit: 'Percentage' is not one of ['Count', 'Bytes', 'Seconds', "
+        "'CountPerSecond', 'BytesPerSecond', 'Percent', 'MilliSeconds', 'ByteSeconds', 'Unspecified', 'Cores', "
+        "'MilliCores', 'NanoCores', 'BitsPerSecond']",
+        "Metrics_List answer 200.value[0].timeseries[0].data[0]: property 'timestamp' is not in the specification",
+        "Metrics_List answer 200.value[0].timeseries[0].data[0]: required property 'timeStamp' missing"]

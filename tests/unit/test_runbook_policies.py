@@ -328,12 +328,14 @@ def test_a_region_failover_is_refused_while_the_primary_answers_and_done_once():
     fake.stop_primary_region()
     fake.calls.clear()
     report = failover.region_failover(target, ENV, "pw", decide, confirmed, plane=plane)
-    assert fake.calls == ["promote_replica None", "switch_application replica"]
+    # the promoted replica's first backup, as Azure takes it (its retention as the spec's on Azure)
+    assert fake.calls == ["promote_replica None", "switch_application replica", "take_backup"]
     assert decide.seen["primary_region_missing"] == ["node1", "node2"] and report.met
     assert [owner for _, owner in confirmed.asked[-2:]] == [ENV.dr.step("switch_application").owner,
                                                            ENV.dr.step("switch_dns").owner]
     again = failover.region_failover(target, ENV, "pw", decide, confirmed, plane=plane)
-    assert again.changed is False and fake.calls == ["promote_replica None", "switch_application replica"]
+    assert again.changed is False and fake.calls == ["promote_replica None", "switch_application replica",
+                                                     "take_backup"]
 
 
 def test_a_failback_is_refused_while_the_region_is_down_then_brings_everything_back():
