@@ -24,7 +24,8 @@ SPECS = Path(__file__).resolve().parents[1] / "data" / "azure-rest-api-specs"
 # but the preflight's quota usages and name availability (first stable at 2025-08-01) and the
 # backups and firewall rules (their 2024-08-01 files are not in the stored copy).
 SPEC_FILES = (SPECS / "postgresql-flexibleservers-2024-08-01.json", SPECS / "postgresql-flexibleservers-2025-08-01.json",
-              SPECS / "privatedns-2024-06-01.json", SPECS / "monitor-metrics-2024-02-01.json")
+              SPECS / "privatedns-2024-06-01.json", SPECS / "monitor-metrics-2024-02-01.json",
+              SPECS / "storage-blob-2023-05-01.json", SPECS / "resources-2025-04-01.json")
 PROVIDER = "/providers/microsoft.dbforpostgresql/"
 _TYPES = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list, "number": (int, float)}
 
@@ -59,8 +60,9 @@ class ArmSpec:
         databases, its restart, start and stop, its virtual endpoints (the failback's switchover),
         its backups and firewall rules;
         a region's capabilities, quota usages and name availability; the private DNS zone, its
-        VNet links and record sets; a server's Azure Monitor metrics (other providers and
-        sub-resources are not checked)."""
+        VNet links and record sets; a server's Azure Monitor metrics; the archives' blob
+        containers and immutability policies; the resource group and a provider's registration
+        (other providers and sub-resources are not checked)."""
         path = urlparse(url).path.lower()
         if re.search(r"/providers/microsoft\.dbforpostgresql/locations/[^/]+/(capabilities|checknameavailability|"
                      r"resourcetype/flexibleservers/usages)$", path):
@@ -69,6 +71,10 @@ class ArmSpec:
             return True                # the private DNS zone, its VNet links, the application's CNAME
         if path.endswith("/providers/microsoft.insights/metrics") and PROVIDER + "flexibleservers/" in path:
             return True                # a server's Azure Monitor metrics
+        if re.fullmatch(r"/subscriptions/[^/]+/resourcegroups/[^/]+|/subscriptions/[^/]+/providers/[^/]+", path):
+            return True                # a resource group; a resource provider's registration
+        if re.search(r"/providers/microsoft\.storage/storageaccounts/[^/]+/blobservices/default/containers/", path):
+            return True                # the archives' containers and their immutability policies
         if PROVIDER + "flexibleservers/" not in path:
             return False
         rest = path.split(PROVIDER + "flexibleservers/", 1)[1].split("/")[1:]

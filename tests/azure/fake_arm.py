@@ -349,8 +349,9 @@ class FakeArm(HttpTransport):
         for field in WRITE_ONLY:
             props.pop(field, None)
         record_set = re.search(r"/privateDnsZones/[^/]+/(A|AAAA|CNAME|MX|PTR|SOA|SRV|TXT)/[^/]+$", path)
-        if "Microsoft.DBforPostgreSQL" not in path and not record_set:
-            props["provisioningState"] = "Succeeded"  # not in the specifications of those two
+        blob = "/blobServices/default/containers/" in path   # Microsoft.Storage's blob.json (2023-05-01)
+        if "Microsoft.DBforPostgreSQL" not in path and not record_set and not blob:
+            props["provisioningState"] = "Succeeded"  # not in the specifications of those three
         parts = path.strip("/").split("/")
         if parts[-2:-1] == ["flexibleServers"]:  # what the service reports of a server it made
             props.setdefault("state", "Ready")
@@ -374,8 +375,16 @@ class FakeArm(HttpTransport):
                 props["isConfigPendingRestart"] = True  # static: takes effect at the next restart
         stored = {**body, "id": path, "name": parts[-1], "type": "/".join(parts[5:6] + parts[6::2][:-1])}
         now = clock.now().isoformat().replace("+00:00", "Z")
-        stored["systemData"] = {**(self.resources.get(key) or {}).get("systemData", {"createdAt": now}),
-                                "lastModifiedAt": now}   # what ARM reports of a tracked resource
+        group = len(parts) == 4 and parts[2].lower() == "resourcegroups"
+        if group:   # Microsoft.Resources' ResourceGroup: its own type, no systemData
+            stored["type"] = "Microsoft.Resources/resourceGroups"
+        elif blob:   # an AzureEntityResource (common-types v1): an etag, no systemData
+            stored["etag"] = f'"{uuid.uuid4().hex}"'
+            if "/immutabilityPolicies/" in path:
+                props.setdefault("state", "Unlocked")      # until someone locks it
+        else:
+            stored["systemData"] = {**(self.resources.get(key) or {}).get("systemData", {"createdAt": now}),
+                                    "lastModifiedAt": now}   # what ARM reports of a tracked resource
         failure = next((f for frag, f in self.fail.items() if frag in path), None)
         created = key not in self.resources
         if "Microsoft.DBforPostgreSQL" in path:  # 202 + Azure-AsyncOperation, then the poller GETs
@@ -392,4 +401,6 @@ class FakeArm(HttpTransport):
         self.resources[key] = stored
         if "Microsoft.Insights/metricAlerts" in path or "Microsoft.Insights/actionGroups" in path:
             return _response(request, 200, stored)  # monitor: synchronous, 200 only
+        if "/immutabilityPolicies/" in path:
+            return _response(request, 200, stored, {"ETag": stored["etag"]})   # 200 only, with its ETag
         return _response(request, 201 if created else 200, stored)  # network, DNS, workspaces, resource groups

@@ -186,3 +186,50 @@ def test_a_servers_azure_monitor_metrics_are_checked_with_the_resource_id_as_one
         "'MilliCores', 'NanoCores', 'BitsPerSecond']",
         "Metrics_List answer 200.value[0].timeseries[0].data[0]: property 'timestamp' is not in the specification",
         "Metrics_List answer 200.value[0].timeseries[0].data[0]: required property 'timeStamp' missing"]
+
+
+def test_the_write_once_archives_container_and_immutability_policy_are_checked():
+    """Microsoft.Storage blob.json at 2023-05-01: a misspelt retention (the archives would not be
+    write-once) is named, and so are the answers the fake gave before it was checked (201 for a
+    policy, provisioningState and systemData on a v1 resource)."""
+    spec = ArmSpec.load()
+    account = ("https://management.azure.com/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/"
+               "storageAccounts/st/blobServices/default/containers/pcdb-run-reports")
+    policy = account + "/immutabilityPolicies/default?api-version=2023-05-01"
+    container = account + "?api-version=2023-05-01"
+    assert spec.covers(policy) and spec.covers(container)
+    good = {"properties": {"immutabilityPeriodSinceCreationInDays": 1095, "allowProtectedAppendWrites": False}}
+    assert spec.check_request("PUT", policy, good) == []
+    assert spec.check_request("PUT", policy, {"properties": {"immutabilityPeriodSinceCreationInDay": 1095}}) == [
+        "BlobContainers_CreateOrUpdateImmutabilityPolicy request.properties: property "
+        "'immutabilityPeriodSinceCreationInDay' is not in the specification"]
+    answer = {"id": "p", "name": "default", "type": "t", "etag": '"1"',
+              "properties": {**good["properties"], "state": "Unlocked"}}
+    assert spec.check_response("PUT", policy, 200, answer, {"ETag": '"1"'}) == []
+    assert spec.check_response("PUT", policy, 201, answer, {}) == [
+        "BlobContainers_CreateOrUpdateImmutabilityPolicy answer 201: the operation answers 200, not 201"]
+    before = {"id": "c", "name": "c", "type": "t", "systemData": {"createdAt": "2026-12-01T00:00:00Z"},
+              "properties": {"publicAccess": "None", "provisioningState": "Succeeded"}}
+    assert spec.check_request("PUT", container, {"properties": {"publicAccess": "None"}}) == []
+    assert spec.check_response("PUT", container, 201, before, {}) == [
+        "BlobContainers_Create answer 201: property 'systemData' is not in the specification",
+        "BlobContainers_Create answer 201.properties: property 'provisioningState' is not in the specification"]
+
+
+def test_the_resource_group_and_a_providers_registration_are_checked():
+    """Microsoft.Resources at 2025-04-01 (azure-mgmt-resource's version): a group without its
+    location, and the systemData the fake gave a group before it was checked, are named."""
+    spec = ArmSpec.load()
+    group = "https://management.azure.com/subscriptions/s/resourcegroups/rg-phonebill-prod?api-version=2025-04-01"
+    provider = "https://management.azure.com/subscriptions/s/providers/Microsoft.DBforPostgreSQL?api-version=2025-04-01"
+    assert spec.covers(group) and spec.covers(provider)
+    assert spec.check_request("PUT", group, {"location": "koreacentral", "tags": {"service": "phonebill"}}) == []
+    assert spec.check_request("PUT", group, {"tags": {"service": "phonebill"}}) == [
+        "ResourceGroups_CreateOrUpdate request: required property 'location' missing"]
+    answer = {"id": "g", "name": "rg", "type": "Microsoft.Resources/resourceGroups", "location": "koreacentral",
+              "properties": {"provisioningState": "Succeeded"}}
+    assert spec.check_response("PUT", group, 201, answer, {}) == []
+    assert spec.check_response("GET", group, 200, {**answer, "systemData": {}}, {}) == [
+        "ResourceGroups_Get answer 200: property 'systemData' is not in the specification"]
+    assert spec.check_response("GET", provider, 200, {"id": "p", "namespace": "Microsoft.DBforPostgreSQL",
+                                                      "registrationState": "Registered"}, {}) == []
