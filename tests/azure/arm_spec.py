@@ -25,7 +25,8 @@ SPECS = Path(__file__).resolve().parents[1] / "data" / "azure-rest-api-specs"
 # backups and firewall rules (their 2024-08-01 files are not in the stored copy).
 SPEC_FILES = (SPECS / "postgresql-flexibleservers-2024-08-01.json", SPECS / "postgresql-flexibleservers-2025-08-01.json",
               SPECS / "privatedns-2024-06-01.json", SPECS / "monitor-metrics-2024-02-01.json",
-              SPECS / "storage-blob-2023-05-01.json", SPECS / "resources-2025-04-01.json")
+              SPECS / "storage-blob-2023-05-01.json", SPECS / "resources-2025-04-01.json",
+              SPECS / "network-2026-03-01.json")
 PROVIDER = "/providers/microsoft.dbforpostgresql/"
 _TYPES = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list, "number": (int, float)}
 
@@ -61,14 +62,17 @@ class ArmSpec:
         its backups and firewall rules;
         a region's capabilities, quota usages and name availability; the private DNS zone, its
         VNet links and record sets; a server's Azure Monitor metrics; the archives' blob
-        containers and immutability policies; the resource group and a provider's registration
-        (other providers and sub-resources are not checked)."""
+        containers and immutability policies; the resource group and a provider's registration;
+        the virtual network and its delegated subnet (other providers and sub-resources are not
+        checked)."""
         path = urlparse(url).path.lower()
         if re.search(r"/providers/microsoft\.dbforpostgresql/locations/[^/]+/(capabilities|checknameavailability|"
                      r"resourcetype/flexibleservers/usages)$", path):
             return True                # the preflight's subscription-level reads
         if "/providers/microsoft.network/privatednszones/" in path:
             return True                # the private DNS zone, its VNet links, the application's CNAME
+        if re.search(r"/providers/microsoft\.network/virtualnetworks/[^/]+(/subnets/[^/]+)?$", path):
+            return True                # the delegated subnet and its virtual network
         if path.endswith("/providers/microsoft.insights/metrics") and PROVIDER + "flexibleservers/" in path:
             return True                # a server's Azure Monitor metrics
         if re.fullmatch(r"/subscriptions/[^/]+/resourcegroups/[^/]+|/subscriptions/[^/]+/providers/[^/]+", path):

@@ -378,6 +378,12 @@ class FakeArm(HttpTransport):
         group = len(parts) == 4 and parts[2].lower() == "resourcegroups"
         if group:   # Microsoft.Resources' ResourceGroup: its own type, no systemData
             stored["type"] = "Microsoft.Resources/resourceGroups"
+        elif "/Microsoft.Network/virtualNetworks/" in path:   # Microsoft.Network's resources: an etag, no systemData
+            stored["etag"] = f'W/"{uuid.uuid4()}"'
+            if "/subnets/" in path:
+                for delegation in props.get("delegations", []):   # what the delegated service may do (read-only)
+                    delegation.setdefault("properties", {})["actions"] = [
+                        "Microsoft.Network/virtualNetworks/subnets/join/action"]
         elif blob:   # an AzureEntityResource (common-types v1): an etag, no systemData
             stored["etag"] = f'"{uuid.uuid4().hex}"'
             if "/immutabilityPolicies/" in path:

@@ -233,3 +233,29 @@ def test_the_resource_group_and_a_providers_registration_are_checked():
         "ResourceGroups_Get answer 200: property 'systemData' is not in the specification"]
     assert spec.check_response("GET", provider, 200, {"id": "p", "namespace": "Microsoft.DBforPostgreSQL",
                                                       "registrationState": "Registered"}, {}) == []
+
+
+def test_the_virtual_network_and_its_delegated_subnet_are_checked():
+    """Microsoft.Network at 2026-03-01 (azure-mgmt-network 33.1.0): a misspelt address prefix or
+    delegation, and the systemData the fake gave them before it was checked, are named."""
+    spec = ArmSpec.load()
+    vnet = ("https://management.azure.com/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/"
+            "virtualNetworks/vnet-phonebill?api-version=2026-03-01")
+    subnet = vnet.replace("?api", "/subnets/subnet-database?api")
+    assert spec.covers(vnet) and spec.covers(subnet)
+    assert spec.check_request("PUT", vnet, {"location": "koreacentral",
+                                            "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]}}}) == []
+    delegation = {"name": "postgresql", "properties": {"serviceName": "Microsoft.DBforPostgreSQL/flexibleServers"}}
+    assert spec.check_request("PUT", subnet, {"properties": {"addressPrefix": "10.0.1.0/24",
+                                                             "delegations": [delegation]}}) == []
+    assert spec.check_request("PUT", subnet, {"properties": {"addressPrefixe": "10.0.1.0/24", "delegations": [
+        {"name": "postgresql", "properties": {"service": "Microsoft.DBforPostgreSQL/flexibleServers"}}]}}) == [
+        "Subnets_CreateOrUpdate request.properties: property 'addressPrefixe' is not in the specification",
+        "Subnets_CreateOrUpdate request.properties.delegations[0].properties: property 'service' is not in the "
+        "specification"]
+    answer = {"id": "v", "name": "vnet-phonebill", "type": "Microsoft.Network/virtualNetworks", "location": "koreacentral",
+              "etag": 'W/"1"', "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
+                                              "provisioningState": "Succeeded"}}
+    assert spec.check_response("PUT", vnet, 201, answer, {}) == []
+    assert spec.check_response("GET", vnet, 200, {**answer, "systemData": {}}, {}) == [
+        "VirtualNetworks_Get answer 200: property 'systemData' is not in the specification"]
