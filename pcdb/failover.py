@@ -186,9 +186,15 @@ def region_failover(target: FailoverTarget, env: Environment, password: str, dec
     step = step or Steps()
     began, text = _began(outage_began)
     report = FailoverReport("region", env.dr.region_failure.rto.total_seconds(), text, application="replica")
+    backups_step = "the promoted server's backups as the spec says"
     if target.application_target() == "replica":
+        # The failover is done (changed stays False: no topology changes now); a run killed after
+        # the switch and before the backups step has that step finished here.
+        done = step(backups_step, target.promoted_backups, retry=True)
+        finished = [line for c, line in zip(done, _said(done)) if c.action != "unchanged"]
         report.changed = False
-        report.notes.append("the application already points at the promoted replica: nothing to do")
+        report.notes.append("the application already points at the promoted replica: "
+                            + (f"finished the last step ({'; '.join(finished)})" if finished else "nothing to do"))
         report.recovery_seconds = None
         return report
     if target.replica_diverged():
@@ -219,7 +225,7 @@ def region_failover(target: FailoverTarget, env: Environment, password: str, dec
         target, env, password, began, time.monotonic() + report.target_rto_seconds, plane))
     report.mark("the application's path takes writes" if report.recovery_seconds is not None
                 else "the application's path did NOT take a write within the target")
-    for line in _said(step("the promoted server's backups as the spec says", target.promoted_backups, retry=True)):
+    for line in _said(step(backups_step, target.promoted_backups, retry=True)):
         report.mark(line)
     report.notes += [f"post-promotion check: {fact}" for fact in target.promoted_server_facts()]
     return report

@@ -336,6 +336,11 @@ def test_a_region_failover_is_refused_while_the_primary_answers_and_done_once():
     again = failover.region_failover(target, ENV, "pw", decide, confirmed, plane=plane)
     assert again.changed is False and fake.calls == ["promote_replica None", "switch_application replica",
                                                      "take_backup"]
+    # killed after the switch, before the backups step: the next run finishes it, and only it
+    fake.promoted_backup = None
+    finished = failover.region_failover(target, ENV, "pw", decide, confirmed, plane=plane)
+    assert fake.calls[-1] == "take_backup" and fake.calls.count("promote_replica None") == 1
+    assert finished.changed is False and "finished the last step (backup replica: created)" in finished.notes[0]
 
 
 def test_a_failback_is_refused_while_the_region_is_down_then_brings_everything_back():
