@@ -317,10 +317,20 @@ def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_point
         assert arm.operations_run[first + 2:] == ["back up promoted server"]
         assert server_resource(arm, replica_name)["properties"]["backup"]["backupRetentionDays"] == 35
         assert any(line.endswith("backup phonebill-postgresql-replica: updated") for _, line in report.timeline)
+        before = (len(arm.operations_run), len(arm.bodies), len(arm.requests))
         verified = flows.backup_verification.verify_backups(spec_path=str(record_spec), restore=True)
         assert verified["retention_days"] == 35 and verified["latest_backup_age_hours"] < 1
         assert verified["restore_test"]["passed"] and verified["restore_test"]["mismatches"] == [], verified
-        assert "restore phonebill-postgresql-prod-restore-test" in arm.operations_run
+        assert "restore phonebill-postgresql-prod-restore-test" in arm.operations_run[before[0]:]
+        restores = [b for p, b in arm.bodies[before[1]:] if p.endswith("-restore-test")
+                    and b.get("properties", {}).get("createMode") == "PointInTimeRestore"]
+        assert len(restores) == 1 and restores[0]["properties"]["sourceServerResourceId"].endswith(f"/{replica_name}")
+        assert restores[0]["location"] == "koreasouth"          # a restore stays in its source's region
+        # The weekly capacity analysis reads the promoted server's Azure Monitor history and its tables.
+        capacity = flows.capacity.capacity_analysis(spec_path=str(record_spec))
+        metrics = [p for m, p in arm.requests[before[2]:] if p.lower().endswith("/providers/microsoft.insights/metrics")]
+        assert metrics and all(f"/flexibleServers/{replica_name}/" in p for p in metrics), metrics
+        assert "product_change.pc_product_change_history" in {t["name"] for t in capacity["tables"]}
         text = open(verified["report"]).read()
         assert "| geo-redundant backup | R-BAK-1 | PASS | no geo copy, accepted until the failback: Azure sets" in text
         replica = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-replica"))
