@@ -182,11 +182,17 @@ def _budget(env: Environment, rg_id: str, groups: ActionGroups) -> Desired:
     """§9.2.1 as an Azure budget on the resource group: the monthly budget, notifications to the
     warning channels' action group when actual cost passes the budget and when the forecast passes
     the alert threshold ($1,600). Its start date is the month it is created in (Azure requires
-    it) and is kept as Azure has it afterwards (pcdb.azure.plan.ADOPTED)."""
+    it) and is kept as Azure has it afterwards (pcdb.azure.plan.ADOPTED). Each notification also
+    names the warning channels' email recipients: the budget API requires contactEmails
+    (consumption.json 2021-10-01), and a mail from Azure itself reaches the DBAs even if the action
+    group is ever changed."""
     from azure.mgmt.resource.resources import models as res
 
     cost = env.operations.cost
-    group = groups.id_for(env.notifications.routing.get("warning", []))
+    warning = env.notifications.routing.get("warning", [])
+    group = groups.id_for(warning)
+    channels = env.notifications.channels
+    emails = sorted({r for c in warning if c in channels and channels[c].kind == "email" for r in channels[c].recipients})
     start = clock.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     name = f"budget-{env.name}-monthly"
     return Desired("budget", name, f"{rg_id}/providers/Microsoft.Consumption/budgets/{name}", res.GenericResource(
@@ -194,10 +200,12 @@ def _budget(env: Environment, rg_id: str, groups: ActionGroups) -> Desired:
                     "timePeriod": {"startDate": start.strftime("%Y-%m-%dT%H:%M:%SZ")},
                     "notifications": {
                         "actual-over-budget": {"enabled": True, "operator": "GreaterThan", "threshold": 100,
-                                               "thresholdType": "Actual", "contactGroups": [group]},
+                                               "thresholdType": "Actual", "contactEmails": emails,
+                                               "contactGroups": [group]},
                         "forecast-over-alert": {"enabled": True, "operator": "GreaterThan",
                                                 "threshold": round(100 * cost.alert_monthly_usd / cost.monthly_budget_usd, 1),
-                                                "thresholdType": "Forecasted", "contactGroups": [group]}}}), 6)
+                                                "thresholdType": "Forecasted", "contactEmails": emails,
+                                                "contactGroups": [group]}}}), 6)
 
 
 def _evidence_archive(env: Environment, rg_id: str) -> list[Desired]:

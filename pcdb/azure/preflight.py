@@ -5,8 +5,11 @@ Checks, in order: the resource providers registered; what the region offers (the
 API: the SKU, zone-redundant HA in the spec's zones, the storage size, the PostgreSQL version, and
 the replica's region); the vCore quota against what the plan still has to create (the QuotaUsages
 API); the server names; the VNet, the subnet's delegation and the private DNS zone; the principal's
-permissions for every operation the runbooks use (Microsoft.Authorization/permissions); the
-budget's scope. The secrets (Key Vault among them) are checked by the caller, which can read them.
+permissions for every operation the runbooks use (Microsoft.Authorization: the permissions on the
+resource group when it exists; before it does, the principal's role assignments on the
+subscription and their role definitions, since the published API lists permissions only for a
+resource group or a resource); the budget's scope. The secrets (Key Vault among them) are
+checked by the caller, which can read them.
 
 API versions: the flexible-server client speaks 2024-08-01 (pcdb.azure.apply.POSTGRES_API_VERSION);
 its Capabilities operation is there. Quota usages and name availability are first in a stable
@@ -15,8 +18,10 @@ version at 2025-08-01, so those two reads use a client at that version (``client
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +35,8 @@ from pcdb.units import format_size, parse_size
 PREFLIGHT_API_VERSION = "2025-08-01"
 PERMISSIONS_API_VERSION = "2022-04-01"
 BUDGETS_API_VERSION = "2021-10-01"
+ROLE_DEFINITION_ID = re.compile(r"(/subscriptions/[0-9a-fA-F-]{36})?/providers/Microsoft\.Authorization/"
+                                r"roleDefinitions/[0-9a-fA-F-]{36}", re.IGNORECASE)
 PG = "Microsoft.DBforPostgreSQL/flexibleServers"
 
 # What the runbooks do beyond reading and writing the resources the install makes: restarts with
@@ -89,6 +96,21 @@ def allowed(action: str, permissions: list[dict], data: bool = False) -> bool:
     return False
 
 
+def principal_id(token: str) -> str | None:
+    """The object id (the ``oid`` claim) of the principal an ARM access token was issued to. The
+    token is a JWT whose payload is read, not verified: it is the caller's own token, and ARM
+    verifies it. None when the token carries no such claim."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    oid = claims.get("oid") if isinstance(claims, dict) else None
+    return oid if isinstance(oid, str) and re.fullmatch(r"[0-9a-fA-F-]{36}", oid) else None
+
+
 def quota_family(sku: str) -> str | None:
     """The quota family Azure counts a flexible server's vCores in: Standard_D4s_v3 ->
     standardDSv3Family, Standard_D4ds_v5 -> standardDDSv5Family, Standard_B2s -> standardBSFamily."""
@@ -104,8 +126,9 @@ class Preflight:
     quota, owns its name, and is checked as it is."""
 
     def __init__(self, env: Environment, clients, subscription: str, desired: list[Desired],
-                 read: Callable[[Desired], dict | None]):
+                 read: Callable[[Desired], dict | None], credential=None):
         self.env, self.c, self.subscription, self.desired, self.read = env, clients, subscription, desired, read
+        self.credential = credential   # to tell which principal asks, before the resource group exists
         self.rg = env.azure.resource_group
         self.rg_id = f"/subscriptions/{subscription}/resourceGroups/{self.rg}"
         self._caps: dict[str, dict | str] = {}
@@ -394,25 +417,62 @@ class Preflight:
             return self.rg_id, True
         return f"/subscriptions/{self.subscription}", False
 
-    def _arm_get(self, path: str, api_version: str) -> tuple[int, dict]:
+    def _arm_get(self, path: str, api_version: str, **query: str) -> tuple[int, dict]:
         from azure.core.rest import HttpRequest
 
-        reply = self.c.resource.send_request(HttpRequest("GET", f"{path}?api-version={api_version}"))
+        reply = self.c.resource.send_request(HttpRequest("GET", path, params={**query, "api-version": api_version}))
         try:
             body = reply.json()
         except ValueError:
             body = {}
         return reply.status_code, body if isinstance(body, dict) else {}
 
-    def permissions(self) -> list[Check]:
-        scope, rg_exists = self._scope()
-        status, body = self._arm_get(f"{scope}/providers/Microsoft.Authorization/permissions", PERMISSIONS_API_VERSION)
+    def _granted_on_group(self) -> tuple[list[dict] | None, str]:
+        """Permissions_ListForResourceGroup: what the caller may do on the resource group."""
+        status, body = self._arm_get(f"{self.rg_id}/providers/Microsoft.Authorization/permissions",
+                                     PERMISSIONS_API_VERSION)
         if status != 200:
             error = body.get("error") or {}
-            return [Check("permissions", False, f"Azure would not list the principal's permissions on {scope}: "
-                          f"HTTP {status} {error.get('code', '')} {error.get('message', '')}".strip(),
+            return None, (f"Azure would not list the principal's permissions on {self.rg_id}: HTTP {status} "
+                          f"{error.get('code', '')} {error.get('message', '')}").strip()
+        return body.get("value") or [], ""
+
+    def _granted_on_subscription(self) -> tuple[list[dict] | None, str]:
+        """Before the resource group exists: the roles assigned to the caller (and its groups) on
+        the subscription or above (RoleAssignments_ListForSubscription, assignedTo), and what each
+        role definition permits (RoleDefinitions_Get)."""
+        scope = f"/subscriptions/{self.subscription}"
+        token = self.credential.get_token("https://management.azure.com/.default").token if self.credential else ""
+        principal = principal_id(token)
+        if principal is None:
+            return None, "the credential's token does not say which principal it is (no oid claim)"
+        status, body = self._arm_get(f"{scope}/providers/Microsoft.Authorization/roleAssignments",
+                                     PERMISSIONS_API_VERSION, **{"$filter": f"assignedTo('{principal}')"})
+        if status != 200:
+            error = body.get("error") or {}
+            return None, (f"Azure would not list the principal's role assignments on {scope}: HTTP {status} "
+                          f"{error.get('code', '')} {error.get('message', '')}").strip()
+        # Assignments at the subscription or above it (a management group, the root) apply to
+        # the resource group to be made; those below it (another group, a resource) do not.
+        below = scope.lower() + "/"
+        inherited = {(a.get("properties") or {}).get("roleDefinitionId") for a in body.get("value") or []
+                     if not ((a.get("properties") or {}).get("scope") or "").lower().startswith(below)}
+        granted: list[dict] = []
+        for role in sorted(r for r in inherited if r):
+            if not ROLE_DEFINITION_ID.fullmatch(role):   # read only a role definition's id, never another URL
+                return None, f"Azure named a role definition that is not one: {role[:120]!r}"
+            status, definition = self._arm_get(role, PERMISSIONS_API_VERSION)
+            if status != 200:
+                return None, f"Azure would not read the role definition {role}: HTTP {status}"
+            granted += (definition.get("properties") or {}).get("permissions") or []
+        return granted, ""
+
+    def permissions(self) -> list[Check]:
+        _, rg_exists = self._scope()
+        granted, problem = self._granted_on_group() if rg_exists else self._granted_on_subscription()
+        if granted is None:
+            return [Check("permissions", False, problem,
                           "give the runbooks' identity Reader at least, to let it check the rest")]
-        granted = body.get("value") or []
         actions, data_actions = required_actions(self.env, self.desired)
         if not rg_exists:
             actions = ["Microsoft.Resources/subscriptions/resourceGroups/write", *actions]

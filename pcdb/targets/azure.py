@@ -111,7 +111,8 @@ class AzureTarget:
     def preflight(self) -> list[Check]:
         from pcdb.azure.preflight import Preflight
 
-        return Preflight(self.env, self.clients, self.subscription, self.desired(), self.reconciler.read).run()
+        return Preflight(self.env, self.clients, self.subscription, self.desired(), self.reconciler.read,
+                         credential=self._credential).run()
 
     def ensure_resource_group(self) -> Change:
         return self._ensure(*KINDS["resource_group"])[0]

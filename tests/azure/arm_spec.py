@@ -1,14 +1,16 @@
-"""Every request pcdb sends to Microsoft.DBforPostgreSQL, and every answer the fake ARM gives,
-checked against Microsoft's published REST API specification (an extract kept in tests/data,
-with the files and commits it comes from).
+"""Every request pcdb sends to Azure Resource Manager, and every answer the fake ARM gives, for
+the operations the extracts describe (``ArmSpec.covers``), checked against Microsoft's published
+REST API specification (extracts kept in tests/data, each with the files and commits it comes
+from).
 
 A request is checked for: an operation the specification has at that path and method; the
 api-version it was written for; a body with only the properties the definition names, each of
-its type and, where the specification lists values, one of them; the required properties; no
-read-only property sent. An answer is checked for: a status the operation lists (or an ARM
-error object), a body of the listed definition with known properties and values, and the
-headers of a long-running operation (Location; Azure-AsyncOperation where the final state is
-read from it). What the check finds is a list of sentences, empty when all agree.
+its type and, where the specification lists values or a length, within them (a polymorphic
+value checked as the kind its discriminator names); the required properties; no read-only
+property sent. An answer is checked for: a status the operation lists (or an ARM error object),
+a body of the listed definition with known properties and values, and the headers of a
+long-running operation (Location; Azure-AsyncOperation where the final state is read from it).
+What the check finds is a list of sentences, empty when all agree.
 """
 
 from __future__ import annotations
@@ -20,21 +22,28 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 SPECS = Path(__file__).resolve().parents[1] / "data" / "azure-rest-api-specs"
-# One extract per API version pcdb speaks to Microsoft.DBforPostgreSQL: 2024-08-01 for everything
-# but the preflight's quota usages and name availability (first stable at 2025-08-01) and the
-# backups and firewall rules (their 2024-08-01 files are not in the stored copy).
-SPEC_FILES = (SPECS / "postgresql-flexibleservers-2024-08-01.json", SPECS / "postgresql-flexibleservers-2025-08-01.json",
-              SPECS / "privatedns-2024-06-01.json", SPECS / "monitor-metrics-2024-02-01.json",
-              SPECS / "storage-blob-2023-05-01.json", SPECS / "resources-2025-04-01.json",
-              SPECS / "network-2026-03-01.json")
+# One extract per provider and API version pcdb speaks. To Microsoft.DBforPostgreSQL: 2024-08-01
+# for everything but the preflight's quota usages and name availability (first stable at
+# 2025-08-01) and the backups and firewall rules (their 2024-08-01 files are not in the stored
+# copy). To the others: the version the SDK client (or the generic client's api_version) sends.
+SPEC_FILES = tuple(SPECS / name for name in (
+    "postgresql-flexibleservers-2024-08-01.json", "postgresql-flexibleservers-2025-08-01.json",
+    "privatedns-2024-06-01.json", "monitor-metrics-2024-02-01.json", "storage-blob-2023-05-01.json",
+    "resources-2025-04-01.json", "network-2026-03-01.json", "operationalinsights-workspaces-2025-07-01.json",
+    "monitor-actiongroups-2023-01-01.json", "monitor-metricalerts-2018-03-01.json",
+    "monitor-activitylogalerts-2020-10-01.json", "monitor-scheduledqueryrules-2023-12-01.json",
+    "monitor-diagnosticsettings-2021-05-01-preview.json", "applicationinsights-workbooks-2022-04-01.json",
+    "consumption-budgets-2021-10-01.json", "storage-accounts-2023-05-01.json", "authorization-2022-04-01.json"))
 PROVIDER = "/providers/microsoft.dbforpostgresql/"
 _TYPES = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list, "number": (int, float)}
 
 
 def _pattern(path: str) -> re.Pattern:
-    """An operation's path as a pattern: each {name} one segment, but {resourceUri} (Azure
-    Monitor's: a whole resource id, never URL-encoded) one or more."""
-    escaped = re.escape(path).replace(re.escape("{resourceUri}"), ".+")
+    """An operation's path as a pattern: each {name} one segment, but {resourceUri} and {scope}
+    (a whole resource id, never URL-encoded) one or more."""
+    escaped = re.escape(path)
+    for whole in ("{resourceUri}", "{scope}"):
+        escaped = escaped.replace(re.escape(whole), ".+")
     return re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", escaped) + "$", re.IGNORECASE)
 
 
@@ -63,8 +72,11 @@ class ArmSpec:
         a region's capabilities, quota usages and name availability; the private DNS zone, its
         VNet links and record sets; a server's Azure Monitor metrics; the archives' blob
         containers and immutability policies; the resource group and a provider's registration;
-        the virtual network and its delegated subnet (other providers and sub-resources are not
-        checked)."""
+        the virtual network and its delegated subnet; the Log Analytics workspace, the action
+        groups, the metric, activity-log and log alerts, the server's diagnostic setting, the
+        workbook, the budget and the archives' storage account; the preflight's budgets on a
+        scope and the caller's permissions, role assignments and role definitions (other
+        providers and sub-resources are not checked)."""
         path = urlparse(url).path.lower()
         if re.search(r"/providers/microsoft\.dbforpostgresql/locations/[^/]+/(capabilities|checknameavailability|"
                      r"resourcetype/flexibleservers/usages)$", path):
@@ -73,6 +85,16 @@ class ArmSpec:
             return True                # the private DNS zone, its VNet links, the application's CNAME
         if re.search(r"/providers/microsoft\.network/virtualnetworks/[^/]+(/subnets/[^/]+)?$", path):
             return True                # the delegated subnet and its virtual network
+        if re.search(r"/resourcegroups/[^/]+/providers/(microsoft\.insights/(actiongroups|metricalerts|activitylogalerts|"
+                     r"scheduledqueryrules|workbooks)|microsoft\.operationalinsights/workspaces|"
+                     r"microsoft\.storage/storageaccounts)/[^/]+$", path):
+            return True                # Phase 6's monitoring and the archives' account
+        if re.search(r"/providers/microsoft\.insights/diagnosticsettings/[^/]+$|"
+                     r"/resourcegroups/[^/]+/providers/microsoft\.consumption/budgets/[^/]+$", path):
+            return True                # the server's diagnostic setting; the resource group's budget
+        if re.fullmatch(r"/subscriptions/[^/]+(/resourcegroups/[^/]+)?/providers/microsoft\.(consumption/budgets|"
+                        r"authorization/(permissions|roleassignments|roledefinitions/[^/]+))", path):
+            return True                # the preflight's budgets on a scope, and the caller's permissions
         if path.endswith("/providers/microsoft.insights/metrics") and PROVIDER + "flexibleservers/" in path:
             return True                # a server's Azure Monitor metrics
         if re.fullmatch(r"/subscriptions/[^/]+/resourcegroups/[^/]+|/subscriptions/[^/]+/providers/[^/]+", path):
@@ -139,6 +161,8 @@ class ArmSpec:
 
     def _resolve(self, schema: dict) -> dict:
         while "$ref" in schema:
+            if schema["$ref"] not in self.definitions:
+                return {"missing": schema["$ref"]}
             extra = {k: v for k, v in schema.items() if k != "$ref"}
             schema = {**self.definitions[schema["$ref"]], **extra}
         return schema
@@ -152,11 +176,27 @@ class ArmSpec:
             required += needed
         return props, required
 
+    def _kind(self, schema: dict, value: dict) -> dict | None:
+        """A polymorphic definition's kind that the value names (its discriminator's value), or
+        None when the extracts have no such kind."""
+        named = value.get(schema["discriminator"])
+        return next((d for d in self.definitions.values() if d.get("x-ms-discriminator-value") == named
+                     and any(self.definitions.get(p, {}).get("discriminator") == schema["discriminator"]
+                             for p in d.get("allOf", []))), None)
+
     def _check(self, value, schema: dict, at: str, sending: bool) -> list[str]:
         schema = self._resolve(schema)
+        if "missing" in schema:
+            return [f"{at}: its definition {schema['missing']} is not in the extracts (left out as never used)"]
         kind = schema.get("type", "object")
         if value is None:
             return []
+        if "discriminator" in schema and isinstance(value, dict):
+            chosen = self._kind(schema, value)
+            if chosen is None:
+                return [f"{at}: {schema['discriminator']} {value.get(schema['discriminator'])!r} is not a kind "
+                        "the specification extracts describe"]
+            schema = chosen
         if not isinstance(value, _TYPES[kind]) or (kind == "integer" and isinstance(value, bool)):
             return [f"{at}: {type(value).__name__} where the specification has {kind}"]
         problems = []
@@ -164,6 +204,8 @@ class ArmSpec:
             problems.append(f"{at}: {value!r} is not one of {schema['enum']}")
         if "pattern" in schema and not re.search(schema["pattern"], value):
             problems.append(f"{at}: {value!r} does not match {schema['pattern']}")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            problems.append(f"{at}: {value!r} is longer than {schema['maxLength']}")
         if kind == "array" and "items" in schema:
             for i, item in enumerate(value):
                 problems += self._check(item, schema["items"], f"{at}[{i}]", sending)

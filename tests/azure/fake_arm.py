@@ -6,12 +6,13 @@ GET; failures carry ARM error objects; throttling answers 429 with Retry-After."
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import HttpTransport
@@ -114,9 +115,23 @@ def _aggregate(points: list[tuple[str, float]], span: str, interval: str) -> lis
              "average": sum(vs) / len(vs), "maximum": max(vs), "minimum": min(vs)} for b, vs in sorted(buckets.items())]
 
 
+# The principal the fake credential's tokens are for (the runbooks' identity in these tests).
+PRINCIPAL = "5d3e1c7a-9b2f-4e61-8a0d-3c4b5a6f7e80"
+
+
 class FakeCredential:
+    """Tokens shaped as Entra ID's: a JWT (unsigned) whose payload names the principal (oid)."""
+
     def get_token(self, *scopes, **kwargs) -> AccessToken:
-        return AccessToken("fake-token", 4102444800)
+        def part(value: dict) -> str:
+            return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+        claims = {"aud": "https://management.azure.com", "oid": PRINCIPAL, "exp": 4102444800}
+        return AccessToken(f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.", 4102444800)
+
+
+def _role_id(scope: str, index: int) -> str:
+    return f"{scope}/providers/Microsoft.Authorization/roleDefinitions/00000000-0000-4000-8000-{index:012d}"
 
 
 # Azure Database for PostgreSQL's metrics in the units Azure Monitor reports them (its supported
@@ -152,6 +167,7 @@ class FakeArm(HttpTransport):
         self.unregistered: dict[str, str] = {}               # namespace -> its registration state
         self.taken_names: set[str] = set()                   # server names used in another subscription
         self.permissions: list[dict] = [dict(p) for p in CONTRIBUTOR]
+        self.assignment_scopes: dict[int, str] = {}          # role index -> where it is assigned (else the subscription)
         self.budget_refusal: tuple[int, str, str] | None = None
         self.vault_secrets: dict[tuple[str, str], str] = {}  # (vault, secret name) -> value (Key Vault's data plane)
         FakeArm.made.append(self)
@@ -300,13 +316,35 @@ class FakeArm(HttpTransport):
             return _response(request, 200, {"name": name, "type": body.get("type"), "nameAvailable": not taken,
                                              **({"reason": "AlreadyExists", "message": "Specified server name is "
                                                  "already used."} if taken else {})})
-        if method == "GET" and low.endswith("/providers/microsoft.authorization/permissions"):
+        if method == "GET" and re.fullmatch(r"/subscriptions/[^/]+/resourcegroups/[^/]+/providers/"
+                                            r"microsoft\.authorization/permissions", low):
             scope = low.rsplit("/providers/microsoft.authorization/permissions", 1)[0]
-            if "/resourcegroups/" in scope and scope not in self.resources:
+            if scope not in self.resources:
                 group = scope.rsplit("/", 1)[1]
                 return _response(request, 404, {"error": {"code": "ResourceGroupNotFound",
                                                           "message": f"Resource group '{group}' could not be found."}})
             return _response(request, 200, {"value": self.permissions})
+        if method == "GET" and re.fullmatch(r"/subscriptions/[^/]+/providers/microsoft\.authorization/roleassignments",
+                                            low):
+            # one role per entry of ``permissions``, assigned on the subscription to the caller
+            scope = path.rsplit("/providers/", 1)[0]
+            wanted = parse_qs(urlparse(request.url).query).get("$filter", [""])[0] == f"assignedTo('{PRINCIPAL}')"
+            return _response(request, 200, {"value": [
+                {"id": f"{scope}/providers/Microsoft.Authorization/roleAssignments/{uuid.uuid5(uuid.NAMESPACE_URL, str(i))}",
+                 "name": str(uuid.uuid5(uuid.NAMESPACE_URL, str(i))), "type": "Microsoft.Authorization/roleAssignments",
+                 "properties": {"scope": self.assignment_scopes.get(i, scope), "roleDefinitionId": _role_id(scope, i),
+                                "principalId": PRINCIPAL,
+                                "principalType": "ServicePrincipal"}}
+                for i in range(len(self.permissions))] if wanted else []})
+        role = re.fullmatch(r"(/subscriptions/[^/]+)/providers/microsoft\.authorization/roledefinitions/"
+                            r"00000000-0000-4000-8000-(\d{12})", low)
+        if method == "GET" and role and int(role.group(2)) < len(self.permissions):
+            index = int(role.group(2))
+            return _response(request, 200, {"id": path, "name": path.rsplit("/", 1)[1],
+                                             "type": "Microsoft.Authorization/roleDefinitions",
+                                             "properties": {"roleName": f"role {index}", "type": "BuiltInRole",
+                                                            "permissions": [self.permissions[index]],
+                                                            "assignableScopes": ["/"]}})
         if method == "GET" and low.endswith("/providers/microsoft.consumption/budgets"):
             if self.budget_refusal:
                 status, code, message = self.budget_refusal
@@ -350,8 +388,12 @@ class FakeArm(HttpTransport):
             props.pop(field, None)
         record_set = re.search(r"/privateDnsZones/[^/]+/(A|AAAA|CNAME|MX|PTR|SOA|SRV|TXT)/[^/]+$", path)
         blob = "/blobServices/default/containers/" in path   # Microsoft.Storage's blob.json (2023-05-01)
-        if "Microsoft.DBforPostgreSQL" not in path and not record_set and not blob:
-            props["provisioningState"] = "Succeeded"  # not in the specifications of those three
+        insights = "/providers/Microsoft.Insights/" in path      # alerts, action groups, workbook, diagnostic setting
+        server = "Microsoft.DBforPostgreSQL" in path and not insights   # (a diagnostic setting sits under the server)
+        account = re.search(r"/Microsoft\.Storage/storageAccounts/[^/]+$", path)
+        budget = "/providers/Microsoft.Consumption/budgets/" in path
+        if not (server or record_set or blob or insights or budget):
+            props["provisioningState"] = "Succeeded"  # not in the specifications of the others
         parts = path.strip("/").split("/")
         if parts[-2:-1] == ["flexibleServers"]:  # what the service reports of a server it made
             props.setdefault("state", "Ready")
@@ -388,12 +430,14 @@ class FakeArm(HttpTransport):
             stored["etag"] = f'"{uuid.uuid4().hex}"'
             if "/immutabilityPolicies/" in path:
                 props.setdefault("state", "Unlocked")      # until someone locks it
+        elif account or budget or re.search(r"/Microsoft\.Insights/(actionGroups|metricAlerts|activityLogAlerts)/", path):
+            pass   # resources whose specifications (common-types v1 and their own) have no systemData
         else:
             stored["systemData"] = {**(self.resources.get(key) or {}).get("systemData", {"createdAt": now}),
                                     "lastModifiedAt": now}   # what ARM reports of a tracked resource
         failure = next((f for frag, f in self.fail.items() if frag in path), None)
         created = key not in self.resources
-        if "Microsoft.DBforPostgreSQL" in path:  # 202 + Azure-AsyncOperation, then the poller GETs
+        if server:  # 202 + Azure-AsyncOperation, then the poller GETs
             op = f"/operations/{uuid.uuid4()}"
             if failure:
                 self.operations[op] = {"status": "Failed", "error": {"code": failure[0], "message": failure[1]}}
@@ -405,8 +449,12 @@ class FakeArm(HttpTransport):
         if failure:
             return _response(request, 400, {"error": {"code": failure[0], "message": failure[1]}})
         self.resources[key] = stored
-        if "Microsoft.Insights/metricAlerts" in path or "Microsoft.Insights/actionGroups" in path:
-            return _response(request, 200, stored)  # monitor: synchronous, 200 only
+        if "/Microsoft.Insights/metricAlerts/" in path or "/Microsoft.Insights/diagnosticSettings/" in path:
+            return _response(request, 200, stored)  # synchronous, 200 only (metricAlert_API, diagnosticsSettings_API)
+        if account and created:   # storage.json: 202 and a Location to poll, then the account is read
+            op = f"/operations/{uuid.uuid4()}"
+            self.operations[op] = {"status": "Succeeded"}
+            return _response(request, 202, None, {"Location": f"{BASE}{op}?api-version=1"})
         if "/immutabilityPolicies/" in path:
             return _response(request, 200, stored, {"ETag": stored["etag"]})   # 200 only, with its ETag
-        return _response(request, 201 if created else 200, stored)  # network, DNS, workspaces, resource groups
+        return _response(request, 201 if created else 200, stored)  # network, DNS, workspaces, groups, alerts, budget

@@ -106,6 +106,27 @@ def test_a_subscription_that_offers_what_the_spec_needs_passes_every_check_and_n
     assert not arm.writes and not arm.spec_problems
 
 
+def test_before_the_resource_group_exists_only_roles_assigned_on_the_subscription_or_above_count(subscription):
+    """The published API lists a caller's permissions only on a resource group or a resource:
+    before the group is made, the preflight reads the caller's role assignments on the
+    subscription and their definitions. Contributor assigned on another resource group does not
+    let the runbooks' identity make this one, and the check says so."""
+    spec, arm, _ = subscription
+    assert RG not in arm.resources           # nothing made yet: the subscription's assignments are read
+    try:
+        arm.assignment_scopes[0] = RG.replace("rg-phonebill-prod", "rg-another-service")
+        code, answer = preflight(spec)
+        failed = [c for c in answer["checks"] if not c["ok"]]
+        assert code == 1 and [c["name"] for c in failed] == ["permissions"], failed
+        assert "Microsoft.Resources/subscriptions/resourceGroups/write" in failed[0]["detail"]
+        assert "Microsoft.DBforPostgreSQL/flexibleServers/write" in failed[0]["detail"]
+        assert not arm.writes and not arm.spec_problems
+        reads = [p.lower() for m, p in arm.requests if "microsoft.authorization" in p.lower()]
+        assert reads and all("/roleassignments" in p or "/roledefinitions/" in p for p in reads)
+    finally:
+        arm.assignment_scopes.clear()
+
+
 @pytest.mark.parametrize("name", FAILING)
 def test_each_check_fails_on_a_subscription_that_lacks_it_and_says_what_to_do(subscription, name):
     spec, arm, _ = subscription

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 from tests.azure.arm_spec import ArmSpec
 
 SERVER = ("https://management.azure.com/subscriptions/s/resourceGroups/rg/providers/Microsoft.DBforPostgreSQL/"
@@ -259,3 +262,157 @@ def test_the_virtual_network_and_its_delegated_subnet_are_checked():
     assert spec.check_response("PUT", vnet, 201, answer, {}) == []
     assert spec.check_response("GET", vnet, 200, {**answer, "systemData": {}}, {}) == [
         "VirtualNetworks_Get answer 200: property 'systemData' is not in the specification"]
+
+
+def _phase_6(spec: ArmSpec) -> dict[str, tuple[str, dict]]:
+    """Phase 6's resources (and the archives' account) as pcdb sends them: type -> (url, body)."""
+    from pcdb.azure.desired import desired_resources
+    from pcdb.config import load_environment
+
+    out = {}
+    for d in desired_resources(load_environment("prod"), "11111111-2222-3333-4444-555555555555"):
+        if d.type in ("log_analytics_workspace", "diagnostic_setting", "workbook", "action_group", "metric_alert",
+                      "activity_log_alert", "log_alert", "budget", "storage_account") and d.type not in out:
+            url = f"https://management.azure.com{d.id}"
+            version = spec.operation("PUT", url)["api_version"]
+            out[d.type] = (f"{url}?api-version={version}", d.body())
+    return out
+
+
+def test_every_phase_6_body_pcdb_sends_is_as_the_specification_has_it():
+    """The workspace, the server's diagnostic setting, the workbook, the action groups, the metric,
+    activity-log and log alerts, the budget and the storage account: each at the API version the
+    SDK (or the generic client) speaks, each body without a difference."""
+    spec = ArmSpec.load()
+    bodies = _phase_6(spec)
+    assert len(bodies) == 9
+    for kind, (url, body) in bodies.items():
+        assert spec.covers(url), kind
+        assert spec.check_request("PUT", url, body) == [], kind
+    assert {k: spec.operation("PUT", u)["api_version"] for k, (u, _) in bodies.items()} == {
+        "log_analytics_workspace": "2025-07-01", "diagnostic_setting": "2021-05-01-preview",
+        "workbook": "2022-04-01", "action_group": "2023-01-01", "metric_alert": "2018-03-01",
+        "activity_log_alert": "2020-10-01", "log_alert": "2023-12-01", "budget": "2021-10-01",
+        "storage_account": "2023-05-01"}
+
+
+def test_each_planted_difference_in_the_monitoring_and_archive_bodies_is_named():
+    """A misspelt or unknown polymorphic kind, a value outside an enum or a length, a required
+    property left out (the budget's contactEmails, which pcdb did not send before it was
+    checked), a read-only property sent, and a property whose definition the extract leaves out."""
+    import copy
+
+    spec = ArmSpec.load()
+    bodies = copy.deepcopy(_phase_6(spec))
+    url, alert = bodies["metric_alert"]
+    alert["properties"]["criteria"]["allOf"][0] |= {"timeAggregation": "Avg", "metricNamespaces": "x"}
+    assert spec.check_request("PUT", url, alert) == [
+        "MetricAlerts_CreateOrUpdate request.properties.criteria.allOf[0].timeAggregation: 'Avg' is not one of "
+        "['Average', 'Count', 'Minimum', 'Maximum', 'Total']",
+        "MetricAlerts_CreateOrUpdate request.properties.criteria.allOf[0]: property 'metricNamespaces' is not in "
+        "the specification"]
+    alert["properties"]["criteria"]["odata.type"] = "Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriterion"
+    assert spec.check_request("PUT", url, alert) == [
+        "MetricAlerts_CreateOrUpdate request.properties.criteria: odata.type "
+        "'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriterion' is not a kind the specification extracts "
+        "describe"]
+    url, budget = bodies["budget"]
+    for notification in budget["properties"]["notifications"].values():
+        del notification["contactEmails"]
+    assert spec.check_request("PUT", url, budget) == [
+        "Budgets_CreateOrUpdate request.properties.notifications.actual-over-budget: required property "
+        "'contactEmails' missing",
+        "Budgets_CreateOrUpdate request.properties.notifications.forecast-over-alert: required property "
+        "'contactEmails' missing"]
+    url, account = bodies["storage_account"]
+    account["sku"]["tier"] = "Standard"
+    account["properties"] |= {"minimumTlsVersion": "TLS1_3", "encryption": {"keySource": "Microsoft.Storage"}}
+    assert spec.check_request("PUT", url, account) == [
+        "StorageAccounts_Create request.sku: read-only property 'tier' sent",
+        "StorageAccounts_Create request.properties.minimumTlsVersion: 'TLS1_3' is not one of "
+        "['TLS1_0', 'TLS1_1', 'TLS1_2']",
+        "StorageAccounts_Create request.properties.encryption: its definition Storage.Encryption is not in the "
+        "extracts (left out as never used)"]
+    url, group = bodies["action_group"]
+    group["properties"]["groupShortName"] = "phonebill-prod"
+    assert spec.check_request("PUT", url, group) == [
+        "ActionGroups_CreateOrUpdate request.properties.groupShortName: 'phonebill-prod' is longer than 12"]
+    url, rule = bodies["log_alert"]
+    rule["properties"]["severity"] = 5
+    assert spec.check_request("PUT", url, rule) == [
+        "ScheduledQueryRules_CreateOrUpdate request.properties.severity: 5 is not one of [0, 1, 2, 3, 4]"]
+    url, setting = bodies["diagnostic_setting"]
+    del setting["properties"]["logs"][0]["enabled"]
+    assert spec.check_request("PUT", url, setting) == [
+        "DiagnosticSettings_CreateOrUpdate request.properties.logs[0]: required property 'enabled' missing"]
+    url, workbook = bodies["workbook"]
+    del workbook["properties"]["serializedData"]
+    assert spec.check_request("PUT", url, workbook) == [
+        "Workbooks_CreateOrUpdate request.properties: required property 'serializedData' missing"]
+
+
+def test_the_answers_the_fake_gave_before_the_monitoring_calls_were_checked_are_named():
+    """systemData and provisioningState where the specification has none (an action group), a
+    201 where a storage account answers 200 or 202, a 202 without the Location to poll, and a
+    workspace state outside the enum."""
+    spec = ArmSpec.load()
+    bodies = _phase_6(spec)
+    url, group = bodies["action_group"]
+    answer = {**group, "id": "g", "name": "g", "type": "Microsoft.Insights/actionGroups"}
+    assert spec.check_response("PUT", url, 201, answer, {}) == []
+    answer = {**answer, "systemData": {}, "properties": {**group["properties"], "provisioningState": "Succeeded"}}
+    assert spec.check_response("PUT", url, 200, answer, {}) == [
+        "ActionGroups_CreateOrUpdate answer 200.properties: property 'provisioningState' is not in the specification",
+        "ActionGroups_CreateOrUpdate answer 200: property 'systemData' is not in the specification"]
+    url, account = bodies["storage_account"]
+    assert spec.check_response("PUT", url, 202, None, {"Location": "https://management.azure.com/o/1"}) == []
+    assert spec.check_response("PUT", url, 202, None, {}) == [
+        "StorageAccounts_Create answer 202: a long-running operation's 202 without a Location header"]
+    assert spec.check_response("PUT", url, 201, account, {}) == [
+        "StorageAccounts_Create answer 201: the operation answers 200, 202, not 201"]
+    url, workspace = bodies["log_analytics_workspace"]
+    answer = {**workspace, "id": "w", "name": "w", "type": "t", "properties": {"provisioningState": "Done"}}
+    assert spec.check_response("GET", url, 200, answer, {}) == [
+        "Workspaces_Get answer 200.properties.provisioningState: 'Done' is not one of ['Creating', 'Succeeded', "
+        "'Failed', 'Canceled', 'Deleting', 'ProvisioningAccount', 'Updating']"]
+
+
+def test_the_preflights_permission_reads_are_operations_of_the_specification():
+    """Microsoft.Authorization at 2022-04-01 lists permissions on a resource group or a resource,
+    never on a subscription: that call (which pcdb made before the resource group existed, until
+    this check) is named; the role assignments and definitions read instead pass."""
+    spec = ArmSpec.load()
+    sub = "https://management.azure.com/subscriptions/s/providers/Microsoft.Authorization"
+    assert spec.check_request("GET", f"{sub}/permissions?api-version=2022-04-01", None) == [
+        "GET /subscriptions/s/providers/Microsoft.Authorization/permissions: no operation of the specification "
+        "2024-08-01 has this path and method"]
+    group = "https://management.azure.com/subscriptions/s/resourcegroups/rg/providers/Microsoft.Authorization"
+    assert spec.check_request("GET", f"{group}/permissions?api-version=2022-04-01", None) == []
+    assignments = f"{sub}/roleAssignments?$filter=assignedTo('p')&api-version=2022-04-01"
+    role = "/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/00000000-0000-4000-8000-000000000000"
+    assignment = {"id": "a", "name": "a", "type": "Microsoft.Authorization/roleAssignments",
+                  "properties": {"scope": "/subscriptions/s", "roleDefinitionId": role, "principalId": "p"}}
+    assert spec.check_request("GET", assignments, None) == []
+    assert spec.check_response("GET", assignments, 200, {"value": [assignment]}, {}) == []
+    assignment["properties"]["roleDefinitionID"] = assignment["properties"].pop("roleDefinitionId")
+    assert spec.check_response("GET", assignments, 200, {"value": [assignment]}, {}) == [
+        "RoleAssignments_ListForSubscription answer 200.value[0].properties: property 'roleDefinitionID' is not in "
+        "the specification",
+        "RoleAssignments_ListForSubscription answer 200.value[0].properties: required property 'roleDefinitionId' "
+        "missing"]
+    definition = {"id": role, "name": "r", "type": "Microsoft.Authorization/roleDefinitions",
+                  "properties": {"roleName": "Contributor", "type": "BuiltInRole", "assignableScopes": ["/"],
+                                 "permissions": [{"actions": ["*"], "notActions": [], "dataActions": []}]}}
+    url = f"https://management.azure.com{role}?api-version=2022-04-01"
+    assert spec.covers(url) and spec.check_response("GET", url, 200, definition, {}) == []
+
+
+def test_the_principal_is_read_from_the_tokens_oid_claim_and_nothing_else_passes():
+    from pcdb.azure.preflight import principal_id
+    from tests.azure.fake_arm import PRINCIPAL, FakeCredential
+
+    assert principal_id(FakeCredential().get_token("https://management.azure.com/.default").token) == PRINCIPAL
+    assert principal_id("fake-token") is None
+    assert principal_id("a.!!!.c") is None
+    payload = base64.urlsafe_b64encode(json.dumps({"oid": "x' or 1 eq 1"}).encode()).decode().rstrip("=")
+    assert principal_id(f"h.{payload}.") is None        # only an object id goes into the $filter

@@ -86,6 +86,8 @@ def test_the_budget_is_a_desired_resource_on_the_warning_channels_and_keeps_its_
     assert (forecast["threshold"], forecast["thresholdType"]) == (114.3, "Forecasted")   # $1,600 of $1,400
     group = f"/actionGroups/{prod.azure.action_group.name}-email-teams"                  # warning: Teams and email
     assert actual["contactGroups"][0].endswith(group) and forecast["contactGroups"] == actual["contactGroups"]
+    # The budget API requires contactEmails: the warning email channel's recipients.
+    assert actual["contactEmails"] == forecast["contactEmails"] == ["dba-team@phonebill.com", "ops-team@phonebill.com"]
     # Created in its month; next month the desired start date differs and is not a change.
     current = copy.deepcopy(budget.body())
     current["properties"]["timePeriod"]["startDate"] = "2026-01-01T00:00:00Z"

@@ -87,7 +87,7 @@ def test_key_vault_secrets_are_read_with_the_runbooks_identity_and_failures_say_
     assert read_secret("kv-pcdb-prod", "pcdb-prefect-auth", FakeCredential(), vault) == "pcdb:from-the-vault"
     url, authorization = vault.seen[0]
     assert url == "https://kv-pcdb-prod.vault.azure.net/secrets/pcdb-prefect-auth?api-version=7.4"
-    assert authorization == "Bearer fake-token"
+    assert authorization == "Bearer " + FakeCredential().get_token("https://vault.azure.net/.default").token
     with pytest.raises(SecretError, match="has no secret missing"):
         read_secret("kv-pcdb-prod", "missing", FakeCredential(), vault)
     with pytest.raises(SecretError, match="Key Vault Secrets User"):
