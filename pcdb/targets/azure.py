@@ -520,13 +520,18 @@ class AzureTarget:
         return FailoverResult(mode, f"zone {before[0]}", f"zone {after[0]}", seconds, seconds)
 
     DRILL_TAG = "pcdb-drill"
+    # When a server became production's primary by a promotion (a real region failover, or the
+    # failback's switchover): written in the same PATCH as the promotion, read by the SLA to
+    # know which server's availability counted when.
+    PROMOTED_TAG = "pcdb-promoted"
 
     def promote_replica(self, mode: Literal["standalone", "switchover"] = "standalone",
                         option: Literal["planned", "forced"] = "forced", drill: str | None = None) -> PromotionResult:
         """Promote the read replica (R-DR-2). Planned waits for the replica to catch up; forced
         does not (a lost region cannot be waited for). ``drill`` tags the promoted server, so
-        only a server a drill promoted is ever rebuilt by pcdb. The values are the REST
-        specification's (2024-08-01: lower case; the SDK's own enum has them capitalised)."""
+        only a server a drill promoted is ever rebuilt by pcdb; a real promotion is tagged with
+        its time instead. The values are the REST specification's (2024-08-01: lower case; the
+        SDK's own enum has them capitalised)."""
         from azure.mgmt.postgresqlflexibleservers import models as m
 
         pg = self.clients.postgres
@@ -535,9 +540,10 @@ class AzureTarget:
             raise TargetError(f"there is no replica {self.env.replica.name} to promote; run the install (Phase 3)")
         if not self._is_replica(replica):
             return PromotionResult(self.env.replica.name, "unchanged")
-        tags = {**(replica.tags or {}), **({self.DRILL_TAG: drill} if drill else {})}
-        body = m.ServerForPatch(replica=m.Replica(promote_mode=mode, promote_option=option), tags=tags or None)
         started = clock.now()
+        mark = {self.DRILL_TAG: drill} if drill else {self.PROMOTED_TAG: started.isoformat(timespec="seconds")}
+        tags = {**(replica.tags or {}), **mark}
+        body = m.ServerForPatch(replica=m.Replica(promote_mode=mode, promote_option=option), tags=tags)
         self._call("promote", self.env.replica.name, lambda: pg.servers.begin_update(self.rg, self.env.replica.name, body))
         self._active = None
         return PromotionResult(self.env.replica.name, "promoted", (clock.now() - started).total_seconds())
@@ -802,8 +808,9 @@ class AzureTarget:
                                                                                   members=[name]))
             self._call("create the virtual endpoints on", promoted,
                        lambda: pg.virtual_endpoints.begin_create(self.rg, promoted, endpoint, body))
-        patch = m.ServerForPatch(replica=m.Replica(promote_mode="switchover", promote_option="planned"))
         started = clock.now()
+        tags = {**(self._server(name).tags or {}), self.PROMOTED_TAG: started.isoformat(timespec="seconds")}
+        patch = m.ServerForPatch(replica=m.Replica(promote_mode="switchover", promote_option="planned"), tags=tags)
         self._call("switch over to", name, lambda: pg.servers.begin_update(self.rg, name, patch))
         self._active = None
         seconds = round((clock.now() - started).total_seconds(), 3)
@@ -970,23 +977,47 @@ class AzureTarget:
             out.append(DayCost(day, f"{category}/{sub}".strip("/"), meter_category(category, sub), float(r["Cost"])))
         return out
 
+    def serving_periods(self, start: datetime, end: datetime) -> list[tuple[str, datetime, datetime]]:
+        """Which server production's primary was, period by period between ``start`` and
+        ``end``: the spec's server, then from a real region failover's promotion the promoted
+        replica, then from a failback's switchover the spec's server again (each promotion's
+        time is tagged on the server it promoted)."""
+        marks = []
+        for name in (self.env.server.name, self.env.replica.name):
+            server = self._find_server(name)
+            at = (server.tags or {}).get(self.PROMOTED_TAG) if server is not None else None
+            if at:
+                marks.append((datetime.fromisoformat(at), name))
+        periods, current, since = [], self.env.server.name, start
+        for at, name in sorted(marks):
+            if at > since and at < end:
+                periods.append((current, since, at))
+                since = at
+            if at < end:
+                current = name
+        periods.append((current, since, end))
+        return periods
+
     def availability_samples(self, start: datetime, end: datetime) -> list[tuple[datetime, float]]:
         """is_db_alive per minute (sampled every 20 s: the minute's minimum, so one failed sample
-        makes the minute down), a day per query."""
-        server = self._active_id()
+        makes the minute down), a day per query, of the server that was production's primary
+        at each minute: a replica answering while its primary was down does not count as up."""
+        ids = {d.name: d.id for d in self.desired() if d.type in ("server", "replica")}
         out: list[tuple[datetime, float]] = []
-        day = start
-        while day < end:
-            upto = min(end, day + timedelta(days=1))
-            span = f"{day.isoformat()}/{upto.isoformat()}"
-            response = self._call("read availability of", server.rsplit("/", 1)[-1],
-                                  lambda span=span: self.clients.monitor.metrics.list(
-                                      server, timespan=span, interval="PT1M", metricnames="is_db_alive",
-                                      aggregation="Minimum"))
-            for metric in response.value or []:
-                for series in metric.timeseries or []:
-                    out += [(p.time_stamp, float(p.minimum)) for p in series.data or [] if p.minimum is not None]
-            day = upto
+        for name, begin, finish in self.serving_periods(start, end):
+            server, day = ids[name], begin
+            while day < finish:
+                upto = min(finish, day + timedelta(days=1))
+                span = f"{day.isoformat()}/{upto.isoformat()}"
+                response = self._call("read availability of", name,
+                                      lambda span=span, server=server: self.clients.monitor.metrics.list(
+                                          server, timespan=span, interval="PT1M", metricnames="is_db_alive",
+                                          aggregation="Minimum"))
+                for metric in response.value or []:
+                    for series in metric.timeseries or []:
+                        out += [(p.time_stamp, float(p.minimum)) for p in series.data or []
+                                if p.minimum is not None and begin <= p.time_stamp < finish]
+                day = upto
         return out
 
     def metrics(self) -> MetricsSample:

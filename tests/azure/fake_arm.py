@@ -154,6 +154,9 @@ class FakeArm(HttpTransport):
         self.throttle: dict[str, int] = {}       # path fragment -> how many 429s to answer first
         self.fail: dict[str, tuple[str, str]] = {}  # path fragment -> (code, message) of a failed operation
         self.metrics: dict[str, list[tuple[str, float]]] = {}  # metric name -> [(ISO time, value)]
+        # (server name, metric name) -> [(ISO time, value)]: one server's own series, where a test
+        # needs the servers to differ (else every resource answers ``metrics``)
+        self.server_metrics: dict[tuple[str, str], list[tuple[str, float]]] = {}
         self.unavailable: dict[str, int] = {}  # path fragment -> how many more 503 answers
         self.costs: list[list] = []            # Cost Management rows: [cost, yyyymmdd, category, sub, currency]
         # Every request and answer on a flexible server checked against the REST specification
@@ -254,7 +257,9 @@ class FakeArm(HttpTransport):
             return _response(request, 200, {"timespan": span, "interval": interval, "value": [
                 {"id": f"{path}/{n}", "type": "Microsoft.Insights/metrics", "name": {"value": n},
                  "unit": METRIC_UNITS.get(n, "Count"),
-                 "timeseries": [{"data": _aggregate(self.metrics.get(n, []), span, interval)}]} for n in names]})
+                 "timeseries": [{"data": _aggregate(self.server_metrics.get(
+                     (key.split("/flexibleservers/")[-1].split("/")[0], n), self.metrics.get(n, [])), span, interval)}]}
+                for n in names]})
         if method == "GET" and key.endswith("/configurations"):  # a server's parameters, as ARM lists them
             return _response(request, 200, {"value": [v for k, v in self.resources.items() if k.startswith(key + "/")]})
         if method == "GET" and not key.endswith(("/backups", "/metrics")):

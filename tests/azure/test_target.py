@@ -65,6 +65,45 @@ def test_replica_promotion_is_a_standalone_promote_patch(arm, target):
     assert body["properties"]["replica"] == {"promoteMode": "standalone", "promoteOption": "forced"}
 
 
+def test_the_sla_counts_each_minute_on_the_server_that_was_production_then(arm, target):
+    """A read replica answering while its primary is down is not production up. A real
+    promotion tags its time on the promoted server (a drill's does not), and so does the
+    failback's switchover; the availability of a month that spans both reads the spec's server
+    until the promotion, the promoted replica until the switchover, and the spec's server after."""
+    from datetime import datetime, timedelta, timezone
+
+    from pcdb import clock, sla
+
+    install_infrastructure(target)
+    day = datetime(2026, 11, 10, tzinfo=timezone.utc)
+    minute = lambda m: day + timedelta(minutes=m)                       # noqa: E731
+    iso = lambda m: minute(m).isoformat().replace("+00:00", "Z")        # noqa: E731
+    primary, replica = "phonebill-postgresql-prod", "phonebill-postgresql-replica"
+    # The primary dies at minute 60; the replica keeps answering; it is promoted at minute 90;
+    # the failback switches production back at minute 240.
+    arm.server_metrics[(primary, "is_db_alive")] = [(iso(m), 1.0 if m < 60 or m >= 200 else 0.0) for m in range(300)]
+    arm.server_metrics[(replica, "is_db_alive")] = [(iso(m), 1.0) for m in range(300)]
+    with clock.fixed(minute(90)):
+        target.promote_replica()
+    tags = next(v for k, v in arm.resources.items() if k.endswith(f"/flexibleservers/{replica}"))["tags"]
+    assert tags == {"pcdb-promoted": "2026-11-10T01:30:00+00:00"}
+    assert target.serving_periods(minute(0), minute(300)) == [(primary, minute(0), minute(90)),
+                                                             (replica, minute(90), minute(300))]
+    server = next(v for k, v in arm.resources.items() if k.endswith(f"/flexibleservers/{primary}"))
+    server["tags"] = {"pcdb-promoted": minute(240).isoformat(timespec="seconds")}   # the failback's switchover
+    assert target.serving_periods(minute(0), minute(300))[1:] == [(replica, minute(90), minute(240)),
+                                                                 (primary, minute(240), minute(300))]
+    samples = target.availability_samples(minute(0), minute(300))
+    assert [t for t, v in samples if v == 0] == [minute(m) for m in range(60, 90)]    # the outage until the promotion
+    assert len(samples) == 300
+    result = sla.measure(target, PROD, "2026-11", minute(300))
+    assert result["minutes_down"] == 30
+    # A drill's promotion is not production's: it is never a period of its own.
+    server["tags"], replica_resource = {}, next(v for k, v in arm.resources.items() if k.endswith(f"/flexibleservers/{replica}"))
+    replica_resource["tags"] = {"pcdb-drill": "region"}
+    assert target.serving_periods(minute(0), minute(300)) == [(primary, minute(0), minute(300))]
+
+
 def test_point_in_time_restore_creates_a_new_server_that_is_then_deleted(arm, target):
     install_infrastructure(target)
     when = datetime(2026, 11, 26, 1, 0, tzinfo=timezone.utc)
