@@ -687,8 +687,8 @@ class AzureTarget:
             ("5", f"5. zone-redundant HA on {server.name}, standby in zone {server.high_availability.standby_zone}",
              self._fb_ha, None, None),
             ("6", f"6. the read replica {replica.name} in {replica.location} as the spec says", self._fb_replica, None, None),
-            ("7", "7. re-apply what a promotion does not carry over (parameters, allow-listed extensions, authentication) "
-             "and verify the backup settings", self._fb_reapply, None, None),
+            ("7", "7. re-apply what a promotion does not carry over (parameters, allow-listed extensions, PgBouncer, "
+             "authentication) and verify the backup settings", self._fb_reapply, None, None),
         )
 
         serving = "4"   # after the CNAME points back, the application is served again: the switch's outage ends
@@ -840,9 +840,44 @@ class AzureTarget:
         return self.ensure_replica()
 
     def _fb_reapply(self) -> list[Change]:
-        """Parameters (the extension allow-list among them) as the spec has them, and the backup
-        settings (:meth:`_backup_as_spec`)."""
-        return [self.ensure_parameters(), *self._backup_as_spec(self.env.server.name)]
+        """Parameters (the extension allow-list among them; PgBouncer's, which the spec does not
+        name, back to Azure's default: off), the authentication as the spec has it, and the
+        backup settings (:meth:`_backup_as_spec`)."""
+        return [self.ensure_parameters(), self._auth_as_spec(self.env.server.name), self._pgbouncer(self.env.server.name),
+                *self._backup_as_spec(self.env.server.name)]
+
+    def _auth_as_spec(self, name: str) -> Change:
+        """Password authentication only: the spec's roles log in with SCRAM passwords and it names
+        no Entra ID administrator, so Entra ID authentication stays off (Azure's promotion does
+        not carry a server's authentication settings over)."""
+        from azure.mgmt.postgresqlflexibleservers import models as m
+
+        have = self._server(name).auth_config
+        current = (_text(have.password_auth) if have and have.password_auth else "Enabled",
+                   _text(have.active_directory_auth) if have and have.active_directory_auth else "Disabled")
+        if current == ("Enabled", "Disabled"):
+            return Change("authentication", name, "unchanged", notes=("password (SCRAM) only, no Entra ID, as the spec",))
+        pg = self.clients.postgres
+        patch = m.ServerForPatch(auth_config=m.AuthConfig(password_auth="Enabled", active_directory_auth="Disabled"))
+        self._call("set the authentication of", name, lambda: pg.servers.begin_update(self.rg, name, patch))
+        return Change("authentication", name, "updated",
+                      {"passwordAuth": (current[0], "Enabled"), "activeDirectoryAuth": (current[1], "Disabled")})
+
+    def _pgbouncer(self, name: str) -> Change:
+        """PgBouncer as the spec has it: its parameters, when the spec names them, are applied with
+        the others; otherwise Azure's built-in PgBouncer is off (a user's change is put back by
+        :meth:`ensure_parameters`), and this says so."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        wanted = self.env.parameters.get("pgbouncer.enabled")
+        try:
+            value = self.clients.postgres.configurations.get(self.rg, name, "pgbouncer.enabled").value
+        except ResourceNotFoundError:
+            value = "false"
+        if wanted is None and str(value).lower() != "false":
+            raise TargetError(f"PgBouncer is on on {name} though the spec names no pgbouncer parameter: "
+                              "set pgbouncer.enabled in the spec's parameters, or turn it off in the portal")
+        return Change("pgbouncer", name, "unchanged", notes=(f"pgbouncer.enabled={value}",))
 
     def _backup_as_spec(self, name: str) -> list[Change]:
         """The backup retention patched where it differs; geo-redundant backup Azure sets only at

@@ -104,6 +104,29 @@ def test_the_sla_counts_each_minute_on_the_server_that_was_production_then(arm, 
     assert target.serving_periods(minute(0), minute(300)) == [(primary, minute(0), minute(300))]
 
 
+def test_the_failbacks_last_step_puts_back_the_authentication_and_pgbouncer_as_the_spec_has_them(arm, target):
+    """Azure's promotion does not carry authentication or PgBouncer over: step 7 turns Entra ID
+    authentication off again (the spec's roles use SCRAM passwords, it names no Entra admin),
+    says PgBouncer is off as the spec, and stops on a PgBouncer someone turned on outside it."""
+    install_infrastructure(target)
+    server = next(v for k, v in arm.resources.items() if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
+    server["properties"]["authConfig"] = {"activeDirectoryAuth": "Enabled", "passwordAuth": "Enabled"}
+    changes = {c.resource: c for c in target._fb_reapply()}
+    assert changes["authentication"].action == "updated"
+    assert changes["authentication"].diff == {"passwordAuth": ("Enabled", "Enabled"),
+                                              "activeDirectoryAuth": ("Enabled", "Disabled")}
+    assert server["properties"]["authConfig"] == {"activeDirectoryAuth": "Disabled", "passwordAuth": "Enabled"}
+    assert changes["pgbouncer"].notes == ("pgbouncer.enabled=false",)
+    writes = len(arm.writes)
+    again = {c.resource: c for c in target._fb_reapply()}
+    assert again["authentication"].action == "unchanged" and len(arm.writes) == writes
+    key = next(k for k in arm.resources if k.endswith("/flexibleservers/phonebill-postgresql-prod"))
+    arm.resources[f"{key}/configurations/pgbouncer.enabled"] = {
+        "id": "c", "name": "pgbouncer.enabled", "properties": {"value": "true", "source": "system-default"}}
+    with pytest.raises(TargetError, match="PgBouncer is on on phonebill-postgresql-prod"):
+        target._fb_reapply()
+
+
 def test_point_in_time_restore_creates_a_new_server_that_is_then_deleted(arm, target):
     install_infrastructure(target)
     when = datetime(2026, 11, 26, 1, 0, tzinfo=timezone.utc)
