@@ -117,8 +117,8 @@ def drill_command(scenario: Annotated[str, typer.Argument(help="zone | region | 
         out.print(f"{key}: {result[key]}")
 
 
-_FAILOVER_KEYS = ("kind", "changed", "application", "outage_began", "recovery_seconds", "target_rto_seconds", "met",
-                  "report")
+_FAILOVER_KEYS = ("kind", "changed", "application", "serving", "outage_began", "recovery_seconds", "target_rto_seconds",
+                  "met", "report")
 
 
 def _failover(scenario: str, env: str, yes: bool, outage_began: str | None, as_json: bool) -> None:

@@ -46,6 +46,9 @@ class FailoverReport(Timeline):
     recovery_seconds: float | None = None   # outage began -> first write accepted by the application's path
     application: str = "primary"         # where the application's name points at the end
     changed: bool = True
+    # Which server production runs on at the end, as the platform says (target.serving()):
+    # recorded in the ledger row and the evidence; the runbooks read it from the platform itself.
+    serving: str | None = None
     timeline: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     report: str | None = None
@@ -57,6 +60,7 @@ class FailoverReport(Timeline):
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "changed": self.changed, "application": self.application,
+                "serving": self.serving or "the spec's primary",
                 "outage_began": self.outage_began, "recovery_seconds": self.recovery_seconds,
                 "target_rto_seconds": self.target_rto_seconds, "met": self.met,
                 "timeline": self.timeline_dicts(), "steps": self.steps, "notes": self.notes,
@@ -196,6 +200,7 @@ def region_failover(target: FailoverTarget, env: Environment, password: str, dec
         report.notes.append("the application already points at the promoted replica: "
                             + (f"finished the last step ({'; '.join(finished)})" if finished else "nothing to do"))
         report.recovery_seconds = None
+        report.serving = target.serving()
         return report
     if target.replica_diverged():
         raise TargetError("the replica is left promoted by an interrupted drill, not a copy of the primary: "
@@ -228,6 +233,7 @@ def region_failover(target: FailoverTarget, env: Environment, password: str, dec
     for line in _said(step(backups_step, target.promoted_backups, retry=True)):
         report.mark(line)
     report.notes += [f"post-promotion check: {fact}" for fact in target.promoted_server_facts()]
+    report.serving = target.serving()
     return report
 
 
@@ -287,6 +293,7 @@ def failback(target: FailoverTarget, env: Environment, password: str, approve: C
                               "stays recorded: fix what they say, then run the failback again (it goes on from there)")
     if plan.finish is not None:
         step("the failback's record removed", plan.finish)
+    report.serving = target.serving()
     return report
 
 

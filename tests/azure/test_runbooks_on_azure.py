@@ -297,6 +297,7 @@ def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_point
         report = real.region_failover(target, env, password, facts.append, lambda step, what: owners.append(step.owner))
         assert arm.operations_run[first:first + 2] == ["stop region", "promote replica"]
         assert report.application == "replica" and report.met is True and report.recovery_seconds > 0
+        assert report.as_dict()["serving"].startswith("production runs on the promoted replica phonebill-postgresql-replica")
         assert facts[0]["primary_region_missing"] == ["phonebill-postgresql-prod (state Stopped)"]
         assert owners == ["dev team", "network team"]
         record = next(v for k, v in arm.resources.items() if k.endswith("/cname/pcdb-app"))

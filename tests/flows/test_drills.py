@@ -160,6 +160,7 @@ def test_a_real_region_failover_and_failback_lose_no_acknowledged_row(drilled):
             drills.cleanup(target, target.env, password)                    # no drill may undo it
         result = failover(target, "failover", "region", "--real")          # the next run finishes it
         assert result["application"] == "replica" and result["changed"] is True
+        assert result["serving"].startswith("production runs on the promoted replica")   # in the ledger row too
         assert 0 < result["recovery_seconds"] <= result["target_rto_seconds"] == 1800 and result["met"] is True
         probe.wait_for_rows(30, timeout=60)                                 # writes go on, through the name
         assert target.application_target() == "replica"
@@ -196,7 +197,7 @@ def test_a_real_region_failover_and_failback_lose_no_acknowledged_row(drilled):
 
         target.start_primary_region()                                       # the region is back
         back = failover(target, "failback", "region")
-        assert back["application"] == "primary" and back["changed"] is True
+        assert back["application"] == "primary" and back["changed"] is True and back["serving"] == "the spec's primary"
         probe.wait_for_rows(30, timeout=60)
         outcome = probe.stop()
         lost = probe.missing()
