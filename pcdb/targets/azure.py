@@ -1022,7 +1022,12 @@ class AzureTarget:
             server = self._find_server(name)
             at = (server.tags or {}).get(self.PROMOTED_TAG) if server is not None else None
             if at:
-                marks.append((datetime.fromisoformat(at), name))
+                try:
+                    marks.append((datetime.fromisoformat(at), name))
+                except ValueError:
+                    raise TargetError(f"the tag {self.PROMOTED_TAG} on {name} is not a time ({at[:40]!r}): pcdb "
+                                      "writes it when it promotes the server; put back the promotion's time or "
+                                      "remove the tag") from None
         periods, current, since = [], self.env.server.name, start
         for at, name in sorted(marks):
             if at > since and at < end:

@@ -102,6 +102,9 @@ def test_the_sla_counts_each_minute_on_the_server_that_was_production_then(arm, 
     server["tags"], replica_resource = {}, next(v for k, v in arm.resources.items() if k.endswith(f"/flexibleservers/{replica}"))
     replica_resource["tags"] = {"pcdb-drill": "region"}
     assert target.serving_periods(minute(0), minute(300)) == [(primary, minute(0), minute(300))]
+    replica_resource["tags"] = {"pcdb-promoted": "last tuesday"}                  # edited by hand
+    with pytest.raises(TargetError, match="the tag pcdb-promoted on phonebill-postgresql-replica is not a time"):
+        target.serving_periods(minute(0), minute(300))
 
 
 def test_the_failbacks_last_step_puts_back_the_authentication_and_pgbouncer_as_the_spec_has_them(arm, target):
