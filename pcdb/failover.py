@@ -263,6 +263,10 @@ def failback(target: FailoverTarget, env: Environment, password: str, approve: C
             raise TargetError(f"the primary region is still down: {', '.join(missing)} do not answer. Fail back once "
                               "it is back; the service stays on the promoted replica meanwhile")
     began = None
+    if plan.switch_began is not None:     # an interrupted run switched back: its outage is not over
+        began = time.monotonic() - max(0.0, (clock.now() - plan.switch_began).total_seconds())
+        report.mark(f"the switch back began in an interrupted run at {plan.switch_began.isoformat(timespec='seconds')}: "
+                    "its write outage is measured from then")
     for planned in plan.steps:
         facts = planned.facts() if planned.facts is not None else None
         if planned.gate == "delete" and facts is not None:

@@ -704,10 +704,24 @@ class AzureTarget:
                 return out
             return step
 
+        under_way = self._failback_intent()
         return FailbackPlan(tuple(FailbackStep(name, recorded(key, name, run), gate, facts, serves=key == serving)
                                   for key, name, run, gate, facts in steps),
-                            under_way=self._failback_intent(), verify=True,
-                            finish=lambda: self._record_failback(None))
+                            under_way=under_way, verify=True, finish=lambda: self._record_failback(None),
+                            switch_began=self._fb_switch_began() if under_way else None)
+
+    def _fb_switch_began(self) -> datetime | None:
+        """When an interrupted failback's switchover began (its time is tagged on the new primary
+        in the switchover's own PATCH), while the application's name still points at the
+        promoted replica: the write outage that switch began is not over yet."""
+        server = self._find_server(self.env.server.name)
+        at = (server.tags or {}).get(self.PROMOTED_TAG) if server is not None and not self._is_replica(server) else None
+        if not at or self.application_target() != "replica":
+            return None
+        try:
+            return datetime.fromisoformat(at)
+        except ValueError:
+            return None
 
     def _fb_former_facts(self) -> dict | None:
         """What the approver of the former primary's deletion sees; None once it is gone (or is

@@ -171,6 +171,9 @@ class FailbackPlan:
     under_way: str | None = None     # an interrupted failback's recorded step: go on, whatever the name points at
     verify: bool = False             # Phase 7's checks after the steps (Azure: the primary is a new server)
     finish: Callable[[], object] | None = None   # after the checks passed: the intent removed
+    # When an interrupted run made the switch back and was killed before the application's path
+    # took writes again: the write outage is measured from then, not from this run's start.
+    switch_began: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ class MemoryTarget:
         self.stalled = False
         self.drill_promoted = False        # the replica was promoted by a drill (not a real failover)
         self.promoted_backup: BackupInfo | None = None   # the promoted replica's first backup of its own
+        self.switch_began: datetime | None = None        # a killed failback switched back then
         self.application = "primary"
         # Backups
         self.backups: list[BackupInfo] = []
@@ -312,7 +313,8 @@ class MemoryTarget:
         return FailbackPlan((
             FailbackStep("make the primary region follow the promoted replica", self.reverse_replication),
             FailbackStep("switch back to the primary region (planned)", self.switch_back, gate="switch",
-                         facts=lambda: {"from": env.replica.name, "to": env.server.name}, serves=True)))
+                         facts=lambda: None if self.switch_began else {"from": env.replica.name, "to": env.server.name},
+                         serves=True)), switch_began=self.switch_began)
 
     def reverse_replication(self) -> list[Change]:
         missing = self.primary_region_missing()

@@ -397,22 +397,28 @@ def failback_on_azure(ctx, arm, env, password):
     from pcdb.steps import Steps
     runs = {}
     with pytest.MonkeyPatch.context() as mp:
-        # after step 1's create; step 3's intent recorded, before the switchover; step 6's intent
-        # recorded, when the switchover was made and the CNAME points back (only the record says
-        # a failback is under way)
-        for point in ("azure-failback-done:1", "azure-failback:3", "azure-failback:6"):
+        # after step 1's create; step 3's intent recorded, before the switchover; right after the
+        # switchover, before the CNAME points back (the write outage has begun); step 6's intent
+        # recorded, when the CNAME points back (only the record says a failback is under way)
+        for point in ("azure-failback-done:1", "azure-failback:3", "azure-failback-done:3", "azure-failback:6"):
             mp.setattr(crash, "point", kill_at(point))
             runs[point] = Steps()
             with pytest.raises(Killed):
                 real.failback(target, env, password, approve, confirm, verify=verify, step=runs[point])
             intent = (server_resource(arm, replica).get("tags") or {}).get("pcdb-failback", "")
             assert intent, f"killed at {point}: the step under way is recorded on {replica}"
-    assert killed_at == ["azure-failback-done:1", "azure-failback:3", "azure-failback:6"]
-    # The run that made the switchover measured its write outage, right after the CNAME pointed back.
+    assert killed_at == ["azure-failback-done:1", "azure-failback:3", "azure-failback-done:3", "azure-failback:6"]
+    # The run killed right after the switchover never saw the application's path take a write;
+    # the next run measured that outage from the switchover's recorded time, right after the
+    # CNAME pointed back.
+    made = [r.name.split(" (")[0] for r in runs["azure-failback-done:3"].records]
+    assert "watch the application's path take a write" not in made
     switched = [r.name.split(" (")[0] for r in runs["azure-failback:6"].records]
+    assert "3. promote phonebill-postgresql-prod with Azure's planned switchover" in switched
     assert switched.index("4. point the application's CNAME back") + 1 == switched.index(
         "watch the application's path take a write")
-    assert runs["azure-failback:6"].records[switched.index("watch the application's path take a write")].outcome == "done"
+    watched = runs["azure-failback:6"].records[switched.index("watch the application's path take a write")]
+    assert watched.outcome == "done"
     steps = Steps()
     report = real.failback(target, env, password, approve, confirm, verify=verify, step=steps)
     assert report.timeline[0][1].startswith("an interrupted failback goes on")
@@ -432,7 +438,7 @@ def failback_on_azure(ctx, arm, env, password):
                      "the failback's record removed"]
     assert all(s["outcome"] == "done" and s["seconds"] >= 0 for s in steps.as_dicts())
     assert any("Phase 7: HA failover test: passed" in n for n in report.notes)
-    # The switch was made by a killed run: its write outage is not this run's to measure.
+    # The switch's outage ended (and was measured) in an earlier run: nothing to measure now.
     assert report.application == "primary" and report.recovery_seconds is None
     # The end state is the spec's: the primary in Korea Central with zone-redundant HA (standby in
     # the spec's zone), the replica in Korea South following it, the CNAME back, nothing recorded.

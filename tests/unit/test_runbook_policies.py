@@ -40,7 +40,8 @@ POLICIES = {
     "incident": ["tests/unit/test_incident.py"],
     "failover": ["test_a_zone_failover_is_refused_without_a_running_standby_and_promotes_it_otherwise",
                  "test_a_region_failover_is_refused_while_the_primary_answers_and_done_once",
-                 "test_a_failback_is_refused_while_the_region_is_down_then_brings_everything_back"],
+                 "test_a_failback_is_refused_while_the_region_is_down_then_brings_everything_back",
+                 "test_a_failback_resumed_after_a_killed_run_switched_back_measures_the_outage_from_that_switch"],
     "recover": ["test_a_recovery_time_in_the_future_or_before_the_retention_is_refused_before_anything_is_made"],
     "upgrade": ["test_each_upgrade_precheck_fails_on_what_pg_upgrade_or_azure_refuses_and_says_what_to_do",
                 "test_production_relies_only_on_a_passing_rehearsal_of_the_same_upgrade_from_the_last_7_days",
@@ -357,6 +358,22 @@ def test_a_failback_is_refused_while_the_region_is_down_then_brings_everything_b
     assert fake.calls == ["reverse_replication", "switch_back", "rebuild_replica"]
     assert report.application == "primary" and fake.nodes["node1"].role == "primary"
     assert fake.nodes["replica"].role == "replica" and report.recovery_seconds is not None
+
+
+def test_a_failback_resumed_after_a_killed_run_switched_back_measures_the_outage_from_that_switch():
+    """The write outage of the switch back began in the run that made it; a run killed before
+    the application's path took writes again leaves it to the next, which measures it from the
+    switch's recorded time, not from its own start."""
+    fake = MemoryTarget(ENV)
+    target, plane = RoleView(fake, failover.PORT), MemoryPlane(fake)
+    fake.stop_primary_region()
+    failover.region_failover(target, ENV, "pw", decide, confirmed, plane=plane)
+    fake.start_primary_region()
+    with clock.fixed(NOW):
+        fake.switch_began = NOW - timedelta(seconds=90)
+        report = failover.failback(target, ENV, "pw", decide, confirmed, plane=plane)
+    assert report.recovery_seconds >= 90
+    assert any("the switch back began in an interrupted run at" in text for _, text in report.timeline)
 
 
 # -- recovery --------------------------------------------------------------------------------
