@@ -199,6 +199,7 @@ def test_a_zone_drill_started_from_the_custom_run_form_is_decided_in_the_resume_
     answered in the run page's resume form (not inside a task: the run is paused between its
     steps), then at least six named step task runs and the steps artifact on the run page."""
     from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -231,8 +232,8 @@ def test_a_zone_drill_started_from_the_custom_run_form_is_decided_in_the_resume_
     submit.click()
 
     def run_of_the_form():
-        with ui.api(), get_client(sync_client=True) as client:
-            runs = client.read_flow_runs()
+        with ui.api(), get_client(sync_client=True) as client:   # the deployment's runs only: a page holds 200
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
         return next((r for r in runs if r.deployment_id == deployment.id and r.parameters.get("mode") == "planned"),
                     None)
 
@@ -357,6 +358,7 @@ def test_an_install_on_a_production_spec_is_approved_by_signatures_pasted_in_the
     A signature made by someone else's key is refused there and the run asks again; nothing is
     created before the last signature."""
     from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     from pcdb.config import load_environment
     from pcdb.decisions import Request
@@ -387,7 +389,8 @@ def test_an_install_on_a_production_spec_is_approved_by_signatures_pasted_in_the
         def the_run():
             with ui.api(), get_client(sync_client=True) as client:
                 deployment = client.read_deployment_by_name("install/install-produi")
-                return next((r for r in client.read_flow_runs() if r.deployment_id == deployment.id), None)
+                runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+                return next((r for r in runs if r.deployment_id == deployment.id), None)
 
         run = wait_until(the_run, "the install's run", timeout=120)
 
