@@ -354,10 +354,13 @@ def next_runs(schedule: dict, count: int = 3, after: datetime | None = None) -> 
 def service_status(specs: list[Environment]) -> dict:
     """Work pools, workers and deployments of the given environments, with their next runs."""
     from prefect import __version__
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 
     pools, workers, deployments = [], [], []
     with get_client(sync_client=True) as client:
-        every_deployment = client.read_deployments()
+        # Only these environments' deployments: an unfiltered read returns one page (200) of all.
+        every_deployment = client.read_deployments(work_pool_filter=WorkPoolFilter(
+            name=WorkPoolFilterName(any_=[spec.work_pool for spec in specs])))
         for spec in specs:
             try:
                 pool = client.read_work_pool(spec.work_pool)
