@@ -715,13 +715,21 @@ class AzureTarget:
         in the switchover's own PATCH), while the application's name still points at the
         promoted replica: the write outage that switch began is not over yet."""
         server = self._find_server(self.env.server.name)
-        at = (server.tags or {}).get(self.PROMOTED_TAG) if server is not None and not self._is_replica(server) else None
-        if not at or self.application_target() != "replica":
+        if server is None or self._is_replica(server) or self.application_target() != "replica":
+            return None
+        return self._promoted_at(server)
+
+    def _promoted_at(self, server) -> datetime | None:
+        """When pcdb promoted ``server`` (the time it tagged on it), None if it never did."""
+        at = (server.tags or {}).get(self.PROMOTED_TAG) if server is not None else None
+        if not at:
             return None
         try:
             return datetime.fromisoformat(at)
         except ValueError:
-            return None
+            raise TargetError(f"the tag {self.PROMOTED_TAG} on {server.name} is not a time ({at[:40]!r}): pcdb "
+                              "writes it when it promotes the server; put back the promotion's time or "
+                              "remove the tag") from None
 
     def _fb_former_facts(self) -> dict | None:
         """What the approver of the former primary's deletion sees; None once it is gone (or is
@@ -1033,15 +1041,8 @@ class AzureTarget:
         time is tagged on the server it promoted)."""
         marks = []
         for name in (self.env.server.name, self.env.replica.name):
-            server = self._find_server(name)
-            at = (server.tags or {}).get(self.PROMOTED_TAG) if server is not None else None
-            if at:
-                try:
-                    marks.append((datetime.fromisoformat(at), name))
-                except ValueError:
-                    raise TargetError(f"the tag {self.PROMOTED_TAG} on {name} is not a time ({at[:40]!r}): pcdb "
-                                      "writes it when it promotes the server; put back the promotion's time or "
-                                      "remove the tag") from None
+            if (at := self._promoted_at(self._find_server(name))) is not None:
+                marks.append((at, name))
         periods, current, since = [], self.env.server.name, start
         for at, name in sorted(marks):
             if at > since and at < end:
