@@ -15,6 +15,7 @@ import ctypes
 import os
 import signal
 import sys
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 
@@ -33,13 +34,15 @@ def start(timeout: float | None = None) -> str:
     """Start a temporary server tied to this process and return its API URL (Prefect's own
     start-up checks, port choice and exit handler are kept)."""
     from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    from pcdb.prefectdb import seed_database
 
     class TiedServer(SubprocessASGIServer):
         def _run_uvicorn_command(self):
             import subprocess
 
             import prefect
-            from prefect.settings import get_current_settings
 
             env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
                    "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
@@ -49,6 +52,10 @@ def start(timeout: float | None = None) -> str:
                  "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
                  "--log-level", "error", "--lifespan", "on"], env=env)
 
+    database = get_current_settings().server.database.connection_url
+    database = database.get_secret_value() if database else ""
+    if database.startswith("sqlite+aiosqlite:///"):     # a new PREFECT_HOME's database: already migrated
+        seed_database(Path(database.removeprefix("sqlite+aiosqlite:///")))
     server = TiedServer()
     server.start(timeout=int(timeout) if timeout else None)
     return server.api_url

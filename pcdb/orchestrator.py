@@ -31,6 +31,7 @@ from pcdb import secrets as pw
 from pcdb.changes import Change
 from pcdb.config import Environment, OrchestratorTls, SecretRef
 from pcdb.errors import PcdbError, SecretError
+from pcdb.prefectdb import seed_database
 from pcdb.private import audit, private_dir, write_private
 from pcdb.process import alive
 from pcdb.secrets import KeyVaultReader, read_or_create_value
@@ -424,6 +425,8 @@ class Orchestrator:
                 f"port {self.config.port} on {self.config.host} is already taken by {_holder_of(self.config.port)}; "
                 f"stop it, or give the Prefect server another port (orchestrator.port in the spec, or "
                 f"PCDB_PREFECT_PORT). Nothing was started")
+        if self.config.backend == "sqlite":
+            seed_database(self.database_file)   # a new home: Prefect's schema already migrated
         self.secure_home()
         log = _private_log(self.log_file, own_folder=False)
         try:

@@ -12,6 +12,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from unittest import mock
 
 # Prefect keeps its database and results under PREFECT_HOME: a folder of this test session only.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pcdb-prefect-")
@@ -151,8 +152,19 @@ def prefect_harness():
         _refuse("starts a Prefect server", "prefect")()
 
     setup_logging()  # bind Prefect's handlers to the real stderr before a CliRunner swaps it
-    with prefect_test_harness(server_startup_timeout=120):
+    with mock.patch("prefect.testing.utilities.mkdtemp", seeded_mkdtemp), \
+            prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def seeded_mkdtemp(*args, **kwargs) -> str:
+    """The harness's folder with its database already migrated (pcdb.prefectdb's template, as
+    pcdb's own servers start): the harness names its database prefect-test.db in this folder."""
+    from pcdb.prefectdb import seed_database
+
+    folder = tempfile.mkdtemp(*args, **kwargs)
+    seed_database(Path(folder) / "prefect-test.db")
+    return folder
 
 
 def installed_target() -> SandboxTarget:
