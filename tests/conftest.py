@@ -85,6 +85,15 @@ FAST = os.environ.get("PCDB_TEST_FAST") == "1"   # ./dev test fast: no server of
 HEAVY_FIRST = ("service", "crash", "flows", "azure", "maintenance", "integration", "health")
 
 
+def pytest_sessionstart(session):
+    """Prefect's migrated, empty database made once, before the workers start (pcdb.prefectdb):
+    each worker's harness and each new server then copies it instead of migrating its own."""
+    if not FAST and not hasattr(session.config, "workerinput"):
+        from pcdb.prefectdb import template_database
+
+        template_database()
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for fixture in item.fixturenames:
