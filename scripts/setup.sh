@@ -37,7 +37,7 @@ ensure_postgres() {
 
 ensure_venv() {
   local stamp=.venv/.installed want
-  want=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
+  want=$(cat pyproject.toml requirements.lock requirements-k8s.lock | sha256sum | cut -c1-16)
   if [ ! -x .venv/bin/pip ]; then
     if ! python3 -c 'import ensurepip' >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
       # Debian's python3 comes without venv/ensurepip (measured on a minimal bookworm).
@@ -59,14 +59,22 @@ ensure_venv() {
     # file otherwise makes pip re-resolve extras such as httpx[http2] and refuse the hash-checked
     # install); `pip check` then proves the closure consistent.
     local log=.venv/pip-install.log
-    if ! { .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements.lock \
+    # prefect-kubernetes (and what only it needs) goes apart, to .venv/k8s-site: in site-packages it
+    # would be a Prefect collection that every block load, worker and server imports (scripts/split_lock.py).
+    # A .venv made before the split has it in site-packages: it is removed from there first.
+    if ! { .venv/bin/pip uninstall -q -y --disable-pip-version-check -r requirements-k8s.lock \
+           && .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements.lock \
            && .venv/bin/pip install -q --disable-pip-version-check --no-deps -e . \
-           && .venv/bin/pip check ; } >"$log" 2>&1; then
+           && .venv/bin/pip check \
+           && rm -rf .venv/k8s-site \
+           && .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps \
+                --target .venv/k8s-site -r requirements-k8s.lock ; } >"$log" 2>&1; then
       grep -v "is ignored: it is neither a file nor a directory" "$log" >&2
       echo "setup: pip install failed (full log: $log)" >&2
       return 1
     fi
-    grep -v -e "is ignored: it is neither a file nor a directory" -e "^No broken requirements found" "$log" >&2 || true
+    grep -v -e "is ignored: it is neither a file nor a directory" -e "^No broken requirements found" \
+      -e "^WARNING: Skipping .* as it is not installed" "$log" >&2 || true
     echo "$want" > "$stamp"
   fi
 }

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
-from uuid import uuid4
 
-import anyio
 import jsonschema
 import yaml
 
@@ -24,15 +25,33 @@ def template() -> dict:
     return json.loads((K8S / "base-job-template.json").read_text())
 
 
-def render(values: dict) -> dict:
-    from prefect.client.schemas.objects import FlowRun
-    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+# prefect-kubernetes is installed apart (scripts/split_lock.py): in this interpreter it would become
+# a Prefect collection for the rest of the session. The rendering runs in a child that sees it.
+K8S_SITE = Path(sys.prefix) / "k8s-site"
+RENDER = """
+import json, sys
+from uuid import uuid4
+import anyio
+from prefect.client.schemas.objects import FlowRun
+from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
-    async def build():
-        config = await KubernetesWorkerJobConfiguration.from_template_and_values(template(), values)
-        config.prepare_for_flow_run(FlowRun(id=uuid4(), flow_id=uuid4(), name="quiet-otter"))
-        return config.job_manifest
-    return anyio.run(build)
+async def build(template, values):
+    config = await KubernetesWorkerJobConfiguration.from_template_and_values(template, values)
+    config.prepare_for_flow_run(FlowRun(id=uuid4(), flow_id=uuid4(), name="quiet-otter"))
+    return config.job_manifest
+
+template, values = json.load(sys.stdin)
+print(json.dumps(anyio.run(build, template, values)))
+"""
+
+
+def render(values: dict) -> dict:
+    assert (K8S_SITE / "prefect_kubernetes").is_dir(), f"{K8S_SITE} lacks prefect-kubernetes: run ./dev setup"
+    child = subprocess.run([sys.executable, "-c", RENDER], check=False, input=json.dumps([template(), values]),
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(K8S_SITE)})
+    assert child.returncode == 0, child.stderr[-2000:]
+    return json.loads(child.stdout)
 
 
 def test_the_base_job_template_renders_into_a_job_that_never_reruns_a_runbook_and_holds_no_secret():
