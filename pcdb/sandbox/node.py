@@ -71,9 +71,10 @@ class Node:
         if pid == 0 or pid in (os.getpid(), os.getppid()):
             return False
         # kill(pid, 0), as pg_ctl does, and deliberately not pcdb.process.alive, which counts a
-        # zombie as gone: with alive here, tests/integration/test_sandbox_lifecycle.py's
-        # test_after_a_crash_up_restarts_the_servers_and_keeps_the_data failed (measured
-        # 2026-12-04). Until pg_ctl's own answer changes, ours is the same as pg_ctl's.
+        # zombie as gone: a SIGKILLed postmaster stays a zombie while its backends still hold the
+        # cluster, and counting it stopped made `sandbox up` start the node too early ("pg_ctl:
+        # another server might be running"; tests/integration/test_sandbox_lifecycle.py's
+        # test_after_a_crash_up_restarts_the_servers_and_keeps_the_data, 2026-12-04).
         try:
             os.kill(pid, 0)
         except OSError:                  # gone (or, as pg_ctl counts it, not ours to signal)
