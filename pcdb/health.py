@@ -246,6 +246,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
             counters[counter] = float(platform[counter])
             rate = _rate(counters[counter], counter, before, now, 1)
             metrics[metric] = rate / float(platform[limit]) * per if rate is not None and platform.get(limit) else None
+        metrics.setdefault(metric, None)        # not measurable here (a tmpfs has no disk): said, not left out
     quota = platform.get("storage_quota_bytes")
     if metrics.get("storage_percent") is None and quota and metrics.get("database_bytes") is not None:
         metrics["storage_percent"] = 100.0 * metrics["database_bytes"] / quota

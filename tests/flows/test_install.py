@@ -158,10 +158,10 @@ def test_roles_can_do_exactly_what_section_4_1_2_grants(installed):
 
 def test_a_bad_spec_is_rejected_before_any_phase(prefect_harness):
     from flows.install import install
-    from tests.conftest import make_spec, new_sandbox_root
+    from tests.conftest import make_spec, new_sandbox_root, sandbox_root
 
     folder = new_sandbox_root()
-    root = folder / "sb"
+    root = sandbox_root(folder)
     spec = make_spec(folder, "parameters:\n  log_slow_queries: on\n")
     state = install(spec_path=str(spec), return_state=True)
     assert state.is_failed()

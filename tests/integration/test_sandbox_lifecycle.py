@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import make_spec, new_sandbox_root, processes_under
+from tests.conftest import make_spec, new_sandbox_root, processes_under, sandbox_root
 
 pytestmark = pytest.mark.postgres
 runner = CliRunner()
@@ -128,7 +128,7 @@ def test_destroy_removes_only_a_sandbox_and_never_without_yes_when_nobody_can_be
     precious = folder / "not-a-sandbox"
     precious.mkdir()
     (precious / "keep.txt").write_text("data of someone else\n")
-    spec = make_spec(folder, sandbox="").read_text().replace(str(folder / "sb"), str(precious))
+    spec = make_spec(folder, sandbox="").read_text().replace(str(sandbox_root(folder)), str(precious))
     (folder / "test.yaml").write_text(spec)
     env = str(folder / "test.yaml")
     runner = CliRunner()
@@ -154,7 +154,7 @@ def test_a_shared_folder_such_as_tmp_keeps_its_mode(tmp_path):
     shared = folder / "shared"
     shared.mkdir()
     os.chmod(shared, 0o1777)                                                      # like /tmp
-    spec = make_spec(folder).read_text().replace(str(folder / "sb"), str(shared))
+    spec = make_spec(folder).read_text().replace(str(sandbox_root(folder)), str(shared))
     (folder / "test.yaml").write_text(spec)
     result = CliRunner().invoke(app, ["sandbox", "up", "--env", str(folder / "test.yaml"), "--json"])
     assert result.exit_code == 0, result.output

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pcdb.config import DEPLOYMENTS
 from pcdb.sandbox.engine import _free_port
+from tests.conftest import sandbox_root
 
 
 class Service:
@@ -27,7 +28,7 @@ class Service:
         self.spec = folder / f"{name}.yaml"
         self.spec.write_text(
             f"extends: {parent or DEPLOYMENTS / 'local.yaml'}\nname: {name}\n"
-            f"sandbox:\n  root: {folder / ('sb-' + name)}\n  fsync: false\n  start_timeout: 60s\n"
+            f"sandbox:\n  root: {sandbox_root(folder, 'sb-' + name)}\n  fsync: false\n  start_timeout: 60s\n"
             f"reports_dir: {folder / 'reports'}\n"
             # The worker asks every second (Prefect's default: 10 s), so runs start without a wait.
             f"orchestrator:\n  home: {self.home}\n  port: {self.port}\n  worker_poll: 1s\n{extra}"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pcdb.config import DEPLOYMENTS
-from tests.conftest import new_sandbox_root
+from tests.conftest import new_sandbox_root, sandbox_root
 from tests.service.conftest import Service
 
 pytestmark = [pytest.mark.postgres, pytest.mark.ui]
@@ -368,7 +368,7 @@ def test_an_install_on_a_production_spec_is_approved_by_signatures_pasted_in_the
     folder = new_sandbox_root()
     base_spec = folder / "base.yaml"
     base_spec.write_text(f"extends: {DEPLOYMENTS / 'local.yaml'}\nname: produi\n"
-                         f"sandbox:\n  root: {folder / 'sb-produi'}\n"
+                         f"sandbox:\n  root: {sandbox_root(folder, 'sb-produi')}\n"
                          "install:\n  approval:\n    required: true\n    timeout: 10min\n")
     env = load_environment(base_spec)
     approvers = env.approvers()
@@ -412,7 +412,7 @@ def test_an_install_on_a_production_spec_is_approved_by_signatures_pasted_in_the
         waiting, request = asking(waiting["attempt"])
         assert first in request.owners and len(request.owners) == 4      # refused: nobody has approved yet
         for n, approver in enumerate(approvers):
-            assert not (folder / "sb-produi").exists()                     # nothing before the last signature
+            assert not sandbox_root(folder, "sb-produi").exists()                     # nothing before the last signature
             assert approver in request.owners and len(request.owners) == 4 - n, request.owners
             message = request.message(approver)
             resume_in_the_ui(driver, page, run.id, approver, message, signers.sign(approver, message),
@@ -424,7 +424,7 @@ def test_an_install_on_a_production_spec_is_approved_by_signatures_pasted_in_the
         assert result["status"] == "completed"
         approval = result["approval"]
         assert sorted(approval["approved_by"]) == sorted(approvers) and approval["signed"] is True
-        assert (folder / "sb-produi").exists()
+        assert sandbox_root(folder, "sb-produi").exists()
         driver.get(f"{page}/runs/flow-run/{run.id}")
         wait_for_text(driver, "Completed")
         driver.save_screenshot(str(SHOTS / "install-approved.png"))
