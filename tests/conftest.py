@@ -131,10 +131,20 @@ FIXTURE_NEEDS = {"prefect_harness": "prefect", "target": "postgres", "fresh_targ
 FAST = os.environ.get("PCDB_TEST_FAST") == "1"   # ./dev test fast: no server of any kind
 
 
-# The folders whose modules take longest, first: `./dev test` hands whole modules to its two
-# workers (pytest-xdist, --dist loadfile: a module's shared servers are made once), and the long
-# ones started first leave the short ones to fill the end. A module's own order is kept.
-HEAVY_FIRST = ("service", "crash", "flows", "azure", "maintenance", "integration", "health")
+# The modules that take longest, with their seconds in a whole `./dev test` (2026-12-04, three
+# workers, --junitxml). `./dev test` hands whole modules to its workers (pytest-xdist, --dist
+# loadfile: a module's shared servers are made once) in collection order (--no-loadscope-reorder:
+# xdist would order them by their number of tests): the longest first, so the short ones fill the
+# end. Simulated on that run, the longest worker's share fell from 654 to 632 s, the even split.
+# A module not listed weighs half a second a test that needs a server (0.01 s one that does not);
+# a stale figure only orders less well.
+MODULE_SECONDS = {
+    "service/test_service.py": 426, "crash/test_crash_matrix.py": 258, "azure/test_upgrade_on_azure.py": 146,
+    "flows/test_drills.py": 139, "azure/test_runbooks_on_azure.py": 135, "flows/test_install.py": 95,
+    "service/test_server_fresh.py": 89, "health/test_health.py": 76, "maintenance/test_maintenance.py": 75,
+    "flows/test_backup_verification.py": 60, "flows/test_upgrade.py": 58, "crash/test_supervisor.py": 37,
+    "integration/test_sandbox_operations.py": 37, "integration/test_bad_specs.py": 34,
+}
 
 
 def pytest_sessionstart(session):
@@ -152,9 +162,14 @@ def pytest_collection_modifyitems(config, items):
             if fixture in FIXTURE_NEEDS:
                 item.add_marker(FIXTURE_NEEDS[fixture])
 
-    def weight(item) -> int:
-        folder = Path(str(item.path)).parent.name
-        return HEAVY_FIRST.index(folder) if folder in HEAVY_FIRST else len(HEAVY_FIRST)
+    guess: dict[Path, float] = {}      # a module not listed: by its tests, and what they need
+    for item in items:
+        needs = any(item.get_closest_marker(m) for m in ("postgres", "prefect", "azurite"))
+        guess[item.path] = guess.get(item.path, 0.0) + (0.5 if needs else 0.01)
+
+    def weight(item) -> float:
+        module = item.path.relative_to(Path(__file__).parent).as_posix()
+        return -MODULE_SECONDS.get(module, guess[item.path])
     items.sort(key=weight)     # stable: each module's tests stay in their order, together
 
 
