@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -30,6 +31,9 @@ from pcdb.sandbox.proc import server_user
 from pcdb.targets.sandbox import SandboxTarget
 
 _CREATED: list[Sandbox] = []
+
+for _home in ("PREFECT_HOME", "PCDB_ORCHESTRATOR_HOME"):     # also in xdist's controller, which runs no test
+    atexit.register(shutil.rmtree, os.environ[_home], True)
 
 
 def _scratch() -> Path | None:
@@ -429,6 +433,7 @@ class Signers:
 
     def __init__(self, names: list[str] | tuple[str, ...]):
         self.folder = Path(tempfile.mkdtemp(prefix="pcdb-keys-"))
+        atexit.register(shutil.rmtree, self.folder, True)      # private keys: never left behind
         self.keys: dict[str, Path] = {}
         for i, name in enumerate(names):
             path = self.folder / f"key{i}"

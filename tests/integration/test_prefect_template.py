@@ -3,7 +3,9 @@ Prefect's schema, without a key, and never over a database that exists."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import shutil
 import sqlite3
 import stat
 import tempfile
@@ -20,6 +22,7 @@ def test_a_new_database_is_a_private_migrated_copy_and_an_existing_one_is_never_
     template = template_database()
     assert stat.S_IMODE(template.stat().st_mode) == 0o600 and stat.S_IMODE(template.parent.stat().st_mode) == 0o700
     path = Path(tempfile.mkdtemp(prefix="pcdb-seed-")) / "home" / "prefect.db"
+    atexit.register(shutil.rmtree, path.parent.parent, True)
     assert seed_database(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with contextlib.closing(sqlite3.connect(path)) as db, db:

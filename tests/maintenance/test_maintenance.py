@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,7 +112,10 @@ def restore_checksum(target, archive: str, table: str) -> tuple[int, int]:
     with ctx.connect(dbname=m.PROOF_DATABASE) as conn:
         conn.execute(f"CREATE SCHEMA {SCHEMA}")
     listing = Path(tempfile.mkdtemp(prefix="pcdb-proof-")) / "toc.list"
-    tools.restore_table(Path(archive), listing)
+    try:
+        tools.restore_table(Path(archive), listing)
+    finally:
+        shutil.rmtree(listing.parent, ignore_errors=True)
     with ctx.connect(dbname=m.PROOF_DATABASE) as conn:
         found = checksum(conn, table)
     m._drop_proof_database(ctx)

@@ -4,6 +4,8 @@ the file's own cases, which a real server rarely shows.)"""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -13,6 +15,7 @@ from pcdb.sandbox.node import Node
 
 def node_with(pid_line: str | None) -> Node:
     home = Path(tempfile.mkdtemp(prefix="pcdb-node-"))
+    atexit.register(shutil.rmtree, home, True)
     (home / "data").mkdir()
     (home / "data" / "PG_VERSION").write_text("15\n")
     if pid_line is not None:
