@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -310,13 +311,41 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (100, 1000, 40
     from pcdb.install import run_directly
     from tests.conftest import destroy_all, new_target
 
+    def restored_by(target):
+        @contextmanager
+        def restored(endpoint):
+            with psycopg.connect(endpoint.conninfo(target.admin, target.admin_password()), autocommit=True) as c:
+                yield c
+        return restored
+
+    def plain_copy(target, backup) -> float:
+        scratch = Path(tempfile.mkdtemp(dir=target.sandbox.root))
+        start = time.perf_counter()
+        shutil.copytree(backup.path, scratch / "copy")
+        seconds = time.perf_counter() - start
+        shutil.rmtree(scratch)
+        return seconds
+
+    def new_test(target, ctx, size) -> tuple[float, object]:
+        start = time.perf_counter()
+        test = backups.restore_test(target, target.env, ctx.connect, restored_by(target))
+        seconds = time.perf_counter() - start
+        if not test.passed:
+            raise RuntimeError(f"the restore test failed at {size} MB: {test.detail}")
+        return seconds, test
+
     rows = []
-    try:
-        target = new_target()
-        ctx = RunbookContext(target.env, target)
-        run_directly(ctx, phases=[1, 2, 3, 4])
-        schema = target.env.service.schema_name
-        for size in sizes_mb:
+    for size in sizes_mb:
+        try:    # a sandbox of its own per size: the disk holds one size's servers, WAL and backups at a time
+            target = new_target()
+            ctx = RunbookContext(target.env, target)
+            run_directly(ctx, phases=[1, 2, 3, 4])
+            schema = target.env.service.schema_name
+            # What does not grow with the data: the same restore test of the installed database with
+            # no rows (the throw-away server's copy of ~1,000 files, start, recovery, promotion, stop).
+            empty_backup = target.sandbox.take_backup()
+            empty_copies = [plain_copy(target, empty_backup) for _ in range(rounds)]
+            empties = [new_test(target, ctx, 0)[0] for _ in range(rounds)]
             with ctx.connect() as conn:
                 while conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] < size * 2**20:
                     conn.execute("INSERT INTO product_change.pc_product_change_history (line_number, customer_id, "
@@ -327,50 +356,49 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (100, 1000, 40
                 conn.execute("VACUUM (ANALYZE) product_change.pc_product_change_history")
             levers = _levers(target, ctx, schema)
             backup = target.sandbox.take_backup()
-
-            @contextmanager
-            def restored(endpoint):
-                with psycopg.connect(endpoint.conninfo(target.admin, target.admin_password()), autocommit=True) as c:
-                    yield c
             copies, news, olds, restores, steps = [], [], [], [], []
             for _ in range(rounds):
-                scratch = Path(tempfile.mkdtemp(dir=target.sandbox.root))
-                start = time.perf_counter()
-                shutil.copytree(backup.path, scratch / "copy")
-                copies.append(time.perf_counter() - start)
-                shutil.rmtree(scratch)
-                start = time.perf_counter()
-                test = backups.restore_test(target, target.env, ctx.connect, restored)
-                news.append(time.perf_counter() - start)
-                if not test.passed:
-                    raise RuntimeError(f"the restore test failed at {size} MB: {test.detail}")
+                copies.append(plain_copy(target, backup))
+                seconds, test = new_test(target, ctx, size)
+                news.append(seconds)
                 restores.append(test.seconds)
                 steps.append({s["name"]: s["seconds"] for s in test.steps})
                 old_seconds, agreed = _old_restore_test(target, ctx, schema)
                 if not agreed:
                     raise RuntimeError(f"the old verification found a difference at {size} MB")
                 olds.append(old_seconds)
-            copy, new, old = (statistics.median(x) for x in (copies, news, olds))
-            mb = db_bytes / 2**20
-            rows.append({"database_mb": round(mb, 1), "backup_mb": round(backup.size_bytes / 2**20, 1),
-                         "rounds": rounds, "plain_copy_seconds": round(copy, 3),
-                         "restore_seconds": round(statistics.median(restores), 3),
-                         "restore_test_total_seconds": round(new, 3), "old_restore_test_seconds": round(old, 3),
-                         "all_seconds": {"plain_copy": copies, "new": news, "old": olds},
-                         "speed_up_vs_old": round(old / new, 2), "jobs": test.jobs,
-                         "whole_test_vs_copy_ratio": round(new / copy, 2) if copy else None,
-                         "old_test_vs_copy_ratio": round(old / copy, 2) if copy else None,
-                         "seconds_per_gb": round(new / (mb / 1024), 2), "throughput_mb_per_s": round(mb / new, 1),
-                         "old_seconds_per_gb": round(old / (mb / 1024), 2),
-                         "steps_last_round": steps[-1], "levers": levers})
-    finally:
-        destroy_all()
+            disk_used = shutil.disk_usage(target.sandbox.root).used
+        finally:
+            destroy_all()
+        copy, new, old, empty = (statistics.median(x) for x in (copies, news, olds, empties))
+        mb = db_bytes / 2**20
+        rows.append({"database_mb": round(mb, 1), "backup_mb": round(backup.size_bytes / 2**20, 1),
+                     "rounds": rounds, "plain_copy_seconds": round(copy, 3),
+                     "restore_seconds": round(statistics.median(restores), 3),
+                     "restore_test_total_seconds": round(new, 3), "old_restore_test_seconds": round(old, 3),
+                     "empty_database": {"backup_mb": round(empty_backup.size_bytes / 2**20, 1),
+                                        "plain_copy_seconds": round(statistics.median(empty_copies), 3),
+                                        "restore_test_seconds": round(empty, 3)},
+                     "all_seconds": {"plain_copy": copies, "new": news, "old": olds, "empty": empties,
+                                     "empty_plain_copy": empty_copies},
+                     "speed_up_vs_old": round(old / new, 2), "jobs": test.jobs,
+                     "whole_test_vs_copy_ratio": round(new / copy, 2) if copy else None,
+                     "old_test_vs_copy_ratio": round(old / copy, 2) if copy else None,
+                     "seconds_per_gb": round(new / (mb / 1024), 2), "throughput_mb_per_s": round(mb / new, 1),
+                     "size_dependent_seconds_per_gb": round((new - empty) / (mb / 1024), 2),
+                     "old_seconds_per_gb": round(old / (mb / 1024), 2),
+                     "file_system_used_gb_at_the_end": round(disk_used / 2**30, 1),
+                     "steps_last_round": steps[-1], "levers": levers})
     per_gb = [r["seconds_per_gb"] for r in rows]
+    grown = [r["size_dependent_seconds_per_gb"] for r in rows]
     return {"by_size": rows, "seconds_per_gb_spread": round(max(per_gb) / min(per_gb) - 1, 3) if per_gb else None,
+            "size_dependent_seconds_per_gb_spread": round(max(grown) / min(grown) - 1, 3) if grown else None,
             "note": "new = the restore test as pcdb runs it (restore: copy of the base backup + WAL replay to the "
                     "marker + promotion; pg_amcheck --jobs; hash_record_extended fingerprints of both sides at "
                     "once on several connections); old = the same restore, then md5 of every row's text one side "
-                    "after the other and pg_amcheck with one job and heapallindexed; medians of --rounds"}
+                    "after the other and pg_amcheck with one job and heapallindexed; medians of --rounds; "
+                    "size_dependent = (new - the same test of the installed database with no rows) per GB; each "
+                    "size in a sandbox of its own"}
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> float:
@@ -932,16 +960,31 @@ BENCHMARKS = {"sandbox": sandbox_lifecycle, "install": install_overhead, "rerun"
               "ledger-verify": ledger_verify, "forecast-calibration": forecast_calibration}
 
 
+def _file_system() -> str:
+    """The file system the benchmark's sandboxes keep their files on, as /proc/mounts names it."""
+    from tests.conftest import SCRATCH
+
+    folder = str(SCRATCH or Path("/tmp"))
+    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    best = max((m for m in mounts if folder == m[1] or folder.startswith(m[1].rstrip("/") + "/")),
+               key=lambda m: len(m[1]), default=None)
+    return f"{folder} ({best[2]} on {best[0]})" if best else folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"any of {', '.join(BENCHMARKS)}")
     parser.add_argument("--sizes-mb", default="100,1000,4000", help="restore-by-size: database sizes")
     args = parser.parse_args()
+    # The sandboxes' files on this machine's disk, where an operator's sandbox keeps them: the
+    # tests' tmpfs (tests/conftest.py: _scratch) would measure memory instead. Set it to a folder
+    # to measure there on purpose; the figures say which file system it was.
+    os.environ.setdefault("PCDB_TEST_SCRATCH", "off")
     RESULTS.mkdir(exist_ok=True)
     for name in args.names:
         figures = {"measured_at": datetime.now(timezone.utc).isoformat(), "machine": platform.platform(),
-                   "rounds": args.rounds,
+                   "rounds": args.rounds, "sandbox_files_on": _file_system(),
                    name: (BENCHMARKS[name](args.rounds, tuple(int(x) for x in args.sizes_mb.split(",")))
                           if name == "restore-by-size" else BENCHMARKS[name](args.rounds))}
         out = RESULTS / f"{name}.json"

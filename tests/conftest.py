@@ -43,7 +43,7 @@ def _scratch() -> Path | None:
     thousands (initdb, every base backup, clone, copy and restore: docs/benchmarks.md). The
     servers are the same PostgreSQL either way; the crash tests kill processes, not the machine,
     so nothing they check depends on the disk. PCDB_TEST_SCRATCH=/some/folder chooses the place,
-    PCDB_TEST_SCRATCH=off keeps everything under /tmp. The benchmarks never use it."""
+    PCDB_TEST_SCRATCH=off keeps everything under /tmp; the benchmarks set it (benchmarks/__main__.py)."""
     chosen = os.environ.get("PCDB_TEST_SCRATCH", "")
     if chosen == "off":
         return None
