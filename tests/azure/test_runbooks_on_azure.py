@@ -275,8 +275,10 @@ def test_a_team_that_has_not_switched_back_keeps_the_promoted_server_until_the_n
 def test_a_real_region_failover_on_azure_promotes_the_replica_for_good_and_points_the_record_at_it(on_azure, tmp_path):
     """§12.2.1 on Azure through the sandbox-backed ARM: refused while the primary answers; then the
     primary stops, the replica is promoted with no drill tag (never to be rebuilt by pcdb), the
-    application's CNAME names it and the service takes writes through it. The failback on Azure
-    is refused while the region is down, then refused as not automated, with the procedure."""
+    application's CNAME names it and the service takes writes through it. Health, the backup
+    verification (restore test included), the capacity analysis and the maintenance then run on
+    the promoted server. The failback is refused while the region is down; once it is back, the
+    failback runs, killed at four points, until the end state is the spec's (failback_on_azure)."""
     from pcdb import failover as real
     from pcdb import health
     from pcdb.errors import TargetError
