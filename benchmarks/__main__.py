@@ -986,13 +986,11 @@ BENCHMARKS = {"sandbox": sandbox_lifecycle, "install": install_overhead, "rerun"
 
 def _file_system() -> str:
     """The file system the benchmark's sandboxes keep their files on, as /proc/mounts names it."""
-    from tests.conftest import SCRATCH
+    from tests.conftest import SCRATCH, mount_of
 
-    folder = str(SCRATCH or Path("/tmp"))
-    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
-    best = max((m for m in mounts if folder == m[1] or folder.startswith(m[1].rstrip("/") + "/")),
-               key=lambda m: len(m[1]), default=None)
-    return f"{folder} ({best[2]} on {best[0]})" if best else folder
+    folder = SCRATCH or Path("/tmp")
+    mount = mount_of(folder)
+    return f"{folder} ({mount[1]} on {mount[2]})" if mount else str(folder)
 
 
 def main() -> None:

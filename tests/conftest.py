@@ -51,21 +51,33 @@ def _scratch() -> Path | None:
         return Path(chosen)
     shm = Path("/dev/shm")
     try:
-        mounted = {line.split()[1]: line.split()[2] for line in Path("/proc/mounts").read_text().splitlines()}
         room = shutil.disk_usage(shm).free
         memory = next(int(line.split()[1]) << 10 for line in Path("/proc/meminfo").read_text().splitlines()
                       if line.startswith("MemAvailable:"))
     except (OSError, StopIteration):
         return None
     enough = room >= SCRATCH_ROOM and memory >= SCRATCH_ROOM + (4 << 30)     # and 4 GB for the processes
-    return shm if mounted.get(str(shm)) == "tmpfs" and enough else None
+    return shm if mount_of(shm)[1:2] == ("tmpfs",) and enough else None
+
+
+def mount_of(folder: Path) -> tuple[str, ...]:
+    """The mount ``folder`` is on, as /proc/mounts names it: (mount point, file system type,
+    device); () when it cannot be read."""
+    try:
+        mounts = [line.split()[1:2] + line.split()[2:3] + line.split()[0:1]
+                  for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return ()
+    here = str(folder)
+    inside = [m for m in mounts if here == m[0] or here.startswith(m[0].rstrip("/") + "/")]
+    return tuple(max(inside, key=lambda m: len(m[0]))) if inside else ()
 
 
 # The servers of `./dev test` held at most 7.1 GB there at once (three workers, 2026-12-04,
 # docs/benchmarks.md): a tmpfs is used only with room for that and some to spare.
 SCRATCH_ROOM = 9 << 30
 SCRATCH = _scratch()
-_SCRATCHED: list[Path] = []
+_SCRATCHED: list[tuple[Path, Path]] = []     # (the folder under /tmp, its twin on SCRATCH)
 
 
 def sandbox_root(folder: Path, name: str = "sb") -> Path:
@@ -95,7 +107,7 @@ def new_sandbox_root() -> Path:
         except FileExistsError:     # left by a run that was killed: not ours to remove
             continue
         os.chmod(SCRATCH / root.name, 0o711)
-        _SCRATCHED.append(SCRATCH / root.name)
+        _SCRATCHED.append((root, SCRATCH / root.name))
         return root
 
 
@@ -121,10 +133,10 @@ def destroy_all() -> list[str]:
             survivors += processes_under(sandbox.root)
             shutil.rmtree(sandbox.root.parent, ignore_errors=True)
     _CREATED.clear()
-    for folder in _SCRATCHED:       # with the sandboxes made by the CLI or a service, stopped by their tests
-        survivors += processes_under(folder)
+    for folder, twin in _SCRATCHED:     # with the sandboxes made by the CLI or a service, stopped by their tests
+        survivors += processes_under(twin)
+        shutil.rmtree(twin, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
-        shutil.rmtree(Path("/tmp") / folder.name, ignore_errors=True)
     _SCRATCHED.clear()
     return survivors
 
