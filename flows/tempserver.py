@@ -30,13 +30,11 @@ def die_with(parent: int) -> None:
         sys.exit(0)
 
 
-def start(timeout: float | None = None) -> str:
-    """Start a temporary server tied to this process and return its API URL (Prefect's own
-    start-up checks, port choice and exit handler are kept)."""
+def tied_server_class():
+    """Prefect's ``SubprocessASGIServer`` running pcdb's server application (flows/serverapp.py)
+    through the launcher, so the server dies with this process (the test harness uses it too)."""
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import get_current_settings
-
-    from pcdb.prefectdb import seed_database
 
     class TiedServer(SubprocessASGIServer):
         def _run_uvicorn_command(self):
@@ -49,14 +47,23 @@ def start(timeout: float | None = None) -> str:
             return subprocess.Popen(
                 [sys.executable, "-m", "flows.tempserver", str(os.getpid()), "--",
                  sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                 "flows.serverapp:create_app", "--host", "127.0.0.1", "--port", str(self.port),
                  "--log-level", "error", "--lifespan", "on"], env=env)
+    return TiedServer
+
+
+def start(timeout: float | None = None) -> str:
+    """Start a temporary server tied to this process and return its API URL (Prefect's own
+    start-up checks, port choice and exit handler are kept)."""
+    from prefect.settings import get_current_settings
+
+    from pcdb.prefectdb import seed_database
 
     database = get_current_settings().server.database.connection_url
     database = database.get_secret_value() if database else ""
     if database.startswith("sqlite+aiosqlite:///"):     # a new PREFECT_HOME's database: already migrated
         seed_database(Path(database.removeprefix("sqlite+aiosqlite:///")))
-    server = TiedServer()
+    server = tied_server_class()()
     server.start(timeout=int(timeout) if timeout else None)
     return server.api_url
 

@@ -396,15 +396,16 @@ class Orchestrator:
         return env
 
     def server_command(self) -> list[str]:
-        """``prefect server start``; with TLS served by the server itself, the same application
-        under uvicorn with the certificate (``prefect server start`` has no TLS option)."""
-        if not self.config.serves_tls:
-            return _prefect_cmd("server", "start", "--host", self.config.host, "--port", str(self.config.port),
-                                "--analytics-off")
-        tls = self.config.tls
-        return [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-                "--host", self.config.host, "--port", str(self.config.port),
-                "--ssl-certfile", tls.cert_file, "--ssl-keyfile", tls.key_file, "--timeout-keep-alive", "5"]
+        """Prefect's server application under uvicorn, as ``prefect server start`` runs it, through
+        pcdb's factory (flows/serverapp.py: a request the busy SQLite database refused is asked
+        again inside the server, instead of after the client's 2 s back-off); with TLS, the
+        certificate (``prefect server start`` has no TLS option)."""
+        command = [sys.executable, "-m", "uvicorn", "--factory", "flows.serverapp:create_app",
+                   "--host", self.config.host, "--port", str(self.config.port), "--timeout-keep-alive", "5",
+                   "--log-level", os.environ.get("PREFECT_SERVER_LOGGING_LEVEL", "warning").lower()]
+        if self.config.serves_tls:
+            command += ["--ssl-certfile", self.config.tls.cert_file, "--ssl-keyfile", self.config.tls.key_file]
+        return command
 
     def up(self, timeout: float = 180) -> Change:
         """Start the server unless it runs; wait until /api/health answers.

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from unittest import mock
@@ -238,14 +239,26 @@ def _cleanup_every_sandbox():
 def prefect_harness():
     """One real Prefect API (temporary server, SQLite in PREFECT_HOME) for the whole session."""
     from prefect.logging.configuration import setup_logging
-    from prefect.testing.utilities import prefect_test_harness
 
     if FAST:
         _refuse("starts a Prefect server", "prefect")()
 
     setup_logging()  # bind Prefect's handlers to the real stderr before a CliRunner swaps it
+    with harness():
+        yield
+
+
+@contextmanager
+def harness(timeout: int = 120):
+    """Prefect's test harness on the server application pcdb runs (flows/serverapp.py, tied to
+    this process) with its database already migrated (the tests' and the benchmarks')."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.tempserver import tied_server_class
+
     with mock.patch("prefect.testing.utilities.mkdtemp", seeded_mkdtemp), \
-            prefect_test_harness(server_startup_timeout=120):
+            mock.patch("prefect.testing.utilities.SubprocessASGIServer", tied_server_class()), \
+            prefect_test_harness(server_startup_timeout=timeout):
         yield
 
 

@@ -65,6 +65,36 @@ def test_a_full_install_passes_every_phase_and_check(installed):
     assert target.sandbox.status()["restores"] == []          # the PITR test's server is gone
 
 
+def test_each_phase_table_is_on_its_own_phase_run_and_the_progress_is_full_when_the_install_returns(installed):
+    """What each phase changed is a table on that phase's own run, the handover on Phase 8's,
+    and the install's run holds the preflight and its progress at 100 %."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    target, result = installed
+    run_id = Path(result["report"]).read_text().split("- Prefect flow run: `", 1)[1].split("`", 1)[0]
+    with get_client(sync_client=True) as client:
+        phases = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
+        phase_of = {run.id: client.read_flow(run.flow_id).name.split(" ·")[0] for run in phases}
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id, *phase_of])))
+    where = {a.key: a for a in artifacts}
+    assert sorted(phase_of.values()) == [f"Phase {n}" for n in range(1, 9)]
+    for n in range(1, 8):
+        table = where[f"install-phase-{n}"]
+        assert phase_of[table.flow_run_id] == f"Phase {n}", (n, table.flow_run_id)
+    assert phase_of[where[f"handover-{target.env.name}"].flow_run_id] == "Phase 8"
+    progress = where[f"install-progress-{target.env.name}"]
+    assert str(progress.flow_run_id) == run_id and float(progress.data) == 100.0
+    assert str(where[f"install-preflight-{target.env.name}"].flow_run_id) == run_id
+
+
 def test_a_second_run_changes_nothing(installed):
     target, _ = installed
     state = run_install(target, phases=[1, 2, 3, 4, 5, 6])

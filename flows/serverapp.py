@@ -1,0 +1,117 @@
+"""The Prefect server application pcdb runs: Prefect's own, with a busy database retried inside it.
+
+On SQLite, Prefect's server answers a write with 503 when another writer got there first: a
+transaction that read, then wrote, after a commit by one of the server's own services (the events
+and task runs it records from the flows' events, the workers' polls). The transaction is rolled
+back, and Prefect's client asks again after 2 s, then 4 s, 8 s... On this machine a no-change
+`pcdb install` against `pcdb server up` met one such answer in about one run of two and lost 2.2 to
+2.8 s to it (docs/benchmarks.md, "The no-change re-run"); the lock itself is gone within
+milliseconds.
+
+:class:`RetryWhenBusy` asks again itself, after 10, 20, 40... ms (1.27 s at most), and passes the
+503 on only when the database is still busy after that, so the client's own back-off still covers
+a lock that lasts. It replays only Prefect's answer for an error its clients may retry (the body
+of ``custom_internal_exception_handler``'s 503): the request the client would have sent again
+anyway. Every other answer, and every websocket, goes through untouched.
+
+``python -m uvicorn --factory flows.serverapp:create_app`` runs it; pcdb starts its persistent and
+its temporary servers so (pcdb/orchestrator.py, flows/tempserver.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+BUSY = {"exception_message": "Service Unavailable"}   # Prefect's body for a retryable database error
+DELAYS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
+
+
+class RetryWhenBusy:
+    """ASGI middleware: a request Prefect answered 503 for a busy database is run again here."""
+
+    def __init__(self, app, delays: tuple[float, ...] = DELAYS):
+        self.app = app
+        self.delays = delays
+        self.replayed = 0      # requests that needed at least one more attempt (read by the tests)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:                        # the whole request body, to send it again
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _once(message, receive), send)   # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        for attempt, delay in enumerate((*self.delays, None)):
+            held: list[dict] = []
+            answer = _Held(send, held, last=delay is None)
+            fresh = {**scope, "state": dict(scope.get("state") or {})}   # routing writes into the scope
+            try:
+                await self.app(fresh, _once({"type": "http.request", "body": body, "more_body": False}, receive),
+                               answer.send)
+            except Exception:
+                # Starlette raises the error again after its handler answered (for the server's
+                # log); when that answer was the busy one held here, it is asked again instead.
+                if not answer.busy:
+                    raise
+            if not answer.busy:
+                return
+            if attempt == 0:
+                self.replayed += 1
+            await asyncio.sleep(delay)
+
+
+def _once(first: dict, receive):
+    """A receive() that returns ``first``, then whatever the connection says (a disconnect)."""
+    given = False
+
+    async def replay():
+        nonlocal given
+        if not given:
+            given = True
+            return first
+        return await receive()
+    return replay
+
+
+class _Held:
+    """Sends an answer on, except a 503 that is Prefect's busy body (unless it is the last try)."""
+
+    def __init__(self, send, held: list[dict], last: bool):
+        self._send, self._held, self._last = send, held, last
+        self._holding = False
+        self.busy = False
+
+    async def send(self, message: dict) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 503 and not self._last:
+            self._holding = True
+        if not self._holding:
+            await self._send(message)
+            return
+        self._held.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            body = b"".join(m.get("body", b"") for m in self._held if m["type"] == "http.response.body")
+            try:
+                self.busy = json.loads(body) == BUSY
+            except ValueError:
+                self.busy = False
+            if not self.busy:          # another 503: the client gets it as it was
+                for held in self._held:
+                    await self._send(held)
+
+
+def create_app():
+    """Prefect's server application (its settings from the environment, as uvicorn's factory),
+    with Prefect's logging set up as ``prefect server start`` does (an error in a request is
+    written to the server's log with its traceback)."""
+    from prefect.logging.configuration import setup_logging
+    from prefect.server.api.server import create_app as prefect_app
+
+    setup_logging()
+    return RetryWhenBusy(prefect_app())
