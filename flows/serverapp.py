@@ -28,7 +28,11 @@ DELAYS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 
 
 class RetryWhenBusy:
-    """ASGI middleware: a request Prefect answered 503 for a busy database is run again here."""
+    """ASGI middleware: a request Prefect answered 503 for a busy database is run again here.
+
+    The request's body is kept only as the application reads it (a request refused before its
+    body is read, as one without the API's credential is, costs no memory here), and a request
+    is asked again only when its whole body was read the first time."""
 
     def __init__(self, app, delays: tuple[float, ...] = DELAYS):
         self.app = app
@@ -39,32 +43,52 @@ class RetryWhenBusy:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        chunks, more = [], True
-        while more:                        # the whole request body, to send it again
-            message = await receive()
-            if message["type"] != "http.request":
-                await self.app(scope, _once(message, receive), send)   # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        for attempt, delay in enumerate((*self.delays, None)):
-            held: list[dict] = []
-            answer = _Held(send, held, last=delay is None)
+        read = _Reader(receive, scope)
+        tries = (*self.delays, None)
+        for attempt, delay in enumerate(tries):
+            answer = _Held(send, last=delay is None)
             fresh = {**scope, "state": dict(scope.get("state") or {})}   # routing writes into the scope
+            given = read.receive if attempt == 0 else _once(read.request(), receive)
+            error = None
             try:
-                await self.app(fresh, _once({"type": "http.request", "body": body, "more_body": False}, receive),
-                               answer.send)
-            except Exception:
+                await self.app(fresh, given, answer.send)
+            except Exception as exc:
                 # Starlette raises the error again after its handler answered (for the server's
-                # log); when that answer was the busy one held here, it is asked again instead.
+                # log); when that answer is the busy one held here, it may be asked again.
                 if not answer.busy:
                     raise
+                error = exc
             if not answer.busy:
+                return
+            if not read.complete:          # its body was not all read: it cannot be sent again
+                await answer.flush()
+                if error is not None:
+                    raise error
                 return
             if attempt == 0:
                 self.replayed += 1
             await asyncio.sleep(delay)
+
+
+class _Reader:
+    """The connection's receive(), keeping the request's body as the application reads it."""
+
+    def __init__(self, receive, scope: dict):
+        self._receive = receive
+        self._chunks: list[bytes] = []
+        headers = {name.lower() for name, value in scope.get("headers", ()) if name.lower() != b"content-length"
+                   or value.strip() not in (b"", b"0")}
+        self.complete = not ({b"content-length", b"transfer-encoding"} & headers)   # no body: nothing to read
+
+    async def receive(self) -> dict:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._chunks.append(message.get("body", b""))
+            self.complete = not message.get("more_body", False)
+        return message
+
+    def request(self) -> dict:
+        return {"type": "http.request", "body": b"".join(self._chunks), "more_body": False}
 
 
 def _once(first: dict, receive):
@@ -81,10 +105,12 @@ def _once(first: dict, receive):
 
 
 class _Held:
-    """Sends an answer on, except a 503 that is Prefect's busy body (unless it is the last try)."""
+    """Sends an answer on, except a 503 that is Prefect's busy body (unless it is the last try):
+    that one is held, for the caller to ask again or to ``flush()``."""
 
-    def __init__(self, send, held: list[dict], last: bool):
-        self._send, self._held, self._last = send, held, last
+    def __init__(self, send, last: bool):
+        self._send, self._last = send, last
+        self._held: list[dict] = []
         self._holding = False
         self.busy = False
 
@@ -102,8 +128,12 @@ class _Held:
             except ValueError:
                 self.busy = False
             if not self.busy:          # another 503: the client gets it as it was
-                for held in self._held:
-                    await self._send(held)
+                await self.flush()
+
+    async def flush(self) -> None:
+        for message in self._held:
+            await self._send(message)
+        self._held.clear()
 
 
 def create_app():

@@ -82,3 +82,50 @@ def test_other_answers_go_through_untouched_and_once():
     reply = _post(wrapped, "/api/broken/")
     assert reply.status_code == 500 and len(seen) == 2
     assert wrapped.replayed == 0
+
+
+def test_a_write_without_a_body_is_asked_again_too():
+    calls = []
+
+    async def app(scope, receive, send):          # DELETE /api/variables/name/x: no body, never read
+        calls.append(scope["path"])
+        status, body = (503, b'{"exception_message":"Service Unavailable"}') if len(calls) < 3 else (204, b"")
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    async def go():
+        transport = httpx.ASGITransport(app=RetryWhenBusy(app, delays=(0.0, 0.0, 0.0)))
+        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+            return await client.delete("/api/variables/name/x")
+    assert asyncio.run(go()).status_code == 204 and len(calls) == 3
+
+
+def test_the_body_of_a_request_refused_before_it_is_read_is_never_read():
+    """The API's credential is checked before the body is read: a refused request with a large
+    body costs the middleware nothing, and a busy answer to a body not read is not replayed."""
+    received = []
+
+    def counting(receive):
+        async def wrapped():
+            message = await receive()
+            received.append(len(message.get("body", b"")))
+            return message
+        return wrapped
+
+    async def app(scope, receive, send):
+        status = 401 if scope["path"] == "/api/refused" else 503
+        body = b'{"exception_message":"Service Unavailable"}' if status == 503 else b"{}"
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    wrapped = RetryWhenBusy(app, delays=(0.0,))
+
+    async def middleware(scope, receive, send):
+        await wrapped(scope, counting(receive), send)
+
+    async def go(path):
+        transport = httpx.ASGITransport(app=middleware)
+        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+            return await client.post(path, content=b"x" * 5_000_000)
+    assert asyncio.run(go("/api/refused")).status_code == 401 and received == []
+    assert asyncio.run(go("/api/unread")).status_code == 503 and received == [] and wrapped.replayed == 0
