@@ -43,7 +43,8 @@ def tied_server_class():
             import prefect
 
             env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-                   "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+                   "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}       # no telemetry, as the persistent server
             return subprocess.Popen(
                 [sys.executable, "-m", "flows.tempserver", str(os.getpid()), "--",
                  sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",

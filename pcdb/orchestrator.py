@@ -369,15 +369,17 @@ class Orchestrator:
 
     def server_env(self) -> dict[str, str]:
         """The environment of the server process. Whatever the operator set for Prefect is passed
-        through (defaults included: analytics off, INFO logs); pcdb sets only what it owns: the
-        home, where it listens, the URLs, the API's credential and the blocks' encryption key."""
+        through (defaults included: INFO logs); pcdb sets only what it owns: the home, where it
+        listens, the URLs, the API's credential, the blocks' encryption key, and analytics off
+        (the server never reports to Prefect's telemetry, as ``prefect server start
+        --analytics-off`` ran it before pcdb started the application itself)."""
         auth, key = self.config.credentials()
         env = {**os.environ}
-        for name, default in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-                              ("PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT", "false"),
+        for name, default in (("PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT", "false"),
                               ("PREFECT_LOGGING_LEVEL", "INFO")):
             env.setdefault(name, default)
         env.update({
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_HOME": str(self.home),
             "PREFECT_SERVER_API_HOST": self.config.host,
             "PREFECT_SERVER_API_PORT": str(self.config.port),

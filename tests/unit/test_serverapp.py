@@ -129,3 +129,17 @@ def test_the_body_of_a_request_refused_before_it_is_read_is_never_read():
             return await client.post(path, content=b"x" * 5_000_000)
     assert asyncio.run(go("/api/refused")).status_code == 401 and received == []
     assert asyncio.run(go("/api/unread")).status_code == 503 and received == [] and wrapped.replayed == 0
+
+
+def test_pcdb_starts_its_server_on_this_application_and_never_with_prefects_telemetry(tmp_path, monkeypatch):
+    """The persistent server runs flows.serverapp under uvicorn (TLS or not), and analytics stay
+    off even when the operator's environment turns them on (``prefect server start`` was given
+    --analytics-off)."""
+    from pcdb.orchestrator import Orchestrator, ServerConfig
+
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")
+    orchestrator = Orchestrator(ServerConfig(tmp_path, "127.0.0.1", 4200, None, "sqlite", False))
+    command = orchestrator.server_command()
+    assert command[1:5] == ["-m", "uvicorn", "--factory", "flows.serverapp:create_app"]
+    assert command[command.index("--port") + 1] == "4200"
+    assert orchestrator.server_env()["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
