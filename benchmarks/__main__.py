@@ -81,10 +81,9 @@ def _install_directly(ctx, folder: Path) -> tuple[dict[str, float], dict[int, li
     ledger row with its anchors. Returns the seconds of each part and each phase's results."""
     import uuid
 
-    from pcdb import clock, ledger, report, security
-    from pcdb.changes import Change
+    from pcdb import clock, ledger
     from pcdb.checks import CheckResult
-    from pcdb.install import PHASES, full_plan, preflight, run_directly
+    from pcdb.install import PHASES, full_plan, handover_text, preflight, run_directly
     from pcdb.private import write_private
     from pcdb.schema import LEDGER_SCHEMA
 
@@ -101,12 +100,7 @@ def _install_directly(ctx, folder: Path) -> tuple[dict[str, float], dict[int, li
         each[str(number)] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
     checks = [i for items in results.values() for i in items if isinstance(i, CheckResult)]
-    with ctx.connect() as conn:
-        expiry = security.password_expiry(conn, LEDGER_SCHEMA)
-    text = report.render(ctx.env, "direct", {n: [i for i in items if isinstance(i, Change)]
-                                             for n, items in results.items()}, checks,
-                         {"primary": ctx.target.endpoint("primary"), "read replica": ctx.target.endpoint("replica")},
-                         None, {p.number: p.title for p in PHASES}, expiry)
+    text = handover_text(ctx, results, None, "direct", {p.number: p.title for p in PHASES})
     path = write_private(folder / f"handover-{uuid.uuid4()}.md", text)
     sha = ledger.file_sha256(path)
     record = ledger.RunRecord(run_id=f"direct-{uuid.uuid4()}", flow="install", environment=ctx.env.name,

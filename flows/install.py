@@ -22,16 +22,15 @@ from flows.exclusion import mutating_slot
 from flows.heartbeat import alive
 from flows.notify import notify
 from flows.runbook import Decider, refusable, runbook_context
-from pcdb import clock, report, security
+from pcdb import clock
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError
-from pcdb.install import PHASES, PhaseSpec, full_plan, refuse_bad_secrets
+from pcdb.install import PHASES, PhaseSpec, full_plan, handover_text, refuse_bad_secrets
 from pcdb.preflight import as_json, refusal
 from pcdb.private import write_private
-from pcdb.schema import LEDGER_SCHEMA
 from pcdb.targets.base import Connection
 from tasks.install import run_preflight, run_step
 
@@ -260,13 +259,7 @@ def handover(spec: Environment, ctx: RunbookContext, results: dict[int, list], a
     appears in it, write it to the reports folder and as an artifact."""
     @flow(name=f"Phase 8 · {HANDOVER.title}")
     def run_handover() -> str:
-        changes = {n: [i for i in items if isinstance(i, Change)] for n, items in results.items()}
-        checks = [i for items in results.values() for i in items if isinstance(i, CheckResult)]
-        endpoints = {"primary": ctx.target.endpoint("primary"), "read replica": ctx.target.endpoint("replica")}
-        with ctx.connect() as conn:
-            expiry = security.password_expiry(conn, LEDGER_SCHEMA)
-        text = report.render(spec, run_id, changes, checks, endpoints, approval,
-                             {p.number: p.title for p in ALL_PHASES}, expiry)
+        text = handover_text(ctx, results, approval, run_id, {p.number: p.title for p in ALL_PHASES})
         if any(s and s in text for s in ctx.secret_values()):
             raise PcdbError("the handover report would contain a secret; it was not written")
         path = write_private(report_path(spec, f"handover-{spec.name}"),

@@ -37,15 +37,13 @@ class RetryWhenBusy:
     def __init__(self, app, delays: tuple[float, ...] = DELAYS):
         self.app = app
         self.delays = delays
-        self.replayed = 0      # requests that needed at least one more attempt (read by the tests)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         read = _Reader(receive, scope)
-        tries = (*self.delays, None)
-        for attempt, delay in enumerate(tries):
+        for attempt, delay in enumerate((*self.delays, None)):
             answer = _Held(send, last=delay is None)
             fresh = {**scope, "state": dict(scope.get("state") or {})}   # routing writes into the scope
             given = read.receive if attempt == 0 else _once(read.request(), receive)
@@ -65,8 +63,6 @@ class RetryWhenBusy:
                 if error is not None:
                     raise error
                 return
-            if attempt == 0:
-                self.replayed += 1
             await asyncio.sleep(delay)
 
 
@@ -76,9 +72,9 @@ class _Reader:
     def __init__(self, receive, scope: dict):
         self._receive = receive
         self._chunks: list[bytes] = []
-        headers = {name.lower() for name, value in scope.get("headers", ()) if name.lower() != b"content-length"
-                   or value.strip() not in (b"", b"0")}
-        self.complete = not ({b"content-length", b"transfer-encoding"} & headers)   # no body: nothing to read
+        headers = dict(scope.get("headers") or ())       # ASGI names them in lower case
+        has_body = b"transfer-encoding" in headers or headers.get(b"content-length", b"0").strip() not in (b"", b"0")
+        self.complete = not has_body                      # no body: nothing to read
 
     async def receive(self) -> dict:
         message = await self._receive()

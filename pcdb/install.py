@@ -16,7 +16,7 @@ from typing import Protocol
 
 from psycopg import sql as psql
 
-from pcdb import checks, clock, schema, security
+from pcdb import checks, clock, report, schema, security
 from pcdb import secrets as pw
 from pcdb.changes import Change
 from pcdb.context import RunbookContext
@@ -343,6 +343,17 @@ PHASES: tuple[PhaseSpec, ...] = (
                                ("register alert rules", alert_rules))),
     PhaseSpec(7, "Tests and verification", (("run verification checks", verification),)),
 )
+
+
+def handover_text(ctx: RunbookContext, results: dict[int, list], approval: dict | None, run_id: str,
+                  titles: dict[int, str]) -> str:
+    """Phase 8's handover report of an install's results, rendered (the caller writes it)."""
+    with ctx.connect() as conn:
+        expiry = security.password_expiry(conn, schema.LEDGER_SCHEMA)
+    return report.render(ctx.env, run_id, {n: [i for i in items if isinstance(i, Change)] for n, items in results.items()},
+                         [i for items in results.values() for i in items if isinstance(i, checks.CheckResult)],
+                         {"primary": ctx.target.endpoint("primary"), "read replica": ctx.target.endpoint("replica")},
+                         approval, titles, expiry)
 
 
 def run_directly(ctx: RunbookContext, phases: list[int] | None = None) -> dict[int, list]:

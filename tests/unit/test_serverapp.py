@@ -60,11 +60,9 @@ def _post(app, path: str, json: dict | None = None) -> httpx.Response:
 
 def test_a_write_the_busy_database_refused_is_asked_again_with_the_same_body_and_succeeds():
     app, seen = _server(busy_times=2)
-    wrapped = RetryWhenBusy(app, delays=(0.0, 0.0, 0.0))
-    reply = _post(wrapped, "/api/task_runs/", {"name": "ensure server"})
+    reply = _post(RetryWhenBusy(app, delays=(0.0, 0.0, 0.0)), "/api/task_runs/", {"name": "ensure server"})
     assert reply.status_code == 201 and reply.json() == {"created": "ensure server"}
     assert len(seen) == 3 and len(set(seen)) == 1 and b"ensure server" in seen[0]
-    assert wrapped.replayed == 1
 
 
 def test_a_database_still_busy_after_every_retry_gives_the_client_prefects_503():
@@ -81,7 +79,6 @@ def test_other_answers_go_through_untouched_and_once():
     assert reply.status_code == 503 and reply.json() == {"detail": "down for maintenance"} and len(seen) == 1
     reply = _post(wrapped, "/api/broken/")
     assert reply.status_code == 500 and len(seen) == 2
-    assert wrapped.replayed == 0
 
 
 def test_a_write_without_a_body_is_asked_again_too():
@@ -103,7 +100,7 @@ def test_a_write_without_a_body_is_asked_again_too():
 def test_the_body_of_a_request_refused_before_it_is_read_is_never_read():
     """The API's credential is checked before the body is read: a refused request with a large
     body costs the middleware nothing, and a busy answer to a body not read is not replayed."""
-    received = []
+    received, calls = [], []
 
     def counting(receive):
         async def wrapped():
@@ -113,6 +110,7 @@ def test_the_body_of_a_request_refused_before_it_is_read_is_never_read():
         return wrapped
 
     async def app(scope, receive, send):
+        calls.append(scope["path"])
         status = 401 if scope["path"] == "/api/refused" else 503
         body = b'{"exception_message":"Service Unavailable"}' if status == 503 else b"{}"
         await send({"type": "http.response.start", "status": status, "headers": []})
@@ -128,7 +126,8 @@ def test_the_body_of_a_request_refused_before_it_is_read_is_never_read():
         async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
             return await client.post(path, content=b"x" * 5_000_000)
     assert asyncio.run(go("/api/refused")).status_code == 401 and received == []
-    assert asyncio.run(go("/api/unread")).status_code == 503 and received == [] and wrapped.replayed == 0
+    assert asyncio.run(go("/api/unread")).status_code == 503 and received == []
+    assert calls == ["/api/refused", "/api/unread"]             # each asked once
 
 
 def test_pcdb_starts_its_server_on_this_application_and_never_with_prefects_telemetry(tmp_path, monkeypatch):
