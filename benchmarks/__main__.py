@@ -120,8 +120,11 @@ def _install_directly(ctx, folder: Path) -> tuple[dict[str, float], dict[int, li
 def install_overhead(rounds: int) -> dict:
     """The whole install through Prefect vs the same pcdb work called directly (the preflight and
     plan, phases 1-7, the handover report and the ledger row), each on a fresh sandbox every
-    round. The two sides take turns going first, and each starts after ``os.sync()``, so neither
-    pays for what the other left to the disk. Both sides must have run Phase 7's failover and
+    round, made just before the side and destroyed right after it, so that no side runs beside
+    the other's three servers. The two sides take turns going first, and each starts after
+    ``os.sync()``, so neither pays for what the other left to the disk. The disk's speed drifts
+    over minutes, so the ratio and the difference are also given round by round (the two sides of
+    a round ran within a minute of each other). Both sides must have run Phase 7's failover and
     point-in-time restore checks themselves (a fresh server relies on no earlier run): the
     benchmark asserts it, from the direct side's check results and from the Prefect run's ledger
     row."""
@@ -162,23 +165,28 @@ def install_overhead(rounds: int) -> dict:
     try:
         with harness():
             for round_ in range(rounds):
-                via_prefect, direct = new_target(), new_target()
-                sides = [(through_prefect, via_prefect), (directly, direct)]
-                for side, target in (sides if round_ % 2 == 0 else sides[::-1]):
+                sides = [through_prefect, directly]
+                for side in (sides if round_ % 2 == 0 else sides[::-1]):
+                    target = new_target()
                     os.sync()
                     side(target)
-                via_prefect.sandbox.destroy()
-                direct.sandbox.destroy()
+                    target.sandbox.destroy()    # not left running beside the other side's install
     finally:
         destroy_all()
         shutil.rmtree(folder, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in timings.items()}
+    pairs = list(zip(timings["prefect_install"], timings["direct_install"], strict=True))
     return {
         "median_seconds": med, "all_seconds": timings,
         "install_overhead_ratio": med["prefect_install"] / med["direct_install"],
+        # the two sides of one round ran a minute apart, on the disk of that minute
+        "round_ratios": [round(p / d, 3) for p, d in pairs],
+        "round_ratio_median": statistics.median(p / d for p, d in pairs),
+        "prefect_extra_seconds_median": statistics.median(p - d for p, d in pairs),
         "phase_seconds": phases,
         "both_ran_phase_7_failover_and_pitr": True,
-        "note": "a fresh sandbox per side and round; the sides take turns going first, each after os.sync(); "
+        "note": "a fresh sandbox per side and round, made just before the side runs and destroyed right after; "
+                "the sides take turns going first, each after os.sync(); "
                 "both run the preflight and plan, phases 1-7 including Phase 7's two failovers and PITR restore "
                 "(asserted), the handover report (written, archived) and the ledger row; the Prefect side's "
                 "phase 8 is the report, its phase 6 also reads the notification blocks; direct 'before' = "
