@@ -1,9 +1,12 @@
 """The install runbook: Phases 1-8 of the installation schedule (REQUIREMENTS §6) as one flow.
 
-Each phase is a subflow named for the UI ("Phase 3 · PostgreSQL server"); each step inside is
-a task retried only for transient failures. Every step is idempotent: a re-run of a finished
-install reports every phase unchanged, and a run that failed in phase N, run again, passes
-through 1..N-1 without changes and continues at N. Production waits for the §13 approvals.
+Each phase is a task run named for the UI ("Phase 3 · PostgreSQL server") with its own page,
+state, logs and table of what changed; each step is a task nested in its phase, retried only for
+transient failures (tasks/install.py). The phases were subflows until 2026-12: a subflow costs
+about ten API calls the run waits for, a task run none, which was 1.9 s of a 9 s sandbox install
+(docs/benchmarks.md, P1). Every step is idempotent: a re-run of a finished install reports every
+phase unchanged, and a run that failed in phase N, run again, passes through 1..N-1 without
+changes and continues at N. Production waits for the §13 approvals.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.utilities.annotations import quote
 
 from flows.evidence import HOOKS, Evidence, _spec_of, evidence, report_path
@@ -28,11 +30,10 @@ from pcdb.checks import CheckResult
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError
-from pcdb.install import PHASES, PhaseSpec, full_plan, handover_text, refuse_bad_secrets
+from pcdb.install import HANDOVER, PHASES, PhaseSpec, full_plan, refuse_bad_secrets
 from pcdb.preflight import as_json, refusal
-from pcdb.private import write_private
 from pcdb.targets.base import Connection
-from tasks.install import run_preflight, run_step
+from tasks.install import item_row, run_phase, run_preflight, summarize, write_handover
 
 PORT = Connection   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
@@ -60,13 +61,8 @@ def _with_flow_steps(phase: PhaseSpec) -> PhaseSpec:
     return phase
 
 
-HANDOVER = PhaseSpec(8, "Documentation and handover", ())
 RUNBOOK_PHASES = tuple(_with_flow_steps(p) for p in PHASES)
 ALL_PHASES = (*RUNBOOK_PHASES, HANDOVER)
-
-
-class PhaseFailed(PcdbError):
-    """A step failed; the message says which phase, which step, why, and how to resume."""
 
 
 def _on_completion(flow, flow_run, state) -> None:  # noqa: ARG001 - Prefect's hook signature
@@ -77,47 +73,12 @@ def _on_completion(flow, flow_run, state) -> None:  # noqa: ARG001 - Prefect's h
                f"Install run {run.name} ({run.id}) on {spec.name} completed: {state.message or 'all phases done'}")
 
 
-def _phase_flow(phase: PhaseSpec, ctx: RunbookContext):
-    """The phase as a subflow. The context is closed over, not passed: subflow parameters are
-    stored by the Prefect server, and the context holds the run's secrets."""
-    @flow(name=f"Phase {phase.number} · {phase.title}", log_prints=False)
-    def run_phase() -> list[Change | CheckResult]:
-        items: list[Change | CheckResult] = []
-        for label, step in phase.steps:
-            try:
-                items += run_step(label, step, quote(ctx))
-            except Exception as exc:
-                raise PhaseFailed(
-                    f"Phase {phase.number} · {phase.title}, step '{label}' failed: {exc}. Fix the cause "
-                    f"and run the install again: phases before {phase.number} are re-checked without "
-                    f"changes and it continues at phase {phase.number} "
-                    f"(pcdb install --env {ctx.env_arg})") from exc
-        _phase_artifact(phase, items)
-        return items
-    return run_phase
-
-
-def _plan_row(change: Change) -> dict:
-    return {"resource": change.resource, "name": change.name, "action": change.action,
-            "details": "; ".join([*(f"{k}: {a} -> {b}" for k, (a, b) in change.diff.items()), *change.notes])}
-
-
-def _phase_artifact(phase: PhaseSpec, items: list) -> None:
-    rows = [{"resource": i.resource, "name": i.name, "action": i.action,
-             "details": "; ".join([*(f"{k}: {a} -> {b}" for k, (a, b) in i.diff.items()), *i.notes])}
-            if isinstance(i, Change) else
-            {"resource": "check", "name": i.name, "action": i.verdict, "details": i.evidence}
-            for i in items]
-    create_table_artifact(rows, key=f"install-phase-{phase.number}",
-                          description=f"Phase {phase.number} · {phase.title}: what changed")
-
-
 def _approval_gate(ctx: RunbookContext, plan: list[Change], decider: Decider) -> dict:
     """§13.2: every approver approves the plan shown (signed on production, each over the plan's
     SHA-256); the plan is made again before Phase 1 and must be the one they signed."""
     env = ctx.env
-    rows = [_plan_row(c) for c in plan]
-    lines = [f"- {c.resource} `{c.name}`: {c.action}" + (f" ({_plan_row(c)['details']})" if c.changed or c.action ==
+    rows = [item_row(c) for c in plan]
+    lines = [f"- {c.resource} `{c.name}`: {c.action}" + (f" ({item_row(c)['details']})" if c.changed or c.action ==
                                                             "conflict" else "") for c in plan]
     wider = [f"- network rule {r.name} {r.cidr} is wider than the plan's subnets: {r.wider.reason} (agreed by "
              f"{r.wider.approved_by})" for r in env.network.allowed_subnets if r.wider is not None]
@@ -126,7 +87,7 @@ def _approval_gate(ctx: RunbookContext, plan: list[Change], decider: Decider) ->
     create_markdown_artifact(shown, key=f"install-plan-{env.name}", description="plan shown for approval")
     made = decider.decide("install-approval", {"environment": env.name, "plan": rows}, env.approvers(),
                           needed=len(env.approvers()), shown=shown,
-                          replan=lambda: {"environment": env.name, "plan": [_plan_row(c) for c in full_plan(ctx)]})
+                          replan=lambda: {"environment": env.name, "plan": [item_row(c) for c in full_plan(ctx)]})
     return {"approved_by": [d.signer for d in made], "signed": all(d.signed for d in made),
             "at": clock.now().isoformat(timespec="seconds")}
 
@@ -186,7 +147,7 @@ def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False,
         raise PcdbError(refused)
     plan = full_plan(ctx)  # the whole of it, read-only: resources, parameters, access, secrets, roles, grants
     if dry_run:
-        create_table_artifact([_plan_row(c) for c in plan], key=f"install-plan-{spec.name}",
+        create_table_artifact([item_row(c) for c in plan], key=f"install-plan-{spec.name}",
                               description="dry run: what the install would change")
         return {"status": "dry-run", "dry_run": True, "phases": [], "report": None,
                 "plan": [c.as_dict() for c in plan]}
@@ -202,23 +163,20 @@ def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False,
                                         description="install progress across phases")
     results: dict[int, list] = {}
     seconds: dict[int, float] = {}
-    # Subflows skip the run heartbeat (a 1 s wait each at their end); the install's own
-    # heartbeat still tells the server this run is alive.
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        for done, number in enumerate(n for n in selected if n != 8):
-            phase = next(p for p in RUNBOOK_PHASES if p.number == number)
-            started = time.monotonic()
-            results[number] = _phase_flow(phase, ctx)()
-            seconds[number] = time.monotonic() - started
-            update_progress_artifact(progress, 100.0 * (done + 1) / len(selected))
-        report_path = None
-        if 8 in selected:
-            started = time.monotonic()
-            report_path = handover(spec, ctx, results, approval, str(flow_run.get_id()))
-            seconds[8] = time.monotonic() - started
-            update_progress_artifact(progress, 100.0)
-            results[8] = []
-            ev.report = str(report_path)
+    for done, number in enumerate(n for n in selected if n != 8):
+        phase = next(p for p in RUNBOOK_PHASES if p.number == number)
+        started = time.monotonic()
+        results[number] = run_phase(quote(phase), quote(ctx))
+        seconds[number] = time.monotonic() - started
+        update_progress_artifact(progress, 100.0 * (done + 1) / len(selected))
+    report_path = None
+    if 8 in selected:
+        started = time.monotonic()
+        report_path = handover(spec, ctx, results, approval, str(flow_run.get_id()))
+        seconds[8] = time.monotonic() - started
+        update_progress_artifact(progress, 100.0)
+        results[8] = []
+        ev.report = str(report_path)
     phases = [_phase_outcome(number, results[number], seconds[number]) for number in results]
     ev.figures["phases"] = phases
     if ctx.verified_configuration:  # the disruptive checks ran and passed on this configuration and server
@@ -239,15 +197,7 @@ def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False,
 def _phase_outcome(number: int, items: list, seconds: float) -> dict:
     """One phase for the CLI's JSON: number, name, state, changes, seconds (and a summary line)."""
     changed = [i for i in items if isinstance(i, Change) and i.changed]
-    checks = [i for i in items if isinstance(i, CheckResult)]
-    if checks:
-        passed = sum(c.passed for c in checks)
-        state, summary = ("passed" if passed == len(checks) else "failed"), f"{passed}/{len(checks)} checks passed"
-    elif number == 8:
-        state, summary = "written", "handover report written"
-    else:
-        state = "changed" if changed else "unchanged"
-        summary = f"{len(changed)} changed" if changed else "unchanged"
+    state, summary = ("written", "handover report written") if number == 8 else summarize(items)
     name = next(p.title for p in ALL_PHASES if p.number == number)
     return {"number": number, "name": name, "state": state, "changes": len(changed),
             "seconds": round(seconds, 3), "summary": summary}
@@ -255,15 +205,8 @@ def _phase_outcome(number: int, items: list, seconds: float) -> dict:
 
 def handover(spec: Environment, ctx: RunbookContext, results: dict[int, list], approval: dict | None,
              run_id: str) -> Path:
-    """Phase 8 as a subflow: render the handover document, refuse it if any secret of the run
-    appears in it, write it to the reports folder and as an artifact."""
-    @flow(name=f"Phase 8 · {HANDOVER.title}")
-    def run_handover() -> str:
-        text = handover_text(ctx, results, approval, run_id, {p.number: p.title for p in ALL_PHASES})
-        if any(s and s in text for s in ctx.secret_values()):
-            raise PcdbError("the handover report would contain a secret; it was not written")
-        path = write_private(report_path(spec, f"handover-{spec.name}"),
-                             text)
-        create_markdown_artifact(text, key=f"handover-{spec.name}", description=f"handover report ({path})")
-        return str(path)
-    return Path(run_handover())
+    """Phase 8 as a task run: the handover document, written to the reports folder and shown as
+    an artifact (refused if any secret of the run appears in it)."""
+    titles = {p.number: p.title for p in ALL_PHASES}
+    return Path(write_handover(quote(ctx), quote(results), approval, run_id, titles,
+                               report_path(spec, f"handover-{spec.name}")))

@@ -343,6 +343,7 @@ PHASES: tuple[PhaseSpec, ...] = (
                                ("register alert rules", alert_rules))),
     PhaseSpec(7, "Tests and verification", (("run verification checks", verification),)),
 )
+HANDOVER = PhaseSpec(8, "Documentation and handover", ())     # the report of the other seven
 
 
 def handover_text(ctx: RunbookContext, results: dict[int, list], approval: dict | None, run_id: str,

@@ -35,11 +35,12 @@ class Service:
             # No health run a minute in the background of these tests (its own test starts one).
             f"monitoring:\n  health:\n{health}")
         self.url = f"http://127.0.0.1:{self.port}/api"
+        self.extra_env: dict[str, str] = {}     # for the CLI, and through it the server and the worker
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "PCDB_ORCHESTRATOR"))}
         env["PREFECT_HOME"] = str(self.folder / "prefect-client")
-        return env
+        return {**env, **self.extra_env}
 
     def pcdb(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         result = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,

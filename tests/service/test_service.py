@@ -249,7 +249,14 @@ def test_a_run_past_its_limit_is_cancelled_notified_and_recorded(service):
 
 def test_the_server_dying_mid_run_fails_the_run_clearly_and_the_next_run_resumes(service):
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
 
     # The runs begun since the install was launched, newest first. Not every run: the server's page
@@ -268,11 +275,17 @@ def test_the_server_dying_mid_run_fails_the_run_clearly_and_the_next_run_resumes
                            env={**service.env(), "PREFECT_CLIENT_MAX_RETRIES": "1"},  # fail fast: a test
                            cwd=service.folder)
 
+    def phases_begun() -> list:
+        begun = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=launched))
+        with service.api(), get_client(sync_client=True) as client:
+            return client.read_task_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["install"])),
+                                         flow_run_filter=begun,
+                                         task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="Phase ")))
+
     def between_its_phases() -> bool:
         # A phase has begun and the install is still running. (Phases of an installed sandbox are
         # "unchanged" in a moment: a poll could miss every one of them Running under load.)
-        return bool(runs(FlowFilterName(like_="Phase "))) and any(
-            r.state_name == "Running" for r in runs(FlowFilterName(any_=["install"])))
+        return bool(phases_begun()) and any(r.state_name == "Running" for r in runs(FlowFilterName(any_=["install"])))
     wait_until(between_its_phases, "the install's phases started", timeout=120, interval=0.1)
     os.kill(service.server_pid(), signal.SIGKILL)
     _, stderr = cli.communicate(timeout=600)

@@ -1,8 +1,8 @@
 """What a person sees, in a real browser (Debian's `chromium`, driven by Selenium through
 Debian's `chromium-driver`; never a downloaded browser): the Prefect UI asks for the
 orchestrator's credential before it shows anything, and a person who gives it sees the
-deployments; the page of an install run shows its eight phase
-subflows. Screenshots are kept in test-output/ui/ and their paths printed. Run with
+deployments; the page of an install run shows its eight phases, and a phase's page what it
+changed. Screenshots are kept in test-output/ui/ and their paths printed. Run with
 `./dev test-ui` (which installs chromium and chromium-driver when missing); `.ci/run` runs it too."""
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def installed_in_a_browser(name: str):
     stopped and removed afterwards. Yields (service, driver, the install's JSON and stderr)."""
     folder = new_sandbox_root()
     ui = Service(folder, name=name)
+    ui.extra_env["PREFECT_LOGGING_LEVEL"] = "INFO"     # as `./dev up` runs them (the suite's default: WARNING)
     driver = None
     try:
         ui.pcdb("server", "up", "--env", str(ui.spec))
@@ -115,7 +116,9 @@ def installed_in_a_browser(name: str):
         ui.pcdb("sandbox", "destroy", "--env", str(ui.spec), "--yes", check=False)
 
 
-def test_the_install_run_page_shows_the_eight_phase_subflows():
+def test_the_install_run_page_shows_the_eight_phases_and_a_phase_page_its_table():
+    """The install run's Task Runs tab lists the eight phases by name; a phase's own page holds
+    the table of what it changed (Phase 7: its checks)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -123,11 +126,24 @@ def test_the_install_run_page_shows_the_eight_phase_subflows():
         run_url = re.search(r"run: (\S+)", installed.stderr).group(1)
         assert json.loads(installed.stdout)["status"] == "completed"
         driver.get(run_url)
-        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.XPATH, "//*[text()='Subflow Runs']"))[0].click()
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.XPATH, "//*[text()='Task Runs']"))[0].click()
         WebDriverWait(driver, 60).until(
-            lambda d: all(f"Phase {n}" in d.find_element(By.TAG_NAME, "body").text for n in range(1, 9)))
+            lambda d: all(f"Phase {n} ·" in d.find_element(By.TAG_NAME, "body").text for n in range(1, 9)))
         driver.save_screenshot(str(SHOTS / "install-run.png"))
-        print(f"screenshot: {SHOTS / 'install-run.png'}")
+        link = WebDriverWait(driver, 60).until(
+            lambda d: d.find_elements(By.XPATH, "//a[contains(normalize-space(), 'Phase 7 ·')]"))[0]
+        driver.get(link.get_attribute("href"))      # the list refreshes as it is polled: its link, not a click
+        # The task run's own page (its Task inputs tab tells it from the run's): its logs say what
+        # each step did, its Artifacts tab holds the phase's table.
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "li#task-inputs"))
+        WebDriverWait(driver, 60).until(lambda d: "run verification checks: 16/16 checks passed" in d.find_element(
+            By.TAG_NAME, "body").text)
+        driver.save_screenshot(str(SHOTS / "install-phase-7-logs.png"))
+        driver.find_element(By.CSS_SELECTOR, "li#artifacts").click()
+        WebDriverWait(driver, 60).until(lambda d: "install-phase-7" in d.find_element(By.TAG_NAME, "body").text)
+        driver.save_screenshot(str(SHOTS / "install-phase-7.png"))
+        print(f"screenshots: {SHOTS / 'install-run.png'} {SHOTS / 'install-phase-7-logs.png'} "
+              f"{SHOTS / 'install-phase-7.png'}")
 
 
 def resume_in_the_ui(driver, base: str, run_id, signer: str, message: str, signature: str, reason: str, shot: str):
