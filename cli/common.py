@@ -140,9 +140,18 @@ def ensure_api() -> None:
 
 
 def server_lost(config: ServerConfig | None, spec_arg: str) -> PcdbError | None:
-    """The persistent server stopped answering while a run was going on: say so, and how to go on."""
+    """The persistent server stopped answering while a run was going on: say so, and how to go on.
+
+    Prefect's events and log workers still hold what the run sent (its task runs travel as
+    events), and they complain as they give up on the server. They are drained here, before pcdb
+    says what happened, so that pcdb's line is the last one the operator reads."""
     if config is None or Orchestrator(config).healthy():
         return None
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (EventsWorker, APILogWorker):
+        worker.drain_all(timeout=10)
     return PcdbError(f"the Prefect server at {config.url} stopped answering during the run; start it again "
                      f"(`pcdb server up --env {spec_arg}`) and run the same command again: every step is "
                      "idempotent, the next run finishes what this one left")

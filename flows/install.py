@@ -78,8 +78,8 @@ def _approval_gate(ctx: RunbookContext, plan: list[Change], decider: Decider) ->
     SHA-256); the plan is made again before Phase 1 and must be the one they signed."""
     env = ctx.env
     rows = [item_row(c) for c in plan]
-    lines = [f"- {c.resource} `{c.name}`: {c.action}" + (f" ({item_row(c)['details']})" if c.changed or c.action ==
-                                                            "conflict" else "") for c in plan]
+    lines = [f"- {c.resource} `{c.name}`: {c.action}" + (f" ({row['details']})" if c.changed or c.action == "conflict"
+                                                          else "") for c, row in zip(plan, rows, strict=True)]
     wider = [f"- network rule {r.name} {r.cidr} is wider than the plan's subnets: {r.wider.reason} (agreed by "
              f"{r.wider.approved_by})" for r in env.network.allowed_subnets if r.wider is not None]
     shown = (f"## Install plan for `{env.name}`\n\n" + "\n".join(lines + wider) +

@@ -313,6 +313,17 @@ def processes_under(root: Path) -> list[str]:
     return found
 
 
+def wait_until(predicate, what: str, timeout: float = 120, interval: float = 0.2):
+    """The predicate's first true value, polled until the deadline; else the test fails saying what."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
+
+
 def paused_run_id(timeout: float = 60):
     """The id of the flow run that paused for input (polled with a deadline)."""
     from prefect import get_client

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tests.conftest import (
     paused_run_id,
     phase_summaries,
     production_spec,
+    wait_until,
 )
 
 pytestmark = pytest.mark.postgres
@@ -81,22 +81,19 @@ def test_each_phase_is_a_task_run_holding_its_steps_and_its_table_and_the_progre
 
     target, result = installed
     run_id = Path(result["report"]).read_text().split("- Prefect flow run: `", 1)[1].split("`", 1)[0]
-    # Task runs reach the server as events, recorded a moment after the flow returns: polled.
-    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
-        while True:
+        def recorded():       # task runs reach the server as events, a moment after the flow returns
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
-            phase_of = {t.id: t.name.split(" ·")[0] for t in tasks if t.name.startswith("Phase ")}
-            if len(phase_of) == 8 and all(t.state.is_completed() for t in tasks) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+            done = sum(t.name.startswith("Phase ") and t.state.is_completed() for t in tasks)
+            return tasks if done == 8 and all(t.state.is_completed() for t in tasks) else None
+        tasks = wait_until(recorded, "eight completed phase task runs", timeout=60)
         subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
     assert subflows == []                     # one flow run: the phases are its task runs
+    phase_of = {t.id: t.name.split(" ·")[0] for t in tasks if t.name.startswith("Phase ")}
     assert sorted(phase_of.values()) == [f"Phase {n}" for n in range(1, 9)]
-    assert all(t.state.is_completed() for t in tasks), [(t.name, t.state.type) for t in tasks]
     parents = {t.name: {p.id for p in t.task_inputs.get("__parents__", [])} for t in tasks}
     step_phases = {t.name: {phase_of.get(p) for p in parents[t.name]} for t in tasks if t.id not in phase_of}
     assert step_phases["ensure grants"] == {"Phase 5"} and step_phases["run verification checks"] == {"Phase 7"}

@@ -7,13 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from pcdb.config import DEPLOYMENTS
 from pcdb.sandbox.engine import _free_port
-from tests.conftest import sandbox_root
+from tests.conftest import sandbox_root, wait_until  # noqa: F401 - the service tests import it from here
 
 
 class Service:
@@ -74,15 +73,5 @@ class Service:
 
     def server_pid(self) -> int:
         return json.loads((self.home / "server.json").read_text())["pid"]
-
-
-def wait_until(predicate, what: str, timeout: float = 120, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
 
 

@@ -15,6 +15,7 @@ from pcdb.config import KeyVaultRef, SecretRef
 from pcdb.errors import SecretError
 from pcdb.orchestrator import ServerConfig
 from tests.azure.fake_arm import FakeCredential, _response
+from tests.conftest import wait_until
 
 
 def config(home, **refs) -> ServerConfig:
@@ -112,9 +113,12 @@ def test_processes_that_ignore_sigterm_are_killed_together_and_each_is_reported(
     from pcdb.orchestrator import _stop_pids
     from pcdb.process import alive
 
-    told = tmp_path / "told"
-    stubborn = [subprocess.Popen(["sh", "-c", f"trap 'echo TERM >> {told}' TERM; while :; do sleep 0.05; done"],
+    told, ready = tmp_path / "told", tmp_path / "ready"
+    stubborn = [subprocess.Popen(["sh", "-c", f"trap 'echo TERM >> {told}' TERM; echo up >> {ready}; "
+                                              f"while :; do sleep 0.05; done"],
                                  start_new_session=True) for _ in range(2)]
+    # Asked before its trap is set, a shell just dies of the SIGTERM: both must be listening first.
+    wait_until(lambda: ready.exists() and ready.read_text().split() == ["up", "up"], "both shells' traps", timeout=30)
     polite = subprocess.Popen(["sleep", "60"], start_new_session=True)
     gone = subprocess.Popen(["true"], start_new_session=True)
     gone.wait()
