@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -283,23 +284,33 @@ def _relied_on(name: str, requirement: str, earlier: dict, fingerprint: str, ser
 
 
 def verification(ctx: RunbookContext) -> list[checks.CheckResult]:
+    """Phase 7's checks, in the report's order. Each reads, or rolls back what it wrote, over
+    connections of its own, so they run at the same time (0.26 s one after the other on an
+    installed sandbox, mostly waiting on the server); the disruptive ones come after, alone."""
     env, target = ctx.env, ctx.target
     endpoint = target.endpoint("primary")
     passwords = ctx.role_passwords()
-    results: list[checks.CheckResult] = []
-    with ctx.connect() as conn:
-        results += checks.server_checks(conn, env)
-        results.append(checks.check_storage(conn, env, target))
-    results.append(checks.check_non_tls_refused(endpoint))
+    ctx.admin_password()      # resolved once (a Key Vault read on Azure) before the checks share it
 
     @contextmanager
     def connect_as(role: str, dbname: str | None = None):
         with ctx.connect(role, passwords[role], dbname=dbname) as conn:
             yield conn
-    results += checks.check_role_privileges(connect_as, env)
-    with ctx.connect() as conn:
-        results.append(checks.check_role_inventory(conn, env, target.own_roles()))
-    results.append(checks.check_parameters(target.parameter_differences()))
+
+    def as_the_admin() -> list[checks.CheckResult]:
+        with ctx.connect() as conn:
+            return [*checks.server_checks(conn, env), checks.check_storage(conn, env, target)]
+
+    def role_inventory() -> list[checks.CheckResult]:
+        with ctx.connect() as conn:
+            return [checks.check_role_inventory(conn, env, target.own_roles())]
+
+    parts = [as_the_admin, lambda: [checks.check_non_tls_refused(endpoint)],
+             lambda: checks.check_role_privileges(connect_as, env), role_inventory,
+             lambda: [checks.check_parameters(target.parameter_differences())]]
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="pcdb-phase-7") as pool:
+        running = [pool.submit(part) for part in parts]
+        results = [result for part in running for result in part.result()]
     return results + disruptive_checks(ctx)
 
 

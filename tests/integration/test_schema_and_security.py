@@ -343,3 +343,23 @@ def test_the_non_tls_probe_fails_when_plain_connections_reach_authentication(tar
         hba.write_text(kept)
         with replica.connect(target.admin) as conn:
             conn.execute("SELECT pg_reload_conf()")
+
+
+def test_the_sample_insert_check_sees_the_line_number_index_chosen_and_fails_without_it(conn, target):
+    """§10.1.2: the planner picks the line-number index for the document's lookup once the filler
+    rows are in, the samples and the filler are rolled back, and without the index the check fails."""
+    schema.ensure_schema(conn, "product_change")
+    table = "product_change.pc_product_change_history"
+    before = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    index = target.env.indexes["pc_product_change_history"][0]
+
+    result = checks.check_sample_inserts_use_index(conn, target.env)
+    assert result.passed, result.evidence
+    assert f"Index Scan using {index}" in result.evidence
+    assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == before
+
+    with conn.transaction(force_rollback=True):
+        conn.execute(f"DROP INDEX product_change.{index}")
+        without = checks.check_sample_inserts_use_index(conn, target.env)
+    assert not without.passed and f"{index} NOT used" in without.evidence
+    assert conn.execute("SELECT to_regclass(%s)", (f"product_change.{index}",)).fetchone()[0] is not None
