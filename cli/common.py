@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import wraps
@@ -143,18 +144,25 @@ def server_lost(config: ServerConfig | None, spec_arg: str) -> PcdbError | None:
     """The persistent server stopped answering while a run was going on: say so, and how to go on.
 
     Prefect's events and log workers still hold what the run sent (its task runs travel as
-    events), and they complain as they give up on the server. They are drained here, before pcdb
-    says what happened, so that pcdb's line is the last one the operator reads."""
+    events). Nothing they hold can reach a server that is gone: they would try each item again
+    (7 s a connection) and complain after pcdb's line. So they are told nothing more and dropped
+    (``backlog_abandoned``: the command then ends without waiting for them), and pcdb's line is the
+    last one the operator reads. The run's record is in the ledger, not on the Prefect server."""
     if config is None or Orchestrator(config).healthy():
         return None
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (EventsWorker, APILogWorker):
-        worker.drain_all(timeout=10)
+    _ABANDONED.set()
+    logging.disable(logging.CRITICAL)     # the workers' complaints; pcdb's own line is not a log record
     return PcdbError(f"the Prefect server at {config.url} stopped answering during the run; start it again "
                      f"(`pcdb server up --env {spec_arg}`) and run the same command again: every step is "
                      "idempotent, the next run finishes what this one left")
+
+
+_ABANDONED = threading.Event()
+
+
+def backlog_abandoned() -> bool:
+    """Whether the run's server was found gone: what Prefect's workers still hold is not waited for."""
+    return _ABANDONED.is_set()
 
 
 class _UserErrorsWithoutTraceback(logging.Formatter):
