@@ -202,9 +202,10 @@ def prefect_settings():
                                if os.environ.get(name)})
 
 
-def run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: str):
+def run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: str, spec: Environment | None = None):
     """Call a flow (return_state=True) tagged with its environment (the server's automations
-    match on it), print its UI link, and turn a lost server into one line."""
+    match on it; ``spec`` when the caller has loaded it already), print its UI link, and turn a
+    lost server into one line."""
     from prefect import tags
 
     from flows.heartbeat import without_prefect_heartbeat
@@ -215,7 +216,7 @@ def run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: str
         ensure_api()
     try:
         # The run sends pcdb's heartbeat, not Prefect's (flows/heartbeat.py says why).
-        with prefect_settings(), without_prefect_heartbeat(), tags(env_tag(load_environment(spec_arg))):
+        with prefect_settings(), without_prefect_heartbeat(), tags(env_tag(spec or load_environment(spec_arg))):
             state = call()
     except Exception as exc:
         lost = server_lost(config, spec_arg)
@@ -240,8 +241,9 @@ PAUSE_EXPIRED = "and never resumed"
 def run_runbook(env: str, flow: Callable[..., Any], failure: str, **parameters: Any) -> dict:
     """Run a read-only runbook's flow for ``--env`` (a name or a spec path) against the
     environment's orchestrator and return its result; a failed run is a user error."""
-    config = use_orchestrator(load_environment(env))
-    state = run_flow(lambda: flow(**spec_args(env), **parameters, return_state=True), config, env)
+    spec = load_environment(env)
+    config = use_orchestrator(spec)
+    state = run_flow(lambda: flow(**spec_args(env), **parameters, return_state=True), config, env, spec)
     return flow_result(state, failure)
 
 

@@ -58,7 +58,7 @@ def install_command(env: EnvOption = "local",
 
         state = run_flow(lambda: install(**spec_args(env), phases=selected, dry_run=dry_run,
                                           remove_unknown_roles=remove_unknown_roles, reverify=reverify,
-                                          return_state=True), config, env)
+                                          return_state=True), config, env, spec)
         try:
             result = flow_result(state, "the install failed; see the Prefect run for details",
                                   spec.install.approval.timeout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
@@ -13,7 +13,7 @@ from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import name_run, refusable, runbook_context, stepped
+from flows.runbook import flow, name_run, refusable, runbook_context, stepped
 from pcdb import backups, clock
 from pcdb.config import load_environment
 from pcdb.errors import PcdbError

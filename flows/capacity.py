@@ -9,13 +9,13 @@ it and embedded in the run's artifact; the notification carries a text sparkline
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report, report_path
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import name_run, runbook_context
+from flows.runbook import flow, name_run, runbook_context
 from pcdb import capacity, clock
 from pcdb.config import load_environment
 from tasks.capacity import history, snapshot

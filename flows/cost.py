@@ -4,12 +4,10 @@ ledger row; a warning notification on an alert."""
 
 from __future__ import annotations
 
-from prefect import flow
-
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import name_run, runbook_context, stepped
+from flows.runbook import flow, name_run, runbook_context, stepped
 from pcdb import clock, cost
 from pcdb.config import load_environment
 

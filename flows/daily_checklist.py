@@ -4,13 +4,12 @@ is notified (warning)."""
 
 from __future__ import annotations
 
-from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import name_run, runbook_context, stepped
+from flows.runbook import flow, name_run, runbook_context, stepped
 from pcdb import checklist
 from pcdb.config import load_environment
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import Decider, approve_plan, gates, name_run, refusable, runbook_context, stepped, topology
+from flows.runbook import Decider, approve_plan, flow, gates, name_run, refusable, runbook_context, stepped, topology
 from pcdb import drills
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from uuid import UUID
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
@@ -159,6 +160,8 @@ def evidence(spec: Environment, ctx: RunbookContext | None, flow_name: str) -> I
     ev = Evidence()
     run_context = FlowRunContext.get()
     run = run_context.flow_run if run_context else None
+    if run is not None:
+        _RUN_SPECS[run.id] = spec
     state = "Failed"
     try:
         yield ev
@@ -203,7 +206,15 @@ def _already_recorded(spec: Environment, run_id: str) -> bool:
         return any(r.run_id == run_id for r in spool_for(spec).pending())
 
 
-def _spec_of(parameters: dict) -> Environment | None:
+# The spec each run of this process loaded (``evidence`` records it): the run's hooks notify and
+# record with the spec the run ran with, not with the file as it may read after the run.
+_RUN_SPECS: dict[UUID, Environment] = {}
+
+
+def _spec_of(run) -> Environment | None:
+    if run.id in _RUN_SPECS:
+        return _RUN_SPECS[run.id]
+    parameters = run.parameters or {}
     try:
         return load_environment(parameters.get("spec_path") or parameters.get("env") or "local")
     except PcdbError:
@@ -213,7 +224,7 @@ def _spec_of(parameters: dict) -> Environment | None:
 def on_failure(flow, flow_run, state) -> None:
     """A failed run: critical notification (the record itself was written by ``evidence``)."""
     run = flow_run
-    spec = _spec_of(run.parameters)
+    spec = _spec_of(run)
     if spec is None:
         return
     from flows.service import automation_notifies, env_tag
@@ -231,7 +242,7 @@ def on_killed(flow, flow_run, state) -> None:
     from flows.service import automation_notifies, env_tag
 
     run = flow_run
-    spec = _spec_of(run.parameters)
+    spec = _spec_of(run)
     if spec is None:
         return
     if state.is_crashed() and not (env_tag(spec) in (run.tags or []) and automation_notifies(spec)):

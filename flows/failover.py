@@ -11,13 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import Decider, gates, name_run, refusable, runbook_context, stepped
+from flows.runbook import Decider, flow, gates, name_run, refusable, runbook_context, stepped
 from pcdb import failover as real
 from pcdb import install
 from pcdb.config import Environment, load_environment

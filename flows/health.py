@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.exclusion import holder
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import runbook_context
+from flows.runbook import flow, runbook_context
 from pcdb import health
 from pcdb.config import WRITES_DOWN, load_environment
 from tasks.steps import task_steps

@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field
@@ -21,7 +21,7 @@ from pydantic import Field
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import runbook_context, stepped
+from flows.runbook import flow, runbook_context, stepped
 from pcdb import clock, decisions
 from pcdb import incident as incidents
 from pcdb.config import Environment, load_environment

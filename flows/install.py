@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
@@ -23,7 +23,7 @@ from flows.evidence import HOOKS, Evidence, _spec_of, evidence, report_path
 from flows.exclusion import mutating_slot
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import Decider, refusable, runbook_context
+from flows.runbook import Decider, flow, refusable, runbook_context
 from pcdb import clock
 from pcdb.changes import Change
 from pcdb.checks import CheckResult
@@ -33,23 +33,33 @@ from pcdb.errors import PcdbError
 from pcdb.install import HANDOVER, PHASES, PhaseSpec, full_plan, refuse_bad_secrets
 from pcdb.preflight import as_json, refusal
 from pcdb.targets.base import Connection
+from tasks.artifacts import Artifacts
 from tasks.install import item_row, run_phase, run_preflight, summarize, write_handover
 
 PORT = Connection   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
 
 
 def notification_channels(ctx: RunbookContext) -> list[Change]:
-    """Phase 6: every channel of the routing (R-MON-5) has its Prefect notification block."""
-    from prefect.blocks.core import Block
+    """Phase 6: every channel of the routing (R-MON-5) has its Prefect notification block.
 
+    The blocks' documents are read in one request, by name, without their secrets: whether each
+    exists, of the type the spec names, is the question, and the webhooks' addresses stay on the
+    server (Block.load would fetch them, one request and 50 ms a block)."""
+    from prefect import get_client
+
+    channels = ctx.env.notifications.channels
+    with get_client(sync_client=True) as client:
+        found = client.request("POST", "/block_documents/filter", json={
+            "block_documents": {"name": {"any_": sorted({c.block.partition("/")[2] for c in channels.values()})}},
+            "include_secrets": False, "limit": 200}).json()
+    present = {f"{doc['block_type']['slug']}/{doc['name']}" for doc in found}
     out = []
-    for name, channel in ctx.env.notifications.channels.items():
-        try:
-            Block.load(channel.block)
+    for name, channel in channels.items():
+        if channel.block in present:
             out.append(Change("notification_channel", name, "unchanged", notes=(f"block {channel.block}",)))
-        except (ValueError, KeyError) as exc:
+        else:
             out.append(Change("notification_channel", name, "conflict",
-                              notes=(f"block {channel.block} is missing ({exc}); create it in Prefect so "
+                              notes=(f"block {channel.block} is missing; create it in Prefect so "
                                      f"{channel.purpose} reach {', '.join(channel.audience)}",)))
     return out
 
@@ -67,16 +77,18 @@ ALL_PHASES = (*RUNBOOK_PHASES, HANDOVER)
 
 def _on_completion(flow, flow_run, state) -> None:  # noqa: ARG001 - Prefect's hook signature
     run = flow_run
-    spec = _spec_of(run.parameters)
+    spec = _spec_of(run)
     if spec is not None and not (run.parameters or {}).get("dry_run"):
         notify(spec, "info", f"pcdb install finished on {spec.name}",
                f"Install run {run.name} ({run.id}) on {spec.name} completed: {state.message or 'all phases done'}")
 
 
-def _approval_gate(ctx: RunbookContext, plan: list[Change], decider: Decider) -> dict:
+def _approval_gate(ctx: RunbookContext, decider: Decider) -> dict:
     """§13.2: every approver approves the plan shown (signed on production, each over the plan's
     SHA-256); the plan is made again before Phase 1 and must be the one they signed."""
     env = ctx.env
+    plan = full_plan(ctx)  # the whole of it, read-only: resources, parameters, access, secrets, roles, grants
+    refuse_bad_secrets([c for c in plan if c.resource == "secret"])  # before Phase 1, all of them at once
     rows = [item_row(c) for c in plan]
     lines = [f"- {c.resource} `{c.name}`: {c.action}" + (f" ({row['details']})" if c.changed or c.action == "conflict"
                                                           else "") for c, row in zip(plan, rows, strict=True)]
@@ -134,47 +146,54 @@ def run_install(ctx: RunbookContext, selected: list[int], dry_run: bool = False,
                  for r in ctx.env.network.allowed_subnets if r.wider is not None]
     if overrides:   # network rules wider than the plan's, kept on purpose: recorded with who agreed
         ev.figures["network_overrides"] = overrides
+    with Artifacts() as artifacts:   # tables and progress go beside the run (tasks/artifacts.py)
+        return _run_phases(ctx, selected, dry_run, ev, artifacts)
+
+
+def _run_phases(ctx: RunbookContext, selected: list[int], dry_run: bool, ev: Evidence, artifacts: Artifacts) -> dict:
     logger = get_run_logger()
     spec = ctx.env
     # The preflight first (read only): what Azure or this machine would refuse halfway through
     # is said now, each with what to do, and nothing is planned or changed while one fails.
     checks = run_preflight(quote(ctx))
     ev.figures["preflight"] = as_json(checks)
-    create_table_artifact([c.as_dict() for c in checks], key=f"install-preflight-{spec.name}",
-                          description="the preflight: what must hold before Phase 1")
+    artifacts.table([c.as_dict() for c in checks], key=f"install-preflight-{spec.name}",
+                    description="the preflight: what must hold before Phase 1")
     refused = refusal(checks)
     if refused:
         raise PcdbError(refused)
-    plan = full_plan(ctx)  # the whole of it, read-only: resources, parameters, access, secrets, roles, grants
     if dry_run:
-        create_table_artifact([item_row(c) for c in plan], key=f"install-plan-{spec.name}",
-                              description="dry run: what the install would change")
+        plan = full_plan(ctx)  # the whole of it, read-only: resources, parameters, access, secrets, roles, grants
+        artifacts.table([item_row(c) for c in plan], key=f"install-plan-{spec.name}",
+                        description="dry run: what the install would change")
         return {"status": "dry-run", "dry_run": True, "phases": [], "report": None,
                 "plan": [c.as_dict() for c in plan]}
-    refuse_bad_secrets([c for c in plan if c.resource == "secret"])  # before Phase 1, all of them at once
     decider = Decider(spec)
     try:
-        approval = _approval_gate(ctx, plan, decider) if spec.install.approval.required else None
+        # The plan is made for the approvers only: the secrets it would refuse, the preflight has
+        # refused already, and each phase reads what exists before it changes anything.
+        approval = _approval_gate(ctx, decider) if spec.install.approval.required else None
         if approval is not None:
             ev.figures["approval"] = approval      # also in the ledger: `--deployed` reads it back from there
     finally:
         ev.decisions = decider.collected
-    progress = create_progress_artifact(0.0, key=f"install-progress-{spec.name}",
-                                        description="install progress across phases")
+    progress = artifacts.progress(key=f"install-progress-{spec.name}", description="install progress across phases")
     results: dict[int, list] = {}
     seconds: dict[int, float] = {}
     for done, number in enumerate(n for n in selected if n != 8):
+        artifacts.check()      # a refused artifact (or a server gone) stops the run before the next phase
         phase = next(p for p in RUNBOOK_PHASES if p.number == number)
         started = time.monotonic()
-        results[number] = run_phase(quote(phase), quote(ctx))
+        results[number] = run_phase(quote(phase), quote(ctx), quote(artifacts))
         seconds[number] = time.monotonic() - started
-        update_progress_artifact(progress, 100.0 * (done + 1) / len(selected))
+        artifacts.move(progress, 100.0 * (done + 1) / len(selected))
     report_path = None
     if 8 in selected:
+        artifacts.check()
         started = time.monotonic()
-        report_path = handover(spec, ctx, results, approval, str(flow_run.get_id()))
+        report_path = handover(spec, ctx, results, approval, str(flow_run.get_id()), artifacts)
         seconds[8] = time.monotonic() - started
-        update_progress_artifact(progress, 100.0)
+        artifacts.move(progress, 100.0)
         results[8] = []
         ev.report = str(report_path)
     phases = [_phase_outcome(number, results[number], seconds[number]) for number in results]
@@ -204,9 +223,9 @@ def _phase_outcome(number: int, items: list, seconds: float) -> dict:
 
 
 def handover(spec: Environment, ctx: RunbookContext, results: dict[int, list], approval: dict | None,
-             run_id: str) -> Path:
+             run_id: str, artifacts: Artifacts) -> Path:
     """Phase 8 as a task run: the handover document, written to the reports folder and shown as
     an artifact (refused if any secret of the run appears in it)."""
     titles = {p.number: p.title for p in ALL_PHASES}
     return Path(write_handover(quote(ctx), quote(results), approval, run_id, titles,
-                               report_path(spec, f"handover-{spec.name}")))
+                               report_path(spec, f"handover-{spec.name}"), quote(artifacts)))

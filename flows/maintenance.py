@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
@@ -20,7 +20,7 @@ from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import Decider, approve_plan, name_run, refusable, runbook_context, stepped
+from flows.runbook import Decider, approve_plan, flow, name_run, refusable, runbook_context, stepped
 from pcdb import clock
 from pcdb import maintenance as m
 from pcdb.config import Environment, load_environment

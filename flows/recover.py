@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.exclusion import mutating_slot
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import Decider, approve_plan, name_run, refusable, runbook_context, stepped
+from flows.runbook import Decider, approve_plan, flow, name_run, refusable, runbook_context, stepped
 from pcdb import ledger, predicate, recovery
 from pcdb.config import Environment, load_environment
 from pcdb.steps import table as steps_table

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
+from prefect import Flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
@@ -43,6 +44,35 @@ PORT = Topology   # the one role of the target port used here (tests/unit/test_p
 logger = logging.getLogger("pcdb.decisions")
 REQUEST_KEY = "pcdb-request-"
 RESULT_KEY = "pcdb-result-"
+
+
+class RunbookFlow(Flow):
+    """A Prefect flow whose parameters are recorded as they are when they are plain JSON, as
+    every pcdb flow's are (names, paths, numbers, flags and lists of them: what a deployment's
+    parameters must be anyway). Prefect's own recording imports FastAPI for its encoder: about
+    65 ms of every command that runs a flow (docs/benchmarks.md, P2). Anything else goes to it."""
+
+    def serialize_parameters(self, parameters: dict) -> dict:
+        if all(isinstance(key, str) and _plain(value) for key, value in parameters.items()):
+            return dict(parameters)
+        return super().serialize_parameters(parameters)
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, str | bool | int | float):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def flow(**options) -> Callable[[Callable], RunbookFlow]:
+    """Prefect's ``@flow(...)`` for pcdb's runbooks: the same options, a :class:`RunbookFlow`."""
+    def make(fn: Callable) -> RunbookFlow:
+        return RunbookFlow(fn, **options)
+    return make
 
 
 def refusable(body):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from flows.evidence import HOOKS, evidence, ledger_link, publish_report
 from flows.heartbeat import alive
 from flows.notify import notify
-from flows.runbook import name_run, runbook_context, stepped
+from flows.runbook import flow, name_run, runbook_context, stepped
 from pcdb import clock, sla
 from pcdb.config import load_environment
 

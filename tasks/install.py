@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
@@ -17,6 +16,7 @@ from pcdb.errors import PcdbError
 from pcdb.install import HANDOVER, PhaseSpec, Step, handover_text, preflight
 from pcdb.preflight import Check
 from pcdb.private import write_private
+from tasks.artifacts import Artifacts
 from tasks.retry import RETRIES, RETRY_DELAYS, transient_only
 
 
@@ -80,9 +80,10 @@ def item_row(item: Change | CheckResult) -> dict:
 # every password of the run).
 @task(name="install phase", task_run_name="Phase {phase.number} · {phase.title}", cache_policy=NO_CACHE,
       persist_result=False)
-def run_phase(phase: PhaseSpec, ctx: RunbookContext) -> list[Change | CheckResult]:
+def run_phase(phase: PhaseSpec, ctx: RunbookContext, artifacts: Artifacts) -> list[Change | CheckResult]:
     """Run the phase's steps in order, each a task of its own; a failure names the phase, the
-    step, the cause and how to resume. The phase's table of what changed is an artifact on it."""
+    step, the cause and how to resume. The phase's table of what changed is an artifact on it
+    (sent beside the run: tasks/artifacts.py)."""
     logger = get_run_logger()
     items: list[Change | CheckResult] = []
     for label, step in phase.steps:
@@ -96,21 +97,21 @@ def run_phase(phase: PhaseSpec, ctx: RunbookContext) -> list[Change | CheckResul
                 f"(pcdb install --env {ctx.env_arg})") from exc
         logger.info("%s: %s", label, summarize(done)[1])     # the step's own page lists each item
         items += done
-    create_table_artifact([item_row(i) for i in items], key=f"install-phase-{phase.number}",
-                          description=f"Phase {phase.number} · {phase.title}: what changed")
+    artifacts.table([item_row(i) for i in items], key=f"install-phase-{phase.number}",
+                    description=f"Phase {phase.number} · {phase.title}: what changed")
     return items
 
 
 @task(name="install handover", task_run_name=f"Phase 8 · {HANDOVER.title}", cache_policy=NO_CACHE,
       persist_result=False)
 def write_handover(ctx: RunbookContext, results: dict[int, list], approval: dict | None, run_id: str,
-                   titles: dict[int, str], path: Path) -> str:
+                   titles: dict[int, str], path: Path, artifacts: Artifacts) -> str:
     """Phase 8: render the handover document, refuse it if any secret of the run appears in it,
     write it (owner-only) and show it as an artifact."""
     text = handover_text(ctx, results, approval, run_id, titles)
     if any(s and s in text for s in ctx.secret_values()):
         raise PcdbError("the handover report would contain a secret; it was not written")
     written = write_private(path, text)
-    create_markdown_artifact(text, key=f"handover-{ctx.env.name}", description=f"handover report ({written})")
+    artifacts.markdown(text, key=f"handover-{ctx.env.name}", description=f"handover report ({written})")
     get_run_logger().info("handover report written: %s", written)
     return str(written)

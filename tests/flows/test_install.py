@@ -108,6 +108,66 @@ def test_each_phase_is_a_task_run_holding_its_steps_and_its_table_and_the_progre
     assert str(where[f"install-preflight-{target.env.name}"].flow_run_id) == run_id
 
 
+def test_phase_6_names_a_channel_whose_notification_block_is_missing(installed):
+    """R-MON-5: every channel of the routing has its Prefect block; one that is gone is a conflict
+    saying which block to create and for whom (as is one of another type under the same name), and
+    one whose block exists is unchanged."""
+    from types import SimpleNamespace
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from flows.install import notification_channels
+
+    target, _ = installed
+    CustomWebhookNotificationBlock(name="pcdb test", url="http://127.0.0.1:9/hook").save("pcdb-test-phase-6",
+                                                                                         overwrite=True)
+    notifications = target.env.notifications
+    (there, one), (gone, other), (other_type, third) = list(notifications.channels.items())[:3]
+    channels = {there: one.model_copy(update={"block": "custom-webhook/pcdb-test-phase-6"}),
+                gone: other.model_copy(update={"block": "custom-webhook/pcdb-no-such-block"}),
+                other_type: third.model_copy(update={"block": "email-server-credentials/pcdb-test-phase-6"})}
+    spec = target.env.model_copy(update={"notifications": notifications.model_copy(update={"channels": channels})})
+    found = {c.name: c for c in notification_channels(SimpleNamespace(env=spec))}
+    assert found[there].action == "unchanged" and found[there].notes == ("block custom-webhook/pcdb-test-phase-6",)
+    assert found[gone].action == "conflict"
+    assert found[other_type].action == "conflict"        # the name exists, as a block of another type
+    assert found[gone].notes[0] == (f"block custom-webhook/pcdb-no-such-block is missing; create it in Prefect so "
+                                    f"{other.purpose} reach {', '.join(other.audience)}")
+
+
+def test_the_progress_bar_moves_at_most_once_a_second_and_ends_at_its_last_value(prefect_harness):
+    """Artifacts go beside the run (tasks/artifacts.py); a progress bar moved within a second of
+    its last move waits for the next move or the run's end, and is never left behind."""
+    from unittest import mock
+
+    from prefect import flow, get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks import artifacts as sent
+
+    now = [0.0]
+    moves: list[float] = []
+    real = sent.update_progress_artifact
+
+    def recorded(artifact_id, percent):
+        moves.append(percent)
+        return real(artifact_id, percent)
+
+    @flow(name="pcdb-test-progress")
+    def moving() -> None:
+        with sent.Artifacts(clock=lambda: now[0]) as artifacts:
+            bar = artifacts.progress(key="pcdb-test-progress", description="moved by a test")
+            for percent, at in ((10, 0.2), (20, 0.4), (30, 1.5), (40, 1.6)):
+                now[0] = at
+                artifacts.move(bar, percent)
+
+    with mock.patch.object(sent, "update_progress_artifact", recorded):
+        moving()
+    with get_client(sync_client=True) as client:
+        [bar] = client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pcdb-test-progress"])))
+    assert moves == [30, 40] and float(bar.data) == 40.0
+
+
 def test_a_second_run_changes_nothing(installed):
     target, _ = installed
     state = run_install(target, phases=[1, 2, 3, 4, 5, 6])
