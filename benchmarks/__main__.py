@@ -76,14 +76,15 @@ def _disruptive_checks_ran(results: list) -> list[str]:
 
 
 def _install_directly(ctx, folder: Path) -> tuple[dict[str, float], dict[int, list]]:
-    """The install flow's own pcdb work without Prefect, in its order: the preflight and the whole
-    plan, phases 1-7 one by one, then the handover report written and archived and the run's
-    ledger row with its anchors. Returns the seconds of each part and each phase's results."""
+    """The install flow's own pcdb work without Prefect, in its order: the preflight (the whole plan
+    is made only for approvers, and this spec has none), phases 1-7 one by one, then the handover
+    report written and archived and the run's ledger row with its anchors. Returns the seconds of
+    each part and each phase's results."""
     import uuid
 
     from pcdb import clock, ledger
     from pcdb.checks import CheckResult
-    from pcdb.install import PHASES, full_plan, handover_text, preflight, run_directly
+    from pcdb.install import PHASES, handover_text, preflight, run_directly
     from pcdb.private import write_private
     from pcdb.schema import LEDGER_SCHEMA
 
@@ -92,7 +93,6 @@ def _install_directly(ctx, folder: Path) -> tuple[dict[str, float], dict[int, li
     began, start = clock.now(), time.perf_counter()
     if any(not c.ok for c in preflight(ctx)):
         raise RuntimeError("the direct install's preflight failed")
-    full_plan(ctx)
     each["before"] = round(time.perf_counter() - start, 3)
     for number in range(1, 8):          # phase by phase, to set beside the Prefect run's
         start = time.perf_counter()
@@ -187,10 +187,11 @@ def install_overhead(rounds: int) -> dict:
         "both_ran_phase_7_failover_and_pitr": True,
         "note": "a fresh sandbox per side and round, made just before the side runs and destroyed right after; "
                 "the sides take turns going first, each after os.sync(); "
-                "both run the preflight and plan, phases 1-7 including Phase 7's two failovers and PITR restore "
-                "(asserted), the handover report (written, archived) and the ledger row; the Prefect side's "
+                "both run the preflight (the plan is made for approvers only; this spec has none), phases 1-7 "
+                "including Phase 7's two failovers and PITR restore (asserted), the handover report (written, "
+                "archived) and the ledger row; the Prefect side's "
                 "phase 8 is the report, its phase 6 also reads the notification blocks; direct 'before' = "
-                "preflight and plan, 'after' = report and ledger row",
+                "the preflight, 'after' = report and ledger row",
     }
 
 
