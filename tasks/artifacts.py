@@ -64,21 +64,25 @@ class Artifacts:
         if percent < 100.0 and now - self._moved < self.PROGRESS_EVERY:
             self._unsent = (progress, percent)
             return
-        self._moved, self._unsent = now, None
-        # The bar was created by an earlier call on the same thread: its id is known by now.
-        self._send(lambda: update_progress_artifact(progress.result(), percent))
+        self._moved, self._unsent = now, (progress, percent)
+        self._send_unsent()
 
     def _send_unsent(self) -> None:
         if self._unsent is not None:
             progress, percent = self._unsent
             self._unsent = None
+            # The bar was created by an earlier call on the same thread: its id is known by now.
             self._send(lambda: update_progress_artifact(progress.result(), percent))
+
+    def _refusal(self) -> BaseException | None:
+        """The first failure among the artifacts already sent (never waits)."""
+        return next((sent.exception() for sent in self._sent if sent.done() and sent.exception()), None)
 
     def check(self) -> None:
         """Raise the first refusal among the artifacts already sent (the rest go on)."""
-        for sent in self._sent:
-            if sent.done() and sent.exception() is not None:
-                raise sent.exception()
+        refused = self._refusal()
+        if refused is not None:
+            raise refused
 
     def flush(self) -> None:
         """Wait for every artifact; raise the first that failed."""
@@ -98,7 +102,7 @@ class Artifacts:
             return
         # The run failed: what it showed before still arrives, and its own error is the one told.
         # When the server refused an artifact already (or is gone), the rest are not tried.
-        refused = any(sent.done() and sent.exception() is not None for sent in self._sent)
+        refused = self._refusal() is not None
         if not refused:
             self._send_unsent()
         self._pool.shutdown(wait=True, cancel_futures=refused)
