@@ -109,6 +109,14 @@ ensure_pg_builds() {
   grep -q "installed in" "$log" && sed 's/^/setup: /' "$log" >&2 || true
 }
 
+ensure_bytecode() {
+  # pcdb's own modules compiled ahead (pip does it for site-packages, not for an editable
+  # install): with PYTHONDONTWRITEBYTECODE set, as on some machines, every pcdb command compiled
+  # its 75 modules again, about 0.1 s each time. Only what changed since is compiled (0.04 s).
+  .venv/bin/python -m compileall -q pcdb flows tasks cli >/dev/null
+}
+
 ensure_postgres
 ensure_venv
+ensure_bytecode
 ensure_pg_builds
