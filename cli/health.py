@@ -15,7 +15,7 @@ from pcdb.config import load_environment
 from pcdb.errors import PcdbError
 from pcdb.units import parse_duration
 
-KEYS = ("status", "checked_at", "metrics", "business", "alerts", "silences", "notified", "serving")
+KEYS = ("status", "checked_at", "metrics", "business", "alerts", "silences", "notified", "serving", "planned_failovers")
 
 
 @health_app.callback()
@@ -47,6 +47,9 @@ def health_command(ctx: typer.Context, env: EnvOption = "local", as_json: JsonOp
         out.print(f"status: {result['status']} (checked {result['checked_at']}: {source['text']})", highlight=False)
         if result.get("serving"):
             out.print(f"SERVING: {result['serving']}", highlight=False, markup=False)
+        for p in result.get("planned_failovers") or []:
+            out.print(f"planned failover, not an alert: timeline {p['from_timeline']} -> {p['to_timeline']} by "
+                      f"{'; '.join(p['by'])}", highlight=False, markup=False)
         for a in result["alerts"]:
             out.print(f"{a['state']:9} {a['severity'] or '-':8} {a['rule']}: {a['value']} (threshold {a['threshold']}) "
                       f"since {a['since']} -> {', '.join(a['channels'])}"

@@ -47,7 +47,7 @@ def health_check(env: str = "local", spec_path: str | None = None) -> dict:
         store.close()
     result = report.as_dict()
     result["incidents_opened"] = opened
-    if report.alerts or report.notified:
+    if report.alerts or report.notified or report.planned_failovers:
         create_markdown_artifact(_markdown(spec.name, result), key=f"health-{spec.name}",
                                  description=f"health of {spec.name}: {report.status}")
     get_run_logger().info("health of %s: %s, %d alert(s)", spec.name, report.status, len(report.alerts))
@@ -111,7 +111,9 @@ def _holder(env: str) -> dict | None:
 
 def _markdown(name: str, r: dict) -> str:
     lines = [f"# Health of `{name}`: {r['status']}", "", f"- Checked at {r['checked_at']}",
-             *([f"- **SERVING: {r['serving']}**"] if r.get("serving") else []), "",
+             *([f"- **SERVING: {r['serving']}**"] if r.get("serving") else []),
+             *[f"- Planned failover, not an alert: timeline {p['from_timeline']} → {p['to_timeline']} by "
+               f"{'; '.join(p['by'])}" for p in r.get("planned_failovers") or []], "",
              "| rule | severity | state | value | threshold | since | channels |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {a['rule']} | {a['severity']} | {a['state']} | {a['value']} | {a['threshold']} | {a['since']} | "
               f"{', '.join(a['channels'])} |" for a in r["alerts"]]

@@ -30,7 +30,8 @@ from pcdb.checks import CheckResult
 from pcdb.config import Environment, load_environment
 from pcdb.context import RunbookContext
 from pcdb.errors import PcdbError
-from pcdb.install import HANDOVER, PHASES, PhaseSpec, full_plan, refuse_bad_secrets
+from pcdb.install import HANDOVER, PHASES, PhaseSpec, full_plan, planned_failovers, refuse_bad_secrets
+from pcdb.ledger import PLANNED_FAILOVERS
 from pcdb.preflight import as_json, refusal
 from pcdb.targets.base import Connection
 from tasks.artifacts import Artifacts
@@ -201,6 +202,8 @@ def _run_phases(ctx: RunbookContext, selected: list[int], dry_run: bool, ev: Evi
     if ctx.verified_configuration:  # the disruptive checks ran and passed on this configuration and server
         ev.figures["verified_configuration"] = ctx.verified_configuration
         ev.figures["verified_server"] = ctx.verified_server
+    if planned := planned_failovers(results.get(7, [])):  # read by the health rule (pcdb/health.py)
+        ev.figures[PLANNED_FAILOVERS] = planned
     logger.info("install of %s finished: %s", spec.name, {p["number"]: p["summary"] for p in phases})
     checks = [i for items in results.values() for i in items if isinstance(i, CheckResult)]
     failed = [c.name for c in checks if not c.passed]

@@ -22,6 +22,7 @@ from flows.runbook import Decider, approve_plan, flow, name_run, refusable, runb
 from pcdb import clock, install, upgrade
 from pcdb.config import load_environment
 from pcdb.errors import PcdbError
+from pcdb.ledger import PLANNED_FAILOVERS
 from pcdb.targets.base import UPGRADE_COPY
 
 PORT = upgrade.UpgradeTarget   # the roles of the target used here (tests/unit/test_port_roles.py checks it)
@@ -166,6 +167,8 @@ def _upgrade(spec, ctx, ev, step, to: int, result: dict) -> dict:
     result["checks"] = [c.as_dict() for c in checked]
     failed = [c.name for c in checked if not c.passed]
     ev.figures |= {"checks_passed": f"{len(checked) - len(failed)}/{len(checked)}", "checks_failed": failed}
+    if planned := install.planned_failovers(checked):   # its failover test: said by the health rule, not paged
+        ev.figures[PLANNED_FAILOVERS] = planned
     path = publish_report(spec, f"upgrade-{spec.name}", _report(spec.name, result, ledger_link(spec)), "upgrade")
     result["report"] = ev.report = str(path)
     if failed or probe.lost:

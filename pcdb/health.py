@@ -13,7 +13,8 @@ primary that cannot be reached still fires "database connection failure". A rule
 past the threshold by ``hysteresis_percent``. Each transition is notified once on the rule's
 channels; a firing alert is reminded every ``reminder_every``; a silence holds notifications
 back until it expires; while pcdb's own drill or maintenance holds the environment, alerts are
-annotated with it (never dropped).
+annotated with it (never dropped). A timeline move that pcdb's own install made as its Phase 7
+test, recorded in the run ledger, is said in the report instead of paged (``planned_failover``).
 """
 
 from __future__ import annotations
@@ -381,6 +382,7 @@ class Report:
     silences: list[dict] = field(default_factory=list)
     notified: list[dict] = field(default_factory=list)
     serving: str | None = None     # after a real region failover: which server production runs on, plainly
+    planned_failovers: list[dict] = field(default_factory=list)  # timeline moves pcdb made on purpose (not alerts)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -461,7 +463,7 @@ def run(ctx: RunbookContext, store: Store, send: Callable[[str, str, str, list[s
     """Sample, evaluate, notify each transition once (not while silenced), record the history."""
     env = ctx.env
     now = now or clock.now()
-    metrics, business = sample(ctx, store, now)
+    metrics, business, planned = _sample_explained(ctx, store, now)
     alerts, transitions = evaluate(env, catalog(env), metrics, store, now, annotation)
     notified = []
     for t in transitions:
@@ -483,7 +485,7 @@ def run(ctx: RunbookContext, store: Store, send: Callable[[str, str, str, list[s
         logger.warning("business metrics of %s not published: %s", env.name, exc)
     report = Report(status_of(alerts), now.isoformat(timespec="seconds"),
                     {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items() if k not in BUSINESS},
-                    business, alerts, store.active_silences(now), notified, _serving(ctx))
+                    business, alerts, store.active_silences(now), notified, _serving(ctx), planned)
     store.mark_run(now, report.status)
     store.save_latest(now, report.as_dict())
     return report
@@ -504,11 +506,67 @@ def preview(ctx: RunbookContext, store: Store, now: datetime | None = None) -> R
     now = now or clock.now()
     store.db.execute("BEGIN")
     try:
-        metrics, business = sample(ctx, store, now)
+        metrics, business, planned = _sample_explained(ctx, store, now)
         alerts, _ = evaluate(ctx.env, catalog(ctx.env), metrics, store, now)
         silences = store.active_silences(now)
     finally:
         store.db.execute("ROLLBACK")
     return Report(status_of(alerts), now.isoformat(timespec="seconds"),
                   {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items() if k not in BUSINESS},
-                  business, alerts, silences, [], _serving(ctx))
+                  business, alerts, silences, [], _serving(ctx), planned)
+
+
+def _sample_explained(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict, list[dict]]:
+    """The sample, with a timeline move that pcdb's own runbook made on purpose taken out of the
+    failover-event rule and said instead (the third value)."""
+    before = store.counters().get("timeline")
+    metrics, business = sample(ctx, store, now)
+    after = store.counters().get("timeline")
+    planned: list[dict] = []
+    if metrics.get("failover_event") and before is not None and after is not None:
+        found = planned_failover(ctx, int(before[0]), int(after[0]), before[1])
+        if found is not None:
+            metrics["failover_event"] = 0.0
+            planned.append(found)
+            logger.info("timeline of %s moved %d -> %d on purpose: %s; not a failover-event alert", ctx.env.name,
+                        found["from_timeline"], found["to_timeline"], "; ".join(found["by"]))
+    return metrics, business, planned
+
+
+def planned_failover(ctx: RunbookContext, old: int, new: int, since: datetime) -> dict | None:
+    """Whether pcdb's own runs moved the primary's timeline from ``old`` to ``new`` on purpose,
+    read from the run ledger: every timeline in between must have been made by a run of this
+    environment recorded since ``since`` (the sample that saw ``old``) with the figure
+    ``ledger.PLANNED_FAILOVERS``. The install's Phase 7 is one (it fails over and back, as a test, and says so
+    in its report); a drill is not (it rehearses an outage, so its alerts fire, annotated with the
+    drill), nor is a real failover. One timeline more than those runs made, and the failover is
+    not explained: it fires. None also when the ledger cannot be read.
+
+    A health run sees such a move after the install has ended (the every-minute run that sampled
+    the timeline before Phase 7 comes next after it), when the slot's holder that would annotate
+    the alert is gone: without this, a fresh install paged a critical failover-event and opened an
+    incident for its own test."""
+    from pcdb import ledger
+    from pcdb.schema import LEDGER_SCHEMA
+
+    try:
+        with ctx.connect() as conn:
+            rows = ledger.rows(conn, LEDGER_SCHEMA, since)
+    except psycopg.Error as exc:
+        logger.warning("the run ledger of %s could not be read to explain the timeline's move: %s", ctx.env.name,
+                       str(exc).strip().splitlines()[0])
+        return None
+    made: set[int] = set()
+    by: list[str] = []
+    for row in rows:
+        figure = (row.get("figures") or {}).get(ledger.PLANNED_FAILOVERS)
+        if row.get("environment") != ctx.env.name or not isinstance(figure, dict):
+            continue
+        timelines = {int(t) for t in figure.get("timelines") or [] if isinstance(t, int)}
+        if timelines & set(range(old + 1, new + 1)):
+            made |= timelines
+            by.append(f"pcdb {row['flow']} run {row['run_id']} ({figure.get('check', 'a planned failover')}, "
+                      f"ended {row['ended_at'].isoformat(timespec='seconds') if row.get('ended_at') else '-'})")
+    if not by or not set(range(old + 1, new + 1)) <= made:
+        return None
+    return {"from_timeline": old, "to_timeline": new, "by": by}

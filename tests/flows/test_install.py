@@ -192,7 +192,7 @@ def test_a_no_change_rerun_of_phase_7_fails_nothing_over_and_relies_on_the_last_
     with psycopg.connect(target.endpoint().conninfo(target.admin, target.admin_password())) as conn:
         row = conn.execute("SELECT figures FROM pcdb.run_ledger WHERE flow = 'install' ORDER BY seq DESC LIMIT 1"
                            ).fetchone()[0]
-    assert "verified_configuration" not in row                                # it verified nothing itself
+    assert "verified_configuration" not in row and "planned_failovers" not in row   # it verified nothing itself
     from pcdb.context import RunbookContext
     from pcdb.install import verification
 
@@ -203,7 +203,12 @@ def test_a_no_change_rerun_of_phase_7_fails_nothing_over_and_relies_on_the_last_
     assert timeline() == before
     reverified = run_install(target, phases=[7], reverify=True)
     assert reverified.is_completed(), reverified.message
-    assert timeline() > before                                                  # --reverify: failed over again
+    assert timeline() == before + 2                                             # --reverify: there and back again
+    with psycopg.connect(target.endpoint().conninfo(target.admin, target.admin_password())) as conn:
+        row = conn.execute("SELECT figures FROM pcdb.run_ledger WHERE flow = 'install' ORDER BY seq DESC LIMIT 1"
+                           ).fetchone()[0]
+    # the timelines it made on purpose, which the health rule reads so as not to page them
+    assert row["planned_failovers"] == {"check": "Phase 7's HA failover test", "timelines": [before + 1, before + 2]}
 
 
 def test_a_new_server_with_the_same_spec_runs_its_own_failover_and_pitr_checks(installed):

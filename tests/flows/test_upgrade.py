@@ -84,6 +84,8 @@ def test_a_failing_precheck_stops_before_anything_then_the_rehearsal_and_the_upg
     history = json.loads(runner.invoke(app, ["history", "--env", spec, "--json"], env=env).stdout)
     row = next(r for r in history["runs"] if r["flow"] == "upgrade" and r["figures"].get("upgraded"))
     assert row["figures"]["downtime_seconds"] == done["downtime_seconds"]
+    made = [f["timeline"] for f in checks["HA failover test"]["details"]["failovers"]]
+    assert row["figures"]["planned_failovers"]["timelines"] == made and len(made) == 2   # the health rule reads them
     with psycopg.connect(application()) as conn:
         conn.execute("DROP TABLE upgrade_probe")
     target.sandbox.destroy()

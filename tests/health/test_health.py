@@ -323,6 +323,69 @@ def test_a_failover_fires_the_failover_rule_on_all_three_channels_once(env, rece
     assert alert(clock.run(), "failover-event")["state"] == "resolved"
 
 
+def test_a_failover_that_pcdbs_install_made_and_recorded_is_said_not_paged_and_one_more_fires(env, receiver, tmp_path):
+    """The install's Phase 7 fails over and back as a test; the every-minute run that sampled the
+    timeline before it sees the move only after the install ended (its slot's holder, which would
+    annotate the alert, is gone). The ledger row says which timelines the run made: those are not
+    paged and open no incident, and the report says what they were. One timeline more than the
+    runs recorded is a failover nobody planned: it fires."""
+    from pcdb import ledger
+
+    clock = Clock(env, receiver, tmp_path)
+    clock.run(after=timedelta(0))                         # the sample before Phase 7 (now: the ledger row is after it)
+    made = [env.failover("planned").timeline for _ in range(2)]   # there and back, as Phase 7 does
+    ctx = RunbookContext(env.env, env)
+    ended = pcdb_clock.now()
+    with ctx.connect() as conn:
+        ledger.append(conn, schema.LEDGER_SCHEMA, ledger.RunRecord(
+            run_id="install-run-7", flow="install", environment=env.env.name, state="Completed",
+            triggered_by="test", started_at=ended - timedelta(seconds=30), ended_at=ended,
+            figures={ledger.PLANNED_FAILOVERS: {"check": "Phase 7's HA failover test", "timelines": made}}))
+    said = clock.run()
+    assert alert(said, "failover-event") is None and clock.sent("failover-event") == []
+    (planned,) = said.planned_failovers
+    assert planned["to_timeline"] == made[-1] and planned["from_timeline"] == made[0] - 1
+    assert planned["by"][0].startswith("pcdb install run install-run-7 (Phase 7's HA failover test, ended ")
+    assert clock.store.latest()[1]["planned_failovers"] == [planned]      # what `pcdb health` shows from the schedule
+    env.failover("planned")                               # nobody recorded this one
+    fired = clock.run()
+    assert alert(fired, "failover-event")["state"] == "firing" and fired.planned_failovers == []
+    assert sorted(m["channel"] for m in clock.sent("failover-event")) == ["email", "sms", "teams"]
+
+
+def test_pcdb_health_says_a_planned_failover_in_its_lines_and_its_json_not_as_an_alert(env, receiver):
+    """The same through `pcdb health` (a run of the health flow, its store the orchestrator's):
+    a line that says it, the JSON's planned_failovers, the exit status of a healthy sandbox."""
+    from pcdb import ledger
+
+    def install_fails_over_and_back(run_id: str) -> list[int]:
+        made = [env.failover("planned").timeline for _ in range(2)]
+        ended = pcdb_clock.now()
+        with RunbookContext(env.env, env).connect() as conn:
+            ledger.append(conn, schema.LEDGER_SCHEMA, ledger.RunRecord(
+                run_id=run_id, flow="install", environment=env.env.name, state="Completed",
+                triggered_by="test", started_at=ended - timedelta(seconds=30), ended_at=ended,
+                figures={ledger.PLANNED_FAILOVERS: {"check": "Phase 7's HA failover test", "timelines": made}}))
+        return made
+
+    CliRunner().invoke(app, ["health", "--env", str(env.env_path)])          # the sample before the failovers
+    made = install_fails_over_and_back("install-run-8")
+    result = CliRunner().invoke(app, ["health", "--env", str(env.env_path)])
+    said = " ".join(result.stdout.split())                                    # the console wraps at its width
+    assert result.exit_code == 0, result.stdout
+    assert (f"planned failover, not an alert: timeline {made[0] - 1} -> {made[1]} by pcdb install run install-run-8 "
+            "(Phase 7's HA failover test, ended ") in said, result.stdout
+    assert not [line for line in result.stdout.splitlines() if line.startswith("firing") and "failover-event" in line]
+    made = install_fails_over_and_back("install-run-9")
+    result = CliRunner().invoke(app, ["health", "--env", str(env.env_path), "--json"])
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0 and report["status"] == "ok", result.stdout
+    assert [(p["from_timeline"], p["to_timeline"]) for p in report["planned_failovers"]] == [(made[0] - 1, made[1])]
+    assert report["metrics"]["failover_event"] == 0 and report["alerts"] == []
+    words = CliRunner().invoke(app, ["health", "--env", str(env.env_path)]).stdout   # the next run: nothing moved
+    assert "planned failover" not in words and "failover-event" not in words, words
+
+
 def test_silence_cli_refuses_an_unknown_rule_and_a_silence_without_reason(env):
     bad = CliRunner().invoke(app, ["health", "silence", "--env", str(env.env_path), "--rule", "cpu", "--for", "1h",
                                    "--reason", "x"])
