@@ -142,10 +142,10 @@ def test_on_production_the_upgrade_relies_on_a_recorded_rehearsal_and_a_signed_d
     approver = load_environment(marked).approvers()[0]
     request = Request.from_json({k: waiting[k] for k in Request.__dataclass_fields__})
     message = request.message(approver)
+    first = len(arm.operations_run)       # before the answer: the run goes on the moment it is accepted
     accepted = answer(run_id, waiting, approver, message, signers.sign(approver, message),
                       reason="PostgreSQL 14 left standard support")
     assert accepted["result"] == "accepted", accepted
-    first = len(arm.operations_run)
     worker.join(timeout=600)
     state = outcome["state"]
     assert state.is_completed(), state.message
