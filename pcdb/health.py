@@ -14,7 +14,7 @@ past the threshold by ``hysteresis_percent``. Each transition is notified once o
 channels; a firing alert is reminded every ``reminder_every``; a silence holds notifications
 back until it expires; while pcdb's own drill or maintenance holds the environment, alerts are
 annotated with it (never dropped). A timeline move that pcdb's own install made as its Phase 7
-test, recorded in the run ledger, is said in the report instead of paged (``planned_failover``).
+test, recorded in the run ledger, is said in the report instead of paged (``_planned_failover``).
 """
 
 from __future__ import annotations
@@ -193,8 +193,9 @@ def _sync_standby(ctx: RunbookContext, streaming: float) -> float | None:
         return None
 
 
-def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict]:
-    """One sample of every metric the catalog reads (None: no data here), and the business rates."""
+def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict, list[dict]]:
+    """One sample of every metric the catalog reads (None: no data here), the business rates, and
+    the timeline moves pcdb made on purpose (``_planned_failover``: not a failover-event)."""
     env = ctx.env
     metrics: dict[str, float | None] = {"up": 0.0, "connection_failed": 1.0, "writable_primary": 0.0}
     business: dict[str, float | None] = dict.fromkeys(BUSINESS)
@@ -206,6 +207,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
     metrics |= {k: v for k, v in platform.items() if k not in _PLATFORM_INPUTS}
     before = store.counters()
     counters: dict[str, float] = {}
+    planned: dict | None = None
     try:
         with ctx.connect() as conn:
             conn.execute("SET statement_timeout = '20s'")
@@ -230,6 +232,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
             metrics["standby_streaming"] = float(any(r[1] in ("sync", "quorum") for r in streams))
             metrics["sync_standby"] = _sync_standby(ctx, metrics["standby_streaming"])
             timeline = _timeline(conn)
+            planned = _planned_failover(conn, env, before.get("timeline"), timeline)
             business |= _business(conn, env)
             metrics["partitions_ahead"] = _partitions_ahead(conn, env, now)
             metrics["restore_budget_percent"] = _restore_budget_percent(conn, now)
@@ -267,7 +270,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
     metrics["slow_query_percent"] = (100.0 * slow / 60 / calls) if calls and slow is not None else None
     failover = 0.0
     if timeline is not None:
-        if "timeline" in before and timeline > before["timeline"][0]:
+        if "timeline" in before and timeline > before["timeline"][0] and planned is None:
             failover = 1.0
         counters["timeline"] = timeline
     metrics["failover_event"] = failover
@@ -276,7 +279,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
     store.save_counters(counters, now)
     for name, value in business.items():
         metrics[name] = value
-    return metrics, business
+    return metrics, business, [planned] if planned else []
 
 
 def _version_support_days_left(server_version: int, now: datetime) -> float | None:
@@ -463,7 +466,7 @@ def run(ctx: RunbookContext, store: Store, send: Callable[[str, str, str, list[s
     """Sample, evaluate, notify each transition once (not while silenced), record the history."""
     env = ctx.env
     now = now or clock.now()
-    metrics, business, planned = _sample_explained(ctx, store, now)
+    metrics, business, planned = sample(ctx, store, now)
     alerts, transitions = evaluate(env, catalog(env), metrics, store, now, annotation)
     notified = []
     for t in transitions:
@@ -506,7 +509,7 @@ def preview(ctx: RunbookContext, store: Store, now: datetime | None = None) -> R
     now = now or clock.now()
     store.db.execute("BEGIN")
     try:
-        metrics, business, planned = _sample_explained(ctx, store, now)
+        metrics, business, planned = sample(ctx, store, now)
         alerts, _ = evaluate(ctx.env, catalog(ctx.env), metrics, store, now)
         silences = store.active_silences(now)
     finally:
@@ -516,57 +519,45 @@ def preview(ctx: RunbookContext, store: Store, now: datetime | None = None) -> R
                   business, alerts, silences, [], _serving(ctx), planned)
 
 
-def _sample_explained(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict, list[dict]]:
-    """The sample, with a timeline move that pcdb's own runbook made on purpose taken out of the
-    failover-event rule and said instead (the third value)."""
-    before = store.counters().get("timeline")
-    metrics, business = sample(ctx, store, now)
-    after = store.counters().get("timeline")
-    planned: list[dict] = []
-    if metrics.get("failover_event") and before is not None and after is not None:
-        found = planned_failover(ctx, int(before[0]), int(after[0]), before[1])
-        if found is not None:
-            metrics["failover_event"] = 0.0
-            planned.append(found)
-            logger.info("timeline of %s moved %d -> %d on purpose: %s; not a failover-event alert", ctx.env.name,
-                        found["from_timeline"], found["to_timeline"], "; ".join(found["by"]))
-    return metrics, business, planned
-
-
-def planned_failover(ctx: RunbookContext, old: int, new: int, since: datetime) -> dict | None:
-    """Whether pcdb's own runs moved the primary's timeline from ``old`` to ``new`` on purpose,
-    read from the run ledger: every timeline in between must have been made by a run of this
-    environment recorded since ``since`` (the sample that saw ``old``) with the figure
-    ``ledger.PLANNED_FAILOVERS``. The install's Phase 7 is one (it fails over and back, as a test, and says so
-    in its report); a drill is not (it rehearses an outage, so its alerts fire, annotated with the
-    drill), nor is a real failover. One timeline more than those runs made, and the failover is
-    not explained: it fires. None also when the ledger cannot be read.
+def _planned_failover(conn: psycopg.Connection, env: Environment, before: tuple[float, datetime] | None,
+                      timeline: float | None) -> dict | None:
+    """Whether pcdb's own runs moved the primary's timeline since the last sample on purpose, read
+    from the run ledger over the sample's connection: every timeline in between must have been
+    made by a run of this environment recorded since that sample, with the figure
+    ``ledger.PLANNED_FAILOVERS``. The install's Phase 7 is one (it fails over and back, as a test,
+    and says so in its report); a drill is not (it rehearses an outage, so its alerts fire,
+    annotated with the drill), nor is a real failover. One timeline more than those runs made, and
+    the move is not explained: it fires. None also when nothing moved or the ledger cannot be read.
 
     A health run sees such a move after the install has ended (the every-minute run that sampled
     the timeline before Phase 7 comes next after it), when the slot's holder that would annotate
     the alert is gone: without this, a fresh install paged a critical failover-event and opened an
     incident for its own test."""
+    if before is None or timeline is None or timeline <= before[0]:
+        return None
     from pcdb import ledger
     from pcdb.schema import LEDGER_SCHEMA
 
+    old, new, moved = int(before[0]), int(timeline), set(range(int(before[0]) + 1, int(timeline) + 1))
     try:
-        with ctx.connect() as conn:
-            rows = ledger.rows(conn, LEDGER_SCHEMA, since)
+        rows = ledger.rows(conn, LEDGER_SCHEMA, before[1])
     except psycopg.Error as exc:
-        logger.warning("the run ledger of %s could not be read to explain the timeline's move: %s", ctx.env.name,
+        logger.warning("the run ledger of %s could not be read to explain the timeline's move: %s", env.name,
                        str(exc).strip().splitlines()[0])
         return None
     made: set[int] = set()
     by: list[str] = []
     for row in rows:
         figure = (row.get("figures") or {}).get(ledger.PLANNED_FAILOVERS)
-        if row.get("environment") != ctx.env.name or not isinstance(figure, dict):
+        if row.get("environment") != env.name or not isinstance(figure, dict):
             continue
-        timelines = {int(t) for t in figure.get("timelines") or [] if isinstance(t, int)}
-        if timelines & set(range(old + 1, new + 1)):
+        timelines = {t for t in figure.get("timelines") or [] if isinstance(t, int)}
+        if timelines & moved:
             made |= timelines
-            by.append(f"pcdb {row['flow']} run {row['run_id']} ({figure.get('check', 'a planned failover')}, "
-                      f"ended {row['ended_at'].isoformat(timespec='seconds') if row.get('ended_at') else '-'})")
-    if not by or not set(range(old + 1, new + 1)) <= made:
+            ended = row["ended_at"].isoformat(timespec="seconds") if row.get("ended_at") else "-"
+            by.append(f"pcdb {row['flow']} run {row['run_id']} ({figure.get('check', 'a planned failover')}, ended {ended})")
+    if not by or not moved <= made:
         return None
+    logger.info("timeline of %s moved %d -> %d on purpose: %s; not a failover-event alert", env.name, old, new,
+                "; ".join(by))
     return {"from_timeline": old, "to_timeline": new, "by": by}

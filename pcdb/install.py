@@ -318,7 +318,7 @@ def planned_failovers(results: list) -> dict | None:
     """The timelines Phase 7's HA failover test made on purpose (there and back), for the run's
     ledger row: the health rule that sees the timeline move after the install has ended reads
     them there, and does not page a failover for the install's own test (pcdb/health.py
-    ``planned_failover``). None when the test did not run (relied on an earlier run) or its target
+    ``_planned_failover``). None when the test did not run (relied on an earlier run) or its target
     cannot read timelines (then the move is not explained, and fires)."""
     for result in results:
         if isinstance(result, checks.CheckResult) and result.name == "HA failover test":

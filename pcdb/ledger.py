@@ -190,7 +190,7 @@ def append(conn: psycopg.Connection, schema: str, record: RunRecord) -> tuple[in
 
 # The figure a runbook records when it moved the primary's timeline on purpose, as a test of its
 # own (the install's Phase 7 fails over and back): {"check": ..., "timelines": [2, 3]}. The health
-# rule reads it (pcdb/health.py ``planned_failover``).
+# rule reads it (pcdb/health.py ``_planned_failover``).
 PLANNED_FAILOVERS = "planned_failovers"
 _COLUMNS = ("seq", "recorded_at", "run_id", "flow", "deployment", "environment", "parameters", "triggered_by",
             "started_at", "ended_at", "state", "figures", "report_path", "report_sha256", "report_archive",
