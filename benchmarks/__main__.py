@@ -477,11 +477,16 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (100, 1000, 40
     grown = [r["size_dependent_seconds_per_gb"] for r in rows]
     return {"by_size": rows, "seconds_per_gb_spread": round(max(per_gb) / min(per_gb) - 1, 3) if per_gb else None,
             "size_dependent_seconds_per_gb_spread": round(max(grown) / min(grown) - 1, 3) if grown else None,
-            "note": "new = the restore test as pcdb runs it (restore: copy of the base backup + WAL replay to the "
-                    "marker + promotion; pg_amcheck --jobs; hash_record_extended fingerprints of both sides at "
-                    "once on several connections); old = the same restore, then md5 of every row's text one side "
+            "seconds_per_gb_between_sizes": [
+                round((b["restore_test_total_seconds"] - a["restore_test_total_seconds"])
+                      / ((b["database_mb"] - a["database_mb"]) / 1024), 2) for a, b in zip(rows, rows[1:])],
+            "note": "new = the restore test as pcdb runs it (the moment marked; the restore: copy of the base "
+                    "backup + WAL replay to the marker + promotion, while the source is fingerprinted in the "
+                    "marked snapshot; pg_amcheck --jobs; the copy fingerprinted; hash_record_extended on "
+                    "--jobs connections a side); old = the same restore, then md5 of every row's text one side "
                     "after the other and pg_amcheck with one job and heapallindexed; medians of --rounds; "
-                    "size_dependent = (new - the same test of the installed database with no rows) per GB; each "
+                    "size_dependent = (new - the same test of the installed database with no rows) per GB; "
+                    "between_sizes = the added seconds per added GB from one size to the next; each "
                     "size in a sandbox of its own; every timed piece starts after os.sync(); plain_copy_on_disk "
                     "= the copy and the sync after it"}
 

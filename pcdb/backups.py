@@ -14,8 +14,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -263,7 +263,8 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
                  name: str | None = None, step: Steps | None = None, mode: Mode | None = None,
                  then: Callable[[Endpoint], Endpoint] | None = None) -> RestoreTest:
     """Restore to a marked moment on a throw-away server and prove it equals the source then,
-    step by step: mark and fingerprint the source, restore, amcheck, compare, delete. ``mode``:
+    step by step: mark the moment, restore while the source is fingerprinted in that moment,
+    amcheck, compare, delete. ``mode``:
     full (the default), or a sample of the rows (restore_mode says when, and why). ``then``
     changes the restored copy before it is checked (the upgrade rehearsal: pg_upgrade), with
     steps of its own; the copy is deleted whatever happens."""
@@ -276,30 +277,49 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
                          sample_seed=mode.sample.seed if mode.sample else None)
     step(f"delete a leftover {name}", lambda: target.delete_server(name), retry=True)   # a killed run's
 
-    def mark_and_fingerprint():
-        with connect_source() as conn:
+    held = ExitStack()       # the source's session whose snapshot is the marked moment
+
+    def mark():
+        with ExitStack() as opening:
+            conn = opening.enter_context(connect_source())
             conn.execute(query("verify.sql", "create_pcdb_schema"))
             conn.execute(query("verify.sql", "create_restore_marker"))
             marker = clock.now().strftime("restore-test-%Y%m%dT%H%M%S%f")
-            with conn.transaction():
-                # The marker and the fingerprints share one snapshot: exact when nothing else
-                # commits during these milliseconds; otherwise a busy table may differ by the rows
-                # committed in between, and is reported as such.
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                snapshot = conn.execute(query("verify.sql", "export_snapshot")).fetchone()[0]
-                source = fingerprints(conn, schema, more=connect_source, jobs=jobs, snapshot=snapshot,
-                                      sample=mode.sample)
-                objects, roles = _objects(conn, schema)
-                conn.execute(query("verify.sql", "insert_restore_marker"), (marker,))
-            return marker, source, objects, roles, conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            # The moment: this session's snapshot, exported, then at once the marker committed on a
+            # second session and the time read after it. The restore stops at that time; the source
+            # is fingerprinted in the snapshot while the restore runs. Exact when nothing else
+            # commits in the milliseconds between the two; a row committed while the source is
+            # being read is after the restore's stop, in neither.
+            opening.enter_context(conn.transaction())
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            snapshot = conn.execute(query("verify.sql", "export_snapshot")).fetchone()[0]
+            with connect_source() as marking:
+                marking.execute(query("verify.sql", "insert_restore_marker"), (marker,))
+                target_time = marking.execute("SELECT clock_timestamp()").fetchone()[0]
+            held.push(opening.pop_all())
+            return conn, snapshot, marker, target_time
+
+    def fingerprint_source(conn, snapshot):
+        with held:           # the snapshot is let go as soon as the source is read
+            return (fingerprints(conn, schema, more=connect_source, jobs=jobs, snapshot=snapshot, sample=mode.sample),
+                    *_objects(conn, schema))
+
+    def restore(target_time):
+        started = time.monotonic()
+        endpoint = target.restore_point_in_time(target_time, name)
+        result.seconds = round(time.monotonic() - started, 3)
+        return endpoint
 
     try:
-        marker, source_fp, objects, roles, target_time = step("mark the moment and fingerprint the source",
-                                                           mark_and_fingerprint, retry=True)
-        started = time.monotonic()
-        endpoint = step(f"restore the base backup and the WAL to that moment on {name}",
-                        lambda: target.restore_point_in_time(target_time, name))
-        result.seconds = round(time.monotonic() - started, 3)
+        conn, snapshot, marker, target_time = step("mark the moment on the source", mark, retry=True)
+        source = step.beside("fingerprint the source at that moment", lambda: fingerprint_source(conn, snapshot))
+        try:
+            endpoint = step(f"restore the base backup and the WAL to that moment on {name}",
+                            lambda: restore(target_time))
+        except BaseException:
+            wait([source])      # the restore's error is the test's; the source's session is closed first
+            raise
+        source_fp, objects, roles = source.result()        # its error, if any, is the test's
         if then is not None:
             endpoint = then(endpoint)
         result.amcheck_ok, amcheck_detail = step("amcheck every B-tree index", lambda: target.amcheck(name), retry=True)
@@ -339,6 +359,7 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         result.detail = f"restore test failed: {type(exc).__name__}: {first}"
     finally:
+        held.close()            # when the source's step never ran
         result.server_deleted = step(f"delete the throw-away server {name}", lambda: _deleted(target, name),
                                      retry=True)
     result.steps = step.as_dicts()

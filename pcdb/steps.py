@@ -14,8 +14,10 @@ it ended. The run's report and artifact show them as a timeline.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Protocol, TypeVar
 
@@ -66,6 +68,16 @@ class Steps:
         self.records.append(StepRecord(name, began.isoformat(timespec="milliseconds"),
                                        round(time.monotonic() - started, 3), "done"))
         return out
+
+    def beside(self, name: str, action: Callable[[], T], *, retry: bool = False) -> Future[T]:
+        """Start the step ``name`` in a thread of its own, beside what this thread does next; its
+        result (or its error) is the returned future's ``result()``. The thread carries this one's
+        context, so in a flow the step is a task run of the same flow run, as Prefect's thread pool
+        runs ``submit``ted tasks. Recorded when it ends, like any step."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcdb-step")
+        future = pool.submit(contextvars.copy_context().run, self, name, action, retry=retry)
+        pool.shutdown(wait=False)
+        return future
 
     @property
     def names(self) -> list[str]:

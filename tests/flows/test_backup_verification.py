@@ -9,6 +9,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -16,7 +18,7 @@ from flows.backup_verification import WEEKDAYS
 from pcdb import backups, clock
 from pcdb.context import RunbookContext
 from pcdb.install import run_directly
-from tests.conftest import new_target
+from tests.conftest import new_target, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -148,13 +150,16 @@ def test_a_corrupted_file_in_the_backup_fails_verification_and_the_server_is_sti
 
 
 def test_a_changed_row_and_a_missing_row_in_the_restored_copy_fail_the_comparison(prefect_harness, monkeypatch):
-    """The fast comparison (hash_record_extended, both sides at once, several connections) still
-    sees one row changed, then one row gone, in the copy: a fault put there right after the
-    restore, before the comparison, as a bad restore would leave it."""
+    """The fast comparison (hash_record_extended, several connections a side) still sees one row
+    changed, then one row gone, in the copy: a fault put there right after the restore, before the
+    comparison, as a bad restore would leave it. And a row the application commits while the
+    source is being read (minutes at production's size) is after the marked moment: in neither
+    side, not a mismatch."""
     from pcdb.targets.sandbox import SandboxTarget
 
     target, ctx = installed_with_data()
     restore = SandboxTarget.restore_point_in_time
+    fingerprint_piece = backups._fingerprint_piece
     fault = {}
 
     def restore_then_damage(self, target_time, name):
@@ -163,7 +168,15 @@ def test_a_changed_row_and_a_missing_row_in_the_restored_copy_fail_the_compariso
             copy.execute(fault["sql"])
         return endpoint
 
+    def a_commit_while_the_source_is_read(conn, schema, piece, as_text):
+        if fault.pop("while_read", None):       # the first piece read is the source's
+            with ctx.connect() as app:
+                app.execute(f"INSERT INTO {table} (line_number, customer_id, current_product_code, "
+                            "target_product_code, kos_request_data) VALUES ('010-NEW', 'C-NEW', 'A', 'B', '{}')")
+        return fingerprint_piece(conn, schema, piece, as_text)
+
     monkeypatch.setattr(SandboxTarget, "restore_point_in_time", restore_then_damage)
+    monkeypatch.setattr(backups, "_fingerprint_piece", a_commit_while_the_source_is_read)
     table = "product_change.pc_product_change_history"
     reports = {}
     for kind, sql in (("changed", f"UPDATE {table} SET target_product_code = 'C' WHERE line_number = '010-1234'"),
@@ -176,6 +189,25 @@ def test_a_changed_row_and_a_missing_row_in_the_restored_copy_fail_the_compariso
     assert "pc_product_change_history: source 2000 rows, restored 2000 (content differs)" in reports["changed"]
     assert "pc_product_change_history: source 2000 rows, restored 1999" in reports["missing"]
     assert "(content differs)" not in reports["missing"]
+
+    fault.update(sql="SELECT 1", while_read=True)
+    state = verify(target)
+    outcome = state.result()
+    assert "while_read" not in fault                     # the row was committed during the source's read
+    assert outcome["restore_test"]["passed"] and outcome["restore_test"]["mismatches"] == [], outcome["restore_test"]
+    steps = {s["name"].split(" on ")[0]: s for s in outcome["restore_test"]["steps"]}
+    read, restored = steps["fingerprint the source at that moment"], steps[
+        "restore the base backup and the WAL to that moment"]
+    restore_ended = datetime.fromisoformat(restored["began"]) + timedelta(seconds=restored["seconds"])
+    assert datetime.fromisoformat(read["began"]) < restore_ended    # the source is read while the copy is made
+    with ctx.connect() as conn:
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 2001
+    with get_client(sync_client=True) as client:      # the step in its thread is a task run of this run
+        def recorded():       # task runs reach the server as events, a moment after the flow returns
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            return [t for t in tasks if t.name == "fingerprint the source at that moment" and t.state.is_completed()]
+        assert len(wait_until(recorded, "the source's fingerprint as a completed task run", timeout=60)) == 1
     target.sandbox.destroy()
 
 

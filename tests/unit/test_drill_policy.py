@@ -133,6 +133,26 @@ def between_steps(steps: Watched, then=None):
     return ask
 
 
+def test_a_step_beside_another_runs_at_the_same_time_is_recorded_and_hands_back_its_error():
+    """Steps.beside: the restore test reads the source while the copy is made. Each waits for the
+    other (a barrier), so this returns only when the two really ran at the same time."""
+    import threading
+
+    steps, both = Steps(), threading.Barrier(2, timeout=30)
+    read = steps.beside("read the source", lambda: both.wait() is not None and "fingerprints")
+    assert steps("make the copy", lambda: both.wait() is not None and "copy") == "copy"
+    assert read.result() == "fingerprints"
+    assert sorted(steps.names) == ["make the copy", "read the source"]
+
+    def broken():
+        raise TargetError("the source went away")
+    failed = steps.beside("read the source again", broken)
+    with pytest.raises(TargetError, match="went away"):
+        failed.result()
+    assert steps.records[-1].name == "read the source again"
+    assert steps.records[-1].outcome == "failed: the source went away"
+
+
 def test_the_zone_drill_is_named_steps_with_its_decision_between_them():
     fake = MemoryTarget(ENV)
     steps = Watched()
