@@ -15,7 +15,8 @@ from pcdb.config import load_environment
 from pcdb.errors import PcdbError
 from pcdb.units import parse_duration
 
-KEYS = ("status", "checked_at", "metrics", "business", "alerts", "silences", "notified", "serving", "planned_failovers")
+KEYS = ("status", "checked_at", "metrics", "business", "alerts", "silences", "notified", "serving", "planned_failovers",
+        "timeline_moves_held")
 
 
 @health_app.callback()
@@ -50,6 +51,10 @@ def health_command(ctx: typer.Context, env: EnvOption = "local", as_json: JsonOp
         for p in result.get("planned_failovers") or []:
             out.print(f"planned failover, not an alert: timeline {p['from_timeline']} -> {p['to_timeline']} by "
                       f"{'; '.join(p['by'])}", highlight=False, markup=False)
+        for h in result.get("timeline_moves_held") or []:
+            out.print(f"timeline {h['from_timeline']} -> {h['to_timeline']} while {h['during']} holds the environment: "
+                      f"held until it ends (at most until {h['until']}), then explained by its ledger row or fired",
+                      highlight=False, markup=False)
         for a in result["alerts"]:
             out.print(f"{a['state']:9} {a['severity'] or '-':8} {a['rule']}: {a['value']} (threshold {a['threshold']}) "
                       f"since {a['since']} -> {', '.join(a['channels'])}"

@@ -40,14 +40,14 @@ def health_check(env: str = "local", spec_path: str | None = None) -> dict:
     try:
         report = step("sample the metrics, evaluate the rules, notify what changed", lambda: health.run(
             ctx, store, lambda level, subject, body, channels: notify(spec, level, subject, body, channels),
-            annotation=annotation))
+            annotation=annotation, explains_later=health.explains_later(record)))
         opened = step("open an incident for each critical alert that fires",
                       lambda: _open_incidents(spec, report, store))
     finally:
         store.close()
     result = report.as_dict()
     result["incidents_opened"] = opened
-    if report.alerts or report.notified or report.planned_failovers:
+    if report.alerts or report.notified or report.planned_failovers or report.timeline_moves_held:
         create_markdown_artifact(_markdown(spec.name, result), key=f"health-{spec.name}",
                                  description=f"health of {spec.name}: {report.status}")
     get_run_logger().info("health of %s: %s, %d alert(s)", spec.name, report.status, len(report.alerts))
@@ -113,7 +113,10 @@ def _markdown(name: str, r: dict) -> str:
     lines = [f"# Health of `{name}`: {r['status']}", "", f"- Checked at {r['checked_at']}",
              *([f"- **SERVING: {r['serving']}**"] if r.get("serving") else []),
              *[f"- Planned failover, not an alert: timeline {p['from_timeline']} → {p['to_timeline']} by "
-               f"{'; '.join(p['by'])}" for p in r.get("planned_failovers") or []], "",
+               f"{'; '.join(p['by'])}" for p in r.get("planned_failovers") or []],
+             *[f"- Timeline {h['from_timeline']} → {h['to_timeline']} while {h['during']} holds the environment: "
+               f"held until it ends (at most until {h['until']}); its ledger row says whether it made the move, "
+               "or the failover alert fires" for h in r.get("timeline_moves_held") or []], "",
              "| rule | severity | state | value | threshold | since | channels |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {a['rule']} | {a['severity']} | {a['state']} | {a['value']} | {a['threshold']} | {a['since']} | "
               f"{', '.join(a['channels'])} |" for a in r["alerts"]]

@@ -14,7 +14,8 @@ past the threshold by ``hysteresis_percent``. Each transition is notified once o
 channels; a firing alert is reminded every ``reminder_every``; a silence holds notifications
 back until it expires; while pcdb's own drill or maintenance holds the environment, alerts are
 annotated with it (never dropped). A timeline move that pcdb's own install made as its Phase 7
-test, recorded in the run ledger, is said in the report instead of paged (``_planned_failover``).
+test, recorded in the run ledger, is said in the report instead of paged (``_planned_failover``);
+one seen while such a run still holds the environment is held until it ends (``_held_move``).
 """
 
 from __future__ import annotations
@@ -193,9 +194,12 @@ def _sync_standby(ctx: RunbookContext, streaming: float) -> float | None:
         return None
 
 
-def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict, list[dict]]:
-    """One sample of every metric the catalog reads (None: no data here), the business rates, and
-    the timeline moves pcdb made on purpose (``_planned_failover``: not a failover-event)."""
+def sample(ctx: RunbookContext, store: Store, now: datetime,
+           explains_later: str | None = None) -> tuple[dict, dict, list[dict], list[dict]]:
+    """One sample of every metric the catalog reads (None: no data here), the business rates, the
+    timeline moves pcdb made on purpose (``_planned_failover``: not a failover-event), and a move
+    held while ``explains_later``, a run that records its planned failovers when it ends, still
+    holds the environment (``_held_move``)."""
     env = ctx.env
     metrics: dict[str, float | None] = {"up": 0.0, "connection_failed": 1.0, "writable_primary": 0.0}
     business: dict[str, float | None] = dict.fromkeys(BUSINESS)
@@ -208,6 +212,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
     before = store.counters()
     counters: dict[str, float] = {}
     planned: dict | None = None
+    held: dict | None = None
     try:
         with ctx.connect() as conn:
             conn.execute("SET statement_timeout = '20s'")
@@ -233,6 +238,7 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
             metrics["sync_standby"] = _sync_standby(ctx, metrics["standby_streaming"])
             timeline = _timeline(conn)
             planned = _planned_failover(conn, env, before.get("timeline"), timeline)
+            held = None if planned else _held_move(env, before.get("timeline"), timeline, now, explains_later)
             business |= _business(conn, env)
             metrics["partitions_ahead"] = _partitions_ahead(conn, env, now)
             metrics["restore_budget_percent"] = _restore_budget_percent(conn, now)
@@ -270,16 +276,17 @@ def sample(ctx: RunbookContext, store: Store, now: datetime) -> tuple[dict, dict
     metrics["slow_query_percent"] = (100.0 * slow / 60 / calls) if calls and slow is not None else None
     failover = 0.0
     if timeline is not None:
-        if "timeline" in before and timeline > before["timeline"][0] and planned is None:
+        if "timeline" in before and timeline > before["timeline"][0] and planned is None and held is None:
             failover = 1.0
-        counters["timeline"] = timeline
+        if held is None:        # held: the next run compares with the timeline before the move again
+            counters["timeline"] = timeline
     metrics["failover_event"] = failover
     expires = _tls_days_left(ctx, now)
     metrics["tls_days_left"] = expires
     store.save_counters(counters, now)
     for name, value in business.items():
         metrics[name] = value
-    return metrics, business, [planned] if planned else []
+    return metrics, business, [planned] if planned else [], [held] if held else []
 
 
 def _version_support_days_left(server_version: int, now: datetime) -> float | None:
@@ -386,6 +393,7 @@ class Report:
     notified: list[dict] = field(default_factory=list)
     serving: str | None = None     # after a real region failover: which server production runs on, plainly
     planned_failovers: list[dict] = field(default_factory=list)  # timeline moves pcdb made on purpose (not alerts)
+    timeline_moves_held: list[dict] = field(default_factory=list)  # seen while pcdb's install runs: decided after it
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -462,11 +470,13 @@ def status_of(alerts: list[dict]) -> str:
 
 
 def run(ctx: RunbookContext, store: Store, send: Callable[[str, str, str, list[str]], dict],
-        now: datetime | None = None, annotation: str | None = None) -> Report:
-    """Sample, evaluate, notify each transition once (not while silenced), record the history."""
+        now: datetime | None = None, annotation: str | None = None, explains_later: str | None = None) -> Report:
+    """Sample, evaluate, notify each transition once (not while silenced), record the history.
+    ``annotation``: the run of pcdb's that holds the environment; ``explains_later``: the same when
+    it is one that records its planned failovers as it ends (``explains_later()``)."""
     env = ctx.env
     now = now or clock.now()
-    metrics, business, planned = sample(ctx, store, now)
+    metrics, business, planned, held = sample(ctx, store, now, explains_later)
     alerts, transitions = evaluate(env, catalog(env), metrics, store, now, annotation)
     notified = []
     for t in transitions:
@@ -488,7 +498,7 @@ def run(ctx: RunbookContext, store: Store, send: Callable[[str, str, str, list[s
         logger.warning("business metrics of %s not published: %s", env.name, exc)
     report = Report(status_of(alerts), now.isoformat(timespec="seconds"),
                     {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items() if k not in BUSINESS},
-                    business, alerts, store.active_silences(now), notified, _serving(ctx), planned)
+                    business, alerts, store.active_silences(now), notified, _serving(ctx), planned, held)
     store.mark_run(now, report.status)
     store.save_latest(now, report.as_dict())
     return report
@@ -509,14 +519,52 @@ def preview(ctx: RunbookContext, store: Store, now: datetime | None = None) -> R
     now = now or clock.now()
     store.db.execute("BEGIN")
     try:
-        metrics, business, planned = sample(ctx, store, now)
+        metrics, business, planned, held = sample(ctx, store, now)
         alerts, _ = evaluate(ctx.env, catalog(ctx.env), metrics, store, now)
         silences = store.active_silences(now)
     finally:
         store.db.execute("ROLLBACK")
     return Report(status_of(alerts), now.isoformat(timespec="seconds"),
                   {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items() if k not in BUSINESS},
-                  business, alerts, silences, [], _serving(ctx), planned)
+                  business, alerts, silences, [], _serving(ctx), planned, held)
+
+
+HOLD_MOVE_AT_MOST = timedelta(minutes=15)
+
+
+def explains_later(holder: dict | None) -> str | None:
+    """The run holding the environment's slot, named, when it is one that records the failovers
+    it makes on purpose in its ledger row as it ends (``ledger.PLANNED_FAILOVER_FLOWS``): the
+    slot's ``what`` begins with the flow's name ("install", "upgrade to 16")."""
+    from pcdb import ledger
+
+    what = str((holder or {}).get("what") or "")
+    if what.split(" ", 1)[0] not in ledger.PLANNED_FAILOVER_FLOWS:
+        return None
+    return f"pcdb {what} run {holder.get('run_id') or '-'}"
+
+
+def _held_move(env: Environment, before: tuple[float, datetime] | None, timeline: float | None, now: datetime,
+               explains_later: str | None) -> dict | None:
+    """A timeline move not explained yet, seen while ``explains_later`` holds the environment: its
+    ledger row, written as it ends, may explain it (``_planned_failover``), so the move is held,
+    not paged, and the runs after it compare with the timeline before the move until the holder
+    is gone. Then the move is explained, or it fires. At most ``HOLD_MOVE_AT_MOST`` after the
+    last sample of the old timeline: a holder that lasts longer (a decision awaited) does not hold
+    back a real failover longer than that.
+
+    Without it, a health run between Phase 7's failover test and the end of the install (the
+    handover, then the ledger row) paged a critical failover-event, annotated, and opened an
+    incident."""
+    if explains_later is None or before is None or timeline is None or timeline <= before[0]:
+        return None
+    until = before[1] + HOLD_MOVE_AT_MOST
+    if now > until:
+        return None
+    logger.info("timeline of %s moved %d -> %d while %s holds it: held until it ends (at most until %s)",
+                env.name, int(before[0]), int(timeline), explains_later, until.isoformat(timespec="seconds"))
+    return {"from_timeline": int(before[0]), "to_timeline": int(timeline), "during": explains_later,
+            "until": until.isoformat(timespec="seconds")}
 
 
 def _planned_failover(conn: psycopg.Connection, env: Environment, before: tuple[float, datetime] | None,

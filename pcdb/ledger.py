@@ -192,6 +192,9 @@ def append(conn: psycopg.Connection, schema: str, record: RunRecord) -> tuple[in
 # own (the install's Phase 7 fails over and back): {"check": ..., "timelines": [2, 3]}. The health
 # rule reads it (pcdb/health.py ``_planned_failover``).
 PLANNED_FAILOVERS = "planned_failovers"
+# The flows that record it (flows/install.py, flows/upgrade.py): a move seen while one of them holds
+# the environment is held until its row is written (pcdb/health.py ``_held_move``).
+PLANNED_FAILOVER_FLOWS = ("install", "upgrade")
 _COLUMNS = ("seq", "recorded_at", "run_id", "flow", "deployment", "environment", "parameters", "triggered_by",
             "started_at", "ended_at", "state", "figures", "report_path", "report_sha256", "report_archive",
             "prev_hash", "row_hash", "decisions", "hash_version")

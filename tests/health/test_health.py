@@ -98,13 +98,15 @@ class Clock:
         self.now = pcdb_clock.now()
         self.first = (len(receiver.http.received), len(receiver.smtp.received))   # this test's, not earlier ones
 
-    def run(self, after: timedelta = timedelta(minutes=1), annotation: str | None = None) -> health.Report:
+    def run(self, after: timedelta = timedelta(minutes=1), annotation: str | None = None,
+            explains_later: str | None = None) -> health.Report:
         from flows.notify import notify
 
         self.now += after
         ctx = RunbookContext(self.env.env, self.env)
         return health.run(ctx, self.store, lambda level, subject, body, channels: notify(
-            self.env.env, level, subject, body, channels), now=self.now, annotation=annotation)
+            self.env.env, level, subject, body, channels), now=self.now, annotation=annotation,
+            explains_later=explains_later)
 
     def sent(self, rule: str) -> list[dict]:
         mine = self.receiver.http.received[self.first[0]:] + [
@@ -353,6 +355,50 @@ def test_a_failover_that_pcdbs_install_made_and_recorded_is_said_not_paged_and_o
     assert sorted(m["channel"] for m in clock.sent("failover-event")) == ["email", "sms", "teams"]
 
 
+def test_a_failover_seen_while_the_install_still_runs_is_held_until_it_ends_then_explained_or_fired(
+        env, receiver, tmp_path):
+    """Between Phase 7's failover test and the install's end (the handover, then its ledger row) a
+    health run sees the move with no row to explain it yet. While the install holds the
+    environment the move is held: nothing sent, and the runs after it compare with the timeline
+    before the move. Once the install has ended its row explains the move; a move that no row
+    explains fires, and so does one held past HOLD_MOVE_AT_MOST."""
+    from pcdb import ledger
+
+    clock = Clock(env, receiver, tmp_path)
+    clock.run(after=timedelta(0))                         # the sample before Phase 7
+    made = [env.failover("planned").timeline for _ in range(2)]
+    installing = health.explains_later({"what": "install", "run_id": "install-run-10"})
+    assert installing == "pcdb install run install-run-10"
+    assert health.explains_later({"what": "zone drill", "run_id": "d"}) is None     # a drill's alerts fire
+    for _ in range(2):                                    # every run while the install holds the environment
+        held = clock.run(explains_later=installing)
+        assert alert(held, "failover-event") is None and held.metrics["failover_event"] == 0
+        assert [(h["from_timeline"], h["to_timeline"], h["during"]) for h in held.timeline_moves_held] == [
+            (made[0] - 1, made[1], installing)]
+    assert clock.sent("failover-event") == []
+    ended = pcdb_clock.now()
+    with RunbookContext(env.env, env).connect() as conn:     # the install ends: its row
+        ledger.append(conn, schema.LEDGER_SCHEMA, ledger.RunRecord(
+            run_id="install-run-10", flow="install", environment=env.env.name, state="Completed",
+            triggered_by="test", started_at=ended - timedelta(seconds=30), ended_at=ended,
+            figures={ledger.PLANNED_FAILOVERS: {"check": "Phase 7's HA failover test", "timelines": made}}))
+    said = clock.run()
+    assert alert(said, "failover-event") is None and said.timeline_moves_held == []
+    assert [(p["from_timeline"], p["to_timeline"]) for p in said.planned_failovers] == [(made[0] - 1, made[1])]
+    assert clock.sent("failover-event") == []
+
+    env.failover("planned")                               # an install killed before its row: nothing explains it
+    assert clock.run(explains_later=installing).timeline_moves_held
+    fired = clock.run()
+    assert alert(fired, "failover-event")["state"] == "firing" and fired.timeline_moves_held == []
+    assert sorted(m["channel"] for m in clock.sent("failover-event")) == ["email", "sms", "teams"]
+    assert alert(clock.run(), "failover-event")["state"] == "resolved"
+
+    env.failover("planned")                               # a holder that outlasts the hold
+    late = clock.run(after=health.HOLD_MOVE_AT_MOST + timedelta(minutes=1), explains_later=installing)
+    assert alert(late, "failover-event")["state"] == "firing" and late.timeline_moves_held == []
+
+
 def test_pcdb_health_says_a_planned_failover_in_its_lines_and_its_json_not_as_an_alert(env, receiver):
     """The same through `pcdb health` (a run of the health flow, its store the orchestrator's):
     a line that says it, the JSON's planned_failovers, the exit status of a healthy sandbox."""
@@ -384,6 +430,29 @@ def test_pcdb_health_says_a_planned_failover_in_its_lines_and_its_json_not_as_an
     assert report["metrics"]["failover_event"] == 0 and report["alerts"] == []
     words = CliRunner().invoke(app, ["health", "--env", str(env.env_path)]).stdout   # the next run: nothing moved
     assert "planned failover" not in words and "failover-event" not in words, words
+
+    from flows.exclusion import mutating_slot
+
+    before = made[1]
+    with mutating_slot(env.env.name, "install"):          # the next install, still running after its Phase 7
+        made = [env.failover("planned").timeline for _ in range(2)]
+        result = CliRunner().invoke(app, ["health", "--env", str(env.env_path), "--json"])
+        report = json.loads(result.stdout)
+        assert result.exit_code == 0 and report["alerts"] == [], result.stdout
+        assert [(h["from_timeline"], h["to_timeline"], h["during"]) for h in report["timeline_moves_held"]] == [
+            (before, made[1], "pcdb install run -")]
+        words = " ".join(CliRunner().invoke(app, ["health", "--env", str(env.env_path)]).stdout.split())
+        assert (f"timeline {before} -> {made[1]} while pcdb install run - holds the environment: held until it "
+                "ends (at most until ") in words, words
+        ended = pcdb_clock.now()
+        with RunbookContext(env.env, env).connect() as conn:     # its row, as the install ends
+            ledger.append(conn, schema.LEDGER_SCHEMA, ledger.RunRecord(
+                run_id="install-run-11", flow="install", environment=env.env.name, state="Completed",
+                triggered_by="test", started_at=ended - timedelta(seconds=30), ended_at=ended,
+                figures={ledger.PLANNED_FAILOVERS: {"check": "Phase 7's HA failover test", "timelines": made}}))
+    report = json.loads(CliRunner().invoke(app, ["health", "--env", str(env.env_path), "--json"]).stdout)
+    assert report["timeline_moves_held"] == [] and report["alerts"] == [], report
+    assert [(p["from_timeline"], p["to_timeline"]) for p in report["planned_failovers"]] == [(before, made[1])]
 
 
 def test_silence_cli_refuses_an_unknown_rule_and_a_silence_without_reason(env):
