@@ -364,6 +364,7 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (100, 1000, 40
     (medians), with the levers compared on the same data."""
     import shutil
     import tempfile
+    from concurrent.futures import Future
     from contextlib import contextmanager
 
     import psycopg
@@ -371,6 +372,7 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (100, 1000, 40
     from pcdb import backups
     from pcdb.context import RunbookContext
     from pcdb.install import run_directly
+    from pcdb.steps import Steps
     from tests.conftest import destroy_all, new_target
 
     def restored_by(target):
@@ -397,10 +399,18 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (100, 1000, 40
         shutil.rmtree(scratch)
         return seconds
 
-    def new_test(target, ctx, size) -> tuple[float, object]:
+    class OneAfterAnother(Steps):
+        """The lever: the source read first, then the restore (as until 2026-12-05), not beside it."""
+
+        def beside(self, name, action, *, retry=False):
+            done: Future = Future()
+            done.set_result(self(name, action, retry=retry))
+            return done
+
+    def new_test(target, ctx, size, step=None) -> tuple[float, object]:
         os.sync()
         start = time.perf_counter()
-        test = backups.restore_test(target, target.env, ctx.connect, restored_by(target))
+        test = backups.restore_test(target, target.env, ctx.connect, restored_by(target), step=step)
         seconds = time.perf_counter() - start
         if not test.passed:
             raise RuntimeError(f"the restore test failed at {size} MB: {test.detail}")
@@ -438,11 +448,12 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (100, 1000, 40
                 conn.execute("VACUUM (ANALYZE) product_change.pc_product_change_history")
             levers = _levers(target, ctx, schema)
             backup = target.sandbox.take_backup()
-            copies, synced, news, olds, restores, steps = [], [], [], [], [], []
+            copies, synced, news, olds, restores, steps, serial = [], [], [], [], [], [], []
             for _ in range(rounds):
                 copies.append(plain_copy(target, backup, synced))
                 seconds, test = new_test(target, ctx, size)
                 news.append(seconds)
+                serial.append(new_test(target, ctx, size, OneAfterAnother())[0])
                 restores.append(test.seconds)
                 steps.append({s["name"]: s["seconds"] for s in test.steps})
                 old_seconds, agreed = _old_restore_test(target, ctx, schema)
@@ -464,7 +475,9 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (100, 1000, 40
                      "plain_copy_on_disk_seconds": round(statistics.median(synced), 3),
                      "whole_test_vs_copy_on_disk_ratio": round(new / statistics.median(synced), 2),
                      "all_seconds": {"plain_copy": copies, "plain_copy_on_disk": synced, "new": news, "old": olds,
-                                     "empty": empties, "empty_plain_copy": empty_copies},
+                                     "empty": empties, "empty_plain_copy": empty_copies,
+                                     "source_read_before_the_restore": serial},
+                     "source_read_before_the_restore_seconds": round(statistics.median(serial), 3),
                      "speed_up_vs_old": round(old / new, 2), "jobs": test.jobs,
                      "whole_test_vs_copy_ratio": round(new / copy, 2) if copy else None,
                      "old_test_vs_copy_ratio": round(old / copy, 2) if copy else None,
@@ -486,7 +499,9 @@ def restore_test_by_size(rounds: int, sizes_mb: tuple[int, ...] = (100, 1000, 40
                     "--jobs connections a side); old = the same restore, then md5 of every row's text one side "
                     "after the other and pg_amcheck with one job and heapallindexed; medians of --rounds; "
                     "size_dependent = (new - the same test of the installed database with no rows) per GB; "
-                    "between_sizes = the added seconds per added GB from one size to the next; each "
+                    "between_sizes = the added seconds per added GB from one size to the next; "
+                    "source_read_before_the_restore = the same test with the source's fingerprint before the "
+                    "restore instead of beside it (the lever, alternated with new in each round); each "
                     "size in a sandbox of its own; every timed piece starts after os.sync(); plain_copy_on_disk "
                     "= the copy and the sync after it"}
 
