@@ -125,5 +125,5 @@ def _budget_lines(budget: dict | None) -> list[str]:
         return []
     gb = budget["size_bytes"] / 2**30
     return [f"- Projected at {gb:.1f} GiB ({budget['size_from']}): {budget['projected_seconds']:.0f} s "
-            f"({budget['seconds_per_gb']} s per GiB, this run's steps) against a window of "
+            f"({budget['seconds_per_gb']} s per GiB, this run, end to end) against a window of "
             f"{budget['window_seconds']:.0f} s: " + ("fits" if budget["fits"] else "**does NOT fit**")]

@@ -27,7 +27,7 @@ from pcdb.checks import CheckResult
 from pcdb.config import Environment
 from pcdb.schema import LEDGER_SCHEMA
 from pcdb.sql import query
-from pcdb.steps import Steps
+from pcdb.steps import STEP_TIMEOUT, Steps
 from pcdb.targets.base import Backups, Endpoint, throwaway_name
 
 PORT = Backups   # the one role of the target port used here (tests/unit/test_port_roles.py checks it)
@@ -319,7 +319,8 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
         except BaseException:
             wait([source])      # the restore's error is the test's; the source's session is closed first
             raise
-        source_fp, objects, roles = source.result()        # its error, if any, is the test's
+        # Prefect cannot interrupt a step in a thread: the wait for it is bounded here instead.
+        source_fp, objects, roles = source.result(timeout=STEP_TIMEOUT)   # its error, if any, is the test's
         if then is not None:
             endpoint = then(endpoint)
         result.amcheck_ok, amcheck_detail = step("amcheck every B-tree index", lambda: target.amcheck(name), retry=True)
@@ -415,7 +416,7 @@ class Budget:
     """The restore test's duration projected at the environment's size, against its window."""
     size_bytes: int                   # the size projected at
     size_from: str                    # where that size comes from
-    seconds_per_gb: float             # this run's whole test (every step) per GiB restored
+    seconds_per_gb: float             # this run's whole test (first step to last) per GiB restored
     projected_seconds: float
     window_seconds: float
 
@@ -440,14 +441,22 @@ def environment_size(conn: psycopg.Connection) -> tuple[int, str] | None:
 
 def budget(test: RestoreTest, env: Environment, size: tuple[int, str] | None) -> Budget | None:
     """Project this run's restore test to ``size`` (else the restored copy's own), linearly: this
-    run's seconds per GiB, every step included, times the size. A small database's fixed costs
-    (a server's start and stop) make that an overestimate there: it warns early, never late."""
+    run's seconds per GiB, from its first step's start to its last step's end (steps run beside
+    each other count once), times the size. A small database's fixed costs (a server's start and
+    stop) make that an overestimate there: it warns early, never late."""
     if not test.bytes or not test.steps:
         return None
-    per_gb = sum(s["seconds"] for s in test.steps) / (test.bytes / 2**30)
+    per_gb = _elapsed(test.steps) / (test.bytes / 2**30)
     size_bytes, size_from = size or (test.bytes, "the restored copy")
     return Budget(size_bytes, size_from, round(per_gb, 2), round(per_gb * size_bytes / 2**30, 1),
                   env.backup.verification.window.length.total_seconds())
+
+
+def _elapsed(steps: list[dict]) -> float:
+    """Seconds from the first step's start to the last one's end (StepRecord.as_dict)."""
+    began = [datetime.fromisoformat(s["began"]) for s in steps]
+    ended = max(b + timedelta(seconds=s["seconds"]) for b, s in zip(began, steps))
+    return (ended - min(began)).total_seconds()
 
 
 def _deleted(target: Backups, name: str) -> bool:

@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 from pcdb import clock
 
 T = TypeVar("T")
+STEP_TIMEOUT = 4 * 3600      # the longest step (a restore of a large server); a person's wait is never in one
 
 
 class Run(Protocol):
@@ -73,7 +74,8 @@ class Steps:
         """Start the step ``name`` in a thread of its own, beside what this thread does next; its
         result (or its error) is the returned future's ``result()``. The thread carries this one's
         context, so in a flow the step is a task run of the same flow run, as Prefect's thread pool
-        runs ``submit``ted tasks. Recorded when it ends, like any step."""
+        runs ``submit``ted tasks. Recorded when it ends, like any step. Prefect cannot interrupt a
+        task in a thread, so the caller bounds its wait (``result(timeout=STEP_TIMEOUT)``)."""
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcdb-step")
         future = pool.submit(contextvars.copy_context().run, self, name, action, retry=retry)
         pool.shutdown(wait=False)

@@ -168,6 +168,20 @@ def test_backup_verification_judges_what_the_platform_says_of_its_backups():
     assert fake.calls == []                                             # read only
 
 
+def test_the_restore_budget_counts_steps_beside_each_other_once():
+    """The source's read runs beside the restore: the projection is the test's time end to end,
+    not the sum of its steps' (which would count the overlap twice)."""
+    test = backups.RestoreTest(bytes=2**30, steps=[
+        {"name": "mark the moment on the source", "began": "2026-12-05T04:30:00.000+09:00", "seconds": 0.5},
+        {"name": "fingerprint the source at that moment", "began": "2026-12-05T04:30:00.500+09:00", "seconds": 40.0},
+        {"name": "restore …", "began": "2026-12-05T04:30:00.500+09:00", "seconds": 60.0},
+        {"name": "amcheck every B-tree index", "began": "2026-12-05T04:31:00.500+09:00", "seconds": 20.0},
+        {"name": "compare fingerprints, objects and roles", "began": "2026-12-05T04:31:20.500+09:00", "seconds": 39.5}])
+    planned = backups.budget(test, ENV, (256 * 2**30, "the capacity analysis of 2026-12-01"))
+    assert planned.seconds_per_gb == 120.0 and planned.projected_seconds == 120.0 * 256
+    assert planned.window_seconds == 3.5 * 3600 and not planned.fits
+
+
 # -- maintenance -----------------------------------------------------------------------------
 
 def test_maintenance_never_starts_inside_the_platforms_maintenance():
