@@ -317,7 +317,7 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
             endpoint = step(f"restore the base backup and the WAL to that moment on {name}",
                             lambda: restore(target_time))
         except BaseException:
-            wait([source])      # the restore's error is the test's; the source's session is closed first
+            wait([source], timeout=STEP_TIMEOUT)   # the restore's error is the test's; the source's read ends first
             raise
         # Prefect cannot interrupt a step in a thread: the wait for it is bounded here instead.
         source_fp, objects, roles = source.result(timeout=STEP_TIMEOUT)   # its error, if any, is the test's
