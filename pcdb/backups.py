@@ -277,7 +277,11 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
                          sample_seed=mode.sample.seed if mode.sample else None)
     step(f"delete a leftover {name}", lambda: target.delete_server(name), retry=True)   # a killed run's
 
-    held = ExitStack()       # the source's session whose snapshot is the marked moment
+    held, letting_go = ExitStack(), threading.Lock()     # the source's session whose snapshot is the moment
+
+    def let_go(*_) -> None:  # from the source's thread as its step ends, or here: once, one at a time
+        with letting_go:
+            held.close()
 
     def mark():
         with ExitStack() as opening:
@@ -300,9 +304,10 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
             return conn, snapshot, marker, target_time
 
     def fingerprint_source(conn, snapshot):
-        with held:           # the snapshot is let go as soon as the source is read
-            return (fingerprints(conn, schema, more=connect_source, jobs=jobs, snapshot=snapshot, sample=mode.sample),
-                    *_objects(conn, schema))
+        # Safe to retry while the marked session lives (its snapshot with it): a helper's session
+        # that failed is opened again and imports the same snapshot.
+        return (fingerprints(conn, schema, more=connect_source, jobs=jobs, snapshot=snapshot, sample=mode.sample),
+                *_objects(conn, schema))
 
     def restore(target_time):
         started = time.monotonic()
@@ -312,7 +317,9 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
 
     try:
         conn, snapshot, marker, target_time = step("mark the moment on the source", mark, retry=True)
-        source = step.beside("fingerprint the source at that moment", lambda: fingerprint_source(conn, snapshot))
+        source = step.beside("fingerprint the source at that moment", lambda: fingerprint_source(conn, snapshot),
+                             retry=True)
+        source.add_done_callback(let_go)                   # the snapshot is let go as soon as the source is read
         try:
             endpoint = step(f"restore the base backup and the WAL to that moment on {name}",
                             lambda: restore(target_time))
@@ -360,7 +367,7 @@ def restore_test(target: Backups, env: Environment, connect_source: Connect,
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         result.detail = f"restore test failed: {type(exc).__name__}: {first}"
     finally:
-        held.close()            # when the source's step never ran
+        let_go()                # when the source's step never ran
         result.server_deleted = step(f"delete the throw-away server {name}", lambda: _deleted(target, name),
                                      retry=True)
     result.steps = step.as_dicts()
