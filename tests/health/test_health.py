@@ -114,6 +114,18 @@ class Clock:
         return [m for m in mine if rule in m["text"]]
 
 
+def install_row(env, run_id: str, timelines: list[int]) -> None:
+    """The ledger row an install writes as it ends, with the timelines its Phase 7 made."""
+    from pcdb import ledger
+
+    ended = pcdb_clock.now()
+    with RunbookContext(env.env, env).connect() as conn:
+        ledger.append(conn, schema.LEDGER_SCHEMA, ledger.RunRecord(
+            run_id=run_id, flow="install", environment=env.env.name, state="Completed",
+            triggered_by="test", started_at=ended - timedelta(seconds=30), ended_at=ended,
+            figures={ledger.PLANNED_FAILOVERS: {"check": "Phase 7's HA failover test", "timelines": timelines}}))
+
+
 def alert(report: health.Report, rule: str) -> dict | None:
     return next((a for a in report.alerts if a["rule"] == rule), None)
 
@@ -331,18 +343,11 @@ def test_a_failover_that_pcdbs_install_made_and_recorded_is_said_not_paged_and_o
     annotate the alert, is gone). The ledger row says which timelines the run made: those are not
     paged and open no incident, and the report says what they were. One timeline more than the
     runs recorded is a failover nobody planned: it fires."""
-    from pcdb import ledger
 
     clock = Clock(env, receiver, tmp_path)
     clock.run(after=timedelta(0))                         # the sample before Phase 7 (now: the ledger row is after it)
     made = [env.failover("planned").timeline for _ in range(2)]   # there and back, as Phase 7 does
-    ctx = RunbookContext(env.env, env)
-    ended = pcdb_clock.now()
-    with ctx.connect() as conn:
-        ledger.append(conn, schema.LEDGER_SCHEMA, ledger.RunRecord(
-            run_id="install-run-7", flow="install", environment=env.env.name, state="Completed",
-            triggered_by="test", started_at=ended - timedelta(seconds=30), ended_at=ended,
-            figures={ledger.PLANNED_FAILOVERS: {"check": "Phase 7's HA failover test", "timelines": made}}))
+    install_row(env, "install-run-7", made)     # the install ends: its row
     said = clock.run()
     assert alert(said, "failover-event") is None and clock.sent("failover-event") == []
     (planned,) = said.planned_failovers
@@ -362,7 +367,6 @@ def test_a_failover_seen_while_the_install_still_runs_is_held_until_it_ends_then
     environment the move is held: nothing sent, and the runs after it compare with the timeline
     before the move. Once the install has ended its row explains the move; a move that no row
     explains fires, and so does one held past HOLD_MOVE_AT_MOST."""
-    from pcdb import ledger
 
     clock = Clock(env, receiver, tmp_path)
     clock.run(after=timedelta(0))                         # the sample before Phase 7
@@ -376,12 +380,7 @@ def test_a_failover_seen_while_the_install_still_runs_is_held_until_it_ends_then
         assert [(h["from_timeline"], h["to_timeline"], h["during"]) for h in held.timeline_moves_held] == [
             (made[0] - 1, made[1], installing)]
     assert clock.sent("failover-event") == []
-    ended = pcdb_clock.now()
-    with RunbookContext(env.env, env).connect() as conn:     # the install ends: its row
-        ledger.append(conn, schema.LEDGER_SCHEMA, ledger.RunRecord(
-            run_id="install-run-10", flow="install", environment=env.env.name, state="Completed",
-            triggered_by="test", started_at=ended - timedelta(seconds=30), ended_at=ended,
-            figures={ledger.PLANNED_FAILOVERS: {"check": "Phase 7's HA failover test", "timelines": made}}))
+    install_row(env, "install-run-10", made)     # the install ends: its row
     said = clock.run()
     assert alert(said, "failover-event") is None and said.timeline_moves_held == []
     assert [(p["from_timeline"], p["to_timeline"]) for p in said.planned_failovers] == [(made[0] - 1, made[1])]
@@ -402,16 +401,10 @@ def test_a_failover_seen_while_the_install_still_runs_is_held_until_it_ends_then
 def test_pcdb_health_says_a_planned_failover_in_its_lines_and_its_json_not_as_an_alert(env, receiver):
     """The same through `pcdb health` (a run of the health flow, its store the orchestrator's):
     a line that says it, the JSON's planned_failovers, the exit status of a healthy sandbox."""
-    from pcdb import ledger
 
     def install_fails_over_and_back(run_id: str) -> list[int]:
         made = [env.failover("planned").timeline for _ in range(2)]
-        ended = pcdb_clock.now()
-        with RunbookContext(env.env, env).connect() as conn:
-            ledger.append(conn, schema.LEDGER_SCHEMA, ledger.RunRecord(
-                run_id=run_id, flow="install", environment=env.env.name, state="Completed",
-                triggered_by="test", started_at=ended - timedelta(seconds=30), ended_at=ended,
-                figures={ledger.PLANNED_FAILOVERS: {"check": "Phase 7's HA failover test", "timelines": made}}))
+        install_row(env, run_id, made)     # the install ends: its row
         return made
 
     CliRunner().invoke(app, ["health", "--env", str(env.env_path)])          # the sample before the failovers
@@ -444,12 +437,7 @@ def test_pcdb_health_says_a_planned_failover_in_its_lines_and_its_json_not_as_an
         words = " ".join(CliRunner().invoke(app, ["health", "--env", str(env.env_path)]).stdout.split())
         assert (f"timeline {before} -> {made[1]} while pcdb install run - holds the environment: held until it "
                 "ends (at most until ") in words, words
-        ended = pcdb_clock.now()
-        with RunbookContext(env.env, env).connect() as conn:     # its row, as the install ends
-            ledger.append(conn, schema.LEDGER_SCHEMA, ledger.RunRecord(
-                run_id="install-run-11", flow="install", environment=env.env.name, state="Completed",
-                triggered_by="test", started_at=ended - timedelta(seconds=30), ended_at=ended,
-                figures={ledger.PLANNED_FAILOVERS: {"check": "Phase 7's HA failover test", "timelines": made}}))
+        install_row(env, "install-run-11", made)     # the install ends: its row
     report = json.loads(CliRunner().invoke(app, ["health", "--env", str(env.env_path), "--json"]).stdout)
     assert report["timeline_moves_held"] == [] and report["alerts"] == [], report
     assert [(p["from_timeline"], p["to_timeline"]) for p in report["planned_failovers"]] == [(before, made[1])]
