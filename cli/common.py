@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from functools import wraps
 from typing import Annotated, Any
@@ -194,12 +195,36 @@ OWNED_SETTINGS = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_API_SSL
 
 
 def prefect_settings():
-    """Prefect's settings as this command set them (the server, its credential, its CA)."""
+    """Prefect's settings as this command set them (the server, its credential, its CA).
+
+    Prefect read them from the environment when it was imported after the command set them, as
+    a command that runs a flow does (``use_orchestrator`` comes first): then nothing is changed,
+    because Prefect's ``temporary_settings`` builds the whole settings model again, 0.09 s."""
     import prefect.settings
     from prefect.settings import temporary_settings
 
-    return temporary_settings({getattr(prefect.settings, name): os.environ[name] for name in OWNED_SETTINGS
-                               if os.environ.get(name)})
+    updates = {}
+    for name in OWNED_SETTINGS:
+        wanted = os.environ.get(name)
+        setting = getattr(prefect.settings, name)
+        if wanted and not _holds(setting.value(), wanted):
+            updates[setting] = wanted
+    return temporary_settings(updates) if updates else nullcontext()
+
+
+def _holds(current: object, wanted: str) -> bool:
+    """Whether a setting's current value is the text the environment gives it (anything not
+    plainly equal counts as different, and is set again)."""
+    if hasattr(current, "get_secret_value"):
+        current = current.get_secret_value()
+    if isinstance(current, bool):
+        return str(current).lower() == wanted.strip().lower()
+    if isinstance(current, int | float):
+        try:
+            return current == float(wanted)
+        except ValueError:
+            return False
+    return current is not None and str(current) == wanted
 
 
 def run_flow(call: Callable[[], Any], config: ServerConfig | None, spec_arg: str, spec: Environment | None = None):

@@ -56,9 +56,18 @@ def test_outside_a_flow_run_nothing_is_sent(monkeypatch):
 
 
 def test_where_pcdb_starts_a_run_prefects_own_heartbeat_is_off():
-    assert get_current_settings().flows.heartbeat_frequency is not None   # Prefect's default: on
+    before = get_current_settings()
+    assert before.flows.heartbeat_frequency is not None   # Prefect's default: on
     with heartbeat.without_prefect_heartbeat():
-        assert get_current_settings().flows.heartbeat_frequency is None
+        inside = get_current_settings()
+        assert inside.flows.heartbeat_frequency is None
+        # only that changed: the rest is what the command runs with
+        assert inside.model_dump(exclude={"flows"}) == before.model_dump(exclude={"flows"})
+        assert inside.flows.model_dump(exclude={"heartbeat_frequency"}) == \
+            before.flows.model_dump(exclude={"heartbeat_frequency"})
+        with heartbeat.without_prefect_heartbeat():   # already off: nothing to change
+            assert get_current_settings() is inside
+    assert get_current_settings() is before
 
 
 def test_prefect_validates_every_runbooks_parameters_through_the_heartbeat_wrapper():
