@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -39,6 +41,41 @@ def run_install(target, **kwargs):
     return install(target.env_path, **kwargs)
 
 
+@contextmanager
+def run_logs_at(level: int):
+    """The runs' loggers at ``level`` for the block: the suite runs at WARNING (tests/conftest.py),
+    which ships none of an install's INFO lines; a DBA's runs ship them all. Prefect's setting too:
+    the first import of ``prefect.main`` in the process (``from prefect import flow``, as
+    flows/install.py does) configures Prefect's logging again, from that setting."""
+    from prefect.settings import PREFECT_LOGGING_LEVEL, temporary_settings
+
+    logger = logging.getLogger("prefect")      # prefect.flow_runs and prefect.task_runs inherit it
+    before = logger.level
+    try:
+        with temporary_settings({PREFECT_LOGGING_LEVEL: logging.getLevelName(level)}):
+            logger.setLevel(level)
+            yield
+    finally:
+        logger.setLevel(before)
+
+
+def shipped_lines(target, contains: str) -> list[str]:
+    """The log lines the server holds for the install of ``target`` (polled until one of them
+    holds ``contains``: the run's last lines are sent from a thread, in batches)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = [r.id for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["install"])))
+                if r.parameters.get("spec_path") == str(target.env_path)]
+        assert runs, "the install's run is not on the server"
+
+        def lines():
+            said = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=runs)))]
+            return said if any(contains in line for line in said) else None
+        return wait_until(lines, f"a line with {contains!r} in the install's run logs", timeout=60)
+
+
 def install(spec, **kwargs):
     from flows.install import install as flow
 
@@ -47,9 +84,11 @@ def install(spec, **kwargs):
 
 @pytest.fixture(scope="module")
 def installed(prefect_harness):
-    """One full install on a fresh sandbox, shared by the read-only checks below."""
+    """One full install on a fresh sandbox, shared by the read-only checks below. Its run logs at
+    INFO, as a DBA's runs do, so that the secret scan reads every line a run ships."""
     target = new_target()
-    state = run_install(target)
+    with run_logs_at(logging.INFO):
+        state = run_install(target)
     assert state.is_completed(), state.message
     yield target, state.result()
     target.sandbox.destroy()
@@ -247,7 +286,13 @@ def test_no_secret_in_the_report_the_prefect_database_or_the_server_logs(install
     target, result = installed
     secrets = [p.read_text().strip() for p in target.sandbox.secrets_dir.glob("*.password")]
     assert len(secrets) >= 5  # admin, replication and the three roles
-    places = [Path(result["report"]), prefect_database(),
+    # The run's INFO lines (the preflight's, each step's, each check's) are on the server, so the
+    # scan below reads them too.
+    shipped = shipped_lines(target, "16/16 checks passed")
+    assert any(line.startswith("preflight secrets: ok") for line in shipped)
+    database = prefect_database()
+    wal = database.with_name(database.name + "-wal")     # SQLite's write-ahead log: the latest writes
+    places = [Path(result["report"]), database, *([wal] if wal.exists() else []),
               *(p for n in target.sandbox.nodes() for p in n.log_dir.glob("*"))]
     for place in places:
         content = place.read_bytes()
