@@ -46,17 +46,24 @@ def running(pid: int) -> bool:
         return False
 
 
+def tail(file, size: int = 3000) -> str:
+    file.seek(0)
+    return file.read().decode(errors="replace")[-size:]
+
+
 def test_a_sigkilled_install_leaves_no_prefect_server_running(prefect_harness):
     target = new_target()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}   # no server configured
     env.update(PREFECT_HOME=tempfile.mkdtemp(prefix="pcdb-prefect-"),
                PCDB_ORCHESTRATOR_HOME=tempfile.mkdtemp(prefix="pcdb-orch-"))
+    said = tempfile.TemporaryFile()          # what the command says, for a failure's message
     cli = subprocess.Popen([sys.executable, "-m", "cli", "install", "--env", str(target.env_path), "--dry-run"],
-                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           env=env, stdout=subprocess.DEVNULL, stderr=said)
     deadline = time.monotonic() + 240
     server, port = None, None
     while port is None:                                       # the command's server answers
-        assert time.monotonic() < deadline and cli.poll() is None, "the command started no server"
+        assert time.monotonic() < deadline and cli.poll() is None, \
+            f"the command started no server (exit status {cli.poll()}): {tail(said)}"
         for child in children_of(cli.pid):
             args = cmdline(child)
             if "uvicorn" in args and "--port" in args:
