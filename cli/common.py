@@ -120,12 +120,13 @@ def use_orchestrator(spec: Environment) -> ServerConfig | None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary server listens on loopback for as long as this command runs: it asks for a
-    # credential of this process's own, so no other local user can drive it meanwhile.
-    if not os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
-        import secrets
+    # credential of this process's own, so no other local user can drive it meanwhile, and this
+    # command's client sends the same one. A PREFECT_SERVER_API_AUTH_STRING inherited from the
+    # shell belongs to some other server: kept, the client (without it) met 401 from its own server.
+    import secrets
 
-        os.environ["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"] = \
-            f"pcdb:{secrets.token_urlsafe(24)}"
+    os.environ["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"] = \
+        f"pcdb:{secrets.token_urlsafe(24)}"
     return None
 
 

@@ -85,3 +85,17 @@ def test_a_sigkilled_install_leaves_no_prefect_server_running(prefect_harness):
     assert not alive, f"the temporary server {server} outlived its command by 10 s"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+
+
+def test_a_server_credential_left_in_the_shell_does_not_lock_the_command_out_of_its_own_server(tmp_path):
+    """A shell that holds PREFECT_SERVER_API_AUTH_STRING (another server's) and no client
+    credential: the command's temporary server once required that credential while its own
+    client sent none, and every command failed with 401 Unauthorized."""
+    target = new_target()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}   # no server configured
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PCDB_ORCHESTRATOR_HOME=str(tmp_path / "orch"),
+               PREFECT_SERVER_API_AUTH_STRING="pcdb:another-servers-credential")
+    done = subprocess.run([sys.executable, "-m", "cli", "install", "--env", str(target.env_path), "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Unauthorized" not in done.stderr
