@@ -213,6 +213,20 @@ if FAST:   # a test that needs a server and does not say so fails here, instead 
 
 
 @pytest.fixture(autouse=True)
+def _environment_as_found():
+    """Every test leaves the process's environment as it found it (what its module's and the
+    session's fixtures set is part of what it found). A pcdb command run in this process sets the
+    server's address and credential for the rest of its process, which is right for a command and
+    wrong for a test worker: the next test on the worker inherited them, and a CLI process it
+    started met the other server's credential (401, a red CI: 8277593)."""
+    before = dict(os.environ)
+    yield
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)
+
+
+@pytest.fixture(autouse=True)
 def _arm_as_specified():
     """Whatever a test did through the fake ARM, pcdb's requests and the fake's answers on a
     flexible server agree with Microsoft's REST specification (tests/azure/arm_spec.py)."""
@@ -245,7 +259,17 @@ def prefect_harness():
 
     setup_logging()  # bind Prefect's handlers to the real stderr before a CliRunner swaps it
     with harness():
-        yield
+        # A pcdb command run in this process (CliRunner) reads the server's address from the
+        # environment, as it does from a DBA's shell: it finds the harness there. Without it, the
+        # command asked for a temporary server of its own with a credential of its own, and got
+        # the harness only because Prefect keeps one such server per process.
+        from prefect.settings import PREFECT_API_URL
+
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        try:
+            yield
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
 
 
 @contextmanager
