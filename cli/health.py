@@ -61,8 +61,14 @@ def health_command(ctx: typer.Context, env: EnvOption = "local", as_json: JsonOp
                       + (f" [{a['annotation']}]" if a["annotation"] else "")
                       + (f" [silenced until {a['silenced_until']}]" if a["silenced_until"] else ""),
                       highlight=False, markup=False)
-        out.print("business: " + ", ".join(f"{k} {v}" for k, v in result["business"].items()), highlight=False)
+        out.print(business_line(result["business"]), highlight=False)
     raise typer.Exit({"ok": 0, "warning": 1, "critical": 2}[result["status"]])
+
+
+def business_line(business: dict) -> str:
+    """The business rates as a person reads them: a rate the window had no request for says so
+    (the JSON keeps null)."""
+    return "business: " + ", ".join(f"{k} {'no data in the window' if v is None else v}" for k, v in business.items())
 
 
 def _prefect_api_in_this_process() -> bool:

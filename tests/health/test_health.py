@@ -420,6 +420,9 @@ def test_pcdb_health_says_a_planned_failover_in_its_lines_and_its_json_not_as_an
     report = json.loads(result.stdout)
     assert result.exit_code == 0 and report["status"] == "ok", result.stdout
     assert [(p["from_timeline"], p["to_timeline"]) for p in report["planned_failovers"]] == [(made[0] - 1, made[1])]
+    assert None in report["business"].values()        # this sandbox serves no application: nothing to rate
+    assert "None" not in said and all(f"{k} no data in the window" in said for k, v in report["business"].items()
+                                      if v is None), said
     assert report["metrics"]["failover_event"] == 0 and report["alerts"] == []
     words = CliRunner().invoke(app, ["health", "--env", str(env.env_path)]).stdout   # the next run: nothing moved
     assert "planned failover" not in words and "failover-event" not in words, words
