@@ -221,9 +221,12 @@ def _environment_as_found():
     started met the other server's credential (401, a red CI: 8277593)."""
     before = dict(os.environ)
     yield
-    if dict(os.environ) != before:
-        os.environ.clear()
-        os.environ.update(before)
+    after = dict(os.environ)
+    for name in after.keys() - before.keys():          # one by one: a thread still running never sees it empty
+        del os.environ[name]
+    for name, value in before.items():
+        if after.get(name) != value:
+            os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)
