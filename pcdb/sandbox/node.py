@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +11,6 @@ import psycopg
 
 from pcdb.errors import SandboxError
 from pcdb.sandbox import proc
-
-# `pg_ctl -w` looks at the server every 100 ms, so a fast stop (about 30 ms here) and a promotion
-# each came back about 100 ms after they were done: on the path of every failover, restore test
-# and sandbox stop. The node asks pg_ctl not to wait and looks itself, at the same signs pg_ctl reads.
-LOOK_EVERY = 0.005
-DB_IN_PRODUCTION = 6       # pg_control's DBState (catalog/pg_control.h, unchanged since 9.x)
-_STATE_AT = 16             # after system_identifier (8 bytes), pg_control_version and catalog_version_no (4 each)
 
 
 def conf_line(name: str, value: object) -> str:
@@ -111,41 +103,21 @@ class Node:
         return lines[-1].split(" FATAL: ", 1)[-1].split(" PANIC: ", 1)[-1].strip() if lines else None
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
-        """Stop the server and wait until its postmaster is gone (what `pg_ctl stop -w` waits
-        for); a fast stop that does not end within ``timeout`` is escalated to immediate."""
+        """Stop the server; a fast stop that hangs is escalated to immediate."""
         if not self.is_running():
             return
         try:
-            proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-m", mode, "-W", "stop"], timeout=30,
-                     what=f"stop {self.name}", log=self.startup_log)
-            self.wait(lambda: not self.is_running(), f"a {mode} stop", timeout, interval=LOOK_EVERY)
+            proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t",
+                      str(int(timeout)), "stop"], timeout=timeout + 5, what=f"stop {self.name}",
+                     log=self.startup_log)
         except SandboxError:
             if mode == "immediate":
                 raise
             self.stop("immediate", timeout)
 
     def promote(self, timeout: float) -> None:
-        """Promote the standby and wait until pg_control says it is in production (what
-        `pg_ctl promote -w` waits for). When this process may not read pg_control, pg_ctl waits."""
-        if self.in_production() is None:
-            proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-w", "-t", str(int(timeout)), "promote"],
-                     timeout=timeout + 5, what=f"promote {self.name}", log=self.startup_log)
-            return
-        proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-W", "promote"], timeout=30,
-                 what=f"promote {self.name}", log=self.startup_log)
-        self.wait(self.in_production, "promotion", timeout, interval=LOOK_EVERY)
-
-    def in_production(self) -> bool | None:
-        """Whether pg_control says the cluster is in production (not in recovery, not shut down),
-        or None when this process may not read it."""
-        try:
-            with open(self.data / "global" / "pg_control", "rb") as control:
-                head = control.read(_STATE_AT + 4)
-        except PermissionError:
-            return None
-        except FileNotFoundError:
-            return False
-        return len(head) == _STATE_AT + 4 and int.from_bytes(head[_STATE_AT:], sys.byteorder) == DB_IN_PRODUCTION
+        proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-w", "-t", str(int(timeout)),
+                  "promote"], timeout=timeout + 5, what=f"promote {self.name}", log=self.startup_log)
 
     def reload(self) -> None:
         proc.run([self.prog("pg_ctl"), "-D", str(self.data), "reload"], timeout=10,

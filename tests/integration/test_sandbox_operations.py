@@ -31,22 +31,6 @@ def primary_conn(target):
     return psycopg.connect(target.endpoint().conninfo(target.admin, target.admin_password()), autocommit=True)
 
 
-def test_each_node_reads_its_state_from_pg_control_as_pg_controldata_does(ops):
-    """Node.promote waits on this reading (pg_ctl's 100 ms steps no longer): the primary is in
-    production, the standby and the replica in archive recovery."""
-    from pcdb.sandbox import proc
-
-    said = {}
-    for name in ("node1", "node2", REPLICA):
-        node = ops.sandbox.node(name)
-        out = proc.run([node.prog("pg_controldata"), "-D", str(node.data)], timeout=30, what="pg_controldata").stdout
-        said[name] = (next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                           if line.startswith("Database cluster state:")), node.in_production())
-    primary = ops.sandbox.primary().name
-    assert said[primary] == ("in production", True), said
-    assert [said[n] for n in said if n != primary] == [("in archive recovery", False)] * 2, said
-
-
 @pytest.mark.parametrize("mode", ["forced", "planned"])
 def test_failover_loses_no_acknowledged_row_and_the_old_primary_rejoins_as_sync_standby(ops, mode):
     old_primary = ops.sandbox.primary().name
