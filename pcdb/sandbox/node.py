@@ -10,7 +10,14 @@ from pathlib import Path
 import psycopg
 
 from pcdb.errors import SandboxError
+from pcdb.process import alive
 from pcdb.sandbox import proc
+
+# `pg_ctl -w` looks at the server every 100 ms, so a fast stop (about 30 ms here) and a promotion
+# each came back up to 100 ms after they were done: on the path of every failover, drill, restore
+# test and sandbox stop. The node asks pg_ctl not to wait and looks itself, every 5 ms, at signs
+# that are sound on their own (pg_ctl's are not, see stop and promote).
+LOOK_EVERY = 0.005
 
 
 def conf_line(name: str, value: object) -> str:
@@ -50,25 +57,33 @@ class Node:
     def exists(self) -> bool:
         return (self.data / "PG_VERSION").exists()
 
+    def postmaster_pid(self) -> int | None:
+        """The PID in postmaster.pid (made positive: a single-user server writes it negated), or
+        None when there is none (no file, being written, 0). Raises PermissionError when the file
+        is not ours to read."""
+        if not self.exists():
+            return None
+        try:
+            first = (self.data / "postmaster.pid").read_text().split("\n", 1)[0]
+        except FileNotFoundError:
+            return None
+        try:
+            pid = abs(int(first))
+        except ValueError:               # being written: pg_ctl finds no server either
+            return None
+        return pid or None
+
     def is_running(self) -> bool:
         """`pg_ctl status`'s own test, without starting a process for it (thousands of times in a
         day's checks, each a fork of this process as the server user): the PID in postmaster.pid
         (negative for a single-user server) is a live process."""
-        if not self.exists():
-            return False
         try:
-            first = (self.data / "postmaster.pid").read_text().split("\n", 1)[0]
-        except FileNotFoundError:
-            return False
+            pid = self.postmaster_pid()
         except OSError:                  # not ours to read: ask pg_ctl, as the server user
             result = proc.run([self.prog("pg_ctl"), "-D", str(self.data), "status"], timeout=10,
                               what=f"status of {self.name}", check=False)
             return result.returncode == 0
-        try:
-            pid = abs(int(first))
-        except ValueError:               # being written: pg_ctl finds no server either
-            return False
-        if pid == 0 or pid in (os.getpid(), os.getppid()):
+        if pid is None or pid in (os.getpid(), os.getppid()):
             return False
         # kill(pid, 0), as pg_ctl does, and deliberately not pcdb.process.alive, which counts a
         # zombie as gone: a SIGKILLed postmaster stays a zombie while its backends still hold the
@@ -103,21 +118,66 @@ class Node:
         return lines[-1].split(" FATAL: ", 1)[-1].split(" PANIC: ", 1)[-1].strip() if lines else None
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
-        """Stop the server; a fast stop that hangs is escalated to immediate."""
+        """Stop the server and wait until its postmaster has exited; a fast stop that does not end
+        within ``timeout`` is escalated to immediate.
+
+        Not pg_ctl's wait: it counts the server stopped once postmaster.pid is gone, and the
+        postmaster removes that file in its exit callbacks, a moment *before* the process ends
+        (a 5 ms look saw the postmaster still running right after `sandbox down`, 2026-12-05). So
+        the node reads the postmaster's PID first and waits until that process is gone (exited:
+        a postmaster exits only after its children, and a zombie holds no memory)."""
         if not self.is_running():
             return
         try:
-            proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t",
-                      str(int(timeout)), "stop"], timeout=timeout + 5, what=f"stop {self.name}",
-                     log=self.startup_log)
+            pid = self.postmaster_pid()
+        except OSError:
+            pid = None
+        try:
+            if pid is None:              # not ours to read: pg_ctl waits, in its 100 ms steps
+                proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t",
+                          str(int(timeout)), "stop"], timeout=timeout + 5, what=f"stop {self.name}",
+                         log=self.startup_log)
+                return
+            proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-m", mode, "-W", "stop"], timeout=30,
+                     what=f"stop {self.name}", log=self.startup_log)
+            self.wait(lambda: not alive(pid) and not self.is_running(), f"a {mode} stop", timeout,
+                      interval=LOOK_EVERY)
         except SandboxError:
             if mode == "immediate":
                 raise
             self.stop("immediate", timeout)
 
-    def promote(self, timeout: float) -> None:
-        proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-w", "-t", str(int(timeout)),
-                  "promote"], timeout=timeout + 5, what=f"promote {self.name}", log=self.startup_log)
+    def promote(self, timeout: float, user: str | None = None) -> None:
+        """Promote the standby and wait until it accepts writes.
+
+        With ``user`` (an admin role that may connect over the node's socket) the node asks the
+        server itself, every 5 ms, on one session: `pg_is_in_recovery()` turns false when the
+        startup process marks recovery done, which is when writes are accepted. Without it,
+        `pg_ctl promote -w` waits for pg_control's "in production", written a moment before that,
+        in 100 ms steps."""
+        if user is None:
+            proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-w", "-t", str(int(timeout)),
+                      "promote"], timeout=timeout + 5, what=f"promote {self.name}", log=self.startup_log)
+            return
+        proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-W", "promote"], timeout=30,
+                 what=f"promote {self.name}", log=self.startup_log)
+        session: list[psycopg.Connection] = []
+
+        def writable() -> bool:
+            try:
+                if not session:
+                    session.append(self.connect(user, timeout=5))
+                return not session[0].execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]
+            except psycopg.Error:
+                while session:           # broken: the next look opens another
+                    session.pop().close()
+                raise
+
+        try:
+            self.wait(writable, "promotion", timeout, interval=LOOK_EVERY)
+        finally:
+            for conn in session:
+                conn.close()
 
     def reload(self) -> None:
         proc.run([self.prog("pg_ctl"), "-D", str(self.data), "reload"], timeout=10,

@@ -50,7 +50,7 @@ class Topology:
         crash.point("failover:intent-saved")
         old.stop("fast" if mode == "planned" else "immediate", timeout=60)
         crash.point("failover:old-stopped")
-        new.promote(self.timeout)
+        new.promote(self.timeout, self.admin_user)
         crash.point("failover:promoted")
         self._take_over(old.name, new.name)
         promoted = time.monotonic() - started
@@ -406,7 +406,7 @@ class Topology:
         old.wait(lambda: (self.replica_archive / walfile).exists(), f"archiving of {walfile} by {REPLICA}", self.timeout)
         old.stop("fast", timeout=60)
         crash.point("failback:old-stopped")
-        new.promote(self.timeout)
+        new.promote(self.timeout, self.admin_user)
         crash.point("failback:promoted")
         promoted = time.monotonic() - started
         self._finish_failback(new.name)
@@ -465,7 +465,7 @@ class Topology:
         if self.role(REPLICA) == "promoted":
             return {"name": REPLICA, "action": "unchanged", "timeline": self._timeline(replica)}
         started = time.monotonic()
-        replica.promote(self.timeout)
+        replica.promote(self.timeout, self.admin_user)
         replica.write_node_conf({**self._node_conf(replica, "primary"), "primary_conninfo": ""})
         replica.reload()
         self.state.nodes[REPLICA].role = "promoted"

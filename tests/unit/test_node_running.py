@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from pcdb.process import alive
+from pcdb.sandbox import proc
 from pcdb.sandbox.node import Node
 
 
@@ -38,3 +40,36 @@ def test_a_live_postmaster_pid_is_running_and_a_dead_or_unreadable_one_is_not():
     home = node_with("1").home
     (home / "data" / "PG_VERSION").unlink()
     assert not Node("node1", home, 5432, Path("/nonexistent")).is_running()   # not a cluster at all
+
+
+# A postmaster as PostgreSQL's exit path leaves it: postmaster.pid removed in the exit callbacks,
+# the process still there for a moment (here 0.3 s, so the window cannot be missed). A fast stop
+# is SIGINT, an immediate one SIGQUIT.
+LINGERING_POSTMASTER = r"""
+pid_file=$1
+trap 'kill $! 2>/dev/null; rm -f "$pid_file"; sleep 0.3; exit 0' INT TERM QUIT
+printf '%s\n%s\n1700000000\n5432\n' $$ "${pid_file%/*}" > "$pid_file.new"
+mv "$pid_file.new" "$pid_file"
+while :; do sleep 60 & wait $!; done
+"""
+
+
+def test_a_stop_returns_once_the_postmaster_has_exited_not_when_its_pid_file_is_gone():
+    """`pg_ctl stop -w` counts a server stopped as soon as postmaster.pid is gone; a start right
+    then could meet the old postmaster's memory (a 5 ms wait on that sign saw it alive after
+    `sandbox down`). Real pg_ctl, a postmaster that removes its file 0.3 s before it exits."""
+    node = node_with(None)
+    node = Node(node.name, node.home, node.port, proc.find_bindir())
+    proc.chown_tree(node.home)
+    user = proc.server_user()
+    as_server = {} if user.is_self else {"user": user.uid, "group": user.gid, "extra_groups": []}
+    postmaster = subprocess.Popen(["/bin/sh", "-c", LINGERING_POSTMASTER, "postmaster", str(node.data / "postmaster.pid")],
+                                  **as_server)
+    try:
+        node.wait(node.is_running, "the stand-in postmaster's start", 10)
+        node.stop("fast", timeout=10)
+        assert not alive(postmaster.pid)
+        assert not node.is_running()
+    finally:
+        postmaster.kill()
+        postmaster.wait()
