@@ -161,11 +161,23 @@ class Node:
             return
         proc.run([self.prog("pg_ctl"), "-D", str(self.data), "-W", "promote"], timeout=30,
                  what=f"promote {self.name}", log=self.startup_log)
+        self.wait_writable(user, "promotion", timeout)
+
+    def wait_writable(self, user: str, what: str, timeout: float, interval: float = LOOK_EVERY) -> None:
+        """Wait until the server accepts writes: `pg_is_in_recovery()` false, asked every
+        ``interval`` on one session over the node's socket (a session sees recovery end; a new
+        connection for each look would fork a backend each time). A session that cannot be opened
+        (the server still starting, or not yet consistent) is tried again every 50 ms. Each look is
+        a statement in the server's log: a long wait (a restore's recovery) asks less often."""
         session: list[psycopg.Connection] = []
+        next_try = [0.0]
 
         def writable() -> bool:
             try:
                 if not session:
+                    if time.monotonic() < next_try[0]:
+                        return False
+                    next_try[0] = time.monotonic() + 0.05
                     session.append(self.connect(user, timeout=5))
                 return not session[0].execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]
             except psycopg.Error:
@@ -174,7 +186,7 @@ class Node:
                 raise
 
         try:
-            self.wait(writable, "promotion", timeout, interval=LOOK_EVERY)
+            self.wait(writable, what, timeout, interval=interval)
         finally:
             for conn in session:
                 conn.close()

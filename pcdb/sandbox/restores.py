@@ -78,11 +78,10 @@ class Restores:
         proc.write_file(node.data / "recovery.signal", "", mode=0o600)
         node.start(self.timeout)
         crash.point("restore:started")
-
-        def promoted() -> bool:
-            with node.connect(self.admin_user, timeout=5) as conn:
-                return not conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]
-        node.wait(promoted, f"recovery to {target_time.isoformat()}", max(self.timeout, 600))
+        # Recovery replays every WAL record since the base backup: seconds to hours, so a look
+        # every 50 ms (each a statement in the restored server's log), not every 5.
+        node.wait_writable(self.admin_user, f"recovery to {target_time.isoformat()}", max(self.timeout, 600),
+                           interval=0.05)
         self._event("restored", name=name, backup=backup.id, target_time=target_time.isoformat())
         self.save()
         return node
