@@ -6,6 +6,9 @@ import os
 import pwd
 import shutil
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -110,7 +113,8 @@ def binaries_version(bindir: Path) -> str:
 
 def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None = None,
         check: bool = True, log: Path | None = None, stdin: str | None = None,
-        output: Path | None = None, cwd: Path | str = "/") -> subprocess.CompletedProcess[str]:
+        output: Path | None = None, cwd: Path | str = "/",
+        done_when: Callable[[], bool] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` as the server user with a deadline; failures become SandboxError.
 
     Args:
@@ -119,6 +123,10 @@ def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None
         output: a file the command's own output is appended to, and named when it fails: the
             file that holds the error (pg_rewind writes nowhere else).
         cwd: where it runs (pg_upgrade writes its scripts there): a folder the server user owns.
+        done_when: a sign, looked at every 5 ms, that what the command waits for has happened
+            (`pg_ctl -w` looks every 100 ms): true, this returns at once (exit 0, no output) and
+            the command ends by itself in the background. A command that ends first is judged
+            by its exit as usual.
     """
     user = server_user()
     kwargs: dict = {}
@@ -128,9 +136,14 @@ def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None
     full_env = {**os.environ, "LC_ALL": "C.UTF-8", "HOME": user.home, **(env or {})}
     full_env.pop("PGPASSWORD", None)
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
-                                cwd=cwd, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                                check=False, **kwargs)
+        if done_when is not None and stdin is None and output is None:
+            result = _run_until(cmd, timeout, done_when, env=full_env, cwd=cwd, **kwargs)
+            if result is None:
+                return subprocess.CompletedProcess(cmd, 0, "", "")
+        else:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
+                                    cwd=cwd, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                                    check=False, **kwargs)
     except subprocess.TimeoutExpired:
         raise SandboxError(f"{what}: no answer within {timeout:.0f}s"
                            + (f"; see {output or log}" if output or log else "")) from None
@@ -142,6 +155,29 @@ def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None
         raise SandboxError(f"{what} failed: {' / '.join(detail) or 'exit ' + str(result.returncode)}"
                            + (f"; see {output or log}" if output or log else ""))
     return result
+
+
+def _run_until(cmd: list[str], timeout: float, done_when: Callable[[], bool],
+               **popen) -> subprocess.CompletedProcess[str] | None:
+    """``cmd``'s result, or None as soon as ``done_when()`` is true while it still runs. A thread
+    reads its output and reaps it whenever it ends."""
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             text=True, **popen)
+    said: list[tuple[str, str]] = []
+    reader = threading.Thread(target=lambda: said.append(child.communicate()), daemon=True,
+                              name=f"reap {Path(cmd[0]).name}")
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while reader.is_alive():
+        if done_when():
+            return None
+        if time.monotonic() >= deadline:
+            child.kill()
+            reader.join()
+            raise subprocess.TimeoutExpired(cmd, timeout)
+        reader.join(0.005)
+    stdout, stderr = said[0]
+    return subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
 
 
 def chown_tree(path: Path) -> None:

@@ -4,12 +4,15 @@ the CLI gives one clear line for user errors and never changes anything on a bad
 import json
 import os
 import signal
+import subprocess
 
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from pcdb.errors import SandboxError
+from pcdb.sandbox import proc
 from tests.conftest import make_spec, new_sandbox_root, processes_under, sandbox_root
 
 pytestmark = pytest.mark.postgres
@@ -87,6 +90,30 @@ def test_after_a_crash_up_restarts_the_servers_and_keeps_the_data(fresh_target):
     with psycopg.connect(info) as conn:
         assert conn.execute("SELECT count(*) FROM survives").fetchone()[0] == 3
     assert fresh_target.server_state().ha_state == "Healthy"
+
+
+def test_a_start_is_not_taken_as_done_from_a_stale_pid_file_that_says_ready(fresh_target):
+    """A node's start returns as soon as its new postmaster says it is up (every 5 ms, not pg_ctl's
+    100 ms), never on a postmaster.pid left behind: here one that names a live process and says
+    "ready". PostgreSQL refuses to start beside it, and the start must say so."""
+    fresh_target.ensure_server()
+    node = fresh_target.sandbox.standby()
+    node.stop("fast", timeout=30)
+    user = proc.server_user()                             # as the server user: another user's process
+    as_server = {} if user.is_self else {"user": user.uid, "group": user.gid, "extra_groups": []}
+    squatter = subprocess.Popen(["sleep", "60"], **as_server)   # is no postmaster, PostgreSQL knows
+    try:
+        proc.write_file(node.data / "postmaster.pid",
+                        f"{squatter.pid}\n{node.data}\n1700000000\n{node.port}\n{node.run_dir}\n\n"
+                        "  0  0\nready   \n")
+        with pytest.raises(SandboxError, match="lock file"):
+            node.start(30)
+    finally:
+        squatter.kill()
+        squatter.wait()
+    node.start(30)                                        # the stale file names a dead process now
+    assert node.is_running()
+    node.wait(lambda: fresh_target.server_state().ha_state == "Healthy", "the standby synchronous again", 60)
 
 
 def test_a_bad_spec_is_rejected_before_anything_is_created():
