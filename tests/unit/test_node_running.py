@@ -10,6 +10,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
+from pcdb.errors import SandboxError
 from pcdb.process import alive
 from pcdb.sandbox import proc
 from pcdb.sandbox.node import Node
@@ -73,3 +76,20 @@ def test_a_stop_returns_once_the_postmaster_has_exited_not_when_its_pid_file_is_
     finally:
         postmaster.kill()
         postmaster.wait()
+
+
+def test_a_run_that_is_done_by_its_sign_returns_before_its_command_ends_and_a_failure_or_hang_still_counts():
+    """proc.run's done_when (a start's "the postmaster says it is up"): true while the command
+    runs, run returns at once and the command ends by itself; a command that fails first, or
+    never ends, is judged as without it."""
+    home = node_with(None).home                                     # the server user's to write
+    proc.chown_tree(home)
+    ended = home / "ended"
+    result = proc.run(["/bin/sh", "-c", f"sleep 2; touch {ended}"], timeout=30, what="a slow command",
+                      done_when=lambda: True)
+    assert result.returncode == 0 and not ended.exists()           # returned; the command still runs
+    with pytest.raises(SandboxError, match="a failing command failed: it said no"):
+        proc.run(["/bin/sh", "-c", "echo 'it said no' >&2; exit 3"], timeout=30, what="a failing command",
+                 done_when=lambda: False)
+    with pytest.raises(SandboxError, match="a hanging command: no answer within"):
+        proc.run(["sleep", "30"], timeout=0.3, what="a hanging command", done_when=lambda: False)
