@@ -57,6 +57,15 @@ class Node:
     def exists(self) -> bool:
         return (self.data / "PG_VERSION").exists()
 
+    def pid_file(self) -> list[str]:
+        """The lines of postmaster.pid (PID, folder, start time, port, socket folder, listen
+        address, shared memory key, status), none when there is no file. Raises PermissionError
+        when it is not ours to read."""
+        try:
+            return (self.data / "postmaster.pid").read_text().split("\n")
+        except FileNotFoundError:
+            return []
+
     def postmaster_pid(self) -> int | None:
         """The PID in postmaster.pid (made positive: a single-user server writes it negated), or
         None when there is none (no file, being written, 0). Raises PermissionError when the file
@@ -64,12 +73,8 @@ class Node:
         if not self.exists():
             return None
         try:
-            first = (self.data / "postmaster.pid").read_text().split("\n", 1)[0]
-        except FileNotFoundError:
-            return None
-        try:
-            pid = abs(int(first))
-        except ValueError:               # being written: pg_ctl finds no server either
+            pid = abs(int(self.pid_file()[0]))
+        except (ValueError, IndexError):  # being written: pg_ctl finds no server either
             return None
         return pid or None
 
@@ -115,7 +120,7 @@ class Node:
 
         def up() -> bool:
             try:
-                lines = (self.data / "postmaster.pid").read_text().split("\n")
+                lines = self.pid_file()
                 pid = int(lines[0])
             except (OSError, ValueError, IndexError):
                 return False

@@ -31,6 +31,11 @@ class OsUser:
     def is_self(self) -> bool:
         return self.uid == os.geteuid()
 
+    @property
+    def popen(self) -> dict:
+        """What subprocess needs to run a program as this user: nothing when it is us."""
+        return {} if self.is_self else {"user": self.uid, "group": self.gid, "extra_groups": []}
+
 
 @cache
 def server_user() -> OsUser:
@@ -129,9 +134,7 @@ def run(cmd: list[str], *, timeout: float, what: str, env: dict[str, str] | None
             by its exit as usual.
     """
     user = server_user()
-    kwargs: dict = {}
-    if not user.is_self:
-        kwargs = {"user": user.uid, "group": user.gid, "extra_groups": []}
+    kwargs = user.popen
     # HOME of the server user: libpq looks for client certificates under ~/.postgresql.
     full_env = {**os.environ, "LC_ALL": "C.UTF-8", "HOME": user.home, **(env or {})}
     full_env.pop("PGPASSWORD", None)

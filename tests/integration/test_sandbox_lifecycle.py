@@ -99,9 +99,8 @@ def test_a_start_is_not_taken_as_done_from_a_stale_pid_file_that_says_ready(fres
     fresh_target.ensure_server()
     node = fresh_target.sandbox.standby()
     node.stop("fast", timeout=30)
-    user = proc.server_user()                             # as the server user: another user's process
-    as_server = {} if user.is_self else {"user": user.uid, "group": user.gid, "extra_groups": []}
-    squatter = subprocess.Popen(["sleep", "60"], **as_server)   # is no postmaster, PostgreSQL knows
+    # As the server user: PostgreSQL knows another user's process is no postmaster of its own.
+    squatter = subprocess.Popen(["sleep", "60"], **proc.server_user().popen)
     try:
         proc.write_file(node.data / "postmaster.pid",
                         f"{squatter.pid}\n{node.data}\n1700000000\n{node.port}\n{node.run_dir}\n\n"

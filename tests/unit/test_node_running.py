@@ -64,10 +64,8 @@ def test_a_stop_returns_once_the_postmaster_has_exited_not_when_its_pid_file_is_
     node = node_with(None)
     node = Node(node.name, node.home, node.port, proc.find_bindir())
     proc.chown_tree(node.home)
-    user = proc.server_user()
-    as_server = {} if user.is_self else {"user": user.uid, "group": user.gid, "extra_groups": []}
     postmaster = subprocess.Popen(["/bin/sh", "-c", LINGERING_POSTMASTER, "postmaster", str(node.data / "postmaster.pid")],
-                                  **as_server)
+                                  **proc.server_user().popen)
     try:
         node.wait(node.is_running, "the stand-in postmaster's start", 10)
         node.stop("fast", timeout=10)
