@@ -214,6 +214,33 @@ def test_a_second_run_changes_nothing(installed):
     assert phase_summaries(state.result()) == {n: "unchanged" for n in range(1, 7)}
 
 
+def test_a_run_from_the_cli_carries_its_environments_tag_and_its_steps_carry_none(installed):
+    """The server's automations find a run by its environment's tag. Its steps must not inherit
+    it: Prefect asks the server for a concurrency slot per tag of every tagged task run, a round
+    trip per step that no pcdb limit needs (flows/runbook.py, ``untagged_steps``)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from flows.service import env_tag
+
+    target, _ = installed
+    result = CliRunner().invoke(app, ["install", "--env", str(target.env_path), "--phases", "1,2"])
+    assert result.exit_code == 0, result.output
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["install"])),
+                                      sort=FlowRunSort.START_TIME_DESC, limit=1)
+        run_id = str(run.id)
+        def recorded():       # task runs reach the server as events, a moment after the flow returns
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            return tasks if sum(t.name.startswith("Phase ") and t.state.is_completed() for t in tasks) == 2 else None
+        tasks = wait_until(recorded, "the two phases' task runs", timeout=60)
+    assert env_tag(target.env) in run.tags
+    assert len(tasks) > 2 and {t.name: t.tags for t in tasks if t.tags} == {}
+
+
 def test_a_no_change_rerun_of_phase_7_fails_nothing_over_and_relies_on_the_last_verification(installed):
     """Phase 7's failover and PITR checks disrupt production (write outages, a new server): a re-run
     on an unchanged configuration relies on the install that passed them, and says so; --reverify
