@@ -678,9 +678,12 @@ def interactive_commands(rounds: int) -> dict:
             figures.setdefault(label, {})[name] = {"min": min(seconds), "median": statistics.median(seconds),
                                                    "max": max(seconds), "all": seconds}
 
+    svc.extra_env["PCDB_WARM"] = "1"        # `server up` starts the warm start, whatever this shell says
     try:
         svc.pcdb("server", "up", "--env", str(svc.spec))
         svc.pcdb("install", "--env", str(svc.spec))
+        wait_until(lambda: svc.json("server", "status", "--env", str(svc.spec))["warm_start"]["ready"],
+                   "the warm start answers", timeout=120)
         with svc.api():                # the every-minute deployment's first result, without waiting for its minute
             run = run_deployment("health/health-bench-cli", timeout=0)
             with get_client(sync_client=True) as client:
@@ -697,7 +700,9 @@ def interactive_commands(rounds: int) -> dict:
             "note": "each figure is a whole process (Python start, imports, the answer, --json). health with the "
                     "server up reads the every-minute deployment's latest result from the health store; with it "
                     "down it evaluates the rules in process, recording and notifying nothing (source.kind says "
-                    "which); `pcdb health --now` is the flow run"}
+                    "which); `pcdb health --now` is the flow run. With the server up each command is forked from "
+                    "the warm start `server up` starts (cli/warm.py); `server down` stops it, so the server-down "
+                    "figures are cold commands"}
 
 
 def rerun(rounds: int) -> dict:
@@ -707,43 +712,59 @@ def rerun(rounds: int) -> dict:
     PITR checks (read-only). Goal: 3 s."""
     import tempfile
 
-    from tests.service.conftest import Service
+    from tests.service.conftest import Service, wait_until
 
     folder = Path(tempfile.mkdtemp(prefix="pcdb-bench-rerun-", dir="/tmp"))
     folder.chmod(0o711)             # the sandbox's server user passes through to its root
     svc = as_a_dba_runs_it(Service(folder, name="bench-rerun"))
     runs = max(rounds, 5)
-    seconds: list[float] = []
+    seconds: dict[str, list[float]] = {"warm": [], "cold": []}
     phases: list[dict] = []
     yardstick = {"before": machine_yardstick()}
+    svc.extra_env["PCDB_WARM"] = "1"        # `server up` starts the warm start, whatever this shell says
     try:
         svc.pcdb("server", "up", "--env", str(svc.spec))
         first = svc.json("install", "--env", str(svc.spec))
         if first["status"] != "completed":
             raise RuntimeError(f"the first install did not complete: {first}")
+        wait_until(lambda: svc.json("server", "status", "--env", str(svc.spec))["warm_start"]["ready"],
+                   "the warm start answers", timeout=120)
         for _ in range(runs):
-            start = time.perf_counter()
-            result = svc.pcdb("install", "--env", str(svc.spec), "--json")
-            seconds.append(time.perf_counter() - start)
-            outcome = json.loads(result.stdout)
-            changed = [p for p in outcome["phases"] if p.get("changes")]
-            if outcome["status"] != "completed" or changed:
-                raise RuntimeError(f"the re-run was not a no-change run: {outcome}")
-            if "not repeated" not in result.stdout + Path(outcome["report"]).read_text():
-                raise RuntimeError("the re-run repeated Phase 7's failover and PITR checks")
-            phases.append({str(p["number"]): p["seconds"] for p in outcome["phases"]})
+            for side in ("warm", "cold"):       # alternated: the same machine's moment for both
+                svc.extra_env["PCDB_WARM"] = "1" if side == "warm" else "0"
+                start = time.perf_counter()
+                result = svc.pcdb("install", "--env", str(svc.spec), "--json")
+                seconds[side].append(time.perf_counter() - start)
+                outcome = json.loads(result.stdout)
+                changed = [p for p in outcome["phases"] if p.get("changes")]
+                if outcome["status"] != "completed" or changed:
+                    raise RuntimeError(f"the re-run was not a no-change run: {outcome}")
+                if "not repeated" not in result.stdout + Path(outcome["report"]).read_text():
+                    raise RuntimeError("the re-run repeated Phase 7's failover and PITR checks")
+                phases.append({"side": side, **{str(p["number"]): p["seconds"] for p in outcome["phases"]}})
+        from cli import warm
+
+        served = sum(" runs `install`" in line for line in Path(warm.log_file()).read_text().splitlines())
+        if served < runs:
+            raise RuntimeError(f"only {served} of the {runs} warm re-runs were forked from the warm start")
     finally:
         svc.pcdb("server", "down", "--env", str(svc.spec), check=False)
         svc.pcdb("sandbox", "destroy", "--env", str(svc.spec), "--yes", check=False)
         shutil.rmtree(folder, ignore_errors=True)
     yardstick["after"] = machine_yardstick()
-    return {"seconds": {"min": min(seconds), "median": statistics.median(seconds), "max": max(seconds),
-                        "all": seconds},
+
+    def figures(values: list[float]) -> dict:
+        return {"min": min(values), "median": statistics.median(values), "max": max(values), "all": values}
+
+    return {"seconds": figures(seconds["warm"]), "cold_seconds": figures(seconds["cold"]),
             "phase_seconds": phases, "goal_seconds": 3.0, "import_prefect_seconds": yardstick,
             "note": "each figure is a whole `pcdb install --env ENV --json` process against the running server, its "
-                    "run logs at INFO as a DBA's `./dev up` ships them "
-                    "(the flow runs in that process, its runs and tasks recorded by the server); asserted: no "
-                    "phase changed anything and Phase 7 relied on the first install's disruptive checks"}
+                    "run logs at INFO as a DBA's `./dev up` ships them (the flow runs in the command's process, its "
+                    "runs and tasks recorded by the server). seconds: as a DBA meets it with `pcdb server up`, the "
+                    "command forked from the warm start (cli/warm.py; asserted from its log); cold_seconds: the same "
+                    "command with PCDB_WARM=0 (Python, Prefect and the flows imported by the command), alternated "
+                    "with it. Asserted: no phase changed anything and Phase 7 relied on the first install's "
+                    "disruptive checks"}
 
 
 def first_up(rounds: int) -> dict:  # noqa: ARG001 - one fresh clone is the measurement

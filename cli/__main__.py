@@ -1,5 +1,5 @@
 """``python -m cli``: the pcdb command."""
 
-from cli.main import main
+from cli.warm import main
 
 main()

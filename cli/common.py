@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cli import warm
 from pcdb.changes import Change
 from pcdb.config import Environment, load_environment
 from pcdb.errors import PcdbError
@@ -108,6 +109,7 @@ def use_orchestrator(spec: Environment) -> ServerConfig | None:
     fresh 2-core machine needs (its first SQLite migration alone can take more than 20 s)."""
     config = server_config(spec)
     if os.environ.get("PREFECT_API_URL"):
+        warm.settings_from_this_environment()
         return config if os.environ["PREFECT_API_URL"].rstrip("/") == config.url else None
     if Orchestrator(config).is_up():
         # The server answers only with its credential: read from where the spec keeps it, which
@@ -116,6 +118,7 @@ def use_orchestrator(spec: Environment) -> ServerConfig | None:
         # A server that dies mid-run is reported within seconds, not after Prefect's five
         # retries per call (about a minute each); a restart blip of a few seconds still passes.
         os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "3")
+        warm.settings_from_this_environment()
         return config
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -127,6 +130,7 @@ def use_orchestrator(spec: Environment) -> ServerConfig | None:
 
     os.environ["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"] = \
         f"pcdb:{secrets.token_urlsafe(24)}"
+    warm.settings_from_this_environment()
     return None
 
 

@@ -11,7 +11,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cli import warm
 from cli.common import EnvOption, EnvsOption, JsonOption, app, err, one_server, out, print_changes, server_app, user_errors
+from pcdb.changes import Change
 from pcdb.config import load_environment
 from pcdb.orchestrator import Orchestrator, server_config
 
@@ -47,11 +49,26 @@ def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:
         changes.append(orchestrator.start_worker(spec.work_pool, worker_env | poll, Path.cwd()))
     for spec in specs:
         service.wait_for_worker(spec.work_pool)
+    changes += warm_start()
     print_changes(changes, as_json)
     if not as_json:
         out.print(f"Prefect UI: {config.ui_url}  (API {config.url}, {config.backend})")
         if any(s.notifications.local_sink for s in specs):
             out.print(f"Alerts: {orchestrator.notifications_log}  (the local sink; tail -f it)")
+
+
+def warm_start() -> list[Change]:
+    """The commands' warm process (cli/warm.py), unless PCDB_WARM=0 says commands start cold."""
+    if os.environ.get("PCDB_WARM") == "0":
+        return []
+    action, note = warm.start()
+    return [Change("warm_start", "pcdb commands", action, notes=(note,))]
+
+
+def warm_status() -> dict:
+    """Whether a warm process of this copy of pcdb answers, with today's code."""
+    code = warm.ready()
+    return {"ready": code == warm.code_fingerprint(), "pid": warm.running_pid(), "socket": warm.socket_path()}
 
 
 @server_app.command("status")
@@ -60,7 +77,8 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
     """The server, its work pools and workers, the deployments and their next scheduled runs.
 
     --json prints {url, ui_url, backend, version, work_pools, workers, deployments:[{name,
-    schedule, next_runs}], problems, serving: {env: {text, at}}} (serving: only an environment whose
+    schedule, next_runs}], problems, serving: {env: {text, at}}, warm_start: {ready, pid, socket}} (the
+    commands' warm start, cli/warm.py; serving: only an environment whose
     production runs on a promoted replica, from its latest health run); exit status 3 when the server is not running, 2 when
     something is wrong (a file or folder others could read)."""
     specs = [load_environment(e) for e in env]
@@ -87,7 +105,8 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
                             f"{', '.join(s.name for s in specs if s.notifications.local_sink)} go nowhere; "
                             f"`pcdb server up --env {' --env '.join(env)}` starts it")
     status = base | {"up": True} | service.service_status(specs) | {"notification_sink": sink, "problems": problems,
-                                                                      "serving": _serving(specs)}
+                                                                      "serving": _serving(specs),
+                                                                      "warm_start": warm_status()}
     if as_json:
         print(json.dumps(status, indent=2, default=str))
         raise typer.Exit(2 if problems else 0)
@@ -101,6 +120,9 @@ def server_status(env: EnvsOption = ["local"], as_json: JsonOption = False) -> N
         out.print(f"worker {w['name']} ({w['pool']}): {w['status']}")
     if sink:
         out.print(f"alerts: {sink['log']} (local sink{'' if sink['running'] else ', NOT running'})", soft_wrap=True)
+    ws = status["warm_start"]
+    out.print(f"commands: warm start ready (pid {ws['pid']})" if ws["ready"] else
+              "commands: start cold (no warm process answers; `pcdb server up` starts one)", highlight=False)
     out.print(deployments_table(status["deployments"]))
     if problems:
         raise typer.Exit(2)
@@ -140,6 +162,9 @@ def server_down(env: EnvsOption = ["local"]) -> None:  # noqa: B006
     """Stop the workers and the server; history and deployments are kept for the next `up`."""
     config = one_server([load_environment(e) for e in env])
     stopped = Orchestrator(config).down()
+    pid = warm.stop()
+    if pid:
+        stopped.append(f"warm start (pid {pid})")
     if config.managed_postgres:
         from pcdb.sandbox.standalone import stop_orchestrator_database
 

@@ -164,6 +164,12 @@ MODULE_SECONDS = {
 }
 
 
+def pytest_configure(config):
+    """Commands run cold in the tests, each exactly as its code says, whatever warm process a
+    developer's `./dev up` keeps (cli/warm.py); tests/integration/test_warm_start.py runs them warm."""
+    os.environ.setdefault("PCDB_WARM", "0")
+
+
 def pytest_sessionstart(session):
     """Prefect's migrated, empty database made once, before the workers start (pcdb.prefectdb):
     each worker's harness and each new server then copies it instead of migrating its own."""

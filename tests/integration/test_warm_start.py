@@ -1,0 +1,264 @@
+"""The pcdb command's warm start (cli/warm.py): a command forked from a process that imported
+everything already says, does and ends exactly as the same command run cold; it serves only its
+own user and only the code it imported.
+
+`pcdb preflight` is the command here: it needs no server, its answer depends on the caller's
+environment and working folder, and a secret kept in a named pipe holds it at a known point for
+as long as a test wants (until something writes to the pipe)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from cli import warm
+from pcdb.process import alive
+from pcdb.sandbox import proc
+from tests.conftest import wait_until
+
+# `python -m cli` is the console script's entry point; SIGINT as an interactive shell leaves it
+# (a test run started in a script's background would hand it on ignored).
+PCDB = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'pcdb'; from cli.warm import main; main()"]
+SPEC = """extends: {deployments}/local.yaml
+name: warm
+sandbox:
+  root: {folder}/sb
+security:
+  roles:
+    product_change_app: {{password: {secret}}}
+"""
+
+
+@contextmanager
+def home(folder: Path):
+    """This process's HOME for a moment: the warm process of that HOME is the one cli.warm finds."""
+    before = os.environ.get("HOME")
+    os.environ["HOME"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ["HOME"] = before or ""
+
+
+def start_warm(folder: Path) -> int:
+    folder.mkdir(mode=0o700, exist_ok=True)
+    with home(folder):
+        action, said = warm.start()
+        assert action == "started", said
+        pid = warm.running_pid()
+        wait_until(lambda: warm.ready() == warm.code_fingerprint() or not alive(pid),
+                   "the warm process answers or ends", timeout=120, interval=0.05)
+        assert warm.ready() == warm.code_fingerprint(), Path(warm.log_file()).read_text()
+        return pid
+
+
+@contextmanager
+def warm_process():
+    """A warm process of its own HOME, stopped and removed however the test ends."""
+    root = Path(tempfile.mkdtemp(prefix="pcdb-warm-", dir="/tmp"))     # a unix socket's path is short
+    folder = root / "home"
+    try:
+        yield folder, start_warm(folder)
+    finally:
+        with home(folder):
+            warm.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def warm_home():
+    with warm_process() as (folder, _):
+        yield folder
+
+
+def pcdb(*args: str, folder: Path, cwd: Path, warm_home: Path | None, extra: dict | None = None):
+    """The command as a person runs it: warm with ``warm_home`` as HOME, else cold."""
+    env = {k: v for k, v in os.environ.items() if k != "PCDB_WARM"} | (extra or {})
+    env |= {"HOME": str(warm_home)} if warm_home else {"PCDB_WARM": "0", "HOME": str(folder)}
+    return subprocess.run([*PCDB, *args], cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=300)
+
+
+def served(warm_home: Path) -> list[str]:
+    with home(warm_home):
+        return [line for line in Path(warm.log_file()).read_text().splitlines() if " runs `" in line]
+
+
+def spec_in(folder: Path, secret: str) -> Path:
+    path = folder / "spec.yaml"
+    path.write_text(SPEC.format(deployments=Path(__file__).resolve().parents[2] / "deployments", folder=folder,
+                                secret=secret))
+    return path
+
+
+def test_a_warm_command_says_and_exits_exactly_as_the_same_command_cold(warm_home, tmp_path):
+    """The same output, error output and exit status, with the caller's environment (a secret
+    set or not) and working folder (a relative spec path); and it did run warm."""
+    spec_in(tmp_path, "{env: PCDB_WARM_TEST_APP_PASSWORD}")
+    password = {"PCDB_WARM_TEST_APP_PASSWORD": secrets.token_urlsafe(24) + "aA1!"}
+    before = len(served(warm_home))
+    outcomes = {}
+    for case, extra in (("no secret", {}), ("secret", password)):
+        for side in ("cold", "warm"):
+            r = pcdb("preflight", "--env", "spec.yaml", "--json", folder=tmp_path, cwd=tmp_path,
+                     warm_home=warm_home if side == "warm" else None, extra=extra)
+            outcomes[case, side] = (r.returncode, r.stdout, r.stderr)
+        assert outcomes[case, "warm"] == outcomes[case, "cold"], case
+    assert outcomes["no secret", "cold"][0] == 1 and "PCDB_WARM_TEST_APP_PASSWORD is not set" in outcomes[
+        "no secret", "cold"][1]
+    assert outcomes["secret", "cold"][0] == 0 and '"ok": true' in outcomes["secret", "cold"][1]
+    missing = [pcdb("preflight", "--env", "missing.yaml", folder=tmp_path, cwd=tmp_path, warm_home=w)
+               for w in (None, warm_home)]
+    assert missing[0].returncode == missing[1].returncode == 1
+    assert missing[0].stderr == missing[1].stderr and "missing.yaml" in missing[0].stderr
+    assert len(served(warm_home)) - before == 3 and all("runs `preflight`" in line for line in served(warm_home))
+
+
+def blocked_reading(pipe: Path) -> int | None:
+    """A writer's end of the pipe once a command waits to read it (none before: ENXIO)."""
+    try:
+        return os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+
+
+def test_ctrl_c_ends_the_command_as_it_ends_a_cold_one_and_a_killed_pcdb_takes_its_command_along(warm_home,
+                                                                                                  tmp_path):
+    pipe = tmp_path / "app-password"
+    os.mkfifo(pipe, 0o600)
+    spec_in(tmp_path, f"{{file: {pipe}}}")
+    env = {k: v for k, v in os.environ.items() if k != "PCDB_WARM"}
+    ended = {}
+    for side, extra in (("cold", {"PCDB_WARM": "0", "HOME": str(tmp_path)}), ("warm", {"HOME": str(warm_home)})):
+        command = subprocess.Popen([*PCDB, "preflight", "--env", "spec.yaml"], cwd=tmp_path, env=env | extra,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        writer = wait_until(lambda: blocked_reading(pipe), f"the {side} command waits for its secret", timeout=120,
+                            interval=0.05)
+        command.send_signal(signal.SIGINT)
+        _, stderr = command.communicate(timeout=60)
+        os.close(writer)
+        ended[side] = (command.returncode, stderr.strip().splitlines()[-1:])
+    assert ended["warm"] == ended["cold"] and ended["warm"][0] != 0, ended
+
+    command = subprocess.Popen([*PCDB, "preflight", "--env", "spec.yaml"], cwd=tmp_path,
+                               env=env | {"HOME": str(warm_home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    writer = wait_until(lambda: blocked_reading(pipe), "the warm command waits for its secret", timeout=120,
+                        interval=0.05)
+    try:              # the writer stays open: the command waits to read until it is killed
+        runs = served(warm_home)[-1]
+        assert runs.endswith(f"for pid {command.pid}")
+        child = int(runs.split()[3])
+        assert alive(child)
+        command.kill()
+        command.wait(timeout=60)
+        wait_until(lambda: not alive(child), "the command's process ends with pcdb", timeout=60, interval=0.05)
+    finally:
+        os.close(writer)
+
+
+def test_a_signal_pcdb_was_started_ignoring_its_command_ignores_too(warm_home, tmp_path):
+    """Whatever a script starts in the background starts with SIGINT ignored, and a cold command
+    keeps ignoring it; the warm command's process is started the same."""
+    pipe = tmp_path / "app-password"
+    os.mkfifo(pipe, 0o600)
+    spec_in(tmp_path, f"{{file: {pipe}}}")
+    ignoring = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "sys.argv[0] = 'pcdb'; from cli.warm import main; main()"]
+    env = {k: v for k, v in os.environ.items() if k != "PCDB_WARM"} | {"HOME": str(warm_home)}
+    command = subprocess.Popen([*ignoring, "preflight", "--env", "spec.yaml"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = wait_until(lambda: blocked_reading(pipe), "the warm command waits for its secret", timeout=120,
+                        interval=0.05)
+    try:
+        runs = served(warm_home)[-1]
+        assert runs.endswith(f"for pid {command.pid}")
+        status = Path(f"/proc/{runs.split()[3]}/status").read_text()
+        ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+        assert ignored & (1 << (signal.SIGINT - 1))
+        command.send_signal(signal.SIGINT)
+    finally:
+        os.close(writer)                    # the secret is empty: the command ends on that, not on SIGINT
+    stdout, stderr = command.communicate(timeout=60)
+    assert command.returncode == 1 and "is empty" in stdout, (stdout, stderr)     # the preflight's answer
+
+
+def test_a_warm_process_of_other_code_stops_and_the_command_runs_cold(tmp_path):
+    """A request fingerprinted by other code (pcdb changed on disk since the warm process
+    started) is answered "stale"; the warm process stops and the command runs cold."""
+    with warm_process() as (folder, pid), home(folder):
+        sock = warm._connect()
+        warm._send(sock, {"argv": ["preflight"], "env": {}, "cwd": "/", "umask": 0o077, "code": "other code"},
+                   [0, 1, 2])
+        assert sock.makefile("rb").readline() == b"stale\n"
+        sock.close()
+        wait_until(lambda: not alive(pid), "the stale warm process ends", timeout=60, interval=0.05)
+        assert not Path(warm.socket_path()).exists() and warm.ready() is None
+        spec_in(tmp_path, "{env: PCDB_WARM_TEST_APP_PASSWORD}")
+        result = pcdb("preflight", "--env", "spec.yaml", "--json", folder=tmp_path, cwd=tmp_path, warm_home=folder)
+        assert result.returncode == 1 and "PCDB_WARM_TEST_APP_PASSWORD is not set" in result.stdout
+        assert "runs `preflight`" not in Path(warm.log_file()).read_text()         # it ran cold
+
+
+def test_a_warm_process_whose_socket_is_gone_stops_by_itself(monkeypatch):
+    """Its folder removed (a test's HOME, a cleaned cache) or its socket taken by a newer one: it
+    ends at its next look instead of holding its memory for good."""
+    monkeypatch.setenv("PCDB_WARM_LOOK_EVERY", "0.2")
+    with warm_process() as (folder, pid), home(folder):
+        Path(warm.socket_path()).unlink()
+        wait_until(lambda: not alive(pid), "the warm process without a socket ends", timeout=60, interval=0.05)
+        assert "its socket is gone: stopping" in Path(warm.log_file()).read_text()
+
+
+def test_only_its_owner_reaches_the_warm_process(warm_home):
+    """Its folder is the owner's alone and its files are 0600; another local user cannot connect,
+    and one let in by a careless chmod is refused by the warm process itself (SO_PEERCRED)."""
+    with home(warm_home):
+        path = Path(warm.socket_path())
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (path.parent, path, Path(warm.log_file()))}
+        assert modes == {path.parent.name: 0o700, path.name: 0o600, Path(warm.log_file()).name: 0o600}
+        other = proc.server_user()
+        if other.is_self:
+            pytest.skip("needs root, to act as another user")
+        knock = ["/usr/bin/python3", "-c", "import socket, sys; s = socket.socket(socket.AF_UNIX); "
+                 "s.connect(sys.argv[1]); print(repr(s.recv(100)))", str(path)]
+        above = [warm_home.parent, warm_home, warm_home / ".cache", warm_home / ".cache" / "pcdb"]
+        modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [*above, path.parent, path]}
+        try:
+            for p in above:                     # every folder above passable: the warm folder alone stops it
+                p.chmod(0o711)
+            refused = subprocess.run(knock, check=False, capture_output=True, text=True, timeout=60, **other.popen)
+            path.parent.chmod(0o711)            # a careless chmod: the warm process must refuse by itself
+            path.chmod(0o777)
+            let_in = subprocess.run(knock, check=False, capture_output=True, text=True, timeout=60, **other.popen)
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        assert refused.returncode != 0 and "PermissionError" in refused.stderr
+        assert let_in.returncode == 0 and let_in.stdout.strip() == "b''", let_in.stderr   # closed without a word
+        assert "refused a connection from another user" in Path(warm.log_file()).read_text()
+        assert warm.ready() == warm.code_fingerprint()                      # and still serving its owner
+
+
+def test_the_command_checks_the_warm_process_is_its_own_users(tmp_path):
+    """A socket in a folder others may write, or served by another user, is never sent anything:
+    the command runs cold."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    assert not warm._private(str(shared))
+    shared.chmod(0o700)
+    assert warm._private(str(shared))
+    a, b = socket.socketpair()
+    with a, b:
+        assert warm._peer(a)[1] == os.getuid()
