@@ -178,6 +178,7 @@ def run_warm(argv: list[str]) -> int | None:
     for sig in STOP_SIGNALS:
         if int(sig) not in ignored:
             signal.signal(sig, lambda number, _frame: os.kill(pid, number))
+    _suspend_together(pid)
     last = answers.readline().split()
     if last[:1] == [b"exit"]:
         return int(last[1])
@@ -185,6 +186,25 @@ def run_warm(argv: list[str]) -> int | None:
         return -int(last[1])
     print("pcdb: the warm process ended without the command's exit status", file=sys.stderr)
     return 1
+
+
+def _suspend_together(pid: int) -> None:
+    """Ctrl-Z (SIGTSTP) stops the command's process with this one, and `fg` (SIGCONT) resumes both,
+    as a cold command is stopped and resumed."""
+    if signal.getsignal(signal.SIGTSTP) == signal.SIG_IGN:
+        return
+
+    def stop(_number, _frame):
+        os.kill(pid, signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)          # stops here until SIGCONT
+
+    def resume(_number, _frame):
+        os.kill(pid, signal.SIGCONT)
+        signal.signal(signal.SIGTSTP, stop)
+
+    signal.signal(signal.SIGTSTP, stop)
+    signal.signal(signal.SIGCONT, resume)
 
 
 def ready(timeout: float = 2.0) -> str | None:

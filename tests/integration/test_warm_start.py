@@ -167,6 +167,32 @@ def test_ctrl_c_ends_the_command_as_it_ends_a_cold_one_and_a_killed_pcdb_takes_i
         os.close(writer)
 
 
+def test_ctrl_z_stops_the_command_with_pcdb_and_fg_resumes_both(warm_home, tmp_path):
+    pipe = tmp_path / "app-password"
+    os.mkfifo(pipe, 0o600)
+    spec_in(tmp_path, f"{{file: {pipe}}}")
+    env = {k: v for k, v in os.environ.items() if k != "PCDB_WARM"} | {"HOME": str(warm_home)}
+    command = subprocess.Popen([*PCDB, "preflight", "--env", "spec.yaml"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = wait_until(lambda: blocked_reading(pipe), "the warm command waits for its secret", timeout=120,
+                        interval=0.05)
+    try:
+        child = int(served(warm_home)[-1].split()[3])
+
+        def state(pid: int) -> str:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+        command.send_signal(signal.SIGTSTP)
+        wait_until(lambda: state(command.pid) == "T" and state(child) == "T", "both stopped", timeout=60,
+                   interval=0.05)
+        command.send_signal(signal.SIGCONT)
+        wait_until(lambda: state(command.pid) != "T" and state(child) != "T", "both resumed", timeout=60,
+                   interval=0.05)
+    finally:
+        os.close(writer)                    # the secret is empty: the command ends on that
+    stdout, stderr = command.communicate(timeout=60)
+    assert command.returncode == 1 and "is empty" in stdout, (stdout, stderr)
+
+
 def test_a_signal_pcdb_was_started_ignoring_its_command_ignores_too(warm_home, tmp_path):
     """Whatever a script starts in the background starts with SIGINT ignored, and a cold command
     keeps ignoring it; the warm command's process is started the same."""
