@@ -379,6 +379,7 @@ def _serve_one(conn: socket.socket, listener: socket.socket, code: str) -> bool:
         print("pcdb warm: refused a connection from another user", flush=True)
         return True
     conn.settimeout(5)
+    fds: list[int] = []
     try:
         head, fds, _, _ = socket.recv_fds(conn, _LENGTH.size, 3)
         if len(head) != _LENGTH.size:
@@ -391,8 +392,12 @@ def _serve_one(conn: socket.socket, listener: socket.socket, code: str) -> bool:
                 raise OSError("short request")
             body += chunk
         request = json.loads(body)
+        if not isinstance(request, dict):
+            raise ValueError("not an object")
     except (OSError, ValueError) as exc:
         print(f"pcdb warm: a bad request ({exc})", flush=True)
+        for fd in fds:
+            os.close(fd)
         return True
     try:
         if request.get("ping"):

@@ -27,8 +27,8 @@ from pcdb.process import alive
 from pcdb.sandbox import proc
 from tests.conftest import wait_until
 
-# `python -m cli` is the console script's entry point; SIGINT as an interactive shell leaves it
-# (a test run started in a script's background would hand it on ignored).
+# The console script's entry point, with SIGINT as an interactive shell leaves it (a test run
+# started in a script's background would hand it on ignored).
 PCDB = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
         "sys.argv[0] = 'pcdb'; from cli.warm import main; main()"]
 SPEC = """extends: {deployments}/local.yaml
@@ -133,90 +133,76 @@ def blocked_reading(pipe: Path) -> int | None:
         return None
 
 
-def test_ctrl_c_ends_the_command_as_it_ends_a_cold_one_and_a_killed_pcdb_takes_its_command_along(warm_home,
-                                                                                                  tmp_path):
-    pipe = tmp_path / "app-password"
-    os.mkfifo(pipe, 0o600)
-    spec_in(tmp_path, f"{{file: {pipe}}}")
+@contextmanager
+def waiting_for_its_secret(folder: Path, warm_home: Path | None, ignore_sigint: bool = False):
+    """`pcdb preflight` (warm with ``warm_home``, else cold) held reading its secret from a named
+    pipe: yields the process and, warm, the pid of the command's process. The pipe's writer is
+    open meanwhile (the command waits on); closed after, the command reads an empty secret."""
+    pipe = folder / "app-password"
+    if not pipe.exists():
+        os.mkfifo(pipe, 0o600)
+        spec_in(folder, f"{{file: {pipe}}}")
+    handler = "signal.SIG_IGN" if ignore_sigint else "signal.default_int_handler"
+    argv = [sys.executable, "-c", f"import signal, sys; signal.signal(signal.SIGINT, {handler}); "
+            "sys.argv[0] = 'pcdb'; from cli.warm import main; main()", "preflight", "--env", "spec.yaml"]
     env = {k: v for k, v in os.environ.items() if k != "PCDB_WARM"}
-    ended = {}
-    for side, extra in (("cold", {"PCDB_WARM": "0", "HOME": str(tmp_path)}), ("warm", {"HOME": str(warm_home)})):
-        command = subprocess.Popen([*PCDB, "preflight", "--env", "spec.yaml"], cwd=tmp_path, env=env | extra,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        writer = wait_until(lambda: blocked_reading(pipe), f"the {side} command waits for its secret", timeout=120,
-                            interval=0.05)
-        command.send_signal(signal.SIGINT)
-        _, stderr = command.communicate(timeout=60)
-        os.close(writer)
-        ended[side] = (command.returncode, stderr.strip().splitlines()[-1:])
-    assert ended["warm"] == ended["cold"] and ended["warm"][0] != 0, ended
-
-    command = subprocess.Popen([*PCDB, "preflight", "--env", "spec.yaml"], cwd=tmp_path,
-                               env=env | {"HOME": str(warm_home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    writer = wait_until(lambda: blocked_reading(pipe), "the warm command waits for its secret", timeout=120,
-                        interval=0.05)
-    try:              # the writer stays open: the command waits to read until it is killed
-        runs = served(warm_home)[-1]
-        assert runs.endswith(f"for pid {command.pid}")
-        child = int(runs.split()[3])
-        assert alive(child)
-        command.kill()
-        command.wait(timeout=60)
-        wait_until(lambda: not alive(child), "the command's process ends with pcdb", timeout=60, interval=0.05)
+    env |= {"HOME": str(warm_home)} if warm_home else {"PCDB_WARM": "0", "HOME": str(folder)}
+    command = subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = wait_until(lambda: blocked_reading(pipe), "the command waits for its secret", timeout=120, interval=0.05)
+    try:
+        child = None
+        if warm_home:
+            runs = served(warm_home)[-1]
+            assert runs.endswith(f"for pid {command.pid}")
+            child = int(runs.split()[3])
+        yield command, child
     finally:
         os.close(writer)
 
 
-def test_ctrl_z_stops_the_command_with_pcdb_and_fg_resumes_both(warm_home, tmp_path):
-    pipe = tmp_path / "app-password"
-    os.mkfifo(pipe, 0o600)
-    spec_in(tmp_path, f"{{file: {pipe}}}")
-    env = {k: v for k, v in os.environ.items() if k != "PCDB_WARM"} | {"HOME": str(warm_home)}
-    command = subprocess.Popen([*PCDB, "preflight", "--env", "spec.yaml"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    writer = wait_until(lambda: blocked_reading(pipe), "the warm command waits for its secret", timeout=120,
-                        interval=0.05)
-    try:
-        child = int(served(warm_home)[-1].split()[3])
+def state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
 
-        def state(pid: int) -> str:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+
+def test_ctrl_c_ends_the_command_as_it_ends_a_cold_one_and_a_killed_pcdb_takes_its_command_along(warm_home,
+                                                                                                  tmp_path):
+    ended = {}
+    for side in ("cold", "warm"):
+        with waiting_for_its_secret(tmp_path, warm_home if side == "warm" else None) as (command, _):
+            command.send_signal(signal.SIGINT)
+            _, stderr = command.communicate(timeout=60)
+        ended[side] = (command.returncode, stderr.strip().splitlines()[-1:])
+    assert ended["warm"] == ended["cold"] and ended["warm"][0] != 0, ended
+
+    with waiting_for_its_secret(tmp_path, warm_home) as (command, child):
+        assert alive(child)
+        command.kill()
+        command.wait(timeout=60)
+        wait_until(lambda: not alive(child), "the command's process ends with pcdb", timeout=60, interval=0.05)
+
+
+def test_ctrl_z_stops_the_command_with_pcdb_and_fg_resumes_both(warm_home, tmp_path):
+    with waiting_for_its_secret(tmp_path, warm_home) as (command, child):
         command.send_signal(signal.SIGTSTP)
         wait_until(lambda: state(command.pid) == "T" and state(child) == "T", "both stopped", timeout=60,
                    interval=0.05)
         command.send_signal(signal.SIGCONT)
         wait_until(lambda: state(command.pid) != "T" and state(child) != "T", "both resumed", timeout=60,
                    interval=0.05)
-    finally:
-        os.close(writer)                    # the secret is empty: the command ends on that
-    stdout, stderr = command.communicate(timeout=60)
+    stdout, stderr = command.communicate(timeout=60)            # the secret is empty: it ends on that
     assert command.returncode == 1 and "is empty" in stdout, (stdout, stderr)
 
 
 def test_a_signal_pcdb_was_started_ignoring_its_command_ignores_too(warm_home, tmp_path):
     """Whatever a script starts in the background starts with SIGINT ignored, and a cold command
     keeps ignoring it; the warm command's process is started the same."""
-    pipe = tmp_path / "app-password"
-    os.mkfifo(pipe, 0o600)
-    spec_in(tmp_path, f"{{file: {pipe}}}")
-    ignoring = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-                "sys.argv[0] = 'pcdb'; from cli.warm import main; main()"]
-    env = {k: v for k, v in os.environ.items() if k != "PCDB_WARM"} | {"HOME": str(warm_home)}
-    command = subprocess.Popen([*ignoring, "preflight", "--env", "spec.yaml"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    writer = wait_until(lambda: blocked_reading(pipe), "the warm command waits for its secret", timeout=120,
-                        interval=0.05)
-    try:
-        runs = served(warm_home)[-1]
-        assert runs.endswith(f"for pid {command.pid}")
-        status = Path(f"/proc/{runs.split()[3]}/status").read_text()
+    with waiting_for_its_secret(tmp_path, warm_home, ignore_sigint=True) as (command, child):
+        status = Path(f"/proc/{child}/status").read_text()
         ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
         assert ignored & (1 << (signal.SIGINT - 1))
         command.send_signal(signal.SIGINT)
-    finally:
-        os.close(writer)                    # the secret is empty: the command ends on that, not on SIGINT
-    stdout, stderr = command.communicate(timeout=60)
-    assert command.returncode == 1 and "is empty" in stdout, (stdout, stderr)     # the preflight's answer
+    stdout, stderr = command.communicate(timeout=60)            # ends on its empty secret, not on SIGINT
+    assert command.returncode == 1 and "is empty" in stdout, (stdout, stderr)
 
 
 def test_a_warm_process_of_other_code_stops_and_the_command_runs_cold(tmp_path):
