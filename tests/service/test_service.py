@@ -143,40 +143,6 @@ def test_the_install_ran_through_its_deployment_and_its_json_is_the_contract(ser
     assert result["approval"] is None                       # this spec asks for none (prod: {approved_by, signed, at})
 
 
-def test_server_up_starts_the_warm_start_an_install_through_it_is_recorded_and_server_down_stops_it(service):
-    """P2's path as a DBA meets it (cli/warm.py): with the server up, `pcdb install` is forked from
-    the warm process, says what a cold one says and is a run on the server; `server down` stops
-    the warm process too. (The other tests here run their commands cold: tests/conftest.py.)"""
-    import shutil
-    import tempfile
-
-    from pcdb.process import alive
-
-    home = Path(tempfile.mkdtemp(prefix="pcdb-warm-", dir="/tmp"))     # a unix socket's path is short
-    saved = dict(service.extra_env)
-    service.extra_env |= {"HOME": str(home), "PCDB_WARM": "1"}
-    try:
-        up = service.json("server", "up", "--env", str(service.spec))
-        assert [(c["resource"], c["action"]) for c in up if c["action"] != "unchanged"] == [("warm_start", "started")]
-        status = wait_until(lambda: (s := service.json("server", "status", "--env", str(service.spec)))["warm_start"]["ready"]
-                            and s, "the warm start answers", timeout=120, interval=0.2)
-        pid = status["warm_start"]["pid"]
-        result = service.json("install", "--env", str(service.spec))
-        assert result["status"] == "completed" and [p["changes"] for p in result["phases"]] == [0] * 8
-        assert "not repeated" in Path(result["report"]).read_text()         # Phase 7 read-only, as P2 asks
-        log = next((home / ".cache" / "pcdb" / "warm").glob("*.log")).read_text()
-        assert "runs `install`" in log
-        history = service.json("history", "--env", str(service.spec), "--flow", "install")
-        assert history["runs"][0]["state"] == "Completed" and history["runs"][0]["report_path"] == result["report"]
-        down = service.pcdb("server", "down", "--env", str(service.spec))
-        assert f"warm start (pid {pid})" in down.stdout
-        wait_until(lambda: not alive(pid), "the warm process ends", timeout=60, interval=0.05)
-    finally:
-        service.extra_env = saved
-        service.pcdb("server", "up", "--env", str(service.spec))         # as the other tests found it
-        shutil.rmtree(home, ignore_errors=True)
-
-
 def test_a_verification_and_a_forced_zone_drill_run_as_deployments_and_land_in_the_ledger(service):
     from flows import service as svc_api
 
@@ -619,3 +585,37 @@ def _state(run_id):
 
     with get_client(sync_client=True) as client:
         return client.read_flow_run(run_id).state
+
+
+def test_server_up_starts_the_warm_start_an_install_through_it_is_recorded_and_server_down_stops_it(service):
+    """P2's path as a DBA meets it (cli/warm.py): with the server up, `pcdb install` is forked from
+    the warm process, says what a cold one says and is a run on the server; `server down` stops
+    the warm process too. (The other tests here run their commands cold: tests/conftest.py.) The
+    module's last test: it leaves the server down, as the module's end would."""
+    import shutil
+    import tempfile
+
+    from pcdb.process import alive
+
+    home = Path(tempfile.mkdtemp(prefix="pcdb-warm-", dir="/tmp"))     # a unix socket's path is short
+    saved = dict(service.extra_env)
+    service.extra_env |= {"HOME": str(home), "PCDB_WARM": "1"}
+    try:
+        up = service.json("server", "up", "--env", str(service.spec))
+        assert [(c["resource"], c["action"]) for c in up if c["action"] != "unchanged"] == [("warm_start", "started")]
+        status = wait_until(lambda: (s := service.json("server", "status", "--env", str(service.spec)))["warm_start"]["ready"]
+                            and s, "the warm start answers", timeout=120, interval=0.2)
+        pid = status["warm_start"]["pid"]
+        result = service.json("install", "--env", str(service.spec))
+        assert result["status"] == "completed" and [p["changes"] for p in result["phases"]] == [0] * 8
+        assert "not repeated" in Path(result["report"]).read_text()         # Phase 7 read-only, as P2 asks
+        log = next((home / ".cache" / "pcdb" / "warm").glob("*.log")).read_text()
+        assert "runs `install`" in log
+        history = service.json("history", "--env", str(service.spec), "--flow", "install")
+        assert history["runs"][0]["state"] == "Completed" and history["runs"][0]["report_path"] == result["report"]
+        down = service.pcdb("server", "down", "--env", str(service.spec))
+        assert f"warm start (pid {pid})" in down.stdout
+        wait_until(lambda: not alive(pid), "the warm process ends", timeout=60, interval=0.05)
+    finally:
+        service.extra_env = saved
+        shutil.rmtree(home, ignore_errors=True)
