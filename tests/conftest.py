@@ -161,6 +161,7 @@ MODULE_SECONDS = {
     "service/test_server_fresh.py": 89, "health/test_health.py": 76, "maintenance/test_maintenance.py": 75,
     "flows/test_backup_verification.py": 60, "flows/test_upgrade.py": 58, "crash/test_supervisor.py": 37,
     "integration/test_sandbox_operations.py": 37, "integration/test_bad_specs.py": 34,
+    "integration/test_warm_start.py": 25,     # measured alone, 2026-12-05 (its warm processes)
 }
 
 
