@@ -48,8 +48,6 @@ WARM_COMMANDS: dict[str, set[str | None]] = {
                                 "sla", "cost")},
     "health": {None}, "history": {None, "verify"}, "incident": {"status"}}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-# How often an idle warm process checks that its socket is still its own (seconds).
-LOOK_EVERY = float(os.environ.get("PCDB_WARM_LOOK_EVERY", "30"))
 MAX_SOCKET_PATH = 107                # sun_path, less its closing NUL
 _CRED = struct.Struct("3i")          # struct ucred: pid, uid, gid
 _LENGTH = struct.Struct("!I")
@@ -171,7 +169,7 @@ def run_warm(argv: list[str]) -> int | None:
     except OSError:
         sock.close()
         return None
-    if first[:1] != [b"started"]:     # "stale": the warm process ends, the command runs cold
+    if first[:1] != [b"started"] or len(first) != 2 or not first[1].isdigit():   # "stale": the command runs cold
         sock.close()
         return None
     pid = int(first[1])
@@ -313,6 +311,7 @@ def stop(timeout: float = 10.0) -> int | None:
 def serve() -> None:
     """Import what the commands need, then fork a process per command, until told to stop or
     until a command comes from other code (the files changed since)."""
+    look_every = _look_every()
     code = code_fingerprint()
     _import_everything()
     import threading
@@ -333,7 +332,7 @@ def serve() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)     # each command's watcher is reaped by the kernel
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"pcdb warm: pid {os.getpid()} serving {path} (code {code})", flush=True)
-    listener.settimeout(LOOK_EVERY)
+    listener.settimeout(look_every)
     try:
         while True:
             try:
@@ -350,6 +349,19 @@ def serve() -> None:
     finally:
         if _socket_inode(path) == mine:
             os.unlink(path)
+
+
+def _look_every() -> float:
+    """How often an idle warm process checks that its socket is still its own: 30 s, or
+    $PCDB_WARM_LOOK_EVERY seconds (read by the warm process only: a bad value never stops a command)."""
+    given = os.environ.get("PCDB_WARM_LOOK_EVERY") or "30"
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 3600:
+        raise SystemExit(f"pcdb warm: PCDB_WARM_LOOK_EVERY={given!r} is not a number of seconds between 0 and 3600")
+    return seconds
 
 
 def _socket_inode(path: str) -> int | None:
