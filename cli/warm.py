@@ -419,6 +419,9 @@ def _serve_one(conn: socket.socket, listener: socket.socket, code: str) -> bool:
             conn.sendall(b"stale\n")
             print("pcdb warm: the code changed since this process started: stopping", flush=True)
             return False
+        if not isinstance(request.get("argv"), list) or not warm_command(request["argv"]):
+            conn.sendall(b"cold\n")              # a command that may prompt runs where it has a terminal
+            return True
         if os.fork() == 0:
             try:
                 listener.close()

@@ -222,6 +222,22 @@ def test_a_warm_process_of_other_code_stops_and_the_command_runs_cold(tmp_path):
         assert "runs `preflight`" not in Path(warm.log_file()).read_text()         # it ran cold
 
 
+def test_a_command_that_may_prompt_is_never_forked_even_when_asked(warm_home):
+    """`pcdb` never sends one (approve may ask for a key's passphrase on a terminal, which a
+    forked process has not); the warm process refuses one too."""
+    assert not warm.warm_command(["approve", "--env", "prod"]) and not warm.warm_command(["install", "--help"])
+    assert warm.warm_command(["install", "--env", "local"]) and warm.warm_command(["incident", "status"])
+    assert not warm.warm_command(["incident", "ack"]) and not warm.warm_command(["health", "silence"])
+    with home(warm_home):
+        sock = warm._connect()
+        warm._send(sock, {"argv": ["approve", "--env", "prod"], "env": {}, "cwd": "/", "umask": 0o077,
+                          "code": warm.code_fingerprint()}, [0, 1, 2])
+        assert sock.makefile("rb").readline() == b"cold\n"
+        sock.close()
+        assert warm.ready() == warm.code_fingerprint()                      # and it serves on
+        assert "runs `approve`" not in Path(warm.log_file()).read_text()
+
+
 def test_a_warm_process_whose_socket_is_gone_stops_by_itself(monkeypatch):
     """Its folder removed (a test's HOME, a cleaned cache) or its socket taken by a newer one: it
     ends at its next look instead of holding its memory for good."""

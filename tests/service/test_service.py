@@ -606,6 +606,9 @@ def test_server_up_starts_the_warm_start_an_install_through_it_is_recorded_and_s
         status = wait_until(lambda: (s := service.json("server", "status", "--env", str(service.spec)))["warm_start"]["ready"]
                             and s, "the warm start answers", timeout=120, interval=0.2)
         pid = status["warm_start"]["pid"]
+        kept = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+        assert not {k for k in kept if k.startswith(("PREFECT_API", "PREFECT_SERVER"))}, kept   # no credential
+        assert service.auth not in Path(f"/proc/{pid}/environ").read_text()
         result = service.json("install", "--env", str(service.spec))
         assert result["status"] == "completed" and [p["changes"] for p in result["phases"]] == [0] * 8
         assert "not repeated" in Path(result["report"]).read_text()         # Phase 7 read-only, as P2 asks
