@@ -188,21 +188,20 @@ def run_warm(argv: list[str]) -> int | None:
 
 def _suspend_together(pid: int) -> None:
     """Ctrl-Z (SIGTSTP) stops the command's process with this one, and `fg` (SIGCONT) resumes both,
-    as a cold command is stopped and resumed."""
+    as a cold command is stopped and resumed. Where the kernel discards a SIGTSTP (a process group
+    with no parent in the session to resume it, "orphaned"), this process is not stopped, and nor
+    is the command: it is resumed at once."""
     if signal.getsignal(signal.SIGTSTP) == signal.SIG_IGN:
         return
 
     def stop(_number, _frame):
         os.kill(pid, signal.SIGSTOP)
         signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTSTP)          # stops here until SIGCONT
-
-    def resume(_number, _frame):
-        os.kill(pid, signal.SIGCONT)
+        os.kill(os.getpid(), signal.SIGTSTP)          # stopped here until SIGCONT, unless discarded
+        os.kill(pid, signal.SIGCONT)                  # resumed, or never stopped: the command goes on too
         signal.signal(signal.SIGTSTP, stop)
 
     signal.signal(signal.SIGTSTP, stop)
-    signal.signal(signal.SIGCONT, resume)
 
 
 def ready(timeout: float = 2.0) -> str | None:

@@ -134,7 +134,7 @@ def blocked_reading(pipe: Path) -> int | None:
 
 
 @contextmanager
-def waiting_for_its_secret(folder: Path, warm_home: Path | None, ignore_sigint: bool = False):
+def waiting_for_its_secret(folder: Path, warm_home: Path | None, ignore_sigint: bool = False, **popen):
     """`pcdb preflight` (warm with ``warm_home``, else cold) held reading its secret from a named
     pipe: yields the process and, warm, the pid of the command's process. The pipe's writer is
     open meanwhile (the command waits on); closed after, the command reads an empty secret."""
@@ -147,7 +147,8 @@ def waiting_for_its_secret(folder: Path, warm_home: Path | None, ignore_sigint: 
             "sys.argv[0] = 'pcdb'; from cli.warm import main; main()", "preflight", "--env", "spec.yaml"]
     env = {k: v for k, v in os.environ.items() if k != "PCDB_WARM"}
     env |= {"HOME": str(warm_home)} if warm_home else {"PCDB_WARM": "0", "HOME": str(folder)}
-    command = subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               **popen)
     writer = wait_until(lambda: blocked_reading(pipe), "the command waits for its secret", timeout=120, interval=0.05)
     try:
         child = None
@@ -182,7 +183,9 @@ def test_ctrl_c_ends_the_command_as_it_ends_a_cold_one_and_a_killed_pcdb_takes_i
 
 
 def test_ctrl_z_stops_the_command_with_pcdb_and_fg_resumes_both(warm_home, tmp_path):
-    with waiting_for_its_secret(tmp_path, warm_home) as (command, child):
+    """As a shell runs a job: a process group of its own, whose parent (here the test) is in the
+    same session, so that the kernel stops it on SIGTSTP."""
+    with waiting_for_its_secret(tmp_path, warm_home, process_group=0) as (command, child):
         command.send_signal(signal.SIGTSTP)
         wait_until(lambda: state(command.pid) == "T" and state(child) == "T", "both stopped", timeout=60,
                    interval=0.05)
@@ -190,6 +193,15 @@ def test_ctrl_z_stops_the_command_with_pcdb_and_fg_resumes_both(warm_home, tmp_p
         wait_until(lambda: state(command.pid) != "T" and state(child) != "T", "both resumed", timeout=60,
                    interval=0.05)
     stdout, stderr = command.communicate(timeout=60)            # the secret is empty: it ends on that
+    assert command.returncode == 1 and "is empty" in stdout, (stdout, stderr)
+
+
+def test_a_ctrl_z_the_kernel_discards_leaves_the_command_running_as_it_leaves_pcdb(warm_home, tmp_path):
+    """In a session of its own nothing could resume a stopped pcdb, so the kernel discards its
+    SIGTSTP (an orphaned process group): pcdb runs on, and its command must not stay stopped."""
+    with waiting_for_its_secret(tmp_path, warm_home, start_new_session=True) as (command, child):
+        command.send_signal(signal.SIGTSTP)
+    stdout, stderr = command.communicate(timeout=60)            # ends on its empty secret: never stopped
     assert command.returncode == 1 and "is empty" in stdout, (stdout, stderr)
 
 
