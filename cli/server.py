@@ -58,7 +58,8 @@ def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:
 
 
 def warm_start() -> list[Change]:
-    """The commands' warm process (cli/warm.py), unless PCDB_WARM=0 says commands start cold."""
+    """The commands' warm process (cli/warm.py), unless PCDB_WARM=0 says commands start cold (then
+    `server up` does not start it and `server down` does not stop it)."""
     if os.environ.get("PCDB_WARM") == "0":
         return []
     action, note = warm.start()
@@ -162,7 +163,7 @@ def server_down(env: EnvsOption = ["local"]) -> None:  # noqa: B006
     """Stop the workers and the server; history and deployments are kept for the next `up`."""
     config = one_server([load_environment(e) for e in env])
     stopped = Orchestrator(config).down()
-    pid = warm.stop()
+    pid = warm.stop() if os.environ.get("PCDB_WARM") != "0" else None   # as `server up` leaves it
     if pid:
         stopped.append(f"warm start (pid {pid})")
     if config.managed_postgres:

@@ -250,6 +250,20 @@ def test_a_command_that_may_prompt_is_never_forked_even_when_asked(warm_home):
         assert "runs `approve`" not in Path(warm.log_file()).read_text()
 
 
+def test_server_down_stops_the_warm_process_unless_pcdb_warm_is_0(tmp_path):
+    """`PCDB_WARM=0` leaves it alone both ways (the tests' `server down`s never stop a developer's)."""
+    spec_in(tmp_path, "{env: PCDB_WARM_TEST_APP_PASSWORD}")
+    with warm_process() as (folder, pid), home(folder):
+        env = {k: v for k, v in os.environ.items() if k != "PCDB_WARM"}
+        down = [*PCDB, "server", "down", "--env", "spec.yaml"]
+        left = subprocess.run(down, cwd=tmp_path, env=env | {"PCDB_WARM": "0"}, capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert left.returncode == 0 and "warm start" not in left.stdout and warm.ready() == warm.code_fingerprint()
+        stopped = subprocess.run(down, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert stopped.returncode == 0 and f"warm start (pid {pid})" in stopped.stdout, stopped.stderr
+        assert not alive(pid) and warm.ready() is None
+
+
 def test_a_warm_process_whose_socket_is_gone_stops_by_itself(monkeypatch):
     """Its folder removed (a test's HOME, a cleaned cache) or its socket taken by a newer one: it
     ends at its next look instead of holding its memory for good."""
