@@ -237,6 +237,10 @@ def start() -> tuple[str, str]:
     ("unchanged" | "started", what to say). Its start-up is not waited for: until it answers,
     commands run cold."""
     import subprocess
+    from pathlib import Path
+
+    from pcdb.private import private_dir, write_private
+    from pcdb.process import started_at
 
     pid = running_pid()
     if ready() == code_fingerprint():
@@ -245,43 +249,33 @@ def start() -> tuple[str, str]:
     if len(os.fsencode(socket_path())) > MAX_SOCKET_PATH:
         return "unchanged", (f"not started: its socket {socket_path()} would be longer than a unix socket's "
                              f"{MAX_SOCKET_PATH} bytes (HOME is that deep); commands start cold")
-    os.makedirs(folder(), mode=0o700, exist_ok=True)
+    try:
+        private_dir(Path(folder()))         # 0700, made so if it was looser
+    except PermissionError:                 # another user's: refused below
+        pass
     if not _private(folder()):
         return "unchanged", (f"not started: {folder()} must be this user's and closed to others "
                              f"(chmod 700 {folder()}); commands start cold")
     env = {k: v for k, v in os.environ.items() if k in _KEPT or k.startswith("LC_")}
-    log = os.open(log_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
+    with open(write_private(Path(log_file()), ""), "ab") as log:
         child = subprocess.Popen([sys.executable, "-m", "cli.warm", "serve"], env=env, cwd=ROOT,
                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
-    finally:
-        os.close(log)
-    fd = os.open(_pid_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{child.pid} {_started_at(child.pid)}\n")
+    write_private(Path(_pid_file()), f"{child.pid} {started_at(child.pid)}\n")
     return "started", f"pid {child.pid}, log {log_file()}"
 
 
 def running_pid() -> int | None:
     """The warm process's pid, while the process the pid file names (pid and start time, so
     never a reused pid) runs."""
+    from pcdb.process import started_at
+
     try:
         with open(_pid_file()) as f:
             pid, started = f.read().split()
     except (OSError, ValueError):
         return None
-    return int(pid) if _started_at(int(pid)) == started else None
-
-
-def _started_at(pid: int) -> str | None:
-    """When the process started (clock ticks since boot), None once it has ended."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
+    return int(pid) if started_at(int(pid)) == started else None
 
 
 def stop(timeout: float = 10.0) -> int | None:
@@ -296,7 +290,9 @@ def stop(timeout: float = 10.0) -> int | None:
             ended = None
         if ended is not None:
             os.kill(pid, signal.SIGTERM)
-            select.select([ended], [], [], timeout)      # readable once it has exited
+            if not select.select([ended], [], [], timeout)[0]:   # readable once it has exited
+                os.kill(pid, signal.SIGKILL)                    # only it: its commands run on
+                select.select([ended], [], [], 5)
             os.close(ended)
     try:
         os.unlink(_pid_file())

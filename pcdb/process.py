@@ -14,10 +14,23 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    fields = _stat(pid)
+    return fields is None or fields[0] != "Z"
+
+
+def started_at(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, /proc/<pid>/stat's 22nd field): with
+    its pid, what names it for good (a pid is reused, that pair never). None once it has ended."""
+    fields = _stat(pid)
+    return None if fields is None or fields[0] in ("Z", "X") else fields[19]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command's name (state first), or None."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
     except (OSError, IndexError):
-        return True
+        return None
 
 
 def machine_memory() -> int:

@@ -304,15 +304,36 @@ def test_only_its_owner_reaches_the_warm_process(warm_home):
         assert warm.ready() == warm.code_fingerprint()                      # and still serving its owner
 
 
-def test_the_command_checks_the_warm_process_is_its_own_users(tmp_path):
-    """A socket in a folder others may write, or served by another user, is never sent anything:
-    the command runs cold."""
-    shared = tmp_path / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
-    assert not warm._private(str(shared))
-    shared.chmod(0o700)
-    assert warm._private(str(shared))
+def test_the_command_sends_nothing_to_a_warm_process_in_a_folder_others_may_enter(tmp_path):
+    """Its folder opened to others (anyone could have put a socket there): `pcdb` does not
+    connect, the command runs cold; and the peer's uid is read as the kernel gives it."""
+    with warm_process() as (folder, _), home(folder):
+        assert warm.ready() == warm.code_fingerprint()
+        spec_in(tmp_path, "{env: PCDB_WARM_TEST_APP_PASSWORD}")
+        Path(warm.folder()).chmod(0o777)
+        try:
+            assert warm.ready() is None
+            result = pcdb("preflight", "--env", "spec.yaml", "--json", folder=tmp_path, cwd=tmp_path,
+                          warm_home=folder)
+        finally:
+            Path(warm.folder()).chmod(0o700)
+        assert result.returncode == 1 and "PCDB_WARM_TEST_APP_PASSWORD is not set" in result.stdout
+        assert "runs `preflight`" not in Path(warm.log_file()).read_text()         # it ran cold
     a, b = socket.socketpair()
     with a, b:
-        assert warm._peer(a)[1] == os.getuid()
+        assert warm._peer(a)[1:] == (os.getuid(), os.getgid())
+
+
+def test_the_code_fingerprint_changes_with_any_file_of_the_packages(tmp_path, monkeypatch):
+    """A copy of the packages: an edited file (its time or its size) makes another fingerprint,
+    as does a new file; the same tree makes the same one."""
+    for package in warm.PACKAGES:
+        shutil.copytree(Path(warm.ROOT) / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(warm, "ROOT", str(tmp_path))
+    first = warm.code_fingerprint()
+    assert warm.code_fingerprint() == first
+    edited = tmp_path / "pcdb" / "process.py"
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 1))
+    second = warm.code_fingerprint()
+    (tmp_path / "flows" / "new.py").write_text("")
+    assert len({first, second, warm.code_fingerprint()}) == 3
