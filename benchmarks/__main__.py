@@ -650,12 +650,12 @@ def as_a_dba_runs_it(svc):
 
 
 def warm_start_answers() -> None:
-    """Until the warm start `server up` began (cli/warm.py, this HOME's) answers with this code:
-    before that, commands run cold."""
+    """The warm start `server up` began (cli/warm.py, this HOME's) answers with this code, as
+    `server up` waits for: the commands measured next are forked, not cold."""
     from cli import warm
-    from tests.conftest import wait_until
 
-    wait_until(lambda: warm.ready() == warm.code_fingerprint(), "the warm start answers", timeout=120, interval=0.1)
+    if warm.ready() != warm.code_fingerprint():
+        raise RuntimeError(f"`pcdb server up` returned without its warm start answering (see {warm.log_file()})")
 
 
 def interactive_commands(rounds: int) -> dict:

@@ -32,6 +32,9 @@ def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:
 
         changes.append(ensure_orchestrator_database(config))
     changes.append(orchestrator.up())
+    # Started now, waited for at the end: it imports the commands while the deployments register.
+    # (Not before the server is up: a refused `server up` starts nothing.)
+    warm_started = warm_start()
     os.environ.update(config.client_env())  # URL and credential, before the first prefect import
     from flows import service
 
@@ -49,7 +52,7 @@ def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:
         changes.append(orchestrator.start_worker(spec.work_pool, worker_env | poll, Path.cwd()))
     for spec in specs:
         service.wait_for_worker(spec.work_pool)
-    changes += warm_start()
+    changes += warm_answers(warm_started)
     print_changes(changes, as_json)
     if not as_json:
         out.print(f"Prefect UI: {config.ui_url}  (API {config.url}, {config.backend})")
@@ -64,6 +67,22 @@ def warm_start() -> list[Change]:
         return []
     action, note = warm.start()
     return [Change("warm_start", "pcdb commands", action, notes=(note,))]
+
+
+WARM_WAIT = 30.0     # seconds `server up` waits for the warm process (its imports: 1-2 s on 2 cores)
+
+
+def warm_answers(started: list[Change]) -> list[Change]:
+    """The warm start's row once it answers, so that the next command is forked from it; if it
+    does not within WARM_WAIT, the row says so and commands start cold until it does."""
+    if not started or started[0].action != "started":
+        return started
+    if warm.answers(WARM_WAIT):
+        return started
+    change = started[0]
+    return [Change(change.resource, change.name, change.action,
+                   notes=(*change.notes, f"not answering after {WARM_WAIT:g} s: commands start cold until it "
+                                         f"does; its log says why ({warm.log_file()})"))]
 
 
 def warm_status() -> dict:

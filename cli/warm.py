@@ -219,6 +219,20 @@ def ready(timeout: float = 2.0) -> str | None:
     return answer[1].decode() if answer[:1] == [b"ready"] and len(answer) > 1 else None
 
 
+def answers(within: float) -> bool:
+    """Whether this copy's warm process answers with today's code within ``within`` seconds (a
+    look every 50 ms, while it runs): `server up` returns once it does, so that the next command
+    is already forked from it."""
+    import time
+
+    code, deadline = code_fingerprint(), time.monotonic() + within
+    while ready(timeout=1.0) != code:
+        if time.monotonic() >= deadline or running_pid() is None:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _pid_file() -> str:
     return socket_path().removesuffix(".sock") + ".pid"
 
@@ -234,8 +248,8 @@ _KEPT = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "PREFECT_HOME", "
 
 def start() -> tuple[str, str]:
     """This copy's warm process, started unless one running today's code answers already:
-    ("unchanged" | "started", what to say). Its start-up is not waited for: until it answers,
-    commands run cold."""
+    ("unchanged" | "started", what to say). Its start-up is not waited for here (see
+    :func:`answers`): until it answers, commands run cold."""
     import subprocess
     from pathlib import Path
 

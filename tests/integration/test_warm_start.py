@@ -57,11 +57,8 @@ def start_warm(folder: Path) -> int:
     with home(folder):
         action, said = warm.start()
         assert action == "started", said
-        pid = warm.running_pid()
-        wait_until(lambda: warm.ready() == warm.code_fingerprint() or not alive(pid),
-                   "the warm process answers or ends", timeout=120, interval=0.05)
-        assert warm.ready() == warm.code_fingerprint(), Path(warm.log_file()).read_text()
-        return pid
+        assert warm.answers(within=120), Path(warm.log_file()).read_text()     # as `server up` waits
+        return warm.running_pid()
 
 
 @contextmanager
@@ -262,6 +259,28 @@ def test_server_down_stops_the_warm_process_unless_pcdb_warm_is_0(tmp_path):
         stopped = subprocess.run(down, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert stopped.returncode == 0 and f"warm start (pid {pid})" in stopped.stdout, stopped.stderr
         assert not alive(pid) and warm.ready() is None
+
+
+def test_server_up_says_at_once_when_its_warm_process_ends_without_answering(monkeypatch):
+    """`server up` waits for the warm process it started, but not for one that has ended (here:
+    a look interval that is not a number): its row says commands start cold and where the log says why."""
+    from cli import server
+    from pcdb.changes import Change
+
+    monkeypatch.setenv("PCDB_WARM_LOOK_EVERY", "soon")
+    monkeypatch.setattr(server, "WARM_WAIT", 3600.0)     # waited out, the test would time out instead
+    root = Path(tempfile.mkdtemp(prefix="pcdb-warm-", dir="/tmp"))
+    try:
+        with home(root / "home"):
+            action, said = warm.start()
+            assert action == "started", said
+            [row] = server.warm_answers([Change("warm_start", "pcdb commands", action, notes=(said,))])
+            assert row.action == "started" and row.notes[0] == said
+            assert row.notes[1].startswith("not answering after 3600 s: commands start cold")
+            assert warm.log_file() in row.notes[1]
+            assert "PCDB_WARM_LOOK_EVERY='soon' is not a number" in Path(warm.log_file()).read_text()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_warm_process_whose_socket_is_gone_stops_by_itself(monkeypatch):

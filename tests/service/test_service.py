@@ -588,9 +588,9 @@ def _state(run_id):
 
 
 def test_server_up_starts_the_warm_start_an_install_through_it_is_recorded_and_server_down_stops_it(service):
-    """P2's path as a DBA meets it (cli/warm.py): with the server up, `pcdb install` is forked from
-    the warm process, says what a cold one says and is a run on the server; `server down` stops
-    the warm process too. (The other tests here run their commands cold: tests/conftest.py.) The
+    """P2's path as a DBA meets it (cli/warm.py): `server up` returns with the warm process
+    answering; `pcdb install` is forked from it, says what a cold one says and is a run on the
+    server; `server down` stops the warm process too. (The other tests here run their commands cold: tests/conftest.py.) The
     module's last test: it leaves the server down, as the module's end would."""
     import shutil
     import tempfile
@@ -603,9 +603,10 @@ def test_server_up_starts_the_warm_start_an_install_through_it_is_recorded_and_s
     try:
         up = service.json("server", "up", "--env", str(service.spec))
         assert [(c["resource"], c["action"]) for c in up if c["action"] != "unchanged"] == [("warm_start", "started")]
-        status = wait_until(lambda: (s := service.json("server", "status", "--env", str(service.spec)))["warm_start"]["ready"]
-                            and s, "the warm start answers", timeout=120, interval=0.2)
-        pid = status["warm_start"]["pid"]
+        # `server up` returns once the warm process answers: the very next command is forked.
+        status = service.json("server", "status", "--env", str(service.spec))["warm_start"]
+        assert status["ready"], (up, status)
+        pid = status["pid"]
         kept = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
         assert not {k for k in kept if k.startswith(("PREFECT_API", "PREFECT_SERVER"))}, kept   # no credential
         assert service.auth not in Path(f"/proc/{pid}/environ").read_text()
