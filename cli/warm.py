@@ -544,6 +544,11 @@ def settings_from_this_environment() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["serve"]:
-        serve()
+        # Served from the module the commands import, not from this __main__ copy of it: the
+        # commands read cli.warm.FORKED, which _become must set there. (Set here, on __main__,
+        # a forked command's Prefect settings were never read again from its environment.)
+        from cli import warm
+
+        warm.serve()
     else:
         raise SystemExit("usage: python -m cli.warm serve")

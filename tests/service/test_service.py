@@ -587,6 +587,11 @@ def _state(run_id):
         return client.read_flow_run(run_id).state
 
 
+def log_of(home: Path) -> str:
+    """The warm process's log, in the HOME it was started with."""
+    return next((home / ".cache" / "pcdb" / "warm").glob("*.log")).read_text()
+
+
 def test_server_up_starts_the_warm_start_an_install_through_it_is_recorded_and_server_down_stops_it(service):
     """P2's path as a DBA meets it (cli/warm.py): `server up` returns with the warm process
     answering; `pcdb install` is forked from it, says what a cold one says and is a run on the
@@ -613,10 +618,15 @@ def test_server_up_starts_the_warm_start_an_install_through_it_is_recorded_and_s
         result = service.json("install", "--env", str(service.spec))
         assert result["status"] == "completed" and [p["changes"] for p in result["phases"]] == [0] * 8
         assert "not repeated" in Path(result["report"]).read_text()         # Phase 7 read-only, as P2 asks
-        log = next((home / ".cache" / "pcdb" / "warm").glob("*.log")).read_text()
-        assert "runs `install`" in log
+        assert "runs `install`" in log_of(home)
         history = service.json("history", "--env", str(service.spec), "--flow", "install")
         assert history["runs"][0]["state"] == "Completed" and history["runs"][0]["report_path"] == result["report"]
+        # What `./dev up` runs next: a forked command that talks to the server with no flow of its
+        # own must read the server's address from its own environment (it once started a
+        # temporary server instead, and found no deployment on it).
+        deployed = service.json("install", "--env", str(service.spec), "--deployed")
+        assert deployed["status"] == "completed" and [p["changes"] for p in deployed["phases"]] == [0] * 8
+        assert log_of(home).count("runs `install`") == 2
         down = service.pcdb("server", "down", "--env", str(service.spec))
         assert f"warm start (pid {pid})" in down.stdout
         wait_until(lambda: not alive(pid), "the warm process ends", timeout=60, interval=0.05)
