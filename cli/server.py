@@ -49,6 +49,8 @@ def server_up(env: EnvsOption = ["local"], as_json: JsonOption = False) -> None:
         changes += service.register_deployments(spec, spec_path, Path.cwd())
         changes += service.ensure_automations(spec)
         poll = {"PREFECT_WORKER_QUERY_SECONDS": str(max(1, int(spec.orchestrator.worker_poll.total_seconds())))}
+        if orchestrator.worker_pid(spec.work_pool) is None:     # what a worker that stopped first left
+            changes += service.settle_runs_of_a_gone_worker(spec.work_pool)
         changes.append(orchestrator.start_worker(spec.work_pool, worker_env | poll, Path.cwd()))
     for spec in specs:
         service.wait_for_worker(spec.work_pool)

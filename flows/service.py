@@ -325,6 +325,93 @@ def automation_notifies(spec: Environment) -> bool:
 
 # -- workers and status -------------------------------------------------------------------
 
+def settle_runs_of_a_gone_worker(pool: str) -> list[Change]:
+    """What the worker of ``pool`` left behind when it stopped without finishing (`pcdb server
+    down` mid-run, a killed worker, a restarted machine), settled before a new worker starts.
+
+    - A run it had started (Running, or Pending with its process) whose process is gone: marked
+      Crashed. Nothing else would: the server's "went silent" automation did not fire for runs
+      that fell silent while the server was down, and such a run looked Running for good (an
+      incident's actions then waited two minutes for a dead run; with it Crashed, the next
+      action starts a run that takes the incident over).
+    - A run it had taken but never started (Pending, no process): Cancelled.
+    - Runs the schedule made while no worker ran: the new worker would start every one of them at
+      once (a health run a minute: dozens). The latest missed run of each deployment stands for
+      its deployment and runs; the earlier ones are Cancelled.
+
+    Called by `pcdb server up` only when no worker of the pool runs, so every run of the pool was
+    started by a worker of this machine's: a process it names that still runs (or whose pid was
+    reused) is left alone."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.states import Cancelled, Crashed
+
+    from pcdb.process import alive
+
+    now, changes = clock.now(), []
+    missed: dict[object, list] = {}         # deployment -> [(due, run)]
+    never_started: dict[object, list] = {}  # deployment -> [run]
+    with get_client(sync_client=True) as client:
+        runs, page = [], 200
+        while len(runs) % page == 0:        # read them all before any changes state
+            more = client.read_flow_runs(
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                    any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED]))),
+                limit=page, offset=len(runs))
+            runs += more
+            if not more:
+                break
+        names: dict[object, str] = {}
+
+        def deployment(deployment_id) -> str:
+            if deployment_id not in names:
+                names[deployment_id] = client.read_deployment(deployment_id).name if deployment_id else "-"
+            return names[deployment_id]
+
+        for run in runs:
+            if run.state.type == StateType.SCHEDULED:
+                due = run.state.state_details.scheduled_time or run.expected_start_time
+                if run.deployment_id and due is not None and due <= now:
+                    missed.setdefault(run.deployment_id, []).append((due, run))
+                continue
+            pid = (run.infrastructure_pid or "").rsplit(":", 1)[-1]
+            if pid.isdigit() and alive(int(pid)):
+                continue
+            if run.state.type == StateType.PENDING and not pid:
+                never_started.setdefault(run.deployment_id, []).append(run)
+                continue
+            message = f"its process ({pid or 'unknown'}) ended with the worker of {pool}, which stopped first"
+            client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            changes.append(Change("flow_run", f"{deployment(run.deployment_id)} {run.name} {run.id}", "crashed",
+                                  diff={"state": (run.state.name, "Crashed")}, notes=(message,)))
+        for deployment_id, taken in never_started.items():
+            message = f"never started: the worker of {pool} that took it stopped first"
+            for run in taken:
+                client.set_flow_run_state(run.id, Cancelled(message=message), force=True)
+            changes.append(Change("flow_runs", deployment(deployment_id), "cancelled",
+                                  diff={"never started": (len(taken), 0)},
+                                  notes=(f"{len(taken)} run(s) the stopped worker had taken but never started",)))
+        for deployment_id, late in missed.items():
+            late.sort(key=lambda pair: pair[0])
+            (latest_due, _), earlier = late[-1], [run for _, run in late[:-1]]
+            if not earlier:
+                continue
+            when = latest_due.isoformat(timespec="seconds")
+            message = f"missed while no worker of {pool} ran; the latest missed run (due {when}) runs for it"
+            for run in earlier:
+                client.set_flow_run_state(run.id, Cancelled(message=message), force=True)
+            changes.append(Change("missed_runs", deployment(deployment_id), "cancelled", diff={"runs": (len(late), 1)},
+                                  notes=(f"{len(earlier)} earlier missed run(s) cancelled; the latest, due {when}, "
+                                         "runs now",)))
+    return changes
+
+
 def wait_for_worker(pool: str, timeout: float = 60) -> None:
     """Until a worker of ``pool`` has reported to the API (it polls, then heartbeats)."""
     deadline = time.monotonic() + timeout

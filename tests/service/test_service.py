@@ -587,6 +587,55 @@ def _state(run_id):
         return client.read_flow_run(run_id).state
 
 
+def test_what_a_stopped_worker_left_is_settled_when_server_up_starts_a_new_one(service):
+    """The worker and its runs killed at once (a machine that restarted): the incident's run would
+    look Running for good, and an action on the incident would wait two minutes on nobody; a run
+    it had taken would stay Pending; the runs the schedule made meanwhile would all start at once.
+    `server up`, before its new worker starts, marks the dead run Crashed, cancels the one that
+    never started and every missed run but the latest of its deployment, and says so; the
+    incident's next action is then taken over by a new run."""
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.states import Pending, Scheduled
+
+    from pcdb.process import alive
+
+    spec = str(service.spec)
+    iid = service.json("incident", "open", "--env", spec, "--severity", "P3", "--summary", "the machine restarts",
+                       "--by", "ops-oncall")["id"]
+    run_id = service.json("incident", "status", "--env", spec, "--id", iid)["run_id"]
+    worker = json.loads((service.home / "workers" / "pcdb-svc.json").read_text())["pid"]
+    with service.api(), get_client(sync_client=True) as client:
+        process = int(wait_until(lambda: client.read_flow_run(UUID(run_id)).infrastructure_pid,
+                                 "the incident run's process", timeout=60))
+    for pid in (worker, process):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(worker) and not alive(process), "the worker and its run gone", timeout=30)
+    with service.api(), get_client(sync_client=True) as client:
+        cost = client.read_deployment_by_name("cost/cost-svc")
+        now = clock.now()
+        missed = [client.create_flow_run_from_deployment(cost.id, state=Scheduled(scheduled_time=now - timedelta(hours=h)))
+                  for h in (3, 2, 1)]
+        taken = client.create_flow_run_from_deployment(cost.id, state=Pending())
+    up = service.json("server", "up", "--env", spec)
+    crashed = [c for c in up if c["resource"] == "flow_run"]
+    assert [(c["name"].split()[-1], c["action"]) for c in crashed] == [(run_id, "crashed")], crashed
+    assert "ended with the worker of pcdb-svc" in crashed[0]["notes"][0]
+    [never] = [c for c in up if c["resource"] == "flow_runs"]
+    assert (never["name"], never["action"], never["diff"]["never started"]["current"]) == ("cost-svc", "cancelled", 1)
+    [late] = [c for c in up if c["resource"] == "missed_runs"]
+    assert (late["name"], late["diff"]["runs"]) == ("cost-svc", {"current": 3, "desired": 1})
+    with service.api(), get_client(sync_client=True) as client:
+        state = lambda run: client.read_flow_run(run).state.name   # noqa: E731
+        assert state(UUID(run_id)) == "Crashed" and state(taken.id) == "Cancelled"
+        assert [state(r.id) for r in missed[:2]] == ["Cancelled", "Cancelled"] and state(missed[2].id) != "Cancelled"
+    acked = service.pcdb("incident", "ack", "--env", spec, "--id", iid, "--by", "ops-oncall", timeout=120)
+    assert "ended (Crashed) with the incident open: a new run takes it over" in " ".join(acked.stderr.split())
+    assert service.json("incident", "status", "--env", spec, "--id", iid)["run_id"] != run_id
+    service.pcdb("incident", "close", "--env", spec, "--id", iid, "--by", "ops-oncall")
+
+
 def log_of(home: Path) -> str:
     """The warm process's log, in the HOME it was started with."""
     return next((home / ".cache" / "pcdb" / "warm").glob("*.log")).read_text()
