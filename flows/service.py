@@ -329,11 +329,12 @@ def settle_runs_of_a_gone_worker(pool: str) -> list[Change]:
     """What the worker of ``pool`` left behind when it stopped without finishing (`pcdb server
     down` mid-run, a killed worker, a restarted machine), settled before a new worker starts.
 
-    - A run it had started (Running, or Pending with its process) whose process is gone: marked
-      Crashed. Nothing else would: the server's "went silent" automation did not fire for runs
-      that fell silent while the server was down, and such a run looked Running for good (an
-      incident's actions then waited two minutes for a dead run; with it Crashed, the next
-      action starts a run that takes the incident over).
+    - A run it had started (Running, Paused in its process for a decision, or Pending with its
+      process) whose process is gone: marked Crashed. Nothing else would: the server's "went
+      silent" automation did not fire for runs that fell silent while the server was down, and
+      such a run looked Running (or waiting for a decision) for good: an incident's actions
+      waited two minutes for a dead run, a signed decision would reach nobody. Crashed, the
+      incident's next action starts a run that takes it over.
     - A run it had taken but never started (Pending, no process): Cancelled.
     - Runs the schedule made while no worker ran: the new worker would start every one of them at
       once (a health run a minute: dozens). The latest missed run of each deployment stands for
@@ -362,7 +363,7 @@ def settle_runs_of_a_gone_worker(pool: str) -> list[Change]:
             more = client.read_flow_runs(
                 work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                    any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED]))),
+                    any_=[StateType.RUNNING, StateType.PENDING, StateType.PAUSED, StateType.SCHEDULED]))),
                 limit=page, offset=len(runs))
             runs += more
             if not more:
@@ -380,6 +381,8 @@ def settle_runs_of_a_gone_worker(pool: str) -> list[Change]:
                 if run.deployment_id and due is not None and due <= now:
                     missed.setdefault(run.deployment_id, []).append((due, run))
                 continue
+            if run.state.type == StateType.PAUSED and run.state.state_details.pause_reschedule:
+                continue     # suspended: it left its process on purpose, and a resume schedules it again
             pid = (run.infrastructure_pid or "").rsplit(":", 1)[-1]
             if pid.isdigit() and alive(int(pid)):
                 continue

@@ -597,7 +597,7 @@ def test_what_a_stopped_worker_left_is_settled_when_server_up_starts_a_new_one(s
     from uuid import UUID
 
     from prefect import get_client
-    from prefect.states import Pending, Scheduled
+    from prefect.states import Paused, Pending, Scheduled, Suspended
 
     from pcdb.process import alive
 
@@ -618,17 +618,24 @@ def test_what_a_stopped_worker_left_is_settled_when_server_up_starts_a_new_one(s
         missed = [client.create_flow_run_from_deployment(cost.id, state=Scheduled(scheduled_time=now - timedelta(hours=h)))
                   for h in (3, 2, 1)]
         taken = client.create_flow_run_from_deployment(cost.id, state=Pending())
+        # Waiting for a decision in its process (an install's approval), which died with it; and one
+        # suspended on purpose, out of any process, which a resume schedules again: left alone.
+        waiting = client.create_flow_run_from_deployment(cost.id, state=Paused(timeout_seconds=3600))
+        client.update_flow_run(waiting.id, infrastructure_pid=str(process))
+        suspended = client.create_flow_run_from_deployment(cost.id, state=Suspended(timeout_seconds=3600))
     up = service.json("server", "up", "--env", spec)
     crashed = [c for c in up if c["resource"] == "flow_run"]
-    assert [(c["name"].split()[-1], c["action"]) for c in crashed] == [(run_id, "crashed")], crashed
-    assert "ended with the worker of pcdb-svc" in crashed[0]["notes"][0]
+    assert sorted((c["name"].split()[-1], c["action"]) for c in crashed) == sorted(
+        [(run_id, "crashed"), (str(waiting.id), "crashed")]), crashed
+    assert all("ended with the worker of pcdb-svc" in c["notes"][0] for c in crashed)
     [never] = [c for c in up if c["resource"] == "flow_runs"]
     assert (never["name"], never["action"], never["diff"]["never started"]["current"]) == ("cost-svc", "cancelled", 1)
     [late] = [c for c in up if c["resource"] == "missed_runs"]
     assert (late["name"], late["diff"]["runs"]) == ("cost-svc", {"current": 3, "desired": 1})
     with service.api(), get_client(sync_client=True) as client:
         state = lambda run: client.read_flow_run(run).state.name   # noqa: E731
-        assert state(UUID(run_id)) == "Crashed" and state(taken.id) == "Cancelled"
+        assert state(UUID(run_id)) == state(waiting.id) == "Crashed" and state(taken.id) == "Cancelled"
+        assert state(suspended.id) == "Suspended"
         assert [state(r.id) for r in missed[:2]] == ["Cancelled", "Cancelled"] and state(missed[2].id) != "Cancelled"
     acked = service.pcdb("incident", "ack", "--env", spec, "--id", iid, "--by", "ops-oncall", timeout=120)
     assert "ended (Crashed) with the incident open: a new run takes it over" in " ".join(acked.stderr.split())
