@@ -372,7 +372,10 @@ def settle_runs_of_a_gone_worker(pool: str) -> list[Change]:
 
         def deployment(deployment_id) -> str:
             if deployment_id not in names:
-                names[deployment_id] = client.read_deployment(deployment_id).name if deployment_id else "-"
+                try:
+                    names[deployment_id] = client.read_deployment(deployment_id).name if deployment_id else "-"
+                except ObjectNotFound:      # deleted since: the run is settled all the same
+                    names[deployment_id] = f"deployment {deployment_id} (deleted)"
             return names[deployment_id]
 
         for run in runs:
